@@ -1,0 +1,420 @@
+//! Slice-level CPU kernels for everything but convolution. Shapes are checked by the caller
+//! (`CpuBackend`); these functions only compute. Per-channel and per-row reductions run
+//! sequentially in f64 inside one task, so results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+/// Elements per parallel task for element-wise work; large enough that scheduling is cheap.
+const ELEMWISE_CHUNK: usize = 1 << 15;
+
+pub fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0.0f32; x.len()];
+    y.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(x.par_chunks(ELEMWISE_CHUNK))
+        .for_each(|(yc, xc)| {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = f(v);
+            }
+        });
+    y
+}
+
+pub fn map_binary(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0.0f32; a.len()];
+    y.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(a.par_chunks(ELEMWISE_CHUNK).zip(b.par_chunks(ELEMWISE_CHUNK)))
+        .for_each(|(yc, (ac, bc))| {
+            for ((o, &u), &v) in yc.iter_mut().zip(ac).zip(bc) {
+                *o = f(u, v);
+            }
+        });
+    y
+}
+
+pub fn update_binary(acc: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    acc.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(x.par_chunks(ELEMWISE_CHUNK))
+        .for_each(|(ac, xc)| {
+            for (a, &v) in ac.iter_mut().zip(xc) {
+                *a = f(*a, v);
+            }
+        });
+}
+
+/// Per-channel mean and biased variance of `x` viewed as `[n, c, hw]`, in f64.
+fn channel_moments(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let count = (n * hw) as f64;
+            let mut sum = 0.0f64;
+            for i in 0..n {
+                let base = (i * c + ch) * hw;
+                sum += x[base..base + hw].iter().map(|&v| v as f64).sum::<f64>();
+            }
+            let mean = sum / count;
+            let mut sq = 0.0f64;
+            for i in 0..n {
+                let base = (i * c + ch) * hw;
+                sq += x[base..base + hw].iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>();
+            }
+            (mean, sq / count)
+        })
+        .collect()
+}
+
+/// Applies `y = x*scale[c] + shift[c]` over `[n, c, hw]`.
+fn channel_affine(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; x.len()];
+    y.par_chunks_mut(hw.max(1))
+        .zip(x.par_chunks(hw.max(1)))
+        .enumerate()
+        .for_each(|(row, (yc, xc))| {
+            let ch = row % c;
+            let (a, b) = (scale[ch], shift[ch]);
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = v * a + b;
+            }
+        });
+    y
+}
+
+pub struct BnTrainOut {
+    pub y: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub invstd: Vec<f32>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_train(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    momentum: f32,
+    eps: f32,
+) -> BnTrainOut {
+    let moments = channel_moments(x, n, c, hw);
+    let count = n * hw;
+    let mut mean = vec![0.0f32; c];
+    let mut invstd = vec![0.0f32; c];
+    let mut scale = vec![0.0f32; c];
+    let mut shift = vec![0.0f32; c];
+    for ch in 0..c {
+        let (m, var) = moments[ch];
+        let inv = 1.0 / (var + eps as f64).sqrt();
+        mean[ch] = m as f32;
+        invstd[ch] = inv as f32;
+        scale[ch] = (gamma[ch] as f64 * inv) as f32;
+        shift[ch] = (beta[ch] as f64 - m * gamma[ch] as f64 * inv) as f32;
+        // PyTorch keeps the unbiased variance in the running estimate.
+        let unbiased = if count > 1 { var * count as f64 / (count - 1) as f64 } else { var };
+        let mo = momentum as f64;
+        running_mean[ch] = ((1.0 - mo) * running_mean[ch] as f64 + mo * m) as f32;
+        running_var[ch] = ((1.0 - mo) * running_var[ch] as f64 + mo * unbiased) as f32;
+    }
+    let y = channel_affine(x, c, hw, &scale, &shift);
+    BnTrainOut { y, mean, invstd }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_eval(
+    x: &[f32],
+    c: usize,
+    hw: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let mut scale = vec![0.0f32; c];
+    let mut shift = vec![0.0f32; c];
+    for ch in 0..c {
+        let inv = 1.0 / (running_var[ch] as f64 + eps as f64).sqrt();
+        scale[ch] = (gamma[ch] as f64 * inv) as f32;
+        shift[ch] = (beta[ch] as f64 - running_mean[ch] as f64 * gamma[ch] as f64 * inv) as f32;
+    }
+    channel_affine(x, c, hw, &scale, &shift)
+}
+
+pub struct BnBackwardOut {
+    pub dx: Vec<f32>,
+    pub dgamma: Vec<f32>,
+    pub dbeta: Vec<f32>,
+}
+
+/// `dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat))` with `M = n*hw`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward(
+    dy: &[f32],
+    x: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    gamma: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+) -> BnBackwardOut {
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (m, inv) = (mean[ch] as f64, invstd[ch] as f64);
+            let mut sdy = 0.0f64;
+            let mut sdyx = 0.0f64;
+            for i in 0..n {
+                let base = (i * c + ch) * hw;
+                for j in base..base + hw {
+                    let g = dy[j] as f64;
+                    sdy += g;
+                    sdyx += g * (x[j] as f64 - m) * inv;
+                }
+            }
+            (sdy, sdyx)
+        })
+        .collect();
+    let count = (n * hw) as f64;
+    let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
+    let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
+    let mut dx = vec![0.0f32; x.len()];
+    dx.par_chunks_mut(hw.max(1))
+        .enumerate()
+        .for_each(|(row, dxc)| {
+            let ch = row % c;
+            let base = row * hw;
+            let (m, inv, g) = (mean[ch] as f64, invstd[ch] as f64, gamma[ch] as f64);
+            let (sdy, sdyx) = sums[ch];
+            let k = g * inv / count;
+            for (j, o) in dxc.iter_mut().enumerate() {
+                let xhat = (x[base + j] as f64 - m) * inv;
+                *o = (k * (count * dy[base + j] as f64 - sdy - xhat * sdyx)) as f32;
+            }
+        });
+    BnBackwardOut { dx, dgamma, dbeta }
+}
+
+/// Output spatial size of the option-A shortcut: `x[:, :, ::stride, ::stride]`.
+pub fn shortcut_out_size(h: usize, stride: usize) -> usize {
+    h.div_ceil(stride)
+}
+
+pub fn shortcut_forward(x: &[f32], n: usize, c: usize, h: usize, w: usize, src: &[i32], stride: usize) -> Vec<f32> {
+    let (oh, ow) = (shortcut_out_size(h, stride), shortcut_out_size(w, stride));
+    let oc = src.len();
+    let mut y = vec![0.0f32; n * oc * oh * ow];
+    y.par_chunks_mut(oh * ow).enumerate().for_each(|(row, yc)| {
+        let (i, o) = (row / oc, row % oc);
+        let s = src[o];
+        if s < 0 {
+            return;
+        }
+        let plane = &x[(i * c + s as usize) * h * w..(i * c + s as usize + 1) * h * w];
+        for p in 0..oh {
+            for q in 0..ow {
+                yc[p * ow + q] = plane[p * stride * w + q * stride];
+            }
+        }
+    });
+    y
+}
+
+pub fn shortcut_backward(dy: &[f32], n: usize, c: usize, h: usize, w: usize, src: &[i32], stride: usize) -> Vec<f32> {
+    let (oh, ow) = (shortcut_out_size(h, stride), shortcut_out_size(w, stride));
+    let oc = src.len();
+    let mut dx = vec![0.0f32; n * c * h * w];
+    // Parallel over images; inside one image several outputs may read the same input channel.
+    dx.par_chunks_mut(c * h * w).enumerate().for_each(|(i, dxi)| {
+        for (o, &s) in src.iter().enumerate() {
+            if s < 0 {
+                continue;
+            }
+            let g = &dy[(i * oc + o) * oh * ow..(i * oc + o + 1) * oh * ow];
+            let plane = &mut dxi[s as usize * h * w..(s as usize + 1) * h * w];
+            for p in 0..oh {
+                for q in 0..ow {
+                    plane[p * stride * w + q * stride] += g[p * ow + q];
+                }
+            }
+        }
+    });
+    dx
+}
+
+pub fn maxpool_forward(x: &[f32], nc: usize, h: usize, w: usize, k: usize, stride: usize) -> Vec<f32> {
+    let (oh, ow) = ((h - k) / stride + 1, (w - k) / stride + 1);
+    let mut y = vec![0.0f32; nc * oh * ow];
+    y.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, yc)| {
+        let xs = &x[plane * h * w..(plane + 1) * h * w];
+        for p in 0..oh {
+            for q in 0..ow {
+                let mut best = f32::NEG_INFINITY;
+                for r in 0..k {
+                    for t in 0..k {
+                        let v = xs[(p * stride + r) * w + q * stride + t];
+                        if v > best {
+                            best = v;
+                        }
+                    }
+                }
+                yc[p * ow + q] = best;
+            }
+        }
+    });
+    y
+}
+
+pub fn maxpool_backward(dy: &[f32], x: &[f32], nc: usize, h: usize, w: usize, k: usize, stride: usize) -> Vec<f32> {
+    let (oh, ow) = ((h - k) / stride + 1, (w - k) / stride + 1);
+    let mut dx = vec![0.0f32; nc * h * w];
+    dx.par_chunks_mut(h * w).enumerate().for_each(|(plane, dxs)| {
+        let xs = &x[plane * h * w..(plane + 1) * h * w];
+        let g = &dy[plane * oh * ow..(plane + 1) * oh * ow];
+        for p in 0..oh {
+            for q in 0..ow {
+                // First maximum in row-major window order, as the forward pass scans.
+                let mut best = f32::NEG_INFINITY;
+                let mut at = (p * stride) * w + q * stride;
+                for r in 0..k {
+                    for t in 0..k {
+                        let idx = (p * stride + r) * w + q * stride + t;
+                        if xs[idx] > best {
+                            best = xs[idx];
+                            at = idx;
+                        }
+                    }
+                }
+                dxs[at] += g[p * ow + q];
+            }
+        }
+    });
+    dx
+}
+
+pub fn global_avgpool_forward(x: &[f32], nc: usize, hw: usize) -> Vec<f32> {
+    (0..nc)
+        .into_par_iter()
+        .map(|i| (x[i * hw..(i + 1) * hw].iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32)
+        .collect()
+}
+
+pub fn global_avgpool_backward(dy: &[f32], nc: usize, hw: usize) -> Vec<f32> {
+    let mut dx = vec![0.0f32; nc * hw];
+    dx.par_chunks_mut(hw).zip(dy.par_iter()).for_each(|(d, &g)| d.fill(g / hw as f32));
+    debug_assert_eq!(dy.len(), nc);
+    dx
+}
+
+/// Row-wise log-sum-exp of `z * inv_t`.
+fn log_softmax_row(z: &[f32], inv_t: f64, out: &mut [f64]) {
+    let max = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64 * inv_t));
+    let lse = max + z.iter().map(|&v| (v as f64 * inv_t - max).exp()).sum::<f64>().ln();
+    for (o, &v) in out.iter_mut().zip(z) {
+        *o = v as f64 * inv_t - lse;
+    }
+}
+
+/// Returns (mean loss, dlogits, correct).
+pub fn softmax_cross_entropy(logits: &[f32], n: usize, classes: usize, labels: &[u32]) -> (f32, Vec<f32>, usize) {
+    let mut d = vec![0.0f32; n * classes];
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    let mut logp = vec![0.0f64; classes];
+    for i in 0..n {
+        let z = &logits[i * classes..(i + 1) * classes];
+        log_softmax_row(z, 1.0, &mut logp);
+        let label = labels[i] as usize;
+        loss -= logp[label];
+        let argmax = z
+            .iter()
+            .enumerate()
+            .fold(0, |best, (j, &v)| if v > z[best] { j } else { best });
+        if argmax == label {
+            correct += 1;
+        }
+        for j in 0..classes {
+            let p = logp[j].exp();
+            d[i * classes + j] = ((p - if j == label { 1.0 } else { 0.0 }) / n as f64) as f32;
+        }
+    }
+    ((loss / n as f64) as f32, d, correct)
+}
+
+/// `T^2 * mean_n KL(softmax(t/T) || softmax(s/T))` and its gradient for the student logits.
+pub fn distill_kl(student: &[f32], teacher: &[f32], n: usize, classes: usize, temperature: f32) -> (f32, Vec<f32>) {
+    let t = temperature as f64;
+    let mut d = vec![0.0f32; n * classes];
+    let mut loss = 0.0f64;
+    let mut ls = vec![0.0f64; classes];
+    let mut lt = vec![0.0f64; classes];
+    for i in 0..n {
+        log_softmax_row(&student[i * classes..(i + 1) * classes], 1.0 / t, &mut ls);
+        log_softmax_row(&teacher[i * classes..(i + 1) * classes], 1.0 / t, &mut lt);
+        for j in 0..classes {
+            let pt = lt[j].exp();
+            loss += pt * (lt[j] - ls[j]);
+            // d/ds_j of T^2 * KL / n = T * (p_s - p_t) / n
+            d[i * classes + j] = (t * (ls[j].exp() - pt) / n as f64) as f32;
+        }
+    }
+    ((t * t * loss / n as f64) as f32, d)
+}
+
+pub fn mse_loss(x: &[f32], target: &[f32]) -> (f32, Vec<f32>) {
+    let count = x.len().max(1) as f64;
+    let sum: f64 = x.iter().zip(target).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    let d = map_binary(x, target, |a, b| (2.0 * (a as f64 - b as f64) / count) as f32);
+    ((sum / count) as f32, d)
+}
+
+pub fn sgd_step(p: &mut [f32], g: &[f32], buf: &mut [f32], lr: f32, momentum: f32, wd: f32, nesterov: bool) {
+    p.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(g.par_chunks(ELEMWISE_CHUNK).zip(buf.par_chunks_mut(ELEMWISE_CHUNK)))
+        .for_each(|(pc, (gc, bc))| {
+            for ((pv, &gv), bv) in pc.iter_mut().zip(gc).zip(bc.iter_mut()) {
+                let d = gv + wd * *pv;
+                let step = if momentum != 0.0 {
+                    *bv = momentum * *bv + d;
+                    if nesterov {
+                        d + momentum * *bv
+                    } else {
+                        *bv
+                    }
+                } else {
+                    d
+                };
+                *pv -= lr * step;
+            }
+        });
+}
+
+pub fn index_select(x: &[f32], outer: usize, len: usize, inner: usize, index: &[u32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; outer * index.len() * inner];
+    if inner == 0 || index.is_empty() {
+        return y;
+    }
+    y.par_chunks_mut(index.len() * inner).enumerate().for_each(|(o, yc)| {
+        for (j, &i) in index.iter().enumerate() {
+            let src = (o * len + i as usize) * inner;
+            yc[j * inner..(j + 1) * inner].copy_from_slice(&x[src..src + inner]);
+        }
+    });
+    y
+}
+
+pub fn feature_mse(candidates: &[f32], k: usize, baseline: &[f32]) -> Vec<f32> {
+    let m = baseline.len();
+    if m == 0 {
+        return vec![0.0; k];
+    }
+    candidates
+        .par_chunks(m)
+        .map(|c| {
+            let s: f64 = c.iter().zip(baseline).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+            (s / m as f64) as f32
+        })
+        .collect()
+}

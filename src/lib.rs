@@ -1,0 +1,23 @@
+//! lfgcl: label-free, globally searched network pruning (LFGCL) on a from-scratch CNN engine.
+//!
+//! Layout, one home per concept:
+//! - [`tensor`], [`backend`]: f32 tensors and the CPU / CUDA op sets behind one trait;
+//! - [`nn`]: layers with explicit forward and backward, and the network graph that runs them;
+//! - [`models`]: CIFAR ResNets, VGG-16 and a small CNN built from a width vector, with exact costs;
+//! - [`data`]: IDX, CIFAR binary, image folders and a synthetic set; augmentation and batching;
+//! - [`train`]: optimiser, schedules, training and evaluation loops, checkpoints;
+//! - [`prune`]: channel groups, ranking, budgets, masked gather into a compact net;
+//! - [`search`]: the LFGCL search (architecture state, DDPG, label-free reward);
+//! - [`report`]: JSON logs and SVG plots; [`cli`]: the `lfgcl` command line.
+
+pub mod backend;
+pub mod data;
+pub mod error;
+pub mod models;
+pub mod nn;
+pub mod report;
+pub mod tensor;
+
+pub use backend::{Backend, Device, DeviceChoice};
+pub use error::{Error, Result};
+pub use tensor::Tensor;

@@ -1,0 +1,89 @@
+//! Exact cost accounting in the pruning papers' convention: FLOPs are the multiply-accumulates
+//! of conv and linear layers (batch norm, ReLU, pooling and adds are not counted); params are
+//! the weights and biases of conv and linear layers. Batch-norm parameters are counted apart.
+
+use crate::nn::{Graph, Op};
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerCost {
+    pub name: String,
+    pub kind: &'static str,
+    /// Per-sample output shape.
+    pub out_shape: Vec<usize>,
+    pub macs: u64,
+    pub params: u64,
+    pub bn_params: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Cost {
+    pub layers: Vec<LayerCost>,
+    pub macs: u64,
+    pub params: u64,
+    pub bn_params: u64,
+}
+
+/// MACs and params of one node, from its parameter shapes and output shape.
+pub fn node_cost(op: &Op, out_shape: &[usize]) -> (u64, u64, u64) {
+    match op {
+        Op::Conv(c) => {
+            let w = c.weight.value.dims();
+            let weights = (w[0] * w[1] * w[2] * w[3]) as u64;
+            let pixels = (out_shape[1] * out_shape[2]) as u64;
+            (weights * pixels, weights, 0)
+        }
+        Op::Linear(l) => {
+            let w = l.weight.value.dims();
+            let weights = (w[0] * w[1]) as u64;
+            let bias = l.bias.as_ref().map_or(0, |b| b.value.numel() as u64);
+            (weights, weights + bias, 0)
+        }
+        Op::BatchNorm(bn) => (0, 0, 2 * bn.channels() as u64),
+        _ => (0, 0, 0),
+    }
+}
+
+pub fn graph_cost(graph: &Graph) -> Cost {
+    let layers: Vec<LayerCost> = graph
+        .nodes
+        .iter()
+        .map(|n| {
+            let (macs, params, bn_params) = node_cost(&n.op, &n.out_shape);
+            LayerCost { name: n.name.clone(), kind: n.op.kind(), out_shape: n.out_shape.clone(), macs, params, bn_params }
+        })
+        .collect();
+    Cost {
+        macs: layers.iter().map(|l| l.macs).sum(),
+        params: layers.iter().map(|l| l.params).sum(),
+        bn_params: layers.iter().map(|l| l.bn_params).sum(),
+        layers,
+    }
+}
+
+/// `1234567` -> `"1,234,567"`.
+pub fn thousands(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// `125485696` -> `"125.49M"`.
+pub fn human(v: u64) -> String {
+    let f = v as f64;
+    if f >= 1e9 {
+        format!("{:.2}G", f / 1e9)
+    } else if f >= 1e6 {
+        format!("{:.2}M", f / 1e6)
+    } else if f >= 1e3 {
+        format!("{:.2}K", f / 1e3)
+    } else {
+        v.to_string()
+    }
+}

@@ -1,0 +1,376 @@
+//! A network as a small static graph of layers (a DAG in topological order). Forward runs the
+//! nodes in order; backward runs them in reverse, calling each layer's hand-written backward
+//! and summing gradients where a value feeds several consumers (the residual stream). The
+//! explicit node list is also what pruning reads to find coupled channels.
+
+use super::layers::{BatchNorm, Conv2d, Linear, Param, ShortcutA};
+use crate::backend::Device;
+use crate::error::{Error, Result};
+use crate::tensor::{fmt_dims, Tensor};
+
+pub enum Op {
+    /// The image batch.
+    Input,
+    Conv(Conv2d),
+    BatchNorm(BatchNorm),
+    Relu,
+    /// Element-wise sum of two inputs, optionally followed by ReLU (the end of a residual block).
+    Add { relu: bool },
+    Shortcut(ShortcutA),
+    MaxPool { kernel: usize, stride: usize },
+    GlobalAvgPool,
+    /// `[N,C,H,W] -> [N,C*H*W]`.
+    Flatten,
+    Linear(Linear),
+}
+
+impl Op {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input => "Input",
+            Op::Conv(_) => "Conv2d",
+            Op::BatchNorm(_) => "BatchNorm",
+            Op::Relu => "ReLU",
+            Op::Add { relu: false } => "Add",
+            Op::Add { relu: true } => "Add+ReLU",
+            Op::Shortcut(_) => "ShortcutA",
+            Op::MaxPool { .. } => "MaxPool2d",
+            Op::GlobalAvgPool => "AvgPool",
+            Op::Flatten => "Flatten",
+            Op::Linear(_) => "Linear",
+        }
+    }
+}
+
+pub struct Node {
+    /// PyTorch-style module path (`layer1.0.conv1`); parameter names append `.weight` etc.
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<usize>,
+    /// Per-sample output shape: `[C, H, W]`, or `[F]` after flattening.
+    pub out_shape: Vec<usize>,
+    /// For convs and linears: the entry of the architecture's width vector that sets this
+    /// layer's output width (None when the width is fixed, e.g. the class count).
+    pub width_slot: Option<usize>,
+}
+
+/// Whether batch norm uses batch statistics (and updates its running ones) or running ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// Every node's output of a training-mode forward pass, kept for the backward pass.
+pub struct Trace {
+    values: Vec<Option<Tensor>>,
+}
+
+impl Trace {
+    /// The network output (logits).
+    pub fn output(&self) -> &Tensor {
+        self.values.last().and_then(|v| v.as_ref()).expect("trace holds the output")
+    }
+    pub fn value(&self, node: usize) -> Option<&Tensor> {
+        self.values.get(node).and_then(|v| v.as_ref())
+    }
+}
+
+/// A state-dict entry: what a checkpoint stores under one name.
+pub enum StateRef<'a> {
+    F32(&'a Tensor),
+    I64(i64),
+    I32(&'a [i32]),
+}
+
+pub enum StateMut<'a> {
+    F32(&'a mut Tensor),
+    I64(&'a mut i64),
+    I32(&'a mut Vec<i32>),
+}
+
+pub struct Graph {
+    pub nodes: Vec<Node>,
+}
+
+impl Graph {
+    pub fn output_index(&self) -> usize {
+        self.nodes.len() - 1
+    }
+
+    /// Per-sample input shape `[C, H, W]`.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.nodes[0].out_shape
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let want = self.input_shape();
+        if x.rank() != want.len() + 1 || &x.dims()[1..] != want {
+            return Err(Error::Shape(format!(
+                "network expects input [N, {}], got {}",
+                want.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
+                fmt_dims(x.dims())
+            )));
+        }
+        Ok(())
+    }
+
+    /// The last node index that reads each node's output (the node itself when nothing does).
+    fn last_uses(&self) -> Vec<usize> {
+        let mut last: Vec<usize> = (0..self.nodes.len()).collect();
+        for (j, node) in self.nodes.iter().enumerate() {
+            for &i in &node.inputs {
+                last[i] = last[i].max(j);
+            }
+        }
+        last
+    }
+
+    /// Output of a node from its inputs' values; batch norm in training mode needs `&mut`.
+    fn run_node(node: &mut Node, dev: &Device, values: &[Option<Tensor>], mode: Mode) -> Result<Tensor> {
+        let x = value_of(values, node.inputs[0], &node.name)?;
+        Ok(match &mut node.op {
+            Op::Input => unreachable!("the input node is filled in by the caller"),
+            Op::Conv(c) => c.forward(dev, x)?,
+            Op::BatchNorm(bn) => match mode {
+                Mode::Train => bn.forward_train(dev, x)?,
+                Mode::Eval => bn.forward_eval(dev, x)?,
+            },
+            Op::Relu => dev.relu_forward(x)?,
+            Op::Add { relu } => {
+                let b = value_of(values, node.inputs[1], &node.name)?;
+                if *relu {
+                    dev.add_relu(x, b)?
+                } else {
+                    dev.add(x, b)?
+                }
+            }
+            Op::Shortcut(s) => dev.shortcut_forward(x, &s.src, s.stride)?,
+            Op::MaxPool { kernel, stride } => dev.maxpool_forward(x, *kernel, *stride)?,
+            Op::GlobalAvgPool => dev.global_avgpool_forward(x)?,
+            Op::Flatten => {
+                let n = x.dims()[0];
+                let f = x.numel() / n.max(1);
+                dev.copy(x)?.reshape(&[n, f])?
+            }
+            Op::Linear(l) => l.forward(dev, x)?,
+        })
+    }
+
+    /// Training-mode forward pass that keeps every value for `backward`.
+    pub fn forward_train(&mut self, dev: &Device, x: Tensor) -> Result<Trace> {
+        self.check_input(&x)?;
+        let mut values: Vec<Option<Tensor>> = Vec::with_capacity(self.nodes.len());
+        values.push(Some(x));
+        for i in 1..self.nodes.len() {
+            let y = Self::run_node(&mut self.nodes[i], dev, &values, Mode::Train)?;
+            values.push(Some(y));
+        }
+        Ok(Trace { values })
+    }
+
+    /// Inference forward pass (running batch-norm statistics); returns the output and copies of
+    /// the outputs of the `taps` nodes, freeing every other value as soon as it is consumed.
+    pub fn forward_taps(&mut self, dev: &Device, x: Tensor, mode: Mode, taps: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
+        self.check_input(&x)?;
+        let n = self.nodes.len();
+        if let Some(&bad) = taps.iter().find(|&&t| t >= n) {
+            return Err(Error::Invalid(format!("tap {bad} out of range for a graph of {n} nodes")));
+        }
+        let last = self.last_uses();
+        let mut values: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
+        let mut tapped: Vec<Option<Tensor>> = (0..taps.len()).map(|_| None).collect();
+        values[0] = Some(x);
+        for i in 0..n {
+            if i > 0 {
+                let y = Self::run_node(&mut self.nodes[i], dev, &values, mode)?;
+                values[i] = Some(y);
+            }
+            for (slot, &t) in taps.iter().enumerate() {
+                if t == i {
+                    tapped[slot] = Some(dev.copy(values[i].as_ref().expect("just computed"))?);
+                }
+            }
+            // Free inputs nobody reads any more.
+            for &j in &self.nodes[i].inputs.clone() {
+                if last[j] == i {
+                    values[j] = None;
+                }
+            }
+        }
+        let out = values[n - 1].take().expect("output computed");
+        Ok((out, tapped.into_iter().map(|t| t.expect("every tap is computed")).collect()))
+    }
+
+    /// Forward pass returning the logits only.
+    pub fn forward(&mut self, dev: &Device, x: Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(self.forward_taps(dev, x, mode, &[])?.0)
+    }
+
+    /// Backward pass from the gradient of the loss with respect to the output; accumulates every
+    /// parameter's gradient. Consumes the trace (values are freed as soon as they are used).
+    pub fn backward(&mut self, dev: &Device, mut trace: Trace, dout: Tensor) -> Result<()> {
+        let n = self.nodes.len();
+        let out_dims = trace.output().dims().to_vec();
+        dout.expect_dims(&out_dims, "output gradient")?;
+        let mut grads: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
+        grads[n - 1] = Some(dout);
+        for i in (1..n).rev() {
+            let Some(dy) = grads[i].take() else {
+                trace.values[i] = None;
+                continue;
+            };
+            let inputs = self.nodes[i].inputs.clone();
+            let node = &mut self.nodes[i];
+            let values = &trace.values;
+            let x = || value_of(values, inputs[0], &node.name);
+            let y = || value_of(values, i, &node.name);
+            let mut push: Vec<(usize, Tensor)> = Vec::with_capacity(2);
+            match &mut node.op {
+                Op::Input => {}
+                Op::Conv(c) => {
+                    let x = value_of(values, inputs[0], "conv input")?;
+                    if let Some(dx) = c.backward(dev, x, &dy, inputs[0] != 0)? {
+                        push.push((inputs[0], dx));
+                    }
+                }
+                Op::BatchNorm(bn) => {
+                    let x = value_of(values, inputs[0], "batch norm input")?;
+                    push.push((inputs[0], bn.backward(dev, x, &dy)?));
+                }
+                Op::Relu => push.push((inputs[0], dev.relu_backward(&dy, y()?)?)),
+                Op::Add { relu } => {
+                    let g = if *relu { dev.relu_backward(&dy, y()?)? } else { dy };
+                    push.push((inputs[1], dev.copy(&g)?));
+                    push.push((inputs[0], g));
+                }
+                Op::Shortcut(s) => push.push((inputs[0], dev.shortcut_backward(&dy, &s.src, s.stride, x()?.dims())?)),
+                Op::MaxPool { kernel, stride } => {
+                    push.push((inputs[0], dev.maxpool_backward(&dy, x()?, *kernel, *stride)?))
+                }
+                Op::GlobalAvgPool => push.push((inputs[0], dev.global_avgpool_backward(&dy, x()?.dims())?)),
+                Op::Flatten => push.push((inputs[0], dy.reshape(x()?.dims())?)),
+                Op::Linear(l) => {
+                    let x = value_of(values, inputs[0], "linear input")?;
+                    push.push((inputs[0], l.backward(dev, x, &dy)?));
+                }
+            }
+            for (j, g) in push {
+                if j == 0 {
+                    continue; // the image needs no gradient
+                }
+                match &mut grads[j] {
+                    Some(acc) => dev.add_assign(acc, &g)?,
+                    slot @ None => *slot = Some(g),
+                }
+            }
+            trace.values[i] = None;
+        }
+        Ok(())
+    }
+
+    /// Visits every trainable parameter with its state-dict name, in a fixed order.
+    pub fn visit_params_mut(&mut self, mut f: impl FnMut(&str, &mut Param) -> Result<()>) -> Result<()> {
+        for node in &mut self.nodes {
+            let name = &node.name;
+            match &mut node.op {
+                Op::Conv(c) => f(&format!("{name}.weight"), &mut c.weight)?,
+                Op::BatchNorm(bn) => {
+                    f(&format!("{name}.weight"), &mut bn.weight)?;
+                    f(&format!("{name}.bias"), &mut bn.bias)?;
+                }
+                Op::Linear(l) => {
+                    f(&format!("{name}.weight"), &mut l.weight)?;
+                    if let Some(b) = &mut l.bias {
+                        f(&format!("{name}.bias"), b)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn zero_grad(&mut self) {
+        let _ = self.visit_params_mut(|_, p| {
+            p.grad = None;
+            Ok(())
+        });
+    }
+
+    /// The state dict: parameters, batch-norm buffers and shortcut channel maps, by name.
+    pub fn state(&self) -> Vec<(String, StateRef<'_>)> {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            let name = &node.name;
+            match &node.op {
+                Op::Conv(c) => out.push((format!("{name}.weight"), StateRef::F32(&c.weight.value))),
+                Op::BatchNorm(bn) => {
+                    out.push((format!("{name}.weight"), StateRef::F32(&bn.weight.value)));
+                    out.push((format!("{name}.bias"), StateRef::F32(&bn.bias.value)));
+                    out.push((format!("{name}.running_mean"), StateRef::F32(&bn.running_mean)));
+                    out.push((format!("{name}.running_var"), StateRef::F32(&bn.running_var)));
+                    out.push((format!("{name}.num_batches_tracked"), StateRef::I64(bn.num_batches_tracked)));
+                }
+                Op::Linear(l) => {
+                    out.push((format!("{name}.weight"), StateRef::F32(&l.weight.value)));
+                    if let Some(b) = &l.bias {
+                        out.push((format!("{name}.bias"), StateRef::F32(&b.value)));
+                    }
+                }
+                Op::Shortcut(s) => out.push((format!("{name}.channel_map"), StateRef::I32(&s.src))),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Mutable view of the state dict, same names and order as `state`.
+    pub fn state_mut(&mut self) -> Vec<(String, StateMut<'_>)> {
+        let mut out = Vec::new();
+        for node in &mut self.nodes {
+            let name = node.name.clone();
+            match &mut node.op {
+                Op::Conv(c) => out.push((format!("{name}.weight"), StateMut::F32(&mut c.weight.value))),
+                Op::BatchNorm(bn) => {
+                    out.push((format!("{name}.weight"), StateMut::F32(&mut bn.weight.value)));
+                    out.push((format!("{name}.bias"), StateMut::F32(&mut bn.bias.value)));
+                    out.push((format!("{name}.running_mean"), StateMut::F32(&mut bn.running_mean)));
+                    out.push((format!("{name}.running_var"), StateMut::F32(&mut bn.running_var)));
+                    out.push((format!("{name}.num_batches_tracked"), StateMut::I64(&mut bn.num_batches_tracked)));
+                }
+                Op::Linear(l) => {
+                    out.push((format!("{name}.weight"), StateMut::F32(&mut l.weight.value)));
+                    if let Some(b) = &mut l.bias {
+                        out.push((format!("{name}.bias"), StateMut::F32(&mut b.value)));
+                    }
+                }
+                Op::Shortcut(s) => out.push((format!("{name}.channel_map"), StateMut::I32(&mut s.src))),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Index of the node called `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Moves every tensor of the graph onto `dev` (parameters, buffers; gradients are dropped).
+    pub fn to_device(&mut self, dev: &Device) -> Result<()> {
+        for (_, entry) in self.state_mut() {
+            if let StateMut::F32(t) = entry {
+                *t = dev.to_device(t)?;
+            }
+        }
+        self.zero_grad();
+        Ok(())
+    }
+}
+
+fn value_of<'a>(values: &'a [Option<Tensor>], i: usize, what: &str) -> Result<&'a Tensor> {
+    values[i]
+        .as_ref()
+        .ok_or_else(|| Error::Invalid(format!("graph: value {i} ({what}) is missing from the trace")))
+}

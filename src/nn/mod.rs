@@ -1,0 +1,7 @@
+//! Layers with explicit forward and backward passes, and the graph that runs them.
+
+pub mod graph;
+pub mod layers;
+
+pub use graph::{Graph, Mode, Node, Op, StateMut, StateRef, Trace};
+pub use layers::{BatchNorm, Conv2d, Linear, Param, ShortcutA};

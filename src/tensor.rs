@@ -1,0 +1,194 @@
+//! f32 tensors in row-major (NCHW for images) layout, stored on the host or on a CUDA device.
+//!
+//! A tensor is a shape and a buffer; it carries no autograd state. Operations live on the
+//! backends (`crate::backend`), which check that their inputs live where they run.
+
+use crate::error::{Error, Result};
+use cudarc::driver::CudaSlice;
+
+/// Where a tensor's elements are.
+pub enum Storage {
+    Cpu(Vec<f32>),
+    Cuda(CudaSlice<f32>),
+}
+
+pub struct Tensor {
+    dims: Vec<usize>,
+    storage: Storage,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = match &self.storage {
+            Storage::Cpu(_) => "cpu",
+            Storage::Cuda(_) => "cuda",
+        };
+        write!(f, "Tensor({:?}, {place})", self.dims)
+    }
+}
+
+/// Pretty-prints a shape as `[2, 3, 32, 32]`.
+pub fn fmt_dims(dims: &[usize]) -> String {
+    format!("{dims:?}")
+}
+
+impl Tensor {
+    /// A host tensor from its elements; errors when the element count does not match the shape.
+    pub fn from_vec(dims: &[usize], data: Vec<f32>) -> Result<Tensor> {
+        let n: usize = dims.iter().product();
+        if n != data.len() {
+            return Err(Error::Shape(format!(
+                "{} elements cannot have shape {}",
+                data.len(),
+                fmt_dims(dims)
+            )));
+        }
+        Ok(Tensor { dims: dims.to_vec(), storage: Storage::Cpu(data) })
+    }
+
+    pub fn zeros(dims: &[usize]) -> Tensor {
+        let n = dims.iter().product();
+        Tensor { dims: dims.to_vec(), storage: Storage::Cpu(vec![0.0; n]) }
+    }
+
+    pub fn full(dims: &[usize], value: f32) -> Tensor {
+        let n = dims.iter().product();
+        Tensor { dims: dims.to_vec(), storage: Storage::Cpu(vec![value; n]) }
+    }
+
+    /// Wraps a device buffer; the caller guarantees `slice.len()` equals the shape's product.
+    pub fn from_cuda(dims: &[usize], slice: CudaSlice<f32>) -> Result<Tensor> {
+        let n: usize = dims.iter().product();
+        if n != slice.len() {
+            return Err(Error::Shape(format!(
+                "device buffer of {} elements cannot have shape {}",
+                slice.len(),
+                fmt_dims(dims)
+            )));
+        }
+        Ok(Tensor { dims: dims.to_vec(), storage: Storage::Cuda(slice) })
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+    pub fn rank(&self) -> usize {
+        self.dims.len()
+    }
+    pub fn numel(&self) -> usize {
+        self.dims.iter().product()
+    }
+    /// Size of dimension `i`, counting from the end when negative-like usage is needed by callers.
+    pub fn dim(&self, i: usize) -> usize {
+        self.dims[i]
+    }
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+    pub fn storage_mut(&mut self) -> &mut Storage {
+        &mut self.storage
+    }
+    pub fn is_cpu(&self) -> bool {
+        matches!(self.storage, Storage::Cpu(_))
+    }
+    pub fn is_cuda(&self) -> bool {
+        matches!(self.storage, Storage::Cuda(_))
+    }
+
+    /// The elements of a host tensor. Errors for device tensors: call `to_vec` to copy them back.
+    pub fn as_slice(&self) -> Result<&[f32]> {
+        match &self.storage {
+            Storage::Cpu(v) => Ok(v),
+            Storage::Cuda(_) => Err(Error::Device(format!(
+                "tensor {} is on the GPU where host memory was expected",
+                fmt_dims(&self.dims)
+            ))),
+        }
+    }
+    pub fn as_mut_slice(&mut self) -> Result<&mut [f32]> {
+        let dims = fmt_dims(&self.dims);
+        match &mut self.storage {
+            Storage::Cpu(v) => Ok(v),
+            Storage::Cuda(_) => Err(Error::Device(format!(
+                "tensor {dims} is on the GPU where host memory was expected"
+            ))),
+        }
+    }
+    pub fn cuda_slice(&self) -> Result<&CudaSlice<f32>> {
+        match &self.storage {
+            Storage::Cuda(s) => Ok(s),
+            Storage::Cpu(_) => Err(Error::Device(format!(
+                "tensor {} is in host memory where a GPU buffer was expected",
+                fmt_dims(&self.dims)
+            ))),
+        }
+    }
+    pub fn cuda_slice_mut(&mut self) -> Result<&mut CudaSlice<f32>> {
+        let dims = fmt_dims(&self.dims);
+        match &mut self.storage {
+            Storage::Cuda(s) => Ok(s),
+            Storage::Cpu(_) => Err(Error::Device(format!(
+                "tensor {dims} is in host memory where a GPU buffer was expected"
+            ))),
+        }
+    }
+
+    /// Copies the elements to a host vector, wherever they live.
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        match &self.storage {
+            Storage::Cpu(v) => Ok(v.clone()),
+            Storage::Cuda(s) => s
+                .stream()
+                .clone_dtoh(s)
+                .map_err(|e| Error::Cuda(format!("copy to host: {e:?}"))),
+        }
+    }
+
+    /// Takes the host vector out of a host tensor.
+    pub fn into_vec(self) -> Result<Vec<f32>> {
+        match self.storage {
+            Storage::Cpu(v) => Ok(v),
+            Storage::Cuda(ref s) => s
+                .stream()
+                .clone_dtoh(s)
+                .map_err(|e| Error::Cuda(format!("copy to host: {e:?}"))),
+        }
+    }
+
+    /// Same elements, another shape with the same element count.
+    pub fn reshape(mut self, dims: &[usize]) -> Result<Tensor> {
+        let n: usize = dims.iter().product();
+        if n != self.numel() {
+            return Err(Error::Shape(format!(
+                "cannot reshape {} into {}",
+                fmt_dims(&self.dims),
+                fmt_dims(dims)
+            )));
+        }
+        self.dims = dims.to_vec();
+        Ok(self)
+    }
+
+    /// Errors unless the tensor has exactly `dims`; `what` names it in the message.
+    pub fn expect_dims(&self, dims: &[usize], what: &str) -> Result<()> {
+        if self.dims != dims {
+            return Err(Error::Shape(format!(
+                "{what}: expected {}, got {}",
+                fmt_dims(dims),
+                fmt_dims(&self.dims)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Errors unless the tensor has rank `rank`.
+    pub fn expect_rank(&self, rank: usize, what: &str) -> Result<()> {
+        if self.dims.len() != rank {
+            return Err(Error::Shape(format!(
+                "{what}: expected a rank-{rank} tensor, got {}",
+                fmt_dims(&self.dims)
+            )));
+        }
+        Ok(())
+    }
+}
