@@ -11,12 +11,16 @@
 //! - [`report`]: JSON logs and SVG plots; [`cli`]: the `lfgcl` command line.
 
 pub mod backend;
+pub mod bench;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod models;
 pub mod nn;
+pub mod prune;
 pub mod report;
 pub mod tensor;
+pub mod train;
 
 pub use backend::{Backend, Device, DeviceChoice};
 pub use error::{Error, Result};

@@ -144,6 +144,15 @@ impl Tensor {
         }
     }
 
+    /// A deep copy on the same device.
+    pub fn try_clone(&self) -> Result<Tensor> {
+        let storage = match &self.storage {
+            Storage::Cpu(v) => Storage::Cpu(v.clone()),
+            Storage::Cuda(s) => Storage::Cuda(s.try_clone().map_err(|e| Error::Cuda(format!("copy on device: {e:?}")))?),
+        };
+        Ok(Tensor { dims: self.dims.clone(), storage })
+    }
+
     /// Takes the host vector out of a host tensor.
     pub fn into_vec(self) -> Result<Vec<f32>> {
         match self.storage {

@@ -284,6 +284,12 @@ pub fn cpu() -> Device {
     Arc::new(cpu::CpuBackend::new())
 }
 
+/// The CPU backend with reference math: fixed-order f64 accumulation in forward convolutions
+/// and linears (slow; for exactness tests).
+pub fn cpu_reference() -> Device {
+    Arc::new(cpu::CpuBackend::reference())
+}
+
 /// Opens the device the user asked for. `Auto` falls back to the CPU when no CUDA device (or no
 /// driver, or no NVRTC) is found; `Cuda` turns that into an error that says what is missing.
 pub fn select(choice: DeviceChoice) -> Result<Device> {

@@ -250,6 +250,21 @@ impl Model {
         Ok(Model { arch, graph, normalization: None })
     }
 
+    /// A deep copy (parameters, buffers and shortcut maps), on the same device.
+    pub fn duplicate(&self) -> Result<Model> {
+        use crate::nn::{StateMut, StateRef};
+        let mut graph = self.arch.build_graph(0)?;
+        for ((name, dst), (_, src)) in graph.state_mut().into_iter().zip(self.graph.state()) {
+            match (dst, src) {
+                (StateMut::F32(d), StateRef::F32(s)) => *d = s.try_clone()?,
+                (StateMut::I64(d), StateRef::I64(s)) => *d = s,
+                (StateMut::I32(d), StateRef::I32(s)) => *d = s.to_vec(),
+                _ => return Err(Error::Invalid(format!("duplicate: {name} changed type"))),
+            }
+        }
+        Ok(Model { arch: self.arch.clone(), graph, normalization: self.normalization.clone() })
+    }
+
     /// Per-layer and total cost (MACs, params) of this network.
     pub fn cost(&self) -> Cost {
         cost::graph_cost(&self.graph)

@@ -1,9 +1,95 @@
 //! Row-major single-precision GEMM on top of the `gemm` crate (run-time SIMD dispatch, so the
 //! same binary is fast on AVX2, AVX-512 and plain SSE machines).
 
-/// `C[m,n] = beta_c * C + op(A)[m,k] * op(B)[k,n]`, all row-major.
+/// Strides of a matrix operand: element `(i, j)` sits at `i * row + j * col`.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub row: usize,
+    pub col: usize,
+}
+
+impl Layout {
+    /// Row-major `rows x cols` matrix.
+    pub fn row_major(cols: usize) -> Layout {
+        Layout { row: cols, col: 1 }
+    }
+    /// Column-major `rows x cols` matrix.
+    pub fn col_major(rows: usize) -> Layout {
+        Layout { row: 1, col: rows }
+    }
+    /// Largest offset reached by a `rows x cols` matrix, plus one.
+    fn extent(&self, rows: usize, cols: usize) -> usize {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * self.row + (cols - 1) * self.col + 1
+        }
+    }
+}
+
+/// `C[m,n] (+)= A[m,k] * B[k,n]` with arbitrary operand layouts. The `gemm` crate's kernels
+/// favour some orientations over others by up to 2x on the thin matrices of convolutions, so the
+/// caller picks the layouts (see `conv.rs`).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_layout(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    la: Layout,
+    b: &[f32],
+    lb: Layout,
+    c: &mut [f32],
+    lc: Layout,
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(a.len() >= la.extent(m, k), "sgemm: A too small");
+    assert!(b.len() >= lb.extent(k, n), "sgemm: B too small");
+    assert!(c.len() >= lc.extent(m, n), "sgemm: C too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    c[i * lc.row + j * lc.col] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts above guarantee every offset the strides reach lies inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            lc.col as isize,
+            lc.row as isize,
+            accumulate,
+            a.as_ptr(),
+            la.col as isize,
+            la.row as isize,
+            b.as_ptr(),
+            lb.col as isize,
+            lb.row as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `C[m,n] (+)= op(A)[m,k] * op(B)[k,n]`, all row-major.
 /// `a_t`: A is stored as `[k, m]`; `b_t`: B is stored as `[n, k]`.
-/// `accumulate`: keep and add to C's previous content (beta_c = 1) instead of overwriting it.
+/// `accumulate`: add to C's previous content instead of overwriting it.
 /// `threads`: 1 for a serial product (the caller already runs in parallel), more to let the
 /// GEMM split its own work.
 #[allow(clippy::too_many_arguments)]
@@ -19,50 +105,9 @@ pub fn sgemm(
     accumulate: bool,
     threads: usize,
 ) {
-    assert!(a.len() >= m * k, "sgemm: A too small");
-    assert!(b.len() >= k * n, "sgemm: B too small");
-    assert!(c.len() >= m * n, "sgemm: C too small");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            c[..m * n].fill(0.0);
-        }
-        return;
-    }
-    let (a_rs, a_cs) = if a_t { (1, m as isize) } else { (k as isize, 1) };
-    let (b_rs, b_cs) = if b_t { (1, k as isize) } else { (n as isize, 1) };
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above guarantee every index the strides reach lies inside the slices:
-    // A spans m*k elements, B k*n, C m*n, with the row/column strides of their stated layouts.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    let la = if a_t { Layout::col_major(m) } else { Layout::row_major(k) };
+    let lb = if b_t { Layout::col_major(k) } else { Layout::row_major(n) };
+    sgemm_layout(m, n, k, a, la, b, lb, c, Layout::row_major(n), accumulate, threads);
 }
 
 /// Plain triple loop in a fixed order: the reference the fast path is tested against.

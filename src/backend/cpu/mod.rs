@@ -13,11 +13,21 @@ use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Tensor};
 
 #[derive(Debug, Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    /// Forward convolutions and linears by direct loops accumulating in f64 in a fixed order
+    /// (slow). Adding an exact zero never changes such a sum, so a net with pruned channels
+    /// zeroed and its compact version agree bit for bit; the fast GEMM path regroups sums and
+    /// agrees to a few ulps.
+    reference: bool,
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend { reference: false }
+    }
+    /// The reference-math variant (see `reference`).
+    pub fn reference() -> Self {
+        CpuBackend { reference: true }
     }
 }
 
@@ -84,7 +94,8 @@ impl Backend for CpuBackend {
     }
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        let math = if self.reference { ", reference math" } else { "" };
+        format!("cpu ({} threads{math})", rayon::current_num_threads())
     }
 
     fn zeros(&self, dims: &[usize]) -> Result<Tensor> {
@@ -105,7 +116,12 @@ impl Backend for CpuBackend {
 
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::new(x.dims(), w.dims(), spec)?;
-        Tensor::from_vec(&s.output_dims(), conv::forward(host(x)?, host(w)?, &s))
+        let y = if self.reference {
+            conv::forward_reference(host(x)?, host(w)?, &s)
+        } else {
+            conv::forward(host(x)?, host(w)?, &s)
+        };
+        Tensor::from_vec(&s.output_dims(), y)
     }
 
     fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
@@ -290,7 +306,11 @@ impl Backend for CpuBackend {
     fn linear_forward(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         let (n, fin, fout) = linear_dims(x, w)?;
         let mut y = vec![0.0f32; n * fout];
-        gemm::sgemm(n, fout, fin, host(x)?, false, host(w)?, true, &mut y, false, rayon::current_num_threads());
+        if self.reference {
+            gemm::sgemm_reference(n, fout, fin, host(x)?, false, host(w)?, true, &mut y, false);
+        } else {
+            gemm::sgemm(n, fout, fin, host(x)?, false, host(w)?, true, &mut y, false, rayon::current_num_threads());
+        }
         if let Some(b) = b {
             b.expect_dims(&[fout], "linear bias")?;
             let bs = host(b)?;

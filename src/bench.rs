@@ -1,0 +1,165 @@
+//! CPU throughput measurements for `lfgcl bench cpu` and the criterion benches: the machine's
+//! SGEMM peak measured in the same run, then inference and training-step images/s of a model
+//! and the GFLOP/s they achieve as a fraction of that peak.
+
+use crate::backend::{self, cpu::gemm::sgemm, Device};
+use crate::error::Result;
+use crate::models::{Arch, Model};
+use crate::nn::Mode;
+use crate::tensor::Tensor;
+use crate::train::Sgd;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Timing {
+    /// Median seconds per repetition.
+    pub median_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+    pub reps: usize,
+}
+
+/// Runs `f` once to warm up, then `reps` timed times.
+pub fn time_it(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
+    f()?;
+    let mut t: Vec<f64> = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(|a, b| a.total_cmp(b));
+    Ok(Timing { median_s: t[t.len() / 2], min_s: t[0], max_s: t[t.len() - 1], reps: t.len() })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GemmPoint {
+    pub size: usize,
+    pub gflops: f64,
+    pub timing: Timing,
+}
+
+/// Square SGEMMs of growing size on every thread; the best is the peak the model runs are
+/// compared with.
+pub fn sgemm_peak(reps: usize) -> Result<Vec<GemmPoint>> {
+    let threads = rayon::current_num_threads();
+    let mut out = Vec::new();
+    for size in [256usize, 512, 1024, 2048] {
+        let a: Vec<f32> = (0..size * size).map(|i| (i % 17) as f32 * 0.01).collect();
+        let b: Vec<f32> = (0..size * size).map(|i| (i % 13) as f32 * 0.01).collect();
+        let mut c = vec![0.0f32; size * size];
+        let timing = time_it(reps, || {
+            sgemm(size, size, size, &a, false, &b, false, &mut c, false, threads);
+            Ok(())
+        })?;
+        let gflops = 2.0 * (size as f64).powi(3) / timing.median_s / 1e9;
+        out.push(GemmPoint { size, gflops, timing });
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    pub batch: usize,
+    pub images_per_sec: f64,
+    /// Useful GFLOP/s: 2 x MACs per image (x3 for a training step: forward, backward-data,
+    /// backward-weight) times images per second.
+    pub gflops: f64,
+    pub fraction_of_sgemm_peak: f64,
+    pub timing: Timing,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuBenchReport {
+    pub device: String,
+    pub threads: usize,
+    pub model: String,
+    pub macs_per_image: u64,
+    pub sgemm: Vec<GemmPoint>,
+    pub sgemm_peak_gflops: f64,
+    pub inference: Throughput,
+    pub train_step: Throughput,
+}
+
+impl CpuBenchReport {
+    pub fn table(&self) -> String {
+        let mut s = format!("{} ({} threads), model {}\n", self.device, self.threads, self.model);
+        for g in &self.sgemm {
+            s += &format!("  sgemm {0}x{0}x{0}: {1:>7.1} GFLOP/s\n", g.size, g.gflops);
+        }
+        s += &format!("  sgemm peak (best of the above): {:.1} GFLOP/s\n", self.sgemm_peak_gflops);
+        for (what, t) in [("inference", &self.inference), ("train step", &self.train_step)] {
+            s += &format!(
+                "  {what:<10} batch {:>4}: {:>8.1} img/s  {:>6.1} GFLOP/s = {:>5.1}% of sgemm peak  (median {:.1} ms, min {:.1}, max {:.1}, {} reps)\n",
+                t.batch,
+                t.images_per_sec,
+                t.gflops,
+                100.0 * t.fraction_of_sgemm_peak,
+                1e3 * t.timing.median_s,
+                1e3 * t.timing.min_s,
+                1e3 * t.timing.max_s,
+                t.timing.reps
+            );
+        }
+        s
+    }
+}
+
+fn input_for(model: &str) -> (usize, usize) {
+    if model.starts_with("smallcnn") {
+        (1, 28)
+    } else {
+        (3, 32)
+    }
+}
+
+/// Inference (eval mode) and one full SGD training step of `model` on random data.
+pub fn cpu_bench(model: &str, batch: usize, train_batch: usize, reps: usize, verbose: bool) -> Result<CpuBenchReport> {
+    let dev: Device = backend::cpu();
+    let (c, size) = input_for(model);
+    let mut m = Model::new(Arch::new(model, c, size, 10)?, &dev, 0)?;
+    let macs = m.cost().macs;
+    if verbose {
+        eprintln!("measuring sgemm peak ...");
+    }
+    let sgemm = sgemm_peak(reps)?;
+    let peak = sgemm.iter().map(|g| g.gflops).fold(0.0, f64::max);
+    let x_infer: Vec<f32> = (0..batch * c * size * size).map(|i| ((i % 255) as f32 / 255.0) - 0.5).collect();
+    if verbose {
+        eprintln!("measuring {model} inference, batch {batch} ...");
+    }
+    let infer_t = time_it(reps, || {
+        let x = Tensor::from_vec(&[batch, c, size, size], x_infer.clone())?;
+        m.graph.forward(&dev, x, Mode::Eval).map(|_| ())
+    })?;
+    let x_train: Vec<f32> = (0..train_batch * c * size * size).map(|i| ((i % 251) as f32 / 251.0) - 0.5).collect();
+    let labels: Vec<u32> = (0..train_batch).map(|i| (i % 10) as u32).collect();
+    let mut opt = Sgd::new(0.9, 5e-4, false)?;
+    if verbose {
+        eprintln!("measuring {model} training step, batch {train_batch} ...");
+    }
+    let train_t = time_it(reps, || {
+        let x = Tensor::from_vec(&[train_batch, c, size, size], x_train.clone())?;
+        let trace = m.graph.forward_train(&dev, x)?;
+        let ce = dev.softmax_cross_entropy(trace.output(), &labels)?;
+        m.graph.zero_grad();
+        m.graph.backward(&dev, trace, ce.dlogits)?;
+        opt.step(&dev, &mut m.graph, 0.01)
+    })?;
+    let through = |b: usize, t: Timing, flops_per_image: f64| {
+        let ips = b as f64 / t.median_s;
+        let gflops = ips * flops_per_image / 1e9;
+        Throughput { batch: b, images_per_sec: ips, gflops, fraction_of_sgemm_peak: gflops / peak, timing: t }
+    };
+    Ok(CpuBenchReport {
+        device: dev.describe(),
+        threads: rayon::current_num_threads(),
+        model: model.to_string(),
+        macs_per_image: macs,
+        sgemm,
+        sgemm_peak_gflops: peak,
+        inference: through(batch, infer_t, 2.0 * macs as f64),
+        train_step: through(train_batch, train_t, 6.0 * macs as f64),
+    })
+}

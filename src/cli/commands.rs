@@ -1,0 +1,387 @@
+//! Subcommand handlers: open data and devices, call the library, print and save results.
+
+use super::{BenchArgs, Cli, Command, DataArgs, DemoArgs, EvalArgs, GlobalArgs, PruneApplyArgs, PruneArgs, TrainArgs};
+use crate::prune::{self, Budget, Constraints, GroupScope, Pruner};
+use crate::backend::{self, Device};
+use crate::data::{self, Dataset, OpenOptions, Split};
+use crate::error::{Error, Result};
+use crate::models::{Arch, Model};
+use crate::report::{self, JsonlWriter, LinePlot, Series};
+use crate::train::{self, checkpoint, EpochLog, LrSchedule, Objective, TrainConfig};
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+
+pub fn run_command(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.global.threads {
+        // Fails only if the pool was already built (a second call in one process): harmless.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
+    }
+    let g = cli.global;
+    match cli.command {
+        Command::Train(a) => cmd_train(&g, a),
+        Command::Eval(a) => cmd_eval(&g, a),
+        Command::Info(a) => super::info::cmd_info(a),
+        Command::Demo(a) => cmd_demo(&g, a),
+        Command::Bench(a) => cmd_bench(&g, a),
+        Command::PruneApply(a) => cmd_prune_apply(&g, a),
+    }
+}
+
+pub(crate) fn open_device(g: &GlobalArgs) -> Result<Device> {
+    let dev = backend::select(g.device)?;
+    if !g.quiet {
+        eprintln!("device: {}", dev.describe());
+    }
+    Ok(dev)
+}
+
+fn open_options(d: &DataArgs, limit: Option<usize>) -> OpenOptions {
+    OpenOptions { image_size: d.image_size, limit, grayscale: d.grayscale }
+}
+
+/// Opens the training split and, when the dataset has one, the test split.
+pub(crate) fn open_train_test(d: &DataArgs) -> Result<(Dataset, Option<Dataset>)> {
+    let train = data::open(&d.data, Split::Train, &open_options(d, d.limit))?;
+    let test = match data::open(&d.data, Split::Test, &open_options(d, d.test_limit)) {
+        Ok(t) => Some(t),
+        // Unlabeled or single-split folders have no test split; everything else must.
+        Err(e) if d.data.starts_with("folder:") || Path::new(&d.data).is_dir() => {
+            eprintln!("note: no test split ({e}); training without evaluation");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    Ok((train, test))
+}
+
+fn square_input(ds: &Dataset) -> Result<usize> {
+    if ds.height != ds.width {
+        return Err(Error::Shape(format!(
+            "dataset {} has {}x{} images; models take square inputs (use --image-size)",
+            ds.name, ds.height, ds.width
+        )));
+    }
+    Ok(ds.height)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", 100.0 * x)
+}
+
+fn epoch_line(log: &EpochLog) -> String {
+    let mut s = format!("epoch {:>3}  lr {:.4}  train loss {:.4}", log.epoch, log.lr, log.train_loss);
+    if let Some(a) = log.train_top1 {
+        s += &format!("  train top-1 {}", pct(a));
+    }
+    if let (Some(l), Some(a)) = (log.test_loss, log.test_top1) {
+        s += &format!("  test loss {l:.4}  test top-1 {}", pct(a));
+    }
+    s + &format!("  {:.0} img/s  {:.1}s", log.images_per_sec, log.seconds)
+}
+
+/// Loss and accuracy curves of a training log.
+pub(crate) fn training_plot(logs: &[EpochLog], title: &str) -> LinePlot {
+    let pts = |f: &dyn Fn(&EpochLog) -> Option<f64>| -> Vec<(f64, f64)> {
+        logs.iter().filter_map(|l| f(l).map(|v| (l.epoch as f64, v))).collect()
+    };
+    let mut plot = LinePlot::new(title, "epoch", "top-1 accuracy (%)");
+    let train = pts(&|l| l.train_top1.map(|a| 100.0 * a));
+    if !train.is_empty() {
+        plot = plot.with_series(Series::line("train (augmented)", train));
+    }
+    let test = pts(&|l| l.test_top1.map(|a| 100.0 * a));
+    if !test.is_empty() {
+        plot = plot.with_series(Series::line("test", test));
+    }
+    plot
+}
+
+/// Everything a training run needs besides the model and data.
+pub(crate) struct RunFiles<'a> {
+    pub out: &'a Path,
+    pub info: serde_json::Value,
+    pub quiet: bool,
+}
+
+/// Runs `fit`, saving the checkpoint and the JSONL log after every epoch, then the summary and
+/// the plot. Returns the epoch logs.
+pub(crate) fn fit_and_save(
+    model: &mut Model,
+    dev: &Device,
+    train: &Dataset,
+    test: Option<&Dataset>,
+    cfg: &TrainConfig,
+    objective: &mut Objective<'_>,
+    files: &RunFiles<'_>,
+) -> Result<Vec<EpochLog>> {
+    std::fs::create_dir_all(files.out).map_err(|e| Error::io(files.out, e))?;
+    let mut jsonl = JsonlWriter::create(files.out.join("train_log.jsonl"))?;
+    let ckpt_path = files.out.join("model.safetensors");
+    let start = Instant::now();
+    let mut history: Vec<EpochLog> = Vec::new();
+    let logs = train::fit(model, dev, train, test, cfg, objective, &mut |log, m| {
+        jsonl.write(log)?;
+        let mut info = files.info.clone();
+        info["epochs_done"] = json!(log.epoch);
+        info["test_top1"] = json!(log.test_top1);
+        checkpoint::save(m, &ckpt_path, &info)?;
+        history.push(log.clone());
+        training_plot(&history, "training").save(files.out.join("training.svg"))?;
+        if !files.quiet {
+            println!("{}", epoch_line(log));
+        }
+        Ok(())
+    })?;
+    let last = logs.last().expect("at least one epoch");
+    report::write_json(
+        files.out.join("summary.json"),
+        &json!({
+            "model": model.arch,
+            "config": cfg,
+            "info": files.info,
+            "final": last,
+            "wall_seconds": start.elapsed().as_secs_f64(),
+            "checkpoint": ckpt_path,
+        }),
+    )?;
+    Ok(logs)
+}
+
+fn cmd_train(g: &GlobalArgs, a: TrainArgs) -> Result<()> {
+    let dev = open_device(g)?;
+    let (train, test) = open_train_test(&a.data)?;
+    let mut model = match &a.init {
+        Some(p) => checkpoint::load(p, &dev)?,
+        None => {
+            let classes = a.classes.unwrap_or(train.num_classes);
+            if classes == 0 {
+                return Err(Error::Invalid(format!("dataset {} has no labels to train on", train.name)));
+            }
+            Model::new(Arch::new(&a.model, train.channels, square_input(&train)?, classes)?, &dev, a.seed)?
+        }
+    };
+    let cfg = TrainConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        nesterov: a.nesterov,
+        schedule: LrSchedule::parse(&a.schedule, a.epochs)?,
+        warmup_epochs: a.warmup,
+        augment: !a.no_augment,
+        seed: a.seed,
+        eval_batch_size: 256,
+        progress: !g.quiet,
+    };
+    let cost = model.cost();
+    if !g.quiet {
+        println!(
+            "training {} ({} params, {} MACs) on {} ({} images) for {} epochs -> {}",
+            model.arch.model,
+            crate::models::cost::human(cost.params),
+            crate::models::cost::human(cost.macs),
+            train.name,
+            train.len(),
+            cfg.epochs,
+            a.out.display()
+        );
+    }
+    let files = RunFiles { out: &a.out, info: json!({ "data": a.data.data, "trained_by": "lfgcl train" }), quiet: g.quiet };
+    let logs = fit_and_save(&mut model, &dev, &train, test.as_ref(), &cfg, &mut Objective::Labels, &files)?;
+    let last = logs.last().expect("at least one epoch");
+    if let Some(acc) = last.test_top1 {
+        println!("final test top-1 {} after {} epochs; checkpoint {}", pct(acc), last.epoch, a.out.join("model.safetensors").display());
+    }
+    Ok(())
+}
+
+fn parse_split(s: &str) -> Result<Split> {
+    match s {
+        "test" => Ok(Split::Test),
+        "train" => Ok(Split::Train),
+        _ => Err(Error::Invalid(format!("unknown split '{s}' (expected test or train)"))),
+    }
+}
+
+fn cmd_eval(g: &GlobalArgs, a: EvalArgs) -> Result<()> {
+    let split = parse_split(&a.split)?;
+    let dev = open_device(g)?;
+    let mut model = checkpoint::load(&a.ckpt, &dev)?;
+    let limit = if split == Split::Test { a.data.test_limit } else { a.data.limit };
+    let ds = data::open(&a.data.data, split, &open_options(&a.data, limit))?;
+    let start = Instant::now();
+    let r = train::evaluate(&mut model, &dev, &ds, a.batch_size, !g.quiet)?;
+    let secs = start.elapsed().as_secs_f64();
+    let cost = model.cost();
+    println!(
+        "{}: {} on {} ({} images): top-1 {}  loss {:.4}  ({} MACs, {} params, {:.0} img/s)",
+        a.ckpt.display(),
+        model.arch.model,
+        ds.name,
+        r.images,
+        pct(r.top1),
+        r.loss,
+        crate::models::cost::human(cost.macs),
+        crate::models::cost::human(cost.params),
+        r.images as f64 / secs.max(1e-9)
+    );
+    if let Some(p) = &a.json {
+        report::write_json(
+            p,
+            &json!({ "checkpoint": a.ckpt, "data": ds.name, "result": r, "macs": cost.macs, "params": cost.params }),
+        )?;
+    }
+    Ok(())
+}
+
+fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
+    let dev = open_device(g)?;
+    let t0 = Instant::now();
+    let train = data::synthetic::generate(Split::Train);
+    let test = data::synthetic::generate(Split::Test);
+    println!(
+        "demo: training smallcnn on the built-in synthetic set ({} train / {} test images, {} classes), {} epochs",
+        train.len(),
+        test.len(),
+        train.num_classes,
+        a.epochs
+    );
+    let arch = Arch::new("smallcnn", train.channels, train.height, train.num_classes)?;
+    let mut model = Model::new(arch, &dev, a.seed)?;
+    let cfg = TrainConfig {
+        epochs: a.epochs,
+        batch_size: 64,
+        lr: 0.05,
+        seed: a.seed,
+        progress: !g.quiet,
+        ..TrainConfig::default()
+    };
+    let files = RunFiles { out: &a.out, info: json!({ "data": "synthetic", "trained_by": "lfgcl demo" }), quiet: g.quiet };
+    let logs = fit_and_save(&mut model, &dev, &train, Some(&test), &cfg, &mut Objective::Labels, &files)?;
+    let eval = train::evaluate(&mut model, &dev, &test, 256, false)?;
+    let last = logs.last().expect("at least one epoch");
+    println!(
+        "demo done in {:.0}s: test top-1 {} (loss {:.4}); outputs in {} (model.safetensors, train_log.jsonl, training.svg, summary.json)",
+        t0.elapsed().as_secs_f64(),
+        pct(eval.top1),
+        eval.loss,
+        a.out.display()
+    );
+    debug_assert_eq!(last.test_top1, Some(eval.top1));
+    Ok(())
+}
+
+fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
+    match a.what.as_str() {
+        "cpu" => {
+            let report = crate::bench::cpu_bench(&a.model, a.batch, a.train_batch, a.reps, !g.quiet)?;
+            println!("{}", report.table());
+            if let Some(p) = &a.json {
+                report::write_json(p, &report)?;
+            }
+            Ok(())
+        }
+        other => Err(Error::Invalid(format!("unknown benchmark '{other}' (expected cpu)"))),
+    }
+}
+
+pub(crate) fn scope_of(streams: bool) -> GroupScope {
+    if streams {
+        GroupScope::All
+    } else {
+        GroupScope::Inner
+    }
+}
+
+impl PruneArgs {
+    pub(crate) fn budget(&self) -> Budget {
+        Budget { flops: self.flops, params: self.params }
+    }
+    pub(crate) fn constraints(&self) -> Result<Constraints> {
+        let c = Constraints { lower: self.lower, round: self.round };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Writes a pruned net and its policy, and prints what the pruning did.
+pub(crate) fn save_pruned(
+    base: &crate::models::Model,
+    pruned: &crate::models::Model,
+    policy: &prune::Policy,
+    out: &Path,
+    quiet: bool,
+) -> Result<()> {
+    checkpoint::save(pruned, out, &serde_json::to_value(policy).expect("policy serialises"))?;
+    let policy_path = out.with_extension("policy.json");
+    report::write_json(&policy_path, policy)?;
+    if !quiet {
+        let (b, p) = (base.cost(), pruned.cost());
+        println!(
+            "pruned {} ({} groups, {}): FLOPs {} -> {} ({:.1}%), params {} -> {} ({:.1}%)",
+            base.arch.model,
+            policy.groups.len(),
+            policy.source,
+            crate::models::cost::human(b.macs),
+            crate::models::cost::human(p.macs),
+            100.0 * p.macs as f64 / b.macs as f64,
+            crate::models::cost::human(b.params),
+            crate::models::cost::human(p.params),
+            100.0 * p.params as f64 / b.params as f64
+        );
+        println!("wrote {} and {}", out.display(), policy_path.display());
+    }
+    Ok(())
+}
+
+fn cmd_prune_apply(g: &GlobalArgs, a: PruneApplyArgs) -> Result<()> {
+    let dev = open_device(g)?;
+    let base = checkpoint::load(&a.ckpt, &dev)?;
+    let constraints = a.prune.constraints()?;
+    let budget = a.prune.budget();
+    let (projected, pruner, source) = if a.uniform {
+        let pruner = Pruner::new(&base, scope_of(a.prune.streams), a.prune.criterion)?;
+        (pruner.uniform(&budget, &constraints)?, pruner, "uniform".to_string())
+    } else {
+        let path = a.ratios.as_ref().ok_or_else(|| Error::Invalid("give --ratios FILE or --uniform".into()))?;
+        let file = prune::read_ratio_file(path)?;
+        // The file's own scope and rounding win unless the command line asks for streams.
+        let scope = if a.prune.streams { GroupScope::All } else { file.scope.unwrap_or(GroupScope::Inner) };
+        let criterion = file.criterion.unwrap_or(a.prune.criterion);
+        let pruner = Pruner::new(&base, scope, criterion)?;
+        let what = path.display().to_string();
+        prune::budget::check_ratios(&file.ratios, pruner.groups.len(), &what)?;
+        if let Some(names) = &file.groups {
+            if names != &pruner.group_names() {
+                return Err(Error::Invalid(format!(
+                    "{what} names groups {names:?}, but {} has {:?}",
+                    base.arch.model,
+                    pruner.group_names()
+                )));
+            }
+        }
+        let c = Constraints { round: file.round.unwrap_or(constraints.round), ..constraints };
+        let p = if budget.flops.is_some() || budget.params.is_some() {
+            pruner.project(&file.ratios, &budget, &c)?
+        } else {
+            let kept: Vec<usize> =
+                file.ratios.iter().zip(&pruner.cost.channels).map(|(&r, &ch)| prune::keep_count(r, ch, c.round)).collect();
+            let (macs, params) = pruner.cost.cost(&kept);
+            let (ff, pf) = pruner.cost.fractions(&kept);
+            prune::Projected {
+                ratios: kept.iter().zip(&pruner.cost.channels).map(|(&k, &ch)| k as f64 / ch as f64).collect(),
+                kept,
+                macs,
+                params,
+                flops_fraction: ff,
+                params_fraction: pf,
+            }
+        };
+        (p, pruner, format!("ratios from {what}"))
+    };
+    let pruned = pruner.prune(&base, &dev, &projected.kept)?;
+    let policy = pruner.policy(&base, &projected, &constraints, &source);
+    save_pruned(&base, &pruned, &policy, &a.out, g.quiet)
+}

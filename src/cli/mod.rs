@@ -1,0 +1,269 @@
+//! The `lfgcl` command line: argument parsing, progress and reporting only. Every subcommand is
+//! a thin layer over library functions, so tests reach the same code through `lfgcl::cli::run`.
+
+mod commands;
+mod info;
+
+use crate::backend::DeviceChoice;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+pub use commands::run_command;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lfgcl",
+    version,
+    about = "Label-free, globally searched network pruning (LFGCL) on a from-scratch CNN engine",
+    long_about = "lfgcl trains CIFAR-style CNNs (ResNet-20/32/44/56/110, VGG-16, a small CNN), searches \
+per-layer pruning ratios for a whole network at once with a DDPG agent scored without labels, \
+prunes, fine-tunes and evaluates them. It runs on the CPU everywhere and on NVIDIA GPUs through \
+hand-written CUDA kernels when one is found.\n\nStart with `lfgcl demo`, which trains a small net on \
+the built-in synthetic data in a couple of minutes and needs no download.",
+    after_help = "Data specs (--data):\n  synthetic | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | cifar100:DIR | folder:DIR\n\nRun `lfgcl <command> --help` for the options of each command."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Where to run: `auto` uses a CUDA GPU when one is found, else the CPU.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// CPU threads (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model from scratch (or from --init) with labels.
+    Train(TrainArgs),
+    /// Top-1 accuracy and loss of a checkpoint on a labelled dataset.
+    Eval(EvalArgs),
+    /// Layer table of a model or checkpoint: output shapes, params, MACs, totals.
+    Info(InfoArgs),
+    /// Train a small CNN on the built-in synthetic data and evaluate it (no download, a few minutes on 2 cores).
+    Demo(DemoArgs),
+    /// Measure throughput: `cpu` (GEMM peak, inference and training images/s).
+    Bench(BenchArgs),
+    /// Prune a checkpoint with a given policy (--ratios FILE) or uniformly at a budget (--uniform).
+    PruneApply(PruneApplyArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PruneArgs {
+    /// Also prune each residual stage's stream channels (coupled across the stage), not only
+    /// the free inner channels of each block.
+    #[arg(long)]
+    pub streams: bool,
+    /// How to pick the channels to keep in each group.
+    #[arg(long, value_enum, default_value_t = crate::prune::Criterion::L1)]
+    pub criterion: crate::prune::Criterion,
+    /// Round kept channel counts up to a multiple of this (1, 2, 4, 8 or 16).
+    #[arg(long, default_value_t = 1)]
+    pub round: usize,
+    /// Smallest keep ratio of any group.
+    #[arg(long, default_value_t = 0.2)]
+    pub lower: f64,
+    /// FLOPs budget: keep at most this fraction of the model's FLOPs (MACs).
+    #[arg(long)]
+    pub flops: Option<f64>,
+    /// Params budget: keep at most this fraction of the model's params.
+    #[arg(long)]
+    pub params: Option<f64>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PruneApplyArgs {
+    /// The trained checkpoint to prune.
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// Policy: a JSON list of keep ratios (one per group, see `lfgcl info --groups`) or a policy
+    /// file written by `lfgcl search`. With a budget, the ratios are projected onto it.
+    #[arg(long, conflicts_with = "uniform")]
+    pub ratios: Option<PathBuf>,
+    /// Keep the same fraction of every group, the largest that meets the budget.
+    #[arg(long)]
+    pub uniform: bool,
+    #[command(flatten)]
+    pub prune: PruneArgs,
+    /// The pruned checkpoint to write (its policy goes beside it as .policy.json).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Dataset: synthetic, fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR, folder:DIR.
+    #[arg(long, default_value = "synthetic")]
+    pub data: String,
+    /// Use at most this many training images (quick runs).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Use at most this many test images.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Image folders: resize images to this side length.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    /// Image folders: decode as grayscale.
+    #[arg(long)]
+    pub grayscale: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// resnet20, resnet32, resnet44, resnet56, resnet110, vgg16 or smallcnn.
+    #[arg(long, default_value = "resnet20")]
+    pub model: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Output directory: model.safetensors (saved after every epoch), train_log.jsonl, summary.json, training.svg.
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f32,
+    /// constant, cosine, step (x0.1 at 50% and 75%) or step:E1,E2[@GAMMA].
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    /// Epochs of linear learning-rate warm-up from lr/10.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f32,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f32,
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Disable pad-4 random crops and horizontal flips.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Number of classes (default: the dataset's).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Start from this checkpoint instead of a fresh initialisation.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// Checkpoint to evaluate (.safetensors written by lfgcl).
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Which split to evaluate on: test or train.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InfoArgs {
+    /// A model name (resnet56, vgg16, ...) ...
+    #[arg(long, conflicts_with = "ckpt")]
+    pub model: Option<String>,
+    /// ... or a checkpoint, pruned or not.
+    #[arg(long)]
+    pub ckpt: Option<PathBuf>,
+    /// Input shape CxHxW (with --model).
+    #[arg(long, default_value = "3x32x32")]
+    pub input: String,
+    /// Number of classes (with --model).
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    /// Show every node (ReLU, flatten, adds) instead of the layers that carry weights or change shapes.
+    #[arg(long)]
+    pub all: bool,
+    /// Print the table as JSON instead.
+    #[arg(long)]
+    pub json: bool,
+    /// List the prunable channel groups (with --streams, the residual streams too).
+    #[arg(long)]
+    pub groups: bool,
+    /// With --groups: include each residual stage's stream group.
+    #[arg(long)]
+    pub streams: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Output directory.
+    #[arg(long, default_value = "runs/demo")]
+    pub out: PathBuf,
+    /// Training epochs on the synthetic data.
+    #[arg(long, default_value_t = 8)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// What to measure: cpu.
+    #[arg(default_value = "cpu")]
+    pub what: String,
+    #[arg(long, default_value = "resnet20")]
+    pub model: String,
+    /// Inference batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Training-step batch size.
+    #[arg(long, default_value_t = 128)]
+    pub train_batch: usize,
+    /// Timed repetitions per measurement (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Parses `args` (including the program name) and runs the command; returns the process exit
+/// code. Errors are printed as one line on stderr.
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match run_command(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ! {
+    std::process::exit(run(std::env::args_os()))
+}

@@ -1,0 +1,283 @@
+//! Training and evaluation loops, the optimiser and schedules, and checkpoints.
+
+pub mod checkpoint;
+pub mod optim;
+
+pub use optim::{LrSchedule, Sgd};
+
+use crate::backend::Device;
+use crate::data::{Augment, Batch, Dataset, Loader, Normalization};
+use crate::error::{Error, Result};
+use crate::models::Model;
+use crate::nn::Mode;
+use crate::tensor::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// What the student learns from.
+pub enum Objective<'a> {
+    /// Softmax cross-entropy against the labels.
+    Labels,
+    /// Label-free knowledge distillation: KL divergence to a teacher's softened outputs.
+    Distill { teacher: &'a mut Model, temperature: f32 },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    pub schedule: LrSchedule,
+    /// Epochs of linear warm-up from lr/10 (0 for none).
+    pub warmup_epochs: f64,
+    pub augment: bool,
+    pub seed: u64,
+    pub eval_batch_size: usize,
+    /// Draw progress bars (they also hide themselves when stderr is not a terminal).
+    #[serde(skip)]
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            nesterov: false,
+            schedule: LrSchedule::Cosine { min_lr: 0.0 },
+            warmup_epochs: 0.0,
+            augment: true,
+            seed: 0,
+            eval_batch_size: 256,
+            progress: true,
+        }
+    }
+}
+
+/// One line of the per-epoch JSON log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub lr: f32,
+    pub train_loss: f64,
+    /// Training accuracy on the augmented batches (None when the objective reads no labels and
+    /// the data has none).
+    pub train_top1: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub test_top1: Option<f64>,
+    pub images_per_sec: f64,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub loss: f64,
+    pub top1: f64,
+    pub images: usize,
+}
+
+/// Errors unless `ds` holds images of the model's input shape.
+pub fn check_compatible(model: &Model, ds: &Dataset) -> Result<()> {
+    let want = [model.arch.in_channels, model.arch.input_size, model.arch.input_size];
+    if ds.image_dims() != want {
+        return Err(Error::Shape(format!(
+            "dataset {} has images {:?} but {} expects {:?} (C,H,W)",
+            ds.name,
+            ds.image_dims(),
+            model.arch.model,
+            want
+        )));
+    }
+    if ds.labels.is_some() && ds.num_classes > model.arch.num_classes {
+        return Err(Error::Shape(format!(
+            "dataset {} has {} classes but the model outputs {}",
+            ds.name, ds.num_classes, model.arch.num_classes
+        )));
+    }
+    Ok(())
+}
+
+/// The model's input normalisation, or the statistics of `ds` when it has none yet.
+pub fn normalization_for(model: &Model, ds: &Dataset) -> Result<Normalization> {
+    let norm = model.normalization.clone().unwrap_or_else(|| ds.channel_stats());
+    norm.check(ds.channels)?;
+    Ok(norm)
+}
+
+fn upload(dev: &Device, batch: &Batch) -> Result<Tensor> {
+    dev.from_host(&batch.dims, &batch.images)
+}
+
+fn progress_bar(show: bool, len: usize, prefix: String) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix);
+    pb
+}
+
+/// Top-1 accuracy and mean cross-entropy on a labelled dataset, in inference mode.
+pub fn evaluate(model: &mut Model, dev: &Device, ds: &Dataset, batch_size: usize, progress: bool) -> Result<EvalResult> {
+    check_compatible(model, ds)?;
+    let labels = ds.labels_or_err()?;
+    let norm = normalization_for(model, ds)?;
+    let loader = Loader::try_new(ds, batch_size, &norm)?;
+    let pb = progress_bar(progress, loader.num_batches(), "eval".into());
+    let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    for batch in loader.epoch(0) {
+        let logits = model.graph.forward(dev, upload(dev, &batch)?, Mode::Eval)?;
+        let batch_labels: Vec<u32> = batch.indices.iter().map(|&i| labels[i]).collect();
+        let ce = dev.softmax_cross_entropy(&logits, &batch_labels)?;
+        loss += ce.loss as f64 * batch.len() as f64;
+        correct += ce.correct;
+        seen += batch.len();
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if seen == 0 {
+        return Err(Error::Invalid(format!("dataset {} is empty", ds.name)));
+    }
+    Ok(EvalResult { loss: loss / seen as f64, top1: correct as f64 / seen as f64, images: seen })
+}
+
+/// Statistics of one optimisation step.
+pub struct StepStats {
+    pub loss: f32,
+    pub correct: Option<usize>,
+}
+
+/// Forward, loss, backward and SGD update on one batch.
+pub fn train_step(
+    model: &mut Model,
+    dev: &Device,
+    batch: &Batch,
+    objective: &mut Objective<'_>,
+    opt: &mut Sgd,
+    lr: f32,
+) -> Result<StepStats> {
+    let x = upload(dev, batch)?;
+    let (teacher_logits, x) = match objective {
+        Objective::Distill { teacher, .. } => {
+            let t = teacher.graph.forward(dev, dev.copy(&x)?, Mode::Eval)?;
+            (Some(t), x)
+        }
+        Objective::Labels => (None, x),
+    };
+    let trace = model.graph.forward_train(dev, x)?;
+    let (loss, dlogits, correct) = match (objective, teacher_logits) {
+        (Objective::Labels, _) => {
+            let labels = batch
+                .labels
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("training with labels on a dataset that has none".into()))?;
+            let ce = dev.softmax_cross_entropy(trace.output(), labels)?;
+            (ce.loss, ce.dlogits, Some(ce.correct))
+        }
+        (Objective::Distill { temperature, .. }, Some(t)) => {
+            let (loss, d) = dev.distill_kl(trace.output(), &t, *temperature)?;
+            // Accuracy is only reported, never trained on, and only when labels exist.
+            let correct = match &batch.labels {
+                Some(l) => Some(dev.softmax_cross_entropy(trace.output(), l)?.correct),
+                None => None,
+            };
+            (loss, d, correct)
+        }
+        (Objective::Distill { .. }, None) => unreachable!("teacher logits computed above"),
+    };
+    if !loss.is_finite() {
+        return Err(Error::Invalid(format!("training diverged: loss is {loss} (lower the learning rate)")));
+    }
+    model.graph.zero_grad();
+    model.graph.backward(dev, trace, dlogits)?;
+    opt.step(dev, &mut model.graph, lr)?;
+    Ok(StepStats { loss, correct })
+}
+
+/// Trains for `cfg.epochs` epochs, evaluating on `test` after each one, and calls `on_epoch`
+/// with the epoch's log and the model (to save checkpoints and logs as the run goes).
+pub fn fit(
+    model: &mut Model,
+    dev: &Device,
+    train: &Dataset,
+    test: Option<&Dataset>,
+    cfg: &TrainConfig,
+    objective: &mut Objective<'_>,
+    on_epoch: &mut dyn FnMut(&EpochLog, &Model) -> Result<()>,
+) -> Result<Vec<EpochLog>> {
+    check_compatible(model, train)?;
+    if let Some(t) = test {
+        check_compatible(model, t)?;
+    }
+    if cfg.epochs == 0 || cfg.batch_size == 0 {
+        return Err(Error::Invalid("epochs and batch size must be positive".into()));
+    }
+    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
+        return Err(Error::Invalid(format!("learning rate must be positive, got {}", cfg.lr)));
+    }
+    if matches!(objective, Objective::Labels) {
+        train.labels_or_err()?;
+    }
+    let norm = normalization_for(model, train)?;
+    model.normalization = Some(norm.clone());
+    let mut loader = Loader::try_new(train, cfg.batch_size, &norm)?.shuffle(cfg.seed).drop_last(train.len() > cfg.batch_size);
+    if cfg.augment {
+        loader = loader.augment(Augment::standard(), cfg.seed ^ 0x5eed);
+    }
+    let mut opt = Sgd::new(cfg.momentum, cfg.weight_decay, cfg.nesterov)?;
+    let steps = loader.num_batches();
+    let mut logs = Vec::with_capacity(cfg.epochs);
+    for epoch in 0..cfg.epochs {
+        let pb = progress_bar(cfg.progress, steps, format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut labelled, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
+        let mut lr = cfg.lr;
+        for (step, batch) in loader.epoch(epoch).enumerate() {
+            let progress = epoch as f64 + step as f64 / steps.max(1) as f64;
+            lr = cfg.schedule.lr(cfg.lr, progress, cfg.epochs, cfg.warmup_epochs);
+            let s = train_step(model, dev, &batch, objective, &mut opt, lr)?;
+            loss_sum += s.loss as f64 * batch.len() as f64;
+            seen += batch.len();
+            if let Some(c) = s.correct {
+                correct += c;
+                labelled += batch.len();
+            }
+            pb.inc(1);
+            let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            let acc = if labelled > 0 { format!(" acc {:.2}%", 100.0 * correct as f64 / labelled as f64) } else { String::new() };
+            pb.set_message(format!("loss {:.4}{acc} lr {lr:.4} {rate:.0} img/s", loss_sum / seen as f64));
+        }
+        dev.synchronize()?;
+        let train_secs = start.elapsed().as_secs_f64();
+        pb.finish_and_clear();
+        let eval = match test {
+            Some(t) if t.labels.is_some() => Some(evaluate(model, dev, t, cfg.eval_batch_size, cfg.progress)?),
+            _ => None,
+        };
+        let log = EpochLog {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_top1: (labelled > 0).then(|| correct as f64 / labelled as f64),
+            test_loss: eval.map(|e| e.loss),
+            test_top1: eval.map(|e| e.top1),
+            images_per_sec: seen as f64 / train_secs.max(1e-9),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        on_epoch(&log, model)?;
+        logs.push(log);
+    }
+    Ok(logs)
+}

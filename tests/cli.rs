@@ -1,0 +1,124 @@
+//! The `lfgcl` binary end to end: the commands a newcomer runs, and bad input that must give a
+//! one-line error and a non-zero exit, never a panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn lfgcl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lfgcl"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("run lfgcl")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Runs a command that must fail: exit 1, one `error:` line naming `needle`, no panic.
+fn fails_with(args: &[&str], needle: &str) {
+    let o = lfgcl(args);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{args:?} should fail with exit 1; stdout {out} stderr {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{args:?}: no error line in {err}"));
+    assert!(line.contains(needle), "{args:?}: expected '{needle}' in '{line}'");
+}
+
+#[test]
+fn help_lists_every_command() {
+    let o = lfgcl(&["--help"]);
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    for cmd in ["train", "eval", "info", "demo", "bench"] {
+        assert!(out.contains(cmd), "--help mentions {cmd}");
+    }
+    let o = lfgcl(&["train", "--help"]);
+    assert!(text(&o).0.contains("--epochs"));
+}
+
+#[test]
+fn info_prints_the_exact_costs() {
+    let o = lfgcl(&["info", "--model", "resnet56"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("125,485,696"), "{out}");
+    assert!(out.contains("848,954"), "{out}");
+    assert!(out.contains("layer3.8.conv2"), "{out}");
+    let o = lfgcl(&["info", "--model", "vgg16", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    assert_eq!(v["cost"]["macs"], 313_463_808u64);
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fails_with(&["info", "--model", "resnet19"], "unknown model 'resnet19'");
+    fails_with(&["info", "--model", "resnet20", "--input", "3x32"], "expected CxHxW");
+    fails_with(&["info"], "--model");
+    let missing = d.join("missing.safetensors");
+    fails_with(&["eval", "--device", "cpu", "--ckpt", missing.to_str().unwrap()], "missing.safetensors");
+    let junk = d.join("junk.safetensors");
+    std::fs::write(&junk, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
+    fails_with(&["eval", "--device", "cpu", "--ckpt", junk.to_str().unwrap()], "junk.safetensors");
+    fails_with(&["train", "--device", "cpu", "--data", "cifar10:/definitely/not/here", "--epochs", "1"], "/definitely/not/here");
+    fails_with(&["train", "--device", "cpu", "--data", "imagenet", "--epochs", "1"], "unknown data spec 'imagenet'");
+    fails_with(&["train", "--device", "cpu", "--model", "nonet", "--epochs", "1", "--limit", "64"], "unknown model 'nonet'");
+    fails_with(&["train", "--device", "cpu", "--schedule", "sometimes", "--limit", "64"], "unknown schedule");
+    let empty = d.join("empty_folder");
+    std::fs::create_dir_all(&empty).unwrap();
+    fails_with(&["train", "--device", "cpu", "--data", empty.to_str().unwrap(), "--epochs", "1"], "empty_folder");
+}
+
+#[test]
+fn cuda_without_a_device_is_a_clear_error() {
+    if lfgcl::backend::select(lfgcl::DeviceChoice::Cuda).is_ok() {
+        eprintln!("skipped: a CUDA device is present");
+        return;
+    }
+    fails_with(&["--device", "cuda", "demo", "--epochs", "1"], "cuda");
+}
+
+#[test]
+fn train_eval_info_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = lfgcl(&[
+        "train", "--device", "cpu", "--quiet", "--model", "smallcnn", "--data", "synthetic", "--epochs", "2",
+        "--limit", "1024", "--test-limit", "256", "--batch-size", "64", "--lr", "0.05", "--out", out.to_str().unwrap(),
+    ]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "train failed: {stdout} {err}");
+    for f in ["model.safetensors", "train_log.jsonl", "summary.json", "training.svg"] {
+        assert!(out.join(f).exists(), "{f} written");
+    }
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2, "one JSON line per epoch");
+    let ckpt = out.join("model.safetensors");
+    let o = lfgcl(&["eval", "--device", "cpu", "--quiet", "--ckpt", ckpt.to_str().unwrap(), "--data", "synthetic", "--test-limit", "256"]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(stdout.contains("top-1"), "{stdout}");
+    let o = lfgcl(&["info", "--ckpt", ckpt.to_str().unwrap()]);
+    assert!(o.status.success());
+    // A 3-channel model evaluated on 1-channel images is a shape error naming both.
+    let gray = dir.path().join("gray");
+    make_gray_folder(&gray);
+    fails_with(
+        &["eval", "--device", "cpu", "--ckpt", ckpt.to_str().unwrap(), "--data", gray.to_str().unwrap(), "--grayscale", "--split", "train"],
+        "expects [3, 32, 32]",
+    );
+}
+
+fn make_gray_folder(dir: &Path) {
+    for class in ["a", "b"] {
+        let d = dir.join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..2u8 {
+            let img = image::GrayImage::from_pixel(32, 32, image::Luma([i * 60]));
+            img.save(d.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
