@@ -19,6 +19,7 @@ pub mod models;
 pub mod nn;
 pub mod prune;
 pub mod report;
+pub mod search;
 pub mod tensor;
 pub mod train;
 

@@ -1,6 +1,8 @@
 //! Subcommand handlers: open data and devices, call the library, print and save results.
 
-use super::{BenchArgs, Cli, Command, DataArgs, DemoArgs, EvalArgs, GlobalArgs, PruneApplyArgs, PruneArgs, TrainArgs};
+use super::{
+    BenchArgs, Cli, Command, DataArgs, DemoArgs, EvalArgs, GlobalArgs, PruneApplyArgs, PruneArgs, SearchArgs, TrainArgs,
+};
 use crate::prune::{self, Budget, Constraints, GroupScope, Pruner};
 use crate::backend::{self, Device};
 use crate::data::{self, Dataset, OpenOptions, Split};
@@ -25,6 +27,7 @@ pub fn run_command(cli: Cli) -> Result<()> {
         Command::Demo(a) => cmd_demo(&g, a),
         Command::Bench(a) => cmd_bench(&g, a),
         Command::PruneApply(a) => cmd_prune_apply(&g, a),
+        Command::Search(a) => cmd_search(&g, a),
     }
 }
 
@@ -384,4 +387,77 @@ fn cmd_prune_apply(g: &GlobalArgs, a: PruneApplyArgs) -> Result<()> {
     let pruned = pruner.prune(&base, &dev, &projected.kept)?;
     let policy = pruner.policy(&base, &projected, &constraints, &source);
     save_pruned(&base, &pruned, &policy, &a.out, g.quiet)
+}
+
+fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
+    use crate::search::{self, reward::RewardConfig, reward::Taps, ddpg::DdpgConfig, SearchConfig, SearchFiles};
+    let budget = a.prune.budget();
+    budget.validate()?;
+    let constraints = a.prune.constraints()?;
+    let dev = open_device(g)?;
+    let mut base = checkpoint::load(&a.ckpt, &dev)?;
+    let opts = OpenOptions { image_size: a.image_size, limit: None, grayscale: base.arch.in_channels == 1 };
+    // The search reads no label: they are dropped as soon as the images are loaded.
+    let pool = data::open(&a.data, Split::Train, &opts)?.without_labels();
+    if pool.is_empty() {
+        return Err(Error::Invalid(format!("{} holds no images", a.data)));
+    }
+    let unlabeled = pool.random_subset(a.images.min(pool.len()), a.seed);
+    train::check_compatible(&base, &unlabeled)?;
+    let norm = train::normalization_for(&base, &unlabeled)?;
+    let images = search::batch_tensor(&unlabeled, &norm)?;
+    let report = match a.report_accuracy {
+        Some(n) => {
+            let spec = a.report_data.clone().unwrap_or_else(|| a.data.clone());
+            let ds = data::open(&spec, Split::Test, &OpenOptions { limit: Some(n), ..opts.clone() })?;
+            let labels = ds.labels_or_err()?.to_vec();
+            Some(search::AccuracyReport { images: search::batch_tensor(&ds, &norm)?, labels })
+        }
+        None => None,
+    };
+    let k = a.candidates_per_step;
+    let cfg = SearchConfig {
+        budget,
+        constraints,
+        scope: scope_of(a.prune.streams),
+        criterion: a.prune.criterion,
+        strategy: a.strategy,
+        episodes: a.episodes,
+        candidates_per_step: k,
+        updates_per_episode: a.updates_per_episode.unwrap_or(k),
+        seed: a.seed,
+        ddpg: DdpgConfig { warmup_episodes: a.warmup, ..DdpgConfig::default() },
+        reward: RewardConfig { taps: Taps::parse(&a.taps)?, recalibrate_bn: a.recalibrate_bn },
+    };
+    if !g.quiet {
+        println!(
+            "searching {} groups of {} ({:?}) for FLOPs {} params {} on {} unlabeled images: {} episodes x {} candidates ({:?})",
+            crate::prune::groups::groups(&base, cfg.scope)?.len(),
+            base.arch.model,
+            cfg.scope,
+            budget.flops.map_or("free".into(), |f| format!("<= {:.0}%", 100.0 * f)),
+            budget.params.map_or("free".into(), |p| format!("<= {:.0}%", 100.0 * p)),
+            unlabeled.len(),
+            cfg.episodes,
+            k,
+            cfg.strategy
+        );
+    }
+    let files = SearchFiles { dir: a.out.clone() };
+    let out = search::run(&mut base, &dev, &images, &cfg, &files, a.resume, report, !g.quiet)?;
+    println!(
+        "best reward {:.5} (uniform pruning {:.5}) at {:.1}% FLOPs, {:.1}% params; {} candidates in {:.0}s ({:.2} candidates/s)",
+        out.best.reward,
+        out.uniform.reward,
+        100.0 * out.best.flops_fraction,
+        100.0 * out.best.params_fraction,
+        out.evaluated,
+        out.seconds,
+        out.candidates_per_second
+    );
+    if let Some(rho) = out.reward_accuracy_spearman {
+        println!("Spearman rank correlation of reward and top-1 (before fine-tuning): {rho:.3}");
+    }
+    println!("wrote {}", a.out.display());
+    Ok(())
 }

@@ -56,6 +56,61 @@ pub enum Command {
     Bench(BenchArgs),
     /// Prune a checkpoint with a given policy (--ratios FILE) or uniformly at a budget (--uniform).
     PruneApply(PruneApplyArgs),
+    /// LFGCL: search every layer's keep ratio at once with a DDPG agent, scored without labels.
+    Search(SearchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SearchArgs {
+    /// The trained checkpoint (the baseline whose features candidates must preserve).
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// Unlabeled images: a folder of images, or any dataset spec (its labels are dropped).
+    #[arg(long, default_value = "synthetic")]
+    pub data: String,
+    /// How many images the reward is computed on (a fixed random subset of the training split).
+    #[arg(long, default_value_t = 256)]
+    pub images: usize,
+    /// Image folders: resize images to this side length.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    #[command(flatten)]
+    pub prune: PruneArgs,
+    #[arg(long, default_value_t = 300)]
+    pub episodes: usize,
+    /// Candidates evaluated per episode (in parallel).
+    #[arg(long, default_value_t = 8)]
+    pub candidates_per_step: usize,
+    /// Agent gradient steps per episode after warm-up (default: candidates per step).
+    #[arg(long)]
+    pub updates_per_episode: Option<usize>,
+    /// Episodes of random actions before the agent learns.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    /// ddpg (LFGCL) or random (random search with the same evaluation budget).
+    #[arg(long, value_enum, default_value_t = crate::search::Strategy::Ddpg)]
+    pub strategy: crate::search::Strategy,
+    /// Features the reward compares: any of penultimate, logits, stages (comma separated).
+    #[arg(long, default_value = "penultimate")]
+    pub taps: String,
+    /// Re-estimate each candidate's batch-norm statistics on the unlabeled images before scoring.
+    #[arg(long)]
+    pub recalibrate_bn: bool,
+    /// Report each candidate's top-1 on this many labelled test images (labels are used for the
+    /// report only, never by the search).
+    #[arg(long)]
+    pub report_accuracy: Option<usize>,
+    /// Labelled data for --report-accuracy (default: the test split of --data).
+    #[arg(long)]
+    pub report_data: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory: candidates.jsonl, best_policy.json, pruned.safetensors, plots, summary.
+    #[arg(long, default_value = "runs/search")]
+    pub out: PathBuf,
+    /// Continue the search saved in --out.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Args, Debug, Clone)]
