@@ -17,6 +17,7 @@ pub mod data;
 pub mod error;
 pub mod models;
 pub mod nn;
+pub mod pipeline;
 pub mod prune;
 pub mod report;
 pub mod search;

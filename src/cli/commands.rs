@@ -1,9 +1,16 @@
 //! Subcommand handlers: open data and devices, call the library, print and save results.
 
 use super::{
-    BenchArgs, Cli, Command, DataArgs, DemoArgs, EvalArgs, GlobalArgs, PruneApplyArgs, PruneArgs, SearchArgs, TrainArgs,
+    BenchArgs, Cli, Command, DataArgs, DemoArgs, EvalArgs, FinetuneArgs, FinetuneOpts, GlobalArgs, PipelineArgs,
+    PruneApplyArgs, PruneArgs, SearchArgs, SearchOpts, TrainArgs,
 };
+use crate::pipeline::{self, FinetuneConfig, PipelineConfig};
+use crate::search::ddpg::DdpgConfig;
+use crate::search::reward::{RewardConfig, Taps};
+use crate::search::{SearchConfig, SearchFiles, Strategy};
 use crate::prune::{self, Budget, Constraints, GroupScope, Pruner};
+use crate::search;
+use crate::tensor::Tensor;
 use crate::backend::{self, Device};
 use crate::data::{self, Dataset, OpenOptions, Split};
 use crate::error::{Error, Result};
@@ -28,6 +35,8 @@ pub fn run_command(cli: Cli) -> Result<()> {
         Command::Bench(a) => cmd_bench(&g, a),
         Command::PruneApply(a) => cmd_prune_apply(&g, a),
         Command::Search(a) => cmd_search(&g, a),
+        Command::Finetune(a) => cmd_finetune(&g, a),
+        Command::Pipeline(a) => cmd_pipeline(&g, a),
     }
 }
 
@@ -242,37 +251,51 @@ fn cmd_eval(g: &GlobalArgs, a: EvalArgs) -> Result<()> {
 fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
     let dev = open_device(g)?;
     let t0 = Instant::now();
-    let train = data::synthetic::generate(Split::Train);
+    let train_ds = data::synthetic::generate(Split::Train);
     let test = data::synthetic::generate(Split::Test);
     println!(
-        "demo: training smallcnn on the built-in synthetic set ({} train / {} test images, {} classes), {} epochs",
-        train.len(),
+        "demo 1/2: training a smallcnn baseline on the built-in synthetic set ({} train / {} test images, {} classes), {} epochs",
+        train_ds.len(),
         test.len(),
-        train.num_classes,
+        train_ds.num_classes,
         a.epochs
     );
-    let arch = Arch::new("smallcnn", train.channels, train.height, train.num_classes)?;
+    let arch = Arch::new("smallcnn", train_ds.channels, train_ds.height, train_ds.num_classes)?;
     let mut model = Model::new(arch, &dev, a.seed)?;
-    let cfg = TrainConfig {
-        epochs: a.epochs,
-        batch_size: 64,
-        lr: 0.05,
-        seed: a.seed,
-        progress: !g.quiet,
-        ..TrainConfig::default()
-    };
-    let files = RunFiles { out: &a.out, info: json!({ "data": "synthetic", "trained_by": "lfgcl demo" }), quiet: g.quiet };
-    let logs = fit_and_save(&mut model, &dev, &train, Some(&test), &cfg, &mut Objective::Labels, &files)?;
-    let eval = train::evaluate(&mut model, &dev, &test, 256, false)?;
-    let last = logs.last().expect("at least one epoch");
+    let cfg = TrainConfig { epochs: a.epochs, batch_size: 64, lr: 0.05, seed: a.seed, progress: !g.quiet, ..TrainConfig::default() };
+    let files = RunFiles { out: &a.out.join("baseline"), info: json!({ "data": "synthetic", "trained_by": "lfgcl demo" }), quiet: g.quiet };
+    fit_and_save(&mut model, &dev, &train_ds, Some(&test), &cfg, &mut Objective::Labels, &files)?;
+    let warmup = (a.episodes / 3).max(2);
     println!(
-        "demo done in {:.0}s: test top-1 {} (loss {:.4}); outputs in {} (model.safetensors, train_log.jsonl, training.svg, summary.json)",
-        t0.elapsed().as_secs_f64(),
-        pct(eval.top1),
-        eval.loss,
-        a.out.display()
+        "demo 2/2: LFGCL search at {:.0}% FLOPs ({} episodes x 8 candidates, {} of warm-up), random search and uniform pruning at the same budget, label-free fine-tuning ({} epochs)",
+        100.0 * a.flops,
+        a.episodes,
+        warmup,
+        a.ft_epochs
     );
-    debug_assert_eq!(last.test_top1, Some(eval.top1));
+    let pcfg = PipelineConfig {
+        search: SearchConfig {
+            budget: Budget { flops: Some(a.flops), params: None },
+            constraints: Constraints { lower: 0.2, round: 1 },
+            scope: GroupScope::Inner,
+            criterion: crate::prune::Criterion::L1,
+            strategy: Strategy::Ddpg,
+            episodes: a.episodes,
+            candidates_per_step: 8,
+            updates_per_episode: 8,
+            seed: a.seed,
+            ddpg: DdpgConfig { warmup_episodes: warmup, noise_decay: 0.9, ..DdpgConfig::default() },
+            reward: RewardConfig::default(),
+        },
+        finetune: FinetuneConfig {
+            train: TrainConfig { epochs: a.ft_epochs, batch_size: 64, lr: 0.01, seed: a.seed, progress: !g.quiet, ..TrainConfig::default() },
+            distill_temperature: Some(4.0),
+        },
+        random_baseline: true,
+        uniform_baseline: true,
+    };
+    run_pipeline(g, &dev, &mut model, &train_ds, &test, &pcfg, 256, &a.out)?;
+    println!("demo done in {:.0}s", t0.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -389,45 +412,55 @@ fn cmd_prune_apply(g: &GlobalArgs, a: PruneApplyArgs) -> Result<()> {
     save_pruned(&base, &pruned, &policy, &a.out, g.quiet)
 }
 
-fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
-    use crate::search::{self, reward::RewardConfig, reward::Taps, ddpg::DdpgConfig, SearchConfig, SearchFiles};
-    let budget = a.prune.budget();
+pub(crate) fn search_config(p: &PruneArgs, s: &SearchOpts, strategy: Strategy, seed: u64) -> Result<SearchConfig> {
+    let budget = p.budget();
     budget.validate()?;
-    let constraints = a.prune.constraints()?;
+    let k = s.candidates_per_step;
+    Ok(SearchConfig {
+        budget,
+        constraints: p.constraints()?,
+        scope: scope_of(p.streams),
+        criterion: p.criterion,
+        strategy,
+        episodes: s.episodes,
+        candidates_per_step: k,
+        updates_per_episode: s.updates_per_episode.unwrap_or(k),
+        seed,
+        ddpg: DdpgConfig { warmup_episodes: s.warmup, ..DdpgConfig::default() },
+        reward: RewardConfig { taps: Taps::parse(&s.taps)?, recalibrate_bn: s.recalibrate_bn },
+    })
+}
+
+/// The unlabeled image pool (training split, labels dropped) and the reward's fixed batch.
+pub(crate) fn unlabeled_images(base: &Model, spec: &str, image_size: usize, n: usize, seed: u64) -> Result<(Dataset, Tensor)> {
+    let opts = OpenOptions { image_size, limit: None, grayscale: base.arch.in_channels == 1 };
+    // The search reads no label: they are dropped as soon as the images are loaded.
+    let pool = data::open(spec, Split::Train, &opts)?.without_labels();
+    if pool.is_empty() {
+        return Err(Error::Invalid(format!("{spec} holds no images")));
+    }
+    let batch = pool.random_subset(n.min(pool.len()), seed);
+    train::check_compatible(base, &batch)?;
+    let norm = train::normalization_for(base, &batch)?;
+    let images = search::batch_tensor(&batch, &norm)?;
+    Ok((pool, images))
+}
+
+fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
+    let cfg = search_config(&a.prune, &a.search, a.strategy, a.seed)?;
     let dev = open_device(g)?;
     let mut base = checkpoint::load(&a.ckpt, &dev)?;
-    let opts = OpenOptions { image_size: a.image_size, limit: None, grayscale: base.arch.in_channels == 1 };
-    // The search reads no label: they are dropped as soon as the images are loaded.
-    let pool = data::open(&a.data, Split::Train, &opts)?.without_labels();
-    if pool.is_empty() {
-        return Err(Error::Invalid(format!("{} holds no images", a.data)));
-    }
-    let unlabeled = pool.random_subset(a.images.min(pool.len()), a.seed);
-    train::check_compatible(&base, &unlabeled)?;
-    let norm = train::normalization_for(&base, &unlabeled)?;
-    let images = search::batch_tensor(&unlabeled, &norm)?;
+    let (_, images) = unlabeled_images(&base, &a.data, a.image_size, a.search.images, a.seed)?;
     let report = match a.report_accuracy {
         Some(n) => {
             let spec = a.report_data.clone().unwrap_or_else(|| a.data.clone());
-            let ds = data::open(&spec, Split::Test, &OpenOptions { limit: Some(n), ..opts.clone() })?;
+            let opts = OpenOptions { image_size: a.image_size, limit: Some(n), grayscale: base.arch.in_channels == 1 };
+            let ds = data::open(&spec, Split::Test, &opts)?;
             let labels = ds.labels_or_err()?.to_vec();
+            let norm = train::normalization_for(&base, &ds)?;
             Some(search::AccuracyReport { images: search::batch_tensor(&ds, &norm)?, labels })
         }
         None => None,
-    };
-    let k = a.candidates_per_step;
-    let cfg = SearchConfig {
-        budget,
-        constraints,
-        scope: scope_of(a.prune.streams),
-        criterion: a.prune.criterion,
-        strategy: a.strategy,
-        episodes: a.episodes,
-        candidates_per_step: k,
-        updates_per_episode: a.updates_per_episode.unwrap_or(k),
-        seed: a.seed,
-        ddpg: DdpgConfig { warmup_episodes: a.warmup, ..DdpgConfig::default() },
-        reward: RewardConfig { taps: Taps::parse(&a.taps)?, recalibrate_bn: a.recalibrate_bn },
     };
     if !g.quiet {
         println!(
@@ -435,11 +468,11 @@ fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
             crate::prune::groups::groups(&base, cfg.scope)?.len(),
             base.arch.model,
             cfg.scope,
-            budget.flops.map_or("free".into(), |f| format!("<= {:.0}%", 100.0 * f)),
-            budget.params.map_or("free".into(), |p| format!("<= {:.0}%", 100.0 * p)),
-            unlabeled.len(),
+            cfg.budget.flops.map_or("free".into(), |f| format!("<= {:.0}%", 100.0 * f)),
+            cfg.budget.params.map_or("free".into(), |p| format!("<= {:.0}%", 100.0 * p)),
+            images.dims()[0],
             cfg.episodes,
-            k,
+            cfg.candidates_per_step,
             cfg.strategy
         );
     }
@@ -460,4 +493,99 @@ fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
     }
     println!("wrote {}", a.out.display());
     Ok(())
+}
+
+fn finetune_config(ft: &FinetuneOpts, seed: u64, progress: bool) -> FinetuneConfig {
+    FinetuneConfig {
+        train: TrainConfig {
+            epochs: ft.epochs,
+            batch_size: ft.batch_size,
+            lr: ft.lr,
+            seed,
+            progress,
+            ..TrainConfig::default()
+        },
+        distill_temperature: if ft.labels { None } else { Some(ft.temperature) },
+    }
+}
+
+fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
+    let dev = open_device(g)?;
+    let mut student = checkpoint::load(&a.ckpt, &dev)?;
+    let cfg = finetune_config(&a.ft, a.seed, !g.quiet);
+    let (train_ds, test) = open_train_test(&a.data)?;
+    let mut teacher = match (&a.teacher, a.ft.labels) {
+        (Some(t), _) => Some(checkpoint::load(t, &dev)?),
+        (None, true) => None,
+        (None, false) => {
+            return Err(Error::Invalid("label-free fine-tuning distils from the unpruned net: give --teacher BASE.safetensors (or --labels)".into()))
+        }
+    };
+    let mut objective = match (&mut teacher, cfg.distill_temperature) {
+        (Some(t), Some(temp)) => Objective::Distill { teacher: t, temperature: temp },
+        _ => Objective::Labels,
+    };
+    let train_ds = if a.ft.labels { train_ds } else { train_ds.without_labels() };
+    let files = RunFiles {
+        out: &a.out,
+        info: json!({ "finetuned_from": a.ckpt, "teacher": a.teacher, "label_free": !a.ft.labels, "data": a.data.data }),
+        quiet: g.quiet,
+    };
+    let logs = fit_and_save(&mut student, &dev, &train_ds, test.as_ref(), &cfg.train, &mut objective, &files)?;
+    if let Some(acc) = logs.last().and_then(|l| l.test_top1) {
+        println!("fine-tuned test top-1 {}; checkpoint {}", pct(acc), a.out.join("model.safetensors").display());
+    }
+    Ok(())
+}
+
+/// Runs the pipeline on opened data and prints its table.
+#[allow(clippy::too_many_arguments)]
+fn run_pipeline(
+    g: &GlobalArgs,
+    dev: &Device,
+    base: &mut Model,
+    train_ds: &Dataset,
+    test: &Dataset,
+    cfg: &PipelineConfig,
+    search_images: usize,
+    out: &Path,
+) -> Result<pipeline::PipelineReport> {
+    let norm = train::normalization_for(base, train_ds)?;
+    // The reward's batch: a fixed random subset of the training images, labels dropped.
+    let batch = train_ds.clone().without_labels().random_subset(search_images.min(train_ds.len()), cfg.search.seed);
+    let images = search::batch_tensor(&batch, &norm)?;
+    let report = pipeline::run(
+        pipeline::PipelineInputs { baseline: base, train: train_ds, test, search_images: &images },
+        dev,
+        cfg,
+        out,
+        !g.quiet,
+    )?;
+    print!("{}", report.table());
+    if let Some(rho) = report.reward_accuracy_spearman {
+        println!("Spearman rank correlation of the label-free reward and top-1 over the search's candidates: {rho:.3}");
+    }
+    println!(
+        "search: {:.2} candidates/s; done in {:.0}s; outputs in {} (report.json, accuracy.svg, search/, random/, finetune-*/)",
+        report.search_candidates_per_second,
+        report.seconds,
+        out.display()
+    );
+    Ok(report)
+}
+
+fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
+    let search = search_config(&a.prune, &a.search, Strategy::Ddpg, a.seed)?;
+    let dev = open_device(g)?;
+    let mut base = checkpoint::load(&a.ckpt, &dev)?;
+    let (train_ds, test) = open_train_test(&a.data)?;
+    let test = test.ok_or_else(|| Error::Invalid(format!("{} has no labelled test split to evaluate on", a.data.data)))?;
+    train::check_compatible(&base, &train_ds)?;
+    let cfg = PipelineConfig {
+        search,
+        finetune: finetune_config(&a.ft, a.seed, !g.quiet),
+        random_baseline: !a.no_random,
+        uniform_baseline: !a.no_uniform,
+    };
+    run_pipeline(g, &dev, &mut base, &train_ds, &test, &cfg, a.search.images, &a.out).map(|_| ())
 }

@@ -50,7 +50,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Layer table of a model or checkpoint: output shapes, params, MACs, totals.
     Info(InfoArgs),
-    /// Train a small CNN on the built-in synthetic data and evaluate it (no download, a few minutes on 2 cores).
+    /// The whole method on the built-in synthetic data (no download, a few minutes on 2 cores):
+    /// train, LFGCL search, random-search and uniform baselines, label-free fine-tuning, evaluation.
     Demo(DemoArgs),
     /// Measure throughput: `cpu` (GEMM peak, inference and training images/s).
     Bench(BenchArgs),
@@ -58,24 +59,80 @@ pub enum Command {
     PruneApply(PruneApplyArgs),
     /// LFGCL: search every layer's keep ratio at once with a DDPG agent, scored without labels.
     Search(SearchArgs),
+    /// Fine-tune a pruned net: label-free distillation from its baseline (or with labels).
+    Finetune(FinetuneArgs),
+    /// Search, prune, fine-tune and evaluate in one command, next to uniform and random-search baselines.
+    Pipeline(PipelineArgs),
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct SearchArgs {
-    /// The trained checkpoint (the baseline whose features candidates must preserve).
+pub struct FinetuneOpts {
+    /// Fine-tuning epochs.
+    #[arg(long = "ft-epochs", default_value_t = 10)]
+    pub epochs: usize,
+    /// Fine-tuning base learning rate (cosine schedule).
+    #[arg(long = "ft-lr", default_value_t = 0.01)]
+    pub lr: f32,
+    #[arg(long = "ft-batch-size", default_value_t = 128)]
+    pub batch_size: usize,
+    /// Distillation temperature.
+    #[arg(long, default_value_t = 4.0)]
+    pub temperature: f32,
+    /// Fine-tune with labels (cross-entropy) instead of label-free distillation.
+    #[arg(long)]
+    pub labels: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FinetuneArgs {
+    /// The pruned checkpoint to fine-tune.
     #[arg(long)]
     pub ckpt: PathBuf,
-    /// Unlabeled images: a folder of images, or any dataset spec (its labels are dropped).
-    #[arg(long, default_value = "synthetic")]
-    pub data: String,
-    /// How many images the reward is computed on (a fixed random subset of the training split).
-    #[arg(long, default_value_t = 256)]
-    pub images: usize,
-    /// Image folders: resize images to this side length.
-    #[arg(long, default_value_t = 32)]
-    pub image_size: usize,
+    /// The unpruned baseline it learns from (required for label-free distillation).
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub ft: FinetuneOpts,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory: model.safetensors, train_log.jsonl, summary.json, training.svg.
+    #[arg(long, default_value = "runs/finetune")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// The trained baseline checkpoint.
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
     #[command(flatten)]
     pub prune: PruneArgs,
+    #[command(flatten)]
+    pub search: SearchOpts,
+    #[command(flatten)]
+    pub ft: FinetuneOpts,
+    /// Skip the random-search baseline.
+    #[arg(long)]
+    pub no_random: bool,
+    /// Skip the uniform-pruning baseline.
+    #[arg(long)]
+    pub no_uniform: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "runs/pipeline")]
+    pub out: PathBuf,
+}
+
+/// Search settings shared by `search`, `pipeline` and `demo`.
+#[derive(Args, Debug, Clone)]
+pub struct SearchOpts {
+    /// How many unlabeled images the reward is computed on.
+    #[arg(long, default_value_t = 256)]
+    pub images: usize,
     #[arg(long, default_value_t = 300)]
     pub episodes: usize,
     /// Candidates evaluated per episode (in parallel).
@@ -87,15 +144,32 @@ pub struct SearchArgs {
     /// Episodes of random actions before the agent learns.
     #[arg(long, default_value_t = 100)]
     pub warmup: usize,
-    /// ddpg (LFGCL) or random (random search with the same evaluation budget).
-    #[arg(long, value_enum, default_value_t = crate::search::Strategy::Ddpg)]
-    pub strategy: crate::search::Strategy,
     /// Features the reward compares: any of penultimate, logits, stages (comma separated).
     #[arg(long, default_value = "penultimate")]
     pub taps: String,
     /// Re-estimate each candidate's batch-norm statistics on the unlabeled images before scoring.
     #[arg(long)]
     pub recalibrate_bn: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SearchArgs {
+    /// The trained checkpoint (the baseline whose features candidates must preserve).
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// Unlabeled images: a folder of images, or any dataset spec (its labels are dropped).
+    #[arg(long, default_value = "synthetic")]
+    pub data: String,
+    /// Image folders: resize images to this side length.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    #[command(flatten)]
+    pub prune: PruneArgs,
+    #[command(flatten)]
+    pub search: SearchOpts,
+    /// ddpg (LFGCL) or random (random search with the same evaluation budget).
+    #[arg(long, value_enum, default_value_t = crate::search::Strategy::Ddpg)]
+    pub strategy: crate::search::Strategy,
     /// Report each candidate's top-1 on this many labelled test images (labels are used for the
     /// report only, never by the search).
     #[arg(long)]
@@ -266,9 +340,18 @@ pub struct DemoArgs {
     /// Output directory.
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
-    /// Training epochs on the synthetic data.
+    /// Training epochs of the baseline on the synthetic data.
     #[arg(long, default_value_t = 8)]
     pub epochs: usize,
+    /// Search episodes (a tenth of them random warm-up... at least 5).
+    #[arg(long, default_value_t = 30)]
+    pub episodes: usize,
+    /// Fine-tuning epochs of each pruned net.
+    #[arg(long, default_value_t = 3)]
+    pub ft_epochs: usize,
+    /// FLOPs budget.
+    #[arg(long, default_value_t = 0.5)]
+    pub flops: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }

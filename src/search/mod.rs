@@ -174,8 +174,15 @@ pub fn top1(model: &mut Model, dev: &Device, images: &Tensor, labels: &[u32]) ->
     Ok(correct as f64 / n.max(1) as f64)
 }
 
-fn episode_rng(seed: u64, episode: usize) -> StdRng {
-    StdRng::seed_from_u64(crate::data::seed_hash(&[seed, 0x5ea4c4, episode as u64]))
+/// Randomness of one episode, derived from (seed, strategy, episode) alone: a resumed search
+/// draws exactly what an uninterrupted one would, and random search never replays the DDPG
+/// agent's warm-up draws.
+fn episode_rng(seed: u64, strategy: Strategy, episode: usize) -> StdRng {
+    let stream = match strategy {
+        Strategy::Ddpg => 0x5ea4c4,
+        Strategy::Random => 0x7a4d0,
+    };
+    StdRng::seed_from_u64(crate::data::seed_hash(&[seed, stream, episode as u64]))
 }
 
 fn fingerprint(base: &Model, images: &Tensor) -> Result<String> {
@@ -343,7 +350,7 @@ pub fn run(
     let lower = cfg.constraints.lower;
     for episode in start..cfg.episodes {
         let t0 = Instant::now();
-        let mut rng = episode_rng(cfg.seed, episode);
+        let mut rng = episode_rng(cfg.seed, cfg.strategy, episode);
         let k = cfg.candidates_per_step;
         let actions: Vec<Vec<f32>> = match cfg.strategy {
             Strategy::Ddpg => agent.explore(episode, k, &mut rng)?,

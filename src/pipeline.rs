@@ -1,0 +1,235 @@
+//! The whole method in one call: baseline (trained or given) -> LFGCL search -> pruning ->
+//! label-free fine-tuning -> evaluation, next to the baselines a user compares against
+//! (uniform pruning and random search at the same budget and the same number of candidate
+//! evaluations). Every step writes its files into its own folder, so any step can be rerun or
+//! replaced on its own with the matching subcommand.
+
+use crate::backend::Device;
+use crate::data::{Dataset, Normalization};
+use crate::error::{Error, Result};
+use crate::models::Model;
+use crate::prune::{Policy, Pruner};
+use crate::report::{self, BarChart};
+use crate::search::{self, SearchConfig, SearchFiles, Strategy};
+use crate::tensor::Tensor;
+use crate::train::{self, checkpoint, EpochLog, Objective, TrainConfig};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How pruned nets are fine-tuned.
+#[derive(Clone, Debug, Serialize)]
+pub struct FinetuneConfig {
+    pub train: TrainConfig,
+    /// Label-free distillation from the baseline (`None`: cross-entropy with labels).
+    pub distill_temperature: Option<f32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PipelineConfig {
+    pub search: SearchConfig,
+    pub finetune: FinetuneConfig,
+    /// Also run random search with the same number of candidate evaluations.
+    pub random_baseline: bool,
+    /// Also prune uniformly at the same budget.
+    pub uniform_baseline: bool,
+}
+
+/// One pruned net's results.
+#[derive(Clone, Debug, Serialize)]
+pub struct PrunedResult {
+    pub method: String,
+    pub reward: f64,
+    pub flops_fraction: f64,
+    pub params_fraction: f64,
+    pub macs: u64,
+    pub params: u64,
+    pub top1_before_finetune: f64,
+    pub top1_after_finetune: f64,
+    pub checkpoint: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PipelineReport {
+    pub baseline_top1: f64,
+    pub baseline_macs: u64,
+    pub baseline_params: u64,
+    pub pruned: Vec<PrunedResult>,
+    pub search_candidates_per_second: f64,
+    pub reward_accuracy_spearman: Option<f64>,
+    pub seconds: f64,
+}
+
+impl PipelineReport {
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<16}{:>11}{:>10}{:>10}{:>16}{:>15}\n",
+            "net", "reward", "FLOPs", "params", "top-1 (pruned)", "top-1 (tuned)"
+        );
+        s += &format!(
+            "{:<16}{:>11}{:>10}{:>10}{:>16}{:>15}\n",
+            "baseline",
+            "0",
+            "100.0%",
+            "100.0%",
+            format!("{:.2}%", 100.0 * self.baseline_top1),
+            "-"
+        );
+        for p in &self.pruned {
+            s += &format!(
+                "{:<16}{:>11.5}{:>9.1}%{:>9.1}%{:>15.2}%{:>14.2}%\n",
+                p.method,
+                p.reward,
+                100.0 * p.flops_fraction,
+                100.0 * p.params_fraction,
+                100.0 * p.top1_before_finetune,
+                100.0 * p.top1_after_finetune
+            );
+        }
+        s
+    }
+}
+
+/// Everything the pipeline reads.
+pub struct PipelineInputs<'a> {
+    pub baseline: &'a mut Model,
+    /// Unlabeled training images: the search's batch is drawn from them, fine-tuning uses them all.
+    pub train: &'a Dataset,
+    /// Labelled test images, for evaluation only.
+    pub test: &'a Dataset,
+    /// The fixed unlabeled batch the reward is computed on (normalised).
+    pub search_images: &'a Tensor,
+}
+
+fn finetune(
+    student: &mut Model,
+    teacher: &mut Model,
+    dev: &Device,
+    inputs: &PipelineInputs<'_>,
+    cfg: &FinetuneConfig,
+    out: &Path,
+    quiet: bool,
+) -> Result<Vec<EpochLog>> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut jsonl = report::JsonlWriter::create(out.join("train_log.jsonl"))?;
+    let ckpt = out.join("model.safetensors");
+    let mut objective = match cfg.distill_temperature {
+        Some(t) => Objective::Distill { teacher, temperature: t },
+        None => Objective::Labels,
+    };
+    // Label-free fine-tuning really reads no label: the training set goes in without them.
+    let train_set;
+    let train_ds = if cfg.distill_temperature.is_some() {
+        train_set = inputs.train.clone().without_labels();
+        &train_set
+    } else {
+        inputs.train
+    };
+    train::fit(student, dev, train_ds, Some(inputs.test), &cfg.train, &mut objective, &mut |log, m| {
+        jsonl.write(log)?;
+        checkpoint::save(m, &ckpt, &serde_json::json!({ "finetuned": log.epoch, "test_top1": log.test_top1 }))?;
+        if !quiet {
+            eprintln!(
+                "  fine-tune epoch {}: loss {:.4}, test top-1 {}",
+                log.epoch,
+                log.train_loss,
+                log.test_top1.map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Runs search, baselines, fine-tuning and evaluation; writes everything under `out`.
+pub fn run(
+    inputs: PipelineInputs<'_>,
+    dev: &Device,
+    cfg: &PipelineConfig,
+    out: &Path,
+    progress: bool,
+) -> Result<PipelineReport> {
+    let start = Instant::now();
+    let quiet = !progress;
+    let norm: Normalization = train::normalization_for(inputs.baseline, inputs.test)?;
+    let test_images = search::batch_tensor(inputs.test, &norm)?;
+    let test_labels = inputs.test.labels_or_err()?.to_vec();
+    let baseline_top1 = search::top1(inputs.baseline, dev, &test_images, &test_labels)?;
+    let base_cost = inputs.baseline.cost();
+    let say = |s: String| {
+        if !quiet {
+            eprintln!("{s}");
+        }
+    };
+    say(format!("baseline top-1 {:.2}%", 100.0 * baseline_top1));
+
+    // Label-free search (the accuracy report uses the test labels, never the search).
+    say("LFGCL search ...".into());
+    let report_acc = search::AccuracyReport { images: test_images.try_clone()?, labels: test_labels.clone() };
+    let lfgcl = search::run(
+        inputs.baseline,
+        dev,
+        inputs.search_images,
+        &cfg.search,
+        &SearchFiles { dir: out.join("search") },
+        false,
+        Some(report_acc),
+        progress,
+    )?;
+    let mut candidates: Vec<(String, Policy, f64)> =
+        vec![("lfgcl".into(), lfgcl.best_policy.clone(), lfgcl.best.reward)];
+    if cfg.random_baseline {
+        say("random search with the same number of evaluations ...".into());
+        let rcfg = SearchConfig { strategy: Strategy::Random, ..cfg.search.clone() };
+        let random = search::run(inputs.baseline, dev, inputs.search_images, &rcfg, &SearchFiles { dir: out.join("random") }, false, None, progress)?;
+        candidates.push(("random search".into(), random.best_policy, random.best.reward));
+    }
+    if cfg.uniform_baseline {
+        candidates.push(("uniform".into(), policy_of_uniform(inputs.baseline, &cfg.search)?, lfgcl.uniform.reward));
+    }
+    let mut pruned_results = Vec::new();
+    for (method, policy, reward) in candidates {
+        let pruner = Pruner::new(inputs.baseline, policy.scope, policy.criterion)?;
+        let mut net = pruner.prune(inputs.baseline, dev, &policy.kept)?;
+        let before = search::top1(&mut net, dev, &test_images, &test_labels)?;
+        let dir = out.join(format!("finetune-{}", method.replace(' ', "-")));
+        say(format!("fine-tuning the {method} net ({:.1}% FLOPs, top-1 before {:.2}%) ...", 100.0 * policy.flops_fraction, 100.0 * before));
+        let mut teacher = inputs.baseline.duplicate()?;
+        finetune(&mut net, &mut teacher, dev, &inputs, &cfg.finetune, &dir, quiet)?;
+        let after = search::top1(&mut net, dev, &test_images, &test_labels)?;
+        let cost = net.cost();
+        pruned_results.push(PrunedResult {
+            method,
+            reward,
+            flops_fraction: cost.macs as f64 / base_cost.macs as f64,
+            params_fraction: cost.params as f64 / base_cost.params as f64,
+            macs: cost.macs,
+            params: cost.params,
+            top1_before_finetune: before,
+            top1_after_finetune: after,
+            checkpoint: dir.join("model.safetensors"),
+        });
+    }
+    let report = PipelineReport {
+        baseline_top1,
+        baseline_macs: base_cost.macs,
+        baseline_params: base_cost.params,
+        pruned: pruned_results,
+        search_candidates_per_second: lfgcl.candidates_per_second,
+        reward_accuracy_spearman: lfgcl.reward_accuracy_spearman,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    let methods: Vec<String> = report.pruned.iter().map(|p| p.method.clone()).collect();
+    BarChart::new("Top-1 of the pruned nets", "method", "top-1 (%)")
+        .with_categories(methods)
+        .with_series("before fine-tuning", report.pruned.iter().map(|p| 100.0 * p.top1_before_finetune).collect())
+        .with_series("after fine-tuning", report.pruned.iter().map(|p| 100.0 * p.top1_after_finetune).collect())
+        .save(out.join("accuracy.svg"))?;
+    report::write_json(out.join("report.json"), &serde_json::json!({ "config": cfg, "report": &report }))?;
+    Ok(report)
+}
+
+fn policy_of_uniform(base: &Model, cfg: &SearchConfig) -> Result<Policy> {
+    let pruner = Pruner::new(base, cfg.scope, cfg.criterion)?;
+    let p = pruner.uniform(&cfg.budget, &cfg.constraints)?;
+    Ok(pruner.policy(base, &p, &cfg.constraints, "uniform"))
+}
