@@ -163,3 +163,67 @@ pub fn cpu_bench(model: &str, batch: usize, train_batch: usize, reps: usize, ver
         train_step: through(train_batch, train_t, 6.0 * macs as f64),
     })
 }
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SearchBenchReport {
+    pub device: String,
+    pub model: String,
+    pub images: usize,
+    pub keep: f64,
+    pub candidates: usize,
+    /// Candidates evaluated one after another (each forward uses every thread).
+    pub sequential_candidates_per_second: f64,
+    /// Candidates evaluated together, as `lfgcl search` does (parallel on the CPU).
+    pub batched_candidates_per_second: f64,
+}
+
+/// Times the search's per-candidate work on a checkpoint: gather the kept channels (keep ratio
+/// `keep` in every inner group), forward `images` unlabeled images, reduce the feature MSE.
+pub fn search_bench(dev: &Device, model: &mut Model, images: usize, candidates: usize, keep: f64) -> Result<SearchBenchReport> {
+    use crate::prune::{keep_count, Criterion, GroupScope, Pruner};
+    use crate::search::reward::{RewardConfig, Scorer};
+    use rand::{Rng, SeedableRng};
+    use rayon::prelude::*;
+    let a = &model.arch;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let n = images * a.in_channels * a.input_size * a.input_size;
+    let x = Tensor::from_vec(
+        &[images, a.in_channels, a.input_size, a.input_size],
+        (0..n).map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal)).collect(),
+    )?;
+    let pruner = Pruner::new(model, GroupScope::Inner, Criterion::L1)?;
+    let scorer = Scorer::new(model, dev, &x, &pruner.groups, RewardConfig::default())?;
+    let kept: Vec<usize> = pruner.cost.channels.iter().map(|&c| keep_count(keep, c, 1)).collect();
+    let keep_idx = pruner.keep_indices(&kept)?;
+    let one = || -> Result<f64> {
+        let mut cand = crate::prune::apply::apply(model, dev, &pruner.groups, &keep_idx)?;
+        scorer.score(&mut cand, &keep_idx)
+    };
+    one()?;
+    dev.synchronize()?;
+    let t0 = Instant::now();
+    for _ in 0..candidates {
+        one()?;
+    }
+    dev.synchronize()?;
+    let sequential = candidates as f64 / t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    if dev.kind() == crate::backend::DeviceKind::Cpu {
+        (0..candidates).into_par_iter().with_max_len(1).map(|_| one().map(|_| ())).collect::<Result<Vec<()>>>()?;
+    } else {
+        for _ in 0..candidates {
+            one()?;
+        }
+    }
+    dev.synchronize()?;
+    let batched = candidates as f64 / t1.elapsed().as_secs_f64();
+    Ok(SearchBenchReport {
+        device: dev.describe(),
+        model: model.arch.model.clone(),
+        images,
+        keep,
+        candidates,
+        sequential_candidates_per_second: sequential,
+        batched_candidates_per_second: batched,
+    })
+}

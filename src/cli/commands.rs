@@ -309,7 +309,21 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             }
             Ok(())
         }
-        other => Err(Error::Invalid(format!("unknown benchmark '{other}' (expected cpu)"))),
+        "search" => {
+            let ckpt = a.ckpt.as_ref().ok_or_else(|| Error::Invalid("bench search needs --ckpt".into()))?;
+            let dev = open_device(g)?;
+            let mut model = checkpoint::load(ckpt, &dev)?;
+            let r = crate::bench::search_bench(&dev, &mut model, a.images, a.candidates, a.keep)?;
+            println!(
+                "{} on {}: {} images per candidate, keep {:.2}: {:.2} candidates/s one at a time, {:.2} candidates/s {} at once",
+                r.model, r.device, r.images, r.keep, r.sequential_candidates_per_second, r.batched_candidates_per_second, r.candidates
+            );
+            if let Some(p) = &a.json {
+                report::write_json(p, &r)?;
+            }
+            Ok(())
+        }
+        other => Err(Error::Invalid(format!("unknown benchmark '{other}' (expected cpu, search or kernels)"))),
     }
 }
 
@@ -426,7 +440,15 @@ pub(crate) fn search_config(p: &PruneArgs, s: &SearchOpts, strategy: Strategy, s
         candidates_per_step: k,
         updates_per_episode: s.updates_per_episode.unwrap_or(k),
         seed,
-        ddpg: DdpgConfig { warmup_episodes: s.warmup, ..DdpgConfig::default() },
+        ddpg: DdpgConfig {
+            warmup_episodes: s.warmup,
+            noise_init: s.noise,
+            noise_decay: s.noise_decay,
+            actor_lr: s.actor_lr,
+            critic_lr: s.critic_lr,
+            replay_capacity: s.replay,
+            ..DdpgConfig::default()
+        },
         reward: RewardConfig { taps: Taps::parse(&s.taps)?, recalibrate_bn: s.recalibrate_bn },
     })
 }

@@ -53,7 +53,8 @@ pub enum Command {
     /// The whole method on the built-in synthetic data (no download, a few minutes on 2 cores):
     /// train, LFGCL search, random-search and uniform baselines, label-free fine-tuning, evaluation.
     Demo(DemoArgs),
-    /// Measure throughput: `cpu` (GEMM peak, inference and training images/s).
+    /// Measure throughput: `cpu` (GEMM peak, inference and training images/s), `search`
+    /// (candidates/s), `kernels` (CUDA kernels against the device's measured peaks).
     Bench(BenchArgs),
     /// Prune a checkpoint with a given policy (--ratios FILE) or uniformly at a budget (--uniform).
     PruneApply(PruneApplyArgs),
@@ -150,6 +151,19 @@ pub struct SearchOpts {
     /// Re-estimate each candidate's batch-norm statistics on the unlabeled images before scoring.
     #[arg(long)]
     pub recalibrate_bn: bool,
+    /// Exploration noise at the end of warm-up (truncated normal around the actor's output).
+    #[arg(long, default_value_t = 0.5)]
+    pub noise: f32,
+    /// Per-episode decay of the exploration noise.
+    #[arg(long, default_value_t = 0.95)]
+    pub noise_decay: f32,
+    #[arg(long, default_value_t = 1e-4)]
+    pub actor_lr: f32,
+    #[arg(long, default_value_t = 1e-3)]
+    pub critic_lr: f32,
+    /// Transitions kept in the replay buffer.
+    #[arg(long, default_value_t = 2000)]
+    pub replay: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -358,9 +372,22 @@ pub struct DemoArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// What to measure: cpu.
+    /// What to measure: `cpu` (SGEMM peak, inference, training step), `search` (candidate
+    /// evaluations per second on --ckpt), or `kernels` (every CUDA kernel against the device's peaks).
     #[arg(default_value = "cpu")]
     pub what: String,
+    /// Checkpoint for `bench search`.
+    #[arg(long)]
+    pub ckpt: Option<PathBuf>,
+    /// `bench search`: unlabeled images per candidate.
+    #[arg(long, default_value_t = 256)]
+    pub images: usize,
+    /// `bench search`: candidates to time.
+    #[arg(long, default_value_t = 16)]
+    pub candidates: usize,
+    /// `bench search`: keep ratio of every group.
+    #[arg(long, default_value_t = 0.5)]
+    pub keep: f64,
     #[arg(long, default_value = "resnet20")]
     pub model: String,
     /// Inference batch size.
