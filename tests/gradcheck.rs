@@ -322,7 +322,7 @@ fn check_network(model: &str, input: [usize; 3], classes: usize, batch: usize, s
                 .unwrap();
             out.unwrap()
         };
-        let mut set = |g: &mut lfgcl::nn::Graph, v: &[f32]| {
+        let set = |g: &mut lfgcl::nn::Graph, v: &[f32]| {
             g.visit_params_mut(|n, p| {
                 if n == name {
                     p.value = Tensor::from_vec(p.value.dims(), v.to_vec())?;

@@ -200,8 +200,8 @@ fn search_meets_the_budget_and_resume_matches_an_uninterrupted_run() {
     let log = read_log(&full_dir);
     assert_eq!(log.len(), 1 + 5 * 3, "uniform reference + every candidate");
     for r in &log {
-        assert!(r.flops_fraction <= 0.5 + 1e-12, "candidate over budget: {}", r.flops_fraction);
-        assert!(r.ratios.iter().all(|&x| x >= 0.2 - 1e-9 && x <= 1.0));
+        assert!(r.policy.flops_fraction <= 0.5 + 1e-12, "candidate over budget: {}", r.policy.flops_fraction);
+        assert!(r.policy.ratios.iter().all(|&x| x >= 0.2 - 1e-9 && x <= 1.0));
         assert!(r.top1.is_none(), "no accuracy unless asked for");
     }
     assert!(full.best.reward >= full.uniform.reward || log.iter().all(|r| r.reward <= full.best.reward));
@@ -209,7 +209,7 @@ fn search_meets_the_budget_and_resume_matches_an_uninterrupted_run() {
         assert!(full_dir.join(f).exists(), "{f}");
     }
     let pruned = lfgcl::train::checkpoint::load(full_dir.join("pruned.safetensors"), &dev).unwrap();
-    assert_eq!(pruned.cost().macs, full.best.macs);
+    assert_eq!(pruned.cost().macs, full.best.policy.macs);
 
     // Interrupted after 3 episodes (past warm-up, so the agent has learned), then resumed to 5.
     let part_dir = tmp.path().join("part");

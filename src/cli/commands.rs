@@ -504,8 +504,8 @@ fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
         "best reward {:.5} (uniform pruning {:.5}) at {:.1}% FLOPs, {:.1}% params; {} candidates in {:.0}s ({:.2} candidates/s)",
         out.best.reward,
         out.uniform.reward,
-        100.0 * out.best.flops_fraction,
-        100.0 * out.best.params_fraction,
+        100.0 * out.best.policy.flops_fraction,
+        100.0 * out.best.policy.params_fraction,
         out.evaluated,
         out.seconds,
         out.candidates_per_second

@@ -71,13 +71,9 @@ pub struct CandidateRecord {
     pub index: usize,
     /// The agent's action in [0, 1] per group, before projection.
     pub action: Vec<f32>,
-    /// Keep ratios after projection and rounding.
-    pub ratios: Vec<f64>,
-    pub kept: Vec<usize>,
-    pub macs: u64,
-    pub params: u64,
-    pub flops_fraction: f64,
-    pub params_fraction: f64,
+    /// The feasible policy the action was projected to (keep ratios, kept channels, cost).
+    #[serde(flatten)]
+    pub policy: Projected,
     pub reward: f64,
     /// Top-1 accuracy before fine-tuning, only with `report_accuracy` (labels used for the
     /// report, never by the search).
@@ -227,30 +223,7 @@ impl SearchFiles {
 }
 
 fn record(episode: i64, index: usize, action: Vec<f32>, p: &Projected, reward: f64, top1: Option<f64>) -> CandidateRecord {
-    CandidateRecord {
-        episode,
-        index,
-        action,
-        ratios: p.ratios.clone(),
-        kept: p.kept.clone(),
-        macs: p.macs,
-        params: p.params,
-        flops_fraction: p.flops_fraction,
-        params_fraction: p.params_fraction,
-        reward,
-        top1,
-    }
-}
-
-fn projected_of(r: &CandidateRecord) -> Projected {
-    Projected {
-        ratios: r.ratios.clone(),
-        kept: r.kept.clone(),
-        macs: r.macs,
-        params: r.params,
-        flops_fraction: r.flops_fraction,
-        params_fraction: r.params_fraction,
-    }
+    CandidateRecord { episode, index, action, policy: p.clone(), reward, top1 }
 }
 
 /// Keeps only the log lines of completed episodes (a crash between logging an episode and
@@ -395,7 +368,7 @@ pub fn run(
             "best reward {:.5} (uniform {:.5}) FLOPs {:.1}% {:.2} cand/s",
             b.reward,
             uniform_rec.reward,
-            100.0 * b.flops_fraction,
+            100.0 * b.policy.flops_fraction,
             evaluated as f64 / elapsed.max(1e-9)
         ));
         pb.inc(1);
@@ -421,12 +394,12 @@ fn finish(
         Strategy::Ddpg => "lfgcl search",
         Strategy::Random => "random search",
     };
-    let policy = pruner.policy(base, &projected_of(&best), &cfg.constraints, source);
+    let policy = pruner.policy(base, &best.policy, &cfg.constraints, source);
     let mut policy_json = serde_json::to_value(&policy).expect("policy serialises");
     policy_json["reward"] = serde_json::json!(best.reward);
     policy_json["uniform_reward"] = serde_json::json!(uniform.reward);
     report::write_json(files.policy(), &policy_json)?;
-    let pruned = pruner.prune(base, dev, &best.kept)?;
+    let pruned = pruner.prune(base, dev, &best.policy.kept)?;
     crate::train::checkpoint::save(&pruned, files.pruned(), &policy_json)?;
     let records: Vec<CandidateRecord> = report::read_jsonl(files.log())?;
     let spearman = {
@@ -476,8 +449,8 @@ fn plots(
         .save(files.dir.join("reward.svg"))?;
     BarChart::new("Keep ratio per group: best policy vs uniform", "group", "keep ratio")
         .with_categories(pruner.group_names())
-        .with_series("LFGCL best", best.ratios.clone())
-        .with_series("uniform", uniform.ratios.clone())
+        .with_series("LFGCL best", best.policy.ratios.clone())
+        .with_series("uniform", uniform.policy.ratios.clone())
         .save(files.dir.join("ratios.svg"))?;
     if let Some(rho) = spearman {
         let pts: Vec<(f64, f64)> = records.iter().filter_map(|r| r.top1.map(|a| (r.reward, 100.0 * a))).collect();
