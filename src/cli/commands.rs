@@ -444,6 +444,7 @@ pub(crate) fn search_config(p: &PruneArgs, s: &SearchOpts, strategy: Strategy, s
             warmup_episodes: s.warmup,
             noise_init: s.noise,
             noise_decay: s.noise_decay,
+            noise_min: s.noise_min,
             actor_lr: s.actor_lr,
             critic_lr: s.critic_lr,
             replay_capacity: s.replay,

@@ -157,6 +157,9 @@ pub struct SearchOpts {
     /// Per-episode decay of the exploration noise.
     #[arg(long, default_value_t = 0.95)]
     pub noise_decay: f32,
+    /// Floor of the exploration noise.
+    #[arg(long, default_value_t = 0.0)]
+    pub noise_min: f32,
     #[arg(long, default_value_t = 1e-4)]
     pub actor_lr: f32,
     #[arg(long, default_value_t = 1e-3)]

@@ -29,9 +29,11 @@ pub struct DdpgConfig {
     pub baseline_alpha: f32,
     /// Episodes of uniformly random actions before learning starts.
     pub warmup_episodes: usize,
-    /// Exploration noise: `sigma = init * decay^(episode - warmup)`.
+    /// Exploration noise: `sigma = max(min, init * decay^(episode - warmup))`.
     pub noise_init: f32,
     pub noise_decay: f32,
+    #[serde(default)]
+    pub noise_min: f32,
 }
 
 impl Default for DdpgConfig {
@@ -47,6 +49,7 @@ impl Default for DdpgConfig {
             warmup_episodes: 100,
             noise_init: 0.5,
             noise_decay: 0.95,
+            noise_min: 0.0,
         }
     }
 }
@@ -334,7 +337,7 @@ impl Agent {
     /// Exploration noise level at `episode`.
     pub fn sigma(&self, episode: usize) -> f32 {
         let after = episode.saturating_sub(self.cfg.warmup_episodes) as i32;
-        self.cfg.noise_init * self.cfg.noise_decay.powi(after)
+        (self.cfg.noise_init * self.cfg.noise_decay.powi(after)).max(self.cfg.noise_min)
     }
 
     /// `k` actions for `episode`: uniform during warm-up, then truncated-normal noise around

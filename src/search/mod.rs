@@ -79,6 +79,10 @@ pub struct CandidateRecord {
     /// report, never by the search).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top1: Option<f64>,
+    /// The same kept channels were evaluated before: the reward was reused, not recomputed
+    /// (rewards are deterministic), and the candidate does not count as an evaluation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 /// Saved after every episode; `--resume` continues from it.
@@ -144,12 +148,39 @@ impl Evaluator<'_> {
 
     /// K candidates: in parallel on the CPU (each one's forward also uses the pool), one after
     /// another on a GPU (one stream).
-    fn evaluate_all(&self, ps: &[Projected]) -> Result<Vec<(f64, Option<f64>)>> {
+    fn evaluate_all(&self, ps: &[&Projected]) -> Result<Vec<(f64, Option<f64>)>> {
         if self.dev.kind() == DeviceKind::Cpu {
             ps.par_iter().with_max_len(1).map(|p| self.evaluate(p)).collect()
         } else {
             ps.iter().map(|p| self.evaluate(p)).collect()
         }
+    }
+
+    /// Evaluates the candidates whose kept channels are not in `cache` (each distinct one once)
+    /// and returns every candidate's result and whether it came from the cache. Returns the
+    /// number of new evaluations too.
+    fn evaluate_cached(&self, ps: &[Projected], cache: &mut RewardCache) -> Result<(Vec<((f64, Option<f64>), bool)>, usize)> {
+        let mut fresh: Vec<&Projected> = Vec::new();
+        for p in ps {
+            if !cache.contains_key(&p.kept) && !fresh.iter().any(|q| q.kept == p.kept) {
+                fresh.push(p);
+            }
+        }
+        let results = self.evaluate_all(&fresh)?;
+        let new = fresh.len();
+        let mut first_use: std::collections::HashSet<Vec<usize>> = Default::default();
+        for (p, r) in fresh.iter().zip(results) {
+            cache.insert(p.kept.clone(), r);
+            first_use.insert(p.kept.clone());
+        }
+        let out = ps
+            .iter()
+            .map(|p| {
+                let was_fresh = first_use.remove(&p.kept);
+                (cache[&p.kept], !was_fresh)
+            })
+            .collect();
+        Ok((out, new))
     }
 }
 
@@ -223,8 +254,11 @@ impl SearchFiles {
 }
 
 fn record(episode: i64, index: usize, action: Vec<f32>, p: &Projected, reward: f64, top1: Option<f64>) -> CandidateRecord {
-    CandidateRecord { episode, index, action, policy: p.clone(), reward, top1 }
+    CandidateRecord { episode, index, action, policy: p.clone(), reward, top1, cached: false }
 }
+
+/// Rewards (and reported accuracies) of every kept-channel vector evaluated so far.
+type RewardCache = std::collections::HashMap<Vec<usize>, (f64, Option<f64>)>;
 
 /// Keeps only the log lines of completed episodes (a crash between logging an episode and
 /// saving the state leaves lines the resumed run will write again).
@@ -294,17 +328,22 @@ pub fn run(
         }
         None
     };
+    let mut cache = RewardCache::new();
     let (start, mut evaluated, mut elapsed, uniform_rec, mut best) = match saved {
         Some(s) => {
             if let Some(a) = s.agent {
                 agent.restore(a)?;
             }
             truncate_log(&files.log(), s.episodes_done)?;
+            for r in report::read_jsonl::<CandidateRecord>(files.log())? {
+                cache.insert(r.policy.kept.clone(), (r.reward, r.top1));
+            }
             (s.episodes_done, s.evaluated, s.elapsed_seconds, s.uniform, s.best)
         }
         None => {
             let mut log = JsonlWriter::create(files.log())?;
             let (r, t) = eval.evaluate(&uniform)?;
+            cache.insert(uniform.kept.clone(), (r, t));
             let a: Vec<f32> = uniform.ratios.iter().map(|&x| ((x - cfg.constraints.lower) / (1.0 - cfg.constraints.lower)).clamp(0.0, 1.0) as f32).collect();
             let rec = record(-1, 0, a, &uniform, r, t);
             log.write(&rec)?;
@@ -336,9 +375,9 @@ pub fn run(
                 pruner.project(&ratios, &cfg.budget, &cfg.constraints)
             })
             .collect::<Result<_>>()?;
-        let results = eval.evaluate_all(&projected)?;
-        for (i, ((a, p), (r, t))) in actions.into_iter().zip(&projected).zip(results).enumerate() {
-            let rec = record(episode as i64, i, a.clone(), p, r, t);
+        let (results, new) = eval.evaluate_cached(&projected, &mut cache)?;
+        for (i, ((a, p), ((r, t), cached))) in actions.into_iter().zip(&projected).zip(results).enumerate() {
+            let rec = CandidateRecord { cached, ..record(episode as i64, i, a.clone(), p, r, t) };
             log.write(&rec)?;
             if best.as_ref().is_none_or(|b| r > b.reward) {
                 best = Some(rec);
@@ -350,7 +389,7 @@ pub fn run(
                 agent.update(&mut rng)?;
             }
         }
-        evaluated += k;
+        evaluated += new;
         elapsed += t0.elapsed().as_secs_f64();
         let state = SearchState {
             config: cfg.clone(),
