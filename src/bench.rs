@@ -20,7 +20,7 @@ pub struct Timing {
     pub reps: usize,
 }
 
-/// Runs `f` once to warm up, then `reps` timed times.
+/// Runs `f` once to warm up, then `reps` timed times (wall clock).
 pub fn time_it(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
     f()?;
     let mut t: Vec<f64> = Vec::with_capacity(reps.max(1));
@@ -29,8 +29,24 @@ pub fn time_it(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing>
         f()?;
         t.push(s.elapsed().as_secs_f64());
     }
+    Ok(summarise(t))
+}
+
+/// Like `time_it`, timed by the device (`Backend::time_ms`: CUDA events on a GPU).
+pub fn time_on(dev: &Device, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut t: Vec<f64> = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        t.push(dev.time_ms(&mut f)? / 1e3);
+    }
+    Ok(summarise(t))
+}
+
+fn summarise(mut t: Vec<f64>) -> Timing {
     t.sort_by(|a, b| a.total_cmp(b));
-    Ok(Timing { median_s: t[t.len() / 2], min_s: t[0], max_s: t[t.len() - 1], reps: t.len() })
+    Timing { median_s: t[t.len() / 2], min_s: t[0], max_s: t[t.len() - 1], reps: t.len() }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -112,6 +128,53 @@ fn input_for(model: &str) -> (usize, usize) {
     } else {
         (3, 32)
     }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelBench {
+    pub device: String,
+    pub model: String,
+    pub macs_per_image: u64,
+    pub what: String,
+    pub throughput: Throughput,
+}
+
+/// Inference (`train == false`) or one full training step (forward, cross-entropy, backward,
+/// SGD update) of `model` on random 32x32 data, on any device, after warm-up.
+pub fn model_bench(dev: &Device, model: &str, batch: usize, train: bool, warmup: usize, reps: usize) -> Result<ModelBench> {
+    let (c, size) = input_for(model);
+    let mut m = Model::new(Arch::new(model, c, size, 10)?, dev, 0)?;
+    let macs = m.cost().macs;
+    let host: Vec<f32> = (0..batch * c * size * size).map(|i| ((i % 251) as f32 / 251.0) - 0.5).collect();
+    let x = dev.from_host(&[batch, c, size, size], &host)?;
+    let labels: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
+    let mut opt = Sgd::new(0.9, 5e-4, false)?;
+    let timing = if train {
+        time_on(dev, warmup, reps, || {
+            let trace = m.graph.forward_train(dev, dev.copy(&x)?)?;
+            let ce = dev.softmax_cross_entropy(trace.output(), &labels)?;
+            m.graph.zero_grad();
+            m.graph.backward(dev, trace, ce.dlogits)?;
+            opt.step(dev, &mut m.graph, 0.01)
+        })?
+    } else {
+        time_on(dev, warmup, reps, || m.graph.forward(dev, dev.copy(&x)?, Mode::Eval).map(|_| ()))?
+    };
+    let ips = batch as f64 / timing.median_s;
+    let flops = if train { 6.0 } else { 2.0 } * macs as f64;
+    Ok(ModelBench {
+        device: dev.describe(),
+        model: model.to_string(),
+        macs_per_image: macs,
+        what: if train { "train step".into() } else { "inference".into() },
+        throughput: Throughput {
+            batch,
+            images_per_sec: ips,
+            gflops: ips * flops / 1e9,
+            fraction_of_sgemm_peak: f64::NAN,
+            timing,
+        },
+    })
 }
 
 /// Inference (eval mode) and one full SGD training step of `model` on random data.

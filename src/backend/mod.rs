@@ -165,6 +165,15 @@ pub trait Backend: Send + Sync {
     fn copy(&self, t: &Tensor) -> Result<Tensor>;
     /// Waits until all queued work has finished (no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
+    /// Runs `f` and returns how long the device took, in milliseconds, queued work included:
+    /// wall clock around a synchronisation by default; a GPU backend may use its own events.
+    fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.synchronize()?;
+        let start = std::time::Instant::now();
+        f()?;
+        self.synchronize()?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    }
 
     // ---- convolution ----------------------------------------------------------------------
     /// `y[n,k,p,q] = sum_{c,r,s} x[n,c,p*stride+r-pad,q*stride+s-pad] * w[k,c,r,s]`.

@@ -309,6 +309,29 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             }
             Ok(())
         }
+        "train" | "infer" => {
+            let dev = open_device(g)?;
+            let batch = if a.what == "train" { a.train_batch } else { a.batch };
+            let r = crate::bench::model_bench(&dev, &a.model, batch, a.what == "train", 3, a.reps)?;
+            let t = &r.throughput;
+            println!(
+                "{} {} on {}, batch {}: {:.1} img/s, {:.1} GFLOP/s (median {:.2} ms, min {:.2}, max {:.2}, {} reps after 3 warm-up)",
+                r.model,
+                r.what,
+                r.device,
+                t.batch,
+                t.images_per_sec,
+                t.gflops,
+                1e3 * t.timing.median_s,
+                1e3 * t.timing.min_s,
+                1e3 * t.timing.max_s,
+                t.timing.reps
+            );
+            if let Some(p) = &a.json {
+                report::write_json(p, &r)?;
+            }
+            Ok(())
+        }
         "search" => {
             let ckpt = a.ckpt.as_ref().ok_or_else(|| Error::Invalid("bench search needs --ckpt".into()))?;
             let dev = open_device(g)?;

@@ -375,7 +375,8 @@ pub struct DemoArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// What to measure: `cpu` (SGEMM peak, inference, training step), `search` (candidate
+    /// What to measure: `cpu` (SGEMM peak, inference, training step, as fractions of the peak),
+    /// `infer` or `train` (one model on --device, --batch / --train-batch), `search` (candidate
     /// evaluations per second on --ckpt), or `kernels` (every CUDA kernel against the device's peaks).
     #[arg(default_value = "cpu")]
     pub what: String,
