@@ -1,11 +1,14 @@
 //! The `lfgcl` binary end to end: the commands a newcomer runs, and bad input that must give a
 //! one-line error and a non-zero exit, never a panic.
 
+#[path = "common/exe.rs"]
+mod exe;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn lfgcl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lfgcl"))
+    Command::new(exe::lfgcl_exe())
         .args(args)
         .env("RAYON_NUM_THREADS", "2")
         .output()

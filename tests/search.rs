@@ -1,5 +1,8 @@
 //! The LFGCL search: DDPG pieces, the label-free reward, budgets, resume and bad input.
 
+#[path = "common/exe.rs"]
+mod exe;
+
 use lfgcl::backend;
 use lfgcl::data::{self, OpenOptions, Split};
 use lfgcl::models::{Arch, Model};
@@ -155,13 +158,23 @@ fn reward_is_zero_unpruned_and_falls_as_channels_go() {
     let m2 = Model::new(Arch::new("resnet8", 3, 32, 10).unwrap(), &dev, 2).unwrap();
     let mut m2 = m2;
     let all = Pruner::new(&m2, GroupScope::All, Criterion::L1).unwrap();
-    let scorer = Scorer::new(&mut m2, &dev, &images, &all.groups, RewardConfig::default()).unwrap();
+    let running = RewardConfig { recalibrate_bn: false, ..RewardConfig::default() };
+    let scorer = Scorer::new(&mut m2, &dev, &images, &all.groups, running).unwrap();
     let kept = all.cost.channels.clone();
     let mut full = all.prune(&m2, &dev, &kept).unwrap();
     assert_eq!(scorer.score(&mut full, &all.keep_indices(&kept).unwrap()).unwrap(), 0.0);
     let half: Vec<usize> = kept.iter().map(|c| c / 2).collect();
     let mut cand = all.prune(&m2, &dev, &half).unwrap();
-    assert!(scorer.score(&mut cand, &all.keep_indices(&half).unwrap()).unwrap() < 0.0);
+    let pruned = scorer.score(&mut cand, &all.keep_indices(&half).unwrap()).unwrap();
+    assert!(pruned < 0.0);
+    // With BN re-estimation (the default) the baseline stays the deployed net (running
+    // statistics), so the unpruned net scores only the small cost of batch statistics.
+    let scorer = Scorer::new(&mut m2, &dev, &images, &all.groups, RewardConfig::default()).unwrap();
+    let mut full = all.prune(&m2, &dev, &kept).unwrap();
+    let unpruned = scorer.score(&mut full, &all.keep_indices(&kept).unwrap()).unwrap();
+    let mut cand = all.prune(&m2, &dev, &half).unwrap();
+    let pruned_recal = scorer.score(&mut cand, &all.keep_indices(&half).unwrap()).unwrap();
+    assert!(unpruned <= 0.0 && unpruned > pruned_recal, "unpruned {unpruned}, half {pruned_recal}");
 }
 
 #[test]
@@ -259,7 +272,7 @@ fn bad_search_input_is_a_clear_error() {
 fn search_cli_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_lfgcl")).args(args).output().unwrap();
+        let o = std::process::Command::new(exe::lfgcl_exe()).args(args).output().unwrap();
         (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
     };
     // A checkpoint that is not a supported model.

@@ -302,7 +302,7 @@ fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
 fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
     match a.what.as_str() {
         "cpu" => {
-            let report = crate::bench::cpu_bench(&a.model, a.batch, a.train_batch, a.reps, !g.quiet)?;
+            let report = crate::bench::cpu_bench(&a.model, a.batch, a.train_batch, a.reps.unwrap_or(5), !g.quiet)?;
             println!("{}", report.table());
             if let Some(p) = &a.json {
                 report::write_json(p, &report)?;
@@ -312,7 +312,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
         "train" | "infer" => {
             let dev = open_device(g)?;
             let batch = if a.what == "train" { a.train_batch } else { a.batch };
-            let r = crate::bench::model_bench(&dev, &a.model, batch, a.what == "train", 3, a.reps)?;
+            let r = crate::bench::model_bench(&dev, &a.model, batch, a.what == "train", 3, a.reps.unwrap_or(5))?;
             let t = &r.throughput;
             println!(
                 "{} {} on {}, batch {}: {:.1} img/s, {:.1} GFLOP/s (median {:.2} ms, min {:.2}, max {:.2}, {} reps after 3 warm-up)",
@@ -346,8 +346,64 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             }
             Ok(())
         }
-        other => Err(Error::Invalid(format!("unknown benchmark '{other}' (expected cpu, search or kernels)"))),
+        "kernels" => bench_kernels(g, &a),
+        other => Err(Error::Invalid(format!(
+            "unknown benchmark '{other}' (expected cpu, infer, train, search or kernels)"
+        ))),
     }
+}
+
+/// Every CUDA kernel on ResNet-56 and search shapes against the device's measured peaks, then
+/// ResNet-56 inference and training step through the whole engine, under the keys
+/// `scripts/torch_bench.py` uses, so `--compare` can put the two side by side.
+fn bench_kernels(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
+    use crate::backend::cuda::{bench, CudaBackend};
+    if g.device == backend::DeviceChoice::Cpu {
+        return Err(Error::Invalid("bench kernels times the CUDA kernels; it cannot run with --device cpu".into()));
+    }
+    let cuda = std::sync::Arc::new(CudaBackend::new(0)?);
+    if !g.quiet {
+        eprintln!("device: {}", crate::backend::Backend::describe(&*cuda));
+    }
+    let opts = bench::BenchOptions {
+        reps: a.reps.unwrap_or(100),
+        batch: a.train_batch,
+        candidates: a.candidates,
+        search_images: a.images,
+        flush_l2: !a.no_flush,
+        filter: a.filter.clone(),
+        ..bench::BenchOptions::default()
+    };
+    let mut timings = bench::bench_kernels(&cuda, &opts)?;
+    let dev: Device = cuda.clone();
+    let model_reps = (opts.reps / 2).max(10);
+    let mut model_case = |key: String, train: bool, batch: usize| -> Result<()> {
+        if opts.filter.as_deref().is_some_and(|f| !key.contains(f)) {
+            return Ok(());
+        }
+        let r = crate::bench::model_bench(&dev, "resnet56", batch, train, opts.warmup, model_reps)?;
+        timings.push(bench::model_timing(&key, if train { "fwd+bwd+SGD" } else { "inference" }, &r));
+        Ok(())
+    };
+    model_case(format!("model/resnet56_train_step/n{}", a.train_batch), true, a.train_batch)?;
+    let mut infer_batches = vec![a.train_batch, a.images];
+    infer_batches.dedup();
+    for b in infer_batches {
+        model_case(format!("model/resnet56_infer/n{b}"), false, b)?;
+    }
+    println!("{}", bench::format_table(&timings));
+    if let Some(p) = &a.json {
+        #[derive(serde::Serialize)]
+        struct Doc<'a> {
+            device: &'a crate::backend::cuda::DeviceInfo,
+            warmup: usize,
+            reps: usize,
+            l2_flushed: bool,
+            timings: &'a [bench::KernelTiming],
+        }
+        report::write_json(p, &Doc { device: cuda.info(), warmup: opts.warmup, reps: opts.reps, l2_flushed: opts.flush_l2, timings: &timings })?;
+    }
+    Ok(())
 }
 
 pub(crate) fn scope_of(streams: bool) -> GroupScope {
@@ -461,7 +517,7 @@ pub(crate) fn search_config(p: &PruneArgs, s: &SearchOpts, strategy: Strategy, s
         strategy,
         episodes: s.episodes,
         candidates_per_step: k,
-        updates_per_episode: s.updates_per_episode.unwrap_or(k),
+        updates_per_episode: s.updates_per_episode.unwrap_or(4 * k),
         seed,
         ddpg: DdpgConfig {
             warmup_episodes: s.warmup,
@@ -473,7 +529,7 @@ pub(crate) fn search_config(p: &PruneArgs, s: &SearchOpts, strategy: Strategy, s
             replay_capacity: s.replay,
             ..DdpgConfig::default()
         },
-        reward: RewardConfig { taps: Taps::parse(&s.taps)?, recalibrate_bn: s.recalibrate_bn },
+        reward: RewardConfig { taps: Taps::parse(&s.taps)?, recalibrate_bn: s.bn_stats == "recalibrate" },
     })
 }
 

@@ -52,13 +52,16 @@ impl Taps {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RewardConfig {
     pub taps: Taps,
-    /// Re-estimate every batch norm's statistics on the unlabeled batch before scoring.
+    /// Re-estimate every batch norm's statistics on the unlabeled batch before scoring. On by
+    /// default: over 400 random ResNet-20 candidates at 50% FLOPs, the Spearman correlation of
+    /// reward and top-1 before fine-tuning rose from 0.38 to 0.90 (Fashion-MNIST) and from 0.45
+    /// to 0.59 (synthetic) with it (`scripts/search_experiments.sh`, part B).
     pub recalibrate_bn: bool,
 }
 
 impl Default for RewardConfig {
     fn default() -> Self {
-        RewardConfig { taps: Taps::default(), recalibrate_bn: false }
+        RewardConfig { taps: Taps::default(), recalibrate_bn: true }
     }
 }
 

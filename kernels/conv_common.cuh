@@ -1,0 +1,151 @@
+// Implicit-GEMM convolution: parameters and tile loaders shared by the exact f32 kernels
+// (conv.cu) and the tensor-core kernels (conv_tc.cu). No im2col buffer is ever materialised: the
+// loaders gather the GEMM operands straight from the NCHW tensors.
+//
+// One parameter block serves the forward pass and the backward-data pass, which are the same
+// GEMM with different index maps:
+//
+//   FWD:       out = y  [N, K, P, Q]   A = x  [N, C, H, W]   reduction over (c, r, s)
+//   BWD_DATA:  out = dx [N, C, H, W]   A = dy [N, K, P, Q]   reduction over (k, r, s)
+//
+// GEMM view: rows m = output pixels (img, oh, ow) of `out`, columns n = output channels of
+// `out`, reduction index = (channel chunk, r, s) of the A source. The reduction runs channel
+// chunks of BK outer and the R*S taps inner, so consecutive k-tiles re-read the same cache
+// lines of the weights and of the input.
+#pragma once
+#include "common.cuh"
+
+struct ConvParams {
+    const float* src;       // A source: x (FWD) or dy (BWD_DATA), [n, src_c, src_h, src_w]
+    const float* wgt;       // weights [K, C, R, S]
+    float* out;             // [n, out_c, out_h, out_w]
+    const float* scale;     // epilogue: per out channel multiplier, or null
+    const float* shift;     // epilogue: per out channel addend, or null
+    const float* residual;  // epilogue: tensor shaped like `out` added before the ReLU, or null
+    int n;
+    int src_c, src_h, src_w;
+    int out_c, out_h, out_w;
+    int r, s;
+    int stride, pad;
+    int relu;        // epilogue: 1 = max(v, 0) last
+    int w_stride_n;  // weight offset per output channel of the GEMM (FWD: C*R*S, BWD: R*S)
+    int w_stride_c;  // weight offset per reduction channel       (FWD: R*S,   BWD: C*R*S)
+};
+static_assert(sizeof(ConvParams) == 104, "ConvParams layout must match the Rust mirror");
+
+#define LF_CONV_FWD 0
+#define LF_CONV_BWD_DATA 1
+
+// Position in the A source read for output pixel (oh, ow) and tap (r, s); false when the tap
+// falls into the zero padding (FWD) or onto a non-existent output position (BWD_DATA).
+template <int MODE>
+LF_DEVICE bool lf_conv_a_pos(const ConvParams& p, int oh, int ow, int r, int s, int& ah, int& aw) {
+    if (MODE == LF_CONV_FWD) {
+        ah = oh * p.stride - p.pad + r;
+        aw = ow * p.stride - p.pad + s;
+        return (unsigned)ah < (unsigned)p.src_h && (unsigned)aw < (unsigned)p.src_w;
+    } else {
+        // dx[h, w] gathers dy[p, q] for h = p*stride - pad + r  <=>  p = (h + pad - r) / stride.
+        const int th = oh + p.pad - r;
+        const int tw = ow + p.pad - s;
+        if (th < 0 || tw < 0) return false;
+        if (th % p.stride != 0 || tw % p.stride != 0) return false;
+        ah = th / p.stride;
+        aw = tw / p.stride;
+        return ah < p.src_h && aw < p.src_w;
+    }
+}
+
+// Per-thread state of the operand loaders. Thread `tid` of an NT-thread block always loads the
+// same GEMM row of A (pixel, NT % BM == 0) and the same GEMM column of B (NT % BN == 0), so the
+// pixel decode and the weight row pointer are computed once per block.
+template <int MODE, int BM, int BN, int BK, int NT>
+struct LfConvLoader {
+    static_assert(NT % BM == 0, "each thread must own one A row");
+    static_assert(NT % BN == 0, "each thread must own one B column");
+    static_assert((BM * BK) % NT == 0 && (BN * BK) % NT == 0, "tiles must split evenly");
+    static constexpr int A_PER = BM * BK / NT;  // A elements per thread per k-tile
+    static constexpr int B_PER = BN * BK / NT;  // B elements per thread per k-tile
+    static constexpr int A_KSTEP = NT / BM;     // kk distance between a thread's A elements
+    static constexpr int B_KSTEP = NT / BN;
+
+    int a_m;           // tile row this thread loads (As[.][a_m])
+    int a_k0;          // first tile kk of its A elements
+    bool m_ok;
+    int oh, ow;
+    const float* src_img;  // A source image of this thread's pixel
+    int b_n;           // tile column this thread loads (Bs[.][b_n])
+    int b_k0;
+    bool n_ok;
+    const float* w_row;    // weights of this thread's GEMM column
+    int plane;             // src_h * src_w
+    int rs_count;
+
+    LF_DEVICE void init(const ConvParams& p, int m0, int n0) {
+        const int tid = threadIdx.x;
+        const int hw_out = p.out_h * p.out_w;
+        const int M = p.n * hw_out;
+        a_m = tid % BM;
+        a_k0 = tid / BM;
+        const int gm = m0 + a_m;
+        m_ok = gm < M;
+        int img = 0;
+        oh = 0;
+        ow = 0;
+        if (m_ok) {
+            img = gm / hw_out;
+            const int rem = gm - img * hw_out;
+            oh = rem / p.out_w;
+            ow = rem - oh * p.out_w;
+        }
+        plane = p.src_h * p.src_w;
+        src_img = p.src + (size_t)img * p.src_c * plane;
+        b_n = tid % BN;
+        b_k0 = tid / BN;
+        const int gn = n0 + b_n;
+        n_ok = gn < p.out_c;
+        w_row = p.wgt + (size_t)(n_ok ? gn : 0) * p.w_stride_n;
+        rs_count = p.r * p.s;
+    }
+
+    // Loads k-tile `t` (channel chunk t / (R*S), tap t % (R*S)) into registers.
+    LF_DEVICE void load(const ConvParams& p, int t, float (&a)[A_PER], float (&b)[B_PER]) const {
+        const int chunk = t / rs_count;
+        const int rs = t - chunk * rs_count;
+        const int r = rs / p.s;
+        const int s = rs - r * p.s;
+        const int c0 = chunk * BK;
+        int ah = 0, aw = 0;
+        const bool pv = m_ok && lf_conv_a_pos<MODE>(p, oh, ow, r, s, ah, aw);
+        const float* a_ptr = src_img + (pv ? ah * p.src_w + aw : 0);
+#pragma unroll
+        for (int l = 0; l < A_PER; ++l) {
+            const int ch = c0 + a_k0 + l * A_KSTEP;
+            a[l] = (pv && ch < p.src_c) ? __ldg(a_ptr + (size_t)ch * plane) : 0.0f;
+        }
+#pragma unroll
+        for (int l = 0; l < B_PER; ++l) {
+            const int ch = c0 + b_k0 + l * B_KSTEP;
+            b[l] = (n_ok && ch < p.src_c) ? __ldg(w_row + (size_t)ch * p.w_stride_c + rs) : 0.0f;
+        }
+    }
+
+    // Number of k-tiles of the whole reduction.
+    LF_DEVICE int tiles(const ConvParams& p) const {
+        return ((p.src_c + BK - 1) / BK) * rs_count;
+    }
+};
+
+// Epilogue shared by every conv kernel: optional per-channel affine (folded batch norm or bias),
+// optional residual add, optional ReLU, in that order.
+LF_DEVICE void lf_conv_store(const ConvParams& p, int gm, int gn, float v) {
+    const int hw_out = p.out_h * p.out_w;
+    const int img = gm / hw_out;
+    const int pix = gm - img * hw_out;
+    const size_t o = ((size_t)img * p.out_c + gn) * hw_out + pix;
+    if (p.scale) v = v * p.scale[gn];
+    if (p.shift) v = v + p.shift[gn];
+    if (p.residual) v = v + p.residual[o];
+    if (p.relu) v = lf_relu(v);
+    p.out[o] = v;
+}

@@ -1,0 +1,608 @@
+//! The CUDA backend: the same op set as the CPU reference, on hand-written kernels.
+//!
+//! - Kernels live in `kernels/*.cu` (one concern per file), are embedded by `build.rs` and
+//!   compiled at run time by NVRTC for the device's own architecture ([`compile`]); compiled
+//!   modules are cached in memory and on disk.
+//! - Every kernel takes one `#[repr(C)]` parameter struct by value, mirrored in the `.cu` file;
+//!   each submodule here owns the launch helpers of one kernel file.
+//! - All work of a backend is queued on its own stream, in order. cudarc's per-buffer event
+//!   tracking is switched off (it exists for multi-stream use and would also get in the way of
+//!   graph capture): a tensor made by this backend is only ever used on this stream, which every
+//!   op checks. Host reads (`Tensor::to_vec`, losses, feature MSE) synchronise that stream.
+//! - Nothing here panics on a machine without CUDA: [`CudaBackend::new`] returns a clear error
+//!   when the driver, a device or NVRTC is missing, so `backend::select(Auto)` falls back to the
+//!   CPU.
+//!
+//! Beyond the [`Backend`] trait: a per-call conv precision ([`Precision`]: exact f32, TF32 or
+//! BF16 tensor cores), an inference conv with batch norm, residual add and ReLU folded into its
+//! epilogue, batched masked gathers for K pruning candidates, a feature MSE for K candidates in
+//! one launch, `*_into` variants writing preallocated outputs, and CUDA graph capture/replay for
+//! fixed-shape inference ([`CudaBackend::capture`]).
+
+pub mod bench;
+pub mod compile;
+mod conv;
+mod elementwise;
+mod gather;
+mod graph;
+mod kernels;
+mod linear;
+mod loss;
+mod norm;
+mod pool;
+mod reduce;
+mod sgd;
+mod shortcut;
+
+pub use conv::{ConvEpilogue, Precision};
+pub use gather::{GatherPlan, GatherView, Packed};
+pub use graph::CudaGraphHandle;
+pub use linear::GemmLayout;
+
+use crate::backend::*;
+use crate::error::{Error, Result};
+use crate::tensor::{fmt_dims, Storage, Tensor};
+use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits,
+};
+use kernels::Kernels;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What was found about the device when the backend opened it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub compute_capability: (u32, u32),
+    pub multiprocessors: u32,
+    pub l2_bytes: usize,
+    pub memory_bytes: usize,
+    /// Driver API version, e.g. 13000 for CUDA 13.0.
+    pub driver_version: i32,
+    pub nvrtc_version: (i32, i32),
+    /// Architecture the kernels are compiled for and whether as CUBIN (else PTX, JIT by the driver).
+    pub kernel_arch: (u32, u32),
+    pub kernel_cubin: bool,
+}
+
+/// One CUDA device, one context, one stream.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    info: DeviceInfo,
+    precision: AtomicU8,
+    /// Held while a graph is being captured on `stream`.
+    capture_lock: Mutex<()>,
+}
+
+fn driver_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::Cuda(format!("{what}: {e:?}"))
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`. Errors (never panics) when the CUDA driver, the device or NVRTC
+    /// is missing, when the device is older than compute capability 8.0 (the tensor-core
+    /// kernels need sm_80), or when the kernels cannot be compiled and loaded.
+    pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        // A missing symbol in a dynamically loaded library panics inside cudarc; turn that into
+        // an error as well, so a broken install can never take the process down.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open(ordinal))) {
+            Ok(r) => r,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(Error::Cuda(format!("CUDA initialisation failed: {msg}")))
+            }
+        }
+    }
+
+    fn open(ordinal: usize) -> Result<CudaBackend> {
+        // SAFETY: only tries to dlopen the driver library by its usual names.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::Cuda("no CUDA driver (libcuda.so not found)".into()));
+        }
+        compile::nvrtc_available()?;
+        let count = CudaContext::device_count().map_err(driver_err(
+            "no usable CUDA device (cuInit/cuDeviceGetCount)",
+        ))?;
+        if count <= 0 {
+            return Err(Error::Cuda("no CUDA device found".into()));
+        }
+        if ordinal >= count as usize {
+            return Err(Error::Cuda(format!(
+                "CUDA device {ordinal} requested but only {count} found"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_err("creating the CUDA context"))?;
+        let (maj, min) = ctx
+            .compute_capability()
+            .map_err(driver_err("reading the compute capability"))?;
+        let cc = (maj.max(0) as u32, min.max(0) as u32);
+        let name = ctx.name().map_err(driver_err("reading the device name"))?;
+        if cc < (8, 0) {
+            return Err(Error::Cuda(format!(
+                "{name} has compute capability {maj}.{min}; lfgcl's kernels need 8.0 or newer"
+            )));
+        }
+        // SAFETY: every buffer this backend allocates is used on `stream` only (checked by
+        // `dev`/`dev_mut`), so stream order alone keeps reads, writes and frees ordered; no
+        // buffer has been allocated in this context object yet.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(driver_err("creating a CUDA stream"))?;
+        let attr = |a| {
+            ctx.attribute(a)
+                .map_err(driver_err("reading a device attribute"))
+        };
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32;
+        let l2 = attr(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize;
+        let mem = ctx
+            .total_mem()
+            .map_err(driver_err("reading the memory size"))?;
+        let mut driver_version = 0;
+        // SAFETY: valid out-pointer; the driver is loaded and initialised.
+        let _ = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) };
+        let kernels = Kernels::new(ctx.clone(), cc)?;
+        let (kernel_arch, kind) = kernels.target();
+        let info = DeviceInfo {
+            ordinal,
+            name,
+            compute_capability: cc,
+            multiprocessors: sms,
+            l2_bytes: l2,
+            memory_bytes: mem,
+            driver_version,
+            nvrtc_version: compile::nvrtc_version()?,
+            kernel_arch,
+            kernel_cubin: kind == compile::ImageKind::Cubin,
+        };
+        let backend = CudaBackend {
+            ctx,
+            stream,
+            kernels,
+            info,
+            precision: AtomicU8::new(Precision::F32 as u8),
+            capture_lock: Mutex::new(()),
+        };
+        // Prove the whole path (NVRTC -> CUBIN -> module load) works before anyone relies on it.
+        backend.kernels.load_file("elementwise.cu")?;
+        Ok(backend)
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream all of this backend's work is queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Compiles (or loads from the caches) and loads every kernel file now, instead of on first
+    /// use: call before timing anything, or at start-up to surface compile errors early.
+    pub fn load_all_kernels(&self) -> Result<()> {
+        self.kernels.load_all()
+    }
+
+    /// Precision of the convolutions run through the [`Backend`] trait (forward and
+    /// backward-data; backward-weight is always exact f32). Default [`Precision::F32`].
+    pub fn set_conv_precision(&self, p: Precision) {
+        self.precision.store(p as u8, Ordering::Relaxed);
+    }
+
+    pub fn conv_precision(&self) -> Precision {
+        Precision::from_u8(self.precision.load(Ordering::Relaxed))
+    }
+
+    // ---- buffers ------------------------------------------------------------------------------
+
+    /// The device buffer of `t`, checked to belong to this backend's stream.
+    pub(crate) fn dev<'a>(&self, t: &'a Tensor, what: &str) -> Result<&'a CudaSlice<f32>> {
+        match t.storage() {
+            Storage::Cuda(s) => {
+                if **s.stream() != *self.stream {
+                    return Err(Error::Device(format!(
+                        "{what}: tensor {} belongs to another CUDA backend or stream; move it with to_device",
+                        fmt_dims(t.dims())
+                    )));
+                }
+                Ok(s)
+            }
+            Storage::Cpu(_) => Err(Error::Device(format!(
+                "{what}: tensor {} is in host memory; the CUDA backend needs it on the GPU (to_device)",
+                fmt_dims(t.dims())
+            ))),
+        }
+    }
+
+    pub(crate) fn dev_mut<'a>(
+        &self,
+        t: &'a mut Tensor,
+        what: &str,
+    ) -> Result<&'a mut CudaSlice<f32>> {
+        self.dev(t, what)?;
+        t.cuda_slice_mut()
+    }
+
+    /// Raw device address of a buffer, for a kernel parameter struct.
+    pub(crate) fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        let (p, _record) = s.device_ptr(&self.stream);
+        p
+    }
+
+    pub(crate) fn ptr_mut<T>(&self, s: &mut CudaSlice<T>) -> u64 {
+        let (p, _record) = s.device_ptr_mut(&self.stream);
+        p
+    }
+
+    /// Address of an optional tensor (0 = null).
+    pub(crate) fn opt_ptr(&self, t: Option<&Tensor>, what: &str) -> Result<u64> {
+        match t {
+            Some(t) => Ok(self.ptr(self.dev(t, what)?)),
+            None => Ok(0),
+        }
+    }
+
+    /// Uninitialised device buffer of `n` elements; every caller's kernel writes all of it.
+    pub(crate) fn alloc<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+        let r = if n == 0 {
+            self.stream.null()
+        } else {
+            // SAFETY: the contents are undefined until written; every caller launches a kernel
+            // that writes all `n` elements before anything reads them.
+            unsafe { self.stream.alloc::<T>(n) }
+        };
+        r.map_err(|e| Error::Cuda(format!("allocating {n} elements on the GPU: {e:?}")))
+    }
+
+    pub(crate) fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>> {
+        if n == 0 {
+            return self.alloc(0);
+        }
+        self.stream
+            .alloc_zeros::<T>(n)
+            .map_err(|e| Error::Cuda(format!("allocating {n} zeroed elements on the GPU: {e:?}")))
+    }
+
+    /// Copies a small host array (indices, labels, maps) to the device. Refused during graph
+    /// capture: a captured copy would read the host array again at every replay.
+    pub(crate) fn upload<T: DeviceRepr>(&self, v: &[T], what: &str) -> Result<CudaSlice<T>> {
+        self.ensure_not_capturing(what)?;
+        if v.is_empty() {
+            return self.alloc(0);
+        }
+        self.stream.clone_htod(v).map_err(|e| {
+            Error::Cuda(format!(
+                "{what}: copying {} elements to the GPU: {e:?}",
+                v.len()
+            ))
+        })
+    }
+
+    /// Copies a device buffer back (synchronises the stream).
+    pub(crate) fn download<T: DeviceRepr>(&self, s: &CudaSlice<T>, what: &str) -> Result<Vec<T>> {
+        self.ensure_not_capturing(what)?;
+        self.stream.clone_dtoh(s).map_err(|e| {
+            Error::Cuda(format!(
+                "{what}: copying {} elements from the GPU: {e:?}",
+                s.len()
+            ))
+        })
+    }
+
+    pub(crate) fn ensure_not_capturing(&self, what: &str) -> Result<()> {
+        use cudarc::driver::sys::CUstreamCaptureStatus as S;
+        match self.stream.capture_status() {
+            Ok(S::CU_STREAM_CAPTURE_STATUS_NONE) => Ok(()),
+            Ok(_) => Err(Error::Cuda(format!(
+                "{what}: host transfers cannot be captured into a CUDA graph; prepare index lists \
+                 (GatherPlan, ...) and read results after replay"
+            ))),
+            Err(e) => Err(Error::Cuda(format!(
+                "{what}: querying the capture status: {e:?}"
+            ))),
+        }
+    }
+
+    pub(crate) fn tensor(&self, dims: &[usize], s: CudaSlice<f32>) -> Result<Tensor> {
+        Tensor::from_cuda(dims, s)
+    }
+
+    /// Number of SMs (used by the tile and split heuristics).
+    pub(crate) fn sms(&self) -> usize {
+        self.info.multiprocessors as usize
+    }
+}
+
+/// Errors unless `n` fits the 32-bit index arithmetic of the kernels.
+pub(crate) fn fits_i32(n: usize, what: &str) -> Result<i32> {
+    i32::try_from(n).map_err(|_| {
+        Error::Invalid(format!(
+            "{what}: {n} is too large for the GPU kernels (max {})",
+            i32::MAX
+        ))
+    })
+}
+
+pub(crate) fn same_dims(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
+    if a.dims() != b.dims() {
+        return Err(Error::Shape(format!(
+            "{what}: {} vs {}",
+            fmt_dims(a.dims()),
+            fmt_dims(b.dims())
+        )));
+    }
+    Ok(())
+}
+
+impl Backend for CudaBackend {
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Cuda
+    }
+
+    fn describe(&self) -> String {
+        let i = &self.info;
+        format!(
+            "cuda:{} {} (sm_{}{}, {} SMs, NVRTC {}.{})",
+            i.ordinal,
+            i.name,
+            i.compute_capability.0,
+            i.compute_capability.1,
+            i.multiprocessors,
+            i.nvrtc_version.0,
+            i.nvrtc_version.1
+        )
+    }
+
+    fn zeros(&self, dims: &[usize]) -> Result<Tensor> {
+        let n: usize = dims.iter().product();
+        self.tensor(dims, self.alloc_zeros(n)?)
+    }
+
+    fn from_host(&self, dims: &[usize], data: &[f32]) -> Result<Tensor> {
+        let n: usize = dims.iter().product();
+        if n != data.len() {
+            return Err(Error::Shape(format!(
+                "from_host: {} elements cannot have shape {}",
+                data.len(),
+                fmt_dims(dims)
+            )));
+        }
+        self.tensor(dims, self.upload(data, "from_host")?)
+    }
+
+    fn to_device(&self, t: &Tensor) -> Result<Tensor> {
+        if self.dev(t, "to_device").is_ok() {
+            return self.copy(t);
+        }
+        let v = t.to_vec()?;
+        self.from_host(t.dims(), &v)
+    }
+
+    fn copy(&self, t: &Tensor) -> Result<Tensor> {
+        let s = self.dev(t, "copy")?;
+        let mut out = self.alloc::<f32>(s.len())?;
+        if !s.is_empty() {
+            self.stream
+                .memcpy_dtod(s, &mut out)
+                .map_err(|e| Error::Cuda(format!("copy {}: {e:?}", fmt_dims(t.dims()))))?;
+        }
+        self.tensor(t.dims(), out)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| Error::Cuda(format!("synchronize: {e:?}")))
+    }
+
+    /// Device time of the work `f` queues, measured with CUDA events (timing enabled) recorded
+    /// on this backend's stream around it; waits for that work to finish.
+    fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        use cudarc::driver::sys::CUevent_flags;
+        let ev = |what: &str| {
+            let what = what.to_string();
+            move |e: cudarc::driver::DriverError| Error::Cuda(format!("time_ms: {what}: {e:?}"))
+        };
+        let start = self
+            .ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(ev("creating an event"))?;
+        let end = self
+            .ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(ev("creating an event"))?;
+        start
+            .record(&self.stream)
+            .map_err(ev("recording the start"))?;
+        f()?;
+        end.record(&self.stream).map_err(ev("recording the end"))?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(ev("reading the elapsed time"))?;
+        Ok(ms as f64)
+    }
+
+    fn conv2d_forward(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+        self.conv2d_forward_with(x, w, spec, self.conv_precision())
+    }
+
+    fn conv2d_backward_data(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        x_dims: &[usize],
+        spec: ConvSpec,
+    ) -> Result<Tensor> {
+        self.conv2d_backward_data_with(dy, w, x_dims, spec, self.conv_precision())
+    }
+
+    fn conv2d_backward_weight(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        w_dims: &[usize],
+        spec: ConvSpec,
+    ) -> Result<Tensor> {
+        self.conv_backward_weight(dy, x, w_dims, spec)
+    }
+
+    fn batchnorm_forward_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        momentum: f32,
+        eps: f32,
+    ) -> Result<(Tensor, BnSaved)> {
+        self.bn_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps)
+    }
+
+    fn batchnorm_forward_eval(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+    ) -> Result<Tensor> {
+        self.bn_forward_eval(x, gamma, beta, running_mean, running_var, eps)
+    }
+
+    fn batchnorm_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        gamma: &Tensor,
+        saved: &BnSaved,
+    ) -> Result<BnGrads> {
+        self.bn_backward(dy, x, gamma, saved)
+    }
+
+    fn relu_forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.ew_new(elementwise::Op::Relu, x, None, "relu_forward")
+    }
+
+    fn relu_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+        self.ew_new(elementwise::Op::ReluBackward, dy, Some(y), "relu_backward")
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.ew_new(elementwise::Op::Add, a, Some(b), "add")
+    }
+
+    fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.ew_new(elementwise::Op::AddRelu, a, Some(b), "add_relu")
+    }
+
+    fn add_assign(&self, acc: &mut Tensor, x: &Tensor) -> Result<()> {
+        self.ew_add_assign(acc, x)
+    }
+
+    fn scale_inplace(&self, x: &mut Tensor, s: f32) -> Result<()> {
+        self.ew_scale(x, s)
+    }
+
+    fn shortcut_forward(&self, x: &Tensor, src: &[i32], stride: usize) -> Result<Tensor> {
+        self.shortcut_fwd(x, src, stride)
+    }
+
+    fn shortcut_backward(
+        &self,
+        dy: &Tensor,
+        src: &[i32],
+        stride: usize,
+        x_dims: &[usize],
+    ) -> Result<Tensor> {
+        self.shortcut_bwd(dy, src, stride, x_dims)
+    }
+
+    fn maxpool_forward(&self, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
+        self.maxpool_fwd(x, kernel, stride)
+    }
+
+    fn maxpool_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        kernel: usize,
+        stride: usize,
+    ) -> Result<Tensor> {
+        self.maxpool_bwd(dy, x, kernel, stride)
+    }
+
+    fn global_avgpool_forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.avgpool_fwd(x)
+    }
+
+    fn global_avgpool_backward(&self, dy: &Tensor, x_dims: &[usize]) -> Result<Tensor> {
+        self.avgpool_bwd(dy, x_dims)
+    }
+
+    fn linear_forward(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        self.linear_fwd(x, w, b)
+    }
+
+    fn linear_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        with_bias: bool,
+    ) -> Result<LinearGrads> {
+        self.linear_bwd(dy, x, w, with_bias)
+    }
+
+    fn softmax_cross_entropy(&self, logits: &Tensor, labels: &[u32]) -> Result<CrossEntropy> {
+        self.xent(logits, labels)
+    }
+
+    fn distill_kl(
+        &self,
+        student: &Tensor,
+        teacher: &Tensor,
+        temperature: f32,
+    ) -> Result<(f32, Tensor)> {
+        self.kl(student, teacher, temperature)
+    }
+
+    fn mse_loss(&self, x: &Tensor, target: &Tensor) -> Result<(f32, Tensor)> {
+        self.mse(x, target)
+    }
+
+    fn sgd_step(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        momentum_buf: &mut Tensor,
+        hp: SgdStep,
+    ) -> Result<()> {
+        self.sgd(param, grad, momentum_buf, hp)
+    }
+
+    fn index_select(&self, x: &Tensor, axis: usize, index: &[u32]) -> Result<Tensor> {
+        self.index_select_impl(x, axis, index)
+    }
+
+    fn feature_mse(&self, candidates: &Tensor, baseline: &Tensor) -> Result<Vec<f32>> {
+        self.feature_mse_impl(candidates, baseline)
+    }
+}

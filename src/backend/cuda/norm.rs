@@ -1,0 +1,460 @@
+//! Launch helpers for `kernels/batchnorm.cu`: training and inference forward, backward, and the
+//! fold into a conv epilogue.
+
+use super::kernels::Launch;
+use super::{fits_i32, CudaBackend};
+use crate::backend::{BnGrads, BnSaved};
+use crate::error::{Error, Result};
+use crate::tensor::{fmt_dims, Tensor};
+use cudarc::driver::DeviceRepr;
+
+const FILE: &str = "batchnorm.cu";
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct BnStatsParams {
+    x: u64,
+    partial: u64,
+    n: i32,
+    c: i32,
+    hw: i32,
+    splits: i32,
+    imgs_per_split: i32,
+    _pad: i32,
+}
+// SAFETY (all structs below): plain-old-data, `#[repr(C)]`, sizes asserted equal to the
+// kernels' structs.
+unsafe impl DeviceRepr for BnStatsParams {}
+const _: () = assert!(std::mem::size_of::<BnStatsParams>() == 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct BnFinalizeParams {
+    partial: u64,
+    gamma: u64,
+    running_mean: u64,
+    running_var: u64,
+    save_mean: u64,
+    save_invstd: u64,
+    coef: u64,
+    c: i32,
+    splits: i32,
+    momentum: f32,
+    eps: f32,
+}
+unsafe impl DeviceRepr for BnFinalizeParams {}
+const _: () = assert!(std::mem::size_of::<BnFinalizeParams>() == 72);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct BnApplyParams {
+    x: u64,
+    y: u64,
+    mean: u64,
+    coef: u64,
+    beta: u64,
+    var: u64,
+    total: i64,
+    c: i32,
+    hw: i32,
+    eps: f32,
+    vec4: i32,
+}
+unsafe impl DeviceRepr for BnApplyParams {}
+const _: () = assert!(std::mem::size_of::<BnApplyParams>() == 72);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct BnBwdPartialParams {
+    x: u64,
+    dy: u64,
+    mean: u64,
+    invstd: u64,
+    partial: u64,
+    n: i32,
+    c: i32,
+    hw: i32,
+    splits: i32,
+    imgs_per_split: i32,
+    _pad: i32,
+}
+unsafe impl DeviceRepr for BnBwdPartialParams {}
+const _: () = assert!(std::mem::size_of::<BnBwdPartialParams>() == 64);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct BnBwdFinalizeParams {
+    partial: u64,
+    dgamma: u64,
+    dbeta: u64,
+    c: i32,
+    splits: i32,
+}
+unsafe impl DeviceRepr for BnBwdFinalizeParams {}
+const _: () = assert!(std::mem::size_of::<BnBwdFinalizeParams>() == 32);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct BnBwdApplyParams {
+    x: u64,
+    dy: u64,
+    mean: u64,
+    invstd: u64,
+    gamma: u64,
+    dgamma: u64,
+    dbeta: u64,
+    dx: u64,
+    total: i64,
+    c: i32,
+    hw: i32,
+    inv_count: f32,
+    _pad: i32,
+}
+unsafe impl DeviceRepr for BnBwdApplyParams {}
+const _: () = assert!(std::mem::size_of::<BnBwdApplyParams>() == 88);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct BnFoldParams {
+    gamma: u64,
+    beta: u64,
+    mean: u64,
+    var: u64,
+    scale: u64,
+    shift: u64,
+    c: i32,
+    eps: f32,
+}
+unsafe impl DeviceRepr for BnFoldParams {}
+const _: () = assert!(std::mem::size_of::<BnFoldParams>() == 56);
+
+/// `[N, C, H, W]` or `[N, C]` -> (N, C, H*W).
+fn bn_geometry(x: &Tensor, what: &str) -> Result<(usize, usize, usize)> {
+    let d = x.dims();
+    match d.len() {
+        2 => Ok((d[0], d[1], 1)),
+        4 => Ok((d[0], d[1], d[2] * d[3])),
+        _ => Err(Error::Shape(format!(
+            "{what}: expected [N, C] or [N, C, H, W], got {}",
+            fmt_dims(d)
+        ))),
+    }
+}
+
+/// Splits per channel for the statistics: about 512 blocks in all, whole images per split.
+/// Depends on the shape only, so results do not depend on the GPU model.
+fn bn_splits(n: usize, c: usize) -> (usize, usize) {
+    let want = 512usize.div_ceil(c.max(1)).clamp(1, n.max(1));
+    let per = n.max(1).div_ceil(want);
+    (n.max(1).div_ceil(per), per)
+}
+
+impl CudaBackend {
+    fn bn_check_params(&self, c: usize, ts: &[(&Tensor, &str)]) -> Result<()> {
+        for (t, name) in ts {
+            t.expect_dims(&[c], name)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bn_forward_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        momentum: f32,
+        eps: f32,
+    ) -> Result<(Tensor, BnSaved)> {
+        let (n, c, hw) = bn_geometry(x, "batchnorm_forward_train")?;
+        self.bn_check_params(
+            c,
+            &[
+                (gamma, "batchnorm gamma"),
+                (beta, "batchnorm beta"),
+                (running_mean, "batchnorm running_mean"),
+                (running_var, "batchnorm running_var"),
+            ],
+        )?;
+        if n * hw < 2 {
+            return Err(Error::Shape(format!(
+                "batchnorm_forward_train needs more than one value per channel, got input {}",
+                fmt_dims(x.dims())
+            )));
+        }
+        let total = x.numel();
+        fits_i32(total, "batchnorm_forward_train")?;
+        let xd = x.dims().to_vec();
+        let what = move || format!("batchnorm_forward_train {}", fmt_dims(&xd));
+        let (splits, per) = bn_splits(n, c);
+        let px = self.ptr(self.dev(x, "batchnorm input")?);
+        let mut partial = self.alloc::<f32>(c * splits * 3)?;
+        let p = BnStatsParams {
+            x: px,
+            partial: self.ptr_mut(&mut partial),
+            n: n as i32,
+            c: c as i32,
+            hw: hw as i32,
+            splits: splits as i32,
+            imgs_per_split: per as i32,
+            _pad: 0,
+        };
+        Launch::new(FILE, "bn_stats_partial", (c as u32, splits as u32, 1), 256).run(
+            &self.kernels,
+            &self.stream,
+            &p,
+            &what,
+        )?;
+        let mut mean = self.alloc::<f32>(c)?;
+        let mut invstd = self.alloc::<f32>(c)?;
+        let mut coef = self.alloc::<f32>(c)?;
+        let f = BnFinalizeParams {
+            partial: self.ptr(&partial),
+            gamma: self.ptr(self.dev(gamma, "batchnorm gamma")?),
+            running_mean: self.ptr_mut(self.dev_mut(running_mean, "batchnorm running_mean")?),
+            running_var: self.ptr_mut(self.dev_mut(running_var, "batchnorm running_var")?),
+            save_mean: self.ptr_mut(&mut mean),
+            save_invstd: self.ptr_mut(&mut invstd),
+            coef: self.ptr_mut(&mut coef),
+            c: c as i32,
+            splits: splits as i32,
+            momentum,
+            eps,
+        };
+        Launch::linear(FILE, "bn_finalize", c, 128, 128)?.run(
+            &self.kernels,
+            &self.stream,
+            &f,
+            &what,
+        )?;
+        let mut y = self.alloc::<f32>(total)?;
+        let a = BnApplyParams {
+            x: px,
+            y: self.ptr_mut(&mut y),
+            mean: self.ptr(&mean),
+            coef: self.ptr(&coef),
+            beta: self.ptr(self.dev(beta, "batchnorm beta")?),
+            var: 0,
+            total: total as i64,
+            c: c as i32,
+            hw: hw as i32,
+            eps,
+            vec4: (hw % 4 == 0) as i32,
+        };
+        self.bn_apply_launch(&a, total, hw, &what)?;
+        let saved = BnSaved {
+            mean: self.tensor(&[c], mean)?,
+            invstd: self.tensor(&[c], invstd)?,
+        };
+        Ok((self.tensor(x.dims(), y)?, saved))
+    }
+
+    fn bn_apply_launch(
+        &self,
+        a: &BnApplyParams,
+        total: usize,
+        hw: usize,
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
+        let per_block = if hw % 4 == 0 { 1024 } else { 256 };
+        Launch::linear(FILE, "bn_apply", total, per_block, 256)?.run(
+            &self.kernels,
+            &self.stream,
+            a,
+            what,
+        )
+    }
+
+    pub(crate) fn bn_forward_eval(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+    ) -> Result<Tensor> {
+        let (_, c, hw) = bn_geometry(x, "batchnorm_forward_eval")?;
+        self.bn_check_params(
+            c,
+            &[
+                (gamma, "batchnorm gamma"),
+                (beta, "batchnorm beta"),
+                (running_mean, "batchnorm running_mean"),
+                (running_var, "batchnorm running_var"),
+            ],
+        )?;
+        let total = x.numel();
+        fits_i32(total, "batchnorm_forward_eval")?;
+        let xd = x.dims().to_vec();
+        let what = move || format!("batchnorm_forward_eval {}", fmt_dims(&xd));
+        let mut y = self.alloc::<f32>(total)?;
+        let a = BnApplyParams {
+            x: self.ptr(self.dev(x, "batchnorm input")?),
+            y: self.ptr_mut(&mut y),
+            mean: self.ptr(self.dev(running_mean, "batchnorm running_mean")?),
+            coef: self.ptr(self.dev(gamma, "batchnorm gamma")?),
+            beta: self.ptr(self.dev(beta, "batchnorm beta")?),
+            var: self.ptr(self.dev(running_var, "batchnorm running_var")?),
+            total: total as i64,
+            c: c as i32,
+            hw: hw as i32,
+            eps,
+            vec4: (hw % 4 == 0) as i32,
+        };
+        self.bn_apply_launch(&a, total, hw, &what)?;
+        self.tensor(x.dims(), y)
+    }
+
+    pub(crate) fn bn_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        gamma: &Tensor,
+        saved: &BnSaved,
+    ) -> Result<BnGrads> {
+        let (n, c, hw) = bn_geometry(x, "batchnorm_backward")?;
+        dy.expect_dims(x.dims(), "batchnorm_backward dy")?;
+        self.bn_check_params(
+            c,
+            &[
+                (gamma, "batchnorm gamma"),
+                (&saved.mean, "batchnorm saved mean"),
+                (&saved.invstd, "batchnorm saved invstd"),
+            ],
+        )?;
+        let total = x.numel();
+        fits_i32(total, "batchnorm_backward")?;
+        let xd = x.dims().to_vec();
+        let what = move || format!("batchnorm_backward {}", fmt_dims(&xd));
+        let (splits, per) = bn_splits(n, c);
+        let px = self.ptr(self.dev(x, "batchnorm_backward x")?);
+        let pdy = self.ptr(self.dev(dy, "batchnorm_backward dy")?);
+        let pmean = self.ptr(self.dev(&saved.mean, "batchnorm saved mean")?);
+        let pinv = self.ptr(self.dev(&saved.invstd, "batchnorm saved invstd")?);
+        let mut partial = self.alloc::<f32>(c * splits * 2)?;
+        let p = BnBwdPartialParams {
+            x: px,
+            dy: pdy,
+            mean: pmean,
+            invstd: pinv,
+            partial: self.ptr_mut(&mut partial),
+            n: n as i32,
+            c: c as i32,
+            hw: hw as i32,
+            splits: splits as i32,
+            imgs_per_split: per as i32,
+            _pad: 0,
+        };
+        Launch::new(FILE, "bn_bwd_partial", (c as u32, splits as u32, 1), 256).run(
+            &self.kernels,
+            &self.stream,
+            &p,
+            &what,
+        )?;
+        let mut dgamma = self.alloc::<f32>(c)?;
+        let mut dbeta = self.alloc::<f32>(c)?;
+        let f = BnBwdFinalizeParams {
+            partial: self.ptr(&partial),
+            dgamma: self.ptr_mut(&mut dgamma),
+            dbeta: self.ptr_mut(&mut dbeta),
+            c: c as i32,
+            splits: splits as i32,
+        };
+        Launch::linear(FILE, "bn_bwd_finalize", c, 128, 128)?.run(
+            &self.kernels,
+            &self.stream,
+            &f,
+            &what,
+        )?;
+        let mut dx = self.alloc::<f32>(total)?;
+        let count = n * hw;
+        let a = BnBwdApplyParams {
+            x: px,
+            dy: pdy,
+            mean: pmean,
+            invstd: pinv,
+            gamma: self.ptr(self.dev(gamma, "batchnorm gamma")?),
+            dgamma: self.ptr(&dgamma),
+            dbeta: self.ptr(&dbeta),
+            dx: self.ptr_mut(&mut dx),
+            total: total as i64,
+            c: c as i32,
+            hw: hw as i32,
+            inv_count: if count > 0 { 1.0 / count as f32 } else { 0.0 },
+            _pad: 0,
+        };
+        Launch::linear(FILE, "bn_bwd_apply", total, 256, 256)?.run(
+            &self.kernels,
+            &self.stream,
+            &a,
+            &what,
+        )?;
+        Ok(BnGrads {
+            dx: self.tensor(x.dims(), dx)?,
+            dgamma: self.tensor(&[c], dgamma)?,
+            dbeta: self.tensor(&[c], dbeta)?,
+        })
+    }
+
+    pub(crate) fn bn_fold(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        if gamma.rank() != 1 {
+            return Err(Error::Shape(format!(
+                "fold_batchnorm: gamma must be [C], got {}",
+                fmt_dims(gamma.dims())
+            )));
+        }
+        let c = gamma.numel();
+        self.bn_check_params(
+            c,
+            &[
+                (beta, "fold_batchnorm beta"),
+                (mean, "fold_batchnorm mean"),
+                (var, "fold_batchnorm var"),
+            ],
+        )?;
+        let mut scale = self.alloc::<f32>(c)?;
+        let mut shift = self.alloc::<f32>(c)?;
+        let p = BnFoldParams {
+            gamma: self.ptr(self.dev(gamma, "fold_batchnorm gamma")?),
+            beta: self.ptr(self.dev(beta, "fold_batchnorm beta")?),
+            mean: self.ptr(self.dev(mean, "fold_batchnorm mean")?),
+            var: self.ptr(self.dev(var, "fold_batchnorm var")?),
+            scale: self.ptr_mut(&mut scale),
+            shift: self.ptr_mut(&mut shift),
+            c: fits_i32(c, "fold_batchnorm")?,
+            eps,
+        };
+        Launch::linear(FILE, "bn_fold", c, 128, 128)?.run(
+            &self.kernels,
+            &self.stream,
+            &p,
+            &|| format!("fold_batchnorm [{c}]"),
+        )?;
+        Ok((self.tensor(&[c], scale)?, self.tensor(&[c], shift)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bn_splits;
+
+    #[test]
+    fn splits_cover_every_image_once() {
+        for &(n, c) in &[(128, 16), (128, 512), (1, 3), (7, 5), (256, 64), (3, 1000)] {
+            let (s, per) = bn_splits(n, c);
+            assert!(s >= 1 && per >= 1);
+            assert!((s - 1) * per < n, "n {n} c {c}: {s} x {per}");
+            assert!(s * per >= n);
+        }
+    }
+}
