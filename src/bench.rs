@@ -255,7 +255,10 @@ pub fn search_bench(dev: &Device, model: &mut Model, images: usize, candidates: 
         (0..n).map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal)).collect(),
     )?;
     let pruner = Pruner::new(model, GroupScope::Inner, Criterion::L1)?;
-    let scorer = Scorer::new(model, dev, &x, &pruner.groups, RewardConfig::default())?;
+    // Running BN statistics: the same work per candidate as scripts/torch_search_eval.py
+    // (gather, forward, feature MSE), so the two can be compared.
+    let cfg = RewardConfig { recalibrate_bn: false, ..RewardConfig::default() };
+    let scorer = Scorer::new(model, dev, &x, &pruner.groups, cfg)?;
     let kept: Vec<usize> = pruner.cost.channels.iter().map(|&c| keep_count(keep, c, 1)).collect();
     let keep_idx = pruner.keep_indices(&kept)?;
     let one = || -> Result<f64> {

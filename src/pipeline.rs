@@ -190,6 +190,10 @@ pub fn run(
     for (method, policy, reward) in candidates {
         let pruner = Pruner::new(inputs.baseline, policy.scope, policy.criterion)?;
         let mut net = pruner.prune(inputs.baseline, dev, &policy.kept)?;
+        if cfg.search.reward.recalibrate_bn {
+            // Measured as the search scored it: BN statistics of the unlabeled images.
+            crate::search::reward::recalibrate_bn(&mut net, dev, &dev.to_device(inputs.search_images)?)?;
+        }
         let before = search::top1(&mut net, dev, &test_images, &test_labels)?;
         let dir = out.join(format!("finetune-{}", method.replace(' ', "-")));
         say(format!("fine-tuning the {method} net ({:.1}% FLOPs, top-1 before {:.2}%) ...", 100.0 * policy.flops_fraction, 100.0 * before));

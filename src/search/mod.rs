@@ -414,13 +414,14 @@ pub fn run(
     }
     pb.finish_and_clear();
     let best = best.ok_or_else(|| Error::Invalid("the search evaluated no candidate".into()))?;
-    finish(base, dev, &pruner, cfg, files, &uniform_rec, best, evaluated, elapsed)
+    finish(base, dev, images, &pruner, cfg, files, &uniform_rec, best, evaluated, elapsed)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn finish(
     base: &Model,
     dev: &Device,
+    images: &Tensor,
     pruner: &Pruner,
     cfg: &SearchConfig,
     files: &SearchFiles,
@@ -438,7 +439,11 @@ fn finish(
     policy_json["reward"] = serde_json::json!(best.reward);
     policy_json["uniform_reward"] = serde_json::json!(uniform.reward);
     report::write_json(files.policy(), &policy_json)?;
-    let pruned = pruner.prune(base, dev, &best.policy.kept)?;
+    let mut pruned = pruner.prune(base, dev, &best.policy.kept)?;
+    if cfg.reward.recalibrate_bn {
+        // Saved as it was scored: with BN statistics of the unlabeled images.
+        reward::recalibrate_bn(&mut pruned, dev, &dev.to_device(images)?)?;
+    }
     crate::train::checkpoint::save(&pruned, files.pruned(), &policy_json)?;
     let records: Vec<CandidateRecord> = report::read_jsonl(files.log())?;
     let spearman = {
