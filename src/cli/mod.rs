@@ -364,7 +364,7 @@ pub struct DemoArgs {
     /// Training epochs of the baseline on the synthetic data.
     #[arg(long, default_value_t = 8)]
     pub epochs: usize,
-    /// Search episodes (a tenth of them random warm-up... at least 5).
+    /// Search episodes (a third of them, at least 2, random warm-up).
     #[arg(long, default_value_t = 30)]
     pub episodes: usize,
     /// Fine-tuning epochs of each pruned net.
