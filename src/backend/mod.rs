@@ -12,6 +12,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub(crate) mod shape;
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;

@@ -9,6 +9,7 @@ pub mod ops;
 use crate::backend::{
     Backend, BnGrads, BnSaved, ConvShape, ConvSpec, CrossEntropy, DeviceKind, LinearGrads, SgdStep,
 };
+use crate::backend::shape::{bn_layout, same_dims};
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Tensor};
 
@@ -33,29 +34,6 @@ impl CpuBackend {
 
 fn host(t: &Tensor) -> Result<&[f32]> {
     t.as_slice()
-}
-
-fn same_dims(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
-    if a.dims() != b.dims() {
-        return Err(Error::Shape(format!(
-            "{what}: {} and {} differ",
-            fmt_dims(a.dims()),
-            fmt_dims(b.dims())
-        )));
-    }
-    Ok(())
-}
-
-/// Splits a batch-norm input into `(n, c, hw)`; accepts `[N,C,H,W]` and `[N,C]`.
-fn bn_layout(x: &Tensor) -> Result<(usize, usize, usize)> {
-    match *x.dims() {
-        [n, c, h, w] => Ok((n, c, h * w)),
-        [n, c] => Ok((n, c, 1)),
-        _ => Err(Error::Shape(format!(
-            "batch norm: expected [N,C,H,W] or [N,C], got {}",
-            fmt_dims(x.dims())
-        ))),
-    }
 }
 
 fn expect_channels(t: &Tensor, c: usize, what: &str) -> Result<()> {
@@ -146,7 +124,7 @@ impl Backend for CpuBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<(Tensor, BnSaved)> {
-        let (n, c, hw) = bn_layout(x)?;
+        let (n, c, hw) = bn_layout(x, "batch norm")?;
         expect_channels(gamma, c, "batch norm weight")?;
         expect_channels(beta, c, "batch norm bias")?;
         expect_channels(running_mean, c, "batch norm running_mean")?;
@@ -184,7 +162,7 @@ impl Backend for CpuBackend {
         running_var: &Tensor,
         eps: f32,
     ) -> Result<Tensor> {
-        let (_, c, hw) = bn_layout(x)?;
+        let (_, c, hw) = bn_layout(x, "batch norm")?;
         expect_channels(gamma, c, "batch norm weight")?;
         expect_channels(beta, c, "batch norm bias")?;
         expect_channels(running_mean, c, "batch norm running_mean")?;
@@ -203,7 +181,7 @@ impl Backend for CpuBackend {
     }
 
     fn batchnorm_backward(&self, dy: &Tensor, x: &Tensor, gamma: &Tensor, saved: &BnSaved) -> Result<BnGrads> {
-        let (n, c, hw) = bn_layout(x)?;
+        let (n, c, hw) = bn_layout(x, "batch norm")?;
         same_dims(dy, x, "batch norm backward")?;
         expect_channels(gamma, c, "batch norm weight")?;
         expect_channels(&saved.mean, c, "batch norm saved mean")?;

@@ -40,6 +40,7 @@ pub use graph::CudaGraphHandle;
 pub use linear::GemmLayout;
 
 use crate::backend::*;
+pub(crate) use crate::backend::shape::same_dims;
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Storage, Tensor};
 use cudarc::driver::{
@@ -337,17 +338,6 @@ pub(crate) fn fits_i32(n: usize, what: &str) -> Result<i32> {
             i32::MAX
         ))
     })
-}
-
-pub(crate) fn same_dims(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
-    if a.dims() != b.dims() {
-        return Err(Error::Shape(format!(
-            "{what}: {} vs {}",
-            fmt_dims(a.dims()),
-            fmt_dims(b.dims())
-        )));
-    }
-    Ok(())
 }
 
 impl Backend for CudaBackend {

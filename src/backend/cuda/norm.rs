@@ -3,6 +3,7 @@
 
 use super::kernels::Launch;
 use super::{fits_i32, CudaBackend};
+use crate::backend::shape::bn_layout;
 use crate::backend::{BnGrads, BnSaved};
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Tensor};
@@ -129,18 +130,6 @@ unsafe impl DeviceRepr for BnFoldParams {}
 const _: () = assert!(std::mem::size_of::<BnFoldParams>() == 56);
 
 /// `[N, C, H, W]` or `[N, C]` -> (N, C, H*W).
-fn bn_geometry(x: &Tensor, what: &str) -> Result<(usize, usize, usize)> {
-    let d = x.dims();
-    match d.len() {
-        2 => Ok((d[0], d[1], 1)),
-        4 => Ok((d[0], d[1], d[2] * d[3])),
-        _ => Err(Error::Shape(format!(
-            "{what}: expected [N, C] or [N, C, H, W], got {}",
-            fmt_dims(d)
-        ))),
-    }
-}
-
 /// Splits per channel for the statistics: about 512 blocks in all, whole images per split.
 /// Depends on the shape only, so results do not depend on the GPU model.
 fn bn_splits(n: usize, c: usize) -> (usize, usize) {
@@ -168,7 +157,7 @@ impl CudaBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<(Tensor, BnSaved)> {
-        let (n, c, hw) = bn_geometry(x, "batchnorm_forward_train")?;
+        let (n, c, hw) = bn_layout(x, "batchnorm_forward_train")?;
         self.bn_check_params(
             c,
             &[
@@ -276,7 +265,7 @@ impl CudaBackend {
         running_var: &Tensor,
         eps: f32,
     ) -> Result<Tensor> {
-        let (_, c, hw) = bn_geometry(x, "batchnorm_forward_eval")?;
+        let (_, c, hw) = bn_layout(x, "batchnorm_forward_eval")?;
         self.bn_check_params(
             c,
             &[
@@ -315,7 +304,7 @@ impl CudaBackend {
         gamma: &Tensor,
         saved: &BnSaved,
     ) -> Result<BnGrads> {
-        let (n, c, hw) = bn_geometry(x, "batchnorm_backward")?;
+        let (n, c, hw) = bn_layout(x, "batchnorm_backward")?;
         dy.expect_dims(x.dims(), "batchnorm_backward dy")?;
         self.bn_check_params(
             c,
