@@ -36,9 +36,12 @@ fn gemm(c: &mut Criterion) {
 fn convs(c: &mut Criterion) {
     let dev = backend::cpu();
     let mut g = c.benchmark_group("conv_resnet20_batch128");
-    for (name, cin, cout, size, stride) in
-        [("16x32x32", 16, 16, 32, 1), ("32x16x16", 32, 32, 16, 1), ("64x8x8", 64, 64, 8, 1), ("16to32_s2", 16, 32, 32, 2)]
-    {
+    for (name, cin, cout, size, stride) in [
+        ("16x32x32", 16, 16, 32, 1),
+        ("32x16x16", 32, 32, 16, 1),
+        ("64x8x8", 64, 64, 8, 1),
+        ("16to32_s2", 16, 32, 32, 2),
+    ] {
         let x = data(&[128, cin, size, size]);
         let w = data(&[cout, cin, 3, 3]);
         let spec = ConvSpec { stride, pad: 1 };

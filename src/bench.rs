@@ -141,7 +141,14 @@ pub struct ModelBench {
 
 /// Inference (`train == false`) or one full training step (forward, cross-entropy, backward,
 /// SGD update) of `model` on random 32x32 data, on any device, after warm-up.
-pub fn model_bench(dev: &Device, model: &str, batch: usize, train: bool, warmup: usize, reps: usize) -> Result<ModelBench> {
+pub fn model_bench(
+    dev: &Device,
+    model: &str,
+    batch: usize,
+    train: bool,
+    warmup: usize,
+    reps: usize,
+) -> Result<ModelBench> {
     let (c, size) = input_for(model);
     let mut m = Model::new(Arch::new(model, c, size, 10)?, dev, 0)?;
     let macs = m.cost().macs;
@@ -242,7 +249,13 @@ pub struct SearchBenchReport {
 
 /// Times the search's per-candidate work on a checkpoint: gather the kept channels (keep ratio
 /// `keep` in every inner group), forward `images` unlabeled images, reduce the feature MSE.
-pub fn search_bench(dev: &Device, model: &mut Model, images: usize, candidates: usize, keep: f64) -> Result<SearchBenchReport> {
+pub fn search_bench(
+    dev: &Device,
+    model: &mut Model,
+    images: usize,
+    candidates: usize,
+    keep: f64,
+) -> Result<SearchBenchReport> {
     use crate::prune::{keep_count, Criterion, GroupScope, Pruner};
     use crate::search::reward::{RewardConfig, Scorer};
     use rand::{Rng, SeedableRng};

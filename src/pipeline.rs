@@ -180,7 +180,16 @@ pub fn run(
     if cfg.random_baseline {
         say("random search with the same number of evaluations ...".into());
         let rcfg = SearchConfig { strategy: Strategy::Random, ..cfg.search.clone() };
-        let random = search::run(inputs.baseline, dev, inputs.search_images, &rcfg, &SearchFiles { dir: out.join("random") }, false, None, progress)?;
+        let random = search::run(
+            inputs.baseline,
+            dev,
+            inputs.search_images,
+            &rcfg,
+            &SearchFiles { dir: out.join("random") },
+            false,
+            None,
+            progress,
+        )?;
         candidates.push(("random search".into(), random.best_policy, random.best.reward));
     }
     if cfg.uniform_baseline {
@@ -196,7 +205,11 @@ pub fn run(
         }
         let before = search::top1(&mut net, dev, &test_images, &test_labels)?;
         let dir = out.join(format!("finetune-{}", method.replace(' ', "-")));
-        say(format!("fine-tuning the {method} net ({:.1}% FLOPs, top-1 before {:.2}%) ...", 100.0 * policy.flops_fraction, 100.0 * before));
+        say(format!(
+            "fine-tuning the {method} net ({:.1}% FLOPs, top-1 before {:.2}%) ...",
+            100.0 * policy.flops_fraction,
+            100.0 * before
+        ));
         let mut teacher = inputs.baseline.duplicate()?;
         finetune(&mut net, &mut teacher, dev, &inputs, &cfg.finetune, &dir, quiet)?;
         let after = search::top1(&mut net, dev, &test_images, &test_labels)?;

@@ -37,11 +37,7 @@ impl Tensor {
     pub fn from_vec(dims: &[usize], data: Vec<f32>) -> Result<Tensor> {
         let n: usize = dims.iter().product();
         if n != data.len() {
-            return Err(Error::Shape(format!(
-                "{} elements cannot have shape {}",
-                data.len(),
-                fmt_dims(dims)
-            )));
+            return Err(Error::Shape(format!("{} elements cannot have shape {}", data.len(), fmt_dims(dims))));
         }
         Ok(Tensor { dims: dims.to_vec(), storage: Storage::Cpu(data) })
     }
@@ -109,9 +105,9 @@ impl Tensor {
         let dims = fmt_dims(&self.dims);
         match &mut self.storage {
             Storage::Cpu(v) => Ok(v),
-            Storage::Cuda(_) => Err(Error::Device(format!(
-                "tensor {dims} is on the GPU where host memory was expected"
-            ))),
+            Storage::Cuda(_) => {
+                Err(Error::Device(format!("tensor {dims} is on the GPU where host memory was expected")))
+            }
         }
     }
     pub fn cuda_slice(&self) -> Result<&CudaSlice<f32>> {
@@ -127,9 +123,9 @@ impl Tensor {
         let dims = fmt_dims(&self.dims);
         match &mut self.storage {
             Storage::Cuda(s) => Ok(s),
-            Storage::Cpu(_) => Err(Error::Device(format!(
-                "tensor {dims} is in host memory where a GPU buffer was expected"
-            ))),
+            Storage::Cpu(_) => {
+                Err(Error::Device(format!("tensor {dims} is in host memory where a GPU buffer was expected")))
+            }
         }
     }
 
@@ -137,10 +133,7 @@ impl Tensor {
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v.clone()),
-            Storage::Cuda(s) => s
-                .stream()
-                .clone_dtoh(s)
-                .map_err(|e| Error::Cuda(format!("copy to host: {e:?}"))),
+            Storage::Cuda(s) => s.stream().clone_dtoh(s).map_err(|e| Error::Cuda(format!("copy to host: {e:?}"))),
         }
     }
 
@@ -148,7 +141,9 @@ impl Tensor {
     pub fn try_clone(&self) -> Result<Tensor> {
         let storage = match &self.storage {
             Storage::Cpu(v) => Storage::Cpu(v.clone()),
-            Storage::Cuda(s) => Storage::Cuda(s.try_clone().map_err(|e| Error::Cuda(format!("copy on device: {e:?}")))?),
+            Storage::Cuda(s) => {
+                Storage::Cuda(s.try_clone().map_err(|e| Error::Cuda(format!("copy on device: {e:?}")))?)
+            }
         };
         Ok(Tensor { dims: self.dims.clone(), storage })
     }
@@ -157,10 +152,7 @@ impl Tensor {
     pub fn into_vec(self) -> Result<Vec<f32>> {
         match self.storage {
             Storage::Cpu(v) => Ok(v),
-            Storage::Cuda(ref s) => s
-                .stream()
-                .clone_dtoh(s)
-                .map_err(|e| Error::Cuda(format!("copy to host: {e:?}"))),
+            Storage::Cuda(ref s) => s.stream().clone_dtoh(s).map_err(|e| Error::Cuda(format!("copy to host: {e:?}"))),
         }
     }
 
@@ -168,11 +160,7 @@ impl Tensor {
     pub fn reshape(mut self, dims: &[usize]) -> Result<Tensor> {
         let n: usize = dims.iter().product();
         if n != self.numel() {
-            return Err(Error::Shape(format!(
-                "cannot reshape {} into {}",
-                fmt_dims(&self.dims),
-                fmt_dims(dims)
-            )));
+            return Err(Error::Shape(format!("cannot reshape {} into {}", fmt_dims(&self.dims), fmt_dims(dims))));
         }
         self.dims = dims.to_vec();
         Ok(self)
@@ -181,11 +169,7 @@ impl Tensor {
     /// Errors unless the tensor has exactly `dims`; `what` names it in the message.
     pub fn expect_dims(&self, dims: &[usize], what: &str) -> Result<()> {
         if self.dims != dims {
-            return Err(Error::Shape(format!(
-                "{what}: expected {}, got {}",
-                fmt_dims(dims),
-                fmt_dims(&self.dims)
-            )));
+            return Err(Error::Shape(format!("{what}: expected {}, got {}", fmt_dims(dims), fmt_dims(&self.dims))));
         }
         Ok(())
     }
@@ -193,10 +177,7 @@ impl Tensor {
     /// Errors unless the tensor has rank `rank`.
     pub fn expect_rank(&self, rank: usize, what: &str) -> Result<()> {
         if self.dims.len() != rank {
-            return Err(Error::Shape(format!(
-                "{what}: expected a rank-{rank} tensor, got {}",
-                fmt_dims(&self.dims)
-            )));
+            return Err(Error::Shape(format!("{what}: expected a rank-{rank} tensor, got {}", fmt_dims(&self.dims))));
         }
         Ok(())
     }

@@ -84,7 +84,8 @@ fn files_that_do_not_describe_the_net_are_clear_errors() {
     assert!(err("truncated.safetensors", &bytes[..bytes.len() - 100]).contains("not a valid safetensors file"));
 
     // Another architecture's tensors under this metadata: a named tensor with the wrong shape.
-    let other = Model::new(Arch::new("smallcnn", 1, 28, 10).unwrap().with_widths(vec![12, 32, 64]).unwrap(), &dev, 1).unwrap();
+    let other =
+        Model::new(Arch::new("smallcnn", 1, 28, 10).unwrap().with_widths(vec![12, 32, 64]).unwrap(), &dev, 1).unwrap();
     let mut swapped = lfgcl::train::checkpoint::to_bytes(&other, &serde_json::Value::Null).unwrap();
     let header_len = u64::from_le_bytes(swapped[..8].try_into().unwrap()) as usize;
     let header = String::from_utf8(swapped[8..8 + header_len].to_vec()).unwrap();

@@ -8,11 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn lfgcl(args: &[&str]) -> Output {
-    Command::new(exe::lfgcl_exe())
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("run lfgcl")
+    Command::new(exe::lfgcl_exe()).args(args).env("RAYON_NUM_THREADS", "2").output().expect("run lfgcl")
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -25,7 +21,8 @@ fn fails_with(args: &[&str], needle: &str) {
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{args:?} should fail with exit 1; stdout {out} stderr {err}");
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{args:?}: no error line in {err}"));
+    let line =
+        err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{args:?}: no error line in {err}"));
     assert!(line.contains(needle), "{args:?}: expected '{needle}' in '{line}'");
 }
 
@@ -66,9 +63,15 @@ fn bad_input_is_a_clear_error() {
     let junk = d.join("junk.safetensors");
     std::fs::write(&junk, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
     fails_with(&["eval", "--device", "cpu", "--ckpt", junk.to_str().unwrap()], "junk.safetensors");
-    fails_with(&["train", "--device", "cpu", "--data", "cifar10:/definitely/not/here", "--epochs", "1"], "/definitely/not/here");
+    fails_with(
+        &["train", "--device", "cpu", "--data", "cifar10:/definitely/not/here", "--epochs", "1"],
+        "/definitely/not/here",
+    );
     fails_with(&["train", "--device", "cpu", "--data", "imagenet", "--epochs", "1"], "unknown data spec 'imagenet'");
-    fails_with(&["train", "--device", "cpu", "--model", "nonet", "--epochs", "1", "--limit", "64"], "unknown model 'nonet'");
+    fails_with(
+        &["train", "--device", "cpu", "--model", "nonet", "--epochs", "1", "--limit", "64"],
+        "unknown model 'nonet'",
+    );
     fails_with(&["train", "--device", "cpu", "--schedule", "sometimes", "--limit", "64"], "unknown schedule");
     let empty = d.join("empty_folder");
     std::fs::create_dir_all(&empty).unwrap();
@@ -89,8 +92,26 @@ fn train_eval_info_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let o = lfgcl(&[
-        "train", "--device", "cpu", "--quiet", "--model", "smallcnn", "--data", "synthetic", "--epochs", "2",
-        "--limit", "1024", "--test-limit", "256", "--batch-size", "64", "--lr", "0.05", "--out", out.to_str().unwrap(),
+        "train",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--model",
+        "smallcnn",
+        "--data",
+        "synthetic",
+        "--epochs",
+        "2",
+        "--limit",
+        "1024",
+        "--test-limit",
+        "256",
+        "--batch-size",
+        "64",
+        "--lr",
+        "0.05",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     let (stdout, err) = text(&o);
     assert!(o.status.success(), "train failed: {stdout} {err}");
@@ -100,7 +121,18 @@ fn train_eval_info_round_trip() {
     let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 2, "one JSON line per epoch");
     let ckpt = out.join("model.safetensors");
-    let o = lfgcl(&["eval", "--device", "cpu", "--quiet", "--ckpt", ckpt.to_str().unwrap(), "--data", "synthetic", "--test-limit", "256"]);
+    let o = lfgcl(&[
+        "eval",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--ckpt",
+        ckpt.to_str().unwrap(),
+        "--data",
+        "synthetic",
+        "--test-limit",
+        "256",
+    ]);
     let (stdout, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(stdout.contains("top-1"), "{stdout}");
@@ -110,7 +142,18 @@ fn train_eval_info_round_trip() {
     let gray = dir.path().join("gray");
     make_gray_folder(&gray);
     fails_with(
-        &["eval", "--device", "cpu", "--ckpt", ckpt.to_str().unwrap(), "--data", gray.to_str().unwrap(), "--grayscale", "--split", "train"],
+        &[
+            "eval",
+            "--device",
+            "cpu",
+            "--ckpt",
+            ckpt.to_str().unwrap(),
+            "--data",
+            gray.to_str().unwrap(),
+            "--grayscale",
+            "--split",
+            "train",
+        ],
         "expects [3, 32, 32]",
     );
 }

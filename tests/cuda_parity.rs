@@ -71,10 +71,7 @@ fn rel_err(gpu: &[f32], cpu: &[f32]) -> f32 {
     let mut diff = 0.0f32;
     let mut scale = 0.0f32;
     for (a, b) in gpu.iter().zip(cpu) {
-        assert!(
-            a.is_finite() == b.is_finite(),
-            "finiteness differs: gpu {a} cpu {b}"
-        );
+        assert!(a.is_finite() == b.is_finite(), "finiteness differs: gpu {a} cpu {b}");
         if b.is_finite() {
             diff = diff.max((a - b).abs());
             scale = scale.max(b.abs());
@@ -87,19 +84,13 @@ fn rel_err(gpu: &[f32], cpu: &[f32]) -> f32 {
 fn assert_close(what: &str, gpu: &Tensor, cpu: &Tensor, bound: f32) {
     assert_eq!(gpu.dims(), cpu.dims(), "{what}: shapes differ");
     let e = rel_err(&host(gpu), &host(cpu));
-    assert!(
-        e <= bound,
-        "{what}: relative error {e:.3e} exceeds {bound:.1e}"
-    );
+    assert!(e <= bound, "{what}: relative error {e:.3e} exceeds {bound:.1e}");
 }
 
 #[track_caller]
 fn assert_close_vec(what: &str, gpu: &[f32], cpu: &[f32], bound: f32) {
     let e = rel_err(gpu, cpu);
-    assert!(
-        e <= bound,
-        "{what}: relative error {e:.3e} exceeds {bound:.1e}"
-    );
+    assert!(e <= bound, "{what}: relative error {e:.3e} exceeds {bound:.1e}");
 }
 
 #[track_caller]
@@ -151,8 +142,7 @@ fn conv_cases() -> Vec<ConvCase> {
         .enumerate()
         .map(|(i, &(n, c, h, w, k, r, stride, pad))| {
             let spec = ConvSpec { stride, pad };
-            let shape =
-                ConvShape::new(&[n, c, h, w], &[k, c, r, r], spec).expect("valid conv shape");
+            let shape = ConvShape::new(&[n, c, h, w], &[k, c, r, r], spec).expect("valid conv shape");
             let seed = 1000 + 10 * i as u64;
             ConvCase {
                 x: rand_host(&shape.input_dims(), seed),
@@ -184,12 +174,7 @@ fn conv_forward_parity(precision: Precision, bound: f32, test: &str) {
         let got = be
             .conv2d_forward_with(&up(&*be, &c.x), &up(&*be, &c.w), c.spec, precision)
             .unwrap_or_else(|e| panic!("gpu conv {}: {e}", label(&c.shape)));
-        assert_close(
-            &format!("conv2d_forward {} {}", precision.name(), label(&c.shape)),
-            &got,
-            &want,
-            bound,
-        );
+        assert_close(&format!("conv2d_forward {} {}", precision.name(), label(&c.shape)), &got, &want, bound);
     }
 }
 
@@ -200,22 +185,11 @@ fn conv_backward_data_parity(precision: Precision, bound: f32, test: &str) {
     let cpu = cpu();
     for c in conv_cases() {
         let xd = c.shape.input_dims();
-        let want = cpu
-            .conv2d_backward_data(&c.dy, &c.w, &xd, c.spec)
-            .expect("cpu conv bwd data");
+        let want = cpu.conv2d_backward_data(&c.dy, &c.w, &xd, c.spec).expect("cpu conv bwd data");
         let got = be
             .conv2d_backward_data_with(&up(&*be, &c.dy), &up(&*be, &c.w), &xd, c.spec, precision)
             .unwrap_or_else(|e| panic!("gpu conv bwd data {}: {e}", label(&c.shape)));
-        assert_close(
-            &format!(
-                "conv2d_backward_data {} {}",
-                precision.name(),
-                label(&c.shape)
-            ),
-            &got,
-            &want,
-            bound,
-        );
+        assert_close(&format!("conv2d_backward_data {} {}", precision.name(), label(&c.shape)), &got, &want, bound);
     }
 }
 
@@ -268,56 +242,30 @@ fn conv_backward_weight_f32_and_deterministic() {
     });
     for c in cases {
         let wd = c.shape.weight_dims();
-        let want = cpu
-            .conv2d_backward_weight(&c.dy, &c.x, &wd, c.spec)
-            .expect("cpu conv bwd weight");
+        let want = cpu.conv2d_backward_weight(&c.dy, &c.x, &wd, c.spec).expect("cpu conv bwd weight");
         let (gdy, gx) = (up(&*be, &c.dy), up(&*be, &c.x));
         let got = be
             .conv2d_backward_weight(&gdy, &gx, &wd, c.spec)
             .unwrap_or_else(|e| panic!("gpu conv bwd weight {}: {e}", label(&c.shape)));
-        assert_close(
-            &format!("conv2d_backward_weight {}", label(&c.shape)),
-            &got,
-            &want,
-            F32_BOUND,
-        );
-        let again = be
-            .conv2d_backward_weight(&gdy, &gx, &wd, c.spec)
-            .expect("second run");
-        assert_eq!(
-            host(&got),
-            host(&again),
-            "conv2d_backward_weight is not deterministic for {}",
-            label(&c.shape)
-        );
+        assert_close(&format!("conv2d_backward_weight {}", label(&c.shape)), &got, &want, F32_BOUND);
+        let again = be.conv2d_backward_weight(&gdy, &gx, &wd, c.spec).expect("second run");
+        assert_eq!(host(&got), host(&again), "conv2d_backward_weight is not deterministic for {}", label(&c.shape));
     }
 }
 
 #[test]
 fn conv_trait_op_follows_the_backend_precision() {
-    let Some(be) = private_cuda_backend_or_skip("conv_trait_op_follows_the_backend_precision")
-    else {
+    let Some(be) = private_cuda_backend_or_skip("conv_trait_op_follows_the_backend_precision") else {
         return;
     };
-    assert_eq!(
-        be.conv_precision(),
-        Precision::F32,
-        "default precision must be exact f32"
-    );
+    assert_eq!(be.conv_precision(), Precision::F32, "default precision must be exact f32");
     let c = &conv_cases()[5];
     let (x, w) = (up(&be, &c.x), up(&be, &c.w));
     for p in [Precision::Tf32, Precision::Bf16, Precision::F32] {
         be.set_conv_precision(p);
         let via_trait = be.conv2d_forward(&x, &w, c.spec).expect("trait conv");
-        let explicit = be
-            .conv2d_forward_with(&x, &w, c.spec, p)
-            .expect("explicit conv");
-        assert_eq!(
-            host(&via_trait),
-            host(&explicit),
-            "trait conv did not use {}",
-            p.name()
-        );
+        let explicit = be.conv2d_forward_with(&x, &w, c.spec, p).expect("explicit conv");
+        assert_eq!(host(&via_trait), host(&explicit), "trait conv did not use {}", p.name());
     }
 }
 
@@ -338,53 +286,23 @@ fn conv_fused_bn_residual_relu() {
         let var = Tensor::from_vec(&[k], rand_vec(k, 800 + i as u64, 0.5, 2.0)).expect("var");
         let residual = rand_host(&c.shape.output_dims(), 900 + i as u64);
         let y = cpu.conv2d_forward(&c.x, &c.w, c.spec).expect("cpu conv");
-        let bn = cpu
-            .batchnorm_forward_eval(&y, &gamma, &beta, &mean, &var, eps)
-            .expect("cpu bn");
+        let bn = cpu.batchnorm_forward_eval(&y, &gamma, &beta, &mean, &var, eps).expect("cpu bn");
         let want_plain = cpu.relu_forward(&bn).expect("cpu relu");
         let want_res = cpu.add_relu(&bn, &residual).expect("cpu add relu");
 
-        let (gg, gb, gm, gv) = (
-            up(&*be, &gamma),
-            up(&*be, &beta),
-            up(&*be, &mean),
-            up(&*be, &var),
-        );
+        let (gg, gb, gm, gv) = (up(&*be, &gamma), up(&*be, &beta), up(&*be, &mean), up(&*be, &var));
         let (scale, shift) = be.fold_batchnorm(&gg, &gb, &gm, &gv, eps).expect("fold");
         let (gx, gw, gr) = (up(&*be, &c.x), up(&*be, &c.w), up(&*be, &residual));
-        for (precision, bound) in [
-            (Precision::F32, F32_BOUND),
-            (Precision::Tf32, TF32_BOUND),
-            (Precision::Bf16, BF16_BOUND),
-        ] {
-            let epi = ConvEpilogue {
-                scale: Some(&scale),
-                shift: Some(&shift),
-                residual: None,
-                relu: true,
-            };
-            let got = be
-                .conv2d_fused(&gx, &gw, c.spec, &epi, precision)
-                .expect("fused conv");
-            assert_close(
-                &format!("conv+bn+relu {} {}", precision.name(), label(&c.shape)),
-                &got,
-                &want_plain,
-                bound,
-            );
-            let epi = ConvEpilogue {
-                residual: Some(&gr),
-                ..epi
-            };
+        for (precision, bound) in
+            [(Precision::F32, F32_BOUND), (Precision::Tf32, TF32_BOUND), (Precision::Bf16, BF16_BOUND)]
+        {
+            let epi = ConvEpilogue { scale: Some(&scale), shift: Some(&shift), residual: None, relu: true };
+            let got = be.conv2d_fused(&gx, &gw, c.spec, &epi, precision).expect("fused conv");
+            assert_close(&format!("conv+bn+relu {} {}", precision.name(), label(&c.shape)), &got, &want_plain, bound);
+            let epi = ConvEpilogue { residual: Some(&gr), ..epi };
             let mut out = be.zeros(&c.shape.output_dims()).expect("zeros");
-            be.conv2d_fused_into(&gx, &gw, c.spec, &epi, precision, &mut out)
-                .expect("fused conv into");
-            assert_close(
-                &format!("conv+bn+add+relu {} {}", precision.name(), label(&c.shape)),
-                &out,
-                &want_res,
-                bound,
-            );
+            be.conv2d_fused_into(&gx, &gw, c.spec, &epi, precision, &mut out).expect("fused conv into");
+            assert_close(&format!("conv+bn+add+relu {} {}", precision.name(), label(&c.shape)), &out, &want_res, bound);
         }
     }
 }
@@ -424,69 +342,31 @@ fn batchnorm_train_eval_backward() {
         let what = format!("batchnorm {dims:?}");
 
         let (mut crm, mut crv) = (rm0.copy_host(), rv0.copy_host());
-        let (cy, csaved) = cpu
-            .batchnorm_forward_train(&x, &gamma, &beta, &mut crm, &mut crv, mom, eps)
-            .expect("cpu bn");
+        let (cy, csaved) =
+            cpu.batchnorm_forward_train(&x, &gamma, &beta, &mut crm, &mut crv, mom, eps).expect("cpu bn");
         let (gx, gg, gb) = (up(&*be, &x), up(&*be, &gamma), up(&*be, &beta));
         let (mut grm, mut grv) = (up(&*be, &rm0), up(&*be, &rv0));
-        let (gy, gsaved) = be
-            .batchnorm_forward_train(&gx, &gg, &gb, &mut grm, &mut grv, mom, eps)
-            .expect("gpu bn");
+        let (gy, gsaved) = be.batchnorm_forward_train(&gx, &gg, &gb, &mut grm, &mut grv, mom, eps).expect("gpu bn");
         assert_close(&format!("{what} train y"), &gy, &cy, F32_BOUND);
-        assert_close(
-            &format!("{what} saved mean"),
-            &gsaved.mean,
-            &csaved.mean,
-            F32_BOUND,
-        );
-        assert_close(
-            &format!("{what} saved invstd"),
-            &gsaved.invstd,
-            &csaved.invstd,
-            F32_BOUND,
-        );
+        assert_close(&format!("{what} saved mean"), &gsaved.mean, &csaved.mean, F32_BOUND);
+        assert_close(&format!("{what} saved invstd"), &gsaved.invstd, &csaved.invstd, F32_BOUND);
         assert_close(&format!("{what} running mean"), &grm, &crm, F32_BOUND);
         assert_close(&format!("{what} running var"), &grv, &crv, F32_BOUND);
 
-        let ce = cpu
-            .batchnorm_forward_eval(&x, &gamma, &beta, &crm, &crv, eps)
-            .expect("cpu eval");
-        let ge = be
-            .batchnorm_forward_eval(&gx, &gg, &gb, &grm, &grv, eps)
-            .expect("gpu eval");
+        let ce = cpu.batchnorm_forward_eval(&x, &gamma, &beta, &crm, &crv, eps).expect("cpu eval");
+        let ge = be.batchnorm_forward_eval(&gx, &gg, &gb, &grm, &grv, eps).expect("gpu eval");
         assert_close(&format!("{what} eval"), &ge, &ce, F32_BOUND);
 
         // Backward from the same saved statistics on both sides.
-        let saved = BnSaved {
-            mean: csaved.mean.copy_host(),
-            invstd: csaved.invstd.copy_host(),
-        };
-        let cg = cpu
-            .batchnorm_backward(&dy, &x, &gamma, &saved)
-            .expect("cpu bn bwd");
-        let gsaved_cpu = BnSaved {
-            mean: up(&*be, &csaved.mean),
-            invstd: up(&*be, &csaved.invstd),
-        };
-        let gg2 = be
-            .batchnorm_backward(&up(&*be, &dy), &gx, &gg, &gsaved_cpu)
-            .expect("gpu bn bwd");
+        let saved = BnSaved { mean: csaved.mean.copy_host(), invstd: csaved.invstd.copy_host() };
+        let cg = cpu.batchnorm_backward(&dy, &x, &gamma, &saved).expect("cpu bn bwd");
+        let gsaved_cpu = BnSaved { mean: up(&*be, &csaved.mean), invstd: up(&*be, &csaved.invstd) };
+        let gg2 = be.batchnorm_backward(&up(&*be, &dy), &gx, &gg, &gsaved_cpu).expect("gpu bn bwd");
         assert_close(&format!("{what} dx"), &gg2.dx, &cg.dx, F32_BOUND);
-        assert_close(
-            &format!("{what} dgamma"),
-            &gg2.dgamma,
-            &cg.dgamma,
-            F32_BOUND,
-        );
+        assert_close(&format!("{what} dgamma"), &gg2.dgamma, &cg.dgamma, F32_BOUND);
         assert_close(&format!("{what} dbeta"), &gg2.dbeta, &cg.dbeta, F32_BOUND);
-        let again = be
-            .batchnorm_backward(&up(&*be, &dy), &gx, &gg, &gsaved_cpu)
-            .expect("gpu bn bwd again");
-        assert_eq!(
-            host(&again.dgamma),
-            host(&gg2.dgamma),
-            "{what}: dgamma not deterministic"
-        );
+        let again = be.batchnorm_backward(&up(&*be, &dy), &gx, &gg, &gsaved_cpu).expect("gpu bn bwd again");
+        assert_eq!(host(&again.dgamma), host(&gg2.dgamma), "{what}: dgamma not deterministic");
     }
 }
 
@@ -502,14 +382,7 @@ impl CopyHost for Tensor {
 
 // ---- element-wise, SGD ----------------------------------------------------------------------------
 
-const EW_SHAPES: &[&[usize]] = &[
-    &[1],
-    &[3],
-    &[7, 11],
-    &[1001],
-    &[4, 16, 32, 32],
-    &[2, 13, 7, 7],
-];
+const EW_SHAPES: &[&[usize]] = &[&[1], &[3], &[7, 11], &[1001], &[4, 16, 32, 32], &[2, 13, 7, 7]];
 
 #[test]
 fn elementwise_ops() {
@@ -523,22 +396,13 @@ fn elementwise_ops() {
         let (ga, gb) = (up(&*gpu, &a), up(&*gpu, &b));
         let what = format!("{dims:?}");
         let y = cpu.relu_forward(&a).expect("relu");
-        assert_exact(
-            &format!("relu {what}"),
-            &gpu.relu_forward(&ga).expect("gpu relu"),
-            &y,
-        );
+        assert_exact(&format!("relu {what}"), &gpu.relu_forward(&ga).expect("gpu relu"), &y);
         assert_exact(
             &format!("relu_backward {what}"),
-            &gpu.relu_backward(&gb, &up(&*gpu, &y))
-                .expect("gpu relu bwd"),
+            &gpu.relu_backward(&gb, &up(&*gpu, &y)).expect("gpu relu bwd"),
             &cpu.relu_backward(&b, &y).expect("relu bwd"),
         );
-        assert_exact(
-            &format!("add {what}"),
-            &gpu.add(&ga, &gb).expect("gpu add"),
-            &cpu.add(&a, &b).expect("add"),
-        );
+        assert_exact(&format!("add {what}"), &gpu.add(&ga, &gb).expect("gpu add"), &cpu.add(&a, &b).expect("add"));
         assert_exact(
             &format!("add_relu {what}"),
             &gpu.add_relu(&ga, &gb).expect("gpu add_relu"),
@@ -562,39 +426,15 @@ fn sgd_step_variants() {
     };
     let cpu = cpu();
     let variants = [
-        SgdStep {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            nesterov: true,
-        },
-        SgdStep {
-            lr: 0.05,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-            nesterov: false,
-        },
-        SgdStep {
-            lr: 0.01,
-            momentum: 0.0,
-            weight_decay: 0.0,
-            nesterov: false,
-        },
-        SgdStep {
-            lr: 0.2,
-            momentum: 0.5,
-            weight_decay: 0.0,
-            nesterov: true,
-        },
+        SgdStep { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, nesterov: true },
+        SgdStep { lr: 0.05, momentum: 0.9, weight_decay: 1e-4, nesterov: false },
+        SgdStep { lr: 0.01, momentum: 0.0, weight_decay: 0.0, nesterov: false },
+        SgdStep { lr: 0.2, momentum: 0.5, weight_decay: 0.0, nesterov: true },
     ];
     for (i, hp) in variants.into_iter().enumerate() {
         for &n in &[1usize, 7, 1000, 4099, 65536] {
             let seed = 4000 + 100 * i as u64 + n as u64;
-            let (p, g, m) = (
-                rand_host(&[n], seed),
-                rand_host(&[n], seed + 1),
-                rand_host(&[n], seed + 2),
-            );
+            let (p, g, m) = (rand_host(&[n], seed), rand_host(&[n], seed + 1), rand_host(&[n], seed + 2));
             let (mut cp, mut cm) = (p.copy_host(), m.copy_host());
             let (mut gp, mut gm) = (up(&*gpu, &p), up(&*gpu, &m));
             let gg = up(&*gpu, &g);
@@ -619,15 +459,7 @@ fn shortcut_forward_backward() {
     // (x dims, channel map, stride)
     let option_a = |c_in: usize, c_out: usize| -> Vec<i32> {
         let pad = (c_out - c_in) / 2;
-        (0..c_out)
-            .map(|o| {
-                if o >= pad && o < pad + c_in {
-                    (o - pad) as i32
-                } else {
-                    -1
-                }
-            })
-            .collect()
+        (0..c_out).map(|o| if o >= pad && o < pad + c_in { (o - pad) as i32 } else { -1 }).collect()
     };
     let cases: Vec<(Vec<usize>, Vec<i32>, usize)> = vec![
         (vec![4, 16, 32, 32], option_a(16, 32), 2),
@@ -639,26 +471,13 @@ fn shortcut_forward_backward() {
     ];
     for (i, (dims, src, stride)) in cases.into_iter().enumerate() {
         let x = rand_host(&dims, 5000 + i as u64);
-        let want = cpu
-            .shortcut_forward(&x, &src, stride)
-            .expect("cpu shortcut");
-        let got = gpu
-            .shortcut_forward(&up(&*gpu, &x), &src, stride)
-            .expect("gpu shortcut");
+        let want = cpu.shortcut_forward(&x, &src, stride).expect("cpu shortcut");
+        let got = gpu.shortcut_forward(&up(&*gpu, &x), &src, stride).expect("gpu shortcut");
         assert_exact(&format!("shortcut_forward {dims:?} s{stride}"), &got, &want);
         let dy = rand_host(want.dims(), 5100 + i as u64);
-        let want = cpu
-            .shortcut_backward(&dy, &src, stride, &dims)
-            .expect("cpu shortcut bwd");
-        let got = gpu
-            .shortcut_backward(&up(&*gpu, &dy), &src, stride, &dims)
-            .expect("gpu shortcut bwd");
-        assert_close(
-            &format!("shortcut_backward {dims:?} s{stride}"),
-            &got,
-            &want,
-            1e-6,
-        );
+        let want = cpu.shortcut_backward(&dy, &src, stride, &dims).expect("cpu shortcut bwd");
+        let got = gpu.shortcut_backward(&up(&*gpu, &dy), &src, stride, &dims).expect("gpu shortcut bwd");
+        assert_close(&format!("shortcut_backward {dims:?} s{stride}"), &got, &want, 1e-6);
     }
 }
 
@@ -680,22 +499,15 @@ fn maxpool_first_max_rule() {
     ];
     for (i, &(dims, k, s)) in cases.iter().enumerate() {
         let n: usize = dims.iter().product();
-        let q: Vec<f32> = rand_vec(n, 6000 + i as u64, 0.0, 5.0)
-            .iter()
-            .map(|v| v.floor() - 2.0)
-            .collect();
+        let q: Vec<f32> = rand_vec(n, 6000 + i as u64, 0.0, 5.0).iter().map(|v| v.floor() - 2.0).collect();
         let x = Tensor::from_vec(dims, q).expect("x");
         let want = cpu.maxpool_forward(&x, k, s).expect("cpu maxpool");
         let gx = up(&*gpu, &x);
         let got = gpu.maxpool_forward(&gx, k, s).expect("gpu maxpool");
         assert_exact(&format!("maxpool_forward {dims:?} k{k} s{s}"), &got, &want);
         let dy = rand_host(want.dims(), 6100 + i as u64);
-        let want = cpu
-            .maxpool_backward(&dy, &x, k, s)
-            .expect("cpu maxpool bwd");
-        let got = gpu
-            .maxpool_backward(&up(&*gpu, &dy), &gx, k, s)
-            .expect("gpu maxpool bwd");
+        let want = cpu.maxpool_backward(&dy, &x, k, s).expect("cpu maxpool bwd");
+        let got = gpu.maxpool_backward(&up(&*gpu, &dy), &gx, k, s).expect("gpu maxpool bwd");
         assert_exact(&format!("maxpool_backward {dims:?} k{k} s{s}"), &got, &want);
     }
 }
@@ -706,40 +518,17 @@ fn global_avgpool() {
         return;
     };
     let cpu = cpu();
-    for (i, dims) in [
-        [4usize, 64, 8, 8],
-        [2, 16, 32, 32],
-        [1, 5, 7, 7],
-        [3, 512, 2, 2],
-        [2, 3, 1, 1],
-    ]
-    .iter()
-    .enumerate()
+    for (i, dims) in
+        [[4usize, 64, 8, 8], [2, 16, 32, 32], [1, 5, 7, 7], [3, 512, 2, 2], [2, 3, 1, 1]].iter().enumerate()
     {
         let x = rand_host(dims, 7000 + i as u64);
         let want = cpu.global_avgpool_forward(&x).expect("cpu avgpool");
-        let got = gpu
-            .global_avgpool_forward(&up(&*gpu, &x))
-            .expect("gpu avgpool");
-        assert_close(
-            &format!("global_avgpool_forward {dims:?}"),
-            &got,
-            &want,
-            F32_BOUND,
-        );
+        let got = gpu.global_avgpool_forward(&up(&*gpu, &x)).expect("gpu avgpool");
+        assert_close(&format!("global_avgpool_forward {dims:?}"), &got, &want, F32_BOUND);
         let dy = rand_host(want.dims(), 7100 + i as u64);
-        let want = cpu
-            .global_avgpool_backward(&dy, dims)
-            .expect("cpu avgpool bwd");
-        let got = gpu
-            .global_avgpool_backward(&up(&*gpu, &dy), dims)
-            .expect("gpu avgpool bwd");
-        assert_close(
-            &format!("global_avgpool_backward {dims:?}"),
-            &got,
-            &want,
-            1e-6,
-        );
+        let want = cpu.global_avgpool_backward(&dy, dims).expect("cpu avgpool bwd");
+        let got = gpu.global_avgpool_backward(&up(&*gpu, &dy), dims).expect("gpu avgpool bwd");
+        assert_close(&format!("global_avgpool_backward {dims:?}"), &got, &want, 1e-6);
     }
 }
 
@@ -753,55 +542,28 @@ fn linear_forward_backward() {
     let cpu = cpu();
     // (batch, in, out): CIFAR heads, VGG classifier, odd sizes, and one large enough for the
     // 128x128 tiles.
-    for (i, &(n, fin, fout)) in [
-        (128, 64, 10),
-        (128, 512, 512),
-        (1, 5, 3),
-        (7, 13, 27),
-        (33, 100, 65),
-        (512, 256, 384),
-    ]
-    .iter()
-    .enumerate()
+    for (i, &(n, fin, fout)) in
+        [(128, 64, 10), (128, 512, 512), (1, 5, 3), (7, 13, 27), (33, 100, 65), (512, 256, 384)].iter().enumerate()
     {
         let seed = 8000 + 10 * i as u64;
-        let (x, w, b) = (
-            rand_host(&[n, fin], seed),
-            rand_host(&[fout, fin], seed + 1),
-            rand_host(&[fout], seed + 2),
-        );
+        let (x, w, b) = (rand_host(&[n, fin], seed), rand_host(&[fout, fin], seed + 1), rand_host(&[fout], seed + 2));
         let (gx, gw, gb) = (up(&*gpu, &x), up(&*gpu, &w), up(&*gpu, &b));
         let what = format!("linear n{n} in{fin} out{fout}");
         for bias in [true, false] {
-            let want = cpu
-                .linear_forward(&x, &w, bias.then_some(&b))
-                .expect("cpu linear");
-            let got = gpu
-                .linear_forward(&gx, &gw, bias.then_some(&gb))
-                .expect("gpu linear");
-            assert_close(
-                &format!("{what} forward bias={bias}"),
-                &got,
-                &want,
-                F32_BOUND,
-            );
+            let want = cpu.linear_forward(&x, &w, bias.then_some(&b)).expect("cpu linear");
+            let got = gpu.linear_forward(&gx, &gw, bias.then_some(&gb)).expect("gpu linear");
+            assert_close(&format!("{what} forward bias={bias}"), &got, &want, F32_BOUND);
         }
         let dy = rand_host(&[n, fout], seed + 3);
-        let want = cpu
-            .linear_backward(&dy, &x, &w, true)
-            .expect("cpu linear bwd");
-        let got = gpu
-            .linear_backward(&up(&*gpu, &dy), &gx, &gw, true)
-            .expect("gpu linear bwd");
+        let want = cpu.linear_backward(&dy, &x, &w, true).expect("cpu linear bwd");
+        let got = gpu.linear_backward(&up(&*gpu, &dy), &gx, &gw, true).expect("gpu linear bwd");
         assert_close(&format!("{what} dx"), &got.dx, &want.dx, F32_BOUND);
         assert_close(&format!("{what} dw"), &got.dw, &want.dw, F32_BOUND);
         match (&got.db, &want.db) {
             (Some(g), Some(c)) => assert_close(&format!("{what} db"), g, c, F32_BOUND),
             _ => panic!("{what}: bias gradient missing"),
         }
-        let nobias = gpu
-            .linear_backward(&up(&*gpu, &dy), &gx, &gw, false)
-            .expect("gpu linear bwd no bias");
+        let nobias = gpu.linear_backward(&up(&*gpu, &dy), &gx, &gw, false).expect("gpu linear bwd no bias");
         assert!(nobias.db.is_none());
     }
 }
@@ -812,14 +574,8 @@ fn sgemm_layouts() {
     let Some(be) = cuda_backend_or_skip("sgemm_layouts") else {
         return;
     };
-    for (i, &(m, n, k)) in [
-        (1536usize, 1536usize, 64usize),
-        (100, 70, 33),
-        (1, 1, 1),
-        (257, 129, 300),
-    ]
-    .iter()
-    .enumerate()
+    for (i, &(m, n, k)) in
+        [(1536usize, 1536usize, 64usize), (100, 70, 33), (1, 1, 1), (257, 129, 300)].iter().enumerate()
     {
         let a = rand_vec(m * k, 8500 + i as u64, -1.0, 1.0);
         let b = rand_vec(k * n, 8600 + i as u64, -1.0, 1.0);
@@ -842,9 +598,7 @@ fn sgemm_layouts() {
             let mut want = vec![0.0f32; m * n];
             for r in 0..m {
                 for c in 0..n {
-                    want[r * n + c] = (0..k)
-                        .map(|t| av(r, t) as f64 * bv(t, c) as f64)
-                        .sum::<f64>() as f32;
+                    want[r * n + c] = (0..k).map(|t| av(r, t) as f64 * bv(t, c) as f64).sum::<f64>() as f32;
                 }
             }
             let ga = be.stream().clone_htod(&a).expect("a");
@@ -852,12 +606,7 @@ fn sgemm_layouts() {
             let mut gc = be.stream().alloc_zeros::<f32>(m * n).expect("c");
             be.sgemm(layout, m, n, k, &ga, &gb, &mut gc).expect("sgemm");
             let got = be.stream().clone_dtoh(&gc).expect("c back");
-            assert_close_vec(
-                &format!("sgemm {layout:?} {m}x{n}x{k}"),
-                &got,
-                &want,
-                F32_BOUND,
-            );
+            assert_close_vec(&format!("sgemm {layout:?} {m}x{n}x{k}"), &got, &want, F32_BOUND);
         }
     }
 }
@@ -870,58 +619,31 @@ fn losses() {
         return;
     };
     let cpu = cpu();
-    for (i, &(n, classes)) in [(128usize, 10usize), (1, 10), (7, 100), (3, 1), (5, 37)]
-        .iter()
-        .enumerate()
-    {
+    for (i, &(n, classes)) in [(128usize, 10usize), (1, 10), (7, 100), (3, 1), (5, 37)].iter().enumerate() {
         let seed = 9000 + 10 * i as u64;
         // Scaled logits, plus a row of ties to check the arg-max rule.
         let mut v = rand_vec(n * classes, seed, -4.0, 4.0);
         v[..classes].iter_mut().for_each(|x| *x = 1.5);
         let logits = Tensor::from_vec(&[n, classes], v).expect("logits");
         let labels: Vec<u32> = (0..n).map(|r| ((r * 7 + i) % classes) as u32).collect();
-        let want = cpu
-            .softmax_cross_entropy(&logits, &labels)
-            .expect("cpu xent");
-        let got = gpu
-            .softmax_cross_entropy(&up(&*gpu, &logits), &labels)
-            .expect("gpu xent");
+        let want = cpu.softmax_cross_entropy(&logits, &labels).expect("cpu xent");
+        let got = gpu.softmax_cross_entropy(&up(&*gpu, &logits), &labels).expect("gpu xent");
         let what = format!("softmax_cross_entropy n{n} classes{classes}");
-        assert_close_vec(
-            &format!("{what} loss"),
-            &[got.loss],
-            &[want.loss],
-            F32_BOUND,
-        );
-        assert_close(
-            &format!("{what} dlogits"),
-            &got.dlogits,
-            &want.dlogits,
-            F32_BOUND,
-        );
+        assert_close_vec(&format!("{what} loss"), &[got.loss], &[want.loss], F32_BOUND);
+        assert_close(&format!("{what} dlogits"), &got.dlogits, &want.dlogits, F32_BOUND);
         assert_eq!(got.correct, want.correct, "{what}: correct count");
 
-        let teacher = Tensor::from_vec(&[n, classes], rand_vec(n * classes, seed + 1, -3.0, 3.0))
-            .expect("teacher");
+        let teacher = Tensor::from_vec(&[n, classes], rand_vec(n * classes, seed + 1, -3.0, 3.0)).expect("teacher");
         for t in [1.0f32, 4.0] {
             let (cl, cg) = cpu.distill_kl(&logits, &teacher, t).expect("cpu kl");
-            let (gl, gg) = gpu
-                .distill_kl(&up(&*gpu, &logits), &up(&*gpu, &teacher), t)
-                .expect("gpu kl");
-            assert_close_vec(
-                &format!("distill_kl n{n} T{t} loss"),
-                &[gl],
-                &[cl],
-                F32_BOUND,
-            );
+            let (gl, gg) = gpu.distill_kl(&up(&*gpu, &logits), &up(&*gpu, &teacher), t).expect("gpu kl");
+            assert_close_vec(&format!("distill_kl n{n} T{t} loss"), &[gl], &[cl], F32_BOUND);
             assert_close(&format!("distill_kl n{n} T{t} grad"), &gg, &cg, F32_BOUND);
         }
 
         let target = rand_host(&[n, classes], seed + 2);
         let (cl, cg) = cpu.mse_loss(&logits, &target).expect("cpu mse");
-        let (gl, gg) = gpu
-            .mse_loss(&up(&*gpu, &logits), &up(&*gpu, &target))
-            .expect("gpu mse");
+        let (gl, gg) = gpu.mse_loss(&up(&*gpu, &logits), &up(&*gpu, &target)).expect("gpu mse");
         assert_close_vec(&format!("mse_loss n{n} loss"), &[gl], &[cl], F32_BOUND);
         assert_close(&format!("mse_loss n{n} grad"), &gg, &cg, F32_BOUND);
     }
@@ -943,29 +665,14 @@ fn index_select_every_axis() {
     let gx = up(&*gpu, &x);
     for (axis, &d) in dims.iter().enumerate() {
         let d = d as u32;
-        for index in [
-            vec![0u32],
-            (0..d).rev().collect(),
-            (0..d).step_by(2).collect(),
-            vec![d - 1, 0, d - 1],
-        ] {
-            let want = cpu
-                .index_select(&x, axis, &index)
-                .expect("cpu index_select");
-            let got = gpu
-                .index_select(&gx, axis, &index)
-                .expect("gpu index_select");
+        for index in [vec![0u32], (0..d).rev().collect(), (0..d).step_by(2).collect(), vec![d - 1, 0, d - 1]] {
+            let want = cpu.index_select(&x, axis, &index).expect("cpu index_select");
+            let got = gpu.index_select(&gx, axis, &index).expect("gpu index_select");
             assert_exact(&format!("index_select axis {axis} {index:?}"), &got, &want);
         }
     }
-    assert!(
-        gpu.index_select(&gx, 1, &[13]).is_err(),
-        "out-of-range index must be an error"
-    );
-    assert!(
-        gpu.index_select(&gx, 4, &[0]).is_err(),
-        "out-of-range axis must be an error"
-    );
+    assert!(gpu.index_select(&gx, 1, &[13]).is_err(), "out-of-range index must be an error");
+    assert!(gpu.index_select(&gx, 4, &[0]).is_err(), "out-of-range axis must be an error");
 }
 
 /// Keeps the channels whose hash is below `keep`, at least one.
@@ -987,27 +694,15 @@ fn batched_gather_matches_separate_cpu_calls() {
     let cpu = cpu();
     let k = 16;
     // Conv weights: output and input channels at once, for several layer shapes.
-    for (i, wd) in [
-        [64usize, 64, 3, 3],
-        [32, 16, 3, 3],
-        [13, 27, 1, 1],
-        [512, 512, 3, 3],
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, wd) in [[64usize, 64, 3, 3], [32, 16, 3, 3], [13, 27, 1, 1], [512, 512, 3, 3]].iter().enumerate() {
         let w = rand_host(wd, 11_000 + i as u64);
-        let outs: Vec<Vec<u32>> = (0..k)
-            .map(|j| keep_list(wd[0], 0.3 + 0.04 * j as f32, 100 * i as u64 + j as u64))
-            .collect();
-        let ins: Vec<Vec<u32>> = (0..k)
-            .map(|j| keep_list(wd[1], 0.9 - 0.04 * j as f32, 200 * i as u64 + j as u64))
-            .collect();
+        let outs: Vec<Vec<u32>> =
+            (0..k).map(|j| keep_list(wd[0], 0.3 + 0.04 * j as f32, 100 * i as u64 + j as u64)).collect();
+        let ins: Vec<Vec<u32>> =
+            (0..k).map(|j| keep_list(wd[1], 0.9 - 0.04 * j as f32, 200 * i as u64 + j as u64)).collect();
         let ro: Vec<&[u32]> = outs.iter().map(|v| v.as_slice()).collect();
         let ri: Vec<&[u32]> = ins.iter().map(|v| v.as_slice()).collect();
-        let packed = be
-            .gather_conv_weights(&up(&*be, &w), &ro, &ri)
-            .expect("gpu gather");
+        let packed = be.gather_conv_weights(&up(&*be, &w), &ro, &ri).expect("gpu gather");
         assert_eq!(packed.len(), k);
         let all = host(&packed.data);
         for j in 0..k {
@@ -1015,32 +710,18 @@ fn batched_gather_matches_separate_cpu_calls() {
             let want = cpu.index_select(&a, 1, &ins[j]).expect("cpu cols");
             assert_eq!(packed.dims[j], want.dims().to_vec(), "candidate {j} shape");
             let got = &all[packed.offsets[j]..packed.offsets[j + 1]];
-            assert_eq!(
-                got,
-                host(&want).as_slice(),
-                "conv weight {wd:?} candidate {j}"
-            );
-            assert_exact(
-                &format!("unpack {j}"),
-                &be.unpack(&packed, j).expect("unpack"),
-                &want,
-            );
+            assert_eq!(got, host(&want).as_slice(), "conv weight {wd:?} candidate {j}");
+            assert_exact(&format!("unpack {j}"), &be.unpack(&packed, j).expect("unpack"), &want);
         }
     }
     // Batch norm parameters [C] and activations [N, C, H, W] along the channel axis.
     for (i, c) in [16usize, 64, 5].iter().enumerate() {
-        let idx: Vec<Vec<u32>> = (0..k)
-            .map(|j| keep_list(*c, 0.5, 300 + 10 * i as u64 + j as u64))
-            .collect();
+        let idx: Vec<Vec<u32>> = (0..k).map(|j| keep_list(*c, 0.5, 300 + 10 * i as u64 + j as u64)).collect();
         let r: Vec<&[u32]> = idx.iter().map(|v| v.as_slice()).collect();
         let gamma = rand_host(&[*c], 12_000 + i as u64);
-        let packed = be
-            .gather_channel_params(&up(&*be, &gamma), &r)
-            .expect("gpu gather params");
+        let packed = be.gather_channel_params(&up(&*be, &gamma), &r).expect("gpu gather params");
         let acts = rand_host(&[6, *c, 7, 5], 12_100 + i as u64);
-        let packed_a = be
-            .gather_activations(&up(&*be, &acts), &r)
-            .expect("gpu gather acts");
+        let packed_a = be.gather_activations(&up(&*be, &acts), &r).expect("gpu gather acts");
         let (pp, pa) = (host(&packed.data), host(&packed_a.data));
         for j in 0..k {
             let want = cpu.index_select(&gamma, 0, &idx[j]).expect("cpu");
@@ -1060,23 +741,12 @@ fn batched_gather_matches_separate_cpu_calls() {
     }
     // A plan is reusable, and bad lists are errors.
     let w = up(&*be, &rand_host(&[8, 4, 3, 3], 13_000));
-    let plan = be
-        .plan_gather(
-            GatherView::conv_weight(&[8, 4, 3, 3]).expect("view"),
-            &[&[1, 0]],
-            &[&[3]],
-        )
-        .expect("plan");
+    let plan =
+        be.plan_gather(GatherView::conv_weight(&[8, 4, 3, 3]).expect("view"), &[&[1, 0]], &[&[3]]).expect("plan");
     let a = be.gather_with_plan(&plan, &w).expect("run 1");
     let b = be.gather_with_plan(&plan, &w).expect("run 2");
     assert_eq!(host(&a), host(&b));
-    assert!(be
-        .plan_gather(
-            GatherView::conv_weight(&[8, 4, 3, 3]).expect("view"),
-            &[&[8]],
-            &[&[0]]
-        )
-        .is_err());
+    assert!(be.plan_gather(GatherView::conv_weight(&[8, 4, 3, 3]).expect("view"), &[&[8]], &[&[0]]).is_err());
 }
 
 #[test]
@@ -1085,17 +755,9 @@ fn feature_mse_matches_separate_cpu_calls() {
         return;
     };
     let cpu = cpu();
-    for &(k, m) in &[
-        (16usize, 256 * 64 * 8 * 8),
-        (16, 3),
-        (16, 1001),
-        (4, 1 << 20),
-        (2, 10_000_003),
-        (1, 1),
-    ] {
+    for &(k, m) in &[(16usize, 256 * 64 * 8 * 8), (16, 3), (16, 1001), (4, 1 << 20), (2, 10_000_003), (1, 1)] {
         let base = rand_host(&[m], 14_000 + m as u64);
-        let cand =
-            Tensor::from_vec(&[k, m], rand_vec(k * m, 14_100 + m as u64, -1.0, 1.0)).expect("cand");
+        let cand = Tensor::from_vec(&[k, m], rand_vec(k * m, 14_100 + m as u64, -1.0, 1.0)).expect("cand");
         let (gc, gb) = (up(&*be, &cand), up(&*be, &base));
         let got = be.feature_mse(&gc, &gb).expect("gpu feature_mse");
         assert_eq!(got.len(), k);
@@ -1104,10 +766,7 @@ fn feature_mse_matches_separate_cpu_calls() {
             let one = Tensor::from_vec(&[1, m], cv[j * m..(j + 1) * m].to_vec()).expect("one");
             let want = cpu.feature_mse(&one, &base).expect("cpu feature_mse")[0];
             let e = (g - want).abs() / want.abs().max(1e-12);
-            assert!(
-                e <= 1e-5,
-                "feature_mse k{k} m{m} candidate {j}: gpu {g} cpu {want} (rel {e:.2e})"
-            );
+            assert!(e <= 1e-5, "feature_mse k{k} m{m} candidate {j}: gpu {g} cpu {want} (rel {e:.2e})");
         }
         let again = be.feature_mse(&gc, &gb).expect("again");
         assert_eq!(
@@ -1136,16 +795,12 @@ fn memory_ops_and_device_checks() {
     assert_eq!(host(&g), host(&x));
     assert_eq!(host(&gpu.copy(&g).expect("copy")), host(&x));
     assert_eq!(host(&gpu.to_device(&g).expect("to_device")), host(&x));
-    assert!(host(&gpu.zeros(&[4, 4]).expect("zeros"))
-        .iter()
-        .all(|&v| v == 0.0));
+    assert!(host(&gpu.zeros(&[4, 4]).expect("zeros")).iter().all(|&v| v == 0.0));
     gpu.synchronize().expect("synchronize");
     // Host tensors and mismatched shapes are errors, not crashes.
     assert!(gpu.relu_forward(&x).is_err());
     assert!(gpu.add(&g, &up(&*gpu, &rand_host(&[3, 5, 6], 1))).is_err());
-    assert!(gpu
-        .conv2d_forward(&g, &g, ConvSpec { stride: 1, pad: 0 })
-        .is_err());
+    assert!(gpu.conv2d_forward(&g, &g, ConvSpec { stride: 1, pad: 0 }).is_err());
     assert!(gpu.from_host(&[2, 2], &[1.0; 3]).is_err());
     assert!(gpu.describe().starts_with("cuda:"));
 }
@@ -1161,69 +816,39 @@ fn graph_capture_replays_a_fixed_shape_block() {
     let spec = ConvSpec { stride: 1, pad: 1 };
     let x_host = rand_host(&[8, 16, 32, 32], 16_000);
     let w = up(be, &rand_host(&[16, 16, 3, 3], 16_001));
-    let gamma = up(
-        be,
-        &Tensor::from_vec(&[16], rand_vec(16, 16_002, 0.5, 1.5)).expect("gamma"),
-    );
+    let gamma = up(be, &Tensor::from_vec(&[16], rand_vec(16, 16_002, 0.5, 1.5)).expect("gamma"));
     let beta = up(be, &rand_host(&[16], 16_003));
     let mean = up(be, &rand_host(&[16], 16_004));
-    let var = up(
-        be,
-        &Tensor::from_vec(&[16], rand_vec(16, 16_005, 0.5, 2.0)).expect("var"),
-    );
-    let (scale, shift) = be
-        .fold_batchnorm(&gamma, &beta, &mean, &var, 1e-5)
-        .expect("fold");
+    let var = up(be, &Tensor::from_vec(&[16], rand_vec(16, 16_005, 0.5, 2.0)).expect("var"));
+    let (scale, shift) = be.fold_batchnorm(&gamma, &beta, &mean, &var, 1e-5).expect("fold");
     let mut x = up(be, &x_host);
     let mut h = be.zeros(&[8, 16, 32, 32]).expect("h");
     let mut y = be.zeros(&[8, 16, 32, 32]).expect("y");
     let mut pooled = be.zeros(&[8, 16]).expect("pooled");
     // A residual block: conv-bn-relu, conv-bn + x, relu, then the global pool.
-    let block =
-        |x: &Tensor, h: &mut Tensor, y: &mut Tensor, pooled: &mut Tensor| -> lfgcl::Result<()> {
-            let e1 = ConvEpilogue {
-                scale: Some(&scale),
-                shift: Some(&shift),
-                residual: None,
-                relu: true,
-            };
-            be.conv2d_fused_into(x, &w, spec, &e1, Precision::F32, h)?;
-            let e2 = ConvEpilogue {
-                residual: Some(x),
-                ..e1
-            };
-            be.conv2d_fused_into(h, &w, spec, &e2, Precision::F32, y)?;
-            be.global_avgpool_into(y, pooled)
-        };
-    let graph = be
-        .capture(|| block(&x, &mut h, &mut y, &mut pooled))
-        .expect("capture");
+    let block = |x: &Tensor, h: &mut Tensor, y: &mut Tensor, pooled: &mut Tensor| -> lfgcl::Result<()> {
+        let e1 = ConvEpilogue { scale: Some(&scale), shift: Some(&shift), residual: None, relu: true };
+        be.conv2d_fused_into(x, &w, spec, &e1, Precision::F32, h)?;
+        let e2 = ConvEpilogue { residual: Some(x), ..e1 };
+        be.conv2d_fused_into(h, &w, spec, &e2, Precision::F32, y)?;
+        be.global_avgpool_into(y, pooled)
+    };
+    let graph = be.capture(|| block(&x, &mut h, &mut y, &mut pooled)).expect("capture");
     for round in 0..2 {
         let mut fresh_h = be.zeros(&[8, 16, 32, 32]).expect("h");
         let mut fresh_y = be.zeros(&[8, 16, 32, 32]).expect("y");
         let mut direct = be.zeros(&[8, 16]).expect("pooled");
         block(&x, &mut fresh_h, &mut fresh_y, &mut direct).expect("direct launches");
         graph.replay().expect("replay");
-        assert_eq!(
-            host(&pooled),
-            host(&direct),
-            "round {round}: graph and direct launches differ"
-        );
+        assert_eq!(host(&pooled), host(&direct), "round {round}: graph and direct launches differ");
         assert_eq!(host(&y), host(&fresh_y), "round {round}");
         // New input in the same buffer: the next replay must use it.
         let next = rand_vec(x_host.numel(), 16_100 + round, -1.0, 1.0);
-        be.stream()
-            .memcpy_htod(&next, x.cuda_slice_mut().expect("device x"))
-            .expect("write input");
+        be.stream().memcpy_htod(&next, x.cuda_slice_mut().expect("device x")).expect("write input");
     }
     // Host transfers inside a capture are refused, and the backend stays usable.
     assert!(be.capture(|| be.from_host(&[1], &[0.0]).map(drop)).is_err());
-    assert!(be
-        .capture(|| be.softmax_cross_entropy(&pooled, &[0; 8]).map(drop))
-        .is_err());
+    assert!(be.capture(|| be.softmax_cross_entropy(&pooled, &[0; 8]).map(drop)).is_err());
     be.synchronize().expect("usable after a refused capture");
-    assert_eq!(
-        host(&be.relu_forward(&up(be, &rand_host(&[4], 1))).expect("relu")).len(),
-        4
-    );
+    assert_eq!(host(&be.relu_forward(&up(be, &rand_host(&[4], 1))).expect("relu")).len(), 4);
 }

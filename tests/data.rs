@@ -381,11 +381,7 @@ fn folder_unlabeled_resize_grayscale_and_limit() {
     // Evenly spaced: img0, img2, img4. Luma of (r, 100, 200) is about 0.2126r + 0.7152*100 + 0.0722*200.
     for (k, i) in [0u8, 2, 4].into_iter().enumerate() {
         let luma = 0.2126 * (10 * i) as f32 + 0.7152 * 100.0 + 0.0722 * 200.0;
-        assert!(
-            ds.image(k).iter().all(|&p| (p as f32 - luma).abs() <= 2.0),
-            "{:?} vs {luma}",
-            ds.image(k)
-        );
+        assert!(ds.image(k).iter().all(|&p| (p as f32 - luma).abs() <= 2.0), "{:?} vs {luma}", ds.image(k));
     }
 }
 
@@ -404,8 +400,7 @@ fn folder_errors() {
     let empty_class = tmp();
     png(&solid_rgb(32, [0, 0, 0]), &empty_class.path().join("a/ok.png"));
     std::fs::create_dir_all(empty_class.path().join("b")).unwrap();
-    assert!(open_err(&spec("folder", empty_class.path()), Split::Train)
-        .contains("class folder has no images"));
+    assert!(open_err(&spec("folder", empty_class.path()), Split::Train).contains("class folder has no images"));
 
     let missing = d.path().join("missing");
     assert_names(&open_err(&spec("folder", &missing), Split::Train), "missing");
@@ -426,10 +421,7 @@ fn synthetic_deterministic_and_balanced() {
     let test = open("synthetic", Split::Test, &OpenOptions::default()).unwrap();
     let elapsed = t0.elapsed();
     assert!(elapsed.as_secs_f32() < 5.0, "synthetic generation took {elapsed:?}");
-    assert_eq!(
-        (train.name.as_str(), train.len(), train.image_dims()),
-        ("synthetic/train", 5000, [3, 32, 32])
-    );
+    assert_eq!((train.name.as_str(), train.len(), train.image_dims()), ("synthetic/train", 5000, [3, 32, 32]));
     assert_eq!((test.name.as_str(), test.len(), test.num_classes), ("synthetic/test", 1000, 10));
     assert_eq!(train.class_names.len(), 10);
     assert_eq!(train.class_counts(), vec![500; 10]);
@@ -442,18 +434,13 @@ fn synthetic_deterministic_and_balanced() {
     assert!(again == train, "synthetic train set is not deterministic");
     assert_ne!(train.image(0), test.image(0));
     assert_ne!(train.image(0), train.image(1));
-    let limited =
-        open("synthetic", Split::Test, &OpenOptions { limit: Some(10), ..Default::default() })
-            .unwrap();
+    let limited = open("synthetic", Split::Test, &OpenOptions { limit: Some(10), ..Default::default() }).unwrap();
     assert!(limited == test.take(10));
 
     // Pixels use the whole range without saturating everywhere.
     let stats = train.channel_stats();
     for c in 0..3 {
-        assert!(
-            (0.25..0.75).contains(&stats.mean[c]) && (0.1..0.4).contains(&stats.std[c]),
-            "{stats:?}"
-        );
+        assert!((0.25..0.75).contains(&stats.mean[c]) && (0.1..0.4).contains(&stats.std[c]), "{stats:?}");
     }
 }
 
@@ -475,11 +462,7 @@ fn synthetic_not_trivial() {
     let correct = (0..test.len())
         .filter(|&i| {
             let dist = |c: usize| -> f64 {
-                test.image(i)
-                    .iter()
-                    .zip(&means[c * per..][..per])
-                    .map(|(&p, &m)| (p as f64 - m).powi(2))
-                    .sum()
+                test.image(i).iter().zip(&means[c * per..][..per]).map(|(&p, &m)| (p as f64 - m).powi(2)).sum()
             };
             let best = (0..10).min_by(|&a, &b| dist(a).total_cmp(&dist(b))).unwrap();
             best == labels[i] as usize
@@ -606,10 +589,7 @@ fn augment_hflip() {
     let (mut n_plain, mut n_flip) = (0, 0);
     for epoch in 0..64 {
         let b = loader.epoch(epoch).next().unwrap();
-        assert_eq!(
-            b.images,
-            Loader::new(&ds, 1, &norm).augment(aug, 5).epoch(epoch).next().unwrap().images
-        );
+        assert_eq!(b.images, Loader::new(&ds, 1, &norm).augment(aug, 5).epoch(epoch).next().unwrap().images);
         if b.images == plain {
             n_plain += 1;
         } else if b.images == flipped {

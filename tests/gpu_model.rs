@@ -18,7 +18,8 @@ use rand::{Rng, SeedableRng};
 
 fn input(n: usize, c: usize, size: usize, seed: u64) -> Tensor {
     let mut rng = StdRng::seed_from_u64(seed);
-    Tensor::from_vec(&[n, c, size, size], (0..n * c * size * size).map(|_| rng.random_range(-1.0..1.0)).collect()).unwrap()
+    Tensor::from_vec(&[n, c, size, size], (0..n * c * size * size).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .unwrap()
 }
 
 /// max |a - b| / max(max |b|, floor): the error relative to the reference's scale.
@@ -32,7 +33,12 @@ fn randomise_bn(m: &mut Model, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     for node in &mut m.graph.nodes {
         if let Op::BatchNorm(bn) = &mut node.op {
-            for (t, lo, hi) in [(&mut bn.weight.value, 0.5f32, 1.5f32), (&mut bn.bias.value, -0.3, 0.3), (&mut bn.running_mean, -0.5, 0.5), (&mut bn.running_var, 0.5, 2.0)] {
+            for (t, lo, hi) in [
+                (&mut bn.weight.value, 0.5f32, 1.5f32),
+                (&mut bn.bias.value, -0.3, 0.3),
+                (&mut bn.running_mean, -0.5, 0.5),
+                (&mut bn.running_var, 0.5, 2.0),
+            ] {
                 for v in t.as_mut_slice().unwrap() {
                     *v = rng.random_range(lo..hi);
                 }
@@ -99,12 +105,18 @@ fn resnet20_training_step_matches_cpu() {
     let mut worst = (0.0f32, String::new());
     for (((name, g), (_, c)), (_, r)) in gs.iter().zip(&cs).zip(&rs) {
         let (eg, ec) = (rel_err(g, r, 1e-2), rel_err(c, r, 1e-2));
-        assert!(eg <= 10.0 * ec + 1e-4, "{name}: after one step the GPU is {eg:e} from the f64 reference, the CPU f32 path {ec:e}");
+        assert!(
+            eg <= 10.0 * ec + 1e-4,
+            "{name}: after one step the GPU is {eg:e} from the f64 reference, the CPU f32 path {ec:e}"
+        );
         if eg > worst.0 {
             worst = (eg, name.clone());
         }
     }
-    println!("resnet20 train step: losses GPU {gl:?} CPU {cl:?} f64 {rl:?}; worst parameter {} at {:e}", worst.1, worst.0);
+    println!(
+        "resnet20 train step: losses GPU {gl:?} CPU {cl:?} f64 {rl:?}; worst parameter {} at {:e}",
+        worst.1, worst.0
+    );
 }
 
 #[test]
@@ -149,7 +161,8 @@ fn search_rewards_on_gpu_match_cpu() {
     let s_gpu = Scorer::new(&mut m_gpu, &gpu, &images, &pruner.groups, cfg).unwrap();
     let mut rng = StdRng::seed_from_u64(12);
     for _ in 0..3 {
-        let kept: Vec<usize> = pruner.groups.iter().map(|g| rng.random_range(g.channels / 4 + 1..=g.channels)).collect();
+        let kept: Vec<usize> =
+            pruner.groups.iter().map(|g| rng.random_range(g.channels / 4 + 1..=g.channels)).collect();
         let keep = pruner.keep_indices(&kept).unwrap();
         let mut a = apply::apply(&m, &cpu, &pruner.groups, &keep).unwrap();
         let mut b = apply::apply(&m_gpu, &gpu, &pruner.groups, &keep).unwrap();

@@ -81,9 +81,13 @@ fn dot(y: &Tensor, r: &[f32]) -> f64 {
 fn conv2d_input_and_weight() {
     let d = dev();
     let mut rng = StdRng::seed_from_u64(1);
-    for &(n, c, h, k, ks, stride, pad) in
-        &[(2, 3, 7, 4, 3, 1, 1), (2, 5, 8, 3, 3, 2, 1), (3, 4, 5, 6, 1, 1, 0), (1, 2, 6, 3, 3, 2, 0), (2, 3, 9, 2, 3, 1, 0)]
-    {
+    for &(n, c, h, k, ks, stride, pad) in &[
+        (2, 3, 7, 4, 3, 1, 1),
+        (2, 5, 8, 3, 3, 2, 1),
+        (3, 4, 5, 6, 1, 1, 0),
+        (1, 2, 6, 3, 3, 2, 0),
+        (2, 3, 9, 2, 3, 1, 0),
+    ] {
         let spec = ConvSpec { stride, pad };
         let xd = [n, c, h, h];
         let wd = [k, c, ks, ks];
@@ -115,16 +119,29 @@ fn batchnorm_train_mode_2d_and_1d() {
         let beta = rand_vec(&mut rng, c, -0.5, 0.5);
         let run = |xv: &[f32], g: &[f32], b: &[f32]| {
             let (mut rm, mut rv) = (Tensor::zeros(&[c]), Tensor::full(&[c], 1.0));
-            d.batchnorm_forward_train(&t(&dims, xv.to_vec()), &t(&[c], g.to_vec()), &t(&[c], b.to_vec()), &mut rm, &mut rv, 0.1, 1e-5)
-                .unwrap()
+            d.batchnorm_forward_train(
+                &t(&dims, xv.to_vec()),
+                &t(&[c], g.to_vec()),
+                &t(&[c], b.to_vec()),
+                &mut rm,
+                &mut rv,
+                0.1,
+                1e-5,
+            )
+            .unwrap()
         };
         let (y, saved) = run(&x, &gamma, &beta);
         let r = rand_vec(&mut rng, y.numel(), -1.0, 1.0);
-        let grads = d.batchnorm_backward(&t(&dims, r.clone()), &t(&dims, x.clone()), &t(&[c], gamma.clone()), &saved).unwrap();
+        let grads =
+            d.batchnorm_backward(&t(&dims, r.clone()), &t(&dims, x.clone()), &t(&[c], gamma.clone()), &saved).unwrap();
         let tag = format!("batchnorm {dims:?}");
         check(&format!("{tag} dx"), &x, grads.dx.as_slice().unwrap(), 60, &mut |xv| dot(&run(xv, &gamma, &beta).0, &r));
-        check(&format!("{tag} dgamma"), &gamma, grads.dgamma.as_slice().unwrap(), 10, &mut |g| dot(&run(&x, g, &beta).0, &r));
-        check(&format!("{tag} dbeta"), &beta, grads.dbeta.as_slice().unwrap(), 10, &mut |b| dot(&run(&x, &gamma, b).0, &r));
+        check(&format!("{tag} dgamma"), &gamma, grads.dgamma.as_slice().unwrap(), 10, &mut |g| {
+            dot(&run(&x, g, &beta).0, &r)
+        });
+        check(&format!("{tag} dbeta"), &beta, grads.dbeta.as_slice().unwrap(), 10, &mut |b| {
+            dot(&run(&x, &gamma, b).0, &r)
+        });
     }
 }
 
@@ -133,7 +150,9 @@ fn batchnorm_running_statistics_follow_pytorch() {
     let d = dev();
     let x = t(&[2, 1, 1, 2], vec![1.0, 2.0, 3.0, 6.0]);
     let (mut rm, mut rv) = (Tensor::zeros(&[1]), Tensor::full(&[1], 1.0));
-    let (y, _) = d.batchnorm_forward_train(&x, &Tensor::full(&[1], 1.0), &Tensor::zeros(&[1]), &mut rm, &mut rv, 0.1, 0.0).unwrap();
+    let (y, _) = d
+        .batchnorm_forward_train(&x, &Tensor::full(&[1], 1.0), &Tensor::zeros(&[1]), &mut rm, &mut rv, 0.1, 0.0)
+        .unwrap();
     // mean 3, biased var 3.5, unbiased var 14/3.
     assert!((rm.as_slice().unwrap()[0] - 0.3).abs() < 1e-6);
     assert!((rv.as_slice().unwrap()[0] - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-6);
@@ -213,7 +232,9 @@ fn max_pool_and_global_average_pool() {
     assert_eq!(y.dims(), &[2, 3, 3, 3]);
     let r = rand_vec(&mut rng, y.numel(), -1.0, 1.0);
     let dx = d.maxpool_backward(&t(y.dims(), r.clone()), &t(&dims, x.clone()), 2, 2).unwrap();
-    check("maxpool", &x, dx.as_slice().unwrap(), 80, &mut |xv| dot(&d.maxpool_forward(&t(&dims, xv.to_vec()), 2, 2).unwrap(), &r));
+    check("maxpool", &x, dx.as_slice().unwrap(), 80, &mut |xv| {
+        dot(&d.maxpool_forward(&t(&dims, xv.to_vec()), 2, 2).unwrap(), &r)
+    });
     let xg = rand_vec(&mut rng, n, -1.0, 1.0);
     let g = d.global_avgpool_forward(&t(&dims, xg.clone())).unwrap();
     assert_eq!(g.dims(), &[2, 3]);
@@ -223,7 +244,8 @@ fn max_pool_and_global_average_pool() {
         dot(&d.global_avgpool_forward(&t(&dims, xv.to_vec())).unwrap(), &rg)
     });
     // Ties go to the first maximum in row-major window order.
-    let tie = d.maxpool_backward(&t(&[1, 1, 1, 1], vec![1.0]), &t(&[1, 1, 2, 2], vec![0.0, 3.0, 3.0, 1.0]), 2, 2).unwrap();
+    let tie =
+        d.maxpool_backward(&t(&[1, 1, 1, 1], vec![1.0]), &t(&[1, 1, 2, 2], vec![0.0, 3.0, 3.0, 1.0]), 2, 2).unwrap();
     assert_eq!(tie.as_slice().unwrap(), &[0.0, 1.0, 0.0, 0.0]);
 }
 
@@ -237,9 +259,12 @@ fn linear_with_and_without_bias() {
     let b = rand_vec(&mut rng, fout, -1.0, 1.0);
     let r = rand_vec(&mut rng, n * fout, -1.0, 1.0);
     let fwd = |x: &[f32], w: &[f32], b: &[f32]| {
-        d.linear_forward(&t(&[n, fin], x.to_vec()), &t(&[fout, fin], w.to_vec()), Some(&t(&[fout], b.to_vec()))).unwrap()
+        d.linear_forward(&t(&[n, fin], x.to_vec()), &t(&[fout, fin], w.to_vec()), Some(&t(&[fout], b.to_vec())))
+            .unwrap()
     };
-    let g = d.linear_backward(&t(&[n, fout], r.clone()), &t(&[n, fin], x.clone()), &t(&[fout, fin], w.clone()), true).unwrap();
+    let g = d
+        .linear_backward(&t(&[n, fout], r.clone()), &t(&[n, fin], x.clone()), &t(&[fout, fin], w.clone()), true)
+        .unwrap();
     check("linear dx", &x, g.dx.as_slice().unwrap(), 35, &mut |v| dot(&fwd(v, &w, &b), &r));
     check("linear dw", &w, g.dw.as_slice().unwrap(), 28, &mut |v| dot(&fwd(&x, v, &b), &r));
     check("linear db", &b, g.db.as_ref().unwrap().as_slice().unwrap(), 4, &mut |v| dot(&fwd(&x, &w, v), &r));
@@ -305,10 +330,8 @@ fn check_network(model: &str, input: [usize; 3], classes: usize, batch: usize, s
             Ok(())
         })
         .unwrap();
-    let probe: Vec<String> = [0, names.len() / 3, names.len() / 2, names.len() - 2]
-        .iter()
-        .map(|&i| names[i].clone())
-        .collect();
+    let probe: Vec<String> =
+        [0, names.len() / 3, names.len() / 2, names.len() - 2].iter().map(|&i| names[i].clone()).collect();
     for name in probe {
         let (value, grad) = {
             let mut out = None;

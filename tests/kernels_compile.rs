@@ -9,8 +9,8 @@
 //! in which case it fails.
 
 use lfgcl::backend::cuda::compile::{
-    compile_for_arch, compile_uncached, kernel_files, nvrtc_available, nvrtc_version,
-    supported_archs, ImageKind, KERNEL_ENTRY_POINTS,
+    compile_for_arch, compile_uncached, kernel_files, nvrtc_available, nvrtc_version, supported_archs, ImageKind,
+    KERNEL_ENTRY_POINTS,
 };
 
 const ARCHS: [(u32, u32); 2] = [(8, 0), (9, 0)];
@@ -44,22 +44,12 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_warnings() {
     let (maj, min) = nvrtc_version().expect("NVRTC version");
     println!("NVRTC {maj}.{min}");
     let files = kernel_files();
-    assert!(
-        files.len() >= 10,
-        "expected every kernels/*.cu to be embedded, got {}",
-        files.len()
-    );
+    assert!(files.len() >= 10, "expected every kernels/*.cu to be embedded, got {}", files.len());
     // Compile the files on a few threads: conv_tc.cu alone takes a while.
-    let jobs: Vec<(&str, (u32, u32))> = files
-        .iter()
-        .flat_map(|(n, _)| ARCHS.iter().map(move |&a| (*n, a)))
-        .collect();
+    let jobs: Vec<(&str, (u32, u32))> = files.iter().flat_map(|(n, _)| ARCHS.iter().map(move |&a| (*n, a))).collect();
     let failures = std::sync::Mutex::new(Vec::<String>::new());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(1, 4);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 4);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -77,12 +67,9 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_warnings() {
                         if !is_elf(&c.image) {
                             fail(format!("{tag}: NVRTC did not return a CUBIN"));
                         }
-                        for (file, entry) in KERNEL_ENTRY_POINTS.iter().filter(|(f, _)| *f == name)
-                        {
+                        for (file, entry) in KERNEL_ENTRY_POINTS.iter().filter(|(f, _)| *f == name) {
                             if !contains(&c.image, entry.as_bytes()) {
-                                fail(format!(
-                                    "{tag}: entry point {entry} of {file} is not in the CUBIN"
-                                ));
+                                fail(format!("{tag}: entry point {entry} of {file} is not in the CUBIN"));
                             }
                         }
                     }
@@ -99,12 +86,7 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_warnings() {
         }
     });
     let failures = failures.into_inner().unwrap_or_default();
-    assert!(
-        failures.is_empty(),
-        "{} kernel compile problems:\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    assert!(failures.is_empty(), "{} kernel compile problems:\n{}", failures.len(), failures.join("\n\n"));
 }
 
 #[test]
@@ -112,11 +94,7 @@ fn every_launched_kernel_names_an_embedded_file() {
     let files: Vec<&str> = kernel_files().iter().map(|(n, _)| *n).collect();
     for (file, entry) in KERNEL_ENTRY_POINTS {
         assert!(files.contains(file), "{entry}: file {file} is not embedded");
-        let src = kernel_files()
-            .iter()
-            .find(|(n, _)| n == file)
-            .map(|(_, s)| *s)
-            .unwrap_or("");
+        let src = kernel_files().iter().find(|(n, _)| n == file).map(|(_, s)| *s).unwrap_or("");
         assert!(src.contains(entry), "{entry} does not appear in {file}");
     }
 }

@@ -34,9 +34,13 @@ fn batch_norm_parameters_are_counted_apart() {
 #[test]
 fn outputs_have_the_class_count_for_every_model_and_input() {
     let dev = backend::cpu();
-    for (model, c, size, classes) in
-        [("resnet20", 3, 32, 10), ("resnet20", 1, 28, 10), ("resnet32", 3, 32, 100), ("vgg16", 3, 32, 7), ("smallcnn", 1, 28, 10)]
-    {
+    for (model, c, size, classes) in [
+        ("resnet20", 3, 32, 10),
+        ("resnet20", 1, 28, 10),
+        ("resnet32", 3, 32, 100),
+        ("vgg16", 3, 32, 7),
+        ("smallcnn", 1, 28, 10),
+    ] {
         let mut m = Model::new(Arch::new(model, c, size, classes).unwrap(), &dev, 1).unwrap();
         let x = Tensor::zeros(&[2, c, size, size]);
         let y = m.graph.forward(&dev, x, Mode::Eval).unwrap();
@@ -67,7 +71,14 @@ fn resnet_uses_pytorch_state_dict_names() {
     }
     let vgg = Model::new(Arch::new("vgg16", 3, 32, 10).unwrap(), &backend::cpu(), 0).unwrap();
     let names: Vec<String> = vgg.graph.state().into_iter().map(|(n, _)| n).collect();
-    for want in ["features.0.weight", "features.1.running_var", "features.40.weight", "classifier.0.weight", "classifier.1.weight", "classifier.3.bias"] {
+    for want in [
+        "features.0.weight",
+        "features.1.running_var",
+        "features.40.weight",
+        "classifier.0.weight",
+        "classifier.1.weight",
+        "classifier.3.bias",
+    ] {
         assert!(names.iter().any(|n| n == want), "missing {want} in {names:?}");
     }
 }

@@ -34,12 +34,15 @@ fn randomise_bn(m: &mut Model, seed: u64) {
 
 fn input(n: usize, c: usize, size: usize, seed: u64) -> Tensor {
     let mut rng = StdRng::seed_from_u64(seed);
-    Tensor::from_vec(&[n, c, size, size], (0..n * c * size * size).map(|_| rng.random_range(-1.0..1.0)).collect()).unwrap()
+    Tensor::from_vec(&[n, c, size, size], (0..n * c * size * size).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .unwrap()
 }
 
 #[test]
 fn group_counts_follow_the_architecture() {
-    for (name, inner, all) in [("resnet20", 9, 12), ("resnet56", 27, 30), ("resnet110", 54, 57), ("vgg16", 13, 13), ("smallcnn", 3, 3)] {
+    for (name, inner, all) in
+        [("resnet20", 9, 12), ("resnet56", 27, 30), ("resnet110", 54, 57), ("vgg16", 13, 13), ("smallcnn", 3, 3)]
+    {
         let m = model(name, 3, 32);
         assert_eq!(prune::groups::groups(&m, GroupScope::Inner).unwrap().len(), inner, "{name} inner groups");
         assert_eq!(prune::groups::groups(&m, GroupScope::All).unwrap().len(), all, "{name} all groups");
@@ -118,7 +121,12 @@ fn compact_equals_masked_vgg_and_small() {
 fn closed_form_cost_matches_the_built_net() {
     let dev = backend::cpu();
     let mut rng = StdRng::seed_from_u64(11);
-    for (name, scope) in [("resnet20", GroupScope::All), ("resnet56", GroupScope::Inner), ("vgg16", GroupScope::Inner), ("resnet20", GroupScope::Inner)] {
+    for (name, scope) in [
+        ("resnet20", GroupScope::All),
+        ("resnet56", GroupScope::Inner),
+        ("vgg16", GroupScope::Inner),
+        ("resnet20", GroupScope::Inner),
+    ] {
         let m = model(name, 3, 32);
         let pruner = Pruner::new(&m, scope, Criterion::L1).unwrap();
         assert_eq!((pruner.cost.full_macs, pruner.cost.full_params), (m.cost().macs, m.cost().params));
@@ -157,11 +165,17 @@ fn projection_always_meets_the_budget() {
                         };
                         let (fm, fp) = pruner.cost.fractions(&p.kept);
                         assert!(budget.flops.is_none_or(|f| fm <= f + 1e-12), "{name} {scope:?} r{round}: FLOPs {fm}");
-                        assert!(budget.params.is_none_or(|b| fp <= b + 1e-12), "{name} {scope:?} r{round}: params {fp}");
+                        assert!(
+                            budget.params.is_none_or(|b| fp <= b + 1e-12),
+                            "{name} {scope:?} r{round}: params {fp}"
+                        );
                         for (g, (&k, grp)) in p.kept.iter().zip(&pruner.groups).enumerate() {
                             assert!(k >= 1 && k <= grp.channels, "group {g}");
                             assert!(k % round == 0 || k == grp.channels, "group {g}: {k} not a multiple of {round}");
-                            assert!(k >= prune::keep_count(0.2, grp.channels, round), "group {g} below the lower bound");
+                            assert!(
+                                k >= prune::keep_count(0.2, grp.channels, round),
+                                "group {g} below the lower bound"
+                            );
                         }
                     }
                 }
@@ -236,10 +250,21 @@ fn pruned_checkpoint_round_trip() {
     let mut m = model("resnet20", 3, 32);
     randomise_bn(&mut m, 9);
     let pruner = Pruner::new(&m, GroupScope::All, Criterion::L1).unwrap();
-    let p = pruner.project(&vec![0.6; pruner.groups.len()], &Budget { flops: Some(0.5), params: None }, &Constraints { lower: 0.2, round: 4 }).unwrap();
+    let p = pruner
+        .project(
+            &vec![0.6; pruner.groups.len()],
+            &Budget { flops: Some(0.5), params: None },
+            &Constraints { lower: 0.2, round: 4 },
+        )
+        .unwrap();
     let mut pruned = pruner.prune(&m, &dev, &p.kept).unwrap();
     let path = dir.path().join("pruned.safetensors");
-    lfgcl::train::checkpoint::save(&pruned, &path, &serde_json::to_value(pruner.policy(&m, &p, &Constraints::default(), "test")).unwrap()).unwrap();
+    lfgcl::train::checkpoint::save(
+        &pruned,
+        &path,
+        &serde_json::to_value(pruner.policy(&m, &p, &Constraints::default(), "test")).unwrap(),
+    )
+    .unwrap();
     let mut back = lfgcl::train::checkpoint::load(&path, &dev).unwrap();
     assert_eq!(back.arch.widths, pruned.arch.widths);
     assert_eq!(back.cost().macs, p.macs);

@@ -1,8 +1,8 @@
 //! Report module: JSON files and logs, SVG plots, tick choice, correlations.
 
 use lfgcl::report::{
-    nice_ticks, pearson, read_json, read_jsonl, spearman, write_json, BarChart, JsonlWriter,
-    LinePlot, ScatterPlot, Series, SeriesStyle,
+    nice_ticks, pearson, read_json, read_jsonl, spearman, write_json, BarChart, JsonlWriter, LinePlot, ScatterPlot,
+    Series, SeriesStyle,
 };
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -48,10 +48,8 @@ fn atomic_write_leaves_no_temp_file() {
     write_json(&path, &rec(1)).unwrap();
     write_json(&path, &rec(2)).unwrap();
     LinePlot::new("t", "x", "y").save(dir.path().join("p.svg")).unwrap();
-    let mut names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     assert_eq!(names, ["p.svg", "r.json"]);
     assert_eq!(read_json::<Rec>(&path).unwrap(), rec(2));
@@ -74,12 +72,7 @@ fn jsonl_append_and_truncated_tail() {
     assert_eq!(read_jsonl::<Rec>(&path).unwrap(), [rec(0), rec(1), rec(2)]);
 
     // A run killed mid-line: the partial line is ignored ...
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .unwrap()
-        .write_all(br#"{"step": 3, "rew"#)
-        .unwrap();
+    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(br#"{"step": 3, "rew"#).unwrap();
     assert_eq!(read_jsonl::<Rec>(&path).unwrap(), [rec(0), rec(1), rec(2)]);
     // ... and appending again cuts it off instead of gluing onto it.
     let mut w = JsonlWriter::append(&path).unwrap();
@@ -177,10 +170,7 @@ fn line_plots_are_well_formed() {
         .with_hline(f64::NAN, "ignored");
     let svg = tricky.to_svg();
     check_svg(&svg);
-    assert!(
-        svg.contains("&lt;reward&gt; &amp; &quot;accuracy&quot;")
-            && svg.contains("uniform &amp; co")
-    );
+    assert!(svg.contains("&lt;reward&gt; &amp; &quot;accuracy&quot;") && svg.contains("uniform &amp; co"));
     assert!(!svg.contains("ignored"));
 
     let cases = [
@@ -192,28 +182,18 @@ fn line_plots_are_well_formed() {
         vec![Series::line("nan", vec![(f64::NAN, f64::NAN); 3])],
         vec![Series::line("extreme", vec![(-f64::MAX, f64::MAX), (f64::MAX, -f64::MAX)])],
         vec![Series::line("subnormal", vec![(0.0, 1e-310), (1e-310, 2e-310), (3e-310, 5e-320)])],
-        vec![
-            Series::line("big", curve(20, |x| 1e9 * x - 3e8)),
-            Series::line("tiny", curve(3, |x| x * 1e-7)),
-        ],
+        vec![Series::line("big", curve(20, |x| 1e9 * x - 3e8)), Series::line("tiny", curve(3, |x| x * 1e-7))],
     ];
     for series in cases {
-        let svg = LinePlot {
-            title: "t".into(),
-            x_label: "x".into(),
-            y_label: "y".into(),
-            series,
-            hlines: vec![],
-        }
-        .to_svg();
+        let svg =
+            LinePlot { title: "t".into(), x_label: "x".into(), y_label: "y".into(), series, hlines: vec![] }.to_svg();
         check_svg(&svg);
     }
 }
 
 #[test]
 fn bar_and_scatter_are_well_formed() {
-    let layers: Vec<String> =
-        (1..=27).map(|i| format!("layer{}.block{}.conv1", i / 9 + 1, i % 9)).collect();
+    let layers: Vec<String> = (1..=27).map(|i| format!("layer{}.block{}.conv1", i / 9 + 1, i % 9)).collect();
     let best: Vec<f64> = (0..27).map(|i| 0.3 + 0.6 * ((i as f64) * 0.7).sin().abs()).collect();
     let bars = BarChart::new("Keep ratio per layer", "layer", "keep ratio")
         .with_categories(layers)
@@ -227,16 +207,13 @@ fn bar_and_scatter_are_well_formed() {
         BarChart::new("neg", "c", "v")
             .with_categories(vec!["a".into(), "b&c".into()])
             .with_series("s", vec![-1.0, 2.0]),
-        BarChart::new("nan", "c", "v")
-            .with_categories(vec!["a".into(); 3])
-            .with_series("s", vec![f64::NAN, 0.0]),
+        BarChart::new("nan", "c", "v").with_categories(vec!["a".into(); 3]).with_series("s", vec![f64::NAN, 0.0]),
         BarChart::new("zeros", "c", "v").with_series("s", vec![0.0; 4]),
     ] {
         check_svg(&chart.to_svg());
     }
 
-    let pts: Vec<(f64, f64)> =
-        (0..40).map(|i| (i as f64 * 0.01, 0.9 - (i as f64 * 0.37).cos() * 0.05)).collect();
+    let pts: Vec<(f64, f64)> = (0..40).map(|i| (i as f64 * 0.01, 0.9 - (i as f64 * 0.37).cos() * 0.05)).collect();
     for (points, annotation) in [
         (pts, Some("Spearman ρ = 0.81 <n = 40>".to_string())),
         (vec![], None),
@@ -262,10 +239,7 @@ fn ticks_ok(lo: f64, hi: f64, max: usize) -> Vec<f64> {
     if t.len() > 1 {
         let step = t[1] - t[0];
         let mantissa = step / 10f64.powf(step.log10().floor());
-        assert!(
-            [1.0, 2.0, 5.0, 10.0].iter().any(|m| (mantissa - m).abs() < 1e-6),
-            "step {step} of {t:?}"
-        );
+        assert!([1.0, 2.0, 5.0, 10.0].iter().any(|m| (mantissa - m).abs() < 1e-6), "step {step} of {t:?}");
         for w in t.windows(2) {
             assert!(((w[1] - w[0]) - step).abs() < 1e-9 * step.max(1.0), "uneven {t:?}");
         }
@@ -325,8 +299,7 @@ fn spearman_and_pearson_known_values() {
 #[test]
 fn render_examples() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = std::env::var_os("LFGCL_REPORT_EXAMPLES")
-        .map_or_else(|| tmp.path().to_path_buf(), Into::into);
+    let dir = std::env::var_os("LFGCL_REPORT_EXAMPLES").map_or_else(|| tmp.path().to_path_buf(), Into::into);
     let episodes = 300;
     let reward: Vec<(f64, f64)> = (0..episodes)
         .map(|i| {
@@ -352,14 +325,10 @@ fn render_examples() {
         .with_hline(0.71, "uniform pruning reward")
         .save(dir.join("line.svg"))
         .unwrap();
-    let layers: Vec<String> =
-        (0..27).map(|i| format!("layer{}.{}.conv1", i / 9 + 1, i % 9)).collect();
+    let layers: Vec<String> = (0..27).map(|i| format!("layer{}.{}.conv1", i / 9 + 1, i % 9)).collect();
     BarChart::new("Per-layer keep ratio, ResNet-56 at 50% FLOPs", "layer", "keep ratio")
         .with_categories(layers)
-        .with_series(
-            "LFGCL best",
-            (0..27).map(|i| 0.35 + 0.55 * ((i as f64) * 0.7).sin().abs()).collect(),
-        )
+        .with_series("LFGCL best", (0..27).map(|i| 0.35 + 0.55 * ((i as f64) * 0.7).sin().abs()).collect())
         .with_series("uniform", vec![0.6; 27])
         .save(dir.join("bar.svg"))
         .unwrap();
@@ -374,11 +343,7 @@ fn render_examples() {
         title: "Label-free reward vs top-1 accuracy".into(),
         x_label: "label-free reward".into(),
         y_label: "top-1 accuracy".into(),
-        annotation: Some(format!(
-            "Spearman ρ = {:.3}  (n = {})",
-            spearman(&xs, &ys).unwrap(),
-            pts.len()
-        )),
+        annotation: Some(format!("Spearman ρ = {:.3}  (n = {})", spearman(&xs, &ys).unwrap(), pts.len())),
         points: pts,
     }
     .save(dir.join("scatter.svg"))
@@ -387,23 +352,13 @@ fn render_examples() {
         .with_series(Series::line("one point", vec![(3.0, 7.0)]))
         .save(dir.join("single.svg"))
         .unwrap();
-    let names = [
-        "train loss",
-        "validation loss",
-        "reward (label-free)",
-        "top-1",
-        "FLOPs ratio",
-        "params ratio",
-        "lr",
-        "extra",
-    ];
+    let names =
+        ["train loss", "validation loss", "reward (label-free)", "top-1", "FLOPs ratio", "params ratio", "lr", "extra"];
     let mut many = LinePlot::new("Constant, large and many series", "iteration", "value");
     for (i, name) in names.iter().enumerate() {
         many = many.with_series(Series::line(*name, curve(40, |x| 2e6 + 1e6 * i as f64 + 4e4 * x)));
     }
-    many.with_series(Series::line("constant", curve(40, |_| 4e6)))
-        .save(dir.join("many.svg"))
-        .unwrap();
+    many.with_series(Series::line("constant", curve(40, |_| 4e6))).save(dir.join("many.svg")).unwrap();
     BarChart::new("Signed values, few categories", "metric", "change (%)")
         .with_categories(["top-1", "top-5", "FLOPs", "params"].map(String::from).to_vec())
         .with_series("ResNet-56", vec![-0.4, -0.1, -52.0, -45.3])

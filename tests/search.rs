@@ -18,7 +18,8 @@ use rand::SeedableRng;
 /// A small CNN trained briefly on the synthetic set, and an unlabeled batch of its images.
 fn trained_model() -> (Model, Tensor) {
     let dev = backend::cpu();
-    let train_ds = data::open("synthetic", Split::Train, &OpenOptions { limit: Some(1024), ..Default::default() }).unwrap();
+    let train_ds =
+        data::open("synthetic", Split::Train, &OpenOptions { limit: Some(1024), ..Default::default() }).unwrap();
     let mut m = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap(), &dev, 1).unwrap();
     let cfg = TrainConfig { epochs: 1, batch_size: 64, lr: 0.05, progress: false, ..TrainConfig::default() };
     train::fit(&mut m, &dev, &train_ds, None, &cfg, &mut Objective::Labels, &mut |_, _| Ok(())).unwrap();
@@ -142,7 +143,8 @@ fn reward_is_zero_unpruned_and_falls_as_channels_go() {
         let scorer = Scorer::new(&mut m, &dev, &images, &pruner.groups, cfg).unwrap();
         let mut last = 0.0;
         for ratio in [1.0, 0.75, 0.5, 0.25] {
-            let kept: Vec<usize> = pruner.cost.channels.iter().map(|&c| lfgcl::prune::keep_count(ratio, c, 1)).collect();
+            let kept: Vec<usize> =
+                pruner.cost.channels.iter().map(|&c| lfgcl::prune::keep_count(ratio, c, 1)).collect();
             let keep = pruner.keep_indices(&kept).unwrap();
             let mut cand = pruner.prune(&m, &dev, &kept).unwrap();
             let r = scorer.score(&mut cand, &keep).unwrap();
@@ -191,7 +193,8 @@ fn bn_recalibration_uses_the_unlabeled_batch() {
     let f = f[0].to_vec().unwrap();
     let (n, c) = (images.dims()[0], kept[0]);
     let hw = f.len() / (n * c);
-    let mean0: f64 = (0..n).flat_map(|i| f[i * c * hw..i * c * hw + hw].to_vec()).map(|v| v as f64).sum::<f64>() / (n * hw) as f64;
+    let mean0: f64 =
+        (0..n).flat_map(|i| f[i * c * hw..i * c * hw + hw].to_vec()).map(|v| v as f64).sum::<f64>() / (n * hw) as f64;
     let bn1 = cand.graph.find("bn1").unwrap();
     if let lfgcl::nn::Op::BatchNorm(bn) = &cand.graph.nodes[bn1].op {
         assert!((bn.running_mean.as_slice().unwrap()[0] as f64 - mean0).abs() < 1e-4);
@@ -209,7 +212,9 @@ fn search_meets_the_budget_and_resume_matches_an_uninterrupted_run() {
     let (mut m, images) = trained_model();
     let tmp = tempfile::tempdir().unwrap();
     let full_dir = tmp.path().join("full");
-    let full = search::run(&mut m, &dev, &images, &config(5), &SearchFiles { dir: full_dir.clone() }, false, None, false).unwrap();
+    let full =
+        search::run(&mut m, &dev, &images, &config(5), &SearchFiles { dir: full_dir.clone() }, false, None, false)
+            .unwrap();
     let log = read_log(&full_dir);
     assert_eq!(log.len(), 1 + 5 * 3, "uniform reference + every candidate");
     for r in &log {
@@ -218,7 +223,8 @@ fn search_meets_the_budget_and_resume_matches_an_uninterrupted_run() {
         assert!(r.top1.is_none(), "no accuracy unless asked for");
     }
     assert!(full.best.reward >= full.uniform.reward || log.iter().all(|r| r.reward <= full.best.reward));
-    for f in ["best_policy.json", "pruned.safetensors", "reward.svg", "ratios.svg", "summary.json", "search_state.json"] {
+    for f in ["best_policy.json", "pruned.safetensors", "reward.svg", "ratios.svg", "summary.json", "search_state.json"]
+    {
         assert!(full_dir.join(f).exists(), "{f}");
     }
     let pruned = lfgcl::train::checkpoint::load(full_dir.join("pruned.safetensors"), &dev).unwrap();
@@ -244,7 +250,9 @@ fn random_search_uses_the_same_evaluation_budget() {
     let (mut m, images) = trained_model();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = SearchConfig { strategy: Strategy::Random, ..config(3) };
-    let out = search::run(&mut m, &dev, &images, &cfg, &SearchFiles { dir: tmp.path().to_path_buf() }, false, None, false).unwrap();
+    let out =
+        search::run(&mut m, &dev, &images, &cfg, &SearchFiles { dir: tmp.path().to_path_buf() }, false, None, false)
+            .unwrap();
     assert_eq!(out.evaluated, 9);
     assert_eq!(out.best_policy.source, "random search");
 }
@@ -294,7 +302,17 @@ fn search_cli_bad_input() {
     let empty = tmp.path().join("no_images");
     std::fs::create_dir_all(&empty).unwrap();
     std::fs::write(empty.join("readme.txt"), "not an image").unwrap();
-    let (code, err) = run(&["search", "--device", "cpu", "--ckpt", ckpt.to_str().unwrap(), "--data", empty.to_str().unwrap(), "--flops", "0.5"]);
+    let (code, err) = run(&[
+        "search",
+        "--device",
+        "cpu",
+        "--ckpt",
+        ckpt.to_str().unwrap(),
+        "--data",
+        empty.to_str().unwrap(),
+        "--flops",
+        "0.5",
+    ]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no_images") && !err.contains("panicked"), "{err}");
     // A budget out of range.

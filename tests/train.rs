@@ -18,7 +18,8 @@ fn sgd_follows_pytorch_semantics() {
         let (mut pr, mut br) = ([1.0f64, -2.0], [0.0f64, 0.0]);
         for step in 0..3 {
             let g = [0.5f64 + step as f64, -0.25];
-            dev.sgd_step(&mut p, &Tensor::from_vec(&[2], g.iter().map(|&v| v as f32).collect()).unwrap(), &mut buf, hp).unwrap();
+            dev.sgd_step(&mut p, &Tensor::from_vec(&[2], g.iter().map(|&v| v as f32).collect()).unwrap(), &mut buf, hp)
+                .unwrap();
             for i in 0..2 {
                 let d = g[i] + 0.01 * pr[i];
                 br[i] = 0.9 * br[i] + d;
@@ -52,11 +53,13 @@ fn schedules() {
 
 fn small_run(seed: u64) -> (Vec<f64>, Vec<f32>) {
     let dev = backend::cpu();
-    let train_ds = data::open("synthetic", Split::Train, &OpenOptions { limit: Some(512), ..Default::default() }).unwrap();
+    let train_ds =
+        data::open("synthetic", Split::Train, &OpenOptions { limit: Some(512), ..Default::default() }).unwrap();
     let test = data::open("synthetic", Split::Test, &OpenOptions { limit: Some(200), ..Default::default() }).unwrap();
     let mut m = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap(), &dev, seed).unwrap();
     let cfg = TrainConfig { epochs: 2, batch_size: 32, lr: 0.05, seed, progress: false, ..TrainConfig::default() };
-    let logs = train::fit(&mut m, &dev, &train_ds, Some(&test), &cfg, &mut Objective::Labels, &mut |_, _| Ok(())).unwrap();
+    let logs =
+        train::fit(&mut m, &dev, &train_ds, Some(&test), &cfg, &mut Objective::Labels, &mut |_, _| Ok(())).unwrap();
     let losses = logs.iter().map(|l| l.train_loss).collect();
     let conv = m.graph.state().into_iter().find(|(n, _)| n == "conv2.weight").unwrap();
     let StateRef::F32(w) = conv.1 else { panic!() };
@@ -77,13 +80,15 @@ fn seeded_training_is_reproducible_and_learns() {
 #[test]
 fn label_free_distillation_trains_a_student_without_labels() {
     let dev = backend::cpu();
-    let train_ds = data::open("synthetic", Split::Train, &OpenOptions { limit: Some(1024), ..Default::default() }).unwrap();
+    let train_ds =
+        data::open("synthetic", Split::Train, &OpenOptions { limit: Some(1024), ..Default::default() }).unwrap();
     let test = data::open("synthetic", Split::Test, &OpenOptions { limit: Some(300), ..Default::default() }).unwrap();
     let mut teacher = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap(), &dev, 1).unwrap();
     let cfg = TrainConfig { epochs: 2, batch_size: 32, lr: 0.05, progress: false, ..TrainConfig::default() };
     train::fit(&mut teacher, &dev, &train_ds, None, &cfg, &mut Objective::Labels, &mut |_, _| Ok(())).unwrap();
     let teacher_acc = train::evaluate(&mut teacher, &dev, &test, 100, false).unwrap().top1;
-    let mut student = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap().with_widths(vec![8, 16, 32]).unwrap(), &dev, 2).unwrap();
+    let mut student =
+        Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap().with_widths(vec![8, 16, 32]).unwrap(), &dev, 2).unwrap();
     student.normalization = teacher.normalization.clone();
     let unlabeled = train_ds.clone().without_labels();
     let logs = train::fit(
@@ -101,7 +106,8 @@ fn label_free_distillation_trains_a_student_without_labels() {
     let acc = logs[2].test_top1.unwrap();
     assert!(acc > 0.5 * teacher_acc, "student {acc} learned from teacher {teacher_acc} without labels");
     // Training with labels on unlabeled data is a clear error.
-    let e = train::fit(&mut student, &dev, &unlabeled, None, &cfg, &mut Objective::Labels, &mut |_, _| Ok(())).unwrap_err();
+    let e =
+        train::fit(&mut student, &dev, &unlabeled, None, &cfg, &mut Objective::Labels, &mut |_, _| Ok(())).unwrap_err();
     assert!(e.to_string().contains("no labels"), "{e}");
 }
 
@@ -112,11 +118,15 @@ fn fashion_mnist_real_data_quick_run() {
         return;
     }
     let dev = backend::cpu();
-    let train_ds = data::open("fashion-mnist", Split::Train, &OpenOptions { limit: Some(6000), ..Default::default() }).unwrap();
-    let test = data::open("fashion-mnist", Split::Test, &OpenOptions { limit: Some(2000), ..Default::default() }).unwrap();
+    let train_ds =
+        data::open("fashion-mnist", Split::Train, &OpenOptions { limit: Some(6000), ..Default::default() }).unwrap();
+    let test =
+        data::open("fashion-mnist", Split::Test, &OpenOptions { limit: Some(2000), ..Default::default() }).unwrap();
     let mut m = Model::new(Arch::new("smallcnn", 1, 28, 10).unwrap(), &dev, 0).unwrap();
-    let cfg = TrainConfig { epochs: 3, batch_size: 64, lr: 0.1, augment: false, progress: false, ..TrainConfig::default() };
-    let logs = train::fit(&mut m, &dev, &train_ds, Some(&test), &cfg, &mut Objective::Labels, &mut |_, _| Ok(())).unwrap();
+    let cfg =
+        TrainConfig { epochs: 3, batch_size: 64, lr: 0.1, augment: false, progress: false, ..TrainConfig::default() };
+    let logs =
+        train::fit(&mut m, &dev, &train_ds, Some(&test), &cfg, &mut Objective::Labels, &mut |_, _| Ok(())).unwrap();
     let acc = logs.last().unwrap().test_top1.unwrap();
     eprintln!("fashion-mnist smallcnn, 6000 images x 3 epochs: test top-1 {:.2}%", 100.0 * acc);
     assert!(acc > 0.75, "a small CNN learns real data: {acc}");

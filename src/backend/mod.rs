@@ -50,15 +50,10 @@ impl ConvShape {
     /// Checks `x` `[N,C,H,W]` against `w` `[K,C,R,S]` and returns the problem size.
     pub fn new(x: &[usize], w: &[usize], spec: ConvSpec) -> Result<ConvShape> {
         if x.len() != 4 || w.len() != 4 {
-            return Err(Error::Shape(format!(
-                "conv2d: input {x:?} and weight {w:?} must both be rank 4"
-            )));
+            return Err(Error::Shape(format!("conv2d: input {x:?} and weight {w:?} must both be rank 4")));
         }
         if x[1] != w[1] {
-            return Err(Error::Shape(format!(
-                "conv2d: input has {} channels but weight {w:?} expects {}",
-                x[1], w[1]
-            )));
+            return Err(Error::Shape(format!("conv2d: input has {} channels but weight {w:?} expects {}", x[1], w[1])));
         }
         if spec.stride == 0 {
             return Err(Error::Invalid("conv2d: stride must be at least 1".into()));

@@ -4,18 +4,18 @@ use super::{
     BenchArgs, Cli, Command, DataArgs, DemoArgs, EvalArgs, FinetuneArgs, FinetuneOpts, GlobalArgs, PipelineArgs,
     PruneApplyArgs, PruneArgs, SearchArgs, SearchOpts, TrainArgs,
 };
-use crate::pipeline::{self, FinetuneConfig, PipelineConfig};
-use crate::search::ddpg::DdpgConfig;
-use crate::search::reward::{RewardConfig, Taps};
-use crate::search::{SearchConfig, SearchFiles, Strategy};
-use crate::prune::{self, Budget, Constraints, GroupScope, Pruner};
-use crate::search;
-use crate::tensor::Tensor;
 use crate::backend::{self, Device};
 use crate::data::{self, Dataset, OpenOptions, Split};
 use crate::error::{Error, Result};
 use crate::models::{Arch, Model};
+use crate::pipeline::{self, FinetuneConfig, PipelineConfig};
+use crate::prune::{self, Budget, Constraints, GroupScope, Pruner};
 use crate::report::{self, JsonlWriter, LinePlot, Series};
+use crate::search;
+use crate::search::ddpg::DdpgConfig;
+use crate::search::reward::{RewardConfig, Taps};
+use crate::search::{SearchConfig, SearchFiles, Strategy};
+use crate::tensor::Tensor;
 use crate::train::{self, checkpoint, EpochLog, LrSchedule, Objective, TrainConfig};
 use serde_json::json;
 use std::path::Path;
@@ -200,11 +200,17 @@ fn cmd_train(g: &GlobalArgs, a: TrainArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let files = RunFiles { out: &a.out, info: json!({ "data": a.data.data, "trained_by": "lfgcl train" }), quiet: g.quiet };
+    let files =
+        RunFiles { out: &a.out, info: json!({ "data": a.data.data, "trained_by": "lfgcl train" }), quiet: g.quiet };
     let logs = fit_and_save(&mut model, &dev, &train, test.as_ref(), &cfg, &mut Objective::Labels, &files)?;
     let last = logs.last().expect("at least one epoch");
     if let Some(acc) = last.test_top1 {
-        println!("final test top-1 {} after {} epochs; checkpoint {}", pct(acc), last.epoch, a.out.join("model.safetensors").display());
+        println!(
+            "final test top-1 {} after {} epochs; checkpoint {}",
+            pct(acc),
+            last.epoch,
+            a.out.join("model.safetensors").display()
+        );
     }
     Ok(())
 }
@@ -262,8 +268,19 @@ fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
     );
     let arch = Arch::new("smallcnn", train_ds.channels, train_ds.height, train_ds.num_classes)?;
     let mut model = Model::new(arch, &dev, a.seed)?;
-    let cfg = TrainConfig { epochs: a.epochs, batch_size: 64, lr: 0.05, seed: a.seed, progress: !g.quiet, ..TrainConfig::default() };
-    let files = RunFiles { out: &a.out.join("baseline"), info: json!({ "data": "synthetic", "trained_by": "lfgcl demo" }), quiet: g.quiet };
+    let cfg = TrainConfig {
+        epochs: a.epochs,
+        batch_size: 64,
+        lr: 0.05,
+        seed: a.seed,
+        progress: !g.quiet,
+        ..TrainConfig::default()
+    };
+    let files = RunFiles {
+        out: &a.out.join("baseline"),
+        info: json!({ "data": "synthetic", "trained_by": "lfgcl demo" }),
+        quiet: g.quiet,
+    };
     fit_and_save(&mut model, &dev, &train_ds, Some(&test), &cfg, &mut Objective::Labels, &files)?;
     let warmup = (a.episodes / 3).max(2);
     println!(
@@ -288,7 +305,14 @@ fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
             reward: RewardConfig::default(),
         },
         finetune: FinetuneConfig {
-            train: TrainConfig { epochs: a.ft_epochs, batch_size: 64, lr: 0.01, seed: a.seed, progress: !g.quiet, ..TrainConfig::default() },
+            train: TrainConfig {
+                epochs: a.ft_epochs,
+                batch_size: 64,
+                lr: 0.01,
+                seed: a.seed,
+                progress: !g.quiet,
+                ..TrainConfig::default()
+            },
             distill_temperature: Some(4.0),
         },
         random_baseline: true,
@@ -347,9 +371,9 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             Ok(())
         }
         "kernels" => bench_kernels(g, &a),
-        other => Err(Error::Invalid(format!(
-            "unknown benchmark '{other}' (expected cpu, infer, train, search or kernels)"
-        ))),
+        other => {
+            Err(Error::Invalid(format!("unknown benchmark '{other}' (expected cpu, infer, train, search or kernels)")))
+        }
     }
 }
 
@@ -401,7 +425,16 @@ fn bench_kernels(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
             l2_flushed: bool,
             timings: &'a [bench::KernelTiming],
         }
-        report::write_json(p, &Doc { device: cuda.info(), warmup: opts.warmup, reps: opts.reps, l2_flushed: opts.flush_l2, timings: &timings })?;
+        report::write_json(
+            p,
+            &Doc {
+                device: cuda.info(),
+                warmup: opts.warmup,
+                reps: opts.reps,
+                l2_flushed: opts.flush_l2,
+                timings: &timings,
+            },
+        )?;
     }
     Ok(())
 }
@@ -485,8 +518,12 @@ fn cmd_prune_apply(g: &GlobalArgs, a: PruneApplyArgs) -> Result<()> {
         let p = if budget.flops.is_some() || budget.params.is_some() {
             pruner.project(&file.ratios, &budget, &c)?
         } else {
-            let kept: Vec<usize> =
-                file.ratios.iter().zip(&pruner.cost.channels).map(|(&r, &ch)| prune::keep_count(r, ch, c.round)).collect();
+            let kept: Vec<usize> = file
+                .ratios
+                .iter()
+                .zip(&pruner.cost.channels)
+                .map(|(&r, &ch)| prune::keep_count(r, ch, c.round))
+                .collect();
             let (macs, params) = pruner.cost.cost(&kept);
             let (ff, pf) = pruner.cost.fractions(&kept);
             prune::Projected {
@@ -534,7 +571,13 @@ pub(crate) fn search_config(p: &PruneArgs, s: &SearchOpts, strategy: Strategy, s
 }
 
 /// The unlabeled image pool (training split, labels dropped) and the reward's fixed batch.
-pub(crate) fn unlabeled_images(base: &Model, spec: &str, image_size: usize, n: usize, seed: u64) -> Result<(Dataset, Tensor)> {
+pub(crate) fn unlabeled_images(
+    base: &Model,
+    spec: &str,
+    image_size: usize,
+    n: usize,
+    seed: u64,
+) -> Result<(Dataset, Tensor)> {
     let opts = OpenOptions { image_size, limit: None, grayscale: base.arch.in_channels == 1 };
     // The search reads no label: they are dropped as soon as the images are loaded.
     let pool = data::open(spec, Split::Train, &opts)?.without_labels();
@@ -616,13 +659,15 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
     let mut student = checkpoint::load(&a.ckpt, &dev)?;
     let cfg = finetune_config(&a.ft, a.seed, !g.quiet);
     let (train_ds, test) = open_train_test(&a.data)?;
-    let mut teacher = match (&a.teacher, a.ft.labels) {
-        (Some(t), _) => Some(checkpoint::load(t, &dev)?),
-        (None, true) => None,
-        (None, false) => {
-            return Err(Error::Invalid("label-free fine-tuning distils from the unpruned net: give --teacher BASE.safetensors (or --labels)".into()))
-        }
-    };
+    let mut teacher =
+        match (&a.teacher, a.ft.labels) {
+            (Some(t), _) => Some(checkpoint::load(t, &dev)?),
+            (None, true) => None,
+            (None, false) => return Err(Error::Invalid(
+                "label-free fine-tuning distils from the unpruned net: give --teacher BASE.safetensors (or --labels)"
+                    .into(),
+            )),
+        };
     let mut objective = match (&mut teacher, cfg.distill_temperature) {
         (Some(t), Some(temp)) => Objective::Distill { teacher: t, temperature: temp },
         _ => Objective::Labels,
@@ -681,7 +726,8 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
     let dev = open_device(g)?;
     let mut base = checkpoint::load(&a.ckpt, &dev)?;
     let (train_ds, test) = open_train_test(&a.data)?;
-    let test = test.ok_or_else(|| Error::Invalid(format!("{} has no labelled test split to evaluate on", a.data.data)))?;
+    let test =
+        test.ok_or_else(|| Error::Invalid(format!("{} has no labelled test split to evaluate on", a.data.data)))?;
     train::check_compatible(&base, &train_ds)?;
     let cfg = PipelineConfig {
         search,

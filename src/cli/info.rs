@@ -25,16 +25,17 @@ fn parse_input(s: &str) -> Result<(usize, usize)> {
 pub fn info_table(model: &Model, all: bool) -> String {
     let cost = model.cost();
     let a = &model.arch;
-    let mut out = format!(
-        "{} ({}x{}x{} input, {} classes)\n",
-        a.model, a.in_channels, a.input_size, a.input_size, a.num_classes
-    );
+    let mut out =
+        format!("{} ({}x{}x{} input, {} classes)\n", a.model, a.in_channels, a.input_size, a.input_size, a.num_classes);
     let name_w = cost.layers.iter().map(|l| l.name.len()).max().unwrap_or(5).max(5) + 2;
     out += &format!("{:<name_w$}{:<11}{:>14}{:>12}{:>16}\n", "Layer", "Type", "Output", "Params", "MACs");
     out += &"-".repeat(name_w + 53);
     out.push('\n');
     for l in &cost.layers {
-        let shows = all || l.params > 0 || l.bn_params > 0 || matches!(l.kind, "MaxPool2d" | "AvgPool" | "ShortcutA" | "Add+ReLU" | "Add");
+        let shows = all
+            || l.params > 0
+            || l.bn_params > 0
+            || matches!(l.kind, "MaxPool2d" | "AvgPool" | "ShortcutA" | "Add+ReLU" | "Add");
         if !shows || l.kind == "Input" {
             continue;
         }
@@ -100,11 +101,17 @@ pub fn info_table(model: &Model, all: bool) -> String {
 pub fn groups_table(model: &Model, streams: bool) -> Result<String> {
     let scope = if streams { crate::prune::GroupScope::All } else { crate::prune::GroupScope::Inner };
     let groups = crate::prune::groups::groups(model, scope)?;
-    let mut out = format!("{} prunable groups of {} (ratio files list one keep ratio per group, in this order)\n", groups.len(), model.arch.model);
+    let mut out = format!(
+        "{} prunable groups of {} (ratio files list one keep ratio per group, in this order)\n",
+        groups.len(),
+        model.arch.model
+    );
     out += &format!("{:>3}  {:<18}{:<8}{:>9}  {}\n", "#", "group", "kind", "channels", "writes / reads");
     for (i, g) in groups.iter().enumerate() {
-        let names = |ids: &[usize]| ids.iter().map(|&n| model.graph.nodes[n].name.clone()).collect::<Vec<_>>().join(" ");
-        let readers: Vec<usize> = g.conv_consumers.iter().copied().chain(g.linear_consumers.iter().map(|l| l.0)).collect();
+        let names =
+            |ids: &[usize]| ids.iter().map(|&n| model.graph.nodes[n].name.clone()).collect::<Vec<_>>().join(" ");
+        let readers: Vec<usize> =
+            g.conv_consumers.iter().copied().chain(g.linear_consumers.iter().map(|l| l.0)).collect();
         out += &format!(
             "{i:>3}  {:<18}{:<8}{:>9}  {} / {}\n",
             g.name,
@@ -133,7 +140,11 @@ pub fn cmd_info(a: InfoArgs) -> Result<()> {
     }
     if a.json {
         let cost = model.cost();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "arch": model.arch, "cost": cost })).expect("serialisable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "arch": model.arch, "cost": cost }))
+                .expect("serialisable")
+        );
         return Ok(());
     }
     if let Some(p) = source {

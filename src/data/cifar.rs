@@ -65,21 +65,14 @@ fn load(v: &Variant, dir: &Path, split: Split, files: &[String]) -> Result<Datas
         if !path.is_file() {
             return Err(Error::format(
                 &path,
-                format!(
-                    "not found (expected the {} binary version in {})",
-                    v.family,
-                    dir.display()
-                ),
+                format!("not found (expected the {} binary version in {})", v.family, dir.display()),
             ));
         }
         let bytes = read_file(&path)?;
         if bytes.is_empty() || bytes.len() % record != 0 {
             return Err(Error::format(
                 &path,
-                format!(
-                    "size {} bytes is not a whole number of {record}-byte records",
-                    bytes.len()
-                ),
+                format!("size {} bytes is not a whole number of {record}-byte records", bytes.len()),
             ));
         }
         images.reserve(bytes.len() / record * PIXELS);
@@ -129,15 +122,11 @@ fn class_names(v: &Variant, dir: &Path, num_classes: usize) -> Result<Vec<String
             _ => Vec::new(),
         });
     }
-    let text = String::from_utf8(read_file(&path)?)
-        .map_err(|_| Error::format(&path, "class names are not valid UTF-8"))?;
-    let names: Vec<String> =
-        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let text =
+        String::from_utf8(read_file(&path)?).map_err(|_| Error::format(&path, "class names are not valid UTF-8"))?;
+    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     if names.len() != num_classes {
-        return Err(Error::format(
-            &path,
-            format!("has {} class names, expected {num_classes}", names.len()),
-        ));
+        return Err(Error::format(&path, format!("has {} class names, expected {num_classes}", names.len())));
     }
     Ok(names)
 }

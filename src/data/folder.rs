@@ -29,8 +29,7 @@ pub(super) fn load(dir: &Path, split: Split, opts: &OpenOptions) -> Result<Datas
 
     let size = opts.image_size;
     let channels = if opts.grayscale { 1 } else { 3 };
-    let decoded: Vec<Result<Vec<u8>>> =
-        files.par_iter().map(|p| decode(p, size, opts.grayscale)).collect();
+    let decoded: Vec<Result<Vec<u8>>> = files.par_iter().map(|p| decode(p, size, opts.grayscale)).collect();
     let mut images = Vec::with_capacity(files.len() * channels * size * size);
     // Collected first, then checked in order, so the error reported is always the same one.
     for img in decoded {
@@ -130,9 +129,7 @@ fn collect_recursive(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 /// `min(limit, n)` evenly spaced indices of `0..n`, ascending.

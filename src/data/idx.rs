@@ -82,35 +82,21 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Parses the header: checks the magic and returns the dimension sizes and the data after it.
-fn parse<'a>(
-    path: &Path,
-    bytes: &'a [u8],
-    magic: u32,
-    what: &str,
-) -> Result<(Vec<usize>, &'a [u8])> {
+fn parse<'a>(path: &Path, bytes: &'a [u8], magic: u32, what: &str) -> Result<(Vec<usize>, &'a [u8])> {
     let ndims = (magic & 0xff) as usize;
     let header_len = 4 + 4 * ndims;
     let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     if bytes.len() < 4 {
-        return Err(Error::format(
-            path,
-            format!("truncated: {} bytes, too short for an IDX header", bytes.len()),
-        ));
+        return Err(Error::format(path, format!("truncated: {} bytes, too short for an IDX header", bytes.len())));
     }
     let found = be(0);
     if found != magic {
-        return Err(Error::format(
-            path,
-            format!("bad magic 0x{found:08x}, expected 0x{magic:08x} (IDX {what})"),
-        ));
+        return Err(Error::format(path, format!("bad magic 0x{found:08x}, expected 0x{magic:08x} (IDX {what})")));
     }
     if bytes.len() < header_len {
         return Err(Error::format(
             path,
-            format!(
-                "truncated: {} bytes, too short for the {header_len}-byte IDX header",
-                bytes.len()
-            ),
+            format!("truncated: {} bytes, too short for the {header_len}-byte IDX header", bytes.len()),
         ));
     }
     let dims: Vec<usize> = (0..ndims).map(|k| be(4 + 4 * k) as usize).collect();
@@ -128,16 +114,9 @@ fn parse<'a>(
         )),
         Some(e) => Err(Error::format(
             path,
-            format!(
-                "header declares {} = {e} bytes of data but {} follow",
-                dims_str(&dims),
-                data.len()
-            ),
+            format!("header declares {} = {e} bytes of data but {} follow", dims_str(&dims), data.len()),
         )),
-        None => Err(Error::format(
-            path,
-            format!("header declares impossible sizes {}", dims_str(&dims)),
-        )),
+        None => Err(Error::format(path, format!("header declares impossible sizes {}", dims_str(&dims)))),
     }
 }
 
@@ -160,10 +139,7 @@ fn read_labels(path: &Path) -> Result<Vec<u32>> {
     let bytes = read_maybe_gz(path)?;
     let (_, data) = parse(path, &bytes, LABELS_MAGIC, "u8 labels")?;
     if let Some((i, &l)) = data.iter().enumerate().find(|&(_, &l)| l as usize >= NUM_CLASSES) {
-        return Err(Error::format(
-            path,
-            format!("label {l} at index {i} is out of range (expected < {NUM_CLASSES})"),
-        ));
+        return Err(Error::format(path, format!("label {l} at index {i} is out of range (expected < {NUM_CLASSES})")));
     }
     Ok(data.iter().map(|&l| l as u32).collect())
 }

@@ -83,8 +83,7 @@ impl<'a> Loader<'a> {
             crate::bail!(Invalid, "batch size must be positive");
         }
         norm.check(ds.channels)?;
-        let lut =
-            (0..ds.channels).map(|c| std::array::from_fn(|p| norm.apply(c, p as u8))).collect();
+        let lut = (0..ds.channels).map(|c| std::array::from_fn(|p| norm.apply(c, p as u8))).collect();
         Ok(Loader {
             ds,
             batch_size,
@@ -158,10 +157,7 @@ impl<'a> Loader<'a> {
     pub fn batch(&self, indices: &[usize], epoch: usize) -> Batch {
         let [c, h, w] = self.ds.image_dims();
         let mut images = vec![0f32; indices.len() * c * h * w];
-        images
-            .par_chunks_mut(c * h * w)
-            .zip(indices.par_iter())
-            .for_each(|(out, &i)| self.fill(out, i, epoch));
+        images.par_chunks_mut(c * h * w).zip(indices.par_iter()).for_each(|(out, &i)| self.fill(out, i, epoch));
         Batch {
             images,
             dims: [indices.len(), c, h, w],
@@ -176,9 +172,7 @@ impl<'a> Loader<'a> {
         let [_, h, w] = self.ds.image_dims();
         let hw = h * w;
         if self.augment.is_none() {
-            for ((plane_out, plane), lut) in
-                out.chunks_exact_mut(hw).zip(src.chunks_exact(hw)).zip(&self.lut)
-            {
+            for ((plane_out, plane), lut) in out.chunks_exact_mut(hw).zip(src.chunks_exact(hw)).zip(&self.lut) {
                 for (o, &p) in plane_out.iter_mut().zip(plane) {
                     *o = lut[p as usize];
                 }
@@ -193,9 +187,7 @@ impl<'a> Loader<'a> {
         let dy = ((r & 0xf_ffff) % span) as usize;
         let dx = (((r >> 20) & 0xf_ffff) % span) as usize;
         let flip = self.augment.hflip && (r >> 40) & 1 == 1;
-        for (c, (plane_out, plane)) in
-            out.chunks_exact_mut(hw).zip(src.chunks_exact(hw)).enumerate()
-        {
+        for (c, (plane_out, plane)) in out.chunks_exact_mut(hw).zip(src.chunks_exact(hw)).enumerate() {
             let lut = &self.lut[c];
             // Padding is raw pixel 0, normalised like any other pixel (as torchvision does).
             let zero = lut[0];

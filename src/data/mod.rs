@@ -33,8 +33,7 @@ folder:DIR | DIR       image folder of PNG/JPEG: class subfolders (labeled) or l
 train/ and test/ (or val/) subfolders are picked by split";
 
 /// One-line form of the spec list, for error messages.
-const DATA_SPECS_SHORT: &str =
-    "synthetic, fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR, \
+const DATA_SPECS_SHORT: &str = "synthetic, fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR, \
 folder:DIR or an existing directory";
 
 /// An in-memory image dataset of equally sized images.
@@ -83,34 +82,16 @@ impl Dataset {
             if labels.len() != n {
                 crate::bail!(Shape, "dataset {name}: {} labels for {n} images", labels.len());
             }
-            if let Some((i, &l)) =
-                labels.iter().enumerate().find(|&(_, &l)| l as usize >= num_classes)
-            {
-                crate::bail!(
-                    Invalid,
-                    "dataset {name}: label {l} of image {i} is not below num_classes {num_classes}"
-                );
+            if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l as usize >= num_classes) {
+                crate::bail!(Invalid, "dataset {name}: label {l} of image {i} is not below num_classes {num_classes}");
             }
         } else if num_classes != 0 {
             crate::bail!(Invalid, "dataset {name}: unlabeled data must have num_classes 0");
         }
         if !class_names.is_empty() && class_names.len() != num_classes {
-            crate::bail!(
-                Invalid,
-                "dataset {name}: {} class names for {num_classes} classes",
-                class_names.len()
-            );
+            crate::bail!(Invalid, "dataset {name}: {} class names for {num_classes} classes", class_names.len());
         }
-        Ok(Dataset {
-            name,
-            channels: c,
-            height: h,
-            width: w,
-            images,
-            labels,
-            num_classes,
-            class_names,
-        })
+        Ok(Dataset { name, channels: c, height: h, width: w, images, labels, num_classes, class_names })
     }
 
     /// Pixels per image (`C*H*W`).
@@ -217,9 +198,7 @@ impl Dataset {
 
     /// The labels, or an error saying this dataset has none (e.g. an unlabeled image folder).
     pub fn labels_or_err(&self) -> Result<&[u32]> {
-        self.labels
-            .as_deref()
-            .ok_or_else(|| Error::Invalid(format!("dataset {} has no labels", self.name)))
+        self.labels.as_deref().ok_or_else(|| Error::Invalid(format!("dataset {} has no labels", self.name)))
     }
 
     /// Number of images per class (empty for unlabeled data).
@@ -354,10 +333,7 @@ pub fn open(spec: &str, split: Split, opts: &OpenOptions) -> Result<Dataset> {
         "fashion-mnist" => {
             let (dir, hint) = match arg {
                 Some(a) if !a.is_empty() => (PathBuf::from(a), None),
-                _ => (
-                    PathBuf::from(FASHION_MNIST_DEFAULT_DIR),
-                    Some("apt-get install dataset-fashion-mnist"),
-                ),
+                _ => (PathBuf::from(FASHION_MNIST_DEFAULT_DIR), Some("apt-get install dataset-fashion-mnist")),
             };
             idx::load(&dir, split, "fashion-mnist", fashion_names(), hint)?
         }
@@ -378,21 +354,10 @@ pub fn open(spec: &str, split: Split, opts: &OpenOptions) -> Result<Dataset> {
 }
 
 fn fashion_names() -> Vec<String> {
-    [
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// Reads a whole file, naming it in the error.

@@ -62,13 +62,8 @@ pub enum Texture {
     DiagonalGrid,
     Rings,
 }
-const TEXTURES: [Texture; 5] = [
-    Texture::VerticalStripes,
-    Texture::HorizontalStripes,
-    Texture::Grid,
-    Texture::DiagonalGrid,
-    Texture::Rings,
-];
+const TEXTURES: [Texture; 5] =
+    [Texture::VerticalStripes, Texture::HorizontalStripes, Texture::Grid, Texture::DiagonalGrid, Texture::Rings];
 const TEXTURE_NAMES: [&str; 5] = ["vstripes", "hstripes", "grid", "diagrid", "rings"];
 const PERIODS: [f32; 2] = [9.0, 4.5];
 const PERIOD_NAMES: [&str; 2] = ["coarse", "fine"];
@@ -111,12 +106,7 @@ pub const CLASSES: [Attributes; NUM_CLASSES] = {
     let mut c = 0;
     while c < NUM_CLASSES {
         let (k, fine) = (c % 5, c / 5);
-        t[c] = Attributes {
-            texture: k,
-            period: fine,
-            palette: (k + 2 * fine) % 5,
-            shape: (k + 3 * fine) % 5,
-        };
+        t[c] = Attributes { texture: k, period: fine, palette: (k + 2 * fine) % 5, shape: (k + 3 * fine) % 5 };
         c += 1;
     }
     t
@@ -129,10 +119,7 @@ pub fn class_names() -> Vec<String> {
         .map(|a| {
             format!(
                 "{}/{}/{}/{}",
-                SHAPE_NAMES[a.shape],
-                PALETTE_NAMES[a.palette],
-                TEXTURE_NAMES[a.texture],
-                PERIOD_NAMES[a.period]
+                SHAPE_NAMES[a.shape], PALETTE_NAMES[a.palette], TEXTURE_NAMES[a.texture], PERIOD_NAMES[a.period]
             )
         })
         .collect()

@@ -34,7 +34,14 @@ impl Builder {
         &self.nodes[node].out_shape
     }
 
-    fn push(&mut self, name: impl Into<String>, op: Op, inputs: Vec<usize>, out_shape: Vec<usize>, slot: Option<usize>) -> usize {
+    fn push(
+        &mut self,
+        name: impl Into<String>,
+        op: Op,
+        inputs: Vec<usize>,
+        out_shape: Vec<usize>,
+        slot: Option<usize>,
+    ) -> usize {
         self.nodes.push(Node { name: name.into(), op, inputs, out_shape, width_slot: slot });
         self.nodes.len() - 1
     }
@@ -54,7 +61,16 @@ impl Builder {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn conv(&mut self, name: &str, input: usize, out_c: usize, k: usize, stride: usize, pad: usize, slot: Option<usize>) -> Result<usize> {
+    pub fn conv(
+        &mut self,
+        name: &str,
+        input: usize,
+        out_c: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        slot: Option<usize>,
+    ) -> Result<usize> {
         let (c, h, w) = self.spatial(input, name)?;
         if h + 2 * pad < k || w + 2 * pad < k {
             return Err(Error::Shape(format!("{name}: a {k}x{k} kernel does not fit a {h}x{w} feature map")));
@@ -68,7 +84,8 @@ impl Builder {
     pub fn bn(&mut self, name: &str, input: usize) -> usize {
         let shape = self.shape(input).to_vec();
         let c = shape[0];
-        let bn = BatchNorm::new(Tensor::full(&[c], 1.0), Tensor::zeros(&[c]), Tensor::zeros(&[c]), Tensor::full(&[c], 1.0));
+        let bn =
+            BatchNorm::new(Tensor::full(&[c], 1.0), Tensor::zeros(&[c]), Tensor::zeros(&[c]), Tensor::full(&[c], 1.0));
         self.push(name, Op::BatchNorm(bn), vec![input], shape, None)
     }
 
@@ -79,11 +96,7 @@ impl Builder {
 
     pub fn add(&mut self, name: &str, a: usize, b: usize, relu: bool) -> Result<usize> {
         if self.shape(a) != self.shape(b) {
-            return Err(Error::Shape(format!(
-                "{name}: cannot add {:?} and {:?}",
-                self.shape(a),
-                self.shape(b)
-            )));
+            return Err(Error::Shape(format!("{name}: cannot add {:?} and {:?}", self.shape(a), self.shape(b))));
         }
         let shape = self.shape(a).to_vec();
         Ok(self.push(name, Op::Add { relu }, vec![a, b], shape, None))

@@ -50,7 +50,14 @@ pub fn graph_cost(graph: &Graph) -> Cost {
         .iter()
         .map(|n| {
             let (macs, params, bn_params) = node_cost(&n.op, &n.out_shape);
-            LayerCost { name: n.name.clone(), kind: n.op.kind(), out_shape: n.out_shape.clone(), macs, params, bn_params }
+            LayerCost {
+                name: n.name.clone(),
+                kind: n.op.kind(),
+                out_shape: n.out_shape.clone(),
+                macs,
+                params,
+                bn_params,
+            }
         })
         .collect();
     Cost {

@@ -27,7 +27,9 @@ const SMALLCNN_WIDTHS: &[usize] = &[16, 32, 64];
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     /// `depth = 6n + 2`: three stages of n basic blocks.
-    ResNet { depth: usize },
+    ResNet {
+        depth: usize,
+    },
     Vgg16,
     SmallCnn,
 }
@@ -83,10 +85,9 @@ impl Family {
                 names.push("classifier.0".into());
                 (widths, names)
             }
-            Family::SmallCnn => (
-                SMALLCNN_WIDTHS.to_vec(),
-                (1..=SMALLCNN_WIDTHS.len()).map(|i| format!("conv{i}")).collect(),
-            ),
+            Family::SmallCnn => {
+                (SMALLCNN_WIDTHS.to_vec(), (1..=SMALLCNN_WIDTHS.len()).map(|i| format!("conv{i}")).collect())
+            }
         }
     }
 }
@@ -144,7 +145,10 @@ impl Arch {
             )));
         }
         if let Some(i) = self.widths.iter().position(|&w| w == 0) {
-            return Err(Error::Invalid(format!("{}: width {i} is zero; every layer keeps at least one channel", self.model)));
+            return Err(Error::Invalid(format!(
+                "{}: width {i} is zero; every layer keeps at least one channel",
+                self.model
+            )));
         }
         if self.in_channels == 0 || self.num_classes == 0 || self.input_size == 0 {
             return Err(Error::Invalid(format!(
@@ -185,7 +189,11 @@ fn build_resnet(b: &mut Builder, n: usize, widths: &[usize], classes: usize) -> 
             y = b.conv(&format!("{p}.conv2"), y, stream, 3, 1, 1, Some(stage - 1))?;
             y = b.bn(&format!("{p}.bn2"), y);
             let in_c = b.shape(x)[0];
-            let skip = if stride != 1 || in_c != stream { b.shortcut(&format!("{p}.shortcut"), x, stream, stride)? } else { x };
+            let skip = if stride != 1 || in_c != stream {
+                b.shortcut(&format!("{p}.shortcut"), x, stream, stride)?
+            } else {
+                x
+            };
             x = b.add(&format!("{p}.add"), y, skip, true)?;
         }
     }

@@ -15,9 +15,14 @@ pub enum Op {
     BatchNorm(BatchNorm),
     Relu,
     /// Element-wise sum of two inputs, optionally followed by ReLU (the end of a residual block).
-    Add { relu: bool },
+    Add {
+        relu: bool,
+    },
     Shortcut(ShortcutA),
-    MaxPool { kernel: usize, stride: usize },
+    MaxPool {
+        kernel: usize,
+        stride: usize,
+    },
     GlobalAvgPool,
     /// `[N,C,H,W] -> [N,C*H*W]`.
     Flatten,
@@ -171,7 +176,13 @@ impl Graph {
 
     /// Inference forward pass (running batch-norm statistics); returns the output and copies of
     /// the outputs of the `taps` nodes, freeing every other value as soon as it is consumed.
-    pub fn forward_taps(&mut self, dev: &Device, x: Tensor, mode: Mode, taps: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward_taps(
+        &mut self,
+        dev: &Device,
+        x: Tensor,
+        mode: Mode,
+        taps: &[usize],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_input(&x)?;
         let n = self.nodes.len();
         if let Some(&bad) = taps.iter().find(|&&t| t >= n) {
@@ -370,7 +381,5 @@ impl Graph {
 }
 
 fn value_of<'a>(values: &'a [Option<Tensor>], i: usize, what: &str) -> Result<&'a Tensor> {
-    values[i]
-        .as_ref()
-        .ok_or_else(|| Error::Invalid(format!("graph: value {i} ({what}) is missing from the trace")))
+    values[i].as_ref().ok_or_else(|| Error::Invalid(format!("graph: value {i} ({what}) is missing from the trace")))
 }

@@ -104,7 +104,14 @@ impl BatchNorm {
         Ok(y)
     }
     pub fn forward_eval(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
-        dev.batchnorm_forward_eval(x, &self.weight.value, &self.bias.value, &self.running_mean, &self.running_var, self.eps)
+        dev.batchnorm_forward_eval(
+            x,
+            &self.weight.value,
+            &self.bias.value,
+            &self.running_mean,
+            &self.running_var,
+            self.eps,
+        )
     }
     pub fn backward(&mut self, dev: &Device, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let saved = self
@@ -158,8 +165,6 @@ impl ShortcutA {
     /// The unpruned map: `pad` zero channels, the `in_c` inputs, then zeros up to `out_c`.
     pub fn padding_map(in_c: usize, out_c: usize) -> Vec<i32> {
         let pad = out_c.saturating_sub(in_c) / 2;
-        (0..out_c)
-            .map(|o| if o >= pad && o - pad < in_c { (o - pad) as i32 } else { -1 })
-            .collect()
+        (0..out_c).map(|o| if o >= pad && o - pad < in_c { (o - pad) as i32 } else { -1 }).collect()
     }
 }

@@ -196,7 +196,10 @@ fn finish(cm: &CostModel, kept: Vec<usize>) -> Projected {
 /// Checks a ratio vector given by a user: one entry per group, each in (0, 1].
 pub fn check_ratios(ratios: &[f64], groups: usize, what: &str) -> Result<()> {
     if ratios.len() != groups {
-        return Err(Error::Invalid(format!("{what} has {} ratios but the model has {groups} prunable groups", ratios.len())));
+        return Err(Error::Invalid(format!(
+            "{what} has {} ratios but the model has {groups} prunable groups",
+            ratios.len()
+        )));
     }
     if let Some((i, r)) = ratios.iter().enumerate().find(|(_, r)| !(**r > 0.0 && **r <= 1.0)) {
         return Err(Error::Invalid(format!("{what}: ratio {i} is {r}, outside (0, 1]")));
@@ -268,13 +271,11 @@ pub fn project(cm: &CostModel, ratios: &[f64], budget: &Budget, c: &Constraints)
     // Greedy refill: spend what is left of the budget on the largest shortfalls.
     let mut blocked = vec![false; kept.len()];
     loop {
-        let best = (0..kept.len())
-            .filter(|&g| !blocked[g] && kept[g] < desired[g])
-            .max_by(|&a, &b| {
-                let da = (desired[a] - kept[a]) as f64 / cm.channels[a] as f64;
-                let db = (desired[b] - kept[b]) as f64 / cm.channels[b] as f64;
-                da.total_cmp(&db).then(b.cmp(&a))
-            });
+        let best = (0..kept.len()).filter(|&g| !blocked[g] && kept[g] < desired[g]).max_by(|&a, &b| {
+            let da = (desired[a] - kept[a]) as f64 / cm.channels[a] as f64;
+            let db = (desired[b] - kept[b]) as f64 / cm.channels[b] as f64;
+            da.total_cmp(&db).then(b.cmp(&a))
+        });
         let Some(g) = best else { break };
         let step = c.round.max(1);
         let next = (kept[g] + step).min(desired[g]);

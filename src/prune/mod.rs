@@ -34,10 +34,8 @@ impl Pruner {
             return Err(Error::Invalid(format!("{} has no prunable channel groups", model.arch.model)));
         }
         let cost = CostModel::new(&model.graph, &groups)?;
-        let importance = groups
-            .iter()
-            .map(|g| rank::importance(&model.graph, g, criterion))
-            .collect::<Result<Vec<_>>>()?;
+        let importance =
+            groups.iter().map(|g| rank::importance(&model.graph, g, criterion)).collect::<Result<Vec<_>>>()?;
         Ok(Pruner { groups, cost, scope, criterion, importance })
     }
 
@@ -152,7 +150,8 @@ pub fn read_ratio_file(path: &Path) -> Result<RatioFile> {
     if v.is_array() {
         return Ok(RatioFile { ratios: as_ratios(&v)?, groups: None, scope: None, criterion: None, round: None });
     }
-    let obj = v.as_object().ok_or_else(|| Error::format(path, "expected a list of ratios or an object with \"ratios\""))?;
+    let obj =
+        v.as_object().ok_or_else(|| Error::format(path, "expected a list of ratios or an object with \"ratios\""))?;
     let ratios = as_ratios(obj.get("ratios").ok_or_else(|| Error::format(path, "no \"ratios\" field"))?)?;
     let field = |k: &str| obj.get(k).cloned();
     let parse = |k: &str| -> Result<Option<serde_json::Value>> { Ok(field(k).filter(|x| !x.is_null())) };

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 /// Writes `value` as pretty-printed JSON (with a final newline), atomically.
 pub fn write_json<T: Serialize + ?Sized>(path: impl AsRef<Path>, value: &T) -> Result<()> {
     let path = path.as_ref();
-    let mut bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::format(path, format!("cannot serialise to JSON: {e}")))?;
+    let mut bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| Error::format(path, format!("cannot serialise to JSON: {e}")))?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
 }
@@ -51,13 +51,8 @@ impl JsonlWriter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(!append)
-            .open(path)
-            .map_err(io)?;
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(!append).open(path).map_err(io)?;
         if append {
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes).map_err(io)?;
@@ -76,10 +71,7 @@ impl JsonlWriter {
             .map_err(|e| Error::format(&self.path, format!("cannot serialise to JSON: {e}")))?;
         line.push(b'\n');
         // One write call per line: a reader sees whole lines or, after a crash, one partial tail.
-        self.file
-            .write_all(&line)
-            .and_then(|_| self.file.flush())
-            .map_err(|e| Error::io(&self.path, e))
+        self.file.write_all(&line).and_then(|_| self.file.flush()).map_err(|e| Error::io(&self.path, e))
     }
 
     /// Forces the lines written so far to disk (fsync); `write` alone survives a killed process

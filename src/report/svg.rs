@@ -10,8 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// Okabe–Ito palette without its yellow, which is too pale on white.
-pub const PALETTE: [&str; 7] =
-    ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000"];
+pub const PALETTE: [&str; 7] = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000"];
 
 const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 450.0;
@@ -79,17 +78,8 @@ pub struct ScatterPlot {
 }
 
 impl LinePlot {
-    pub fn new(
-        title: impl Into<String>,
-        x_label: impl Into<String>,
-        y_label: impl Into<String>,
-    ) -> Self {
-        LinePlot {
-            title: title.into(),
-            x_label: x_label.into(),
-            y_label: y_label.into(),
-            ..Self::default()
-        }
+    pub fn new(title: impl Into<String>, x_label: impl Into<String>, y_label: impl Into<String>) -> Self {
+        LinePlot { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), ..Self::default() }
     }
     pub fn with_series(mut self, series: Series) -> Self {
         self.series.push(series);
@@ -122,11 +112,8 @@ impl LinePlot {
                     if seg.len() == 1 && s.style == SeriesStyle::Line {
                         c.dot(f.px(seg[0]), 3.5, col, "");
                     }
-                    let coords: Vec<String> = seg
-                        .iter()
-                        .map(|&p| f.px(p))
-                        .map(|(x, y)| format!("{x:.1},{y:.1}"))
-                        .collect();
+                    let coords: Vec<String> =
+                        seg.iter().map(|&p| f.px(p)).map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
                     let _ = write!(
                         c.body,
                         r#"<polyline fill="none" stroke="{col}" stroke-width="2" stroke-linejoin="round"{} points="{}"/>"#,
@@ -136,12 +123,8 @@ impl LinePlot {
                 }
             }
             if s.style != SeriesStyle::Line {
-                let halo =
-                    if s.style == SeriesStyle::LineAndPoints { r#" stroke="white""# } else { "" };
-                s.points
-                    .iter()
-                    .filter(|&&p| finite(p))
-                    .for_each(|&p| c.dot(f.px(p), 3.0, col, halo));
+                let halo = if s.style == SeriesStyle::LineAndPoints { r#" stroke="white""# } else { "" };
+                s.points.iter().filter(|&&p| finite(p)).for_each(|&p| c.dot(f.px(p), 3.0, col, halo));
             }
         }
         for (v, label) in self.hlines.iter().filter(|h| h.0.is_finite()) {
@@ -161,17 +144,8 @@ impl LinePlot {
 }
 
 impl BarChart {
-    pub fn new(
-        title: impl Into<String>,
-        x_label: impl Into<String>,
-        y_label: impl Into<String>,
-    ) -> Self {
-        BarChart {
-            title: title.into(),
-            x_label: x_label.into(),
-            y_label: y_label.into(),
-            ..Self::default()
-        }
+    pub fn new(title: impl Into<String>, x_label: impl Into<String>, y_label: impl Into<String>) -> Self {
+        BarChart { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), ..Self::default() }
     }
     pub fn with_categories(mut self, categories: Vec<String>) -> Self {
         self.categories = categories;
@@ -187,31 +161,24 @@ impl BarChart {
     }
 
     pub fn to_svg(&self) -> String {
-        let n =
-            self.series.iter().map(|s| s.1.len()).chain([self.categories.len()]).max().unwrap_or(0);
+        let n = self.series.iter().map(|s| s.1.len()).chain([self.categories.len()]).max().unwrap_or(0);
         let ns = self.series.len().max(1) as f64;
-        let labels: Vec<String> = (0..n)
-            .map(|i| self.categories.get(i).map_or_else(|| (i + 1).to_string(), |s| shorten(s, 22)))
-            .collect();
+        let labels: Vec<String> =
+            (0..n).map(|i| self.categories.get(i).map_or_else(|| (i + 1).to_string(), |s| shorten(s, 22))).collect();
         let vals = || self.series.iter().flat_map(|s| &s.1).copied().filter(|v| v.is_finite());
         // Bars grow from zero, so zero is in the range and only the far side(s) get headroom.
         let (lo, hi) = vals().fold((0.0f64, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
         let pad = 0.05 * (hi - lo);
         let y = if hi > lo {
-            Span {
-                lo: lo - pad * f64::from(lo < 0.0),
-                hi: hi + pad * f64::from(hi > 0.0),
-                min_step: 0.0,
-            }
+            Span { lo: lo - pad * f64::from(lo < 0.0), hi: hi + pad * f64::from(hi > 0.0), min_step: 0.0 }
         } else {
             Span::of(vals(), 0.0)
         };
 
         let w = WIDTH.max(110.0 + n as f64 * (ns * 7.0 + 6.0));
         let mut c = Canvas::new(w, 0.0, &self.title);
-        let items: Vec<Item> = (self.series.iter().enumerate())
-            .map(|(i, s)| Item { text: &s.0, key: Some((i, Key::Bar)) })
-            .collect();
+        let items: Vec<Item> =
+            (self.series.iter().enumerate()).map(|(i, s)| Item { text: &s.0, key: Some((i, Key::Bar)) }).collect();
         let top = c.legend(&items);
         // Category labels: horizontal when they fit, else turned 45° or, when crowded, 90°.
         let label_w = labels.iter().map(|l| text_w(l)).fold(0.0, f64::max);
@@ -257,11 +224,8 @@ impl BarChart {
             );
             if k % stride == 0 {
                 let (x, y) = (cx + 4.0 * sin, f.y1 + 16.0 - 4.0 * sin);
-                let (anchor, rot) = if angle == 0.0 {
-                    ("middle", String::new())
-                } else {
-                    ("end", format!(" rotate(-{angle})"))
-                };
+                let (anchor, rot) =
+                    if angle == 0.0 { ("middle", String::new()) } else { ("end", format!(" rotate(-{angle})")) };
                 c.text(
                     0.0,
                     0.0,
@@ -272,10 +236,7 @@ impl BarChart {
         }
         if f.y.lo < 0.0 && f.y.hi > 0.0 {
             let (x0, x1) = (f.x0, f.x1);
-            let _ = write!(
-                c.body,
-                r#"<line x1="{x0:.1}" y1="{zero:.1}" x2="{x1:.1}" y2="{zero:.1}" stroke="{INK}"/>"#
-            );
+            let _ = write!(c.body, r#"<line x1="{x0:.1}" y1="{zero:.1}" x2="{x1:.1}" y2="{zero:.1}" stroke="{INK}"/>"#);
         }
         if vals().next().is_none() {
             c.no_data(&f);
@@ -285,17 +246,8 @@ impl BarChart {
 }
 
 impl ScatterPlot {
-    pub fn new(
-        title: impl Into<String>,
-        x_label: impl Into<String>,
-        y_label: impl Into<String>,
-    ) -> Self {
-        ScatterPlot {
-            title: title.into(),
-            x_label: x_label.into(),
-            y_label: y_label.into(),
-            ..Self::default()
-        }
+    pub fn new(title: impl Into<String>, x_label: impl Into<String>, y_label: impl Into<String>) -> Self {
+        ScatterPlot { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), ..Self::default() }
     }
 
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
@@ -305,8 +257,7 @@ impl ScatterPlot {
     pub fn to_svg(&self) -> String {
         let pts = || self.points.iter().copied().filter(|&p| finite(p));
         let mut c = Canvas::new(WIDTH, HEIGHT, &self.title);
-        let items: Vec<Item> =
-            self.annotation.iter().map(|a| Item { text: a, key: None }).collect();
+        let items: Vec<Item> = self.annotation.iter().map(|a| Item { text: a, key: None }).collect();
         let top = c.legend(&items);
         let x = Span::of(pts().map(|p| p.0), 0.04);
         let y = Span::of(pts().map(|p| p.1), 0.05);
@@ -438,11 +389,7 @@ fn sci_label(v: f64, exp: i32) -> String {
     let digits = (v.abs().log10().floor() as i32 - exp).clamp(0, 16) as usize;
     let s = format!("{v:.digits$e}");
     let (mantissa, e) = s.split_once('e').unwrap_or((&s, "0"));
-    let mantissa = if mantissa.contains('.') {
-        mantissa.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        mantissa
-    };
+    let mantissa = if mantissa.contains('.') { mantissa.trim_end_matches('0').trim_end_matches('.') } else { mantissa };
     format!("{mantissa}e{e}")
 }
 
@@ -488,18 +435,9 @@ impl Axis {
         loop {
             let t = ticks(s.lo, s.hi, max, s.min_step);
             let labels = t.labels();
-            let need = if horizontal {
-                labels.iter().map(|l| text_w(l)).fold(0.0, f64::max) + 14.0
-            } else {
-                22.0
-            };
+            let need = if horizontal { labels.iter().map(|l| text_w(l)).fold(0.0, f64::max) + 14.0 } else { 22.0 };
             if len * t.step / (s.hi - s.lo) >= need || max == 2 {
-                return Axis {
-                    lo: s.lo,
-                    hi: s.hi,
-                    px,
-                    ticks: t.values.into_iter().zip(labels).collect(),
-                };
+                return Axis { lo: s.lo, hi: s.hi, px, ticks: t.values.into_iter().zip(labels).collect() };
             }
             max -= 1;
         }
@@ -565,14 +503,12 @@ impl Canvas {
 
     fn text(&mut self, x: f64, y: f64, s: &str, attrs: &str) {
         if !s.is_empty() {
-            let _ =
-                writeln!(self.body, r#"<text x="{x:.1}" y="{y:.1}" {attrs}>{}</text>"#, escape(s));
+            let _ = writeln!(self.body, r#"<text x="{x:.1}" y="{y:.1}" {attrs}>{}</text>"#, escape(s));
         }
     }
 
     fn dot(&mut self, (x, y): (f64, f64), r: f64, fill: &str, attrs: &str) {
-        let _ =
-            write!(self.body, r#"<circle cx="{x:.1}" cy="{y:.1}" r="{r}" fill="{fill}"{attrs}/>"#);
+        let _ = write!(self.body, r#"<circle cx="{x:.1}" cy="{y:.1}" r="{r}" fill="{fill}"{attrs}/>"#);
     }
 
     /// Draws legend entries in centred rows under the title; returns the top of the plot area.
@@ -634,15 +570,7 @@ impl Canvas {
     /// Lays out the plot area between `top` and `bottom` margins (the left one at least
     /// `min_left`), picks ticks, and draws grid, tick labels, frame and axis titles.
     /// `x` None: a 0..1 x axis without ticks (bar charts).
-    fn frame(
-        &mut self,
-        top: f64,
-        bottom: f64,
-        min_left: f64,
-        x: Option<Span>,
-        y: Span,
-        titles: (&str, &str),
-    ) -> Frame {
+    fn frame(&mut self, top: f64, bottom: f64, min_left: f64, x: Option<Span>, y: Span, titles: (&str, &str)) -> Frame {
         let (x_label, y_label) = titles;
         let y1 = self.h - bottom;
         let ya = Axis::fit(y, (y1, top), false);
@@ -655,18 +583,13 @@ impl Canvas {
         };
         for (v, label) in &ya.ticks {
             let py = ya.map(*v);
-            let _ = write!(
-                self.body,
-                r#"<line x1="{x0:.1}" y1="{py:.1}" x2="{x1:.1}" y2="{py:.1}" stroke="{GRID}"/>"#
-            );
+            let _ = write!(self.body, r#"<line x1="{x0:.1}" y1="{py:.1}" x2="{x1:.1}" y2="{py:.1}" stroke="{GRID}"/>"#);
             self.text(x0 - 6.0, py + 4.0, label, r#"text-anchor="end""#);
         }
         for (v, label) in &xa.ticks {
             let px = xa.map(*v);
-            let _ = write!(
-                self.body,
-                r#"<line x1="{px:.1}" y1="{top:.1}" x2="{px:.1}" y2="{y1:.1}" stroke="{GRID}"/>"#
-            );
+            let _ =
+                write!(self.body, r#"<line x1="{px:.1}" y1="{top:.1}" x2="{px:.1}" y2="{y1:.1}" stroke="{GRID}"/>"#);
             let _ = write!(
                 self.body,
                 r#"<line x1="{px:.1}" y1="{y1:.1}" x2="{px:.1}" y2="{:.1}" stroke="{INK}"/>"#,
@@ -682,12 +605,7 @@ impl Canvas {
         );
         self.text((x0 + x1) / 2.0, self.h - 10.0, x_label, r#"text-anchor="middle""#);
         let cy = (top + y1) / 2.0;
-        self.text(
-            0.0,
-            0.0,
-            y_label,
-            &format!(r#"text-anchor="middle" transform="translate(18,{cy:.1}) rotate(-90)""#),
-        );
+        self.text(0.0, 0.0, y_label, &format!(r#"text-anchor="middle" transform="translate(18,{cy:.1}) rotate(-90)""#));
         Frame { x0, x1, y1, x: xa, y: ya }
     }
 

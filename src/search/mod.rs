@@ -159,7 +159,11 @@ impl Evaluator<'_> {
     /// Evaluates the candidates whose kept channels are not in `cache` (each distinct one once)
     /// and returns every candidate's result and whether it came from the cache. Returns the
     /// number of new evaluations too.
-    fn evaluate_cached(&self, ps: &[Projected], cache: &mut RewardCache) -> Result<(Vec<((f64, Option<f64>), bool)>, usize)> {
+    fn evaluate_cached(
+        &self,
+        ps: &[Projected],
+        cache: &mut RewardCache,
+    ) -> Result<(Vec<((f64, Option<f64>), bool)>, usize)> {
         let mut fresh: Vec<&Projected> = Vec::new();
         for p in ps {
             if !cache.contains_key(&p.kept) && !fresh.iter().any(|q| q.kept == p.kept) {
@@ -253,7 +257,14 @@ impl SearchFiles {
     }
 }
 
-fn record(episode: i64, index: usize, action: Vec<f32>, p: &Projected, reward: f64, top1: Option<f64>) -> CandidateRecord {
+fn record(
+    episode: i64,
+    index: usize,
+    action: Vec<f32>,
+    p: &Projected,
+    reward: f64,
+    top1: Option<f64>,
+) -> CandidateRecord {
     CandidateRecord { episode, index, action, policy: p.clone(), reward, top1, cached: false }
 }
 
@@ -344,7 +355,11 @@ pub fn run(
             let mut log = JsonlWriter::create(files.log())?;
             let (r, t) = eval.evaluate(&uniform)?;
             cache.insert(uniform.kept.clone(), (r, t));
-            let a: Vec<f32> = uniform.ratios.iter().map(|&x| ((x - cfg.constraints.lower) / (1.0 - cfg.constraints.lower)).clamp(0.0, 1.0) as f32).collect();
+            let a: Vec<f32> = uniform
+                .ratios
+                .iter()
+                .map(|&x| ((x - cfg.constraints.lower) / (1.0 - cfg.constraints.lower)).clamp(0.0, 1.0) as f32)
+                .collect();
             let rec = record(-1, 0, a, &uniform, r, t);
             log.write(&rec)?;
             (0, 0, 0.0, rec, None)
@@ -366,7 +381,9 @@ pub fn run(
         let k = cfg.candidates_per_step;
         let actions: Vec<Vec<f32>> = match cfg.strategy {
             Strategy::Ddpg => agent.explore(episode, k, &mut rng)?,
-            Strategy::Random => (0..k).map(|_| (0..pruner.groups.len()).map(|_| rng.random_range(0.0..=1.0)).collect()).collect(),
+            Strategy::Random => {
+                (0..k).map(|_| (0..pruner.groups.len()).map(|_| rng.random_range(0.0..=1.0)).collect()).collect()
+            }
         };
         let projected: Vec<Projected> = actions
             .iter()
@@ -462,7 +479,10 @@ fn finish(
         reward_accuracy_spearman: spearman,
         best_policy: policy,
     };
-    report::write_json(files.summary(), &serde_json::json!({ "config": cfg, "outcome": &outcome, "device": dev.describe() }))?;
+    report::write_json(
+        files.summary(),
+        &serde_json::json!({ "config": cfg, "outcome": &outcome, "device": dev.describe() }),
+    )?;
     Ok(outcome)
 }
 
@@ -503,7 +523,10 @@ fn plots(
             x_label: "reward".into(),
             y_label: "top-1 (%)".into(),
             points: pts,
-            annotation: Some(format!("Spearman rho = {rho:.3} over {} candidates", records.iter().filter(|r| r.top1.is_some()).count())),
+            annotation: Some(format!(
+                "Spearman rho = {rho:.3} over {} candidates",
+                records.iter().filter(|r| r.top1.is_some()).count()
+            )),
         }
         .save(files.dir.join("reward_vs_accuracy.svg"))?;
     }

@@ -39,7 +39,11 @@ impl Taps {
                 "penultimate" => t.penultimate = true,
                 "logits" => t.logits = true,
                 "stages" => t.stages = true,
-                other => return Err(Error::Invalid(format!("unknown reward tap '{other}' (expected penultimate, logits, stages)"))),
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "unknown reward tap '{other}' (expected penultimate, logits, stages)"
+                    )))
+                }
             }
         }
         if !(t.penultimate || t.logits || t.stages) {
@@ -108,7 +112,13 @@ pub fn recalibrate_bn(model: &mut Model, dev: &Device, images: &Tensor) -> Resul
 impl Scorer {
     /// `images`: the normalised unlabeled batch `[N, C, H, W]` (any device). `groups`: the
     /// groups candidates may prune (to know which taps lose channels).
-    pub fn new(base: &mut Model, dev: &Device, images: &Tensor, groups: &[ChannelGroup], cfg: RewardConfig) -> Result<Scorer> {
+    pub fn new(
+        base: &mut Model,
+        dev: &Device,
+        images: &Tensor,
+        groups: &[ChannelGroup],
+        cfg: RewardConfig,
+    ) -> Result<Scorer> {
         let images = dev.to_device(images)?;
         let mut nodes = Vec::new();
         if cfg.taps.stages {
@@ -132,7 +142,10 @@ impl Scorer {
             let mut energy = vec![0.0f64; c];
             for i in 0..n {
                 for (ch, e) in energy.iter_mut().enumerate() {
-                    *e += host[(i * c + ch) * per..(i * c + ch + 1) * per].iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
+                    *e += host[(i * c + ch) * per..(i * c + ch + 1) * per]
+                        .iter()
+                        .map(|&v| (v as f64).powi(2))
+                        .sum::<f64>();
                 }
             }
             let count = host.len() as f64;
@@ -178,7 +191,10 @@ impl Scorer {
                         .sum();
                     (mse_kept * kept_count + dropped) / full / tap.variance
                 }
-                _ => self.dev.feature_mse(&f.reshape(&[1, tap.baseline.numel()])?, &tap.baseline)?[0] as f64 / tap.variance,
+                _ => {
+                    self.dev.feature_mse(&f.reshape(&[1, tap.baseline.numel()])?, &tap.baseline)?[0] as f64
+                        / tap.variance
+                }
             };
             total += nmse;
         }

@@ -84,7 +84,8 @@ fn parse_meta(path: &Path, bytes: &[u8]) -> Result<CheckpointMeta> {
     arch.validate().map_err(|e| Error::checkpoint(path, e.to_string()))?;
     let normalization = match map.get(KEY_NORM) {
         Some(s) => Some(
-            serde_json::from_str(s).map_err(|e| Error::checkpoint(path, format!("unreadable normalization metadata: {e}")))?,
+            serde_json::from_str(s)
+                .map_err(|e| Error::checkpoint(path, format!("unreadable normalization metadata: {e}")))?,
         ),
         None => None,
     };
@@ -124,7 +125,10 @@ pub fn load(path: impl AsRef<Path>, dev: &Device) -> Result<Model> {
             Err(_) => {
                 return Err(Error::checkpoint(
                     path,
-                    format!("tensor {name} is missing (the file does not match {} with its stored widths)", meta.arch.model),
+                    format!(
+                        "tensor {name} is missing (the file does not match {} with its stored widths)",
+                        meta.arch.model
+                    ),
                 ))
             }
         };
@@ -133,7 +137,10 @@ pub fn load(path: impl AsRef<Path>, dev: &Device) -> Result<Model> {
         match slot {
             StateMut::F32(t) => {
                 if view.dtype() != Dtype::F32 {
-                    return Err(Error::checkpoint(path, format!("tensor {name} is {}, expected F32", dtype_name(view.dtype()))));
+                    return Err(Error::checkpoint(
+                        path,
+                        format!("tensor {name} is {}, expected F32", dtype_name(view.dtype())),
+                    ));
                 }
                 if view.shape() != t.dims() {
                     return Err(Error::checkpoint(
@@ -156,7 +163,12 @@ pub fn load(path: impl AsRef<Path>, dev: &Device) -> Result<Model> {
                 if view.dtype() != Dtype::I32 || view.shape() != [map.len()] {
                     return Err(Error::checkpoint(
                         path,
-                        format!("tensor {name} should be I32 of shape [{}], got {} {:?}", map.len(), dtype_name(view.dtype()), view.shape()),
+                        format!(
+                            "tensor {name} should be I32 of shape [{}], got {} {:?}",
+                            map.len(),
+                            dtype_name(view.dtype()),
+                            view.shape()
+                        ),
                     ));
                 }
                 let v: Vec<i32> = data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -166,7 +178,8 @@ pub fn load(path: impl AsRef<Path>, dev: &Device) -> Result<Model> {
     }
     if used != st.len() {
         let known: std::collections::HashSet<String> = graph.state().into_iter().map(|(n, _)| n).collect();
-        let extra: Vec<String> = st.names().into_iter().filter(|n| !known.contains(*n)).map(|s| s.to_string()).collect();
+        let extra: Vec<String> =
+            st.names().into_iter().filter(|n| !known.contains(*n)).map(|s| s.to_string()).collect();
         return Err(Error::checkpoint(
             path,
             format!("holds tensors {} does not have: {}", meta.arch.model, extra.join(", ")),

@@ -130,7 +130,13 @@ fn progress_bar(show: bool, len: usize, prefix: String) -> ProgressBar {
 }
 
 /// Top-1 accuracy and mean cross-entropy on a labelled dataset, in inference mode.
-pub fn evaluate(model: &mut Model, dev: &Device, ds: &Dataset, batch_size: usize, progress: bool) -> Result<EvalResult> {
+pub fn evaluate(
+    model: &mut Model,
+    dev: &Device,
+    ds: &Dataset,
+    batch_size: usize,
+    progress: bool,
+) -> Result<EvalResult> {
     check_compatible(model, ds)?;
     let labels = ds.labels_or_err()?;
     let norm = normalization_for(model, ds)?;
@@ -232,7 +238,8 @@ pub fn fit(
     }
     let norm = normalization_for(model, train)?;
     model.normalization = Some(norm.clone());
-    let mut loader = Loader::try_new(train, cfg.batch_size, &norm)?.shuffle(cfg.seed).drop_last(train.len() > cfg.batch_size);
+    let mut loader =
+        Loader::try_new(train, cfg.batch_size, &norm)?.shuffle(cfg.seed).drop_last(train.len() > cfg.batch_size);
     if cfg.augment {
         loader = loader.augment(Augment::standard(), cfg.seed ^ 0x5eed);
     }
@@ -256,7 +263,11 @@ pub fn fit(
             }
             pb.inc(1);
             let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            let acc = if labelled > 0 { format!(" acc {:.2}%", 100.0 * correct as f64 / labelled as f64) } else { String::new() };
+            let acc = if labelled > 0 {
+                format!(" acc {:.2}%", 100.0 * correct as f64 / labelled as f64)
+            } else {
+                String::new()
+            };
             pb.set_message(format!("loss {:.4}{acc} lr {lr:.4} {rate:.0} img/s", loss_sum / seen as f64));
         }
         dev.synchronize()?;

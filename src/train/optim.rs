@@ -57,16 +57,23 @@ impl Sgd {
 pub enum LrSchedule {
     Constant,
     /// Multiply by `gamma` at each milestone epoch.
-    Step { milestones: Vec<usize>, gamma: f32 },
+    Step {
+        milestones: Vec<usize>,
+        gamma: f32,
+    },
     /// Cosine annealing from the base rate to `min_lr` over the whole run, per iteration.
-    Cosine { min_lr: f32 },
+    Cosine {
+        min_lr: f32,
+    },
 }
 
 impl LrSchedule {
     /// Parses `constant`, `cosine`, `step` (milestones at 50% and 75% of the run, gamma 0.1) or
     /// `step:E1,E2[,...][@GAMMA]`.
     pub fn parse(s: &str, epochs: usize) -> Result<LrSchedule> {
-        let bad = || Error::Invalid(format!("unknown schedule '{s}' (expected constant, cosine, step or step:E1,E2[@GAMMA])"));
+        let bad = || {
+            Error::Invalid(format!("unknown schedule '{s}' (expected constant, cosine, step or step:E1,E2[@GAMMA])"))
+        };
         match s {
             "constant" => Ok(LrSchedule::Constant),
             "cosine" => Ok(LrSchedule::Cosine { min_lr: 0.0 }),

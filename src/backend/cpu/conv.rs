@@ -159,44 +159,42 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
     }
     let g = images_per_chunk(s);
     let threads = gemm_threads(s, g);
-    y.par_chunks_mut(g * k * pq)
-        .zip(x.par_chunks(g * chw))
-        .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(col, tmp), (ych, xch)| {
-                let cols = im2col_chunk(xch, s, col);
-                if k <= THIN_OUTPUT {
-                    // C^T layout: tmp[j*K + kk], then transpose into [image, K, PQ].
-                    tmp.resize(k * cols, 0.0);
-                    sgemm_layout(
-                        k,
-                        cols,
-                        crs,
-                        w,
-                        Layout::row_major(crs),
-                        col,
-                        Layout::row_major(cols),
-                        tmp,
-                        Layout::col_major(k),
-                        false,
-                        threads,
-                    );
-                    for (j, pix) in tmp.chunks_exact(k).enumerate() {
-                        let (img, p) = (j / pq, j % pq);
-                        for (kk, &v) in pix.iter().enumerate() {
-                            ych[(img * k + kk) * pq + p] = v;
-                        }
+    y.par_chunks_mut(g * k * pq).zip(x.par_chunks(g * chw)).for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(col, tmp), (ych, xch)| {
+            let cols = im2col_chunk(xch, s, col);
+            if k <= THIN_OUTPUT {
+                // C^T layout: tmp[j*K + kk], then transpose into [image, K, PQ].
+                tmp.resize(k * cols, 0.0);
+                sgemm_layout(
+                    k,
+                    cols,
+                    crs,
+                    w,
+                    Layout::row_major(crs),
+                    col,
+                    Layout::row_major(cols),
+                    tmp,
+                    Layout::col_major(k),
+                    false,
+                    threads,
+                );
+                for (j, pix) in tmp.chunks_exact(k).enumerate() {
+                    let (img, p) = (j / pq, j % pq);
+                    for (kk, &v) in pix.iter().enumerate() {
+                        ych[(img * k + kk) * pq + p] = v;
                     }
-                } else if cols == pq {
-                    // One image: the GEMM output already has the [K, PQ] layout.
-                    sgemm(k, cols, crs, w, false, col, false, ych, false, threads);
-                } else {
-                    tmp.resize(k * cols, 0.0);
-                    sgemm(k, cols, crs, w, false, col, false, tmp, false, threads);
-                    scatter_chunk(tmp, k, pq, ych);
                 }
-            },
-        );
+            } else if cols == pq {
+                // One image: the GEMM output already has the [K, PQ] layout.
+                sgemm(k, cols, crs, w, false, col, false, ych, false, threads);
+            } else {
+                tmp.resize(k * cols, 0.0);
+                sgemm(k, cols, crs, w, false, col, false, tmp, false, threads);
+                scatter_chunk(tmp, k, pq, ych);
+            }
+        },
+    );
     y
 }
 
@@ -209,26 +207,24 @@ pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
     }
     let g = images_per_chunk(s);
     let threads = gemm_threads(s, g);
-    dx.par_chunks_mut(g * chw)
-        .zip(dy.par_chunks(g * k * pq))
-        .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(dcol, dyc), (dxch, dych)| {
-                let images = dxch.len() / chw;
-                let cols = images * pq;
-                let dy_cols: &[f32] = if images == 1 {
-                    dych
-                } else {
-                    gather_chunk(dych, k, pq, dyc);
-                    dyc
-                };
-                dcol.resize(crs * cols, 0.0);
-                sgemm(crs, cols, k, w, true, dy_cols, false, dcol, false, threads);
-                for j in 0..images {
-                    col2im(dcol, s, cols, j * pq, &mut dxch[j * chw..(j + 1) * chw]);
-                }
-            },
-        );
+    dx.par_chunks_mut(g * chw).zip(dy.par_chunks(g * k * pq)).for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(dcol, dyc), (dxch, dych)| {
+            let images = dxch.len() / chw;
+            let cols = images * pq;
+            let dy_cols: &[f32] = if images == 1 {
+                dych
+            } else {
+                gather_chunk(dych, k, pq, dyc);
+                dyc
+            };
+            dcol.resize(crs * cols, 0.0);
+            sgemm(crs, cols, k, w, true, dy_cols, false, dcol, false, threads);
+            for j in 0..images {
+                col2im(dcol, s, cols, j * pq, &mut dxch[j * chw..(j + 1) * chw]);
+            }
+        },
+    );
     dx
 }
 

@@ -6,10 +6,8 @@ pub mod conv;
 pub mod gemm;
 pub mod ops;
 
-use crate::backend::{
-    Backend, BnGrads, BnSaved, ConvShape, ConvSpec, CrossEntropy, DeviceKind, LinearGrads, SgdStep,
-};
 use crate::backend::shape::{bn_layout, same_dims};
+use crate::backend::{Backend, BnGrads, BnSaved, ConvShape, ConvSpec, CrossEntropy, DeviceKind, LinearGrads, SgdStep};
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Tensor};
 
@@ -50,18 +48,14 @@ fn nchw(t: &Tensor, what: &str) -> Result<(usize, usize, usize, usize)> {
 
 fn check_pool(h: usize, w: usize, k: usize, stride: usize) -> Result<()> {
     if k == 0 || stride == 0 || h < k || w < k {
-        return Err(Error::Shape(format!(
-            "max pool: window {k} stride {stride} does not fit a {h}x{w} input"
-        )));
+        return Err(Error::Shape(format!("max pool: window {k} stride {stride} does not fit a {h}x{w} input")));
     }
     Ok(())
 }
 
 fn check_src_map(src: &[i32], c: usize) -> Result<()> {
     if let Some(bad) = src.iter().find(|&&s| s >= c as i32) {
-        return Err(Error::Shape(format!(
-            "shortcut: channel map refers to input channel {bad} of {c}"
-        )));
+        return Err(Error::Shape(format!("shortcut: channel map refers to input channel {bad} of {c}")));
     }
     Ok(())
 }
@@ -186,7 +180,16 @@ impl Backend for CpuBackend {
         expect_channels(gamma, c, "batch norm weight")?;
         expect_channels(&saved.mean, c, "batch norm saved mean")?;
         expect_channels(&saved.invstd, c, "batch norm saved invstd")?;
-        let out = ops::batchnorm_backward(host(dy)?, host(x)?, n, c, hw, host(gamma)?, host(&saved.mean)?, host(&saved.invstd)?);
+        let out = ops::batchnorm_backward(
+            host(dy)?,
+            host(x)?,
+            n,
+            c,
+            hw,
+            host(gamma)?,
+            host(&saved.mean)?,
+            host(&saved.invstd)?,
+        );
         Ok(BnGrads {
             dx: Tensor::from_vec(x.dims(), out.dx)?,
             dgamma: Tensor::from_vec(&[c], out.dgamma)?,
@@ -261,7 +264,10 @@ impl Backend for CpuBackend {
     fn maxpool_backward(&self, dy: &Tensor, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
         let (n, c, h, w) = nchw(x, "max pool backward")?;
         check_pool(h, w, kernel, stride)?;
-        dy.expect_dims(&[n, c, (h - kernel) / stride + 1, (w - kernel) / stride + 1], "max pool backward: output gradient")?;
+        dy.expect_dims(
+            &[n, c, (h - kernel) / stride + 1, (w - kernel) / stride + 1],
+            "max pool backward: output gradient",
+        )?;
         Tensor::from_vec(x.dims(), ops::maxpool_backward(host(dy)?, host(x)?, n * c, h, w, kernel, stride))
     }
 

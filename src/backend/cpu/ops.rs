@@ -9,36 +9,32 @@ const ELEMWISE_CHUNK: usize = 1 << 15;
 
 pub fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut y = vec![0.0f32; x.len()];
-    y.par_chunks_mut(ELEMWISE_CHUNK)
-        .zip(x.par_chunks(ELEMWISE_CHUNK))
-        .for_each(|(yc, xc)| {
-            for (o, &v) in yc.iter_mut().zip(xc) {
-                *o = f(v);
-            }
-        });
+    y.par_chunks_mut(ELEMWISE_CHUNK).zip(x.par_chunks(ELEMWISE_CHUNK)).for_each(|(yc, xc)| {
+        for (o, &v) in yc.iter_mut().zip(xc) {
+            *o = f(v);
+        }
+    });
     y
 }
 
 pub fn map_binary(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     let mut y = vec![0.0f32; a.len()];
-    y.par_chunks_mut(ELEMWISE_CHUNK)
-        .zip(a.par_chunks(ELEMWISE_CHUNK).zip(b.par_chunks(ELEMWISE_CHUNK)))
-        .for_each(|(yc, (ac, bc))| {
+    y.par_chunks_mut(ELEMWISE_CHUNK).zip(a.par_chunks(ELEMWISE_CHUNK).zip(b.par_chunks(ELEMWISE_CHUNK))).for_each(
+        |(yc, (ac, bc))| {
             for ((o, &u), &v) in yc.iter_mut().zip(ac).zip(bc) {
                 *o = f(u, v);
             }
-        });
+        },
+    );
     y
 }
 
 pub fn update_binary(acc: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
-    acc.par_chunks_mut(ELEMWISE_CHUNK)
-        .zip(x.par_chunks(ELEMWISE_CHUNK))
-        .for_each(|(ac, xc)| {
-            for (a, &v) in ac.iter_mut().zip(xc) {
-                *a = f(*a, v);
-            }
-        });
+    acc.par_chunks_mut(ELEMWISE_CHUNK).zip(x.par_chunks(ELEMWISE_CHUNK)).for_each(|(ac, xc)| {
+        for (a, &v) in ac.iter_mut().zip(xc) {
+            *a = f(*a, v);
+        }
+    });
 }
 
 /// Per-channel mean and biased variance of `x` viewed as `[n, c, hw]`, in f64.
@@ -66,16 +62,13 @@ fn channel_moments(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> 
 /// Applies `y = x*scale[c] + shift[c]` over `[n, c, hw]`.
 fn channel_affine(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32]) -> Vec<f32> {
     let mut y = vec![0.0f32; x.len()];
-    y.par_chunks_mut(hw.max(1))
-        .zip(x.par_chunks(hw.max(1)))
-        .enumerate()
-        .for_each(|(row, (yc, xc))| {
-            let ch = row % c;
-            let (a, b) = (scale[ch], shift[ch]);
-            for (o, &v) in yc.iter_mut().zip(xc) {
-                *o = v * a + b;
-            }
-        });
+    y.par_chunks_mut(hw.max(1)).zip(x.par_chunks(hw.max(1))).enumerate().for_each(|(row, (yc, xc))| {
+        let ch = row % c;
+        let (a, b) = (scale[ch], shift[ch]);
+        for (o, &v) in yc.iter_mut().zip(xc) {
+            *o = v * a + b;
+        }
+    });
     y
 }
 
@@ -181,19 +174,17 @@ pub fn batchnorm_backward(
     let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
     let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
     let mut dx = vec![0.0f32; x.len()];
-    dx.par_chunks_mut(hw.max(1))
-        .enumerate()
-        .for_each(|(row, dxc)| {
-            let ch = row % c;
-            let base = row * hw;
-            let (m, inv, g) = (mean[ch] as f64, invstd[ch] as f64, gamma[ch] as f64);
-            let (sdy, sdyx) = sums[ch];
-            let k = g * inv / count;
-            for (j, o) in dxc.iter_mut().enumerate() {
-                let xhat = (x[base + j] as f64 - m) * inv;
-                *o = (k * (count * dy[base + j] as f64 - sdy - xhat * sdyx)) as f32;
-            }
-        });
+    dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(row, dxc)| {
+        let ch = row % c;
+        let base = row * hw;
+        let (m, inv, g) = (mean[ch] as f64, invstd[ch] as f64, gamma[ch] as f64);
+        let (sdy, sdyx) = sums[ch];
+        let k = g * inv / count;
+        for (j, o) in dxc.iter_mut().enumerate() {
+            let xhat = (x[base + j] as f64 - m) * inv;
+            *o = (k * (count * dy[base + j] as f64 - sdy - xhat * sdyx)) as f32;
+        }
+    });
     BnBackwardOut { dx, dgamma, dbeta }
 }
 
@@ -328,10 +319,7 @@ pub fn softmax_cross_entropy(logits: &[f32], n: usize, classes: usize, labels: &
         log_softmax_row(z, 1.0, &mut logp);
         let label = labels[i] as usize;
         loss -= logp[label];
-        let argmax = z
-            .iter()
-            .enumerate()
-            .fold(0, |best, (j, &v)| if v > z[best] { j } else { best });
+        let argmax = z.iter().enumerate().fold(0, |best, (j, &v)| if v > z[best] { j } else { best });
         if argmax == label {
             correct += 1;
         }

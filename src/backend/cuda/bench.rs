@@ -123,9 +123,7 @@ fn rand_tensor(be: &CudaBackend, dims: &[usize], seed: u64) -> Result<Tensor> {
 /// Keeps every channel whose hash falls below `keep` (about that fraction), at least one.
 fn keep_list(c: usize, keep: f64, seed: u64) -> Vec<u32> {
     let h = host_data(c, seed);
-    let v: Vec<u32> = (0..c as u32)
-        .filter(|&i| (h[i as usize] as f64 + 1.0) / 2.0 < keep)
-        .collect();
+    let v: Vec<u32> = (0..c as u32).filter(|&i| (h[i as usize] as f64 + 1.0) / 2.0 < keep).collect();
     if v.is_empty() {
         vec![0]
     } else {
@@ -134,10 +132,7 @@ fn keep_list(c: usize, keep: f64, seed: u64) -> Vec<u32> {
 }
 
 fn conv_key(op: &str, s: &ConvShape) -> String {
-    format!(
-        "{op}/n{}_c{}_h{}_w{}_k{}_r{}_s{}_p{}",
-        s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.stride, s.pad
-    )
+    format!("{op}/n{}_c{}_h{}_w{}_k{}_r{}_s{}_p{}", s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.stride, s.pad)
 }
 
 /// Every distinct convolution of ResNet-56 for CIFAR (16/32/64 channels at 32/16/8 px).
@@ -166,10 +161,7 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
     };
 
     for shape in resnet56_conv_shapes(opts.batch)? {
-        let spec = ConvSpec {
-            stride: shape.stride,
-            pad: shape.pad,
-        };
+        let spec = ConvSpec { stride: shape.stride, pad: shape.pad };
         let x = rand_tensor(be, &shape.input_dims(), next_seed())?;
         let w = rand_tensor(be, &shape.weight_dims(), next_seed())?;
         let dy = rand_tensor(be, &shape.output_dims(), next_seed())?;
@@ -199,10 +191,7 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
                 bytes: None,
                 memory_bound: false,
                 f32_compute: p == Precision::F32,
-                run: Box::new(move || {
-                    be.conv2d_backward_data_with(&dyr, &wr, &xd, spec, p)
-                        .map(drop)
-                }),
+                run: Box::new(move || be.conv2d_backward_data_with(&dyr, &wr, &xd, spec, p).map(drop)),
             });
         }
         let (dyr, xr) = (dy.clone(), x.clone());
@@ -239,18 +228,14 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
                 bytes: Some(2.0 * bytes),
                 memory_bound: true,
                 f32_compute: false,
-                run: Box::new(move || {
-                    be.batchnorm_forward_train(&x, &g, &b, &mut rm, &mut rv, 0.1, 1e-5)
-                        .map(drop)
-                }),
+                run: Box::new(move || be.batchnorm_forward_train(&x, &g, &b, &mut rm, &mut rv, 0.1, 1e-5).map(drop)),
             });
         }
         {
             let (x, dy, g) = (x.clone(), y.clone(), gamma.clone());
             let mut rm2 = be.zeros(&[c])?;
             let mut rv2 = be.from_host(&[c], &vec![1.0; c])?;
-            let (_, saved) =
-                be.batchnorm_forward_train(&x, &g, &beta, &mut rm2, &mut rv2, 0.1, 1e-5)?;
+            let (_, saved) = be.batchnorm_forward_train(&x, &g, &beta, &mut rm2, &mut rv2, 0.1, 1e-5)?;
             out.push(Case {
                 key: format!("bn_bwd/{suffix}"),
                 kernel: "bn_bwd_partial + bn_bwd_finalize + bn_bwd_apply".into(),
@@ -293,12 +278,7 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
         let mut p = rand_tensor(be, &[n], next_seed())?;
         let g = rand_tensor(be, &[n], next_seed())?;
         let mut m = be.zeros(&[n])?;
-        let hp = SgdStep {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-            nesterov: true,
-        };
+        let hp = SgdStep { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
         out.push(Case {
             key: format!("sgd_step/n{n}"),
             kernel: "sgd_step".into(),
@@ -412,17 +392,11 @@ fn time_case(
     let mut events = Vec::with_capacity(2 * reps);
     for _ in 0..2 * reps {
         // CU_EVENT_DEFAULT: timing enabled (the cudarc default disables it).
-        events.push(
-            be.ctx
-                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(event_err)?,
-        );
+        events.push(be.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(event_err)?);
     }
     for r in 0..reps {
         if let Some(buf) = flush.as_deref_mut() {
-            be.stream
-                .memset_zeros(buf)
-                .map_err(|e| Error::Cuda(format!("L2 flush: {e:?}")))?;
+            be.stream.memset_zeros(buf).map_err(|e| Error::Cuda(format!("L2 flush: {e:?}")))?;
         }
         events[2 * r].record(&be.stream).map_err(event_err)?;
         run()?;
@@ -431,20 +405,10 @@ fn time_case(
     be.synchronize()?;
     let mut us = Vec::with_capacity(reps);
     for r in 0..reps {
-        us.push(
-            events[2 * r]
-                .elapsed_ms(&events[2 * r + 1])
-                .map_err(event_err)? as f64
-                * 1000.0,
-        );
+        us.push(events[2 * r].elapsed_ms(&events[2 * r + 1]).map_err(event_err)? as f64 * 1000.0);
     }
     us.sort_by(|a, b| a.total_cmp(b));
-    Ok(Stats {
-        median: percentile(&us, 0.5),
-        min: us[0],
-        p10: percentile(&us, 0.1),
-        p90: percentile(&us, 0.9),
-    })
+    Ok(Stats { median: percentile(&us, 0.5), min: us[0], p10: percentile(&us, 0.1), p90: percentile(&us, 0.9) })
 }
 
 fn timing(
@@ -465,11 +429,7 @@ fn timing(
         min_us: s.min,
         p10_us: s.p10,
         p90_us: s.p90,
-        spread_pct: if s.median > 0.0 {
-            100.0 * (s.p90 - s.p10) / s.median
-        } else {
-            f64::NAN
-        },
+        spread_pct: if s.median > 0.0 { 100.0 * (s.p90 - s.p10) / s.median } else { f64::NAN },
         flops,
         bytes,
         tflops: flops.map(|f| f / secs / 1e12),
@@ -503,17 +463,9 @@ pub fn bench_kernels(backend: &CudaBackend, opts: &BenchOptions) -> Result<Vec<K
     let src: CudaSlice<f32> = be.alloc_zeros(copy_len)?;
     let mut dst: CudaSlice<f32> = be.alloc_zeros(copy_len)?;
     let mut copy = || -> Result<()> {
-        be.stream
-            .memcpy_dtod(&src, &mut dst)
-            .map_err(|e| Error::Cuda(format!("copy peak: {e:?}")))
+        be.stream.memcpy_dtod(&src, &mut dst).map_err(|e| Error::Cuda(format!("copy peak: {e:?}")))
     };
-    let s = time_case(
-        be,
-        &mut copy,
-        opts.warmup.max(3),
-        opts.reps.clamp(10, 50),
-        Some(&mut flush),
-    )?;
+    let s = time_case(be, &mut copy, opts.warmup.max(3), opts.reps.clamp(10, 50), Some(&mut flush))?;
     let copy_t = timing(
         "peak/copy_bandwidth",
         "cuMemcpyDtoDAsync 256 MiB",
@@ -533,13 +485,7 @@ pub fn bench_kernels(backend: &CudaBackend, opts: &BenchOptions) -> Result<Vec<K
     let b: CudaSlice<f32> = be.alloc_zeros(g * g)?;
     let mut c: CudaSlice<f32> = be.alloc_zeros(g * g)?;
     let mut gemm = || be.sgemm(GemmLayout::NN, g, g, g, &a, &b, &mut c);
-    let s = time_case(
-        be,
-        &mut gemm,
-        opts.warmup.max(3),
-        opts.reps.clamp(10, 30),
-        None,
-    )?;
+    let s = time_case(be, &mut gemm, opts.warmup.max(3), opts.reps.clamp(10, 30), None)?;
     let gemm_t = timing(
         "peak/sgemm_f32",
         "sgemm_nn_128x128 4096^3",
@@ -555,22 +501,8 @@ pub fn bench_kernels(backend: &CudaBackend, opts: &BenchOptions) -> Result<Vec<K
 
     for mut case in cases(be, opts)? {
         let flushing = case.memory_bound && opts.flush_l2;
-        let s = time_case(
-            be,
-            &mut case.run,
-            opts.warmup,
-            opts.reps,
-            if flushing { Some(&mut flush) } else { None },
-        )?;
-        let mut t = timing(
-            &case.key,
-            &case.kernel,
-            opts.reps.max(1),
-            &s,
-            case.flops,
-            case.bytes,
-            flushing,
-        );
+        let s = time_case(be, &mut case.run, opts.warmup, opts.reps, if flushing { Some(&mut flush) } else { None })?;
+        let mut t = timing(&case.key, &case.kernel, opts.reps.max(1), &s, case.flops, case.bytes, flushing);
         if case.memory_bound {
             t.fraction_of_peak = t.gbps.map(|v| v / copy_peak);
             t.peak = "copy_bandwidth".into();
@@ -590,10 +522,7 @@ pub fn format_table(timings: &[KernelTiming]) -> String {
         "case", "median us", "spread%", "TFLOP/s", "GB/s", "% peak", "kernel"
     );
     for t in timings {
-        let f = |v: Option<f64>, prec: usize| {
-            v.map(|v| format!("{v:.prec$}"))
-                .unwrap_or_else(|| "-".into())
-        };
+        let f = |v: Option<f64>, prec: usize| v.map(|v| format!("{v:.prec$}")).unwrap_or_else(|| "-".into());
         s.push_str(&format!(
             "{:<58} {:>10.2} {:>8.1} {:>9} {:>9} {:>7}  {}\n",
             t.key,
@@ -624,10 +553,7 @@ mod tests {
     fn resnet56_has_six_distinct_convs() {
         let shapes = resnet56_conv_shapes(128).expect("valid shapes");
         assert_eq!(shapes.len(), 6);
-        assert_eq!(
-            conv_key("conv_fwd_f32", &shapes[2]),
-            "conv_fwd_f32/n128_c16_h32_w32_k32_r3_s2_p1"
-        );
+        assert_eq!(conv_key("conv_fwd_f32", &shapes[2]), "conv_fwd_f32/n128_c16_h32_w32_k32_r3_s2_p1");
     }
 
     #[test]

@@ -238,11 +238,7 @@ fn site_packages_roots() -> Vec<PathBuf> {
         let mut pys: Vec<PathBuf> = rd
             .flatten()
             .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("python3"))
-            })
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python3")))
             .collect();
         pys.sort();
         pys.reverse();
@@ -290,17 +286,10 @@ pub fn supported_archs() -> Result<Vec<u32>> {
 }
 
 fn source_of(file_name: &str) -> Result<&'static str> {
-    KERNEL_SOURCES
-        .iter()
-        .find(|(n, _)| *n == file_name)
-        .map(|(_, s)| *s)
-        .ok_or_else(|| {
-            let known: Vec<&str> = KERNEL_SOURCES.iter().map(|(n, _)| *n).collect();
-            Error::Invalid(format!(
-                "no embedded kernel file '{file_name}' (known: {})",
-                known.join(", ")
-            ))
-        })
+    KERNEL_SOURCES.iter().find(|(n, _)| *n == file_name).map(|(_, s)| *s).ok_or_else(|| {
+        let known: Vec<&str> = KERNEL_SOURCES.iter().map(|(n, _)| *n).collect();
+        Error::Invalid(format!("no embedded kernel file '{file_name}' (known: {})", known.join(", ")))
+    })
 }
 
 fn options_for(arch: (u32, u32), kind: ImageKind) -> Vec<String> {
@@ -325,21 +314,15 @@ impl Drop for Program {
 fn program_log(prog: sys::nvrtcProgram) -> String {
     let mut size = 0usize;
     // SAFETY: valid program handle and out-pointer.
-    if unsafe { sys::nvrtcGetProgramLogSize(prog, &mut size) } != sys::nvrtcResult::NVRTC_SUCCESS
-        || size == 0
-    {
+    if unsafe { sys::nvrtcGetProgramLogSize(prog, &mut size) } != sys::nvrtcResult::NVRTC_SUCCESS || size == 0 {
         return String::new();
     }
     let mut buf = vec![0u8; size];
     // SAFETY: the buffer has the size NVRTC asked for, terminator included.
-    if unsafe { sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr() as *mut c_char) }
-        != sys::nvrtcResult::NVRTC_SUCCESS
-    {
+    if unsafe { sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr() as *mut c_char) } != sys::nvrtcResult::NVRTC_SUCCESS {
         return String::new();
     }
-    CStr::from_bytes_until_nul(&buf)
-        .map(|c| c.to_string_lossy().trim().to_string())
-        .unwrap_or_default()
+    CStr::from_bytes_until_nul(&buf).map(|c| c.to_string_lossy().trim().to_string()).unwrap_or_default()
 }
 
 /// Compiles one embedded kernel file with NVRTC, never reading a cache (the compile test uses
@@ -348,16 +331,10 @@ fn program_log(prog: sys::nvrtcProgram) -> String {
 pub fn compile_uncached(file_name: &str, arch: (u32, u32), kind: ImageKind) -> Result<Compiled> {
     let compiled = nvrtc_compile(file_name, arch, kind)?;
     let slot = {
-        let mut map = memory_cache()
-            .lock()
-            .map_err(|_| Error::Cuda("kernel cache lock poisoned".into()))?;
-        map.entry((file_name.to_string(), arch, kind))
-            .or_default()
-            .clone()
+        let mut map = memory_cache().lock().map_err(|_| Error::Cuda("kernel cache lock poisoned".into()))?;
+        map.entry((file_name.to_string(), arch, kind)).or_default().clone()
     };
-    let mut guard = slot
-        .lock()
-        .map_err(|_| Error::Cuda("kernel cache lock poisoned".into()))?;
+    let mut guard = slot.lock().map_err(|_| Error::Cuda("kernel cache lock poisoned".into()))?;
     if guard.is_none() {
         *guard = Some(Arc::new(compiled.image.clone()));
     }
@@ -368,29 +345,20 @@ fn nvrtc_compile(file_name: &str, arch: (u32, u32), kind: ImageKind) -> Result<C
     nvrtc_available()?;
     let source = source_of(file_name)?;
     let options = options_for(arch, kind);
-    let c_src = CString::new(source)
-        .map_err(|_| Error::Invalid(format!("kernel file {file_name} contains a NUL byte")))?;
-    let c_name = CString::new(file_name)
-        .map_err(|_| Error::Invalid(format!("bad kernel file name {file_name:?}")))?;
+    let c_src =
+        CString::new(source).map_err(|_| Error::Invalid(format!("kernel file {file_name} contains a NUL byte")))?;
+    let c_name = CString::new(file_name).map_err(|_| Error::Invalid(format!("bad kernel file name {file_name:?}")))?;
     let mut hdr_src = Vec::with_capacity(KERNEL_HEADERS.len());
     let mut hdr_name = Vec::with_capacity(KERNEL_HEADERS.len());
     for (n, s) in KERNEL_HEADERS {
-        hdr_src.push(
-            CString::new(*s)
-                .map_err(|_| Error::Invalid(format!("kernel header {n} contains a NUL byte")))?,
-        );
-        hdr_name.push(
-            CString::new(*n)
-                .map_err(|_| Error::Invalid(format!("bad kernel header name {n:?}")))?,
-        );
+        hdr_src.push(CString::new(*s).map_err(|_| Error::Invalid(format!("kernel header {n} contains a NUL byte")))?);
+        hdr_name.push(CString::new(*n).map_err(|_| Error::Invalid(format!("bad kernel header name {n:?}")))?);
     }
     let hdr_src_ptrs: Vec<*const c_char> = hdr_src.iter().map(|c| c.as_ptr()).collect();
     let hdr_name_ptrs: Vec<*const c_char> = hdr_name.iter().map(|c| c.as_ptr()).collect();
     let c_opts: Vec<CString> = options
         .iter()
-        .map(|o| {
-            CString::new(o.as_str()).map_err(|_| Error::Invalid(format!("bad NVRTC option {o:?}")))
-        })
+        .map(|o| CString::new(o.as_str()).map_err(|_| Error::Invalid(format!("bad NVRTC option {o:?}"))))
         .collect::<Result<_>>()?;
     let opt_ptrs: Vec<*const c_char> = c_opts.iter().map(|c| c.as_ptr()).collect();
 
@@ -408,18 +376,14 @@ fn nvrtc_compile(file_name: &str, arch: (u32, u32), kind: ImageKind) -> Result<C
         )
     };
     if r != sys::nvrtcResult::NVRTC_SUCCESS {
-        return Err(Error::Cuda(format!(
-            "NVRTC could not create a program for {file_name}: {r:?}"
-        )));
+        return Err(Error::Cuda(format!("NVRTC could not create a program for {file_name}: {r:?}")));
     }
     let prog = Program(raw);
     // SAFETY: valid program; the option array has the length passed.
     let r = unsafe { sys::nvrtcCompileProgram(prog.0, opt_ptrs.len() as i32, opt_ptrs.as_ptr()) };
     let log = program_log(prog.0);
     if r != sys::nvrtcResult::NVRTC_SUCCESS {
-        let version = nvrtc_version()
-            .map(|(a, b)| format!("{a}.{b}"))
-            .unwrap_or_else(|_| "?".into());
+        let version = nvrtc_version().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|_| "?".into());
         return Err(Error::Cuda(format!(
             "NVRTC {version} failed to compile {file_name} ({r:?}) with options {}:\n{log}",
             options.join(" ")
@@ -458,16 +422,9 @@ fn nvrtc_compile(file_name: &str, arch: (u32, u32), kind: ImageKind) -> Result<C
         }
     };
     if image.is_empty() {
-        return Err(Error::Cuda(format!(
-            "NVRTC produced an empty image for {file_name}"
-        )));
+        return Err(Error::Cuda(format!("NVRTC produced an empty image for {file_name}")));
     }
-    Ok(Compiled {
-        image,
-        kind,
-        log,
-        options,
-    })
+    Ok(Compiled { image, kind, log, options })
 }
 
 type MemKey = (String, (u32, u32), ImageKind);
@@ -480,40 +437,24 @@ fn memory_cache() -> &'static Mutex<HashMap<MemKey, Slot>> {
 
 fn disk_cache_dir() -> Option<PathBuf> {
     if let Some(v) = std::env::var_os("LFGCL_CACHE_DIR") {
-        return if v.is_empty() {
-            None
-        } else {
-            Some(PathBuf::from(v))
-        };
+        return if v.is_empty() { None } else { Some(PathBuf::from(v)) };
     }
     if let Some(v) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(v).join("lfgcl").join("kernels"));
     }
-    std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| {
-        PathBuf::from(h)
-            .join(".cache")
-            .join("lfgcl")
-            .join("kernels")
-    })
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache").join("lfgcl").join("kernels"))
 }
 
 fn warn_cache(path: &Path, what: &str) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     if !WARNED.swap(true, Ordering::Relaxed) {
-        eprintln!(
-            "lfgcl: warning: kernel cache {}: {what} (compiling without it)",
-            path.display()
-        );
+        eprintln!("lfgcl: warning: kernel cache {}: {what} (compiling without it)", path.display());
     }
 }
 
-fn cache_key(
-    file_name: &str,
-    source: &str,
-    options: &[String],
-    nvrtc: (i32, i32),
-    kind: ImageKind,
-) -> String {
+fn cache_key(file_name: &str, source: &str, options: &[String], nvrtc: (i32, i32), kind: ImageKind) -> String {
     let mut h = Sha256::new();
     h.update(b"lfgcl-kernel-cache-v1\0");
     h.update(file_name.as_bytes());
@@ -544,36 +485,21 @@ fn plausible_image(bytes: &[u8], kind: ImageKind) -> bool {
 pub(crate) fn image(file_name: &str, arch: (u32, u32), kind: ImageKind) -> Result<Arc<Vec<u8>>> {
     let source = source_of(file_name)?;
     let slot = {
-        let mut map = memory_cache()
-            .lock()
-            .map_err(|_| Error::Cuda("kernel cache lock poisoned".into()))?;
-        map.entry((file_name.to_string(), arch, kind))
-            .or_default()
-            .clone()
+        let mut map = memory_cache().lock().map_err(|_| Error::Cuda("kernel cache lock poisoned".into()))?;
+        map.entry((file_name.to_string(), arch, kind)).or_default().clone()
     };
     // One compilation per key at a time; other keys compile in parallel.
-    let mut guard = slot
-        .lock()
-        .map_err(|_| Error::Cuda("kernel cache lock poisoned".into()))?;
+    let mut guard = slot.lock().map_err(|_| Error::Cuda("kernel cache lock poisoned".into()))?;
     if let Some(img) = guard.as_ref() {
         return Ok(img.clone());
     }
     let options = options_for(arch, kind);
     let nvrtc = nvrtc_version()?;
-    let ext = if kind == ImageKind::Cubin {
-        "cubin"
-    } else {
-        "ptx"
-    };
+    let ext = if kind == ImageKind::Cubin { "cubin" } else { "ptx" };
     let stem = file_name.trim_end_matches(".cu");
     let disk = disk_cache_dir().map(|d| {
         let key = cache_key(file_name, source, &options, nvrtc, kind);
-        d.join(format!(
-            "{stem}-sm{}{}-{}.{ext}",
-            arch.0,
-            arch.1,
-            &key[..32]
-        ))
+        d.join(format!("{stem}-sm{}{}-{}.{ext}", arch.0, arch.1, &key[..32]))
     });
     if let Some(path) = &disk {
         match std::fs::read(path) {
@@ -616,9 +542,7 @@ pub(crate) fn target_for_device(cc: (u32, u32)) -> Result<((u32, u32), ImageKind
         Some(a) => Ok(((a / 10, a % 10), ImageKind::Ptx)),
         None => {
             let (maj, min) = nvrtc_version()?;
-            Err(Error::Cuda(format!(
-                "NVRTC {maj}.{min} cannot generate code for sm_{want} (it supports {archs:?})"
-            )))
+            Err(Error::Cuda(format!("NVRTC {maj}.{min} cannot generate code for sm_{want} (it supports {archs:?})")))
         }
     }
 }
@@ -630,18 +554,8 @@ mod tests {
     #[test]
     fn every_kernel_file_is_embedded() {
         let names: Vec<&str> = kernel_files().iter().map(|(n, _)| *n).collect();
-        for expected in [
-            "conv.cu",
-            "conv_tc.cu",
-            "batchnorm.cu",
-            "elementwise.cu",
-            "gather.cu",
-            "reduce.cu",
-        ] {
-            assert!(
-                names.contains(&expected),
-                "{expected} missing from {names:?}"
-            );
+        for expected in ["conv.cu", "conv_tc.cu", "batchnorm.cu", "elementwise.cu", "gather.cu", "reduce.cu"] {
+            assert!(names.contains(&expected), "{expected} missing from {names:?}");
         }
         assert!(kernel_headers().iter().any(|(n, _)| *n == "common.cuh"));
     }
@@ -652,16 +566,7 @@ mod tests {
         let a = cache_key("a.cu", "x", &o, (12, 9), ImageKind::Cubin);
         assert_ne!(a, cache_key("b.cu", "x", &o, (12, 9), ImageKind::Cubin));
         assert_ne!(a, cache_key("a.cu", "y", &o, (12, 9), ImageKind::Cubin));
-        assert_ne!(
-            a,
-            cache_key(
-                "a.cu",
-                "x",
-                &options_for((8, 0), ImageKind::Cubin),
-                (12, 9),
-                ImageKind::Cubin
-            )
-        );
+        assert_ne!(a, cache_key("a.cu", "x", &options_for((8, 0), ImageKind::Cubin), (12, 9), ImageKind::Cubin));
         assert_ne!(a, cache_key("a.cu", "x", &o, (13, 0), ImageKind::Cubin));
         assert_eq!(a.len(), 64);
     }

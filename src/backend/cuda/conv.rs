@@ -47,9 +47,7 @@ impl std::str::FromStr for Precision {
             "f32" | "fp32" => Ok(Precision::F32),
             "tf32" => Ok(Precision::Tf32),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(Error::Invalid(format!(
-                "unknown conv precision '{other}' (f32, tf32, bf16)"
-            ))),
+            other => Err(Error::Invalid(format!("unknown conv precision '{other}' (f32, tf32, bf16)"))),
         }
     }
 }
@@ -148,13 +146,7 @@ struct Tile {
 }
 
 const fn tile(fwd: &'static str, bwd: &'static str, bm: usize, bn: usize, threads: u32) -> Tile {
-    Tile {
-        fwd,
-        bwd,
-        bm,
-        bn,
-        threads,
-    }
+    Tile { fwd, bwd, bm, bn, threads }
 }
 
 // Exact f32 (conv.cu). Preference order within each list: largest tile first.
@@ -174,65 +166,29 @@ const F32_NARROW: &[Tile] = &[
     tile("conv_fwd_f32_32x32", "conv_bwdd_f32_32x32", 32, 32, 256),
 ];
 const TF32_WIDE: &[Tile] = &[
-    tile(
-        "conv_fwd_tf32_128x64",
-        "conv_bwdd_tf32_128x64",
-        128,
-        64,
-        128,
-    ),
+    tile("conv_fwd_tf32_128x64", "conv_bwdd_tf32_128x64", 128, 64, 128),
     tile("conv_fwd_tf32_64x64", "conv_bwdd_tf32_64x64", 64, 64, 128),
     tile("conv_fwd_tf32_32x32", "conv_bwdd_tf32_32x32", 32, 32, 128),
 ];
 const TF32_MID: &[Tile] = &[
-    tile(
-        "conv_fwd_tf32_128x32",
-        "conv_bwdd_tf32_128x32",
-        128,
-        32,
-        128,
-    ),
+    tile("conv_fwd_tf32_128x32", "conv_bwdd_tf32_128x32", 128, 32, 128),
     tile("conv_fwd_tf32_32x32", "conv_bwdd_tf32_32x32", 32, 32, 128),
 ];
 const TF32_NARROW: &[Tile] = &[
-    tile(
-        "conv_fwd_tf32_128x16",
-        "conv_bwdd_tf32_128x16",
-        128,
-        16,
-        128,
-    ),
+    tile("conv_fwd_tf32_128x16", "conv_bwdd_tf32_128x16", 128, 16, 128),
     tile("conv_fwd_tf32_32x32", "conv_bwdd_tf32_32x32", 32, 32, 128),
 ];
 const BF16_WIDE: &[Tile] = &[
-    tile(
-        "conv_fwd_bf16_128x64",
-        "conv_bwdd_bf16_128x64",
-        128,
-        64,
-        128,
-    ),
+    tile("conv_fwd_bf16_128x64", "conv_bwdd_bf16_128x64", 128, 64, 128),
     tile("conv_fwd_bf16_64x64", "conv_bwdd_bf16_64x64", 64, 64, 128),
     tile("conv_fwd_bf16_32x32", "conv_bwdd_bf16_32x32", 32, 32, 128),
 ];
 const BF16_MID: &[Tile] = &[
-    tile(
-        "conv_fwd_bf16_128x32",
-        "conv_bwdd_bf16_128x32",
-        128,
-        32,
-        128,
-    ),
+    tile("conv_fwd_bf16_128x32", "conv_bwdd_bf16_128x32", 128, 32, 128),
     tile("conv_fwd_bf16_32x32", "conv_bwdd_bf16_32x32", 32, 32, 128),
 ];
 const BF16_NARROW: &[Tile] = &[
-    tile(
-        "conv_fwd_bf16_128x16",
-        "conv_bwdd_bf16_128x16",
-        128,
-        16,
-        128,
-    ),
+    tile("conv_fwd_bf16_128x16", "conv_bwdd_bf16_128x16", 128, 16, 128),
     tile("conv_fwd_bf16_32x32", "conv_bwdd_bf16_32x32", 32, 32, 128),
 ];
 
@@ -259,13 +215,7 @@ fn pick_tile(precision: Precision, m: usize, n: usize, sms: usize) -> &'static T
 }
 
 /// Name of the kernel `conv2d_*_with` would launch for this problem (benchmarks and tests).
-pub(crate) fn kernel_for(
-    precision: Precision,
-    forward: bool,
-    m: usize,
-    n: usize,
-    sms: usize,
-) -> &'static str {
+pub(crate) fn kernel_for(precision: Precision, forward: bool, m: usize, n: usize, sms: usize) -> &'static str {
     let t = pick_tile(precision, m, n, sms);
     if forward {
         t.fwd
@@ -306,13 +256,9 @@ impl CudaBackend {
         let m = s.n * out_h * out_w;
         let t = pick_tile(precision, m, out_c, self.sms());
         let name = if mode == Mode::Forward { t.fwd } else { t.bwd };
-        let file = if precision == Precision::F32 {
-            "conv.cu"
-        } else {
-            "conv_tc.cu"
-        };
-        let grid_x = u32::try_from(m.div_ceil(t.bm))
-            .map_err(|_| Error::Invalid(format!("{}: too many pixels", what())))?;
+        let file = if precision == Precision::F32 { "conv.cu" } else { "conv_tc.cu" };
+        let grid_x =
+            u32::try_from(m.div_ceil(t.bm)).map_err(|_| Error::Invalid(format!("{}: too many pixels", what())))?;
         let grid_y = u32::try_from(out_c.div_ceil(t.bn))
             .map_err(|_| Error::Invalid(format!("{}: too many channels", what())))?;
         let p = ConvParams {
@@ -337,22 +283,11 @@ impl CudaBackend {
             w_stride_n: w_stride_n as i32,
             w_stride_c: w_stride_c as i32,
         };
-        Launch::new(file, name, (grid_x, grid_y, 1), t.threads).run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            what,
-        )
+        Launch::new(file, name, (grid_x, grid_y, 1), t.threads).run(&self.kernels, &self.stream, &p, what)
     }
 
     /// Forward convolution with an explicit precision (the trait op uses the backend default).
-    pub fn conv2d_forward_with(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        spec: ConvSpec,
-        precision: Precision,
-    ) -> Result<Tensor> {
+    pub fn conv2d_forward_with(&self, x: &Tensor, w: &Tensor, spec: ConvSpec, precision: Precision) -> Result<Tensor> {
         self.conv2d_fused(x, w, spec, &ConvEpilogue::default(), precision)
     }
 
@@ -387,9 +322,7 @@ impl CudaBackend {
         out.expect_dims(&shape.output_dims(), "conv2d_fused_into output")?;
         if let Some(r) = epi.residual {
             if std::ptr::eq(r, out) {
-                return Err(Error::Invalid(
-                    "conv2d_fused_into: residual and output must differ".into(),
-                ));
+                return Err(Error::Invalid("conv2d_fused_into: residual and output must differ".into()));
             }
         }
         let pout = self.ptr_mut(self.dev_mut(out, "conv2d_fused_into output")?);
@@ -422,12 +355,7 @@ impl CudaBackend {
             self.opt_ptr(epi.shift, "conv epilogue shift")?,
             self.opt_ptr(epi.residual, "conv epilogue residual")?,
         ];
-        let (xd, wd, stride, pad) = (
-            x.dims().to_vec(),
-            w.dims().to_vec(),
-            shape.stride,
-            shape.pad,
-        );
+        let (xd, wd, stride, pad) = (x.dims().to_vec(), w.dims().to_vec(), shape.stride, shape.pad);
         let what = move || {
             format!(
                 "conv2d_forward ({}) x {} * w {} stride {stride} pad {pad}",
@@ -436,17 +364,7 @@ impl CudaBackend {
                 fmt_dims(&wd)
             )
         };
-        self.launch_igemm(
-            Mode::Forward,
-            precision,
-            shape,
-            px,
-            pw,
-            pout,
-            epi_ptrs,
-            epi.relu,
-            &what,
-        )
+        self.launch_igemm(Mode::Forward, precision, shape, px, pw, pout, epi_ptrs, epi.relu, &what)
     }
 
     /// Backward-data convolution with an explicit precision.
@@ -477,17 +395,7 @@ impl CudaBackend {
                 spec.pad
             )
         };
-        self.launch_igemm(
-            Mode::BackwardData,
-            precision,
-            &shape,
-            pdy,
-            pw,
-            pdx,
-            [0; 3],
-            false,
-            &what,
-        )?;
+        self.launch_igemm(Mode::BackwardData, precision, &shape, pdy, pw, pdx, [0; 3], false, &what)?;
         self.tensor(x_dims, dx)
     }
 
@@ -529,11 +437,7 @@ impl CudaBackend {
                 spec.pad
             )
         };
-        let mut parts: Option<CudaSlice<f32>> = if splits > 1 {
-            Some(self.alloc::<f32>(splits * len)?)
-        } else {
-            None
-        };
+        let mut parts: Option<CudaSlice<f32>> = if splits > 1 { Some(self.alloc::<f32>(splits * len)?) } else { None };
         let pout = match parts.as_mut() {
             Some(p) => self.ptr_mut(p),
             None => self.ptr_mut(&mut dw),
@@ -558,8 +462,7 @@ impl CudaBackend {
         let grid = (
             u32::try_from(s.c_out.div_ceil(bm))
                 .map_err(|_| Error::Invalid(format!("{}: too many channels", what())))?,
-            u32::try_from(crs.div_ceil(bn))
-                .map_err(|_| Error::Invalid(format!("{}: weight too large", what())))?,
+            u32::try_from(crs.div_ceil(bn)).map_err(|_| Error::Invalid(format!("{}: weight too large", what())))?,
             splits as u32,
         );
         Launch::new("conv.cu", name, grid, 256).run(&self.kernels, &self.stream, &p, &what)?;
@@ -597,14 +500,7 @@ impl CudaBackend {
 
 /// Split-K factor for backward-weight: enough blocks for ~4 waves, at least 4 k-tiles (of 16
 /// pixels) per split, at most 256 splits. Returns (splits, k-tiles per split), with no empty split.
-fn bwdw_splits(
-    k: usize,
-    crs: usize,
-    pixels: usize,
-    bm: usize,
-    bn: usize,
-    sms: usize,
-) -> (usize, usize) {
+fn bwdw_splits(k: usize, crs: usize, pixels: usize, bm: usize, bn: usize, sms: usize) -> (usize, usize) {
     let tiles = pixels.div_ceil(16).max(1);
     let base = (k.div_ceil(bm) * crs.div_ceil(bn)).max(1);
     let want = (4 * sms).div_ceil(base).clamp(1, 256);
@@ -620,41 +516,20 @@ mod tests {
     #[test]
     fn tiles_cover_the_cifar_shapes() {
         // ResNet stage 1 at batch 128: many pixels, 16 channels -> the narrow tile.
-        assert_eq!(
-            pick_tile(Precision::F32, 128 * 32 * 32, 16, 132).fwd,
-            "conv_fwd_f32_128x16"
-        );
+        assert_eq!(pick_tile(Precision::F32, 128 * 32 * 32, 16, 132).fwd, "conv_fwd_f32_128x16");
         // VGG at 2x2: few pixels, many channels -> small tiles to fill the SMs.
-        assert_eq!(
-            pick_tile(Precision::F32, 128 * 4, 512, 132).fwd,
-            "conv_fwd_f32_64x32"
-        );
-        assert_eq!(
-            pick_tile(Precision::Tf32, 128 * 64, 64, 132).fwd,
-            "conv_fwd_tf32_64x64"
-        );
-        assert_eq!(
-            pick_tile(Precision::Bf16, 8 * 64, 32, 132).bwd,
-            "conv_bwdd_bf16_32x32"
-        );
+        assert_eq!(pick_tile(Precision::F32, 128 * 4, 512, 132).fwd, "conv_fwd_f32_64x32");
+        assert_eq!(pick_tile(Precision::Tf32, 128 * 64, 64, 132).fwd, "conv_fwd_tf32_64x64");
+        assert_eq!(pick_tile(Precision::Bf16, 8 * 64, 32, 132).bwd, "conv_bwdd_bf16_32x32");
     }
 
     #[test]
     fn splits_never_leave_an_empty_split() {
-        for &(k, crs, pixels) in &[
-            (16, 144, 131072),
-            (64, 576, 8192),
-            (512, 4608, 512),
-            (3, 27, 1),
-            (16, 9, 17),
-        ] {
+        for &(k, crs, pixels) in &[(16, 144, 131072), (64, 576, 8192), (512, 4608, 512), (3, 27, 1), (16, 9, 17)] {
             let (splits, per) = bwdw_splits(k, crs, pixels, 64, 64, 132);
             let tiles = pixels.div_ceil(16);
             assert!(splits >= 1 && per >= 1);
-            assert!(
-                (splits - 1) * per < tiles,
-                "split {splits} x {per} for {tiles} tiles"
-            );
+            assert!((splits - 1) * per < tiles, "split {splits} x {per} for {tiles} tiles");
             assert!(splits * per >= tiles);
         }
     }

@@ -50,13 +50,7 @@ impl CudaBackend {
     }
 
     /// `out = op(a[, b])` into a new tensor.
-    pub(crate) fn ew_new(
-        &self,
-        op: Op,
-        a: &Tensor,
-        b: Option<&Tensor>,
-        what: &str,
-    ) -> Result<Tensor> {
+    pub(crate) fn ew_new(&self, op: Op, a: &Tensor, b: Option<&Tensor>, what: &str) -> Result<Tensor> {
         let mut out = self.alloc::<f32>(a.numel())?;
         self.ew_into_slice(op, a, b, &mut out, what)?;
         self.tensor(a.dims(), out)
@@ -79,26 +73,13 @@ impl CudaBackend {
             None => 0,
         };
         let n = a.numel();
-        let p = EwParams {
-            a: pa,
-            b: pb,
-            out: self.ptr_mut(out),
-            n: n as i64,
-            s: 0.0,
-            vec4: (n % 4 == 0) as i32,
-        };
+        let p = EwParams { a: pa, b: pb, out: self.ptr_mut(out), n: n as i64, s: 0.0, vec4: (n % 4 == 0) as i32 };
         let dims = a.dims().to_vec();
         self.ew_launch(op.kernel(), p, &|| format!("{what} {}", fmt_dims(&dims)))
     }
 
     /// `out = op(a[, b])` into an existing tensor of the same shape (graph friendly).
-    pub fn elementwise_into(
-        &self,
-        op_name: &str,
-        a: &Tensor,
-        b: Option<&Tensor>,
-        out: &mut Tensor,
-    ) -> Result<()> {
+    pub fn elementwise_into(&self, op_name: &str, a: &Tensor, b: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
         let op = match op_name {
             "relu" => Op::Relu,
             "relu_backward" => Op::ReluBackward,
@@ -121,33 +102,15 @@ impl CudaBackend {
         let dims = acc.dims().to_vec();
         let px = self.ptr(self.dev(x, "add_assign")?);
         let pacc = self.ptr_mut(self.dev_mut(acc, "add_assign")?);
-        let p = EwParams {
-            a: px,
-            b: 0,
-            out: pacc,
-            n: n as i64,
-            s: 0.0,
-            vec4: (n % 4 == 0) as i32,
-        };
-        self.ew_launch("ew_add_assign", p, &|| {
-            format!("add_assign {}", fmt_dims(&dims))
-        })
+        let p = EwParams { a: px, b: 0, out: pacc, n: n as i64, s: 0.0, vec4: (n % 4 == 0) as i32 };
+        self.ew_launch("ew_add_assign", p, &|| format!("add_assign {}", fmt_dims(&dims)))
     }
 
     pub(crate) fn ew_scale(&self, x: &mut Tensor, s: f32) -> Result<()> {
         let n = x.numel();
         let dims = x.dims().to_vec();
         let px = self.ptr_mut(self.dev_mut(x, "scale_inplace")?);
-        let p = EwParams {
-            a: 0,
-            b: 0,
-            out: px,
-            n: n as i64,
-            s,
-            vec4: (n % 4 == 0) as i32,
-        };
-        self.ew_launch("ew_scale", p, &|| {
-            format!("scale_inplace {}", fmt_dims(&dims))
-        })
+        let p = EwParams { a: 0, b: 0, out: px, n: n as i64, s, vec4: (n % 4 == 0) as i32 };
+        self.ew_launch("ew_scale", p, &|| format!("scale_inplace {}", fmt_dims(&dims)))
     }
 }

@@ -59,58 +59,29 @@ impl GatherView {
     /// Conv weights `[K, C, R, S]`: output channels (rows) and input channels (columns) at once.
     pub fn conv_weight(dims: &[usize]) -> Result<GatherView> {
         match dims {
-            [k, c, r, s] => Ok(GatherView {
-                outer: 1,
-                d0: *k,
-                d1: *c,
-                inner: r * s,
-            }),
-            _ => Err(Error::Shape(format!(
-                "gather: conv weight must be [K, C, R, S], got {}",
-                fmt_dims(dims)
-            ))),
+            [k, c, r, s] => Ok(GatherView { outer: 1, d0: *k, d1: *c, inner: r * s }),
+            _ => Err(Error::Shape(format!("gather: conv weight must be [K, C, R, S], got {}", fmt_dims(dims)))),
         }
     }
 
     /// Per-channel parameters `[C]` (batch norm gamma, beta, running statistics, biases).
     pub fn channels(c: usize) -> GatherView {
-        GatherView {
-            outer: 1,
-            d0: c,
-            d1: 1,
-            inner: 1,
-        }
+        GatherView { outer: 1, d0: c, d1: 1, inner: 1 }
     }
 
     /// Activations `[N, C, H, W]` (or `[N, C]`): channels along axis 1.
     pub fn activations(dims: &[usize]) -> Result<GatherView> {
         if dims.len() < 2 {
-            return Err(Error::Shape(format!(
-                "gather: activations must be [N, C, ...], got {}",
-                fmt_dims(dims)
-            )));
+            return Err(Error::Shape(format!("gather: activations must be [N, C, ...], got {}", fmt_dims(dims))));
         }
-        Ok(GatherView {
-            outer: dims[0],
-            d0: dims[1],
-            d1: 1,
-            inner: dims[2..].iter().product(),
-        })
+        Ok(GatherView { outer: dims[0], d0: dims[1], d1: 1, inner: dims[2..].iter().product() })
     }
 
     /// Linear weights `[out, in]`.
     pub fn linear_weight(dims: &[usize]) -> Result<GatherView> {
         match dims {
-            [o, i] => Ok(GatherView {
-                outer: 1,
-                d0: *o,
-                d1: *i,
-                inner: 1,
-            }),
-            _ => Err(Error::Shape(format!(
-                "gather: linear weight must be [out, in], got {}",
-                fmt_dims(dims)
-            ))),
+            [o, i] => Ok(GatherView { outer: 1, d0: *o, d1: *i, inner: 1 }),
+            _ => Err(Error::Shape(format!("gather: linear weight must be [out, in], got {}", fmt_dims(dims)))),
         }
     }
 
@@ -174,17 +145,9 @@ impl Packed {
 }
 
 impl CudaBackend {
-    pub(crate) fn index_select_impl(
-        &self,
-        x: &Tensor,
-        axis: usize,
-        index: &[u32],
-    ) -> Result<Tensor> {
+    pub(crate) fn index_select_impl(&self, x: &Tensor, axis: usize, index: &[u32]) -> Result<Tensor> {
         if axis >= x.rank() {
-            return Err(Error::Shape(format!(
-                "index_select: axis {axis} out of range for {}",
-                fmt_dims(x.dims())
-            )));
+            return Err(Error::Shape(format!("index_select: axis {axis} out of range for {}", fmt_dims(x.dims()))));
         }
         let dim = x.dim(axis);
         if let Some((i, &v)) = index.iter().enumerate().find(|(_, &v)| v as usize >= dim) {
@@ -215,40 +178,21 @@ impl CudaBackend {
         };
         let work = if vec4 { total / 4 } else { total };
         let xd = x.dims().to_vec();
-        Launch::linear(FILE, "index_select", work, 256, 256)?.run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            &|| {
-                format!(
-                    "index_select {} axis {axis} ({} indices)",
-                    fmt_dims(&xd),
-                    index.len()
-                )
-            },
-        )?;
+        Launch::linear(FILE, "index_select", work, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
+            format!("index_select {} axis {axis} ({} indices)", fmt_dims(&xd), index.len())
+        })?;
         self.tensor(&dims, y)
     }
 
     /// Checks and uploads the index lists of K candidates (`rows[i]` along `d0`, `cols[i]` along
     /// `d1`, each kept in the given order) in a single copy.
-    pub fn plan_gather(
-        &self,
-        view: GatherView,
-        rows: &[&[u32]],
-        cols: &[&[u32]],
-    ) -> Result<GatherPlan> {
+    pub fn plan_gather(&self, view: GatherView, rows: &[&[u32]], cols: &[&[u32]]) -> Result<GatherPlan> {
         let k = rows.len();
         if cols.len() != k {
-            return Err(Error::Invalid(format!(
-                "plan_gather: {k} row lists but {} column lists",
-                cols.len()
-            )));
+            return Err(Error::Invalid(format!("plan_gather: {k} row lists but {} column lists", cols.len())));
         }
         if k == 0 || k > 65_535 {
-            return Err(Error::Invalid(format!(
-                "plan_gather: need 1 to 65535 candidates, got {k}"
-            )));
+            return Err(Error::Invalid(format!("plan_gather: need 1 to 65535 candidates, got {k}")));
         }
         fits_i32(view.numel(), "plan_gather source")?;
         let list_len: usize = rows.iter().chain(cols.iter()).map(|l| l.len()).sum();
@@ -289,15 +233,7 @@ impl CudaBackend {
             }
         }
         let table = self.upload(&table, "plan_gather index lists")?;
-        Ok(GatherPlan {
-            view,
-            table,
-            k,
-            offsets,
-            shapes,
-            max_size,
-            total,
-        })
+        Ok(GatherPlan { view, table, k, offsets, shapes, max_size, total })
     }
 
     /// Runs a plan on `x` into a new packed buffer.
@@ -346,12 +282,8 @@ impl CudaBackend {
         let gx = u32::try_from(plan.max_size.div_ceil(256))
             .map_err(|_| Error::Invalid("gather: candidate too large".into()))?;
         let xd = x.dims().to_vec();
-        Launch::new(FILE, "gather_batched", (gx, k as u32, 1), 256).run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            &|| format!("gather_batched {} for {k} candidates", fmt_dims(&xd)),
-        )
+        Launch::new(FILE, "gather_batched", (gx, k as u32, 1), 256)
+            .run(&self.kernels, &self.stream, &p, &|| format!("gather_batched {} for {k} candidates", fmt_dims(&xd)))
     }
 
     /// Gathers `x` for K candidates in one launch: candidate `i` keeps `rows[i]` along the view's
@@ -368,21 +300,12 @@ impl CudaBackend {
         let plan = self.plan_gather(view, rows, cols)?;
         let data = self.gather_with_plan(&plan, x)?;
         let dims = plan.shapes.iter().map(|&s| fold(s)).collect();
-        Ok(Packed {
-            data,
-            offsets: plan.offsets.clone(),
-            dims,
-        })
+        Ok(Packed { data, offsets: plan.offsets.clone(), dims })
     }
 
     /// Conv weights `[K, C, R, S]` of K candidates: `out_idx[i]` output channels and
     /// `in_idx[i]` input channels each; candidate `i` gets `[|out_idx[i]|, |in_idx[i]|, R, S]`.
-    pub fn gather_conv_weights(
-        &self,
-        w: &Tensor,
-        out_idx: &[&[u32]],
-        in_idx: &[&[u32]],
-    ) -> Result<Packed> {
+    pub fn gather_conv_weights(&self, w: &Tensor, out_idx: &[&[u32]], in_idx: &[&[u32]]) -> Result<Packed> {
         let view = GatherView::conv_weight(w.dims())?;
         let (r, s) = (w.dim(2), w.dim(3));
         self.gather_batched(w, view, out_idx, in_idx, |sh| vec![sh[1], sh[2], r, s])
@@ -393,9 +316,7 @@ impl CudaBackend {
         v.expect_rank(1, "gather_channel_params")?;
         let zero: &[u32] = &[0];
         let cols = vec![zero; idx.len()];
-        self.gather_batched(v, GatherView::channels(v.numel()), idx, &cols, |sh| {
-            vec![sh[1]]
-        })
+        self.gather_batched(v, GatherView::channels(v.numel()), idx, &cols, |sh| vec![sh[1]])
     }
 
     /// Activations `[N, C, ...]` of K candidates, channels along axis 1.
@@ -415,12 +336,7 @@ impl CudaBackend {
     pub fn unpack(&self, packed: &Packed, i: usize) -> Result<Tensor> {
         let (start, end) = match (packed.offsets.get(i), packed.offsets.get(i + 1)) {
             (Some(&a), Some(&b)) => (a, b),
-            _ => {
-                return Err(Error::Invalid(format!(
-                    "unpack: no candidate {i} (have {})",
-                    packed.len()
-                )))
-            }
+            _ => return Err(Error::Invalid(format!("unpack: no candidate {i} (have {})", packed.len()))),
         };
         let src = self.dev(&packed.data, "unpack")?;
         let mut out = self.alloc::<f32>(end - start)?;

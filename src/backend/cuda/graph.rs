@@ -31,33 +31,24 @@ pub struct CudaGraphHandle {
 impl CudaGraphHandle {
     /// Queues one execution of the graph on the backend's stream (asynchronous, like any launch).
     pub fn replay(&self) -> Result<()> {
-        self.graph
-            .launch()
-            .map_err(|e| Error::Cuda(format!("graph replay: {e:?}")))
+        self.graph.launch().map_err(|e| Error::Cuda(format!("graph replay: {e:?}")))
     }
 
     /// Uploads the graph to the device ahead of the first replay.
     pub fn upload(&self) -> Result<()> {
-        self.graph
-            .upload()
-            .map_err(|e| Error::Cuda(format!("graph upload: {e:?}")))
+        self.graph.upload().map_err(|e| Error::Cuda(format!("graph upload: {e:?}")))
     }
 }
 
 impl CudaBackend {
     /// Records the launches `f` queues on this backend's stream into a CUDA graph.
     pub fn capture<F: FnOnce() -> Result<()>>(&self, f: F) -> Result<CudaGraphHandle> {
-        let _guard = self
-            .capture_lock
-            .lock()
-            .map_err(|_| Error::Cuda("graph capture lock poisoned".into()))?;
+        let _guard = self.capture_lock.lock().map_err(|_| Error::Cuda("graph capture lock poisoned".into()))?;
         // Module loading is not a stream operation and may not be legal while capturing: make
         // sure every kernel is compiled and loaded first (a no-op after the first time).
         self.kernels.load_all()?;
         // Work queued before the capture must not be part of it, nor race with it.
-        self.stream
-            .synchronize()
-            .map_err(|e| Error::Cuda(format!("graph capture: synchronize: {e:?}")))?;
+        self.stream.synchronize().map_err(|e| Error::Cuda(format!("graph capture: synchronize: {e:?}")))?;
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| Error::Cuda(format!("graph capture: begin: {e:?}")))?;
@@ -100,21 +91,14 @@ mod tests {
         };
         let run = || -> crate::Result<()> {
             let spec = ConvSpec { stride: 1, pad: 1 };
-            let xs: Vec<f32> = (0..2 * 3 * 8 * 8)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                .collect();
-            let ws: Vec<f32> = (0..4 * 3 * 3 * 3)
-                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 14.0)
-                .collect();
+            let xs: Vec<f32> = (0..2 * 3 * 8 * 8).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let ws: Vec<f32> = (0..4 * 3 * 3 * 3).map(|i| ((i * 13 % 29) as f32 - 14.0) / 14.0).collect();
             let mut x = be.from_host(&[2, 3, 8, 8], &xs)?;
             let w = be.from_host(&[4, 3, 3, 3], &ws)?;
             let mut y = be.zeros(&[2, 4, 8, 8])?;
             let mut z = be.zeros(&[2, 4, 8, 8])?;
             let graph = be.capture(|| {
-                let epi = ConvEpilogue {
-                    relu: false,
-                    ..Default::default()
-                };
+                let epi = ConvEpilogue { relu: false, ..Default::default() };
                 be.conv2d_fused_into(&x, &w, spec, &epi, Precision::F32, &mut y)?;
                 be.elementwise_into("relu", &y, None, &mut z)
             })?;
@@ -123,9 +107,7 @@ mod tests {
             assert_eq!(z.to_vec()?, direct.to_vec()?);
             // New input, same buffers: the replay must see it.
             let xs2: Vec<f32> = xs.iter().map(|v| 0.5 - v).collect();
-            be.stream()
-                .memcpy_htod(&xs2, x.cuda_slice_mut()?)
-                .map_err(|e| crate::Error::Cuda(format!("{e:?}")))?;
+            be.stream().memcpy_htod(&xs2, x.cuda_slice_mut()?).map_err(|e| crate::Error::Cuda(format!("{e:?}")))?;
             graph.replay()?;
             graph.replay()?;
             let direct2 = be.relu_forward(&be.conv2d_forward(&x, &w, spec)?)?;

@@ -6,9 +6,7 @@
 
 use super::compile::{self, ImageKind};
 use crate::error::{Error, Result};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -41,12 +39,7 @@ impl Kernels {
                 functions: Mutex::new(HashMap::new()),
             })
             .collect();
-        Ok(Kernels {
-            ctx,
-            arch,
-            kind,
-            files,
-        })
+        Ok(Kernels { ctx, arch, kind, files })
     }
 
     /// Architecture the images are built for, and whether they are CUBIN or PTX.
@@ -65,10 +58,7 @@ impl Kernels {
         if let Some(m) = slot.module.get() {
             return Ok(m.clone());
         }
-        let _guard = slot
-            .init
-            .lock()
-            .map_err(|_| Error::Cuda("kernel loader lock poisoned".into()))?;
+        let _guard = slot.init.lock().map_err(|_| Error::Cuda("kernel loader lock poisoned".into()))?;
         if let Some(m) = slot.module.get() {
             return Ok(m.clone());
         }
@@ -93,16 +83,9 @@ impl Kernels {
     /// Compiles and loads every kernel file now (start-up, before timing, before a graph
     /// capture). Files missing from the caches are compiled on several threads at once.
     pub(crate) fn load_all(&self) -> Result<()> {
-        let pending: Vec<&FileSlot> = self
-            .files
-            .iter()
-            .filter(|s| s.module.get().is_none())
-            .collect();
+        let pending: Vec<&FileSlot> = self.files.iter().filter(|s| s.module.get().is_none()).collect();
         if pending.len() > 1 {
-            let threads = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .clamp(1, pending.len());
+            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, pending.len());
             let next = std::sync::atomic::AtomicUsize::new(0);
             let first_error: Mutex<Option<Error>> = Mutex::new(None);
             std::thread::scope(|scope| {
@@ -143,22 +126,15 @@ impl Kernels {
     pub(crate) fn function(&self, file: &'static str, name: &'static str) -> Result<CudaFunction> {
         let slot = self.slot(file)?;
         {
-            let map = slot
-                .functions
-                .lock()
-                .map_err(|_| Error::Cuda("kernel table lock poisoned".into()))?;
+            let map = slot.functions.lock().map_err(|_| Error::Cuda("kernel table lock poisoned".into()))?;
             if let Some(f) = map.get(name) {
                 return Ok(f.clone());
             }
         }
         let module = self.module(slot)?;
-        let f = module
-            .load_function(name)
-            .map_err(|e| Error::Cuda(format!("kernel {name} not found in {file}: {e:?}")))?;
-        let mut map = slot
-            .functions
-            .lock()
-            .map_err(|_| Error::Cuda("kernel table lock poisoned".into()))?;
+        let f =
+            module.load_function(name).map_err(|e| Error::Cuda(format!("kernel {name} not found in {file}: {e:?}")))?;
+        let mut map = slot.functions.lock().map_err(|_| Error::Cuda("kernel table lock poisoned".into()))?;
         map.insert(name, f.clone());
         Ok(f)
     }
@@ -174,22 +150,12 @@ pub(crate) struct Launch {
 }
 
 impl Launch {
-    pub(crate) fn new(
-        file: &'static str,
-        name: &'static str,
-        grid: (u32, u32, u32),
-        block: u32,
-    ) -> Launch {
+    pub(crate) fn new(file: &'static str, name: &'static str, grid: (u32, u32, u32), block: u32) -> Launch {
         debug_assert!(
             compile::KERNEL_ENTRY_POINTS.contains(&(file, name)),
             "kernel {name} of {file} is missing from KERNEL_ENTRY_POINTS"
         );
-        Launch {
-            file,
-            name,
-            grid,
-            block,
-        }
+        Launch { file, name, grid, block }
     }
 
     /// A one-dimensional grid covering `work` items with `per_block` items per block.
@@ -204,9 +170,7 @@ impl Launch {
         let g = u32::try_from(blocks)
             .ok()
             .filter(|&g| g <= i32::MAX as u32)
-            .ok_or_else(|| {
-                Error::Invalid(format!("{name}: {work} elements need too many blocks"))
-            })?;
+            .ok_or_else(|| Error::Invalid(format!("{name}: {work} elements need too many blocks")))?;
         Ok(Launch::new(file, name, (g, 1, 1), block))
     }
 
@@ -230,14 +194,8 @@ impl Launch {
                 what()
             )));
         }
-        let f = kernels
-            .function(self.file, self.name)
-            .map_err(|e| prefix(e, what))?;
-        let cfg = LaunchConfig {
-            grid_dim: self.grid,
-            block_dim: (self.block, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let f = kernels.function(self.file, self.name).map_err(|e| prefix(e, what))?;
+        let cfg = LaunchConfig { grid_dim: self.grid, block_dim: (self.block, 1, 1), shared_mem_bytes: 0 };
         let mut builder = stream.launch_builder(&f);
         builder.arg(params);
         // SAFETY: `params` is the `#[repr(C)]` mirror of the kernel's only parameter (both sides
@@ -245,13 +203,7 @@ impl Launch {
         // pointer with a live allocation of this context large enough for the indices the
         // kernel derives from those shapes. All work is ordered on this one stream.
         unsafe { builder.launch(cfg) }.map_err(|e| {
-            Error::Cuda(format!(
-                "launching {} {:?}x{}: {e:?} ({})",
-                self.name,
-                self.grid,
-                self.block,
-                what()
-            ))
+            Error::Cuda(format!("launching {} {:?}x{}: {e:?} ({})", self.name, self.grid, self.block, what()))
         })?;
         Ok(())
     }

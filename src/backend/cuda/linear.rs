@@ -54,12 +54,7 @@ pub enum GemmLayout {
 }
 
 /// Kernel for a layout and problem: the 128x128 tile when it still fills the GPU, else 64x64.
-pub(crate) fn gemm_kernel(
-    layout: GemmLayout,
-    m: usize,
-    n: usize,
-    sms: usize,
-) -> (&'static str, usize) {
+pub(crate) fn gemm_kernel(layout: GemmLayout, m: usize, n: usize, sms: usize) -> (&'static str, usize) {
     let big = m.div_ceil(128) * n.div_ceil(128) >= sms;
     match (layout, big) {
         (GemmLayout::NN, true) => ("sgemm_nn_128x128", 128),
@@ -104,10 +99,8 @@ impl CudaBackend {
             _pad0: 0,
             _pad1: 0,
         };
-        let gx = u32::try_from(n.div_ceil(tile))
-            .map_err(|_| Error::Invalid(format!("{}: n too large", what())))?;
-        let gy = u32::try_from(m.div_ceil(tile))
-            .map_err(|_| Error::Invalid(format!("{}: m too large", what())))?;
+        let gx = u32::try_from(n.div_ceil(tile)).map_err(|_| Error::Invalid(format!("{}: n too large", what())))?;
+        let gy = u32::try_from(m.div_ceil(tile)).map_err(|_| Error::Invalid(format!("{}: m too large", what())))?;
         Launch::new(FILE, name, (gx, gy, 1), 256).run(&self.kernels, &self.stream, &p, what)
     }
 
@@ -137,9 +130,7 @@ impl CudaBackend {
             )));
         }
         let (pa, pb, pc) = (self.ptr(a), self.ptr(b), self.ptr_mut(c));
-        self.gemm_raw(layout, m, n, k, pa, lda, pb, ldb, pc, n, 0, &|| {
-            format!("sgemm {layout:?} {m}x{n}x{k}")
-        })
+        self.gemm_raw(layout, m, n, k, pa, lda, pb, ldb, pc, n, 0, &|| format!("sgemm {layout:?} {m}x{n}x{k}"))
     }
 
     pub(crate) fn linear_fwd(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -151,13 +142,7 @@ impl CudaBackend {
     }
 
     /// `y = x w^T + b` into a preallocated `[N, out]` output (graph friendly).
-    pub fn linear_forward_into(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: Option<&Tensor>,
-        out: &mut Tensor,
-    ) -> Result<()> {
+    pub fn linear_forward_into(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
         let (n, o) = self.linear_check(x, w, b)?;
         out.expect_dims(&[n, o], "linear_forward_into output")?;
         let py = self.ptr_mut(self.dev_mut(out, "linear_forward_into output")?);
@@ -186,29 +171,12 @@ impl CudaBackend {
         let pw = self.ptr(self.dev(w, "linear weight")?);
         let pb = self.opt_ptr(b, "linear bias")?;
         let (xd, wd) = (x.dims().to_vec(), w.dims().to_vec());
-        self.gemm_raw(
-            GemmLayout::NT,
-            n,
-            out,
-            inp,
-            px,
-            inp,
-            pw,
-            inp,
-            py,
-            out,
-            pb,
-            &|| format!("linear_forward x {} w {}", fmt_dims(&xd), fmt_dims(&wd)),
-        )
+        self.gemm_raw(GemmLayout::NT, n, out, inp, px, inp, pw, inp, py, out, pb, &|| {
+            format!("linear_forward x {} w {}", fmt_dims(&xd), fmt_dims(&wd))
+        })
     }
 
-    pub(crate) fn linear_bwd(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        w: &Tensor,
-        with_bias: bool,
-    ) -> Result<LinearGrads> {
+    pub(crate) fn linear_bwd(&self, dy: &Tensor, x: &Tensor, w: &Tensor, with_bias: bool) -> Result<LinearGrads> {
         let (n, out) = self.linear_check(x, w, None)?;
         let inp = x.dim(1);
         dy.expect_dims(&[n, out], "linear_backward dy")?;
@@ -220,37 +188,11 @@ impl CudaBackend {
         // dx[n, in] = dy[n, out] w[out, in]
         let mut dx = self.alloc::<f32>(n * inp)?;
         let pdx = self.ptr_mut(&mut dx);
-        self.gemm_raw(
-            GemmLayout::NN,
-            n,
-            inp,
-            out,
-            pdy,
-            out,
-            pw,
-            inp,
-            pdx,
-            inp,
-            0,
-            &what,
-        )?;
+        self.gemm_raw(GemmLayout::NN, n, inp, out, pdy, out, pw, inp, pdx, inp, 0, &what)?;
         // dw[out, in] = dy^T[out, n] x[n, in]
         let mut dw = self.alloc::<f32>(out * inp)?;
         let pdw = self.ptr_mut(&mut dw);
-        self.gemm_raw(
-            GemmLayout::TN,
-            out,
-            inp,
-            n,
-            pdy,
-            out,
-            px,
-            inp,
-            pdw,
-            inp,
-            0,
-            &what,
-        )?;
+        self.gemm_raw(GemmLayout::TN, out, inp, n, pdy, out, px, inp, pdw, inp, 0, &what)?;
         let db = if with_bias {
             let mut db = self.alloc::<f32>(out)?;
             let p = ColSumParams {
@@ -259,20 +201,11 @@ impl CudaBackend {
                 rows: fits_i32(n, "linear batch")?,
                 cols: fits_i32(out, "linear outputs")?,
             };
-            Launch::linear(FILE, "col_sum", out, 256, 256)?.run(
-                &self.kernels,
-                &self.stream,
-                &p,
-                &what,
-            )?;
+            Launch::linear(FILE, "col_sum", out, 256, 256)?.run(&self.kernels, &self.stream, &p, &what)?;
             Some(self.tensor(&[out], db)?)
         } else {
             None
         };
-        Ok(LinearGrads {
-            dx: self.tensor(&[n, inp], dx)?,
-            dw: self.tensor(&[out, inp], dw)?,
-            db,
-        })
+        Ok(LinearGrads { dx: self.tensor(&[n, inp], dx)?, dw: self.tensor(&[out, inp], dw)?, db })
     }
 }

@@ -48,10 +48,7 @@ fn logits_geometry(t: &Tensor, what: &str) -> Result<(usize, usize)> {
     t.expect_rank(2, what)?;
     let (n, classes) = (t.dim(0), t.dim(1));
     if classes == 0 {
-        return Err(Error::Shape(format!(
-            "{what}: no classes in {}",
-            fmt_dims(t.dims())
-        )));
+        return Err(Error::Shape(format!("{what}: no classes in {}", fmt_dims(t.dims()))));
     }
     fits_i32(t.numel(), what)?;
     Ok((n, classes))
@@ -61,19 +58,10 @@ impl CudaBackend {
     pub(crate) fn xent(&self, logits: &Tensor, labels: &[u32]) -> Result<CrossEntropy> {
         let (n, classes) = logits_geometry(logits, "softmax_cross_entropy logits")?;
         if labels.len() != n {
-            return Err(Error::Shape(format!(
-                "softmax_cross_entropy: {} labels for {n} rows",
-                labels.len()
-            )));
+            return Err(Error::Shape(format!("softmax_cross_entropy: {} labels for {n} rows", labels.len())));
         }
-        if let Some((i, &l)) = labels
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| l as usize >= classes)
-        {
-            return Err(Error::Invalid(format!(
-                "softmax_cross_entropy: label {l} of row {i} is not below {classes}"
-            )));
+        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
+            return Err(Error::Invalid(format!("softmax_cross_entropy: label {l} of row {i} is not below {classes}")));
         }
         let dev_labels = self.upload(labels, "softmax_cross_entropy labels")?;
         let mut dlogits = self.alloc::<f32>(n * classes)?;
@@ -90,36 +78,21 @@ impl CudaBackend {
         };
         let ld = logits.dims().to_vec();
         // One warp per row, 8 rows per block.
-        Launch::linear(FILE, "softmax_xent", n, 8, 256)?.run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            &|| format!("softmax_cross_entropy {}", fmt_dims(&ld)),
-        )?;
+        Launch::linear(FILE, "softmax_xent", n, 8, 256)?
+            .run(&self.kernels, &self.stream, &p, &|| format!("softmax_cross_entropy {}", fmt_dims(&ld)))?;
         let host = self.download(&stats, "softmax_cross_entropy")?;
         let (losses, correct) = host.split_at(n);
         let sum: f64 = losses.iter().map(|&l| l as f64).sum();
         let loss = if n > 0 { (sum / n as f64) as f32 } else { 0.0 };
         let correct = correct.iter().filter(|&&c| c > 0.5).count();
-        Ok(CrossEntropy {
-            loss,
-            dlogits: self.tensor(logits.dims(), dlogits)?,
-            correct,
-        })
+        Ok(CrossEntropy { loss, dlogits: self.tensor(logits.dims(), dlogits)?, correct })
     }
 
-    pub(crate) fn kl(
-        &self,
-        student: &Tensor,
-        teacher: &Tensor,
-        temperature: f32,
-    ) -> Result<(f32, Tensor)> {
+    pub(crate) fn kl(&self, student: &Tensor, teacher: &Tensor, temperature: f32) -> Result<(f32, Tensor)> {
         let (n, classes) = logits_geometry(student, "distill_kl student")?;
         same_dims(student, teacher, "distill_kl student vs teacher")?;
         if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(Error::Invalid(format!(
-                "distill_kl: temperature must be positive, got {temperature}"
-            )));
+            return Err(Error::Invalid(format!("distill_kl: temperature must be positive, got {temperature}")));
         }
         let mut grad = self.alloc::<f32>(n * classes)?;
         let mut row_kl = self.alloc::<f32>(n)?;
@@ -134,20 +107,12 @@ impl CudaBackend {
             grad_scale: if n > 0 { temperature / n as f32 } else { 0.0 },
         };
         let sd = student.dims().to_vec();
-        Launch::linear(FILE, "distill_kl", n, 8, 256)?.run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            &|| format!("distill_kl {} T={temperature}", fmt_dims(&sd)),
-        )?;
+        Launch::linear(FILE, "distill_kl", n, 8, 256)?
+            .run(&self.kernels, &self.stream, &p, &|| format!("distill_kl {} T={temperature}", fmt_dims(&sd)))?;
         let rows = self.download(&row_kl, "distill_kl")?;
         let sum: f64 = rows.iter().map(|&v| v as f64).sum();
         let t2 = (temperature as f64) * (temperature as f64);
-        let loss = if n > 0 {
-            (t2 * sum / n as f64) as f32
-        } else {
-            0.0
-        };
+        let loss = if n > 0 { (t2 * sum / n as f64) as f32 } else { 0.0 };
         Ok((loss, self.tensor(student.dims(), grad)?))
     }
 

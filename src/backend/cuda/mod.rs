@@ -39,13 +39,11 @@ pub use gather::{GatherPlan, GatherView, Packed};
 pub use graph::CudaGraphHandle;
 pub use linear::GemmLayout;
 
-use crate::backend::*;
 pub(crate) use crate::backend::shape::same_dims;
+use crate::backend::*;
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Storage, Tensor};
-use cudarc::driver::{
-    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits,
-};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use kernels::Kernels;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -109,21 +107,16 @@ impl CudaBackend {
             return Err(Error::Cuda("no CUDA driver (libcuda.so not found)".into()));
         }
         compile::nvrtc_available()?;
-        let count = CudaContext::device_count().map_err(driver_err(
-            "no usable CUDA device (cuInit/cuDeviceGetCount)",
-        ))?;
+        let count =
+            CudaContext::device_count().map_err(driver_err("no usable CUDA device (cuInit/cuDeviceGetCount)"))?;
         if count <= 0 {
             return Err(Error::Cuda("no CUDA device found".into()));
         }
         if ordinal >= count as usize {
-            return Err(Error::Cuda(format!(
-                "CUDA device {ordinal} requested but only {count} found"
-            )));
+            return Err(Error::Cuda(format!("CUDA device {ordinal} requested but only {count} found")));
         }
         let ctx = CudaContext::new(ordinal).map_err(driver_err("creating the CUDA context"))?;
-        let (maj, min) = ctx
-            .compute_capability()
-            .map_err(driver_err("reading the compute capability"))?;
+        let (maj, min) = ctx.compute_capability().map_err(driver_err("reading the compute capability"))?;
         let cc = (maj.max(0) as u32, min.max(0) as u32);
         let name = ctx.name().map_err(driver_err("reading the device name"))?;
         if cc < (8, 0) {
@@ -135,19 +128,12 @@ impl CudaBackend {
         // `dev`/`dev_mut`), so stream order alone keeps reads, writes and frees ordered; no
         // buffer has been allocated in this context object yet.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx
-            .new_stream()
-            .map_err(driver_err("creating a CUDA stream"))?;
-        let attr = |a| {
-            ctx.attribute(a)
-                .map_err(driver_err("reading a device attribute"))
-        };
+        let stream = ctx.new_stream().map_err(driver_err("creating a CUDA stream"))?;
+        let attr = |a| ctx.attribute(a).map_err(driver_err("reading a device attribute"));
         use cudarc::driver::sys::CUdevice_attribute as A;
         let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32;
         let l2 = attr(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize;
-        let mem = ctx
-            .total_mem()
-            .map_err(driver_err("reading the memory size"))?;
+        let mem = ctx.total_mem().map_err(driver_err("reading the memory size"))?;
         let mut driver_version = 0;
         // SAFETY: valid out-pointer; the driver is loaded and initialised.
         let _ = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) };
@@ -228,11 +214,7 @@ impl CudaBackend {
         }
     }
 
-    pub(crate) fn dev_mut<'a>(
-        &self,
-        t: &'a mut Tensor,
-        what: &str,
-    ) -> Result<&'a mut CudaSlice<f32>> {
+    pub(crate) fn dev_mut<'a>(&self, t: &'a mut Tensor, what: &str) -> Result<&'a mut CudaSlice<f32>> {
         self.dev(t, what)?;
         t.cuda_slice_mut()
     }
@@ -268,10 +250,7 @@ impl CudaBackend {
         r.map_err(|e| Error::Cuda(format!("allocating {n} elements on the GPU: {e:?}")))
     }
 
-    pub(crate) fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
-        &self,
-        n: usize,
-    ) -> Result<CudaSlice<T>> {
+    pub(crate) fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
         if n == 0 {
             return self.alloc(0);
         }
@@ -287,23 +266,17 @@ impl CudaBackend {
         if v.is_empty() {
             return self.alloc(0);
         }
-        self.stream.clone_htod(v).map_err(|e| {
-            Error::Cuda(format!(
-                "{what}: copying {} elements to the GPU: {e:?}",
-                v.len()
-            ))
-        })
+        self.stream
+            .clone_htod(v)
+            .map_err(|e| Error::Cuda(format!("{what}: copying {} elements to the GPU: {e:?}", v.len())))
     }
 
     /// Copies a device buffer back (synchronises the stream).
     pub(crate) fn download<T: DeviceRepr>(&self, s: &CudaSlice<T>, what: &str) -> Result<Vec<T>> {
         self.ensure_not_capturing(what)?;
-        self.stream.clone_dtoh(s).map_err(|e| {
-            Error::Cuda(format!(
-                "{what}: copying {} elements from the GPU: {e:?}",
-                s.len()
-            ))
-        })
+        self.stream
+            .clone_dtoh(s)
+            .map_err(|e| Error::Cuda(format!("{what}: copying {} elements from the GPU: {e:?}", s.len())))
     }
 
     pub(crate) fn ensure_not_capturing(&self, what: &str) -> Result<()> {
@@ -314,9 +287,7 @@ impl CudaBackend {
                 "{what}: host transfers cannot be captured into a CUDA graph; prepare index lists \
                  (GatherPlan, ...) and read results after replay"
             ))),
-            Err(e) => Err(Error::Cuda(format!(
-                "{what}: querying the capture status: {e:?}"
-            ))),
+            Err(e) => Err(Error::Cuda(format!("{what}: querying the capture status: {e:?}"))),
         }
     }
 
@@ -332,12 +303,8 @@ impl CudaBackend {
 
 /// Errors unless `n` fits the 32-bit index arithmetic of the kernels.
 pub(crate) fn fits_i32(n: usize, what: &str) -> Result<i32> {
-    i32::try_from(n).map_err(|_| {
-        Error::Invalid(format!(
-            "{what}: {n} is too large for the GPU kernels (max {})",
-            i32::MAX
-        ))
-    })
+    i32::try_from(n)
+        .map_err(|_| Error::Invalid(format!("{what}: {n} is too large for the GPU kernels (max {})", i32::MAX)))
 }
 
 impl Backend for CudaBackend {
@@ -396,9 +363,7 @@ impl Backend for CudaBackend {
     }
 
     fn synchronize(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| Error::Cuda(format!("synchronize: {e:?}")))
+        self.stream.synchronize().map_err(|e| Error::Cuda(format!("synchronize: {e:?}")))
     }
 
     /// Device time of the work `f` queues, measured with CUDA events (timing enabled) recorded
@@ -409,22 +374,12 @@ impl Backend for CudaBackend {
             let what = what.to_string();
             move |e: cudarc::driver::DriverError| Error::Cuda(format!("time_ms: {what}: {e:?}"))
         };
-        let start = self
-            .ctx
-            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(ev("creating an event"))?;
-        let end = self
-            .ctx
-            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(ev("creating an event"))?;
-        start
-            .record(&self.stream)
-            .map_err(ev("recording the start"))?;
+        let start = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(ev("creating an event"))?;
+        let end = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(ev("creating an event"))?;
+        start.record(&self.stream).map_err(ev("recording the start"))?;
         f()?;
         end.record(&self.stream).map_err(ev("recording the end"))?;
-        let ms = start
-            .elapsed_ms(&end)
-            .map_err(ev("reading the elapsed time"))?;
+        let ms = start.elapsed_ms(&end).map_err(ev("reading the elapsed time"))?;
         Ok(ms as f64)
     }
 
@@ -432,23 +387,11 @@ impl Backend for CudaBackend {
         self.conv2d_forward_with(x, w, spec, self.conv_precision())
     }
 
-    fn conv2d_backward_data(
-        &self,
-        dy: &Tensor,
-        w: &Tensor,
-        x_dims: &[usize],
-        spec: ConvSpec,
-    ) -> Result<Tensor> {
+    fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         self.conv2d_backward_data_with(dy, w, x_dims, spec, self.conv_precision())
     }
 
-    fn conv2d_backward_weight(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        w_dims: &[usize],
-        spec: ConvSpec,
-    ) -> Result<Tensor> {
+    fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         self.conv_backward_weight(dy, x, w_dims, spec)
     }
 
@@ -477,13 +420,7 @@ impl Backend for CudaBackend {
         self.bn_forward_eval(x, gamma, beta, running_mean, running_var, eps)
     }
 
-    fn batchnorm_backward(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        gamma: &Tensor,
-        saved: &BnSaved,
-    ) -> Result<BnGrads> {
+    fn batchnorm_backward(&self, dy: &Tensor, x: &Tensor, gamma: &Tensor, saved: &BnSaved) -> Result<BnGrads> {
         self.bn_backward(dy, x, gamma, saved)
     }
 
@@ -515,13 +452,7 @@ impl Backend for CudaBackend {
         self.shortcut_fwd(x, src, stride)
     }
 
-    fn shortcut_backward(
-        &self,
-        dy: &Tensor,
-        src: &[i32],
-        stride: usize,
-        x_dims: &[usize],
-    ) -> Result<Tensor> {
+    fn shortcut_backward(&self, dy: &Tensor, src: &[i32], stride: usize, x_dims: &[usize]) -> Result<Tensor> {
         self.shortcut_bwd(dy, src, stride, x_dims)
     }
 
@@ -529,13 +460,7 @@ impl Backend for CudaBackend {
         self.maxpool_fwd(x, kernel, stride)
     }
 
-    fn maxpool_backward(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        kernel: usize,
-        stride: usize,
-    ) -> Result<Tensor> {
+    fn maxpool_backward(&self, dy: &Tensor, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
         self.maxpool_bwd(dy, x, kernel, stride)
     }
 
@@ -551,13 +476,7 @@ impl Backend for CudaBackend {
         self.linear_fwd(x, w, b)
     }
 
-    fn linear_backward(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        w: &Tensor,
-        with_bias: bool,
-    ) -> Result<LinearGrads> {
+    fn linear_backward(&self, dy: &Tensor, x: &Tensor, w: &Tensor, with_bias: bool) -> Result<LinearGrads> {
         self.linear_bwd(dy, x, w, with_bias)
     }
 
@@ -565,12 +484,7 @@ impl Backend for CudaBackend {
         self.xent(logits, labels)
     }
 
-    fn distill_kl(
-        &self,
-        student: &Tensor,
-        teacher: &Tensor,
-        temperature: f32,
-    ) -> Result<(f32, Tensor)> {
+    fn distill_kl(&self, student: &Tensor, teacher: &Tensor, temperature: f32) -> Result<(f32, Tensor)> {
         self.kl(student, teacher, temperature)
     }
 
@@ -578,13 +492,7 @@ impl Backend for CudaBackend {
         self.mse(x, target)
     }
 
-    fn sgd_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        momentum_buf: &mut Tensor,
-        hp: SgdStep,
-    ) -> Result<()> {
+    fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, hp: SgdStep) -> Result<()> {
         self.sgd(param, grad, momentum_buf, hp)
     }
 

@@ -212,12 +212,7 @@ impl CudaBackend {
             momentum,
             eps,
         };
-        Launch::linear(FILE, "bn_finalize", c, 128, 128)?.run(
-            &self.kernels,
-            &self.stream,
-            &f,
-            &what,
-        )?;
+        Launch::linear(FILE, "bn_finalize", c, 128, 128)?.run(&self.kernels, &self.stream, &f, &what)?;
         let mut y = self.alloc::<f32>(total)?;
         let a = BnApplyParams {
             x: px,
@@ -233,27 +228,13 @@ impl CudaBackend {
             vec4: (hw % 4 == 0) as i32,
         };
         self.bn_apply_launch(&a, total, hw, &what)?;
-        let saved = BnSaved {
-            mean: self.tensor(&[c], mean)?,
-            invstd: self.tensor(&[c], invstd)?,
-        };
+        let saved = BnSaved { mean: self.tensor(&[c], mean)?, invstd: self.tensor(&[c], invstd)? };
         Ok((self.tensor(x.dims(), y)?, saved))
     }
 
-    fn bn_apply_launch(
-        &self,
-        a: &BnApplyParams,
-        total: usize,
-        hw: usize,
-        what: &dyn Fn() -> String,
-    ) -> Result<()> {
+    fn bn_apply_launch(&self, a: &BnApplyParams, total: usize, hw: usize, what: &dyn Fn() -> String) -> Result<()> {
         let per_block = if hw % 4 == 0 { 1024 } else { 256 };
-        Launch::linear(FILE, "bn_apply", total, per_block, 256)?.run(
-            &self.kernels,
-            &self.stream,
-            a,
-            what,
-        )
+        Launch::linear(FILE, "bn_apply", total, per_block, 256)?.run(&self.kernels, &self.stream, a, what)
     }
 
     pub(crate) fn bn_forward_eval(
@@ -297,13 +278,7 @@ impl CudaBackend {
         self.tensor(x.dims(), y)
     }
 
-    pub(crate) fn bn_backward(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        gamma: &Tensor,
-        saved: &BnSaved,
-    ) -> Result<BnGrads> {
+    pub(crate) fn bn_backward(&self, dy: &Tensor, x: &Tensor, gamma: &Tensor, saved: &BnSaved) -> Result<BnGrads> {
         let (n, c, hw) = bn_layout(x, "batchnorm_backward")?;
         dy.expect_dims(x.dims(), "batchnorm_backward dy")?;
         self.bn_check_params(
@@ -352,12 +327,7 @@ impl CudaBackend {
             c: c as i32,
             splits: splits as i32,
         };
-        Launch::linear(FILE, "bn_bwd_finalize", c, 128, 128)?.run(
-            &self.kernels,
-            &self.stream,
-            &f,
-            &what,
-        )?;
+        Launch::linear(FILE, "bn_bwd_finalize", c, 128, 128)?.run(&self.kernels, &self.stream, &f, &what)?;
         let mut dx = self.alloc::<f32>(total)?;
         let count = n * hw;
         let a = BnBwdApplyParams {
@@ -375,12 +345,7 @@ impl CudaBackend {
             inv_count: if count > 0 { 1.0 / count as f32 } else { 0.0 },
             _pad: 0,
         };
-        Launch::linear(FILE, "bn_bwd_apply", total, 256, 256)?.run(
-            &self.kernels,
-            &self.stream,
-            &a,
-            &what,
-        )?;
+        Launch::linear(FILE, "bn_bwd_apply", total, 256, 256)?.run(&self.kernels, &self.stream, &a, &what)?;
         Ok(BnGrads {
             dx: self.tensor(x.dims(), dx)?,
             dgamma: self.tensor(&[c], dgamma)?,
@@ -397,19 +362,12 @@ impl CudaBackend {
         eps: f32,
     ) -> Result<(Tensor, Tensor)> {
         if gamma.rank() != 1 {
-            return Err(Error::Shape(format!(
-                "fold_batchnorm: gamma must be [C], got {}",
-                fmt_dims(gamma.dims())
-            )));
+            return Err(Error::Shape(format!("fold_batchnorm: gamma must be [C], got {}", fmt_dims(gamma.dims()))));
         }
         let c = gamma.numel();
         self.bn_check_params(
             c,
-            &[
-                (beta, "fold_batchnorm beta"),
-                (mean, "fold_batchnorm mean"),
-                (var, "fold_batchnorm var"),
-            ],
+            &[(beta, "fold_batchnorm beta"), (mean, "fold_batchnorm mean"), (var, "fold_batchnorm var")],
         )?;
         let mut scale = self.alloc::<f32>(c)?;
         let mut shift = self.alloc::<f32>(c)?;
@@ -423,12 +381,8 @@ impl CudaBackend {
             c: fits_i32(c, "fold_batchnorm")?,
             eps,
         };
-        Launch::linear(FILE, "bn_fold", c, 128, 128)?.run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            &|| format!("fold_batchnorm [{c}]"),
-        )?;
+        Launch::linear(FILE, "bn_fold", c, 128, 128)?
+            .run(&self.kernels, &self.stream, &p, &|| format!("fold_batchnorm [{c}]"))?;
         Ok((self.tensor(&[c], scale)?, self.tensor(&[c], shift)?))
     }
 }

@@ -32,36 +32,20 @@ const _: () = assert!(std::mem::size_of::<PoolParams>() == 56);
 fn rank4(x: &[usize], what: &str) -> Result<[usize; 4]> {
     match x {
         [n, c, h, w] => Ok([*n, *c, *h, *w]),
-        _ => Err(Error::Shape(format!(
-            "{what}: expected [N, C, H, W], got {}",
-            fmt_dims(x)
-        ))),
+        _ => Err(Error::Shape(format!("{what}: expected [N, C, H, W], got {}", fmt_dims(x)))),
     }
 }
 
-fn pool_geometry(
-    x: &[usize],
-    kernel: usize,
-    stride: usize,
-    what: &str,
-) -> Result<([usize; 4], usize, usize)> {
+fn pool_geometry(x: &[usize], kernel: usize, stride: usize, what: &str) -> Result<([usize; 4], usize, usize)> {
     let [n, c, h, w] = rank4(x, what)?;
     if kernel == 0 || stride == 0 {
-        return Err(Error::Invalid(format!(
-            "{what}: kernel and stride must be at least 1"
-        )));
+        return Err(Error::Invalid(format!("{what}: kernel and stride must be at least 1")));
     }
     if h < kernel || w < kernel {
-        return Err(Error::Shape(format!(
-            "{what}: window {kernel} larger than input {h}x{w}"
-        )));
+        return Err(Error::Shape(format!("{what}: window {kernel} larger than input {h}x{w}")));
     }
     fits_i32(n * c * h * w, what)?;
-    Ok((
-        [n, c, h, w],
-        conv_out_size(h, kernel, stride, 0),
-        conv_out_size(w, kernel, stride, 0),
-    ))
+    Ok(([n, c, h, w], conv_out_size(h, kernel, stride, 0), conv_out_size(w, kernel, stride, 0)))
 }
 
 impl CudaBackend {
@@ -83,22 +67,13 @@ impl CudaBackend {
             _pad: 0,
         };
         let xd = x.dims().to_vec();
-        Launch::linear(FILE, "maxpool_fwd", total, 256, 256)?.run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            &|| format!("maxpool_forward {} k{kernel} s{stride}", fmt_dims(&xd)),
-        )?;
+        Launch::linear(FILE, "maxpool_fwd", total, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
+            format!("maxpool_forward {} k{kernel} s{stride}", fmt_dims(&xd))
+        })?;
         self.tensor(&[n, c, oh, ow], y)
     }
 
-    pub(crate) fn maxpool_bwd(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        kernel: usize,
-        stride: usize,
-    ) -> Result<Tensor> {
+    pub(crate) fn maxpool_bwd(&self, dy: &Tensor, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
         let ([n, c, h, w], oh, ow) = pool_geometry(x.dims(), kernel, stride, "maxpool_backward")?;
         dy.expect_dims(&[n, c, oh, ow], "maxpool_backward dy")?;
         let total = n * c * h * w;
@@ -117,12 +92,9 @@ impl CudaBackend {
             _pad: 0,
         };
         let xd = x.dims().to_vec();
-        Launch::linear(FILE, "maxpool_bwd", total, 256, 256)?.run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            &|| format!("maxpool_backward {} k{kernel} s{stride}", fmt_dims(&xd)),
-        )?;
+        Launch::linear(FILE, "maxpool_bwd", total, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
+            format!("maxpool_backward {} k{kernel} s{stride}", fmt_dims(&xd))
+        })?;
         self.tensor(x.dims(), dx)
     }
 
@@ -159,12 +131,8 @@ impl CudaBackend {
         };
         let xd = x.dims().to_vec();
         // One warp per plane, 8 warps per block.
-        Launch::linear(FILE, "avgpool_fwd", n * c, 8, 256)?.run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            &|| format!("global_avgpool_forward {}", fmt_dims(&xd)),
-        )?;
+        Launch::linear(FILE, "avgpool_fwd", n * c, 8, 256)?
+            .run(&self.kernels, &self.stream, &p, &|| format!("global_avgpool_forward {}", fmt_dims(&xd)))?;
         Ok([n, c])
     }
 
@@ -187,12 +155,9 @@ impl CudaBackend {
             stride: 0,
             _pad: 0,
         };
-        Launch::linear(FILE, "avgpool_bwd", total, 256, 256)?.run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            &|| format!("global_avgpool_backward -> {}", fmt_dims(&[n, c, h, w])),
-        )?;
+        Launch::linear(FILE, "avgpool_bwd", total, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
+            format!("global_avgpool_backward -> {}", fmt_dims(&[n, c, h, w]))
+        })?;
         self.tensor(x_dims, dx)
     }
 }

@@ -66,16 +66,10 @@ impl CudaBackend {
         what: &dyn Fn() -> String,
     ) -> Result<()> {
         if cand.numel() != k * m || base.numel() != m || out.len() < k {
-            return Err(Error::Shape(format!(
-                "{}: inconsistent feature-MSE buffers",
-                what()
-            )));
+            return Err(Error::Shape(format!("{}: inconsistent feature-MSE buffers", what())));
         }
         if k > 65_535 {
-            return Err(Error::Invalid(format!(
-                "{}: at most 65535 candidates per launch, got {k}",
-                what()
-            )));
+            return Err(Error::Invalid(format!("{}: at most 65535 candidates per launch, got {k}", what())));
         }
         fits_i32(k, "feature_mse candidates")?;
         let (blocks, chunk) = sqdiff_layout(m);
@@ -111,12 +105,7 @@ impl CudaBackend {
             k: k as i32,
             blocks: blocks as i32,
         };
-        Launch::new(FILE, "sqdiff_final", (k as u32, 1, 1), 256).run(
-            &self.kernels,
-            &self.stream,
-            &f,
-            what,
-        )
+        Launch::new(FILE, "sqdiff_final", (k as u32, 1, 1), 256).run(&self.kernels, &self.stream, &f, what)
     }
 
     /// `[K, M]` candidates against an `M`-element baseline (the CPU backend's contract).
@@ -131,11 +120,7 @@ impl CudaBackend {
         }
     }
 
-    pub(crate) fn feature_mse_impl(
-        &self,
-        candidates: &Tensor,
-        baseline: &Tensor,
-    ) -> Result<Vec<f32>> {
+    pub(crate) fn feature_mse_impl(&self, candidates: &Tensor, baseline: &Tensor) -> Result<Vec<f32>> {
         let (k, m) = self.feature_geometry(candidates, baseline)?;
         if k == 0 || m == 0 {
             return Ok(vec![0.0; k]);
@@ -147,12 +132,7 @@ impl CudaBackend {
 
     /// Feature MSE of every candidate into a device buffer of K floats, without a host copy
     /// (graph friendly; read the buffer after replay).
-    pub fn feature_mse_into(
-        &self,
-        candidates: &Tensor,
-        baseline: &Tensor,
-        out: &mut CudaSlice<f32>,
-    ) -> Result<()> {
+    pub fn feature_mse_into(&self, candidates: &Tensor, baseline: &Tensor, out: &mut CudaSlice<f32>) -> Result<()> {
         let (k, m) = self.feature_geometry(candidates, baseline)?;
         self.feature_mse_raw(candidates, baseline, k, m, out)
     }
@@ -166,9 +146,7 @@ impl CudaBackend {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let cd = candidates.dims().to_vec();
-        self.sqdiff_launch(candidates, baseline, k, m, None, out, &|| {
-            format!("feature_mse {}", fmt_dims(&cd))
-        })
+        self.sqdiff_launch(candidates, baseline, k, m, None, out, &|| format!("feature_mse {}", fmt_dims(&cd)))
     }
 }
 
@@ -178,17 +156,7 @@ mod tests {
 
     #[test]
     fn layout_covers_m_with_aligned_chunks() {
-        for m in [
-            1usize,
-            3,
-            4,
-            1000,
-            16_384,
-            16_385,
-            1 << 20,
-            10_000_000,
-            123_456_789,
-        ] {
+        for m in [1usize, 3, 4, 1000, 16_384, 16_385, 1 << 20, 10_000_000, 123_456_789] {
             let (blocks, chunk) = sqdiff_layout(m);
             assert_eq!(chunk % 4, 0);
             assert!((1..=1024).contains(&blocks));

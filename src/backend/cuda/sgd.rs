@@ -27,13 +27,7 @@ unsafe impl DeviceRepr for SgdParams {}
 const _: () = assert!(std::mem::size_of::<SgdParams>() == 56);
 
 impl CudaBackend {
-    pub(crate) fn sgd(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        buf: &mut Tensor,
-        hp: SgdStep,
-    ) -> Result<()> {
+    pub(crate) fn sgd(&self, param: &mut Tensor, grad: &Tensor, buf: &mut Tensor, hp: SgdStep) -> Result<()> {
         same_dims(param, grad, "sgd_step (param vs grad)")?;
         same_dims(param, buf, "sgd_step (param vs momentum buffer)")?;
         let n = param.numel();
@@ -53,11 +47,7 @@ impl CudaBackend {
             vec4: (n % 4 == 0) as i32,
             _pad: 0,
         };
-        Launch::linear("sgd.cu", "sgd_step", n, 1024, 256)?.run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            &|| format!("sgd_step {}", fmt_dims(&dims)),
-        )
+        Launch::linear("sgd.cu", "sgd_step", n, 1024, 256)?
+            .run(&self.kernels, &self.stream, &p, &|| format!("sgd_step {}", fmt_dims(&dims)))
     }
 }

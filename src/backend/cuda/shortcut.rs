@@ -93,34 +93,17 @@ impl CudaBackend {
             stride: stride as i32,
         };
         let xd = x.dims().to_vec();
-        Launch::linear(FILE, "shortcut_fwd", total, 256, 256)?.run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            &|| {
-                format!(
-                    "shortcut_forward {} -> {c_out} channels stride {stride}",
-                    fmt_dims(&xd)
-                )
-            },
-        )?;
+        Launch::linear(FILE, "shortcut_fwd", total, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
+            format!("shortcut_forward {} -> {c_out} channels stride {stride}", fmt_dims(&xd))
+        })?;
         self.tensor(&[n, c_out, oh, ow], y)
     }
 
-    pub(crate) fn shortcut_bwd(
-        &self,
-        dy: &Tensor,
-        src: &[i32],
-        stride: usize,
-        x_dims: &[usize],
-    ) -> Result<Tensor> {
+    pub(crate) fn shortcut_bwd(&self, dy: &Tensor, src: &[i32], stride: usize, x_dims: &[usize]) -> Result<Tensor> {
         let [n, c_in, h, w] = match x_dims {
             [a, b, c, d] => [*a, *b, *c, *d],
             _ => {
-                return Err(Error::Shape(format!(
-                    "shortcut_backward: x_dims must be rank 4, got {}",
-                    fmt_dims(x_dims)
-                )))
+                return Err(Error::Shape(format!("shortcut_backward: x_dims must be rank 4, got {}", fmt_dims(x_dims))))
             }
         };
         check_map(src, c_in, stride, "shortcut_backward")?;
@@ -144,17 +127,9 @@ impl CudaBackend {
             ow: ow as i32,
             stride: stride as i32,
         };
-        Launch::linear(FILE, "shortcut_bwd", total, 256, 256)?.run(
-            &self.kernels,
-            &self.stream,
-            &p,
-            &|| {
-                format!(
-                    "shortcut_backward -> {} stride {stride}",
-                    fmt_dims(&[n, c_in, h, w])
-                )
-            },
-        )?;
+        Launch::linear(FILE, "shortcut_bwd", total, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
+            format!("shortcut_backward -> {} stride {stride}", fmt_dims(&[n, c_in, h, w]))
+        })?;
         self.tensor(x_dims, dx)
     }
 }
