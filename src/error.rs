@@ -40,6 +40,10 @@ pub enum Error {
     /// A tensor living on a device the operation does not run on.
     #[error("device mismatch: {0}")]
     Device(String),
+
+    /// Stopped by SIGINT or SIGTERM after saving what it had (the message says how to resume).
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -87,4 +91,23 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// TEMPORARY: replaced by the hardening branch's lock.
+pub struct DirLock {
+    path: PathBuf,
+}
+
+impl DirLock {
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        let path = dir.join(".lfgcl.lock");
+        std::fs::write(&path, std::process::id().to_string()).map_err(|e| Error::io(&path, e))?;
+        Ok(DirLock { path })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }

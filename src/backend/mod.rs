@@ -159,6 +159,10 @@ pub trait Backend: Send + Sync {
     }
     /// Deep copy on this device.
     fn copy(&self, t: &Tensor) -> Result<Tensor>;
+    /// Free device memory in bytes, where the device has memory of its own (None on the CPU).
+    fn free_memory(&self) -> Result<Option<usize>> {
+        Ok(None)
+    }
     /// Waits until all queued work has finished (no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
     /// Runs `f` and returns how long the device took, in milliseconds, queued work included:

@@ -136,9 +136,14 @@ pub struct SearchOpts {
     pub images: usize,
     #[arg(long, default_value_t = 300)]
     pub episodes: usize,
-    /// Candidates evaluated per episode (in parallel).
-    #[arg(long, default_value_t = 8)]
-    pub candidates_per_step: usize,
+    /// Candidates proposed and scored per episode (together), or `auto`: 8 on the CPU, and on a
+    /// GPU as many as its free memory holds (up to 64).
+    #[arg(long, default_value = "8", value_parser = parse_candidates)]
+    pub candidates_per_step: CandidatesPerStep,
+    /// Save the search state at most every this many seconds (and at the end, and on Ctrl-C or
+    /// SIGTERM); 0 saves after every episode.
+    #[arg(long, default_value_t = 5.0)]
+    pub checkpoint_every: f64,
     /// Agent gradient steps per episode after warm-up (default: 4 x candidates per step, which
     /// found better policies than 1 x in every seed on the synthetic ResNet-20; see README).
     #[arg(long)]
@@ -152,8 +157,8 @@ pub struct SearchOpts {
     /// Batch-norm statistics a candidate is scored with: `recalibrate` (re-estimated on the
     /// unlabeled images first; the default, it ranks candidates by accuracy far better) or
     /// `running` (the baseline's running statistics, as gathered).
-    #[arg(long, default_value = "recalibrate", value_parser = ["recalibrate", "running"])]
-    pub bn_stats: String,
+    #[arg(long, value_enum, default_value_t = BnStats::Recalibrate)]
+    pub bn_stats: BnStats,
     /// Exploration noise at the end of warm-up (truncated normal around the actor's output).
     #[arg(long, default_value_t = 0.5)]
     pub noise: f32,
@@ -171,6 +176,32 @@ pub struct SearchOpts {
     /// Transitions kept in the replay buffer.
     #[arg(long, default_value_t = 2000)]
     pub replay: usize,
+}
+
+/// Batch-norm statistics a candidate is scored with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BnStats {
+    /// Re-estimated on the unlabeled images before scoring.
+    Recalibrate,
+    /// The baseline's running statistics, as gathered.
+    Running,
+}
+
+/// `--candidates-per-step`: a number, or chosen from the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CandidatesPerStep {
+    Auto,
+    Fixed(usize),
+}
+
+fn parse_candidates(s: &str) -> std::result::Result<CandidatesPerStep, String> {
+    if s == "auto" {
+        return Ok(CandidatesPerStep::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=crate::search::MAX_CANDIDATES_PER_STEP).contains(&n) => Ok(CandidatesPerStep::Fixed(n)),
+        _ => Err(format!("expected `auto` or a count from 1 to {}", crate::search::MAX_CANDIDATES_PER_STEP)),
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -377,13 +408,35 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
+/// What `lfgcl bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchWhat {
+    /// SGEMM peak, then inference and training step as fractions of it (CPU).
+    Cpu,
+    /// One model's inference on --device.
+    Infer,
+    /// One model's training step on --device.
+    Train,
+    /// Candidate scoring rate on --ckpt, and with --strategy the whole search loop.
+    Search,
+    /// Every CUDA kernel against the device's peaks.
+    Kernels,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// What to measure: `cpu` (SGEMM peak, inference, training step, as fractions of the peak),
     /// `infer` or `train` (one model on --device, --batch / --train-batch), `search` (candidate
     /// evaluations per second on --ckpt), or `kernels` (every CUDA kernel against the device's peaks).
-    #[arg(default_value = "cpu")]
-    pub what: String,
+    #[arg(value_enum, default_value_t = BenchWhat::Cpu)]
+    pub what: BenchWhat,
+    /// `bench search`: also run the whole search loop end to end with this strategy for
+    /// --episodes episodes of --candidates candidates, and compare it with the raw scoring rate.
+    #[arg(long, value_enum)]
+    pub strategy: Option<crate::search::Strategy>,
+    /// `bench search --strategy`: episodes of the end-to-end run.
+    #[arg(long, default_value_t = 20)]
+    pub episodes: usize,
     /// Checkpoint for `bench search`.
     #[arg(long)]
     pub ckpt: Option<PathBuf>,

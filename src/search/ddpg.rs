@@ -342,7 +342,7 @@ impl Agent {
 
     /// `k` actions for `episode`: uniform during warm-up, then truncated-normal noise around
     /// the actor's output.
-    pub fn explore(&self, episode: usize, k: usize, rng: &mut impl Rng) -> Result<Vec<Vec<f32>>> {
+    pub fn explore(&mut self, episode: usize, k: usize, rng: &mut impl Rng) -> Result<Vec<Vec<f32>>> {
         if episode < self.cfg.warmup_episodes {
             return Ok((0..k).map(|_| (0..self.action_dim).map(|_| rng.random_range(0.0..=1.0)).collect()).collect());
         }
@@ -444,5 +444,28 @@ impl Agent {
         self.replay = s.replay.into_iter().collect();
         self.baseline = s.baseline;
         Ok(())
+    }
+}
+
+/// TEMPORARY shim (replaced by the agent branch): the agent's state as named tensors.
+pub struct AgentSnapshot {
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub meta: serde_json::Value,
+}
+
+impl DdpgConfig {
+    pub fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Agent {
+    pub fn snapshot(&self) -> AgentSnapshot {
+        let s = self.save().expect("host tensors");
+        AgentSnapshot { tensors: vec![], meta: serde_json::to_value(&s).expect("serialises") }
+    }
+    pub fn restore_snapshot(&mut self, snap: AgentSnapshot) -> Result<()> {
+        let s: AgentState = serde_json::from_value(snap.meta).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.restore(s)
     }
 }

@@ -326,6 +326,11 @@ impl Backend for CudaBackend {
         )
     }
 
+    fn free_memory(&self) -> Result<Option<usize>> {
+        let (free, _total) = self.ctx.mem_get_info().map_err(driver_err("reading free device memory"))?;
+        Ok(Some(free))
+    }
+
     fn zeros(&self, dims: &[usize]) -> Result<Tensor> {
         let n: usize = dims.iter().product();
         self.tensor(dims, self.alloc_zeros(n)?)
