@@ -423,3 +423,48 @@ fn search_killed_at_random_moments_resumes_bit_for_bit() {
     };
     assert_eq!(summary(&full), summary(&part));
 }
+
+/// Every float option of the search is checked before anything runs, and a search never
+/// leaves an old summary, nor overwrites a log it cannot resume.
+#[test]
+fn search_options_and_output_folder_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = backend::cpu();
+    let m = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap(), &dev, 0).unwrap();
+    let ckpt = tmp.path().join("m.safetensors");
+    lfgcl::train::checkpoint::save(&m, &ckpt, &serde_json::Value::Null).unwrap();
+    let out = tmp.path().join("s");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--device", "cpu", "--quiet", "search", "--ckpt", ckpt.to_str().unwrap(), "--images", "16", "--flops",
+            "0.5", "--episodes", "2", "--warmup", "1", "--candidates-per-step", "2", "--out", out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = std::process::Command::new(exe::lfgcl_exe()).args(&args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    for (flag, value) in [
+        ("--actor-lr", "nan"),
+        ("--critic-lr", "-1"),
+        ("--noise", "nan"),
+        ("--noise-decay", "inf"),
+        ("--noise-min", "-0.5"),
+        ("--checkpoint-every", "nan"),
+        ("--candidates-per-step", "0"),
+    ] {
+        let (code, err) = run(&[flag, value]);
+        assert!(code == Some(1) || code == Some(2), "{flag} {value}: exit {code:?}");
+        assert!(err.contains(flag) && !err.contains("panicked"), "{flag} {value}: {err}");
+    }
+    assert!(!out.join("candidates.jsonl").exists(), "a refused search writes nothing");
+    // A stale summary does not survive a new run that fails half way (here: at once, on resume).
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    std::fs::remove_file(out.join("search_state.safetensors")).unwrap();
+    let log_before = std::fs::read(out.join("candidates.jsonl")).unwrap();
+    let (code, err) = run(&["--resume"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no saved state"), "{err}");
+    assert_eq!(std::fs::read(out.join("candidates.jsonl")).unwrap(), log_before, "the log was not overwritten");
+    assert!(!out.join("summary.json").exists(), "the old summary was removed");
+}

@@ -424,8 +424,12 @@ impl<'a> Search<'a> {
         self.cache.insert(uniform.kept.clone(), (r, top1));
         self.evaluated += 1;
         let lower = self.cfg.constraints.lower;
-        let action: Vec<f64> =
-            uniform.ratios.iter().map(|&x| ((x - lower) / (1.0 - lower)).clamp(0.0, 1.0) as f32 as f64).collect();
+        // The action that projects to these ratios (all ones when nothing may be pruned).
+        let action: Vec<f64> = uniform
+            .ratios
+            .iter()
+            .map(|&x| if lower < 1.0 { ((x - lower) / (1.0 - lower)).clamp(0.0, 1.0) as f32 as f64 } else { 1.0 })
+            .collect();
         let rec = CandidateRecord { episode: -1, index: 0, action, policy: uniform, reward: r, top1, cached: false };
         self.uniform = Some(rec.clone());
         Ok(rec)
