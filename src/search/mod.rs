@@ -16,7 +16,7 @@ use crate::nn::Mode;
 use crate::prune::{Budget, Constraints, Criterion, GroupScope, Policy, Projected, Pruner};
 use crate::report::{self, BarChart, JsonlWriter, LinePlot, ScatterPlot, Series, SeriesStyle};
 use crate::tensor::Tensor;
-use ddpg::{Agent, AgentState, DdpgConfig, Transition};
+use ddpg::{Agent, AgentSnapshot, DdpgConfig, Transition};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -56,6 +56,7 @@ impl SearchConfig {
     pub fn validate(&self) -> Result<()> {
         self.budget.validate()?;
         self.constraints.validate()?;
+        self.ddpg.validate()?;
         if self.episodes == 0 || self.candidates_per_step == 0 {
             return Err(Error::Invalid("episodes and candidates per step must be positive".into()));
         }
@@ -96,7 +97,7 @@ struct SearchState {
     elapsed_seconds: f64,
     uniform: CandidateRecord,
     best: Option<CandidateRecord>,
-    agent: Option<AgentState>,
+    agent: Option<AgentSnapshot>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -416,7 +417,7 @@ pub fn run(
             elapsed_seconds: elapsed,
             uniform: uniform_rec.clone(),
             best: best.clone(),
-            agent: Some(agent.save()?),
+            agent: Some(agent.snapshot()),
         };
         report::write_json(files.state(), &state)?;
         let b = best.as_ref().expect("at least one candidate");
