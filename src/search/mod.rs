@@ -437,7 +437,7 @@ impl<'a> Search<'a> {
 
     /// Continues from a saved state and the log lines written up to it.
     fn resume(&mut self, saved: SavedSearch, log: &[CandidateRecord]) -> Result<()> {
-        self.agent.restore_snapshot(saved.agent)?;
+        self.agent.restore(saved.agent)?;
         self.cache = log.iter().map(|r| (r.policy.kept.clone(), (r.reward, r.top1))).collect();
         self.episodes_done = saved.meta.episodes_done;
         self.evaluated = saved.meta.evaluated;
