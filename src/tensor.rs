@@ -74,7 +74,7 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.dims.iter().product()
     }
-    /// Size of dimension `i`, counting from the end when negative-like usage is needed by callers.
+    /// Size of dimension `i` (`i < rank()`; panics otherwise).
     pub fn dim(&self, i: usize) -> usize {
         self.dims[i]
     }

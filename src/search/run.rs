@@ -75,6 +75,29 @@ fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
+/// Writes checkpoints on a thread of its own, so the loop only pays for copying the state; one
+/// write at a time, each atomic, and an error surfaces at the next save or at the end.
+#[derive(Default)]
+struct StateWriter {
+    pending: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl StateWriter {
+    fn save(&mut self, path: &Path, state: saved::SavedSearch) -> Result<()> {
+        self.wait()?;
+        let path = path.to_path_buf();
+        self.pending = Some(std::thread::spawn(move || saved::write(&path, &state)));
+        Ok(())
+    }
+
+    fn wait(&mut self) -> Result<()> {
+        match self.pending.take() {
+            Some(h) => h.join().unwrap_or_else(|_| Err(Error::Invalid("the checkpoint writer panicked".into()))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Cuts the log back to `len` bytes (what the saved state covers); a log shorter than that was
 /// not written by the run that saved the state.
 fn truncate_log(path: &Path, len: u64) -> Result<()> {
@@ -143,6 +166,7 @@ pub fn run(
     pb.set_position(search.episodes_done() as u64);
     let mut log_bytes = std::fs::metadata(files.log()).map_err(|e| Error::io(files.log(), e))?.len();
     let mut last_save: Option<Instant> = None;
+    let mut writer = StateWriter::default();
     let mut lap = started;
     while !search.done() {
         let records = search.step()?;
@@ -153,8 +177,11 @@ pub fn run(
         let stop = interrupted.load(Ordering::Relaxed);
         let save_due = last_save.is_none_or(|t| t.elapsed() >= opts.checkpoint_every);
         if save_due || search.done() || stop {
-            saved::write(&state_path, &search.snapshot(log_bytes))?;
+            writer.save(&state_path, search.snapshot(log_bytes))?;
             last_save = Some(Instant::now());
+            if search.done() || stop {
+                writer.wait()?;
+            }
         }
         let now = Instant::now();
         search.add_time(now - lap, now - book);
