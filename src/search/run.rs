@@ -152,7 +152,9 @@ pub fn run(
         remove_if_present(&state_path)?;
         let mut log = JsonlWriter::create(files.log())?;
         let uniform = search.start()?;
-        log.write(&uniform)?;
+        let bytes = log.write(&uniform)? as u64;
+        // A state from the very start: a log is never left without one to resume from.
+        saved::write(&state_path, &search.snapshot(bytes))?;
         log
     };
     let interrupted = interrupt_flag()?;
