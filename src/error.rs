@@ -37,6 +37,10 @@ pub enum Error {
     #[error("cuda: {0}")]
     Cuda(String),
 
+    /// Training produced a non-finite loss or weight; the message names the epoch and step.
+    #[error("training diverged {0}")]
+    Diverged(String),
+
     /// A tensor living on a device the operation does not run on.
     #[error("device mismatch: {0}")]
     Device(String),
@@ -93,21 +97,73 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// TEMPORARY: replaced by the hardening branch's lock.
+/// An exclusive lock on an output folder: `<dir>/.lfgcl.lock`, created with `O_EXCL` and holding
+/// the owner's pid, so that two runs writing into the same folder cannot interleave their files.
+/// A lock left by a process that no longer runs (killed) is taken over; the lock is released
+/// when the value is dropped.
+#[derive(Debug)]
 pub struct DirLock {
     path: PathBuf,
 }
 
 impl DirLock {
-    pub fn acquire(dir: &Path) -> Result<DirLock> {
-        let path = dir.join(".lfgcl.lock");
-        std::fs::write(&path, std::process::id().to_string()).map_err(|e| Error::io(&path, e))?;
-        Ok(DirLock { path })
+    pub const FILE_NAME: &'static str = ".lfgcl.lock";
+
+    /// Locks `dir` (created if needed), or says which live process holds it.
+    pub fn acquire(dir: impl AsRef<Path>) -> Result<DirLock> {
+        use std::io::Write;
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(Self::FILE_NAME);
+        // Two attempts: the second after removing a stale lock.
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    f.write_all(std::process::id().to_string().as_bytes())
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| Error::io(&path, e))?;
+                    return Ok(DirLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    match text.trim().parse::<u32>() {
+                        Ok(pid) if process_alive(pid) => {
+                            return Err(Error::Invalid(format!(
+                                "{} is in use by a running lfgcl process (pid {pid}, lock file {}); wait for it to \
+                                 finish or choose another --out",
+                                dir.display(),
+                                path.display()
+                            )));
+                        }
+                        // Dead owner, or a lock half written by a killed process: stale.
+                        _ => {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Err(Error::Invalid(format!("{}: could not take the lock {}", dir.display(), path.display())))
     }
 }
 
 impl Drop for DirLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether a process with this pid exists (Linux: `/proc/<pid>`; elsewhere assume it does, so a
+/// lock is never stolen from a live run).
+fn process_alive(pid: u32) -> bool {
+    let proc_root = Path::new("/proc");
+    if !proc_root.join("self").exists() {
+        return true;
+    }
+    // A zombie (killed but not yet reaped) holds no lock any more.
+    match std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
     }
 }

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod limits;
 pub mod models;
 pub mod nn;
 pub mod pipeline;

@@ -356,7 +356,9 @@ fn folder_labeled_png_and_jpeg() {
     let path = split.path().to_str().unwrap();
     let train = open(path, Split::Train, &OpenOptions::default()).unwrap();
     let test = open(path, Split::Test, &OpenOptions::default()).unwrap();
-    assert_eq!((train.len(), train.num_classes, test.len(), test.num_classes), (2, 2, 1, 1));
+    // Test classes follow the training split's, matched by name.
+    assert_eq!((train.len(), train.num_classes, test.len(), test.num_classes), (2, 2, 1, 2));
+    assert_eq!(test.class_names, vec!["x", "y"]);
     assert_solid(test.image(0), [4, 5, 6], 0);
 }
 
@@ -367,7 +369,7 @@ fn folder_unlabeled_resize_grayscale_and_limit() {
         png(&solid_rgb(8 + i as u32, [10 * i, 100, 200]), &d.path().join(format!("img{i}.png")));
     }
     let opts = OpenOptions { image_size: 16, ..Default::default() };
-    let ds = open(&spec("folder", d.path()), Split::Test, &opts).unwrap();
+    let ds = open(&spec("folder", d.path()), Split::Train, &opts).unwrap();
     assert_eq!((ds.len(), ds.image_dims()), (6, [3, 16, 16]));
     assert!(ds.labels.is_none() && ds.num_classes == 0);
     assert!(ds.labels_or_err().unwrap_err().to_string().contains("has no labels"));

@@ -6,7 +6,7 @@ use super::{
 };
 use crate::backend::{self, Device};
 use crate::data::{self, Dataset, OpenOptions, Split};
-use crate::error::{Error, Result};
+use crate::error::{write_atomic, DirLock, Error, Result};
 use crate::models::{Arch, Model};
 use crate::pipeline::{self, FinetuneConfig, PipelineConfig};
 use crate::prune::{self, Budget, Constraints, GroupScope, Pruner};
@@ -21,10 +21,14 @@ use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
+/// `lfgcl train`'s model when neither --model nor --init names one.
+const DEFAULT_MODEL: &str = "resnet20";
+
 pub fn run_command(cli: Cli) -> Result<()> {
     if let Some(n) = cli.global.threads {
+        crate::limits::check_count("--threads", n, crate::limits::MAX_THREADS)?;
         // Fails only if the pool was already built (a second call in one process): harmless.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
     let g = cli.global;
     match cli.command {
@@ -54,12 +58,17 @@ fn open_options(d: &DataArgs, limit: Option<usize>) -> OpenOptions {
 
 /// Opens the training split and, when the dataset has one, the test split.
 pub(crate) fn open_train_test(d: &DataArgs) -> Result<(Dataset, Option<Dataset>)> {
+    for (flag, v) in [("--limit", d.limit), ("--test-limit", d.test_limit)] {
+        if v == Some(0) {
+            return Err(Error::Invalid(format!("{flag} 0 leaves no images; give a positive count or drop {flag}")));
+        }
+    }
     let train = data::open(&d.data, Split::Train, &open_options(d, d.limit))?;
     let test = match data::open(&d.data, Split::Test, &open_options(d, d.test_limit)) {
         Ok(t) => Some(t),
         // Unlabeled or single-split folders have no test split; everything else must.
         Err(e) if d.data.starts_with("folder:") || Path::new(&d.data).is_dir() => {
-            eprintln!("note: no test split ({e}); training without evaluation");
+            eprintln!("note: no test split ({e}); training on the whole folder, without evaluation");
             None
         }
         Err(e) => return Err(e),
@@ -114,10 +123,42 @@ pub(crate) struct RunFiles<'a> {
     pub out: &'a Path,
     pub info: serde_json::Value,
     pub quiet: bool,
+    /// Continue the run saved in `out` instead of starting afresh.
+    pub resume: bool,
+    /// The command's settings: a resumed run must have been started with the same ones.
+    pub settings: serde_json::Value,
 }
 
-/// Runs `fit`, saving the checkpoint and the JSONL log after every epoch, then the summary and
-/// the plot. Returns the epoch logs.
+/// The file that lets an interrupted training or fine-tuning run continue exactly.
+pub(crate) const TRAIN_STATE_FILE: &str = "train_state.safetensors";
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Paths (`a.b.c`) where two JSON values differ.
+fn json_differences(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (serde_json::Value::Object(o), serde_json::Value::Object(n)) => {
+            let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+            for k in keys {
+                let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let null = serde_json::Value::Null;
+                json_differences(&sub, o.get(k).unwrap_or(&null), n.get(k).unwrap_or(&null), out);
+            }
+        }
+        _ if old != new => out.push(format!("{path} was {old}, now {new}")),
+        _ => {}
+    }
+}
+
+/// Runs `fit`, saving the log, the checkpoint, the plot and then the resume state after every
+/// epoch (each atomically), and the summary at the end. Holds a lock on the output folder. With
+/// `files.resume`, continues from the saved state: the log is cut back to the state's epochs and
+/// the run goes on exactly as if it had never stopped.
 pub(crate) fn fit_and_save(
     model: &mut Model,
     dev: &Device,
@@ -127,12 +168,63 @@ pub(crate) fn fit_and_save(
     objective: &mut Objective<'_>,
     files: &RunFiles<'_>,
 ) -> Result<Vec<EpochLog>> {
-    std::fs::create_dir_all(files.out).map_err(|e| Error::io(files.out, e))?;
-    let mut jsonl = JsonlWriter::create(files.out.join("train_log.jsonl"))?;
+    let _lock = DirLock::acquire(files.out)?;
+    let log_path = files.out.join("train_log.jsonl");
     let ckpt_path = files.out.join("model.safetensors");
+    let state_path = files.out.join(TRAIN_STATE_FILE);
+    let summary_path = files.out.join("summary.json");
+    // Written last, once the run is complete: a summary from an earlier run must not survive.
+    remove_if_exists(&summary_path)?;
+    let settings = json!({ "settings": files.settings, "config": cfg });
+    let mut log_lines: Vec<String> = Vec::new();
+    let resume = if files.resume {
+        if !state_path.is_file() {
+            return Err(Error::Invalid(format!(
+                "--resume: {} not found, so there is no run to continue in {} (run without --resume)",
+                state_path.display(),
+                files.out.display()
+            )));
+        }
+        let state = checkpoint::load_train_state(&state_path, dev)?;
+        // Compared as text: floats read back from JSON may differ in the last bit.
+        if state.record["settings_text"].as_str() != Some(settings.to_string().as_str()) {
+            let saved: serde_json::Value =
+                state.record["settings_text"].as_str().and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default();
+            let mut diffs = Vec::new();
+            json_differences("", &saved, &settings, &mut diffs);
+            return Err(Error::Invalid(format!(
+                "--resume: {} was started with other settings: {}",
+                files.out.display(),
+                if diffs.is_empty() { "(unreadable)".to_string() } else { diffs.join("; ") }
+            )));
+        }
+        if state.model.arch != model.arch {
+            return Err(Error::Invalid(format!(
+                "--resume: {} holds a {} with other widths than the one given",
+                state_path.display(),
+                state.model.arch.model
+            )));
+        }
+        // The exact text of each line is kept: floats read back from JSON may differ in the last bit.
+        log_lines = serde_json::from_value(state.record["log_lines"].clone())
+            .map_err(|e| Error::checkpoint(&state_path, format!("bad log in the training state: {e}")))?;
+        let logs: Vec<EpochLog> = log_lines
+            .iter()
+            .map(|l| serde_json::from_str(l))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::checkpoint(&state_path, format!("bad log in the training state: {e}")))?;
+        // The log may hold an epoch the state does not (killed in between): cut it back.
+        write_atomic(&log_path, log_lines.iter().map(|l| format!("{l}\n")).collect::<String>().as_bytes())?;
+        *model = state.model;
+        Some(train::ResumePoint { logs, momentum: state.momentum })
+    } else {
+        remove_if_exists(&state_path)?;
+        None
+    };
+    let mut jsonl = if files.resume { JsonlWriter::append(&log_path)? } else { JsonlWriter::create(&log_path)? };
     let start = Instant::now();
-    let mut history: Vec<EpochLog> = Vec::new();
-    let logs = train::fit(model, dev, train, test, cfg, objective, &mut |log, m| {
+    let mut history: Vec<EpochLog> = resume.as_ref().map(|r| r.logs.clone()).unwrap_or_default();
+    let logs = train::fit_from(model, dev, train, test, cfg, objective, resume, &mut |log, m, opt| {
         jsonl.write(log)?;
         let mut info = files.info.clone();
         info["epochs_done"] = json!(log.epoch);
@@ -140,6 +232,13 @@ pub(crate) fn fit_and_save(
         checkpoint::save(m, &ckpt_path, &info)?;
         history.push(log.clone());
         training_plot(&history, "training").save(files.out.join("training.svg"))?;
+        log_lines.push(serde_json::to_string(log).expect("log serialises"));
+        checkpoint::save_train_state(
+            &state_path,
+            m,
+            opt.momentum_buffers(),
+            &json!({ "settings_text": settings.to_string(), "log_lines": log_lines }),
+        )?;
         if !files.quiet {
             println!("{}", epoch_line(log));
         }
@@ -147,7 +246,7 @@ pub(crate) fn fit_and_save(
     })?;
     let last = logs.last().expect("at least one epoch");
     report::write_json(
-        files.out.join("summary.json"),
+        &summary_path,
         &json!({
             "model": model.arch,
             "config": cfg,
@@ -160,17 +259,66 @@ pub(crate) fn fit_and_save(
     Ok(logs)
 }
 
+/// The data flags, as recorded for `--resume`.
+fn data_settings(d: &DataArgs) -> serde_json::Value {
+    json!({
+        "data": d.data,
+        "limit": d.limit,
+        "test_limit": d.test_limit,
+        "image_size": d.image_size,
+        "grayscale": d.grayscale,
+    })
+}
+
+fn check_train_flags(a: &TrainArgs) -> Result<()> {
+    use crate::limits::{check_non_negative, check_positive};
+    check_positive("--lr", a.lr as f64)?;
+    check_non_negative("--warmup", a.warmup)?;
+    check_non_negative("--weight-decay", a.weight_decay as f64)?;
+    if !(0.0..1.0).contains(&a.momentum) {
+        return Err(Error::Invalid(format!("--momentum must be in [0, 1), got {}", a.momentum)));
+    }
+    if a.epochs == 0 || a.batch_size == 0 {
+        return Err(Error::Invalid("--epochs and --batch-size must be positive".into()));
+    }
+    if let Some(c) = a.classes {
+        crate::limits::check_count("--classes", c, crate::limits::MAX_CLASSES)?;
+    }
+    Ok(())
+}
+
 fn cmd_train(g: &GlobalArgs, a: TrainArgs) -> Result<()> {
+    check_train_flags(&a)?;
+    let schedule = LrSchedule::parse(&a.schedule, a.epochs)?;
     let dev = open_device(g)?;
     let (train, test) = open_train_test(&a.data)?;
     let mut model = match &a.init {
-        Some(p) => checkpoint::load(p, &dev)?,
+        Some(p) => {
+            let m = checkpoint::load(p, &dev)?;
+            // Flags that describe the net must agree with the checkpoint it starts from.
+            if let Some(name) = a.model.as_deref().filter(|n| !n.eq_ignore_ascii_case(&m.arch.model)) {
+                return Err(Error::Invalid(format!(
+                    "--model {name} disagrees with --init {}, which holds a {} (drop --model)",
+                    p.display(),
+                    m.arch.model
+                )));
+            }
+            if let Some(c) = a.classes.filter(|&c| c != m.arch.num_classes) {
+                return Err(Error::Invalid(format!(
+                    "--classes {c} disagrees with --init {}, which has {} classes (drop --classes)",
+                    p.display(),
+                    m.arch.num_classes
+                )));
+            }
+            m
+        }
         None => {
             let classes = a.classes.unwrap_or(train.num_classes);
             if classes == 0 {
                 return Err(Error::Invalid(format!("dataset {} has no labels to train on", train.name)));
             }
-            Model::new(Arch::new(&a.model, train.channels, square_input(&train)?, classes)?, &dev, a.seed)?
+            let name = a.model.as_deref().unwrap_or(DEFAULT_MODEL);
+            Model::new(Arch::new(name, train.channels, square_input(&train)?, classes)?, &dev, a.seed)?
         }
     };
     let cfg = TrainConfig {
@@ -180,7 +328,7 @@ fn cmd_train(g: &GlobalArgs, a: TrainArgs) -> Result<()> {
         momentum: a.momentum,
         weight_decay: a.weight_decay,
         nesterov: a.nesterov,
-        schedule: LrSchedule::parse(&a.schedule, a.epochs)?,
+        schedule,
         warmup_epochs: a.warmup,
         augment: !a.no_augment,
         seed: a.seed,
@@ -200,8 +348,18 @@ fn cmd_train(g: &GlobalArgs, a: TrainArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let files =
-        RunFiles { out: &a.out, info: json!({ "data": a.data.data, "trained_by": "lfgcl train" }), quiet: g.quiet };
+    let files = RunFiles {
+        out: &a.out,
+        info: json!({ "data": a.data.data, "trained_by": "lfgcl train" }),
+        quiet: g.quiet,
+        resume: a.resume,
+        settings: json!({
+            "command": "train",
+            "model": model.arch,
+            "init": a.init,
+            "data": data_settings(&a.data),
+        }),
+    };
     let logs = fit_and_save(&mut model, &dev, &train, test.as_ref(), &cfg, &mut Objective::Labels, &files)?;
     let last = logs.last().expect("at least one epoch");
     if let Some(acc) = last.test_top1 {
@@ -280,6 +438,8 @@ fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
         out: &a.out.join("baseline"),
         info: json!({ "data": "synthetic", "trained_by": "lfgcl demo" }),
         quiet: g.quiet,
+        resume: false,
+        settings: json!({ "command": "demo" }),
     };
     fit_and_save(&mut model, &dev, &train_ds, Some(&test), &cfg, &mut Objective::Labels, &files)?;
     let pcfg = PipelineConfig::demo(a.flops, a.episodes, a.ft_epochs, a.seed, !g.quiet);
@@ -300,9 +460,12 @@ fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
 /// the same checkpoint next to the raw rate of the very candidates it scored.
 fn bench_search(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
     let ckpt = a.ckpt.as_ref().ok_or_else(|| Error::Invalid("bench search needs --ckpt".into()))?;
-    if !(a.keep.is_finite() && a.keep > 0.0 && a.keep <= 1.0) {
-        return Err(Error::Invalid(format!("--keep {} must be in (0, 1]", a.keep)));
+    if !(a.keep > 0.0 && a.keep <= 1.0) {
+        return Err(Error::Invalid(format!("--keep must be a fraction in (0, 1], got {}", a.keep)));
     }
+    crate::limits::check_count("--images", a.images, 1 << 16)?;
+    crate::limits::check_count("--candidates", a.candidates, 1 << 16)?;
+    crate::limits::check_count("--episodes", a.episodes, crate::search::MAX_EPISODES)?;
     let dev = open_device(g)?;
     let mut model = checkpoint::load(ckpt, &dev)?;
     let r = crate::bench::search_bench(&dev, &mut model, a.images, a.candidates, a.keep)?;
@@ -477,9 +640,9 @@ fn cmd_prune_apply(g: &GlobalArgs, a: PruneApplyArgs) -> Result<()> {
     let base = checkpoint::load(&a.ckpt, &dev)?;
     let constraints = a.prune.constraints()?;
     let budget = a.prune.budget();
-    let (projected, pruner, source) = if a.uniform {
+    let (projected, pruner, source, applied_constraints) = if a.uniform {
         let pruner = Pruner::new(&base, scope_of(a.prune.streams), a.prune.criterion)?;
-        (pruner.uniform(&budget, &constraints)?, pruner, "uniform".to_string())
+        (pruner.uniform(&budget, &constraints)?, pruner, "uniform".to_string(), constraints)
     } else {
         let path = a.ratios.as_ref().ok_or_else(|| Error::Invalid("give --ratios FILE or --uniform".into()))?;
         let file = prune::read_ratio_file(path)?;
@@ -488,7 +651,31 @@ fn cmd_prune_apply(g: &GlobalArgs, a: PruneApplyArgs) -> Result<()> {
         let criterion = file.criterion.unwrap_or(a.prune.criterion);
         let pruner = Pruner::new(&base, scope, criterion)?;
         let what = path.display().to_string();
+        if let Some(m) = &file.model {
+            if !m.eq_ignore_ascii_case(&base.arch.model) {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "field \"model\" is {m}, but {} is a {}; this policy is for another model",
+                        a.ckpt.display(),
+                        base.arch.model
+                    ),
+                ));
+            }
+        }
         prune::budget::check_ratios(&file.ratios, pruner.groups.len(), &what)?;
+        if let Some(ch) = file.channels.as_ref().filter(|c| !c.is_empty()) {
+            if ch != &pruner.cost.channels {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "field \"channels\" is {ch:?}, but the groups of {} have {:?} channels; this policy is for another net",
+                        a.ckpt.display(),
+                        pruner.cost.channels
+                    ),
+                ));
+            }
+        }
         if let Some(names) = &file.groups {
             if names != &pruner.group_names() {
                 return Err(Error::Invalid(format!(
@@ -500,10 +687,10 @@ fn cmd_prune_apply(g: &GlobalArgs, a: PruneApplyArgs) -> Result<()> {
         }
         let c = Constraints { round: file.round.unwrap_or(constraints.round), ..constraints };
         let p = pruner.apply_ratios(&file.ratios, &budget, &c)?;
-        (p, pruner, format!("ratios from {what}"))
+        (p, pruner, format!("ratios from {what}"), c)
     };
     let pruned = pruner.prune(&base, &dev, &projected.kept)?;
-    let policy = pruner.policy(&base, &projected, &constraints, &source);
+    let policy = pruner.policy(&base, &projected, &applied_constraints, &source);
     save_pruned(&base, &pruned, &policy, &a.out, g.quiet)
 }
 
@@ -629,7 +816,19 @@ fn finetune_config(ft: &FinetuneOpts, seed: u64, progress: bool) -> FinetuneConf
     }
 }
 
+impl FinetuneOpts {
+    fn check(&self) -> Result<()> {
+        crate::limits::check_positive("--ft-lr", self.lr as f64)?;
+        crate::limits::check_positive("--temperature", self.temperature as f64)?;
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err(Error::Invalid("--ft-epochs and --ft-batch-size must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
 fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
+    a.ft.check()?;
     let dev = open_device(g)?;
     let mut student = checkpoint::load(&a.ckpt, &dev)?;
     let cfg = finetune_config(&a.ft, a.seed, !g.quiet);
@@ -652,6 +851,15 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
         out: &a.out,
         info: json!({ "finetuned_from": a.ckpt, "teacher": a.teacher, "label_free": !a.ft.labels, "data": a.data.data }),
         quiet: g.quiet,
+        resume: a.resume,
+        settings: json!({
+            "command": "finetune",
+            "ckpt": a.ckpt,
+            "teacher": a.teacher,
+            "data": data_settings(&a.data),
+            "temperature": a.ft.temperature,
+            "labels": a.ft.labels,
+        }),
     };
     let logs = fit_and_save(&mut student, &dev, &train_ds, test.as_ref(), &cfg.train, &mut objective, &files)?;
     if let Some(acc) = logs.last().and_then(|l| l.test_top1) {
@@ -694,6 +902,8 @@ fn run_pipeline(
 }
 
 fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
+    a.ft.check()?;
+    let _lock = DirLock::acquire(&a.out)?;
     let dev = open_device(g)?;
     let mut base = checkpoint::load(&a.ckpt, &dev)?;
     let search = search_config(&a.prune, &a.search, Strategy::Ddpg, a.seed, &dev, &base)?;

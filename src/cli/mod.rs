@@ -101,6 +101,10 @@ pub struct FinetuneArgs {
     /// Output directory: model.safetensors, train_log.jsonl, summary.json, training.svg.
     #[arg(long, default_value = "runs/finetune")]
     pub out: PathBuf,
+    /// Continue the interrupted fine-tuning saved in --out (same flags), from its last finished
+    /// epoch; the result is bit-identical to an uninterrupted run on the CPU.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -302,9 +306,10 @@ pub struct DataArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    /// resnet20, resnet32, resnet44, resnet56, resnet110, vgg16 or smallcnn.
-    #[arg(long, default_value = "resnet20")]
-    pub model: String,
+    /// resnet20, resnet32, resnet44, resnet56, resnet110, vgg16 or smallcnn [default: resnet20;
+    /// with --init, the checkpoint's].
+    #[arg(long)]
+    pub model: Option<String>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Output directory: model.safetensors (saved after every epoch), train_log.jsonl, summary.json, training.svg.
@@ -340,6 +345,9 @@ pub struct TrainArgs {
     pub init: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Continue the interrupted run saved in --out (same flags), from its last finished epoch.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Args, Debug, Clone)]

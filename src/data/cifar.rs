@@ -75,6 +75,16 @@ fn load(v: &Variant, dir: &Path, split: Split, files: &[String]) -> Result<Datas
                 format!("size {} bytes is not a whole number of {record}-byte records", bytes.len()),
             ));
         }
+        let total = (images.len() + bytes.len() / record * PIXELS) as u64;
+        if total > crate::limits::MAX_DATASET_BYTES {
+            return Err(Error::format(
+                &path,
+                format!(
+                    "brings the split to {total} pixel bytes, more than the {} accepted",
+                    crate::limits::MAX_DATASET_BYTES
+                ),
+            ));
+        }
         images.reserve(bytes.len() / record * PIXELS);
         for (i, rec) in bytes.chunks_exact(record).enumerate() {
             let (head, pixels) = rec.split_at(v.label_bytes);

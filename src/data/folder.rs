@@ -21,15 +21,45 @@ pub(super) fn load(dir: &Path, split: Split, opts: &OpenOptions) -> Result<Datas
         let what = if dir.exists() { "not a directory" } else { "not found" };
         return Err(Error::format(dir, what));
     }
-    let dir = split_dir(dir, split);
-    let (files, labels, class_names) = scan(&dir)?;
+    let dir = split_dir(dir, split)?;
+    let (files, mut labels, mut class_names) = scan(&dir)?;
+    if split == Split::Test {
+        if let Some(train_names) = train_class_names(&dir)? {
+            // Test labels follow the training split's classes, matched by folder name.
+            if let Some(l) = labels.as_mut() {
+                let map = class_name_map(&dir, &class_names, &train_names)?;
+                l.iter_mut().for_each(|x| *x = map[*x as usize]);
+                class_names = train_names;
+            }
+        }
+    }
     let keep = select(files.len(), opts.limit);
     let files: Vec<&PathBuf> = keep.iter().map(|&i| &files[i]).collect();
     let labels = labels.map(|l| keep.iter().map(|&i| l[i]).collect::<Vec<u32>>());
 
     let size = opts.image_size;
     let channels = if opts.grayscale { 1 } else { 3 };
-    let decoded: Vec<Result<Vec<u8>>> = files.par_iter().map(|p| decode(p, size, opts.grayscale)).collect();
+    let total = (files.len() * channels * size * size) as u64;
+    if total > crate::limits::MAX_DATASET_BYTES {
+        return Err(Error::format(
+            &dir,
+            format!(
+                "{} images of {channels}x{size}x{size} take {total} bytes, more than the {} a dataset may hold \
+                 (lower --image-size or --limit)",
+                files.len(),
+                crate::limits::MAX_DATASET_BYTES
+            ),
+        ));
+    }
+    // Each image may take up to MAX_DECODE_BYTES_PER_IMAGE while it decodes: bound how many decode
+    // at once, so that memory does not grow with the thread count.
+    let decoders = (crate::limits::MAX_DECODE_BYTES_IN_FLIGHT / crate::limits::MAX_DECODE_BYTES_PER_IMAGE) as usize;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(decoders.min(rayon::current_num_threads()).max(1))
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start image decoding threads: {e}")))?;
+    let decoded: Vec<Result<Vec<u8>>> =
+        pool.install(|| files.par_iter().map(|p| decode(p, size, opts.grayscale)).collect());
     let mut images = Vec::with_capacity(files.len() * channels * size * size);
     // Collected first, then checked in order, so the error reported is always the same one.
     for img in decoded {
@@ -47,16 +77,51 @@ pub(super) fn load(dir: &Path, split: Split, opts: &OpenOptions) -> Result<Datas
     })
 }
 
-/// `DIR/train` for the train split and `DIR/test` (or `DIR/val`) for the test split, when `DIR`
-/// has both; `DIR` itself otherwise.
-fn split_dir(dir: &Path, split: Split) -> PathBuf {
-    let train = dir.join("train");
+/// `DIR/train` for the train split and `DIR/test` (or `DIR/val`) for the test split. A folder
+/// with neither is one split: the training split; asking it for a test split is an error rather
+/// than a "test" accuracy measured on the training images.
+fn split_dir(dir: &Path, split: Split) -> Result<PathBuf> {
+    let train = Some(dir.join("train")).filter(|p| p.is_dir());
     let test = ["test", "val"].iter().map(|s| dir.join(s)).find(|p| p.is_dir());
-    match (train.is_dir(), test, split) {
-        (true, Some(_), Split::Train) => train,
-        (true, Some(test), Split::Test) => test,
-        _ => dir.to_path_buf(),
+    match (train, test, split) {
+        (Some(train), _, Split::Train) => Ok(train),
+        (_, Some(test), Split::Test) => Ok(test),
+        (None, None, Split::Train) => Ok(dir.to_path_buf()),
+        (None, Some(_), Split::Train) => Err(Error::format(dir, "has a test/ (or val/) subfolder but no train/")),
+        (Some(_), None, Split::Test) => Err(Error::format(dir, "has a train/ subfolder but no test/ (or val/)")),
+        (None, None, Split::Test) => Err(Error::format(
+            dir,
+            "has no train/ and test/ (or val/) subfolders, so it is a single split, used whole as the training \
+             split; there is no test split to evaluate on (use --split train to evaluate on it)",
+        )),
     }
+}
+
+/// The class names of the training split next to a test split folder, when it has classes.
+fn train_class_names(test_dir: &Path) -> Result<Option<Vec<String>>> {
+    let Some(train) = test_dir.parent().map(|p| p.join("train")).filter(|p| p.is_dir()) else {
+        return Ok(None);
+    };
+    let names: Vec<String> = sorted_entries(&train)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    Ok((!names.is_empty()).then_some(names))
+}
+
+/// For each test class (by index), the index of the training class of the same name.
+fn class_name_map(test_dir: &Path, test_names: &[String], train_names: &[String]) -> Result<Vec<u32>> {
+    test_names
+        .iter()
+        .map(|n| match train_names.iter().position(|t| t == n) {
+            Some(i) => Ok(i as u32),
+            None => Err(Error::format(
+                test_dir.join(n),
+                format!("test class '{n}' is not a class of the training split ({})", train_names.join(", ")),
+            )),
+        })
+        .collect()
 }
 
 /// Lists the images: `(files, labels, class_names)`, labels `None` for a flat folder.
@@ -142,13 +207,18 @@ fn select(n: usize, limit: Option<usize>) -> Vec<usize> {
 
 /// Decodes one image to planar CHW at `size`x`size`.
 fn decode(path: &Path, size: usize, grayscale: bool) -> Result<Vec<u8>> {
-    let img = image::ImageReader::open(path)
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(crate::limits::MAX_DECODE_BYTES_PER_IMAGE);
+    let mut reader = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         // Sniff the content: a JPEG saved as .png still decodes.
         .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
+        .map_err(|e| Error::io(path, e))?;
+    reader.limits(limits);
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        check_jpeg_complete(path)?;
+    }
+    let img = reader.decode().map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
     let s = size as u32;
     let (raw, channels) = if grayscale {
         let mut g = img.to_luma8();
@@ -172,4 +242,17 @@ fn decode(path: &Path, size: usize, grayscale: bool) -> Result<Vec<u8>> {
         }
     }
     Ok(chw)
+}
+
+/// The JPEG decoder fills a truncated scan with grey and succeeds; refuse a JPEG whose last scan
+/// (the last SOS marker, `FF DA`) is not followed by the end-of-image marker (`FF D9`). Inside
+/// entropy-coded data `FF` is always followed by `00` or a restart marker, so neither pair can
+/// appear there by chance.
+fn check_jpeg_complete(path: &Path) -> Result<()> {
+    let bytes = crate::limits::read_bounded(path, crate::limits::MAX_DATA_FILE_BYTES)?;
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xff, marker]);
+    match (last(0xda), last(0xd9)) {
+        (Some(sos), Some(eoi)) if eoi > sos => Ok(()),
+        _ => Err(Error::format(path, "truncated JPEG: no end-of-image marker after the last scan")),
+    }
 }

@@ -310,8 +310,13 @@ impl Default for OpenOptions {
 ///   `synthetic`, `fashion-mnist[:DIR]`, `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`,
 ///   `folder:DIR` or a plain existing directory path.
 pub fn open(spec: &str, split: Split, opts: &OpenOptions) -> Result<Dataset> {
-    if opts.image_size == 0 {
-        crate::bail!(Invalid, "image size must be positive");
+    if opts.image_size == 0 || opts.image_size > crate::limits::MAX_IMAGE_SIDE {
+        crate::bail!(
+            Invalid,
+            "--image-size must be between 1 and {}, got {}",
+            crate::limits::MAX_IMAGE_SIDE,
+            opts.image_size
+        );
     }
     let (kind, arg) = match spec.split_once(':') {
         Some((k, a)) => (k, Some(a)),
@@ -360,9 +365,9 @@ fn fashion_names() -> Vec<String> {
         .collect()
 }
 
-/// Reads a whole file, naming it in the error.
+/// Reads a whole regular file of at most `limits::MAX_DATA_FILE_BYTES`, naming it in the error.
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    crate::limits::read_bounded(path, crate::limits::MAX_DATA_FILE_BYTES)
 }
 
 /// SplitMix64 finaliser chained over `words`: a fast, well-mixed and portable way to derive

@@ -12,6 +12,8 @@ use rand_distr::StandardNormal;
 pub struct Builder {
     nodes: Vec<Node>,
     rng: StdRng,
+    /// Parameters allocated so far, checked against `limits::MAX_PARAMS` before each tensor.
+    params: usize,
 }
 
 impl Builder {
@@ -23,7 +25,7 @@ impl Builder {
             out_shape: input_shape.to_vec(),
             width_slot: None,
         };
-        Builder { nodes: vec![input], rng: StdRng::seed_from_u64(seed) }
+        Builder { nodes: vec![input], rng: StdRng::seed_from_u64(seed), params: 0 }
     }
 
     pub fn input(&self) -> usize {
@@ -53,11 +55,22 @@ impl Builder {
         }
     }
 
-    fn kaiming(&mut self, dims: &[usize], fan_in: usize) -> Tensor {
+    fn kaiming(&mut self, name: &str, dims: &[usize], fan_in: usize) -> Result<Tensor> {
+        let max = crate::limits::MAX_PARAMS;
+        let n = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let total = n.and_then(|n| n.checked_add(self.params)).filter(|&t| t <= max);
+        let (n, total) = match (n, total) {
+            (Some(n), Some(t)) => (n, t),
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "{name}: a weight of shape {dims:?} takes the net past {max} parameters (the largest this engine builds)"
+                )))
+            }
+        };
+        self.params = total;
         let std = (2.0 / fan_in.max(1) as f64).sqrt();
-        let n: usize = dims.iter().product();
         let data = (0..n).map(|_| (self.rng.sample::<f64, _>(StandardNormal) * std) as f32).collect();
-        Tensor::from_vec(dims, data).expect("element count matches")
+        Tensor::from_vec(dims, data)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -75,7 +88,7 @@ impl Builder {
         if h + 2 * pad < k || w + 2 * pad < k {
             return Err(Error::Shape(format!("{name}: a {k}x{k} kernel does not fit a {h}x{w} feature map")));
         }
-        let weight = self.kaiming(&[out_c, c, k, k], c * k * k);
+        let weight = self.kaiming(name, &[out_c, c, k, k], c * k * k)?;
         let (oh, ow) = (conv_out_size(h, k, stride, pad), conv_out_size(w, k, stride, pad));
         let op = Op::Conv(Conv2d { weight: Param::new(weight), spec: ConvSpec { stride, pad } });
         Ok(self.push(name, op, vec![input], vec![out_c, oh, ow], slot))
@@ -135,7 +148,7 @@ impl Builder {
             [f] => f,
             ref s => return Err(Error::Shape(format!("{name}: expected flat features, got {s:?}"))),
         };
-        let weight = self.kaiming(&[out_f, fin], fin);
+        let weight = self.kaiming(name, &[out_f, fin], fin)?;
         // PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
         let bound = 1.0 / (fin.max(1) as f32).sqrt();
         let bias: Vec<f32> = (0..out_f).map(|_| self.rng.random_range(-bound..=bound)).collect();

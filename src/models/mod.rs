@@ -39,6 +39,12 @@ impl Family {
         let lower = name.to_ascii_lowercase();
         if let Some(d) = lower.strip_prefix("resnet") {
             if let Ok(depth) = d.parse::<usize>() {
+                if depth > crate::limits::MAX_RESNET_DEPTH {
+                    return Err(Error::Invalid(format!(
+                        "model '{name}': depth {depth} is deeper than the {} this engine builds",
+                        crate::limits::MAX_RESNET_DEPTH
+                    )));
+                }
                 if depth >= 8 && (depth - 2) % 6 == 0 {
                     return Ok(Family::ResNet { depth });
                 }
@@ -155,6 +161,22 @@ impl Arch {
                 "{}: input channels, input size and class count must be positive",
                 self.model
             )));
+        }
+        use crate::limits::{MAX_CLASSES, MAX_IMAGE_SIDE, MAX_INPUT_CHANNELS, MAX_WIDTH};
+        if let Some(i) = self.widths.iter().position(|&w| w > MAX_WIDTH) {
+            return Err(Error::Invalid(format!(
+                "{}: width {i} is {} channels, more than the {MAX_WIDTH} this engine builds",
+                self.model, self.widths[i]
+            )));
+        }
+        for (what, value, max) in [
+            ("input channels", self.in_channels, MAX_INPUT_CHANNELS),
+            ("input size", self.input_size, MAX_IMAGE_SIDE),
+            ("class count", self.num_classes, MAX_CLASSES),
+        ] {
+            if value > max {
+                return Err(Error::Invalid(format!("{}: {what} {value} is more than the {max} accepted", self.model)));
+            }
         }
         Ok(())
     }

@@ -157,7 +157,7 @@ impl Constraints {
         if !(self.lower > 0.0 && self.lower <= 1.0) {
             return Err(Error::Budget(format!("the lower bound on keep ratios must be in (0, 1], got {}", self.lower)));
         }
-        if ![1, 2, 4, 8, 16].contains(&self.round) {
+        if !super::ROUNDINGS.contains(&self.round) {
             return Err(Error::Invalid(format!("--round must be 1, 2, 4, 8 or 16, got {}", self.round)));
         }
         Ok(())

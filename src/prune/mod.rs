@@ -155,10 +155,18 @@ pub struct RatioFile {
     pub scope: Option<GroupScope>,
     pub criterion: Option<Criterion>,
     pub round: Option<usize>,
+    /// The model the policy was made for (`model` field of a policy object).
+    pub model: Option<String>,
+    /// The channels of each group of the net the policy was made for (`channels` field).
+    pub channels: Option<Vec<usize>>,
 }
 
+/// Roundings a policy file or `--round` may ask for.
+pub const ROUNDINGS: [usize; 5] = [1, 2, 4, 8, 16];
+
 pub fn read_ratio_file(path: &Path) -> Result<RatioFile> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::limits::read_bounded(path, crate::limits::MAX_JSON_BYTES)?;
+    let text = String::from_utf8(bytes).map_err(|_| Error::format(path, "not UTF-8 text"))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not JSON: {e}")))?;
     let as_ratios = |v: &serde_json::Value| -> Result<Vec<f64>> {
@@ -169,7 +177,15 @@ pub fn read_ratio_file(path: &Path) -> Result<RatioFile> {
             .collect()
     };
     if v.is_array() {
-        return Ok(RatioFile { ratios: as_ratios(&v)?, groups: None, scope: None, criterion: None, round: None });
+        return Ok(RatioFile {
+            ratios: as_ratios(&v)?,
+            groups: None,
+            scope: None,
+            criterion: None,
+            round: None,
+            model: None,
+            channels: None,
+        });
     }
     let obj =
         v.as_object().ok_or_else(|| Error::format(path, "expected a list of ratios or an object with \"ratios\""))?;
@@ -188,6 +204,23 @@ pub fn read_ratio_file(path: &Path) -> Result<RatioFile> {
         Some(s) => Some(serde_json::from_value(s).map_err(|e| Error::format(path, format!("criterion: {e}")))?),
         None => None,
     };
-    let round = parse("round")?.and_then(|r| r.as_u64()).map(|r| r as usize);
-    Ok(RatioFile { ratios, groups, scope, criterion, round })
+    let round = match parse("round")? {
+        None => None,
+        Some(r) => match r.as_u64().map(|r| r as usize) {
+            Some(r) if ROUNDINGS.contains(&r) => Some(r),
+            _ => return Err(Error::format(path, format!("field \"round\" is {r}; it must be one of {ROUNDINGS:?}"))),
+        },
+    };
+    let model = match parse("model")? {
+        None => None,
+        Some(serde_json::Value::String(m)) => Some(m),
+        Some(m) => return Err(Error::format(path, format!("field \"model\" is {m}; expected a model name"))),
+    };
+    let channels = match parse("channels")? {
+        Some(c) => {
+            Some(serde_json::from_value(c).map_err(|e| Error::format(path, format!("field \"channels\": {e}")))?)
+        }
+        None => None,
+    };
+    Ok(RatioFile { ratios, groups, scope, criterion, round, model, channels })
 }

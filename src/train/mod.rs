@@ -159,6 +159,34 @@ pub fn evaluate(
     Ok(EvalResult { loss: loss / seen as f64, top1: correct as f64 / seen as f64, images: seen })
 }
 
+/// The name of the first parameter or buffer holding a NaN or infinity, if any.
+pub fn first_non_finite(model: &Model) -> Result<Option<String>> {
+    for (name, entry) in model.graph.state() {
+        if let crate::nn::StateRef::F32(t) = entry {
+            if t.to_vec()?.iter().any(|x| !x.is_finite()) {
+                return Ok(Some(name));
+            }
+        }
+    }
+    Ok(None)
+}
+
+impl TrainConfig {
+    /// Every number must be finite and in range: a NaN or negative rate would train silently.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 || self.eval_batch_size == 0 {
+            return Err(Error::Invalid("epochs and batch sizes must be positive".into()));
+        }
+        crate::limits::check_positive("learning rate", self.lr as f64)?;
+        crate::limits::check_non_negative("weight decay", self.weight_decay as f64)?;
+        crate::limits::check_non_negative("warm-up epochs", self.warmup_epochs)?;
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::Invalid(format!("momentum must be in [0, 1), got {}", self.momentum)));
+        }
+        self.schedule.validate()
+    }
+}
+
 /// Statistics of one optimisation step.
 pub struct StepStats {
     pub loss: f32,
@@ -204,7 +232,7 @@ pub fn train_step(
         (Objective::Distill { .. }, None) => unreachable!("teacher logits computed above"),
     };
     if !loss.is_finite() {
-        return Err(Error::Invalid(format!("training diverged: loss is {loss} (lower the learning rate)")));
+        return Err(Error::Diverged(format!("loss is {loss} (lower the learning rate)")));
     }
     model.graph.zero_grad();
     model.graph.backward(dev, trace, dlogits)?;
@@ -223,6 +251,31 @@ pub fn fit(
     objective: &mut Objective<'_>,
     on_epoch: &mut dyn FnMut(&EpochLog, &Model) -> Result<()>,
 ) -> Result<Vec<EpochLog>> {
+    fit_from(model, dev, train, test, cfg, objective, None, &mut |log, m, _| on_epoch(log, m))
+}
+
+/// Where an interrupted run stopped: the epochs it finished (their logs) and the optimiser's
+/// momentum buffers after the last of them. The model is the caller's, restored alongside.
+pub struct ResumePoint {
+    pub logs: Vec<EpochLog>,
+    pub momentum: Vec<Option<Tensor>>,
+}
+
+/// [`fit`], optionally continuing from a [`ResumePoint`]: the shuffling and augmentation of an
+/// epoch depend only on the seed and the epoch number, so a run resumed at an epoch boundary with
+/// the same model and momentum buffers computes exactly what the uninterrupted run would.
+/// `on_epoch` also sees the optimiser, to save its state.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_from(
+    model: &mut Model,
+    dev: &Device,
+    train: &Dataset,
+    test: Option<&Dataset>,
+    cfg: &TrainConfig,
+    objective: &mut Objective<'_>,
+    resume: Option<ResumePoint>,
+    on_epoch: &mut dyn FnMut(&EpochLog, &Model, &Sgd) -> Result<()>,
+) -> Result<Vec<EpochLog>> {
     check_compatible(model, train)?;
     if let Some(t) = test {
         check_compatible(model, t)?;
@@ -230,8 +283,9 @@ pub fn fit(
     if cfg.epochs == 0 || cfg.batch_size == 0 {
         return Err(Error::Invalid("epochs and batch size must be positive".into()));
     }
-    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(Error::Invalid(format!("learning rate must be positive, got {}", cfg.lr)));
+    cfg.validate()?;
+    if train.is_empty() {
+        return Err(Error::Invalid(format!("dataset {} holds no training images", train.name)));
     }
     if matches!(objective, Objective::Labels) {
         train.labels_or_err()?;
@@ -246,7 +300,18 @@ pub fn fit(
     let mut opt = Sgd::new(cfg.momentum, cfg.weight_decay, cfg.nesterov)?;
     let steps = loader.num_batches();
     let mut logs = Vec::with_capacity(cfg.epochs);
-    for epoch in 0..cfg.epochs {
+    if let Some(r) = resume {
+        if r.logs.len() > cfg.epochs {
+            return Err(Error::Invalid(format!(
+                "the saved run has done {} epochs, more than the {} asked for",
+                r.logs.len(),
+                cfg.epochs
+            )));
+        }
+        logs = r.logs;
+        opt.set_momentum_buffers(r.momentum);
+    }
+    for epoch in logs.len()..cfg.epochs {
         let pb = progress_bar(cfg.progress, steps, format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut labelled, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
@@ -254,7 +319,17 @@ pub fn fit(
         for (step, batch) in loader.epoch(epoch).enumerate() {
             let progress = epoch as f64 + step as f64 / steps.max(1) as f64;
             lr = cfg.schedule.lr(cfg.lr, progress, cfg.epochs, cfg.warmup_epochs);
-            let s = train_step(model, dev, &batch, objective, &mut opt, lr)?;
+            if !(lr.is_finite() && lr >= 0.0) {
+                return Err(Error::Invalid(format!(
+                    "the schedule gives learning rate {lr} at epoch {} step {}",
+                    epoch + 1,
+                    step + 1
+                )));
+            }
+            let s = train_step(model, dev, &batch, objective, &mut opt, lr).map_err(|e| match e {
+                Error::Diverged(m) => Error::Diverged(format!("at epoch {} step {}: {m}", epoch + 1, step + 1)),
+                e => e,
+            })?;
             loss_sum += s.loss as f64 * batch.len() as f64;
             seen += batch.len();
             if let Some(c) = s.correct {
@@ -271,6 +346,13 @@ pub fn fit(
             pb.set_message(format!("loss {:.4}{acc} lr {lr:.4} {rate:.0} img/s", loss_sum / seen as f64));
         }
         dev.synchronize()?;
+        // Never save or evaluate a net whose weights or statistics went non-finite.
+        if let Some(name) = first_non_finite(model)? {
+            return Err(Error::Diverged(format!(
+                "in epoch {} (after step {steps}): {name} holds a non-finite value (lower the learning rate)",
+                epoch + 1
+            )));
+        }
         let train_secs = start.elapsed().as_secs_f64();
         pb.finish_and_clear();
         let eval = match test {
@@ -287,7 +369,7 @@ pub fn fit(
             images_per_sec: seen as f64 / train_secs.max(1e-9),
             seconds: start.elapsed().as_secs_f64(),
         };
-        on_epoch(&log, model)?;
+        on_epoch(&log, model, &opt)?;
         logs.push(log);
     }
     Ok(logs)

@@ -29,6 +29,16 @@ impl Sgd {
         Ok(Sgd { momentum, weight_decay, nesterov, buffers: Vec::new() })
     }
 
+    /// The momentum buffers, by parameter index (saved to resume a run exactly).
+    pub fn momentum_buffers(&self) -> &[Option<Tensor>] {
+        &self.buffers
+    }
+
+    /// Restores buffers saved by [`Sgd::momentum_buffers`].
+    pub fn set_momentum_buffers(&mut self, buffers: Vec<Option<Tensor>>) {
+        self.buffers = buffers;
+    }
+
     /// Updates every parameter that has a gradient.
     pub fn step(&mut self, dev: &Device, graph: &mut Graph, lr: f32) -> Result<()> {
         let hp = SgdStep { lr, momentum: self.momentum, weight_decay: self.weight_decay, nesterov: self.nesterov };
@@ -88,8 +98,20 @@ impl LrSchedule {
                     .split(',')
                     .map(|e| e.trim().parse::<usize>().map_err(|_| bad()))
                     .collect::<Result<Vec<_>>>()?;
-                Ok(LrSchedule::Step { milestones, gamma })
+                let schedule = LrSchedule::Step { milestones, gamma };
+                schedule.validate().map_err(|e| Error::Invalid(format!("--schedule '{s}': {e}")))?;
+                Ok(schedule)
             }
+        }
+    }
+
+    /// Rates must stay positive and finite: a step factor must be a positive finite number and a
+    /// cosine floor non-negative.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            LrSchedule::Constant => Ok(()),
+            LrSchedule::Step { gamma, .. } => crate::limits::check_positive("step factor (@GAMMA)", *gamma as f64),
+            LrSchedule::Cosine { min_lr } => crate::limits::check_non_negative("cosine min_lr", *min_lr as f64),
         }
     }
 
