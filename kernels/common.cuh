@@ -19,6 +19,10 @@ typedef long long i64;
 
 #define LF_DEVICE __device__ __forceinline__
 
+// Field offset of a kernel parameter struct, asserted equal to its Rust mirror's
+// (`assert_layout!` in src/backend/cuda/mod.rs checks the same numbers on the Rust side).
+#define LF_OFFSET(T, F, OFF) static_assert(__builtin_offsetof(T, F) == (OFF), #T "." #F " offset must match the Rust mirror")
+
 // ---- tensor-core helpers (sm_80+) -----------------------------------------------------------------
 
 // f32 -> tf32 (round to nearest, ties away from zero), result in a 32-bit register.
