@@ -1,9 +1,15 @@
 //! The seam between the network code and the hardware.
 //!
 //! `Backend` is the complete op set a forward pass, a backward pass, an optimiser step and a
-//! pruning search need. The CPU backend is the reference; the CUDA backend implements the same
+//! pruning search need, made of one trait per op family: [`Memory`], [`ConvOps`], [`NormOps`],
+//! [`ElementwiseOps`], [`PoolOps`], [`ShortcutOps`], [`LinearOps`], [`LossOps`], [`OptimOps`] and
+//! [`SearchOps`]. Each backend implements each family in the family's own file (`cpu/conv.rs`,
+//! `cuda/conv.rs`, ...). The CPU backend is the reference; the CUDA backend implements the same
 //! ops with hand-written kernels and is tested against it. Layers, models, training, pruning and
 //! search only ever talk to a `Device` (an `Arc<dyn Backend>`), so they never care where they run.
+//!
+//! Every op first builds its checked geometry ([`shape`]) from its arguments: one place per op
+//! family decides what is a bad input and how it is reported, for every backend.
 //!
 //! Conventions shared by every implementation:
 //! - images are NCHW, conv weights `[out, in, kh, kw]`, linear weights `[out, in]`;
