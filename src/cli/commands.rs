@@ -46,6 +46,7 @@ pub fn run_command(cli: Cli) -> Result<()> {
 
 pub(crate) fn open_device(g: &GlobalArgs) -> Result<Device> {
     let dev = backend::select(g.device)?;
+    dev.set_conv_precision(g.precision)?;
     if !g.quiet {
         eprintln!("device: {}", dev.describe());
     }
@@ -534,7 +535,7 @@ fn bench_kernels(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
     }
     let cuda = std::sync::Arc::new(CudaBackend::new(0)?);
     if !g.quiet {
-        eprintln!("device: {}", crate::backend::Backend::describe(&*cuda));
+        eprintln!("device: {}", crate::backend::Memory::describe(&*cuda));
     }
     let opts = bench::BenchOptions {
         reps: a.reps.unwrap_or(100),

@@ -4,7 +4,7 @@
 mod commands;
 mod info;
 
-use crate::backend::DeviceChoice;
+use crate::backend::{DeviceChoice, Precision};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -34,6 +34,10 @@ pub struct GlobalArgs {
     /// Where to run: `auto` uses a CUDA GPU when one is found, else the CPU.
     #[arg(long, global = true, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// Convolution arithmetic on CUDA: `f32` (exact), `tf32` or `bf16` tensor cores (forward and
+    /// input gradient; see the README for the accuracy bounds). The CPU computes in f32 only.
+    #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     /// CPU threads (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
