@@ -227,8 +227,8 @@ impl Scorer {
 
     /// Rewards of K candidates (`keeps[i]` for candidate i), equal bit for bit to scoring them
     /// one by one. On the CPU the candidates run side by side on the thread pool (each forward
-    /// also uses the pool); on a GPU they are queued one after another on the device's stream,
-    /// and nothing is read back until every candidate's features are reduced.
+    /// also uses the pool); on a GPU their weights are gathered together (`apply_batch`) and
+    /// their forward passes queued one after another on the device's stream.
     pub fn score_batch(&self, base: &Model, groups: &[ChannelGroup], keeps: &[Vec<Vec<u32>>]) -> Result<Vec<f64>> {
         let one = |keep: &Vec<Vec<u32>>| -> Result<f64> {
             let mut cand = self.candidate(base, groups, keep)?;
@@ -236,9 +236,19 @@ impl Scorer {
         };
         if self.dev.kind() == DeviceKind::Cpu {
             use rayon::prelude::*;
-            keeps.par_iter().with_max_len(1).map(one).collect()
-        } else {
-            keeps.iter().map(one).collect()
+            return keeps.par_iter().with_max_len(1).map(one).collect();
         }
+        // On a device: every tensor of all K candidates gathered in one launch each, then the
+        // candidates' BN re-estimation and forward passes queued back to back.
+        let nets = crate::prune::apply::apply_batch(base, &self.dev, groups, keeps)?;
+        nets.into_iter()
+            .zip(keeps)
+            .map(|(mut cand, keep)| {
+                if self.cfg.recalibrate_bn {
+                    recalibrate_bn(&mut cand, &self.dev, &self.images)?;
+                }
+                self.score(&mut cand, keep)
+            })
+            .collect()
     }
 }
