@@ -880,3 +880,37 @@ impl Agent {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Resumed searches may run on another machine: the vectorised Adam must give the bits of
+    /// the baseline build.
+    #[test]
+    fn adam_is_bit_identical_on_every_instruction_set() {
+        let n = 1037;
+        let wave = |k: usize, f: f32| (0..n).map(|i| ((i * k % 97) as f32 / 97.0 - 0.5) * f).collect::<Vec<f32>>();
+        let (params, grad, m) = (wave(7, 1.0), wave(13, 1e-3), wave(5, 1e-4));
+        let v: Vec<f32> = wave(3, 1e-3).iter().map(|x| x * x).collect();
+        let run = |f: &dyn Fn(&mut [f32], &mut [f32], &mut [f32])| {
+            let (mut p, mut m, mut v) = (params.clone(), m.clone(), v.clone());
+            f(&mut p, &mut m, &mut v);
+            [p, m, v].concat().iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
+        };
+        let (lr, c1, c2) = (1e-3, 1.0 - BETA1.powi(3), 1.0 - BETA2.powi(3));
+        let plain = run(&|p, m, v| adam(p, &grad, m, v, lr, c1, c2));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 is available.
+                assert!(plain == run(&|p, m, v| unsafe { adam_avx2(p, &grad, m, v, lr, c1, c2) }), "AVX2");
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F is available.
+                assert!(plain == run(&|p, m, v| unsafe { adam_avx512(p, &grad, m, v, lr, c1, c2) }), "AVX-512");
+            }
+        }
+        assert!(plain != run(&|p, m, v| adam(p, &grad, m, v, 2.0 * lr, c1, c2)), "the comparison can fail");
+    }
+}
