@@ -893,7 +893,8 @@ mod tests {
         let wave = |k: usize, f: f32| (0..n).map(|i| ((i * k % 97) as f32 / 97.0 - 0.5) * f).collect::<Vec<f32>>();
         let (params, grad, m) = (wave(7, 1.0), wave(13, 1e-3), wave(5, 1e-4));
         let v: Vec<f32> = wave(3, 1e-3).iter().map(|x| x * x).collect();
-        let run = |f: &dyn Fn(&mut [f32], &mut [f32], &mut [f32])| {
+        type Step<'a> = &'a dyn Fn(&mut [f32], &mut [f32], &mut [f32]);
+        let run = |f: Step| {
             let (mut p, mut m, mut v) = (params.clone(), m.clone(), v.clone());
             f(&mut p, &mut m, &mut v);
             [p, m, v].concat().iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
