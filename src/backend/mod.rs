@@ -143,6 +143,7 @@ pub trait Memory {
     fn describe(&self) -> String;
     fn zeros(&self, dims: &[usize]) -> Result<Tensor>;
     /// Copies host data into a tensor on this device.
+    #[allow(clippy::wrong_self_convention)] // "from host" says where the data comes from; `self` is the destination
     fn from_host(&self, dims: &[usize], data: &[f32]) -> Result<Tensor>;
     /// Moves any tensor (host or device) onto this device; a no-op copy when already here.
     fn to_device(&self, t: &Tensor) -> Result<Tensor> {

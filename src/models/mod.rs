@@ -9,8 +9,7 @@ pub mod cost;
 use crate::backend::Device;
 use crate::data::Normalization;
 use crate::error::{Error, Result};
-use crate::nn::{Graph, Mode};
-use crate::tensor::Tensor;
+use crate::nn::Graph;
 use builder::Builder;
 use serde::{Deserialize, Serialize};
 
@@ -300,11 +299,6 @@ impl Model {
         cost::graph_cost(&self.graph)
     }
 
-    /// Logits for a batch in inference mode.
-    pub fn predict(&mut self, dev: &Device, x: Tensor) -> Result<Tensor> {
-        self.graph.forward(dev, x, Mode::Eval)
-    }
-
     /// Index of the node whose output feeds the classifier: the penultimate features used by the
     /// label-free reward (the global average pool for ResNets, the last hidden ReLU for VGG).
     pub fn penultimate_node(&self) -> usize {
@@ -324,7 +318,7 @@ impl Model {
                 Op::Add { .. } => {
                     // The last block of a stage: the next Add has a different shape, or none follows.
                     let next_add = nodes[i + 1..].iter().find(|m| matches!(m.op, Op::Add { .. }));
-                    next_add.is_none_or(|m| m.out_shape != n.out_shape)
+                    next_add.map_or(true, |m| m.out_shape != n.out_shape)
                 }
                 _ => false,
             };

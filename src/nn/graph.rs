@@ -8,6 +8,8 @@ use crate::backend::{ConvEpilogue, Device};
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Tensor};
 
+// A net has a few dozen nodes: boxing the layers would add indirection and save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Op {
     /// The image batch.
     Input,

@@ -79,14 +79,6 @@ impl GatherView {
         Ok(GatherView { outer: dims[0], d0: dims[1], d1: 1, inner: dims[2..].iter().product() })
     }
 
-    /// Linear weights `[out, in]`.
-    pub fn linear_weight(dims: &[usize]) -> Result<GatherView> {
-        match dims {
-            [o, i] => Ok(GatherView { outer: 1, d0: *o, d1: *i, inner: 1 }),
-            _ => Err(Error::Shape(format!("gather: linear weight must be [out, in], got {}", fmt_dims(dims)))),
-        }
-    }
-
     fn numel(&self) -> usize {
         self.outer * self.d0 * self.d1 * self.inner
     }

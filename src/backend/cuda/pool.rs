@@ -49,6 +49,7 @@ impl CudaBackend {
             _pad: 0,
         };
         let xd = x.dims().to_vec();
+        // One warp per plane, 8 warps per block.
         Launch::linear(FILE, "avgpool_fwd", n * c, 8, 256)?
             .run(&self.kernels, &self.stream, &p, &|| format!("global_avgpool_forward {}", fmt_dims(&xd)))
     }
