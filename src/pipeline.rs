@@ -59,7 +59,14 @@ impl PipelineConfig {
                 reward: RewardConfig::default(),
             },
             finetune: FinetuneConfig {
-                train: TrainConfig { epochs: ft_epochs, batch_size: 64, lr: 0.01, seed, progress, ..TrainConfig::default() },
+                train: TrainConfig {
+                    epochs: ft_epochs,
+                    batch_size: 64,
+                    lr: 0.01,
+                    seed,
+                    progress,
+                    ..TrainConfig::default()
+                },
                 distill_temperature: Some(4.0),
             },
             random_baseline: true,
@@ -234,8 +241,14 @@ pub fn run(
         // reward re-estimates them).
         let pruner = Pruner::new(inputs.baseline, policy.scope, policy.criterion)?;
         let keep = pruner.keep_indices(&policy.kept)?;
-        let mut net =
-            search::reward::scored_candidate(inputs.baseline, dev, &pruner.groups, &keep, &search_images, &cfg.search.reward)?;
+        let mut net = search::reward::scored_candidate(
+            inputs.baseline,
+            dev,
+            &pruner.groups,
+            &keep,
+            &search_images,
+            &cfg.search.reward,
+        )?;
         let before = search::top1(&mut net, dev, &test_images, &test_labels)?;
         let dir = out.join(format!("finetune-{}", method.replace(' ', "-")));
         say(format!(

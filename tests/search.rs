@@ -212,12 +212,18 @@ fn search_meets_the_budget_and_resume_matches_an_uninterrupted_run() {
     assert_eq!(log.len(), 1 + 5 * 3, "uniform reference + every candidate");
     for r in &log {
         assert!(r.policy.flops_fraction <= 0.5 + 1e-12, "candidate over budget: {}", r.policy.flops_fraction);
-        assert!(r.policy.ratios.iter().all(|&x| x >= 0.2 - 1e-9 && x <= 1.0));
+        assert!(r.policy.ratios.iter().all(|&x| (0.2 - 1e-9..=1.0).contains(&x)));
         assert!(r.top1.is_none(), "no accuracy unless asked for");
     }
     assert!(full.best.reward >= full.uniform.reward || log.iter().all(|r| r.reward <= full.best.reward));
-    for f in ["best_policy.json", "pruned.safetensors", "reward.svg", "ratios.svg", "summary.json", "search_state.safetensors"]
-    {
+    for f in [
+        "best_policy.json",
+        "pruned.safetensors",
+        "reward.svg",
+        "ratios.svg",
+        "summary.json",
+        "search_state.safetensors",
+    ] {
         assert!(full_dir.join(f).exists(), "{f}");
     }
     let pruned = lfgcl::train::checkpoint::load(full_dir.join("pruned.safetensors"), &dev).unwrap();
@@ -237,8 +243,7 @@ fn search_meets_the_budget_and_resume_matches_an_uninterrupted_run() {
     assert!(e.contains("differs in seed (99 now, 5 when started)"), "{e}");
     // So is resuming on other images, naming them.
     let other_images = images.to_vec().unwrap();
-    let other_images =
-        Tensor::from_vec(images.dims(), other_images.into_iter().map(|v| v * 0.5).collect()).unwrap();
+    let other_images = Tensor::from_vec(images.dims(), other_images.into_iter().map(|v| v * 0.5).collect()).unwrap();
     let e = search::run(&mut m, &dev, &other_images, &config(6), &files, None, &opts(true)).unwrap_err().to_string();
     assert!(e.contains("the unlabeled images"), "{e}");
 }
@@ -357,9 +362,32 @@ fn search_killed_at_random_moments_resumes_bit_for_bit() {
     lfgcl::train::checkpoint::save(&m, &ckpt, &serde_json::Value::Null).unwrap();
     let args = |out: &std::path::Path| -> Vec<String> {
         [
-            "--device", "cpu", "--threads", "2", "--quiet", "search", "--ckpt", ckpt.to_str().unwrap(), "--data",
-            "synthetic", "--images", "32", "--flops", "0.5", "--episodes", "40", "--warmup", "5",
-            "--candidates-per-step", "4", "--checkpoint-every", "0.05", "--seed", "3", "--out", out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+            "--quiet",
+            "search",
+            "--ckpt",
+            ckpt.to_str().unwrap(),
+            "--data",
+            "synthetic",
+            "--images",
+            "32",
+            "--flops",
+            "0.5",
+            "--episodes",
+            "40",
+            "--warmup",
+            "5",
+            "--candidates-per-step",
+            "4",
+            "--checkpoint-every",
+            "0.05",
+            "--seed",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -424,8 +452,24 @@ fn search_options_and_output_folder_are_checked() {
     let out = tmp.path().join("s");
     let run = |extra: &[&str]| {
         let mut args = vec![
-            "--device", "cpu", "--quiet", "search", "--ckpt", ckpt.to_str().unwrap(), "--images", "16", "--flops",
-            "0.5", "--episodes", "2", "--warmup", "1", "--candidates-per-step", "2", "--out", out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--quiet",
+            "search",
+            "--ckpt",
+            ckpt.to_str().unwrap(),
+            "--images",
+            "16",
+            "--flops",
+            "0.5",
+            "--episodes",
+            "2",
+            "--warmup",
+            "1",
+            "--candidates-per-step",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
         let o = std::process::Command::new(exe::lfgcl_exe()).args(&args).output().unwrap();

@@ -1,8 +1,8 @@
 //! Subcommand handlers: open data and devices, call the library, print and save results.
 
 use super::{
-    BenchArgs, BenchWhat, BnStats, CandidatesPerStep, Cli, Command, DataArgs, DemoArgs, EvalArgs, FinetuneArgs, FinetuneOpts, GlobalArgs, PipelineArgs,
-    PruneApplyArgs, PruneArgs, SearchArgs, SearchOpts, TrainArgs,
+    BenchArgs, BenchWhat, BnStats, CandidatesPerStep, Cli, Command, DataArgs, DemoArgs, EvalArgs, FinetuneArgs,
+    FinetuneOpts, GlobalArgs, PipelineArgs, PruneApplyArgs, PruneArgs, SearchArgs, SearchOpts, TrainArgs,
 };
 use crate::backend::{self, Device};
 use crate::data::{self, Dataset, OpenOptions, Split};
@@ -476,7 +476,8 @@ fn bench_search(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
     );
     let mut json = serde_json::to_value(&r).expect("report serialises");
     if let Some(strategy) = a.strategy {
-        let l = crate::bench::search_loop_bench(&dev, &mut model, a.images, a.candidates, a.episodes, strategy, !g.quiet)?;
+        let l =
+            crate::bench::search_loop_bench(&dev, &mut model, a.images, a.candidates, a.episodes, strategy, !g.quiet)?;
         println!("{}", l.table());
         json["loop"] = serde_json::to_value(&l).expect("report serialises");
     }
@@ -710,7 +711,10 @@ pub(crate) fn search_config(
         CandidatesPerStep::Auto => search::auto_candidates_per_step(dev, base, s.images)?,
     };
     if !(s.checkpoint_every.is_finite() && s.checkpoint_every >= 0.0) {
-        return Err(Error::Invalid(format!("--checkpoint-every {} must be a number of seconds >= 0", s.checkpoint_every)));
+        return Err(Error::Invalid(format!(
+            "--checkpoint-every {} must be a number of seconds >= 0",
+            s.checkpoint_every
+        )));
     }
     let cfg = SearchConfig {
         budget,

@@ -318,7 +318,7 @@ impl Model {
                 Op::Add { .. } => {
                     // The last block of a stage: the next Add has a different shape, or none follows.
                     let next_add = nodes[i + 1..].iter().find(|m| matches!(m.op, Op::Add { .. }));
-                    next_add.map_or(true, |m| m.out_shape != n.out_shape)
+                    next_add.is_none_or(|m| m.out_shape != n.out_shape)
                 }
                 _ => false,
             };

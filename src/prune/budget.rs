@@ -134,7 +134,7 @@ impl Budget {
         Ok(())
     }
     fn met(&self, (macs, params): (f64, f64)) -> bool {
-        self.flops.map_or(true, |f| macs <= f + 1e-12) && self.params.map_or(true, |p| params <= p + 1e-12)
+        self.flops.is_none_or(|f| macs <= f + 1e-12) && self.params.is_none_or(|p| params <= p + 1e-12)
     }
 }
 

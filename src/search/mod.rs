@@ -531,7 +531,8 @@ impl<'a> Search<'a> {
                 let trainer = s.spawn(move || train_agent(agent, updates, update_rng(seed, episode - 1)));
                 let scored = evaluate(scorer, base, pruner, report.as_ref(), dev, &fresh);
                 let scored_at = Instant::now();
-                let trained = trainer.join().unwrap_or_else(|_| Err(Error::Invalid("the agent's thread panicked".into())));
+                let trained =
+                    trainer.join().unwrap_or_else(|_| Err(Error::Invalid("the agent's thread panicked".into())));
                 (scored.and_then(|s| trained.map(|_| s)), scored_at.elapsed())
             });
             self.time.agent_s += waited.as_secs_f64();

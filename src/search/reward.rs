@@ -5,10 +5,10 @@
 //! the net computes. No label is read.
 
 use crate::backend::{Device, DeviceKind};
-use crate::prune::apply::apply;
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::{Mode, Op};
+use crate::prune::apply::apply;
 use crate::prune::groups::analyse;
 use crate::prune::ChannelGroup;
 use crate::tensor::Tensor;
@@ -218,7 +218,10 @@ impl Scorer {
                         .sum();
                     (mse_kept * kept_count + dropped) / full / tap.variance
                 }
-                _ => self.dev.feature_mse(&f.reshape(&[1, tap.baseline.numel()])?, &tap.baseline)?[0] as f64 / tap.variance,
+                _ => {
+                    self.dev.feature_mse(&f.reshape(&[1, tap.baseline.numel()])?, &tap.baseline)?[0] as f64
+                        / tap.variance
+                }
             };
             total += nmse;
         }

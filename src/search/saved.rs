@@ -83,8 +83,7 @@ pub(crate) fn read(path: &Path) -> Result<SavedSearch> {
         if t.dtype() != Dtype::F32 {
             return Err(Error::format(path, format!("{name}: dtype {:?}, expected F32", t.dtype())));
         }
-        let values: Vec<f32> =
-            t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         tensors.push((name, t.shape().to_vec(), values));
     }
     let agent = AgentSnapshot { tensors, meta: meta.agent_meta.clone() };
