@@ -37,6 +37,8 @@ pub fn run_command(cli: Cli) -> Result<()> {
         Command::Search(a) => cmd_search(&g, a),
         Command::Finetune(a) => cmd_finetune(&g, a),
         Command::Pipeline(a) => cmd_pipeline(&g, a),
+        Command::Import(a) => super::interop::cmd_import(&g, a),
+        Command::ExportOnnx(a) => super::interop::cmd_export_onnx(&g, a),
     }
 }
 
@@ -324,9 +326,10 @@ fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
 }
 
 fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
+    let batch = a.batch.as_ref().and_then(|b| b.first().copied()).unwrap_or(64);
     match a.what.as_str() {
         "cpu" => {
-            let report = crate::bench::cpu_bench(&a.model, a.batch, a.train_batch, a.reps.unwrap_or(5), !g.quiet)?;
+            let report = crate::bench::cpu_bench(&a.model, batch, a.train_batch, a.reps.unwrap_or(5), !g.quiet)?;
             println!("{}", report.table());
             if let Some(p) = &a.json {
                 report::write_json(p, &report)?;
@@ -335,7 +338,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
         }
         "train" | "infer" => {
             let dev = open_device(g)?;
-            let batch = if a.what == "train" { a.train_batch } else { a.batch };
+            let batch = if a.what == "train" { a.train_batch } else { batch };
             let r = crate::bench::model_bench(&dev, &a.model, batch, a.what == "train", 3, a.reps.unwrap_or(5))?;
             let t = &r.throughput;
             println!(
@@ -371,9 +374,10 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             Ok(())
         }
         "kernels" => bench_kernels(g, &a),
-        other => {
-            Err(Error::Invalid(format!("unknown benchmark '{other}' (expected cpu, infer, train, search or kernels)")))
-        }
+        "deploy" => super::interop::bench_deploy(g, &a),
+        other => Err(Error::Invalid(format!(
+            "unknown benchmark '{other}' (expected cpu, infer, train, search, kernels or deploy)"
+        ))),
     }
 }
 
