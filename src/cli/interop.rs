@@ -19,8 +19,8 @@ pub(crate) fn cmd_import(g: &GlobalArgs, a: ImportArgs) -> Result<()> {
     };
     if normalization.is_none() {
         eprintln!(
-            "warning: no --mean/--std: the input normalisation is recorded as unknown; lfgcl's data \
-             loaders will feed pixel/255, which is only right if the net was trained that way"
+            "warning: no --mean/--std: the input normalisation is recorded as unknown; lfgcl will \
+             normalise with the channel statistics of whatever data it is given (eval, search, fine-tuning)"
         );
     }
     let opts = ImportOptions { model: a.model, normalization, classes: a.classes, input_size: a.input_size };
@@ -58,7 +58,8 @@ pub(crate) fn cmd_export_onnx(g: &GlobalArgs, a: ExportOnnxArgs) -> Result<()> {
             s.folded_batch_norms,
             s.bytes,
             match &model.normalization {
-                Some(n) => format!("mean {:?} std {:?} (metadata lfgcl.normalization; not in the graph)", n.mean, n.std),
+                Some(n) =>
+                    format!("mean {:?} std {:?} (metadata lfgcl.normalization; not in the graph)", n.mean, n.std),
                 None => "unknown".into(),
             }
         );

@@ -64,7 +64,9 @@ impl DeployReport {
         self.rows
             .iter()
             .filter(|r| r.runtime == "lfgcl cpu")
-            .filter_map(|r| find("onnxruntime cpu", r.batch).map(|o| (r.batch, r.base_images_per_sec / o.base_images_per_sec)))
+            .filter_map(|r| {
+                find("onnxruntime cpu", r.batch).map(|o| (r.batch, r.base_images_per_sec / o.base_images_per_sec))
+            })
             .collect()
     }
 
@@ -203,7 +205,13 @@ pub fn bench_deploy(base_path: &Path, pruned_path: Option<&Path>, opts: &DeployO
                 Some(p) => Some(lfgcl_images_per_sec(p, dev, b, opts.min_seconds)?),
                 None => None,
             };
-            rows.push(Row { runtime: runtime.into(), batch: b, base_images_per_sec: bi, pruned_images_per_sec: pi, speedup: pi.map(|p| p / bi) });
+            rows.push(Row {
+                runtime: runtime.into(),
+                batch: b,
+                base_images_per_sec: bi,
+                pruned_images_per_sec: pi,
+                speedup: pi.map(|p| p / bi),
+            });
         }
         Ok(())
     };
@@ -211,7 +219,12 @@ pub fn bench_deploy(base_path: &Path, pruned_path: Option<&Path>, opts: &DeployO
     if let Some(gpu) = &opts.gpu {
         let mut gb = checkpoint::load(base_path, gpu)?;
         let mut gp = pruned_path.map(|p| checkpoint::load(p, gpu)).transpose()?;
-        measure(&format!("lfgcl {}", if gpu.kind() == DeviceKind::Cuda { "cuda" } else { "gpu" }), gpu, &mut gb, gp.as_mut())?;
+        measure(
+            &format!("lfgcl {}", if gpu.kind() == DeviceKind::Cuda { "cuda" } else { "gpu" }),
+            gpu,
+            &mut gb,
+            gp.as_mut(),
+        )?;
     }
     let (mut note, mut version) = (None, None);
     if opts.onnxruntime {
@@ -229,7 +242,8 @@ pub fn bench_deploy(base_path: &Path, pruned_path: Option<&Path>, opts: &DeployO
                     let get = |f: &Path| {
                         out.results.iter().find(|r| r.batch == b && Path::new(&r.model) == f).map(|r| r.images_per_sec)
                     };
-                    let bi = get(&base_onnx).ok_or_else(|| Error::Invalid(format!("ort_bench.py gave no result for batch {b}")))?;
+                    let bi = get(&base_onnx)
+                        .ok_or_else(|| Error::Invalid(format!("ort_bench.py gave no result for batch {b}")))?;
                     let pi = if pruned.is_some() { get(&pruned_onnx) } else { None };
                     rows.push(Row {
                         runtime: "onnxruntime cpu".into(),

@@ -66,16 +66,22 @@ pub fn convert_command(from: &Path) -> String {
     format!("python3 scripts/torch_to_safetensors.py {} {}", from.display(), out.display())
 }
 
-fn looks_like_pickle(path: &Path, head: &[u8]) -> bool {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    matches!(ext.as_str(), "pt" | "pth" | "th" | "tar" | "pkl" | "bin" | "ckpt")
-        || head.starts_with(b"PK\x03\x04")
-        || head.first() == Some(&0x80)
+/// A zip archive (torch.save since 1.6) or a bare pickle (protocol 2+ starts with 0x80).
+fn looks_like_pickle(head: &[u8]) -> bool {
+    head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80)
 }
 
 fn read_sources(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Source>> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
-        Error::format(path, format!("not a safetensors state dict ({e}); for a PyTorch pickle run: {}", convert_command(path)))
+        if looks_like_pickle(&bytes[..bytes.len().min(8)]) {
+            Error::Invalid(format!(
+                "{} is a PyTorch pickle, not safetensors; lfgcl does not read pickles. Convert it first:\n  {}\nthen import the .safetensors file",
+                path.display(),
+                convert_command(path)
+            ))
+        } else {
+            Error::format(path, format!("not a safetensors state dict ({e}); a PyTorch pickle converts with: {}", convert_command(path)))
+        }
     })?;
     let mut out = BTreeMap::new();
     for (raw_name, view) in st.tensors() {
@@ -83,7 +89,10 @@ fn read_sources(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Source>> {
         let shape = view.shape().to_vec();
         let d = view.data();
         let src = match view.dtype() {
-            Dtype::F32 => Source::F32 { shape, data: d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() },
+            Dtype::F32 => Source::F32 {
+                shape,
+                data: d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            },
             Dtype::F64 => Source::F32 {
                 shape,
                 data: d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
@@ -96,10 +105,19 @@ fn read_sources(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Source>> {
                 shape,
                 data: d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             },
-            Dtype::I64 => Source::Int { shape, data: d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect() },
-            Dtype::I32 => Source::Int { shape, data: d.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect() },
+            Dtype::I64 => Source::Int {
+                shape,
+                data: d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            },
+            Dtype::I32 => Source::Int {
+                shape,
+                data: d.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
+            },
             other => {
-                return Err(Error::format(path, format!("tensor {raw_name} has type {other:?}; expected floats or integers")))
+                return Err(Error::format(
+                    path,
+                    format!("tensor {raw_name} has type {other:?}; expected floats or integers"),
+                ))
             }
         };
         if out.insert(name.clone(), src).is_some() {
@@ -187,8 +205,10 @@ fn infer_arch(cx: &Ctx<'_>, opts: &ImportOptions) -> Result<Arch> {
                         .into(),
                 ));
             }
-            let w: Vec<usize> =
-                names.iter().map(|n| cx.dim(&format!("{n}.weight"), if n.starts_with("classifier") { 2 } else { 4 }, 0)).collect::<Result<_>>()?;
+            let w: Vec<usize> = names
+                .iter()
+                .map(|n| cx.dim(&format!("{n}.weight"), if n.starts_with("classifier") { 2 } else { 4 }, 0))
+                .collect::<Result<_>>()?;
             (cx.dim("features.0.weight", 4, 1)?, cx.dim("classifier.3.weight", 2, 0)?, w)
         }
         Family::SmallCnn => {
@@ -209,13 +229,6 @@ fn infer_arch(cx: &Ctx<'_>, opts: &ImportOptions) -> Result<Arch> {
 /// Imports a state dict into a model (on the CPU).
 pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportSummary)> {
     let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
-    if looks_like_pickle(from, &bytes[..bytes.len().min(8)]) {
-        return Err(Error::Invalid(format!(
-            "{} looks like a PyTorch pickle; lfgcl does not read pickles. Convert it first:\n  {}\nthen import the .safetensors file",
-            from.display(),
-            convert_command(from)
-        )));
-    }
     let mut src = read_sources(from, &bytes)?;
     let family = Family::parse(&opts.model)?;
     if matches!(family, Family::ResNet { .. }) {
@@ -242,7 +255,13 @@ pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportS
                     (Some(bn), Source::F32 { shape, data }) if shape == &[c.out_channels()] => {
                         conv_bias.insert(format!("{}.running_mean", bn.name), (key, data.clone()));
                     }
-                    _ => return Err(cx.err(format!("tensor {key} has shape {:?}, expected [{}]", s.shape(), c.out_channels()))),
+                    _ => {
+                        return Err(cx.err(format!(
+                            "tensor {key} has shape {:?}, expected [{}]",
+                            s.shape(),
+                            c.out_channels()
+                        )))
+                    }
                 }
             }
         }
@@ -300,7 +319,9 @@ pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportS
         if let Op::Shortcut(s) = &node.op {
             let in_c = graph.nodes[node.inputs[0]].out_shape[0] as i32;
             if let Some(bad) = s.src.iter().find(|&&v| v < -1 || v >= in_c) {
-                return Err(cx.err(format!("{}.channel_map refers to channel {bad} of a {in_c}-channel input", node.name)));
+                return Err(
+                    cx.err(format!("{}.channel_map refers to channel {bad} of a {in_c}-channel input", node.name))
+                );
             }
         }
     }

@@ -65,7 +65,12 @@ fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
 }
 
 fn attr_int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(proto::attribute_type::INT), i: Some(v), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(proto::attribute_type::INT),
+        i: Some(v),
+        ..Default::default()
+    }
 }
 
 fn attr_float(name: &str, v: f32) -> AttributeProto {
@@ -143,7 +148,8 @@ fn host(t: &Tensor) -> Result<Vec<f32>> {
 
 /// Per-channel `scale` and `shift` of a batch norm in inference: `y = x * scale + shift`.
 fn bn_affine(bn: &crate::nn::BatchNorm) -> Result<(Vec<f64>, Vec<f64>)> {
-    let (g, b, m, v) = (host(&bn.weight.value)?, host(&bn.bias.value)?, host(&bn.running_mean)?, host(&bn.running_var)?);
+    let (g, b, m, v) =
+        (host(&bn.weight.value)?, host(&bn.bias.value)?, host(&bn.running_mean)?, host(&bn.running_var)?);
     let scale: Vec<f64> = g.iter().zip(&v).map(|(&g, &v)| g as f64 / (v as f64 + bn.eps as f64).sqrt()).collect();
     let shift = b.iter().zip(&m).zip(&scale).map(|((&b, &m), &s)| b as f64 - m as f64 * s).collect();
     Ok((scale, shift))
@@ -228,7 +234,11 @@ pub fn to_model_proto(model: &Model, opts: &ExportOptions) -> Result<(ModelProto
                     ins.push(w.init_f32(&format!("{name}.bias"), &[dims[0]], &b));
                 }
                 let (k, s, p) = (dims[2] as i64, c.spec.stride as i64, c.spec.pad as i64);
-                let attrs = vec![attr_ints("kernel_shape", &[k, k]), attr_ints("strides", &[s, s]), attr_ints("pads", &[p, p, p, p])];
+                let attrs = vec![
+                    attr_ints("kernel_shape", &[k, k]),
+                    attr_ints("strides", &[s, s]),
+                    attr_ints("pads", &[p, p, p, p]),
+                ];
                 w.node("Conv", name, ins, &out, attrs);
             }
             Op::Linear(l) => {
