@@ -5,7 +5,7 @@
 Each model and batch: a session with `--threads` intra-op threads (1 inter-op, sequential), two
 warm-up runs, then runs for at least --min-seconds (and 3 runs); the median time per run gives
 images/s. Prints JSON on stdout: {"onnxruntime": VERSION, "results": [{model, batch,
-images_per_sec, median_s, reps}]}. Needs numpy and onnxruntime (pip install onnxruntime).
+images_per_sec, median_s, times}]} (times: seconds of every timed run). Needs numpy and onnxruntime (pip install onnxruntime).
 """
 
 import argparse
@@ -39,9 +39,8 @@ def time_model(sess, batch, min_seconds):
         t = time.perf_counter()
         sess.run(None, feed)
         times.append(time.perf_counter() - t)
-    times.sort()
-    median = times[len(times) // 2]
-    return {"batch": batch, "images_per_sec": batch / median, "median_s": median, "reps": len(times)}
+    median = sorted(times)[len(times) // 2]
+    return {"batch": batch, "images_per_sec": batch / median, "median_s": median, "times": times}
 
 
 def main():

@@ -739,5 +739,9 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
         random_baseline: !a.no_random,
         uniform_baseline: !a.no_uniform,
     };
-    run_pipeline(g, &dev, &mut base, &train_ds, &test, &cfg, a.search.images, &a.out).map(|_| ())
+    let report = run_pipeline(g, &dev, &mut base, &train_ds, &test, &cfg, a.search.images, &a.out)?;
+    if !a.no_deploy_bench {
+        super::interop::pipeline_deploy(g, &dev, &a.ckpt, &report, &a.out)?;
+    }
+    Ok(())
 }

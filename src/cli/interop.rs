@@ -80,6 +80,7 @@ pub(crate) fn bench_deploy(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
         batches: a.batch.clone().unwrap_or_else(|| vec![1, 64]),
         threads: rayon::current_num_threads(),
         min_seconds: a.min_seconds,
+        rounds: a.rounds,
         gpu,
         work_dir: work_dir.clone(),
         onnxruntime: !a.no_ort,
@@ -93,5 +94,38 @@ pub(crate) fn bench_deploy(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
     if let Some(p) = &a.json {
         report::write_json(p, &r)?;
     }
+    Ok(())
+}
+
+/// The pipeline's deployment table: each fine-tuned net against the baseline, batch 1 and 64,
+/// in lfgcl (and on the pipeline's GPU) and in onnxruntime; printed and written to `deploy.json`.
+pub(crate) fn pipeline_deploy(
+    g: &GlobalArgs,
+    dev: &crate::backend::Device,
+    base_ckpt: &std::path::Path,
+    report: &crate::pipeline::PipelineReport,
+    out: &std::path::Path,
+) -> Result<()> {
+    let work_dir = out.join("deploy");
+    let opts = DeployOptions {
+        batches: vec![1, 64],
+        threads: rayon::current_num_threads(),
+        min_seconds: 0.6,
+        rounds: 3,
+        gpu: Some(dev.clone()).filter(|d| d.kind() != DeviceKind::Cpu),
+        work_dir: work_dir.clone(),
+        onnxruntime: true,
+    };
+    let mut tables = Vec::new();
+    for p in report.pruned.iter().filter(|p| p.checkpoint.exists()) {
+        if !g.quiet {
+            eprintln!("deployment benchmark of the {} net ...", p.method);
+        }
+        let r = deploy::bench_deploy(base_ckpt, Some(&p.checkpoint), &opts)?;
+        println!("deployment, {} net:\n{}", p.method, r.table());
+        tables.push(serde_json::json!({ "method": p.method, "checkpoint": p.checkpoint, "deploy": r }));
+    }
+    report::write_json(out.join("deploy.json"), &tables)?;
+    let _ = std::fs::remove_dir_all(&work_dir);
     Ok(())
 }

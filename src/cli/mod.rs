@@ -171,6 +171,9 @@ pub struct PipelineArgs {
     /// Skip the uniform-pruning baseline.
     #[arg(long)]
     pub no_uniform: bool,
+    /// Skip the deployment table (each pruned net against the baseline in lfgcl and onnxruntime).
+    #[arg(long)]
+    pub no_deploy_bench: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value = "runs/pipeline")]
@@ -443,6 +446,10 @@ pub struct BenchArgs {
     /// `bench deploy`: minimum seconds of timed runs per measurement.
     #[arg(long, default_value_t = 1.0)]
     pub min_seconds: f64,
+    /// `bench deploy`: rounds the measurements are interleaved in (spreads the load of other
+    /// processes over every runtime and net).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// `bench deploy`: keep the exported ONNX files here (default: a temporary folder).
     #[arg(long)]
     pub onnx_dir: Option<PathBuf>,

@@ -22,8 +22,10 @@ pub struct DeployOptions {
     pub batches: Vec<usize>,
     /// Threads for every runtime (lfgcl's rayon pool is expected to have this many).
     pub threads: usize,
-    /// Minimum seconds of timed repetitions per measurement (after warm-up).
+    /// Minimum seconds of timed repetitions per measurement (after warm-up), over all rounds.
     pub min_seconds: f64,
+    /// Rounds the measurements are interleaved in (see `bench_deploy`).
+    pub rounds: usize,
     /// A GPU to time lfgcl on as well.
     pub gpu: Option<Device>,
     /// Where the ONNX files (and the timing script) are written.
@@ -41,12 +43,17 @@ pub struct Row {
     pub pruned_images_per_sec: Option<f64>,
     /// pruned / base images per second.
     pub speedup: Option<f64>,
+    /// Images/s of the fastest repetition: on a machine shared with other processes, closer to
+    /// what the runtime does when it has its cores to itself.
+    pub base_best_images_per_sec: f64,
+    pub pruned_best_images_per_sec: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DeployReport {
     pub model: String,
     pub threads: usize,
+    pub rounds: usize,
     pub base_macs: u64,
     pub pruned_macs: Option<u64>,
     /// base MACs / pruned MACs: the speed-up the MACs promise.
@@ -71,7 +78,7 @@ impl DeployReport {
     }
 
     pub fn table(&self) -> String {
-        let mut s = format!("{}, {} threads", self.model, self.threads);
+        let mut s = format!("{}, {} threads, median of {} interleaved rounds", self.model, self.threads, self.rounds);
         match (self.pruned_macs, self.macs_ratio) {
             (Some(p), Some(ratio)) => {
                 s += &format!(
@@ -113,9 +120,9 @@ impl DeployReport {
     }
 }
 
-/// Median seconds per call of `f` after two warm-up calls, repeated for at least `min_seconds`
-/// (and 3 times), timed by the device (CUDA events on a GPU).
-fn median_seconds(dev: &Device, min_seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// Seconds per call of `f` after two warm-up calls, repeated for at least `min_seconds` (and 3
+/// times), timed by the device (CUDA events on a GPU).
+fn sample_seconds(dev: &Device, min_seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     f()?;
     f()?;
     let start = Instant::now();
@@ -123,11 +130,15 @@ fn median_seconds(dev: &Device, min_seconds: f64, mut f: impl FnMut() -> Result<
     while t.len() < 3 || (start.elapsed().as_secs_f64() < min_seconds && t.len() < 10_000) {
         t.push(dev.time_ms(&mut f)? / 1e3);
     }
-    t.sort_by(|a, b| a.total_cmp(b));
-    Ok(t[t.len() / 2])
+    Ok(t)
 }
 
-fn lfgcl_images_per_sec(model: &mut Model, dev: &Device, batch: usize, min_seconds: f64) -> Result<f64> {
+fn median(mut t: Vec<f64>) -> f64 {
+    t.sort_by(|a, b| a.total_cmp(b));
+    t.get(t.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn lfgcl_samples(model: &mut Model, dev: &Device, batch: usize, min_seconds: f64) -> Result<Vec<f64>> {
     let shape: Vec<usize> = std::iter::once(batch).chain(model.graph.input_shape().iter().copied()).collect();
     let n: usize = shape.iter().product();
     let host: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
@@ -135,15 +146,14 @@ fn lfgcl_images_per_sec(model: &mut Model, dev: &Device, batch: usize, min_secon
         DeviceKind::Cpu => Tensor::from_vec(&shape, host)?,
         DeviceKind::Cuda => dev.from_host(&shape, &host)?,
     };
-    let secs = median_seconds(dev, min_seconds, || model.graph.forward(dev, dev.copy(&x)?, Mode::Eval).map(|_| ()))?;
-    Ok(batch as f64 / secs)
+    sample_seconds(dev, min_seconds, || model.graph.forward(dev, dev.copy(&x)?, Mode::Eval).map(|_| ()))
 }
 
 #[derive(serde::Deserialize)]
 struct OrtResult {
     model: String,
     batch: usize,
-    images_per_sec: f64,
+    times: Vec<f64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -153,7 +163,7 @@ struct OrtOutput {
 }
 
 /// Runs the timing script on `models`; Err(reason) when onnxruntime cannot be run.
-fn ort_bench(models: &[PathBuf], opts: &DeployOptions) -> std::result::Result<OrtOutput, String> {
+fn ort_bench(models: &[PathBuf], opts: &DeployOptions, min_seconds: f64) -> std::result::Result<OrtOutput, String> {
     let script = opts.work_dir.join("ort_bench.py");
     std::fs::write(&script, ORT_BENCH_SCRIPT).map_err(|e| format!("{}: {e}", script.display()))?;
     let batches: Vec<String> = opts.batches.iter().map(|b| b.to_string()).collect();
@@ -164,7 +174,7 @@ fn ort_bench(models: &[PathBuf], opts: &DeployOptions) -> std::result::Result<Or
         .arg("--batches")
         .arg(batches.join(","))
         .arg("--min-seconds")
-        .arg(opts.min_seconds.to_string())
+        .arg(min_seconds.to_string())
         .args(models);
     let out = cmd.output().map_err(|e| format!("cannot start python ({e}); set LFGCL_PYTHON"))?;
     if !out.status.success() {
@@ -175,95 +185,125 @@ fn ort_bench(models: &[PathBuf], opts: &DeployOptions) -> std::result::Result<Or
     serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output of scripts/ort_bench.py: {e}"))
 }
 
-/// The deployment benchmark of `base` (and `pruned`) checkpoints.
+/// Per-repetition seconds of one (runtime, net, batch), gathered over the rounds.
+type Samples = std::collections::BTreeMap<(String, usize, usize), Vec<f64>>;
+
+/// The deployment benchmark of `base` (and `pruned`) checkpoints. Measurements run in `rounds`
+/// rounds (every runtime, net and batch once per round, each for `min_seconds / rounds`), so that
+/// load from other processes on a shared machine spreads over all of them; the median of all
+/// repetitions gives images/s.
 pub fn bench_deploy(base_path: &Path, pruned_path: Option<&Path>, opts: &DeployOptions) -> Result<DeployReport> {
     if opts.batches.is_empty() || opts.batches.contains(&0) {
         return Err(Error::Invalid("batch sizes must be positive".into()));
     }
     let cpu = backend::cpu();
-    let mut base = checkpoint::load(base_path, &cpu)?;
-    let mut pruned = pruned_path.map(|p| checkpoint::load(p, &cpu)).transpose()?;
-    if let Some(p) = &pruned {
-        if p.graph.input_shape() != base.graph.input_shape() || p.arch.model != base.arch.model {
+    let mut nets = vec![checkpoint::load(base_path, &cpu)?];
+    if let Some(p) = pruned_path {
+        let p = checkpoint::load(p, &cpu)?;
+        if p.graph.input_shape() != nets[0].graph.input_shape() || p.arch.model != nets[0].arch.model {
             return Err(Error::Invalid(format!(
                 "the pruned net ({} {:?}) is not a pruned {} {:?}",
                 p.arch.model,
                 p.graph.input_shape(),
-                base.arch.model,
-                base.graph.input_shape()
+                nets[0].arch.model,
+                nets[0].graph.input_shape()
             )));
         }
+        nets.push(p);
     }
-    std::fs::create_dir_all(&opts.work_dir).map_err(|e| Error::io(&opts.work_dir, e))?;
-    let base_onnx = opts.work_dir.join("base.onnx");
-    let pruned_onnx = opts.work_dir.join("pruned.onnx");
-    let mut rows = Vec::new();
-    let mut measure = |runtime: &str, dev: &Device, base: &mut Model, mut pruned: Option<&mut Model>| -> Result<()> {
-        for &b in &opts.batches {
-            let bi = lfgcl_images_per_sec(base, dev, b, opts.min_seconds)?;
-            let pi = match pruned.as_deref_mut() {
-                Some(p) => Some(lfgcl_images_per_sec(p, dev, b, opts.min_seconds)?),
-                None => None,
-            };
-            rows.push(Row {
-                runtime: runtime.into(),
-                batch: b,
-                base_images_per_sec: bi,
-                pruned_images_per_sec: pi,
-                speedup: pi.map(|p| p / bi),
-            });
-        }
-        Ok(())
-    };
-    measure("lfgcl cpu", &cpu, &mut base, pruned.as_mut())?;
-    if let Some(gpu) = &opts.gpu {
-        let mut gb = checkpoint::load(base_path, gpu)?;
-        let mut gp = pruned_path.map(|p| checkpoint::load(p, gpu)).transpose()?;
-        measure(
-            &format!("lfgcl {}", if gpu.kind() == DeviceKind::Cuda { "cuda" } else { "gpu" }),
-            gpu,
-            &mut gb,
-            gp.as_mut(),
-        )?;
-    }
-    let (mut note, mut version) = (None, None);
-    if opts.onnxruntime {
-        let eo = ExportOptions::default();
-        onnx::export(&base, &base_onnx, &eo)?;
-        let mut files = vec![base_onnx.clone()];
-        if let Some(p) = &pruned {
-            onnx::export(p, &pruned_onnx, &eo)?;
-            files.push(pruned_onnx.clone());
-        }
-        match ort_bench(&files, opts) {
-            Ok(out) => {
-                version = Some(out.onnxruntime.clone());
-                for &b in &opts.batches {
-                    let get = |f: &Path| {
-                        out.results.iter().find(|r| r.batch == b && Path::new(&r.model) == f).map(|r| r.images_per_sec)
-                    };
-                    let bi = get(&base_onnx)
-                        .ok_or_else(|| Error::Invalid(format!("ort_bench.py gave no result for batch {b}")))?;
-                    let pi = if pruned.is_some() { get(&pruned_onnx) } else { None };
-                    rows.push(Row {
-                        runtime: "onnxruntime cpu".into(),
-                        batch: b,
-                        base_images_per_sec: bi,
-                        pruned_images_per_sec: pi,
-                        speedup: pi.map(|p| p / bi),
-                    });
-                }
+    let mut gpu_nets = Vec::new();
+    let gpu_name = match &opts.gpu {
+        Some(gpu) => {
+            gpu_nets.push(checkpoint::load(base_path, gpu)?);
+            if let Some(p) = pruned_path {
+                gpu_nets.push(checkpoint::load(p, gpu)?);
             }
-            Err(reason) => note = Some(reason),
+            format!("lfgcl {}", if gpu.kind() == DeviceKind::Cuda { "cuda" } else { "gpu" })
+        }
+        None => String::new(),
+    };
+    std::fs::create_dir_all(&opts.work_dir).map_err(|e| Error::io(&opts.work_dir, e))?;
+    let onnx_files: Vec<PathBuf> =
+        ["base.onnx", "pruned.onnx"].iter().take(nets.len()).map(|f| opts.work_dir.join(f)).collect();
+    let (mut note, mut version) = (None, None);
+    let mut ort_enabled = opts.onnxruntime;
+    if ort_enabled {
+        for (net, file) in nets.iter().zip(&onnx_files) {
+            onnx::export(net, file, &ExportOptions::default())?;
         }
     } else {
         note = Some("disabled".into());
     }
-    let base_macs = base.cost().macs;
-    let pruned_macs = pruned.as_ref().map(|p| p.cost().macs);
+    let rounds = opts.rounds.max(1);
+    let per_round = opts.min_seconds / rounds as f64;
+    let mut samples = Samples::new();
+    for _ in 0..rounds {
+        for &b in &opts.batches {
+            for (k, net) in nets.iter_mut().enumerate() {
+                let t = lfgcl_samples(net, &cpu, b, per_round)?;
+                samples.entry(("lfgcl cpu".into(), k, b)).or_default().extend(t);
+            }
+            if let Some(gpu) = &opts.gpu {
+                for (k, net) in gpu_nets.iter_mut().enumerate() {
+                    let t = lfgcl_samples(net, gpu, b, per_round)?;
+                    samples.entry((gpu_name.clone(), k, b)).or_default().extend(t);
+                }
+            }
+        }
+        if ort_enabled {
+            match ort_bench(&onnx_files, opts, per_round) {
+                Ok(out) => {
+                    version = Some(out.onnxruntime.clone());
+                    for r in out.results {
+                        let k = onnx_files.iter().position(|f| Path::new(&r.model) == f).ok_or_else(|| {
+                            Error::Invalid(format!("ort_bench.py timed an unknown model {}", r.model))
+                        })?;
+                        samples.entry(("onnxruntime cpu".into(), k, r.batch)).or_default().extend(r.times);
+                    }
+                }
+                Err(reason) => {
+                    note = Some(reason);
+                    ort_enabled = false;
+                }
+            }
+        }
+    }
+    let mut runtimes = vec!["lfgcl cpu".to_string()];
+    if opts.gpu.is_some() {
+        runtimes.push(gpu_name);
+    }
+    if ort_enabled {
+        runtimes.push("onnxruntime cpu".into());
+    }
+    let mut rows = Vec::new();
+    for rt in &runtimes {
+        for &b in &opts.batches {
+            let ips = |k: usize| -> Option<(f64, f64)> {
+                samples.get(&(rt.clone(), k, b)).map(|t| {
+                    let best = t.iter().copied().fold(f64::INFINITY, f64::min);
+                    (b as f64 / median(t.clone()), b as f64 / best)
+                })
+            };
+            let (bi, bbest) = ips(0).ok_or_else(|| Error::Invalid(format!("{rt} gave no timing for batch {b}")))?;
+            let pruned = if nets.len() > 1 { ips(1) } else { None };
+            let pi = pruned.map(|p| p.0);
+            rows.push(Row {
+                runtime: rt.clone(),
+                batch: b,
+                base_images_per_sec: bi,
+                pruned_images_per_sec: pi,
+                speedup: pi.map(|p| p / bi),
+                base_best_images_per_sec: bbest,
+                pruned_best_images_per_sec: pruned.map(|p| p.1),
+            });
+        }
+    }
+    let base_macs = nets[0].cost().macs;
+    let pruned_macs = nets.get(1).map(|p| p.cost().macs);
     Ok(DeployReport {
-        model: base.arch.model.clone(),
+        model: nets[0].arch.model.clone(),
         threads: opts.threads,
+        rounds,
         base_macs,
         pruned_macs,
         macs_ratio: pruned_macs.map(|p| base_macs as f64 / p.max(1) as f64),
