@@ -414,3 +414,63 @@ fn bench_deploy_runs_and_writes_json() {
         );
     }
 }
+
+#[test]
+fn cli_import_prints_the_conversion_command_and_export_onnx_writes_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfgcl = |args: &[&std::ffi::OsStr]| Command::new(exe::lfgcl_exe()).args(args).output().unwrap();
+    let pickle = dir.path().join("model.pt");
+    std::fs::write(&pickle, [0x80u8, 0x02, b'}', b'q']).unwrap();
+    let out = dir.path().join("base.safetensors");
+    let o = lfgcl(&[
+        "import".as_ref(),
+        "--from".as_ref(),
+        pickle.as_os_str(),
+        "--model".as_ref(),
+        "resnet20".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("python3 scripts/torch_to_safetensors.py"), "{err}");
+    assert!(!out.exists());
+
+    let (_, ckpt) = lfgcl_resnet20(dir.path());
+    let o = lfgcl(&[
+        "import".as_ref(),
+        "--from".as_ref(),
+        ckpt.as_os_str(),
+        "--model".as_ref(),
+        "resnet20".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--mean".as_ref(),
+        "0.5,0.5".as_ref(),
+        "--std".as_ref(),
+        "0.2,0.2".as_ref(),
+    ]);
+    assert!(!o.status.success(), "a 2-channel normalisation for a 3-channel net must fail");
+    let o = lfgcl(&[
+        "import".as_ref(),
+        "--from".as_ref(),
+        ckpt.as_os_str(),
+        "--model".as_ref(),
+        "resnet20".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown"), "a missing normalisation must be warned about");
+
+    let onnx_path = dir.path().join("base.onnx");
+    let o =
+        lfgcl(&["export-onnx".as_ref(), "--ckpt".as_ref(), out.as_os_str(), "--out".as_ref(), onnx_path.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Decodes with the same schema: one input with a symbolic batch, opset 13, BN folded.
+    use prost::Message;
+    let m = lfgcl::interop::proto::ModelProto::decode(std::fs::read(&onnx_path).unwrap().as_slice()).unwrap();
+    assert_eq!(m.opset_import[0].version, Some(13));
+    let g = m.graph.unwrap();
+    assert!(g.node.iter().all(|n| n.op_type.as_deref() != Some("BatchNormalization")));
+    assert_eq!(g.node.iter().filter(|n| n.op_type.as_deref() == Some("Conv")).count(), 19);
+}
