@@ -215,6 +215,12 @@ fn import_names_the_missing_extra_or_misshaped_tensor() {
 
     let e = import_err(&p, "resnet56");
     assert!(e.contains("3 blocks per stage"), "{e}");
+
+    rewrite(&p, &f, |t| {
+        t.push(("layer2.0.shortcut.0.weight".into(), Dtype::F32, vec![32, 16, 1, 1], vec![0; 32 * 16 * 4]))
+    });
+    let e = import_err(&f, "resnet20");
+    assert!(e.contains("layer2.0.shortcut.0.weight") && e.contains("option-B"), "{e}");
 }
 
 #[test]

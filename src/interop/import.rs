@@ -179,6 +179,12 @@ fn infer_arch(cx: &Ctx<'_>, opts: &ImportOptions) -> Result<Arch> {
                     opts.model
                 )));
             }
+            if let Some(k) = cx.src.keys().find(|k| k.contains(".shortcut.0.") || k.contains(".downsample.")) {
+                return Err(cx.err(format!(
+                    "tensor {k} belongs to a 1x1-conv (option-B) shortcut; lfgcl's CIFAR ResNets use \
+                     parameter-free option-A shortcuts, so this net cannot be imported"
+                )));
+            }
             let mut w = vec![
                 cx.dim("conv1.weight", 4, 0)?,
                 cx.dim("layer2.0.conv2.weight", 4, 0)?,
