@@ -41,6 +41,8 @@ pub fn run_command(cli: Cli) -> Result<()> {
         Command::Search(a) => cmd_search(&g, a),
         Command::Finetune(a) => cmd_finetune(&g, a),
         Command::Pipeline(a) => cmd_pipeline(&g, a),
+        Command::Import(a) => super::interop::cmd_import(&g, a),
+        Command::ExportOnnx(a) => super::interop::cmd_export_onnx(&g, a),
     }
 }
 
@@ -488,9 +490,10 @@ fn bench_search(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
 }
 
 fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
+    let batch = a.batch.as_ref().and_then(|b| b.first().copied()).unwrap_or(64);
     match a.what {
         BenchWhat::Cpu => {
-            let report = crate::bench::cpu_bench(&a.model, a.batch, a.train_batch, a.reps.unwrap_or(5), !g.quiet)?;
+            let report = crate::bench::cpu_bench(&a.model, batch, a.train_batch, a.reps.unwrap_or(5), !g.quiet)?;
             println!("{}", report.table());
             if let Some(p) = &a.json {
                 report::write_json(p, &report)?;
@@ -500,7 +503,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
         BenchWhat::Train | BenchWhat::Infer => {
             let dev = open_device(g)?;
             let train = a.what == BenchWhat::Train;
-            let batch = if train { a.train_batch } else { a.batch };
+            let batch = if train { a.train_batch } else { batch };
             let r = crate::bench::model_bench(&dev, &a.model, batch, train, 3, a.reps.unwrap_or(5))?;
             let t = &r.throughput;
             println!(
@@ -523,6 +526,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
         }
         BenchWhat::Search => bench_search(g, &a),
         BenchWhat::Kernels => bench_kernels(g, &a),
+        BenchWhat::Deploy => super::interop::bench_deploy(g, &a),
     }
 }
 
@@ -922,5 +926,9 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
         random_baseline: !a.no_random,
         uniform_baseline: !a.no_uniform,
     };
-    run_pipeline(g, &dev, &mut base, &train_ds, &test, &cfg, a.search.images, &a.out).map(|_| ())
+    let report = run_pipeline(g, &dev, &mut base, &train_ds, &test, &cfg, a.search.images, &a.out)?;
+    if !a.no_deploy_bench {
+        super::interop::pipeline_deploy(g, &dev, &a.ckpt, &report, &a.out)?;
+    }
+    Ok(())
 }

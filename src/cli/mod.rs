@@ -3,6 +3,7 @@
 
 mod commands;
 mod info;
+mod interop;
 
 use crate::backend::{DeviceChoice, Precision};
 use clap::{Args, Parser, Subcommand};
@@ -68,6 +69,54 @@ pub enum Command {
     Finetune(FinetuneArgs),
     /// Search, prune, fine-tune and evaluate in one command, next to uniform and random-search baselines.
     Pipeline(PipelineArgs),
+    /// Turn a PyTorch state dict (.safetensors; CIFAR ResNet / VGG-16 names) into an lfgcl checkpoint.
+    Import(ImportArgs),
+    /// Export a checkpoint, pruned or not, to ONNX (BN folded, dynamic batch).
+    ExportOnnx(ExportOnnxArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// The PyTorch state dict: a .safetensors file (for a .pt/.th pickle, lfgcl prints the
+    /// command of scripts/torch_to_safetensors.py that converts it).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The architecture: resnet20..resnet110 (any resnet<6n+2>), vgg16 or smallcnn. Widths,
+    /// pruned or not, are read from the tensor shapes.
+    #[arg(long)]
+    pub model: String,
+    /// The lfgcl checkpoint to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Per-channel input mean the net was trained with, on pixels scaled to [0,1] (e.g.
+    /// 0.4914,0.4822,0.4465). Without --mean/--std the normalisation is recorded as unknown.
+    #[arg(long, value_delimiter = ',', requires = "std")]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel input std (e.g. 0.2470,0.2435,0.2616).
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    pub std: Option<Vec<f32>>,
+    /// Check the classifier has this many outputs (default: whatever it has).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Side of the square input images.
+    #[arg(long, default_value_t = 32)]
+    pub input_size: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportOnnxArgs {
+    /// The lfgcl checkpoint, pruned or not.
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// The .onnx file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Keep batch norms as BatchNormalization nodes (default: folded into the conv/linear weights).
+    #[arg(long)]
+    pub keep_bn: bool,
+    /// ONNX opset (13 to 21).
+    #[arg(long, default_value_t = 13)]
+    pub opset: i64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -130,6 +179,9 @@ pub struct PipelineArgs {
     /// Skip the uniform-pruning baseline.
     #[arg(long)]
     pub no_uniform: bool,
+    /// Skip the deployment table (each pruned net against the baseline in lfgcl and onnxruntime).
+    #[arg(long)]
+    pub no_deploy_bench: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value = "runs/pipeline")]
@@ -433,13 +485,16 @@ pub enum BenchWhat {
     Search,
     /// Every CUDA kernel against the device's peaks.
     Kernels,
+    /// Baseline and pruned net in lfgcl and onnxruntime: images/s and the speed-up from pruning.
+    Deploy,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// What to measure: `cpu` (SGEMM peak, inference, training step, as fractions of the peak),
     /// `infer` or `train` (one model on --device, --batch / --train-batch), `search` (candidate
-    /// evaluations per second on --ckpt), or `kernels` (every CUDA kernel against the device's peaks).
+    /// evaluations per second on --ckpt), `kernels` (every CUDA kernel against the device's peaks),
+    /// or `deploy` (--ckpt and --pruned in lfgcl and onnxruntime, same threads, speed-up vs MACs).
     #[arg(value_enum, default_value_t = BenchWhat::Cpu)]
     pub what: BenchWhat,
     /// `bench search`: also run the whole search loop end to end with this strategy for
@@ -449,9 +504,25 @@ pub struct BenchArgs {
     /// `bench search --strategy`: episodes of the end-to-end run.
     #[arg(long, default_value_t = 20)]
     pub episodes: usize,
-    /// Checkpoint for `bench search`.
+    /// Checkpoint for `bench search` and `bench deploy` (the baseline).
     #[arg(long)]
     pub ckpt: Option<PathBuf>,
+    /// `bench deploy`: the pruned net (without it: lfgcl's CPU throughput against onnxruntime's).
+    #[arg(long)]
+    pub pruned: Option<PathBuf>,
+    /// `bench deploy`: minimum seconds of timed runs per measurement.
+    #[arg(long, default_value_t = 1.0)]
+    pub min_seconds: f64,
+    /// `bench deploy`: rounds the measurements are interleaved in (spreads the load of other
+    /// processes over every runtime and net).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// `bench deploy`: keep the exported ONNX files here (default: a temporary folder).
+    #[arg(long)]
+    pub onnx_dir: Option<PathBuf>,
+    /// `bench deploy`: do not time onnxruntime.
+    #[arg(long)]
+    pub no_ort: bool,
     /// `bench search`: unlabeled images per candidate.
     #[arg(long, default_value_t = 256)]
     pub images: usize,
@@ -463,9 +534,9 @@ pub struct BenchArgs {
     pub keep: f64,
     #[arg(long, default_value = "resnet20")]
     pub model: String,
-    /// Inference batch size.
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
+    /// Inference batch size (default 64; `bench deploy` takes a list, default 1,64).
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Option<Vec<usize>>,
     /// Training-step batch size.
     #[arg(long, default_value_t = 128)]
     pub train_batch: usize,
