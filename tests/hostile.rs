@@ -243,12 +243,30 @@ fn gzip_bomb(header: &[u8], zero_members: usize) -> Vec<u8> {
 fn huge_sizes_in_checkpoint_metadata_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("widths.safetensors", r#"{"model":"smallcnn","in_channels":3,"input_size":32,"num_classes":10,"widths":[4611686018427387904,32,64]}"#),
-        ("classes.safetensors", r#"{"model":"smallcnn","in_channels":3,"input_size":32,"num_classes":1000000000,"widths":[16,32,64]}"#),
-        ("channels.safetensors", r#"{"model":"smallcnn","in_channels":1000000000,"input_size":32,"num_classes":10,"widths":[16,32,64]}"#),
-        ("wide.safetensors", r#"{"model":"smallcnn","in_channels":3,"input_size":32,"num_classes":10,"widths":[16000,16000,16000]}"#),
-        ("size.safetensors", r#"{"model":"smallcnn","in_channels":3,"input_size":1000000,"num_classes":10,"widths":[16,32,64]}"#),
-        ("deep.safetensors", r#"{"model":"resnet600000002","in_channels":3,"input_size":32,"num_classes":10,"widths":[16,32,64]}"#),
+        (
+            "widths.safetensors",
+            r#"{"model":"smallcnn","in_channels":3,"input_size":32,"num_classes":10,"widths":[4611686018427387904,32,64]}"#,
+        ),
+        (
+            "classes.safetensors",
+            r#"{"model":"smallcnn","in_channels":3,"input_size":32,"num_classes":1000000000,"widths":[16,32,64]}"#,
+        ),
+        (
+            "channels.safetensors",
+            r#"{"model":"smallcnn","in_channels":1000000000,"input_size":32,"num_classes":10,"widths":[16,32,64]}"#,
+        ),
+        (
+            "wide.safetensors",
+            r#"{"model":"smallcnn","in_channels":3,"input_size":32,"num_classes":10,"widths":[16000,16000,16000]}"#,
+        ),
+        (
+            "size.safetensors",
+            r#"{"model":"smallcnn","in_channels":3,"input_size":1000000,"num_classes":10,"widths":[16,32,64]}"#,
+        ),
+        (
+            "deep.safetensors",
+            r#"{"model":"resnet600000002","in_channels":3,"input_size":32,"num_classes":10,"widths":[16,32,64]}"#,
+        ),
     ];
     for (name, arch) in cases {
         let p = dir.path().join(name);
@@ -537,4 +555,3 @@ fn truncated_jpegs_are_refused() {
     std::fs::remove_file(root.join("a/cut.jpg")).unwrap();
     assert_ok(&run(&train_args(&dir.path().join("out"), &["--data", &data, "--batch-size", "1"])));
 }
-
