@@ -278,9 +278,10 @@ fn check_train_flags(a: &TrainArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.momentum) {
         return Err(Error::Invalid(format!("--momentum must be in [0, 1), got {}", a.momentum)));
     }
-    if a.epochs == 0 || a.batch_size == 0 {
-        return Err(Error::Invalid("--epochs and --batch-size must be positive".into()));
+    if a.epochs == 0 {
+        return Err(Error::Invalid("--epochs must be positive".into()));
     }
+    crate::limits::check_count("--batch-size", a.batch_size, crate::limits::MAX_BATCH)?;
     if let Some(c) = a.classes {
         crate::limits::check_count("--classes", c, crate::limits::MAX_CLASSES)?;
     }
@@ -383,6 +384,7 @@ fn parse_split(s: &str) -> Result<Split> {
 
 fn cmd_eval(g: &GlobalArgs, a: EvalArgs) -> Result<()> {
     let split = parse_split(&a.split)?;
+    crate::limits::check_count("--batch-size", a.batch_size, crate::limits::MAX_BATCH)?;
     let dev = open_device(g)?;
     let mut model = checkpoint::load(&a.ckpt, &dev)?;
     let limit = if split == Split::Test { a.data.test_limit } else { a.data.limit };
@@ -484,6 +486,8 @@ fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
 }
 
 fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
+    crate::limits::check_count("--batch", a.batch, crate::limits::MAX_BATCH)?;
+    crate::limits::check_count("--train-batch", a.train_batch, crate::limits::MAX_BATCH)?;
     match a.what.as_str() {
         "cpu" => {
             let report = crate::bench::cpu_bench(&a.model, a.batch, a.train_batch, a.reps.unwrap_or(5), !g.quiet)?;
@@ -847,9 +851,10 @@ impl FinetuneOpts {
     fn check(&self) -> Result<()> {
         crate::limits::check_positive("--ft-lr", self.lr as f64)?;
         crate::limits::check_positive("--temperature", self.temperature as f64)?;
-        if self.epochs == 0 || self.batch_size == 0 {
-            return Err(Error::Invalid("--ft-epochs and --ft-batch-size must be positive".into()));
+        if self.epochs == 0 {
+            return Err(Error::Invalid("--ft-epochs must be positive".into()));
         }
+        crate::limits::check_count("--ft-batch-size", self.batch_size, crate::limits::MAX_BATCH)?;
         Ok(())
     }
 }

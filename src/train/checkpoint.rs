@@ -213,7 +213,7 @@ fn load_bytes(
     dev: &Device,
     extra_prefix: Option<&str>,
 ) -> Result<(Model, Extras, HashMap<String, String>)> {
-    let st = SafeTensors::deserialize(&bytes)
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file ({e})")))?;
     // `deserialize` has checked the header length against the buffer.
     let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
