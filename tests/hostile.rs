@@ -290,6 +290,7 @@ fn huge_model_names_and_size_flags_are_refused() {
     let o = run(&train_args(&out, &["--data", &data, "--image-size", "100000"]));
     assert_refused(&o, &["--image-size"]);
     assert_refused(&run(&train_args(&out, &["--batch-size", "1000000000"])), &["--batch-size"]);
+    assert_refused(&run(&["--device", "cpu", "bench", "cpu", "--reps", "1000000000000"]), &["--reps"]);
 }
 
 #[test]
