@@ -168,3 +168,73 @@ fn a_killed_finetune_resumes_to_the_same_bytes_as_an_uninterrupted_run() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("temperature"), "{err}");
 }
+
+#[test]
+fn a_killed_pipeline_resumes_its_fine_tuning_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_ok(&train(&d.join("base"), "2", "1"));
+    let pipeline = |out: &Path| -> Vec<String> {
+        let mut a = strings(&["--device", "cpu", "-q", "pipeline", "--ckpt"]);
+        a.push(p(&d.join("base/model.safetensors")));
+        a.extend(strings(&[
+            "--data",
+            "synthetic",
+            "--limit",
+            "256",
+            "--test-limit",
+            "64",
+            "--flops",
+            "0.5",
+            "--episodes",
+            "4",
+            "--warmup",
+            "2",
+            "--candidates-per-step",
+            "2",
+            "--images",
+            "32",
+            "--ft-epochs",
+            "4",
+            "--ft-batch-size",
+            "32",
+            "--no-random",
+            "--out",
+        ]));
+        a.push(p(out));
+        a
+    };
+    let whole = d.join("whole");
+    run_ok(&pipeline(&whole));
+    let seed: u64 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let cut = d.join("cut");
+    for attempt in 0..3 {
+        let mut args = pipeline(&cut);
+        if attempt > 0 {
+            args.push("--resume".into());
+        }
+        let mut child = lfgcl(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..2500)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+        }
+        child.wait().unwrap();
+    }
+    let mut args = pipeline(&cut);
+    args.push("--resume".into());
+    run_ok(&args);
+    for stage in ["finetune-lfgcl", "finetune-uniform"] {
+        assert_eq!(
+            sha256(&whole.join(stage).join("model.safetensors")),
+            sha256(&cut.join(stage).join("model.safetensors")),
+            "{stage}"
+        );
+        assert_eq!(
+            log_without_timings(&whole.join(stage).join("train_log.jsonl")),
+            log_without_timings(&cut.join(stage).join("train_log.jsonl")),
+            "{stage}"
+        );
+    }
+}
