@@ -2,6 +2,8 @@
 //! - the same seeded training run twice writes byte-identical checkpoints;
 //! - a fine-tuning killed (SIGKILL) at random moments and resumed with `--resume` ends with the
 //!   same checkpoint bytes and the same log as an uninterrupted run.
+//!
+//! `LFGCL_TEST_EXE=/path/to/lfgcl` runs them against another build.
 
 #[path = "common/exe.rs"]
 mod exe;
@@ -13,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn lfgcl(args: &[String]) -> Command {
-    let mut c = Command::new(exe::lfgcl_exe());
+    let mut c = Command::new(std::env::var_os("LFGCL_TEST_EXE").unwrap_or_else(exe::lfgcl_exe));
     c.args(args).env("RAYON_NUM_THREADS", "2").stdin(Stdio::null());
     c
 }
