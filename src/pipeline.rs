@@ -105,6 +105,7 @@ pub struct PipelineInputs<'a> {
     pub search_images: &'a Tensor,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finetune(
     student: &mut Model,
     teacher: &mut Model,
