@@ -34,6 +34,10 @@ pub const MAX_DECODE_BYTES_PER_IMAGE: u64 = 256 << 20;
 pub const MAX_DECODE_BYTES_IN_FLIGHT: u64 = 1 << 30;
 /// Bytes of a JSON policy or ratio file.
 pub const MAX_JSON_BYTES: u64 = 64 << 20;
+/// Images per batch (`--batch-size`, `--ft-batch-size`, bench batches): activations grow with it.
+pub const MAX_BATCH: usize = 4096;
+/// Timed repetitions of a benchmark (`bench --reps`).
+pub const MAX_REPS: usize = 100_000;
 /// `--threads`.
 pub const MAX_THREADS: usize = 1024;
 

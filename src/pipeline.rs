@@ -6,7 +6,7 @@
 
 use crate::backend::Device;
 use crate::data::{Dataset, Normalization};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::models::Model;
 use crate::prune::{Policy, Pruner};
 use crate::report::{self, BarChart};
@@ -33,6 +33,10 @@ pub struct PipelineConfig {
     pub random_baseline: bool,
     /// Also prune uniformly at the same budget.
     pub uniform_baseline: bool,
+    /// Continue the fine-tuning stages of an interrupted run from their saved state (the
+    /// searches run again; on the CPU they are deterministic, so they find the same nets).
+    #[serde(skip)]
+    pub resume: bool,
 }
 
 impl PipelineConfig {
@@ -71,6 +75,7 @@ impl PipelineConfig {
             },
             random_baseline: true,
             uniform_baseline: true,
+            resume: false,
         }
     }
 }
@@ -141,6 +146,7 @@ pub struct PipelineInputs<'a> {
     pub search_images: &'a Tensor,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finetune(
     student: &mut Model,
     teacher: &mut Model,
@@ -148,10 +154,9 @@ fn finetune(
     inputs: &PipelineInputs<'_>,
     cfg: &FinetuneConfig,
     out: &Path,
+    resume: bool,
     quiet: bool,
 ) -> Result<Vec<EpochLog>> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut jsonl = report::JsonlWriter::create(out.join("train_log.jsonl"))?;
     let ckpt = out.join("model.safetensors");
     let mut objective = match cfg.distill_temperature {
         Some(t) => Objective::Distill { teacher, temperature: t },
@@ -165,8 +170,9 @@ fn finetune(
     } else {
         inputs.train
     };
-    train::fit(student, dev, train_ds, Some(inputs.test), &cfg.train, &mut objective, &mut |log, m| {
-        jsonl.write(log)?;
+    let settings = serde_json::json!({ "command": "pipeline fine-tuning", "widths": student.arch.widths });
+    let run = train::RunDir { dir: out, resume, settings: &settings };
+    train::fit_in_dir(student, dev, train_ds, Some(inputs.test), &cfg.train, &mut objective, &run, &mut |log, _, m| {
         checkpoint::save(m, &ckpt, &serde_json::json!({ "finetuned": log.epoch, "test_top1": log.test_top1 }))?;
         if !quiet {
             eprintln!(
@@ -205,7 +211,8 @@ pub fn run(
     // Label-free search (the accuracy report uses the test labels, never the search).
     say("LFGCL search ...".into());
     let report_acc = search::AccuracyReport { images: test_images.try_clone()?, labels: test_labels.clone() };
-    let run_opts = RunOptions { progress, ..RunOptions::default() };
+    // With --resume a search continues from its saved state (a finished one only rewrites its outputs).
+    let run_opts = RunOptions { resume: cfg.resume, progress, ..RunOptions::default() };
     let lfgcl = search::run(
         inputs.baseline,
         dev,
@@ -257,7 +264,9 @@ pub fn run(
             100.0 * before
         ));
         let mut teacher = inputs.baseline.duplicate()?;
-        finetune(&mut net, &mut teacher, dev, &inputs, &cfg.finetune, &dir, quiet)?;
+        // A stage killed before its first epoch has no state yet: it starts afresh.
+        let resume = cfg.resume && dir.join(train::TRAIN_STATE_FILE).is_file();
+        finetune(&mut net, &mut teacher, dev, &inputs, &cfg.finetune, &dir, resume, quiet)?;
         let after = search::top1(&mut net, dev, &test_images, &test_labels)?;
         let cost = net.cost();
         pruned_results.push(PrunedResult {

@@ -6,11 +6,11 @@ use super::{
 };
 use crate::backend::{self, Device};
 use crate::data::{self, Dataset, OpenOptions, Split};
-use crate::error::{write_atomic, DirLock, Error, Result};
+use crate::error::{DirLock, Error, Result};
 use crate::models::{Arch, Model};
 use crate::pipeline::{self, FinetuneConfig, PipelineConfig};
 use crate::prune::{self, Budget, Constraints, GroupScope, Pruner};
-use crate::report::{self, JsonlWriter, LinePlot, Series};
+use crate::report::{self, LinePlot, Series};
 use crate::search;
 use crate::search::ddpg::DdpgConfig;
 use crate::search::reward::{RewardConfig, Taps};
@@ -132,36 +132,8 @@ pub(crate) struct RunFiles<'a> {
     pub settings: serde_json::Value,
 }
 
-/// The file that lets an interrupted training or fine-tuning run continue exactly.
-pub(crate) const TRAIN_STATE_FILE: &str = "train_state.safetensors";
-
-fn remove_if_exists(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-        _ => Ok(()),
-    }
-}
-
-/// Paths (`a.b.c`) where two JSON values differ.
-fn json_differences(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
-    match (old, new) {
-        (serde_json::Value::Object(o), serde_json::Value::Object(n)) => {
-            let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
-            for k in keys {
-                let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                let null = serde_json::Value::Null;
-                json_differences(&sub, o.get(k).unwrap_or(&null), n.get(k).unwrap_or(&null), out);
-            }
-        }
-        _ if old != new => out.push(format!("{path} was {old}, now {new}")),
-        _ => {}
-    }
-}
-
-/// Runs `fit`, saving the log, the checkpoint, the plot and then the resume state after every
-/// epoch (each atomically), and the summary at the end. Holds a lock on the output folder. With
-/// `files.resume`, continues from the saved state: the log is cut back to the state's epochs and
-/// the run goes on exactly as if it had never stopped.
+/// Runs `fit` in `files.out` (see [`train::fit_in_dir`]: lock, log, resume state, `--resume`),
+/// saving the checkpoint and the plot after every epoch and the summary at the end.
 pub(crate) fn fit_and_save(
     model: &mut Model,
     dev: &Device,
@@ -171,77 +143,17 @@ pub(crate) fn fit_and_save(
     objective: &mut Objective<'_>,
     files: &RunFiles<'_>,
 ) -> Result<Vec<EpochLog>> {
-    let _lock = DirLock::acquire(files.out)?;
-    let log_path = files.out.join("train_log.jsonl");
     let ckpt_path = files.out.join("model.safetensors");
-    let state_path = files.out.join(TRAIN_STATE_FILE);
-    let summary_path = files.out.join("summary.json");
-    // Written last, once the run is complete: a summary from an earlier run must not survive.
-    remove_if_exists(&summary_path)?;
-    let settings = json!({ "settings": files.settings, "config": cfg });
-    let mut log_lines: Vec<String> = Vec::new();
-    let resume = if files.resume {
-        if !state_path.is_file() {
-            return Err(Error::Invalid(format!(
-                "--resume: {} not found, so there is no run to continue in {} (run without --resume)",
-                state_path.display(),
-                files.out.display()
-            )));
-        }
-        let state = checkpoint::load_train_state(&state_path, dev)?;
-        // Compared as text: floats read back from JSON may differ in the last bit.
-        if state.record["settings_text"].as_str() != Some(settings.to_string().as_str()) {
-            let saved: serde_json::Value =
-                state.record["settings_text"].as_str().and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default();
-            let mut diffs = Vec::new();
-            json_differences("", &saved, &settings, &mut diffs);
-            return Err(Error::Invalid(format!(
-                "--resume: {} was started with other settings: {}",
-                files.out.display(),
-                if diffs.is_empty() { "(unreadable)".to_string() } else { diffs.join("; ") }
-            )));
-        }
-        if state.model.arch != model.arch {
-            return Err(Error::Invalid(format!(
-                "--resume: {} holds a {} with other widths than the one given",
-                state_path.display(),
-                state.model.arch.model
-            )));
-        }
-        // The exact text of each line is kept: floats read back from JSON may differ in the last bit.
-        log_lines = serde_json::from_value(state.record["log_lines"].clone())
-            .map_err(|e| Error::checkpoint(&state_path, format!("bad log in the training state: {e}")))?;
-        let logs: Vec<EpochLog> = log_lines
-            .iter()
-            .map(|l| serde_json::from_str(l))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::checkpoint(&state_path, format!("bad log in the training state: {e}")))?;
-        // The log may hold an epoch the state does not (killed in between): cut it back.
-        write_atomic(&log_path, log_lines.iter().map(|l| format!("{l}\n")).collect::<String>().as_bytes())?;
-        *model = state.model;
-        Some(train::ResumePoint { logs, momentum: state.momentum })
-    } else {
-        remove_if_exists(&state_path)?;
-        None
-    };
-    let mut jsonl = if files.resume { JsonlWriter::append(&log_path)? } else { JsonlWriter::create(&log_path)? };
     let start = Instant::now();
-    let mut history: Vec<EpochLog> = resume.as_ref().map(|r| r.logs.clone()).unwrap_or_default();
-    let logs = train::fit_from(model, dev, train, test, cfg, objective, resume, &mut |log, m, opt| {
-        jsonl.write(log)?;
+    let run = train::RunDir { dir: files.out, resume: files.resume, settings: &files.settings };
+    let logs = train::fit_in_dir(model, dev, train, test, cfg, objective, &run, &mut |log, earlier, m| {
         let mut info = files.info.clone();
         info["epochs_done"] = json!(log.epoch);
         info["test_top1"] = json!(log.test_top1);
         checkpoint::save(m, &ckpt_path, &info)?;
+        let mut history = earlier.to_vec();
         history.push(log.clone());
         training_plot(&history, "training").save(files.out.join("training.svg"))?;
-        log_lines.push(serde_json::to_string(log).expect("log serialises"));
-        checkpoint::save_train_state(
-            &state_path,
-            m,
-            opt.momentum_buffers(),
-            &json!({ "settings_text": settings.to_string(), "log_lines": log_lines }),
-        )?;
         if !files.quiet {
             println!("{}", epoch_line(log));
         }
@@ -249,7 +161,7 @@ pub(crate) fn fit_and_save(
     })?;
     let last = logs.last().expect("at least one epoch");
     report::write_json(
-        &summary_path,
+        files.out.join(train::SUMMARY_FILE),
         &json!({
             "model": model.arch,
             "config": cfg,
@@ -281,9 +193,10 @@ fn check_train_flags(a: &TrainArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.momentum) {
         return Err(Error::Invalid(format!("--momentum must be in [0, 1), got {}", a.momentum)));
     }
-    if a.epochs == 0 || a.batch_size == 0 {
-        return Err(Error::Invalid("--epochs and --batch-size must be positive".into()));
+    if a.epochs == 0 {
+        return Err(Error::Invalid("--epochs must be positive".into()));
     }
+    crate::limits::check_count("--batch-size", a.batch_size, crate::limits::MAX_BATCH)?;
     if let Some(c) = a.classes {
         crate::limits::check_count("--classes", c, crate::limits::MAX_CLASSES)?;
     }
@@ -386,6 +299,7 @@ fn parse_split(s: &str) -> Result<Split> {
 
 fn cmd_eval(g: &GlobalArgs, a: EvalArgs) -> Result<()> {
     let split = parse_split(&a.split)?;
+    crate::limits::check_count("--batch-size", a.batch_size, crate::limits::MAX_BATCH)?;
     let dev = open_device(g)?;
     let mut model = checkpoint::load(&a.ckpt, &dev)?;
     let limit = if split == Split::Test { a.data.test_limit } else { a.data.limit };
@@ -490,6 +404,15 @@ fn bench_search(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
 }
 
 fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
+    if let Some(b) = &a.batch {
+        for &n in b {
+            crate::limits::check_count("--batch", n, crate::limits::MAX_BATCH)?;
+        }
+    }
+    crate::limits::check_count("--train-batch", a.train_batch, crate::limits::MAX_BATCH)?;
+    if let Some(r) = a.reps {
+        crate::limits::check_count("--reps", r, crate::limits::MAX_REPS)?;
+    }
     let batch = a.batch.as_ref().and_then(|b| b.first().copied()).unwrap_or(64);
     match a.what {
         BenchWhat::Cpu => {
@@ -829,9 +752,10 @@ impl FinetuneOpts {
     fn check(&self) -> Result<()> {
         crate::limits::check_positive("--ft-lr", self.lr as f64)?;
         crate::limits::check_positive("--temperature", self.temperature as f64)?;
-        if self.epochs == 0 || self.batch_size == 0 {
-            return Err(Error::Invalid("--ft-epochs and --ft-batch-size must be positive".into()));
+        if self.epochs == 0 {
+            return Err(Error::Invalid("--ft-epochs must be positive".into()));
         }
+        crate::limits::check_count("--ft-batch-size", self.batch_size, crate::limits::MAX_BATCH)?;
         Ok(())
     }
 }
@@ -925,6 +849,7 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
         finetune: finetune_config(&a.ft, a.seed, !g.quiet),
         random_baseline: !a.no_random,
         uniform_baseline: !a.no_uniform,
+        resume: a.resume,
     };
     let report = run_pipeline(g, &dev, &mut base, &train_ds, &test, &cfg, a.search.images, &a.out)?;
     if !a.no_deploy_bench {

@@ -186,6 +186,10 @@ pub struct PipelineArgs {
     pub seed: u64,
     #[arg(long, default_value = "runs/pipeline")]
     pub out: PathBuf,
+    /// Continue an interrupted pipeline in --out: fine-tuning stages go on from their last
+    /// finished epoch; the searches run again (deterministic on the CPU, so they find the same nets).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// Search settings shared by `search`, `pipeline` and `demo`.

@@ -2,8 +2,10 @@
 
 pub mod checkpoint;
 pub mod optim;
+mod resumable;
 
 pub use optim::{LrSchedule, Sgd};
+pub use resumable::{fit_in_dir, RunDir, LOG_FILE, SUMMARY_FILE, TRAIN_STATE_FILE};
 
 use crate::backend::Device;
 use crate::data::{Augment, Batch, Dataset, Loader, Normalization};
@@ -299,7 +301,8 @@ pub fn fit_from(
     }
     let mut opt = Sgd::new(cfg.momentum, cfg.weight_decay, cfg.nesterov)?;
     let steps = loader.num_batches();
-    let mut logs = Vec::with_capacity(cfg.epochs);
+    // Not preallocated: --epochs is a user's number.
+    let mut logs = Vec::new();
     if let Some(r) = resume {
         if r.logs.len() > cfg.epochs {
             return Err(Error::Invalid(format!(
