@@ -463,8 +463,8 @@ pub struct DemoArgs {
     /// Training epochs of the baseline on the synthetic data.
     #[arg(long, default_value_t = 8)]
     pub epochs: usize,
-    /// Search episodes (a third of them, at least 2, random warm-up).
-    #[arg(long, default_value_t = 30)]
+    /// Search episodes (a fifth of them, at least 2, random warm-up).
+    #[arg(long, default_value_t = 40)]
     pub episodes: usize,
     /// Fine-tuning epochs of each pruned net.
     #[arg(long, default_value_t = 3)]
