@@ -5,6 +5,7 @@
 pub mod conv;
 pub mod gemm;
 pub mod ops;
+pub mod winograd;
 
 use crate::backend::shape::{bn_layout, same_dims};
 use crate::backend::{Backend, BnGrads, BnSaved, ConvShape, ConvSpec, CrossEntropy, DeviceKind, LinearGrads, SgdStep};
@@ -18,15 +19,26 @@ pub struct CpuBackend {
     /// zeroed and its compact version agree bit for bit; the fast GEMM path regroups sums and
     /// agrees to a few ulps.
     reference: bool,
+    /// Winograd kernels for 3x3 stride-1 convolutions (`winograd::choose`); off in the exact
+    /// variants, which keep im2col + GEMM (a few ulps from the f64 loops).
+    fast_conv: bool,
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend { reference: false }
+        CpuBackend { reference: false, fast_conv: true }
     }
     /// The reference-math variant (see `reference`).
     pub fn reference() -> Self {
-        CpuBackend { reference: true }
+        CpuBackend { reference: true, fast_conv: false }
+    }
+    /// f32 im2col + GEMM for every convolution (no Winograd): what the CUDA kernels are held to.
+    pub fn exact() -> Self {
+        CpuBackend { reference: false, fast_conv: false }
+    }
+    /// The Winograd tile for this convolution, when the fast kernels are on and fit it.
+    fn winograd(&self, s: &ConvShape) -> Option<winograd::WinogradTile> {
+        self.fast_conv.then(|| winograd::choose(s)).flatten()
     }
 }
 
@@ -90,6 +102,8 @@ impl Backend for CpuBackend {
         let s = ConvShape::new(x.dims(), w.dims(), spec)?;
         let y = if self.reference {
             conv::forward_reference(host(x)?, host(w)?, &s)
+        } else if let Some(tile) = self.winograd(&s) {
+            winograd::forward(host(x)?, host(w)?, &s, tile)
         } else {
             conv::forward(host(x)?, host(w)?, &s)
         };
@@ -99,7 +113,11 @@ impl Backend for CpuBackend {
     fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::new(x_dims, w.dims(), spec)?;
         dy.expect_dims(&s.output_dims(), "conv2d backward: output gradient")?;
-        Tensor::from_vec(x_dims, conv::backward_data(host(dy)?, host(w)?, &s))
+        let dx = match self.winograd(&s) {
+            Some(tile) => winograd::backward_data(host(dy)?, host(w)?, &s, tile),
+            None => conv::backward_data(host(dy)?, host(w)?, &s),
+        };
+        Tensor::from_vec(x_dims, dx)
     }
 
     fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
