@@ -147,10 +147,10 @@ fn winograd_is_bit_reproducible_across_thread_counts() {
 /// backends (what CUDA parity is measured against) keep im2col + GEMM / the f64 loops.
 #[test]
 fn backends_dispatch_as_documented() {
-    let s = shape(2, 16, 8, 8, 16);
-    let x = pseudo(2 * 16 * 64, 5);
+    let s = shape(4, 16, 16, 16, 16);
+    let x = pseudo(4 * 16 * 256, 5);
     let wt = pseudo(16 * 16 * 9, 6);
-    let xt = Tensor::from_vec(&[2, 16, 8, 8], x.clone()).unwrap();
+    let xt = Tensor::from_vec(&[4, 16, 16, 16], x.clone()).unwrap();
     let wtt = Tensor::from_vec(&[16, 16, 3, 3], wt.clone()).unwrap();
     let spec = ConvSpec { stride: 1, pad: 1 };
     let y_fast = backend::cpu().conv2d_forward(&xt, &wtt, spec).unwrap().to_vec().unwrap();
@@ -160,10 +160,14 @@ fn backends_dispatch_as_documented() {
     assert_eq!(y_fast, winograd::forward(&x, &wt, &s, tile));
     assert_eq!(y_exact, conv::forward(&x, &wt, &s));
     assert_eq!(y_ref, conv::forward_reference(&x, &wt, &s));
-    let dx_exact = backend::cpu_exact().conv2d_backward_data(&xt, &wtt, &[2, 16, 8, 8], spec).unwrap();
+    let dx_exact = backend::cpu_exact().conv2d_backward_data(&xt, &wtt, &[4, 16, 16, 16], spec).unwrap();
     assert_eq!(dx_exact.to_vec().unwrap(), conv::backward_data(&x, &wt, &s));
-    let dx_ref = backend::cpu_reference().conv2d_backward_data(&xt, &wtt, &[2, 16, 8, 8], spec).unwrap();
+    let dx_ref = backend::cpu_reference().conv2d_backward_data(&xt, &wtt, &[4, 16, 16, 16], spec).unwrap();
     assert_eq!(dx_ref.to_vec().unwrap(), conv::backward_data(&x, &wt, &s));
+    // The policy: F(4x4) for large problems, im2col for tiny ones and the 3-channel stem.
+    assert_eq!(winograd::choose(&shape(64, 16, 32, 32, 16)), Some(WinogradTile::F4));
+    assert_eq!(winograd::choose(&shape(1, 64, 8, 8, 64)), None);
+    assert_eq!(winograd::choose(&shape(64, 3, 32, 32, 16)), None);
     // Strided convolutions are not Winograd's.
     let strided = ConvShape::new(&[2, 16, 8, 8], &[16, 16, 3, 3], ConvSpec { stride: 2, pad: 1 }).unwrap();
     assert!(winograd::choose(&strided).is_none());

@@ -580,8 +580,19 @@ pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape, tile: WinogradTile) -
     forward(dy, &wt, &swapped, tile)
 }
 
-/// The kernel the CPU backend uses for this convolution, `None` for im2col + GEMM.
+/// The kernel the CPU backend uses for this convolution, `None` for im2col + GEMM. From
+/// `cargo bench --bench conv` on 2 shared cores (noisy; ResNet-56 shapes): at batch 64 Winograd
+/// takes 0.5-0.7x the im2col time, F(4x4) ~10-20% less than F(2x2); at batch 1 F(2x2) is level
+/// with im2col on 32x32 and 16x16 maps and slower on 8x8 (the filter transform and per-call
+/// setup dominate), and below 8 input channels (the stem) the transforms cost more than the
+/// GEMMs save.
 pub fn choose(s: &ConvShape) -> Option<WinogradTile> {
-    // Below 8 input channels (the stem) the transforms cost more than the GEMMs save.
-    (supports(s) && s.c_in >= LANES).then_some(WinogradTile::F2)
+    let pixels = s.n * s.out_h * s.out_w;
+    if !supports(s) || s.c_in < LANES || pixels < 256 {
+        None
+    } else if pixels < 4096 {
+        Some(WinogradTile::F2)
+    } else {
+        Some(WinogradTile::F4)
+    }
 }
