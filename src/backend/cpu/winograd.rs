@@ -23,6 +23,9 @@
 //! F(2x2,3x3) stays below ~1e-6 and F(4x4,3x3) below ~4e-6 (im2col + GEMM: ~3e-7). The tests
 //! assert 1e-5 and 3e-5 respectively.
 
+// Index loops over the small fixed-size transform arrays read like the matrix algebra they do.
+#![allow(clippy::needless_range_loop)]
+
 use super::gemm::{sgemm_layout, Layout};
 use crate::backend::ConvShape;
 use rayon::prelude::*;
@@ -464,8 +467,15 @@ fn take_scratch(len: usize) -> Vec<f32> {
     v
 }
 
-/// Returns a buffer to this thread's pool (the four largest are kept).
+/// Largest buffer the pool keeps (4 MiB): bounds the memory held per thread between calls; big
+/// problems amortise a fresh allocation anyway.
+const SCRATCH_KEEP: usize = 1 << 20;
+
+/// Returns a buffer to this thread's pool (the four largest up to `SCRATCH_KEEP` are kept).
 fn give_scratch(v: Vec<f32>) {
+    if v.capacity() > SCRATCH_KEEP {
+        return;
+    }
     SCRATCH.with(|s| {
         let mut pool = s.borrow_mut();
         pool.push(v);
