@@ -1,27 +1,34 @@
 //! Winograd convolution for 3x3, stride-1, pad-1 layers (the bulk of a ResNet's MACs).
 //!
 //! `F(m x m, 3x3)` computes an `m x m` output tile from an `a x a` input tile (`a = m + 2`) as
-//! `Y = A^T [ (G g G^T) .* (B^T d B) ] A` (Lavin & Gray, 2015). Tiles of every image are numbered
-//! `(image, tile row, tile column)` and processed in blocks of `block` tiles:
+//! `Y = A^T [ (G g G^T) .* (B^T d B) ] A` (Lavin & Gray, 2015). Per call:
 //!
-//! 1. input transform of the block into `V[a*a][C][block]`, eight tiles at a time (SIMD lanes);
+//! 0. filters transformed into `U[a*a][K][C]`; the input packed channel-blocked,
+//!    `[N][C/8][H+2][W+2][8]` with the zero padding built in, so a tile's window is a run of
+//!    8-channel vectors;
+//!
+//! then tiles, numbered `(image, tile row, tile column)`, go in blocks of `block` tiles:
+//!
+//! 1. input transform of the block into `V[a*a][block][Cp]` (channels contiguous), 8 channels
+//!    per SIMD vector, the 1-D transforms written out by hand (AVX2 + FMA chosen at run time);
 //! 2. `a*a` GEMMs `M[xi] [K x block] = U[xi] [K x C] * V[xi] [C x block]` through the project's
-//!    GEMM wrapper, with the filters transformed once per call into `U[a*a][K][C]`;
+//!    GEMM wrapper (serial; `M` stored `[a*a][block][Kp]`);
 //! 3. output transform of `M`, written straight into the NCHW output.
 //!
 //! Blocks run in parallel on rayon's pool; when a shape has fewer blocks than threads (batch 1,
-//! small maps) each block's three stages also split over channels and tile positions. No value
-//! is ever reduced across tasks, and the block size depends only on the shape, so every output
-//! is computed by the same operations in the same order whatever the thread count: results are
-//! bit-reproducible and independent of the number of threads.
+//! small maps) each block's three stages also split over tiles and GEMMs. No value is ever
+//! reduced across tasks, and the block size depends only on the shape, so every output is
+//! computed by the same operations in the same order whatever the thread count: results are
+//! bit-reproducible and independent of the number of threads (tests/conv_fast.rs checks 1, 2
+//! and 3 threads).
 //!
 //! # Error
 //!
-//! The transforms cost accuracy, more for larger tiles (their coefficients grow). Measured
-//! against the f64 direct convolution over ResNet shapes and random inputs (tests/conv_fast.rs),
-//! per output element, relative to `sum |x| |w|` over that element's window:
-//! F(2x2,3x3) stays below ~1e-6 and F(4x4,3x3) below ~4e-6 (im2col + GEMM: ~3e-7). The tests
-//! assert 1e-5 and 3e-5 respectively.
+//! The transforms cost accuracy, more for larger tiles (their coefficients grow: F(4x4) uses 4,
+//! 5 and 8 in `B^T` and `A^T`, and 1/6, 1/12, 1/24 in `G`). Measured against the f64 direct
+//! convolution over ResNet shapes and odd ones (tests/conv_fast.rs), per output element,
+//! relative to `sum |x| |w|` over that element's window: F(2x2,3x3) up to 3.6e-7 and F(4x4,3x3)
+//! up to 7.6e-6 over the runs made (im2col + GEMM: ~1e-7). The tests assert 2e-6 and 3e-5.
 
 // Index loops over the small fixed-size transform arrays read like the matrix algebra they do.
 #![allow(clippy::needless_range_loop)]
