@@ -1,8 +1,10 @@
 //! CPU-GPU parity of every op of the `Backend` trait and of every CUDA kernel variant, on
 //! random inputs over the model shapes (ResNet 16/32/64 channels at 32/16/8 px, VGG up to 512
 //! channels at 2 px) and odd ones (batch 1, channel counts such as 3, 5, 13, 27, stride 2,
-//! 1x1 and 5x5 kernels, 7x7 and 9x9 inputs). Each test starts with `cuda_or_skip`: without a
-//! GPU they print a skip line and pass (with `LFGCL_REQUIRE_GPU=1` they fail instead).
+//! 1x1 and 5x5 kernels, 7x7 and 9x9 inputs). The CPU side is `cpu_exact()`: im2col + GEMM for
+//! every convolution, never the (less accurate) Winograd kernels of the default CPU backend.
+//! Each test starts with `cuda_or_skip`: without a GPU they print a skip line and pass (with
+//! `LFGCL_REQUIRE_GPU=1` they fail instead).
 //!
 //! # Error measure
 //!
@@ -33,7 +35,7 @@ mod gpu;
 use gpu::{cuda_backend_or_skip, cuda_or_skip, private_cuda_backend_or_skip};
 use lfgcl::backend::cuda::{CudaBackend, GatherView, GemmLayout};
 use lfgcl::backend::prelude::*;
-use lfgcl::backend::{cpu, BnSaved, ConvEpilogue, ConvShape, ConvSpec, Precision, SgdStep};
+use lfgcl::backend::{cpu_exact, BnSaved, ConvEpilogue, ConvShape, ConvSpec, Precision, SgdStep};
 use lfgcl::Tensor;
 
 const F32_BOUND: f32 = 1e-4;
@@ -169,7 +171,7 @@ fn conv_forward_parity(precision: Precision, bound: f32, test: &str) {
     let Some(be) = cuda_backend_or_skip(test) else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     for c in conv_cases() {
         let want = cpu.conv2d_forward(&c.x, &c.w, c.spec).expect("cpu conv");
         let got = be
@@ -183,7 +185,7 @@ fn conv_backward_data_parity(precision: Precision, bound: f32, test: &str) {
     let Some(be) = cuda_backend_or_skip(test) else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     for c in conv_cases() {
         let xd = c.shape.input_dims();
         let want = cpu.conv2d_backward_data(&c.dy, &c.w, &xd, c.spec).expect("cpu conv bwd data");
@@ -229,7 +231,7 @@ fn conv_backward_weight_f32_and_deterministic() {
     let Some(be) = cuda_backend_or_skip("conv_backward_weight_f32_and_deterministic") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     let mut cases = conv_cases();
     // A long reduction (131072 pixels) to exercise split-K at training size.
     let spec = ConvSpec { stride: 1, pad: 1 };
@@ -278,7 +280,7 @@ fn conv_fused_bn_residual_relu() {
     let Some(be) = private_cuda_backend_or_skip("conv_fused_bn_residual_relu") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     let eps = 1e-5;
     for (i, c) in conv_cases().into_iter().enumerate() {
         let k = c.shape.c_out;
@@ -330,7 +332,7 @@ fn batchnorm_train_eval_backward() {
     let Some(be) = cuda_backend_or_skip("batchnorm_train_eval_backward") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     for (i, &dims) in BN_SHAPES.iter().enumerate() {
         let seed = 2000 + 10 * i as u64;
         let c = dims[1];
@@ -393,7 +395,7 @@ fn elementwise_ops() {
     let Some(gpu) = cuda_or_skip("elementwise_ops") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     for (i, &dims) in EW_SHAPES.iter().enumerate() {
         let a = rand_host(dims, 3000 + i as u64);
         let b = rand_host(dims, 3100 + i as u64);
@@ -428,7 +430,7 @@ fn sgd_step_variants() {
     let Some(gpu) = cuda_or_skip("sgd_step_variants") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     let variants = [
         SgdStep { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, nesterov: true },
         SgdStep { lr: 0.05, momentum: 0.9, weight_decay: 1e-4, nesterov: false },
@@ -459,7 +461,7 @@ fn shortcut_forward_backward() {
     let Some(gpu) = cuda_or_skip("shortcut_forward_backward") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     // (x dims, channel map, stride)
     let option_a = |c_in: usize, c_out: usize| -> Vec<i32> {
         let pad = (c_out - c_in) / 2;
@@ -490,7 +492,7 @@ fn maxpool_first_max_rule() {
     let Some(gpu) = cuda_or_skip("maxpool_first_max_rule") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     // (dims, kernel, stride); inputs are quantised to 5 levels so windows have ties.
     let cases: &[(&[usize], usize, usize)] = &[
         (&[4, 64, 32, 32], 2, 2),
@@ -521,7 +523,7 @@ fn global_avgpool() {
     let Some(gpu) = cuda_or_skip("global_avgpool") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     for (i, dims) in
         [[4usize, 64, 8, 8], [2, 16, 32, 32], [1, 5, 7, 7], [3, 512, 2, 2], [2, 3, 1, 1]].iter().enumerate()
     {
@@ -543,7 +545,7 @@ fn linear_forward_backward() {
     let Some(gpu) = cuda_or_skip("linear_forward_backward") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     // (batch, in, out): CIFAR heads, VGG classifier, odd sizes, and one large enough for the
     // 128x128 tiles.
     for (i, &(n, fin, fout)) in
@@ -622,7 +624,7 @@ fn losses() {
     let Some(gpu) = cuda_or_skip("losses") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     for (i, &(n, classes)) in [(128usize, 10usize), (1, 10), (7, 100), (3, 1), (5, 37)].iter().enumerate() {
         let seed = 9000 + 10 * i as u64;
         // Scaled logits, plus a row of ties to check the arg-max rule.
@@ -663,7 +665,7 @@ fn index_select_every_axis() {
     let Some(gpu) = cuda_or_skip("index_select_every_axis") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     let dims = [3usize, 13, 7, 8];
     let x = rand_host(&dims, 10_000);
     let gx = up(&*gpu, &x);
@@ -697,7 +699,7 @@ fn gather_candidates_matches_cpu() {
     let Some(gpu) = cuda_or_skip("gather_candidates_matches_cpu") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     for (dims, seed) in [(&[16usize, 8, 3, 3][..], 31u64), (&[4, 13, 7, 7][..], 32), (&[10, 64][..], 33)] {
         let x = rand_host(dims, seed);
         let gx = up(&*gpu, &x);
@@ -724,7 +726,7 @@ fn batched_gather_matches_separate_cpu_calls() {
     let Some(be) = cuda_backend_or_skip("batched_gather_matches_separate_cpu_calls") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     let k = 16;
     // Conv weights: output and input channels at once, for several layer shapes.
     for (i, wd) in [[64usize, 64, 3, 3], [32, 16, 3, 3], [13, 27, 1, 1], [512, 512, 3, 3]].iter().enumerate() {
@@ -787,7 +789,7 @@ fn feature_mse_matches_separate_cpu_calls() {
     let Some(be) = cuda_backend_or_skip("feature_mse_matches_separate_cpu_calls") else {
         return;
     };
-    let cpu = cpu();
+    let cpu = cpu_exact();
     for &(k, m) in &[(16usize, 256 * 64 * 8 * 8), (16, 3), (16, 1001), (4, 1 << 20), (2, 10_000_003), (1, 1)] {
         let base = rand_host(&[m], 14_000 + m as u64);
         let cand = Tensor::from_vec(&[k, m], rand_vec(k * m, 14_100 + m as u64, -1.0, 1.0)).expect("cand");

@@ -91,7 +91,7 @@ fn train_step(dev: &Device, base: &Model, x: &Tensor, labels: &[u32]) -> (Vec<f3
 #[test]
 fn resnet20_training_step_matches_cpu() {
     let Some(gpu) = gpu::cuda_or_skip("resnet20_training_step_matches_cpu") else { return };
-    let cpu = backend::cpu();
+    let cpu = backend::cpu_exact();
     let reference = backend::cpu_reference();
     let base = Model::new(Arch::new("resnet20", 3, 32, 10).unwrap(), &cpu, 7).unwrap();
     let x = input(32, 3, 32, 1);
@@ -176,7 +176,7 @@ fn search_rewards_on_gpu_match_cpu() {
 #[test]
 fn batched_scoring_on_gpu_matches_cpu() {
     let Some(gpu) = gpu::cuda_or_skip("batched_scoring_on_gpu_matches_cpu") else { return };
-    let cpu = backend::cpu();
+    let cpu = backend::cpu_exact();
     let mut m = Model::new(Arch::new("resnet20", 3, 32, 10).unwrap(), &cpu, 13).unwrap();
     randomise_bn(&mut m, 14);
     let images = input(32, 3, 32, 15);

@@ -370,6 +370,12 @@ pub fn cpu_reference() -> Device {
     Arc::new(cpu::CpuBackend::reference())
 }
 
+/// The CPU backend with the exact f32 convolution (im2col + GEMM, no Winograd): the baseline the
+/// CUDA parity tests compare against.
+pub fn cpu_exact() -> Device {
+    Arc::new(cpu::CpuBackend::exact())
+}
+
 /// Opens the device the user asked for. `Auto` falls back to the CPU when no CUDA device (or no
 /// driver, or no NVRTC) is found; `Cuda` turns that into an error that says what is missing.
 pub fn select(choice: DeviceChoice) -> Result<Device> {

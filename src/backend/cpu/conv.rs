@@ -323,14 +323,23 @@ pub fn forward_reference(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
 impl ConvOps for CpuBackend {
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::new(x.dims(), w.dims(), spec)?;
-        let y =
-            if self.reference { forward_reference(host(x)?, host(w)?, &s) } else { forward(host(x)?, host(w)?, &s) };
+        let y = if self.reference {
+            forward_reference(host(x)?, host(w)?, &s)
+        } else if let Some(tile) = self.winograd(&s) {
+            super::winograd::forward(host(x)?, host(w)?, &s, tile)
+        } else {
+            forward(host(x)?, host(w)?, &s)
+        };
         Tensor::from_vec(&s.output_dims(), y)
     }
 
     fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::backward_data(dy, w, x_dims, spec)?;
-        Tensor::from_vec(x_dims, backward_data(host(dy)?, host(w)?, &s))
+        let dx = match self.winograd(&s) {
+            Some(tile) => super::winograd::backward_data(host(dy)?, host(w)?, &s, tile),
+            None => backward_data(host(dy)?, host(w)?, &s),
+        };
+        Tensor::from_vec(x_dims, dx)
     }
 
     fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {

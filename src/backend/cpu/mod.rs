@@ -17,8 +17,9 @@ mod pool;
 mod search;
 mod sgd;
 mod shortcut;
+pub mod winograd;
 
-use crate::backend::{DeviceKind, Memory};
+use crate::backend::{ConvShape, DeviceKind, Memory};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -29,15 +30,26 @@ pub struct CpuBackend {
     /// zeroed and its compact version agree bit for bit; the fast GEMM path regroups sums and
     /// agrees to a few ulps.
     reference: bool,
+    /// Winograd kernels for 3x3 stride-1 convolutions (`winograd::choose`); off in the exact
+    /// variants, which keep im2col + GEMM (a few ulps from the f64 loops).
+    fast_conv: bool,
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend { reference: false }
+        CpuBackend { reference: false, fast_conv: true }
     }
     /// The reference-math variant (see `reference`).
     pub fn reference() -> Self {
-        CpuBackend { reference: true }
+        CpuBackend { reference: true, fast_conv: false }
+    }
+    /// f32 im2col + GEMM for every convolution (no Winograd): what the CUDA kernels are held to.
+    pub fn exact() -> Self {
+        CpuBackend { reference: false, fast_conv: false }
+    }
+    /// The Winograd tile for this convolution, when the fast kernels are on and fit it.
+    fn winograd(&self, s: &ConvShape) -> Option<winograd::WinogradTile> {
+        self.fast_conv.then(|| winograd::choose(s)).flatten()
     }
 }
 
