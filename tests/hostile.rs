@@ -487,6 +487,10 @@ fn policy_files_with_bad_rounding_or_for_another_model_are_refused() {
         let o = run(&["--device", "cpu", "prune-apply", "--ckpt", &s(&ckpt), "--ratios", &s(&p), "--out", &out]);
         assert_refused(&o, &[name, field]);
     }
+    // A policy "file" that never ends.
+    let out = s(&dir.path().join("pruned.safetensors"));
+    let o = run(&["--device", "cpu", "prune-apply", "--ckpt", &s(&ckpt), "--ratios", "/dev/zero", "--out", &out]);
+    assert_refused(&o, &["/dev/zero"]);
     // The same file with a valid rounding is applied.
     let p = dir.path().join("good.json");
     write(&p, br#"{"model":"smallcnn","ratios":[0.5,0.5,0.5],"round":4}"#);

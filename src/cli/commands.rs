@@ -327,6 +327,7 @@ fn cmd_eval(g: &GlobalArgs, a: EvalArgs) -> Result<()> {
 }
 
 fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
+    let _lock = DirLock::acquire(&a.out)?;
     let dev = open_device(g)?;
     let t0 = Instant::now();
     let train_ds = data::synthetic::generate(Split::Train);
