@@ -13,7 +13,7 @@
 use criterion::Criterion;
 use lfgcl::backend::cuda::bench::{cases, BenchOptions};
 use lfgcl::backend::cuda::CudaBackend;
-use lfgcl::Backend;
+use lfgcl::backend::prelude::*;
 use std::time::Duration;
 
 fn main() {

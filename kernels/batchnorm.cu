@@ -19,6 +19,9 @@ struct BnStatsParams {
     int _pad;
 };
 static_assert(sizeof(BnStatsParams) == 40, "BnStatsParams layout must match the Rust mirror");
+LF_OFFSET(BnStatsParams, x, 0); LF_OFFSET(BnStatsParams, partial, 8); LF_OFFSET(BnStatsParams, n, 16);
+LF_OFFSET(BnStatsParams, c, 20); LF_OFFSET(BnStatsParams, hw, 24); LF_OFFSET(BnStatsParams, splits, 28);
+LF_OFFSET(BnStatsParams, imgs_per_split, 32); LF_OFFSET(BnStatsParams, _pad, 36);
 
 extern "C" __global__ void __launch_bounds__(BN_THREADS) bn_stats_partial(const BnStatsParams p) {
     __shared__ float scratch[32];
@@ -66,6 +69,12 @@ struct BnFinalizeParams {
     float eps;
 };
 static_assert(sizeof(BnFinalizeParams) == 72, "BnFinalizeParams layout must match the Rust mirror");
+LF_OFFSET(BnFinalizeParams, partial, 0); LF_OFFSET(BnFinalizeParams, gamma, 8);
+LF_OFFSET(BnFinalizeParams, running_mean, 16); LF_OFFSET(BnFinalizeParams, running_var, 24);
+LF_OFFSET(BnFinalizeParams, save_mean, 32); LF_OFFSET(BnFinalizeParams, save_invstd, 40);
+LF_OFFSET(BnFinalizeParams, coef, 48); LF_OFFSET(BnFinalizeParams, c, 56);
+LF_OFFSET(BnFinalizeParams, splits, 60); LF_OFFSET(BnFinalizeParams, momentum, 64);
+LF_OFFSET(BnFinalizeParams, eps, 68);
 
 extern "C" __global__ void __launch_bounds__(128) bn_finalize(const BnFinalizeParams p) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -108,6 +117,10 @@ struct BnApplyParams {
     int vec4;  // hw % 4 == 0: four consecutive elements share a channel
 };
 static_assert(sizeof(BnApplyParams) == 72, "BnApplyParams layout must match the Rust mirror");
+LF_OFFSET(BnApplyParams, x, 0); LF_OFFSET(BnApplyParams, y, 8); LF_OFFSET(BnApplyParams, mean, 16);
+LF_OFFSET(BnApplyParams, coef, 24); LF_OFFSET(BnApplyParams, beta, 32); LF_OFFSET(BnApplyParams, var, 40);
+LF_OFFSET(BnApplyParams, total, 48); LF_OFFSET(BnApplyParams, c, 56); LF_OFFSET(BnApplyParams, hw, 60);
+LF_OFFSET(BnApplyParams, eps, 64); LF_OFFSET(BnApplyParams, vec4, 68);
 
 LF_DEVICE float bn_coef(const BnApplyParams& p, int c) {
     return p.var ? p.coef[c] / sqrtf(p.var[c] + p.eps) : p.coef[c];
@@ -149,6 +162,12 @@ struct BnBwdPartialParams {
     int _pad;
 };
 static_assert(sizeof(BnBwdPartialParams) == 64, "BnBwdPartialParams layout must match the Rust mirror");
+LF_OFFSET(BnBwdPartialParams, x, 0); LF_OFFSET(BnBwdPartialParams, dy, 8);
+LF_OFFSET(BnBwdPartialParams, mean, 16); LF_OFFSET(BnBwdPartialParams, invstd, 24);
+LF_OFFSET(BnBwdPartialParams, partial, 32); LF_OFFSET(BnBwdPartialParams, n, 40);
+LF_OFFSET(BnBwdPartialParams, c, 44); LF_OFFSET(BnBwdPartialParams, hw, 48);
+LF_OFFSET(BnBwdPartialParams, splits, 52); LF_OFFSET(BnBwdPartialParams, imgs_per_split, 56);
+LF_OFFSET(BnBwdPartialParams, _pad, 60);
 
 extern "C" __global__ void __launch_bounds__(BN_THREADS) bn_bwd_partial(const BnBwdPartialParams p) {
     __shared__ float scratch[32];
@@ -185,6 +204,9 @@ struct BnBwdFinalizeParams {
     int splits;
 };
 static_assert(sizeof(BnBwdFinalizeParams) == 32, "BnBwdFinalizeParams layout must match the Rust mirror");
+LF_OFFSET(BnBwdFinalizeParams, partial, 0); LF_OFFSET(BnBwdFinalizeParams, dgamma, 8);
+LF_OFFSET(BnBwdFinalizeParams, dbeta, 16); LF_OFFSET(BnBwdFinalizeParams, c, 24);
+LF_OFFSET(BnBwdFinalizeParams, splits, 28);
 
 extern "C" __global__ void __launch_bounds__(128) bn_bwd_finalize(const BnBwdFinalizeParams p) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -214,6 +236,12 @@ struct BnBwdApplyParams {
     int _pad;
 };
 static_assert(sizeof(BnBwdApplyParams) == 88, "BnBwdApplyParams layout must match the Rust mirror");
+LF_OFFSET(BnBwdApplyParams, x, 0); LF_OFFSET(BnBwdApplyParams, dy, 8); LF_OFFSET(BnBwdApplyParams, mean, 16);
+LF_OFFSET(BnBwdApplyParams, invstd, 24); LF_OFFSET(BnBwdApplyParams, gamma, 32);
+LF_OFFSET(BnBwdApplyParams, dgamma, 40); LF_OFFSET(BnBwdApplyParams, dbeta, 48);
+LF_OFFSET(BnBwdApplyParams, dx, 56); LF_OFFSET(BnBwdApplyParams, total, 64);
+LF_OFFSET(BnBwdApplyParams, c, 72); LF_OFFSET(BnBwdApplyParams, hw, 76);
+LF_OFFSET(BnBwdApplyParams, inv_count, 80); LF_OFFSET(BnBwdApplyParams, _pad, 84);
 
 extern "C" __global__ void __launch_bounds__(BN_THREADS) bn_bwd_apply(const BnBwdApplyParams p) {
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -238,6 +266,9 @@ struct BnFoldParams {
     float eps;
 };
 static_assert(sizeof(BnFoldParams) == 56, "BnFoldParams layout must match the Rust mirror");
+LF_OFFSET(BnFoldParams, gamma, 0); LF_OFFSET(BnFoldParams, beta, 8); LF_OFFSET(BnFoldParams, mean, 16);
+LF_OFFSET(BnFoldParams, var, 24); LF_OFFSET(BnFoldParams, scale, 32); LF_OFFSET(BnFoldParams, shift, 40);
+LF_OFFSET(BnFoldParams, c, 48); LF_OFFSET(BnFoldParams, eps, 52);
 
 extern "C" __global__ void __launch_bounds__(128) bn_fold(const BnFoldParams p) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;

@@ -19,6 +19,17 @@ typedef long long i64;
 
 #define LF_DEVICE __device__ __forceinline__
 
+// Field offset of a kernel parameter struct, asserted equal to its Rust mirror's
+// (`assert_layout!` in src/backend/cuda/mod.rs checks the same numbers on the Rust side).
+// NVRTC has neither <cstddef> nor __builtin_offsetof; __INTADDR__ is the constant-address
+// intrinsic of its (EDG) front end, on which that front end's own offsetof is built.
+#if defined(__CUDACC_RTC__)
+#define LF_OFFSET_OF(T, F) __INTADDR__(&(((T*)0)->F))
+#else
+#define LF_OFFSET_OF(T, F) __builtin_offsetof(T, F)
+#endif
+#define LF_OFFSET(T, F, OFF) static_assert(LF_OFFSET_OF(T, F) == (OFF), #T "." #F " offset must match the Rust mirror")
+
 // ---- tensor-core helpers (sm_80+) -----------------------------------------------------------------
 
 // f32 -> tf32 (round to nearest, ties away from zero), result in a 32-bit register.

@@ -124,6 +124,12 @@ struct ConvBwdWParams {
     int tiles_per_split;  // k-tiles (of BK pixels) per split
 };
 static_assert(sizeof(ConvBwdWParams) == 72, "ConvBwdWParams layout must match the Rust mirror");
+LF_OFFSET(ConvBwdWParams, x, 0); LF_OFFSET(ConvBwdWParams, dy, 8); LF_OFFSET(ConvBwdWParams, out, 16);
+LF_OFFSET(ConvBwdWParams, n, 24); LF_OFFSET(ConvBwdWParams, c, 28); LF_OFFSET(ConvBwdWParams, h, 32);
+LF_OFFSET(ConvBwdWParams, w, 36); LF_OFFSET(ConvBwdWParams, k, 40); LF_OFFSET(ConvBwdWParams, p, 44);
+LF_OFFSET(ConvBwdWParams, q, 48); LF_OFFSET(ConvBwdWParams, r, 52); LF_OFFSET(ConvBwdWParams, s, 56);
+LF_OFFSET(ConvBwdWParams, stride, 60); LF_OFFSET(ConvBwdWParams, pad, 64);
+LF_OFFSET(ConvBwdWParams, tiles_per_split, 68);
 
 template <int BM, int BN, int BK, int TM, int TN>
 LF_DEVICE void conv_bwdw_f32(const ConvBwdWParams& p) {
@@ -267,6 +273,9 @@ struct SplitKReduceParams {
     int _pad;
 };
 static_assert(sizeof(SplitKReduceParams) == 32, "SplitKReduceParams layout must match the Rust mirror");
+LF_OFFSET(SplitKReduceParams, parts, 0); LF_OFFSET(SplitKReduceParams, out, 8);
+LF_OFFSET(SplitKReduceParams, len, 16); LF_OFFSET(SplitKReduceParams, splits, 24);
+LF_OFFSET(SplitKReduceParams, _pad, 28);
 
 extern "C" __global__ void __launch_bounds__(256) conv_splitk_reduce(const SplitKReduceParams p) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;

@@ -32,6 +32,13 @@ struct ConvParams {
     int w_stride_c;  // weight offset per reduction channel       (FWD: R*S,   BWD: C*R*S)
 };
 static_assert(sizeof(ConvParams) == 104, "ConvParams layout must match the Rust mirror");
+LF_OFFSET(ConvParams, src, 0); LF_OFFSET(ConvParams, wgt, 8); LF_OFFSET(ConvParams, out, 16);
+LF_OFFSET(ConvParams, scale, 24); LF_OFFSET(ConvParams, shift, 32); LF_OFFSET(ConvParams, residual, 40);
+LF_OFFSET(ConvParams, n, 48); LF_OFFSET(ConvParams, src_c, 52); LF_OFFSET(ConvParams, src_h, 56);
+LF_OFFSET(ConvParams, src_w, 60); LF_OFFSET(ConvParams, out_c, 64); LF_OFFSET(ConvParams, out_h, 68);
+LF_OFFSET(ConvParams, out_w, 72); LF_OFFSET(ConvParams, r, 76); LF_OFFSET(ConvParams, s, 80);
+LF_OFFSET(ConvParams, stride, 84); LF_OFFSET(ConvParams, pad, 88); LF_OFFSET(ConvParams, relu, 92);
+LF_OFFSET(ConvParams, w_stride_n, 96); LF_OFFSET(ConvParams, w_stride_c, 100);
 
 #define LF_CONV_FWD 0
 #define LF_CONV_BWD_DATA 1

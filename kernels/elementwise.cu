@@ -14,6 +14,8 @@ struct EwParams {
     int vec4;
 };
 static_assert(sizeof(EwParams) == 40, "EwParams layout must match the Rust mirror");
+LF_OFFSET(EwParams, a, 0); LF_OFFSET(EwParams, b, 8); LF_OFFSET(EwParams, out, 16);
+LF_OFFSET(EwParams, n, 24); LF_OFFSET(EwParams, s, 32); LF_OFFSET(EwParams, vec4, 36);
 
 #define EW_RELU 0
 #define EW_RELU_BWD 1   // a = dy, b = y (forward output)

@@ -23,6 +23,11 @@ struct IndexSelectParams {
     int vec4;         // inner % 4 == 0
 };
 static_assert(sizeof(IndexSelectParams) == 56, "IndexSelectParams layout must match the Rust mirror");
+LF_OFFSET(IndexSelectParams, x, 0); LF_OFFSET(IndexSelectParams, idx, 8);
+LF_OFFSET(IndexSelectParams, out, 16); LF_OFFSET(IndexSelectParams, total, 24);
+LF_OFFSET(IndexSelectParams, inner, 32); LF_OFFSET(IndexSelectParams, outer, 40);
+LF_OFFSET(IndexSelectParams, dim, 44); LF_OFFSET(IndexSelectParams, nidx, 48);
+LF_OFFSET(IndexSelectParams, vec4, 52);
 
 extern "C" __global__ void __launch_bounds__(256) index_select(const IndexSelectParams p) {
     const long long t0 = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -59,6 +64,11 @@ struct GatherBatchParams {
     int k;
 };
 static_assert(sizeof(GatherBatchParams) == 56, "GatherBatchParams layout must match the Rust mirror");
+LF_OFFSET(GatherBatchParams, x, 0); LF_OFFSET(GatherBatchParams, meta, 8);
+LF_OFFSET(GatherBatchParams, lists, 16); LF_OFFSET(GatherBatchParams, out, 24);
+LF_OFFSET(GatherBatchParams, inner, 32); LF_OFFSET(GatherBatchParams, outer, 40);
+LF_OFFSET(GatherBatchParams, d0, 44); LF_OFFSET(GatherBatchParams, d1, 48);
+LF_OFFSET(GatherBatchParams, k, 52);
 
 extern "C" __global__ void __launch_bounds__(256) gather_batched(const GatherBatchParams p) {
     const int c = blockIdx.y;

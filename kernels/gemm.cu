@@ -19,6 +19,10 @@ struct GemmParams {
     int _pad0, _pad1;
 };
 static_assert(sizeof(GemmParams) == 64, "GemmParams layout must match the Rust mirror");
+LF_OFFSET(GemmParams, a, 0); LF_OFFSET(GemmParams, b, 8); LF_OFFSET(GemmParams, c, 16);
+LF_OFFSET(GemmParams, bias, 24); LF_OFFSET(GemmParams, m, 32); LF_OFFSET(GemmParams, n, 36);
+LF_OFFSET(GemmParams, k, 40); LF_OFFSET(GemmParams, lda, 44); LF_OFFSET(GemmParams, ldb, 48);
+LF_OFFSET(GemmParams, ldc, 52); LF_OFFSET(GemmParams, _pad0, 56); LF_OFFSET(GemmParams, _pad1, 60);
 
 template <bool TA, bool TB, int BM, int BN, int TM, int TN>
 LF_DEVICE void sgemm_tiled(const GemmParams& p) {
@@ -163,6 +167,8 @@ struct ColSumParams {
     int rows, cols;
 };
 static_assert(sizeof(ColSumParams) == 24, "ColSumParams layout must match the Rust mirror");
+LF_OFFSET(ColSumParams, x, 0); LF_OFFSET(ColSumParams, out, 8); LF_OFFSET(ColSumParams, rows, 16);
+LF_OFFSET(ColSumParams, cols, 20);
 
 extern "C" __global__ void __launch_bounds__(256) col_sum(const ColSumParams p) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;

@@ -14,6 +14,9 @@ struct XentParams {
     int _pad;
 };
 static_assert(sizeof(XentParams) == 48, "XentParams layout must match the Rust mirror");
+LF_OFFSET(XentParams, logits, 0); LF_OFFSET(XentParams, labels, 8); LF_OFFSET(XentParams, dlogits, 16);
+LF_OFFSET(XentParams, stats, 24); LF_OFFSET(XentParams, n, 32); LF_OFFSET(XentParams, classes, 36);
+LF_OFFSET(XentParams, inv_n, 40); LF_OFFSET(XentParams, _pad, 44);
 
 extern "C" __global__ void __launch_bounds__(256) softmax_xent(const XentParams p) {
     const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -69,6 +72,9 @@ struct KlParams {
     float grad_scale;
 };
 static_assert(sizeof(KlParams) == 48, "KlParams layout must match the Rust mirror");
+LF_OFFSET(KlParams, student, 0); LF_OFFSET(KlParams, teacher, 8); LF_OFFSET(KlParams, grad, 16);
+LF_OFFSET(KlParams, row_kl, 24); LF_OFFSET(KlParams, n, 32); LF_OFFSET(KlParams, classes, 36);
+LF_OFFSET(KlParams, inv_t, 40); LF_OFFSET(KlParams, grad_scale, 44);
 
 extern "C" __global__ void __launch_bounds__(256) distill_kl(const KlParams p) {
     const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;

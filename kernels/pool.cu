@@ -14,6 +14,10 @@ struct PoolParams {
     int _pad;
 };
 static_assert(sizeof(PoolParams) == 56, "PoolParams layout must match the Rust mirror");
+LF_OFFSET(PoolParams, x, 0); LF_OFFSET(PoolParams, dy, 8); LF_OFFSET(PoolParams, out, 16);
+LF_OFFSET(PoolParams, nc, 24); LF_OFFSET(PoolParams, h, 28); LF_OFFSET(PoolParams, w, 32);
+LF_OFFSET(PoolParams, oh, 36); LF_OFFSET(PoolParams, ow, 40); LF_OFFSET(PoolParams, k, 44);
+LF_OFFSET(PoolParams, stride, 48); LF_OFFSET(PoolParams, _pad, 52);
 
 // First maximum of window (oi, oj) in row-major order: the scan starts from -inf at the
 // window's first element and only a strictly greater value replaces it (so NaNs are skipped and

@@ -26,6 +26,10 @@ struct SqDiffParams {
     int vec4;           // m % 4 == 0: 16-byte loads
 };
 static_assert(sizeof(SqDiffParams) == 64, "SqDiffParams layout must match the Rust mirror");
+LF_OFFSET(SqDiffParams, cand, 0); LF_OFFSET(SqDiffParams, base, 8); LF_OFFSET(SqDiffParams, partial, 16);
+LF_OFFSET(SqDiffParams, grad, 24); LF_OFFSET(SqDiffParams, m, 32); LF_OFFSET(SqDiffParams, chunk, 40);
+LF_OFFSET(SqDiffParams, k, 48); LF_OFFSET(SqDiffParams, blocks, 52); LF_OFFSET(SqDiffParams, grad_scale, 56);
+LF_OFFSET(SqDiffParams, vec4, 60);
 
 #define SQ_THREADS 256
 
@@ -73,6 +77,9 @@ struct SqDiffFinalParams {
     int blocks;
 };
 static_assert(sizeof(SqDiffFinalParams) == 32, "SqDiffFinalParams layout must match the Rust mirror");
+LF_OFFSET(SqDiffFinalParams, partial, 0); LF_OFFSET(SqDiffFinalParams, out, 8);
+LF_OFFSET(SqDiffFinalParams, m, 16); LF_OFFSET(SqDiffFinalParams, k, 24);
+LF_OFFSET(SqDiffFinalParams, blocks, 28);
 
 extern "C" __global__ void __launch_bounds__(SQ_THREADS) sqdiff_final(const SqDiffFinalParams p) {
     __shared__ float scratch[32];

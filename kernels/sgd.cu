@@ -19,6 +19,10 @@ struct SgdParams {
     int _pad;
 };
 static_assert(sizeof(SgdParams) == 56, "SgdParams layout must match the Rust mirror");
+LF_OFFSET(SgdParams, param, 0); LF_OFFSET(SgdParams, grad, 8); LF_OFFSET(SgdParams, buf, 16);
+LF_OFFSET(SgdParams, n, 24); LF_OFFSET(SgdParams, lr, 32); LF_OFFSET(SgdParams, momentum, 36);
+LF_OFFSET(SgdParams, weight_decay, 40); LF_OFFSET(SgdParams, nesterov, 44); LF_OFFSET(SgdParams, vec4, 48);
+LF_OFFSET(SgdParams, _pad, 52);
 
 // With momentum == 0 the buffer is neither read nor updated (PyTorch keeps no buffer then).
 LF_DEVICE void sgd_one(const SgdParams& p, float& w, float g, float& m) {

@@ -12,6 +12,10 @@ struct ShortcutParams {
     int stride;
 };
 static_assert(sizeof(ShortcutParams) == 64, "ShortcutParams layout must match the Rust mirror");
+LF_OFFSET(ShortcutParams, x, 0); LF_OFFSET(ShortcutParams, dy, 8); LF_OFFSET(ShortcutParams, out, 16);
+LF_OFFSET(ShortcutParams, map, 24); LF_OFFSET(ShortcutParams, n, 32); LF_OFFSET(ShortcutParams, c_in, 36);
+LF_OFFSET(ShortcutParams, h, 40); LF_OFFSET(ShortcutParams, w, 44); LF_OFFSET(ShortcutParams, c_out, 48);
+LF_OFFSET(ShortcutParams, oh, 52); LF_OFFSET(ShortcutParams, ow, 56); LF_OFFSET(ShortcutParams, stride, 60);
 
 // y[n, o, i, j] = src[o] >= 0 ? x[n, src[o], i*stride, j*stride] : 0
 extern "C" __global__ void __launch_bounds__(256) shortcut_fwd(const ShortcutParams p) {

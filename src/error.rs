@@ -44,6 +44,10 @@ pub enum Error {
     /// A tensor living on a device the operation does not run on.
     #[error("device mismatch: {0}")]
     Device(String),
+
+    /// Stopped by SIGINT or SIGTERM after saving what it had (the message says how to resume).
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

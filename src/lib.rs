@@ -8,6 +8,7 @@
 //! - [`train`]: optimiser, schedules, training and evaluation loops, checkpoints;
 //! - [`prune`]: channel groups, ranking, budgets, masked gather into a compact net;
 //! - [`search`]: the LFGCL search (architecture state, DDPG, label-free reward);
+//! - [`interop`]: PyTorch state dicts in, ONNX out, deployment timings against onnxruntime;
 //! - [`report`]: JSON logs and SVG plots; [`cli`]: the `lfgcl` command line.
 
 pub mod backend;
@@ -15,6 +16,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod interop;
 pub mod limits;
 pub mod models;
 pub mod nn;

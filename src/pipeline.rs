@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::models::Model;
 use crate::prune::{Policy, Pruner};
 use crate::report::{self, BarChart};
-use crate::search::{self, SearchConfig, SearchFiles, Strategy};
+use crate::search::{self, RunOptions, SearchConfig, SearchFiles, Strategy};
 use crate::tensor::Tensor;
 use crate::train::{self, checkpoint, EpochLog, Objective, TrainConfig};
 use serde::Serialize;
@@ -37,6 +37,47 @@ pub struct PipelineConfig {
     /// searches run again; on the CPU they are deterministic, so they find the same nets).
     #[serde(skip)]
     pub resume: bool,
+}
+
+impl PipelineConfig {
+    /// The settings of `lfgcl demo`: small CNN on the synthetic set, a short search at a FLOPs
+    /// budget with the random-search and uniform baselines, label-free fine-tuning.
+    pub fn demo(flops: f64, episodes: usize, ft_epochs: usize, seed: u64, progress: bool) -> PipelineConfig {
+        use crate::prune::{Budget, Constraints, Criterion, GroupScope};
+        use crate::search::ddpg::DdpgConfig;
+        use crate::search::reward::RewardConfig;
+        let warmup = (episodes / 3).max(2);
+        PipelineConfig {
+            search: SearchConfig {
+                budget: Budget { flops: Some(flops), params: None },
+                constraints: Constraints { lower: 0.2, round: 1 },
+                scope: GroupScope::Inner,
+                criterion: Criterion::L1,
+                strategy: Strategy::Ddpg,
+                episodes,
+                candidates_per_step: 8,
+                updates_per_episode: 8,
+                overlap_agent: false,
+                seed,
+                ddpg: DdpgConfig { warmup_episodes: warmup, noise_decay: 0.9, ..DdpgConfig::default() },
+                reward: RewardConfig::default(),
+            },
+            finetune: FinetuneConfig {
+                train: TrainConfig {
+                    epochs: ft_epochs,
+                    batch_size: 64,
+                    lr: 0.01,
+                    seed,
+                    progress,
+                    ..TrainConfig::default()
+                },
+                distill_temperature: Some(4.0),
+            },
+            random_baseline: true,
+            uniform_baseline: true,
+            resume: false,
+        }
+    }
 }
 
 /// One pruned net's results.
@@ -170,15 +211,15 @@ pub fn run(
     // Label-free search (the accuracy report uses the test labels, never the search).
     say("LFGCL search ...".into());
     let report_acc = search::AccuracyReport { images: test_images.try_clone()?, labels: test_labels.clone() };
+    let run_opts = RunOptions { progress, ..RunOptions::default() };
     let lfgcl = search::run(
         inputs.baseline,
         dev,
         inputs.search_images,
         &cfg.search,
         &SearchFiles { dir: out.join("search") },
-        false,
         Some(report_acc),
-        progress,
+        &run_opts,
     )?;
     let mut candidates: Vec<(String, Policy, f64)> =
         vec![("lfgcl".into(), lfgcl.best_policy.clone(), lfgcl.best.reward)];
@@ -191,23 +232,29 @@ pub fn run(
             inputs.search_images,
             &rcfg,
             &SearchFiles { dir: out.join("random") },
-            false,
             None,
-            progress,
+            &run_opts,
         )?;
         candidates.push(("random search".into(), random.best_policy, random.best.reward));
     }
     if cfg.uniform_baseline {
         candidates.push(("uniform".into(), policy_of_uniform(inputs.baseline, &cfg.search)?, lfgcl.uniform.reward));
     }
+    let search_images = dev.to_device(inputs.search_images)?;
     let mut pruned_results = Vec::new();
     for (method, policy, reward) in candidates {
+        // Measured as the search scored it (BN statistics of the unlabeled images, when the
+        // reward re-estimates them).
         let pruner = Pruner::new(inputs.baseline, policy.scope, policy.criterion)?;
-        let mut net = pruner.prune(inputs.baseline, dev, &policy.kept)?;
-        if cfg.search.reward.recalibrate_bn {
-            // Measured as the search scored it: BN statistics of the unlabeled images.
-            crate::search::reward::recalibrate_bn(&mut net, dev, &dev.to_device(inputs.search_images)?)?;
-        }
+        let keep = pruner.keep_indices(&policy.kept)?;
+        let mut net = search::reward::scored_candidate(
+            inputs.baseline,
+            dev,
+            &pruner.groups,
+            &keep,
+            &search_images,
+            &cfg.search.reward,
+        )?;
         let before = search::top1(&mut net, dev, &test_images, &test_labels)?;
         let dir = out.join(format!("finetune-{}", method.replace(' ', "-")));
         say(format!(

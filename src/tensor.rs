@@ -74,18 +74,12 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.dims.iter().product()
     }
-    /// Size of dimension `i`, counting from the end when negative-like usage is needed by callers.
+    /// Size of dimension `i` (`i < rank()`; panics otherwise).
     pub fn dim(&self, i: usize) -> usize {
         self.dims[i]
     }
     pub fn storage(&self) -> &Storage {
         &self.storage
-    }
-    pub fn storage_mut(&mut self) -> &mut Storage {
-        &mut self.storage
-    }
-    pub fn is_cpu(&self) -> bool {
-        matches!(self.storage, Storage::Cpu(_))
     }
     pub fn is_cuda(&self) -> bool {
         matches!(self.storage, Storage::Cuda(_))
@@ -108,15 +102,6 @@ impl Tensor {
             Storage::Cuda(_) => {
                 Err(Error::Device(format!("tensor {dims} is on the GPU where host memory was expected")))
             }
-        }
-    }
-    pub fn cuda_slice(&self) -> Result<&CudaSlice<f32>> {
-        match &self.storage {
-            Storage::Cuda(s) => Ok(s),
-            Storage::Cpu(_) => Err(Error::Device(format!(
-                "tensor {} is in host memory where a GPU buffer was expected",
-                fmt_dims(&self.dims)
-            ))),
         }
     }
     pub fn cuda_slice_mut(&mut self) -> Result<&mut CudaSlice<f32>> {
@@ -146,14 +131,6 @@ impl Tensor {
             }
         };
         Ok(Tensor { dims: self.dims.clone(), storage })
-    }
-
-    /// Takes the host vector out of a host tensor.
-    pub fn into_vec(self) -> Result<Vec<f32>> {
-        match self.storage {
-            Storage::Cpu(v) => Ok(v),
-            Storage::Cuda(ref s) => s.stream().clone_dtoh(s).map_err(|e| Error::Cuda(format!("copy to host: {e:?}"))),
-        }
     }
 
     /// Same elements, another shape with the same element count.

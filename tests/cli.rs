@@ -60,6 +60,8 @@ fn bad_input_is_a_clear_error() {
     fails_with(&["info"], "--model");
     let missing = d.join("missing.safetensors");
     fails_with(&["eval", "--device", "cpu", "--ckpt", missing.to_str().unwrap()], "missing.safetensors");
+    // The CPU computes in f32 only; tensor-core precisions are refused, not ignored.
+    fails_with(&["eval", "--device", "cpu", "--precision", "tf32", "--ckpt", missing.to_str().unwrap()], "f32 only");
     let junk = d.join("junk.safetensors");
     std::fs::write(&junk, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
     fails_with(&["eval", "--device", "cpu", "--ckpt", junk.to_str().unwrap()], "junk.safetensors");

@@ -31,8 +31,9 @@
 mod gpu;
 
 use gpu::{cuda_backend_or_skip, cuda_or_skip, private_cuda_backend_or_skip};
-use lfgcl::backend::cuda::{ConvEpilogue, CudaBackend, GatherView, GemmLayout, Precision};
-use lfgcl::backend::{cpu, Backend, BnSaved, ConvShape, ConvSpec, SgdStep};
+use lfgcl::backend::cuda::{CudaBackend, GatherView, GemmLayout};
+use lfgcl::backend::prelude::*;
+use lfgcl::backend::{cpu, BnSaved, ConvEpilogue, ConvShape, ConvSpec, Precision, SgdStep};
 use lfgcl::Tensor;
 
 const F32_BOUND: f32 = 1e-4;
@@ -262,7 +263,7 @@ fn conv_trait_op_follows_the_backend_precision() {
     let c = &conv_cases()[5];
     let (x, w) = (up(&be, &c.x), up(&be, &c.w));
     for p in [Precision::Tf32, Precision::Bf16, Precision::F32] {
-        be.set_conv_precision(p);
+        be.set_conv_precision(p).expect("set precision");
         let via_trait = be.conv2d_forward(&x, &w, c.spec).expect("trait conv");
         let explicit = be.conv2d_forward_with(&x, &w, c.spec, p).expect("explicit conv");
         assert_eq!(host(&via_trait), host(&explicit), "trait conv did not use {}", p.name());
@@ -273,7 +274,8 @@ fn conv_trait_op_follows_the_backend_precision() {
 /// the same layers one by one.
 #[test]
 fn conv_fused_bn_residual_relu() {
-    let Some(be) = cuda_backend_or_skip("conv_fused_bn_residual_relu") else {
+    // A private backend: this test changes its conv precision.
+    let Some(be) = private_cuda_backend_or_skip("conv_fused_bn_residual_relu") else {
         return;
     };
     let cpu = cpu();
@@ -290,20 +292,22 @@ fn conv_fused_bn_residual_relu() {
         let want_plain = cpu.relu_forward(&bn).expect("cpu relu");
         let want_res = cpu.add_relu(&bn, &residual).expect("cpu add relu");
 
-        let (gg, gb, gm, gv) = (up(&*be, &gamma), up(&*be, &beta), up(&*be, &mean), up(&*be, &var));
-        let (scale, shift) = be.fold_batchnorm(&gg, &gb, &gm, &gv, eps).expect("fold");
-        let (gx, gw, gr) = (up(&*be, &c.x), up(&*be, &c.w), up(&*be, &residual));
+        let (gg, gb, gm, gv) = (up(&be, &gamma), up(&be, &beta), up(&be, &mean), up(&be, &var));
+        let (scale, shift) = be.batchnorm_fold(&gg, &gb, &gm, &gv, eps).expect("fold");
+        let (gx, gw, gr) = (up(&be, &c.x), up(&be, &c.w), up(&be, &residual));
         for (precision, bound) in
             [(Precision::F32, F32_BOUND), (Precision::Tf32, TF32_BOUND), (Precision::Bf16, BF16_BOUND)]
         {
-            let epi = ConvEpilogue { scale: Some(&scale), shift: Some(&shift), residual: None, relu: true };
-            let got = be.conv2d_fused(&gx, &gw, c.spec, &epi, precision).expect("fused conv");
+            be.set_conv_precision(precision).expect("set precision");
+            let epi = ConvEpilogue { scale: &scale, shift: &shift, residual: None, relu: true };
+            let got = be.conv2d_forward_fused(&gx, &gw, c.spec, &epi).expect("fused conv");
             assert_close(&format!("conv+bn+relu {} {}", precision.name(), label(&c.shape)), &got, &want_plain, bound);
             let epi = ConvEpilogue { residual: Some(&gr), ..epi };
             let mut out = be.zeros(&c.shape.output_dims()).expect("zeros");
-            be.conv2d_fused_into(&gx, &gw, c.spec, &epi, precision, &mut out).expect("fused conv into");
+            be.conv2d_fused_into(&gx, &gw, c.spec, Some(&epi), precision, &mut out).expect("fused conv into");
             assert_close(&format!("conv+bn+add+relu {} {}", precision.name(), label(&c.shape)), &out, &want_res, bound);
         }
+        be.set_conv_precision(Precision::F32).expect("reset precision");
     }
 }
 
@@ -686,6 +690,35 @@ fn keep_list(c: usize, keep: f32, seed: u64) -> Vec<u32> {
     }
 }
 
+/// `gather_candidates` (one batched launch for K index lists) against the CPU's per-candidate
+/// `index_select`, along every axis of conv weights and activations, including an empty list.
+#[test]
+fn gather_candidates_matches_cpu() {
+    let Some(gpu) = cuda_or_skip("gather_candidates_matches_cpu") else {
+        return;
+    };
+    let cpu = cpu();
+    for (dims, seed) in [(&[16usize, 8, 3, 3][..], 31u64), (&[4, 13, 7, 7][..], 32), (&[10, 64][..], 33)] {
+        let x = rand_host(dims, seed);
+        let gx = up(&*gpu, &x);
+        for axis in 0..dims.len() {
+            let len = dims[axis] as u32;
+            let lists: Vec<Vec<u32>> =
+                vec![(0..len).collect(), (0..len).rev().step_by(2).collect(), vec![len - 1, 0, len - 1], vec![]];
+            let refs: Vec<&[u32]> = lists.iter().map(|l| l.as_slice()).collect();
+            let want = cpu.gather_candidates(&x, axis, &refs).expect("cpu gather");
+            let got = gpu.gather_candidates(&gx, axis, &refs).expect("gpu gather");
+            assert_eq!(got.len(), refs.len());
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.dims(), w.dims(), "{dims:?} axis {axis} candidate {k}");
+                assert_eq!(host(g), host(w), "{dims:?} axis {axis} candidate {k}");
+                let single = cpu.index_select(&x, axis, refs[k]).expect("cpu index_select");
+                assert_eq!(host(w), host(&single), "cpu gather_candidates vs index_select");
+            }
+        }
+    }
+}
+
 #[test]
 fn batched_gather_matches_separate_cpu_calls() {
     let Some(be) = cuda_backend_or_skip("batched_gather_matches_separate_cpu_calls") else {
@@ -820,17 +853,17 @@ fn graph_capture_replays_a_fixed_shape_block() {
     let beta = up(be, &rand_host(&[16], 16_003));
     let mean = up(be, &rand_host(&[16], 16_004));
     let var = up(be, &Tensor::from_vec(&[16], rand_vec(16, 16_005, 0.5, 2.0)).expect("var"));
-    let (scale, shift) = be.fold_batchnorm(&gamma, &beta, &mean, &var, 1e-5).expect("fold");
+    let (scale, shift) = be.batchnorm_fold(&gamma, &beta, &mean, &var, 1e-5).expect("fold");
     let mut x = up(be, &x_host);
     let mut h = be.zeros(&[8, 16, 32, 32]).expect("h");
     let mut y = be.zeros(&[8, 16, 32, 32]).expect("y");
     let mut pooled = be.zeros(&[8, 16]).expect("pooled");
     // A residual block: conv-bn-relu, conv-bn + x, relu, then the global pool.
     let block = |x: &Tensor, h: &mut Tensor, y: &mut Tensor, pooled: &mut Tensor| -> lfgcl::Result<()> {
-        let e1 = ConvEpilogue { scale: Some(&scale), shift: Some(&shift), residual: None, relu: true };
-        be.conv2d_fused_into(x, &w, spec, &e1, Precision::F32, h)?;
+        let e1 = ConvEpilogue { scale: &scale, shift: &shift, residual: None, relu: true };
+        be.conv2d_fused_into(x, &w, spec, Some(&e1), Precision::F32, h)?;
         let e2 = ConvEpilogue { residual: Some(x), ..e1 };
-        be.conv2d_fused_into(h, &w, spec, &e2, Precision::F32, y)?;
+        be.conv2d_fused_into(h, &w, spec, Some(&e2), Precision::F32, y)?;
         be.global_avgpool_into(y, pooled)
     };
     let graph = be.capture(|| block(&x, &mut h, &mut y, &mut pooled)).expect("capture");

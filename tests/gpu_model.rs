@@ -164,9 +164,38 @@ fn search_rewards_on_gpu_match_cpu() {
         let kept: Vec<usize> =
             pruner.groups.iter().map(|g| rng.random_range(g.channels / 4 + 1..=g.channels)).collect();
         let keep = pruner.keep_indices(&kept).unwrap();
-        let mut a = apply::apply(&m, &cpu, &pruner.groups, &keep).unwrap();
-        let mut b = apply::apply(&m_gpu, &gpu, &pruner.groups, &keep).unwrap();
+        let mut a = s_cpu.candidate(&m, &pruner.groups, &keep).unwrap();
+        let mut b = s_gpu.candidate(&m_gpu, &pruner.groups, &keep).unwrap();
         let (rc, rg) = (s_cpu.score(&mut a, &keep).unwrap(), s_gpu.score(&mut b, &keep).unwrap());
         assert!((rc - rg).abs() <= 1e-4 * rc.abs().max(1e-2), "reward {rg} on the GPU vs {rc} on the CPU");
+    }
+}
+
+/// The K candidates of a step scored together on the GPU (batched gather, queued forwards)
+/// against the CPU's batched scoring, which equals scoring one by one (tests/search.rs).
+#[test]
+fn batched_scoring_on_gpu_matches_cpu() {
+    let Some(gpu) = gpu::cuda_or_skip("batched_scoring_on_gpu_matches_cpu") else { return };
+    let cpu = backend::cpu();
+    let mut m = Model::new(Arch::new("resnet20", 3, 32, 10).unwrap(), &cpu, 13).unwrap();
+    randomise_bn(&mut m, 14);
+    let images = input(32, 3, 32, 15);
+    let pruner = Pruner::new(&m, GroupScope::All, Criterion::L1).unwrap();
+    let cfg = RewardConfig { taps: Taps::parse("penultimate,stages").unwrap(), recalibrate_bn: true };
+    let mut m_gpu = on(&gpu, &m);
+    let s_cpu = Scorer::new(&mut m, &cpu, &images, &pruner.groups, cfg.clone()).unwrap();
+    let s_gpu = Scorer::new(&mut m_gpu, &gpu, &images, &pruner.groups, cfg).unwrap();
+    let mut rng = StdRng::seed_from_u64(16);
+    let keeps: Vec<Vec<Vec<u32>>> = (0..6)
+        .map(|_| {
+            let kept: Vec<usize> =
+                pruner.groups.iter().map(|g| rng.random_range(g.channels / 4 + 1..=g.channels)).collect();
+            pruner.keep_indices(&kept).unwrap()
+        })
+        .collect();
+    let rc = s_cpu.score_batch(&m, &pruner.groups, &keeps).unwrap();
+    let rg = s_gpu.score_batch(&m_gpu, &pruner.groups, &keeps).unwrap();
+    for (c, g) in rc.iter().zip(&rg) {
+        assert!((c - g).abs() <= 1e-4 * c.abs().max(1e-2), "batched reward {g} on the GPU vs {c} on the CPU");
     }
 }

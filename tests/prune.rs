@@ -273,3 +273,39 @@ fn pruned_checkpoint_round_trip() {
     let b = back.graph.forward(&dev, x, Mode::Eval).unwrap().to_vec().unwrap();
     assert_eq!(a, b);
 }
+
+/// The batched gather builds, for every candidate, exactly the net `apply` builds alone.
+#[test]
+fn apply_batch_equals_apply_per_candidate() {
+    use lfgcl::prune::{apply, Budget, Constraints, Criterion, GroupScope, Pruner};
+    use rand::SeedableRng;
+    let dev = lfgcl::backend::cpu();
+    for model in ["resnet20", "vgg16"] {
+        let m = lfgcl::models::Model::new(lfgcl::models::Arch::new(model, 3, 32, 10).unwrap(), &dev, 4).unwrap();
+        let pruner = Pruner::new(&m, GroupScope::All, Criterion::L1).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let keeps: Vec<Vec<Vec<u32>>> = (0..3)
+            .map(|_| {
+                let p = pruner.random(&mut rng, &Budget { flops: Some(0.5), params: None }, &Constraints::default());
+                pruner.keep_indices(&p.unwrap().kept).unwrap()
+            })
+            .collect();
+        let nets = apply::apply_batch(&m, &dev, &pruner.groups, &keeps).unwrap();
+        for (net, keep) in nets.iter().zip(&keeps) {
+            let one = apply::apply(&m, &dev, &pruner.groups, keep).unwrap();
+            assert_eq!(net.arch.widths, one.arch.widths);
+            for ((na, a), (nb, b)) in net.graph.state().into_iter().zip(one.graph.state()) {
+                assert_eq!(na, nb);
+                match (a, b) {
+                    (lfgcl::nn::StateRef::F32(x), lfgcl::nn::StateRef::F32(y)) => {
+                        assert_eq!(x.dims(), y.dims(), "{na}");
+                        assert_eq!(x.to_vec().unwrap(), y.to_vec().unwrap(), "{na}");
+                    }
+                    (lfgcl::nn::StateRef::I32(x), lfgcl::nn::StateRef::I32(y)) => assert_eq!(x, y, "{na}"),
+                    (lfgcl::nn::StateRef::I64(x), lfgcl::nn::StateRef::I64(y)) => assert_eq!(x, y, "{na}"),
+                    _ => panic!("{na}: kinds differ"),
+                }
+            }
+        }
+    }
+}

@@ -7,9 +7,9 @@ use lfgcl::backend;
 use lfgcl::data::{self, OpenOptions, Split};
 use lfgcl::models::{Arch, Model};
 use lfgcl::prune::{Budget, Constraints, Criterion, GroupScope, Pruner};
-use lfgcl::search::ddpg::{truncated_normal, Agent, DdpgConfig, Mlp, OutAct, Transition};
+use lfgcl::search::ddpg::{truncated_normal, Agent, DdpgConfig, Transition};
 use lfgcl::search::reward::{RewardConfig, Scorer, Taps};
-use lfgcl::search::{self, CandidateRecord, SearchConfig, SearchFiles, Strategy};
+use lfgcl::search::{self, CandidateRecord, RunOptions, SearchConfig, SearchFiles, Strategy};
 use lfgcl::train::{self, Objective, TrainConfig};
 use lfgcl::Tensor;
 use rand::rngs::StdRng;
@@ -38,6 +38,7 @@ fn config(episodes: usize) -> SearchConfig {
         episodes,
         candidates_per_step: 3,
         updates_per_episode: 3,
+        overlap_agent: false,
         seed: 5,
         ddpg: DdpgConfig { warmup_episodes: 2, batch_size: 4, hidden: 32, ..DdpgConfig::default() },
         reward: RewardConfig::default(),
@@ -52,22 +53,10 @@ fn replay_buffer_is_fifo_and_bounded() {
     for i in 0..8 {
         agent.remember(Transition { action: vec![0.1, 0.2], reward: i as f32 });
     }
-    let rewards: Vec<f32> = agent.replay.iter().map(|t| t.reward).collect();
-    assert_eq!(rewards, vec![3.0, 4.0, 5.0, 6.0, 7.0]);
-}
-
-#[test]
-fn soft_update_blends_parameters() {
-    let mut rng = StdRng::seed_from_u64(1);
-    let src = Mlp::new(&[3, 4, 2], OutAct::Identity, &mut rng);
-    let mut dst = Mlp::new(&[3, 4, 2], OutAct::Identity, &mut rng);
-    let before = dst.to_state().unwrap();
-    let s = src.to_state().unwrap();
-    dst.soft_update(&src, 0.01).unwrap();
-    let after = dst.to_state().unwrap();
-    for ((b, a), x) in before.iter().flatten().zip(after.iter().flatten()).zip(s.iter().flatten()) {
-        assert!((a - (0.99 * b + 0.01 * x)).abs() < 1e-7);
-    }
+    let snap = agent.snapshot();
+    let rewards = &snap.tensors.iter().find(|t| t.0 == "replay.rewards").unwrap().2;
+    assert_eq!(rewards, &vec![3.0, 4.0, 5.0, 6.0, 7.0]);
+    assert_eq!(agent.replay_len(), 5);
 }
 
 #[test]
@@ -81,7 +70,7 @@ fn noise_stays_in_range_and_actor_outputs_ratios() {
             assert!((m - mean).abs() < 0.01, "small noise keeps the mean: {m}");
         }
     }
-    let agent = Agent::new(DdpgConfig { hidden: 16, ..DdpgConfig::default() }, vec![0.3; 10], 7, &mut rng).unwrap();
+    let mut agent = Agent::new(DdpgConfig { hidden: 16, ..DdpgConfig::default() }, vec![0.3; 10], 7, &mut rng).unwrap();
     let a = agent.act().unwrap();
     assert_eq!(a.len(), 7);
     assert!(a.iter().all(|&x| x > 0.0 && x < 1.0));
@@ -202,6 +191,10 @@ fn bn_recalibration_uses_the_unlabeled_batch() {
     }
 }
 
+fn opts(resume: bool) -> RunOptions {
+    RunOptions { resume, ..RunOptions::default() }
+}
+
 fn read_log(dir: &std::path::Path) -> Vec<CandidateRecord> {
     lfgcl::report::read_jsonl(dir.join("candidates.jsonl")).unwrap()
 }
@@ -213,18 +206,24 @@ fn search_meets_the_budget_and_resume_matches_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let full_dir = tmp.path().join("full");
     let full =
-        search::run(&mut m, &dev, &images, &config(5), &SearchFiles { dir: full_dir.clone() }, false, None, false)
+        search::run(&mut m, &dev, &images, &config(5), &SearchFiles { dir: full_dir.clone() }, None, &opts(false))
             .unwrap();
     let log = read_log(&full_dir);
     assert_eq!(log.len(), 1 + 5 * 3, "uniform reference + every candidate");
     for r in &log {
         assert!(r.policy.flops_fraction <= 0.5 + 1e-12, "candidate over budget: {}", r.policy.flops_fraction);
-        assert!(r.policy.ratios.iter().all(|&x| x >= 0.2 - 1e-9 && x <= 1.0));
+        assert!(r.policy.ratios.iter().all(|&x| (0.2 - 1e-9..=1.0).contains(&x)));
         assert!(r.top1.is_none(), "no accuracy unless asked for");
     }
     assert!(full.best.reward >= full.uniform.reward || log.iter().all(|r| r.reward <= full.best.reward));
-    for f in ["best_policy.json", "pruned.safetensors", "reward.svg", "ratios.svg", "summary.json", "search_state.json"]
-    {
+    for f in [
+        "best_policy.json",
+        "pruned.safetensors",
+        "reward.svg",
+        "ratios.svg",
+        "summary.json",
+        "search_state.safetensors",
+    ] {
         assert!(full_dir.join(f).exists(), "{f}");
     }
     let pruned = lfgcl::train::checkpoint::load(full_dir.join("pruned.safetensors"), &dev).unwrap();
@@ -233,15 +232,20 @@ fn search_meets_the_budget_and_resume_matches_an_uninterrupted_run() {
     // Interrupted after 3 episodes (past warm-up, so the agent has learned), then resumed to 5.
     let part_dir = tmp.path().join("part");
     let files = SearchFiles { dir: part_dir.clone() };
-    search::run(&mut m, &dev, &images, &config(3), &files, false, None, false).unwrap();
-    let resumed = search::run(&mut m, &dev, &images, &config(5), &files, true, None, false).unwrap();
+    search::run(&mut m, &dev, &images, &config(3), &files, None, &opts(false)).unwrap();
+    let resumed = search::run(&mut m, &dev, &images, &config(5), &files, None, &opts(true)).unwrap();
     assert_eq!(read_log(&part_dir), log, "resumed log equals the uninterrupted one");
     assert_eq!(resumed.best, full.best);
     // Resuming with other settings is refused.
     let mut other = config(6);
     other.seed = 99;
-    let e = search::run(&mut m, &dev, &images, &other, &files, true, None, false).unwrap_err().to_string();
-    assert!(e.contains("other settings"), "{e}");
+    let e = search::run(&mut m, &dev, &images, &other, &files, None, &opts(true)).unwrap_err().to_string();
+    assert!(e.contains("differs in seed (99 now, 5 when started)"), "{e}");
+    // So is resuming on other images, naming them.
+    let other_images = images.to_vec().unwrap();
+    let other_images = Tensor::from_vec(images.dims(), other_images.into_iter().map(|v| v * 0.5).collect()).unwrap();
+    let e = search::run(&mut m, &dev, &other_images, &config(6), &files, None, &opts(true)).unwrap_err().to_string();
+    assert!(e.contains("the unlabeled images"), "{e}");
 }
 
 #[test]
@@ -251,9 +255,9 @@ fn random_search_uses_the_same_evaluation_budget() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = SearchConfig { strategy: Strategy::Random, ..config(3) };
     let out =
-        search::run(&mut m, &dev, &images, &cfg, &SearchFiles { dir: tmp.path().to_path_buf() }, false, None, false)
+        search::run(&mut m, &dev, &images, &cfg, &SearchFiles { dir: tmp.path().to_path_buf() }, None, &opts(false))
             .unwrap();
-    assert_eq!(out.evaluated, 9);
+    assert_eq!(out.evaluated, 1 + 9, "the uniform reference and 3 x 3 candidates");
     assert_eq!(out.best_policy.source, "random search");
 }
 
@@ -265,10 +269,10 @@ fn bad_search_input_is_a_clear_error() {
     let files = SearchFiles { dir: tmp.path().to_path_buf() };
     let mut cfg = config(2);
     cfg.budget = Budget { flops: Some(1.5), params: None };
-    let e = search::run(&mut m, &dev, &images, &cfg, &files, false, None, false).unwrap_err().to_string();
+    let e = search::run(&mut m, &dev, &images, &cfg, &files, None, &opts(false)).unwrap_err().to_string();
     assert!(e.contains("(0, 1]"), "{e}");
     cfg.budget = Budget { flops: Some(0.01), params: None };
-    let e = search::run(&mut m, &dev, &images, &cfg, &files, false, None, false).unwrap_err().to_string();
+    let e = search::run(&mut m, &dev, &images, &cfg, &files, None, &opts(false)).unwrap_err().to_string();
     assert!(e.contains("unreachable"), "{e}");
     // No images at all.
     let empty = data::open("synthetic", Split::Test, &OpenOptions::default()).unwrap().take(0);
@@ -319,4 +323,181 @@ fn search_cli_bad_input() {
     let (code, err) = run(&["search", "--device", "cpu", "--ckpt", ckpt.to_str().unwrap(), "--flops", "0"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("(0, 1]"), "{err}");
+}
+
+#[test]
+fn batched_scoring_equals_scoring_one_by_one() {
+    let dev = backend::cpu();
+    let (mut m, images) = trained_model();
+    let pruner = Pruner::new(&m, GroupScope::All, Criterion::L1).unwrap();
+    for recalibrate_bn in [true, false] {
+        let cfg = RewardConfig { taps: Taps { penultimate: true, logits: true, stages: true }, recalibrate_bn };
+        let scorer = Scorer::new(&mut m, &dev, &images, &pruner.groups, cfg).unwrap();
+        let mut rng = StdRng::seed_from_u64(3);
+        let budget = Budget { flops: Some(0.5), params: None };
+        let keeps: Vec<Vec<Vec<u32>>> = (0..5)
+            .map(|_| {
+                let p = pruner.random(&mut rng, &budget, &Constraints::default()).unwrap();
+                pruner.keep_indices(&p.kept).unwrap()
+            })
+            .collect();
+        let batched = scorer.score_batch(&m, &pruner.groups, &keeps).unwrap();
+        for (keep, b) in keeps.iter().zip(&batched) {
+            let mut cand = scorer.candidate(&m, &pruner.groups, keep).unwrap();
+            let one = scorer.score(&mut cand, keep).unwrap();
+            assert_eq!(one.to_bits(), b.to_bits(), "batched {b} vs one by one {one}");
+        }
+    }
+}
+
+/// A search killed (SIGKILL) several times at random moments and resumed each time ends with
+/// the same log, policy, pruned net and summary (timings aside) as an uninterrupted run.
+#[test]
+fn search_killed_at_random_moments_resumes_bit_for_bit() {
+    use rand::Rng;
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = backend::cpu();
+    let m = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap(), &dev, 0).unwrap();
+    let ckpt = tmp.path().join("base.safetensors");
+    lfgcl::train::checkpoint::save(&m, &ckpt, &serde_json::Value::Null).unwrap();
+    let args = |out: &std::path::Path| -> Vec<String> {
+        [
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+            "--quiet",
+            "search",
+            "--ckpt",
+            ckpt.to_str().unwrap(),
+            "--data",
+            "synthetic",
+            "--images",
+            "32",
+            "--flops",
+            "0.5",
+            "--episodes",
+            "40",
+            "--warmup",
+            "5",
+            "--candidates-per-step",
+            "4",
+            "--checkpoint-every",
+            "0.05",
+            "--seed",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let full = tmp.path().join("full");
+    let o = std::process::Command::new(exe::lfgcl_exe()).args(args(&full)).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let part = tmp.path().join("part");
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut kills = 0;
+    for attempt in 0..60 {
+        let mut a = args(&part);
+        if attempt > 0 {
+            a.push("--resume".into());
+        }
+        let mut child = std::process::Command::new(exe::lfgcl_exe())
+            .args(&a)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if kills < 4 {
+            std::thread::sleep(std::time::Duration::from_millis(rng.random_range(300..1500)));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                continue;
+            }
+        }
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        break;
+    }
+    assert!(kills > 0, "the search was never interrupted");
+    for f in ["candidates.jsonl", "best_policy.json", "pruned.safetensors"] {
+        let (a, b) = (std::fs::read(full.join(f)).unwrap(), std::fs::read(part.join(f)).unwrap());
+        assert!(a == b, "{f} differs after {kills} kills");
+    }
+    let summary = |dir: &std::path::Path| {
+        let mut v: serde_json::Value = lfgcl::report::read_json(dir.join("summary.json")).unwrap();
+        let o = &mut v["outcome"];
+        for k in ["seconds", "candidates_per_second", "time"] {
+            o.as_object_mut().unwrap().remove(k);
+        }
+        v
+    };
+    assert_eq!(summary(&full), summary(&part));
+}
+
+/// Every float option of the search is checked before anything runs, and a search never
+/// leaves an old summary, nor overwrites a log it cannot resume.
+#[test]
+fn search_options_and_output_folder_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = backend::cpu();
+    let m = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap(), &dev, 0).unwrap();
+    let ckpt = tmp.path().join("m.safetensors");
+    lfgcl::train::checkpoint::save(&m, &ckpt, &serde_json::Value::Null).unwrap();
+    let out = tmp.path().join("s");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--device",
+            "cpu",
+            "--quiet",
+            "search",
+            "--ckpt",
+            ckpt.to_str().unwrap(),
+            "--images",
+            "16",
+            "--flops",
+            "0.5",
+            "--episodes",
+            "2",
+            "--warmup",
+            "1",
+            "--candidates-per-step",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = std::process::Command::new(exe::lfgcl_exe()).args(&args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    for (flag, value) in [
+        ("--actor-lr", "nan"),
+        ("--critic-lr", "-1"),
+        ("--noise", "nan"),
+        ("--noise-decay", "inf"),
+        ("--noise-min", "-0.5"),
+        ("--checkpoint-every", "nan"),
+        ("--candidates-per-step", "0"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let (code, err) = run(&[&arg]);
+        assert!(code == Some(1) || code == Some(2), "{flag} {value}: exit {code:?}");
+        assert!(err.contains(flag) && !err.contains("panicked"), "{flag} {value}: {err}");
+    }
+    assert!(!out.join("candidates.jsonl").exists(), "a refused search writes nothing");
+    // A stale summary does not survive a new run that fails half way (here: at once, on resume).
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    std::fs::remove_file(out.join("search_state.safetensors")).unwrap();
+    let log_before = std::fs::read(out.join("candidates.jsonl")).unwrap();
+    let (code, err) = run(&["--resume"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no saved state"), "{err}");
+    assert_eq!(std::fs::read(out.join("candidates.jsonl")).unwrap(), log_before, "the log was not overwritten");
+    assert!(!out.join("summary.json").exists(), "the old summary was removed");
 }

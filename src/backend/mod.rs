@@ -1,9 +1,15 @@
 //! The seam between the network code and the hardware.
 //!
 //! `Backend` is the complete op set a forward pass, a backward pass, an optimiser step and a
-//! pruning search need. The CPU backend is the reference; the CUDA backend implements the same
+//! pruning search need, made of one trait per op family: [`Memory`], [`ConvOps`], [`NormOps`],
+//! [`ElementwiseOps`], [`PoolOps`], [`ShortcutOps`], [`LinearOps`], [`LossOps`], [`OptimOps`] and
+//! [`SearchOps`]. Each backend implements each family in the family's own file (`cpu/conv.rs`,
+//! `cuda/conv.rs`, ...). The CPU backend is the reference; the CUDA backend implements the same
 //! ops with hand-written kernels and is tested against it. Layers, models, training, pruning and
 //! search only ever talk to a `Device` (an `Arc<dyn Backend>`), so they never care where they run.
+//!
+//! Every op first builds its checked geometry ([`shape`]) from its arguments: one place per op
+//! family decides what is a bad input and how it is reported, for every backend.
 //!
 //! Conventions shared by every implementation:
 //! - images are NCHW, conv weights `[out, in, kh, kw]`, linear weights `[out, in]`;
@@ -12,7 +18,9 @@
 
 pub mod cpu;
 pub mod cuda;
-pub(crate) mod shape;
+pub mod shape;
+
+pub use shape::{conv_out_size, ConvShape};
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -25,71 +33,57 @@ pub struct ConvSpec {
     pub pad: usize,
 }
 
-/// Output size of a convolution or pooling window along one axis.
-pub fn conv_out_size(input: usize, kernel: usize, stride: usize, pad: usize) -> usize {
-    (input + 2 * pad).saturating_sub(kernel) / stride + 1
+/// What `conv2d_forward_fused` applies to each output, in order: `v * scale[k] + shift[k]` (an
+/// inference batch norm folded by `batchnorm_fold`), `+ residual` (same shape as the output),
+/// then `max(v, 0)` when `relu`.
+#[derive(Clone, Copy)]
+pub struct ConvEpilogue<'a> {
+    pub scale: &'a Tensor,
+    pub shift: &'a Tensor,
+    pub residual: Option<&'a Tensor>,
+    pub relu: bool,
 }
 
-/// Full problem size of a convolution, derived from its input and weight shapes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConvShape {
-    pub n: usize,
-    pub c_in: usize,
-    pub h: usize,
-    pub w: usize,
-    pub c_out: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub out_h: usize,
-    pub out_w: usize,
+/// Arithmetic of the forward and backward-data convolutions (backward-weight is always f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, clap::ValueEnum)]
+#[repr(u8)]
+pub enum Precision {
+    /// Exact f32 FMAs: the parity reference, and the only precision of the CPU backend.
+    #[default]
+    F32 = 0,
+    /// CUDA tensor cores, inputs rounded to TF32 (10-bit mantissa), f32 accumulation.
+    Tf32 = 1,
+    /// CUDA tensor cores, inputs rounded to BF16 (7-bit mantissa), f32 accumulation.
+    Bf16 = 2,
 }
 
-impl ConvShape {
-    /// Checks `x` `[N,C,H,W]` against `w` `[K,C,R,S]` and returns the problem size.
-    pub fn new(x: &[usize], w: &[usize], spec: ConvSpec) -> Result<ConvShape> {
-        if x.len() != 4 || w.len() != 4 {
-            return Err(Error::Shape(format!("conv2d: input {x:?} and weight {w:?} must both be rank 4")));
+impl Precision {
+    pub(crate) fn from_u8(v: u8) -> Precision {
+        match v {
+            1 => Precision::Tf32,
+            2 => Precision::Bf16,
+            _ => Precision::F32,
         }
-        if x[1] != w[1] {
-            return Err(Error::Shape(format!("conv2d: input has {} channels but weight {w:?} expects {}", x[1], w[1])));
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
         }
-        if spec.stride == 0 {
-            return Err(Error::Invalid("conv2d: stride must be at least 1".into()));
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(Error::Invalid(format!("unknown conv precision '{other}' (f32, tf32, bf16)"))),
         }
-        if x[2] + 2 * spec.pad < w[2] || x[3] + 2 * spec.pad < w[3] {
-            return Err(Error::Shape(format!(
-                "conv2d: kernel {}x{} larger than padded input {}x{}",
-                w[2], w[3], x[2], x[3]
-            )));
-        }
-        Ok(ConvShape {
-            n: x[0],
-            c_in: x[1],
-            h: x[2],
-            w: x[3],
-            c_out: w[0],
-            kh: w[2],
-            kw: w[3],
-            stride: spec.stride,
-            pad: spec.pad,
-            out_h: conv_out_size(x[2], w[2], spec.stride, spec.pad),
-            out_w: conv_out_size(x[3], w[3], spec.stride, spec.pad),
-        })
-    }
-    pub fn input_dims(&self) -> [usize; 4] {
-        [self.n, self.c_in, self.h, self.w]
-    }
-    pub fn weight_dims(&self) -> [usize; 4] {
-        [self.c_out, self.c_in, self.kh, self.kw]
-    }
-    pub fn output_dims(&self) -> [usize; 4] {
-        [self.n, self.c_out, self.out_h, self.out_w]
-    }
-    /// Multiply-accumulates of the forward pass.
-    pub fn macs(&self) -> u64 {
-        (self.n * self.c_out * self.out_h * self.out_w * self.c_in * self.kh * self.kw) as u64
     }
 }
 
@@ -142,15 +136,14 @@ pub enum DeviceKind {
     Cuda,
 }
 
-/// The op set. Object safe: the rest of the crate holds an `Arc<dyn Backend>`.
-pub trait Backend: Send + Sync {
+/// Memory, synchronisation and timing: what every backend provides before any op.
+pub trait Memory {
     fn kind(&self) -> DeviceKind;
     /// Human-readable description, e.g. `cpu (2 threads)` or `cuda:0 NVIDIA H100 (sm_90)`.
     fn describe(&self) -> String;
-
-    // ---- memory -------------------------------------------------------------------------
     fn zeros(&self, dims: &[usize]) -> Result<Tensor>;
     /// Copies host data into a tensor on this device.
+    #[allow(clippy::wrong_self_convention)] // "from host" says where the data comes from; `self` is the destination
     fn from_host(&self, dims: &[usize], data: &[f32]) -> Result<Tensor>;
     /// Moves any tensor (host or device) onto this device; a no-op copy when already here.
     fn to_device(&self, t: &Tensor) -> Result<Tensor> {
@@ -159,6 +152,10 @@ pub trait Backend: Send + Sync {
     }
     /// Deep copy on this device.
     fn copy(&self, t: &Tensor) -> Result<Tensor>;
+    /// Free device memory in bytes, where the device has memory of its own (None on the CPU).
+    fn free_memory(&self) -> Result<Option<usize>> {
+        Ok(None)
+    }
     /// Waits until all queued work has finished (no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
     /// Runs `f` and returns how long the device took, in milliseconds, queued work included:
@@ -170,16 +167,27 @@ pub trait Backend: Send + Sync {
         self.synchronize()?;
         Ok(start.elapsed().as_secs_f64() * 1e3)
     }
+}
 
-    // ---- convolution ----------------------------------------------------------------------
+/// Convolutions (`cpu/conv.rs`, `cuda/conv.rs`).
+pub trait ConvOps {
     /// `y[n,k,p,q] = sum_{c,r,s} x[n,c,p*stride+r-pad,q*stride+s-pad] * w[k,c,r,s]`.
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor>;
     /// Gradient with respect to the input; `x_dims` is the forward input shape.
     fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor>;
     /// Gradient with respect to the weight; `w_dims` is the weight shape.
     fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor>;
+    /// Inference convolution followed by `epi` (folded batch norm, residual add, ReLU). The CPU
+    /// composes the exact unfused ops; CUDA applies the epilogue inside the conv kernel.
+    fn conv2d_forward_fused(&self, x: &Tensor, w: &Tensor, spec: ConvSpec, epi: &ConvEpilogue) -> Result<Tensor>;
+    /// Precision of `conv2d_forward` and `conv2d_backward_data` from now on. The CPU computes in
+    /// f32 only and refuses anything else.
+    fn set_conv_precision(&self, precision: Precision) -> Result<()>;
+    fn conv_precision(&self) -> Precision;
+}
 
-    // ---- batch norm (rank 4 `[N,C,H,W]` or rank 2 `[N,C]`) -------------------------------------
+/// Batch norm, rank 4 `[N,C,H,W]` or rank 2 `[N,C]` (`cpu/norm.rs`, `cuda/norm.rs`).
+pub trait NormOps {
     /// Training mode: normalise with batch statistics, update the running statistics with
     /// `running = (1-momentum)*running + momentum*batch` (unbiased variance, as PyTorch).
     #[allow(clippy::too_many_arguments)]
@@ -204,29 +212,34 @@ pub trait Backend: Send + Sync {
         eps: f32,
     ) -> Result<Tensor>;
     fn batchnorm_backward(&self, dy: &Tensor, x: &Tensor, gamma: &Tensor, saved: &BnSaved) -> Result<BnGrads>;
+    /// Inference batch norm as a per-channel `(scale, shift)` for [`ConvEpilogue`]:
+    /// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean * scale`.
+    fn batchnorm_fold(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor)>;
+}
 
-    // ---- element-wise -----------------------------------------------------------------------
+/// Element-wise ops (`cpu/elementwise.rs`, `cuda/elementwise.rs`).
+pub trait ElementwiseOps {
     fn relu_forward(&self, x: &Tensor) -> Result<Tensor>;
     /// `dx = dy * (y > 0)`, with `y` the forward output.
     fn relu_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor>;
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// `relu(a + b)`, the end of every residual block.
-    fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let s = self.add(a, b)?;
-        self.relu_forward(&s)
-    }
+    fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// `acc += x` (gradient accumulation where a value feeds several consumers).
     fn add_assign(&self, acc: &mut Tensor, x: &Tensor) -> Result<()>;
     /// `x *= s`.
     fn scale_inplace(&self, x: &mut Tensor, s: f32) -> Result<()>;
+}
 
-    // ---- option-A shortcut (He et al. 2016, CIFAR) ----------------------------------------------
-    /// `y[n,o,i,j] = src[o] >= 0 ? x[n,src[o],i*stride,j*stride] : 0`, `y` has `src.len()` channels
-    /// and `ceil(h/stride) x ceil(w/stride)` pixels. `src` maps each output channel to its input.
-    fn shortcut_forward(&self, x: &Tensor, src: &[i32], stride: usize) -> Result<Tensor>;
-    fn shortcut_backward(&self, dy: &Tensor, src: &[i32], stride: usize, x_dims: &[usize]) -> Result<Tensor>;
-
-    // ---- pooling ----------------------------------------------------------------------------------
+/// Pooling (`cpu/pool.rs`, `cuda/pool.rs`).
+pub trait PoolOps {
     /// Max pooling without padding (floor mode).
     fn maxpool_forward(&self, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor>;
     /// Routes each `dy` to the first maximum of its window in `x` (row-major order).
@@ -234,29 +247,91 @@ pub trait Backend: Send + Sync {
     /// `[N,C,H,W] -> [N,C]`.
     fn global_avgpool_forward(&self, x: &Tensor) -> Result<Tensor>;
     fn global_avgpool_backward(&self, dy: &Tensor, x_dims: &[usize]) -> Result<Tensor>;
+}
 
-    // ---- fully connected ------------------------------------------------------------------------------
+/// The option-A shortcut of He et al. 2016 (CIFAR) (`cpu/shortcut.rs`, `cuda/shortcut.rs`).
+pub trait ShortcutOps {
+    /// `y[n,o,i,j] = src[o] >= 0 ? x[n,src[o],i*stride,j*stride] : 0`, `y` has `src.len()` channels
+    /// and `ceil(h/stride) x ceil(w/stride)` pixels. `src` maps each output channel to its input.
+    fn shortcut_forward(&self, x: &Tensor, src: &[i32], stride: usize) -> Result<Tensor>;
+    fn shortcut_backward(&self, dy: &Tensor, src: &[i32], stride: usize, x_dims: &[usize]) -> Result<Tensor>;
+}
+
+/// Fully connected layers (`cpu/linear.rs`, `cuda/linear.rs`).
+pub trait LinearOps {
     /// `y = x w^T + b`, `x` `[N,in]`, `w` `[out,in]`, `b` `[out]`.
     fn linear_forward(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor>;
     fn linear_backward(&self, dy: &Tensor, x: &Tensor, w: &Tensor, with_bias: bool) -> Result<LinearGrads>;
+}
 
-    // ---- losses -----------------------------------------------------------------------------------------
+/// Losses (`cpu/loss.rs`, `cuda/loss.rs`).
+pub trait LossOps {
     fn softmax_cross_entropy(&self, logits: &Tensor, labels: &[u32]) -> Result<CrossEntropy>;
     /// Knowledge distillation loss `T^2 * KL(softmax(t/T) || softmax(s/T))`, batch mean, and its
     /// gradient with respect to the student logits.
     fn distill_kl(&self, student: &Tensor, teacher: &Tensor, temperature: f32) -> Result<(f32, Tensor)>;
     /// `mean((x - target)^2)` over all elements and its gradient with respect to `x`.
     fn mse_loss(&self, x: &Tensor, target: &Tensor) -> Result<(f32, Tensor)>;
+}
 
-    // ---- optimiser ------------------------------------------------------------------------------------
+/// The optimiser step (`cpu/sgd.rs`, `cuda/sgd.rs`).
+pub trait OptimOps {
     fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, hp: SgdStep) -> Result<()>;
+}
 
-    // ---- pruning and search -----------------------------------------------------------------------------
+/// Pruning and the search's candidate scoring (`cpu/search.rs`, `cuda/search.rs`).
+pub trait SearchOps {
     /// Keeps the entries `index` along `axis` (`y.dims[axis] = index.len()`), in the given order.
     fn index_select(&self, x: &Tensor, axis: usize, index: &[u32]) -> Result<Tensor>;
+    /// The `index_select` of `x` along `axis` for each of K candidates' index lists, in one call:
+    /// one batched gather launch on CUDA.
+    fn gather_candidates(&self, x: &Tensor, axis: usize, index: &[&[u32]]) -> Result<Vec<Tensor>>;
     /// For `candidates` `[K, M]` and `baseline` `[M]`: the mean over M of the squared difference,
     /// one value per candidate, reduced in a fixed order.
     fn feature_mse(&self, candidates: &Tensor, baseline: &Tensor) -> Result<Vec<f32>>;
+}
+
+/// The whole op set. Object safe: the rest of the crate holds an `Arc<dyn Backend>` and calls
+/// every family's methods on it directly (`dev.conv2d_forward(..)`).
+pub trait Backend:
+    Memory
+    + ConvOps
+    + NormOps
+    + ElementwiseOps
+    + PoolOps
+    + ShortcutOps
+    + LinearOps
+    + LossOps
+    + OptimOps
+    + SearchOps
+    + Send
+    + Sync
+{
+}
+
+impl<T> Backend for T where
+    T: Memory
+        + ConvOps
+        + NormOps
+        + ElementwiseOps
+        + PoolOps
+        + ShortcutOps
+        + LinearOps
+        + LossOps
+        + OptimOps
+        + SearchOps
+        + Send
+        + Sync
+{
+}
+
+/// Every op-family trait, for calling ops on a concrete backend type (`CpuBackend`,
+/// `CudaBackend`): `use lfgcl::backend::prelude::*;`. Code holding a [`Device`] needs none of it.
+pub mod prelude {
+    pub use super::{
+        Backend, ConvOps, ElementwiseOps, LinearOps, LossOps, Memory, NormOps, OptimOps, PoolOps, SearchOps,
+        ShortcutOps,
+    };
 }
 
 /// The handle the rest of the crate passes around.

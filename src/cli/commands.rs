@@ -1,8 +1,8 @@
 //! Subcommand handlers: open data and devices, call the library, print and save results.
 
 use super::{
-    BenchArgs, Cli, Command, DataArgs, DemoArgs, EvalArgs, FinetuneArgs, FinetuneOpts, GlobalArgs, PipelineArgs,
-    PruneApplyArgs, PruneArgs, SearchArgs, SearchOpts, TrainArgs,
+    BenchArgs, BenchWhat, BnStats, CandidatesPerStep, Cli, Command, DataArgs, DemoArgs, EvalArgs, FinetuneArgs,
+    FinetuneOpts, GlobalArgs, PipelineArgs, PruneApplyArgs, PruneArgs, SearchArgs, SearchOpts, TrainArgs,
 };
 use crate::backend::{self, Device};
 use crate::data::{self, Dataset, OpenOptions, Split};
@@ -41,11 +41,14 @@ pub fn run_command(cli: Cli) -> Result<()> {
         Command::Search(a) => cmd_search(&g, a),
         Command::Finetune(a) => cmd_finetune(&g, a),
         Command::Pipeline(a) => cmd_pipeline(&g, a),
+        Command::Import(a) => super::interop::cmd_import(&g, a),
+        Command::ExportOnnx(a) => super::interop::cmd_export_onnx(&g, a),
     }
 }
 
 pub(crate) fn open_device(g: &GlobalArgs) -> Result<Device> {
     let dev = backend::select(g.device)?;
+    dev.set_conv_precision(g.precision)?;
     if !g.quiet {
         eprintln!("device: {}", dev.describe());
     }
@@ -357,67 +360,73 @@ fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
         settings: json!({ "command": "demo" }),
     };
     fit_and_save(&mut model, &dev, &train_ds, Some(&test), &cfg, &mut Objective::Labels, &files)?;
-    let warmup = (a.episodes / 3).max(2);
+    let pcfg = PipelineConfig::demo(a.flops, a.episodes, a.ft_epochs, a.seed, !g.quiet);
     println!(
-        "demo 2/2: LFGCL search at {:.0}% FLOPs ({} episodes x 8 candidates, {} of warm-up), random search and uniform pruning at the same budget, label-free fine-tuning ({} epochs)",
+        "demo 2/2: LFGCL search at {:.0}% FLOPs ({} episodes x {} candidates, {} of warm-up), random search and uniform pruning at the same budget, label-free fine-tuning ({} epochs)",
         100.0 * a.flops,
         a.episodes,
-        warmup,
+        pcfg.search.candidates_per_step,
+        pcfg.search.ddpg.warmup_episodes,
         a.ft_epochs
     );
-    let pcfg = PipelineConfig {
-        search: SearchConfig {
-            budget: Budget { flops: Some(a.flops), params: None },
-            constraints: Constraints { lower: 0.2, round: 1 },
-            scope: GroupScope::Inner,
-            criterion: crate::prune::Criterion::L1,
-            strategy: Strategy::Ddpg,
-            episodes: a.episodes,
-            candidates_per_step: 8,
-            updates_per_episode: 8,
-            seed: a.seed,
-            ddpg: DdpgConfig { warmup_episodes: warmup, noise_decay: 0.9, ..DdpgConfig::default() },
-            reward: RewardConfig::default(),
-        },
-        finetune: FinetuneConfig {
-            train: TrainConfig {
-                epochs: a.ft_epochs,
-                batch_size: 64,
-                lr: 0.01,
-                seed: a.seed,
-                progress: !g.quiet,
-                ..TrainConfig::default()
-            },
-            distill_temperature: Some(4.0),
-        },
-        random_baseline: true,
-        uniform_baseline: true,
-        resume: false,
-    };
     run_pipeline(g, &dev, &mut model, &train_ds, &test, &pcfg, 256, &a.out)?;
     println!("demo done in {:.0}s", t0.elapsed().as_secs_f64());
     Ok(())
 }
 
+/// Raw candidate scoring rate on a checkpoint and, with `--strategy`, the whole search loop on
+/// the same checkpoint next to the raw rate of the very candidates it scored.
+fn bench_search(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
+    let ckpt = a.ckpt.as_ref().ok_or_else(|| Error::Invalid("bench search needs --ckpt".into()))?;
+    if !(a.keep > 0.0 && a.keep <= 1.0) {
+        return Err(Error::Invalid(format!("--keep must be a fraction in (0, 1], got {}", a.keep)));
+    }
+    crate::limits::check_count("--images", a.images, 1 << 16)?;
+    crate::limits::check_count("--candidates", a.candidates, 1 << 16)?;
+    crate::limits::check_count("--episodes", a.episodes, crate::search::MAX_EPISODES)?;
+    let dev = open_device(g)?;
+    let mut model = checkpoint::load(ckpt, &dev)?;
+    let r = crate::bench::search_bench(&dev, &mut model, a.images, a.candidates, a.keep)?;
+    println!(
+        "{} on {}: {} images per candidate, keep {:.2}: {:.2} candidates/s one at a time, {:.2} candidates/s {} at once",
+        r.model, r.device, r.images, r.keep, r.sequential_candidates_per_second, r.batched_candidates_per_second, r.candidates
+    );
+    let mut json = serde_json::to_value(&r).expect("report serialises");
+    if let Some(strategy) = a.strategy {
+        let l =
+            crate::bench::search_loop_bench(&dev, &mut model, a.images, a.candidates, a.episodes, strategy, !g.quiet)?;
+        println!("{}", l.table());
+        json["loop"] = serde_json::to_value(&l).expect("report serialises");
+    }
+    if let Some(p) = &a.json {
+        report::write_json(p, &json)?;
+    }
+    Ok(())
+}
+
 fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
-    crate::limits::check_count("--batch", a.batch, crate::limits::MAX_BATCH)?;
+    for &b in a.batch.iter().flatten() {
+        crate::limits::check_count("--batch", b, crate::limits::MAX_BATCH)?;
+    }
     crate::limits::check_count("--train-batch", a.train_batch, crate::limits::MAX_BATCH)?;
     if let Some(r) = a.reps {
         crate::limits::check_count("--reps", r, crate::limits::MAX_REPS)?;
     }
-    match a.what.as_str() {
-        "cpu" => {
-            let report = crate::bench::cpu_bench(&a.model, a.batch, a.train_batch, a.reps.unwrap_or(5), !g.quiet)?;
+    let batch = a.batch.as_ref().and_then(|b| b.first().copied()).unwrap_or(64);
+    match a.what {
+        BenchWhat::Cpu => {
+            let report = crate::bench::cpu_bench(&a.model, batch, a.train_batch, a.reps.unwrap_or(5), !g.quiet)?;
             println!("{}", report.table());
             if let Some(p) = &a.json {
                 report::write_json(p, &report)?;
             }
             Ok(())
         }
-        "train" | "infer" => {
+        BenchWhat::Train | BenchWhat::Infer => {
             let dev = open_device(g)?;
-            let batch = if a.what == "train" { a.train_batch } else { a.batch };
-            let r = crate::bench::model_bench(&dev, &a.model, batch, a.what == "train", 3, a.reps.unwrap_or(5))?;
+            let train = a.what == BenchWhat::Train;
+            let batch = if train { a.train_batch } else { batch };
+            let r = crate::bench::model_bench(&dev, &a.model, batch, train, 3, a.reps.unwrap_or(5))?;
             let t = &r.throughput;
             println!(
                 "{} {} on {}, batch {}: {:.1} img/s, {:.1} GFLOP/s (median {:.2} ms, min {:.2}, max {:.2}, {} reps after 3 warm-up)",
@@ -437,29 +446,9 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             }
             Ok(())
         }
-        "search" => {
-            let ckpt = a.ckpt.as_ref().ok_or_else(|| Error::Invalid("bench search needs --ckpt".into()))?;
-            if !(a.keep > 0.0 && a.keep <= 1.0) {
-                return Err(Error::Invalid(format!("--keep must be a fraction in (0, 1], got {}", a.keep)));
-            }
-            crate::limits::check_count("--images", a.images, 1 << 16)?;
-            crate::limits::check_count("--candidates", a.candidates, 1 << 16)?;
-            let dev = open_device(g)?;
-            let mut model = checkpoint::load(ckpt, &dev)?;
-            let r = crate::bench::search_bench(&dev, &mut model, a.images, a.candidates, a.keep)?;
-            println!(
-                "{} on {}: {} images per candidate, keep {:.2}: {:.2} candidates/s one at a time, {:.2} candidates/s {} at once",
-                r.model, r.device, r.images, r.keep, r.sequential_candidates_per_second, r.batched_candidates_per_second, r.candidates
-            );
-            if let Some(p) = &a.json {
-                report::write_json(p, &r)?;
-            }
-            Ok(())
-        }
-        "kernels" => bench_kernels(g, &a),
-        other => {
-            Err(Error::Invalid(format!("unknown benchmark '{other}' (expected cpu, infer, train, search or kernels)")))
-        }
+        BenchWhat::Search => bench_search(g, &a),
+        BenchWhat::Kernels => bench_kernels(g, &a),
+        BenchWhat::Deploy => super::interop::bench_deploy(g, &a),
     }
 }
 
@@ -473,7 +462,7 @@ fn bench_kernels(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
     }
     let cuda = std::sync::Arc::new(CudaBackend::new(0)?);
     if !g.quiet {
-        eprintln!("device: {}", crate::backend::Backend::describe(&*cuda));
+        eprintln!("device: {}", crate::backend::Memory::describe(&*cuda));
     }
     let opts = bench::BenchOptions {
         reps: a.reps.unwrap_or(100),
@@ -625,26 +614,7 @@ fn cmd_prune_apply(g: &GlobalArgs, a: PruneApplyArgs) -> Result<()> {
             }
         }
         let c = Constraints { round: file.round.unwrap_or(constraints.round), ..constraints };
-        let p = if budget.flops.is_some() || budget.params.is_some() {
-            pruner.project(&file.ratios, &budget, &c)?
-        } else {
-            let kept: Vec<usize> = file
-                .ratios
-                .iter()
-                .zip(&pruner.cost.channels)
-                .map(|(&r, &ch)| prune::keep_count(r, ch, c.round))
-                .collect();
-            let (macs, params) = pruner.cost.cost(&kept);
-            let (ff, pf) = pruner.cost.fractions(&kept);
-            prune::Projected {
-                ratios: kept.iter().zip(&pruner.cost.channels).map(|(&k, &ch)| k as f64 / ch as f64).collect(),
-                kept,
-                macs,
-                params,
-                flops_fraction: ff,
-                params_fraction: pf,
-            }
-        };
+        let p = pruner.apply_ratios(&file.ratios, &budget, &c)?;
         (p, pruner, format!("ratios from {what}"), c)
     };
     let pruned = pruner.prune(&base, &dev, &projected.kept)?;
@@ -652,11 +622,27 @@ fn cmd_prune_apply(g: &GlobalArgs, a: PruneApplyArgs) -> Result<()> {
     save_pruned(&base, &pruned, &policy, &a.out, g.quiet)
 }
 
-pub(crate) fn search_config(p: &PruneArgs, s: &SearchOpts, strategy: Strategy, seed: u64) -> Result<SearchConfig> {
+pub(crate) fn search_config(
+    p: &PruneArgs,
+    s: &SearchOpts,
+    strategy: Strategy,
+    seed: u64,
+    dev: &Device,
+    base: &Model,
+) -> Result<SearchConfig> {
     let budget = p.budget();
     budget.validate()?;
-    let k = s.candidates_per_step;
-    Ok(SearchConfig {
+    let k = match s.candidates_per_step {
+        CandidatesPerStep::Fixed(k) => k,
+        CandidatesPerStep::Auto => search::auto_candidates_per_step(dev, base, s.images)?,
+    };
+    if !(s.checkpoint_every.is_finite() && s.checkpoint_every >= 0.0) {
+        return Err(Error::Invalid(format!(
+            "--checkpoint-every {} must be a number of seconds >= 0",
+            s.checkpoint_every
+        )));
+    }
+    let cfg = SearchConfig {
         budget,
         constraints: p.constraints()?,
         scope: scope_of(p.streams),
@@ -665,6 +651,8 @@ pub(crate) fn search_config(p: &PruneArgs, s: &SearchOpts, strategy: Strategy, s
         episodes: s.episodes,
         candidates_per_step: k,
         updates_per_episode: s.updates_per_episode.unwrap_or(4 * k),
+        // On a GPU the agent trains while the device scores; on the CPU scoring uses every core.
+        overlap_agent: dev.kind() == backend::DeviceKind::Cuda,
         seed,
         ddpg: DdpgConfig {
             warmup_episodes: s.warmup,
@@ -676,36 +664,28 @@ pub(crate) fn search_config(p: &PruneArgs, s: &SearchOpts, strategy: Strategy, s
             replay_capacity: s.replay,
             ..DdpgConfig::default()
         },
-        reward: RewardConfig { taps: Taps::parse(&s.taps)?, recalibrate_bn: s.bn_stats == "recalibrate" },
-    })
+        reward: RewardConfig { taps: Taps::parse(&s.taps)?, recalibrate_bn: s.bn_stats == BnStats::Recalibrate },
+    };
+    cfg.validate()?;
+    Ok(cfg)
 }
 
-/// The unlabeled image pool (training split, labels dropped) and the reward's fixed batch.
-pub(crate) fn unlabeled_images(
-    base: &Model,
-    spec: &str,
-    image_size: usize,
-    n: usize,
-    seed: u64,
-) -> Result<(Dataset, Tensor)> {
+fn run_options(s: &SearchOpts, resume: bool, progress: bool) -> search::RunOptions {
+    search::RunOptions { resume, progress, checkpoint_every: std::time::Duration::from_secs_f64(s.checkpoint_every) }
+}
+
+/// The reward's fixed batch of unlabeled images drawn from the training split of `spec`.
+pub(crate) fn unlabeled_images(base: &Model, spec: &str, image_size: usize, n: usize, seed: u64) -> Result<Tensor> {
     let opts = OpenOptions { image_size, limit: None, grayscale: base.arch.in_channels == 1 };
-    // The search reads no label: they are dropped as soon as the images are loaded.
-    let pool = data::open(spec, Split::Train, &opts)?.without_labels();
-    if pool.is_empty() {
-        return Err(Error::Invalid(format!("{spec} holds no images")));
-    }
-    let batch = pool.random_subset(n.min(pool.len()), seed);
-    train::check_compatible(base, &batch)?;
-    let norm = train::normalization_for(base, &batch)?;
-    let images = search::batch_tensor(&batch, &norm)?;
-    Ok((pool, images))
+    let pool = data::open(spec, Split::Train, &opts)?;
+    search::reward_batch(base, &pool, n, seed)
 }
 
 fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
-    let cfg = search_config(&a.prune, &a.search, a.strategy, a.seed)?;
     let dev = open_device(g)?;
     let mut base = checkpoint::load(&a.ckpt, &dev)?;
-    let (_, images) = unlabeled_images(&base, &a.data, a.image_size, a.search.images, a.seed)?;
+    let cfg = search_config(&a.prune, &a.search, a.strategy, a.seed, &dev, &base)?;
+    let images = unlabeled_images(&base, &a.data, a.image_size, a.search.images, a.seed)?;
     let report = match a.report_accuracy {
         Some(n) => {
             let spec = a.report_data.clone().unwrap_or_else(|| a.data.clone());
@@ -732,16 +712,19 @@ fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
         );
     }
     let files = SearchFiles { dir: a.out.clone() };
-    let out = search::run(&mut base, &dev, &images, &cfg, &files, a.resume, report, !g.quiet)?;
+    let out = search::run(&mut base, &dev, &images, &cfg, &files, report, &run_options(&a.search, a.resume, !g.quiet))?;
     println!(
-        "best reward {:.5} (uniform pruning {:.5}) at {:.1}% FLOPs, {:.1}% params; {} candidates in {:.0}s ({:.2} candidates/s)",
+        "best reward {:.5} (uniform pruning {:.5}) at {:.1}% FLOPs, {:.1}% params; {} candidates in {:.1}s ({:.2} candidates/s end to end: {:.1}s scoring, {:.1}s agent, {:.2}s bookkeeping)",
         out.best.reward,
         out.uniform.reward,
         100.0 * out.best.policy.flops_fraction,
         100.0 * out.best.policy.params_fraction,
         out.evaluated,
         out.seconds,
-        out.candidates_per_second
+        out.candidates_per_second,
+        out.time.scoring_s,
+        out.time.agent_s,
+        out.time.bookkeeping_s
     );
     if let Some(rho) = out.reward_accuracy_spearman {
         println!("Spearman rank correlation of reward and top-1 (before fine-tuning): {rho:.3}");
@@ -829,10 +812,7 @@ fn run_pipeline(
     search_images: usize,
     out: &Path,
 ) -> Result<pipeline::PipelineReport> {
-    let norm = train::normalization_for(base, train_ds)?;
-    // The reward's batch: a fixed random subset of the training images, labels dropped.
-    let batch = train_ds.clone().without_labels().random_subset(search_images.min(train_ds.len()), cfg.search.seed);
-    let images = search::batch_tensor(&batch, &norm)?;
+    let images = search::reward_batch(base, train_ds, search_images, cfg.search.seed)?;
     let report = pipeline::run(
         pipeline::PipelineInputs { baseline: base, train: train_ds, test, search_images: &images },
         dev,
@@ -855,10 +835,10 @@ fn run_pipeline(
 
 fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
     a.ft.check()?;
-    let search = search_config(&a.prune, &a.search, Strategy::Ddpg, a.seed)?;
     let _lock = DirLock::acquire(&a.out)?;
     let dev = open_device(g)?;
     let mut base = checkpoint::load(&a.ckpt, &dev)?;
+    let search = search_config(&a.prune, &a.search, Strategy::Ddpg, a.seed, &dev, &base)?;
     let (train_ds, test) = open_train_test(&a.data)?;
     let test =
         test.ok_or_else(|| Error::Invalid(format!("{} has no labelled test split to evaluate on", a.data.data)))?;
@@ -870,5 +850,9 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
         uniform_baseline: !a.no_uniform,
         resume: a.resume,
     };
-    run_pipeline(g, &dev, &mut base, &train_ds, &test, &cfg, a.search.images, &a.out).map(|_| ())
+    let report = run_pipeline(g, &dev, &mut base, &train_ds, &test, &cfg, a.search.images, &a.out)?;
+    if !a.no_deploy_bench {
+        super::interop::pipeline_deploy(g, &dev, &a.ckpt, &report, &a.out)?;
+    }
+    Ok(())
 }

@@ -3,8 +3,9 @@
 
 mod commands;
 mod info;
+mod interop;
 
-use crate::backend::DeviceChoice;
+use crate::backend::{DeviceChoice, Precision};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -34,6 +35,10 @@ pub struct GlobalArgs {
     /// Where to run: `auto` uses a CUDA GPU when one is found, else the CPU.
     #[arg(long, global = true, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// Convolution arithmetic on CUDA: `f32` (exact), `tf32` or `bf16` tensor cores (forward and
+    /// input gradient; see the README for the accuracy bounds). The CPU computes in f32 only.
+    #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     /// CPU threads (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
@@ -64,6 +69,54 @@ pub enum Command {
     Finetune(FinetuneArgs),
     /// Search, prune, fine-tune and evaluate in one command, next to uniform and random-search baselines.
     Pipeline(PipelineArgs),
+    /// Turn a PyTorch state dict (.safetensors; CIFAR ResNet / VGG-16 names) into an lfgcl checkpoint.
+    Import(ImportArgs),
+    /// Export a checkpoint, pruned or not, to ONNX (BN folded, dynamic batch).
+    ExportOnnx(ExportOnnxArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// The PyTorch state dict: a .safetensors file (for a .pt/.th pickle, lfgcl prints the
+    /// command of scripts/torch_to_safetensors.py that converts it).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The architecture: resnet20..resnet110 (any resnet<6n+2>), vgg16 or smallcnn. Widths,
+    /// pruned or not, are read from the tensor shapes.
+    #[arg(long)]
+    pub model: String,
+    /// The lfgcl checkpoint to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Per-channel input mean the net was trained with, on pixels scaled to [0,1] (e.g.
+    /// 0.4914,0.4822,0.4465). Without --mean/--std the normalisation is recorded as unknown.
+    #[arg(long, value_delimiter = ',', requires = "std")]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel input std (e.g. 0.2470,0.2435,0.2616).
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    pub std: Option<Vec<f32>>,
+    /// Check the classifier has this many outputs (default: whatever it has).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Side of the square input images.
+    #[arg(long, default_value_t = 32)]
+    pub input_size: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportOnnxArgs {
+    /// The lfgcl checkpoint, pruned or not.
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// The .onnx file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Keep batch norms as BatchNormalization nodes (default: folded into the conv/linear weights).
+    #[arg(long)]
+    pub keep_bn: bool,
+    /// ONNX opset (13 to 21).
+    #[arg(long, default_value_t = 13)]
+    pub opset: i64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -126,6 +179,9 @@ pub struct PipelineArgs {
     /// Skip the uniform-pruning baseline.
     #[arg(long)]
     pub no_uniform: bool,
+    /// Skip the deployment table (each pruned net against the baseline in lfgcl and onnxruntime).
+    #[arg(long)]
+    pub no_deploy_bench: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value = "runs/pipeline")]
@@ -144,9 +200,14 @@ pub struct SearchOpts {
     pub images: usize,
     #[arg(long, default_value_t = 300)]
     pub episodes: usize,
-    /// Candidates evaluated per episode (in parallel).
-    #[arg(long, default_value_t = 8)]
-    pub candidates_per_step: usize,
+    /// Candidates proposed and scored per episode (together), or `auto`: 8 on the CPU, and on a
+    /// GPU as many as its free memory holds (up to 64).
+    #[arg(long, default_value = "8", value_parser = parse_candidates)]
+    pub candidates_per_step: CandidatesPerStep,
+    /// Save the search state at most every this many seconds (and at the end, and on Ctrl-C or
+    /// SIGTERM); 0 saves after every episode.
+    #[arg(long, default_value_t = 5.0)]
+    pub checkpoint_every: f64,
     /// Agent gradient steps per episode after warm-up (default: 4 x candidates per step, which
     /// found better policies than 1 x in every seed on the synthetic ResNet-20; see README).
     #[arg(long)]
@@ -160,8 +221,8 @@ pub struct SearchOpts {
     /// Batch-norm statistics a candidate is scored with: `recalibrate` (re-estimated on the
     /// unlabeled images first; the default, it ranks candidates by accuracy far better) or
     /// `running` (the baseline's running statistics, as gathered).
-    #[arg(long, default_value = "recalibrate", value_parser = ["recalibrate", "running"])]
-    pub bn_stats: String,
+    #[arg(long, value_enum, default_value_t = BnStats::Recalibrate)]
+    pub bn_stats: BnStats,
     /// Exploration noise at the end of warm-up (truncated normal around the actor's output).
     #[arg(long, default_value_t = 0.5)]
     pub noise: f32,
@@ -179,6 +240,32 @@ pub struct SearchOpts {
     /// Transitions kept in the replay buffer.
     #[arg(long, default_value_t = 2000)]
     pub replay: usize,
+}
+
+/// Batch-norm statistics a candidate is scored with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BnStats {
+    /// Re-estimated on the unlabeled images before scoring.
+    Recalibrate,
+    /// The baseline's running statistics, as gathered.
+    Running,
+}
+
+/// `--candidates-per-step`: a number, or chosen from the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CandidatesPerStep {
+    Auto,
+    Fixed(usize),
+}
+
+fn parse_candidates(s: &str) -> std::result::Result<CandidatesPerStep, String> {
+    if s == "auto" {
+        return Ok(CandidatesPerStep::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=crate::search::MAX_CANDIDATES_PER_STEP).contains(&n) => Ok(CandidatesPerStep::Fixed(n)),
+        _ => Err(format!("expected `auto` or a count from 1 to {}", crate::search::MAX_CANDIDATES_PER_STEP)),
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -389,16 +476,57 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
+/// What `lfgcl bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchWhat {
+    /// SGEMM peak, then inference and training step as fractions of it (CPU).
+    Cpu,
+    /// One model's inference on --device.
+    Infer,
+    /// One model's training step on --device.
+    Train,
+    /// Candidate scoring rate on --ckpt, and with --strategy the whole search loop.
+    Search,
+    /// Every CUDA kernel against the device's peaks.
+    Kernels,
+    /// Baseline and pruned net in lfgcl and onnxruntime: images/s and the speed-up from pruning.
+    Deploy,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// What to measure: `cpu` (SGEMM peak, inference, training step, as fractions of the peak),
     /// `infer` or `train` (one model on --device, --batch / --train-batch), `search` (candidate
-    /// evaluations per second on --ckpt), or `kernels` (every CUDA kernel against the device's peaks).
-    #[arg(default_value = "cpu")]
-    pub what: String,
-    /// Checkpoint for `bench search`.
+    /// evaluations per second on --ckpt), `kernels` (every CUDA kernel against the device's peaks),
+    /// or `deploy` (--ckpt and --pruned in lfgcl and onnxruntime, same threads, speed-up vs MACs).
+    #[arg(value_enum, default_value_t = BenchWhat::Cpu)]
+    pub what: BenchWhat,
+    /// `bench search`: also run the whole search loop end to end with this strategy for
+    /// --episodes episodes of --candidates candidates, and compare it with the raw scoring rate.
+    #[arg(long, value_enum)]
+    pub strategy: Option<crate::search::Strategy>,
+    /// `bench search --strategy`: episodes of the end-to-end run.
+    #[arg(long, default_value_t = 20)]
+    pub episodes: usize,
+    /// Checkpoint for `bench search` and `bench deploy` (the baseline).
     #[arg(long)]
     pub ckpt: Option<PathBuf>,
+    /// `bench deploy`: the pruned net (without it: lfgcl's CPU throughput against onnxruntime's).
+    #[arg(long)]
+    pub pruned: Option<PathBuf>,
+    /// `bench deploy`: minimum seconds of timed runs per measurement.
+    #[arg(long, default_value_t = 1.0)]
+    pub min_seconds: f64,
+    /// `bench deploy`: rounds the measurements are interleaved in (spreads the load of other
+    /// processes over every runtime and net).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// `bench deploy`: keep the exported ONNX files here (default: a temporary folder).
+    #[arg(long)]
+    pub onnx_dir: Option<PathBuf>,
+    /// `bench deploy`: do not time onnxruntime.
+    #[arg(long)]
+    pub no_ort: bool,
     /// `bench search`: unlabeled images per candidate.
     #[arg(long, default_value_t = 256)]
     pub images: usize,
@@ -410,9 +538,9 @@ pub struct BenchArgs {
     pub keep: f64,
     #[arg(long, default_value = "resnet20")]
     pub model: String,
-    /// Inference batch size.
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
+    /// Inference batch size (default 64; `bench deploy` takes a list, default 1,64).
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Option<Vec<usize>>,
     /// Training-step batch size.
     #[arg(long, default_value_t = 128)]
     pub train_batch: usize,

@@ -9,8 +9,7 @@ pub mod cost;
 use crate::backend::Device;
 use crate::data::Normalization;
 use crate::error::{Error, Result};
-use crate::nn::{Graph, Mode};
-use crate::tensor::Tensor;
+use crate::nn::Graph;
 use builder::Builder;
 use serde::{Deserialize, Serialize};
 
@@ -298,11 +297,6 @@ impl Model {
     /// Per-layer and total cost (MACs, params) of this network.
     pub fn cost(&self) -> Cost {
         cost::graph_cost(&self.graph)
-    }
-
-    /// Logits for a batch in inference mode.
-    pub fn predict(&mut self, dev: &Device, x: Tensor) -> Result<Tensor> {
-        self.graph.forward(dev, x, Mode::Eval)
     }
 
     /// Index of the node whose output feeds the classifier: the penultimate features used by the

@@ -78,43 +78,85 @@ fn compact_map(src: &[i32], out_keep: Option<&Vec<u32>>, in_keep: Option<&Vec<u3
 
 /// The compact model that keeps `keep[g]` channels of each group `groups[g]`.
 pub fn apply(model: &Model, dev: &Device, groups: &[ChannelGroup], keep: &[Vec<u32>]) -> Result<Model> {
-    check_keep(groups, keep)?;
-    let nk = node_keep(groups, keep);
+    let mut nets = apply_batch(model, dev, groups, std::slice::from_ref(&keep.to_vec()))?;
+    Ok(nets.pop().expect("one candidate in, one net out"))
+}
+
+/// A gathered tensor, integer or count of every candidate.
+enum Value {
+    F32(Tensor),
+    I64(i64),
+    I32(Vec<i32>),
+}
+
+/// The compact models of K candidates at once (`keeps[i][g]`: the channels candidate i keeps in
+/// group g). Each tensor's output channels are gathered for all K candidates by one
+/// `gather_candidates` call (one launch on a GPU); input channels follow per candidate.
+pub fn apply_batch(
+    model: &Model,
+    dev: &Device,
+    groups: &[ChannelGroup],
+    keeps: &[Vec<Vec<u32>>],
+) -> Result<Vec<Model>> {
+    let mut node_keeps = Vec::with_capacity(keeps.len());
+    for keep in keeps {
+        check_keep(groups, keep)?;
+        node_keeps.push(node_keep(groups, keep));
+    }
+    let k = keeps.len();
+    let mut values: Vec<HashMap<String, Value>> = (0..k).map(|_| HashMap::new()).collect();
+    let owner: HashMap<&str, usize> = model.graph.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+    for (name, entry) in model.graph.state() {
+        let (node_name, _) = name.rsplit_once('.').expect("state names are node.field");
+        let node = owner[node_name];
+        match entry {
+            StateRef::F32(t) => {
+                // Every candidate prunes the same groups, so a node's role is the same for all.
+                let is_linear = matches!(model.graph.nodes[node].op, Op::Linear(_));
+                let outs: Option<Vec<&[u32]>> = (!is_linear)
+                    .then(|| node_keeps.iter().map(|nk| nk.out.get(&node).map(Vec::as_slice)).collect())
+                    .flatten();
+                let mut gathered = match outs {
+                    // A linear is never a producer; every other per-channel tensor has channels first.
+                    Some(lists) => dev.gather_candidates(t, 0, &lists)?,
+                    None => (0..k).map(|_| dev.copy(t)).collect::<Result<_>>()?,
+                };
+                if name.ends_with(".weight") && t.rank() >= 2 {
+                    for (g, nk) in gathered.iter_mut().zip(&node_keeps) {
+                        if let Some(ins) = nk.input.get(&node) {
+                            *g = dev.index_select(g, 1, ins)?;
+                        }
+                    }
+                }
+                for (v, g) in values.iter_mut().zip(gathered) {
+                    v.insert(name.clone(), Value::F32(g));
+                }
+            }
+            StateRef::I64(n) => values.iter_mut().for_each(|v| {
+                v.insert(name.clone(), Value::I64(n));
+            }),
+            StateRef::I32(src) => {
+                for (v, nk) in values.iter_mut().zip(&node_keeps) {
+                    v.insert(name.clone(), Value::I32(compact_map(src, nk.out.get(&node), nk.input.get(&node))));
+                }
+            }
+        }
+    }
+    keeps.iter().zip(values).map(|(keep, v)| assemble(model, groups, keep, v)).collect()
+}
+
+/// The compact net of one candidate from its gathered state.
+fn assemble(
+    model: &Model,
+    groups: &[ChannelGroup],
+    keep: &[Vec<u32>],
+    mut values: HashMap<String, Value>,
+) -> Result<Model> {
     let mut widths = model.arch.widths.clone();
     for (g, k) in groups.iter().zip(keep) {
         widths[g.slot] = k.len();
     }
     let arch = model.arch.with_widths(widths)?;
-    // Gather every tensor of the old state into the new shapes.
-    enum Value {
-        F32(Tensor),
-        I64(i64),
-        I32(Vec<i32>),
-    }
-    let mut values: HashMap<String, Value> = HashMap::new();
-    let owner: HashMap<&str, usize> = model.graph.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
-    for (name, entry) in model.graph.state() {
-        let (node_name, _) = name.rsplit_once('.').expect("state names are node.field");
-        let node = owner[node_name];
-        let value = match entry {
-            StateRef::F32(t) => {
-                let mut t = match nk.out.get(&node) {
-                    // A linear is never a producer; every other per-channel tensor has channels first.
-                    Some(k) if !matches!(model.graph.nodes[node].op, Op::Linear(_)) => dev.index_select(t, 0, k)?,
-                    _ => dev.copy(t)?,
-                };
-                if let Some(k) = nk.input.get(&node) {
-                    if name.ends_with(".weight") && t.rank() >= 2 {
-                        t = dev.index_select(&t, 1, k)?;
-                    }
-                }
-                Value::F32(t)
-            }
-            StateRef::I64(v) => Value::I64(v),
-            StateRef::I32(src) => Value::I32(compact_map(src, nk.out.get(&node), nk.input.get(&node))),
-        };
-        values.insert(name, value);
-    }
     let mut graph = arch.build_graph(0)?;
     for (name, slot) in graph.state_mut() {
         let v = values

@@ -97,11 +97,9 @@ pub fn analyse(graph: &Graph, width_names: &[String]) -> Result<Analysis> {
     }
     let space_of: Vec<usize> = (0..n).map(|i| uf.find(raw[i])).collect();
     let mut coupled = vec![false; n];
-    for s in 0..n {
-        if merged_by_add[s] {
-            let r = uf.find(s);
-            coupled[r] = true;
-        }
+    for (s, _) in merged_by_add.iter().enumerate().filter(|(_, &merged)| merged) {
+        let r = uf.find(s);
+        coupled[r] = true;
     }
     let output_space = space_of[n - 1];
     // Collect members per root space.
@@ -116,11 +114,11 @@ pub fn analyse(graph: &Graph, width_names: &[String]) -> Result<Analysis> {
             Op::Conv(_) => node.width_slot,
             _ => None,
         };
-        if !group_of_root.contains_key(&root) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = group_of_root.entry(root) {
             if !matches!(node.op, Op::Conv(_) | Op::Shortcut(_)) {
                 continue; // spaces opened by a linear (classifier hidden units) are not grouped
             }
-            group_of_root.insert(root, groups.len());
+            slot.insert(groups.len());
             groups.push(ChannelGroup {
                 name: String::new(),
                 slot: usize::MAX,

@@ -60,6 +60,27 @@ impl Pruner {
         budget::project(&self.cost, ratios, budget, c)
     }
 
+    /// A policy's keep ratios as a feasible pruning: projected onto `budget` when it sets a
+    /// limit, else taken as they are (rounded to `c.round` channels).
+    pub fn apply_ratios(&self, ratios: &[f64], budget: &Budget, c: &Constraints) -> Result<Projected> {
+        if budget.flops.is_some() || budget.params.is_some() {
+            return self.project(ratios, budget, c);
+        }
+        budget::check_ratios(ratios, self.groups.len(), "the keep ratios")?;
+        let kept: Vec<usize> =
+            ratios.iter().zip(&self.cost.channels).map(|(&r, &ch)| keep_count(r, ch, c.round)).collect();
+        let (macs, params) = self.cost.cost(&kept);
+        let (flops_fraction, params_fraction) = self.cost.fractions(&kept);
+        Ok(Projected {
+            ratios: kept.iter().zip(&self.cost.channels).map(|(&k, &ch)| k as f64 / ch as f64).collect(),
+            kept,
+            macs,
+            params,
+            flops_fraction,
+            params_fraction,
+        })
+    }
+
     pub fn uniform(&self, budget: &Budget, c: &Constraints) -> Result<Projected> {
         budget::uniform(&self.cost, budget, c)
     }

@@ -65,13 +65,14 @@ impl JsonlWriter {
         Ok(JsonlWriter { path: path.to_path_buf(), file })
     }
 
-    /// Writes `value` as one line of compact JSON and flushes it.
-    pub fn write<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+    /// Writes `value` as one line of compact JSON and flushes it; returns the bytes written.
+    pub fn write<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<usize> {
         let mut line = serde_json::to_vec(value)
             .map_err(|e| Error::format(&self.path, format!("cannot serialise to JSON: {e}")))?;
         line.push(b'\n');
         // One write call per line: a reader sees whole lines or, after a crash, one partial tail.
-        self.file.write_all(&line).and_then(|_| self.file.flush()).map_err(|e| Error::io(&self.path, e))
+        self.file.write_all(&line).and_then(|_| self.file.flush()).map_err(|e| Error::io(&self.path, e))?;
+        Ok(line.len())
     }
 
     /// Forces the lines written so far to disk (fsync); `write` alone survives a killed process

@@ -1,30 +1,38 @@
 //! The LFGCL search: a DDPG agent reads the whole architecture and proposes the keep ratio of
-//! every prunable group at once; each proposal is projected onto the budget, pruned with the
-//! masked gather, and scored without labels against the baseline's features. K candidates are
-//! evaluated per episode (in parallel on the CPU), every candidate is logged, and the search
-//! state is saved after every episode so an interrupted search resumes where it stopped.
+//! every prunable group at once; each proposal is projected onto the budget, turned into a
+//! compact candidate (gathered kept channels) and scored without labels against the baseline's
+//! features.
+//!
+//! [`Search`] is the search itself (`new` / `resume` / `step` / `outcome`): it owns no file.
+//! [`run`] is the thin loop around it that owns the output folder, the log, the checkpoints
+//! (binary, at most every few seconds, at the end and on SIGINT/SIGTERM) and the progress bar.
+//!
+//! Where the time goes is measured in three parts: scoring (gather, forward, feature MSE),
+//! agent (proposing and training) and bookkeeping (log lines, checkpoints).
 
 pub mod ddpg;
 pub mod reward;
+mod run;
+mod saved;
 pub mod state;
+
+pub use run::{run, RunOptions, SearchFiles};
 
 use crate::backend::{Device, DeviceKind};
 use crate::data::{Dataset, Loader, Normalization};
-use crate::error::{write_atomic, Error, Result};
+use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::Mode;
 use crate::prune::{Budget, Constraints, Criterion, GroupScope, Policy, Projected, Pruner};
-use crate::report::{self, BarChart, JsonlWriter, LinePlot, ScatterPlot, Series, SeriesStyle};
 use crate::tensor::Tensor;
-use ddpg::{Agent, AgentState, DdpgConfig, Transition};
-use indicatif::{ProgressBar, ProgressStyle};
+use ddpg::{Agent, DdpgConfig, Transition};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use reward::{RewardConfig, Scorer};
+use saved::SavedSearch;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How candidates are proposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -47,6 +55,12 @@ pub struct SearchConfig {
     pub candidates_per_step: usize,
     /// Gradient steps of the agent after each episode (once warm-up is over).
     pub updates_per_episode: usize,
+    /// Train the agent while the device scores the next step's candidates (one-step lag: the
+    /// proposals of step t come from the actor trained on the transitions of steps < t-1).
+    /// Chosen by device: on a GPU the CPU is otherwise idle while the device scores; on the CPU
+    /// the scoring already uses every core, so the agent trains after scoring.
+    #[serde(default)]
+    pub overlap_agent: bool,
     pub seed: u64,
     pub ddpg: DdpgConfig,
     pub reward: RewardConfig,
@@ -56,12 +70,32 @@ impl SearchConfig {
     pub fn validate(&self) -> Result<()> {
         self.budget.validate()?;
         self.constraints.validate()?;
+        self.ddpg.validate()?;
         if self.episodes == 0 || self.candidates_per_step == 0 {
-            return Err(Error::Invalid("episodes and candidates per step must be positive".into()));
+            return Err(Error::Invalid("--episodes and --candidates-per-step must be positive".into()));
+        }
+        if self.candidates_per_step > MAX_CANDIDATES_PER_STEP {
+            return Err(Error::Invalid(format!(
+                "--candidates-per-step {} is above the limit of {MAX_CANDIDATES_PER_STEP}",
+                self.candidates_per_step
+            )));
+        }
+        if self.episodes > MAX_EPISODES {
+            return Err(Error::Invalid(format!("--episodes {} is above the limit of {MAX_EPISODES}", self.episodes)));
+        }
+        if self.updates_per_episode > 100_000 {
+            return Err(Error::Invalid(format!(
+                "--updates-per-episode {} is above the limit of 100000",
+                self.updates_per_episode
+            )));
         }
         Ok(())
     }
 }
+
+/// Ceilings on sizes taken from flags: the log and the reward cache grow with their product.
+pub const MAX_CANDIDATES_PER_STEP: usize = 4096;
+pub const MAX_EPISODES: usize = 10_000_000;
 
 /// One evaluated candidate, as logged (one JSON line each).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -69,8 +103,9 @@ pub struct CandidateRecord {
     /// -1 for the uniform reference policy evaluated before the search.
     pub episode: i64,
     pub index: usize,
-    /// The agent's action in [0, 1] per group, before projection.
-    pub action: Vec<f32>,
+    /// The agent's action in [0, 1] per group, before projection. Stored as f64 (each value is
+    /// an exact f32) so that the log reads back bit for bit.
+    pub action: Vec<f64>,
     /// The feasible policy the action was projected to (keep ratios, kept channels, cost).
     #[serde(flatten)]
     pub policy: Projected,
@@ -85,27 +120,47 @@ pub struct CandidateRecord {
     pub cached: bool,
 }
 
-/// Saved after every episode; `--resume` continues from it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct SearchState {
-    config: SearchConfig,
-    /// Fingerprint of the baseline and the images, so a resume cannot mix inputs.
-    fingerprint: String,
-    episodes_done: usize,
-    evaluated: usize,
-    elapsed_seconds: f64,
-    uniform: CandidateRecord,
-    best: Option<CandidateRecord>,
-    agent: Option<AgentState>,
+/// Seconds spent in each part of the loop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimeBreakdown {
+    /// Building and scoring candidates (gather, BN re-estimation, forward, feature MSE).
+    pub scoring_s: f64,
+    /// Proposing actions and training the agent, as far as the loop waited for it (with the
+    /// overlap, training hidden behind scoring is not counted here).
+    pub agent_s: f64,
+    /// Log lines and checkpoints.
+    pub bookkeeping_s: f64,
+    /// Wall time of the whole loop (the three parts and the rest).
+    pub total_s: f64,
+}
+
+impl TimeBreakdown {
+    pub fn candidates_per_second(&self, evaluated: usize) -> f64 {
+        evaluated as f64 / self.total_s.max(1e-9)
+    }
+
+    /// `scoring 81% agent 12% bookkeeping 1%`.
+    pub fn shares(&self) -> String {
+        let t = self.total_s.max(1e-9);
+        format!(
+            "scoring {:.0}% agent {:.0}% bookkeeping {:.0}%",
+            100.0 * self.scoring_s / t,
+            100.0 * self.agent_s / t,
+            100.0 * self.bookkeeping_s / t
+        )
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SearchOutcome {
     pub best: CandidateRecord,
     pub uniform: CandidateRecord,
+    /// Distinct candidates scored (cached repeats excluded).
     pub evaluated: usize,
     pub seconds: f64,
+    /// End to end: `evaluated / seconds`.
     pub candidates_per_second: f64,
+    pub time: TimeBreakdown,
     /// Spearman rank correlation between reward and top-1 over the logged candidates, when
     /// accuracy was reported.
     pub reward_accuracy_spearman: Option<f64>,
@@ -125,67 +180,27 @@ pub fn batch_tensor(ds: &Dataset, norm: &Normalization) -> Result<Tensor> {
     Tensor::from_vec(&b.dims, b.images)
 }
 
-/// Candidate evaluation: prune, score, optionally measure accuracy.
-struct Evaluator<'a> {
-    base: &'a Model,
-    pruner: &'a Pruner,
-    scorer: Scorer,
-    dev: Device,
-    report: Option<AccuracyReport>,
+/// The reward's fixed batch: `n` images drawn (seeded) from `pool` with their labels dropped,
+/// normalised as the baseline was trained (or, for a checkpoint that does not record it, with
+/// the pool's channel statistics).
+pub fn reward_batch(base: &Model, pool: &Dataset, n: usize, seed: u64) -> Result<Tensor> {
+    if pool.is_empty() || n == 0 {
+        return Err(Error::Invalid(format!("{}: the reward needs at least one unlabeled image", pool.name)));
+    }
+    crate::train::check_compatible(base, pool)?;
+    let norm = crate::train::normalization_for(base, pool)?;
+    let batch = pool.clone().without_labels().random_subset(n.min(pool.len()), seed);
+    batch_tensor(&batch, &norm)
 }
 
-impl Evaluator<'_> {
-    fn evaluate(&self, p: &Projected) -> Result<(f64, Option<f64>)> {
-        let keep = self.pruner.keep_indices(&p.kept)?;
-        let mut cand = crate::prune::apply::apply(self.base, &self.dev, &self.pruner.groups, &keep)?;
-        let reward = self.scorer.score(&mut cand, &keep)?;
-        let top1 = match &self.report {
-            Some(r) => Some(top1(&mut cand, &self.dev, &r.images, &r.labels)?),
-            None => None,
-        };
-        Ok((reward, top1))
-    }
-
-    /// K candidates: in parallel on the CPU (each one's forward also uses the pool), one after
-    /// another on a GPU (one stream).
-    fn evaluate_all(&self, ps: &[&Projected]) -> Result<Vec<(f64, Option<f64>)>> {
-        if self.dev.kind() == DeviceKind::Cpu {
-            ps.par_iter().with_max_len(1).map(|p| self.evaluate(p)).collect()
-        } else {
-            ps.iter().map(|p| self.evaluate(p)).collect()
-        }
-    }
-
-    /// Evaluates the candidates whose kept channels are not in `cache` (each distinct one once)
-    /// and returns every candidate's result and whether it came from the cache. Returns the
-    /// number of new evaluations too.
-    fn evaluate_cached(
-        &self,
-        ps: &[Projected],
-        cache: &mut RewardCache,
-    ) -> Result<(Vec<((f64, Option<f64>), bool)>, usize)> {
-        let mut fresh: Vec<&Projected> = Vec::new();
-        for p in ps {
-            if !cache.contains_key(&p.kept) && !fresh.iter().any(|q| q.kept == p.kept) {
-                fresh.push(p);
-            }
-        }
-        let results = self.evaluate_all(&fresh)?;
-        let new = fresh.len();
-        let mut first_use: std::collections::HashSet<Vec<usize>> = Default::default();
-        for (p, r) in fresh.iter().zip(results) {
-            cache.insert(p.kept.clone(), r);
-            first_use.insert(p.kept.clone());
-        }
-        let out = ps
-            .iter()
-            .map(|p| {
-                let was_fresh = first_use.remove(&p.kept);
-                (cache[&p.kept], !was_fresh)
-            })
-            .collect();
-        Ok((out, new))
-    }
+/// `--candidates-per-step auto`: 8 on the CPU (they run side by side on the thread pool); on a
+/// GPU as many as fit in a quarter of its free memory, at 3 live activation maps of the widest
+/// layer per image per candidate, between 8 and 64.
+pub fn auto_candidates_per_step(dev: &Device, base: &Model, images: usize) -> Result<usize> {
+    let Some(free) = dev.free_memory()? else { return Ok(8) };
+    let widest = images * base.graph.nodes.iter().map(|n| n.out_shape.iter().product::<usize>()).max().unwrap_or(1);
+    let per_candidate = 3 * widest * std::mem::size_of::<f32>();
+    Ok((free / 4 / per_candidate.max(1)).clamp(8, 64))
 }
 
 /// Top-1 of `model` on pre-normalised images, in chunks.
@@ -205,9 +220,9 @@ pub fn top1(model: &mut Model, dev: &Device, images: &Tensor, labels: &[u32]) ->
     Ok(correct as f64 / n.max(1) as f64)
 }
 
-/// Randomness of one episode, derived from (seed, strategy, episode) alone: a resumed search
-/// draws exactly what an uninterrupted one would, and random search never replays the DDPG
-/// agent's warm-up draws.
+/// Randomness of one episode's proposals, derived from (seed, strategy, episode) alone: a
+/// resumed search draws exactly what an uninterrupted one would, and random search never
+/// replays the DDPG agent's warm-up draws.
 fn episode_rng(seed: u64, strategy: Strategy, episode: usize) -> StdRng {
     let stream = match strategy {
         Strategy::Ddpg => 0x5ea4c4,
@@ -216,319 +231,419 @@ fn episode_rng(seed: u64, strategy: Strategy, episode: usize) -> StdRng {
     StdRng::seed_from_u64(crate::data::seed_hash(&[seed, stream, episode as u64]))
 }
 
-fn fingerprint(base: &Model, images: &Tensor) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(serde_json::to_string(&base.arch).expect("arch serialises"));
-    for (name, entry) in base.graph.state() {
-        h.update(name.as_bytes());
-        if let crate::nn::StateRef::F32(t) = entry {
-            for v in t.to_vec()? {
-                h.update(v.to_le_bytes());
-            }
-        }
-    }
-    for v in images.to_vec()? {
+/// Randomness of the agent updates that follow `episode` (replay sampling), a stream of its own
+/// so that updating before or during the next step's scoring draws the same batches.
+fn update_rng(seed: u64, episode: usize) -> StdRng {
+    StdRng::seed_from_u64(crate::data::seed_hash(&[seed, 0xa9e47, episode as u64]))
+}
+
+/// What identifies a search's inputs, so a resume cannot mix them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// sha256 of the baseline's architecture and tensors.
+    pub checkpoint: String,
+    /// sha256 of the unlabeled images (the data and how many were drawn).
+    pub images: String,
+    /// How many labelled images the accuracy report uses (0: none).
+    pub report_images: usize,
+}
+
+fn sha256_floats(h: &mut sha2::Sha256, t: &Tensor) -> Result<()> {
+    use sha2::Digest;
+    for v in t.to_vec()? {
         h.update(v.to_le_bytes());
     }
-    Ok(format!("{:x}", h.finalize()))
+    Ok(())
 }
 
-/// Files a search writes into its output directory.
-pub struct SearchFiles {
-    pub dir: PathBuf,
+impl Fingerprint {
+    fn of(base: &Model, images: &Tensor, report: Option<&AccuracyReport>) -> Result<Fingerprint> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(serde_json::to_string(&base.arch).expect("arch serialises"));
+        for (name, entry) in base.graph.state() {
+            h.update(name.as_bytes());
+            if let crate::nn::StateRef::F32(t) = entry {
+                sha256_floats(&mut h, t)?;
+            }
+        }
+        let checkpoint = format!("{:x}", h.finalize());
+        let mut h = Sha256::new();
+        h.update(format!("{:?}", images.dims()));
+        sha256_floats(&mut h, images)?;
+        let images = format!("{:x}", h.finalize());
+        Ok(Fingerprint { checkpoint, images, report_images: report.map_or(0, |r| r.labels.len()) })
+    }
+
+    /// What differs from `saved`, in words, or None.
+    fn differences(&self, saved: &Fingerprint) -> Option<String> {
+        let mut what = Vec::new();
+        if self.checkpoint != saved.checkpoint {
+            what.push("the checkpoint (--ckpt)".to_string());
+        }
+        if self.images != saved.images {
+            what.push("the unlabeled images (--data, --images, --image-size or --seed)".to_string());
+        }
+        if self.report_images != saved.report_images {
+            what.push(format!(
+                "the accuracy report (--report-accuracy: {} images now, {} when started)",
+                self.report_images, saved.report_images
+            ));
+        }
+        (!what.is_empty()).then(|| what.join(", "))
+    }
 }
 
-impl SearchFiles {
-    pub fn log(&self) -> PathBuf {
-        self.dir.join("candidates.jsonl")
+/// Names of the settings that differ between two configurations (`ddpg.actor_lr`, `budget`, ...),
+/// the episode count excepted.
+fn config_differences(now: &SearchConfig, saved: &SearchConfig) -> Vec<String> {
+    let a = serde_json::to_value(SearchConfig { episodes: 0, ..now.clone() }).expect("config serialises");
+    let b = serde_json::to_value(SearchConfig { episodes: 0, ..saved.clone() }).expect("config serialises");
+    let mut out = Vec::new();
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    match (x.get(k), y.get(k)) {
+                        (Some(p), Some(q)) => walk(&name, p, q, out),
+                        _ => out.push(name),
+                    }
+                }
+            }
+            _ if a != b => out.push(format!("{prefix} ({a} now, {b} when started)")),
+            _ => {}
+        }
     }
-    pub fn state(&self) -> PathBuf {
-        self.dir.join("search_state.json")
-    }
-    pub fn policy(&self) -> PathBuf {
-        self.dir.join("best_policy.json")
-    }
-    pub fn pruned(&self) -> PathBuf {
-        self.dir.join("pruned.safetensors")
-    }
-    pub fn summary(&self) -> PathBuf {
-        self.dir.join("summary.json")
-    }
-}
-
-fn record(
-    episode: i64,
-    index: usize,
-    action: Vec<f32>,
-    p: &Projected,
-    reward: f64,
-    top1: Option<f64>,
-) -> CandidateRecord {
-    CandidateRecord { episode, index, action, policy: p.clone(), reward, top1, cached: false }
+    walk("", &a, &b, &mut out);
+    out
 }
 
 /// Rewards (and reported accuracies) of every kept-channel vector evaluated so far.
 type RewardCache = std::collections::HashMap<Vec<usize>, (f64, Option<f64>)>;
 
-/// Keeps only the log lines of completed episodes (a crash between logging an episode and
-/// saving the state leaves lines the resumed run will write again).
-fn truncate_log(path: &Path, episodes_done: usize) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let records: Vec<CandidateRecord> = report::read_jsonl(path)?;
-    let mut text = String::new();
-    for r in records.into_iter().filter(|r| r.episode < episodes_done as i64) {
-        text += &serde_json::to_string(&r).expect("record serialises");
-        text.push('\n');
-    }
-    write_atomic(path, text.as_bytes())
+/// The search: the agent, the scorer, the reward cache and the running best. Owns no file.
+pub struct Search<'a> {
+    cfg: SearchConfig,
+    base: &'a Model,
+    dev: Device,
+    pruner: Pruner,
+    scorer: Scorer,
+    agent: Agent,
+    report: Option<AccuracyReport>,
+    fingerprint: Fingerprint,
+    cache: RewardCache,
+    episodes_done: usize,
+    evaluated: usize,
+    uniform: Option<CandidateRecord>,
+    best: Option<CandidateRecord>,
+    time: TimeBreakdown,
+    /// Agent updates owed for the last finished episode, run while the next one is scored
+    /// (overlap mode only).
+    pending_updates: usize,
 }
 
-/// Runs (or resumes) a search. `images`: the unlabeled, normalised batch the reward uses.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    base: &mut Model,
-    dev: &Device,
-    images: &Tensor,
-    cfg: &SearchConfig,
-    files: &SearchFiles,
-    resume: bool,
-    report: Option<AccuracyReport>,
-    progress: bool,
-) -> Result<SearchOutcome> {
-    cfg.validate()?;
-    std::fs::create_dir_all(&files.dir).map_err(|e| Error::io(&files.dir, e))?;
-    let pruner = Pruner::new(base, cfg.scope, cfg.criterion)?;
-    // Fail early, before any evaluation, when the budget is out of reach.
-    let uniform = pruner.uniform(&cfg.budget, &cfg.constraints)?;
-    let fp = fingerprint(base, images)?;
-    let scorer = Scorer::new(base, dev, images, &pruner.groups, cfg.reward.clone())?;
-    let state_vec = state::state_vector(base, &pruner, &cfg.budget);
-    let mut init_rng = StdRng::seed_from_u64(cfg.seed);
-    let mut agent = Agent::new(cfg.ddpg.clone(), state_vec, pruner.groups.len(), &mut init_rng)?;
-    let eval = Evaluator { base, pruner: &pruner, scorer, dev: dev.clone(), report };
+impl<'a> Search<'a> {
+    /// Sets up a search on `base` with the unlabeled, normalised `images` the reward uses.
+    /// Fails early, before any evaluation, when the budget is out of reach.
+    pub fn new(
+        base: &'a mut Model,
+        dev: &Device,
+        images: &Tensor,
+        cfg: SearchConfig,
+        report: Option<AccuracyReport>,
+    ) -> Result<Search<'a>> {
+        cfg.validate()?;
+        let pruner = Pruner::new(base, cfg.scope, cfg.criterion)?;
+        pruner.uniform(&cfg.budget, &cfg.constraints)?;
+        let fingerprint = Fingerprint::of(base, images, report.as_ref())?;
+        let scorer = Scorer::new(base, dev, images, &pruner.groups, cfg.reward.clone())?;
+        let state_vec = state::state_vector(base, &pruner, &cfg.budget);
+        let mut init_rng = StdRng::seed_from_u64(cfg.seed);
+        let agent = Agent::new(cfg.ddpg.clone(), state_vec, pruner.groups.len(), &mut init_rng)?;
+        let base: &'a Model = base;
+        Ok(Search {
+            cfg,
+            base,
+            dev: dev.clone(),
+            pruner,
+            scorer,
+            agent,
+            report,
+            fingerprint,
+            cache: RewardCache::new(),
+            episodes_done: 0,
+            evaluated: 0,
+            uniform: None,
+            best: None,
+            time: TimeBreakdown::default(),
+            pending_updates: 0,
+        })
+    }
 
-    let saved: Option<SearchState> = if resume && files.state().exists() {
-        let s: SearchState = report::read_json(files.state())?;
-        // Every setting must match except the episode count, which a resume may extend.
-        if (SearchConfig { episodes: cfg.episodes, ..s.config.clone() }) != *cfg {
+    pub fn config(&self) -> &SearchConfig {
+        &self.cfg
+    }
+    pub fn pruner(&self) -> &Pruner {
+        &self.pruner
+    }
+    pub fn episodes_done(&self) -> usize {
+        self.episodes_done
+    }
+    pub fn evaluated(&self) -> usize {
+        self.evaluated
+    }
+    pub fn done(&self) -> bool {
+        self.episodes_done >= self.cfg.episodes
+    }
+    pub fn best(&self) -> Option<&CandidateRecord> {
+        self.best.as_ref()
+    }
+    pub fn uniform(&self) -> Option<&CandidateRecord> {
+        self.uniform.as_ref()
+    }
+    pub fn time(&self) -> TimeBreakdown {
+        self.time
+    }
+    /// Adds wall time of the surrounding loop: `bookkeeping` of it went to logs and checkpoints.
+    pub fn add_time(&mut self, total: Duration, bookkeeping: Duration) {
+        self.time.total_s += total.as_secs_f64();
+        self.time.bookkeeping_s += bookkeeping.as_secs_f64();
+    }
+
+    /// Scores the uniform reference policy (logged as episode -1): the first thing a new search
+    /// does, and the line its plots compare with.
+    pub fn start(&mut self) -> Result<CandidateRecord> {
+        let uniform = self.pruner.uniform(&self.cfg.budget, &self.cfg.constraints)?;
+        let t = Instant::now();
+        let (r, top1) = self.evaluate_fresh(std::slice::from_ref(&&uniform))?[0];
+        self.time.scoring_s += t.elapsed().as_secs_f64();
+        self.cache.insert(uniform.kept.clone(), (r, top1));
+        self.evaluated += 1;
+        let lower = self.cfg.constraints.lower;
+        // The action that projects to these ratios (all ones when nothing may be pruned).
+        let action: Vec<f64> = uniform
+            .ratios
+            .iter()
+            .map(|&x| if lower < 1.0 { ((x - lower) / (1.0 - lower)).clamp(0.0, 1.0) as f32 as f64 } else { 1.0 })
+            .collect();
+        let rec = CandidateRecord { episode: -1, index: 0, action, policy: uniform, reward: r, top1, cached: false };
+        self.uniform = Some(rec.clone());
+        Ok(rec)
+    }
+
+    /// Continues from a saved state and the log lines written up to it.
+    fn resume(&mut self, saved: SavedSearch, log: &[CandidateRecord]) -> Result<()> {
+        self.agent.restore(saved.agent)?;
+        self.cache = log.iter().map(|r| (r.policy.kept.clone(), (r.reward, r.top1))).collect();
+        self.episodes_done = saved.meta.episodes_done;
+        self.evaluated = saved.meta.evaluated;
+        self.uniform = Some(saved.meta.uniform);
+        self.best = saved.meta.best;
+        self.time = saved.meta.time;
+        self.pending_updates = saved.meta.pending_updates;
+        Ok(())
+    }
+
+    /// Why `saved` cannot be continued by this search, naming what differs, or Ok.
+    fn check_resumable(&self, saved: &saved::SavedMeta) -> Result<()> {
+        let mut what = config_differences(&self.cfg, &saved.config);
+        if let Some(d) = self.fingerprint.differences(&saved.fingerprint) {
+            what.push(d);
+        }
+        if !what.is_empty() {
             return Err(Error::Invalid(format!(
-                "{}: the saved search used other settings; resume with the same options (only --episodes may grow) or use a new --out",
-                files.state().display()
+                "the saved search differs in {}; resume with the same inputs and options (only --episodes may grow) or use a new --out",
+                what.join("; ")
             )));
         }
-        if s.episodes_done > cfg.episodes {
+        if saved.episodes_done > self.cfg.episodes {
             return Err(Error::Invalid(format!(
-                "{}: {} episodes are already done; ask for more than that to resume",
-                files.state().display(),
-                s.episodes_done
+                "{} episodes are already done; ask for at least that many to resume",
+                saved.episodes_done
             )));
         }
-        if s.fingerprint != fp {
-            return Err(Error::Invalid(format!(
-                "{}: the saved search used another checkpoint or other images",
-                files.state().display()
-            )));
+        Ok(())
+    }
+
+    fn snapshot(&self, log_bytes: u64) -> SavedSearch {
+        SavedSearch {
+            meta: saved::SavedMeta {
+                format: String::new(),
+                agent_meta: serde_json::Value::Null,
+                config: self.cfg.clone(),
+                fingerprint: self.fingerprint.clone(),
+                episodes_done: self.episodes_done,
+                evaluated: self.evaluated,
+                time: self.time,
+                uniform: self.uniform.clone().expect("a started search has its uniform reference"),
+                best: self.best.clone(),
+                pending_updates: self.pending_updates,
+                log_bytes,
+            },
+            agent: self.agent.snapshot(),
         }
-        Some(s)
-    } else {
-        if resume {
-            eprintln!("note: nothing to resume in {}; starting a new search", files.dir.display());
+    }
+
+    /// One episode: propose K actions, project them, score the ones not seen before, let the
+    /// agent learn. Returns the episode's records in order.
+    pub fn step(&mut self) -> Result<Vec<CandidateRecord>> {
+        if self.uniform.is_none() {
+            return Err(Error::Invalid("the search must be started (uniform reference) before stepping".into()));
         }
-        None
-    };
-    let mut cache = RewardCache::new();
-    let (start, mut evaluated, mut elapsed, uniform_rec, mut best) = match saved {
-        Some(s) => {
-            if let Some(a) = s.agent {
-                agent.restore(a)?;
-            }
-            truncate_log(&files.log(), s.episodes_done)?;
-            for r in report::read_jsonl::<CandidateRecord>(files.log())? {
-                cache.insert(r.policy.kept.clone(), (r.reward, r.top1));
-            }
-            (s.episodes_done, s.evaluated, s.elapsed_seconds, s.uniform, s.best)
-        }
-        None => {
-            let mut log = JsonlWriter::create(files.log())?;
-            let (r, t) = eval.evaluate(&uniform)?;
-            cache.insert(uniform.kept.clone(), (r, t));
-            let a: Vec<f32> = uniform
-                .ratios
-                .iter()
-                .map(|&x| ((x - cfg.constraints.lower) / (1.0 - cfg.constraints.lower)).clamp(0.0, 1.0) as f32)
-                .collect();
-            let rec = record(-1, 0, a, &uniform, r, t);
-            log.write(&rec)?;
-            (0, 0, 0.0, rec, None)
-        }
-    };
-    let mut log = JsonlWriter::append(files.log())?;
-    let pb = if progress { ProgressBar::new(cfg.episodes as u64) } else { ProgressBar::hidden() };
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} episodes {msg} ({elapsed}<{eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_prefix("search");
-    pb.set_position(start as u64);
-    let lower = cfg.constraints.lower;
-    for episode in start..cfg.episodes {
-        let t0 = Instant::now();
-        let mut rng = episode_rng(cfg.seed, cfg.strategy, episode);
-        let k = cfg.candidates_per_step;
-        let actions: Vec<Vec<f32>> = match cfg.strategy {
-            Strategy::Ddpg => agent.explore(episode, k, &mut rng)?,
-            Strategy::Random => {
-                (0..k).map(|_| (0..pruner.groups.len()).map(|_| rng.random_range(0.0..=1.0)).collect()).collect()
-            }
+        let episode = self.episodes_done;
+        let k = self.cfg.candidates_per_step;
+        let learning = self.cfg.strategy == Strategy::Ddpg && episode >= self.cfg.ddpg.warmup_episodes;
+
+        let t = Instant::now();
+        let mut rng = episode_rng(self.cfg.seed, self.cfg.strategy, episode);
+        let groups = self.pruner.groups.len();
+        let actions: Vec<Vec<f32>> = match self.cfg.strategy {
+            Strategy::Ddpg => self.agent.explore(episode, k, &mut rng)?,
+            Strategy::Random => (0..k).map(|_| (0..groups).map(|_| rng.random_range(0.0..=1.0)).collect()).collect(),
         };
+        let lower = self.cfg.constraints.lower;
         let projected: Vec<Projected> = actions
             .iter()
             .map(|a| {
                 let ratios: Vec<f64> = a.iter().map(|&x| lower + (1.0 - lower) * x as f64).collect();
-                pruner.project(&ratios, &cfg.budget, &cfg.constraints)
+                self.pruner.project(&ratios, &self.cfg.budget, &self.cfg.constraints)
             })
             .collect::<Result<_>>()?;
-        let (results, new) = eval.evaluate_cached(&projected, &mut cache)?;
-        for (i, ((a, p), ((r, t), cached))) in actions.into_iter().zip(&projected).zip(results).enumerate() {
-            let rec = CandidateRecord { cached, ..record(episode as i64, i, a.clone(), p, r, t) };
-            log.write(&rec)?;
-            if best.as_ref().is_none_or(|b| r > b.reward) {
-                best = Some(rec);
-            }
-            agent.remember(Transition { action: a, reward: r as f32 });
-        }
-        if cfg.strategy == Strategy::Ddpg && episode >= cfg.ddpg.warmup_episodes {
-            for _ in 0..cfg.updates_per_episode {
-                agent.update(&mut rng)?;
+        let mut fresh: Vec<&Projected> = Vec::new();
+        for p in &projected {
+            if !self.cache.contains_key(&p.kept) && !fresh.iter().any(|q| q.kept == p.kept) {
+                fresh.push(p);
             }
         }
-        evaluated += new;
-        elapsed += t0.elapsed().as_secs_f64();
-        let state = SearchState {
-            config: cfg.clone(),
-            fingerprint: fp.clone(),
-            episodes_done: episode + 1,
-            evaluated,
-            elapsed_seconds: elapsed,
-            uniform: uniform_rec.clone(),
-            best: best.clone(),
-            agent: Some(agent.save()?),
+        self.time.agent_s += t.elapsed().as_secs_f64();
+
+        // Score; with the overlap, the agent trains on what it has meanwhile.
+        let t = Instant::now();
+        let results = if self.cfg.overlap_agent && self.pending_updates > 0 {
+            let updates = std::mem::take(&mut self.pending_updates);
+            let seed = self.cfg.seed;
+            let Search { agent, scorer, base, pruner, report, dev, .. } = self;
+            let (scored, waited) = std::thread::scope(|s| {
+                let trainer = s.spawn(move || train_agent(agent, updates, update_rng(seed, episode - 1)));
+                let scored = evaluate(scorer, base, pruner, report.as_ref(), dev, &fresh);
+                let scored_at = Instant::now();
+                let trained =
+                    trainer.join().unwrap_or_else(|_| Err(Error::Invalid("the agent's thread panicked".into())));
+                (scored.and_then(|s| trained.map(|_| s)), scored_at.elapsed())
+            });
+            self.time.agent_s += waited.as_secs_f64();
+            self.time.scoring_s += (t.elapsed() - waited).as_secs_f64();
+            scored?
+        } else {
+            let scored = self.evaluate_fresh(&fresh)?;
+            self.time.scoring_s += t.elapsed().as_secs_f64();
+            scored
         };
-        report::write_json(files.state(), &state)?;
-        let b = best.as_ref().expect("at least one candidate");
-        pb.set_message(format!(
-            "best reward {:.5} (uniform {:.5}) FLOPs {:.1}% {:.2} cand/s",
-            b.reward,
-            uniform_rec.reward,
-            100.0 * b.policy.flops_fraction,
-            evaluated as f64 / elapsed.max(1e-9)
-        ));
-        pb.inc(1);
+        let new = fresh.len();
+        let mut first_use: std::collections::HashSet<Vec<usize>> = Default::default();
+        for (p, r) in fresh.iter().zip(results) {
+            self.cache.insert(p.kept.clone(), r);
+            first_use.insert(p.kept.clone());
+        }
+
+        let t = Instant::now();
+        let mut records = Vec::with_capacity(k);
+        for (i, (a, p)) in actions.into_iter().zip(projected).enumerate() {
+            let (reward, top1) = self.cache[&p.kept];
+            let cached = !first_use.remove(&p.kept);
+            self.agent.remember(Transition { action: a.clone(), reward: reward as f32 });
+            let rec = CandidateRecord {
+                episode: episode as i64,
+                index: i,
+                action: a.into_iter().map(f64::from).collect(),
+                policy: p,
+                reward,
+                top1,
+                cached,
+            };
+            if self.best.as_ref().is_none_or(|b| reward > b.reward) {
+                self.best = Some(rec.clone());
+            }
+            records.push(rec);
+        }
+        if learning {
+            if self.cfg.overlap_agent {
+                self.pending_updates = self.cfg.updates_per_episode;
+            } else {
+                train_agent(&mut self.agent, self.cfg.updates_per_episode, update_rng(self.cfg.seed, episode))?;
+            }
+        }
+        self.time.agent_s += t.elapsed().as_secs_f64();
+        self.evaluated += new;
+        self.episodes_done += 1;
+        Ok(records)
     }
-    pb.finish_and_clear();
-    let best = best.ok_or_else(|| Error::Invalid("the search evaluated no candidate".into()))?;
-    finish(base, dev, images, &pruner, cfg, files, &uniform_rec, best, evaluated, elapsed)
+
+    fn evaluate_fresh(&self, fresh: &[&Projected]) -> Result<Vec<(f64, Option<f64>)>> {
+        evaluate(&self.scorer, self.base, &self.pruner, self.report.as_ref(), &self.dev, fresh)
+    }
+
+    /// The best candidate as a policy and its compact net, with the BN statistics it was scored
+    /// with.
+    pub fn best_net(&self, source: &str) -> Result<(Policy, Model)> {
+        let best = self.best.as_ref().ok_or_else(|| Error::Invalid("the search evaluated no candidate".into()))?;
+        let policy = self.pruner.policy(self.base, &best.policy, &self.cfg.constraints, source);
+        let keep = self.pruner.keep_indices(&best.policy.kept)?;
+        let net = self.scorer.candidate(self.base, &self.pruner.groups, &keep)?;
+        Ok((policy, net))
+    }
+
+    /// The outcome so far: best candidate, uniform reference, counts, time breakdown.
+    pub fn outcome(&self, reward_accuracy_spearman: Option<f64>, best_policy: Policy) -> Result<SearchOutcome> {
+        let best = self.best.clone().ok_or_else(|| Error::Invalid("the search evaluated no candidate".into()))?;
+        let uniform = self.uniform.clone().ok_or_else(|| Error::Invalid("the search was not started".into()))?;
+        Ok(SearchOutcome {
+            best,
+            uniform,
+            evaluated: self.evaluated,
+            seconds: self.time.total_s,
+            candidates_per_second: self.time.candidates_per_second(self.evaluated),
+            time: self.time,
+            reward_accuracy_spearman,
+            best_policy,
+        })
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    base: &Model,
-    dev: &Device,
-    images: &Tensor,
-    pruner: &Pruner,
-    cfg: &SearchConfig,
-    files: &SearchFiles,
-    uniform: &CandidateRecord,
-    best: CandidateRecord,
-    evaluated: usize,
-    elapsed: f64,
-) -> Result<SearchOutcome> {
-    let source = match cfg.strategy {
-        Strategy::Ddpg => "lfgcl search",
-        Strategy::Random => "random search",
-    };
-    let policy = pruner.policy(base, &best.policy, &cfg.constraints, source);
-    let mut policy_json = serde_json::to_value(&policy).expect("policy serialises");
-    policy_json["reward"] = serde_json::json!(best.reward);
-    policy_json["uniform_reward"] = serde_json::json!(uniform.reward);
-    report::write_json(files.policy(), &policy_json)?;
-    let mut pruned = pruner.prune(base, dev, &best.policy.kept)?;
-    if cfg.reward.recalibrate_bn {
-        // Saved as it was scored: with BN statistics of the unlabeled images.
-        reward::recalibrate_bn(&mut pruned, dev, &dev.to_device(images)?)?;
-    }
-    crate::train::checkpoint::save(&pruned, files.pruned(), &policy_json)?;
-    let records: Vec<CandidateRecord> = report::read_jsonl(files.log())?;
-    let spearman = {
-        let with: Vec<&CandidateRecord> = records.iter().filter(|r| r.top1.is_some()).collect();
-        let x: Vec<f64> = with.iter().map(|r| r.reward).collect();
-        let y: Vec<f64> = with.iter().map(|r| r.top1.expect("filtered")).collect();
-        report::spearman(&x, &y)
-    };
-    plots(files, pruner, &records, uniform, &best, spearman)?;
-    let outcome = SearchOutcome {
-        best,
-        uniform: uniform.clone(),
-        evaluated,
-        seconds: elapsed,
-        candidates_per_second: evaluated as f64 / elapsed.max(1e-9),
-        reward_accuracy_spearman: spearman,
-        best_policy: policy,
-    };
-    report::write_json(
-        files.summary(),
-        &serde_json::json!({ "config": cfg, "outcome": &outcome, "device": dev.describe() }),
-    )?;
-    Ok(outcome)
-}
-
-fn plots(
-    files: &SearchFiles,
-    pruner: &Pruner,
-    records: &[CandidateRecord],
-    uniform: &CandidateRecord,
-    best: &CandidateRecord,
-    spearman: Option<f64>,
-) -> Result<()> {
-    let episodes = records.iter().map(|r| r.episode).max().unwrap_or(0).max(0) as usize + 1;
-    let (mut mean, mut best_so_far) = (Vec::new(), Vec::new());
-    let mut running = f64::NEG_INFINITY;
-    for e in 0..episodes {
-        let rs: Vec<f64> = records.iter().filter(|r| r.episode == e as i64).map(|r| r.reward).collect();
-        if rs.is_empty() {
-            continue;
-        }
-        running = running.max(rs.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
-        mean.push((e as f64, rs.iter().sum::<f64>() / rs.len() as f64));
-        best_so_far.push((e as f64, running));
-    }
-    LinePlot::new("LFGCL search: label-free reward per episode", "episode", "reward (-normalised feature MSE)")
-        .with_series(Series::new("episode mean", mean, SeriesStyle::Points))
-        .with_series(Series::line("best so far", best_so_far))
-        .with_hline(uniform.reward, "uniform pruning")
-        .save(files.dir.join("reward.svg"))?;
-    BarChart::new("Keep ratio per group: best policy vs uniform", "group", "keep ratio")
-        .with_categories(pruner.group_names())
-        .with_series("LFGCL best", best.policy.ratios.clone())
-        .with_series("uniform", uniform.policy.ratios.clone())
-        .save(files.dir.join("ratios.svg"))?;
-    if let Some(rho) = spearman {
-        let pts: Vec<(f64, f64)> = records.iter().filter_map(|r| r.top1.map(|a| (r.reward, 100.0 * a))).collect();
-        ScatterPlot {
-            title: "Label-free reward vs top-1 before fine-tuning".into(),
-            x_label: "reward".into(),
-            y_label: "top-1 (%)".into(),
-            points: pts,
-            annotation: Some(format!(
-                "Spearman rho = {rho:.3} over {} candidates",
-                records.iter().filter(|r| r.top1.is_some()).count()
-            )),
-        }
-        .save(files.dir.join("reward_vs_accuracy.svg"))?;
+fn train_agent(agent: &mut Agent, updates: usize, mut rng: StdRng) -> Result<()> {
+    for _ in 0..updates {
+        agent.update(&mut rng)?;
     }
     Ok(())
+}
+
+/// Rewards (and reported accuracies) of candidates none of which is in the cache.
+fn evaluate(
+    scorer: &Scorer,
+    base: &Model,
+    pruner: &Pruner,
+    report: Option<&AccuracyReport>,
+    dev: &Device,
+    fresh: &[&Projected],
+) -> Result<Vec<(f64, Option<f64>)>> {
+    let keeps: Vec<Vec<Vec<u32>>> = fresh.iter().map(|p| pruner.keep_indices(&p.kept)).collect::<Result<_>>()?;
+    let Some(r) = report else {
+        let rewards = scorer.score_batch(base, &pruner.groups, &keeps)?;
+        return Ok(rewards.into_iter().map(|x| (x, None)).collect());
+    };
+    // With the accuracy report each candidate is also classified, so it is built once for both.
+    let one = |keep: &Vec<Vec<u32>>| -> Result<(f64, Option<f64>)> {
+        let mut cand = scorer.candidate(base, &pruner.groups, keep)?;
+        let reward = scorer.score(&mut cand, keep)?;
+        Ok((reward, Some(top1(&mut cand, dev, &r.images, &r.labels)?)))
+    };
+    if dev.kind() == DeviceKind::Cpu {
+        keeps.par_iter().with_max_len(1).map(one).collect()
+    } else {
+        keeps.iter().map(one).collect()
+    }
 }

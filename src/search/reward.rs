@@ -4,10 +4,11 @@
 //! over the chosen feature taps. It is 0 for the unpruned net and falls as pruning changes what
 //! the net computes. No label is read.
 
-use crate::backend::Device;
+use crate::backend::{Device, DeviceKind};
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::{Mode, Op};
+use crate::prune::apply::apply;
 use crate::prune::groups::analyse;
 use crate::prune::ChannelGroup;
 use crate::tensor::Tensor;
@@ -109,6 +110,24 @@ pub fn recalibrate_bn(model: &mut Model, dev: &Device, images: &Tensor) -> Resul
     result
 }
 
+/// The compact net that keeps `keep[g]` channels of each group, with the batch-norm statistics
+/// the reward `cfg` scores it with (re-estimated on `images`, the normalised unlabeled batch
+/// already on `dev`, when the reward does so).
+pub fn scored_candidate(
+    base: &Model,
+    dev: &Device,
+    groups: &[ChannelGroup],
+    keep: &[Vec<u32>],
+    images: &Tensor,
+    cfg: &RewardConfig,
+) -> Result<Model> {
+    let mut cand = apply(base, dev, groups, keep)?;
+    if cfg.recalibrate_bn {
+        recalibrate_bn(&mut cand, dev, images)?;
+    }
+    Ok(cand)
+}
+
 impl Scorer {
     /// `images`: the normalised unlabeled batch `[N, C, H, W]` (any device). `groups`: the
     /// groups candidates may prune (to know which taps lose channels).
@@ -151,7 +170,13 @@ impl Scorer {
             let count = host.len() as f64;
             let mean = host.iter().map(|&v| v as f64).sum::<f64>() / count;
             let variance = host.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / count;
-            if variance <= 0.0 || !variance.is_finite() {
+            if !variance.is_finite() {
+                return Err(Error::Invalid(format!(
+                    "the baseline's features at {} are not finite on these images: the checkpoint's weights or the images hold NaN or infinite values",
+                    base.graph.nodes[node].name
+                )));
+            }
+            if variance <= 0.0 {
                 return Err(Error::Invalid(format!(
                     "the baseline's features at {} are constant on these images; the reward needs varied images",
                     base.graph.nodes[node].name
@@ -164,15 +189,17 @@ impl Scorer {
         Ok(Scorer { dev: dev.clone(), images, taps, cfg })
     }
 
-    pub fn images(&self) -> &Tensor {
-        &self.images
+    /// The compact candidate that keeps `keep[g]` channels of each group, with the batch-norm
+    /// statistics it is scored with (re-estimated on the unlabeled batch when the reward does
+    /// so). The one place where "prune, then re-estimate BN as it was scored" happens: the
+    /// search's scoring, its saved pruned net and the pipeline's "before fine-tuning" accuracy
+    /// all use it.
+    pub fn candidate(&self, base: &Model, groups: &[ChannelGroup], keep: &[Vec<u32>]) -> Result<Model> {
+        scored_candidate(base, &self.dev, groups, keep, &self.images, &self.cfg)
     }
 
-    /// The reward of a compact candidate that keeps `keep[g]` channels of each group.
+    /// The reward of a candidate built by [`Scorer::candidate`] with the same `keep`.
     pub fn score(&self, candidate: &mut Model, keep: &[Vec<u32>]) -> Result<f64> {
-        if self.cfg.recalibrate_bn {
-            recalibrate_bn(candidate, &self.dev, &self.images)?;
-        }
         let nodes: Vec<usize> = self.taps.iter().map(|t| t.node).collect();
         let (_, feats) = candidate.graph.forward_taps(&self.dev, self.dev.copy(&self.images)?, Mode::Eval, &nodes)?;
         let mut total = 0.0f64;
@@ -199,5 +226,32 @@ impl Scorer {
             total += nmse;
         }
         Ok(-total / self.taps.len() as f64)
+    }
+
+    /// Rewards of K candidates (`keeps[i]` for candidate i), equal bit for bit to scoring them
+    /// one by one. On the CPU the candidates run side by side on the thread pool (each forward
+    /// also uses the pool); on a GPU their weights are gathered together (`apply_batch`) and
+    /// their forward passes queued one after another on the device's stream.
+    pub fn score_batch(&self, base: &Model, groups: &[ChannelGroup], keeps: &[Vec<Vec<u32>>]) -> Result<Vec<f64>> {
+        let one = |keep: &Vec<Vec<u32>>| -> Result<f64> {
+            let mut cand = self.candidate(base, groups, keep)?;
+            self.score(&mut cand, keep)
+        };
+        if self.dev.kind() == DeviceKind::Cpu {
+            use rayon::prelude::*;
+            return keeps.par_iter().with_max_len(1).map(one).collect();
+        }
+        // On a device: every tensor of all K candidates gathered in one launch each, then the
+        // candidates' BN re-estimation and forward passes queued back to back.
+        let nets = crate::prune::apply::apply_batch(base, &self.dev, groups, keeps)?;
+        nets.into_iter()
+            .zip(keeps)
+            .map(|(mut cand, keep)| {
+                if self.cfg.recalibrate_bn {
+                    recalibrate_bn(&mut cand, &self.dev, &self.images)?;
+                }
+                self.score(&mut cand, keep)
+            })
+            .collect()
     }
 }

@@ -19,6 +19,9 @@ pub const LOG_FILE: &str = "train_log.jsonl";
 /// Written by callers once a run completes; removed when a run starts.
 pub const SUMMARY_FILE: &str = "summary.json";
 
+/// Called after each epoch with its log, the logs of the epochs before it and the model.
+pub type OnEpoch<'a> = dyn FnMut(&EpochLog, &[EpochLog], &Model) -> Result<()> + 'a;
+
 /// Where a run lives and how it starts.
 pub struct RunDir<'a> {
     pub dir: &'a Path,
@@ -113,7 +116,7 @@ pub fn fit_in_dir(
     cfg: &TrainConfig,
     objective: &mut Objective<'_>,
     run: &RunDir<'_>,
-    on_epoch: &mut dyn FnMut(&EpochLog, &[EpochLog], &Model) -> Result<()>,
+    on_epoch: &mut OnEpoch<'_>,
 ) -> Result<Vec<EpochLog>> {
     let _lock = DirLock::acquire(run.dir)?;
     let log_path = run.dir.join(LOG_FILE);

@@ -7,7 +7,10 @@
 //! reproducible bit for bit.
 
 use super::gemm::{sgemm, sgemm_layout, Layout};
-use crate::backend::ConvShape;
+use super::{host, ops, CpuBackend};
+use crate::backend::{ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 /// GEMM columns a chunk aims for in the forward and backward-data products.
@@ -313,6 +316,57 @@ pub fn forward_reference(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
         }
     }
     y
+}
+
+// ---- the trait ------------------------------------------------------------------------------
+
+impl ConvOps for CpuBackend {
+    fn conv2d_forward(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+        let s = ConvShape::new(x.dims(), w.dims(), spec)?;
+        let y =
+            if self.reference { forward_reference(host(x)?, host(w)?, &s) } else { forward(host(x)?, host(w)?, &s) };
+        Tensor::from_vec(&s.output_dims(), y)
+    }
+
+    fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
+        let s = ConvShape::backward_data(dy, w, x_dims, spec)?;
+        Tensor::from_vec(x_dims, backward_data(host(dy)?, host(w)?, &s))
+    }
+
+    fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
+        let s = ConvShape::backward_weight(dy, x, w_dims, spec)?;
+        Tensor::from_vec(w_dims, backward_weight(host(dy)?, host(x)?, &s))
+    }
+
+    /// The oracle of the fused path: exactly the unfused ops an eval-mode graph runs (conv, the
+    /// batch-norm affine, add, ReLU), so fusing never changes a CPU result.
+    fn conv2d_forward_fused(&self, x: &Tensor, w: &Tensor, spec: ConvSpec, epi: &ConvEpilogue) -> Result<Tensor> {
+        let s = ConvShape::fused(x, w, spec, epi)?;
+        let y = self.conv2d_forward(x, w, spec)?;
+        let hw = s.out_h * s.out_w;
+        let y = ops::batchnorm_eval(host(&y)?, s.c_out, hw, host(epi.scale)?, host(epi.shift)?);
+        let y = match epi.residual {
+            Some(r) if epi.relu => ops::map_binary(&y, host(r)?, |u, v| (u + v).max(0.0)),
+            Some(r) => ops::map_binary(&y, host(r)?, |u, v| u + v),
+            None if epi.relu => ops::map_unary(&y, |v| v.max(0.0)),
+            None => y,
+        };
+        Tensor::from_vec(&s.output_dims(), y)
+    }
+
+    fn set_conv_precision(&self, precision: Precision) -> Result<()> {
+        if precision != Precision::F32 {
+            return Err(Error::Invalid(format!(
+                "set_conv_precision: the CPU backend computes in f32 only ({} needs a CUDA device)",
+                precision.name()
+            )));
+        }
+        Ok(())
+    }
+
+    fn conv_precision(&self) -> Precision {
+        Precision::F32
+    }
 }
 
 #[cfg(test)]

@@ -114,25 +114,23 @@ pub fn batchnorm_train(
     BnTrainOut { y, mean, invstd }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_eval(
-    x: &[f32],
-    c: usize,
-    hw: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    running_mean: &[f32],
-    running_var: &[f32],
-    eps: f32,
-) -> Vec<f32> {
+/// Inference batch norm as `y = x*scale[c] + shift[c]`: `scale = gamma/sqrt(var+eps)`,
+/// `shift = beta - mean*scale`, computed in f64.
+pub fn batchnorm_fold(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let c = gamma.len();
     let mut scale = vec![0.0f32; c];
     let mut shift = vec![0.0f32; c];
     for ch in 0..c {
-        let inv = 1.0 / (running_var[ch] as f64 + eps as f64).sqrt();
+        let inv = 1.0 / (var[ch] as f64 + eps as f64).sqrt();
         scale[ch] = (gamma[ch] as f64 * inv) as f32;
-        shift[ch] = (beta[ch] as f64 - running_mean[ch] as f64 * gamma[ch] as f64 * inv) as f32;
+        shift[ch] = (beta[ch] as f64 - mean[ch] as f64 * gamma[ch] as f64 * inv) as f32;
     }
-    channel_affine(x, c, hw, &scale, &shift)
+    (scale, shift)
+}
+
+/// Inference batch norm over `[n, c, hw]`: the fold applied per channel.
+pub fn batchnorm_eval(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    channel_affine(x, c, hw, scale, shift)
 }
 
 pub struct BnBackwardOut {

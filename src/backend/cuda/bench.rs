@@ -24,7 +24,8 @@
 //! `candidates` candidates over `search_images` images of 64 x 8 x 8 final features.
 
 use super::{CudaBackend, GemmLayout, Precision};
-use crate::backend::{Backend, ConvShape, ConvSpec, SgdStep};
+use crate::backend::prelude::*;
+use crate::backend::{ConvShape, ConvSpec, SgdStep};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::driver::sys::CUevent_flags;

@@ -47,80 +47,12 @@ pub fn kernel_headers() -> &'static [(&'static str, &'static str)] {
     KERNEL_HEADERS
 }
 
-/// Every kernel the Rust side launches, as `(file, entry point)`. `Launch::new` checks its
-/// arguments against this list in debug builds, and the compile test checks that each entry
-/// point exists in the file's CUBIN, so a renamed kernel fails without a GPU.
-pub const KERNEL_ENTRY_POINTS: &[(&str, &str)] = &[
-    ("batchnorm.cu", "bn_stats_partial"),
-    ("batchnorm.cu", "bn_finalize"),
-    ("batchnorm.cu", "bn_apply"),
-    ("batchnorm.cu", "bn_bwd_partial"),
-    ("batchnorm.cu", "bn_bwd_finalize"),
-    ("batchnorm.cu", "bn_bwd_apply"),
-    ("batchnorm.cu", "bn_fold"),
-    ("conv.cu", "conv_splitk_reduce"),
-    ("conv.cu", "conv_fwd_f32_128x64"),
-    ("conv.cu", "conv_fwd_f32_64x64"),
-    ("conv.cu", "conv_fwd_f32_128x32"),
-    ("conv.cu", "conv_fwd_f32_64x32"),
-    ("conv.cu", "conv_fwd_f32_128x16"),
-    ("conv.cu", "conv_fwd_f32_32x32"),
-    ("conv.cu", "conv_bwdd_f32_128x64"),
-    ("conv.cu", "conv_bwdd_f32_64x64"),
-    ("conv.cu", "conv_bwdd_f32_128x32"),
-    ("conv.cu", "conv_bwdd_f32_64x32"),
-    ("conv.cu", "conv_bwdd_f32_128x16"),
-    ("conv.cu", "conv_bwdd_f32_32x32"),
-    ("conv.cu", "conv_bwdw_f32_64x64"),
-    ("conv.cu", "conv_bwdw_f32_32x64"),
-    ("conv.cu", "conv_bwdw_f32_16x64"),
-    ("conv_tc.cu", "conv_fwd_tf32_128x64"),
-    ("conv_tc.cu", "conv_fwd_tf32_64x64"),
-    ("conv_tc.cu", "conv_fwd_tf32_128x32"),
-    ("conv_tc.cu", "conv_fwd_tf32_128x16"),
-    ("conv_tc.cu", "conv_fwd_tf32_32x32"),
-    ("conv_tc.cu", "conv_bwdd_tf32_128x64"),
-    ("conv_tc.cu", "conv_bwdd_tf32_64x64"),
-    ("conv_tc.cu", "conv_bwdd_tf32_128x32"),
-    ("conv_tc.cu", "conv_bwdd_tf32_128x16"),
-    ("conv_tc.cu", "conv_bwdd_tf32_32x32"),
-    ("conv_tc.cu", "conv_fwd_bf16_128x64"),
-    ("conv_tc.cu", "conv_fwd_bf16_64x64"),
-    ("conv_tc.cu", "conv_fwd_bf16_128x32"),
-    ("conv_tc.cu", "conv_fwd_bf16_128x16"),
-    ("conv_tc.cu", "conv_fwd_bf16_32x32"),
-    ("conv_tc.cu", "conv_bwdd_bf16_128x64"),
-    ("conv_tc.cu", "conv_bwdd_bf16_64x64"),
-    ("conv_tc.cu", "conv_bwdd_bf16_128x32"),
-    ("conv_tc.cu", "conv_bwdd_bf16_128x16"),
-    ("conv_tc.cu", "conv_bwdd_bf16_32x32"),
-    ("elementwise.cu", "ew_relu"),
-    ("elementwise.cu", "ew_relu_bwd"),
-    ("elementwise.cu", "ew_add"),
-    ("elementwise.cu", "ew_add_relu"),
-    ("elementwise.cu", "ew_add_assign"),
-    ("elementwise.cu", "ew_scale"),
-    ("gather.cu", "index_select"),
-    ("gather.cu", "gather_batched"),
-    ("gemm.cu", "col_sum"),
-    ("gemm.cu", "sgemm_nn_128x128"),
-    ("gemm.cu", "sgemm_nt_128x128"),
-    ("gemm.cu", "sgemm_tn_128x128"),
-    ("gemm.cu", "sgemm_nn_64x64"),
-    ("gemm.cu", "sgemm_nt_64x64"),
-    ("gemm.cu", "sgemm_tn_64x64"),
-    ("loss.cu", "softmax_xent"),
-    ("loss.cu", "distill_kl"),
-    ("pool.cu", "maxpool_fwd"),
-    ("pool.cu", "maxpool_bwd"),
-    ("pool.cu", "avgpool_fwd"),
-    ("pool.cu", "avgpool_bwd"),
-    ("reduce.cu", "sqdiff_partial"),
-    ("reduce.cu", "sqdiff_final"),
-    ("sgd.cu", "sgd_step"),
-    ("shortcut.cu", "shortcut_fwd"),
-    ("shortcut.cu", "shortcut_bwd"),
-];
+/// Every kernel entry point of the embedded files, as `(file, entry point)`, read by `build.rs`
+/// from the `extern "C" __global__` declarations of `kernels/*.cu` (the names are declared
+/// there only). `Launch::new` checks its arguments against this list in debug builds, the unit
+/// tests check every name the launchers' tile tables use, and the compile test checks that each
+/// entry point exists in the file's CUBIN.
+pub const KERNEL_ENTRY_POINTS: &[(&str, &str)] = KERNEL_ENTRIES;
 
 /// What NVRTC produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -569,6 +501,28 @@ mod tests {
         assert_ne!(a, cache_key("a.cu", "x", &options_for((8, 0), ImageKind::Cubin), (12, 9), ImageKind::Cubin));
         assert_ne!(a, cache_key("a.cu", "x", &o, (13, 0), ImageKind::Cubin));
         assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn build_rs_reads_every_kernel_declaration() {
+        // Direct declarations and macro-made ones (conv tiles, SGEMM tiles) alike.
+        for want in [("batchnorm.cu", "bn_fold"), ("conv.cu", "conv_fwd_f32_128x64"), ("conv.cu", "conv_splitk_reduce")]
+        {
+            assert!(KERNEL_ENTRY_POINTS.contains(&want), "{want:?} missing");
+        }
+        for want in [("conv_tc.cu", "conv_bwdd_bf16_32x32"), ("gemm.cu", "sgemm_tn_64x64"), ("gemm.cu", "col_sum")] {
+            assert!(KERNEL_ENTRY_POINTS.contains(&want), "{want:?} missing");
+        }
+        for (file, _) in kernel_files() {
+            assert!(KERNEL_ENTRY_POINTS.iter().any(|(f, _)| f == file), "no kernel read from {file}");
+        }
+        let mut names: Vec<_> = KERNEL_ENTRY_POINTS.iter().map(|(_, n)| *n).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), KERNEL_ENTRY_POINTS.len(), "a kernel name is declared twice");
+        // No macro definition or stray text is mistaken for a name.
+        assert!(names.iter().all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')));
+        assert!(!names.contains(&"NAME"));
     }
 
     #[test]

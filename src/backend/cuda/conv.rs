@@ -1,65 +1,21 @@
-//! Launch helpers for `kernels/conv.cu` (exact f32 implicit GEMM) and `kernels/conv_tc.cu`
-//! (TF32 / BF16 tensor cores), including the inference conv with batch norm, residual add and
-//! ReLU folded into the epilogue.
+//! [`ConvOps`] on `kernels/conv.cu` (exact f32 implicit GEMM) and `kernels/conv_tc.cu` (TF32 /
+//! BF16 tensor cores), including the inference conv with batch norm, residual add and ReLU
+//! folded into the epilogue.
 
 use super::kernels::Launch;
 use super::{fits_i32, CudaBackend};
-use crate::backend::{ConvShape, ConvSpec};
+use crate::backend::{ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::{CudaSlice, DeviceRepr};
+use std::sync::atomic::Ordering;
 
-/// Arithmetic of the forward and backward-data convolutions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
-#[repr(u8)]
-pub enum Precision {
-    /// Exact f32 FMAs: the parity reference (max relative error vs CPU <= 1e-4).
-    #[default]
-    F32 = 0,
-    /// Tensor cores, inputs rounded to TF32 (10-bit mantissa), f32 accumulation.
-    Tf32 = 1,
-    /// Tensor cores, inputs rounded to BF16 (7-bit mantissa), f32 accumulation.
-    Bf16 = 2,
-}
-
-impl Precision {
-    pub(crate) fn from_u8(v: u8) -> Precision {
-        match v {
-            1 => Precision::Tf32,
-            2 => Precision::Bf16,
-            _ => Precision::F32,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Tf32 => "tf32",
-            Precision::Bf16 => "bf16",
-        }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" | "fp32" => Ok(Precision::F32),
-            "tf32" => Ok(Precision::Tf32),
-            "bf16" => Ok(Precision::Bf16),
-            other => Err(Error::Invalid(format!("unknown conv precision '{other}' (f32, tf32, bf16)"))),
-        }
-    }
-}
-
-/// What the inference conv applies to each output, in order: `v * scale[k] + shift[k]`
-/// (a folded batch norm, see [`CudaBackend::fold_batchnorm`], or a bias with `scale` = None),
-/// `+ residual` (same shape as the output), then `max(v, 0)` when `relu`.
+/// Device addresses of the epilogue operands (0 = absent): per-channel scale and shift, residual.
 #[derive(Clone, Copy, Default)]
-pub struct ConvEpilogue<'a> {
-    pub scale: Option<&'a Tensor>,
-    pub shift: Option<&'a Tensor>,
-    pub residual: Option<&'a Tensor>,
+pub(crate) struct EpiloguePtrs {
+    pub scale: u64,
+    pub shift: u64,
+    pub residual: u64,
     pub relu: bool,
 }
 
@@ -90,7 +46,7 @@ struct ConvParams {
 }
 // SAFETY: plain-old-data, `#[repr(C)]`, layout asserted equal to the kernel's struct.
 unsafe impl DeviceRepr for ConvParams {}
-const _: () = assert!(std::mem::size_of::<ConvParams>() == 104);
+assert_layout!(ConvParams, size 104, src @ 0, wgt @ 8, out @ 16, scale @ 24, shift @ 32, residual @ 40, n @ 48, src_c @ 52, src_h @ 56, src_w @ 60, out_c @ 64, out_h @ 68, out_w @ 72, r @ 76, s @ 80, stride @ 84, pad @ 88, relu @ 92, w_stride_n @ 96, w_stride_c @ 100);
 
 /// Mirror of `ConvBwdWParams` in conv.cu.
 #[repr(C)]
@@ -114,7 +70,7 @@ struct ConvBwdWParams {
 }
 // SAFETY: as above.
 unsafe impl DeviceRepr for ConvBwdWParams {}
-const _: () = assert!(std::mem::size_of::<ConvBwdWParams>() == 72);
+assert_layout!(ConvBwdWParams, size 72, x @ 0, dy @ 8, out @ 16, n @ 24, c @ 28, h @ 32, w @ 36, k @ 40, p @ 44, q @ 48, r @ 52, s @ 56, stride @ 60, pad @ 64, tiles_per_split @ 68);
 
 /// Mirror of `SplitKReduceParams` in conv.cu.
 #[repr(C)]
@@ -128,7 +84,7 @@ struct SplitKReduceParams {
 }
 // SAFETY: as above.
 unsafe impl DeviceRepr for SplitKReduceParams {}
-const _: () = assert!(std::mem::size_of::<SplitKReduceParams>() == 32);
+assert_layout!(SplitKReduceParams, size 32, parts @ 0, out @ 8, len @ 16, splits @ 24, _pad @ 28);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -286,75 +242,50 @@ impl CudaBackend {
         Launch::new(file, name, (grid_x, grid_y, 1), t.threads).run(&self.kernels, &self.stream, &p, what)
     }
 
-    /// Forward convolution with an explicit precision (the trait op uses the backend default).
+    /// Forward convolution with an explicit precision (the trait op uses the backend's setting).
     pub fn conv2d_forward_with(&self, x: &Tensor, w: &Tensor, spec: ConvSpec, precision: Precision) -> Result<Tensor> {
-        self.conv2d_fused(x, w, spec, &ConvEpilogue::default(), precision)
-    }
-
-    /// Inference convolution with the epilogue applied in the same kernel.
-    pub fn conv2d_fused(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        spec: ConvSpec,
-        epi: &ConvEpilogue,
-        precision: Precision,
-    ) -> Result<Tensor> {
         let shape = ConvShape::new(x.dims(), w.dims(), spec)?;
-        let dims = shape.output_dims();
-        let mut out = self.alloc::<f32>(dims.iter().product())?;
-        let pout = self.ptr_mut(&mut out);
-        self.conv_fused_raw(x, w, &shape, epi, precision, pout)?;
-        self.tensor(&dims, out)
+        self.conv_forward_alloc(x, w, &shape, EpiloguePtrs::default(), precision)
     }
 
-    /// [`CudaBackend::conv2d_fused`] writing into a preallocated output (for graph capture).
-    pub fn conv2d_fused_into(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        spec: ConvSpec,
-        epi: &ConvEpilogue,
-        precision: Precision,
-        out: &mut Tensor,
-    ) -> Result<()> {
-        let shape = ConvShape::new(x.dims(), w.dims(), spec)?;
-        out.expect_dims(&shape.output_dims(), "conv2d_fused_into output")?;
-        if let Some(r) = epi.residual {
-            if std::ptr::eq(r, out) {
-                return Err(Error::Invalid("conv2d_fused_into: residual and output must differ".into()));
-            }
-        }
-        let pout = self.ptr_mut(self.dev_mut(out, "conv2d_fused_into output")?);
-        self.conv_fused_raw(x, w, &shape, epi, precision, pout)
-    }
-
-    fn conv_fused_raw(
+    fn conv_forward_alloc(
         &self,
         x: &Tensor,
         w: &Tensor,
         shape: &ConvShape,
-        epi: &ConvEpilogue,
+        epi: EpiloguePtrs,
+        precision: Precision,
+    ) -> Result<Tensor> {
+        let dims = shape.output_dims();
+        let mut out = self.alloc::<f32>(dims.iter().product())?;
+        let pout = self.ptr_mut(&mut out);
+        self.conv_forward_raw(x, w, shape, epi, precision, pout)?;
+        self.tensor(&dims, out)
+    }
+
+    /// Device addresses of a checked epilogue.
+    pub(crate) fn epilogue_ptrs(&self, epi: &ConvEpilogue) -> Result<EpiloguePtrs> {
+        Ok(EpiloguePtrs {
+            scale: self.ptr(self.dev(epi.scale, "conv2d_forward_fused: scale")?),
+            shift: self.ptr(self.dev(epi.shift, "conv2d_forward_fused: shift")?),
+            residual: self.opt_ptr(epi.residual, "conv2d_forward_fused: residual")?,
+            relu: epi.relu,
+        })
+    }
+
+    /// Launches a forward conv of checked geometry into the buffer at `pout`.
+    pub(crate) fn conv_forward_raw(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        shape: &ConvShape,
+        epi: EpiloguePtrs,
         precision: Precision,
         pout: u64,
     ) -> Result<()> {
         check_sizes(shape, "conv2d_forward")?;
-        let k = shape.c_out;
-        for (t, name) in [(epi.scale, "scale"), (epi.shift, "shift")] {
-            if let Some(t) = t {
-                t.expect_dims(&[k], &format!("conv epilogue {name}"))?;
-            }
-        }
-        if let Some(r) = epi.residual {
-            r.expect_dims(&shape.output_dims(), "conv epilogue residual")?;
-        }
         let px = self.ptr(self.dev(x, "conv2d_forward input")?);
         let pw = self.ptr(self.dev(w, "conv2d_forward weight")?);
-        let epi_ptrs = [
-            self.opt_ptr(epi.scale, "conv epilogue scale")?,
-            self.opt_ptr(epi.shift, "conv epilogue shift")?,
-            self.opt_ptr(epi.residual, "conv epilogue residual")?,
-        ];
         let (xd, wd, stride, pad) = (x.dims().to_vec(), w.dims().to_vec(), shape.stride, shape.pad);
         let what = move || {
             format!(
@@ -364,7 +295,8 @@ impl CudaBackend {
                 fmt_dims(&wd)
             )
         };
-        self.launch_igemm(Mode::Forward, precision, shape, px, pw, pout, epi_ptrs, epi.relu, &what)
+        let ptrs = [epi.scale, epi.shift, epi.residual];
+        self.launch_igemm(Mode::Forward, precision, shape, px, pw, pout, ptrs, epi.relu, &what)
     }
 
     /// Backward-data convolution with an explicit precision.
@@ -376,8 +308,7 @@ impl CudaBackend {
         spec: ConvSpec,
         precision: Precision,
     ) -> Result<Tensor> {
-        let shape = ConvShape::new(x_dims, w.dims(), spec)?;
-        dy.expect_dims(&shape.output_dims(), "conv2d_backward_data dy")?;
+        let shape = ConvShape::backward_data(dy, w, x_dims, spec)?;
         check_sizes(&shape, "conv2d_backward_data")?;
         let pdy = self.ptr(self.dev(dy, "conv2d_backward_data dy")?);
         let pw = self.ptr(self.dev(w, "conv2d_backward_data weight")?);
@@ -401,15 +332,8 @@ impl CudaBackend {
 
     /// Backward-weight convolution (always exact f32): split-K implicit GEMM plus a fixed-order
     /// reduction of the splits.
-    pub(crate) fn conv_backward_weight(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        w_dims: &[usize],
-        spec: ConvSpec,
-    ) -> Result<Tensor> {
-        let shape = ConvShape::new(x.dims(), w_dims, spec)?;
-        dy.expect_dims(&shape.output_dims(), "conv2d_backward_weight dy")?;
+    fn conv_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
+        let shape = ConvShape::backward_weight(dy, x, w_dims, spec)?;
         check_sizes(&shape, "conv2d_backward_weight")?;
         let s = shape;
         let crs = s.c_in * s.kh * s.kw;
@@ -483,18 +407,35 @@ impl CudaBackend {
         }
         self.tensor(w_dims, dw)
     }
+}
 
-    /// Folds inference batch norm into the per-channel `(scale, shift)` of [`ConvEpilogue`]:
-    /// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean * scale`.
-    pub fn fold_batchnorm(
-        &self,
-        gamma: &Tensor,
-        beta: &Tensor,
-        mean: &Tensor,
-        var: &Tensor,
-        eps: f32,
-    ) -> Result<(Tensor, Tensor)> {
-        self.bn_fold(gamma, beta, mean, var, eps)
+impl ConvOps for CudaBackend {
+    fn conv2d_forward(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+        self.conv2d_forward_with(x, w, spec, self.conv_precision())
+    }
+
+    fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
+        self.conv2d_backward_data_with(dy, w, x_dims, spec, self.conv_precision())
+    }
+
+    fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
+        self.conv_backward_weight(dy, x, w_dims, spec)
+    }
+
+    /// One kernel: the epilogue runs on each output tile before it is stored.
+    fn conv2d_forward_fused(&self, x: &Tensor, w: &Tensor, spec: ConvSpec, epi: &ConvEpilogue) -> Result<Tensor> {
+        let shape = ConvShape::fused(x, w, spec, epi)?;
+        let ptrs = self.epilogue_ptrs(epi)?;
+        self.conv_forward_alloc(x, w, &shape, ptrs, self.conv_precision())
+    }
+
+    fn set_conv_precision(&self, precision: Precision) -> Result<()> {
+        self.precision.store(precision as u8, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn conv_precision(&self) -> Precision {
+        Precision::from_u8(self.precision.load(Ordering::Relaxed))
     }
 }
 
@@ -521,6 +462,23 @@ mod tests {
         assert_eq!(pick_tile(Precision::F32, 128 * 4, 512, 132).fwd, "conv_fwd_f32_64x32");
         assert_eq!(pick_tile(Precision::Tf32, 128 * 64, 64, 132).fwd, "conv_fwd_tf32_64x64");
         assert_eq!(pick_tile(Precision::Bf16, 8 * 64, 32, 132).bwd, "conv_bwdd_bf16_32x32");
+    }
+
+    #[test]
+    fn every_tile_names_a_declared_kernel() {
+        use crate::backend::cuda::compile::KERNEL_ENTRY_POINTS;
+        let lists = [F32_WIDE, F32_MID, F32_NARROW, TF32_WIDE, TF32_MID, TF32_NARROW, BF16_WIDE, BF16_MID, BF16_NARROW];
+        for (i, list) in lists.iter().enumerate() {
+            let file = if i < 3 { "conv.cu" } else { "conv_tc.cu" };
+            for t in list.iter() {
+                for name in [t.fwd, t.bwd] {
+                    assert!(KERNEL_ENTRY_POINTS.contains(&(file, name)), "{name} is not declared in {file}");
+                }
+            }
+        }
+        for name in ["conv_bwdw_f32_16x64", "conv_bwdw_f32_32x64", "conv_bwdw_f32_64x64", "conv_splitk_reduce"] {
+            assert!(KERNEL_ENTRY_POINTS.contains(&("conv.cu", name)), "{name} is not declared in conv.cu");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Launch helpers for `kernels/elementwise.cu`: ReLU, add, add+ReLU, add-assign, scale.
+//! [`ElementwiseOps`] on `kernels/elementwise.cu`: ReLU, add, add+ReLU, add-assign, scale.
 
 use super::kernels::Launch;
-use super::{same_dims, CudaBackend};
+use super::CudaBackend;
+use crate::backend::shape::same_dims;
+use crate::backend::ElementwiseOps;
 use crate::error::Result;
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::DeviceRepr;
@@ -21,7 +23,7 @@ struct EwParams {
 }
 // SAFETY: plain-old-data, `#[repr(C)]`, layout asserted equal to the kernel's struct.
 unsafe impl DeviceRepr for EwParams {}
-const _: () = assert!(std::mem::size_of::<EwParams>() == 40);
+assert_layout!(EwParams, size 40, a @ 0, b @ 8, out @ 16, n @ 24, s @ 32, vec4 @ 36);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -50,13 +52,13 @@ impl CudaBackend {
     }
 
     /// `out = op(a[, b])` into a new tensor.
-    pub(crate) fn ew_new(&self, op: Op, a: &Tensor, b: Option<&Tensor>, what: &str) -> Result<Tensor> {
+    fn ew_new(&self, op: Op, a: &Tensor, b: Option<&Tensor>, what: &str) -> Result<Tensor> {
         let mut out = self.alloc::<f32>(a.numel())?;
         self.ew_into_slice(op, a, b, &mut out, what)?;
         self.tensor(a.dims(), out)
     }
 
-    fn ew_into_slice(
+    pub(crate) fn ew_into_slice(
         &self,
         op: Op,
         a: &Tensor,
@@ -64,39 +66,36 @@ impl CudaBackend {
         out: &mut cudarc::driver::CudaSlice<f32>,
         what: &str,
     ) -> Result<()> {
+        if let Some(b) = b {
+            same_dims(a, b, what)?;
+        }
         let pa = self.ptr(self.dev(a, what)?);
-        let pb = match b {
-            Some(b) => {
-                same_dims(a, b, what)?;
-                self.ptr(self.dev(b, what)?)
-            }
-            None => 0,
-        };
+        let pb = self.opt_ptr(b, what)?;
         let n = a.numel();
         let p = EwParams { a: pa, b: pb, out: self.ptr_mut(out), n: n as i64, s: 0.0, vec4: (n % 4 == 0) as i32 };
         let dims = a.dims().to_vec();
         self.ew_launch(op.kernel(), p, &|| format!("{what} {}", fmt_dims(&dims)))
     }
+}
 
-    /// `out = op(a[, b])` into an existing tensor of the same shape (graph friendly).
-    pub fn elementwise_into(&self, op_name: &str, a: &Tensor, b: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
-        let op = match op_name {
-            "relu" => Op::Relu,
-            "relu_backward" => Op::ReluBackward,
-            "add" => Op::Add,
-            "add_relu" => Op::AddRelu,
-            other => {
-                return Err(crate::Error::Invalid(format!(
-                    "elementwise_into: unknown op '{other}' (relu, relu_backward, add, add_relu)"
-                )))
-            }
-        };
-        same_dims(a, out, "elementwise_into")?;
-        let slice = self.dev_mut(out, "elementwise_into")?;
-        self.ew_into_slice(op, a, b, slice, op_name)
+impl ElementwiseOps for CudaBackend {
+    fn relu_forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.ew_new(Op::Relu, x, None, "relu_forward")
     }
 
-    pub(crate) fn ew_add_assign(&self, acc: &mut Tensor, x: &Tensor) -> Result<()> {
+    fn relu_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+        self.ew_new(Op::ReluBackward, dy, Some(y), "relu_backward")
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.ew_new(Op::Add, a, Some(b), "add")
+    }
+
+    fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.ew_new(Op::AddRelu, a, Some(b), "add_relu")
+    }
+
+    fn add_assign(&self, acc: &mut Tensor, x: &Tensor) -> Result<()> {
         same_dims(acc, x, "add_assign")?;
         let n = acc.numel();
         let dims = acc.dims().to_vec();
@@ -106,7 +105,7 @@ impl CudaBackend {
         self.ew_launch("ew_add_assign", p, &|| format!("add_assign {}", fmt_dims(&dims)))
     }
 
-    pub(crate) fn ew_scale(&self, x: &mut Tensor, s: f32) -> Result<()> {
+    fn scale_inplace(&self, x: &mut Tensor, s: f32) -> Result<()> {
         let n = x.numel();
         let dims = x.dims().to_vec();
         let px = self.ptr_mut(self.dev_mut(x, "scale_inplace")?);

@@ -1,8 +1,10 @@
-//! Launch helpers for `kernels/gather.cu`: `index_select` along any axis, and the batched gather
-//! that packs the kept channels of K pruning candidates in one launch.
+//! Launch helpers for `kernels/gather.cu`: the batched gather that packs the kept entries of K
+//! pruning candidates in one launch (plans of index lists, uploaded once). `index_select` and
+//! `gather_candidates` (`search.rs`) launch through here.
 
 use super::kernels::Launch;
 use super::{fits_i32, CudaBackend};
+use crate::backend::shape::IndexSelectShape;
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::{CudaSlice, DeviceRepr};
@@ -25,7 +27,7 @@ struct IndexSelectParams {
 }
 // SAFETY: plain-old-data, `#[repr(C)]`, layout asserted equal to the kernel's struct.
 unsafe impl DeviceRepr for IndexSelectParams {}
-const _: () = assert!(std::mem::size_of::<IndexSelectParams>() == 56);
+assert_layout!(IndexSelectParams, size 56, x @ 0, idx @ 8, out @ 16, total @ 24, inner @ 32, outer @ 40, dim @ 44, nidx @ 48, vec4 @ 52);
 
 /// Mirror of `GatherBatchParams` in gather.cu.
 #[repr(C)]
@@ -43,7 +45,7 @@ struct GatherBatchParams {
 }
 // SAFETY: as above.
 unsafe impl DeviceRepr for GatherBatchParams {}
-const _: () = assert!(std::mem::size_of::<GatherBatchParams>() == 56);
+assert_layout!(GatherBatchParams, size 56, x @ 0, meta @ 8, lists @ 16, out @ 24, inner @ 32, outer @ 40, d0 @ 44, d1 @ 48, k @ 52);
 
 /// How the source of a batched gather is viewed: `[outer, d0, d1, inner]`, rows picked along
 /// `d0` and columns along `d1`.
@@ -75,14 +77,6 @@ impl GatherView {
             return Err(Error::Shape(format!("gather: activations must be [N, C, ...], got {}", fmt_dims(dims))));
         }
         Ok(GatherView { outer: dims[0], d0: dims[1], d1: 1, inner: dims[2..].iter().product() })
-    }
-
-    /// Linear weights `[out, in]`.
-    pub fn linear_weight(dims: &[usize]) -> Result<GatherView> {
-        match dims {
-            [o, i] => Ok(GatherView { outer: 1, d0: *o, d1: *i, inner: 1 }),
-            _ => Err(Error::Shape(format!("gather: linear weight must be [out, in], got {}", fmt_dims(dims)))),
-        }
     }
 
     fn numel(&self) -> usize {
@@ -124,42 +118,16 @@ impl GatherPlan {
     }
 }
 
-/// K compact tensors packed back to back in one device buffer.
-pub struct Packed {
-    /// All candidates, flat: `[total]`.
-    pub data: Tensor,
-    /// Start of each candidate in `data`, in elements; `offsets[K]` is the total.
-    pub offsets: Vec<usize>,
-    /// Shape of each candidate (the view's `[outer, rows, cols, inner]` folded back to the
-    /// source's rank by the convenience constructors).
-    pub dims: Vec<Vec<usize>>,
-}
-
-impl Packed {
-    pub fn len(&self) -> usize {
-        self.dims.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.dims.is_empty()
-    }
-}
-
 impl CudaBackend {
-    pub(crate) fn index_select_impl(&self, x: &Tensor, axis: usize, index: &[u32]) -> Result<Tensor> {
-        if axis >= x.rank() {
-            return Err(Error::Shape(format!("index_select: axis {axis} out of range for {}", fmt_dims(x.dims()))));
-        }
-        let dim = x.dim(axis);
-        if let Some((i, &v)) = index.iter().enumerate().find(|(_, &v)| v as usize >= dim) {
-            return Err(Error::Invalid(format!(
-                "index_select: index {v} at position {i} is out of range for axis {axis} of {}",
-                fmt_dims(x.dims())
-            )));
-        }
-        let outer: usize = x.dims()[..axis].iter().product();
-        let inner: usize = x.dims()[axis + 1..].iter().product();
-        let mut dims = x.dims().to_vec();
-        dims[axis] = index.len();
+    /// Launches `index_select` of checked geometry.
+    pub(crate) fn index_select_launch(
+        &self,
+        x: &Tensor,
+        s: &IndexSelectShape,
+        axis: usize,
+        index: &[u32],
+    ) -> Result<Tensor> {
+        let IndexSelectShape { outer, len: dim, inner, ref out_dims } = *s;
         let total = outer * index.len() * inner;
         fits_i32(total.max(x.numel()), "index_select")?;
         let idx = self.upload(index, "index_select indices")?;
@@ -181,7 +149,7 @@ impl CudaBackend {
         Launch::linear(FILE, "index_select", work, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
             format!("index_select {} axis {axis} ({} indices)", fmt_dims(&xd), index.len())
         })?;
-        self.tensor(&dims, y)
+        self.tensor(out_dims, y)
     }
 
     /// Checks and uploads the index lists of K candidates (`rows[i]` along `d0`, `cols[i]` along
@@ -286,65 +254,15 @@ impl CudaBackend {
             .run(&self.kernels, &self.stream, &p, &|| format!("gather_batched {} for {k} candidates", fmt_dims(&xd)))
     }
 
-    /// Gathers `x` for K candidates in one launch: candidate `i` keeps `rows[i]` along the view's
-    /// `d0` and `cols[i]` along `d1`. `fold` maps a candidate's `[outer, rows, cols, inner]` to
-    /// the dims reported in [`Packed::dims`].
-    pub fn gather_batched(
-        &self,
-        x: &Tensor,
-        view: GatherView,
-        rows: &[&[u32]],
-        cols: &[&[u32]],
-        fold: impl Fn([usize; 4]) -> Vec<usize>,
-    ) -> Result<Packed> {
-        let plan = self.plan_gather(view, rows, cols)?;
-        let data = self.gather_with_plan(&plan, x)?;
-        let dims = plan.shapes.iter().map(|&s| fold(s)).collect();
-        Ok(Packed { data, offsets: plan.offsets.clone(), dims })
-    }
-
-    /// Conv weights `[K, C, R, S]` of K candidates: `out_idx[i]` output channels and
-    /// `in_idx[i]` input channels each; candidate `i` gets `[|out_idx[i]|, |in_idx[i]|, R, S]`.
-    pub fn gather_conv_weights(&self, w: &Tensor, out_idx: &[&[u32]], in_idx: &[&[u32]]) -> Result<Packed> {
-        let view = GatherView::conv_weight(w.dims())?;
-        let (r, s) = (w.dim(2), w.dim(3));
-        self.gather_batched(w, view, out_idx, in_idx, |sh| vec![sh[1], sh[2], r, s])
-    }
-
-    /// Per-channel vectors `[C]` of K candidates (batch norm parameters, biases).
-    pub fn gather_channel_params(&self, v: &Tensor, idx: &[&[u32]]) -> Result<Packed> {
-        v.expect_rank(1, "gather_channel_params")?;
-        let zero: &[u32] = &[0];
-        let cols = vec![zero; idx.len()];
-        self.gather_batched(v, GatherView::channels(v.numel()), idx, &cols, |sh| vec![sh[1]])
-    }
-
-    /// Activations `[N, C, ...]` of K candidates, channels along axis 1.
-    pub fn gather_activations(&self, x: &Tensor, idx: &[&[u32]]) -> Result<Packed> {
-        let view = GatherView::activations(x.dims())?;
-        let rest = x.dims()[2..].to_vec();
-        let zero: &[u32] = &[0];
-        let cols = vec![zero; idx.len()];
-        self.gather_batched(x, view, idx, &cols, |sh| {
-            let mut d = vec![sh[0], sh[1]];
-            d.extend_from_slice(&rest);
-            d
-        })
-    }
-
-    /// Copies candidate `i` of a packed buffer into its own tensor.
-    pub fn unpack(&self, packed: &Packed, i: usize) -> Result<Tensor> {
-        let (start, end) = match (packed.offsets.get(i), packed.offsets.get(i + 1)) {
-            (Some(&a), Some(&b)) => (a, b),
-            _ => return Err(Error::Invalid(format!("unpack: no candidate {i} (have {})", packed.len()))),
-        };
-        let src = self.dev(&packed.data, "unpack")?;
+    /// Copies elements `start..end` of a packed buffer into a tensor of `dims`.
+    pub(crate) fn unpack_range(&self, packed: &Tensor, start: usize, end: usize, dims: &[usize]) -> Result<Tensor> {
+        let src = self.dev(packed, "unpack")?;
         let mut out = self.alloc::<f32>(end - start)?;
         if end > start {
             self.stream
                 .memcpy_dtod(&src.slice(start..end), &mut out)
-                .map_err(|e| Error::Cuda(format!("unpack candidate {i}: {e:?}")))?;
+                .map_err(|e| Error::Cuda(format!("unpack {start}..{end}: {e:?}")))?;
         }
-        self.tensor(&packed.dims[i], out)
+        self.tensor(dims, out)
     }
 }

@@ -1,9 +1,10 @@
-//! Launch helpers for `kernels/gemm.cu`: tiled SGEMM for the fully connected layers (and the
+//! [`LinearOps`] on `kernels/gemm.cu`: tiled SGEMM for the fully connected layers (and the
 //! benchmark's f32 peak), plus the column sum that gives the bias gradient.
 
 use super::kernels::Launch;
 use super::{fits_i32, CudaBackend};
-use crate::backend::LinearGrads;
+use crate::backend::shape::LinearShape;
+use crate::backend::{LinearGrads, LinearOps};
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::{CudaSlice, DeviceRepr};
@@ -29,7 +30,7 @@ struct GemmParams {
 }
 // SAFETY: plain-old-data, `#[repr(C)]`, layout asserted equal to the kernel's struct.
 unsafe impl DeviceRepr for GemmParams {}
-const _: () = assert!(std::mem::size_of::<GemmParams>() == 64);
+assert_layout!(GemmParams, size 64, a @ 0, b @ 8, c @ 16, bias @ 24, m @ 32, n @ 36, k @ 40, lda @ 44, ldb @ 48, ldc @ 52, _pad0 @ 56, _pad1 @ 60);
 
 /// Mirror of `ColSumParams` in gemm.cu.
 #[repr(C)]
@@ -42,7 +43,7 @@ struct ColSumParams {
 }
 // SAFETY: as above.
 unsafe impl DeviceRepr for ColSumParams {}
-const _: () = assert!(std::mem::size_of::<ColSumParams>() == 24);
+assert_layout!(ColSumParams, size 24, x @ 0, out @ 8, rows @ 16, cols @ 20);
 
 /// Which operands are stored transposed: `op(A)[m,k]` is `A[k*lda+m]` when `ta`, and
 /// `op(B)[k,n]` is `B[n*ldb+k]` when `tb`.
@@ -133,39 +134,8 @@ impl CudaBackend {
         self.gemm_raw(layout, m, n, k, pa, lda, pb, ldb, pc, n, 0, &|| format!("sgemm {layout:?} {m}x{n}x{k}"))
     }
 
-    pub(crate) fn linear_fwd(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        let (n, out) = self.linear_check(x, w, b)?;
-        let mut y = self.alloc::<f32>(n * out)?;
-        let py = self.ptr_mut(&mut y);
-        self.linear_fwd_raw(x, w, b, py)?;
-        self.tensor(&[n, out], y)
-    }
-
-    /// `y = x w^T + b` into a preallocated `[N, out]` output (graph friendly).
-    pub fn linear_forward_into(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
-        let (n, o) = self.linear_check(x, w, b)?;
-        out.expect_dims(&[n, o], "linear_forward_into output")?;
-        let py = self.ptr_mut(self.dev_mut(out, "linear_forward_into output")?);
-        self.linear_fwd_raw(x, w, b, py)
-    }
-
-    fn linear_check(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize, usize)> {
-        x.expect_rank(2, "linear input")?;
-        w.expect_rank(2, "linear weight")?;
-        if x.dim(1) != w.dim(1) {
-            return Err(Error::Shape(format!(
-                "linear: input {} does not match weight {}",
-                fmt_dims(x.dims()),
-                fmt_dims(w.dims())
-            )));
-        }
-        if let Some(b) = b {
-            b.expect_dims(&[w.dim(0)], "linear bias")?;
-        }
-        Ok((x.dim(0), w.dim(0)))
-    }
-
-    fn linear_fwd_raw(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, py: u64) -> Result<()> {
+    /// `y = x w^T + b` of checked geometry into the buffer at `py`.
+    pub(crate) fn linear_fwd_raw(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, py: u64) -> Result<()> {
         let (n, inp, out) = (x.dim(0), x.dim(1), w.dim(0));
         let px = self.ptr(self.dev(x, "linear input")?);
         let pw = self.ptr(self.dev(w, "linear weight")?);
@@ -175,11 +145,19 @@ impl CudaBackend {
             format!("linear_forward x {} w {}", fmt_dims(&xd), fmt_dims(&wd))
         })
     }
+}
 
-    pub(crate) fn linear_bwd(&self, dy: &Tensor, x: &Tensor, w: &Tensor, with_bias: bool) -> Result<LinearGrads> {
-        let (n, out) = self.linear_check(x, w, None)?;
-        let inp = x.dim(1);
-        dy.expect_dims(&[n, out], "linear_backward dy")?;
+impl LinearOps for CudaBackend {
+    fn linear_forward(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let s = LinearShape::forward(x, w, b)?;
+        let mut y = self.alloc::<f32>(s.n * s.fout)?;
+        let py = self.ptr_mut(&mut y);
+        self.linear_fwd_raw(x, w, b, py)?;
+        self.tensor(&[s.n, s.fout], y)
+    }
+
+    fn linear_backward(&self, dy: &Tensor, x: &Tensor, w: &Tensor, with_bias: bool) -> Result<LinearGrads> {
+        let LinearShape { n, fin: inp, fout: out } = LinearShape::backward(dy, x, w)?;
         let pdy = self.ptr(self.dev(dy, "linear_backward dy")?);
         let px = self.ptr(self.dev(x, "linear_backward x")?);
         let pw = self.ptr(self.dev(w, "linear_backward w")?);
@@ -207,5 +185,22 @@ impl CudaBackend {
             None
         };
         Ok(LinearGrads { dx: self.tensor(&[n, inp], dx)?, dw: self.tensor(&[out, inp], dw)?, db })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gemm_kernel, GemmLayout};
+    use crate::backend::cuda::compile::KERNEL_ENTRY_POINTS;
+
+    #[test]
+    fn every_gemm_tile_names_a_declared_kernel() {
+        for layout in [GemmLayout::NN, GemmLayout::NT, GemmLayout::TN] {
+            for (m, n) in [(1, 1), (4096, 4096)] {
+                let (name, _) = gemm_kernel(layout, m, n, 132);
+                assert!(KERNEL_ENTRY_POINTS.contains(&("gemm.cu", name)), "{name} is not declared in gemm.cu");
+            }
+        }
+        assert!(KERNEL_ENTRY_POINTS.contains(&("gemm.cu", "col_sum")));
     }
 }

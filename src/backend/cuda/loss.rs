@@ -1,10 +1,11 @@
-//! Launch helpers for `kernels/loss.cu` (softmax cross-entropy, distillation KL) and the MSE
+//! [`LossOps`] on `kernels/loss.cu` (softmax cross-entropy, distillation KL) and the MSE
 //! loss (which reuses the feature-MSE reduction of `kernels/reduce.cu`).
 
 use super::kernels::Launch;
-use super::{fits_i32, same_dims, CudaBackend};
-use crate::backend::CrossEntropy;
-use crate::error::{Error, Result};
+use super::{fits_i32, CudaBackend};
+use crate::backend::shape::{same_dims, LossShape};
+use crate::backend::{CrossEntropy, LossOps};
+use crate::error::Result;
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::DeviceRepr;
 
@@ -25,7 +26,7 @@ struct XentParams {
 }
 // SAFETY: plain-old-data, `#[repr(C)]`, layout asserted equal to the kernel's struct.
 unsafe impl DeviceRepr for XentParams {}
-const _: () = assert!(std::mem::size_of::<XentParams>() == 48);
+assert_layout!(XentParams, size 48, logits @ 0, labels @ 8, dlogits @ 16, stats @ 24, n @ 32, classes @ 36, inv_n @ 40, _pad @ 44);
 
 /// Mirror of `KlParams` in loss.cu.
 #[repr(C)]
@@ -42,27 +43,12 @@ struct KlParams {
 }
 // SAFETY: as above.
 unsafe impl DeviceRepr for KlParams {}
-const _: () = assert!(std::mem::size_of::<KlParams>() == 48);
+assert_layout!(KlParams, size 48, student @ 0, teacher @ 8, grad @ 16, row_kl @ 24, n @ 32, classes @ 36, inv_t @ 40, grad_scale @ 44);
 
-fn logits_geometry(t: &Tensor, what: &str) -> Result<(usize, usize)> {
-    t.expect_rank(2, what)?;
-    let (n, classes) = (t.dim(0), t.dim(1));
-    if classes == 0 {
-        return Err(Error::Shape(format!("{what}: no classes in {}", fmt_dims(t.dims()))));
-    }
-    fits_i32(t.numel(), what)?;
-    Ok((n, classes))
-}
-
-impl CudaBackend {
-    pub(crate) fn xent(&self, logits: &Tensor, labels: &[u32]) -> Result<CrossEntropy> {
-        let (n, classes) = logits_geometry(logits, "softmax_cross_entropy logits")?;
-        if labels.len() != n {
-            return Err(Error::Shape(format!("softmax_cross_entropy: {} labels for {n} rows", labels.len())));
-        }
-        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
-            return Err(Error::Invalid(format!("softmax_cross_entropy: label {l} of row {i} is not below {classes}")));
-        }
+impl LossOps for CudaBackend {
+    fn softmax_cross_entropy(&self, logits: &Tensor, labels: &[u32]) -> Result<CrossEntropy> {
+        let LossShape { n, classes } = LossShape::cross_entropy(logits, labels)?;
+        fits_i32(logits.numel(), "softmax_cross_entropy")?;
         let dev_labels = self.upload(labels, "softmax_cross_entropy labels")?;
         let mut dlogits = self.alloc::<f32>(n * classes)?;
         let mut stats = self.alloc::<f32>(2 * n)?;
@@ -88,12 +74,9 @@ impl CudaBackend {
         Ok(CrossEntropy { loss, dlogits: self.tensor(logits.dims(), dlogits)?, correct })
     }
 
-    pub(crate) fn kl(&self, student: &Tensor, teacher: &Tensor, temperature: f32) -> Result<(f32, Tensor)> {
-        let (n, classes) = logits_geometry(student, "distill_kl student")?;
-        same_dims(student, teacher, "distill_kl student vs teacher")?;
-        if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(Error::Invalid(format!("distill_kl: temperature must be positive, got {temperature}")));
-        }
+    fn distill_kl(&self, student: &Tensor, teacher: &Tensor, temperature: f32) -> Result<(f32, Tensor)> {
+        let LossShape { n, classes } = LossShape::distill(student, teacher, temperature)?;
+        fits_i32(student.numel(), "distill_kl")?;
         let mut grad = self.alloc::<f32>(n * classes)?;
         let mut row_kl = self.alloc::<f32>(n)?;
         let p = KlParams {
@@ -116,8 +99,8 @@ impl CudaBackend {
         Ok((loss, self.tensor(student.dims(), grad)?))
     }
 
-    pub(crate) fn mse(&self, x: &Tensor, target: &Tensor) -> Result<(f32, Tensor)> {
-        same_dims(x, target, "mse_loss x vs target")?;
+    fn mse_loss(&self, x: &Tensor, target: &Tensor) -> Result<(f32, Tensor)> {
+        same_dims(x, target, "mse_loss")?;
         let m = x.numel();
         let mut grad = self.alloc::<f32>(m)?;
         let scale = if m > 0 { 2.0 / m as f32 } else { 0.0 };

@@ -13,39 +13,57 @@
 //!   when the driver, a device or NVRTC is missing, so `backend::select(Auto)` falls back to the
 //!   CPU.
 //!
-//! Beyond the [`Backend`] trait: a per-call conv precision ([`Precision`]: exact f32, TF32 or
-//! BF16 tensor cores), an inference conv with batch norm, residual add and ReLU folded into its
-//! epilogue, batched masked gathers for K pruning candidates, a feature MSE for K candidates in
-//! one launch, `*_into` variants writing preallocated outputs, and CUDA graph capture/replay for
-//! fixed-shape inference ([`CudaBackend::capture`]).
+//! - Each op family's trait of [`crate::backend`] is implemented in the family's file (`conv.rs`,
+//!   `norm.rs`, `elementwise.rs`, `pool.rs`, `shortcut.rs`, `linear.rs`, `loss.rs`, `sgd.rs`,
+//!   `search.rs`) under the trait's own method names; shapes are checked once, by the geometry
+//!   types of [`crate::backend::shape`], exactly as on the CPU. `gather.rs` and `reduce.rs` hold
+//!   the batched-gather and squared-difference launch helpers the search ops use.
+//! - Kernel entry points are read from `kernels/*.cu` by `build.rs` ([`compile::KERNEL_ENTRY_POINTS`]).
+//! - Through the traits: conv precision ([`Precision`]: exact f32, TF32 or BF16 tensor cores),
+//!   the inference conv with folded batch norm, residual add and ReLU in its epilogue
+//!   (`conv2d_forward_fused`), the batched gather of K candidates (`gather_candidates`) and the
+//!   feature MSE of K candidates in one launch (`feature_mse`).
+//! - [`experimental`]: CUDA graph capture/replay and the `*_into` variants it needs; tested and
+//!   benchmarked, not used by the product.
+
+/// Compile-time layout check of a kernel parameter struct against its `.cu` definition: the size
+/// and every field's offset, the same numbers the `.cu` side asserts with `static_assert(sizeof)`
+/// and `LF_OFFSET` (so swapping two fields of the same size fails to build on both sides).
+macro_rules! assert_layout {
+    ($t:ty, size $size:expr, $($field:ident @ $off:expr),+ $(,)?) => {
+        const _: () = {
+            assert!(std::mem::size_of::<$t>() == $size);
+            $(assert!(std::mem::offset_of!($t, $field) == $off);)+
+        };
+    };
+}
 
 pub mod bench;
 pub mod compile;
 mod conv;
-mod elementwise;
+pub(crate) mod elementwise;
+pub mod experimental;
 mod gather;
-mod graph;
 mod kernels;
 mod linear;
 mod loss;
 mod norm;
 mod pool;
 mod reduce;
+mod search;
 mod sgd;
 mod shortcut;
 
-pub use conv::{ConvEpilogue, Precision};
-pub use gather::{GatherPlan, GatherView, Packed};
-pub use graph::CudaGraphHandle;
+pub use crate::backend::Precision;
+pub use gather::{GatherPlan, GatherView};
 pub use linear::GemmLayout;
 
-pub(crate) use crate::backend::shape::same_dims;
-use crate::backend::*;
+use crate::backend::{DeviceKind, Memory};
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Storage, Tensor};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use kernels::Kernels;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex};
 
 /// What was found about the device when the backend opened it.
@@ -183,16 +201,6 @@ impl CudaBackend {
         self.kernels.load_all()
     }
 
-    /// Precision of the convolutions run through the [`Backend`] trait (forward and
-    /// backward-data; backward-weight is always exact f32). Default [`Precision::F32`].
-    pub fn set_conv_precision(&self, p: Precision) {
-        self.precision.store(p as u8, Ordering::Relaxed);
-    }
-
-    pub fn conv_precision(&self) -> Precision {
-        Precision::from_u8(self.precision.load(Ordering::Relaxed))
-    }
-
     // ---- buffers ------------------------------------------------------------------------------
 
     /// The device buffer of `t`, checked to belong to this backend's stream.
@@ -307,7 +315,7 @@ pub(crate) fn fits_i32(n: usize, what: &str) -> Result<i32> {
         .map_err(|_| Error::Invalid(format!("{what}: {n} is too large for the GPU kernels (max {})", i32::MAX)))
 }
 
-impl Backend for CudaBackend {
+impl Memory for CudaBackend {
     fn kind(&self) -> DeviceKind {
         DeviceKind::Cuda
     }
@@ -324,6 +332,11 @@ impl Backend for CudaBackend {
             i.nvrtc_version.0,
             i.nvrtc_version.1
         )
+    }
+
+    fn free_memory(&self) -> Result<Option<usize>> {
+        let (free, _total) = self.ctx.mem_get_info().map_err(driver_err("reading free device memory"))?;
+        Ok(Some(free))
     }
 
     fn zeros(&self, dims: &[usize]) -> Result<Tensor> {
@@ -381,126 +394,5 @@ impl Backend for CudaBackend {
         end.record(&self.stream).map_err(ev("recording the end"))?;
         let ms = start.elapsed_ms(&end).map_err(ev("reading the elapsed time"))?;
         Ok(ms as f64)
-    }
-
-    fn conv2d_forward(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
-        self.conv2d_forward_with(x, w, spec, self.conv_precision())
-    }
-
-    fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
-        self.conv2d_backward_data_with(dy, w, x_dims, spec, self.conv_precision())
-    }
-
-    fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
-        self.conv_backward_weight(dy, x, w_dims, spec)
-    }
-
-    fn batchnorm_forward_train(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-        momentum: f32,
-        eps: f32,
-    ) -> Result<(Tensor, BnSaved)> {
-        self.bn_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps)
-    }
-
-    fn batchnorm_forward_eval(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &Tensor,
-        running_var: &Tensor,
-        eps: f32,
-    ) -> Result<Tensor> {
-        self.bn_forward_eval(x, gamma, beta, running_mean, running_var, eps)
-    }
-
-    fn batchnorm_backward(&self, dy: &Tensor, x: &Tensor, gamma: &Tensor, saved: &BnSaved) -> Result<BnGrads> {
-        self.bn_backward(dy, x, gamma, saved)
-    }
-
-    fn relu_forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.ew_new(elementwise::Op::Relu, x, None, "relu_forward")
-    }
-
-    fn relu_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-        self.ew_new(elementwise::Op::ReluBackward, dy, Some(y), "relu_backward")
-    }
-
-    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        self.ew_new(elementwise::Op::Add, a, Some(b), "add")
-    }
-
-    fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        self.ew_new(elementwise::Op::AddRelu, a, Some(b), "add_relu")
-    }
-
-    fn add_assign(&self, acc: &mut Tensor, x: &Tensor) -> Result<()> {
-        self.ew_add_assign(acc, x)
-    }
-
-    fn scale_inplace(&self, x: &mut Tensor, s: f32) -> Result<()> {
-        self.ew_scale(x, s)
-    }
-
-    fn shortcut_forward(&self, x: &Tensor, src: &[i32], stride: usize) -> Result<Tensor> {
-        self.shortcut_fwd(x, src, stride)
-    }
-
-    fn shortcut_backward(&self, dy: &Tensor, src: &[i32], stride: usize, x_dims: &[usize]) -> Result<Tensor> {
-        self.shortcut_bwd(dy, src, stride, x_dims)
-    }
-
-    fn maxpool_forward(&self, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
-        self.maxpool_fwd(x, kernel, stride)
-    }
-
-    fn maxpool_backward(&self, dy: &Tensor, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
-        self.maxpool_bwd(dy, x, kernel, stride)
-    }
-
-    fn global_avgpool_forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.avgpool_fwd(x)
-    }
-
-    fn global_avgpool_backward(&self, dy: &Tensor, x_dims: &[usize]) -> Result<Tensor> {
-        self.avgpool_bwd(dy, x_dims)
-    }
-
-    fn linear_forward(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        self.linear_fwd(x, w, b)
-    }
-
-    fn linear_backward(&self, dy: &Tensor, x: &Tensor, w: &Tensor, with_bias: bool) -> Result<LinearGrads> {
-        self.linear_bwd(dy, x, w, with_bias)
-    }
-
-    fn softmax_cross_entropy(&self, logits: &Tensor, labels: &[u32]) -> Result<CrossEntropy> {
-        self.xent(logits, labels)
-    }
-
-    fn distill_kl(&self, student: &Tensor, teacher: &Tensor, temperature: f32) -> Result<(f32, Tensor)> {
-        self.kl(student, teacher, temperature)
-    }
-
-    fn mse_loss(&self, x: &Tensor, target: &Tensor) -> Result<(f32, Tensor)> {
-        self.mse(x, target)
-    }
-
-    fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, hp: SgdStep) -> Result<()> {
-        self.sgd(param, grad, momentum_buf, hp)
-    }
-
-    fn index_select(&self, x: &Tensor, axis: usize, index: &[u32]) -> Result<Tensor> {
-        self.index_select_impl(x, axis, index)
-    }
-
-    fn feature_mse(&self, candidates: &Tensor, baseline: &Tensor) -> Result<Vec<f32>> {
-        self.feature_mse_impl(candidates, baseline)
     }
 }

@@ -1,11 +1,11 @@
-//! Launch helpers for `kernels/batchnorm.cu`: training and inference forward, backward, and the
-//! fold into a conv epilogue.
+//! [`NormOps`] on `kernels/batchnorm.cu`: training and inference forward, backward, and the fold
+//! into a conv epilogue.
 
 use super::kernels::Launch;
 use super::{fits_i32, CudaBackend};
-use crate::backend::shape::bn_layout;
-use crate::backend::{BnGrads, BnSaved};
-use crate::error::{Error, Result};
+use crate::backend::shape::BnShape;
+use crate::backend::{BnGrads, BnSaved, NormOps};
+use crate::error::Result;
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::DeviceRepr;
 
@@ -23,10 +23,10 @@ struct BnStatsParams {
     imgs_per_split: i32,
     _pad: i32,
 }
-// SAFETY (all structs below): plain-old-data, `#[repr(C)]`, sizes asserted equal to the
-// kernels' structs.
+// SAFETY: plain-old-data (integers and device addresses), `#[repr(C)]`, size and field offsets
+// asserted equal to the kernel's struct.
 unsafe impl DeviceRepr for BnStatsParams {}
-const _: () = assert!(std::mem::size_of::<BnStatsParams>() == 40);
+assert_layout!(BnStatsParams, size 40, x @ 0, partial @ 8, n @ 16, c @ 20, hw @ 24, splits @ 28, imgs_per_split @ 32, _pad @ 36);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -43,8 +43,10 @@ struct BnFinalizeParams {
     momentum: f32,
     eps: f32,
 }
+// SAFETY: plain-old-data (integers, floats and device addresses), `#[repr(C)]`, size and field
+// offsets asserted equal to `BnFinalizeParams` in batchnorm.cu.
 unsafe impl DeviceRepr for BnFinalizeParams {}
-const _: () = assert!(std::mem::size_of::<BnFinalizeParams>() == 72);
+assert_layout!(BnFinalizeParams, size 72, partial @ 0, gamma @ 8, running_mean @ 16, running_var @ 24, save_mean @ 32, save_invstd @ 40, coef @ 48, c @ 56, splits @ 60, momentum @ 64, eps @ 68);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -61,8 +63,10 @@ struct BnApplyParams {
     eps: f32,
     vec4: i32,
 }
+// SAFETY: plain-old-data (integers, floats and device addresses), `#[repr(C)]`, size and field
+// offsets asserted equal to `BnApplyParams` in batchnorm.cu.
 unsafe impl DeviceRepr for BnApplyParams {}
-const _: () = assert!(std::mem::size_of::<BnApplyParams>() == 72);
+assert_layout!(BnApplyParams, size 72, x @ 0, y @ 8, mean @ 16, coef @ 24, beta @ 32, var @ 40, total @ 48, c @ 56, hw @ 60, eps @ 64, vec4 @ 68);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -79,8 +83,10 @@ struct BnBwdPartialParams {
     imgs_per_split: i32,
     _pad: i32,
 }
+// SAFETY: plain-old-data (integers, floats and device addresses), `#[repr(C)]`, size and field
+// offsets asserted equal to `BnBwdPartialParams` in batchnorm.cu.
 unsafe impl DeviceRepr for BnBwdPartialParams {}
-const _: () = assert!(std::mem::size_of::<BnBwdPartialParams>() == 64);
+assert_layout!(BnBwdPartialParams, size 64, x @ 0, dy @ 8, mean @ 16, invstd @ 24, partial @ 32, n @ 40, c @ 44, hw @ 48, splits @ 52, imgs_per_split @ 56, _pad @ 60);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -91,8 +97,10 @@ struct BnBwdFinalizeParams {
     c: i32,
     splits: i32,
 }
+// SAFETY: plain-old-data (integers, floats and device addresses), `#[repr(C)]`, size and field
+// offsets asserted equal to `BnBwdFinalizeParams` in batchnorm.cu.
 unsafe impl DeviceRepr for BnBwdFinalizeParams {}
-const _: () = assert!(std::mem::size_of::<BnBwdFinalizeParams>() == 32);
+assert_layout!(BnBwdFinalizeParams, size 32, partial @ 0, dgamma @ 8, dbeta @ 16, c @ 24, splits @ 28);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -111,8 +119,10 @@ struct BnBwdApplyParams {
     inv_count: f32,
     _pad: i32,
 }
+// SAFETY: plain-old-data (integers, floats and device addresses), `#[repr(C)]`, size and field
+// offsets asserted equal to `BnBwdApplyParams` in batchnorm.cu.
 unsafe impl DeviceRepr for BnBwdApplyParams {}
-const _: () = assert!(std::mem::size_of::<BnBwdApplyParams>() == 88);
+assert_layout!(BnBwdApplyParams, size 88, x @ 0, dy @ 8, mean @ 16, invstd @ 24, gamma @ 32, dgamma @ 40, dbeta @ 48, dx @ 56, total @ 64, c @ 72, hw @ 76, inv_count @ 80, _pad @ 84);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -126,10 +136,11 @@ struct BnFoldParams {
     c: i32,
     eps: f32,
 }
+// SAFETY: plain-old-data (integers, floats and device addresses), `#[repr(C)]`, size and field
+// offsets asserted equal to `BnFoldParams` in batchnorm.cu.
 unsafe impl DeviceRepr for BnFoldParams {}
-const _: () = assert!(std::mem::size_of::<BnFoldParams>() == 56);
+assert_layout!(BnFoldParams, size 56, gamma @ 0, beta @ 8, mean @ 16, var @ 24, scale @ 32, shift @ 40, c @ 48, eps @ 52);
 
-/// `[N, C, H, W]` or `[N, C]` -> (N, C, H*W).
 /// Splits per channel for the statistics: about 512 blocks in all, whole images per split.
 /// Depends on the shape only, so results do not depend on the GPU model.
 fn bn_splits(n: usize, c: usize) -> (usize, usize) {
@@ -139,15 +150,14 @@ fn bn_splits(n: usize, c: usize) -> (usize, usize) {
 }
 
 impl CudaBackend {
-    fn bn_check_params(&self, c: usize, ts: &[(&Tensor, &str)]) -> Result<()> {
-        for (t, name) in ts {
-            t.expect_dims(&[c], name)?;
-        }
-        Ok(())
+    fn bn_apply_launch(&self, a: &BnApplyParams, total: usize, hw: usize, what: &dyn Fn() -> String) -> Result<()> {
+        let per_block = if hw % 4 == 0 { 1024 } else { 256 };
+        Launch::linear(FILE, "bn_apply", total, per_block, 256)?.run(&self.kernels, &self.stream, a, what)
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn bn_forward_train(
+impl NormOps for CudaBackend {
+    fn batchnorm_forward_train(
         &self,
         x: &Tensor,
         gamma: &Tensor,
@@ -157,22 +167,7 @@ impl CudaBackend {
         momentum: f32,
         eps: f32,
     ) -> Result<(Tensor, BnSaved)> {
-        let (n, c, hw) = bn_layout(x, "batchnorm_forward_train")?;
-        self.bn_check_params(
-            c,
-            &[
-                (gamma, "batchnorm gamma"),
-                (beta, "batchnorm beta"),
-                (running_mean, "batchnorm running_mean"),
-                (running_var, "batchnorm running_var"),
-            ],
-        )?;
-        if n * hw < 2 {
-            return Err(Error::Shape(format!(
-                "batchnorm_forward_train needs more than one value per channel, got input {}",
-                fmt_dims(x.dims())
-            )));
-        }
+        let BnShape { n, c, hw } = BnShape::train(x, gamma, beta, running_mean, running_var)?;
         let total = x.numel();
         fits_i32(total, "batchnorm_forward_train")?;
         let xd = x.dims().to_vec();
@@ -232,12 +227,7 @@ impl CudaBackend {
         Ok((self.tensor(x.dims(), y)?, saved))
     }
 
-    fn bn_apply_launch(&self, a: &BnApplyParams, total: usize, hw: usize, what: &dyn Fn() -> String) -> Result<()> {
-        let per_block = if hw % 4 == 0 { 1024 } else { 256 };
-        Launch::linear(FILE, "bn_apply", total, per_block, 256)?.run(&self.kernels, &self.stream, a, what)
-    }
-
-    pub(crate) fn bn_forward_eval(
+    fn batchnorm_forward_eval(
         &self,
         x: &Tensor,
         gamma: &Tensor,
@@ -246,16 +236,7 @@ impl CudaBackend {
         running_var: &Tensor,
         eps: f32,
     ) -> Result<Tensor> {
-        let (_, c, hw) = bn_layout(x, "batchnorm_forward_eval")?;
-        self.bn_check_params(
-            c,
-            &[
-                (gamma, "batchnorm gamma"),
-                (beta, "batchnorm beta"),
-                (running_mean, "batchnorm running_mean"),
-                (running_var, "batchnorm running_var"),
-            ],
-        )?;
+        let BnShape { c, hw, .. } = BnShape::eval(x, gamma, beta, running_mean, running_var)?;
         let total = x.numel();
         fits_i32(total, "batchnorm_forward_eval")?;
         let xd = x.dims().to_vec();
@@ -278,17 +259,8 @@ impl CudaBackend {
         self.tensor(x.dims(), y)
     }
 
-    pub(crate) fn bn_backward(&self, dy: &Tensor, x: &Tensor, gamma: &Tensor, saved: &BnSaved) -> Result<BnGrads> {
-        let (n, c, hw) = bn_layout(x, "batchnorm_backward")?;
-        dy.expect_dims(x.dims(), "batchnorm_backward dy")?;
-        self.bn_check_params(
-            c,
-            &[
-                (gamma, "batchnorm gamma"),
-                (&saved.mean, "batchnorm saved mean"),
-                (&saved.invstd, "batchnorm saved invstd"),
-            ],
-        )?;
+    fn batchnorm_backward(&self, dy: &Tensor, x: &Tensor, gamma: &Tensor, saved: &BnSaved) -> Result<BnGrads> {
+        let BnShape { n, c, hw } = BnShape::backward(dy, x, gamma, saved)?;
         let total = x.numel();
         fits_i32(total, "batchnorm_backward")?;
         let xd = x.dims().to_vec();
@@ -353,7 +325,7 @@ impl CudaBackend {
         })
     }
 
-    pub(crate) fn bn_fold(
+    fn batchnorm_fold(
         &self,
         gamma: &Tensor,
         beta: &Tensor,
@@ -361,28 +333,21 @@ impl CudaBackend {
         var: &Tensor,
         eps: f32,
     ) -> Result<(Tensor, Tensor)> {
-        if gamma.rank() != 1 {
-            return Err(Error::Shape(format!("fold_batchnorm: gamma must be [C], got {}", fmt_dims(gamma.dims()))));
-        }
-        let c = gamma.numel();
-        self.bn_check_params(
-            c,
-            &[(beta, "fold_batchnorm beta"), (mean, "fold_batchnorm mean"), (var, "fold_batchnorm var")],
-        )?;
+        let c = BnShape::fold(gamma, beta, mean, var)?;
         let mut scale = self.alloc::<f32>(c)?;
         let mut shift = self.alloc::<f32>(c)?;
         let p = BnFoldParams {
-            gamma: self.ptr(self.dev(gamma, "fold_batchnorm gamma")?),
-            beta: self.ptr(self.dev(beta, "fold_batchnorm beta")?),
-            mean: self.ptr(self.dev(mean, "fold_batchnorm mean")?),
-            var: self.ptr(self.dev(var, "fold_batchnorm var")?),
+            gamma: self.ptr(self.dev(gamma, "batchnorm_fold gamma")?),
+            beta: self.ptr(self.dev(beta, "batchnorm_fold beta")?),
+            mean: self.ptr(self.dev(mean, "batchnorm_fold mean")?),
+            var: self.ptr(self.dev(var, "batchnorm_fold var")?),
             scale: self.ptr_mut(&mut scale),
             shift: self.ptr_mut(&mut shift),
-            c: fits_i32(c, "fold_batchnorm")?,
+            c: fits_i32(c, "batchnorm_fold")?,
             eps,
         };
         Launch::linear(FILE, "bn_fold", c, 128, 128)?
-            .run(&self.kernels, &self.stream, &p, &|| format!("fold_batchnorm [{c}]"))?;
+            .run(&self.kernels, &self.stream, &p, &|| format!("batchnorm_fold [{c}]"))?;
         Ok((self.tensor(&[c], scale)?, self.tensor(&[c], shift)?))
     }
 }

@@ -3,6 +3,7 @@
 
 use super::kernels::Launch;
 use super::{fits_i32, CudaBackend};
+use crate::backend::shape::FeatureMseShape;
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::{CudaSlice, DeviceRepr};
@@ -26,7 +27,7 @@ struct SqDiffParams {
 }
 // SAFETY: plain-old-data, `#[repr(C)]`, layout asserted equal to the kernel's struct.
 unsafe impl DeviceRepr for SqDiffParams {}
-const _: () = assert!(std::mem::size_of::<SqDiffParams>() == 64);
+assert_layout!(SqDiffParams, size 64, cand @ 0, base @ 8, partial @ 16, grad @ 24, m @ 32, chunk @ 40, k @ 48, blocks @ 52, grad_scale @ 56, vec4 @ 60);
 
 /// Mirror of `SqDiffFinalParams` in reduce.cu.
 #[repr(C)]
@@ -40,7 +41,7 @@ struct SqDiffFinalParams {
 }
 // SAFETY: as above.
 unsafe impl DeviceRepr for SqDiffFinalParams {}
-const _: () = assert!(std::mem::size_of::<SqDiffFinalParams>() == 32);
+assert_layout!(SqDiffFinalParams, size 32, partial @ 0, out @ 8, m @ 16, k @ 24, blocks @ 28);
 
 /// Blocks per candidate and elements per block for M features: about 16K elements per block,
 /// at most 1024 blocks, chunk a multiple of 4. A function of M only: the same reduction tree,
@@ -109,35 +110,12 @@ impl CudaBackend {
     }
 
     /// `[K, M]` candidates against an `M`-element baseline (the CPU backend's contract).
-    fn feature_geometry(&self, candidates: &Tensor, baseline: &Tensor) -> Result<(usize, usize)> {
-        let m = baseline.numel();
-        match candidates.dims() {
-            [k, cm] if *cm == m => Ok((*k, m)),
-            d => Err(Error::Shape(format!(
-                "feature_mse: candidates {} do not match a baseline of {m} values (expected [K, {m}])",
-                fmt_dims(d)
-            ))),
-        }
-    }
-
-    pub(crate) fn feature_mse_impl(&self, candidates: &Tensor, baseline: &Tensor) -> Result<Vec<f32>> {
-        let (k, m) = self.feature_geometry(candidates, baseline)?;
-        if k == 0 || m == 0 {
-            return Ok(vec![0.0; k]);
-        }
-        let mut out = self.alloc::<f32>(k)?;
-        self.feature_mse_raw(candidates, baseline, k, m, &mut out)?;
-        self.download(&out, "feature_mse")
-    }
-
-    /// Feature MSE of every candidate into a device buffer of K floats, without a host copy
-    /// (graph friendly; read the buffer after replay).
     pub fn feature_mse_into(&self, candidates: &Tensor, baseline: &Tensor, out: &mut CudaSlice<f32>) -> Result<()> {
-        let (k, m) = self.feature_geometry(candidates, baseline)?;
+        let FeatureMseShape { k, m } = FeatureMseShape::new(candidates, baseline)?;
         self.feature_mse_raw(candidates, baseline, k, m, out)
     }
 
-    fn feature_mse_raw(
+    pub(crate) fn feature_mse_raw(
         &self,
         candidates: &Tensor,
         baseline: &Tensor,

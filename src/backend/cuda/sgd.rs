@@ -1,8 +1,9 @@
-//! Launch helper for `kernels/sgd.cu`.
+//! [`OptimOps`] on `kernels/sgd.cu`.
 
 use super::kernels::Launch;
-use super::{same_dims, CudaBackend};
-use crate::backend::SgdStep;
+use super::CudaBackend;
+use crate::backend::shape::same_dims;
+use crate::backend::{OptimOps, SgdStep};
 use crate::error::Result;
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::DeviceRepr;
@@ -24,12 +25,12 @@ struct SgdParams {
 }
 // SAFETY: plain-old-data, `#[repr(C)]`, layout asserted equal to the kernel's struct.
 unsafe impl DeviceRepr for SgdParams {}
-const _: () = assert!(std::mem::size_of::<SgdParams>() == 56);
+assert_layout!(SgdParams, size 56, param @ 0, grad @ 8, buf @ 16, n @ 24, lr @ 32, momentum @ 36, weight_decay @ 40, nesterov @ 44, vec4 @ 48, _pad @ 52);
 
-impl CudaBackend {
-    pub(crate) fn sgd(&self, param: &mut Tensor, grad: &Tensor, buf: &mut Tensor, hp: SgdStep) -> Result<()> {
-        same_dims(param, grad, "sgd_step (param vs grad)")?;
-        same_dims(param, buf, "sgd_step (param vs momentum buffer)")?;
+impl OptimOps for CudaBackend {
+    fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, buf: &mut Tensor, hp: SgdStep) -> Result<()> {
+        same_dims(param, grad, "sgd_step: parameter and gradient")?;
+        same_dims(param, buf, "sgd_step: parameter and momentum buffer")?;
         let n = param.numel();
         let dims = param.dims().to_vec();
         let pg = self.ptr(self.dev(grad, "sgd_step grad")?);

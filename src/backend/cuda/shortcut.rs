@@ -1,8 +1,10 @@
-//! Launch helpers for `kernels/shortcut.cu`: the option-A shortcut of the CIFAR ResNets.
+//! [`ShortcutOps`] on `kernels/shortcut.cu`: the option-A shortcut of the CIFAR ResNets.
 
 use super::kernels::Launch;
 use super::{fits_i32, CudaBackend};
-use crate::error::{Error, Result};
+use crate::backend::shape::ShortcutShape;
+use crate::backend::ShortcutOps;
+use crate::error::Result;
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::DeviceRepr;
 
@@ -27,24 +29,8 @@ struct ShortcutParams {
 }
 // SAFETY: plain-old-data, `#[repr(C)]`, layout asserted equal to the kernel's struct.
 unsafe impl DeviceRepr for ShortcutParams {}
-const _: () = assert!(std::mem::size_of::<ShortcutParams>() == 64);
+assert_layout!(ShortcutParams, size 64, x @ 0, dy @ 8, out @ 16, map @ 24, n @ 32, c_in @ 36, h @ 40, w @ 44, c_out @ 48, oh @ 52, ow @ 56, stride @ 60);
 
-fn check_map(src: &[i32], c_in: usize, stride: usize, what: &str) -> Result<()> {
-    if stride == 0 {
-        return Err(Error::Invalid(format!("{what}: stride must be at least 1")));
-    }
-    for (o, &s) in src.iter().enumerate() {
-        if s >= 0 && s as usize >= c_in {
-            return Err(Error::Invalid(format!(
-                "{what}: output channel {o} maps to input channel {s} but the input has {c_in}"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// CSR inverse of the channel map: offsets[c_in + 1] followed by the output channels of each
-/// input channel in increasing order (the order in which the backward pass adds them).
 fn inverse_map(src: &[i32], c_in: usize) -> Vec<i32> {
     let mut counts = vec![0i32; c_in + 1];
     for &s in src {
@@ -68,12 +54,10 @@ fn inverse_map(src: &[i32], c_in: usize) -> Vec<i32> {
     counts
 }
 
-impl CudaBackend {
-    pub(crate) fn shortcut_fwd(&self, x: &Tensor, src: &[i32], stride: usize) -> Result<Tensor> {
-        x.expect_rank(4, "shortcut_forward")?;
-        let (n, c_in, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-        check_map(src, c_in, stride, "shortcut_forward")?;
-        let (c_out, oh, ow) = (src.len(), h.div_ceil(stride), w.div_ceil(stride));
+impl ShortcutOps for CudaBackend {
+    fn shortcut_forward(&self, x: &Tensor, src: &[i32], stride: usize) -> Result<Tensor> {
+        let ShortcutShape { n, c_in, h, w, c_out, out_h: oh, out_w: ow, .. } =
+            ShortcutShape::new("shortcut_forward", x.dims(), src, stride)?;
         let total = n * c_out * oh * ow;
         fits_i32(total.max(x.numel()), "shortcut_forward")?;
         let map = self.upload(src, "shortcut_forward channel map")?;
@@ -99,16 +83,9 @@ impl CudaBackend {
         self.tensor(&[n, c_out, oh, ow], y)
     }
 
-    pub(crate) fn shortcut_bwd(&self, dy: &Tensor, src: &[i32], stride: usize, x_dims: &[usize]) -> Result<Tensor> {
-        let [n, c_in, h, w] = match x_dims {
-            [a, b, c, d] => [*a, *b, *c, *d],
-            _ => {
-                return Err(Error::Shape(format!("shortcut_backward: x_dims must be rank 4, got {}", fmt_dims(x_dims))))
-            }
-        };
-        check_map(src, c_in, stride, "shortcut_backward")?;
-        let (c_out, oh, ow) = (src.len(), h.div_ceil(stride), w.div_ceil(stride));
-        dy.expect_dims(&[n, c_out, oh, ow], "shortcut_backward dy")?;
+    fn shortcut_backward(&self, dy: &Tensor, src: &[i32], stride: usize, x_dims: &[usize]) -> Result<Tensor> {
+        let ShortcutShape { n, c_in, h, w, c_out, out_h: oh, out_w: ow, .. } =
+            ShortcutShape::backward(dy, src, stride, x_dims)?;
         let total = n * c_in * h * w;
         fits_i32(total.max(dy.numel()), "shortcut_backward")?;
         let map = self.upload(&inverse_map(src, c_in), "shortcut_backward channel map")?;

@@ -1,11 +1,11 @@
-//! CUDA graph capture and replay for fixed-shape work (inference, the search's candidate
-//! evaluation): launches queued by a closure on the backend's stream are recorded once and
-//! replayed with one driver call, removing the per-kernel launch overhead.
+//! CUDA graph capture and replay for fixed-shape work: launches queued by a closure on the
+//! backend's stream are recorded once and replayed with one driver call, removing the per-kernel
+//! launch overhead. Nothing in the product captures graphs yet.
 //!
 //! Rules for the captured closure:
 //! - only kernel launches: no host transfers (uploads of index lists, `to_vec`, losses that
 //!   return host values, `synchronize`); the backend refuses those with an error while capturing.
-//!   Prepare index lists beforehand ([`super::GatherPlan`]) and read results after `replay`;
+//!   Prepare index lists beforehand ([`crate::backend::cuda::GatherPlan`]) and read results after `replay`;
 //! - outputs that must outlive the closure go to buffers allocated before the capture (the
 //!   `*_into` methods). Temporaries allocated and dropped inside the closure become allocation
 //!   nodes of the graph and are fine; an output allocated inside and kept outside would make
@@ -17,7 +17,7 @@
 //! backend while it captures (it would be recorded into the graph). The first capture compiles
 //! and loads every kernel file (module loading cannot happen during a capture).
 
-use super::CudaBackend;
+use crate::backend::cuda::CudaBackend;
 use crate::error::{Error, Result};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
@@ -72,8 +72,8 @@ impl CudaBackend {
 
 #[cfg(test)]
 mod tests {
-    use crate::backend::cuda::{ConvEpilogue, CudaBackend, Precision};
-    use crate::backend::{Backend, ConvSpec};
+    use crate::backend::cuda::{CudaBackend, Precision};
+    use crate::backend::{ConvOps, ConvSpec, ElementwiseOps, Memory};
 
     /// Captures a fused conv + relu into a graph, replays it and checks it against direct
     /// launches; then changes the input in place and replays again. Skips without a GPU.
@@ -98,8 +98,7 @@ mod tests {
             let mut y = be.zeros(&[2, 4, 8, 8])?;
             let mut z = be.zeros(&[2, 4, 8, 8])?;
             let graph = be.capture(|| {
-                let epi = ConvEpilogue { relu: false, ..Default::default() };
-                be.conv2d_fused_into(&x, &w, spec, &epi, Precision::F32, &mut y)?;
+                be.conv2d_fused_into(&x, &w, spec, None, Precision::F32, &mut y)?;
                 be.elementwise_into("relu", &y, None, &mut z)
             })?;
             graph.replay()?;

@@ -1,0 +1,360 @@
+//! `lfgcl import`: a PyTorch state dict (safetensors) under the usual CIFAR names becomes an lfgcl
+//! checkpoint. The architecture and every (pruned) width are read off the tensor shapes, then
+//! every tensor the net needs is checked: a missing, extra or mis-shaped one is an error naming it.
+//!
+//! Names: CIFAR ResNets (`conv1`, `bn1`, `layer1.0.conv1`, `layer1.0.bn2`, `linear` or `fc`,
+//! option-A shortcuts without parameters), CIFAR VGG-16 with batch norm (`features.N`, and the
+//! classifier lfgcl's VGG-16 has: `classifier.0` Linear, `classifier.1` BatchNorm1d,
+//! `classifier.3` Linear), lfgcl's small CNN. A `module.` prefix (DataParallel) and a
+//! `state_dict.` prefix (a wrapping `state_dict` key, flattened) are dropped. Conv biases
+//! (`features.N.bias` in many VGG codes) are folded exactly into the following batch norm's
+//! running mean. `num_batches_tracked` is optional. Pickles (`.pt`, `.th`) are not parsed:
+//! `scripts/torch_to_safetensors.py` converts them.
+
+use crate::data::Normalization;
+use crate::error::{Error, Result};
+use crate::models::{Arch, Family, Model};
+use crate::nn::{Op, StateMut};
+use crate::tensor::Tensor;
+use crate::train::checkpoint;
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// Model name (`resnet56`, `vgg16`, `smallcnn`, ...).
+    pub model: String,
+    /// Input normalisation the net was trained with; None records it as unknown.
+    pub normalization: Option<Normalization>,
+    /// Class count to check against the classifier's shape (None: read from it).
+    pub classes: Option<usize>,
+    /// Side length of the square input (ResNets and the small CNN pool globally, so it cannot be
+    /// read off their weights; for VGG-16 it must match the classifier's input).
+    pub input_size: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ImportSummary {
+    pub arch: Arch,
+    pub tensors: usize,
+    pub normalization_known: bool,
+    /// Conv biases folded into the next batch norm's running mean.
+    pub folded_conv_biases: usize,
+    pub macs: u64,
+    pub params: u64,
+}
+
+/// One tensor of the source file, converted to f32 (or kept as integers).
+enum Source {
+    F32 { shape: Vec<usize>, data: Vec<f32> },
+    Int { shape: Vec<usize>, data: Vec<i64> },
+}
+
+impl Source {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Source::F32 { shape, .. } | Source::Int { shape, .. } => shape,
+        }
+    }
+}
+
+/// The command that converts a PyTorch pickle, for the error message.
+pub fn convert_command(from: &Path) -> String {
+    let out = from.with_extension("safetensors");
+    format!("python3 scripts/torch_to_safetensors.py {} {}", from.display(), out.display())
+}
+
+/// A zip archive (torch.save since 1.6) or a bare pickle (protocol 2+ starts with 0x80).
+fn looks_like_pickle(head: &[u8]) -> bool {
+    head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80)
+}
+
+fn read_sources(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Source>> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        if looks_like_pickle(&bytes[..bytes.len().min(8)]) {
+            Error::Invalid(format!(
+                "{} is a PyTorch pickle, not safetensors; lfgcl does not read pickles. Convert it first:\n  {}\nthen import the .safetensors file",
+                path.display(),
+                convert_command(path)
+            ))
+        } else {
+            Error::format(path, format!("not a safetensors state dict ({e}); a PyTorch pickle converts with: {}", convert_command(path)))
+        }
+    })?;
+    let mut out = BTreeMap::new();
+    for (raw_name, view) in st.tensors() {
+        let name = strip_prefixes(&raw_name);
+        let shape = view.shape().to_vec();
+        let d = view.data();
+        let src = match view.dtype() {
+            Dtype::F32 => Source::F32 {
+                shape,
+                data: d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            },
+            Dtype::F64 => Source::F32 {
+                shape,
+                data: d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
+            },
+            Dtype::F16 => Source::F32 {
+                shape,
+                data: d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            },
+            Dtype::BF16 => Source::F32 {
+                shape,
+                data: d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            },
+            Dtype::I64 => Source::Int {
+                shape,
+                data: d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            },
+            Dtype::I32 => Source::Int {
+                shape,
+                data: d.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
+            },
+            other => {
+                return Err(Error::format(
+                    path,
+                    format!("tensor {raw_name} has type {other:?}; expected floats or integers"),
+                ))
+            }
+        };
+        if out.insert(name.clone(), src).is_some() {
+            return Err(Error::format(path, format!("tensor {name} appears twice once prefixes are dropped")));
+        }
+    }
+    Ok(out)
+}
+
+/// `state_dict.module.layer1.0.conv1.weight` -> `layer1.0.conv1.weight`.
+fn strip_prefixes(name: &str) -> String {
+    let mut n = name;
+    loop {
+        if let Some(rest) = n.strip_prefix("state_dict.").or_else(|| n.strip_prefix("module.")) {
+            n = rest;
+        } else {
+            return n.to_string();
+        }
+    }
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    src: &'a BTreeMap<String, Source>,
+}
+
+impl Ctx<'_> {
+    fn err(&self, msg: String) -> Error {
+        Error::format(self.path, msg)
+    }
+    /// Dimension `axis` of tensor `name`, which must exist with rank `rank`.
+    fn dim(&self, name: &str, rank: usize, axis: usize) -> Result<usize> {
+        let t = self.src.get(name).ok_or_else(|| self.err(format!("tensor {name} is missing")))?;
+        if t.shape().len() != rank {
+            return Err(self.err(format!("tensor {name} has shape {:?}, expected {rank} dimensions", t.shape())));
+        }
+        Ok(t.shape()[axis])
+    }
+}
+
+/// Blocks per stage in a ResNet state dict (`layer1.{b}.conv1.weight` present).
+fn resnet_blocks(src: &BTreeMap<String, Source>) -> usize {
+    (0..).take_while(|b| src.contains_key(&format!("layer1.{b}.conv1.weight"))).count()
+}
+
+/// Reads the architecture (widths, input channels, classes) off the tensor shapes.
+fn infer_arch(cx: &Ctx<'_>, opts: &ImportOptions) -> Result<Arch> {
+    let family = Family::parse(&opts.model)?;
+    let base = Arch::new(&opts.model, 3, opts.input_size, 10)?;
+    let names = base.width_names()?;
+    let (in_channels, classes, widths) = match family {
+        Family::ResNet { depth } => {
+            let n = (depth - 2) / 6;
+            let found = resnet_blocks(cx.src);
+            if found != n && found > 0 {
+                return Err(cx.err(format!(
+                    "the file has {found} blocks per stage (resnet{}), not the {n} of {}",
+                    6 * found + 2,
+                    opts.model
+                )));
+            }
+            if let Some(k) = cx.src.keys().find(|k| k.contains(".shortcut.0.") || k.contains(".downsample.")) {
+                return Err(cx.err(format!(
+                    "tensor {k} belongs to a 1x1-conv (option-B) shortcut; lfgcl's CIFAR ResNets use \
+                     parameter-free option-A shortcuts, so this net cannot be imported"
+                )));
+            }
+            let mut w = vec![
+                cx.dim("conv1.weight", 4, 0)?,
+                cx.dim("layer2.0.conv2.weight", 4, 0)?,
+                cx.dim("layer3.0.conv2.weight", 4, 0)?,
+            ];
+            for name in &names[3..] {
+                w.push(cx.dim(&format!("{name}.weight"), 4, 0)?);
+            }
+            (cx.dim("conv1.weight", 4, 1)?, cx.dim("linear.weight", 2, 0)?, w)
+        }
+        Family::Vgg16 => {
+            if cx.src.contains_key("classifier.weight") {
+                return Err(cx.err(
+                    "the classifier is a single Linear (`classifier.weight`); lfgcl's VGG-16 has \
+                     classifier.0 Linear(512, hidden), classifier.1 BatchNorm1d, ReLU, classifier.3 \
+                     Linear(hidden, classes), and other classifier layouts are not supported"
+                        .into(),
+                ));
+            }
+            if cx.src.contains_key("classifier.0.weight") && !cx.src.contains_key("classifier.1.running_mean") {
+                return Err(cx.err(
+                    "classifier.1 is not a BatchNorm1d; lfgcl's VGG-16 classifier is Linear, BatchNorm1d, \
+                     ReLU, Linear (classifier.0, .1, .3); other layouts are not supported"
+                        .into(),
+                ));
+            }
+            let w: Vec<usize> = names
+                .iter()
+                .map(|n| cx.dim(&format!("{n}.weight"), if n.starts_with("classifier") { 2 } else { 4 }, 0))
+                .collect::<Result<_>>()?;
+            (cx.dim("features.0.weight", 4, 1)?, cx.dim("classifier.3.weight", 2, 0)?, w)
+        }
+        Family::SmallCnn => {
+            let w: Vec<usize> = names.iter().map(|n| cx.dim(&format!("{n}.weight"), 4, 0)).collect::<Result<_>>()?;
+            (cx.dim("conv1.weight", 4, 1)?, cx.dim("fc.weight", 2, 0)?, w)
+        }
+    };
+    if let Some(k) = opts.classes {
+        if k != classes {
+            return Err(cx.err(format!("the classifier has {classes} outputs, --classes says {k}")));
+        }
+    }
+    let arch = Arch { model: base.model, in_channels, input_size: opts.input_size, num_classes: classes, widths };
+    arch.validate().map_err(|e| cx.err(e.to_string()))?;
+    Ok(arch)
+}
+
+/// Imports a state dict into a model (on the CPU).
+pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportSummary)> {
+    let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
+    let mut src = read_sources(from, &bytes)?;
+    let family = Family::parse(&opts.model)?;
+    if matches!(family, Family::ResNet { .. }) {
+        let fc: Vec<String> = src.keys().filter(|k| k.starts_with("fc.")).cloned().collect();
+        if !fc.is_empty() && src.keys().any(|k| k.starts_with("linear.")) {
+            return Err(Error::format(from, "holds both fc.* and linear.* classifiers"));
+        }
+        for k in fc {
+            let v = src.remove(&k).expect("listed");
+            src.insert(format!("linear.{}", &k["fc.".len()..]), v);
+        }
+    }
+    let cx = Ctx { path: from, src: &src };
+    let arch = infer_arch(&cx, opts)?;
+    let mut graph = arch.build_graph(0).map_err(|e| cx.err(e.to_string()))?;
+    // Conv biases: bias b before batch norm equals running_mean - b without the bias.
+    let mut conv_bias: BTreeMap<String, (String, Vec<f32>)> = BTreeMap::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if let Op::Conv(c) = &node.op {
+            let key = format!("{}.bias", node.name);
+            if let Some(s) = src.get(&key) {
+                let bn = graph.nodes.get(i + 1).filter(|n| matches!(n.op, Op::BatchNorm(_)) && n.inputs == [i]);
+                match (bn, s) {
+                    (Some(bn), Source::F32 { shape, data }) if shape == &[c.out_channels()] => {
+                        conv_bias.insert(format!("{}.running_mean", bn.name), (key, data.clone()));
+                    }
+                    _ => {
+                        return Err(cx.err(format!(
+                            "tensor {key} has shape {:?}, expected [{}]",
+                            s.shape(),
+                            c.out_channels()
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    let mut used: HashSet<String> = conv_bias.values().map(|(k, _)| k.clone()).collect();
+    let mut missing = Vec::new();
+    let mut misshaped = Vec::new();
+    let mut tensors = 0usize;
+    for (name, slot) in graph.state_mut() {
+        let Some(s) = src.get(&name) else {
+            // Optional entries: PyTorch's counter, and maps of unpruned option-A shortcuts.
+            if !(name.ends_with(".num_batches_tracked") || name.ends_with(".channel_map")) {
+                missing.push(name);
+            }
+            continue;
+        };
+        used.insert(name.clone());
+        tensors += 1;
+        match (slot, s) {
+            (StateMut::F32(t), Source::F32 { shape, data }) => {
+                if shape.as_slice() != t.dims() {
+                    misshaped.push(format!("{name} has shape {shape:?}, expected {:?}", t.dims()));
+                    continue;
+                }
+                let mut data = data.clone();
+                if let Some((_, bias)) = conv_bias.get(&name) {
+                    data.iter_mut().zip(bias).for_each(|(m, b)| *m -= b);
+                }
+                *t = Tensor::from_vec(shape, data)?;
+            }
+            (StateMut::I64(v), Source::Int { data, .. }) if data.len() == 1 => *v = data[0],
+            (StateMut::I32(map), Source::Int { data, shape }) => {
+                if shape.as_slice() != [map.len()] {
+                    misshaped.push(format!("{name} has shape {shape:?}, expected [{}]", map.len()));
+                    continue;
+                }
+                *map = data.iter().map(|&v| v as i32).collect();
+            }
+            (_, s) => misshaped.push(format!("{name} has the wrong type or shape {:?}", s.shape())),
+        }
+    }
+    let extra: Vec<&String> = src.keys().filter(|k| !used.contains(*k)).collect();
+    let what = format!("{} with widths {:?} read from the file", arch.model, arch.widths);
+    if !missing.is_empty() {
+        return Err(cx.err(format!("tensor(s) missing for {what}: {}", missing.join(", "))));
+    }
+    if !misshaped.is_empty() {
+        return Err(cx.err(format!("mis-shaped tensor(s) for {what}: {}", misshaped.join("; "))));
+    }
+    if !extra.is_empty() {
+        let list: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+        return Err(cx.err(format!("tensor(s) {what} does not have: {}", list.join(", "))));
+    }
+    for node in &graph.nodes {
+        if let Op::Shortcut(s) = &node.op {
+            let in_c = graph.nodes[node.inputs[0]].out_shape[0] as i32;
+            if let Some(bad) = s.src.iter().find(|&&v| v < -1 || v >= in_c) {
+                return Err(
+                    cx.err(format!("{}.channel_map refers to channel {bad} of a {in_c}-channel input", node.name))
+                );
+            }
+        }
+    }
+    if let Some(n) = &opts.normalization {
+        n.check(arch.in_channels)?;
+    }
+    let model = Model { arch: arch.clone(), graph, normalization: opts.normalization.clone() };
+    let cost = model.cost();
+    let summary = ImportSummary {
+        arch,
+        tensors,
+        normalization_known: opts.normalization.is_some(),
+        folded_conv_biases: conv_bias.len(),
+        macs: cost.macs,
+        params: cost.params,
+    };
+    Ok((model, summary))
+}
+
+/// Imports `from` and writes the lfgcl checkpoint `out` (atomically).
+pub fn import(from: &Path, out: &Path, opts: &ImportOptions) -> Result<ImportSummary> {
+    let (model, summary) = import_model(from, opts)?;
+    let info = serde_json::json!({
+        "imported_from": PathBuf::from(from),
+        "normalization": if summary.normalization_known { "given" } else { "unknown" },
+        "folded_conv_biases": summary.folded_conv_biases,
+    });
+    checkpoint::save(&model, out, &info)?;
+    Ok(summary)
+}

@@ -1,0 +1,486 @@
+//! PyTorch state dicts in, ONNX out, each checked against an independent implementation:
+//! - import: tests/python/make_state_dict.py writes PyTorch-named state dicts (numpy +
+//!   safetensors, no torch) and a NumPy forward's logits; lfgcl's CPU logits of the imported
+//!   checkpoint must match them;
+//! - export: onnxruntime runs the exported nets (tests/python/ort_check.py) and must match
+//!   lfgcl's CPU logits.
+//!
+//! Parity metric: max |a - b| over all logits, divided by max(1, max |reference logit|), <= 1e-4.
+//! Without numpy/safetensors/onnxruntime the Python-backed tests print `skipped: ...` and pass,
+//! unless LFGCL_REQUIRE_PY=1 (.ci/run sets it, and installs them under $LFGCL_PYTHONPATH).
+//! Bad-input cases need no Python.
+
+#[path = "common/exe.rs"]
+mod exe;
+
+use lfgcl::backend;
+use lfgcl::interop::import::{self, ImportOptions};
+use lfgcl::interop::onnx::{self, ExportOptions};
+use lfgcl::models::{Arch, Model};
+use lfgcl::nn::Mode;
+use lfgcl::nn::StateMut;
+use lfgcl::train::checkpoint;
+use lfgcl::Tensor;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TOL: f32 = 1e-4;
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
+}
+
+/// Whether numpy, safetensors and onnxruntime import; otherwise prints the skip (or panics
+/// under LFGCL_REQUIRE_PY=1).
+fn python_or_skip(test: &str) -> bool {
+    let out = lfgcl::interop::python_command().args(["-c", "import numpy, safetensors, onnxruntime"]).output();
+    let reason = match out {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string(),
+        Err(e) => format!("python3: {e}"),
+    };
+    if std::env::var("LFGCL_REQUIRE_PY").is_ok_and(|v| v == "1") {
+        panic!("{test}: LFGCL_REQUIRE_PY=1 but the Python deps are missing: {reason}");
+    }
+    println!("skipped: numpy/safetensors/onnxruntime not importable ({reason}) [{test}]");
+    false
+}
+
+fn run_python(args: &[&std::ffi::OsStr]) -> String {
+    let out = lfgcl::interop::python_command().args(args).output().expect("run python");
+    assert!(out.status.success(), "python {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn read_f32(path: &Path, name: &str) -> Tensor {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let v = st.tensor(name).unwrap();
+    assert_eq!(v.dtype(), Dtype::F32);
+    let data = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Tensor::from_vec(v.shape(), data).unwrap()
+}
+
+fn write_ref(path: &Path, input: &Tensor, logits: &Tensor) {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = [("input", input), ("logits", logits)]
+        .iter()
+        .map(|(n, t)| {
+            (n.to_string(), t.dims().to_vec(), t.to_vec().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> =
+        bytes.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// max |a - b| / max(1, max |b|).
+fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let (a, b) = (a.to_vec().unwrap(), b.to_vec().unwrap());
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(1.0f32, f32::max);
+    diff / scale
+}
+
+fn opts(model: &str) -> ImportOptions {
+    ImportOptions { model: model.into(), normalization: None, classes: None, input_size: 32 }
+}
+
+// ---- import against an independent NumPy forward ------------------------------------------
+
+fn import_matches_numpy(variant: &str, model: &str) {
+    if !python_or_skip(variant) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (sd, refp, out) =
+        (dir.path().join("sd.safetensors"), dir.path().join("ref.safetensors"), dir.path().join("m.safetensors"));
+    run_python(&[script("make_state_dict.py").as_os_str(), variant.as_ref(), sd.as_os_str(), refp.as_os_str()]);
+    let summary = import::import(&sd, &out, &opts(model)).unwrap();
+    let dev = backend::cpu();
+    let mut m = checkpoint::load(&out, &dev).unwrap();
+    assert_eq!(m.arch, summary.arch);
+    assert!(m.normalization.is_none(), "normalisation must be recorded as unknown");
+    let logits = m.graph.forward(&dev, read_f32(&refp, "input"), Mode::Eval).unwrap();
+    let want = read_f32(&refp, "logits");
+    let d = rel_diff(&logits, &want);
+    println!("{variant}: lfgcl vs NumPy, max abs diff / max(1, max |logit|) = {d:.2e}");
+    assert!(d <= TOL, "{variant}: lfgcl logits differ from the NumPy forward by {d}");
+}
+
+#[test]
+fn import_resnet20_matches_numpy_forward() {
+    import_matches_numpy("resnet20", "resnet20");
+}
+
+#[test]
+fn import_pruned_resnet20_with_channel_maps_matches_numpy_forward() {
+    import_matches_numpy("resnet20-pruned", "resnet20");
+}
+
+#[test]
+fn import_vgg16_with_conv_biases_matches_numpy_forward() {
+    import_matches_numpy("vgg16", "vgg16");
+}
+
+// ---- import: bad input names the tensor (no Python) ----------------------------------------
+
+/// Rewrites the tensors of a safetensors file through `edit` (name, dtype, shape, bytes).
+fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
+    let bytes = std::fs::read(src).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut t: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    edit(&mut t);
+    let views: Vec<(String, TensorView<'_>)> =
+        t.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(dst, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn lfgcl_resnet20(dir: &Path) -> (Model, PathBuf) {
+    let m = Model::new(Arch::new("resnet20", 3, 32, 10).unwrap(), &backend::cpu(), 3).unwrap();
+    let p = dir.join("r20.safetensors");
+    checkpoint::save(&m, &p, &serde_json::Value::Null).unwrap();
+    (m, p)
+}
+
+fn import_err(path: &Path, model: &str) -> String {
+    let out = path.with_extension("out.safetensors");
+    let e = import::import(path, &out, &opts(model)).unwrap_err().to_string();
+    assert!(!out.exists(), "no checkpoint may be written on error");
+    e
+}
+
+#[test]
+fn import_round_trips_an_lfgcl_state_dict_with_prefixes_and_fc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut m, p) = lfgcl_resnet20(dir.path());
+    let renamed = dir.path().join("renamed.safetensors");
+    rewrite(&p, &renamed, |t| {
+        for e in t.iter_mut() {
+            let n = e.0.replacen("linear.", "fc.", 1);
+            e.0 = format!("state_dict.module.{n}");
+        }
+        t.retain(|e| !e.0.ends_with("num_batches_tracked"));
+    });
+    let out = dir.path().join("imported.safetensors");
+    let mut norm = lfgcl::data::Normalization::identity(3);
+    norm.mean = vec![0.49, 0.48, 0.45];
+    let o = ImportOptions { normalization: Some(norm.clone()), classes: Some(10), ..opts("resnet20") };
+    import::import(&renamed, &out, &o).unwrap();
+    let dev = backend::cpu();
+    let mut back = checkpoint::load(&out, &dev).unwrap();
+    assert_eq!(back.normalization.as_ref().unwrap().mean, norm.mean);
+    let x = Tensor::from_vec(&[2, 3, 32, 32], (0..6144).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect()).unwrap();
+    let (a, b) = (
+        m.graph.forward(&dev, x.try_clone().unwrap(), Mode::Eval).unwrap(),
+        back.graph.forward(&dev, x, Mode::Eval).unwrap(),
+    );
+    assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
+    // --classes is checked against the classifier.
+    let e = import::import(&renamed, &out, &ImportOptions { classes: Some(100), ..opts("resnet20") }).unwrap_err();
+    assert!(e.to_string().contains("--classes"), "{e}");
+}
+
+#[test]
+fn import_names_the_missing_extra_or_misshaped_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, p) = lfgcl_resnet20(dir.path());
+    let f = dir.path().join("bad.safetensors");
+
+    rewrite(&p, &f, |t| t.retain(|e| e.0 != "layer2.1.bn1.running_var"));
+    let e = import_err(&f, "resnet20");
+    assert!(e.contains("layer2.1.bn1.running_var") && e.contains("missing"), "{e}");
+
+    rewrite(&p, &f, |t| t.push(("layer1.0.extra.weight".into(), Dtype::F32, vec![2], vec![0; 8])));
+    let e = import_err(&f, "resnet20");
+    assert!(e.contains("layer1.0.extra.weight"), "{e}");
+
+    rewrite(&p, &f, |t| {
+        let e = t.iter_mut().find(|e| e.0 == "layer3.2.bn2.bias").unwrap();
+        e.2 = vec![63];
+        e.3.truncate(63 * 4);
+    });
+    let e = import_err(&f, "resnet20");
+    assert!(e.contains("layer3.2.bn2.bias") && e.contains("[63]"), "{e}");
+
+    // A tensor the width inference reads: the conv of a block with a wrong input width.
+    rewrite(&p, &f, |t| {
+        let e = t.iter_mut().find(|e| e.0 == "layer2.1.conv1.weight").unwrap();
+        e.2 = vec![32, 31, 3, 3];
+        e.3.truncate(32 * 31 * 9 * 4);
+    });
+    let e = import_err(&f, "resnet20");
+    assert!(e.contains("layer2.1.conv1.weight"), "{e}");
+
+    let e = import_err(&p, "resnet56");
+    assert!(e.contains("3 blocks per stage"), "{e}");
+
+    rewrite(&p, &f, |t| {
+        t.push(("layer2.0.shortcut.0.weight".into(), Dtype::F32, vec![32, 16, 1, 1], vec![0; 32 * 16 * 4]))
+    });
+    let e = import_err(&f, "resnet20");
+    assert!(e.contains("layer2.0.shortcut.0.weight") && e.contains("option-B"), "{e}");
+}
+
+#[test]
+fn import_refuses_pickles_and_other_vgg_classifiers_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let pickle = dir.path().join("resnet56.th");
+    std::fs::write(&pickle, b"PK\x03\x04 not really a zip").unwrap();
+    let e = import_err(&pickle, "resnet56");
+    assert!(e.contains("scripts/torch_to_safetensors.py") && e.contains("resnet56.safetensors"), "{e}");
+
+    let vgg = Model::new(Arch::new("vgg16", 3, 32, 10).unwrap(), &backend::cpu(), 0).unwrap();
+    let p = dir.path().join("vgg.safetensors");
+    checkpoint::save(&vgg, &p, &serde_json::Value::Null).unwrap();
+    let single = dir.path().join("single.safetensors");
+    rewrite(&p, &single, |t| {
+        t.retain(|e| !e.0.starts_with("classifier."));
+        t.push(("classifier.weight".into(), Dtype::F32, vec![10, 512], vec![0; 10 * 512 * 4]));
+        t.push(("classifier.bias".into(), Dtype::F32, vec![10], vec![0; 40]));
+    });
+    let e = import_err(&single, "vgg16");
+    assert!(e.contains("single Linear"), "{e}");
+}
+
+// ---- export against onnxruntime ----------------------------------------------------------
+
+/// Random batch-norm parameters and statistics, so folding is exercised.
+fn randomise_bn(m: &mut Model, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (name, slot) in m.graph.state_mut() {
+        if let StateMut::F32(t) = slot {
+            let (lo, hi) = if name.ends_with("running_var") || (name.ends_with(".weight") && t.rank() == 1) {
+                (0.5, 1.5)
+            } else if name.ends_with("running_mean") || (name.ends_with(".bias") && t.rank() == 1) {
+                (-0.2, 0.2)
+            } else {
+                continue;
+            };
+            let v: Vec<f32> = (0..t.numel()).map(|_| rng.random_range(lo..hi)).collect();
+            *t = Tensor::from_vec(t.dims(), v).unwrap();
+        }
+    }
+}
+
+fn input_for(m: &Model, n: usize, seed: u64) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dims: Vec<usize> = std::iter::once(n).chain(m.graph.input_shape().iter().copied()).collect();
+    let len = dims.iter().product();
+    Tensor::from_vec(&dims, (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()).unwrap()
+}
+
+/// Exports `ckpt`, runs it in onnxruntime and compares with lfgcl's CPU logits.
+fn check_onnx(ckpt: &Path, eo: ExportOptions, what: &str) {
+    let dev = backend::cpu();
+    let mut m = checkpoint::load(ckpt, &dev).unwrap();
+    let onnx_path = ckpt.with_extension(format!("{}.onnx", if eo.keep_bn { "bn" } else { "folded" }));
+    onnx::export(&m, &onnx_path, &eo).unwrap();
+    let x = input_for(&m, 3, 7);
+    let logits = m.graph.forward(&dev, x.try_clone().unwrap(), Mode::Eval).unwrap();
+    let refp = ckpt.with_extension("ref.safetensors");
+    write_ref(&refp, &x, &logits);
+    let out = run_python(&[script("ort_check.py").as_os_str(), onnx_path.as_os_str(), refp.as_os_str()]);
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let diff = r["max_abs_diff"].as_f64().unwrap() as f32;
+    let scale = (r["max_abs_ref"].as_f64().unwrap() as f32).max(1.0);
+    println!(
+        "{what}: onnxruntime vs lfgcl, max abs diff {diff:.2e}, logit scale {scale:.2}, ratio {:.2e}",
+        diff / scale
+    );
+    assert!(diff / scale <= TOL, "{what}: onnxruntime differs from lfgcl by {diff} (scale {scale})");
+    assert_eq!(r["input_shape"][0], "batch", "the batch must be dynamic");
+    let keys: Vec<&str> = r["metadata"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    for k in ["lfgcl.arch", "lfgcl.normalization", "lfgcl.input"] {
+        assert!(keys.contains(&k), "metadata {k} missing: {keys:?}");
+    }
+}
+
+fn saved_random(dir: &Path, model: &str, channels: usize, size: usize) -> PathBuf {
+    let mut m = Model::new(Arch::new(model, channels, size, 10).unwrap(), &backend::cpu(), 11).unwrap();
+    randomise_bn(&mut m, 5);
+    m.normalization = Some(lfgcl::data::Normalization { mean: vec![0.5; channels], std: vec![0.25; channels] });
+    let p = dir.join(format!("{model}.safetensors"));
+    checkpoint::save(&m, &p, &serde_json::Value::Null).unwrap();
+    p
+}
+
+#[test]
+fn onnxruntime_matches_lfgcl_on_resnet20_folded_and_kept_bn() {
+    if !python_or_skip("export resnet20") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = saved_random(dir.path(), "resnet20", 3, 32);
+    check_onnx(&p, ExportOptions::default(), "resnet20");
+    check_onnx(&p, ExportOptions { opset: 17, keep_bn: true }, "resnet20 --keep-bn --opset 17");
+}
+
+#[test]
+fn onnxruntime_matches_lfgcl_on_a_pruned_resnet20_with_streams() {
+    if !python_or_skip("export pruned resnet20") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = saved_random(dir.path(), "resnet20", 3, 32);
+    let pruned = dir.path().join("pruned.safetensors");
+    let out = Command::new(exe::lfgcl_exe())
+        .args(["--device", "cpu", "-q", "prune-apply", "--uniform", "--flops", "0.5", "--streams", "--ckpt"])
+        .arg(&p)
+        .arg("--out")
+        .arg(&pruned)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "prune-apply: {}", String::from_utf8_lossy(&out.stderr));
+    // The streams are pruned: some shortcut maps must not be the unpruned padding.
+    let m = checkpoint::load(&pruned, &backend::cpu()).unwrap();
+    assert!(m.arch.widths[..3] != [16, 32, 64], "streams were not pruned: {:?}", m.arch.widths);
+    check_onnx(&pruned, ExportOptions::default(), "resnet20 pruned --streams");
+    check_onnx(&pruned, ExportOptions { keep_bn: true, ..Default::default() }, "resnet20 pruned --streams --keep-bn");
+}
+
+#[test]
+fn onnxruntime_matches_lfgcl_on_vgg16_and_smallcnn() {
+    if !python_or_skip("export vgg16") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    check_onnx(&saved_random(dir.path(), "vgg16", 3, 32), ExportOptions::default(), "vgg16");
+    check_onnx(&saved_random(dir.path(), "smallcnn", 1, 28), ExportOptions::default(), "smallcnn");
+}
+
+#[test]
+fn export_rejects_unsupported_opsets_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = lfgcl_resnet20(dir.path());
+    let out = dir.path().join("x.onnx");
+    let e = onnx::export(&m, &out, &ExportOptions { opset: 12, keep_bn: false }).unwrap_err();
+    assert!(e.to_string().contains("opset 12"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn bench_deploy_runs_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = saved_random(dir.path(), "smallcnn", 1, 28);
+    let pruned = dir.path().join("pruned.safetensors");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let o = Command::new(exe::lfgcl_exe()).args(args).env("RAYON_NUM_THREADS", "2").output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    run(&[
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "-q".as_ref(),
+        "prune-apply".as_ref(),
+        "--uniform".as_ref(),
+        "--flops".as_ref(),
+        "0.5".as_ref(),
+        "--ckpt".as_ref(),
+        base.as_os_str(),
+        "--out".as_ref(),
+        pruned.as_os_str(),
+    ]);
+    let json = dir.path().join("deploy.json");
+    let with_ort = python_or_skip("bench deploy with onnxruntime");
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--threads".as_ref(),
+        "2".as_ref(),
+        "bench".as_ref(),
+        "deploy".as_ref(),
+        "--ckpt".as_ref(),
+        base.as_os_str(),
+        "--pruned".as_ref(),
+        pruned.as_os_str(),
+        "--batch".as_ref(),
+        "1,8".as_ref(),
+        "--min-seconds".as_ref(),
+        "0.01".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ];
+    if !with_ort {
+        args.push("--no-ort".as_ref());
+    }
+    let stdout = run(&args);
+    assert!(stdout.contains("speed-up") && stdout.contains("MACs ratio"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    let runtimes: Vec<&str> = rows.iter().map(|r| r["runtime"].as_str().unwrap()).collect();
+    assert_eq!(rows.len(), if with_ort { 4 } else { 2 }, "{runtimes:?}");
+    assert!(r["macs_ratio"].as_f64().unwrap() > 1.5, "{r}");
+    for row in rows {
+        assert!(
+            row["base_images_per_sec"].as_f64().unwrap() > 0.0 && row["pruned_images_per_sec"].as_f64().unwrap() > 0.0
+        );
+    }
+}
+
+#[test]
+fn cli_import_prints_the_conversion_command_and_export_onnx_writes_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfgcl = |args: &[&std::ffi::OsStr]| Command::new(exe::lfgcl_exe()).args(args).output().unwrap();
+    let pickle = dir.path().join("model.pt");
+    std::fs::write(&pickle, [0x80u8, 0x02, b'}', b'q']).unwrap();
+    let out = dir.path().join("base.safetensors");
+    let o = lfgcl(&[
+        "import".as_ref(),
+        "--from".as_ref(),
+        pickle.as_os_str(),
+        "--model".as_ref(),
+        "resnet20".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("python3 scripts/torch_to_safetensors.py"), "{err}");
+    assert!(!out.exists());
+
+    let (_, ckpt) = lfgcl_resnet20(dir.path());
+    let o = lfgcl(&[
+        "import".as_ref(),
+        "--from".as_ref(),
+        ckpt.as_os_str(),
+        "--model".as_ref(),
+        "resnet20".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--mean".as_ref(),
+        "0.5,0.5".as_ref(),
+        "--std".as_ref(),
+        "0.2,0.2".as_ref(),
+    ]);
+    assert!(!o.status.success(), "a 2-channel normalisation for a 3-channel net must fail");
+    let o = lfgcl(&[
+        "import".as_ref(),
+        "--from".as_ref(),
+        ckpt.as_os_str(),
+        "--model".as_ref(),
+        "resnet20".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown"), "a missing normalisation must be warned about");
+
+    let onnx_path = dir.path().join("base.onnx");
+    let o =
+        lfgcl(&["export-onnx".as_ref(), "--ckpt".as_ref(), out.as_os_str(), "--out".as_ref(), onnx_path.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Decodes with the same schema: one input with a symbolic batch, opset 13, BN folded.
+    use prost::Message;
+    let m = lfgcl::interop::proto::ModelProto::decode(std::fs::read(&onnx_path).unwrap().as_slice()).unwrap();
+    assert_eq!(m.opset_import[0].version, Some(13));
+    let g = m.graph.unwrap();
+    assert!(g.node.iter().all(|n| n.op_type.as_deref() != Some("BatchNormalization")));
+    assert_eq!(g.node.iter().filter(|n| n.op_type.as_deref() == Some("Conv")).count(), 19);
+}
