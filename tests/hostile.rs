@@ -302,6 +302,9 @@ fn checkpoint_that_is_not_a_regular_file_or_lies_about_its_header_is_refused() {
     bytes.extend_from_slice(b"{}      ");
     write(&p, &bytes);
     assert_refused(&run(&["--device", "cpu", "eval", "--ckpt", &s(&p)]), &["header.safetensors"]);
+    let out = s(&dir.path().join("imported.safetensors"));
+    let o = run(&["--device", "cpu", "import", "--from", "/dev/zero", "--model", "resnet20", "--out", &out]);
+    assert_refused(&o, &["/dev/zero"]);
 }
 
 #[test]
