@@ -389,6 +389,21 @@ fn non_finite_and_negative_float_flags_are_refused() {
         ]);
         assert_refused(&o, &[flag]);
     }
+    let pruned = s(&dir.path().join("pruned.safetensors"));
+    for (flag, value) in [("--lower", "nan"), ("--flops", "nan"), ("--params", "-1"), ("--flops", "inf")] {
+        let o = run(&[
+            "--device",
+            "cpu",
+            "prune-apply",
+            "--uniform",
+            "--ckpt",
+            &s(&ckpt),
+            "--out",
+            &pruned,
+            &format!("{flag}={value}"),
+        ]);
+        assert_refused(&o, &[flag]);
+    }
     for keep in ["nan", "0", "1.5"] {
         let o = run(&["--device", "cpu", "bench", "search", "--ckpt", &s(&ckpt), "--keep", keep, "--images", "8"]);
         assert_refused(&o, &["--keep"]);
