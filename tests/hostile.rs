@@ -302,6 +302,9 @@ fn checkpoint_that_is_not_a_regular_file_or_lies_about_its_header_is_refused() {
     bytes.extend_from_slice(b"{}      ");
     write(&p, &bytes);
     assert_refused(&run(&["--device", "cpu", "eval", "--ckpt", &s(&p)]), &["header.safetensors"]);
+    let out = s(&dir.path().join("imported.safetensors"));
+    let o = run(&["--device", "cpu", "import", "--from", "/dev/zero", "--model", "resnet20", "--out", &out]);
+    assert_refused(&o, &["/dev/zero"]);
 }
 
 #[test]
@@ -382,6 +385,21 @@ fn non_finite_and_negative_float_flags_are_refused() {
             &s(&ckpt),
             "--out",
             &s(&out),
+            &format!("{flag}={value}"),
+        ]);
+        assert_refused(&o, &[flag]);
+    }
+    let pruned = s(&dir.path().join("pruned.safetensors"));
+    for (flag, value) in [("--lower", "nan"), ("--flops", "nan"), ("--params", "-1"), ("--flops", "inf")] {
+        let o = run(&[
+            "--device",
+            "cpu",
+            "prune-apply",
+            "--uniform",
+            "--ckpt",
+            &s(&ckpt),
+            "--out",
+            &pruned,
             &format!("{flag}={value}"),
         ]);
         assert_refused(&o, &[flag]);
@@ -487,6 +505,10 @@ fn policy_files_with_bad_rounding_or_for_another_model_are_refused() {
         let o = run(&["--device", "cpu", "prune-apply", "--ckpt", &s(&ckpt), "--ratios", &s(&p), "--out", &out]);
         assert_refused(&o, &[name, field]);
     }
+    // A policy "file" that never ends.
+    let out = s(&dir.path().join("pruned.safetensors"));
+    let o = run(&["--device", "cpu", "prune-apply", "--ckpt", &s(&ckpt), "--ratios", "/dev/zero", "--out", &out]);
+    assert_refused(&o, &["/dev/zero"]);
     // The same file with a valid rounding is applied.
     let p = dir.path().join("good.json");
     write(&p, br#"{"model":"smallcnn","ratios":[0.5,0.5,0.5],"round":4}"#);

@@ -330,6 +330,7 @@ fn cmd_eval(g: &GlobalArgs, a: EvalArgs) -> Result<()> {
 }
 
 fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
+    let _lock = DirLock::acquire(&a.out)?;
     let dev = open_device(g)?;
     let t0 = Instant::now();
     let train_ds = data::synthetic::generate(Split::Train);
@@ -404,10 +405,8 @@ fn bench_search(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
 }
 
 fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
-    if let Some(b) = &a.batch {
-        for &n in b {
-            crate::limits::check_count("--batch", n, crate::limits::MAX_BATCH)?;
-        }
+    for &b in a.batch.iter().flatten() {
+        crate::limits::check_count("--batch", b, crate::limits::MAX_BATCH)?;
     }
     crate::limits::check_count("--train-batch", a.train_batch, crate::limits::MAX_BATCH)?;
     if let Some(r) = a.reps {

@@ -234,7 +234,8 @@ fn infer_arch(cx: &Ctx<'_>, opts: &ImportOptions) -> Result<Arch> {
 
 /// Imports a state dict into a model (on the CPU).
 pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportSummary)> {
-    let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
+    // F64 state dicts are twice the size of the f32 checkpoint they become.
+    let bytes = crate::limits::read_bounded(from, 2 * crate::limits::MAX_CHECKPOINT_BYTES)?;
     let mut src = read_sources(from, &bytes)?;
     let family = Family::parse(&opts.model)?;
     if matches!(family, Family::ResNet { .. }) {
@@ -344,6 +345,9 @@ pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportS
         macs: cost.macs,
         params: cost.params,
     };
+    if let Some(name) = crate::train::first_non_finite(&model)? {
+        return Err(Error::format(from, format!("tensor {name} holds a NaN or infinite value")));
+    }
     Ok((model, summary))
 }
 

@@ -124,7 +124,7 @@ impl Budget {
         if self.flops.is_none() && self.params.is_none() {
             return Err(Error::Budget("give a FLOPs or a params budget (a fraction in (0, 1])".into()));
         }
-        for (what, v) in [("FLOPs", self.flops), ("params", self.params)] {
+        for (what, v) in [("FLOPs (--flops)", self.flops), ("params (--params)", self.params)] {
             if let Some(v) = v {
                 if !(v > 0.0 && v <= 1.0) {
                     return Err(Error::Budget(format!("{what} budget must be a fraction in (0, 1], got {v}")));
@@ -155,7 +155,10 @@ impl Default for Constraints {
 impl Constraints {
     pub fn validate(&self) -> Result<()> {
         if !(self.lower > 0.0 && self.lower <= 1.0) {
-            return Err(Error::Budget(format!("the lower bound on keep ratios must be in (0, 1], got {}", self.lower)));
+            return Err(Error::Budget(format!(
+                "the lower bound on keep ratios (--lower) must be in (0, 1], got {}",
+                self.lower
+            )));
         }
         if !super::ROUNDINGS.contains(&self.round) {
             return Err(Error::Invalid(format!("--round must be 1, 2, 4, 8 or 16, got {}", self.round)));

@@ -19,6 +19,9 @@ pub const LOG_FILE: &str = "train_log.jsonl";
 /// Written by callers once a run completes; removed when a run starts.
 pub const SUMMARY_FILE: &str = "summary.json";
 
+/// Called after each epoch with its log, the logs of the epochs before it and the model.
+pub type OnEpoch<'a> = dyn FnMut(&EpochLog, &[EpochLog], &Model) -> Result<()> + 'a;
+
 /// Where a run lives and how it starts.
 pub struct RunDir<'a> {
     pub dir: &'a Path,
@@ -104,9 +107,6 @@ fn restore(
 /// line to the log, calls `on_epoch(log, earlier_logs, model)` to write the caller's outputs, then
 /// saves the resume state. With `run.resume`, continues the saved run (same settings required);
 /// on the CPU the result is bit-identical to an uninterrupted run.
-/// Called after every finished epoch with its log, all logs so far and the model.
-pub type EpochHook<'a> = dyn FnMut(&EpochLog, &[EpochLog], &Model) -> Result<()> + 'a;
-
 #[allow(clippy::too_many_arguments)]
 pub fn fit_in_dir(
     model: &mut Model,
@@ -116,7 +116,7 @@ pub fn fit_in_dir(
     cfg: &TrainConfig,
     objective: &mut Objective<'_>,
     run: &RunDir<'_>,
-    on_epoch: &mut EpochHook<'_>,
+    on_epoch: &mut OnEpoch<'_>,
 ) -> Result<Vec<EpochLog>> {
     let _lock = DirLock::acquire(run.dir)?;
     let log_path = run.dir.join(LOG_FILE);
