@@ -247,6 +247,18 @@ pub struct SearchBenchReport {
     pub batched_candidates_per_second: f64,
 }
 
+/// `n` standard-normal images of the model's input shape (seeded): search benchmarks need no data.
+fn random_images(model: &Model, n: usize) -> Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    let a = &model.arch;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let len = n * a.in_channels * a.input_size * a.input_size;
+    Tensor::from_vec(
+        &[n, a.in_channels, a.input_size, a.input_size],
+        (0..len).map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal)).collect(),
+    )
+}
+
 /// Times the search's per-candidate work on a checkpoint: gather the kept channels (keep ratio
 /// `keep` in every inner group), forward `images` unlabeled images, reduce the feature MSE.
 pub fn search_bench(
@@ -258,15 +270,8 @@ pub fn search_bench(
 ) -> Result<SearchBenchReport> {
     use crate::prune::{keep_count, Criterion, GroupScope, Pruner};
     use crate::search::reward::{RewardConfig, Scorer};
-    use rand::{Rng, SeedableRng};
     use rayon::prelude::*;
-    let a = &model.arch;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let n = images * a.in_channels * a.input_size * a.input_size;
-    let x = Tensor::from_vec(
-        &[images, a.in_channels, a.input_size, a.input_size],
-        (0..n).map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal)).collect(),
-    )?;
+    let x = random_images(model, images)?;
     let pruner = Pruner::new(model, GroupScope::Inner, Criterion::L1)?;
     // Running BN statistics: the same work per candidate as scripts/torch_search_eval.py
     // (gather, forward, feature MSE), so the two can be compared.
@@ -368,14 +373,7 @@ pub fn search_loop_bench(
     use crate::search::ddpg::DdpgConfig;
     use crate::search::reward::{RewardConfig, Scorer};
     use crate::search::{CandidateRecord, RunOptions, SearchConfig, SearchFiles};
-    use rand::{Rng, SeedableRng};
-    let a = &model.arch;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let n = images * a.in_channels * a.input_size * a.input_size;
-    let x = Tensor::from_vec(
-        &[images, a.in_channels, a.input_size, a.input_size],
-        (0..n).map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal)).collect(),
-    )?;
+    let x = random_images(model, images)?;
     let k = candidates_per_step;
     let cfg = SearchConfig {
         budget: Budget { flops: Some(0.5), params: None },

@@ -501,3 +501,66 @@ fn search_options_and_output_folder_are_checked() {
     assert_eq!(std::fs::read(out.join("candidates.jsonl")).unwrap(), log_before, "the log was not overwritten");
     assert!(!out.join("summary.json").exists(), "the old summary was removed");
 }
+
+/// SIGTERM (like Ctrl-C) saves the state and stops with a message saying how to continue; the
+/// resumed search finishes.
+#[test]
+fn sigterm_saves_the_search_and_says_how_to_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = backend::cpu();
+    let m = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap(), &dev, 0).unwrap();
+    let ckpt = tmp.path().join("base.safetensors");
+    lfgcl::train::checkpoint::save(&m, &ckpt, &serde_json::Value::Null).unwrap();
+    let out = tmp.path().join("s");
+    let mut args: Vec<String> = [
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "--quiet",
+        "search",
+        "--ckpt",
+        ckpt.to_str().unwrap(),
+        "--images",
+        "32",
+        "--flops",
+        "0.5",
+        "--episodes",
+        "400",
+        "--warmup",
+        "5",
+        "--candidates-per-step",
+        "4",
+        "--checkpoint-every",
+        "60",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let child = std::process::Command::new(exe::lfgcl_exe())
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Past the first checkpoint (written with the uniform reference), well before the end.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted") && err.contains("--resume"), "{err}");
+    let saved = read_log(&out);
+    assert!(saved.len() > 1 && saved.len() < 1 + 400 * 4, "{} records", saved.len());
+    assert!(!out.join(".lfgcl.lock").exists(), "the lock is released");
+    // Continue to a short end.
+    let n = args.iter().position(|a| a == "400").unwrap();
+    args[n] = (saved.iter().map(|r| r.episode).max().unwrap() + 3).to_string();
+    args.push("--resume".into());
+    let o = std::process::Command::new(exe::lfgcl_exe()).args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("summary.json").exists());
+}
