@@ -7,7 +7,7 @@
 //! reproducible bit for bit.
 
 use super::gemm::{sgemm, sgemm_layout, Layout};
-use super::{host, ops, CpuBackend};
+use super::{host, CpuBackend};
 use crate::backend::{ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -351,16 +351,26 @@ impl ConvOps for CpuBackend {
     /// batch-norm affine, add, ReLU), so fusing never changes a CPU result.
     fn conv2d_forward_fused(&self, x: &Tensor, w: &Tensor, spec: ConvSpec, epi: &ConvEpilogue) -> Result<Tensor> {
         let s = ConvShape::fused(x, w, spec, epi)?;
-        let y = self.conv2d_forward(x, w, spec)?;
-        let hw = s.out_h * s.out_w;
-        let y = ops::batchnorm_eval(host(&y)?, s.c_out, hw, host(epi.scale)?, host(epi.shift)?);
-        let y = match epi.residual {
-            Some(r) if epi.relu => ops::map_binary(&y, host(r)?, |u, v| (u + v).max(0.0)),
-            Some(r) => ops::map_binary(&y, host(r)?, |u, v| u + v),
-            None if epi.relu => ops::map_unary(&y, |v| v.max(0.0)),
-            None => y,
-        };
-        Tensor::from_vec(&s.output_dims(), y)
+        let mut y = self.conv2d_forward(x, w, spec)?;
+        // One pass over the output while it is in cache, in place, with the unfused ops'
+        // arithmetic in their order (`(v*scale + shift) + residual`, then ReLU): same bits.
+        let hw = (s.out_h * s.out_w).max(1);
+        let (scale, shift) = (host(epi.scale)?, host(epi.shift)?);
+        let residual = epi.residual.map(host).transpose()?;
+        let relu = epi.relu;
+        y.as_mut_slice()?.par_chunks_mut(hw).enumerate().for_each(|(row, out)| {
+            let ch = row % s.c_out;
+            let (a, b) = (scale[ch], shift[ch]);
+            let res = residual.map(|r| &r[row * hw..(row + 1) * hw]);
+            for (i, o) in out.iter_mut().enumerate() {
+                let mut v = *o * a + b;
+                if let Some(r) = res {
+                    v += r[i];
+                }
+                *o = if relu { v.max(0.0) } else { v };
+            }
+        });
+        Ok(y)
     }
 
     fn set_conv_precision(&self, precision: Precision) -> Result<()> {
