@@ -394,8 +394,11 @@ fn search_killed_at_random_moments_resumes_bit_for_bit() {
         .collect()
     };
     let full = tmp.path().join("full");
+    let t0 = std::time::Instant::now();
     let o = std::process::Command::new(exe::lfgcl_exe()).args(args(&full)).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Kill moments scale with how long a whole run takes on this machine.
+    let whole_ms = t0.elapsed().as_millis().max(20) as u64;
 
     let part = tmp.path().join("part");
     let mut rng = StdRng::seed_from_u64(11);
@@ -412,7 +415,7 @@ fn search_killed_at_random_moments_resumes_bit_for_bit() {
             .spawn()
             .unwrap();
         if kills < 4 {
-            std::thread::sleep(std::time::Duration::from_millis(rng.random_range(300..1500)));
+            std::thread::sleep(std::time::Duration::from_millis(rng.random_range(whole_ms / 10..whole_ms * 8 / 10)));
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap();
                 child.wait().unwrap();
@@ -545,8 +548,12 @@ fn sigterm_saves_the_search_and_says_how_to_resume() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Past the first checkpoint (written with the uniform reference), well before the end.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Once the loop runs (the log has episode lines), well before the end.
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(out.join("candidates.jsonl")).map_or(0, |t| t.lines().count()) < 5 {
+        assert!(started.elapsed().as_secs() < 120, "the search did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let o = child.wait_with_output().unwrap();

@@ -124,6 +124,8 @@ pub fn run(
     opts: &RunOptions,
 ) -> Result<SearchOutcome> {
     let started = Instant::now();
+    // From here on, Ctrl-C and SIGTERM stop the search at the next step, with its state saved.
+    let interrupted = interrupt_flag()?;
     cfg.validate()?;
     std::fs::create_dir_all(&files.dir).map_err(|e| Error::io(&files.dir, e))?;
     let _lock = crate::error::DirLock::acquire(&files.dir)?;
@@ -157,7 +159,6 @@ pub fn run(
         saved::write(&state_path, &search.snapshot(bytes))?;
         log
     };
-    let interrupted = interrupt_flag()?;
     let pb = if opts.progress { ProgressBar::new(cfg.episodes as u64) } else { ProgressBar::hidden() };
     pb.set_style(
         ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} episodes {msg} ({elapsed}<{eta})")
