@@ -503,6 +503,12 @@ fn search_options_and_output_folder_are_checked() {
     assert!(err.contains("no saved state"), "{err}");
     assert_eq!(std::fs::read(out.join("candidates.jsonl")).unwrap(), log_before, "the log was not overwritten");
     assert!(!out.join("summary.json").exists(), "the old summary was removed");
+    // A log that holds only the uniform reference (killed before the first state) starts over.
+    let first_line = String::from_utf8(log_before).unwrap().lines().next().unwrap().to_string() + "\n";
+    std::fs::write(out.join("candidates.jsonl"), first_line).unwrap();
+    let (code, err) = run(&["--resume"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.join("summary.json").exists());
 }
 
 /// SIGTERM (like Ctrl-C) saves the state and stops with a message saying how to continue; the

@@ -142,7 +142,13 @@ pub fn run(
         JsonlWriter::append(files.log())?
     } else {
         if opts.resume {
-            if files.log().exists() {
+            // A log with episodes but no state is work this run cannot continue: refuse rather
+            // than overwrite it. A log holding only the uniform reference (a run killed before
+            // its first state was written) loses nothing by starting over.
+            let has_episodes = files.log().exists()
+                && report::read_jsonl::<CandidateRecord>(files.log())
+                    .map_or(true, |r| r.iter().any(|r| r.episode >= 0));
+            if has_episodes {
                 return Err(Error::Invalid(format!(
                     "{} holds a search log but no saved state ({}) to resume from; use a new --out, or run without --resume to start over",
                     files.dir.display(),
@@ -152,8 +158,8 @@ pub fn run(
             eprintln!("note: nothing to resume in {}; starting a new search", files.dir.display());
         }
         remove_if_present(&state_path)?;
-        let mut log = JsonlWriter::create(files.log())?;
         let uniform = search.start()?;
+        let mut log = JsonlWriter::create(files.log())?;
         let bytes = log.write(&uniform)? as u64;
         // A state from the very start: a log is never left without one to resume from.
         saved::write(&state_path, &search.snapshot(bytes))?;
