@@ -393,14 +393,10 @@ pub fn search_loop_bench(
     let dir = std::env::temp_dir().join(format!("lfgcl-bench-search-{}", std::process::id()));
     let files = SearchFiles { dir: dir.clone() };
     let opts = RunOptions { progress, ..RunOptions::default() };
-    let result = crate::search::run(model, dev, &x, &cfg, &files, None, &opts);
-    let records: Result<Vec<CandidateRecord>> = result.and_then(|_| crate::report::read_jsonl(files.log()));
-    let outcome_time = crate::report::read_json::<serde_json::Value>(files.summary())
-        .ok()
-        .and_then(|v| serde_json::from_value::<crate::search::TimeBreakdown>(v["outcome"]["time"].clone()).ok());
+    let result = crate::search::run(model, dev, &x, &cfg, &files, None, &opts)
+        .and_then(|outcome| Ok((outcome.time, crate::report::read_jsonl::<CandidateRecord>(files.log())?)));
     let _ = std::fs::remove_dir_all(&dir);
-    let records = records?;
-    let time = outcome_time.ok_or_else(|| crate::Error::Invalid("the search wrote no time breakdown".into()))?;
+    let (time, records) = result?;
     // The raw rate: the very candidates the loop scored (not the cached repeats, not the uniform
     // reference), K at a time.
     let pruner = Pruner::new(model, cfg.scope, cfg.criterion)?;

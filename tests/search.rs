@@ -191,6 +191,15 @@ fn bn_recalibration_uses_the_unlabeled_batch() {
     }
 }
 
+/// An untrained small CNN saved as `base.safetensors` in `dir` (the search needs no trained net
+/// to exercise its files, options and resume).
+fn untrained_checkpoint(dir: &std::path::Path) -> std::path::PathBuf {
+    let m = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap(), &backend::cpu(), 0).unwrap();
+    let ckpt = dir.join("base.safetensors");
+    lfgcl::train::checkpoint::save(&m, &ckpt, &serde_json::Value::Null).unwrap();
+    ckpt
+}
+
 fn opts(resume: bool) -> RunOptions {
     RunOptions { resume, ..RunOptions::default() }
 }
@@ -240,7 +249,7 @@ fn search_meets_the_budget_and_resume_matches_an_uninterrupted_run() {
     let mut other = config(6);
     other.seed = 99;
     let e = search::run(&mut m, &dev, &images, &other, &files, None, &opts(true)).unwrap_err().to_string();
-    assert!(e.contains("differs in seed (99 now, 5 when started)"), "{e}");
+    assert!(e.contains("differs: seed was 5, now 99"), "{e}");
     // So is resuming on other images, naming them.
     let other_images = images.to_vec().unwrap();
     let other_images = Tensor::from_vec(images.dims(), other_images.into_iter().map(|v| v * 0.5).collect()).unwrap();
@@ -299,10 +308,7 @@ fn search_cli_bad_input() {
     assert_eq!(code, Some(1));
     assert!(err.contains("no architecture") && !err.contains("panicked"), "{err}");
     // No images in the folder.
-    let dev = backend::cpu();
-    let m = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap(), &dev, 0).unwrap();
-    let ckpt = tmp.path().join("m.safetensors");
-    lfgcl::train::checkpoint::save(&m, &ckpt, &serde_json::Value::Null).unwrap();
+    let ckpt = untrained_checkpoint(tmp.path());
     let empty = tmp.path().join("no_images");
     std::fs::create_dir_all(&empty).unwrap();
     std::fs::write(empty.join("readme.txt"), "not an image").unwrap();
@@ -356,10 +362,7 @@ fn batched_scoring_equals_scoring_one_by_one() {
 fn search_killed_at_random_moments_resumes_bit_for_bit() {
     use rand::Rng;
     let tmp = tempfile::tempdir().unwrap();
-    let dev = backend::cpu();
-    let m = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap(), &dev, 0).unwrap();
-    let ckpt = tmp.path().join("base.safetensors");
-    lfgcl::train::checkpoint::save(&m, &ckpt, &serde_json::Value::Null).unwrap();
+    let ckpt = untrained_checkpoint(tmp.path());
     let args = |out: &std::path::Path| -> Vec<String> {
         [
             "--device",
@@ -448,10 +451,7 @@ fn search_killed_at_random_moments_resumes_bit_for_bit() {
 #[test]
 fn search_options_and_output_folder_are_checked() {
     let tmp = tempfile::tempdir().unwrap();
-    let dev = backend::cpu();
-    let m = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap(), &dev, 0).unwrap();
-    let ckpt = tmp.path().join("m.safetensors");
-    lfgcl::train::checkpoint::save(&m, &ckpt, &serde_json::Value::Null).unwrap();
+    let ckpt = untrained_checkpoint(tmp.path());
     let out = tmp.path().join("s");
     let run = |extra: &[&str]| {
         let mut args = vec![
@@ -516,10 +516,7 @@ fn search_options_and_output_folder_are_checked() {
 #[test]
 fn sigterm_saves_the_search_and_says_how_to_resume() {
     let tmp = tempfile::tempdir().unwrap();
-    let dev = backend::cpu();
-    let m = Model::new(Arch::new("smallcnn", 3, 32, 10).unwrap(), &dev, 0).unwrap();
-    let ckpt = tmp.path().join("base.safetensors");
-    lfgcl::train::checkpoint::save(&m, &ckpt, &serde_json::Value::Null).unwrap();
+    let ckpt = untrained_checkpoint(tmp.path());
     let out = tmp.path().join("s");
     let mut args: Vec<String> = [
         "--device",

@@ -12,6 +12,28 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Writes `value` as pretty-printed JSON (with a final newline), atomically.
+/// Paths (`a.b.c`) where two JSON values differ, as `path was OLD, now NEW` (a key missing on one
+/// side counts as null). Used to name the settings a resumed run changed.
+pub fn json_differences(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    fn walk(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
+        match (old, new) {
+            (serde_json::Value::Object(o), serde_json::Value::Object(n)) => {
+                let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+                for k in keys {
+                    let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let null = serde_json::Value::Null;
+                    walk(&sub, o.get(k).unwrap_or(&null), n.get(k).unwrap_or(&null), out);
+                }
+            }
+            _ if old != new => out.push(format!("{path} was {old}, now {new}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", old, new, &mut out);
+    out
+}
+
 pub fn write_json<T: Serialize + ?Sized>(path: impl AsRef<Path>, value: &T) -> Result<()> {
     let path = path.as_ref();
     let mut bytes =

@@ -4,7 +4,7 @@
 pub mod json;
 pub mod svg;
 
-pub use json::{read_json, read_jsonl, write_json, JsonlWriter};
+pub use json::{json_differences, read_json, read_jsonl, write_json, JsonlWriter};
 pub use svg::{nice_ticks, BarChart, LinePlot, ScatterPlot, Series, SeriesStyle, PALETTE};
 
 /// Pearson correlation of paired samples. None when the lengths differ, there are fewer than

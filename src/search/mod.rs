@@ -18,7 +18,7 @@ pub mod state;
 
 pub use run::{run, RunOptions, SearchFiles};
 
-use crate::backend::{Device, DeviceKind};
+use crate::backend::Device;
 use crate::data::{Dataset, Loader, Normalization};
 use crate::error::{Error, Result};
 use crate::models::Model;
@@ -28,7 +28,6 @@ use crate::tensor::Tensor;
 use ddpg::{Agent, DdpgConfig, Transition};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
 use reward::{RewardConfig, Scorer};
 use saved::SavedSearch;
 use serde::{Deserialize, Serialize};
@@ -294,32 +293,12 @@ impl Fingerprint {
     }
 }
 
-/// Names of the settings that differ between two configurations (`ddpg.actor_lr`, `budget`, ...),
-/// the episode count excepted.
+/// The settings that differ between a search's configuration now and when it was started
+/// (`seed was 5, now 99`, `ddpg.actor_lr ...`), the episode count excepted.
 fn config_differences(now: &SearchConfig, saved: &SearchConfig) -> Vec<String> {
     let a = serde_json::to_value(SearchConfig { episodes: 0, ..now.clone() }).expect("config serialises");
     let b = serde_json::to_value(SearchConfig { episodes: 0, ..saved.clone() }).expect("config serialises");
-    let mut out = Vec::new();
-    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-        match (a, b) {
-            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
-                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-                keys.sort();
-                keys.dedup();
-                for k in keys {
-                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                    match (x.get(k), y.get(k)) {
-                        (Some(p), Some(q)) => walk(&name, p, q, out),
-                        _ => out.push(name),
-                    }
-                }
-            }
-            _ if a != b => out.push(format!("{prefix} ({a} now, {b} when started)")),
-            _ => {}
-        }
-    }
-    walk("", &a, &b, &mut out);
-    out
+    crate::report::json_differences(&b, &a)
 }
 
 /// Rewards (and reported accuracies) of every kept-channel vector evaluated so far.
@@ -456,7 +435,7 @@ impl<'a> Search<'a> {
         }
         if !what.is_empty() {
             return Err(Error::Invalid(format!(
-                "the saved search differs in {}; resume with the same inputs and options (only --episodes may grow) or use a new --out",
+                "the saved search differs: {}; resume with the same inputs and options (only --episodes may grow) or use a new --out",
                 what.join("; ")
             )));
         }
@@ -636,14 +615,9 @@ fn evaluate(
         return Ok(rewards.into_iter().map(|x| (x, None)).collect());
     };
     // With the accuracy report each candidate is also classified, so it is built once for both.
-    let one = |keep: &Vec<Vec<u32>>| -> Result<(f64, Option<f64>)> {
+    reward::per_candidate(dev, &keeps, |keep| {
         let mut cand = scorer.candidate(base, &pruner.groups, keep)?;
         let reward = scorer.score(&mut cand, keep)?;
         Ok((reward, Some(top1(&mut cand, dev, &r.images, &r.labels)?)))
-    };
-    if dev.kind() == DeviceKind::Cpu {
-        keeps.par_iter().with_max_len(1).map(one).collect()
-    } else {
-        keeps.iter().map(one).collect()
-    }
+    })
 }

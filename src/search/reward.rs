@@ -128,6 +128,21 @@ pub fn scored_candidate(
     Ok(cand)
 }
 
+/// `f` of every candidate: side by side on the CPU's thread pool (each candidate's forward also
+/// uses the pool), one after another on a device's single stream.
+pub fn per_candidate<T: Sync, R: Send>(
+    dev: &Device,
+    items: &[T],
+    f: impl Fn(&T) -> Result<R> + Sync + Send,
+) -> Result<Vec<R>> {
+    if dev.kind() == DeviceKind::Cpu {
+        use rayon::prelude::*;
+        items.par_iter().with_max_len(1).map(f).collect()
+    } else {
+        items.iter().map(f).collect()
+    }
+}
+
 impl Scorer {
     /// `images`: the normalised unlabeled batch `[N, C, H, W]` (any device). `groups`: the
     /// groups candidates may prune (to know which taps lose channels).
@@ -233,13 +248,11 @@ impl Scorer {
     /// also uses the pool); on a GPU their weights are gathered together (`apply_batch`) and
     /// their forward passes queued one after another on the device's stream.
     pub fn score_batch(&self, base: &Model, groups: &[ChannelGroup], keeps: &[Vec<Vec<u32>>]) -> Result<Vec<f64>> {
-        let one = |keep: &Vec<Vec<u32>>| -> Result<f64> {
-            let mut cand = self.candidate(base, groups, keep)?;
-            self.score(&mut cand, keep)
-        };
         if self.dev.kind() == DeviceKind::Cpu {
-            use rayon::prelude::*;
-            return keeps.par_iter().with_max_len(1).map(one).collect();
+            return per_candidate(&self.dev, keeps, |keep| {
+                let mut cand = self.candidate(base, groups, keep)?;
+                self.score(&mut cand, keep)
+            });
         }
         // On a device: every tensor of all K candidates gathered in one launch each, then the
         // candidates' BN re-estimation and forward passes queued back to back.

@@ -3,7 +3,7 @@
 use super::saved;
 use super::{AccuracyReport, CandidateRecord, Search, SearchConfig, SearchOutcome, Strategy};
 use crate::backend::Device;
-use crate::error::{Error, Result};
+use crate::error::{remove_if_exists, Error, Result};
 use crate::models::Model;
 use crate::prune::Pruner;
 use crate::report::{self, BarChart, JsonlWriter, LinePlot, ScatterPlot, Series, SeriesStyle};
@@ -68,13 +68,6 @@ fn interrupt_flag() -> Result<Arc<AtomicBool>> {
     Ok(FLAG.get_or_init(|| flag).clone())
 }
 
-fn remove_if_present(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-        _ => Ok(()),
-    }
-}
-
 /// Writes checkpoints on a thread of its own, so the loop only pays for copying the state; one
 /// write at a time, each atomic, and an error surfaces at the next save or at the end.
 #[derive(Default)]
@@ -130,7 +123,7 @@ pub fn run(
     std::fs::create_dir_all(&files.dir).map_err(|e| Error::io(&files.dir, e))?;
     let _lock = crate::error::DirLock::acquire(&files.dir)?;
     // A summary describes a finished search; one left from an earlier run must not survive this one.
-    remove_if_present(&files.summary())?;
+    remove_if_exists(&files.summary())?;
     let mut search = Search::new(base, dev, images, cfg.clone(), report)?;
     let state_path = files.state();
     let mut log = if opts.resume && state_path.exists() {
@@ -157,7 +150,7 @@ pub fn run(
             }
             eprintln!("note: nothing to resume in {}; starting a new search", files.dir.display());
         }
-        remove_if_present(&state_path)?;
+        remove_if_exists(&state_path)?;
         let uniform = search.start()?;
         let mut log = JsonlWriter::create(files.log())?;
         let bytes = log.write(&uniform)? as u64;

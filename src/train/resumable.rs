@@ -6,7 +6,7 @@ use super::checkpoint;
 use super::{fit_from, EpochLog, Objective, ResumePoint, TrainConfig};
 use crate::backend::Device;
 use crate::data::Dataset;
-use crate::error::{write_atomic, DirLock, Error, Result};
+use crate::error::{remove_if_exists, write_atomic, DirLock, Error, Result};
 use crate::models::Model;
 use crate::report::JsonlWriter;
 use serde_json::json;
@@ -29,29 +29,6 @@ pub struct RunDir<'a> {
     pub resume: bool,
     /// The command's settings: a resumed run must have been started with the same ones.
     pub settings: &'a serde_json::Value,
-}
-
-fn remove_if_exists(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-        _ => Ok(()),
-    }
-}
-
-/// Paths (`a.b.c`) where two JSON values differ.
-fn json_differences(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
-    match (old, new) {
-        (serde_json::Value::Object(o), serde_json::Value::Object(n)) => {
-            let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
-            for k in keys {
-                let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                let null = serde_json::Value::Null;
-                json_differences(&sub, o.get(k).unwrap_or(&null), n.get(k).unwrap_or(&null), out);
-            }
-        }
-        _ if old != new => out.push(format!("{path} was {old}, now {new}")),
-        _ => {}
-    }
 }
 
 /// Reads the saved state of the run in `run.dir` into `model`, checks its settings, and cuts the
@@ -77,8 +54,7 @@ fn restore(
     if saved_text != settings_text {
         let saved: serde_json::Value = serde_json::from_str(saved_text).unwrap_or_default();
         let now: serde_json::Value = serde_json::from_str(settings_text).unwrap_or_default();
-        let mut diffs = Vec::new();
-        json_differences("", &saved, &now, &mut diffs);
+        let diffs = crate::report::json_differences(&saved, &now);
         return Err(Error::Invalid(format!(
             "--resume: {} was started with other settings: {}",
             run.dir.display(),
