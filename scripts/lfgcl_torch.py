@@ -16,8 +16,6 @@ import json
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 VGG16_CFG = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0]
 
@@ -149,6 +147,10 @@ def build(arch):
 
 def load(path, device="cpu"):
     """(model, arch, normalization) from an lfgcl checkpoint."""
+    # Imported here so that `build` needs torch alone (scripts/torch_cpu_bench.py).
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
     if "lfgcl.arch" not in meta:

@@ -15,6 +15,25 @@ pub enum Storage {
 pub struct Tensor {
     dims: Vec<usize>,
     storage: Storage,
+    /// Identifies the tensor's contents: a fresh value from a process-wide counter at creation
+    /// and at every mutable access, never reused. Caches derived from a tensor (the CPU's
+    /// Winograd filter transforms) key on it.
+    stamp: u64,
+}
+
+/// The next content stamp (starts at 1; 2^64 accesses do not happen).
+fn next_stamp() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Drop for Tensor {
+    /// Large host buffers go back to the CPU backend's pool, for the next op's output.
+    fn drop(&mut self) {
+        if let Storage::Cpu(v) = &mut self.storage {
+            crate::backend::cpu::buffers::give(std::mem::take(v));
+        }
+    }
 }
 
 impl std::fmt::Debug for Tensor {
@@ -39,17 +58,17 @@ impl Tensor {
         if n != data.len() {
             return Err(Error::Shape(format!("{} elements cannot have shape {}", data.len(), fmt_dims(dims))));
         }
-        Ok(Tensor { dims: dims.to_vec(), storage: Storage::Cpu(data) })
+        Ok(Tensor { dims: dims.to_vec(), storage: Storage::Cpu(data), stamp: next_stamp() })
     }
 
     pub fn zeros(dims: &[usize]) -> Tensor {
         let n = dims.iter().product();
-        Tensor { dims: dims.to_vec(), storage: Storage::Cpu(vec![0.0; n]) }
+        Tensor { dims: dims.to_vec(), storage: Storage::Cpu(vec![0.0; n]), stamp: next_stamp() }
     }
 
     pub fn full(dims: &[usize], value: f32) -> Tensor {
         let n = dims.iter().product();
-        Tensor { dims: dims.to_vec(), storage: Storage::Cpu(vec![value; n]) }
+        Tensor { dims: dims.to_vec(), storage: Storage::Cpu(vec![value; n]), stamp: next_stamp() }
     }
 
     /// Wraps a device buffer; the caller guarantees `slice.len()` equals the shape's product.
@@ -62,7 +81,12 @@ impl Tensor {
                 fmt_dims(dims)
             )));
         }
-        Ok(Tensor { dims: dims.to_vec(), storage: Storage::Cuda(slice) })
+        Ok(Tensor { dims: dims.to_vec(), storage: Storage::Cuda(slice), stamp: next_stamp() })
+    }
+
+    /// The content stamp: equal stamps mean equal contents (see the field).
+    pub fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     pub fn dims(&self) -> &[usize] {
@@ -96,6 +120,7 @@ impl Tensor {
         }
     }
     pub fn as_mut_slice(&mut self) -> Result<&mut [f32]> {
+        self.stamp = next_stamp();
         let dims = fmt_dims(&self.dims);
         match &mut self.storage {
             Storage::Cpu(v) => Ok(v),
@@ -105,6 +130,7 @@ impl Tensor {
         }
     }
     pub fn cuda_slice_mut(&mut self) -> Result<&mut CudaSlice<f32>> {
+        self.stamp = next_stamp();
         let dims = fmt_dims(&self.dims);
         match &mut self.storage {
             Storage::Cuda(s) => Ok(s),
@@ -130,7 +156,8 @@ impl Tensor {
                 Storage::Cuda(s.try_clone().map_err(|e| Error::Cuda(format!("copy on device: {e:?}")))?)
             }
         };
-        Ok(Tensor { dims: self.dims.clone(), storage })
+        // Same contents, same stamp.
+        Ok(Tensor { dims: self.dims.clone(), storage, stamp: self.stamp })
     }
 
     /// Same elements, another shape with the same element count.

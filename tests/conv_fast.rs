@@ -8,7 +8,7 @@
 //! (`sum |x||w|` is the convolution of `|x|` with `|w|`). A sum of products in any order has a
 //! rounding error bounded by a small multiple of `eps * sum |x||w|`; Winograd adds the error of
 //! its transforms, whose coefficients grow with the tile size (F(4x4) uses 4, 5 and 8 in `B^T`
-//! and `A^T`), so the bound does too. Measured worst cases here: F(2x2) 3.6e-7, F(4x4) 7.6e-6
+//! and `A^T`), so the bound does too. Measured worst cases here: F(2x2) 2.5e-7, F(4x4) 3.0e-6
 //! (im2col + GEMM: ~1e-7). Stated bounds:
 //! - F(2x2,3x3): 2e-6 (about 16 f32 ulps);
 //! - F(4x4,3x3): 3e-5.
@@ -164,11 +164,92 @@ fn backends_dispatch_as_documented() {
     assert_eq!(dx_exact.to_vec().unwrap(), conv::backward_data(&x, &wt, &s));
     let dx_ref = backend::cpu_reference().conv2d_backward_data(&xt, &wtt, &[4, 16, 16, 16], spec).unwrap();
     assert_eq!(dx_ref.to_vec().unwrap(), conv::backward_data(&x, &wt, &s));
-    // The policy: F(4x4) for large problems, im2col for tiny ones and the 3-channel stem.
+    // The policy: F(4x4) for large problems, F(2x2) for small ones, im2col for tiny ones and the
+    // 3-channel stem.
     assert_eq!(winograd::choose(&shape(64, 16, 32, 32, 16)), Some(WinogradTile::F4));
-    assert_eq!(winograd::choose(&shape(1, 64, 8, 8, 64)), None);
+    assert_eq!(winograd::choose(&shape(1, 64, 8, 8, 64)), Some(WinogradTile::F2));
+    assert_eq!(winograd::choose(&shape(1, 64, 4, 4, 64)), None);
     assert_eq!(winograd::choose(&shape(64, 3, 32, 32, 16)), None);
     // Strided convolutions are not Winograd's.
     let strided = ConvShape::new(&[2, 16, 8, 8], &[16, 16, 3, 3], ConvSpec { stride: 2, pad: 1 }).unwrap();
     assert!(winograd::choose(&strided).is_none());
+}
+
+/// The fused eval convolution (batch norm, residual add and ReLU applied inside the output
+/// transform or per im2col chunk) equals the unfused ops run one by one, bit for bit, on every
+/// path: F(2x2) and F(4x4) with whole and partial tiles and channel counts off the 8-lane grid,
+/// and im2col for the stem, strided and 1x1 convolutions.
+#[test]
+fn fused_eval_conv_equals_unfused_ops_bit_for_bit() {
+    let dev = backend::cpu();
+    // (n, c_in, h, w, c_out, kernel, stride, pad)
+    let cases = [
+        (64, 16, 32, 32, 16, 3, 1, 1), // F(4x4), SIMD row stores
+        (2, 32, 16, 16, 32, 3, 1, 1),  // F(2x2), SIMD pair stores
+        (3, 13, 9, 7, 11, 3, 1, 1),    // partial tiles, channels off the lane grid
+        (1, 64, 4, 4, 64, 3, 1, 1),    // im2col (tiny map)
+        (4, 3, 12, 12, 16, 3, 1, 1),   // the stem
+        (4, 16, 12, 12, 32, 3, 2, 1),  // strided
+        (3, 24, 6, 6, 40, 1, 1, 0),    // 1x1
+    ];
+    for (i, &(n, c, h, w, k, ks, stride, pad)) in cases.iter().enumerate() {
+        let seed = 50 + 10 * i as u64;
+        let x = Tensor::from_vec(&[n, c, h, w], pseudo(n * c * h * w, seed)).unwrap();
+        let wt = Tensor::from_vec(&[k, c, ks, ks], pseudo(k * c * ks * ks, seed + 1)).unwrap();
+        let spec = ConvSpec { stride, pad };
+        let channel =
+            |s: u64, lo: f32| Tensor::from_vec(&[k], pseudo(k, s).iter().map(|v| v.abs() + lo).collect()).unwrap();
+        let (gamma, beta) = (channel(seed + 2, 0.5), Tensor::from_vec(&[k], pseudo(k, seed + 3)).unwrap());
+        let (mean, var) = (Tensor::from_vec(&[k], pseudo(k, seed + 4)).unwrap(), channel(seed + 5, 0.1));
+        let (scale, shift) = dev.batchnorm_fold(&gamma, &beta, &mean, &var, 1e-5).unwrap();
+        let y = dev.conv2d_forward(&x, &wt, spec).unwrap();
+        let bn = dev.batchnorm_forward_eval(&y, &gamma, &beta, &mean, &var, 1e-5).unwrap();
+        let residual = Tensor::from_vec(bn.dims(), pseudo(bn.numel(), seed + 6)).unwrap();
+        for (with_residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+            let want = match (with_residual, relu) {
+                (false, false) => dev.copy(&bn).unwrap(),
+                (false, true) => dev.relu_forward(&bn).unwrap(),
+                (true, false) => dev.add(&bn, &residual).unwrap(),
+                (true, true) => dev.add_relu(&bn, &residual).unwrap(),
+            };
+            let epi = backend::ConvEpilogue {
+                scale: &scale,
+                shift: &shift,
+                residual: with_residual.then_some(&residual),
+                relu,
+            };
+            let got = dev.conv2d_forward_fused(&x, &wt, spec, &epi).unwrap();
+            assert!(
+                got.to_vec().unwrap() == want.to_vec().unwrap(),
+                "case {i} {:?} residual={with_residual} relu={relu}: fused differs from unfused",
+                (n, c, h, w, k, ks, stride)
+            );
+        }
+    }
+}
+
+/// The Winograd filter transforms are cached by the weight tensor's content stamp: a weight
+/// updated in place (as the optimiser does) is never served its old transform, and a copy of
+/// the weights gives the same result.
+#[test]
+fn filter_transform_cache_follows_in_place_updates() {
+    let dev = backend::cpu();
+    let (n, c, h, k) = (1, 16, 32, 16);
+    let x = Tensor::from_vec(&[n, c, h, h], pseudo(n * c * h * h, 91)).unwrap();
+    let mut w = Tensor::from_vec(&[k, c, 3, 3], pseudo(k * c * 9, 92)).unwrap();
+    let spec = ConvSpec { stride: 1, pad: 1 };
+    assert!(winograd::choose(&shape(n, c, h, h, k)).is_some(), "the case must take the Winograd path");
+    let first = dev.conv2d_forward(&x, &w, spec).unwrap().to_vec().unwrap();
+    assert_eq!(dev.conv2d_forward(&x, &w, spec).unwrap().to_vec().unwrap(), first, "cached transform");
+    let stamp = w.stamp();
+    for v in w.as_mut_slice().unwrap().iter_mut() {
+        *v *= -2.0;
+    }
+    assert_ne!(w.stamp(), stamp, "a mutable access must change the stamp");
+    let updated = dev.conv2d_forward(&x, &w, spec).unwrap().to_vec().unwrap();
+    let fresh = Tensor::from_vec(&[k, c, 3, 3], w.to_vec().unwrap()).unwrap();
+    assert_eq!(updated, dev.conv2d_forward(&x, &fresh, spec).unwrap().to_vec().unwrap());
+    assert!(updated.iter().zip(&first).any(|(a, b)| a != b), "the update must show");
+    let copy = w.try_clone().unwrap();
+    assert_eq!(dev.conv2d_forward(&x, &copy, spec).unwrap().to_vec().unwrap(), updated);
 }

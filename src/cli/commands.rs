@@ -30,6 +30,13 @@ pub fn run_command(cli: Cli) -> Result<()> {
         // Fails only if the pool was already built (a second call in one process): harmless.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
+    // The command runs on a worker of the pool: every parallel region inside it is then a
+    // fork-join on that pool rather than a hand-off from an outside thread, which costs two
+    // wake-ups per region (most of the time of a batch-1 forward on 2 cores).
+    rayon::scope(move |_| dispatch(cli))
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
     let g = cli.global;
     match cli.command {
         Command::Train(a) => cmd_train(&g, a),
@@ -415,7 +422,29 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
     let batch = a.batch.as_ref().and_then(|b| b.first().copied()).unwrap_or(64);
     match a.what {
         BenchWhat::Cpu => {
-            let report = crate::bench::cpu_bench(&a.model, batch, a.train_batch, a.reps.unwrap_or(5), !g.quiet)?;
+            crate::limits::check_count("--rounds", a.rounds, crate::limits::MAX_REPS)?;
+            // Checkpoints, ONNX files and the timing scripts go to --onnx-dir or a temporary folder.
+            let temp = a.onnx_dir.is_none();
+            let work_dir = a
+                .onnx_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("lfgcl-bench-cpu-{}", std::process::id())));
+            let opts = crate::bench::CpuBenchOptions {
+                models: a.model.cpu_models(),
+                batches: a.batch.clone().unwrap_or_else(|| vec![1, 64]),
+                train_batch: a.train_batch,
+                reps: a.reps.unwrap_or(5),
+                rounds: a.rounds,
+                work_dir: work_dir.clone(),
+                onnxruntime: !a.no_ort,
+                torch: !a.no_torch,
+                verbose: !g.quiet,
+            };
+            let result = crate::bench::cpu_bench(&opts);
+            if temp {
+                let _ = std::fs::remove_dir_all(&work_dir);
+            }
+            let report = result?;
             println!("{}", report.table());
             if let Some(p) = &a.json {
                 report::write_json(p, &report)?;

@@ -479,7 +479,8 @@ pub struct DemoArgs {
 /// What `lfgcl bench` measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchWhat {
-    /// SGEMM peak, then inference and training step as fractions of it (CPU).
+    /// SGEMM peak, then inference and training step as fractions of it (CPU), against
+    /// onnxruntime and PyTorch eager on the same weights and threads.
     Cpu,
     /// One model's inference on --device.
     Infer,
@@ -495,7 +496,8 @@ pub enum BenchWhat {
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// What to measure: `cpu` (SGEMM peak, inference, training step, as fractions of the peak),
+    /// What to measure: `cpu` (SGEMM peak, inference, training step, as fractions of the peak,
+    /// next to onnxruntime and PyTorch eager),
     /// `infer` or `train` (one model on --device, --batch / --train-batch), `search` (candidate
     /// evaluations per second on --ckpt), `kernels` (every CUDA kernel against the device's peaks),
     /// or `deploy` (--ckpt and --pruned in lfgcl and onnxruntime, same threads, speed-up vs MACs).
@@ -517,16 +519,20 @@ pub struct BenchArgs {
     /// `bench deploy`: minimum seconds of timed runs per measurement.
     #[arg(long, default_value_t = 1.0)]
     pub min_seconds: f64,
-    /// `bench deploy`: rounds the measurements are interleaved in (spreads the load of other
-    /// processes over every runtime and net).
+    /// `bench cpu` and `bench deploy`: rounds the measurements are interleaved in (spreads the
+    /// load of other processes over every runtime and net).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// `bench deploy`: keep the exported ONNX files here (default: a temporary folder).
+    /// `bench deploy` and `bench cpu`: keep the exported ONNX files (and `bench cpu`'s
+    /// checkpoints) here (default: a temporary folder).
     #[arg(long)]
     pub onnx_dir: Option<PathBuf>,
-    /// `bench deploy`: do not time onnxruntime.
+    /// `bench deploy` and `bench cpu`: do not time onnxruntime.
     #[arg(long)]
     pub no_ort: bool,
+    /// `bench cpu`: do not time PyTorch eager.
+    #[arg(long)]
+    pub no_torch: bool,
     /// `bench search`: unlabeled images per candidate.
     #[arg(long, default_value_t = 256)]
     pub images: usize,
@@ -536,15 +542,18 @@ pub struct BenchArgs {
     /// `bench search`: keep ratio of every group.
     #[arg(long, default_value_t = 0.5)]
     pub keep: f64,
-    #[arg(long, default_value = "resnet20")]
-    pub model: String,
-    /// Inference batch size (default 64; `bench deploy` takes a list, default 1,64).
+    /// Model (default resnet20); `bench cpu` takes a comma-separated list (default
+    /// resnet20,resnet56).
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = BenchModel::parse)]
+    pub model: BenchModel,
+    /// Inference batch size (default 64; `bench cpu` and `bench deploy` take a list, default 1,64).
     #[arg(long, value_delimiter = ',')]
     pub batch: Option<Vec<usize>>,
     /// Training-step batch size.
     #[arg(long, default_value_t = 128)]
     pub train_batch: usize,
-    /// Timed repetitions per measurement (default 5 for cpu/infer/train/search, 100 per kernel).
+    /// Timed repetitions per measurement (default 5 for cpu/infer/train/search, 100 per kernel;
+    /// `bench cpu` spreads them over --rounds, at least one per round).
     #[arg(long)]
     pub reps: Option<usize>,
     /// `bench kernels`: only cases whose key contains this string (e.g. `conv_fwd`).
@@ -556,6 +565,44 @@ pub struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// `bench --model`: one model name, which `bench cpu` reads as a comma-separated list; it
+/// dereferences to the name as given, or to `resnet20` when none was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BenchModel {
+    given: Option<String>,
+}
+
+impl BenchModel {
+    const DEFAULT: &'static str = "resnet20";
+    /// `bench cpu`'s models when --model is not given.
+    pub const CPU_DEFAULT: [&'static str; 2] = ["resnet20", "resnet56"];
+
+    fn parse(s: &str) -> Result<BenchModel, String> {
+        let s = s.trim();
+        Ok(BenchModel { given: (!s.is_empty()).then(|| s.to_string()) })
+    }
+
+    /// The name given with --model, if one was.
+    pub fn given(&self) -> Option<&str> {
+        self.given.as_deref()
+    }
+
+    /// The models `bench cpu` measures: the list given, or resnet20 and resnet56.
+    pub fn cpu_models(&self) -> Vec<String> {
+        match &self.given {
+            Some(list) => list.split(',').map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect(),
+            None => Self::CPU_DEFAULT.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+}
+
+impl std::ops::Deref for BenchModel {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.given.as_deref().unwrap_or(Self::DEFAULT)
+    }
 }
 
 /// Parses `args` (including the program name) and runs the command; returns the process exit
@@ -585,4 +632,29 @@ where
 /// Entry point of the binary.
 pub fn main() -> ! {
     std::process::exit(run(std::env::args_os()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bench_args(args: &[&str]) -> BenchArgs {
+        let cli = Cli::try_parse_from(["lfgcl", "bench"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Bench(a) => a,
+            other => panic!("not bench: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_model_defaults_to_resnet20_and_bench_cpu_to_resnet20_and_56() {
+        let a = bench_args(&["infer"]);
+        assert_eq!(&*a.model, "resnet20");
+        assert_eq!(a.model.given(), None);
+        assert_eq!(a.model.cpu_models(), ["resnet20", "resnet56"]);
+        let a = bench_args(&["cpu", "--model", "resnet32"]);
+        assert_eq!((&*a.model, a.model.cpu_models()), ("resnet32", vec!["resnet32".to_string()]));
+        let a = bench_args(&["cpu", "--model", "smallcnn, resnet110"]);
+        assert_eq!(a.model.cpu_models(), ["smallcnn", "resnet110"]);
+    }
 }

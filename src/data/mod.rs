@@ -70,7 +70,7 @@ impl Dataset {
         if per == 0 {
             crate::bail!(Shape, "dataset {name}: image dims {c}x{h}x{w} must all be positive");
         }
-        if images.len() % per != 0 {
+        if !images.len().is_multiple_of(per) {
             crate::bail!(
                 Shape,
                 "dataset {name}: {} pixel bytes is not a whole number of {c}x{h}x{w} images",

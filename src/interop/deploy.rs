@@ -154,40 +154,49 @@ fn lfgcl_samples(model: &mut Model, dev: &Device, batch: usize, min_seconds: f64
     sample_seconds(dev, min_seconds, || model.graph.forward(dev, dev.copy(&x)?, Mode::Eval).map(|_| ()))
 }
 
-#[derive(serde::Deserialize)]
-struct OrtResult {
-    model: String,
-    batch: usize,
-    times: Vec<f64>,
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct OrtResult {
+    /// The ONNX file, as it was passed.
+    pub model: String,
+    pub batch: usize,
+    /// Seconds of every timed run.
+    pub times: Vec<f64>,
 }
 
-#[derive(serde::Deserialize)]
-struct OrtOutput {
-    onnxruntime: String,
-    results: Vec<OrtResult>,
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct OrtOutput {
+    /// onnxruntime's version.
+    pub onnxruntime: String,
+    pub results: Vec<OrtResult>,
 }
 
-/// Runs the timing script on `models`; Err(reason) when onnxruntime cannot be run.
-fn ort_bench(models: &[PathBuf], opts: &DeployOptions, min_seconds: f64) -> std::result::Result<OrtOutput, String> {
-    let script = opts.work_dir.join("ort_bench.py");
-    std::fs::write(&script, ORT_BENCH_SCRIPT).map_err(|e| format!("{}: {e}", script.display()))?;
-    let batches: Vec<String> = opts.batches.iter().map(|b| b.to_string()).collect();
-    let mut cmd = super::python_command();
-    cmd.arg(&script)
-        .arg("--threads")
-        .arg(opts.threads.to_string())
-        .arg("--batches")
-        .arg(batches.join(","))
-        .arg("--min-seconds")
-        .arg(min_seconds.to_string())
-        .args(models);
-    let out = cmd.output().map_err(|e| format!("cannot start python ({e}); set LFGCL_PYTHON"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().last().unwrap_or("").to_string();
-        return Err(format!("scripts/ort_bench.py failed: {last}"));
+/// How many runs `ort_bench` times per model and batch (after two warm-up runs).
+#[derive(Clone, Copy, Debug)]
+pub enum OrtTiming {
+    /// Runs for at least this many seconds (and 3 runs).
+    MinSeconds(f64),
+    /// Exactly this many runs.
+    Reps(usize),
+}
+
+/// Times every ONNX file of `models` at every batch in onnxruntime (CPU, `threads` intra-op
+/// threads) through `scripts/ort_bench.py`, written into `work_dir`; `Err(reason)` when
+/// onnxruntime cannot be run (not installed, no Python, ...), for the caller to report.
+pub fn ort_bench(
+    work_dir: &Path,
+    models: &[PathBuf],
+    threads: usize,
+    batches: &[usize],
+    timing: OrtTiming,
+) -> std::result::Result<OrtOutput, String> {
+    let batches: Vec<String> = batches.iter().map(|b| b.to_string()).collect();
+    let mut args = vec!["--threads".to_string(), threads.to_string(), "--batches".into(), batches.join(",")];
+    match timing {
+        OrtTiming::MinSeconds(s) => args.extend(["--min-seconds".to_string(), s.to_string()]),
+        OrtTiming::Reps(n) => args.extend(["--reps".to_string(), n.max(1).to_string()]),
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output of scripts/ort_bench.py: {e}"))
+    args.extend(models.iter().map(|m| m.to_string_lossy().into_owned()));
+    super::run_script(super::python_command(), work_dir, &[("ort_bench.py", ORT_BENCH_SCRIPT)], &args)
 }
 
 /// Per-repetition seconds of one (runtime, net, batch), gathered over the rounds.
@@ -256,7 +265,8 @@ pub fn bench_deploy(base_path: &Path, pruned_path: Option<&Path>, opts: &DeployO
             }
         }
         if ort_enabled {
-            match ort_bench(&onnx_files, opts, per_round) {
+            match ort_bench(&opts.work_dir, &onnx_files, opts.threads, &opts.batches, OrtTiming::MinSeconds(per_round))
+            {
                 Ok(out) => {
                     version = Some(out.onnxruntime.clone());
                     for r in out.results {

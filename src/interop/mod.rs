@@ -5,7 +5,8 @@
 //!
 //! onnxruntime is reached through Python (`scripts/ort_bench.py`, embedded in the binary), found
 //! as `$LFGCL_PYTHON` or `python3`, with `$LFGCL_PYTHONPATH` put in front of `PYTHONPATH` (where
-//! `.ci/run` installs onnxruntime, numpy and safetensors).
+//! `.ci/run` installs onnxruntime, numpy and safetensors). `lfgcl bench cpu` also reaches PyTorch
+//! this way (`scripts/torch_cpu_bench.py`), through `$LFGCL_TORCH_PYTHON` when that is set.
 
 pub mod deploy;
 pub mod import;
@@ -24,4 +25,41 @@ pub fn python_command() -> std::process::Command {
         cmd.env("PYTHONPATH", path);
     }
     cmd
+}
+
+/// The Python that runs the PyTorch timings: `$LFGCL_TORCH_PYTHON` as it is (a distribution's
+/// `python3` with its own torch, say), else the one `python_command` gives.
+pub fn torch_python_command() -> std::process::Command {
+    match std::env::var("LFGCL_TORCH_PYTHON") {
+        Ok(exe) if !exe.is_empty() => std::process::Command::new(exe),
+        _ => python_command(),
+    }
+}
+
+/// Writes `files` (name, text) into `dir`, runs `cmd` on the first of them with `args`, and
+/// reads its stdout as JSON. `Err(reason)`, one line, when Python cannot be started, the script
+/// fails (its last line of stderr, e.g. `ModuleNotFoundError: No module named 'onnxruntime'`) or
+/// its output cannot be read: callers report the reason and carry on without that runtime.
+pub(crate) fn run_script<T: serde::de::DeserializeOwned>(
+    mut cmd: std::process::Command,
+    dir: &std::path::Path,
+    files: &[(&str, &str)],
+    args: &[String],
+) -> std::result::Result<T, String> {
+    let (main, _) = files.first().ok_or_else(|| "no script to run".to_string())?;
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let out = cmd
+        .arg(dir.join(main))
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot start {} ({e}); set LFGCL_PYTHON", cmd.get_program().to_string_lossy()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().rev().map(str::trim).find(|l| !l.is_empty());
+        return Err(format!("scripts/{main} failed: {}", last.map_or_else(|| out.status.to_string(), str::to_string)));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output of scripts/{main}: {e}"))
 }

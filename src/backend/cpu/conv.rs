@@ -7,7 +7,7 @@
 //! reproducible bit for bit.
 
 use super::gemm::{sgemm, sgemm_layout, Layout};
-use super::{host, CpuBackend};
+use super::{host, ops, CpuBackend};
 use crate::backend::{ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -17,9 +17,6 @@ use rayon::prelude::*;
 const TARGET_COLUMNS: usize = 256;
 /// Reduction length a chunk aims for in the backward-weight product (fewer, longer partials).
 const TARGET_WGRAD_COLUMNS: usize = 1024;
-/// Output channel counts up to this run the forward GEMM with a column-major destination: the
-/// `gemm` crate's kernels are ~1.6x faster on such thin products in that orientation.
-const THIN_OUTPUT: usize = 32;
 
 fn images_per_chunk(s: &ConvShape) -> usize {
     images_per_chunk_for(s, TARGET_COLUMNS)
@@ -42,6 +39,15 @@ fn gemm_threads(s: &ConvShape, g: usize) -> usize {
     } else {
         threads
     }
+}
+
+/// The output columns `lo..hi` whose input column `q * stride + shift` lies in `0..w`.
+fn valid_columns(ow: usize, w: isize, stride: isize, shift: isize) -> (usize, usize) {
+    // q >= ceil(-shift / stride) and q * stride + shift <= w - 1.
+    let lo = if shift >= 0 { 0 } else { (-shift + stride - 1) / stride };
+    let hi = if w - 1 - shift < 0 { 0 } else { (w - 1 - shift) / stride + 1 };
+    let lo = (lo.max(0) as usize).min(ow);
+    (lo, (hi.max(0) as usize).clamp(lo, ow))
 }
 
 /// Writes the im2col matrix of one image into `col` (rows `C*kh*kw`, leading dimension `ld`),
@@ -75,10 +81,13 @@ fn im2col(x: &[f32], s: &ConvShape, col: &mut [f32], ld: usize, off: usize) {
                         }
                         dst[hi.max(lo)..].fill(0.0);
                     } else {
-                        for (q, d) in dst.iter_mut().enumerate() {
-                            let iw = q as isize * stride + t as isize - pad;
-                            *d = if iw >= 0 && iw < w { src[iw as usize] } else { 0.0 };
+                        let (lo, hi) = valid_columns(ow, w, stride, t as isize - pad);
+                        dst[..lo].fill(0.0);
+                        let first = (lo as isize * stride + t as isize - pad) as usize;
+                        for (d, v) in dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(stride as usize)) {
+                            *d = *v;
                         }
+                        dst[hi..].fill(0.0);
                     }
                 }
             }
@@ -103,10 +112,11 @@ fn col2im(col: &[f32], s: &ConvShape, ld: usize, off: usize, dx: &mut [f32]) {
                     }
                     let dst = &mut plane[ih as usize * s.w..(ih as usize + 1) * s.w];
                     let src = &src_row[p * ow..(p + 1) * ow];
-                    for (q, v) in src.iter().enumerate() {
-                        let iw = q as isize * stride + t as isize - pad;
-                        if iw >= 0 && iw < w {
-                            dst[iw as usize] += v;
+                    let (lo, hi) = valid_columns(ow, w, stride, t as isize - pad);
+                    if lo < hi {
+                        let first = (lo as isize * stride + t as isize - pad) as usize;
+                        for (d, v) in dst[first..].iter_mut().step_by(stride as usize).zip(&src[lo..hi]) {
+                            *d += v;
                         }
                     }
                 }
@@ -153,48 +163,78 @@ fn scatter_chunk(src: &[f32], k: usize, pq: usize, y: &mut [f32]) {
     }
 }
 
+/// The eval-mode epilogue of a fused convolution, applied to each output while it is still in
+/// cache (or in registers): `relu((v * scale[k] + shift[k]) + residual)`, the unfused ops'
+/// arithmetic in their order, so fusing never changes a bit.
+pub struct Epilogue<'a> {
+    /// Folded batch norm, one value per output channel.
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    /// Added after the batch norm; the output's shape.
+    pub residual: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Output `at` (flat NCHW index) of channel `ch`.
+    #[inline(always)]
+    pub fn apply(&self, v: f32, ch: usize, at: usize) -> f32 {
+        let mut v = v * self.scale[ch] + self.shift[ch];
+        if let Some(r) = self.residual {
+            v += r[at];
+        }
+        if self.relu {
+            ops::relu(v)
+        } else {
+            v
+        }
+    }
+
+    /// In place over `out`, which starts at flat index `at0` of an output with `plane` pixels
+    /// per channel and `k` channels.
+    pub fn apply_slice(&self, out: &mut [f32], at0: usize, plane: usize, k: usize) {
+        let plane = plane.max(1);
+        let mut at = at0;
+        for row in out.chunks_mut(plane) {
+            let ch = (at / plane) % k;
+            for (i, o) in row.iter_mut().enumerate() {
+                *o = self.apply(*o, ch, at + i);
+            }
+            at += row.len();
+        }
+    }
+}
+
+/// im2col + GEMM forward.
 pub fn forward(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
+    forward_fused(x, w, s, None)
+}
+
+/// im2col + GEMM forward; `epi` is applied to each chunk of images while it is in cache.
+pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
     let (k, pq, crs) = (s.c_out, s.out_h * s.out_w, s.c_in * s.kh * s.kw);
     let chw = s.c_in * s.h * s.w;
-    let mut y = vec![0.0f32; s.n * k * pq];
+    // Every element is written below (each chunk's GEMM output or its transposition).
+    let mut y = super::buffers::take(s.n * k * pq);
     if y.is_empty() {
         return y;
     }
     let g = images_per_chunk(s);
     let threads = gemm_threads(s, g);
-    y.par_chunks_mut(g * k * pq).zip(x.par_chunks(g * chw)).for_each_init(
+    y.par_chunks_mut(g * k * pq).zip(x.par_chunks(g * chw)).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
-        |(col, tmp), (ych, xch)| {
+        |(col, tmp), (chunk, (ych, xch))| {
             let cols = im2col_chunk(xch, s, col);
-            if k <= THIN_OUTPUT {
-                // C^T layout: tmp[j*K + kk], then transpose into [image, K, PQ].
-                tmp.resize(k * cols, 0.0);
-                sgemm_layout(
-                    k,
-                    cols,
-                    crs,
-                    w,
-                    Layout::row_major(crs),
-                    col,
-                    Layout::row_major(cols),
-                    tmp,
-                    Layout::col_major(k),
-                    false,
-                    threads,
-                );
-                for (j, pix) in tmp.chunks_exact(k).enumerate() {
-                    let (img, p) = (j / pq, j % pq);
-                    for (kk, &v) in pix.iter().enumerate() {
-                        ych[(img * k + kk) * pq + p] = v;
-                    }
-                }
-            } else if cols == pq {
+            if cols == pq {
                 // One image: the GEMM output already has the [K, PQ] layout.
                 sgemm(k, cols, crs, w, false, col, false, ych, false, threads);
             } else {
                 tmp.resize(k * cols, 0.0);
                 sgemm(k, cols, crs, w, false, col, false, tmp, false, threads);
                 scatter_chunk(tmp, k, pq, ych);
+            }
+            if let Some(epi) = epi {
+                epi.apply_slice(ych, chunk * g * k * pq, pq, k);
             }
         },
     );
@@ -326,7 +366,7 @@ impl ConvOps for CpuBackend {
         let y = if self.reference {
             forward_reference(host(x)?, host(w)?, &s)
         } else if let Some(tile) = self.winograd(&s) {
-            super::winograd::forward(host(x)?, host(w)?, &s, tile)
+            super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), &s, tile, None)
         } else {
             forward(host(x)?, host(w)?, &s)
         };
@@ -347,30 +387,28 @@ impl ConvOps for CpuBackend {
         Tensor::from_vec(w_dims, backward_weight(host(dy)?, host(x)?, &s))
     }
 
-    /// The oracle of the fused path: exactly the unfused ops an eval-mode graph runs (conv, the
-    /// batch-norm affine, add, ReLU), so fusing never changes a CPU result.
+    /// The batch norm, residual add and ReLU are applied inside the convolution's last pass (the
+    /// Winograd output transform, or each im2col chunk while in cache) with the unfused ops'
+    /// arithmetic in their order: the same bits as running them one by one.
     fn conv2d_forward_fused(&self, x: &Tensor, w: &Tensor, spec: ConvSpec, epi: &ConvEpilogue) -> Result<Tensor> {
         let s = ConvShape::fused(x, w, spec, epi)?;
-        let mut y = self.conv2d_forward(x, w, spec)?;
-        // One pass over the output while it is in cache, in place, with the unfused ops'
-        // arithmetic in their order (`(v*scale + shift) + residual`, then ReLU): same bits.
-        let hw = (s.out_h * s.out_w).max(1);
-        let (scale, shift) = (host(epi.scale)?, host(epi.shift)?);
-        let residual = epi.residual.map(host).transpose()?;
-        let relu = epi.relu;
-        y.as_mut_slice()?.par_chunks_mut(hw).enumerate().for_each(|(row, out)| {
-            let ch = row % s.c_out;
-            let (a, b) = (scale[ch], shift[ch]);
-            let res = residual.map(|r| &r[row * hw..(row + 1) * hw]);
-            for (i, o) in out.iter_mut().enumerate() {
-                let mut v = *o * a + b;
-                if let Some(r) = res {
-                    v += r[i];
-                }
-                *o = if relu { v.max(0.0) } else { v };
-            }
-        });
-        Ok(y)
+        let epi = Epilogue {
+            scale: host(epi.scale)?,
+            shift: host(epi.shift)?,
+            residual: epi.residual.map(host).transpose()?,
+            relu: epi.relu,
+        };
+        let y = if self.reference {
+            let mut y = forward_reference(host(x)?, host(w)?, &s);
+            let plane = s.out_h * s.out_w;
+            y.par_chunks_mut(plane.max(1)).enumerate().for_each(|(i, o)| epi.apply_slice(o, i * plane, plane, s.c_out));
+            y
+        } else if let Some(tile) = self.winograd(&s) {
+            super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), &s, tile, Some(&epi))
+        } else {
+            forward_fused(host(x)?, host(w)?, &s, Some(&epi))
+        };
+        Tensor::from_vec(&s.output_dims(), y)
     }
 
     fn set_conv_precision(&self, precision: Precision) -> Result<()> {
@@ -401,6 +439,47 @@ mod tests {
                 ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
             })
             .collect()
+    }
+
+    /// `col2im` is the adjoint of `im2col` (`<im2col x, c> = <x, col2im c>`), and `im2col`
+    /// gathers exactly the taps the direct loops read, for strides and paddings that leave
+    /// partial windows at both edges.
+    #[test]
+    fn im2col_and_col2im_are_adjoint_on_strided_shapes() {
+        for &(c, h, w, ks, stride, pad) in
+            &[(2, 7, 9, 3, 2, 1), (3, 8, 5, 3, 3, 2), (1, 6, 6, 1, 2, 0), (2, 5, 7, 5, 2, 3)]
+        {
+            let s = ConvShape::new(&[1, c, h, w], &[1, c, ks, ks], ConvSpec { stride, pad }).unwrap();
+            let rows = c * ks * ks;
+            let cols = s.out_h * s.out_w;
+            let x = pseudo(c * h * w, 11);
+            let cv = pseudo(rows * cols, 12);
+            let mut col = vec![7.0f32; rows * cols];
+            im2col(&x, &s, &mut col, cols, 0);
+            let mut back = vec![0.0f32; c * h * w];
+            col2im(&cv, &s, cols, 0, &mut back);
+            let lhs: f64 = col.iter().zip(&cv).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let rhs: f64 = x.iter().zip(&back).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()), "{s:?}: {lhs} vs {rhs}");
+            // Against the taps read directly.
+            for ch in 0..c {
+                for r in 0..ks {
+                    for t in 0..ks {
+                        for p in 0..s.out_h {
+                            for q in 0..s.out_w {
+                                let (ih, iw) = (
+                                    (p * stride + r) as isize - pad as isize,
+                                    (q * stride + t) as isize - pad as isize,
+                                );
+                                let inside = ih >= 0 && iw >= 0 && ih < h as isize && iw < w as isize;
+                                let want = if inside { x[(ch * h + ih as usize) * w + iw as usize] } else { 0.0 };
+                                assert_eq!(col[((ch * ks + r) * ks + t) * cols + p * s.out_w + q], want, "{s:?}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

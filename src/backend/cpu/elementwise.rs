@@ -8,7 +8,7 @@ use crate::tensor::Tensor;
 
 impl ElementwiseOps for CpuBackend {
     fn relu_forward(&self, x: &Tensor) -> Result<Tensor> {
-        Tensor::from_vec(x.dims(), ops::map_unary(host(x)?, |v| v.max(0.0)))
+        Tensor::from_vec(x.dims(), ops::map_unary(host(x)?, ops::relu))
     }
 
     fn relu_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
@@ -23,7 +23,7 @@ impl ElementwiseOps for CpuBackend {
 
     fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         same_dims(a, b, "add_relu")?;
-        Tensor::from_vec(a.dims(), ops::map_binary(host(a)?, host(b)?, |u, v| (u + v).max(0.0)))
+        Tensor::from_vec(a.dims(), ops::map_binary(host(a)?, host(b)?, |u, v| ops::relu(u + v)))
     }
 
     fn add_assign(&self, acc: &mut Tensor, x: &Tensor) -> Result<()> {

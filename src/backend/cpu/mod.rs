@@ -6,6 +6,7 @@
 //! `elementwise.rs`, `pool.rs`, `shortcut.rs`, `linear.rs`, `loss.rs`, `sgd.rs`, `search.rs`);
 //! the slice-level math of all but convolution and GEMM lives in `ops.rs`.
 
+pub mod buffers;
 pub mod conv;
 mod elementwise;
 pub mod gemm;

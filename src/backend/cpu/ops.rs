@@ -4,11 +4,22 @@
 
 use rayon::prelude::*;
 
+/// ReLU as every CPU path computes it (`max(v, 0)` with 0 for NaN and for -0.0): the SIMD
+/// epilogues use `maxps(v, 0)`, which is this exactly, so fused and unfused results agree bit for bit.
+#[inline(always)]
+pub fn relu(v: f32) -> f32 {
+    if v > 0.0 {
+        v
+    } else {
+        0.0
+    }
+}
+
 /// Elements per parallel task for element-wise work; large enough that scheduling is cheap.
 const ELEMWISE_CHUNK: usize = 1 << 15;
 
 pub fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
+    let mut y = super::buffers::take(x.len());
     y.par_chunks_mut(ELEMWISE_CHUNK).zip(x.par_chunks(ELEMWISE_CHUNK)).for_each(|(yc, xc)| {
         for (o, &v) in yc.iter_mut().zip(xc) {
             *o = f(v);
@@ -18,7 +29,7 @@ pub fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
 }
 
 pub fn map_binary(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut y = vec![0.0f32; a.len()];
+    let mut y = super::buffers::take(a.len());
     y.par_chunks_mut(ELEMWISE_CHUNK).zip(a.par_chunks(ELEMWISE_CHUNK).zip(b.par_chunks(ELEMWISE_CHUNK))).for_each(
         |(yc, (ac, bc))| {
             for ((o, &u), &v) in yc.iter_mut().zip(ac).zip(bc) {
@@ -37,31 +48,120 @@ pub fn update_binary(acc: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + S
     });
 }
 
+/// Partial sums per f64 reduction: lane `l` adds elements `l, l + 8, ...`, then the lanes are
+/// added in order. A fixed order (reproducible whatever the threads) that, unlike one running
+/// sum, does not wait on each addition's latency and vectorises.
+const SUM_LANES: usize = 8;
+
+/// `(sum f(x), sum g(x, y))` over two equally long rows, in f64, in the fixed lane order above.
+#[inline(always)]
+fn sum_lanes2(x: &[f32], y: &[f32], f: impl Fn(f64, f64) -> (f64, f64)) -> (f64, f64) {
+    let (mut a, mut b) = ([0.0f64; SUM_LANES], [0.0f64; SUM_LANES]);
+    let (xc, yc) = (x.chunks_exact(SUM_LANES), y.chunks_exact(SUM_LANES));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (xs, ys) in xc.zip(yc) {
+        for l in 0..SUM_LANES {
+            let (u, v) = f(xs[l] as f64, ys[l] as f64);
+            a[l] += u;
+            b[l] += v;
+        }
+    }
+    let (mut sa, mut sb) = (0.0f64, 0.0f64);
+    for l in 0..SUM_LANES {
+        sa += a[l];
+        sb += b[l];
+    }
+    for (&u, &v) in xr.iter().zip(yr) {
+        let (u, v) = f(u as f64, v as f64);
+        sa += u;
+        sb += v;
+    }
+    (sa, sb)
+}
+
+/// `sum f(x)` over a row, in f64, in the fixed lane order above.
+#[inline(always)]
+fn sum_lanes(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    sum_lanes2(x, x, |u, _| (f(u), 0.0)).0
+}
+
+// The reductions below are compiled for the baseline target and with AVX-512 / AVX2 enabled,
+// picked at run time. Rust never contracts `a * b + c` into an FMA, so every version computes
+// the same operations in the same order: identical bits on every machine.
+macro_rules! multiversion_f64 {
+    ($name:ident, $inner:ident, ($($arg:ident : $ty:ty),*) -> $ret:ty) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx512f,avx2")]
+                unsafe fn wide($($arg: $ty),*) -> $ret {
+                    $inner($($arg),*)
+                }
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) -> $ret {
+                    $inner($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features the function was compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $inner($($arg),*)
+        }
+    };
+}
+
+/// Mean and biased variance of channel `ch` of `x` viewed as `[n, c, hw]`, in f64.
+#[inline(always)]
+fn moments_of(x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64) {
+    let count = (n * hw) as f64;
+    let mut sum = 0.0f64;
+    for i in 0..n {
+        let base = (i * c + ch) * hw;
+        sum += sum_lanes(&x[base..base + hw], |v| v);
+    }
+    let mean = sum / count;
+    let mut sq = 0.0f64;
+    for i in 0..n {
+        let base = (i * c + ch) * hw;
+        sq += sum_lanes(&x[base..base + hw], |v| (v - mean) * (v - mean));
+    }
+    (mean, sq / count)
+}
+multiversion_f64!(channel_moments_of, moments_of, (x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64));
+
+/// `(sum dy, sum dy * xhat)` of channel `ch`, in f64.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn bn_sums_of(dy: &[f32], x: &[f32], n: usize, c: usize, hw: usize, ch: usize, m: f64, inv: f64) -> (f64, f64) {
+    let mut sdy = 0.0f64;
+    let mut sdyx = 0.0f64;
+    for i in 0..n {
+        let base = (i * c + ch) * hw;
+        let (a, b) = sum_lanes2(&dy[base..base + hw], &x[base..base + hw], |g, xv| (g, g * (xv - m) * inv));
+        sdy += a;
+        sdyx += b;
+    }
+    (sdy, sdyx)
+}
+#[rustfmt::skip]
+multiversion_f64!(bn_channel_sums, bn_sums_of, (dy: &[f32], x: &[f32], n: usize, c: usize, hw: usize, ch: usize, m: f64, inv: f64) -> (f64, f64));
+
 /// Per-channel mean and biased variance of `x` viewed as `[n, c, hw]`, in f64.
 fn channel_moments(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let count = (n * hw) as f64;
-            let mut sum = 0.0f64;
-            for i in 0..n {
-                let base = (i * c + ch) * hw;
-                sum += x[base..base + hw].iter().map(|&v| v as f64).sum::<f64>();
-            }
-            let mean = sum / count;
-            let mut sq = 0.0f64;
-            for i in 0..n {
-                let base = (i * c + ch) * hw;
-                sq += x[base..base + hw].iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>();
-            }
-            (mean, sq / count)
-        })
-        .collect()
+    (0..c).into_par_iter().map(|ch| channel_moments_of(x, n, c, hw, ch)).collect()
 }
 
 /// Applies `y = x*scale[c] + shift[c]` over `[n, c, hw]`.
 fn channel_affine(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
+    let mut y = super::buffers::take(x.len());
     y.par_chunks_mut(hw.max(1)).zip(x.par_chunks(hw.max(1))).enumerate().for_each(|(row, (yc, xc))| {
         let ch = row % c;
         let (a, b) = (scale[ch], shift[ch]);
@@ -155,23 +255,13 @@ pub fn batchnorm_backward(
         .into_par_iter()
         .map(|ch| {
             let (m, inv) = (mean[ch] as f64, invstd[ch] as f64);
-            let mut sdy = 0.0f64;
-            let mut sdyx = 0.0f64;
-            for i in 0..n {
-                let base = (i * c + ch) * hw;
-                for j in base..base + hw {
-                    let g = dy[j] as f64;
-                    sdy += g;
-                    sdyx += g * (x[j] as f64 - m) * inv;
-                }
-            }
-            (sdy, sdyx)
+            bn_channel_sums(dy, x, n, c, hw, ch, m, inv)
         })
         .collect();
     let count = (n * hw) as f64;
     let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
     let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = super::buffers::take(x.len());
     dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(row, dxc)| {
         let ch = row % c;
         let base = row * hw;
@@ -194,17 +284,24 @@ pub fn shortcut_out_size(h: usize, stride: usize) -> usize {
 pub fn shortcut_forward(x: &[f32], n: usize, c: usize, h: usize, w: usize, src: &[i32], stride: usize) -> Vec<f32> {
     let (oh, ow) = (shortcut_out_size(h, stride), shortcut_out_size(w, stride));
     let oc = src.len();
-    let mut y = vec![0.0f32; n * oc * oh * ow];
-    y.par_chunks_mut(oh * ow).enumerate().for_each(|(row, yc)| {
+    // Every element is written below (zeros for the padded channels).
+    let mut y = super::buffers::take(n * oc * oh * ow);
+    y.par_chunks_mut((oh * ow).max(1)).enumerate().for_each(|(row, yc)| {
         let (i, o) = (row / oc, row % oc);
         let s = src[o];
         if s < 0 {
+            yc.fill(0.0);
             return;
         }
         let plane = &x[(i * c + s as usize) * h * w..(i * c + s as usize + 1) * h * w];
-        for p in 0..oh {
-            for q in 0..ow {
-                yc[p * ow + q] = plane[p * stride * w + q * stride];
+        if stride == 1 {
+            yc.copy_from_slice(plane);
+            return;
+        }
+        for (p, yrow) in yc.chunks_exact_mut(ow.max(1)).enumerate() {
+            let xrow = &plane[p * stride * w..];
+            for (q, v) in yrow.iter_mut().enumerate() {
+                *v = xrow[q * stride];
             }
         }
     });
@@ -214,18 +311,26 @@ pub fn shortcut_forward(x: &[f32], n: usize, c: usize, h: usize, w: usize, src: 
 pub fn shortcut_backward(dy: &[f32], n: usize, c: usize, h: usize, w: usize, src: &[i32], stride: usize) -> Vec<f32> {
     let (oh, ow) = (shortcut_out_size(h, stride), shortcut_out_size(w, stride));
     let oc = src.len();
-    let mut dx = vec![0.0f32; n * c * h * w];
+    let mut dx = super::buffers::take(n * c * h * w);
     // Parallel over images; inside one image several outputs may read the same input channel.
-    dx.par_chunks_mut(c * h * w).enumerate().for_each(|(i, dxi)| {
+    dx.par_chunks_mut((c * h * w).max(1)).enumerate().for_each(|(i, dxi)| {
+        dxi.fill(0.0);
         for (o, &s) in src.iter().enumerate() {
             if s < 0 {
                 continue;
             }
             let g = &dy[(i * oc + o) * oh * ow..(i * oc + o + 1) * oh * ow];
             let plane = &mut dxi[s as usize * h * w..(s as usize + 1) * h * w];
-            for p in 0..oh {
-                for q in 0..ow {
-                    plane[p * stride * w + q * stride] += g[p * ow + q];
+            if stride == 1 {
+                for (d, v) in plane.iter_mut().zip(g) {
+                    *d += v;
+                }
+                continue;
+            }
+            for (p, grow) in g.chunks_exact(ow.max(1)).enumerate() {
+                let drow = &mut plane[p * stride * w..];
+                for (q, v) in grow.iter().enumerate() {
+                    drow[q * stride] += v;
                 }
             }
         }

@@ -3,20 +3,26 @@
 //! `F(m x m, 3x3)` computes an `m x m` output tile from an `a x a` input tile (`a = m + 2`) as
 //! `Y = A^T [ (G g G^T) .* (B^T d B) ] A` (Lavin & Gray, 2015). Per call:
 //!
-//! 0. filters transformed into `U[a*a][K][C]`; the input packed channel-blocked,
-//!    `[N][C/8][H+2][W+2][8]` with the zero padding built in, so a tile's window is a run of
-//!    8-channel vectors;
+//! 0. filters transformed into `U[a*a][C][Kp]` (cached by the weight tensor's content stamp, so
+//!    inference and scoring transform each weight once); the input packed channel-blocked,
+//!    `[N][C/8][H+2][W+2][8]` with the zero padding built in (8x8 register transposes), so a
+//!    tile's window is a run of 8-channel vectors;
 //!
 //! then tiles, numbered `(image, tile row, tile column)`, go in blocks of `block` tiles:
 //!
-//! 1. input transform of the block into `V[a*a][block][Cp]` (channels contiguous), 8 channels
-//!    per SIMD vector, the 1-D transforms written out by hand (AVX2 + FMA chosen at run time);
-//! 2. `a*a` GEMMs `M[xi] [K x block] = U[xi] [K x C] * V[xi] [C x block]` through the project's
-//!    GEMM wrapper (serial; `M` stored `[a*a][block][Kp]`);
-//! 3. output transform of `M`, written straight into the NCHW output.
+//! 1. input transform of the block into `V[block][a*a][Cp]` (one contiguous run per tile),
+//!    8 channels per SIMD vector, the 1-D transforms written out by hand (AVX2 + FMA chosen at
+//!    run time);
+//! 2. the element-wise stage, `M[p][xi][..K] = sum_c U[xi][c][..K] * V[p][xi][c]`, by a
+//!    register-blocked kernel (6 tiles x 16 output channels of accumulators, AVX-512 or AVX2
+//!    chosen at run time): these products are small (K, C of 16 to 64), and a general GEMM's
+//!    packing and dispatch cost more than the arithmetic;
+//! 3. output transform of `M`, with the fused eval epilogue (batch norm, residual add, ReLU)
+//!    applied on the way and 8-channel vectors transposed into output rows in registers,
+//!    written straight into the NCHW output.
 //!
 //! Blocks run in parallel on rayon's pool; when a shape has fewer blocks than threads (batch 1,
-//! small maps) each block's three stages also split over tiles and GEMMs. No value is ever
+//! small maps) each block's three stages also split over tiles and `xi`. No value is ever
 //! reduced across tasks, and the block size depends only on the shape, so every output is
 //! computed by the same operations in the same order whatever the thread count: results are
 //! bit-reproducible and independent of the number of threads (tests/conv_fast.rs checks 1, 2
@@ -27,13 +33,13 @@
 //! The transforms cost accuracy, more for larger tiles (their coefficients grow: F(4x4) uses 4,
 //! 5 and 8 in `B^T` and `A^T`, and 1/6, 1/12, 1/24 in `G`). Measured against the f64 direct
 //! convolution over ResNet shapes and odd ones (tests/conv_fast.rs), per output element,
-//! relative to `sum |x| |w|` over that element's window: F(2x2,3x3) up to 3.6e-7 and F(4x4,3x3)
-//! up to 7.6e-6 over the runs made (im2col + GEMM: ~1e-7). The tests assert 2e-6 and 3e-5.
+//! relative to `sum |x| |w|` over that element's window: F(2x2,3x3) up to 2.5e-7 and F(4x4,3x3)
+//! up to 3.0e-6 over the runs made (im2col + GEMM: ~1e-7). The tests assert 2e-6 and 3e-5.
 
 // Index loops over the small fixed-size transform arrays read like the matrix algebra they do.
 #![allow(clippy::needless_range_loop)]
 
-use super::gemm::{sgemm_layout, Layout};
+use super::conv::Epilogue;
 use crate::backend::ConvShape;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -84,6 +90,14 @@ fn sub(a: Lane, b: Lane) -> Lane {
     let mut o = a;
     for l in 0..LANES {
         o[l] = a[l] - b[l];
+    }
+    o
+}
+#[inline(always)]
+fn mul_lanes(a: Lane, b: Lane) -> Lane {
+    let mut o = a;
+    for l in 0..LANES {
+        o[l] = a[l] * b[l];
     }
     o
 }
@@ -206,11 +220,13 @@ impl Tiling {
         let (cp, kp) = (s.c_in.next_multiple_of(LANES), s.c_out.next_multiple_of(LANES));
         let a = m + 2;
         // Cache: V and M of a block (a*a * (Cp + Kp) * block floats) should stay within ~512 KiB.
-        let cache_block = (131072 / (a * a * (cp + kp))).clamp(16, 256);
+        let cache_block = (65536 / (a * a * (cp + kp))).clamp(16, 256);
         // Parallelism: up to 4 blocks when that leaves each at least 32 tiles; smaller problems
         // (batch 1 on small maps) run as one block whose stages split over the pool.
         let spread = total.div_ceil(4).max(32);
+        // Whole register blocks of the multiply stage where the problem allows.
         let block = cache_block.min(spread).max(1);
+        let block = if block > TP { block / TP * TP } else { block };
         Tiling { m, rows, cols, total, block, cp, kp, hp: rows * m + 2, wp: cols * m + 2 }
     }
     /// `(image, top row, left column)` of tile `p` in the output (= its window's top left in
@@ -228,6 +244,13 @@ struct Shared(*mut f32, usize);
 // SAFETY: the tasks sharing one write disjoint elements (see the callers).
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
+
+/// Read-only counterpart of `Shared`.
+#[derive(Clone, Copy)]
+struct SharedConst(*const f32);
+// SAFETY: only read while no task writes the buffer.
+unsafe impl Send for SharedConst {}
+unsafe impl Sync for SharedConst {}
 
 impl Shared {
     fn new(v: &mut [f32]) -> Shared {
@@ -255,82 +278,178 @@ impl Shared {
     }
 }
 
-/// `U[xi][k][c] = (G g_kc G^T)[xi]`, eight filters at a time.
-fn filter_transform<const A: usize>(g: &FilterTransform<A>, w: &[f32], k: usize, c: usize) -> Vec<f32> {
+/// `U[xi][c][k] = (G g_kc G^T)[xi]`, eight filters at a time.
+fn filter_transform<const A: usize>(g: &FilterTransform<A>, w: &[f32], k: usize, c: usize, kp: usize) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function was compiled for.
-        return unsafe { filter_transform_avx2(g, w, k, c) };
+        return unsafe { filter_transform_avx2(g, w, k, c, kp) };
     }
-    filter_transform_lanes(g, w, k, c)
+    filter_transform_lanes(g, w, k, c, kp)
 }
 
 #[target_feature(enable = "avx2,fma")]
 #[cfg(target_arch = "x86_64")]
-unsafe fn filter_transform_avx2<const A: usize>(g: &FilterTransform<A>, w: &[f32], k: usize, c: usize) -> Vec<f32> {
-    filter_transform_lanes(g, w, k, c)
+unsafe fn filter_transform_avx2<const A: usize>(
+    g: &FilterTransform<A>,
+    w: &[f32],
+    k: usize,
+    c: usize,
+    kp: usize,
+) -> Vec<f32> {
+    filter_transform_lanes(g, w, k, c, kp)
 }
 
+/// `U[xi][c][k]` (output channels contiguous, zero up to `kp`): the layout the multiply stage
+/// streams through, one column of output channels per input channel.
 #[inline(always)]
-fn filter_transform_lanes<const A: usize>(g: &FilterTransform<A>, w: &[f32], k: usize, c: usize) -> Vec<f32> {
-    let filters = k * c;
-    let mut u = take_scratch(A * A * filters);
+fn filter_transform_lanes<const A: usize>(
+    g: &FilterTransform<A>,
+    w: &[f32],
+    k: usize,
+    c: usize,
+    kp: usize,
+) -> Vec<f32> {
+    let mut u = take_scratch(A * A * c * kp);
     let gm: [[f32; 3]; A] = g.0.map(|row| row.map(|v| v as f32));
-    for f0 in (0..filters).step_by(LANES) {
-        let lanes = LANES.min(filters - f0);
-        // Eight filters, zero-padded past the last one, so every loop below has a fixed length.
-        let mut group = [0.0f32; 9 * LANES];
-        group[..9 * lanes].copy_from_slice(&w[f0 * 9..(f0 + lanes) * 9]);
-        let mut taps = [[0.0f32; LANES]; 9];
-        for (l, f) in group.chunks_exact(9).enumerate() {
-            for t in 0..9 {
-                taps[t][l] = f[t];
+    // Lanes are eight output channels of one input channel: each result is one contiguous run
+    // of `U[xi][c][..]`, zeros past the last channel included.
+    for cc in 0..c {
+        for k0 in (0..kp).step_by(LANES) {
+            let mut taps = [[0.0f32; LANES]; 9];
+            for l in 0..LANES.min(k.saturating_sub(k0)) {
+                let f = &w[((k0 + l) * c + cc) * 9..((k0 + l) * c + cc + 1) * 9];
+                for t in 0..9 {
+                    taps[t][l] = f[t];
+                }
             }
-        }
-        // tmp = G g (A x 3), then U = tmp G^T (A x A).
-        let mut tmp = [[[0.0f32; LANES]; 3]; A];
-        for i in 0..A {
-            for j in 0..3 {
-                for r in 0..3 {
-                    for l in 0..LANES {
-                        tmp[i][j][l] += gm[i][r] * taps[r * 3 + j][l];
+            // tmp = G g (A x 3), then U = tmp G^T (A x A).
+            let mut tmp = [[[0.0f32; LANES]; 3]; A];
+            for i in 0..A {
+                for j in 0..3 {
+                    for r in 0..3 {
+                        for l in 0..LANES {
+                            tmp[i][j][l] += gm[i][r] * taps[r * 3 + j][l];
+                        }
                     }
                 }
             }
-        }
-        for i in 0..A {
-            for j in 0..A {
-                let mut acc = [0.0f32; LANES];
-                for r in 0..3 {
-                    for l in 0..LANES {
-                        acc[l] += tmp[i][r][l] * gm[j][r];
+            for i in 0..A {
+                for j in 0..A {
+                    let mut acc = [0.0f32; LANES];
+                    for r in 0..3 {
+                        for l in 0..LANES {
+                            acc[l] += tmp[i][r][l] * gm[j][r];
+                        }
                     }
+                    let at = ((i * A + j) * c + cc) * kp + k0;
+                    u[at..at + LANES].copy_from_slice(&acc);
                 }
-                let at = (i * A + j) * filters + f0;
-                u[at..at + lanes].copy_from_slice(&acc[..lanes]);
             }
         }
     }
     u
 }
 
+/// Filter transforms of recent weights, keyed by the weight tensor's content stamp: inference
+/// and candidate scoring run the same weights again and again, and at batch 1 transforming them
+/// costs as much as a tenth of the forward pass. A stamp changes whenever the tensor may have
+/// been written, so an entry can never be stale.
+mod filter_cache {
+    use std::sync::{Arc, Mutex};
+
+    /// `(weight stamp, tile size a, K, C, Kp)`.
+    pub type Key = (u64, usize, usize, usize, usize);
+
+    /// Floats held at most (32 MiB), and entries.
+    const MAX_FLOATS: usize = 1 << 23;
+    const MAX_ENTRIES: usize = 256;
+
+    static CACHE: Mutex<Vec<(Key, Arc<Vec<f32>>)>> = Mutex::new(Vec::new());
+
+    pub fn get(key: &Key) -> Option<Arc<Vec<f32>>> {
+        let mut cache = CACHE.lock().ok()?;
+        let at = cache.iter().position(|(k, _)| k == key)?;
+        // Most recently used last.
+        let entry = cache.remove(at);
+        let u = entry.1.clone();
+        cache.push(entry);
+        Some(u)
+    }
+
+    pub fn put(key: Key, u: Arc<Vec<f32>>) {
+        if u.len() > MAX_FLOATS {
+            return;
+        }
+        let Ok(mut cache) = CACHE.lock() else { return };
+        cache.retain(|(k, _)| *k != key);
+        cache.push((key, u));
+        let mut held: usize = cache.iter().map(|(_, u)| u.len()).sum();
+        while held > MAX_FLOATS || cache.len() > MAX_ENTRIES {
+            held -= cache.remove(0).1.len();
+        }
+    }
+}
+
+/// `U` for these weights: from the cache when `stamp` (the weight tensor's content stamp) has
+/// been transformed before, else computed (and cached when a stamp is given).
+fn transformed_filters<const A: usize>(
+    g: &FilterTransform<A>,
+    w: &[f32],
+    k: usize,
+    c: usize,
+    kp: usize,
+    stamp: Option<u64>,
+) -> std::sync::Arc<Vec<f32>> {
+    let key = stamp.map(|st| (st, A, k, c, kp));
+    if let Some(u) = key.as_ref().and_then(filter_cache::get) {
+        return u;
+    }
+    let u = std::sync::Arc::new(filter_transform(g, w, k, c, kp));
+    if let Some(key) = key {
+        filter_cache::put(key, u.clone());
+    }
+    u
+}
+
 /// The input in a channel-blocked layout `[N][Cp/8][hp][wp][8]`, with a zero border of one pixel
 /// (the padding) and zeros beyond the image up to whole tiles: every tile's window is then a
-/// plain, in-bounds read of 8-channel vectors.
-fn pack_input(x: &[f32], s: &ConvShape, tiling: &Tiling) -> Vec<f32> {
+/// plain, in-bounds read of 8-channel vectors. Lanes past the last channel are zero too.
+fn pack_input(x: &[f32], s: &ConvShape, tiling: &Tiling, simd: bool) -> Vec<f32> {
     let (hp, wp) = (tiling.hp, tiling.wp);
     let groups = tiling.cp / LANES;
     let plane = s.h * s.w;
+    // Every element is written below (border zeros included): no clearing pass.
     let mut xb = take_scratch(s.n * groups * hp * wp * LANES);
     xb.par_chunks_mut(hp * wp * LANES).enumerate().for_each(|(ng, dst)| {
         let (img, g) = (ng / groups, ng % groups);
         let lanes = LANES.min(s.c_in - g * LANES);
         let src = &x[(img * s.c_in + g * LANES) * plane..(img * s.c_in + g * LANES + lanes) * plane];
+        dst[..wp * LANES].fill(0.0);
+        dst[(s.h + 1) * wp * LANES..].fill(0.0);
         for iy in 0..s.h {
-            let drow = &mut dst[((iy + 1) * wp + 1) * LANES..((iy + 1) * wp + 1 + s.w) * LANES];
-            for (ix, d) in drow.chunks_exact_mut(LANES).enumerate() {
-                for (l, v) in d.iter_mut().enumerate().take(lanes) {
-                    *v = src[l * plane + iy * s.w + ix];
+            let drow = &mut dst[(iy + 1) * wp * LANES..(iy + 2) * wp * LANES];
+            drow[..LANES].fill(0.0);
+            drow[(s.w + 1) * LANES..].fill(0.0);
+            let drow = &mut drow[LANES..(s.w + 1) * LANES];
+            let mut ix0 = 0;
+            #[cfg(target_arch = "x86_64")]
+            if simd && lanes == LANES {
+                // Eight pixels of eight channels at a time: an 8x8 transpose in registers.
+                while ix0 + LANES <= s.w {
+                    // SAFETY: `simd` is set only when the CPU has AVX2; the reads stay inside the
+                    // eight channel rows of `src` and the writes inside `drow` (checked here).
+                    assert!(7 * plane + iy * s.w + ix0 + LANES <= src.len() && (ix0 + LANES) * LANES <= drow.len());
+                    unsafe {
+                        simd::transpose_8x8(src.as_ptr().add(iy * s.w + ix0), plane, drow.as_mut_ptr().add(ix0 * LANES))
+                    };
+                    ix0 += LANES;
+                }
+            }
+            let _ = simd;
+            for (ix, d) in drow.chunks_exact_mut(LANES).enumerate().skip(ix0) {
+                for (l, v) in d.iter_mut().enumerate() {
+                    *v = if l < lanes { src[l * plane + iy * s.w + ix] } else { 0.0 };
                 }
             }
         }
@@ -348,7 +467,7 @@ fn input_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
     tiles: std::ops::Range<usize>,
     v: Shared,
 ) {
-    let (hp, wp, cp, block) = (tiling.hp, tiling.wp, tiling.cp, tiling.block);
+    let (hp, wp, cp) = (tiling.hp, tiling.wp, tiling.cp);
     let groups = cp / LANES;
     for p in tiles {
         let (img, oy, ox) = tiling.origin(p0 + p);
@@ -366,15 +485,36 @@ fn input_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
             for i in 0..A {
                 for j in 0..A {
                     // SAFETY: tile `p` of this block is transformed by this task only.
-                    unsafe { v.write(((i * A + j) * block + p) * cp + g * LANES, &d[i][j]) };
+                    unsafe { v.write(((p * A + i) * A + j) * cp + g * LANES, &d[i][j]) };
                 }
             }
         }
     }
 }
 
+/// The fused epilogue with the per-channel factors padded to whole lanes.
+struct LaneEpilogue<'a> {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    residual: Option<&'a [f32]>,
+    relu: bool,
+}
+
+impl<'a> LaneEpilogue<'a> {
+    fn new(epi: &Epilogue<'a>, kp: usize) -> LaneEpilogue<'a> {
+        let pad = |v: &[f32]| {
+            let mut p = vec![0.0f32; kp];
+            p[..v.len()].copy_from_slice(v);
+            p
+        };
+        LaneEpilogue { scale: pad(epi.scale), shift: pad(epi.shift), residual: epi.residual, relu: epi.relu }
+    }
+}
+
 /// Output transform of block tiles `tiles` from `mm` (layout `[a*a][block][Kp]`) into the NCHW
-/// output.
+/// output, with the fused epilogue applied on the way. `simd`: the CPU has AVX2 (whole tiles of
+/// eight channels are then transposed into rows in registers).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn output_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
     mm: &[f32],
@@ -383,9 +523,14 @@ fn output_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
     p0: usize,
     tiles: std::ops::Range<usize>,
     y: Shared,
+    epi: Option<&LaneEpilogue>,
+    simd: bool,
 ) {
-    let (kp, block) = (tiling.kp, tiling.block);
+    let kp = tiling.kp;
     let plane = s.out_h * s.out_w;
+    if let Some(r) = epi.and_then(|e| e.residual) {
+        assert_eq!(r.len(), y.1, "winograd: residual size");
+    }
     for p in tiles {
         let (img, oy, ox) = tiling.origin(p0 + p);
         let (rows, cols) = (M.min(s.out_h - oy), M.min(s.out_w - ox));
@@ -393,18 +538,45 @@ fn output_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
             let mut d = [[[0.0f32; LANES]; A]; A];
             for (i, row) in d.iter_mut().enumerate() {
                 for (j, lane) in row.iter_mut().enumerate() {
-                    let at = ((i * A + j) * block + p) * kp + g * LANES;
+                    let at = ((p * A + i) * A + j) * kp + g * LANES;
                     lane.copy_from_slice(&mm[at..at + LANES]);
                 }
             }
             let mut out = [[[0.0f32; LANES]; M]; M];
             output_2d::<M, A, V>(&d, &mut out);
-            for l in 0..LANES.min(s.c_out - g * LANES) {
-                let base = (img * s.c_out + g * LANES + l) * plane + oy * s.out_w + ox;
+            if let Some(e) = epi {
+                // The batch norm on whole lanes (channels), as the unfused op computes it.
+                let lanes_of = |v: &[f32]| -> Lane { v[g * LANES..(g + 1) * LANES].try_into().expect("whole lanes") };
+                let (a, b) = (lanes_of(&e.scale), lanes_of(&e.shift));
+                for lane in out.iter_mut().flatten() {
+                    *lane = add(mul_lanes(*lane, a), b);
+                }
+            }
+            let lanes = LANES.min(s.c_out - g * LANES);
+            let base = (img * s.c_out + g * LANES) * plane + oy * s.out_w + ox;
+            let (residual, relu) = epi.map_or((None, false), |e| (e.residual, e.relu));
+            #[cfg(target_arch = "x86_64")]
+            if simd && lanes == LANES && cols == M && (M == 4 || M == 2) {
+                assert!(base + (LANES - 1) * plane + (rows - 1) * s.out_w + M <= y.1, "winograd: write out of bounds");
+                for (r, orow) in out.iter().enumerate().take(rows) {
+                    // SAFETY: AVX2 is present (`simd`); the eight channel rows written (and read
+                    // from `residual`, which has `y`'s length) are in bounds (asserted above) and
+                    // belong to this tile, which only this task writes.
+                    unsafe { simd::store_tile_row::<M>(orow, y.0, base + r * s.out_w, plane, residual, relu) };
+                }
+                continue;
+            }
+            let _ = simd;
+            for l in 0..lanes {
+                let base = base + l * plane;
                 for (r, orow) in out.iter().enumerate().take(rows) {
                     let mut vals = [0.0f32; M];
                     for (c, v) in vals.iter_mut().enumerate() {
-                        *v = orow[c][l];
+                        let mut u = orow[c][l];
+                        if let (Some(res), true) = (residual, c < cols) {
+                            u += res[base + r * s.out_w + c];
+                        }
+                        *v = if relu { super::ops::relu(u) } else { u };
                     }
                     // SAFETY: the tile's pixels are written by this task only.
                     unsafe {
@@ -420,16 +592,135 @@ fn output_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
     }
 }
 
+/// AVX2 pieces: the transposes between channel lanes and pixel rows.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{Lane, LANES};
+    use std::arch::x86_64::*;
+
+    /// Reads eight rows of eight floats (`src + l * stride`, channel `l`) and writes them
+    /// transposed to `dst` (pixel `j`'s eight channels at `dst + 8 * j`).
+    ///
+    /// # Safety
+    /// AVX must be available, and the 64 floats read and written in bounds.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose_8x8(src: *const f32, stride: usize, dst: *mut f32) {
+        let r = |l: usize| _mm256_loadu_ps(src.add(l * stride));
+        let (r0, r1, r2, r3, r4, r5, r6, r7) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7));
+        let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+        let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+        let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+        let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let cols = [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ];
+        for (j, c) in cols.into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add(j * LANES), c);
+        }
+    }
+
+    /// `+ residual`, then ReLU (`maxps(v, 0)`: 0 for NaN and -0.0, as `ops::relu`).
+    #[inline(always)]
+    unsafe fn finish(v: __m128, residual: Option<*const f32>, relu: bool) -> __m128 {
+        let v = match residual {
+            Some(r) => _mm_add_ps(v, _mm_loadu_ps(r)),
+            None => v,
+        };
+        if relu {
+            _mm_max_ps(v, _mm_setzero_ps())
+        } else {
+            v
+        }
+    }
+
+    /// As `finish` for two floats (low half of `v`), loaded from and stored to `at`.
+    #[inline(always)]
+    unsafe fn finish_pair(v: __m128, y: *mut f32, at: usize, residual: Option<&[f32]>, relu: bool) {
+        let mut v = v;
+        if let Some(r) = residual {
+            v = _mm_add_ps(v, _mm_castpd_ps(_mm_load_sd(r.as_ptr().add(at) as *const f64)));
+        }
+        if relu {
+            v = _mm_max_ps(v, _mm_setzero_ps());
+        }
+        _mm_store_sd(y.add(at) as *mut f64, _mm_castps_pd(v));
+    }
+
+    /// One output row of a tile, `M` pixels of eight channels (`row[c]` holds pixel `c`'s
+    /// channels), written as eight channel rows of `M` pixels starting at `at` (`plane` apart).
+    ///
+    /// # Safety
+    /// AVX2 must be available; `at + 7 * plane + M` must be within `y` and `residual`.
+    #[inline(always)]
+    pub unsafe fn store_tile_row<const M: usize>(
+        row: &[Lane; M],
+        y: *mut f32,
+        at: usize,
+        plane: usize,
+        residual: Option<&[f32]>,
+        relu: bool,
+    ) {
+        let v = |c: usize| _mm256_loadu_ps(row[c].as_ptr());
+        if M == 4 {
+            let (c0, c1, c2, c3) = (v(0), v(1), v(2), v(3));
+            let (t0, t1) = (_mm256_unpacklo_ps(c0, c1), _mm256_unpackhi_ps(c0, c1));
+            let (t2, t3) = (_mm256_unpacklo_ps(c2, c3), _mm256_unpackhi_ps(c2, c3));
+            // u_l holds channel l in its low half and channel l + 4 in its high half.
+            let u = [
+                _mm256_shuffle_ps::<0x44>(t0, t2),
+                _mm256_shuffle_ps::<0xEE>(t0, t2),
+                _mm256_shuffle_ps::<0x44>(t1, t3),
+                _mm256_shuffle_ps::<0xEE>(t1, t3),
+            ];
+            for (l, u) in u.into_iter().enumerate() {
+                for (ch, half) in [(l, _mm256_castps256_ps128(u)), (l + 4, _mm256_extractf128_ps::<1>(u))] {
+                    let at = at + ch * plane;
+                    let v = finish(half, residual.map(|r| r.as_ptr().add(at)), relu);
+                    _mm_storeu_ps(y.add(at), v);
+                }
+            }
+        } else {
+            debug_assert_eq!(M, 2);
+            let (c0, c1) = (v(0), v(1));
+            // Low halves: channels (0, 1) and (2, 3); high halves: (4, 5) and (6, 7).
+            let (t0, t1) = (_mm256_unpacklo_ps(c0, c1), _mm256_unpackhi_ps(c0, c1));
+            for (first, t) in [(0, t0), (2, t1)] {
+                for (ch, half) in [(first, _mm256_castps256_ps128(t)), (first + 4, _mm256_extractf128_ps::<1>(t))] {
+                    finish_pair(half, y, at + ch * plane, residual, relu);
+                    finish_pair(_mm_movehl_ps(half, half), y, at + (ch + 1) * plane, residual, relu);
+                }
+            }
+        }
+    }
+}
+
 // The transforms are compiled twice: for the baseline target and with AVX2 + FMA enabled (8-wide
 // lanes in one register), picked at run time. Rust never contracts `a * b + c` into an FMA, so
 // both versions round identically.
 macro_rules! multiversion {
     ($name:ident, $inner:ident, $avx:ident, ($($arg:ident : $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx2,fma")]
         #[cfg(target_arch = "x86_64")]
         unsafe fn $avx<const M: usize, const A: usize, V: Variant<M, A>>($($arg: $ty),*) {
             $inner::<M, A, V>($($arg),*)
         }
+        #[allow(clippy::too_many_arguments)]
         fn $name<const M: usize, const A: usize, V: Variant<M, A>>($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -451,7 +742,16 @@ multiversion!(
     output_transform,
     output_transform_tiles,
     output_transform_avx2,
-    (mm: &[f32], s: &ConvShape, tiling: &Tiling, p0: usize, tiles: std::ops::Range<usize>, y: Shared)
+    (
+        mm: &[f32],
+        s: &ConvShape,
+        tiling: &Tiling,
+        p0: usize,
+        tiles: std::ops::Range<usize>,
+        y: Shared,
+        epi: Option<&LaneEpilogue>,
+        simd: bool
+    )
 );
 
 thread_local! {
@@ -460,7 +760,7 @@ thread_local! {
     static SCRATCH: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A buffer of `len` zeros, from this thread's scratch pool when it has one.
+/// A buffer of `len` floats (stale values, not zeros), from this thread's scratch pool when it has one.
 fn take_scratch(len: usize) -> Vec<f32> {
     let pooled = SCRATCH.with(|s| {
         let mut pool = s.borrow_mut();
@@ -469,14 +769,15 @@ fn take_scratch(len: usize) -> Vec<f32> {
         best.map(|i| pool.swap_remove(i))
     });
     let mut v = pooled.unwrap_or_else(|| Vec::with_capacity(len));
-    v.clear();
+    // Callers write every element they read: stale values from the last use are not cleared.
+    v.truncate(len);
     v.resize(len, 0.0);
     v
 }
 
-/// Largest buffer the pool keeps (4 MiB): bounds the memory held per thread between calls; big
+/// Largest buffer the pool keeps (32 MiB: the packed input of a 32x32x16 layer at batch 64 is 4.7 MiB): bounds the memory held per thread between calls; big
 /// problems amortise a fresh allocation anyway.
-const SCRATCH_KEEP: usize = 1 << 20;
+const SCRATCH_KEEP: usize = 1 << 23;
 
 /// Returns a buffer to this thread's pool (the four largest up to `SCRATCH_KEEP` are kept).
 fn give_scratch(v: Vec<f32>) {
@@ -507,76 +808,281 @@ fn run_block<const M: usize, const A: usize, V: Variant<M, A>>(
     p0: usize,
     y: Shared,
     split: bool,
+    epi: Option<&LaneEpilogue>,
+    simd: bool,
 ) {
-    let (c, k, block, cp, kp) = (s.c_in, s.c_out, tiling.block, tiling.cp, tiling.kp);
+    let (c, block, cp, kp) = (s.c_in, tiling.block, tiling.cp, tiling.kp);
     let len = block.min(tiling.total - p0);
     let mut v = take_scratch(A * A * block * cp);
     let mut mm = take_scratch(A * A * block * kp);
-    let gemm = |xi: usize, mx: &mut [f32], vv: &[f32]| {
-        sgemm_layout(
-            k,
-            len,
-            c,
-            &u[xi * k * c..(xi + 1) * k * c],
-            Layout::row_major(c),
-            &vv[xi * block * cp..(xi + 1) * block * cp],
-            Layout::col_major(cp),
-            mx,
-            Layout::col_major(kp),
-            false,
-            1,
-        )
+    // Product `xi` reads V[p][xi][..C] and writes M[p][xi][..Kp] for every tile p: the 16 or 36
+    // products interleave, so each tile's transforms read and write one contiguous run.
+    assert!(v.len() >= len * A * A * cp && mm.len() >= len * A * A * kp && u.len() >= A * A * c * kp);
+    let gemm = |xi: usize, vv: SharedConst, mx: Shared| {
+        // SAFETY: the sizes were checked above; product `xi` alone writes `M[p][xi][..]`, and
+        // `V` is not written meanwhile.
+        unsafe { multiply(u, vv, mx, xi, len, c, A * A, cp, kp) }
     };
     let vs = Shared::new(&mut v);
+    let ms = Shared::new(&mut mm);
     if split {
         (0..len)
             .into_par_iter()
             .step_by(SPLIT_TILES)
             .for_each(|t0| input_transform::<M, A, V>(xb, tiling, p0, t0..(t0 + SPLIT_TILES).min(len), vs));
-        let vv: &[f32] = &v;
-        mm.par_chunks_mut(block * kp).enumerate().for_each(|(xi, mx)| gemm(xi, mx, vv));
+        let vv = SharedConst(v.as_ptr());
+        (0..A * A).into_par_iter().for_each(|xi| gemm(xi, vv, ms));
         let mmv: &[f32] = &mm;
-        (0..len)
-            .into_par_iter()
-            .step_by(SPLIT_TILES)
-            .for_each(|t0| output_transform::<M, A, V>(mmv, s, tiling, p0, t0..(t0 + SPLIT_TILES).min(len), y));
+        (0..len).into_par_iter().step_by(SPLIT_TILES).for_each(|t0| {
+            output_transform::<M, A, V>(mmv, s, tiling, p0, t0..(t0 + SPLIT_TILES).min(len), y, epi, simd)
+        });
     } else {
         input_transform::<M, A, V>(xb, tiling, p0, 0..len, vs);
-        for (xi, mx) in mm.chunks_mut(block * kp).enumerate() {
-            gemm(xi, mx, &v);
+        let vv = SharedConst(v.as_ptr());
+        for xi in 0..A * A {
+            gemm(xi, vv, ms);
         }
-        output_transform::<M, A, V>(&mm, s, tiling, p0, 0..len, y);
+        output_transform::<M, A, V>(&mm, s, tiling, p0, 0..len, y, epi, simd);
     }
     give_scratch(v);
     give_scratch(mm);
 }
 
-fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
-    let mut y = vec![0.0f32; s.n * s.c_out * s.out_h * s.out_w];
+/// Output channels per register block of the multiply stage (one AVX-512 vector).
+const KB: usize = 16;
+/// Tiles per register block: `TP x KB` accumulators stay in registers.
+const TP: usize = 6;
+
+/// The element-wise stage for one `xi`: `M[p][xi][..kp] = sum_c U[xi][c][..kp] * V[p][xi][c]`
+/// for tiles `p < len`, in blocks of `TP` tiles by `KB` (or 8) output channels, accumulating
+/// over `c` in order with fused multiply-adds. Replaces a general GEMM call per `xi`, whose
+/// packing and dispatch cost more than these small products (K, C of 16 to 64).
+///
+/// # Safety
+/// `v` must hold `len * aa * cp` floats and `m` `len * aa * kp` (both checked by the caller
+/// against their buffers), `u` `aa * c * kp`; no other task may write `M[p][xi][..]` meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply(
+    u: &[f32],
+    v: SharedConst,
+    m: Shared,
+    xi: usize,
+    len: usize,
+    c: usize,
+    aa: usize,
+    cp: usize,
+    kp: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return multiply_avx512(u, v, m, xi, len, c, aa, cp, kp);
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return multiply_avx2(u, v, m, xi, len, c, aa, cp, kp);
+        }
+    }
+    multiply_portable(u, v, m, xi, len, c, aa, cp, kp)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_avx512(
+    u: &[f32],
+    v: SharedConst,
+    m: Shared,
+    xi: usize,
+    len: usize,
+    c: usize,
+    aa: usize,
+    cp: usize,
+    kp: usize,
+) {
+    multiply_portable(u, v, m, xi, len, c, aa, cp, kp)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_avx2(
+    u: &[f32],
+    v: SharedConst,
+    m: Shared,
+    xi: usize,
+    len: usize,
+    c: usize,
+    aa: usize,
+    cp: usize,
+    kp: usize,
+) {
+    multiply_portable(u, v, m, xi, len, c, aa, cp, kp)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_portable(
+    u: &[f32],
+    v: SharedConst,
+    m: Shared,
+    xi: usize,
+    len: usize,
+    c: usize,
+    aa: usize,
+    cp: usize,
+    kp: usize,
+) {
+    let u_xi = &u[xi * c * kp..(xi + 1) * c * kp];
+    let mut kb = 0;
+    while kb < kp {
+        let mut p = 0;
+        if kp - kb >= KB {
+            while p + TP <= len {
+                micro::<TP, KB>(u_xi, v, m, xi, p, c, aa, cp, kp, kb);
+                p += TP;
+            }
+            tail::<KB>(u_xi, v, m, xi, p, len - p, c, aa, cp, kp, kb);
+            kb += KB;
+        } else {
+            while p + TP <= len {
+                micro::<TP, LANES>(u_xi, v, m, xi, p, c, aa, cp, kp, kb);
+                p += TP;
+            }
+            tail::<LANES>(u_xi, v, m, xi, p, len - p, c, aa, cp, kp, kb);
+            kb += LANES;
+        }
+    }
+}
+
+/// The last `rest < TP` tiles in one register block (a single-tile loop would wait on each
+/// FMA's latency).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tail<const W: usize>(
+    u_xi: &[f32],
+    v: SharedConst,
+    m: Shared,
+    xi: usize,
+    p: usize,
+    rest: usize,
+    c: usize,
+    aa: usize,
+    cp: usize,
+    kp: usize,
+    kb: usize,
+) {
+    match rest {
+        0 => {}
+        1 => micro::<1, W>(u_xi, v, m, xi, p, c, aa, cp, kp, kb),
+        2 => micro::<2, W>(u_xi, v, m, xi, p, c, aa, cp, kp, kb),
+        3 => micro::<3, W>(u_xi, v, m, xi, p, c, aa, cp, kp, kb),
+        4 => micro::<4, W>(u_xi, v, m, xi, p, c, aa, cp, kp, kb),
+        _ => micro::<5, W>(u_xi, v, m, xi, p, c, aa, cp, kp, kb),
+    }
+}
+
+/// `T` tiles from `p` by `W` output channels from `kb`, held in registers over the whole sum.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<const T: usize, const W: usize>(
+    u_xi: &[f32],
+    v: SharedConst,
+    m: Shared,
+    xi: usize,
+    p: usize,
+    c: usize,
+    aa: usize,
+    cp: usize,
+    kp: usize,
+    kb: usize,
+) {
+    let rows: [*const f32; T] = std::array::from_fn(|t| v.0.add(((p + t) * aa + xi) * cp));
+    assert!(kb + W <= kp && u_xi.len() >= c * kp, "winograd: filter block out of bounds");
+    let u_col = u_xi.as_ptr().add(kb);
+    let mut acc = [[0.0f32; W]; T];
+    for cc in 0..c {
+        // SAFETY: `cc * kp + kb + W <= c * kp <= u_xi.len()` (asserted above).
+        let col = &*(u_col.add(cc * kp) as *const [f32; W]);
+        for t in 0..T {
+            let x = *rows[t].add(cc);
+            for l in 0..W {
+                acc[t][l] = col[l].mul_add(x, acc[t][l]);
+            }
+        }
+    }
+    for (t, a) in acc.iter().enumerate() {
+        m.write(((p + t) * aa + xi) * kp + kb, a);
+    }
+}
+
+/// Whether the AVX2 + FMA versions of the transforms run on this CPU.
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
+    x: &[f32],
+    w: &[f32],
+    s: &ConvShape,
+    epi: Option<&Epilogue>,
+    stamp: Option<u64>,
+) -> Vec<f32> {
+    // Every output pixel is written by the output transform: a pooled buffer, not cleared.
+    let mut y = super::buffers::take(s.n * s.c_out * s.out_h * s.out_w);
     if y.is_empty() || s.c_in == 0 {
+        if let Some(epi) = epi {
+            epi.apply_slice(&mut y, 0, s.out_h * s.out_w, s.c_out);
+        }
         return y;
     }
-    let u = filter_transform(&V::G, w, s.c_out, s.c_in);
+    let simd = has_avx2();
     let tiling = Tiling::new(s, M);
-    let xb = pack_input(x, s, &tiling);
+    let u = transformed_filters(&V::G, w, s.c_out, s.c_in, tiling.kp, stamp);
+    let lane_epi = epi.map(|e| LaneEpilogue::new(e, tiling.kp));
+    let xb = pack_input(x, s, &tiling, simd);
     let blocks = tiling.total.div_ceil(tiling.block);
     let split = blocks < rayon::current_num_threads();
     let out = Shared::new(&mut y);
     // Each block writes only its own tiles' pixels of `y`.
-    (0..blocks).into_par_iter().for_each(|b| run_block::<M, A, V>(&xb, &u, s, &tiling, b * tiling.block, out, split));
+    (0..blocks)
+        .into_par_iter()
+        .for_each(|b| run_block::<M, A, V>(&xb, &u, s, &tiling, b * tiling.block, out, split, lane_epi.as_ref(), simd));
     give_scratch(xb);
-    give_scratch(u);
+    if let Ok(u) = std::sync::Arc::try_unwrap(u) {
+        give_scratch(u);
+    }
     y
 }
 
 /// Forward convolution (`supports(s)` must hold).
 pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, tile: WinogradTile) -> Vec<f32> {
+    forward_fused(x, w, s, tile, None)
+}
+
+/// Forward convolution with the eval-mode epilogue applied in the output transform.
+pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, tile: WinogradTile, epi: Option<&Epilogue>) -> Vec<f32> {
+    forward_stamped(x, w, None, s, tile, epi)
+}
+
+/// As `forward_fused`, reusing the filter transform of weights whose content stamp
+/// (`Tensor::stamp`) was seen recently.
+pub fn forward_stamped(
+    x: &[f32],
+    w: &[f32],
+    w_stamp: Option<u64>,
+    s: &ConvShape,
+    tile: WinogradTile,
+    epi: Option<&Epilogue>,
+) -> Vec<f32> {
     assert!(supports(s), "winograd: unsupported shape {s:?}");
     assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "winograd: input size");
     assert_eq!(w.len(), s.c_out * s.c_in * 9, "winograd: weight size");
     match tile {
-        WinogradTile::F2 => forward_with::<2, 4, VariantF2>(x, w, s),
-        WinogradTile::F4 => forward_with::<4, 6, VariantF4>(x, w, s),
+        WinogradTile::F2 => forward_with::<2, 4, VariantF2>(x, w, s, epi, w_stamp),
+        WinogradTile::F4 => forward_with::<4, 6, VariantF4>(x, w, s, epi, w_stamp),
     }
 }
 
@@ -597,17 +1103,16 @@ pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape, tile: WinogradTile) -
     forward(dy, &wt, &swapped, tile)
 }
 
-/// The kernel the CPU backend uses for this convolution, `None` for im2col + GEMM. From
-/// `cargo bench --bench conv` on 2 shared cores (noisy; ResNet-56 shapes): at batch 64 Winograd
-/// takes 0.5-0.7x the im2col time, F(4x4) ~10-20% less than F(2x2); at batch 1 F(2x2) is level
-/// with im2col on 32x32 and 16x16 maps and slower on 8x8 (the filter transform and per-call
-/// setup dominate), and below 8 input channels (the stem) the transforms cost more than the
-/// GEMMs save.
+/// The kernel the CPU backend uses for this convolution, `None` for im2col + GEMM. Measured on
+/// 2 cores (AVX-512; `lfgcl bench infer`, `cargo bench --bench conv`): with the register-blocked
+/// multiply stage and cached filter transforms, F(2x2) beats im2col from 64 output pixels (an
+/// 8x8 map at batch 1) and F(4x4) beats F(2x2) from 1024 (a 32x32 map at batch 1); below 8 input
+/// channels (the stem) the transforms cost more than the multiplications they save.
 pub fn choose(s: &ConvShape) -> Option<WinogradTile> {
     let pixels = s.n * s.out_h * s.out_w;
-    if !supports(s) || s.c_in < LANES || pixels < 256 {
+    if !supports(s) || s.c_in < LANES || pixels < 64 {
         None
-    } else if pixels < 4096 {
+    } else if pixels < 1024 {
         Some(WinogradTile::F2)
     } else {
         Some(WinogradTile::F4)

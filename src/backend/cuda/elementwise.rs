@@ -72,7 +72,8 @@ impl CudaBackend {
         let pa = self.ptr(self.dev(a, what)?);
         let pb = self.opt_ptr(b, what)?;
         let n = a.numel();
-        let p = EwParams { a: pa, b: pb, out: self.ptr_mut(out), n: n as i64, s: 0.0, vec4: (n % 4 == 0) as i32 };
+        let p =
+            EwParams { a: pa, b: pb, out: self.ptr_mut(out), n: n as i64, s: 0.0, vec4: n.is_multiple_of(4) as i32 };
         let dims = a.dims().to_vec();
         self.ew_launch(op.kernel(), p, &|| format!("{what} {}", fmt_dims(&dims)))
     }
@@ -101,7 +102,7 @@ impl ElementwiseOps for CudaBackend {
         let dims = acc.dims().to_vec();
         let px = self.ptr(self.dev(x, "add_assign")?);
         let pacc = self.ptr_mut(self.dev_mut(acc, "add_assign")?);
-        let p = EwParams { a: px, b: 0, out: pacc, n: n as i64, s: 0.0, vec4: (n % 4 == 0) as i32 };
+        let p = EwParams { a: px, b: 0, out: pacc, n: n as i64, s: 0.0, vec4: n.is_multiple_of(4) as i32 };
         self.ew_launch("ew_add_assign", p, &|| format!("add_assign {}", fmt_dims(&dims)))
     }
 
@@ -109,7 +110,7 @@ impl ElementwiseOps for CudaBackend {
         let n = x.numel();
         let dims = x.dims().to_vec();
         let px = self.ptr_mut(self.dev_mut(x, "scale_inplace")?);
-        let p = EwParams { a: 0, b: 0, out: px, n: n as i64, s, vec4: (n % 4 == 0) as i32 };
+        let p = EwParams { a: 0, b: 0, out: px, n: n as i64, s, vec4: n.is_multiple_of(4) as i32 };
         self.ew_launch("ew_scale", p, &|| format!("scale_inplace {}", fmt_dims(&dims)))
     }
 }

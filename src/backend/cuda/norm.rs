@@ -151,7 +151,7 @@ fn bn_splits(n: usize, c: usize) -> (usize, usize) {
 
 impl CudaBackend {
     fn bn_apply_launch(&self, a: &BnApplyParams, total: usize, hw: usize, what: &dyn Fn() -> String) -> Result<()> {
-        let per_block = if hw % 4 == 0 { 1024 } else { 256 };
+        let per_block = if hw.is_multiple_of(4) { 1024 } else { 256 };
         Launch::linear(FILE, "bn_apply", total, per_block, 256)?.run(&self.kernels, &self.stream, a, what)
     }
 }

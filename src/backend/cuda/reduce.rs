@@ -91,7 +91,7 @@ impl CudaBackend {
             k: k as i32,
             blocks: blocks as i32,
             grad_scale: scale,
-            vec4: (m % 4 == 0) as i32,
+            vec4: m.is_multiple_of(4) as i32,
         };
         Launch::new(FILE, "sqdiff_partial", (blocks as u32, k as u32, 1), 256).run(
             &self.kernels,

@@ -45,7 +45,7 @@ impl OptimOps for CudaBackend {
             momentum: hp.momentum,
             weight_decay: hp.weight_decay,
             nesterov: hp.nesterov as i32,
-            vec4: (n % 4 == 0) as i32,
+            vec4: n.is_multiple_of(4) as i32,
             _pad: 0,
         };
         Launch::linear("sgd.cu", "sgd_step", n, 1024, 256)?

@@ -1,0 +1,132 @@
+//! `lfgcl bench cpu`: lfgcl next to onnxruntime and PyTorch eager on a tiny model (`--reps 1`).
+//! - without Python (LFGCL_PYTHON pointing nowhere) it still prints lfgcl's table and JSON, with one
+//!   line per runtime saying why it was not timed;
+//! - with onnxruntime importable (CI: LFGCL_PYTHONPATH, LFGCL_REQUIRE_PY=1) every inference row
+//!   has onnxruntime's images/s and the ratio; otherwise that test prints `skipped: ...` and
+//!   passes, unless LFGCL_REQUIRE_PY=1;
+//! - with torch importable (not installed by CI) every row has PyTorch's images/s and the ratio.
+
+#[path = "common/exe.rs"]
+mod exe;
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+/// `lfgcl --threads 2 -q bench cpu` on smallcnn, inference at batches 1 and 2, training step at
+/// 4, one round of one repetition; (stdout, JSON report). `envs`: variables to set (value) or
+/// remove (None).
+fn bench_cpu(dir: &Path, extra: &[&str], envs: &[(&str, Option<&str>)]) -> (String, Value) {
+    let json = dir.join("cpu.json");
+    let mut cmd = Command::new(exe::lfgcl_exe());
+    cmd.args(["--threads", "2", "-q", "bench", "cpu", "--model", "smallcnn", "--batch", "1,2"])
+        .args(["--train-batch", "4", "--reps", "1", "--rounds", "1", "--json"])
+        .arg(&json)
+        .args(extra);
+    for (k, v) in envs {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().expect("run lfgcl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "bench cpu failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (stdout, report)
+}
+
+/// The rows every report has, whatever was timed besides lfgcl.
+fn check_shape(stdout: &str, r: &Value) {
+    for col in ["model", "batch", "lfgcl img/s", "% peak", "ort img/s", "lfgcl/ort", "torch img/s", "lfgcl/torch"] {
+        assert!(stdout.contains(col), "no column {col}:\n{stdout}");
+    }
+    assert!(stdout.contains("sgemm peak"), "{stdout}");
+    assert!(r["sgemm_peak_gflops"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["sgemm"].as_array().unwrap().len(), 4, "{r}");
+    assert_eq!(r["threads"], 2);
+    assert_eq!(r["models"][0]["model"], "smallcnn");
+    assert!(r["models"][0]["macs_per_image"].as_u64().unwrap() > 0);
+    let rows = r["rows"].as_array().unwrap();
+    let cases: Vec<(&str, u64)> =
+        rows.iter().map(|row| (row["what"].as_str().unwrap(), row["batch"].as_u64().unwrap())).collect();
+    assert_eq!(cases, [("inference", 1), ("inference", 2), ("train step", 4)], "{r}");
+    for row in rows {
+        assert_eq!(row["model"], "smallcnn");
+        let l = &row["lfgcl"];
+        assert!(l["images_per_sec"].as_f64().unwrap() > 0.0 && l["fraction_of_sgemm_peak"].as_f64().unwrap() > 0.0);
+        assert_eq!(l["timing"]["reps"], 1);
+        // onnxruntime is an inference runtime: never a training-step figure.
+        if row["what"] == "train step" {
+            assert!(row["onnxruntime"].is_null() && row["lfgcl_vs_onnxruntime"].is_null(), "{row}");
+        }
+    }
+}
+
+/// Whether `import` of `modules` works in the Python `cmd` gives.
+fn importable(mut cmd: Command, modules: &str) -> Result<(), String> {
+    match cmd.args(["-c", &format!("import {modules}")]).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string()),
+        Err(e) => Err(format!("python: {e}")),
+    }
+}
+
+#[test]
+fn bench_cpu_without_python_prints_lfgcl_and_says_why_the_others_are_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("no-such-python");
+    let nowhere = nowhere.to_str().unwrap();
+    let (stdout, r) = bench_cpu(dir.path(), &[], &[("LFGCL_PYTHON", Some(nowhere)), ("LFGCL_TORCH_PYTHON", None)]);
+    check_shape(&stdout, &r);
+    let notes: Vec<&str> = stdout.lines().filter(|l| l.contains("not timed")).collect();
+    assert_eq!(notes.len(), 2, "{stdout}");
+    assert!(notes[0].starts_with("onnxruntime not timed: cannot start") && notes[0].contains("no-such-python"));
+    assert!(notes[1].starts_with("PyTorch not timed: cannot start"), "{stdout}");
+    assert!(r["onnxruntime_note"].is_string() && r["torch_note"].is_string(), "{r}");
+    assert!(r["onnxruntime_version"].is_null() && r["torch_version"].is_null(), "{r}");
+    for row in r["rows"].as_array().unwrap() {
+        assert!(row["onnxruntime"].is_null() && row["torch"].is_null(), "{row}");
+        assert!(row["lfgcl_vs_onnxruntime"].is_null() && row["lfgcl_vs_torch"].is_null(), "{row}");
+    }
+    // Disabled runtimes are noted as such; --onnx-dir keeps the checkpoint.
+    let keep = dir.path().join("files");
+    let (stdout, r) = bench_cpu(dir.path(), &["--no-ort", "--no-torch", "--onnx-dir", keep.to_str().unwrap()], &[]);
+    check_shape(&stdout, &r);
+    assert_eq!(r["onnxruntime_note"], "disabled");
+    assert_eq!(r["torch_note"], "disabled");
+    assert!(keep.join("0-smallcnn.safetensors").is_file(), "the checkpoint is kept in --onnx-dir");
+}
+
+#[test]
+fn bench_cpu_with_onnxruntime_puts_it_next_to_lfgcl() {
+    let dir = tempfile::tempdir().unwrap();
+    if let Err(reason) = importable(lfgcl::interop::python_command(), "numpy, onnxruntime") {
+        if std::env::var("LFGCL_REQUIRE_PY").is_ok_and(|v| v == "1") {
+            panic!("LFGCL_REQUIRE_PY=1 but onnxruntime cannot be imported: {reason}");
+        }
+        println!("skipped: numpy/onnxruntime not importable ({reason}) [bench cpu with onnxruntime]");
+        return;
+    }
+    let torch = importable(lfgcl::interop::torch_python_command(), "torch").is_ok();
+    let extra: &[&str] = if torch { &[] } else { &["--no-torch"] };
+    let (stdout, r) = bench_cpu(dir.path(), extra, &[]);
+    check_shape(&stdout, &r);
+    assert!(r["onnxruntime_note"].is_null() && r["onnxruntime_version"].is_string(), "{r}");
+    assert!(stdout.contains("onnxruntime 1.") && !stdout.contains("onnxruntime not timed"), "{stdout}");
+    for row in r["rows"].as_array().unwrap().iter().filter(|row| row["what"] == "inference") {
+        let ort = row["onnxruntime"]["images_per_sec"].as_f64().unwrap();
+        let ratio = row["lfgcl_vs_onnxruntime"].as_f64().unwrap();
+        assert!(ort > 0.0 && (ratio - row["lfgcl"]["images_per_sec"].as_f64().unwrap() / ort).abs() < 1e-9, "{row}");
+        assert_eq!(row["onnxruntime"]["timing"]["reps"], 1);
+    }
+    if torch {
+        assert!(r["torch_note"].is_null() && r["torch_version"].is_string(), "{r}");
+        for row in r["rows"].as_array().unwrap() {
+            assert!(row["torch"]["images_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["lfgcl_vs_torch"].as_f64().unwrap() > 0.0, "{row}");
+        }
+    } else {
+        println!("torch not importable: PyTorch part not checked");
+    }
+}
