@@ -223,7 +223,7 @@ impl Tiling {
         let cache_block = (65536 / (a * a * (cp + kp))).clamp(16, 256);
         // Parallelism: up to 4 blocks when that leaves each at least 32 tiles; smaller problems
         // (batch 1 on small maps) run as one block whose stages split over the pool.
-        let spread = total.div_ceil(4).max(32);
+        let spread = total.div_ceil(4).max(8);
         // Whole register blocks of the multiply stage where the problem allows.
         let block = cache_block.min(spread).max(1);
         let block = if block > TP { block / TP * TP } else { block };
