@@ -226,7 +226,7 @@ impl Tiling {
         let spread = total.div_ceil(4).max(8);
         // Whole register blocks of the multiply stage where the problem allows.
         let block = cache_block.min(spread).max(1);
-        let block = if block > TP { block / TP * TP } else { block };
+        let block = if block >= 4 * TP { block / TP * TP } else { block };
         Tiling { m, rows, cols, total, block, cp, kp, hp: rows * m + 2, wp: cols * m + 2 }
     }
     /// `(image, top row, left column)` of tile `p` in the output (= its window's top left in
