@@ -226,7 +226,7 @@ impl Tiling {
         let spread = total.div_ceil(4).max(8);
         // Whole register blocks of the multiply stage where the problem allows.
         let block = cache_block.min(spread).max(1);
-        let block = if block >= 4 * TP { block / TP * TP } else { block };
+        let block = if block >= 4 * TP { block / (TP * TP_WIDE / 2) * (TP * TP_WIDE / 2) } else { block };
         Tiling { m, rows, cols, total, block, cp, kp, hp: rows * m + 2, wp: cols * m + 2 }
     }
     /// `(image, top row, left column)` of tile `p` in the output (= its window's top left in
@@ -852,6 +852,8 @@ fn run_block<const M: usize, const A: usize, V: Variant<M, A>>(
 const KB: usize = 16;
 /// Tiles per register block: `TP x KB` accumulators stay in registers.
 const TP: usize = 6;
+/// Tiles per register block of `2 * KB` output channels (AVX-512 only).
+const TP_WIDE: usize = 4;
 
 /// The element-wise stage for one `xi`: `M[p][xi][..kp] = sum_c U[xi][c][..kp] * V[p][xi][c]`
 /// for tiles `p < len`, in blocks of `TP` tiles by `KB` (or 8) output channels, accumulating
@@ -882,7 +884,7 @@ unsafe fn multiply(
             return multiply_avx2(u, v, m, xi, len, c, aa, cp, kp);
         }
     }
-    multiply_portable(u, v, m, xi, len, c, aa, cp, kp)
+    multiply_portable::<false>(u, v, m, xi, len, c, aa, cp, kp)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -899,7 +901,7 @@ unsafe fn multiply_avx512(
     cp: usize,
     kp: usize,
 ) {
-    multiply_portable(u, v, m, xi, len, c, aa, cp, kp)
+    multiply_portable::<true>(u, v, m, xi, len, c, aa, cp, kp)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -916,12 +918,15 @@ unsafe fn multiply_avx2(
     cp: usize,
     kp: usize,
 ) {
-    multiply_portable(u, v, m, xi, len, c, aa, cp, kp)
+    multiply_portable::<false>(u, v, m, xi, len, c, aa, cp, kp)
 }
 
+/// `WIDE`: 32 registers of 16 floats (AVX-512), where blocks of 4 tiles by 32 output channels
+/// (8 accumulators) are used where the channels allow: their tails are shorter than 6 x 16's
+/// on the few tiles of a batch-1 block. Every output is the same FMA chain either way.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn multiply_portable(
+unsafe fn multiply_portable<const WIDE: bool>(
     u: &[f32],
     v: SharedConst,
     m: Shared,
@@ -936,7 +941,14 @@ unsafe fn multiply_portable(
     let mut kb = 0;
     while kb < kp {
         let mut p = 0;
-        if kp - kb >= KB {
+        if WIDE && kp - kb >= 2 * KB {
+            while p + TP_WIDE <= len {
+                micro::<TP_WIDE, { 2 * KB }>(u_xi, v, m, xi, p, c, aa, cp, kp, kb);
+                p += TP_WIDE;
+            }
+            tail::<{ 2 * KB }>(u_xi, v, m, xi, p, len - p, c, aa, cp, kp, kb);
+            kb += 2 * KB;
+        } else if kp - kb >= KB {
             while p + TP <= len {
                 micro::<TP, KB>(u_xi, v, m, xi, p, c, aa, cp, kp, kb);
                 p += TP;
