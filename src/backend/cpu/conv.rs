@@ -360,17 +360,31 @@ pub fn forward_reference(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
 
 // ---- the trait ------------------------------------------------------------------------------
 
+impl CpuBackend {
+    /// The forward kernel this backend uses for `s` (f64 loops, Winograd or im2col), with the
+    /// fused epilogue applied in its last pass when given.
+    fn forward_dispatch(&self, x: &Tensor, w: &Tensor, s: &ConvShape, epi: Option<&Epilogue>) -> Result<Vec<f32>> {
+        Ok(if self.reference {
+            let mut y = forward_reference(host(x)?, host(w)?, s);
+            if let Some(epi) = epi {
+                let plane = s.out_h * s.out_w;
+                y.par_chunks_mut(plane.max(1))
+                    .enumerate()
+                    .for_each(|(i, o)| epi.apply_slice(o, i * plane, plane, s.c_out));
+            }
+            y
+        } else if let Some(tile) = self.winograd(s) {
+            super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), s, tile, epi)
+        } else {
+            forward_fused(host(x)?, host(w)?, s, epi)
+        })
+    }
+}
+
 impl ConvOps for CpuBackend {
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::new(x.dims(), w.dims(), spec)?;
-        let y = if self.reference {
-            forward_reference(host(x)?, host(w)?, &s)
-        } else if let Some(tile) = self.winograd(&s) {
-            super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), &s, tile, None)
-        } else {
-            forward(host(x)?, host(w)?, &s)
-        };
-        Tensor::from_vec(&s.output_dims(), y)
+        Tensor::from_vec(&s.output_dims(), self.forward_dispatch(x, w, &s, None)?)
     }
 
     fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
@@ -398,17 +412,7 @@ impl ConvOps for CpuBackend {
             residual: epi.residual.map(host).transpose()?,
             relu: epi.relu,
         };
-        let y = if self.reference {
-            let mut y = forward_reference(host(x)?, host(w)?, &s);
-            let plane = s.out_h * s.out_w;
-            y.par_chunks_mut(plane.max(1)).enumerate().for_each(|(i, o)| epi.apply_slice(o, i * plane, plane, s.c_out));
-            y
-        } else if let Some(tile) = self.winograd(&s) {
-            super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), &s, tile, Some(&epi))
-        } else {
-            forward_fused(host(x)?, host(w)?, &s, Some(&epi))
-        };
-        Tensor::from_vec(&s.output_dims(), y)
+        Tensor::from_vec(&s.output_dims(), self.forward_dispatch(x, w, &s, Some(&epi))?)
     }
 
     fn set_conv_precision(&self, precision: Precision) -> Result<()> {
