@@ -54,6 +54,24 @@ impl CpuBackend {
     }
 }
 
+/// Whether the AVX2 + FMA builds of the hand-vectorised kernels can run on this CPU (checked
+/// once per call; the standard library caches the answer).
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the AVX-512 builds can run (AVX-512F on top of AVX2 + FMA).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("avx512f") && has_avx2();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 fn host(t: &Tensor) -> Result<&[f32]> {
     t.as_slice()
 }

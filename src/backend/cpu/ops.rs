@@ -104,11 +104,11 @@ macro_rules! multiversion_f64 {
                 unsafe fn avx2($($arg: $ty),*) -> $ret {
                     $inner($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx512f") {
+                if super::has_avx512() {
                     // SAFETY: the CPU has the features the function was compiled for.
                     return unsafe { wide($($arg),*) };
                 }
-                if std::is_x86_feature_detected!("avx2") {
+                if super::has_avx2() {
                     // SAFETY: as above.
                     return unsafe { avx2($($arg),*) };
                 }

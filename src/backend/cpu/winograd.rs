@@ -40,6 +40,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::conv::Epilogue;
+use super::{has_avx2, has_avx512};
 use crate::backend::ConvShape;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -281,7 +282,7 @@ impl Shared {
 /// `U[xi][c][k] = (G g_kc G^T)[xi]`, eight filters at a time.
 fn filter_transform<const A: usize>(g: &FilterTransform<A>, w: &[f32], k: usize, c: usize, kp: usize) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if has_avx2() {
         // SAFETY: the CPU supports the features the function was compiled for.
         return unsafe { filter_transform_avx2(g, w, k, c, kp) };
     }
@@ -724,7 +725,7 @@ macro_rules! multiversion {
         #[allow(clippy::too_many_arguments)]
         fn $name<const M: usize, const A: usize, V: Variant<M, A>>($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if has_avx2() {
                 // SAFETY: the CPU supports the features the function was compiled for.
                 return unsafe { $avx::<M, A, V>($($arg),*) };
             }
@@ -878,10 +879,10 @@ unsafe fn multiply(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
+        if has_avx512() {
             return multiply_avx512(u, v, m, xi, len, c, aa, cp, kp);
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if has_avx2() {
             return multiply_avx2(u, v, m, xi, len, c, aa, cp, kp);
         }
     }
@@ -1026,14 +1027,6 @@ unsafe fn micro<const T: usize, const W: usize>(
     for (t, a) in acc.iter().enumerate() {
         m.write(((p + t) * aa + xi) * kp + kb, a);
     }
-}
-
-/// Whether the AVX2 + FMA versions of the transforms run on this CPU.
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
