@@ -75,8 +75,36 @@ fn worst(got: &[f32], want: &[f32], scale: &[f32]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// `dW[k][c][r][t] = sum over images and outputs of dy * x` (3x3, stride 1, pad 1), in f64.
+fn backward_weight_reference(dy: &[f32], x: &[f32], s: &ConvShape) -> Vec<f32> {
+    let mut dw = vec![0.0f32; s.c_out * s.c_in * 9];
+    for k in 0..s.c_out {
+        for c in 0..s.c_in {
+            for r in 0..3 {
+                for t in 0..3 {
+                    let mut acc = 0.0f64;
+                    for n in 0..s.n {
+                        for p in 0..s.out_h {
+                            for q in 0..s.out_w {
+                                let (ih, iw) = ((p + r) as isize - 1, (q + t) as isize - 1);
+                                if ih < 0 || iw < 0 || ih >= s.h as isize || iw >= s.w as isize {
+                                    continue;
+                                }
+                                let g = dy[((n * s.c_out + k) * s.out_h + p) * s.out_w + q] as f64;
+                                acc += g * x[((n * s.c_in + c) * s.h + ih as usize) * s.w + iw as usize] as f64;
+                            }
+                        }
+                    }
+                    dw[((k * s.c_in + c) * 3 + r) * 3 + t] = acc as f32;
+                }
+            }
+        }
+    }
+    dw
+}
+
 fn check_tile(tile: WinogradTile, bound: f64) {
-    let mut overall = (0.0f64, 0.0f64);
+    let mut overall = (0.0f64, 0.0f64, 0.0f64);
     for (i, &(n, c, h, w, k)) in cases().iter().enumerate() {
         let s = shape(n, c, h, w, k);
         let x = pseudo(n * c * h * w, 10 + i as u64);
@@ -94,9 +122,24 @@ fn check_tile(tile: WinogradTile, bound: f64) {
         let scale_dx = conv::backward_data(&abs(&dy), &abs(&wt), &s);
         let e_dx = worst(&fast_dx, &exact_dx, &scale_dx);
         assert!(e_dx <= bound, "{tile:?} backward-data {s:?}: error {e_dx:e} > {bound:e}");
-        overall = (overall.0.max(e), overall.1.max(e_dx));
+
+        let fast_dw = winograd::backward_weight(&dy, &x, &s, tile);
+        let exact_dw = backward_weight_reference(&dy, &x, &s);
+        // The transforms mix a filter's nine taps, so each tap's error is measured against the
+        // largest `sum |dy| |x|` of its filter (on a 2x2 map a corner tap sums one product).
+        let mut scale_dw = backward_weight_reference(&abs(&dy), &abs(&x), &s);
+        for filter in scale_dw.chunks_exact_mut(9) {
+            let top = filter.iter().cloned().fold(0.0f32, f32::max);
+            filter.fill(top);
+        }
+        let e_dw = worst(&fast_dw, &exact_dw, &scale_dw);
+        assert!(e_dw <= bound, "{tile:?} backward-weight {s:?}: error {e_dw:e} > {bound:e}");
+        overall = (overall.0.max(e), overall.1.max(e_dx), overall.2.max(e_dw));
     }
-    println!("{tile:?}: worst forward error {:e}, backward-data {:e} (bound {bound:e})", overall.0, overall.1);
+    println!(
+        "{tile:?}: worst forward error {:e}, backward-data {:e}, backward-weight {:e} (bound {bound:e})",
+        overall.0, overall.1, overall.2
+    );
 }
 
 #[test]
@@ -133,7 +176,13 @@ fn winograd_is_bit_reproducible_across_thread_counts() {
         for tile in [WinogradTile::F2, WinogradTile::F4] {
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                pool.install(|| (winograd::forward(&x, &wt, &s, tile), winograd::backward_data(&dy, &wt, &s, tile)))
+                pool.install(|| {
+                    (
+                        winograd::forward(&x, &wt, &s, tile),
+                        winograd::backward_data(&dy, &wt, &s, tile),
+                        winograd::backward_weight(&dy, &x, &s, tile),
+                    )
+                })
             };
             let one = run(1);
             for threads in [2, 3] {

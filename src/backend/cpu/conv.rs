@@ -244,8 +244,10 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>
 pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
     let (k, pq, crs) = (s.c_out, s.out_h * s.out_w, s.c_in * s.kh * s.kw);
     let chw = s.c_in * s.h * s.w;
-    let mut dx = vec![0.0f32; s.n * chw];
+    // col2im accumulates: each chunk clears its part first.
+    let mut dx = super::buffers::take(s.n * chw);
     if dx.is_empty() || pq == 0 {
+        dx.fill(0.0);
         return dx;
     }
     let g = images_per_chunk(s);
@@ -253,6 +255,7 @@ pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
     dx.par_chunks_mut(g * chw).zip(dy.par_chunks(g * k * pq)).for_each_init(
         || (Vec::new(), Vec::new()),
         |(dcol, dyc), (dxch, dych)| {
+            dxch.fill(0.0);
             let images = dxch.len() / chw;
             let cols = images * pq;
             let dy_cols: &[f32] = if images == 1 {
@@ -398,7 +401,11 @@ impl ConvOps for CpuBackend {
 
     fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::backward_weight(dy, x, w_dims, spec)?;
-        Tensor::from_vec(w_dims, backward_weight(host(dy)?, host(x)?, &s))
+        let dw = match self.winograd(&s) {
+            Some(tile) => super::winograd::backward_weight(host(dy)?, host(x)?, &s, tile),
+            None => backward_weight(host(dy)?, host(x)?, &s),
+        };
+        Tensor::from_vec(w_dims, dw)
     }
 
     /// The batch norm, residual add and ReLU are applied inside the convolution's last pass (the

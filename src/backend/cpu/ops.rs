@@ -48,47 +48,151 @@ pub fn update_binary(acc: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + S
     });
 }
 
-/// Partial sums per f64 reduction: lane `l` adds elements `l, l + 8, ...`, then the lanes are
-/// added in order. A fixed order (reproducible whatever the threads) that, unlike one running
-/// sum, does not wait on each addition's latency and vectorises.
-const SUM_LANES: usize = 8;
+/// Partial sums per row of a reduction: lane `l` adds elements `l, l + 16, ...` in f32, then
+/// the lanes are added in order in f64, and rows are added in order in f64 by the caller. A
+/// fixed order (reproducible whatever the threads) that vectorises (16 lanes are one AVX-512
+/// register); a lane sums at most a 64th of a row (16 elements of a 32x32 map), so f32 costs
+/// no accuracy that matters, and rows of thousands of elements are still summed in f64.
+const SUM_LANES: usize = 16;
 
-/// `(sum f(x), sum g(x, y))` over two equally long rows, in f64, in the fixed lane order above.
-#[inline(always)]
-fn sum_lanes2(x: &[f32], y: &[f32], f: impl Fn(f64, f64) -> (f64, f64)) -> (f64, f64) {
-    let (mut a, mut b) = ([0.0f64; SUM_LANES], [0.0f64; SUM_LANES]);
-    let (xc, yc) = (x.chunks_exact(SUM_LANES), y.chunks_exact(SUM_LANES));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (xs, ys) in xc.zip(yc) {
-        for l in 0..SUM_LANES {
-            let (u, v) = f(xs[l] as f64, ys[l] as f64);
-            a[l] += u;
-            b[l] += v;
+/// Sixteen f32 lanes: one AVX-512 register, two AVX2 registers, or a plain array. Each
+/// operation is the same IEEE operation per lane in all three, so they give the same bits.
+trait Lanes: Copy {
+    /// # Safety
+    /// `p` must point at 16 readable floats, and the CPU must have the type's features.
+    unsafe fn load(p: *const f32) -> Self;
+    fn splat(v: f32) -> Self;
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    fn to_array(self) -> [f32; SUM_LANES];
+}
+
+impl Lanes for [f32; SUM_LANES] {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        *(p as *const [f32; SUM_LANES])
+    }
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        [v; SUM_LANES]
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        std::array::from_fn(|l| self[l] + o[l])
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        std::array::from_fn(|l| self[l] - o[l])
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        std::array::from_fn(|l| self[l] * o[l])
+    }
+    #[inline(always)]
+    fn to_array(self) -> [f32; SUM_LANES] {
+        self
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod lanes_x86 {
+    use super::{Lanes, SUM_LANES};
+    use std::arch::x86_64::*;
+
+    /// Only used inside functions compiled with AVX-512F (`multiversion_sum`).
+    impl Lanes for __m512 {
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            // SAFETY: only reached from code compiled for (and run on) AVX-512F.
+            unsafe { _mm512_set1_ps(v) }
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            unsafe { _mm512_add_ps(self, o) }
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            unsafe { _mm512_sub_ps(self, o) }
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            unsafe { _mm512_mul_ps(self, o) }
+        }
+        #[inline(always)]
+        fn to_array(self) -> [f32; SUM_LANES] {
+            unsafe { std::mem::transmute(self) }
         }
     }
-    let (mut sa, mut sb) = (0.0f64, 0.0f64);
-    for l in 0..SUM_LANES {
-        sa += a[l];
-        sb += b[l];
+
+    /// Lanes 0-7 and 8-15 in two AVX registers; only used inside functions compiled with AVX2.
+    #[derive(Clone, Copy)]
+    pub struct Avx2Pair(__m256, __m256);
+
+    impl Lanes for Avx2Pair {
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx2Pair(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+        }
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            // SAFETY: only reached from code compiled for (and run on) AVX2.
+            unsafe { Avx2Pair(_mm256_set1_ps(v), _mm256_set1_ps(v)) }
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            unsafe { Avx2Pair(_mm256_add_ps(self.0, o.0), _mm256_add_ps(self.1, o.1)) }
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            unsafe { Avx2Pair(_mm256_sub_ps(self.0, o.0), _mm256_sub_ps(self.1, o.1)) }
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            unsafe { Avx2Pair(_mm256_mul_ps(self.0, o.0), _mm256_mul_ps(self.1, o.1)) }
+        }
+        #[inline(always)]
+        fn to_array(self) -> [f32; SUM_LANES] {
+            unsafe { std::mem::transmute(self) }
+        }
     }
-    for (&u, &v) in xr.iter().zip(yr) {
-        let (u, v) = f(u as f64, v as f64);
-        sa += u;
-        sb += v;
+}
+
+/// `(sum f(x, y), sum g(x, y))` over two equally long rows, in the fixed lane order above
+/// (`f` gets sixteen elements of each row at a time; the tail goes through it one lane at a
+/// time, lane 0 of a splat).
+#[inline(always)]
+fn row_sums2<L: Lanes>(x: &[f32], y: &[f32], f: impl Fn(L, L) -> (L, L)) -> (f64, f64) {
+    assert_eq!(x.len(), y.len(), "row_sums2: rows of different lengths");
+    let whole = x.len() / SUM_LANES * SUM_LANES;
+    let (mut a, mut b) = (L::splat(0.0), L::splat(0.0));
+    for at in (0..whole).step_by(SUM_LANES) {
+        // SAFETY: `at + 16 <= whole <= len` for both rows; `L`'s features are the caller's.
+        let (u, v) = f(unsafe { L::load(x.as_ptr().add(at)) }, unsafe { L::load(y.as_ptr().add(at)) });
+        a = a.add(u);
+        b = b.add(v);
+    }
+    let (mut sa, mut sb) = (0.0f64, 0.0f64);
+    for (u, v) in a.to_array().into_iter().zip(b.to_array()) {
+        sa += u as f64;
+        sb += v as f64;
+    }
+    for (&u, &v) in x[whole..].iter().zip(&y[whole..]) {
+        let (u, v) = f(L::splat(u), L::splat(v));
+        sa += u.to_array()[0] as f64;
+        sb += v.to_array()[0] as f64;
     }
     (sa, sb)
 }
 
-/// `sum f(x)` over a row, in f64, in the fixed lane order above.
-#[inline(always)]
-fn sum_lanes(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
-    sum_lanes2(x, x, |u, _| (f(u), 0.0)).0
-}
-
-// The reductions below are compiled for the baseline target and with AVX-512 / AVX2 enabled,
-// picked at run time. Rust never contracts `a * b + c` into an FMA, so every version computes
-// the same operations in the same order: identical bits on every machine.
-macro_rules! multiversion_f64 {
+/// Compiles a reduction, generic over its `Lanes`, for the baseline target and with AVX-512 /
+/// AVX2 enabled, picked at run time. Rust never contracts `a * b + c` into an FMA, so every
+/// version computes the same operations in the same order: identical bits on every machine.
+macro_rules! multiversion_sum {
     ($name:ident, $inner:ident, ($($arg:ident : $ty:ty),*) -> $ret:ty) => {
         #[allow(clippy::too_many_arguments)]
         fn $name($($arg: $ty),*) -> $ret {
@@ -97,12 +201,12 @@ macro_rules! multiversion_f64 {
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx512f,avx2")]
                 unsafe fn wide($($arg: $ty),*) -> $ret {
-                    $inner($($arg),*)
+                    $inner::<std::arch::x86_64::__m512>($($arg),*)
                 }
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2($($arg: $ty),*) -> $ret {
-                    $inner($($arg),*)
+                    $inner::<lanes_x86::Avx2Pair>($($arg),*)
                 }
                 if super::has_avx512() {
                     // SAFETY: the CPU has the features the function was compiled for.
@@ -113,46 +217,56 @@ macro_rules! multiversion_f64 {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            $inner($($arg),*)
+            $inner::<[f32; SUM_LANES]>($($arg),*)
         }
     };
 }
 
 /// Mean and biased variance of channel `ch` of `x` viewed as `[n, c, hw]`, in f64.
 #[inline(always)]
-fn moments_of(x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64) {
+fn moments_of<L: Lanes>(x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64) {
     let count = (n * hw) as f64;
     let mut sum = 0.0f64;
     for i in 0..n {
         let base = (i * c + ch) * hw;
-        sum += sum_lanes(&x[base..base + hw], |v| v);
+        let row = &x[base..base + hw];
+        sum += row_sums2::<L>(row, row, |v, _| (v, L::splat(0.0))).0;
     }
     let mean = sum / count;
-    let mut sq = 0.0f64;
+    // Centred on the f32 mean (a second pass: no cancellation), corrected for its rounding.
+    let m32 = L::splat(mean as f32);
+    let (mut d, mut sq) = (0.0f64, 0.0f64);
     for i in 0..n {
         let base = (i * c + ch) * hw;
-        sq += sum_lanes(&x[base..base + hw], |v| (v - mean) * (v - mean));
+        let row = &x[base..base + hw];
+        let (a, b) = row_sums2::<L>(row, row, |v, _| {
+            let d = v.sub(m32);
+            (d, d.mul(d))
+        });
+        d += a;
+        sq += b;
     }
-    (mean, sq / count)
+    let shift = d / count;
+    (mean, (sq / count - shift * shift).max(0.0))
 }
-multiversion_f64!(channel_moments_of, moments_of, (x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64));
+multiversion_sum!(channel_moments_of, moments_of, (x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64));
 
-/// `(sum dy, sum dy * xhat)` of channel `ch`, in f64.
-#[allow(clippy::too_many_arguments)]
+/// `(sum dy, sum dy * (x - mean))` of channel `ch`.
 #[inline(always)]
-fn bn_sums_of(dy: &[f32], x: &[f32], n: usize, c: usize, hw: usize, ch: usize, m: f64, inv: f64) -> (f64, f64) {
+fn bn_sums_of<L: Lanes>(dy: &[f32], x: &[f32], n: usize, c: usize, hw: usize, ch: usize, m: f32) -> (f64, f64) {
+    let m = L::splat(m);
     let mut sdy = 0.0f64;
     let mut sdyx = 0.0f64;
     for i in 0..n {
         let base = (i * c + ch) * hw;
-        let (a, b) = sum_lanes2(&dy[base..base + hw], &x[base..base + hw], |g, xv| (g, g * (xv - m) * inv));
+        let (a, b) = row_sums2::<L>(&dy[base..base + hw], &x[base..base + hw], |g, xv| (g, g.mul(xv.sub(m))));
         sdy += a;
         sdyx += b;
     }
     (sdy, sdyx)
 }
 #[rustfmt::skip]
-multiversion_f64!(bn_channel_sums, bn_sums_of, (dy: &[f32], x: &[f32], n: usize, c: usize, hw: usize, ch: usize, m: f64, inv: f64) -> (f64, f64));
+multiversion_sum!(bn_channel_sums, bn_sums_of, (dy: &[f32], x: &[f32], n: usize, c: usize, hw: usize, ch: usize, m: f32) -> (f64, f64));
 
 /// Per-channel mean and biased variance of `x` viewed as `[n, c, hw]`, in f64.
 fn channel_moments(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
@@ -251,26 +365,28 @@ pub fn batchnorm_backward(
     mean: &[f32],
     invstd: &[f32],
 ) -> BnBackwardOut {
-    let sums: Vec<(f64, f64)> = (0..c)
-        .into_par_iter()
+    let sums: Vec<(f64, f64)> =
+        (0..c).into_par_iter().map(|ch| bn_channel_sums(dy, x, n, c, hw, ch, mean[ch])).collect();
+    let count = (n * hw) as f64;
+    // sum dy * xhat = invstd * sum dy * (x - mean).
+    let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
+    let dgamma: Vec<f32> = sums.iter().zip(invstd).map(|(s, &inv)| (s.1 * inv as f64) as f32).collect();
+    // dx = a * dy + b * (x - mean) + c per channel, the factors in f64 and the pass in f32.
+    let factors: Vec<[f32; 3]> = (0..c)
         .map(|ch| {
-            let (m, inv) = (mean[ch] as f64, invstd[ch] as f64);
-            bn_channel_sums(dy, x, n, c, hw, ch, m, inv)
+            let (inv, g) = (invstd[ch] as f64, gamma[ch] as f64);
+            let (sdy, sdyx) = (sums[ch].0, sums[ch].1 * inv);
+            let k = g * inv / count;
+            [(g * inv) as f32, (-k * inv * sdyx) as f32, (-k * sdy) as f32]
         })
         .collect();
-    let count = (n * hw) as f64;
-    let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
-    let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
     let mut dx = super::buffers::take(x.len());
     dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(row, dxc)| {
         let ch = row % c;
         let base = row * hw;
-        let (m, inv, g) = (mean[ch] as f64, invstd[ch] as f64, gamma[ch] as f64);
-        let (sdy, sdyx) = sums[ch];
-        let k = g * inv / count;
-        for (j, o) in dxc.iter_mut().enumerate() {
-            let xhat = (x[base + j] as f64 - m) * inv;
-            *o = (k * (count * dy[base + j] as f64 - sdy - xhat * sdyx)) as f32;
+        let ([a, b, cc], m) = (factors[ch], mean[ch]);
+        for ((o, &g), &xv) in dxc.iter_mut().zip(&dy[base..base + hw]).zip(&x[base..base + hw]) {
+            *o = a * g + b * (xv - m) + cc;
         }
     });
     BnBackwardOut { dx, dgamma, dbeta }

@@ -21,6 +21,14 @@
 //!    applied on the way and 8-channel vectors transposed into output rows in registers,
 //!    written straight into the NCHW output.
 //!
+//! Backward-data is the same forward on the output gradient with the filters flipped.
+//! Backward-weight is the adjoint: `dW_kc = G^T [sum over tiles (A dy_k A^T) .* (B^T x_c B)] G`,
+//! the output gradient transformed tile by tile into `D[block][a*a][Kp]` next to the input's
+//! `V`, then `dU[xi] += V[xi]^T D[xi]` per block by a register-blocked kernel (8 input by 32
+//! output channels on AVX-512), summed over chunks of consecutive blocks: each chunk in order,
+//! then the chunks in order, so the result depends on the shape alone. On a ResNet-20 training
+//! step it replaced im2col + GEMM, then the largest cost (2.25x to 4x fewer multiplications).
+//!
 //! Blocks run in parallel on rayon's pool; when a shape has fewer blocks than threads (batch 1,
 //! small maps) each block's three stages also split over tiles and `xi`. No value is ever
 //! reduced across tasks, and the block size depends only on the shape, so every output is
@@ -34,7 +42,9 @@
 //! 5 and 8 in `B^T` and `A^T`, and 1/6, 1/12, 1/24 in `G`). Measured against the f64 direct
 //! convolution over ResNet shapes and odd ones (tests/conv_fast.rs), per output element,
 //! relative to `sum |x| |w|` over that element's window: F(2x2,3x3) up to 2.5e-7 and F(4x4,3x3)
-//! up to 3.0e-6 over the runs made (im2col + GEMM: ~1e-7). The tests assert 2e-6 and 3e-5.
+//! up to 3.0e-6 over the runs made (im2col + GEMM: ~1e-7). Backward-weight, relative to the
+//! largest `sum |dy| |x|` among the filter's nine taps (the transforms mix them): F(2x2) up to
+//! 1.9e-7, F(4x4) up to 1.1e-6. The tests assert 2e-6 and 3e-5.
 
 // Index loops over the small fixed-size transform arrays read like the matrix algebra they do.
 #![allow(clippy::needless_range_loop)]
@@ -43,7 +53,6 @@ use super::conv::Epilogue;
 use super::{has_avx2, has_avx512};
 use crate::backend::ConvShape;
 use rayon::prelude::*;
-use std::cell::RefCell;
 
 /// Tiles transformed together (one SIMD vector of 8 f32 on AVX2).
 const LANES: usize = 8;
@@ -117,6 +126,9 @@ trait Variant<const M: usize, const A: usize> {
     const G: FilterTransform<A>;
     fn input_1d(d: [Lane; A]) -> [Lane; A];
     fn output_1d(m: [Lane; A]) -> [Lane; M];
+    /// The adjoint of `output_1d` (`A` applied to `M` values), for the output gradient in
+    /// backward-weight.
+    fn grad_1d(y: [Lane; M]) -> [Lane; A];
 }
 
 /// F(2x2,3x3): `B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`, `A^T = [1 1 1 0; 0 1 -1 -1]`.
@@ -130,6 +142,10 @@ impl Variant<2, 4> for VariantF2 {
     #[inline(always)]
     fn output_1d([m0, m1, m2, m3]: [Lane; 4]) -> [Lane; 2] {
         [add(add(m0, m1), m2), sub(sub(m1, m2), m3)]
+    }
+    #[inline(always)]
+    fn grad_1d([y0, y1]: [Lane; 2]) -> [Lane; 4] {
+        [y0, add(y0, y1), sub(y0, y1), sub([0.0; LANES], y1)]
     }
 }
 
@@ -155,6 +171,14 @@ impl Variant<4, 6> for VariantF4 {
     fn output_1d([m0, m1, m2, m3, m4, m5]: [Lane; 6]) -> [Lane; 4] {
         let (p12, d12, p34, d34) = (add(m1, m2), sub(m1, m2), add(m3, m4), sub(m3, m4));
         [add(add(m0, p12), p34), add(d12, mul(2.0, d34)), add(p12, mul(4.0, p34)), add(add(d12, mul(8.0, d34)), m5)]
+    }
+    #[inline(always)]
+    fn grad_1d([y0, y1, y2, y3]: [Lane; 4]) -> [Lane; 6] {
+        // Column i of A^T: (1, 0, 0, 0), (1, 1, 1, 1), (1, -1, 1, -1), (1, 2, 4, 8), (1, -2, 4, -8),
+        // (0, 0, 0, 1).
+        let (e, o) = (add(y0, y2), add(y1, y3));
+        let (e4, o2) = (add(y0, mul(4.0, y2)), add(mul(2.0, y1), mul(8.0, y3)));
+        [y0, add(e, o), sub(e, o), add(e4, o2), sub(e4, o2), y3]
     }
 }
 
@@ -192,6 +216,25 @@ fn output_2d<const M: usize, const A: usize, V: Variant<M, A>>(m: &[[Lane; A]; A
     }
     for i in 0..M {
         out[i] = V::output_1d(t[i]);
+    }
+}
+
+/// `A dy A^T` (the gradient of `M` from the gradient of an output tile) into `out`.
+#[inline(always)]
+fn grad_2d<const M: usize, const A: usize, V: Variant<M, A>>(dy: &[[Lane; M]; M], out: &mut [[Lane; A]; A]) {
+    let mut t = [[[0.0f32; LANES]; M]; A];
+    for j in 0..M {
+        let mut col = [[0.0f32; LANES]; M];
+        for r in 0..M {
+            col[r] = dy[r][j];
+        }
+        let col = V::grad_1d(col);
+        for i in 0..A {
+            t[i][j] = col[i];
+        }
+    }
+    for i in 0..A {
+        out[i] = V::grad_1d(t[i]);
     }
 }
 
@@ -493,6 +536,44 @@ fn input_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
     }
 }
 
+/// Output-gradient transform of block tiles `tiles` (from tile `p0`): `D[p][xi][..Kp]` of
+/// `A dy A^T`, from the output gradient packed as the input is (`pack_input`, so a tile's
+/// `M x M` window starts one pixel in from its packed corner; zeros past the map's edge, where
+/// a partial tile's outputs were never produced).
+#[inline(always)]
+fn grad_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
+    dyb: &[f32],
+    tiling: &Tiling,
+    p0: usize,
+    tiles: std::ops::Range<usize>,
+    d: Shared,
+) {
+    let (hp, wp, kp) = (tiling.hp, tiling.wp, tiling.kp);
+    let groups = kp / LANES;
+    for p in tiles {
+        let (img, oy, ox) = tiling.origin(p0 + p);
+        for g in 0..groups {
+            let base = (((img * groups + g) * hp + oy + 1) * wp + ox + 1) * LANES;
+            let window = &dyb[base..base + ((M - 1) * wp + M) * LANES];
+            let mut t = [[[0.0f32; LANES]; M]; M];
+            for (r, row) in t.iter_mut().enumerate() {
+                for (c, lane) in row.iter_mut().enumerate() {
+                    let at = (r * wp + c) * LANES;
+                    lane.copy_from_slice(&window[at..at + LANES]);
+                }
+            }
+            let mut out = [[[0.0f32; LANES]; A]; A];
+            grad_2d::<M, A, V>(&t, &mut out);
+            for i in 0..A {
+                for j in 0..A {
+                    // SAFETY: tile `p` of this block is transformed by this task only.
+                    unsafe { d.write(((p * A + i) * A + j) * kp + g * LANES, &out[i][j]) };
+                }
+            }
+        }
+    }
+}
+
 /// The fused epilogue with the per-channel factors padded to whole lanes.
 struct LaneEpilogue<'a> {
     scale: Vec<f32>,
@@ -741,6 +822,12 @@ multiversion!(
     (xb: &[f32], tiling: &Tiling, p0: usize, tiles: std::ops::Range<usize>, v: Shared)
 );
 multiversion!(
+    grad_transform,
+    grad_transform_tiles,
+    grad_transform_avx2,
+    (dyb: &[f32], tiling: &Tiling, p0: usize, tiles: std::ops::Range<usize>, d: Shared)
+);
+multiversion!(
     output_transform,
     output_transform_tiles,
     output_transform_avx2,
@@ -756,44 +843,15 @@ multiversion!(
     )
 );
 
-thread_local! {
-    /// Scratch buffers kept per thread between calls: blocks of hundreds of KiB would otherwise
-    /// be fresh `mmap`s, page-faulted in on every call (a third of the time at batch 1).
-    static SCRATCH: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A buffer of `len` floats (stale values, not zeros), from this thread's scratch pool when it has one.
+/// Scratch buffers come from the CPU backend's buffer pool: blocks of hundreds of KiB and
+/// packed copies of whole inputs would otherwise be fresh `mmap`s, page-faulted in on every call.
+/// Contents are stale: callers write every element they read.
 fn take_scratch(len: usize) -> Vec<f32> {
-    let pooled = SCRATCH.with(|s| {
-        let mut pool = s.borrow_mut();
-        // The smallest buffer that is large enough (growing one would `realloc`, i.e. copy it).
-        let best = (0..pool.len()).filter(|&i| pool[i].capacity() >= len).min_by_key(|&i| pool[i].capacity());
-        best.map(|i| pool.swap_remove(i))
-    });
-    let mut v = pooled.unwrap_or_else(|| Vec::with_capacity(len));
-    // Callers write every element they read: stale values from the last use are not cleared.
-    v.truncate(len);
-    v.resize(len, 0.0);
-    v
+    super::buffers::take(len)
 }
 
-/// Largest buffer the pool keeps (32 MiB: the packed input of a 32x32x16 layer at batch 64 is 4.7 MiB): bounds the memory held per thread between calls; big
-/// problems amortise a fresh allocation anyway.
-const SCRATCH_KEEP: usize = 1 << 23;
-
-/// Returns a buffer to this thread's pool (the four largest up to `SCRATCH_KEEP` are kept).
 fn give_scratch(v: Vec<f32>) {
-    if v.capacity() > SCRATCH_KEEP {
-        return;
-    }
-    SCRATCH.with(|s| {
-        let mut pool = s.borrow_mut();
-        pool.push(v);
-        if pool.len() > 4 {
-            let smallest = (0..pool.len()).min_by_key(|&i| pool[i].capacity()).unwrap_or(0);
-            pool.swap_remove(smallest);
-        }
-    });
+    super::buffers::give(v)
 }
 
 /// Tiles per task when one block is split over the pool.
@@ -1026,6 +1084,306 @@ unsafe fn micro<const T: usize, const W: usize>(
     }
     for (t, a) in acc.iter().enumerate() {
         m.write(((p + t) * aa + xi) * kp + kb, a);
+    }
+}
+
+/// Where one backward-weight product reads and writes: `V[p][xi][..Cp]` and `D[p][xi][..Kp]`
+/// for tiles `p < len`, and `dU[xi][c][..Kp]`.
+#[derive(Clone, Copy)]
+struct GradProduct {
+    v: *const f32,
+    d: *const f32,
+    du: *mut f32,
+    xi: usize,
+    len: usize,
+    c: usize,
+    aa: usize,
+    cp: usize,
+    kp: usize,
+}
+
+/// The backward-weight product for one `xi`: `dU[xi][c][..kp] += sum_p V[p][xi][c] * D[p][xi][..kp]`
+/// over tiles `p < len` in order, with fused multiply-adds, in register blocks of input by
+/// output channels that start from and go back to `dU`. The blocks are written with explicit
+/// vector types: left to itself, the compiler turned the sum over tiles into gathers.
+///
+/// # Safety
+/// `v` must hold `len * aa * cp` floats, `d` `len * aa * kp` and `du` `aa * c * kp` (checked by the
+/// caller); no other task may touch `dU[xi]` meanwhile.
+unsafe fn wgrad_multiply(g: GradProduct) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() {
+            return grad_simd::multiply_avx512(g);
+        }
+        if has_avx2() {
+            return grad_simd::multiply_avx2(g);
+        }
+    }
+    for cc in 0..g.c {
+        for k in 0..g.kp {
+            let at = (g.xi * g.c + cc) * g.kp + k;
+            let mut acc = *g.du.add(at);
+            for p in 0..g.len {
+                let x = *g.v.add((p * g.aa + g.xi) * g.cp + cc);
+                acc = (*g.d.add((p * g.aa + g.xi) * g.kp + k)).mul_add(x, acc);
+            }
+            *g.du.add(at) = acc;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod grad_simd {
+    use super::{GradProduct, KB, LANES};
+    use std::arch::x86_64::*;
+
+    /// A vector register of `WIDTH` floats.
+    pub trait Reg: Copy {
+        const WIDTH: usize;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(self, p: *mut f32);
+        unsafe fn splat(v: f32) -> Self;
+        /// `a * b + c`, rounded once.
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    }
+    impl Reg for __m256 {
+        const WIDTH: usize = 8;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self)
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            _mm256_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            _mm256_fmadd_ps(a, b, c)
+        }
+    }
+    impl Reg for __m512 {
+        const WIDTH: usize = 16;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self)
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            _mm512_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            _mm512_fmadd_ps(a, b, c)
+        }
+    }
+
+    /// Input channels `c0..c0 + T` by output channels `kb..kb + N * R::WIDTH` of `dU[xi]`, held
+    /// in `T * N` registers over the tiles.
+    #[inline(always)]
+    unsafe fn micro<R: Reg, const T: usize, const N: usize>(g: GradProduct, c0: usize, kb: usize) {
+        let at = |t: usize| (g.xi * g.c + c0 + t) * g.kp + kb;
+        assert!(c0 + T <= g.c && kb + N * R::WIDTH <= g.kp, "winograd: gradient block out of bounds");
+        let mut acc: [[R; N]; T] =
+            std::array::from_fn(|t| std::array::from_fn(|j| R::load(g.du.add(at(t) + j * R::WIDTH))));
+        for p in 0..g.len {
+            let row = (p * g.aa + g.xi) * g.kp + kb;
+            let dv: [R; N] = std::array::from_fn(|j| R::load(g.d.add(row + j * R::WIDTH)));
+            let vrow = g.v.add((p * g.aa + g.xi) * g.cp + c0);
+            for t in 0..T {
+                let x = R::splat(*vrow.add(t));
+                for j in 0..N {
+                    acc[t][j] = R::fma(dv[j], x, acc[t][j]);
+                }
+            }
+        }
+        for (t, regs) in acc.iter().enumerate() {
+            for (j, r) in regs.iter().enumerate() {
+                r.store(g.du.add(at(t) + j * R::WIDTH));
+            }
+        }
+    }
+
+    /// Every input channel against output channels `kb..kb + N * R::WIDTH`, `T` at a time.
+    #[inline(always)]
+    unsafe fn channels<R: Reg, const T: usize, const N: usize>(g: GradProduct, kb: usize) {
+        let mut c0 = 0;
+        while c0 + T <= g.c {
+            micro::<R, T, N>(g, c0, kb);
+            c0 += T;
+        }
+        for cc in c0..g.c {
+            micro::<R, 1, N>(g, cc, kb);
+        }
+    }
+
+    /// 8 input by 32 output channels (16 of the 32 registers), then 16 and 8.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn multiply_avx512(g: GradProduct) {
+        let mut kb = 0;
+        while kb < g.kp {
+            if g.kp - kb >= 2 * KB {
+                channels::<__m512, 8, 2>(g, kb);
+                kb += 2 * KB;
+            } else if g.kp - kb >= KB {
+                channels::<__m512, 8, 1>(g, kb);
+                kb += KB;
+            } else {
+                channels::<__m256, 8, 1>(g, kb);
+                kb += LANES;
+            }
+        }
+    }
+
+    /// 6 input by 16 output channels (12 of the 16 registers), then 8.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn multiply_avx2(g: GradProduct) {
+        let mut kb = 0;
+        while kb < g.kp {
+            if g.kp - kb >= KB {
+                channels::<__m256, 6, 2>(g, kb);
+                kb += KB;
+            } else {
+                channels::<__m256, 6, 1>(g, kb);
+                kb += LANES;
+            }
+        }
+    }
+}
+
+/// One block of backward-weight: both transforms, then `dU += V^T D` for every `xi`. `split`
+/// spreads the stages over the pool (tiles, then `xi`); it changes no arithmetic.
+#[allow(clippy::too_many_arguments)]
+fn wgrad_block<const M: usize, const A: usize, V: Variant<M, A>>(
+    xb: &[f32],
+    dyb: &[f32],
+    s: &ConvShape,
+    tiling: &Tiling,
+    p0: usize,
+    du: &mut [f32],
+    split: bool,
+) {
+    let (c, block, cp, kp) = (s.c_in, tiling.block, tiling.cp, tiling.kp);
+    let len = block.min(tiling.total - p0);
+    let mut v = take_scratch(A * A * block * cp);
+    let mut d = take_scratch(A * A * block * kp);
+    assert!(v.len() >= len * A * A * cp && d.len() >= len * A * A * kp && du.len() >= A * A * c * kp);
+    let (vs, ds, dus) = (Shared::new(&mut v), Shared::new(&mut d), Shared::new(du));
+    let product = |v: SharedConst, d: SharedConst, du: Shared, xi: usize| GradProduct {
+        v: v.0,
+        d: d.0,
+        du: du.0,
+        xi,
+        len,
+        c,
+        aa: A * A,
+        cp,
+        kp,
+    };
+    // SAFETY (both branches): the sizes were checked above; product `xi` alone touches
+    // `dU[xi]`, and `V`, `D` are not written meanwhile.
+    if split {
+        (0..len).into_par_iter().step_by(SPLIT_TILES).for_each(|t0| {
+            let tiles = t0..(t0 + SPLIT_TILES).min(len);
+            input_transform::<M, A, V>(xb, tiling, p0, tiles.clone(), vs);
+            grad_transform::<M, A, V>(dyb, tiling, p0, tiles, ds);
+        });
+        let (vv, dd) = (SharedConst(v.as_ptr()), SharedConst(d.as_ptr()));
+        (0..A * A).into_par_iter().for_each(|xi| unsafe { wgrad_multiply(product(vv, dd, dus, xi)) });
+    } else {
+        input_transform::<M, A, V>(xb, tiling, p0, 0..len, vs);
+        grad_transform::<M, A, V>(dyb, tiling, p0, 0..len, ds);
+        let (vv, dd) = (SharedConst(v.as_ptr()), SharedConst(d.as_ptr()));
+        for xi in 0..A * A {
+            unsafe { wgrad_multiply(product(vv, dd, dus, xi)) };
+        }
+    }
+    give_scratch(v);
+    give_scratch(d);
+}
+
+/// Tasks (chunks of consecutive blocks) a backward-weight reduction is split into, at most: each
+/// sums its tiles in order into its own `dU`, and the chunks' sums are added in chunk order, so
+/// the result depends on the shape only, never on the thread count.
+const WGRAD_CHUNKS: usize = 16;
+
+fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
+    dy: &[f32],
+    x: &[f32],
+    s: &ConvShape,
+) -> Vec<f32> {
+    let (k, c) = (s.c_out, s.c_in);
+    let mut dw = vec![0.0f32; k * c * 9];
+    if dw.is_empty() || s.n * s.out_h * s.out_w == 0 {
+        return dw;
+    }
+    let simd = has_avx2();
+    let tiling = Tiling::new(s, M);
+    let kp = tiling.kp;
+    let xb = pack_input(x, s, &tiling, simd);
+    // The output gradient packed like an input of `K` channels (same tiles, same border).
+    let dy_shape = ConvShape { c_in: k, h: s.out_h, w: s.out_w, ..*s };
+    let dyb = pack_input(dy, &dy_shape, &Tiling { cp: kp, ..tiling }, simd);
+    let blocks = tiling.total.div_ceil(tiling.block);
+    let per_chunk = blocks.div_ceil(WGRAD_CHUNKS);
+    let chunks = blocks.div_ceil(per_chunk);
+    let split = chunks < rayon::current_num_threads();
+    let part = A * A * c * kp;
+    let mut partials = take_scratch(chunks * part);
+    partials.par_chunks_mut(part).enumerate().for_each(|(chunk, du)| {
+        du.fill(0.0);
+        for b in chunk * per_chunk..((chunk + 1) * per_chunk).min(blocks) {
+            wgrad_block::<M, A, V>(&xb, &dyb, s, &tiling, b * tiling.block, du, split);
+        }
+    });
+    give_scratch(xb);
+    give_scratch(dyb);
+    let (du, rest) = partials.split_at_mut(part);
+    for other in rest.chunks_exact(part) {
+        for (a, b) in du.iter_mut().zip(other) {
+            *a += b;
+        }
+    }
+    // dW_kc = G^T dU_kc G, in f64.
+    let g = V::G.0;
+    for kk in 0..k {
+        for cc in 0..c {
+            let dui = |i: usize, j: usize| du[((i * A + j) * c + cc) * kp + kk] as f64;
+            let mut tmp = [[0.0f64; A]; 3];
+            for r in 0..3 {
+                for j in 0..A {
+                    tmp[r][j] = (0..A).map(|i| g[i][r] * dui(i, j)).sum();
+                }
+            }
+            for r in 0..3 {
+                for t in 0..3 {
+                    dw[(kk * c + cc) * 9 + r * 3 + t] = (0..A).map(|j| tmp[r][j] * g[j][t]).sum::<f64>() as f32;
+                }
+            }
+        }
+    }
+    give_scratch(partials);
+    dw
+}
+
+/// Backward-weight (`supports(s)` must hold): `dW_kc = G^T [sum over tiles (A dy_k A^T) .* (B^T
+/// x_c B)] G`, the adjoint of the forward algorithm, with the sum over tiles done as `a*a`
+/// register-blocked products per block of tiles.
+pub fn backward_weight(dy: &[f32], x: &[f32], s: &ConvShape, tile: WinogradTile) -> Vec<f32> {
+    assert!(supports(s), "winograd: unsupported shape {s:?}");
+    assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "winograd: input size");
+    assert_eq!(dy.len(), s.n * s.c_out * s.out_h * s.out_w, "winograd: output gradient size");
+    match tile {
+        WinogradTile::F2 => backward_weight_with::<2, 4, VariantF2>(dy, x, s),
+        WinogradTile::F4 => backward_weight_with::<4, 6, VariantF4>(dy, x, s),
     }
 }
 
