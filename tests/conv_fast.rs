@@ -219,6 +219,13 @@ fn backends_dispatch_as_documented() {
     assert_eq!(winograd::choose(&shape(1, 64, 8, 8, 64)), Some(WinogradTile::F2));
     assert_eq!(winograd::choose(&shape(1, 64, 4, 4, 64)), None);
     assert_eq!(winograd::choose(&shape(64, 3, 32, 32, 16)), None);
+    // Backward-weight: F(2x2) wherever Winograd is taken, im2col elsewhere.
+    assert_eq!(winograd::choose_backward_weight(&shape(64, 16, 32, 32, 16)), Some(WinogradTile::F2));
+    assert_eq!(winograd::choose_backward_weight(&shape(64, 3, 32, 32, 16)), None);
+    let dw_fast = backend::cpu().conv2d_backward_weight(&xt, &xt, &[16, 16, 3, 3], spec).unwrap();
+    assert_eq!(dw_fast.to_vec().unwrap(), winograd::backward_weight(&x, &x, &s, WinogradTile::F2));
+    let dw_exact = backend::cpu_exact().conv2d_backward_weight(&xt, &xt, &[16, 16, 3, 3], spec).unwrap();
+    assert_eq!(dw_exact.to_vec().unwrap(), conv::backward_weight(&x, &x, &s));
     // Strided convolutions are not Winograd's.
     let strided = ConvShape::new(&[2, 16, 8, 8], &[16, 16, 3, 3], ConvSpec { stride: 2, pad: 1 }).unwrap();
     assert!(winograd::choose(&strided).is_none());
