@@ -401,7 +401,7 @@ impl ConvOps for CpuBackend {
 
     fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::backward_weight(dy, x, w_dims, spec)?;
-        let dw = match self.winograd(&s).and_then(|_| super::winograd::choose_backward_weight(&s)) {
+        let dw = match self.winograd_backward_weight(&s) {
             Some(tile) => super::winograd::backward_weight(host(dy)?, host(x)?, &s, tile),
             None => backward_weight(host(dy)?, host(x)?, &s),
         };

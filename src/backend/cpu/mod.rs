@@ -18,6 +18,8 @@ mod pool;
 mod search;
 mod sgd;
 mod shortcut;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 pub mod winograd;
 
 use crate::backend::{ConvShape, DeviceKind, Memory};
@@ -51,6 +53,11 @@ impl CpuBackend {
     /// The Winograd tile for this convolution, when the fast kernels are on and fit it.
     fn winograd(&self, s: &ConvShape) -> Option<winograd::WinogradTile> {
         self.fast_conv.then(|| winograd::choose(s)).flatten()
+    }
+
+    /// As `winograd`, for backward-weight.
+    fn winograd_backward_weight(&self, s: &ConvShape) -> Option<winograd::WinogradTile> {
+        self.fast_conv.then(|| winograd::choose_backward_weight(s)).flatten()
     }
 }
 

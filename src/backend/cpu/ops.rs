@@ -97,31 +97,33 @@ impl Lanes for [f32; SUM_LANES] {
 
 #[cfg(target_arch = "x86_64")]
 mod lanes_x86 {
+    use super::super::simd::Reg;
     use super::{Lanes, SUM_LANES};
-    use std::arch::x86_64::*;
+    use std::arch::x86_64::{__m256, __m512};
 
-    /// Only used inside functions compiled with AVX-512F (`multiversion_sum`).
+    // SAFETY (every `unsafe` below): these types are only used inside functions compiled for
+    // (and run on) their features (`multiversion_sum`).
+
     impl Lanes for __m512 {
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
-            _mm512_loadu_ps(p)
+            Reg::load(p)
         }
         #[inline(always)]
         fn splat(v: f32) -> Self {
-            // SAFETY: only reached from code compiled for (and run on) AVX-512F.
-            unsafe { _mm512_set1_ps(v) }
+            unsafe { Reg::splat(v) }
         }
         #[inline(always)]
         fn add(self, o: Self) -> Self {
-            unsafe { _mm512_add_ps(self, o) }
+            unsafe { Reg::add(self, o) }
         }
         #[inline(always)]
         fn sub(self, o: Self) -> Self {
-            unsafe { _mm512_sub_ps(self, o) }
+            unsafe { Reg::sub(self, o) }
         }
         #[inline(always)]
         fn mul(self, o: Self) -> Self {
-            unsafe { _mm512_mul_ps(self, o) }
+            unsafe { Reg::mul(self, o) }
         }
         #[inline(always)]
         fn to_array(self) -> [f32; SUM_LANES] {
@@ -129,31 +131,30 @@ mod lanes_x86 {
         }
     }
 
-    /// Lanes 0-7 and 8-15 in two AVX registers; only used inside functions compiled with AVX2.
+    /// Lanes 0-7 and 8-15 in two AVX registers.
     #[derive(Clone, Copy)]
     pub struct Avx2Pair(__m256, __m256);
 
     impl Lanes for Avx2Pair {
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
-            Avx2Pair(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+            Avx2Pair(Reg::load(p), Reg::load(p.add(8)))
         }
         #[inline(always)]
         fn splat(v: f32) -> Self {
-            // SAFETY: only reached from code compiled for (and run on) AVX2.
-            unsafe { Avx2Pair(_mm256_set1_ps(v), _mm256_set1_ps(v)) }
+            unsafe { Avx2Pair(Reg::splat(v), Reg::splat(v)) }
         }
         #[inline(always)]
         fn add(self, o: Self) -> Self {
-            unsafe { Avx2Pair(_mm256_add_ps(self.0, o.0), _mm256_add_ps(self.1, o.1)) }
+            unsafe { Avx2Pair(self.0.add(o.0), self.1.add(o.1)) }
         }
         #[inline(always)]
         fn sub(self, o: Self) -> Self {
-            unsafe { Avx2Pair(_mm256_sub_ps(self.0, o.0), _mm256_sub_ps(self.1, o.1)) }
+            unsafe { Avx2Pair(self.0.sub(o.0), self.1.sub(o.1)) }
         }
         #[inline(always)]
         fn mul(self, o: Self) -> Self {
-            unsafe { Avx2Pair(_mm256_mul_ps(self.0, o.0), _mm256_mul_ps(self.1, o.1)) }
+            unsafe { Avx2Pair(self.0.mul(o.0), self.1.mul(o.1)) }
         }
         #[inline(always)]
         fn to_array(self) -> [f32; SUM_LANES] {

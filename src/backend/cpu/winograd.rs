@@ -29,6 +29,9 @@
 //! then the chunks in order, so the result depends on the shape alone. On a ResNet-20 training
 //! step it replaced im2col + GEMM, then the largest cost (2.25x to 4x fewer multiplications).
 //!
+//! Scratch (packed inputs, `V`, `M`, `D`, filter transforms, partial sums) comes from the CPU
+//! backend's buffer pool with stale contents: every element read is written first.
+//!
 //! Blocks run in parallel on rayon's pool; when a shape has fewer blocks than threads (batch 1,
 //! small maps) each block's three stages also split over tiles and `xi`. No value is ever
 //! reduced across tasks, and the block size depends only on the shape, so every output is
@@ -49,6 +52,7 @@
 // Index loops over the small fixed-size transform arrays read like the matrix algebra they do.
 #![allow(clippy::needless_range_loop)]
 
+use super::buffers;
 use super::conv::Epilogue;
 use super::{has_avx2, has_avx512};
 use crate::backend::ConvShape;
@@ -354,7 +358,7 @@ fn filter_transform_lanes<const A: usize>(
     c: usize,
     kp: usize,
 ) -> Vec<f32> {
-    let mut u = take_scratch(A * A * c * kp);
+    let mut u = buffers::take(A * A * c * kp);
     let gm: [[f32; 3]; A] = g.0.map(|row| row.map(|v| v as f32));
     // Lanes are eight output channels of one input channel: each result is one contiguous run
     // of `U[xi][c][..]`, zeros past the last channel included.
@@ -464,7 +468,7 @@ fn pack_input(x: &[f32], s: &ConvShape, tiling: &Tiling, simd: bool) -> Vec<f32>
     let groups = tiling.cp / LANES;
     let plane = s.h * s.w;
     // Every element is written below (border zeros included): no clearing pass.
-    let mut xb = take_scratch(s.n * groups * hp * wp * LANES);
+    let mut xb = buffers::take(s.n * groups * hp * wp * LANES);
     xb.par_chunks_mut(hp * wp * LANES).enumerate().for_each(|(ng, dst)| {
         let (img, g) = (ng / groups, ng % groups);
         let lanes = LANES.min(s.c_in - g * LANES);
@@ -843,17 +847,6 @@ multiversion!(
     )
 );
 
-/// Scratch buffers come from the CPU backend's buffer pool: blocks of hundreds of KiB and
-/// packed copies of whole inputs would otherwise be fresh `mmap`s, page-faulted in on every call.
-/// Contents are stale: callers write every element they read.
-fn take_scratch(len: usize) -> Vec<f32> {
-    super::buffers::take(len)
-}
-
-fn give_scratch(v: Vec<f32>) {
-    super::buffers::give(v)
-}
-
 /// Tiles per task when one block is split over the pool.
 const SPLIT_TILES: usize = 4;
 
@@ -873,8 +866,8 @@ fn run_block<const M: usize, const A: usize, V: Variant<M, A>>(
 ) {
     let (c, block, cp, kp) = (s.c_in, tiling.block, tiling.cp, tiling.kp);
     let len = block.min(tiling.total - p0);
-    let mut v = take_scratch(A * A * block * cp);
-    let mut mm = take_scratch(A * A * block * kp);
+    let mut v = buffers::take(A * A * block * cp);
+    let mut mm = buffers::take(A * A * block * kp);
     // Product `xi` reads V[p][xi][..C] and writes M[p][xi][..Kp] for every tile p: the 16 or 36
     // products interleave, so each tile's transforms read and write one contiguous run.
     assert!(v.len() >= len * A * A * cp && mm.len() >= len * A * A * kp && u.len() >= A * A * c * kp);
@@ -904,8 +897,8 @@ fn run_block<const M: usize, const A: usize, V: Variant<M, A>>(
         }
         output_transform::<M, A, V>(&mm, s, tiling, p0, 0..len, y, epi, simd);
     }
-    give_scratch(v);
-    give_scratch(mm);
+    buffers::give(v);
+    buffers::give(mm);
 }
 
 /// Output channels per register block of the multiply stage (one AVX-512 vector).
@@ -1135,56 +1128,9 @@ unsafe fn wgrad_multiply(g: GradProduct) {
 
 #[cfg(target_arch = "x86_64")]
 mod grad_simd {
+    use super::super::simd::Reg;
     use super::{GradProduct, KB, LANES};
-    use std::arch::x86_64::*;
-
-    /// A vector register of `WIDTH` floats.
-    pub trait Reg: Copy {
-        const WIDTH: usize;
-        unsafe fn load(p: *const f32) -> Self;
-        unsafe fn store(self, p: *mut f32);
-        unsafe fn splat(v: f32) -> Self;
-        /// `a * b + c`, rounded once.
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
-    }
-    impl Reg for __m256 {
-        const WIDTH: usize = 8;
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            _mm256_loadu_ps(p)
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            _mm256_storeu_ps(p, self)
-        }
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> Self {
-            _mm256_set1_ps(v)
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            _mm256_fmadd_ps(a, b, c)
-        }
-    }
-    impl Reg for __m512 {
-        const WIDTH: usize = 16;
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            _mm512_loadu_ps(p)
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            _mm512_storeu_ps(p, self)
-        }
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> Self {
-            _mm512_set1_ps(v)
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            _mm512_fmadd_ps(a, b, c)
-        }
-    }
+    use std::arch::x86_64::{__m256, __m512};
 
     /// Input channels `c0..c0 + T` by output channels `kb..kb + N * R::WIDTH` of `dU[xi]`, held
     /// in `T * N` registers over the tiles.
@@ -1273,8 +1219,8 @@ fn wgrad_block<const M: usize, const A: usize, V: Variant<M, A>>(
 ) {
     let (c, block, cp, kp) = (s.c_in, tiling.block, tiling.cp, tiling.kp);
     let len = block.min(tiling.total - p0);
-    let mut v = take_scratch(A * A * block * cp);
-    let mut d = take_scratch(A * A * block * kp);
+    let mut v = buffers::take(A * A * block * cp);
+    let mut d = buffers::take(A * A * block * kp);
     assert!(v.len() >= len * A * A * cp && d.len() >= len * A * A * kp && du.len() >= A * A * c * kp);
     let (vs, ds, dus) = (Shared::new(&mut v), Shared::new(&mut d), Shared::new(du));
     let product = |v: SharedConst, d: SharedConst, du: Shared, xi: usize| GradProduct {
@@ -1306,8 +1252,8 @@ fn wgrad_block<const M: usize, const A: usize, V: Variant<M, A>>(
             unsafe { wgrad_multiply(product(vv, dd, dus, xi)) };
         }
     }
-    give_scratch(v);
-    give_scratch(d);
+    buffers::give(v);
+    buffers::give(d);
 }
 
 /// Tasks (chunks of consecutive blocks) a backward-weight reduction is split into, at most: each
@@ -1337,15 +1283,15 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
     let chunks = blocks.div_ceil(per_chunk);
     let split = chunks < rayon::current_num_threads();
     let part = A * A * c * kp;
-    let mut partials = take_scratch(chunks * part);
+    let mut partials = buffers::take(chunks * part);
     partials.par_chunks_mut(part).enumerate().for_each(|(chunk, du)| {
         du.fill(0.0);
         for b in chunk * per_chunk..((chunk + 1) * per_chunk).min(blocks) {
             wgrad_block::<M, A, V>(&xb, &dyb, s, &tiling, b * tiling.block, du, split);
         }
     });
-    give_scratch(xb);
-    give_scratch(dyb);
+    buffers::give(xb);
+    buffers::give(dyb);
     let (du, rest) = partials.split_at_mut(part);
     for other in rest.chunks_exact(part) {
         for (a, b) in du.iter_mut().zip(other) {
@@ -1370,7 +1316,7 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
             }
         }
     }
-    give_scratch(partials);
+    buffers::give(partials);
     dw
 }
 
@@ -1414,9 +1360,9 @@ fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
     (0..blocks)
         .into_par_iter()
         .for_each(|b| run_block::<M, A, V>(&xb, &u, s, &tiling, b * tiling.block, out, split, lane_epi.as_ref(), simd));
-    give_scratch(xb);
+    buffers::give(xb);
     if let Ok(u) = std::sync::Arc::try_unwrap(u) {
-        give_scratch(u);
+        buffers::give(u);
     }
     y
 }

@@ -1,0 +1,62 @@
+//! The x86 vector registers the hand-vectorised CPU kernels are generic over (AVX2's 8 floats,
+//! AVX-512's 16), one home for their intrinsics. The kernels using them are compiled with the
+//! matching `target_feature` and picked at run time; these methods are `#[inline(always)]` so
+//! they are inlined into those functions and take their features.
+
+use std::arch::x86_64::*;
+
+/// A vector register of `WIDTH` floats. Every operation is one IEEE operation per lane.
+pub trait Reg: Copy {
+    const WIDTH: usize;
+    /// # Safety (all methods)
+    /// The CPU must have the register's features; `p` must point at `WIDTH` floats.
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    unsafe fn splat(v: f32) -> Self;
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
+    /// `a * b + c`, rounded once.
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+}
+
+macro_rules! reg {
+    ($ty:ty, $width:expr, $load:ident, $store:ident, $set1:ident, $add:ident, $sub:ident, $mul:ident, $fma:ident) => {
+        impl Reg for $ty {
+            const WIDTH: usize = $width;
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self {
+                $load(p)
+            }
+            #[inline(always)]
+            unsafe fn store(self, p: *mut f32) {
+                $store(p, self)
+            }
+            #[inline(always)]
+            unsafe fn splat(v: f32) -> Self {
+                $set1(v)
+            }
+            #[inline(always)]
+            unsafe fn add(self, o: Self) -> Self {
+                $add(self, o)
+            }
+            #[inline(always)]
+            unsafe fn sub(self, o: Self) -> Self {
+                $sub(self, o)
+            }
+            #[inline(always)]
+            unsafe fn mul(self, o: Self) -> Self {
+                $mul(self, o)
+            }
+            #[inline(always)]
+            unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+                $fma(a, b, c)
+            }
+        }
+    };
+}
+
+#[rustfmt::skip]
+reg!(__m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_fmadd_ps);
+#[rustfmt::skip]
+reg!(__m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps, _mm512_fmadd_ps);
