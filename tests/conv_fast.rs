@@ -224,6 +224,9 @@ fn backends_dispatch_as_documented() {
     assert_eq!(winograd::choose_backward_weight(&shape(64, 3, 32, 32, 16)), None);
     let dw_fast = backend::cpu().conv2d_backward_weight(&xt, &xt, &[16, 16, 3, 3], spec).unwrap();
     assert_eq!(dw_fast.to_vec().unwrap(), winograd::backward_weight(&x, &x, &s, WinogradTile::F2));
+    // Backward-data right after takes over backward-weight's packed output gradient: same bits.
+    let dx_fast = backend::cpu().conv2d_backward_data(&xt, &wtt, &[4, 16, 16, 16], spec).unwrap();
+    assert_eq!(dx_fast.to_vec().unwrap(), winograd::backward_data(&x, &wt, &s, tile));
     let dw_exact = backend::cpu_exact().conv2d_backward_weight(&xt, &xt, &[16, 16, 3, 3], spec).unwrap();
     assert_eq!(dw_exact.to_vec().unwrap(), conv::backward_weight(&x, &x, &s));
     // Strided convolutions are not Winograd's.

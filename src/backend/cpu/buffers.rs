@@ -12,10 +12,12 @@
 //! best-fit pool let small requests take larger buffers, the larger requests then missed, and
 //! the process kept faulting in fresh pages for a dozen steps.)
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// Buffers smaller than this (floats) are left to the allocator, which reuses them cheaply.
-const MIN_POOLED: usize = 1 << 14;
+/// Buffers smaller than this (floats) are left to the allocator: below it, zeroing a fresh one
+/// costs about as much as finding one here.
+const MIN_POOLED: usize = 1 << 10;
 /// Floats the pool holds at most (1 GiB): bounds what an idle process keeps, and holds the
 /// buffers of a ResNet-56 training step at batch 128.
 const MAX_HELD: usize = 1 << 28;
@@ -30,10 +32,28 @@ fn size_class(len: usize) -> usize {
     len.next_multiple_of(step)
 }
 
-/// A set of idle buffers; the process uses one (`take` / `give` below).
-struct Pool(Mutex<Vec<Vec<f32>>>);
+/// The largest class a buffer of capacity `cap` can serve: every request of that class fits.
+fn class_below(cap: usize) -> usize {
+    let class = size_class(cap);
+    if class == cap {
+        return cap;
+    }
+    // The class below `class`: one step of `cap`'s power of two down.
+    let step = 1usize << (usize::BITS - 1 - cap.leading_zeros()).saturating_sub(3);
+    class - step
+}
 
-static POOL: Pool = Pool(Mutex::new(Vec::new()));
+/// Idle buffers by size class, and the floats they hold.
+#[derive(Default)]
+struct Held {
+    by_class: HashMap<usize, Vec<Vec<f32>>>,
+    floats: usize,
+}
+
+/// A set of idle buffers; the process uses one (`take` / `give` below).
+struct Pool(Mutex<Option<Held>>);
+
+static POOL: Pool = Pool(Mutex::new(None));
 
 /// A buffer of `len` floats with unspecified (stale, finite or not) contents: the caller must
 /// write every element before reading it.
@@ -50,15 +70,16 @@ pub fn give(v: Vec<f32>) {
 impl Pool {
     fn take(&self, len: usize) -> Vec<f32> {
         if len >= MIN_POOLED {
-            let found = self.0.lock().ok().and_then(|mut pool| {
-                let class = size_class(len);
-                let fits = |v: &Vec<f32>| v.capacity() >= len && v.capacity() <= class;
-                let best = (0..pool.len()).filter(|&i| fits(&pool[i])).min_by_key(|&i| pool[i].capacity());
-                best.map(|i| pool.swap_remove(i))
+            let class = size_class(len);
+            let found = self.0.lock().ok().and_then(|mut held| {
+                let held = held.as_mut()?;
+                let v = held.by_class.get_mut(&class)?.pop()?;
+                held.floats -= v.capacity();
+                Some(v)
             });
             if let Some(mut v) = found {
-                // Already `capacity >= len` floats long or longer: truncating or growing within
-                // the capacity touches no allocator.
+                // Within the capacity: no allocator call. Growing clears only the floats past
+                // the buffer's last length (a request of the same size, the usual case, none).
                 if v.len() >= len {
                     v.truncate(len);
                 } else {
@@ -66,28 +87,32 @@ impl Pool {
                 }
                 return v;
             }
+            let mut v = Vec::with_capacity(class);
+            v.resize(len, 0.0);
+            return v;
         }
-        let mut v = Vec::with_capacity(size_class(len));
-        v.resize(len, 0.0);
-        v
+        vec![0.0f32; len]
     }
 
     fn give(&self, v: Vec<f32>) {
-        if v.capacity() < MIN_POOLED || v.capacity() > MAX_HELD {
+        let cap = v.capacity();
+        if !(MIN_POOLED..=MAX_HELD).contains(&cap) {
             return;
         }
-        let Ok(mut pool) = self.0.lock() else { return };
-        pool.push(v);
-        let mut held: usize = pool.iter().map(|b| b.capacity()).sum();
-        while held > MAX_HELD {
-            let smallest = (0..pool.len()).min_by_key(|&i| pool[i].capacity()).expect("non-empty");
-            held -= pool.swap_remove(smallest).capacity();
+        let Ok(mut guard) = self.0.lock() else { return };
+        let held = guard.get_or_insert_with(Held::default);
+        held.floats += cap;
+        held.by_class.entry(class_below(cap)).or_default().push(v);
+        while held.floats > MAX_HELD {
+            let smallest = held.by_class.iter().filter(|(_, b)| !b.is_empty()).map(|(&c, _)| c).min();
+            let Some(b) = smallest.and_then(|c| held.by_class.get_mut(&c)).and_then(|b| b.pop()) else { break };
+            held.floats -= b.capacity();
         }
     }
 
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.0.lock().map(|p| p.iter().map(|b| b.capacity()).sum()).unwrap_or(0)
+        self.0.lock().map(|p| p.as_ref().map_or(0, |h| h.floats)).unwrap_or(0)
     }
 }
 
@@ -96,7 +121,7 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        Pool(Mutex::new(Vec::new()))
+        Pool(Mutex::new(None))
     }
 
     #[test]
@@ -117,6 +142,23 @@ mod tests {
         let large = p.take(size_class(big) + 1);
         assert_ne!(large.as_ptr(), ptr);
         assert_eq!(p.held(), size_class(big));
+    }
+
+    #[test]
+    fn a_buffer_from_outside_serves_the_class_below_its_capacity() {
+        let p = pool();
+        let class = size_class(5 * MIN_POOLED + 1);
+        let v: Vec<f32> = Vec::with_capacity(class + 3);
+        let (ptr, cap) = (v.as_ptr(), v.capacity());
+        assert!(size_class(cap) != cap && class_below(cap) == class);
+        p.give(v);
+        // Every request of that class fits in it; the class above would not.
+        let w = p.take(class);
+        assert_eq!((w.as_ptr(), w.len()), (ptr, class));
+        assert!(w.iter().all(|&x| x == 0.0), "floats never written before are cleared");
+        p.give(w);
+        let larger = p.take(size_class(class + 1));
+        assert_ne!(larger.as_ptr(), ptr);
     }
 
     #[test]

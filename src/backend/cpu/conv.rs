@@ -393,7 +393,7 @@ impl ConvOps for CpuBackend {
     fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::backward_data(dy, w, x_dims, spec)?;
         let dx = match self.winograd(&s) {
-            Some(tile) => super::winograd::backward_data(host(dy)?, host(w)?, &s, tile),
+            Some(tile) => super::winograd::backward_data_stamped(host(dy)?, Some(dy.stamp()), host(w)?, &s, tile),
             None => backward_data(host(dy)?, host(w)?, &s),
         };
         Tensor::from_vec(x_dims, dx)
@@ -402,7 +402,7 @@ impl ConvOps for CpuBackend {
     fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::backward_weight(dy, x, w_dims, spec)?;
         let dw = match self.winograd_backward_weight(&s) {
-            Some(tile) => super::winograd::backward_weight(host(dy)?, host(x)?, &s, tile),
+            Some(tile) => super::winograd::backward_weight_stamped(host(dy)?, Some(dy.stamp()), host(x)?, &s, tile),
             None => backward_weight(host(dy)?, host(x)?, &s),
         };
         Tensor::from_vec(w_dims, dw)

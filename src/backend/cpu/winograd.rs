@@ -460,6 +460,43 @@ fn transformed_filters<const A: usize>(
     u
 }
 
+/// The packed output gradient, handed from a layer's backward-weight to its backward-data:
+/// both pack the same `dy` into the same layout (same tiles and border whenever the map is a
+/// whole number of F(4x4) tiles, as in every CIFAR ResNet), so the second pack is a copy of the
+/// first. One entry, taken by the first matching request.
+mod packed_handoff {
+    use std::sync::Mutex;
+
+    /// `(content stamp, images, channels, packed height, packed width, padded channels)`.
+    pub type Key = (u64, usize, usize, usize, usize, usize);
+
+    static SLOT: Mutex<Option<(Key, Vec<f32>)>> = Mutex::new(None);
+
+    pub fn put(key: Key, packed: Vec<f32>) {
+        let old = SLOT.lock().ok().and_then(|mut slot| slot.replace((key, packed)));
+        if let Some((_, old)) = old {
+            super::buffers::give(old);
+        }
+    }
+
+    pub fn take(key: &Key) -> Option<Vec<f32>> {
+        let mut slot = SLOT.lock().ok()?;
+        if slot.as_ref().is_some_and(|(k, _)| k == key) {
+            slot.take().map(|(_, v)| v)
+        } else {
+            None
+        }
+    }
+}
+
+/// `pack_input`, or the same packing handed over by the previous backward-weight when `stamp`
+/// (the content stamp of `x`) matches.
+fn pack_input_stamped(x: &[f32], stamp: Option<u64>, s: &ConvShape, tiling: &Tiling, simd: bool) -> Vec<f32> {
+    stamp
+        .and_then(|st| packed_handoff::take(&(st, s.n, s.c_in, tiling.hp, tiling.wp, tiling.cp)))
+        .unwrap_or_else(|| pack_input(x, s, tiling, simd))
+}
+
 /// The input in a channel-blocked layout `[N][Cp/8][hp][wp][8]`, with a zero border of one pixel
 /// (the padding) and zeros beyond the image up to whole tiles: every tile's window is then a
 /// plain, in-bounds read of 8-channel vectors. Lanes past the last channel are zero too.
@@ -1263,6 +1300,7 @@ const WGRAD_CHUNKS: usize = 16;
 
 fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
     dy: &[f32],
+    dy_stamp: Option<u64>,
     x: &[f32],
     s: &ConvShape,
 ) -> Vec<f32> {
@@ -1277,7 +1315,8 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
     let xb = pack_input(x, s, &tiling, simd);
     // The output gradient packed like an input of `K` channels (same tiles, same border).
     let dy_shape = ConvShape { c_in: k, h: s.out_h, w: s.out_w, ..*s };
-    let dyb = pack_input(dy, &dy_shape, &Tiling { cp: kp, ..tiling }, simd);
+    let dy_tiling = Tiling { cp: kp, ..tiling };
+    let dyb = pack_input(dy, &dy_shape, &dy_tiling, simd);
     let blocks = tiling.total.div_ceil(tiling.block);
     let per_chunk = blocks.div_ceil(WGRAD_CHUNKS);
     let chunks = blocks.div_ceil(per_chunk);
@@ -1291,7 +1330,10 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
         }
     });
     buffers::give(xb);
-    buffers::give(dyb);
+    match dy_stamp {
+        Some(st) => packed_handoff::put((st, s.n, k, dy_tiling.hp, dy_tiling.wp, kp), dyb),
+        None => buffers::give(dyb),
+    }
     let (du, rest) = partials.split_at_mut(part);
     for other in rest.chunks_exact(part) {
         for (a, b) in du.iter_mut().zip(other) {
@@ -1324,17 +1366,30 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
 /// x_c B)] G`, the adjoint of the forward algorithm, with the sum over tiles done as `a*a`
 /// register-blocked products per block of tiles.
 pub fn backward_weight(dy: &[f32], x: &[f32], s: &ConvShape, tile: WinogradTile) -> Vec<f32> {
+    backward_weight_stamped(dy, None, x, s, tile)
+}
+
+/// As `backward_weight`, leaving the packed `dy` (content stamp `dy_stamp`) for the layer's
+/// backward-data (`backward_data_stamped`) to take over.
+pub fn backward_weight_stamped(
+    dy: &[f32],
+    dy_stamp: Option<u64>,
+    x: &[f32],
+    s: &ConvShape,
+    tile: WinogradTile,
+) -> Vec<f32> {
     assert!(supports(s), "winograd: unsupported shape {s:?}");
     assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "winograd: input size");
     assert_eq!(dy.len(), s.n * s.c_out * s.out_h * s.out_w, "winograd: output gradient size");
     match tile {
-        WinogradTile::F2 => backward_weight_with::<2, 4, VariantF2>(dy, x, s),
-        WinogradTile::F4 => backward_weight_with::<4, 6, VariantF4>(dy, x, s),
+        WinogradTile::F2 => backward_weight_with::<2, 4, VariantF2>(dy, dy_stamp, x, s),
+        WinogradTile::F4 => backward_weight_with::<4, 6, VariantF4>(dy, dy_stamp, x, s),
     }
 }
 
 fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
     x: &[f32],
+    x_stamp: Option<u64>,
     w: &[f32],
     s: &ConvShape,
     epi: Option<&Epilogue>,
@@ -1352,7 +1407,7 @@ fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
     let tiling = Tiling::new(s, M);
     let u = transformed_filters(&V::G, w, s.c_out, s.c_in, tiling.kp, stamp);
     let lane_epi = epi.map(|e| LaneEpilogue::new(e, tiling.kp));
-    let xb = pack_input(x, s, &tiling, simd);
+    let xb = pack_input_stamped(x, x_stamp, s, &tiling, simd);
     let blocks = tiling.total.div_ceil(tiling.block);
     let split = blocks < rayon::current_num_threads();
     let out = Shared::new(&mut y);
@@ -1391,15 +1446,29 @@ pub fn forward_stamped(
     assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "winograd: input size");
     assert_eq!(w.len(), s.c_out * s.c_in * 9, "winograd: weight size");
     match tile {
-        WinogradTile::F2 => forward_with::<2, 4, VariantF2>(x, w, s, epi, w_stamp),
-        WinogradTile::F4 => forward_with::<4, 6, VariantF4>(x, w, s, epi, w_stamp),
+        WinogradTile::F2 => forward_with::<2, 4, VariantF2>(x, None, w, s, epi, w_stamp),
+        WinogradTile::F4 => forward_with::<4, 6, VariantF4>(x, None, w, s, epi, w_stamp),
     }
 }
 
 /// Backward-data: the gradient of a 3x3 s1 p1 convolution is the 3x3 s1 p1 convolution of the
 /// output gradient with the filters flipped and their in/out channels swapped.
 pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape, tile: WinogradTile) -> Vec<f32> {
+    backward_data_stamped(dy, None, w, s, tile)
+}
+
+/// As `backward_data`, taking over the packed `dy` that `backward_weight_stamped` left for the
+/// same content stamp, where there is one (the same bits: packing is a copy).
+pub fn backward_data_stamped(
+    dy: &[f32],
+    dy_stamp: Option<u64>,
+    w: &[f32],
+    s: &ConvShape,
+    tile: WinogradTile,
+) -> Vec<f32> {
     assert!(supports(s), "winograd: unsupported shape {s:?}");
+    assert_eq!(dy.len(), s.n * s.c_out * s.out_h * s.out_w, "winograd: output gradient size");
+    assert_eq!(w.len(), s.c_out * s.c_in * 9, "winograd: weight size");
     let (k, c) = (s.c_out, s.c_in);
     let mut wt = vec![0.0f32; w.len()];
     for kk in 0..k {
@@ -1410,7 +1479,10 @@ pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape, tile: WinogradTile) -
         }
     }
     let swapped = ConvShape { c_in: k, c_out: c, h: s.out_h, w: s.out_w, out_h: s.h, out_w: s.w, ..*s };
-    forward(dy, &wt, &swapped, tile)
+    match tile {
+        WinogradTile::F2 => forward_with::<2, 4, VariantF2>(dy, dy_stamp, &wt, &swapped, None, None),
+        WinogradTile::F4 => forward_with::<4, 6, VariantF4>(dy, dy_stamp, &wt, &swapped, None, None),
+    }
 }
 
 /// The kernel the CPU backend uses for this convolution, `None` for im2col + GEMM. Measured on
