@@ -224,6 +224,12 @@ fn backends_dispatch_as_documented() {
     assert_eq!(winograd::choose_backward_weight(&shape(64, 3, 32, 32, 16)), None);
     let dw_fast = backend::cpu().conv2d_backward_weight(&xt, &xt, &[16, 16, 3, 3], spec).unwrap();
     assert_eq!(dw_fast.to_vec().unwrap(), winograd::backward_weight(&x, &x, &s, WinogradTile::F2));
+    // A training forward keeps its packed input for backward-weight, which packs the same `x`:
+    // the same bits either way (here `x` is also the output gradient, so both hand-overs run).
+    let y_train = backend::cpu().conv2d_forward_train(&xt, &wtt, spec).unwrap();
+    assert_eq!(y_train.to_vec().unwrap(), y_fast);
+    let dw_kept = backend::cpu().conv2d_backward_weight(&xt, &xt, &[16, 16, 3, 3], spec).unwrap();
+    assert_eq!(dw_kept.to_vec().unwrap(), winograd::backward_weight(&x, &x, &s, WinogradTile::F2));
     // Backward-data right after takes over backward-weight's packed output gradient: same bits.
     let dx_fast = backend::cpu().conv2d_backward_data(&xt, &wtt, &[4, 16, 16, 16], spec).unwrap();
     assert_eq!(dx_fast.to_vec().unwrap(), winograd::backward_data(&x, &wt, &s, tile));

@@ -173,6 +173,11 @@ pub trait Memory {
 pub trait ConvOps {
     /// `y[n,k,p,q] = sum_{c,r,s} x[n,c,p*stride+r-pad,q*stride+s-pad] * w[k,c,r,s]`.
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor>;
+    /// `conv2d_forward` in a training pass, whose backward (`conv2d_backward_weight` on this
+    /// same `x`) follows: a backend may keep what that backward can reuse. The same result.
+    fn conv2d_forward_train(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+        self.conv2d_forward(x, w, spec)
+    }
     /// Gradient with respect to the input; `x_dims` is the forward input shape.
     fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor>;
     /// Gradient with respect to the weight; `w_dims` is the weight shape.

@@ -224,7 +224,12 @@ impl Graph {
         let mut values: Vec<Option<Tensor>> = Vec::with_capacity(self.nodes.len());
         values.push(Some(x));
         for i in 1..self.nodes.len() {
-            let y = Self::run_node(&mut self.nodes[i], dev, &values, Mode::Train)?;
+            let y = match &self.nodes[i].op {
+                Op::Conv(c) => {
+                    c.forward_train(dev, value_of(&values, self.nodes[i].inputs[0], &self.nodes[i].name)?)?
+                }
+                _ => Self::run_node(&mut self.nodes[i], dev, &values, Mode::Train)?,
+            };
             values.push(Some(y));
         }
         Ok(Trace { values })

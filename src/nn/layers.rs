@@ -47,6 +47,10 @@ impl Conv2d {
     pub fn forward(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
         dev.conv2d_forward(x, &self.weight.value, self.spec)
     }
+    /// `forward` in a training pass (`backward` on the same `x` follows).
+    pub fn forward_train(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
+        dev.conv2d_forward_train(x, &self.weight.value, self.spec)
+    }
     /// Accumulates the weight gradient and returns the input gradient (skipped when the input
     /// is the network input, which needs none).
     pub fn backward(&mut self, dev: &Device, x: &Tensor, dy: &Tensor, need_dx: bool) -> Result<Option<Tensor>> {

@@ -390,6 +390,19 @@ impl ConvOps for CpuBackend {
         Tensor::from_vec(&s.output_dims(), self.forward_dispatch(x, w, &s, None)?)
     }
 
+    /// On the Winograd path the packed input is kept for this layer's backward-weight, which
+    /// packs the same `x` into the same layout.
+    fn conv2d_forward_train(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+        let s = ConvShape::new(x.dims(), w.dims(), spec)?;
+        let y = match (self.winograd(&s), self.winograd_backward_weight(&s)) {
+            (Some(tile), Some(_)) => {
+                super::winograd::forward_keeping_input(host(x)?, x.stamp(), host(w)?, w.stamp(), &s, tile)
+            }
+            _ => self.forward_dispatch(x, w, &s, None)?,
+        };
+        Tensor::from_vec(&s.output_dims(), y)
+    }
+
     fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::backward_data(dy, w, x_dims, spec)?;
         let dx = match self.winograd(&s) {
@@ -402,7 +415,14 @@ impl ConvOps for CpuBackend {
     fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::backward_weight(dy, x, w_dims, spec)?;
         let dw = match self.winograd_backward_weight(&s) {
-            Some(tile) => super::winograd::backward_weight_stamped(host(dy)?, Some(dy.stamp()), host(x)?, &s, tile),
+            Some(tile) => super::winograd::backward_weight_stamped(
+                host(dy)?,
+                Some(dy.stamp()),
+                host(x)?,
+                Some(x.stamp()),
+                &s,
+                tile,
+            ),
             None => backward_weight(host(dy)?, host(x)?, &s),
         };
         Tensor::from_vec(w_dims, dw)

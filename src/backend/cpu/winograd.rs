@@ -460,40 +460,55 @@ fn transformed_filters<const A: usize>(
     u
 }
 
-/// The packed output gradient, handed from a layer's backward-weight to its backward-data:
-/// both pack the same `dy` into the same layout (same tiles and border whenever the map is a
-/// whole number of F(4x4) tiles, as in every CIFAR ResNet), so the second pack is a copy of the
-/// first. One entry, taken by the first matching request.
-mod packed_handoff {
+/// Packed tensors handed from one call to a later one that packs the same contents into the
+/// same layout (same tiles and border whenever the map is a whole number of F(4x4) tiles, as in
+/// every CIFAR ResNet): a training forward's packed input to its layer's backward-weight, and
+/// backward-weight's packed output gradient to backward-data. An entry is taken (removed) by
+/// the first matching request; entries nobody takes are dropped oldest first past a cap.
+mod packed_store {
     use std::sync::Mutex;
 
     /// `(content stamp, images, channels, packed height, packed width, padded channels)`.
     pub type Key = (u64, usize, usize, usize, usize, usize);
 
-    static SLOT: Mutex<Option<(Key, Vec<f32>)>> = Mutex::new(None);
+    /// Floats held at most (1 GiB): the packed inputs of a ResNet-110 training step at batch 128.
+    const MAX_FLOATS: usize = 1 << 28;
+
+    static STORE: Mutex<Vec<(Key, Vec<f32>)>> = Mutex::new(Vec::new());
 
     pub fn put(key: Key, packed: Vec<f32>) {
-        let old = SLOT.lock().ok().and_then(|mut slot| slot.replace((key, packed)));
-        if let Some((_, old)) = old {
-            super::buffers::give(old);
+        let mut dropped = Vec::new();
+        if let Ok(mut store) = STORE.lock() {
+            store.retain(|(k, _)| *k != key);
+            store.push((key, packed));
+            let mut held: usize = store.iter().map(|(_, v)| v.len()).sum();
+            while held > MAX_FLOATS {
+                let (_, old) = store.remove(0);
+                held -= old.len();
+                dropped.push(old);
+            }
+        } else {
+            dropped.push(packed);
         }
+        dropped.into_iter().for_each(super::buffers::give);
     }
 
     pub fn take(key: &Key) -> Option<Vec<f32>> {
-        let mut slot = SLOT.lock().ok()?;
-        if slot.as_ref().is_some_and(|(k, _)| k == key) {
-            slot.take().map(|(_, v)| v)
-        } else {
-            None
-        }
+        let mut store = STORE.lock().ok()?;
+        let at = store.iter().rposition(|(k, _)| k == key)?;
+        Some(store.remove(at).1)
     }
 }
 
-/// `pack_input`, or the same packing handed over by the previous backward-weight when `stamp`
-/// (the content stamp of `x`) matches.
+/// The store's key for `x` (content stamp `stamp`) packed for `tiling`.
+fn packed_key(stamp: u64, s: &ConvShape, tiling: &Tiling) -> packed_store::Key {
+    (stamp, s.n, s.c_in, tiling.hp, tiling.wp, tiling.cp)
+}
+
+/// `pack_input`, or the same packing left in the store for `stamp` (the content stamp of `x`).
 fn pack_input_stamped(x: &[f32], stamp: Option<u64>, s: &ConvShape, tiling: &Tiling, simd: bool) -> Vec<f32> {
     stamp
-        .and_then(|st| packed_handoff::take(&(st, s.n, s.c_in, tiling.hp, tiling.wp, tiling.cp)))
+        .and_then(|st| packed_store::take(&packed_key(st, s, tiling)))
         .unwrap_or_else(|| pack_input(x, s, tiling, simd))
 }
 
@@ -1302,6 +1317,7 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
     dy: &[f32],
     dy_stamp: Option<u64>,
     x: &[f32],
+    x_stamp: Option<u64>,
     s: &ConvShape,
 ) -> Vec<f32> {
     let (k, c) = (s.c_out, s.c_in);
@@ -1312,7 +1328,7 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
     let simd = has_avx2();
     let tiling = Tiling::new(s, M);
     let kp = tiling.kp;
-    let xb = pack_input(x, s, &tiling, simd);
+    let xb = pack_input_stamped(x, x_stamp, s, &tiling, simd);
     // The output gradient packed like an input of `K` channels (same tiles, same border).
     let dy_shape = ConvShape { c_in: k, h: s.out_h, w: s.out_w, ..*s };
     let dy_tiling = Tiling { cp: kp, ..tiling };
@@ -1331,7 +1347,7 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
     });
     buffers::give(xb);
     match dy_stamp {
-        Some(st) => packed_handoff::put((st, s.n, k, dy_tiling.hp, dy_tiling.wp, kp), dyb),
+        Some(st) => packed_store::put(packed_key(st, &dy_shape, &dy_tiling), dyb),
         None => buffers::give(dyb),
     }
     let (du, rest) = partials.split_at_mut(part);
@@ -1366,15 +1382,17 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
 /// x_c B)] G`, the adjoint of the forward algorithm, with the sum over tiles done as `a*a`
 /// register-blocked products per block of tiles.
 pub fn backward_weight(dy: &[f32], x: &[f32], s: &ConvShape, tile: WinogradTile) -> Vec<f32> {
-    backward_weight_stamped(dy, None, x, s, tile)
+    backward_weight_stamped(dy, None, x, None, s, tile)
 }
 
-/// As `backward_weight`, leaving the packed `dy` (content stamp `dy_stamp`) for the layer's
-/// backward-data (`backward_data_stamped`) to take over.
+/// As `backward_weight`, taking over the packed `x` a training forward left
+/// (`forward_keeping_input`, content stamp `x_stamp`), and leaving the packed `dy` (content
+/// stamp `dy_stamp`) for the layer's backward-data (`backward_data_stamped`).
 pub fn backward_weight_stamped(
     dy: &[f32],
     dy_stamp: Option<u64>,
     x: &[f32],
+    x_stamp: Option<u64>,
     s: &ConvShape,
     tile: WinogradTile,
 ) -> Vec<f32> {
@@ -1382,8 +1400,8 @@ pub fn backward_weight_stamped(
     assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "winograd: input size");
     assert_eq!(dy.len(), s.n * s.c_out * s.out_h * s.out_w, "winograd: output gradient size");
     match tile {
-        WinogradTile::F2 => backward_weight_with::<2, 4, VariantF2>(dy, dy_stamp, x, s),
-        WinogradTile::F4 => backward_weight_with::<4, 6, VariantF4>(dy, dy_stamp, x, s),
+        WinogradTile::F2 => backward_weight_with::<2, 4, VariantF2>(dy, dy_stamp, x, x_stamp, s),
+        WinogradTile::F4 => backward_weight_with::<4, 6, VariantF4>(dy, dy_stamp, x, x_stamp, s),
     }
 }
 
@@ -1394,6 +1412,7 @@ fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
     s: &ConvShape,
     epi: Option<&Epilogue>,
     stamp: Option<u64>,
+    keep: Option<u64>,
 ) -> Vec<f32> {
     // Every output pixel is written by the output transform: a pooled buffer, not cleared.
     let mut y = super::buffers::take(s.n * s.c_out * s.out_h * s.out_w);
@@ -1415,7 +1434,10 @@ fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
     (0..blocks)
         .into_par_iter()
         .for_each(|b| run_block::<M, A, V>(&xb, &u, s, &tiling, b * tiling.block, out, split, lane_epi.as_ref(), simd));
-    buffers::give(xb);
+    match keep {
+        Some(st) => packed_store::put(packed_key(st, s, &tiling), xb),
+        None => buffers::give(xb),
+    }
     if let Ok(u) = std::sync::Arc::try_unwrap(u) {
         buffers::give(u);
     }
@@ -1446,8 +1468,28 @@ pub fn forward_stamped(
     assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "winograd: input size");
     assert_eq!(w.len(), s.c_out * s.c_in * 9, "winograd: weight size");
     match tile {
-        WinogradTile::F2 => forward_with::<2, 4, VariantF2>(x, None, w, s, epi, w_stamp),
-        WinogradTile::F4 => forward_with::<4, 6, VariantF4>(x, None, w, s, epi, w_stamp),
+        WinogradTile::F2 => forward_with::<2, 4, VariantF2>(x, None, w, s, epi, w_stamp, None),
+        WinogradTile::F4 => forward_with::<4, 6, VariantF4>(x, None, w, s, epi, w_stamp, None),
+    }
+}
+
+/// Forward convolution of a training pass: as `forward_stamped`, and the packed input stays
+/// behind for this layer's `backward_weight_stamped` (same `x_stamp`) to take over.
+pub fn forward_keeping_input(
+    x: &[f32],
+    x_stamp: u64,
+    w: &[f32],
+    w_stamp: u64,
+    s: &ConvShape,
+    tile: WinogradTile,
+) -> Vec<f32> {
+    assert!(supports(s), "winograd: unsupported shape {s:?}");
+    assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "winograd: input size");
+    assert_eq!(w.len(), s.c_out * s.c_in * 9, "winograd: weight size");
+    let (xs, ws, keep) = (None, Some(w_stamp), Some(x_stamp));
+    match tile {
+        WinogradTile::F2 => forward_with::<2, 4, VariantF2>(x, xs, w, s, None, ws, keep),
+        WinogradTile::F4 => forward_with::<4, 6, VariantF4>(x, xs, w, s, None, ws, keep),
     }
 }
 
@@ -1480,8 +1522,8 @@ pub fn backward_data_stamped(
     }
     let swapped = ConvShape { c_in: k, c_out: c, h: s.out_h, w: s.out_w, out_h: s.h, out_w: s.w, ..*s };
     match tile {
-        WinogradTile::F2 => forward_with::<2, 4, VariantF2>(dy, dy_stamp, &wt, &swapped, None, None),
-        WinogradTile::F4 => forward_with::<4, 6, VariantF4>(dy, dy_stamp, &wt, &swapped, None, None),
+        WinogradTile::F2 => forward_with::<2, 4, VariantF2>(dy, dy_stamp, &wt, &swapped, None, None, None),
+        WinogradTile::F4 => forward_with::<4, 6, VariantF4>(dy, dy_stamp, &wt, &swapped, None, None, None),
     }
 }
 
