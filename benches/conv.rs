@@ -1,13 +1,13 @@
 //! Each CPU convolution path per ResNet-56 layer shape, batch 1 and 64: the exact im2col + GEMM
-//! path (the reference) against the Winograd kernels, forward and backward-data, plus the
-//! im2col backward-weight. Throughput counts the direct convolution's FLOPs (2 x MACs), so the
-//! paths compare on the same scale.
+//! path (the reference) against the Winograd kernels, forward and backward-data, the direct
+//! AVX-512 forward (where the CPU has it), plus the im2col backward-weight. Throughput counts
+//! the direct convolution's FLOPs (2 x MACs), so the paths compare on the same scale.
 //!
 //! `cargo bench --bench conv` (filter with e.g. `-- 64x8x8`).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lfgcl::backend::cpu::conv;
 use lfgcl::backend::cpu::winograd::{self, WinogradTile};
+use lfgcl::backend::cpu::{conv, direct};
 use lfgcl::backend::{ConvShape, ConvSpec};
 use std::hint::black_box;
 use std::time::Duration;
@@ -37,6 +37,9 @@ fn convs(c: &mut Criterion) {
             g.bench_function("forward/im2col", |b| b.iter(|| conv::forward(black_box(&x), &w, &s)));
             g.bench_function("backward_data/im2col", |b| b.iter(|| conv::backward_data(black_box(&dy), &w, &s)));
             g.bench_function("backward_weight/im2col", |b| b.iter(|| conv::backward_weight(black_box(&dy), &x, &s)));
+            if direct::supports(&s) {
+                g.bench_function("forward/direct", |b| b.iter(|| direct::forward(black_box(&x), &w, &s, None)));
+            }
             if winograd::supports(&s) {
                 for (tile, tag) in [(WinogradTile::F2, "winograd_f2"), (WinogradTile::F4, "winograd_f4")] {
                     g.bench_function(format!("forward/{tag}"), |b| {

@@ -1,5 +1,5 @@
-//! Parity of the fast CPU convolution kernels (Winograd F(2x2,3x3) and F(4x4,3x3)) against the
-//! exact paths, over ResNet-20/56 shapes and odd ones (batch 1 and 3, channel counts that are not
+//! Parity of the fast CPU convolution kernels (Winograd F(2x2,3x3) and F(4x4,3x3), and the
+//! direct AVX-512 kernel for the stem, strided and tiny-map layers) against the exact paths, over ResNet-20/56 shapes and odd ones (batch 1 and 3, channel counts that are not
 //! multiples of the 8-tile lanes, odd and non-square maps, 1x1 and 2x2 maps).
 //!
 //! # Error measure
@@ -11,18 +11,20 @@
 //! and `A^T`), so the bound does too. Measured worst cases here: F(2x2) 2.5e-7, F(4x4) 3.0e-6
 //! (im2col + GEMM: ~1e-7). Stated bounds:
 //! - F(2x2,3x3): 2e-6 (about 16 f32 ulps);
-//! - F(4x4,3x3): 3e-5.
+//! - F(4x4,3x3): 3e-5;
+//! - direct: 1e-6 (a plain sum of products, as im2col + GEMM).
 //!
 //! The exact reference is the f64 direct loop for the forward pass and the f32 im2col path for
 //! backward-data (itself within ~1e-7 of exact on these sizes).
 
-use lfgcl::backend::cpu::conv;
 use lfgcl::backend::cpu::winograd::{self, WinogradTile};
+use lfgcl::backend::cpu::{conv, direct};
 use lfgcl::backend::{self, ConvShape, ConvSpec};
 use lfgcl::Tensor;
 
 const F2_BOUND: f64 = 2e-6;
 const F4_BOUND: f64 = 3e-5;
+const DIRECT_BOUND: f64 = 1e-6;
 
 fn pseudo(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -235,15 +237,80 @@ fn backends_dispatch_as_documented() {
     assert_eq!(dx_fast.to_vec().unwrap(), winograd::backward_data(&x, &wt, &s, tile));
     let dw_exact = backend::cpu_exact().conv2d_backward_weight(&xt, &xt, &[16, 16, 3, 3], spec).unwrap();
     assert_eq!(dw_exact.to_vec().unwrap(), conv::backward_weight(&x, &x, &s));
-    // Strided convolutions are not Winograd's.
+    // Strided convolutions are not Winograd's: the direct kernel's where the CPU has AVX-512,
+    // im2col's in the exact backends.
     let strided = ConvShape::new(&[2, 16, 8, 8], &[16, 16, 3, 3], ConvSpec { stride: 2, pad: 1 }).unwrap();
     assert!(winograd::choose(&strided).is_none());
+    let xs = pseudo(2 * 16 * 64, 8);
+    let xst = Tensor::from_vec(&[2, 16, 8, 8], xs.clone()).unwrap();
+    let spec2 = ConvSpec { stride: 2, pad: 1 };
+    let y_fast = backend::cpu().conv2d_forward(&xst, &wtt, spec2).unwrap().to_vec().unwrap();
+    if direct::supports(&strided) {
+        assert_eq!(y_fast, direct::forward(&xs, &wt, &strided, None));
+    } else {
+        assert_eq!(y_fast, conv::forward(&xs, &wt, &strided));
+    }
+    let y_exact = backend::cpu_exact().conv2d_forward(&xst, &wtt, spec2).unwrap().to_vec().unwrap();
+    assert_eq!(y_exact, conv::forward(&xs, &wt, &strided));
+}
+
+/// The direct kernel against the f64 loops, on the layers it takes (stem, strided, tiny maps)
+/// and odd ones: widths past one 16-lane vector and partial ones, odd maps for stride 2, channel
+/// counts that need every register-block piece (23 = 16 + 4 + 2 + 1); and the same bits on 1, 2
+/// and 3 threads.
+#[test]
+fn direct_matches_exact_within_bound_and_is_reproducible() {
+    let probe = ConvShape::new(&[1, 3, 8, 8], &[16, 3, 3, 3], ConvSpec { stride: 1, pad: 1 }).unwrap();
+    if !direct::supports(&probe) {
+        println!("skipped: no AVX-512 on this CPU (the direct kernel is not used)");
+        return;
+    }
+    // (n, c_in, h, w, c_out, stride)
+    let cases = [
+        (1, 3, 32, 32, 16, 1),
+        (3, 3, 32, 32, 16, 1),
+        (2, 16, 32, 32, 32, 2),
+        (1, 32, 16, 16, 64, 2),
+        (3, 64, 4, 4, 64, 1),
+        (2, 5, 7, 9, 23, 2),
+        (1, 7, 17, 33, 3, 1),
+        (2, 2, 1, 1, 5, 2),
+        (1, 4, 2, 3, 9, 1),
+    ];
+    let mut overall = 0.0f64;
+    for (i, &(n, c, h, w, k, stride)) in cases.iter().enumerate() {
+        let s = ConvShape::new(&[n, c, h, w], &[k, c, 3, 3], ConvSpec { stride, pad: 1 }).unwrap();
+        assert!(direct::supports(&s));
+        let x = pseudo(n * c * h * w, 300 + i as u64);
+        let wt = pseudo(k * c * 9, 400 + i as u64);
+        let exact = conv::forward_reference(&x, &wt, &s);
+        let scale = conv::forward_reference(&abs(&x), &abs(&wt), &s);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| direct::forward(&x, &wt, &s, None))
+        };
+        let got = run(1);
+        let err = worst(&got, &exact, &scale);
+        assert!(err <= DIRECT_BOUND, "case {i} {s:?}: error {err:.3e} over {DIRECT_BOUND:e}");
+        overall = overall.max(err);
+        for threads in [2, 3] {
+            assert!(run(threads) == got, "case {i} {s:?}: {threads} threads differ from 1");
+        }
+    }
+    println!("direct: worst error {overall:.2e} (bound {DIRECT_BOUND:e})");
+    // Not vacuous: a changed tap breaks the bound.
+    let s = ConvShape::new(&[1, 16, 8, 8], &[16, 16, 3, 3], ConvSpec { stride: 2, pad: 1 }).unwrap();
+    let (x, mut wt) = (pseudo(16 * 64, 1), pseudo(16 * 16 * 9, 2));
+    let (exact, scale) = (conv::forward_reference(&x, &wt, &s), conv::forward_reference(&abs(&x), &abs(&wt), &s));
+    wt[5] += 1e-3;
+    assert!(worst(&direct::forward(&x, &wt, &s, None), &exact, &scale) > DIRECT_BOUND);
 }
 
 /// The fused eval convolution (batch norm, residual add and ReLU applied inside the output
-/// transform or per im2col chunk) equals the unfused ops run one by one, bit for bit, on every
-/// path: F(2x2) and F(4x4) with whole and partial tiles and channel counts off the 8-lane grid,
-/// and im2col for the stem, strided and 1x1 convolutions.
+/// transform, the direct kernel's store or per im2col chunk) equals the unfused ops run one by
+/// one, bit for bit, on every path: F(2x2) and F(4x4) with whole and partial tiles and channel
+/// counts off the 8-lane grid, the direct kernel (stem, strided, tiny maps; im2col without
+/// AVX-512) and im2col for 1x1 convolutions.
 #[test]
 fn fused_eval_conv_equals_unfused_ops_bit_for_bit() {
     let dev = backend::cpu();

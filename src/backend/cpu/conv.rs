@@ -378,6 +378,8 @@ impl CpuBackend {
             y
         } else if let Some(tile) = self.winograd(s) {
             super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), s, tile, epi)
+        } else if self.direct(s) {
+            super::direct::forward(host(x)?, host(w)?, s, epi)
         } else {
             forward_fused(host(x)?, host(w)?, s, epi)
         })

@@ -8,6 +8,7 @@
 
 pub mod buffers;
 pub mod conv;
+pub mod direct;
 mod elementwise;
 pub mod gemm;
 mod linear;
@@ -33,7 +34,8 @@ pub struct CpuBackend {
     /// zeroed and its compact version agree bit for bit; the fast GEMM path regroups sums and
     /// agrees to a few ulps.
     reference: bool,
-    /// Winograd kernels for 3x3 stride-1 convolutions (`winograd::choose`); off in the exact
+    /// Winograd kernels for 3x3 stride-1 convolutions (`winograd::choose`) and the direct
+    /// AVX-512 kernel for the other 3x3 forward convolutions (`direct.rs`); off in the exact
     /// variants, which keep im2col + GEMM (a few ulps from the f64 loops).
     fast_conv: bool,
 }
@@ -53,6 +55,11 @@ impl CpuBackend {
     /// The Winograd tile for this convolution, when the fast kernels are on and fit it.
     fn winograd(&self, s: &ConvShape) -> Option<winograd::WinogradTile> {
         self.fast_conv.then(|| winograd::choose(s)).flatten()
+    }
+
+    /// Whether the direct kernel computes this forward convolution (one Winograd does not take).
+    fn direct(&self, s: &ConvShape) -> bool {
+        self.fast_conv && self.winograd(s).is_none() && direct::supports(s)
     }
 
     /// As `winograd`, for backward-weight.

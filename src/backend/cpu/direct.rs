@@ -1,0 +1,256 @@
+//! Direct 3x3 convolution (pad 1, stride 1 or 2) on AVX-512, for the forward convolutions the
+//! Winograd kernels leave to im2col + GEMM: the 3-channel stem, the strided downsampling layers
+//! and maps too small for Winograd tiles.
+//!
+//! Those layers carry few MACs (the stem and the two downsamplings of a CIFAR ResNet are about
+//! 7% of them) but, as im2col + GEMM, cost about 15% of a ResNet-20's inference: im2col copies
+//! 9x the input in runs of 8 to 32 floats (strided: one float at a time), and the GEMM is thin
+//! (27 rows for the stem). Here each image is copied once into zero-bordered planes, split by
+//! column phase for stride 2 (even and odd columns apart), so every tap of a row of 16 outputs
+//! is one contiguous (masked) vector load; 16 output channels of accumulators stay in registers
+//! and each load feeds 16 fused multiply-adds. The eval epilogue (batch norm, residual, ReLU)
+//! is applied before the store, with the unfused ops' arithmetic.
+//!
+//! Every output sums its `9 C` products in one fixed order (channel, row, column), with fused
+//! multiply-adds in f32: results depend on the shape only, never on the thread count. Error
+//! against the f64 loops, relative to `sum |x| |w|` over the window: about 1e-7 (tests/conv_fast.rs
+//! asserts 1e-6), as im2col + GEMM.
+
+use super::conv::Epilogue;
+use super::{buffers, has_avx512};
+use crate::backend::ConvShape;
+use rayon::prelude::*;
+
+/// Output pixels per vector (one AVX-512 register).
+const Q: usize = 16;
+/// Output channels per register block.
+const KB: usize = 16;
+
+/// True when this kernel computes the convolution: 3x3, pad 1, stride 1 or 2, non-empty, on a
+/// CPU with AVX-512.
+pub fn supports(s: &ConvShape) -> bool {
+    s.kh == 3
+        && s.kw == 3
+        && s.pad == 1
+        && (s.stride == 1 || s.stride == 2)
+        && s.n * s.c_in * s.c_out * s.out_h * s.out_w > 0
+        && has_avx512()
+}
+
+/// Geometry of the prepared input: per image and channel, `stride` phase planes of `hp` rows by
+/// `wph` columns (phase `f` holds the zero-bordered columns `f, f + stride, ...`).
+#[derive(Clone, Copy)]
+struct Planes {
+    stride: usize,
+    hp: usize,
+    wph: usize,
+}
+
+impl Planes {
+    fn new(s: &ConvShape) -> Planes {
+        Planes { stride: s.stride, hp: s.h + 2, wph: (s.w + 2).div_ceil(s.stride) }
+    }
+    fn per_channel(&self) -> usize {
+        self.stride * self.hp * self.wph
+    }
+    /// Offset (within one image) of padded row `row` of channel `c`, phase `phase`.
+    fn row(&self, c: usize, phase: usize, row: usize) -> usize {
+        ((c * self.stride + phase) * self.hp + row) * self.wph
+    }
+}
+
+/// The zero-bordered, phase-split copy of every image.
+fn prepare(x: &[f32], s: &ConvShape, pl: &Planes) -> Vec<f32> {
+    let per_image = s.c_in * pl.per_channel();
+    let mut xp = buffers::take(s.n * per_image);
+    let plane = s.h * s.w;
+    xp.par_chunks_mut(pl.per_channel()).enumerate().for_each(|(ic, dst)| {
+        let src = &x[ic * plane..(ic + 1) * plane];
+        for phase in 0..pl.stride {
+            for row in 0..pl.hp {
+                let d = &mut dst[pl.row(0, phase, row)..pl.row(0, phase, row) + pl.wph];
+                if row == 0 || row > s.h {
+                    d.fill(0.0);
+                    continue;
+                }
+                let srow = &src[(row - 1) * s.w..row * s.w];
+                for (j, v) in d.iter_mut().enumerate() {
+                    // Padded column j * stride + phase is input column (that - 1).
+                    let col = (j * pl.stride + phase).wrapping_sub(1);
+                    *v = if col < s.w { srow[col] } else { 0.0 };
+                }
+            }
+        }
+    });
+    xp
+}
+
+/// The weights regrouped `[K / KB blocks][C][3][3][KB]` (the last block padded with zeros), so a
+/// block's 16 broadcasts for one tap are adjacent.
+fn regroup(w: &[f32], s: &ConvShape) -> Vec<f32> {
+    let (k, c) = (s.c_out, s.c_in);
+    let blocks = k.div_ceil(KB);
+    let mut wr = vec![0.0f32; blocks * c * 9 * KB];
+    for kk in 0..k {
+        let (b, l) = (kk / KB, kk % KB);
+        for cc in 0..c {
+            for tap in 0..9 {
+                wr[((b * c + cc) * 9 + tap) * KB + l] = w[(kk * c + cc) * 9 + tap];
+            }
+        }
+    }
+    wr
+}
+
+/// The output, written by disjoint tasks.
+#[derive(Clone, Copy)]
+struct Out(*mut f32, usize);
+// SAFETY: each task writes its own (image, channel block, rows) of the output.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// One task: output rows `rows` of image `img`, output channels `k0..k0 + kn` (`kn <= KB`).
+struct Task {
+    img: usize,
+    k0: usize,
+    kn: usize,
+    rows: std::ops::Range<usize>,
+}
+
+/// Forward convolution (`supports(s)` must hold), with `epi` applied before the store.
+pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    assert!(supports(s), "direct conv: unsupported shape {s:?}");
+    assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "direct conv: input size");
+    assert_eq!(w.len(), s.c_out * s.c_in * 9, "direct conv: weight size");
+    let (k, pq) = (s.c_out, s.out_h * s.out_w);
+    if let Some(e) = epi {
+        assert!(e.scale.len() == k && e.shift.len() == k, "direct conv: epilogue size");
+        assert!(e.residual.is_none_or(|r| r.len() == s.n * k * pq), "direct conv: residual size");
+    }
+    // Every output is stored below.
+    let mut y = buffers::take(s.n * k * pq);
+    let pl = Planes::new(s);
+    let xp = prepare(x, s, &pl);
+    let wr = regroup(w, s);
+    // Enough tasks for every thread at batch 1 (rows split), whole images when the batch allows.
+    let blocks = k.div_ceil(KB);
+    let threads = rayon::current_num_threads();
+    let row_groups = (4 * threads).div_ceil(s.n * blocks).clamp(1, s.out_h);
+    let rows_per = s.out_h.div_ceil(row_groups);
+    let mut tasks = Vec::with_capacity(s.n * blocks * row_groups);
+    for img in 0..s.n {
+        for b in 0..blocks {
+            for r0 in (0..s.out_h).step_by(rows_per) {
+                let kn = KB.min(k - b * KB);
+                tasks.push(Task { img, k0: b * KB, kn, rows: r0..(r0 + rows_per).min(s.out_h) });
+            }
+        }
+    }
+    let out = Out(y.as_mut_ptr(), y.len());
+    let per_image = s.c_in * pl.per_channel();
+    tasks.par_iter().for_each(|t| {
+        let src = &xp[t.img * per_image..(t.img + 1) * per_image];
+        let wb = &wr[(t.k0 / KB) * s.c_in * 9 * KB..(t.k0 / KB + 1) * s.c_in * 9 * KB];
+        // SAFETY: AVX-512 is present (`supports`); the task writes only its own rows of its
+        // own channels of its image (disjoint across tasks), and every read stays inside
+        // `src`, `wb` and the residual (bounds asserted inside).
+        unsafe { task_avx512(src, wb, s, &pl, t, out, epi) };
+    });
+    buffers::give(xp);
+    y
+}
+
+/// The rows and channels of one task, `KB` or fewer channels at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512F; no other task may write this task's outputs.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn task_avx512(src: &[f32], wb: &[f32], s: &ConvShape, pl: &Planes, t: &Task, out: Out, epi: Option<&Epilogue>) {
+    // The channel count of the block, in pieces the micro-kernel is compiled for.
+    let mut done = 0;
+    for piece in [16, 8, 4, 2, 1] {
+        while t.kn - done >= piece {
+            for p in t.rows.clone() {
+                for q0 in (0..s.out_w).step_by(Q) {
+                    let at = Tile { p, q0, lane_count: Q.min(s.out_w - q0), k: t.k0 + done, kk: done };
+                    match piece {
+                        16 => micro::<16>(src, wb, s, pl, t.img, at, out, epi),
+                        8 => micro::<8>(src, wb, s, pl, t.img, at, out, epi),
+                        4 => micro::<4>(src, wb, s, pl, t.img, at, out, epi),
+                        2 => micro::<2>(src, wb, s, pl, t.img, at, out, epi),
+                        _ => micro::<1>(src, wb, s, pl, t.img, at, out, epi),
+                    }
+                }
+            }
+            done += piece;
+        }
+    }
+}
+
+/// Where a micro-kernel call works: output row `p`, columns `q0..q0 + lane_count`, output
+/// channels from `k` (the `kk`-th of the block's regrouped weights).
+#[derive(Clone, Copy)]
+struct Tile {
+    p: usize,
+    q0: usize,
+    lane_count: usize,
+    k: usize,
+    kk: usize,
+}
+
+/// `N` output channels by up to 16 output pixels of one row: `9 C` masked loads, each feeding
+/// `N` fused multiply-adds with broadcast weights, then the epilogue and a masked store.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn micro<const N: usize>(
+    src: &[f32],
+    wb: &[f32],
+    s: &ConvShape,
+    pl: &Planes,
+    img: usize,
+    at: Tile,
+    out: Out,
+    epi: Option<&Epilogue>,
+) {
+    use std::arch::x86_64::*;
+    let mask: __mmask16 = if at.lane_count == Q { !0 } else { (1u16 << at.lane_count) - 1 };
+    let stride = pl.stride;
+    // The furthest element a load reads: the last lane of some tap in row 2 of the last channel.
+    let last = (0..3)
+        .map(|tap| pl.row(s.c_in - 1, tap % stride, at.p * stride + 2) + at.q0 + tap / stride + at.lane_count)
+        .max()
+        .unwrap_or(0);
+    assert!(last <= src.len() && wb.len() >= s.c_in * 9 * KB, "direct conv: read out of bounds");
+    let mut acc = [_mm512_setzero_ps(); N];
+    for c in 0..s.c_in {
+        for r in 0..3 {
+            let row = at.p * stride + r;
+            for tap in 0..3 {
+                let from = pl.row(c, tap % stride, row) + at.q0 + tap / stride;
+                let xv = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(from));
+                let wt = wb.as_ptr().add(((c * 3 + r) * 3 + tap) * KB + at.kk);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*wt.add(j)), xv, *a);
+                }
+            }
+        }
+    }
+    let (k, pq) = (s.c_out, s.out_h * s.out_w);
+    for (j, a) in acc.into_iter().enumerate() {
+        let o = (img * k + at.k + j) * pq + at.p * s.out_w + at.q0;
+        assert!(o + at.lane_count <= out.1, "direct conv: write out of bounds");
+        let mut v = a;
+        if let Some(e) = epi {
+            // relu((v * scale + shift) + residual), each rounded as the unfused ops do.
+            v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(e.scale[at.k + j])), _mm512_set1_ps(e.shift[at.k + j]));
+            if let Some(res) = e.residual {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(o)));
+            }
+            if e.relu {
+                // max(v, 0) gives 0 for NaN and -0.0, as `ops::relu`.
+                v = _mm512_max_ps(v, _mm512_setzero_ps());
+            }
+        }
+        _mm512_mask_storeu_ps(out.0.add(o), mask, v);
+    }
+}
