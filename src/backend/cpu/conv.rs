@@ -397,9 +397,7 @@ impl ConvOps for CpuBackend {
     fn conv2d_forward_train(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::new(x.dims(), w.dims(), spec)?;
         let y = match (self.winograd(&s), self.winograd_backward_weight(&s)) {
-            (Some(tile), Some(_)) => {
-                super::winograd::forward_keeping_input(host(x)?, x.stamp(), host(w)?, w.stamp(), &s, tile)
-            }
+            (Some(tile), Some(_)) => super::winograd::forward_keeping_input(host(x)?, x.stamp(), host(w)?, &s, tile),
             _ => self.forward_dispatch(x, w, &s, None)?,
         };
         Tensor::from_vec(&s.output_dims(), y)

@@ -1473,20 +1473,15 @@ pub fn forward_stamped(
     }
 }
 
-/// Forward convolution of a training pass: as `forward_stamped`, and the packed input stays
-/// behind for this layer's `backward_weight_stamped` (same `x_stamp`) to take over.
-pub fn forward_keeping_input(
-    x: &[f32],
-    x_stamp: u64,
-    w: &[f32],
-    w_stamp: u64,
-    s: &ConvShape,
-    tile: WinogradTile,
-) -> Vec<f32> {
+/// Forward convolution of a training pass: as `forward`, and the packed input stays behind for
+/// this layer's `backward_weight_stamped` (same `x_stamp`) to take over.
+pub fn forward_keeping_input(x: &[f32], x_stamp: u64, w: &[f32], s: &ConvShape, tile: WinogradTile) -> Vec<f32> {
     assert!(supports(s), "winograd: unsupported shape {s:?}");
     assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "winograd: input size");
     assert_eq!(w.len(), s.c_out * s.c_in * 9, "winograd: weight size");
-    let (xs, ws, keep) = (None, Some(w_stamp), Some(x_stamp));
+    // The weights change after every training step: their transform is not cached (it goes
+    // back to the buffer pool, where the next step finds it).
+    let (xs, ws, keep) = (None, None, Some(x_stamp));
     match tile {
         WinogradTile::F2 => forward_with::<2, 4, VariantF2>(x, xs, w, s, None, ws, keep),
         WinogradTile::F4 => forward_with::<4, 6, VariantF4>(x, xs, w, s, None, ws, keep),
