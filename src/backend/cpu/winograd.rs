@@ -557,6 +557,33 @@ fn pack_input(x: &[f32], s: &ConvShape, tiling: &Tiling, simd: bool) -> Vec<f32>
     xb
 }
 
+/// The `N x N` window of 8-channel vectors at `base` of a packed buffer whose rows are `wp`
+/// vectors long.
+#[inline(always)]
+fn load_window<const N: usize>(packed: &[f32], base: usize, wp: usize) -> [[Lane; N]; N] {
+    let window = &packed[base..base + ((N - 1) * wp + N) * LANES];
+    std::array::from_fn(|r| {
+        std::array::from_fn(|c| {
+            let at = (r * wp + c) * LANES;
+            window[at..at + LANES].try_into().expect("one lane")
+        })
+    })
+}
+
+/// Writes a transformed tile's `A x A` vectors of channel group `g` to tile `p`'s run of
+/// `out` (`[p][a*a][channels]`, `channels` floats per point).
+///
+/// # Safety
+/// No other task may write tile `p`'s run meanwhile.
+#[inline(always)]
+unsafe fn store_tile<const A: usize>(out: Shared, tile: &[[Lane; A]; A], p: usize, channels: usize, g: usize) {
+    for i in 0..A {
+        for j in 0..A {
+            out.write(((p * A + i) * A + j) * channels + g * LANES, &tile[i][j]);
+        }
+    }
+}
+
 /// Input transform of block tiles `tiles` (indices inside the block starting at tile `p0`) into
 /// `v`, laid out `[a*a][block][Cp]` (channels contiguous: column-major GEMM operands).
 #[inline(always)]
@@ -573,21 +600,10 @@ fn input_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
         let (img, oy, ox) = tiling.origin(p0 + p);
         for g in 0..groups {
             let base = (((img * groups + g) * hp + oy) * wp + ox) * LANES;
-            let window = &xb[base..base + ((A - 1) * wp + A) * LANES];
-            let mut d = [[[0.0f32; LANES]; A]; A];
-            for (r, row) in d.iter_mut().enumerate() {
-                for (c, lane) in row.iter_mut().enumerate() {
-                    let at = (r * wp + c) * LANES;
-                    lane.copy_from_slice(&window[at..at + LANES]);
-                }
-            }
+            let mut d = load_window::<A>(xb, base, wp);
             input_2d::<M, A, V>(&mut d);
-            for i in 0..A {
-                for j in 0..A {
-                    // SAFETY: tile `p` of this block is transformed by this task only.
-                    unsafe { v.write(((p * A + i) * A + j) * cp + g * LANES, &d[i][j]) };
-                }
-            }
+            // SAFETY: tile `p` of this block is transformed by this task only.
+            unsafe { store_tile(v, &d, p, cp, g) };
         }
     }
 }
@@ -610,22 +626,11 @@ fn grad_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
         let (img, oy, ox) = tiling.origin(p0 + p);
         for g in 0..groups {
             let base = (((img * groups + g) * hp + oy + 1) * wp + ox + 1) * LANES;
-            let window = &dyb[base..base + ((M - 1) * wp + M) * LANES];
-            let mut t = [[[0.0f32; LANES]; M]; M];
-            for (r, row) in t.iter_mut().enumerate() {
-                for (c, lane) in row.iter_mut().enumerate() {
-                    let at = (r * wp + c) * LANES;
-                    lane.copy_from_slice(&window[at..at + LANES]);
-                }
-            }
+            let t = load_window::<M>(dyb, base, wp);
             let mut out = [[[0.0f32; LANES]; A]; A];
             grad_2d::<M, A, V>(&t, &mut out);
-            for i in 0..A {
-                for j in 0..A {
-                    // SAFETY: tile `p` of this block is transformed by this task only.
-                    unsafe { d.write(((p * A + i) * A + j) * kp + g * LANES, &out[i][j]) };
-                }
-            }
+            // SAFETY: tile `p` of this block is transformed by this task only.
+            unsafe { store_tile(d, &out, p, kp, g) };
         }
     }
 }
