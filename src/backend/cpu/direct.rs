@@ -17,9 +17,8 @@
 //! asserts 1e-6), as im2col + GEMM.
 
 use super::conv::Epilogue;
-use super::{buffers, has_avx512};
+use super::{buffers, has_avx512, team};
 use crate::backend::ConvShape;
-use rayon::prelude::*;
 
 /// Output pixels per vector (one AVX-512 register).
 const Q: usize = 16;
@@ -64,7 +63,7 @@ fn prepare(x: &[f32], s: &ConvShape, pl: &Planes) -> Vec<f32> {
     let per_image = s.c_in * pl.per_channel();
     let mut xp = buffers::take(s.n * per_image);
     let plane = s.h * s.w;
-    xp.par_chunks_mut(pl.per_channel()).enumerate().for_each(|(ic, dst)| {
+    team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut xp, pl.per_channel(), |ic, dst| {
         let src = &x[ic * plane..(ic + 1) * plane];
         for phase in 0..pl.stride {
             for row in 0..pl.hp {
@@ -148,7 +147,8 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> V
     }
     let out = Out(y.as_mut_ptr(), y.len());
     let per_image = s.c_in * pl.per_channel();
-    tasks.par_iter().for_each(|t| {
+    team::for_each_on(s.n < team::SHORT_BATCH, tasks.len(), |i| {
+        let t = &tasks[i];
         let src = &xp[t.img * per_image..(t.img + 1) * per_image];
         let wb = &wr[(t.k0 / KB) * s.c_in * 9 * KB..(t.k0 / KB + 1) * s.c_in * 9 * KB];
         // SAFETY: AVX-512 is present (`supports`); the task writes only its own rows of its

@@ -21,6 +21,7 @@ mod sgd;
 mod shortcut;
 #[cfg(target_arch = "x86_64")]
 mod simd;
+pub mod team;
 pub mod winograd;
 
 use crate::backend::{ConvShape, DeviceKind, Memory};

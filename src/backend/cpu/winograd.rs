@@ -52,8 +52,8 @@
 // Index loops over the small fixed-size transform arrays read like the matrix algebra they do.
 #![allow(clippy::needless_range_loop)]
 
-use super::buffers;
 use super::conv::Epilogue;
+use super::{buffers, team};
 use super::{has_avx2, has_avx512};
 use crate::backend::ConvShape;
 use rayon::prelude::*;
@@ -91,48 +91,106 @@ const F4_G: FilterTransform<6> = FilterTransform([
     [0.0, 0.0, 1.0],
 ]);
 
-#[inline(always)]
-fn add(a: Lane, b: Lane) -> Lane {
-    let mut o = a;
-    for l in 0..LANES {
-        o[l] = a[l] + b[l];
-    }
-    o
+/// A vector of channel lanes the transforms compute on: `[f32; 8]` on any CPU, AVX2's 8 or
+/// AVX-512's 16 floats in one register (`Wide`). Every operation is one IEEE operation per lane
+/// (never contracted into an FMA), so all three give the same bits.
+trait Lanes: Copy {
+    const WIDTH: usize;
+    /// # Safety
+    /// The CPU must have `Self`'s features; `src` must point at `WIDTH` floats.
+    unsafe fn load(src: *const f32) -> Self;
+    /// # Safety
+    /// `dst` must point at `WIDTH` writable floats.
+    unsafe fn store(self, dst: *mut f32);
+    /// Zeros (from a value, so that a register type is only made where its features are).
+    fn zero(self) -> Self;
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    fn scale(self, c: f32) -> Self;
 }
-#[inline(always)]
-fn sub(a: Lane, b: Lane) -> Lane {
-    let mut o = a;
-    for l in 0..LANES {
-        o[l] = a[l] - b[l];
+
+impl Lanes for Lane {
+    const WIDTH: usize = LANES;
+    #[inline(always)]
+    unsafe fn load(src: *const f32) -> Self {
+        (src as *const Lane).read_unaligned()
     }
-    o
+    #[inline(always)]
+    unsafe fn store(self, dst: *mut f32) {
+        (dst as *mut Lane).write_unaligned(self)
+    }
+    #[inline(always)]
+    fn zero(self) -> Self {
+        [0.0; LANES]
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        std::array::from_fn(|l| self[l] + o[l])
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        std::array::from_fn(|l| self[l] - o[l])
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        std::array::from_fn(|l| self[l] * o[l])
+    }
+    #[inline(always)]
+    fn scale(self, c: f32) -> Self {
+        std::array::from_fn(|l| self[l] * c)
+    }
 }
-#[inline(always)]
-fn mul_lanes(a: Lane, b: Lane) -> Lane {
-    let mut o = a;
-    for l in 0..LANES {
-        o[l] = a[l] * b[l];
+
+/// A vector register as `Lanes`.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Wide<R>(R);
+
+// SAFETY (every method): a `Wide` is only made by `load`, whose contract is that the CPU has the
+// register's features, or from another `Wide`.
+#[cfg(target_arch = "x86_64")]
+impl<R: super::simd::Reg> Lanes for Wide<R> {
+    const WIDTH: usize = R::WIDTH;
+    #[inline(always)]
+    unsafe fn load(src: *const f32) -> Self {
+        Wide(R::load(src))
     }
-    o
-}
-#[inline(always)]
-fn mul(c: f32, a: Lane) -> Lane {
-    let mut o = a;
-    for v in o.iter_mut() {
-        *v *= c;
+    #[inline(always)]
+    unsafe fn store(self, dst: *mut f32) {
+        self.0.store(dst)
     }
-    o
+    #[inline(always)]
+    fn zero(self) -> Self {
+        Wide(unsafe { R::splat(0.0) })
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        Wide(unsafe { self.0.add(o.0) })
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        Wide(unsafe { self.0.sub(o.0) })
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        Wide(unsafe { self.0.mul(o.0) })
+    }
+    #[inline(always)]
+    fn scale(self, c: f32) -> Self {
+        Wide(unsafe { self.0.mul(R::splat(c)) })
+    }
 }
 
 /// One Winograd variant: the 1-D input (`B^T`) and output (`A^T`) transforms written out by
-/// hand on 8-lane vectors (the 2-D ones apply them to columns, then rows), and `G`.
+/// hand on lane vectors (the 2-D ones apply them to columns, then rows), and `G`.
 trait Variant<const M: usize, const A: usize> {
     const G: FilterTransform<A>;
-    fn input_1d(d: [Lane; A]) -> [Lane; A];
-    fn output_1d(m: [Lane; A]) -> [Lane; M];
+    fn input_1d<L: Lanes>(d: [L; A]) -> [L; A];
+    fn output_1d<L: Lanes>(m: [L; A]) -> [L; M];
     /// The adjoint of `output_1d` (`A` applied to `M` values), for the output gradient in
     /// backward-weight.
-    fn grad_1d(y: [Lane; M]) -> [Lane; A];
+    fn grad_1d<L: Lanes>(y: [L; M]) -> [L; A];
 }
 
 /// F(2x2,3x3): `B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`, `A^T = [1 1 1 0; 0 1 -1 -1]`.
@@ -140,16 +198,16 @@ struct VariantF2;
 impl Variant<2, 4> for VariantF2 {
     const G: FilterTransform<4> = F2_G;
     #[inline(always)]
-    fn input_1d([d0, d1, d2, d3]: [Lane; 4]) -> [Lane; 4] {
-        [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)]
+    fn input_1d<L: Lanes>([d0, d1, d2, d3]: [L; 4]) -> [L; 4] {
+        [d0.sub(d2), d1.add(d2), d2.sub(d1), d1.sub(d3)]
     }
     #[inline(always)]
-    fn output_1d([m0, m1, m2, m3]: [Lane; 4]) -> [Lane; 2] {
-        [add(add(m0, m1), m2), sub(sub(m1, m2), m3)]
+    fn output_1d<L: Lanes>([m0, m1, m2, m3]: [L; 4]) -> [L; 2] {
+        [m0.add(m1).add(m2), m1.sub(m2).sub(m3)]
     }
     #[inline(always)]
-    fn grad_1d([y0, y1]: [Lane; 2]) -> [Lane; 4] {
-        [y0, add(y0, y1), sub(y0, y1), sub([0.0; LANES], y1)]
+    fn grad_1d<L: Lanes>([y0, y1]: [L; 2]) -> [L; 4] {
+        [y0, y0.add(y1), y0.sub(y1), y1.zero().sub(y1)]
     }
 }
 
@@ -160,38 +218,38 @@ struct VariantF4;
 impl Variant<4, 6> for VariantF4 {
     const G: FilterTransform<6> = F4_G;
     #[inline(always)]
-    fn input_1d([d0, d1, d2, d3, d4, d5]: [Lane; 6]) -> [Lane; 6] {
-        let (a, b) = (sub(d4, d2), mul(2.0, sub(d3, d1)));
+    fn input_1d<L: Lanes>([d0, d1, d2, d3, d4, d5]: [L; 6]) -> [L; 6] {
+        let (a, b) = (d4.sub(d2), d3.sub(d1).scale(2.0));
         [
-            add(sub(mul(4.0, d0), mul(5.0, d2)), d4),
-            sub(add(d3, d4), mul(4.0, add(d1, d2))),
-            add(sub(d4, d3), mul(4.0, sub(d1, d2))),
-            add(a, b),
-            sub(a, b),
-            add(sub(mul(4.0, d1), mul(5.0, d3)), d5),
+            d0.scale(4.0).sub(d2.scale(5.0)).add(d4),
+            d3.add(d4).sub(d1.add(d2).scale(4.0)),
+            d4.sub(d3).add(d1.sub(d2).scale(4.0)),
+            a.add(b),
+            a.sub(b),
+            d1.scale(4.0).sub(d3.scale(5.0)).add(d5),
         ]
     }
     #[inline(always)]
-    fn output_1d([m0, m1, m2, m3, m4, m5]: [Lane; 6]) -> [Lane; 4] {
-        let (p12, d12, p34, d34) = (add(m1, m2), sub(m1, m2), add(m3, m4), sub(m3, m4));
-        [add(add(m0, p12), p34), add(d12, mul(2.0, d34)), add(p12, mul(4.0, p34)), add(add(d12, mul(8.0, d34)), m5)]
+    fn output_1d<L: Lanes>([m0, m1, m2, m3, m4, m5]: [L; 6]) -> [L; 4] {
+        let (p12, d12, p34, d34) = (m1.add(m2), m1.sub(m2), m3.add(m4), m3.sub(m4));
+        [m0.add(p12).add(p34), d12.add(d34.scale(2.0)), p12.add(p34.scale(4.0)), d12.add(d34.scale(8.0)).add(m5)]
     }
     #[inline(always)]
-    fn grad_1d([y0, y1, y2, y3]: [Lane; 4]) -> [Lane; 6] {
+    fn grad_1d<L: Lanes>([y0, y1, y2, y3]: [L; 4]) -> [L; 6] {
         // Column i of A^T: (1, 0, 0, 0), (1, 1, 1, 1), (1, -1, 1, -1), (1, 2, 4, 8), (1, -2, 4, -8),
         // (0, 0, 0, 1).
-        let (e, o) = (add(y0, y2), add(y1, y3));
-        let (e4, o2) = (add(y0, mul(4.0, y2)), add(mul(2.0, y1), mul(8.0, y3)));
-        [y0, add(e, o), sub(e, o), add(e4, o2), sub(e4, o2), y3]
+        let (e, o) = (y0.add(y2), y1.add(y3));
+        let (e4, o2) = (y0.add(y2.scale(4.0)), y1.scale(2.0).add(y3.scale(8.0)));
+        [y0, e.add(o), e.sub(o), e4.add(o2), e4.sub(o2), y3]
     }
 }
 
 /// `B^T d B` in place: the 1-D transform down every column, then along every row.
 #[inline(always)]
-fn input_2d<const M: usize, const A: usize, V: Variant<M, A>>(d: &mut [[Lane; A]; A]) {
+fn input_2d<const M: usize, const A: usize, V: Variant<M, A>, L: Lanes>(d: &mut [[L; A]; A]) {
     for j in 0..A {
-        let mut col = [[0.0f32; LANES]; A];
-        for r in 0..A {
+        let mut col = [d[0][j]; A];
+        for r in 1..A {
             col[r] = d[r][j];
         }
         let col = V::input_1d(col);
@@ -204,13 +262,13 @@ fn input_2d<const M: usize, const A: usize, V: Variant<M, A>>(d: &mut [[Lane; A]
     }
 }
 
-/// `A^T m A` into `out`.
+/// `A^T m A`.
 #[inline(always)]
-fn output_2d<const M: usize, const A: usize, V: Variant<M, A>>(m: &[[Lane; A]; A], out: &mut [[Lane; M]; M]) {
-    let mut t = [[[0.0f32; LANES]; A]; M];
+fn output_2d<const M: usize, const A: usize, V: Variant<M, A>, L: Lanes>(m: &[[L; A]; A]) -> [[L; M]; M] {
+    let mut t = [[m[0][0]; A]; M];
     for j in 0..A {
-        let mut col = [[0.0f32; LANES]; A];
-        for r in 0..A {
+        let mut col = [m[0][j]; A];
+        for r in 1..A {
             col[r] = m[r][j];
         }
         let col = V::output_1d(col);
@@ -218,18 +276,20 @@ fn output_2d<const M: usize, const A: usize, V: Variant<M, A>>(m: &[[Lane; A]; A
             t[i][j] = col[i];
         }
     }
+    let mut out = [[m[0][0]; M]; M];
     for i in 0..M {
         out[i] = V::output_1d(t[i]);
     }
+    out
 }
 
-/// `A dy A^T` (the gradient of `M` from the gradient of an output tile) into `out`.
+/// `A dy A^T` (the gradient of `M` from the gradient of an output tile).
 #[inline(always)]
-fn grad_2d<const M: usize, const A: usize, V: Variant<M, A>>(dy: &[[Lane; M]; M], out: &mut [[Lane; A]; A]) {
-    let mut t = [[[0.0f32; LANES]; M]; A];
+fn grad_2d<const M: usize, const A: usize, V: Variant<M, A>, L: Lanes>(dy: &[[L; M]; M]) -> [[L; A]; A] {
+    let mut t = [[dy[0][0]; M]; A];
     for j in 0..M {
-        let mut col = [[0.0f32; LANES]; M];
-        for r in 0..M {
+        let mut col = [dy[0][j]; M];
+        for r in 1..M {
             col[r] = dy[r][j];
         }
         let col = V::grad_1d(col);
@@ -237,9 +297,11 @@ fn grad_2d<const M: usize, const A: usize, V: Variant<M, A>>(dy: &[[Lane; M]; M]
             t[i][j] = col[i];
         }
     }
+    let mut out = [[dy[0][0]; A]; A];
     for i in 0..A {
         out[i] = V::grad_1d(t[i]);
     }
+    out
 }
 
 /// Geometry of the tiling and of the buffers.
@@ -259,6 +321,9 @@ struct Tiling {
     /// Height and width of the packed, zero-bordered input planes (covering every tile).
     hp: usize,
     wp: usize,
+    /// Channels per block of the packed input (and per vector of its transform): 16 where
+    /// AVX-512 is present and `cp` allows, else 8.
+    width: usize,
 }
 
 impl Tiling {
@@ -275,7 +340,11 @@ impl Tiling {
         // Whole register blocks of the multiply stage where the problem allows.
         let block = cache_block.min(spread).max(1);
         let block = if block >= 4 * TP { block / (TP * TP_WIDE / 2) * (TP * TP_WIDE / 2) } else { block };
-        Tiling { m, rows, cols, total, block, cp, kp, hp: rows * m + 2, wp: cols * m + 2 }
+        Tiling { m, rows, cols, total, block, cp, kp, hp: rows * m + 2, wp: cols * m + 2, width: lane_width(cp) }
+    }
+    /// The same tiles over `cp` packed channels (the output gradient's, in backward-weight).
+    fn with_channels(&self, cp: usize) -> Tiling {
+        Tiling { cp, width: lane_width(cp), ..*self }
     }
     /// `(image, top row, left column)` of tile `p` in the output (= its window's top left in
     /// the packed input, whose border is one pixel).
@@ -283,6 +352,43 @@ impl Tiling {
         let per_image = self.rows * self.cols;
         let (img, t) = (p / per_image, p % per_image);
         (img, (t / self.cols) * self.m, (t % self.cols) * self.m)
+    }
+}
+
+/// Which transform builds may run (a test hook: all of them give the same bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransformLanes {
+    /// The widest the CPU has (the default).
+    Auto,
+    /// At most AVX2's 8 lanes.
+    Avx2,
+    /// Plain `[f32; 8]` arrays, as on a CPU without AVX2.
+    Portable,
+}
+
+static TRANSFORM_LANES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Limits the transform builds used from now on, process-wide (for tests comparing them).
+#[doc(hidden)]
+pub fn set_transform_lanes(t: TransformLanes) {
+    TRANSFORM_LANES.store(t as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn transform_lanes() -> TransformLanes {
+    match TRANSFORM_LANES.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => TransformLanes::Avx2,
+        2 => TransformLanes::Portable,
+        _ => TransformLanes::Auto,
+    }
+}
+
+/// The vector width the transforms of `channels` channels (a multiple of 8) run at: AVX-512's
+/// 16 lanes where the CPU has them and the channels fill them, else 8.
+fn lane_width(channels: usize) -> usize {
+    if has_avx512() && channels.is_multiple_of(16) && transform_lanes() == TransformLanes::Auto {
+        16
+    } else {
+        LANES
     }
 }
 
@@ -469,7 +575,7 @@ mod packed_store {
     use std::sync::Mutex;
 
     /// `(content stamp, images, channels, packed height, packed width, padded channels)`.
-    pub type Key = (u64, usize, usize, usize, usize, usize);
+    pub type Key = (u64, usize, usize, usize, usize, usize, usize);
 
     /// Floats held at most (1 GiB): the packed inputs of a ResNet-110 training step at batch 128.
     const MAX_FLOATS: usize = 1 << 28;
@@ -502,7 +608,7 @@ mod packed_store {
 
 /// The store's key for `x` (content stamp `stamp`) packed for `tiling`.
 fn packed_key(stamp: u64, s: &ConvShape, tiling: &Tiling) -> packed_store::Key {
-    (stamp, s.n, s.c_in, tiling.hp, tiling.wp, tiling.cp)
+    (stamp, s.n, s.c_in, tiling.hp, tiling.wp, tiling.cp, tiling.width)
 }
 
 /// `pack_input`, or the same packing left in the store for `stamp` (the content stamp of `x`).
@@ -512,42 +618,45 @@ fn pack_input_stamped(x: &[f32], stamp: Option<u64>, s: &ConvShape, tiling: &Til
         .unwrap_or_else(|| pack_input(x, s, tiling, simd))
 }
 
-/// The input in a channel-blocked layout `[N][Cp/8][hp][wp][8]`, with a zero border of one pixel
-/// (the padding) and zeros beyond the image up to whole tiles: every tile's window is then a
-/// plain, in-bounds read of 8-channel vectors. Lanes past the last channel are zero too.
+/// The input in a channel-blocked layout `[N][Cp/B][hp][wp][B]` (`B = tiling.width`), with a
+/// zero border of one pixel (the padding) and zeros beyond the image up to whole tiles: every
+/// tile's window is then a plain, in-bounds read of `B`-channel vectors. Lanes past the last
+/// channel are zero too.
 fn pack_input(x: &[f32], s: &ConvShape, tiling: &Tiling, simd: bool) -> Vec<f32> {
-    let (hp, wp) = (tiling.hp, tiling.wp);
-    let groups = tiling.cp / LANES;
+    let (hp, wp, b) = (tiling.hp, tiling.wp, tiling.width);
+    let groups = tiling.cp / b;
     let plane = s.h * s.w;
     // Every element is written below (border zeros included): no clearing pass.
-    let mut xb = buffers::take(s.n * groups * hp * wp * LANES);
-    xb.par_chunks_mut(hp * wp * LANES).enumerate().for_each(|(ng, dst)| {
+    let mut xb = buffers::take(s.n * groups * hp * wp * b);
+    team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut xb, hp * wp * b, |ng, dst| {
         let (img, g) = (ng / groups, ng % groups);
-        let lanes = LANES.min(s.c_in - g * LANES);
-        let src = &x[(img * s.c_in + g * LANES) * plane..(img * s.c_in + g * LANES + lanes) * plane];
-        dst[..wp * LANES].fill(0.0);
-        dst[(s.h + 1) * wp * LANES..].fill(0.0);
+        let lanes = b.min(s.c_in - g * b);
+        let src = &x[(img * s.c_in + g * b) * plane..(img * s.c_in + g * b + lanes) * plane];
+        dst[..wp * b].fill(0.0);
+        dst[(s.h + 1) * wp * b..].fill(0.0);
         for iy in 0..s.h {
-            let drow = &mut dst[(iy + 1) * wp * LANES..(iy + 2) * wp * LANES];
-            drow[..LANES].fill(0.0);
-            drow[(s.w + 1) * LANES..].fill(0.0);
-            let drow = &mut drow[LANES..(s.w + 1) * LANES];
+            let drow = &mut dst[(iy + 1) * wp * b..(iy + 2) * wp * b];
+            drow[..b].fill(0.0);
+            drow[(s.w + 1) * b..].fill(0.0);
+            let drow = &mut drow[b..(s.w + 1) * b];
             let mut ix0 = 0;
             #[cfg(target_arch = "x86_64")]
-            if simd && lanes == LANES {
-                // Eight pixels of eight channels at a time: an 8x8 transpose in registers.
+            if simd && lanes == b {
+                // Eight pixels of eight channels at a time: 8x8 transposes in registers.
                 while ix0 + LANES <= s.w {
-                    // SAFETY: `simd` is set only when the CPU has AVX2; the reads stay inside the
-                    // eight channel rows of `src` and the writes inside `drow` (checked here).
-                    assert!(7 * plane + iy * s.w + ix0 + LANES <= src.len() && (ix0 + LANES) * LANES <= drow.len());
-                    unsafe {
-                        simd::transpose_8x8(src.as_ptr().add(iy * s.w + ix0), plane, drow.as_mut_ptr().add(ix0 * LANES))
-                    };
+                    for half in 0..b / LANES {
+                        let (from, to) = (half * LANES * plane + iy * s.w + ix0, ix0 * b + half * LANES);
+                        // SAFETY: `simd` is set only when the CPU has AVX2; the reads stay inside
+                        // the eight channel rows of `src` from `from`, and the writes (eight
+                        // pixels `b` apart) inside `drow` (both checked here).
+                        assert!(from + 7 * plane + LANES <= src.len() && to + 7 * b + LANES <= drow.len());
+                        unsafe { simd::transpose_8x8(src.as_ptr().add(from), plane, drow.as_mut_ptr().add(to), b) };
+                    }
                     ix0 += LANES;
                 }
             }
             let _ = simd;
-            for (ix, d) in drow.chunks_exact_mut(LANES).enumerate().skip(ix0) {
+            for (ix, d) in drow.chunks_exact_mut(b).enumerate().skip(ix0) {
                 for (l, v) in d.iter_mut().enumerate() {
                     *v = if l < lanes { src[l * plane + iy * s.w + ix] } else { 0.0 };
                 }
@@ -557,17 +666,24 @@ fn pack_input(x: &[f32], s: &ConvShape, tiling: &Tiling, simd: bool) -> Vec<f32>
     xb
 }
 
-/// The `N x N` window of 8-channel vectors at `base` of a packed buffer whose rows are `wp`
-/// vectors long.
+/// The `N x N` window of `L::WIDTH`-channel vectors at `base` of a packed buffer whose rows are
+/// `wp` vectors long.
+///
+/// # Safety
+/// The CPU must have `L`'s features.
 #[inline(always)]
-fn load_window<const N: usize>(packed: &[f32], base: usize, wp: usize) -> [[Lane; N]; N] {
-    let window = &packed[base..base + ((N - 1) * wp + N) * LANES];
-    std::array::from_fn(|r| {
-        std::array::from_fn(|c| {
-            let at = (r * wp + c) * LANES;
-            window[at..at + LANES].try_into().expect("one lane")
-        })
-    })
+unsafe fn load_window<L: Lanes, const N: usize>(packed: &[f32], base: usize, wp: usize) -> [[L; N]; N] {
+    let w = L::WIDTH;
+    let window = &packed[base..base + ((N - 1) * wp + N) * w];
+    // Plain loops: `array::from_fn`'s closures are not compiled with the caller's target
+    // features, so vector loads inside them stay out-of-line calls.
+    let mut d = [[L::load(window.as_ptr()); N]; N];
+    for (r, row) in d.iter_mut().enumerate() {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = L::load(window[(r * wp + c) * w..][..w].as_ptr());
+        }
+    }
+    d
 }
 
 /// Writes a transformed tile's `A x A` vectors of channel group `g` to tile `p`'s run of
@@ -576,34 +692,40 @@ fn load_window<const N: usize>(packed: &[f32], base: usize, wp: usize) -> [[Lane
 /// # Safety
 /// No other task may write tile `p`'s run meanwhile.
 #[inline(always)]
-unsafe fn store_tile<const A: usize>(out: Shared, tile: &[[Lane; A]; A], p: usize, channels: usize, g: usize) {
+unsafe fn store_tile<L: Lanes, const A: usize>(out: Shared, tile: &[[L; A]; A], p: usize, channels: usize, g: usize) {
+    let w = L::WIDTH;
+    assert!(((p * A + A - 1) * A + A - 1) * channels + (g + 1) * w <= out.1, "winograd: write out of bounds");
     for i in 0..A {
         for j in 0..A {
-            out.write(((p * A + i) * A + j) * channels + g * LANES, &tile[i][j]);
+            tile[i][j].store(out.0.add(((p * A + i) * A + j) * channels + g * w));
         }
     }
 }
 
 /// Input transform of block tiles `tiles` (indices inside the block starting at tile `p0`) into
-/// `v`, laid out `[a*a][block][Cp]` (channels contiguous: column-major GEMM operands).
+/// `v`, laid out `[a*a][block][Cp]` (channels contiguous: column-major GEMM operands), from the
+/// input packed `tiling.width` channels to a block, which must be `L::WIDTH`.
+///
+/// # Safety
+/// The CPU must have `L`'s features; no other task may write these tiles' runs of `v`.
 #[inline(always)]
-fn input_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
+unsafe fn input_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>, L: Lanes>(
     xb: &[f32],
     tiling: &Tiling,
     p0: usize,
     tiles: std::ops::Range<usize>,
     v: Shared,
 ) {
-    let (hp, wp, cp) = (tiling.hp, tiling.wp, tiling.cp);
-    let groups = cp / LANES;
+    let (hp, wp, cp, w) = (tiling.hp, tiling.wp, tiling.cp, L::WIDTH);
+    assert_eq!(tiling.width, w, "winograd: packed width");
+    let groups = cp / w;
     for p in tiles {
         let (img, oy, ox) = tiling.origin(p0 + p);
         for g in 0..groups {
-            let base = (((img * groups + g) * hp + oy) * wp + ox) * LANES;
-            let mut d = load_window::<A>(xb, base, wp);
-            input_2d::<M, A, V>(&mut d);
-            // SAFETY: tile `p` of this block is transformed by this task only.
-            unsafe { store_tile(v, &d, p, cp, g) };
+            let base = (((img * groups + g) * hp + oy) * wp + ox) * w;
+            let mut d = load_window::<L, A>(xb, base, wp);
+            input_2d::<M, A, V, L>(&mut d);
+            store_tile(v, &d, p, cp, g);
         }
     }
 }
@@ -612,25 +734,26 @@ fn input_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
 /// `A dy A^T`, from the output gradient packed as the input is (`pack_input`, so a tile's
 /// `M x M` window starts one pixel in from its packed corner; zeros past the map's edge, where
 /// a partial tile's outputs were never produced).
+///
+/// # Safety
+/// As `input_transform_tiles` (`tiling` is the output gradient's: `cp` is its `Kp`).
 #[inline(always)]
-fn grad_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
+unsafe fn grad_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>, L: Lanes>(
     dyb: &[f32],
     tiling: &Tiling,
     p0: usize,
     tiles: std::ops::Range<usize>,
     d: Shared,
 ) {
-    let (hp, wp, kp) = (tiling.hp, tiling.wp, tiling.kp);
-    let groups = kp / LANES;
+    let (hp, wp, kp, w) = (tiling.hp, tiling.wp, tiling.cp, L::WIDTH);
+    assert_eq!(tiling.width, w, "winograd: packed width");
+    let groups = kp / w;
     for p in tiles {
         let (img, oy, ox) = tiling.origin(p0 + p);
         for g in 0..groups {
-            let base = (((img * groups + g) * hp + oy + 1) * wp + ox + 1) * LANES;
-            let t = load_window::<M>(dyb, base, wp);
-            let mut out = [[[0.0f32; LANES]; A]; A];
-            grad_2d::<M, A, V>(&t, &mut out);
-            // SAFETY: tile `p` of this block is transformed by this task only.
-            unsafe { store_tile(d, &out, p, kp, g) };
+            let base = (((img * groups + g) * hp + oy + 1) * wp + ox + 1) * w;
+            let t = load_window::<L, M>(dyb, base, wp);
+            store_tile(d, &grad_2d::<M, A, V, L>(&t), p, kp, g);
         }
     }
 }
@@ -655,11 +778,15 @@ impl<'a> LaneEpilogue<'a> {
 }
 
 /// Output transform of block tiles `tiles` from `mm` (layout `[a*a][block][Kp]`) into the NCHW
-/// output, with the fused epilogue applied on the way. `simd`: the CPU has AVX2 (whole tiles of
-/// eight channels are then transposed into rows in registers).
+/// output, `L::WIDTH` channels at a time (`Kp` must be a multiple), with the fused epilogue
+/// applied on the way. `simd`: the CPU has AVX2 (whole tiles of eight channels are then
+/// transposed into rows in registers).
+///
+/// # Safety
+/// The CPU must have `L`'s features; no other task may write these tiles' pixels of `y`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn output_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
+unsafe fn output_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>, L: Lanes>(
     mm: &[f32],
     s: &ConvShape,
     tiling: &Tiling,
@@ -669,67 +796,96 @@ fn output_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
     epi: Option<&LaneEpilogue>,
     simd: bool,
 ) {
-    let kp = tiling.kp;
-    let plane = s.out_h * s.out_w;
+    let (kp, w) = (tiling.kp, L::WIDTH);
+    assert!(kp % w == 0 && w <= 16, "winograd: output lanes");
     if let Some(r) = epi.and_then(|e| e.residual) {
         assert_eq!(r.len(), y.1, "winograd: residual size");
     }
+    assert!(mm.len() >= (tiles.end * A * A) * kp, "winograd: products size");
     for p in tiles {
         let (img, oy, ox) = tiling.origin(p0 + p);
-        let (rows, cols) = (M.min(s.out_h - oy), M.min(s.out_w - ox));
-        for g in 0..kp / LANES {
-            let mut d = [[[0.0f32; LANES]; A]; A];
+        for g in 0..kp / w {
+            let mut d = [[L::load(mm[(p * A * A) * kp + g * w..].as_ptr()); A]; A];
             for (i, row) in d.iter_mut().enumerate() {
-                for (j, lane) in row.iter_mut().enumerate() {
-                    let at = ((p * A + i) * A + j) * kp + g * LANES;
-                    lane.copy_from_slice(&mm[at..at + LANES]);
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = L::load(mm[((p * A + i) * A + j) * kp + g * w..].as_ptr());
                 }
             }
-            let mut out = [[[0.0f32; LANES]; M]; M];
-            output_2d::<M, A, V>(&d, &mut out);
+            let mut out = output_2d::<M, A, V, L>(&d);
             if let Some(e) = epi {
                 // The batch norm on whole lanes (channels), as the unfused op computes it.
-                let lanes_of = |v: &[f32]| -> Lane { v[g * LANES..(g + 1) * LANES].try_into().expect("whole lanes") };
-                let (a, b) = (lanes_of(&e.scale), lanes_of(&e.shift));
+                let (a, b) = (L::load(e.scale[g * w..][..w].as_ptr()), L::load(e.shift[g * w..][..w].as_ptr()));
                 for lane in out.iter_mut().flatten() {
-                    *lane = add(mul_lanes(*lane, a), b);
+                    *lane = lane.mul(a).add(b);
                 }
             }
-            let lanes = LANES.min(s.c_out - g * LANES);
-            let base = (img * s.c_out + g * LANES) * plane + oy * s.out_w + ox;
-            let (residual, relu) = epi.map_or((None, false), |e| (e.residual, e.relu));
-            #[cfg(target_arch = "x86_64")]
-            if simd && lanes == LANES && cols == M && (M == 4 || M == 2) {
-                assert!(base + (LANES - 1) * plane + (rows - 1) * s.out_w + M <= y.1, "winograd: write out of bounds");
-                for (r, orow) in out.iter().enumerate().take(rows) {
-                    // SAFETY: AVX2 is present (`simd`); the eight channel rows written (and read
-                    // from `residual`, which has `y`'s length) are in bounds (asserted above) and
-                    // belong to this tile, which only this task writes.
-                    unsafe { simd::store_tile_row::<M>(orow, y.0, base + r * s.out_w, plane, residual, relu) };
+            // Eight channels at a time into the output rows.
+            let mut spilled = [[[0.0f32; 16]; M]; M];
+            for (srow, orow) in spilled.iter_mut().zip(&out) {
+                for (sv, ov) in srow.iter_mut().zip(orow) {
+                    ov.store(sv.as_mut_ptr());
                 }
-                continue;
             }
-            let _ = simd;
-            for l in 0..lanes {
-                let base = base + l * plane;
-                for (r, orow) in out.iter().enumerate().take(rows) {
-                    let mut vals = [0.0f32; M];
-                    for (c, v) in vals.iter_mut().enumerate() {
-                        let mut u = orow[c][l];
-                        if let (Some(res), true) = (residual, c < cols) {
-                            u += res[base + r * s.out_w + c];
-                        }
-                        *v = if relu { super::ops::relu(u) } else { u };
+            for h in 0..w / LANES {
+                let mut eight = [[[0.0f32; LANES]; M]; M];
+                for (erow, srow) in eight.iter_mut().zip(&spilled) {
+                    for (e, sv) in erow.iter_mut().zip(srow) {
+                        e.copy_from_slice(&sv[h * LANES..(h + 1) * LANES]);
                     }
-                    // SAFETY: the tile's pixels are written by this task only.
-                    unsafe {
-                        if cols == M {
-                            y.write(base + r * s.out_w, &vals)
-                        } else {
-                            y.write_prefix(base + r * s.out_w, &vals, cols)
-                        }
-                    };
                 }
+                store_output_lanes::<M>(&eight, s, (img, oy, ox), g * (w / LANES) + h, y, epi, simd);
+            }
+        }
+    }
+}
+
+/// Writes the `M x M` outputs of 8-channel group `g8` of the tile at `(img, oy, ox)` into the
+/// NCHW output, adding the residual and applying the ReLU of `epi` (its batch norm is done).
+///
+/// # Safety
+/// No other task may write this tile's pixels of `y` meanwhile.
+#[inline(always)]
+unsafe fn store_output_lanes<const M: usize>(
+    out: &[[Lane; M]; M],
+    s: &ConvShape,
+    (img, oy, ox): (usize, usize, usize),
+    g8: usize,
+    y: Shared,
+    epi: Option<&LaneEpilogue>,
+    simd: bool,
+) {
+    let plane = s.out_h * s.out_w;
+    let (rows, cols) = (M.min(s.out_h - oy), M.min(s.out_w - ox));
+    let lanes = LANES.min(s.c_out - g8 * LANES);
+    let base = (img * s.c_out + g8 * LANES) * plane + oy * s.out_w + ox;
+    let (residual, relu) = epi.map_or((None, false), |e| (e.residual, e.relu));
+    #[cfg(target_arch = "x86_64")]
+    if simd && lanes == LANES && cols == M && (M == 4 || M == 2) {
+        assert!(base + (LANES - 1) * plane + (rows - 1) * s.out_w + M <= y.1, "winograd: write out of bounds");
+        for (r, orow) in out.iter().enumerate().take(rows) {
+            // SAFETY: AVX2 is present (`simd`); the eight channel rows written (and read from
+            // `residual`, which has `y`'s length) are in bounds (asserted above) and belong to
+            // this tile, which only this task writes.
+            simd::store_tile_row::<M>(orow, y.0, base + r * s.out_w, plane, residual, relu);
+        }
+        return;
+    }
+    let _ = simd;
+    for l in 0..lanes {
+        let base = base + l * plane;
+        for (r, orow) in out.iter().enumerate().take(rows) {
+            let mut vals = [0.0f32; M];
+            for (c, v) in vals.iter_mut().enumerate() {
+                let mut u = orow[c][l];
+                if let (Some(res), true) = (residual, c < cols) {
+                    u += res[base + r * s.out_w + c];
+                }
+                *v = if relu { super::ops::relu(u) } else { u };
+            }
+            if cols == M {
+                y.write(base + r * s.out_w, &vals)
+            } else {
+                y.write_prefix(base + r * s.out_w, &vals, cols)
             }
         }
     }
@@ -738,16 +894,16 @@ fn output_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>>(
 /// AVX2 pieces: the transposes between channel lanes and pixel rows.
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{Lane, LANES};
+    use super::Lane;
     use std::arch::x86_64::*;
 
     /// Reads eight rows of eight floats (`src + l * stride`, channel `l`) and writes them
-    /// transposed to `dst` (pixel `j`'s eight channels at `dst + 8 * j`).
+    /// transposed to `dst` (pixel `j`'s eight channels at `dst + dst_stride * j`).
     ///
     /// # Safety
     /// AVX must be available, and the 64 floats read and written in bounds.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn transpose_8x8(src: *const f32, stride: usize, dst: *mut f32) {
+    pub unsafe fn transpose_8x8(src: *const f32, stride: usize, dst: *mut f32, dst_stride: usize) {
         let r = |l: usize| _mm256_loadu_ps(src.add(l * stride));
         let (r0, r1, r2, r3, r4, r5, r6, r7) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7));
         let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
@@ -773,7 +929,7 @@ mod simd {
             _mm256_permute2f128_ps::<0x31>(s3, s7),
         ];
         for (j, c) in cols.into_iter().enumerate() {
-            _mm256_storeu_ps(dst.add(j * LANES), c);
+            _mm256_storeu_ps(dst.add(j * dst_stride), c);
         }
     }
 
@@ -852,26 +1008,41 @@ mod simd {
     }
 }
 
-// The transforms are compiled twice: for the baseline target and with AVX2 + FMA enabled (8-wide
-// lanes in one register), picked at run time. Rust never contracts `a * b + c` into an FMA, so
-// both versions round identically. (Compiling these 8-lane versions with `avx512f` enabled as
-// well made ResNet-20 inference 2.7x slower on Zen 5: measured, so they stay AVX2.)
+// The transforms are compiled three times and picked at run time: on AVX-512's 16 lanes (where
+// the channel blocks are 16 wide) or AVX2's 8, each in explicit vector registers, and on plain
+// `[f32; 8]` arrays for other CPUs. Every lane op is the same IEEE operation in all three, so
+// they round identically. (Plain arrays compiled with `avx512f` enabled were 3x slower: LLVM
+// turned their loads and stores into gathers and scatters. Registers leave it no such choice.)
 macro_rules! multiversion {
-    ($name:ident, $inner:ident, $avx:ident, ($($arg:ident : $ty:ty),*)) => {
+    ($name:ident, $inner:ident, ($($arg:ident : $ty:ty),*)) => {
+        /// `width`: the lanes per vector (16 only where AVX-512 is present).
         #[allow(clippy::too_many_arguments)]
-        #[target_feature(enable = "avx2,fma")]
-        #[cfg(target_arch = "x86_64")]
-        unsafe fn $avx<const M: usize, const A: usize, V: Variant<M, A>>($($arg: $ty),*) {
-            $inner::<M, A, V>($($arg),*)
-        }
-        #[allow(clippy::too_many_arguments)]
-        fn $name<const M: usize, const A: usize, V: Variant<M, A>>($($arg: $ty),*) {
+        fn $name<const M: usize, const A: usize, V: Variant<M, A>>(width: usize, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: the CPU supports the features the function was compiled for.
-                return unsafe { $avx::<M, A, V>($($arg),*) };
+            {
+                use std::arch::x86_64::{__m256, __m512};
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn wide16<const M: usize, const A: usize, V: Variant<M, A>>($($arg: $ty),*) {
+                    $inner::<M, A, V, Wide<__m512>>($($arg),*)
+                }
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide8<const M: usize, const A: usize, V: Variant<M, A>>($($arg: $ty),*) {
+                    $inner::<M, A, V, Wide<__m256>>($($arg),*)
+                }
+                if width == 16 && has_avx512() {
+                    // SAFETY: the CPU has the features the function was compiled for.
+                    return unsafe { wide16::<M, A, V>($($arg),*) };
+                }
+                if width == LANES && has_avx2() && transform_lanes() != TransformLanes::Portable {
+                    // SAFETY: as above.
+                    return unsafe { wide8::<M, A, V>($($arg),*) };
+                }
             }
-            $inner::<M, A, V>($($arg),*)
+            assert_eq!(width, LANES, "winograd: {width} lanes on this CPU");
+            // SAFETY: plain arrays need no CPU feature.
+            unsafe { $inner::<M, A, V, Lane>($($arg),*) }
         }
     };
 }
@@ -879,19 +1050,16 @@ macro_rules! multiversion {
 multiversion!(
     input_transform,
     input_transform_tiles,
-    input_transform_avx2,
     (xb: &[f32], tiling: &Tiling, p0: usize, tiles: std::ops::Range<usize>, v: Shared)
 );
 multiversion!(
     grad_transform,
     grad_transform_tiles,
-    grad_transform_avx2,
     (dyb: &[f32], tiling: &Tiling, p0: usize, tiles: std::ops::Range<usize>, d: Shared)
 );
 multiversion!(
     output_transform,
     output_transform_tiles,
-    output_transform_avx2,
     (
         mm: &[f32],
         s: &ConvShape,
@@ -923,6 +1091,7 @@ fn run_block<const M: usize, const A: usize, V: Variant<M, A>>(
 ) {
     let (c, block, cp, kp) = (s.c_in, tiling.block, tiling.cp, tiling.kp);
     let len = block.min(tiling.total - p0);
+    let out_width = lane_width(kp);
     let mut v = buffers::take(A * A * block * cp);
     let mut mm = buffers::take(A * A * block * kp);
     // Product `xi` reads V[p][xi][..C] and writes M[p][xi][..Kp] for every tile p: the 16 or 36
@@ -936,23 +1105,20 @@ fn run_block<const M: usize, const A: usize, V: Variant<M, A>>(
     let vs = Shared::new(&mut v);
     let ms = Shared::new(&mut mm);
     if split {
-        (0..len)
-            .into_par_iter()
-            .step_by(SPLIT_TILES)
-            .for_each(|t0| input_transform::<M, A, V>(xb, tiling, p0, t0..(t0 + SPLIT_TILES).min(len), vs));
+        let pieces = len.div_ceil(SPLIT_TILES);
+        let piece = |i: usize| i * SPLIT_TILES..((i + 1) * SPLIT_TILES).min(len);
+        team::for_each(pieces, |i| input_transform::<M, A, V>(tiling.width, xb, tiling, p0, piece(i), vs));
         let vv = SharedConst(v.as_ptr());
-        (0..A * A).into_par_iter().for_each(|xi| gemm(xi, vv, ms));
+        team::for_each(A * A, |xi| gemm(xi, vv, ms));
         let mmv: &[f32] = &mm;
-        (0..len).into_par_iter().step_by(SPLIT_TILES).for_each(|t0| {
-            output_transform::<M, A, V>(mmv, s, tiling, p0, t0..(t0 + SPLIT_TILES).min(len), y, epi, simd)
-        });
+        team::for_each(pieces, |i| output_transform::<M, A, V>(out_width, mmv, s, tiling, p0, piece(i), y, epi, simd));
     } else {
-        input_transform::<M, A, V>(xb, tiling, p0, 0..len, vs);
+        input_transform::<M, A, V>(tiling.width, xb, tiling, p0, 0..len, vs);
         let vv = SharedConst(v.as_ptr());
         for xi in 0..A * A {
             gemm(xi, vv, ms);
         }
-        output_transform::<M, A, V>(&mm, s, tiling, p0, 0..len, y, epi, simd);
+        output_transform::<M, A, V>(out_width, &mm, s, tiling, p0, 0..len, y, epi, simd);
     }
     buffers::give(v);
     buffers::give(mm);
@@ -1195,11 +1361,19 @@ mod grad_simd {
     unsafe fn micro<R: Reg, const T: usize, const N: usize>(g: GradProduct, c0: usize, kb: usize) {
         let at = |t: usize| (g.xi * g.c + c0 + t) * g.kp + kb;
         assert!(c0 + T <= g.c && kb + N * R::WIDTH <= g.kp, "winograd: gradient block out of bounds");
-        let mut acc: [[R; N]; T] =
-            std::array::from_fn(|t| std::array::from_fn(|j| R::load(g.du.add(at(t) + j * R::WIDTH))));
+        // Plain loops, not `array::from_fn` (see `load_window`).
+        let mut acc = [[R::splat(0.0); N]; T];
+        for (t, regs) in acc.iter_mut().enumerate() {
+            for (j, r) in regs.iter_mut().enumerate() {
+                *r = R::load(g.du.add(at(t) + j * R::WIDTH));
+            }
+        }
         for p in 0..g.len {
             let row = (p * g.aa + g.xi) * g.kp + kb;
-            let dv: [R; N] = std::array::from_fn(|j| R::load(g.d.add(row + j * R::WIDTH)));
+            let mut dv = [R::splat(0.0); N];
+            for (j, r) in dv.iter_mut().enumerate() {
+                *r = R::load(g.d.add(row + j * R::WIDTH));
+            }
             let vrow = g.v.add((p * g.aa + g.xi) * g.cp + c0);
             for t in 0..T {
                 let x = R::splat(*vrow.add(t));
@@ -1270,6 +1444,7 @@ fn wgrad_block<const M: usize, const A: usize, V: Variant<M, A>>(
     dyb: &[f32],
     s: &ConvShape,
     tiling: &Tiling,
+    dy_tiling: &Tiling,
     p0: usize,
     du: &mut [f32],
     split: bool,
@@ -1296,14 +1471,14 @@ fn wgrad_block<const M: usize, const A: usize, V: Variant<M, A>>(
     if split {
         (0..len).into_par_iter().step_by(SPLIT_TILES).for_each(|t0| {
             let tiles = t0..(t0 + SPLIT_TILES).min(len);
-            input_transform::<M, A, V>(xb, tiling, p0, tiles.clone(), vs);
-            grad_transform::<M, A, V>(dyb, tiling, p0, tiles, ds);
+            input_transform::<M, A, V>(tiling.width, xb, tiling, p0, tiles.clone(), vs);
+            grad_transform::<M, A, V>(dy_tiling.width, dyb, dy_tiling, p0, tiles, ds);
         });
         let (vv, dd) = (SharedConst(v.as_ptr()), SharedConst(d.as_ptr()));
         (0..A * A).into_par_iter().for_each(|xi| unsafe { wgrad_multiply(product(vv, dd, dus, xi)) });
     } else {
-        input_transform::<M, A, V>(xb, tiling, p0, 0..len, vs);
-        grad_transform::<M, A, V>(dyb, tiling, p0, 0..len, ds);
+        input_transform::<M, A, V>(tiling.width, xb, tiling, p0, 0..len, vs);
+        grad_transform::<M, A, V>(dy_tiling.width, dyb, dy_tiling, p0, 0..len, ds);
         let (vv, dd) = (SharedConst(v.as_ptr()), SharedConst(d.as_ptr()));
         for xi in 0..A * A {
             unsafe { wgrad_multiply(product(vv, dd, dus, xi)) };
@@ -1336,7 +1511,7 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
     let xb = pack_input_stamped(x, x_stamp, s, &tiling, simd);
     // The output gradient packed like an input of `K` channels (same tiles, same border).
     let dy_shape = ConvShape { c_in: k, h: s.out_h, w: s.out_w, ..*s };
-    let dy_tiling = Tiling { cp: kp, ..tiling };
+    let dy_tiling = tiling.with_channels(kp);
     let dyb = pack_input(dy, &dy_shape, &dy_tiling, simd);
     let blocks = tiling.total.div_ceil(tiling.block);
     let per_chunk = blocks.div_ceil(WGRAD_CHUNKS);
@@ -1347,7 +1522,7 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
     partials.par_chunks_mut(part).enumerate().for_each(|(chunk, du)| {
         du.fill(0.0);
         for b in chunk * per_chunk..((chunk + 1) * per_chunk).min(blocks) {
-            wgrad_block::<M, A, V>(&xb, &dyb, s, &tiling, b * tiling.block, du, split);
+            wgrad_block::<M, A, V>(&xb, &dyb, s, &tiling, &dy_tiling, b * tiling.block, du, split);
         }
     });
     buffers::give(xb);
@@ -1436,9 +1611,9 @@ fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
     let split = blocks < rayon::current_num_threads();
     let out = Shared::new(&mut y);
     // Each block writes only its own tiles' pixels of `y`.
-    (0..blocks)
-        .into_par_iter()
-        .for_each(|b| run_block::<M, A, V>(&xb, &u, s, &tiling, b * tiling.block, out, split, lane_epi.as_ref(), simd));
+    team::for_each_on(s.n < team::SHORT_BATCH, blocks, |b| {
+        run_block::<M, A, V>(&xb, &u, s, &tiling, b * tiling.block, out, split, lane_epi.as_ref(), simd)
+    });
     match keep {
         Some(st) => packed_store::put(packed_key(st, s, &tiling), xb),
         None => buffers::give(xb),
