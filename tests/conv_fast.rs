@@ -219,6 +219,7 @@ fn backends_dispatch_as_documented() {
     // 3-channel stem.
     assert_eq!(winograd::choose(&shape(64, 16, 32, 32, 16)), Some(WinogradTile::F4));
     assert_eq!(winograd::choose(&shape(1, 64, 8, 8, 64)), Some(WinogradTile::F2));
+    assert_eq!(winograd::choose(&shape(1, 32, 16, 16, 32)), Some(WinogradTile::F4));
     assert_eq!(winograd::choose(&shape(1, 64, 4, 4, 64)), None);
     assert_eq!(winograd::choose(&shape(64, 3, 32, 32, 16)), None);
     // Backward-weight: F(2x2) wherever Winograd is taken, im2col elsewhere.

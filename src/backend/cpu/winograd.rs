@@ -1705,13 +1705,15 @@ pub fn backward_data_stamped(
 /// The kernel the CPU backend uses for this convolution, `None` for im2col + GEMM. Measured on
 /// 2 cores (AVX-512; `lfgcl bench infer`, `cargo bench --bench conv`): with the register-blocked
 /// multiply stage and cached filter transforms, F(2x2) beats im2col from 64 output pixels (an
-/// 8x8 map at batch 1) and F(4x4) beats F(2x2) from 1024 (a 32x32 map at batch 1); below 8 input
+/// 8x8 map at batch 1) and F(4x4) beats F(2x2) from 256 (a 16x16 map at batch 1: ResNet-56 at
+/// batch 1 ran 1,195-1,215 img/s with F(2x2) there and 1,300-1,305 with F(4x4), ResNet-20
+/// 3,300-3,350 and 3,530-3,650, once the transforms ran on 16 lanes; 1024 before); below 8 input
 /// channels (the stem) the transforms cost more than the multiplications they save.
 pub fn choose(s: &ConvShape) -> Option<WinogradTile> {
     let pixels = s.n * s.out_h * s.out_w;
     if !supports(s) || s.c_in < LANES || pixels < 64 {
         None
-    } else if pixels < 1024 {
+    } else if pixels < 256 {
         Some(WinogradTile::F2)
     } else {
         Some(WinogradTile::F4)
