@@ -373,6 +373,16 @@ fn batchnorm_train_eval_backward() {
         assert_close(&format!("{what} dbeta"), &gg2.dbeta, &cg.dbeta, F32_BOUND);
         let again = be.batchnorm_backward(&up(&*be, &dy), &gx, &gg, &gsaved_cpu).expect("gpu bn bwd again");
         assert_eq!(host(&again.dgamma), host(&gg2.dgamma), "{what}: dgamma not deterministic");
+
+        // Through a ReLU after the batch norm (the training pass's fused pair).
+        let z = cpu.relu_forward(&cy).expect("cpu relu");
+        let cr = cpu.batchnorm_relu_backward(&dy, &z, &x, &gamma, &saved).expect("cpu bn relu bwd");
+        let gr = be.batchnorm_relu_backward(&up(&*be, &dy), &up(&*be, &z), &gx, &gg, &gsaved_cpu).expect("gpu");
+        assert_close(&format!("{what} dx through relu"), &gr.dx, &cr.dx, F32_BOUND);
+        assert_close(&format!("{what} dgamma through relu"), &gr.dgamma, &cr.dgamma, F32_BOUND);
+        let (mut grm2, mut grv2) = (up(&*be, &rm0), up(&*be, &rv0));
+        let (gz, _) = be.batchnorm_relu_forward_train(&gx, &gg, &gb, &mut grm2, &mut grv2, mom, eps).expect("gpu");
+        assert_close(&format!("{what} train relu(y)"), &gz, &z, F32_BOUND);
     }
 }
 

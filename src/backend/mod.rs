@@ -217,6 +217,30 @@ pub trait NormOps {
         eps: f32,
     ) -> Result<Tensor>;
     fn batchnorm_backward(&self, dy: &Tensor, x: &Tensor, gamma: &Tensor, saved: &BnSaved) -> Result<BnGrads>;
+    /// `batchnorm_forward_train` then a ReLU, as one op (a training step's conv -> batch norm
+    /// -> ReLU; the batch norm's own output is never stored): the same values as the two ops.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_relu_forward_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        momentum: f32,
+        eps: f32,
+    ) -> Result<(Tensor, BnSaved)>;
+    /// `batchnorm_backward` of the gradient through the ReLU after it, whose output is `y`
+    /// (`dy * (y > 0)`, never stored): the same values as `relu_backward` then
+    /// `batchnorm_backward`.
+    fn batchnorm_relu_backward(
+        &self,
+        dy: &Tensor,
+        y: &Tensor,
+        x: &Tensor,
+        gamma: &Tensor,
+        saved: &BnSaved,
+    ) -> Result<BnGrads>;
     /// Inference batch norm as a per-channel `(scale, shift)` for [`ConvEpilogue`]:
     /// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean * scale`.
     fn batchnorm_fold(

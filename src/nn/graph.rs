@@ -219,18 +219,37 @@ impl Graph {
     }
 
     /// Training-mode forward pass that keeps every value for `backward`.
+    /// Whether node `i` is a batch norm whose output only the ReLU at `i + 1` reads: a training
+    /// pass runs the two as one op (`BatchNorm::forward_train_relu`) and stores no value for
+    /// `i`, and the backward pass takes the ReLU's gradient straight through the batch norm.
+    fn bn_relu_pair(&self, i: usize, last: &[usize]) -> bool {
+        matches!(self.nodes[i].op, Op::BatchNorm(_))
+            && last[i] == i + 1
+            && self.nodes.get(i + 1).is_some_and(|r| matches!(r.op, Op::Relu) && r.inputs == [i])
+    }
+
     pub fn forward_train(&mut self, dev: &Device, x: Tensor) -> Result<Trace> {
         self.check_input(&x)?;
+        let last = self.last_uses();
         let mut values: Vec<Option<Tensor>> = Vec::with_capacity(self.nodes.len());
         values.push(Some(x));
-        for i in 1..self.nodes.len() {
+        let mut i = 1;
+        while i < self.nodes.len() {
+            let input = value_of(&values, self.nodes[i].inputs[0], &self.nodes[i].name)?;
+            if self.bn_relu_pair(i, &last) {
+                let Op::BatchNorm(bn) = &mut self.nodes[i].op else { unreachable!("checked by bn_relu_pair") };
+                let y = bn.forward_train_relu(dev, input)?;
+                values.push(None);
+                values.push(Some(y));
+                i += 2;
+                continue;
+            }
             let y = match &self.nodes[i].op {
-                Op::Conv(c) => {
-                    c.forward_train(dev, value_of(&values, self.nodes[i].inputs[0], &self.nodes[i].name)?)?
-                }
+                Op::Conv(c) => c.forward_train(dev, input)?,
                 _ => Self::run_node(&mut self.nodes[i], dev, &values, Mode::Train)?,
             };
             values.push(Some(y));
+            i += 1;
         }
         Ok(Trace { values })
     }
@@ -319,6 +338,21 @@ impl Graph {
                 Op::BatchNorm(bn) => {
                     let x = value_of(values, inputs[0], "batch norm input")?;
                     push.push((inputs[0], bn.backward(dev, x, &dy)?));
+                }
+                Op::Relu if values[inputs[0]].is_none() => {
+                    // A batch norm -> ReLU pair run as one op (`bn_relu_pair`): the gradient
+                    // goes through both here, to the batch norm's input.
+                    let bn_node = inputs[0];
+                    let bn_input = self.nodes[bn_node].inputs[0];
+                    let Op::BatchNorm(bn) = &mut self.nodes[bn_node].op else {
+                        return Err(Error::Invalid(format!(
+                            "{}: input value missing from the trace",
+                            self.nodes[i].name
+                        )));
+                    };
+                    let x = value_of(values, bn_input, "batch norm input")?;
+                    let relu_out = value_of(values, i, "relu output")?;
+                    push.push((bn_input, bn.backward_through_relu(dev, x, relu_out, &dy)?));
                 }
                 Op::Relu => push.push((inputs[0], dev.relu_backward(&dy, y()?)?)),
                 Op::Add { relu } => {

@@ -107,6 +107,21 @@ impl BatchNorm {
         self.num_batches_tracked += 1;
         Ok(y)
     }
+    /// `forward_train` then a ReLU, in one op; pair it with `backward_through_relu`.
+    pub fn forward_train_relu(&mut self, dev: &Device, x: &Tensor) -> Result<Tensor> {
+        let (y, saved) = dev.batchnorm_relu_forward_train(
+            x,
+            &self.weight.value,
+            &self.bias.value,
+            &mut self.running_mean,
+            &mut self.running_var,
+            self.momentum,
+            self.eps,
+        )?;
+        self.saved = Some(saved);
+        self.num_batches_tracked += 1;
+        Ok(y)
+    }
     pub fn forward_eval(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
         dev.batchnorm_forward_eval(
             x,
@@ -123,6 +138,23 @@ impl BatchNorm {
             .take()
             .ok_or_else(|| Error::Invalid("batch norm backward without a training-mode forward".into()))?;
         let g = dev.batchnorm_backward(dy, x, &self.weight.value, &saved)?;
+        self.weight.accumulate(dev, g.dgamma)?;
+        self.bias.accumulate(dev, g.dbeta)?;
+        Ok(g.dx)
+    }
+    /// Backward of `forward_train_relu`: `dy` is the gradient of the ReLU's output `relu_out`.
+    pub fn backward_through_relu(
+        &mut self,
+        dev: &Device,
+        x: &Tensor,
+        relu_out: &Tensor,
+        dy: &Tensor,
+    ) -> Result<Tensor> {
+        let saved = self
+            .saved
+            .take()
+            .ok_or_else(|| Error::Invalid("batch norm backward without a training-mode forward".into()))?;
+        let g = dev.batchnorm_relu_backward(dy, relu_out, x, &self.weight.value, &saved)?;
         self.weight.accumulate(dev, g.dgamma)?;
         self.bias.accumulate(dev, g.dbeta)?;
         Ok(g.dx)

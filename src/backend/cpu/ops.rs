@@ -65,6 +65,9 @@ trait Lanes: Copy {
     fn add(self, o: Self) -> Self;
     fn sub(self, o: Self) -> Self;
     fn mul(self, o: Self) -> Self;
+    /// `self` where `y > 0`, `+0.0` elsewhere (NaN included): the gradient through a ReLU
+    /// whose output is `y`, as `relu_backward` computes it.
+    fn keep_where_positive(self, y: Self) -> Self;
     fn to_array(self) -> [f32; SUM_LANES];
 }
 
@@ -90,6 +93,10 @@ impl Lanes for [f32; SUM_LANES] {
         std::array::from_fn(|l| self[l] * o[l])
     }
     #[inline(always)]
+    fn keep_where_positive(self, y: Self) -> Self {
+        std::array::from_fn(|l| if y[l] > 0.0 { self[l] } else { 0.0 })
+    }
+    #[inline(always)]
     fn to_array(self) -> [f32; SUM_LANES] {
         self
     }
@@ -99,7 +106,7 @@ impl Lanes for [f32; SUM_LANES] {
 mod lanes_x86 {
     use super::super::simd::Reg;
     use super::{Lanes, SUM_LANES};
-    use std::arch::x86_64::{__m256, __m512};
+    use std::arch::x86_64::*;
 
     // SAFETY (every `unsafe` below): these types are only used inside functions compiled for
     // (and run on) their features (`multiversion_sum`).
@@ -124,6 +131,10 @@ mod lanes_x86 {
         #[inline(always)]
         fn mul(self, o: Self) -> Self {
             unsafe { Reg::mul(self, o) }
+        }
+        #[inline(always)]
+        fn keep_where_positive(self, y: Self) -> Self {
+            unsafe { _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, _mm512_setzero_ps()), self) }
         }
         #[inline(always)]
         fn to_array(self) -> [f32; SUM_LANES] {
@@ -157,23 +168,31 @@ mod lanes_x86 {
             unsafe { Avx2Pair(self.0.mul(o.0), self.1.mul(o.1)) }
         }
         #[inline(always)]
+        fn keep_where_positive(self, y: Self) -> Self {
+            // All-ones lanes where y > 0 (ordered: false for NaN), so `and` keeps those.
+            let keep =
+                |g: __m256, y: __m256| unsafe { _mm256_and_ps(g, _mm256_cmp_ps::<_CMP_GT_OQ>(y, _mm256_setzero_ps())) };
+            Avx2Pair(keep(self.0, y.0), keep(self.1, y.1))
+        }
+        #[inline(always)]
         fn to_array(self) -> [f32; SUM_LANES] {
             unsafe { std::mem::transmute(self) }
         }
     }
 }
 
-/// `(sum f(x, y), sum g(x, y))` over two equally long rows, in the fixed lane order above
-/// (`f` gets sixteen elements of each row at a time; the tail goes through it one lane at a
-/// time, lane 0 of a splat).
+/// The two sums `f` gives over three equally long rows, in the fixed lane order above (`f` gets
+/// sixteen elements of each row at a time; the tail goes through it one lane at a time, lane 0
+/// of a splat).
 #[inline(always)]
-fn row_sums2<L: Lanes>(x: &[f32], y: &[f32], f: impl Fn(L, L) -> (L, L)) -> (f64, f64) {
-    assert_eq!(x.len(), y.len(), "row_sums2: rows of different lengths");
+fn row_sums3<L: Lanes>(x: &[f32], y: &[f32], z: &[f32], f: impl Fn(L, L, L) -> (L, L)) -> (f64, f64) {
+    assert!(x.len() == y.len() && x.len() == z.len(), "row_sums3: rows of different lengths");
     let whole = x.len() / SUM_LANES * SUM_LANES;
     let (mut a, mut b) = (L::splat(0.0), L::splat(0.0));
     for at in (0..whole).step_by(SUM_LANES) {
-        // SAFETY: `at + 16 <= whole <= len` for both rows; `L`'s features are the caller's.
-        let (u, v) = f(unsafe { L::load(x.as_ptr().add(at)) }, unsafe { L::load(y.as_ptr().add(at)) });
+        // SAFETY: `at + 16 <= whole <= len` for every row; `L`'s features are the caller's.
+        let load = |r: &[f32]| unsafe { L::load(r.as_ptr().add(at)) };
+        let (u, v) = f(load(x), load(y), load(z));
         a = a.add(u);
         b = b.add(v);
     }
@@ -182,12 +201,18 @@ fn row_sums2<L: Lanes>(x: &[f32], y: &[f32], f: impl Fn(L, L) -> (L, L)) -> (f64
         sa += u as f64;
         sb += v as f64;
     }
-    for (&u, &v) in x[whole..].iter().zip(&y[whole..]) {
-        let (u, v) = f(L::splat(u), L::splat(v));
+    for i in whole..x.len() {
+        let (u, v) = f(L::splat(x[i]), L::splat(y[i]), L::splat(z[i]));
         sa += u.to_array()[0] as f64;
         sb += v.to_array()[0] as f64;
     }
     (sa, sb)
+}
+
+/// `row_sums3` over two rows.
+#[inline(always)]
+fn row_sums2<L: Lanes>(x: &[f32], y: &[f32], f: impl Fn(L, L) -> (L, L)) -> (f64, f64) {
+    row_sums3::<L>(x, y, y, |u, v, _| f(u, v))
 }
 
 /// Compiles a reduction, generic over its `Lanes`, for the baseline target and with AVX-512 /
@@ -252,36 +277,60 @@ fn moments_of<L: Lanes>(x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> 
 }
 multiversion_sum!(channel_moments_of, moments_of, (x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64));
 
-/// `(sum dy, sum dy * (x - mean))` of channel `ch`.
+/// `(sum g, sum g * (x - mean))` of channel `ch`, with `g = dy`, or with `g = dy * (y > 0)`
+/// when `relu_out` is the output `y` of a ReLU after the batch norm (the same values as
+/// `relu_backward` gives).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn bn_sums_of<L: Lanes>(dy: &[f32], x: &[f32], n: usize, c: usize, hw: usize, ch: usize, m: f32) -> (f64, f64) {
+fn bn_sums_of<L: Lanes>(
+    dy: &[f32],
+    relu_out: Option<&[f32]>,
+    x: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    ch: usize,
+    m: f32,
+) -> (f64, f64) {
     let m = L::splat(m);
     let mut sdy = 0.0f64;
     let mut sdyx = 0.0f64;
     for i in 0..n {
-        let base = (i * c + ch) * hw;
-        let (a, b) = row_sums2::<L>(&dy[base..base + hw], &x[base..base + hw], |g, xv| (g, g.mul(xv.sub(m))));
+        let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+        let (a, b) = match relu_out {
+            None => row_sums2::<L>(&dy[r.clone()], &x[r], |g, xv| (g, g.mul(xv.sub(m)))),
+            Some(y) => row_sums3::<L>(&dy[r.clone()], &y[r.clone()], &x[r], |g, yv, xv| {
+                let g = g.keep_where_positive(yv);
+                (g, g.mul(xv.sub(m)))
+            }),
+        };
         sdy += a;
         sdyx += b;
     }
     (sdy, sdyx)
 }
 #[rustfmt::skip]
-multiversion_sum!(bn_channel_sums, bn_sums_of, (dy: &[f32], x: &[f32], n: usize, c: usize, hw: usize, ch: usize, m: f32) -> (f64, f64));
+multiversion_sum!(bn_channel_sums, bn_sums_of, (dy: &[f32], relu_out: Option<&[f32]>, x: &[f32], n: usize, c: usize, hw: usize, ch: usize, m: f32) -> (f64, f64));
 
 /// Per-channel mean and biased variance of `x` viewed as `[n, c, hw]`, in f64.
 fn channel_moments(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     (0..c).into_par_iter().map(|ch| channel_moments_of(x, n, c, hw, ch)).collect()
 }
 
-/// Applies `y = x*scale[c] + shift[c]` over `[n, c, hw]`.
-fn channel_affine(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32]) -> Vec<f32> {
+/// Applies `y = x*scale[c] + shift[c]` over `[n, c, hw]`, then `relu` when asked.
+fn channel_affine(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32], relu_after: bool) -> Vec<f32> {
     let mut y = super::buffers::take(x.len());
     y.par_chunks_mut(hw.max(1)).zip(x.par_chunks(hw.max(1))).enumerate().for_each(|(row, (yc, xc))| {
         let ch = row % c;
         let (a, b) = (scale[ch], shift[ch]);
-        for (o, &v) in yc.iter_mut().zip(xc) {
-            *o = v * a + b;
+        if relu_after {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = relu(v * a + b);
+            }
+        } else {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = v * a + b;
+            }
         }
     });
     y
@@ -305,6 +354,7 @@ pub fn batchnorm_train(
     running_var: &mut [f32],
     momentum: f32,
     eps: f32,
+    relu_after: bool,
 ) -> BnTrainOut {
     let moments = channel_moments(x, n, c, hw);
     let count = n * hw;
@@ -325,7 +375,7 @@ pub fn batchnorm_train(
         running_mean[ch] = ((1.0 - mo) * running_mean[ch] as f64 + mo * m) as f32;
         running_var[ch] = ((1.0 - mo) * running_var[ch] as f64 + mo * unbiased) as f32;
     }
-    let y = channel_affine(x, c, hw, &scale, &shift);
+    let y = channel_affine(x, c, hw, &scale, &shift, relu_after);
     BnTrainOut { y, mean, invstd }
 }
 
@@ -345,7 +395,7 @@ pub fn batchnorm_fold(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], ep
 
 /// Inference batch norm over `[n, c, hw]`: the fold applied per channel.
 pub fn batchnorm_eval(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32]) -> Vec<f32> {
-    channel_affine(x, c, hw, scale, shift)
+    channel_affine(x, c, hw, scale, shift, false)
 }
 
 pub struct BnBackwardOut {
@@ -354,10 +404,13 @@ pub struct BnBackwardOut {
     pub dbeta: Vec<f32>,
 }
 
-/// `dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat))` with `M = n*hw`.
+/// `dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat))` with `M = n*hw`, for `g = dy`, or
+/// `g = dy * (y > 0)` when `relu_out` is the output `y` of a ReLU after the batch norm (the
+/// gradient `relu_backward` would have passed on, not stored).
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward(
     dy: &[f32],
+    relu_out: Option<&[f32]>,
     x: &[f32],
     n: usize,
     c: usize,
@@ -367,7 +420,7 @@ pub fn batchnorm_backward(
     invstd: &[f32],
 ) -> BnBackwardOut {
     let sums: Vec<(f64, f64)> =
-        (0..c).into_par_iter().map(|ch| bn_channel_sums(dy, x, n, c, hw, ch, mean[ch])).collect();
+        (0..c).into_par_iter().map(|ch| bn_channel_sums(dy, relu_out, x, n, c, hw, ch, mean[ch])).collect();
     let count = (n * hw) as f64;
     // sum dy * xhat = invstd * sum dy * (x - mean).
     let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
@@ -386,8 +439,19 @@ pub fn batchnorm_backward(
         let ch = row % c;
         let base = row * hw;
         let ([a, b, cc], m) = (factors[ch], mean[ch]);
-        for ((o, &g), &xv) in dxc.iter_mut().zip(&dy[base..base + hw]).zip(&x[base..base + hw]) {
-            *o = a * g + b * (xv - m) + cc;
+        let (dyc, xc) = (&dy[base..base + hw], &x[base..base + hw]);
+        match relu_out {
+            None => {
+                for ((o, &g), &xv) in dxc.iter_mut().zip(dyc).zip(xc) {
+                    *o = a * g + b * (xv - m) + cc;
+                }
+            }
+            Some(y) => {
+                for (((o, &g), &xv), &yv) in dxc.iter_mut().zip(dyc).zip(xc).zip(&y[base..base + hw]) {
+                    let g = if yv > 0.0 { g } else { 0.0 };
+                    *o = a * g + b * (xv - m) + cc;
+                }
+            }
         }
     });
     BnBackwardOut { dx, dgamma, dbeta }

@@ -4,7 +4,7 @@
 use super::kernels::Launch;
 use super::{fits_i32, CudaBackend};
 use crate::backend::shape::BnShape;
-use crate::backend::{BnGrads, BnSaved, NormOps};
+use crate::backend::{BnGrads, BnSaved, ElementwiseOps, NormOps};
 use crate::error::Result;
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::DeviceRepr;
@@ -323,6 +323,33 @@ impl NormOps for CudaBackend {
             dgamma: self.tensor(&[c], dgamma)?,
             dbeta: self.tensor(&[c], dbeta)?,
         })
+    }
+
+    fn batchnorm_relu_forward_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        momentum: f32,
+        eps: f32,
+    ) -> Result<(Tensor, BnSaved)> {
+        // Two kernels here (the CPU backend fuses them): the same values.
+        let (y, saved) = self.batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps)?;
+        Ok((self.relu_forward(&y)?, saved))
+    }
+
+    fn batchnorm_relu_backward(
+        &self,
+        dy: &Tensor,
+        y: &Tensor,
+        x: &Tensor,
+        gamma: &Tensor,
+        saved: &BnSaved,
+    ) -> Result<BnGrads> {
+        let g = self.relu_backward(dy, y)?;
+        self.batchnorm_backward(&g, x, gamma, saved)
     }
 
     fn batchnorm_fold(
