@@ -410,6 +410,15 @@ impl Shared {
     fn new(v: &mut [f32]) -> Shared {
         Shared(v.as_mut_ptr(), v.len())
     }
+    /// The `len` floats at `at`, to write.
+    ///
+    /// # Safety
+    /// No other task may read or write them while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice_mut<'a>(self, at: usize, len: usize) -> &'a mut [f32] {
+        assert!(at + len <= self.1, "winograd: slice out of bounds");
+        std::slice::from_raw_parts_mut(self.0.add(at), len)
+    }
     /// Writes `src` at `at` (a fixed-size copy: plain vector stores, no `memcpy` call).
     ///
     /// # Safety
@@ -626,16 +635,28 @@ fn pack_input(x: &[f32], s: &ConvShape, tiling: &Tiling, simd: bool) -> Vec<f32>
     let (hp, wp, b) = (tiling.hp, tiling.wp, tiling.width);
     let groups = tiling.cp / b;
     let plane = s.h * s.w;
+    let row_len = wp * b;
     // Every element is written below (border zeros included): no clearing pass.
-    let mut xb = buffers::take(s.n * groups * hp * wp * b);
-    team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut xb, hp * wp * b, |ng, dst| {
+    let mut xb = buffers::take(s.n * groups * hp * row_len);
+    // Tasks are bands of packed rows of one (image, channel group) plane: whole planes for a
+    // batch, a few bands each at batch 1 so that every thread has a share.
+    let planes = s.n * groups;
+    let bands = 8usize.div_ceil(planes).clamp(1, hp);
+    let band_rows = hp.div_ceil(bands);
+    let out = Shared::new(&mut xb);
+    team::for_each_on(s.n < team::SHORT_BATCH, planes * bands, |task| {
+        let (ng, band) = (task / bands, task % bands);
         let (img, g) = (ng / groups, ng % groups);
         let lanes = b.min(s.c_in - g * b);
         let src = &x[(img * s.c_in + g * b) * plane..(img * s.c_in + g * b + lanes) * plane];
-        dst[..wp * b].fill(0.0);
-        dst[(s.h + 1) * wp * b..].fill(0.0);
-        for iy in 0..s.h {
-            let drow = &mut dst[(iy + 1) * wp * b..(iy + 2) * wp * b];
+        for py in band * band_rows..((band + 1) * band_rows).min(hp) {
+            // SAFETY: each packed row belongs to one task only.
+            let drow = unsafe { out.slice_mut((ng * hp + py) * row_len, row_len) };
+            if py == 0 || py > s.h {
+                drow.fill(0.0);
+                continue;
+            }
+            let iy = py - 1;
             drow[..b].fill(0.0);
             drow[(s.w + 1) * b..].fill(0.0);
             let drow = &mut drow[b..(s.w + 1) * b];
