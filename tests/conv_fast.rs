@@ -22,19 +22,13 @@ use lfgcl::backend::cpu::{conv, direct};
 use lfgcl::backend::{self, ConvShape, ConvSpec};
 use lfgcl::Tensor;
 
+#[path = "common/pseudo.rs"]
+mod pseudo;
+use pseudo::pseudo;
+
 const F2_BOUND: f64 = 2e-6;
 const F4_BOUND: f64 = 3e-5;
 const DIRECT_BOUND: f64 = 1e-6;
-
-fn pseudo(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// `(n, c_in, h, w, c_out)` of 3x3 stride-1 pad-1 convolutions.
 fn cases() -> Vec<(usize, usize, usize, usize, usize)> {

@@ -10,15 +10,9 @@ use lfgcl::backend::cpu::conv::Epilogue;
 use lfgcl::backend::cpu::winograd::{self, TransformLanes, WinogradTile};
 use lfgcl::backend::{ConvShape, ConvSpec};
 
-fn pseudo(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+#[path = "common/pseudo.rs"]
+mod pseudo;
+use pseudo::pseudo;
 
 type Outputs = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
 

@@ -94,30 +94,20 @@ impl BatchNorm {
         self.weight.value.dims()[0]
     }
     pub fn forward_train(&mut self, dev: &Device, x: &Tensor) -> Result<Tensor> {
-        let (y, saved) = dev.batchnorm_forward_train(
-            x,
-            &self.weight.value,
-            &self.bias.value,
-            &mut self.running_mean,
-            &mut self.running_var,
-            self.momentum,
-            self.eps,
-        )?;
-        self.saved = Some(saved);
-        self.num_batches_tracked += 1;
-        Ok(y)
+        self.train_pass(dev, x, false)
     }
     /// `forward_train` then a ReLU, in one op; pair it with `backward_through_relu`.
     pub fn forward_train_relu(&mut self, dev: &Device, x: &Tensor) -> Result<Tensor> {
-        let (y, saved) = dev.batchnorm_relu_forward_train(
-            x,
-            &self.weight.value,
-            &self.bias.value,
-            &mut self.running_mean,
-            &mut self.running_var,
-            self.momentum,
-            self.eps,
-        )?;
+        self.train_pass(dev, x, true)
+    }
+    fn train_pass(&mut self, dev: &Device, x: &Tensor, relu_after: bool) -> Result<Tensor> {
+        let (g, b) = (&self.weight.value, &self.bias.value);
+        let (rm, rv) = (&mut self.running_mean, &mut self.running_var);
+        let (y, saved) = if relu_after {
+            dev.batchnorm_relu_forward_train(x, g, b, rm, rv, self.momentum, self.eps)?
+        } else {
+            dev.batchnorm_forward_train(x, g, b, rm, rv, self.momentum, self.eps)?
+        };
         self.saved = Some(saved);
         self.num_batches_tracked += 1;
         Ok(y)
@@ -133,14 +123,7 @@ impl BatchNorm {
         )
     }
     pub fn backward(&mut self, dev: &Device, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        let saved = self
-            .saved
-            .take()
-            .ok_or_else(|| Error::Invalid("batch norm backward without a training-mode forward".into()))?;
-        let g = dev.batchnorm_backward(dy, x, &self.weight.value, &saved)?;
-        self.weight.accumulate(dev, g.dgamma)?;
-        self.bias.accumulate(dev, g.dbeta)?;
-        Ok(g.dx)
+        self.backward_pass(dev, x, None, dy)
     }
     /// Backward of `forward_train_relu`: `dy` is the gradient of the ReLU's output `relu_out`.
     pub fn backward_through_relu(
@@ -150,11 +133,17 @@ impl BatchNorm {
         relu_out: &Tensor,
         dy: &Tensor,
     ) -> Result<Tensor> {
+        self.backward_pass(dev, x, Some(relu_out), dy)
+    }
+    fn backward_pass(&mut self, dev: &Device, x: &Tensor, relu_out: Option<&Tensor>, dy: &Tensor) -> Result<Tensor> {
         let saved = self
             .saved
             .take()
             .ok_or_else(|| Error::Invalid("batch norm backward without a training-mode forward".into()))?;
-        let g = dev.batchnorm_relu_backward(dy, relu_out, x, &self.weight.value, &saved)?;
+        let g = match relu_out {
+            Some(z) => dev.batchnorm_relu_backward(dy, z, x, &self.weight.value, &saved)?,
+            None => dev.batchnorm_backward(dy, x, &self.weight.value, &saved)?,
+        };
         self.weight.accumulate(dev, g.dgamma)?;
         self.bias.accumulate(dev, g.dbeta)?;
         Ok(g.dx)
