@@ -97,9 +97,48 @@ fn resnet20(c: &mut Criterion) {
     g.finish();
 }
 
+/// The cost of one short parallel region (4 tasks of about 0.1 us: the hand-off dominates; a
+/// batch-1 convolution's regions last a few microseconds) run from a worker of a 2-thread pool,
+/// as the CLI runs its commands: on the fork-join team the batch-1 convolutions use, and on rayon.
+fn fork_join(c: &mut Criterion) {
+    use lfgcl::backend::cpu::team;
+    use rayon::prelude::*;
+    use std::hint::black_box;
+    use std::time::Instant;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let data: Vec<f32> = (0..4 * 128).map(|i| i as f32).collect();
+    let task = |i: usize| {
+        black_box(data[i * 128..(i + 1) * 128].iter().sum::<f32>());
+    };
+    let mut g = c.benchmark_group("fork_join_4_tasks");
+    g.bench_function("team", |b| {
+        b.iter_custom(|iters| {
+            pool.install(|| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    team::for_each(4, task);
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.bench_function("rayon", |b| {
+        b.iter_custom(|iters| {
+            pool.install(|| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    (0..4usize).into_par_iter().for_each(task);
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    targets = gemm, convs, resnet20
+    targets = gemm, convs, resnet20, fork_join
 }
 criterion_main!(benches);
