@@ -11,6 +11,7 @@ pub mod conv;
 pub mod direct;
 mod elementwise;
 pub mod gemm;
+mod lanes;
 mod linear;
 mod loss;
 mod norm;

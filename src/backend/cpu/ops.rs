@@ -2,6 +2,7 @@
 //! (`CpuBackend`); these functions only compute. Per-channel and per-row reductions run
 //! sequentially in f64 inside one task, so results do not depend on the thread count.
 
+use super::lanes::Lanes;
 use rayon::prelude::*;
 
 /// ReLU as every CPU path computes it (`max(v, 0)` with 0 for NaN and for -0.0): the SIMD
@@ -55,130 +56,14 @@ pub fn update_binary(acc: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + S
 /// no accuracy that matters, and rows of thousands of elements are still summed in f64.
 const SUM_LANES: usize = 16;
 
-/// Sixteen f32 lanes: one AVX-512 register, two AVX2 registers, or a plain array. Each
-/// operation is the same IEEE operation per lane in all three, so they give the same bits.
-trait Lanes: Copy {
-    /// # Safety
-    /// `p` must point at 16 readable floats, and the CPU must have the type's features.
-    unsafe fn load(p: *const f32) -> Self;
-    fn splat(v: f32) -> Self;
-    fn add(self, o: Self) -> Self;
-    fn sub(self, o: Self) -> Self;
-    fn mul(self, o: Self) -> Self;
-    /// `self` where `y > 0`, `+0.0` elsewhere (NaN included): the gradient through a ReLU
-    /// whose output is `y`, as `relu_backward` computes it.
-    fn keep_where_positive(self, y: Self) -> Self;
-    fn to_array(self) -> [f32; SUM_LANES];
-}
-
-impl Lanes for [f32; SUM_LANES] {
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        *(p as *const [f32; SUM_LANES])
-    }
-    #[inline(always)]
-    fn splat(v: f32) -> Self {
-        [v; SUM_LANES]
-    }
-    #[inline(always)]
-    fn add(self, o: Self) -> Self {
-        std::array::from_fn(|l| self[l] + o[l])
-    }
-    #[inline(always)]
-    fn sub(self, o: Self) -> Self {
-        std::array::from_fn(|l| self[l] - o[l])
-    }
-    #[inline(always)]
-    fn mul(self, o: Self) -> Self {
-        std::array::from_fn(|l| self[l] * o[l])
-    }
-    #[inline(always)]
-    fn keep_where_positive(self, y: Self) -> Self {
-        std::array::from_fn(|l| if y[l] > 0.0 { self[l] } else { 0.0 })
-    }
-    #[inline(always)]
-    fn to_array(self) -> [f32; SUM_LANES] {
-        self
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod lanes_x86 {
-    use super::super::simd::Reg;
-    use super::{Lanes, SUM_LANES};
-    use std::arch::x86_64::*;
-
-    // SAFETY (every `unsafe` below): these types are only used inside functions compiled for
-    // (and run on) their features (`multiversion_sum`).
-
-    impl Lanes for __m512 {
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            Reg::load(p)
-        }
-        #[inline(always)]
-        fn splat(v: f32) -> Self {
-            unsafe { Reg::splat(v) }
-        }
-        #[inline(always)]
-        fn add(self, o: Self) -> Self {
-            unsafe { Reg::add(self, o) }
-        }
-        #[inline(always)]
-        fn sub(self, o: Self) -> Self {
-            unsafe { Reg::sub(self, o) }
-        }
-        #[inline(always)]
-        fn mul(self, o: Self) -> Self {
-            unsafe { Reg::mul(self, o) }
-        }
-        #[inline(always)]
-        fn keep_where_positive(self, y: Self) -> Self {
-            unsafe { _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, _mm512_setzero_ps()), self) }
-        }
-        #[inline(always)]
-        fn to_array(self) -> [f32; SUM_LANES] {
-            unsafe { std::mem::transmute(self) }
-        }
-    }
-
-    /// Lanes 0-7 and 8-15 in two AVX registers.
-    #[derive(Clone, Copy)]
-    pub struct Avx2Pair(__m256, __m256);
-
-    impl Lanes for Avx2Pair {
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            Avx2Pair(Reg::load(p), Reg::load(p.add(8)))
-        }
-        #[inline(always)]
-        fn splat(v: f32) -> Self {
-            unsafe { Avx2Pair(Reg::splat(v), Reg::splat(v)) }
-        }
-        #[inline(always)]
-        fn add(self, o: Self) -> Self {
-            unsafe { Avx2Pair(self.0.add(o.0), self.1.add(o.1)) }
-        }
-        #[inline(always)]
-        fn sub(self, o: Self) -> Self {
-            unsafe { Avx2Pair(self.0.sub(o.0), self.1.sub(o.1)) }
-        }
-        #[inline(always)]
-        fn mul(self, o: Self) -> Self {
-            unsafe { Avx2Pair(self.0.mul(o.0), self.1.mul(o.1)) }
-        }
-        #[inline(always)]
-        fn keep_where_positive(self, y: Self) -> Self {
-            // All-ones lanes where y > 0 (ordered: false for NaN), so `and` keeps those.
-            let keep =
-                |g: __m256, y: __m256| unsafe { _mm256_and_ps(g, _mm256_cmp_ps::<_CMP_GT_OQ>(y, _mm256_setzero_ps())) };
-            Avx2Pair(keep(self.0, y.0), keep(self.1, y.1))
-        }
-        #[inline(always)]
-        fn to_array(self) -> [f32; SUM_LANES] {
-            unsafe { std::mem::transmute(self) }
-        }
-    }
+/// The lanes of a `SUM_LANES`-wide vector.
+#[inline(always)]
+fn lanes_of<L: Lanes>(v: L) -> [f32; SUM_LANES] {
+    assert_eq!(L::WIDTH, SUM_LANES, "reduction lanes");
+    let mut a = [0.0f32; SUM_LANES];
+    // SAFETY: `a` holds `L::WIDTH` floats (asserted).
+    unsafe { v.store(a.as_mut_ptr()) };
+    a
 }
 
 /// The two sums `f` gives over three equally long rows, in the fixed lane order above (`f` gets
@@ -188,7 +73,8 @@ mod lanes_x86 {
 fn row_sums3<L: Lanes>(x: &[f32], y: &[f32], z: &[f32], f: impl Fn(L, L, L) -> (L, L)) -> (f64, f64) {
     assert!(x.len() == y.len() && x.len() == z.len(), "row_sums3: rows of different lengths");
     let whole = x.len() / SUM_LANES * SUM_LANES;
-    let (mut a, mut b) = (L::splat(0.0), L::splat(0.0));
+    // SAFETY (every `splat` and `load` here): `L`'s features are the caller's (`multiversion_sum`).
+    let (mut a, mut b) = unsafe { (L::splat(0.0), L::splat(0.0)) };
     for at in (0..whole).step_by(SUM_LANES) {
         // SAFETY: `at + 16 <= whole <= len` for every row; `L`'s features are the caller's.
         let load = |r: &[f32]| unsafe { L::load(r.as_ptr().add(at)) };
@@ -197,14 +83,14 @@ fn row_sums3<L: Lanes>(x: &[f32], y: &[f32], z: &[f32], f: impl Fn(L, L, L) -> (
         b = b.add(v);
     }
     let (mut sa, mut sb) = (0.0f64, 0.0f64);
-    for (u, v) in a.to_array().into_iter().zip(b.to_array()) {
+    for (u, v) in lanes_of(a).into_iter().zip(lanes_of(b)) {
         sa += u as f64;
         sb += v as f64;
     }
     for i in whole..x.len() {
-        let (u, v) = f(L::splat(x[i]), L::splat(y[i]), L::splat(z[i]));
-        sa += u.to_array()[0] as f64;
-        sb += v.to_array()[0] as f64;
+        let (u, v) = unsafe { f(L::splat(x[i]), L::splat(y[i]), L::splat(z[i])) };
+        sa += lanes_of(u)[0] as f64;
+        sb += lanes_of(v)[0] as f64;
     }
     (sa, sb)
 }
@@ -227,12 +113,12 @@ macro_rules! multiversion_sum {
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx512f,avx2")]
                 unsafe fn wide($($arg: $ty),*) -> $ret {
-                    $inner::<std::arch::x86_64::__m512>($($arg),*)
+                    $inner::<super::lanes::Wide<std::arch::x86_64::__m512>>($($arg),*)
                 }
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2($($arg: $ty),*) -> $ret {
-                    $inner::<lanes_x86::Avx2Pair>($($arg),*)
+                    $inner::<super::lanes::Pair<super::lanes::Wide<std::arch::x86_64::__m256>>>($($arg),*)
                 }
                 if super::has_avx512() {
                     // SAFETY: the CPU has the features the function was compiled for.
@@ -256,11 +142,12 @@ fn moments_of<L: Lanes>(x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> 
     for i in 0..n {
         let base = (i * c + ch) * hw;
         let row = &x[base..base + hw];
-        sum += row_sums2::<L>(row, row, |v, _| (v, L::splat(0.0))).0;
+        sum += row_sums2::<L>(row, row, |v, _| (v, v.zero())).0;
     }
     let mean = sum / count;
     // Centred on the f32 mean (a second pass: no cancellation), corrected for its rounding.
-    let m32 = L::splat(mean as f32);
+    // SAFETY: `L`'s features are the caller's (`multiversion_sum`).
+    let m32 = unsafe { L::splat(mean as f32) };
     let (mut d, mut sq) = (0.0f64, 0.0f64);
     for i in 0..n {
         let base = (i * c + ch) * hw;
@@ -292,7 +179,8 @@ fn bn_sums_of<L: Lanes>(
     ch: usize,
     m: f32,
 ) -> (f64, f64) {
-    let m = L::splat(m);
+    // SAFETY: `L`'s features are the caller's (`multiversion_sum`).
+    let m = unsafe { L::splat(m) };
     let mut sdy = 0.0f64;
     let mut sdyx = 0.0f64;
     for i in 0..n {
@@ -689,4 +577,54 @@ pub fn feature_mse(candidates: &[f32], k: usize, baseline: &[f32]) -> Vec<f32> {
             (s / m as f64) as f32
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batch-norm reductions give the same bits on every lane type the dispatcher may pick
+    /// (plain arrays; two AVX2 registers; one AVX-512 register, where the CPU has them), on rows
+    /// with and without a tail shorter than a vector.
+    #[test]
+    fn reductions_give_the_same_bits_on_every_lane_type() {
+        for (n, c, hw) in [(3, 4, 37), (2, 3, 64), (1, 2, 5)] {
+            let len = n * c * hw;
+            let wave = |k: f32| (0..len).map(|i| ((i as f32 * k).sin() * 3.0) + 0.5).collect::<Vec<f32>>();
+            let (x, dy, y) = (wave(0.37), wave(1.13), wave(0.71));
+            type Plain = [f32; SUM_LANES];
+            let run = |moments: &dyn Fn(usize) -> (f64, f64), sums: &dyn Fn(usize) -> (f64, f64)| {
+                let bits = |(a, b): (f64, f64)| (a.to_bits(), b.to_bits());
+                (0..c).map(|ch| (bits(moments(ch)), bits(sums(ch)))).collect::<Vec<_>>()
+            };
+            let plain = run(&|ch| moments_of::<Plain>(&x, n, c, hw, ch), &|ch| {
+                bn_sums_of::<Plain>(&dy, Some(&y), &x, n, c, hw, ch, 0.25)
+            });
+            let finite = |b: u64| f64::from_bits(b).is_finite();
+            assert!(plain
+                .iter()
+                .all(|((m, v), (a, b))| finite(*m) && f64::from_bits(*v) > 0.0 && finite(*a) && finite(*b)));
+            #[cfg(target_arch = "x86_64")]
+            {
+                use super::super::lanes::{Pair, Wide};
+                use std::arch::x86_64::{__m256, __m512};
+                // The generic bodies called directly: the intrinsics run as calls, on a CPU
+                // that has them (checked).
+                if super::super::has_avx2() {
+                    type Avx2 = Pair<Wide<__m256>>;
+                    let got = run(&|ch| moments_of::<Avx2>(&x, n, c, hw, ch), &|ch| {
+                        bn_sums_of::<Avx2>(&dy, Some(&y), &x, n, c, hw, ch, 0.25)
+                    });
+                    assert_eq!(got, plain, "AVX2 lanes, {n}x{c}x{hw}");
+                }
+                if super::super::has_avx512() {
+                    type Avx512 = Wide<__m512>;
+                    let got = run(&|ch| moments_of::<Avx512>(&x, n, c, hw, ch), &|ch| {
+                        bn_sums_of::<Avx512>(&dy, Some(&y), &x, n, c, hw, ch, 0.25)
+                    });
+                    assert_eq!(got, plain, "AVX-512 lanes, {n}x{c}x{hw}");
+                }
+            }
+        }
+    }
 }

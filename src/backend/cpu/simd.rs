@@ -18,10 +18,12 @@ pub trait Reg: Copy {
     unsafe fn mul(self, o: Self) -> Self;
     /// `a * b + c`, rounded once.
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    /// `self` where `y > 0` (ordered: not for NaN), `+0.0` elsewhere.
+    unsafe fn keep_where_positive(self, y: Self) -> Self;
 }
 
 macro_rules! reg {
-    ($ty:ty, $width:expr, $load:ident, $store:ident, $set1:ident, $add:ident, $sub:ident, $mul:ident, $fma:ident) => {
+    ($ty:ty, $width:expr, $load:ident, $store:ident, $set1:ident, $add:ident, $sub:ident, $mul:ident, $fma:ident, $keep:ident) => {
         impl Reg for $ty {
             const WIDTH: usize = $width;
             #[inline(always)]
@@ -52,11 +54,26 @@ macro_rules! reg {
             unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
                 $fma(a, b, c)
             }
+            #[inline(always)]
+            unsafe fn keep_where_positive(self, y: Self) -> Self {
+                $keep(self, y)
+            }
         }
     };
 }
 
+/// All-ones lanes where `y > 0`, so `and` keeps those.
+#[inline(always)]
+unsafe fn keep_256(g: __m256, y: __m256) -> __m256 {
+    _mm256_and_ps(g, _mm256_cmp_ps::<_CMP_GT_OQ>(y, _mm256_setzero_ps()))
+}
+
+#[inline(always)]
+unsafe fn keep_512(g: __m512, y: __m512) -> __m512 {
+    _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, _mm512_setzero_ps()), g)
+}
+
 #[rustfmt::skip]
-reg!(__m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_fmadd_ps);
+reg!(__m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_fmadd_ps, keep_256);
 #[rustfmt::skip]
-reg!(__m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps, _mm512_fmadd_ps);
+reg!(__m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps, _mm512_fmadd_ps, keep_512);

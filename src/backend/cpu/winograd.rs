@@ -53,6 +53,9 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::conv::Epilogue;
+use super::lanes::Lanes;
+#[cfg(target_arch = "x86_64")]
+use super::lanes::Wide;
 use super::{buffers, team};
 use super::{has_avx2, has_avx512};
 use crate::backend::ConvShape;
@@ -90,97 +93,6 @@ const F4_G: FilterTransform<6> = FilterTransform([
     [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
     [0.0, 0.0, 1.0],
 ]);
-
-/// A vector of channel lanes the transforms compute on: `[f32; 8]` on any CPU, AVX2's 8 or
-/// AVX-512's 16 floats in one register (`Wide`). Every operation is one IEEE operation per lane
-/// (never contracted into an FMA), so all three give the same bits.
-trait Lanes: Copy {
-    const WIDTH: usize;
-    /// # Safety
-    /// The CPU must have `Self`'s features; `src` must point at `WIDTH` floats.
-    unsafe fn load(src: *const f32) -> Self;
-    /// # Safety
-    /// `dst` must point at `WIDTH` writable floats.
-    unsafe fn store(self, dst: *mut f32);
-    /// Zeros (from a value, so that a register type is only made where its features are).
-    fn zero(self) -> Self;
-    fn add(self, o: Self) -> Self;
-    fn sub(self, o: Self) -> Self;
-    fn mul(self, o: Self) -> Self;
-    fn scale(self, c: f32) -> Self;
-}
-
-impl Lanes for Lane {
-    const WIDTH: usize = LANES;
-    #[inline(always)]
-    unsafe fn load(src: *const f32) -> Self {
-        (src as *const Lane).read_unaligned()
-    }
-    #[inline(always)]
-    unsafe fn store(self, dst: *mut f32) {
-        (dst as *mut Lane).write_unaligned(self)
-    }
-    #[inline(always)]
-    fn zero(self) -> Self {
-        [0.0; LANES]
-    }
-    #[inline(always)]
-    fn add(self, o: Self) -> Self {
-        std::array::from_fn(|l| self[l] + o[l])
-    }
-    #[inline(always)]
-    fn sub(self, o: Self) -> Self {
-        std::array::from_fn(|l| self[l] - o[l])
-    }
-    #[inline(always)]
-    fn mul(self, o: Self) -> Self {
-        std::array::from_fn(|l| self[l] * o[l])
-    }
-    #[inline(always)]
-    fn scale(self, c: f32) -> Self {
-        std::array::from_fn(|l| self[l] * c)
-    }
-}
-
-/// A vector register as `Lanes`.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Wide<R>(R);
-
-// SAFETY (every method): a `Wide` is only made by `load`, whose contract is that the CPU has the
-// register's features, or from another `Wide`.
-#[cfg(target_arch = "x86_64")]
-impl<R: super::simd::Reg> Lanes for Wide<R> {
-    const WIDTH: usize = R::WIDTH;
-    #[inline(always)]
-    unsafe fn load(src: *const f32) -> Self {
-        Wide(R::load(src))
-    }
-    #[inline(always)]
-    unsafe fn store(self, dst: *mut f32) {
-        self.0.store(dst)
-    }
-    #[inline(always)]
-    fn zero(self) -> Self {
-        Wide(unsafe { R::splat(0.0) })
-    }
-    #[inline(always)]
-    fn add(self, o: Self) -> Self {
-        Wide(unsafe { self.0.add(o.0) })
-    }
-    #[inline(always)]
-    fn sub(self, o: Self) -> Self {
-        Wide(unsafe { self.0.sub(o.0) })
-    }
-    #[inline(always)]
-    fn mul(self, o: Self) -> Self {
-        Wide(unsafe { self.0.mul(o.0) })
-    }
-    #[inline(always)]
-    fn scale(self, c: f32) -> Self {
-        Wide(unsafe { self.0.mul(R::splat(c)) })
-    }
-}
 
 /// One Winograd variant: the 1-D input (`B^T`) and output (`A^T`) transforms written out by
 /// hand on lane vectors (the 2-D ones apply them to columns, then rows), and `G`.
