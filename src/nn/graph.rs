@@ -92,6 +92,97 @@ impl Trace {
     }
 }
 
+/// The gradients of a backward pass, one slot per node. An add passes the same gradient to both
+/// its inputs: it is stored once, in the slot of the input processed last, and the other input
+/// (processed first, nodes going backwards) reads it there (`shared`), unless that slot changes
+/// first; then the reader gets its own copy. This saves a copy of a whole activation per residual
+/// block in a training step.
+struct Grads {
+    slots: Vec<Option<Tensor>>,
+    /// `shared[x] = Some(j)`: node `x`'s gradient is what slot `j` holds.
+    shared: Vec<Option<usize>>,
+}
+
+impl Grads {
+    fn new(n: usize) -> Grads {
+        Grads { slots: (0..n).map(|_| None).collect(), shared: vec![None; n] }
+    }
+
+    /// Before slot `j` changes: every node reading it gets its own copy.
+    fn settle(&mut self, dev: &Device, j: usize) -> Result<()> {
+        for x in 0..self.shared.len() {
+            if self.shared[x] == Some(j) {
+                self.shared[x] = None;
+                let copy = dev.copy(self.slots[j].as_ref().expect("a shared gradient's slot holds it"))?;
+                self.accumulate(dev, x, copy)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `g` into slot `j` (which shares nothing and is read by nobody).
+    fn accumulate(&mut self, dev: &Device, j: usize, g: Tensor) -> Result<()> {
+        match &mut self.slots[j] {
+            Some(acc) => dev.add_assign(acc, &g),
+            slot @ None => {
+                *slot = Some(g);
+                Ok(())
+            }
+        }
+    }
+
+    /// Node `j`'s own copy of a gradient it shares, if it does.
+    fn unshare(&mut self, dev: &Device, j: usize) -> Result<()> {
+        if let Some(src) = self.shared[j].take() {
+            let copy = dev.copy(self.slots[src].as_ref().expect("a shared gradient's slot holds it"))?;
+            self.accumulate(dev, j, copy)?;
+        }
+        Ok(())
+    }
+
+    /// Adds `g` to node `j`'s gradient (node 0, the image, needs none).
+    fn add(&mut self, dev: &Device, j: usize, g: Tensor) -> Result<()> {
+        if j == 0 {
+            return Ok(());
+        }
+        self.unshare(dev, j)?;
+        self.settle(dev, j)?;
+        self.accumulate(dev, j, g)
+    }
+
+    /// Adds the same `g` to nodes `a` and `b` (an add's inputs), stored once when both were empty.
+    fn add_to_both(&mut self, dev: &Device, a: usize, b: usize, g: Tensor) -> Result<()> {
+        let empty = |s: &Grads, j: usize| j != 0 && s.slots[j].is_none() && s.shared[j].is_none();
+        if a != b && empty(self, a) && empty(self, b) {
+            self.settle(dev, a)?;
+            self.settle(dev, b)?;
+            // The larger index is processed first: it reads the smaller one's slot.
+            let (first, last) = (a.max(b), a.min(b));
+            self.slots[last] = Some(g);
+            self.shared[first] = Some(last);
+            return Ok(());
+        }
+        if a != 0 {
+            self.add(dev, a, dev.copy(&g)?)?;
+        }
+        self.add(dev, b, g)
+    }
+
+    /// Node `i`'s gradient for its backward: owned, or `(None, Some(j))` when it reads slot
+    /// `j`'s (which stays there for the node that owns it).
+    fn take(&mut self, dev: &Device, i: usize) -> Result<(Option<Tensor>, Option<usize>)> {
+        if let Some(j) = self.shared[i].take() {
+            if self.slots[i].is_none() {
+                return Ok((None, Some(j)));
+            }
+            self.shared[i] = Some(j);
+            self.unshare(dev, i)?;
+        }
+        self.settle(dev, i)?;
+        Ok((self.slots[i].take(), None))
+    }
+}
+
 /// A state-dict entry: what a checkpoint stores under one name.
 pub enum StateRef<'a> {
     F32(&'a Tensor),
@@ -314,12 +405,17 @@ impl Graph {
         let n = self.nodes.len();
         let out_dims = trace.output().dims().to_vec();
         dout.expect_dims(&out_dims, "output gradient")?;
-        let mut grads: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
-        grads[n - 1] = Some(dout);
+        let mut grads = Grads::new(n);
+        grads.slots[n - 1] = Some(dout);
         for i in (1..n).rev() {
-            let Some(dy) = grads[i].take() else {
-                trace.values[i] = None;
-                continue;
+            let (owned, shared) = grads.take(dev, i)?;
+            let dy = match (&owned, shared) {
+                (Some(t), _) => t,
+                (None, Some(j)) => grads.slots[j].as_ref().expect("a shared gradient's slot holds it"),
+                (None, None) => {
+                    trace.values[i] = None;
+                    continue;
+                }
             };
             let inputs = self.nodes[i].inputs.clone();
             let node = &mut self.nodes[i];
@@ -327,17 +423,19 @@ impl Graph {
             let x = || value_of(values, inputs[0], &node.name);
             let y = || value_of(values, i, &node.name);
             let mut push: Vec<(usize, Tensor)> = Vec::with_capacity(2);
+            // An add's gradient, the same for both inputs: stored once where possible.
+            let mut both: Option<(usize, usize, Tensor)> = None;
             match &mut node.op {
                 Op::Input => {}
                 Op::Conv(c) => {
                     let x = value_of(values, inputs[0], "conv input")?;
-                    if let Some(dx) = c.backward(dev, x, &dy, inputs[0] != 0)? {
+                    if let Some(dx) = c.backward(dev, x, dy, inputs[0] != 0)? {
                         push.push((inputs[0], dx));
                     }
                 }
                 Op::BatchNorm(bn) => {
                     let x = value_of(values, inputs[0], "batch norm input")?;
-                    push.push((inputs[0], bn.backward(dev, x, &dy)?));
+                    push.push((inputs[0], bn.backward(dev, x, dy)?));
                 }
                 Op::Relu if values[inputs[0]].is_none() => {
                     // A batch norm -> ReLU pair run as one op (`bn_relu_pair`): the gradient
@@ -352,33 +450,29 @@ impl Graph {
                     };
                     let x = value_of(values, bn_input, "batch norm input")?;
                     let relu_out = value_of(values, i, "relu output")?;
-                    push.push((bn_input, bn.backward_through_relu(dev, x, relu_out, &dy)?));
+                    push.push((bn_input, bn.backward_through_relu(dev, x, relu_out, dy)?));
                 }
-                Op::Relu => push.push((inputs[0], dev.relu_backward(&dy, y()?)?)),
+                Op::Relu => push.push((inputs[0], dev.relu_backward(dy, y()?)?)),
                 Op::Add { relu } => {
-                    let g = if *relu { dev.relu_backward(&dy, y()?)? } else { dy };
-                    push.push((inputs[1], dev.copy(&g)?));
-                    push.push((inputs[0], g));
+                    let g = if *relu { dev.relu_backward(dy, y()?)? } else { dev.copy(dy)? };
+                    both = Some((inputs[0], inputs[1], g));
                 }
-                Op::Shortcut(s) => push.push((inputs[0], dev.shortcut_backward(&dy, &s.src, s.stride, x()?.dims())?)),
+                Op::Shortcut(s) => push.push((inputs[0], dev.shortcut_backward(dy, &s.src, s.stride, x()?.dims())?)),
                 Op::MaxPool { kernel, stride } => {
-                    push.push((inputs[0], dev.maxpool_backward(&dy, x()?, *kernel, *stride)?))
+                    push.push((inputs[0], dev.maxpool_backward(dy, x()?, *kernel, *stride)?))
                 }
-                Op::GlobalAvgPool => push.push((inputs[0], dev.global_avgpool_backward(&dy, x()?.dims())?)),
-                Op::Flatten => push.push((inputs[0], dy.reshape(x()?.dims())?)),
+                Op::GlobalAvgPool => push.push((inputs[0], dev.global_avgpool_backward(dy, x()?.dims())?)),
+                Op::Flatten => push.push((inputs[0], dev.copy(dy)?.reshape(x()?.dims())?)),
                 Op::Linear(l) => {
                     let x = value_of(values, inputs[0], "linear input")?;
-                    push.push((inputs[0], l.backward(dev, x, &dy)?));
+                    push.push((inputs[0], l.backward(dev, x, dy)?));
                 }
             }
             for (j, g) in push {
-                if j == 0 {
-                    continue; // the image needs no gradient
-                }
-                match &mut grads[j] {
-                    Some(acc) => dev.add_assign(acc, &g)?,
-                    slot @ None => *slot = Some(g),
-                }
+                grads.add(dev, j, g)?;
+            }
+            if let Some((a, b, g)) = both {
+                grads.add_to_both(dev, a, b, g)?;
             }
             trace.values[i] = None;
         }
@@ -493,6 +587,58 @@ fn value_of<'a>(values: &'a [Option<Tensor>], i: usize, what: &str) -> Result<&'
 mod tests {
     use super::*;
     use crate::models::Arch;
+
+    /// An add's gradient stored once and read in place, and every way the sharing is undone
+    /// before the stored gradient changes: the values are those of separate copies.
+    #[test]
+    fn shared_add_gradients_read_as_separate_copies() {
+        let dev = crate::backend::cpu();
+        let t = |v: f32| Tensor::from_vec(&[2], vec![v, -v]).unwrap();
+        let owned = |(o, s): (Option<Tensor>, Option<usize>), g: &Grads| match (o, s) {
+            (Some(t), None) => t.to_vec().unwrap(),
+            (None, Some(j)) => g.slots[j].as_ref().unwrap().to_vec().unwrap(),
+            other => panic!("unexpected {:?}", (other.0.is_some(), other.1)),
+        };
+        // Read in place: node 3 reads slot 1, which node 1 then takes.
+        let mut g = Grads::new(5);
+        g.add_to_both(&dev, 3, 1, t(1.0)).unwrap();
+        assert!(g.slots[3].is_none() && g.shared[3] == Some(1));
+        let r3 = g.take(&dev, 3).unwrap();
+        assert_eq!(r3.1, Some(1));
+        assert_eq!(owned(r3, &g), vec![1.0, -1.0]);
+        assert_eq!(owned(g.take(&dev, 1).unwrap(), &g), vec![1.0, -1.0]);
+        // The shared slot changes first: the reader gets a copy of the old value.
+        let mut g = Grads::new(5);
+        g.add_to_both(&dev, 1, 3, t(1.0)).unwrap();
+        g.add(&dev, 1, t(2.0)).unwrap();
+        assert_eq!(owned(g.take(&dev, 3).unwrap(), &g), vec![1.0, -1.0]);
+        assert_eq!(owned(g.take(&dev, 1).unwrap(), &g), vec![3.0, -3.0]);
+        // The reader's own gradient grows first: it gets its own copy to add to.
+        let mut g = Grads::new(5);
+        g.add_to_both(&dev, 3, 1, t(1.0)).unwrap();
+        g.add(&dev, 3, t(4.0)).unwrap();
+        assert_eq!(owned(g.take(&dev, 3).unwrap(), &g), vec![5.0, -5.0]);
+        assert_eq!(owned(g.take(&dev, 1).unwrap(), &g), vec![1.0, -1.0]);
+        // The slot is taken before its reader runs.
+        let mut g = Grads::new(5);
+        g.add_to_both(&dev, 3, 1, t(1.0)).unwrap();
+        assert_eq!(owned(g.take(&dev, 1).unwrap(), &g), vec![1.0, -1.0]);
+        assert_eq!(owned(g.take(&dev, 3).unwrap(), &g), vec![1.0, -1.0]);
+        // An input that already has a gradient: no sharing, both added to.
+        let mut g = Grads::new(5);
+        g.add(&dev, 1, t(2.0)).unwrap();
+        g.add_to_both(&dev, 3, 1, t(1.0)).unwrap();
+        assert!(g.shared.iter().all(|s| s.is_none()));
+        assert_eq!(owned(g.take(&dev, 3).unwrap(), &g), vec![1.0, -1.0]);
+        assert_eq!(owned(g.take(&dev, 1).unwrap(), &g), vec![3.0, -3.0]);
+        // The image (node 0) takes no gradient; the same input twice gets it twice.
+        let mut g = Grads::new(5);
+        g.add_to_both(&dev, 0, 2, t(1.0)).unwrap();
+        assert!(g.slots[0].is_none());
+        g.add_to_both(&dev, 4, 4, t(1.0)).unwrap();
+        assert_eq!(owned(g.take(&dev, 4).unwrap(), &g), vec![2.0, -2.0]);
+        assert_eq!(owned(g.take(&dev, 2).unwrap(), &g), vec![1.0, -1.0]);
+    }
 
     /// Eval forward one node at a time, nothing fused.
     fn unfused_eval(g: &mut Graph, dev: &Device, x: Tensor) -> Result<Tensor> {
