@@ -230,9 +230,11 @@ struct Tiling {
     /// Input and output channels rounded up to whole lanes.
     cp: usize,
     kp: usize,
-    /// Height and width of the packed, zero-bordered input planes (covering every tile).
+    /// Height and width of the packed, zero-bordered input planes (covering every tile, or
+    /// rows `row0..row0 + hp` of them in a block's own packing at batch 1).
     hp: usize,
     wp: usize,
+    row0: usize,
     /// Channels per block of the packed input (and per vector of its transform): 16 where
     /// AVX-512 is present and `cp` allows, else 8.
     width: usize,
@@ -252,7 +254,8 @@ impl Tiling {
         // Whole register blocks of the multiply stage where the problem allows.
         let block = cache_block.min(spread).max(1);
         let block = if block >= 4 * TP { block / (TP * TP_WIDE / 2) * (TP * TP_WIDE / 2) } else { block };
-        Tiling { m, rows, cols, total, block, cp, kp, hp: rows * m + 2, wp: cols * m + 2, width: lane_width(cp) }
+        let (hp, wp) = (rows * m + 2, cols * m + 2);
+        Tiling { m, rows, cols, total, block, cp, kp, hp, wp, row0: 0, width: lane_width(cp) }
     }
     /// The same tiles over `cp` packed channels (the output gradient's, in backward-weight).
     fn with_channels(&self, cp: usize) -> Tiling {
@@ -544,6 +547,12 @@ fn pack_input_stamped(x: &[f32], stamp: Option<u64>, s: &ConvShape, tiling: &Til
 /// tile's window is then a plain, in-bounds read of `B`-channel vectors. Lanes past the last
 /// channel are zero too.
 fn pack_input(x: &[f32], s: &ConvShape, tiling: &Tiling, simd: bool) -> Vec<f32> {
+    pack_rows(x, s, tiling, simd, s.n < team::SHORT_BATCH)
+}
+
+/// `pack_input` of padded rows `tiling.row0..tiling.row0 + tiling.hp` only; `short`: the team's
+/// kind of region.
+fn pack_rows(x: &[f32], s: &ConvShape, tiling: &Tiling, simd: bool, short: bool) -> Vec<f32> {
     let (hp, wp, b) = (tiling.hp, tiling.wp, tiling.width);
     let groups = tiling.cp / b;
     let plane = s.h * s.w;
@@ -556,14 +565,15 @@ fn pack_input(x: &[f32], s: &ConvShape, tiling: &Tiling, simd: bool) -> Vec<f32>
     let bands = 8usize.div_ceil(planes).clamp(1, hp);
     let band_rows = hp.div_ceil(bands);
     let out = Shared::new(&mut xb);
-    team::for_each_on(s.n < team::SHORT_BATCH, planes * bands, |task| {
+    team::for_each_on(short, planes * bands, |task| {
         let (ng, band) = (task / bands, task % bands);
         let (img, g) = (ng / groups, ng % groups);
         let lanes = b.min(s.c_in - g * b);
         let src = &x[(img * s.c_in + g * b) * plane..(img * s.c_in + g * b + lanes) * plane];
-        for py in band * band_rows..((band + 1) * band_rows).min(hp) {
+        for local in band * band_rows..((band + 1) * band_rows).min(hp) {
             // SAFETY: each packed row belongs to one task only.
-            let drow = unsafe { out.slice_mut((ng * hp + py) * row_len, row_len) };
+            let drow = unsafe { out.slice_mut((ng * hp + local) * row_len, row_len) };
+            let py = tiling.row0 + local;
             if py == 0 || py > s.h {
                 drow.fill(0.0);
                 continue;
@@ -655,7 +665,7 @@ unsafe fn input_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>
     for p in tiles {
         let (img, oy, ox) = tiling.origin(p0 + p);
         for g in 0..groups {
-            let base = (((img * groups + g) * hp + oy) * wp + ox) * w;
+            let base = (((img * groups + g) * hp + oy - tiling.row0) * wp + ox) * w;
             let mut d = load_window::<L, A>(xb, base, wp);
             input_2d::<M, A, V, L>(&mut d);
             store_tile(v, &d, p, cp, g);
@@ -1539,10 +1549,27 @@ fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
     let tiling = Tiling::new(s, M);
     let u = transformed_filters(&V::G, w, s.c_out, s.c_in, tiling.kp, stamp);
     let lane_epi = epi.map(|e| LaneEpilogue::new(e, tiling.kp));
-    let xb = pack_input_stamped(x, x_stamp, s, &tiling, simd);
     let blocks = tiling.total.div_ceil(tiling.block);
     let split = blocks < rayon::current_num_threads();
     let out = Shared::new(&mut y);
+    if s.n == 1 && x_stamp.is_none() && keep.is_none() && blocks > 1 {
+        // Batch 1: each block packs the input rows its tiles read, so a layer is one parallel
+        // region, not two (the rows shared by neighbouring blocks are packed twice: a copy).
+        team::for_each_on(true, blocks, |b| {
+            let p0 = b * tiling.block;
+            let last = (p0 + tiling.block).min(tiling.total) - 1;
+            let (r0, r1) = ((p0 / tiling.cols) * tiling.m, (last / tiling.cols + 1) * tiling.m + 2);
+            let own = Tiling { row0: r0, hp: r1 - r0, ..tiling };
+            let xb = pack_rows(x, s, &own, simd, true);
+            run_block::<M, A, V>(&xb, &u, s, &own, p0, out, split, lane_epi.as_ref(), simd);
+            buffers::give(xb);
+        });
+        if let Ok(u) = std::sync::Arc::try_unwrap(u) {
+            buffers::give(u);
+        }
+        return y;
+    }
+    let xb = pack_input_stamped(x, x_stamp, s, &tiling, simd);
     // Each block writes only its own tiles' pixels of `y`.
     team::for_each_on(s.n < team::SHORT_BATCH, blocks, |b| {
         run_block::<M, A, V>(&xb, &u, s, &tiling, b * tiling.block, out, split, lane_epi.as_ref(), simd)
