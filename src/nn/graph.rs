@@ -171,12 +171,10 @@ impl Grads {
     /// Node `i`'s gradient for its backward: owned, or `(None, Some(j))` when it reads slot
     /// `j`'s (which stays there for the node that owns it).
     fn take(&mut self, dev: &Device, i: usize) -> Result<(Option<Tensor>, Option<usize>)> {
+        // A node shares only while its own slot is empty: `add` unshares before adding to it.
         if let Some(j) = self.shared[i].take() {
-            if self.slots[i].is_none() {
-                return Ok((None, Some(j)));
-            }
-            self.shared[i] = Some(j);
-            self.unshare(dev, i)?;
+            debug_assert!(self.slots[i].is_none(), "a sharing node's own slot is empty");
+            return Ok((None, Some(j)));
         }
         self.settle(dev, i)?;
         Ok((self.slots[i].take(), None))

@@ -261,6 +261,11 @@ impl Tiling {
     fn with_channels(&self, cp: usize) -> Tiling {
         Tiling { cp, width: lane_width(cp), ..*self }
     }
+    /// Offset in a packed buffer (`[N][groups][hp][wp][width]`, rows from `row0`) of padded row
+    /// `row`, column `col` of channel group `g` of image `img`.
+    fn packed_at(&self, img: usize, g: usize, groups: usize, row: usize, col: usize) -> usize {
+        (((img * groups + g) * self.hp + row - self.row0) * self.wp + col) * self.width
+    }
     /// `(image, top row, left column)` of tile `p` in the output (= its window's top left in
     /// the packed input, whose border is one pixel).
     fn origin(&self, p: usize) -> (usize, usize, usize) {
@@ -571,9 +576,9 @@ fn pack_rows(x: &[f32], s: &ConvShape, tiling: &Tiling, simd: bool, short: bool)
         let lanes = b.min(s.c_in - g * b);
         let src = &x[(img * s.c_in + g * b) * plane..(img * s.c_in + g * b + lanes) * plane];
         for local in band * band_rows..((band + 1) * band_rows).min(hp) {
-            // SAFETY: each packed row belongs to one task only.
-            let drow = unsafe { out.slice_mut((ng * hp + local) * row_len, row_len) };
             let py = tiling.row0 + local;
+            // SAFETY: each packed row belongs to one task only.
+            let drow = unsafe { out.slice_mut(tiling.packed_at(img, g, groups, py, 0), row_len) };
             if py == 0 || py > s.h {
                 drow.fill(0.0);
                 continue;
@@ -659,14 +664,13 @@ unsafe fn input_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>
     tiles: std::ops::Range<usize>,
     v: Shared,
 ) {
-    let (hp, wp, cp, w) = (tiling.hp, tiling.wp, tiling.cp, L::WIDTH);
+    let (cp, w) = (tiling.cp, L::WIDTH);
     assert_eq!(tiling.width, w, "winograd: packed width");
     let groups = cp / w;
     for p in tiles {
         let (img, oy, ox) = tiling.origin(p0 + p);
         for g in 0..groups {
-            let base = (((img * groups + g) * hp + oy - tiling.row0) * wp + ox) * w;
-            let mut d = load_window::<L, A>(xb, base, wp);
+            let mut d = load_window::<L, A>(xb, tiling.packed_at(img, g, groups, oy, ox), tiling.wp);
             input_2d::<M, A, V, L>(&mut d);
             store_tile(v, &d, p, cp, g);
         }
@@ -688,14 +692,13 @@ unsafe fn grad_transform_tiles<const M: usize, const A: usize, V: Variant<M, A>,
     tiles: std::ops::Range<usize>,
     d: Shared,
 ) {
-    let (hp, wp, kp, w) = (tiling.hp, tiling.wp, tiling.cp, L::WIDTH);
+    let (kp, w) = (tiling.cp, L::WIDTH);
     assert_eq!(tiling.width, w, "winograd: packed width");
     let groups = kp / w;
     for p in tiles {
         let (img, oy, ox) = tiling.origin(p0 + p);
         for g in 0..groups {
-            let base = (((img * groups + g) * hp + oy + 1) * wp + ox + 1) * w;
-            let t = load_window::<L, M>(dyb, base, wp);
+            let t = load_window::<L, M>(dyb, tiling.packed_at(img, g, groups, oy + 1, ox + 1), tiling.wp);
             store_tile(d, &grad_2d::<M, A, V, L>(&t), p, kp, g);
         }
     }
@@ -1564,19 +1567,16 @@ fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
             run_block::<M, A, V>(&xb, &u, s, &own, p0, out, split, lane_epi.as_ref(), simd);
             buffers::give(xb);
         });
-        if let Ok(u) = std::sync::Arc::try_unwrap(u) {
-            buffers::give(u);
+    } else {
+        let xb = pack_input_stamped(x, x_stamp, s, &tiling, simd);
+        // Each block writes only its own tiles' pixels of `y`.
+        team::for_each_on(s.n < team::SHORT_BATCH, blocks, |b| {
+            run_block::<M, A, V>(&xb, &u, s, &tiling, b * tiling.block, out, split, lane_epi.as_ref(), simd)
+        });
+        match keep {
+            Some(st) => packed_store::put(packed_key(st, s, &tiling), xb),
+            None => buffers::give(xb),
         }
-        return y;
-    }
-    let xb = pack_input_stamped(x, x_stamp, s, &tiling, simd);
-    // Each block writes only its own tiles' pixels of `y`.
-    team::for_each_on(s.n < team::SHORT_BATCH, blocks, |b| {
-        run_block::<M, A, V>(&xb, &u, s, &tiling, b * tiling.block, out, split, lane_epi.as_ref(), simd)
-    });
-    match keep {
-        Some(st) => packed_store::put(packed_key(st, s, &tiling), xb),
-        None => buffers::give(xb),
     }
     if let Ok(u) = std::sync::Arc::try_unwrap(u) {
         buffers::give(u);
