@@ -28,7 +28,9 @@ fn convs(c: &mut Criterion) {
     ];
     for batch in [1usize, 64] {
         for (name, cin, cout, size, stride) in layers {
-            let s = ConvShape::new(&[batch, cin, size, size], &[cout, cin, 3, 3], ConvSpec { stride, pad: 1 }).unwrap();
+            let s =
+                ConvShape::new(&[batch, cin, size, size], &[cout, cin, 3, 3], ConvSpec { stride, pad: 1, groups: 1 })
+                    .unwrap();
             let x = data(batch * cin * size * size, 1);
             let w = data(cout * cin * 9, 2);
             let dy = data(batch * cout * s.out_h * s.out_w, 3);

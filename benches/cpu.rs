@@ -44,7 +44,7 @@ fn convs(c: &mut Criterion) {
     ] {
         let x = data(&[128, cin, size, size]);
         let w = data(&[cout, cin, 3, 3]);
-        let spec = ConvSpec { stride, pad: 1 };
+        let spec = ConvSpec { stride, pad: 1, groups: 1 };
         let y = dev.conv2d_forward(&x, &w, spec).unwrap();
         let macs = (y.numel() * cin * 9) as u64;
         g.throughput(Throughput::Elements(2 * macs));

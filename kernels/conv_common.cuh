@@ -27,7 +27,7 @@ struct ConvParams {
     int out_c, out_h, out_w;
     int r, s;
     int stride, pad;
-    int relu;        // epilogue: 1 = max(v, 0) last
+    int act;         // epilogue, last: 0 none, 1 = max(v, 0), 2 = min(max(v, 0), 6)
     int w_stride_n;  // weight offset per output channel of the GEMM (FWD: C*R*S, BWD: R*S)
     int w_stride_c;  // weight offset per reduction channel       (FWD: R*S,   BWD: C*R*S)
 };
@@ -37,7 +37,7 @@ LF_OFFSET(ConvParams, scale, 24); LF_OFFSET(ConvParams, shift, 32); LF_OFFSET(Co
 LF_OFFSET(ConvParams, n, 48); LF_OFFSET(ConvParams, src_c, 52); LF_OFFSET(ConvParams, src_h, 56);
 LF_OFFSET(ConvParams, src_w, 60); LF_OFFSET(ConvParams, out_c, 64); LF_OFFSET(ConvParams, out_h, 68);
 LF_OFFSET(ConvParams, out_w, 72); LF_OFFSET(ConvParams, r, 76); LF_OFFSET(ConvParams, s, 80);
-LF_OFFSET(ConvParams, stride, 84); LF_OFFSET(ConvParams, pad, 88); LF_OFFSET(ConvParams, relu, 92);
+LF_OFFSET(ConvParams, stride, 84); LF_OFFSET(ConvParams, pad, 88); LF_OFFSET(ConvParams, act, 92);
 LF_OFFSET(ConvParams, w_stride_n, 96); LF_OFFSET(ConvParams, w_stride_c, 100);
 
 #define LF_CONV_FWD 0
@@ -153,6 +153,7 @@ LF_DEVICE void lf_conv_store(const ConvParams& p, int gm, int gn, float v) {
     if (p.scale) v = v * p.scale[gn];
     if (p.shift) v = v + p.shift[gn];
     if (p.residual) v = v + p.residual[o];
-    if (p.relu) v = lf_relu(v);
+    if (p.act == 1) v = lf_relu(v);
+    else if (p.act == 2) v = fminf(fmaxf(v, 0.0f), 6.0f);
     p.out[o] = v;
 }

@@ -1,4 +1,4 @@
-// Element-wise ops: ReLU forward/backward, add, fused add+ReLU, add-assign, scale.
+// Element-wise ops: ReLU and ReLU6 forward/backward, add, fused add+ReLU, add-assign, scale.
 //
 // Memory bound. Each thread handles 4 consecutive elements: one 16-byte load per operand when
 // `vec4` is set (element count divisible by 4; buffers are whole allocations, hence 16-byte
@@ -23,6 +23,8 @@ LF_OFFSET(EwParams, n, 24); LF_OFFSET(EwParams, s, 32); LF_OFFSET(EwParams, vec4
 #define EW_ADD_RELU 3
 #define EW_ADD_ASSIGN 4  // out += a
 #define EW_SCALE 5       // out *= s
+#define EW_RELU6 6
+#define EW_RELU6_BWD 7  // a = dy, b = y (forward output)
 
 template <int OP>
 LF_DEVICE float ew_op(float a, float b, float o, float s) {
@@ -31,13 +33,15 @@ LF_DEVICE float ew_op(float a, float b, float o, float s) {
     if (OP == EW_ADD) return a + b;
     if (OP == EW_ADD_RELU) return lf_relu(a + b);
     if (OP == EW_ADD_ASSIGN) return o + a;
+    if (OP == EW_RELU6) return fminf(fmaxf(a, 0.0f), 6.0f);  // fmaxf: NaN -> 0, as the CPU's f32::max
+    if (OP == EW_RELU6_BWD) return (b > 0.0f && b < 6.0f) ? a : 0.0f;
     return o * s;  // EW_SCALE
 }
 
 template <int OP>
 LF_DEVICE void ew_kernel(const EwParams& p) {
     constexpr bool READS_A = OP != EW_SCALE;
-    constexpr bool READS_B = OP == EW_RELU_BWD || OP == EW_ADD || OP == EW_ADD_RELU;
+    constexpr bool READS_B = OP == EW_RELU_BWD || OP == EW_RELU6_BWD || OP == EW_ADD || OP == EW_ADD_RELU;
     constexpr bool READS_OUT = OP == EW_ADD_ASSIGN || OP == EW_SCALE;
     const long long base = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (base >= p.n) return;
@@ -72,3 +76,5 @@ extern "C" __global__ void __launch_bounds__(256) ew_add(const EwParams p) { ew_
 extern "C" __global__ void __launch_bounds__(256) ew_add_relu(const EwParams p) { ew_kernel<EW_ADD_RELU>(p); }
 extern "C" __global__ void __launch_bounds__(256) ew_add_assign(const EwParams p) { ew_kernel<EW_ADD_ASSIGN>(p); }
 extern "C" __global__ void __launch_bounds__(256) ew_scale(const EwParams p) { ew_kernel<EW_SCALE>(p); }
+extern "C" __global__ void __launch_bounds__(256) ew_relu6(const EwParams p) { ew_kernel<EW_RELU6>(p); }
+extern "C" __global__ void __launch_bounds__(256) ew_relu6_bwd(const EwParams p) { ew_kernel<EW_RELU6_BWD>(p); }

@@ -11,30 +11,33 @@ struct PoolParams {
     int h, w;
     int oh, ow;
     int k, stride;
-    int _pad;
+    int pad;          // max pool: -inf cells on each side
 };
 static_assert(sizeof(PoolParams) == 56, "PoolParams layout must match the Rust mirror");
 LF_OFFSET(PoolParams, x, 0); LF_OFFSET(PoolParams, dy, 8); LF_OFFSET(PoolParams, out, 16);
 LF_OFFSET(PoolParams, nc, 24); LF_OFFSET(PoolParams, h, 28); LF_OFFSET(PoolParams, w, 32);
 LF_OFFSET(PoolParams, oh, 36); LF_OFFSET(PoolParams, ow, 40); LF_OFFSET(PoolParams, k, 44);
-LF_OFFSET(PoolParams, stride, 48); LF_OFFSET(PoolParams, _pad, 52);
+LF_OFFSET(PoolParams, stride, 48); LF_OFFSET(PoolParams, pad, 52);
 
 // First maximum of window (oi, oj) in row-major order: the scan starts from -inf at the
 // window's first element and only a strictly greater value replaces it (so NaNs are skipped and
 // an all -inf / NaN window reports -inf at its first element, as the CPU backend does).
 // Returns its flat index inside the plane.
 LF_DEVICE int maxpool_argmax(const float* plane, const PoolParams& p, int oi, int oj, float& best) {
-    const int i0 = oi * p.stride;
-    const int j0 = oj * p.stride;
-    int arg = i0 * p.w + j0;
+    // The window clipped to the plane: padding cells hold -inf and never win.
+    const int i0 = oi * p.stride - p.pad;
+    const int j0 = oj * p.stride - p.pad;
+    const int ia = max(i0, 0), ib = min(i0 + p.k, p.h);
+    const int ja = max(j0, 0), jb = min(j0 + p.k, p.w);
+    int arg = ia * p.w + ja;
     best = -__int_as_float(0x7f800000);
-    for (int di = 0; di < p.k; ++di) {
-        const float* row = plane + (i0 + di) * p.w + j0;
-        for (int dj = 0; dj < p.k; ++dj) {
-            const float v = row[dj];
+    for (int i = ia; i < ib; ++i) {
+        const float* row = plane + i * p.w;
+        for (int j = ja; j < jb; ++j) {
+            const float v = row[j];
             if (v > best) {
                 best = v;
-                arg = (i0 + di) * p.w + j0 + dj;
+                arg = i * p.w + j;
             }
         }
     }
@@ -66,11 +69,12 @@ extern "C" __global__ void __launch_bounds__(256) maxpool_bwd(const PoolParams p
     const long long pl = t / p.h;
     const float* plane = p.x + pl * p.h * p.w;
     const float* dyp = p.dy + pl * p.oh * p.ow;
-    // Windows oi with oi*stride <= i <= oi*stride + k - 1.
-    const int oi_lo = i - p.k + 1 <= 0 ? 0 : (i - p.k + 1 + p.stride - 1) / p.stride;
-    const int oi_hi = min(i / p.stride, p.oh - 1);
-    const int oj_lo = j - p.k + 1 <= 0 ? 0 : (j - p.k + 1 + p.stride - 1) / p.stride;
-    const int oj_hi = min(j / p.stride, p.ow - 1);
+    // Windows oi with oi*stride - pad <= i <= oi*stride - pad + k - 1.
+    const int ip = i + p.pad, jp = j + p.pad;
+    const int oi_lo = ip - p.k + 1 <= 0 ? 0 : (ip - p.k + 1 + p.stride - 1) / p.stride;
+    const int oi_hi = min(ip / p.stride, p.oh - 1);
+    const int oj_lo = jp - p.k + 1 <= 0 ? 0 : (jp - p.k + 1 + p.stride - 1) / p.stride;
+    const int oj_hi = min(jp / p.stride, p.ow - 1);
     const int me = i * p.w + j;
     float acc = 0.0f;
     for (int oi = oi_lo; oi <= oi_hi; ++oi) {

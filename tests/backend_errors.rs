@@ -6,7 +6,7 @@
 #[path = "common/gpu.rs"]
 mod gpu;
 
-use lfgcl::backend::{self, BnSaved, ConvEpilogue, ConvSpec, Device, SgdStep};
+use lfgcl::backend::{self, Activation, BnSaved, ConvEpilogue, ConvSpec, Device, SgdStep};
 use lfgcl::{Error, Result, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +24,7 @@ fn t(dev: &Device, dims: &[usize]) -> Tensor {
 
 type Case = (&'static str, Kind, fn(&Device) -> Result<()>);
 
-const S1: ConvSpec = ConvSpec { stride: 1, pad: 1 };
+const S1: ConvSpec = ConvSpec { stride: 1, pad: 1, groups: 1 };
 
 fn cases() -> Vec<Case> {
     vec![
@@ -34,10 +34,12 @@ fn cases() -> Vec<Case> {
             d.conv2d_forward(&t(d, &[1, 2, 8, 8]), &t(d, &[4, 3, 3, 3]), S1).map(drop)
         }),
         ("conv stride 0", Kind::Invalid, |d| {
-            d.conv2d_forward(&t(d, &[1, 3, 8, 8]), &t(d, &[4, 3, 3, 3]), ConvSpec { stride: 0, pad: 1 }).map(drop)
+            d.conv2d_forward(&t(d, &[1, 3, 8, 8]), &t(d, &[4, 3, 3, 3]), ConvSpec { stride: 0, pad: 1, groups: 1 })
+                .map(drop)
         }),
         ("conv kernel larger than input", Kind::Shape, |d| {
-            d.conv2d_forward(&t(d, &[1, 3, 2, 2]), &t(d, &[4, 3, 5, 5]), ConvSpec { stride: 1, pad: 0 }).map(drop)
+            d.conv2d_forward(&t(d, &[1, 3, 2, 2]), &t(d, &[4, 3, 5, 5]), ConvSpec { stride: 1, pad: 0, groups: 1 })
+                .map(drop)
         }),
         ("conv backward data dy", Kind::Shape, |d| {
             d.conv2d_backward_data(&t(d, &[1, 4, 7, 8]), &t(d, &[4, 3, 3, 3]), &[1, 3, 8, 8], S1).map(drop)
@@ -47,12 +49,12 @@ fn cases() -> Vec<Case> {
         }),
         ("fused conv scale length", Kind::Shape, |d| {
             let (sc, sh) = (t(d, &[3]), t(d, &[4]));
-            let epi = ConvEpilogue { scale: &sc, shift: &sh, residual: None, relu: true };
+            let epi = ConvEpilogue { scale: &sc, shift: &sh, residual: None, act: Activation::Relu };
             d.conv2d_forward_fused(&t(d, &[1, 3, 8, 8]), &t(d, &[4, 3, 3, 3]), S1, &epi).map(drop)
         }),
         ("fused conv residual shape", Kind::Shape, |d| {
             let (sc, sh, r) = (t(d, &[4]), t(d, &[4]), t(d, &[1, 4, 8, 7]));
-            let epi = ConvEpilogue { scale: &sc, shift: &sh, residual: Some(&r), relu: false };
+            let epi = ConvEpilogue { scale: &sc, shift: &sh, residual: Some(&r), act: Activation::Identity };
             d.conv2d_forward_fused(&t(d, &[1, 3, 8, 8]), &t(d, &[4, 3, 3, 3]), S1, &epi).map(drop)
         }),
         // ---- batch norm
@@ -90,12 +92,14 @@ fn cases() -> Vec<Case> {
         ("add_relu shapes", Kind::Shape, |d| d.add_relu(&t(d, &[2, 3]), &t(d, &[2, 4])).map(drop)),
         ("add_assign shapes", Kind::Shape, |d| d.add_assign(&mut t(d, &[2, 3]), &t(d, &[2, 4]))),
         // ---- pooling
-        ("maxpool kernel 0", Kind::Invalid, |d| d.maxpool_forward(&t(d, &[1, 2, 4, 4]), 0, 1).map(drop)),
-        ("maxpool stride 0", Kind::Invalid, |d| d.maxpool_forward(&t(d, &[1, 2, 4, 4]), 2, 0).map(drop)),
-        ("maxpool window larger than input", Kind::Shape, |d| d.maxpool_forward(&t(d, &[1, 2, 3, 3]), 4, 4).map(drop)),
-        ("maxpool input rank 2", Kind::Shape, |d| d.maxpool_forward(&t(d, &[4, 4]), 2, 2).map(drop)),
+        ("maxpool kernel 0", Kind::Invalid, |d| d.maxpool_forward(&t(d, &[1, 2, 4, 4]), 0, 1, 0).map(drop)),
+        ("maxpool stride 0", Kind::Invalid, |d| d.maxpool_forward(&t(d, &[1, 2, 4, 4]), 2, 0, 0).map(drop)),
+        ("maxpool window larger than input", Kind::Shape, |d| {
+            d.maxpool_forward(&t(d, &[1, 2, 3, 3]), 4, 4, 0).map(drop)
+        }),
+        ("maxpool input rank 2", Kind::Shape, |d| d.maxpool_forward(&t(d, &[4, 4]), 2, 2, 0).map(drop)),
         ("maxpool backward dy", Kind::Shape, |d| {
-            d.maxpool_backward(&t(d, &[1, 2, 3, 2]), &t(d, &[1, 2, 4, 4]), 2, 2).map(drop)
+            d.maxpool_backward(&t(d, &[1, 2, 3, 2]), &t(d, &[1, 2, 4, 4]), 2, 2, 0).map(drop)
         }),
         ("global avgpool rank 3", Kind::Shape, |d| d.global_avgpool_forward(&t(d, &[2, 3, 4])).map(drop)),
         ("global avgpool empty map", Kind::Shape, |d| d.global_avgpool_forward(&t(d, &[2, 3, 0, 4])).map(drop)),

@@ -54,7 +54,7 @@ fn cases() -> Vec<(usize, usize, usize, usize, usize)> {
 }
 
 fn shape(n: usize, c: usize, h: usize, w: usize, k: usize) -> ConvShape {
-    ConvShape::new(&[n, c, h, w], &[k, c, 3, 3], ConvSpec { stride: 1, pad: 1 }).unwrap()
+    ConvShape::new(&[n, c, h, w], &[k, c, 3, 3], ConvSpec { stride: 1, pad: 1, groups: 1 }).unwrap()
 }
 
 fn abs(v: &[f32]) -> Vec<f32> {
@@ -197,7 +197,7 @@ fn backends_dispatch_as_documented() {
     let wt = pseudo(16 * 16 * 9, 6);
     let xt = Tensor::from_vec(&[4, 16, 16, 16], x.clone()).unwrap();
     let wtt = Tensor::from_vec(&[16, 16, 3, 3], wt.clone()).unwrap();
-    let spec = ConvSpec { stride: 1, pad: 1 };
+    let spec = ConvSpec { stride: 1, pad: 1, groups: 1 };
     let y_fast = backend::cpu().conv2d_forward(&xt, &wtt, spec).unwrap().to_vec().unwrap();
     let y_exact = backend::cpu_exact().conv2d_forward(&xt, &wtt, spec).unwrap().to_vec().unwrap();
     let y_ref = backend::cpu_reference().conv2d_forward(&xt, &wtt, spec).unwrap().to_vec().unwrap();
@@ -234,11 +234,11 @@ fn backends_dispatch_as_documented() {
     assert_eq!(dw_exact.to_vec().unwrap(), conv::backward_weight(&x, &x, &s));
     // Strided convolutions are not Winograd's: the direct kernel's where the CPU has AVX-512,
     // im2col's in the exact backends.
-    let strided = ConvShape::new(&[2, 16, 8, 8], &[16, 16, 3, 3], ConvSpec { stride: 2, pad: 1 }).unwrap();
+    let strided = ConvShape::new(&[2, 16, 8, 8], &[16, 16, 3, 3], ConvSpec { stride: 2, pad: 1, groups: 1 }).unwrap();
     assert!(winograd::choose(&strided).is_none());
     let xs = pseudo(2 * 16 * 64, 8);
     let xst = Tensor::from_vec(&[2, 16, 8, 8], xs.clone()).unwrap();
-    let spec2 = ConvSpec { stride: 2, pad: 1 };
+    let spec2 = ConvSpec { stride: 2, pad: 1, groups: 1 };
     let y_fast = backend::cpu().conv2d_forward(&xst, &wtt, spec2).unwrap().to_vec().unwrap();
     if direct::supports(&strided) {
         assert_eq!(y_fast, direct::forward(&xs, &wt, &strided, None));
@@ -255,7 +255,7 @@ fn backends_dispatch_as_documented() {
 /// and 3 threads.
 #[test]
 fn direct_matches_exact_within_bound_and_is_reproducible() {
-    let probe = ConvShape::new(&[1, 3, 8, 8], &[16, 3, 3, 3], ConvSpec { stride: 1, pad: 1 }).unwrap();
+    let probe = ConvShape::new(&[1, 3, 8, 8], &[16, 3, 3, 3], ConvSpec { stride: 1, pad: 1, groups: 1 }).unwrap();
     if !direct::supports(&probe) {
         println!("skipped: no AVX-512 on this CPU (the direct kernel is not used)");
         return;
@@ -274,7 +274,7 @@ fn direct_matches_exact_within_bound_and_is_reproducible() {
     ];
     let mut overall = 0.0f64;
     for (i, &(n, c, h, w, k, stride)) in cases.iter().enumerate() {
-        let s = ConvShape::new(&[n, c, h, w], &[k, c, 3, 3], ConvSpec { stride, pad: 1 }).unwrap();
+        let s = ConvShape::new(&[n, c, h, w], &[k, c, 3, 3], ConvSpec { stride, pad: 1, groups: 1 }).unwrap();
         assert!(direct::supports(&s));
         let x = pseudo(n * c * h * w, 300 + i as u64);
         let wt = pseudo(k * c * 9, 400 + i as u64);
@@ -294,7 +294,7 @@ fn direct_matches_exact_within_bound_and_is_reproducible() {
     }
     println!("direct: worst error {overall:.2e} (bound {DIRECT_BOUND:e})");
     // Not vacuous: a changed tap breaks the bound.
-    let s = ConvShape::new(&[1, 16, 8, 8], &[16, 16, 3, 3], ConvSpec { stride: 2, pad: 1 }).unwrap();
+    let s = ConvShape::new(&[1, 16, 8, 8], &[16, 16, 3, 3], ConvSpec { stride: 2, pad: 1, groups: 1 }).unwrap();
     let (x, mut wt) = (pseudo(16 * 64, 1), pseudo(16 * 16 * 9, 2));
     let (exact, scale) = (conv::forward_reference(&x, &wt, &s), conv::forward_reference(&abs(&x), &abs(&wt), &s));
     wt[5] += 1e-3;
@@ -323,7 +323,7 @@ fn fused_eval_conv_equals_unfused_ops_bit_for_bit() {
         let seed = 50 + 10 * i as u64;
         let x = Tensor::from_vec(&[n, c, h, w], pseudo(n * c * h * w, seed)).unwrap();
         let wt = Tensor::from_vec(&[k, c, ks, ks], pseudo(k * c * ks * ks, seed + 1)).unwrap();
-        let spec = ConvSpec { stride, pad };
+        let spec = ConvSpec { stride, pad, groups: 1 };
         let channel =
             |s: u64, lo: f32| Tensor::from_vec(&[k], pseudo(k, s).iter().map(|v| v.abs() + lo).collect()).unwrap();
         let (gamma, beta) = (channel(seed + 2, 0.5), Tensor::from_vec(&[k], pseudo(k, seed + 3)).unwrap());
@@ -343,7 +343,7 @@ fn fused_eval_conv_equals_unfused_ops_bit_for_bit() {
                 scale: &scale,
                 shift: &shift,
                 residual: with_residual.then_some(&residual),
-                relu,
+                act: if relu { backend::Activation::Relu } else { backend::Activation::Identity },
             };
             let got = dev.conv2d_forward_fused(&x, &wt, spec, &epi).unwrap();
             assert!(
@@ -364,7 +364,7 @@ fn filter_transform_cache_follows_in_place_updates() {
     let (n, c, h, k) = (1, 16, 32, 16);
     let x = Tensor::from_vec(&[n, c, h, h], pseudo(n * c * h * h, 91)).unwrap();
     let mut w = Tensor::from_vec(&[k, c, 3, 3], pseudo(k * c * 9, 92)).unwrap();
-    let spec = ConvSpec { stride: 1, pad: 1 };
+    let spec = ConvSpec { stride: 1, pad: 1, groups: 1 };
     assert!(winograd::choose(&shape(n, c, h, h, k)).is_some(), "the case must take the Winograd path");
     let first = dev.conv2d_forward(&x, &w, spec).unwrap().to_vec().unwrap();
     assert_eq!(dev.conv2d_forward(&x, &w, spec).unwrap().to_vec().unwrap(), first, "cached transform");

@@ -35,7 +35,7 @@ mod gpu;
 use gpu::{cuda_backend_or_skip, cuda_or_skip, private_cuda_backend_or_skip};
 use lfgcl::backend::cuda::{CudaBackend, GatherView, GemmLayout};
 use lfgcl::backend::prelude::*;
-use lfgcl::backend::{cpu_exact, BnSaved, ConvEpilogue, ConvShape, ConvSpec, Precision, SgdStep};
+use lfgcl::backend::{cpu_exact, Activation, BnSaved, ConvEpilogue, ConvShape, ConvSpec, Precision, SgdStep};
 use lfgcl::Tensor;
 
 const F32_BOUND: f32 = 1e-4;
@@ -144,7 +144,7 @@ fn conv_cases() -> Vec<ConvCase> {
         .iter()
         .enumerate()
         .map(|(i, &(n, c, h, w, k, r, stride, pad))| {
-            let spec = ConvSpec { stride, pad };
+            let spec = ConvSpec { stride, pad, groups: 1 };
             let shape = ConvShape::new(&[n, c, h, w], &[k, c, r, r], spec).expect("valid conv shape");
             let seed = 1000 + 10 * i as u64;
             ConvCase {
@@ -234,7 +234,7 @@ fn conv_backward_weight_f32_and_deterministic() {
     let cpu = cpu_exact();
     let mut cases = conv_cases();
     // A long reduction (131072 pixels) to exercise split-K at training size.
-    let spec = ConvSpec { stride: 1, pad: 1 };
+    let spec = ConvSpec { stride: 1, pad: 1, groups: 1 };
     let shape = ConvShape::new(&[128, 16, 32, 32], &[16, 16, 3, 3], spec).expect("shape");
     cases.push(ConvCase {
         x: rand_host(&shape.input_dims(), 77),
@@ -301,7 +301,7 @@ fn conv_fused_bn_residual_relu() {
             [(Precision::F32, F32_BOUND), (Precision::Tf32, TF32_BOUND), (Precision::Bf16, BF16_BOUND)]
         {
             be.set_conv_precision(precision).expect("set precision");
-            let epi = ConvEpilogue { scale: &scale, shift: &shift, residual: None, relu: true };
+            let epi = ConvEpilogue { scale: &scale, shift: &shift, residual: None, act: Activation::Relu };
             let got = be.conv2d_forward_fused(&gx, &gw, c.spec, &epi).expect("fused conv");
             assert_close(&format!("conv+bn+relu {} {}", precision.name(), label(&c.shape)), &got, &want_plain, bound);
             let epi = ConvEpilogue { residual: Some(&gr), ..epi };
@@ -517,13 +517,13 @@ fn maxpool_first_max_rule() {
         let n: usize = dims.iter().product();
         let q: Vec<f32> = rand_vec(n, 6000 + i as u64, 0.0, 5.0).iter().map(|v| v.floor() - 2.0).collect();
         let x = Tensor::from_vec(dims, q).expect("x");
-        let want = cpu.maxpool_forward(&x, k, s).expect("cpu maxpool");
+        let want = cpu.maxpool_forward(&x, k, s, 0).expect("cpu maxpool");
         let gx = up(&*gpu, &x);
-        let got = gpu.maxpool_forward(&gx, k, s).expect("gpu maxpool");
+        let got = gpu.maxpool_forward(&gx, k, s, 0).expect("gpu maxpool");
         assert_exact(&format!("maxpool_forward {dims:?} k{k} s{s}"), &got, &want);
         let dy = rand_host(want.dims(), 6100 + i as u64);
-        let want = cpu.maxpool_backward(&dy, &x, k, s).expect("cpu maxpool bwd");
-        let got = gpu.maxpool_backward(&up(&*gpu, &dy), &gx, k, s).expect("gpu maxpool bwd");
+        let want = cpu.maxpool_backward(&dy, &x, k, s, 0).expect("cpu maxpool bwd");
+        let got = gpu.maxpool_backward(&up(&*gpu, &dy), &gx, k, s, 0).expect("gpu maxpool bwd");
         assert_exact(&format!("maxpool_backward {dims:?} k{k} s{s}"), &got, &want);
     }
 }
@@ -845,7 +845,7 @@ fn memory_ops_and_device_checks() {
     // Host tensors and mismatched shapes are errors, not crashes.
     assert!(gpu.relu_forward(&x).is_err());
     assert!(gpu.add(&g, &up(&*gpu, &rand_host(&[3, 5, 6], 1))).is_err());
-    assert!(gpu.conv2d_forward(&g, &g, ConvSpec { stride: 1, pad: 0 }).is_err());
+    assert!(gpu.conv2d_forward(&g, &g, ConvSpec { stride: 1, pad: 0, groups: 1 }).is_err());
     assert!(gpu.from_host(&[2, 2], &[1.0; 3]).is_err());
     assert!(gpu.describe().starts_with("cuda:"));
 }
@@ -858,7 +858,7 @@ fn graph_capture_replays_a_fixed_shape_block() {
         return;
     };
     let be: &CudaBackend = &be;
-    let spec = ConvSpec { stride: 1, pad: 1 };
+    let spec = ConvSpec { stride: 1, pad: 1, groups: 1 };
     let x_host = rand_host(&[8, 16, 32, 32], 16_000);
     let w = up(be, &rand_host(&[16, 16, 3, 3], 16_001));
     let gamma = up(be, &Tensor::from_vec(&[16], rand_vec(16, 16_002, 0.5, 1.5)).expect("gamma"));
@@ -872,7 +872,7 @@ fn graph_capture_replays_a_fixed_shape_block() {
     let mut pooled = be.zeros(&[8, 16]).expect("pooled");
     // A residual block: conv-bn-relu, conv-bn + x, relu, then the global pool.
     let block = |x: &Tensor, h: &mut Tensor, y: &mut Tensor, pooled: &mut Tensor| -> lfgcl::Result<()> {
-        let e1 = ConvEpilogue { scale: &scale, shift: &shift, residual: None, relu: true };
+        let e1 = ConvEpilogue { scale: &scale, shift: &shift, residual: None, act: Activation::Relu };
         be.conv2d_fused_into(x, &w, spec, Some(&e1), Precision::F32, h)?;
         let e2 = ConvEpilogue { residual: Some(x), ..e1 };
         be.conv2d_fused_into(h, &w, spec, Some(&e2), Precision::F32, y)?;

@@ -88,7 +88,7 @@ fn conv2d_input_and_weight() {
         (1, 2, 6, 3, 3, 2, 0),
         (2, 3, 9, 2, 3, 1, 0),
     ] {
-        let spec = ConvSpec { stride, pad };
+        let spec = ConvSpec { stride, pad, groups: 1 };
         let xd = [n, c, h, h];
         let wd = [k, c, ks, ks];
         let x = rand_vec(&mut rng, xd.iter().product(), -1.0, 1.0);
@@ -266,12 +266,12 @@ fn max_pool_and_global_average_pool() {
         let j = rng.random_range(0..=i);
         x.swap(i, j);
     }
-    let y = d.maxpool_forward(&t(&dims, x.clone()), 2, 2).unwrap();
+    let y = d.maxpool_forward(&t(&dims, x.clone()), 2, 2, 0).unwrap();
     assert_eq!(y.dims(), &[2, 3, 3, 3]);
     let r = rand_vec(&mut rng, y.numel(), -1.0, 1.0);
-    let dx = d.maxpool_backward(&t(y.dims(), r.clone()), &t(&dims, x.clone()), 2, 2).unwrap();
+    let dx = d.maxpool_backward(&t(y.dims(), r.clone()), &t(&dims, x.clone()), 2, 2, 0).unwrap();
     check("maxpool", &x, dx.as_slice().unwrap(), 80, &mut |xv| {
-        dot(&d.maxpool_forward(&t(&dims, xv.to_vec()), 2, 2).unwrap(), &r)
+        dot(&d.maxpool_forward(&t(&dims, xv.to_vec()), 2, 2, 0).unwrap(), &r)
     });
     let xg = rand_vec(&mut rng, n, -1.0, 1.0);
     let g = d.global_avgpool_forward(&t(&dims, xg.clone())).unwrap();
@@ -283,7 +283,7 @@ fn max_pool_and_global_average_pool() {
     });
     // Ties go to the first maximum in row-major window order.
     let tie =
-        d.maxpool_backward(&t(&[1, 1, 1, 1], vec![1.0]), &t(&[1, 1, 2, 2], vec![0.0, 3.0, 3.0, 1.0]), 2, 2).unwrap();
+        d.maxpool_backward(&t(&[1, 1, 1, 1], vec![1.0]), &t(&[1, 1, 2, 2], vec![0.0, 3.0, 3.0, 1.0]), 2, 2, 0).unwrap();
     assert_eq!(tie.as_slice().unwrap(), &[0.0, 1.0, 0.0, 0.0]);
 }
 

@@ -37,7 +37,7 @@ fn run(s: &ConvShape, tile: WinogradTile, lanes: TransformLanes) -> Outputs {
 #[test]
 fn every_transform_build_gives_the_same_bits() {
     for &(n, c, h, k) in &[(1, 16, 32, 32), (3, 32, 16, 16), (1, 24, 8, 32), (3, 13, 9, 16), (1, 16, 7, 24)] {
-        let s = ConvShape::new(&[n, c, h, h], &[k, c, 3, 3], ConvSpec { stride: 1, pad: 1 }).unwrap();
+        let s = ConvShape::new(&[n, c, h, h], &[k, c, 3, 3], ConvSpec { stride: 1, pad: 1, groups: 1 }).unwrap();
         for tile in [WinogradTile::F2, WinogradTile::F4] {
             let auto = run(&s, tile, TransformLanes::Auto);
             assert!(auto.0.iter().chain(&auto.3).all(|v| v.is_finite()) && auto.0.iter().any(|&v| v != 0.0));
@@ -56,7 +56,7 @@ fn every_transform_build_gives_the_same_bits() {
 /// The comparison above can fail: a one-ulp change to one weight changes the forward's bits.
 #[test]
 fn the_bit_comparison_is_not_vacuous() {
-    let s = ConvShape::new(&[1, 16, 8, 8], &[16, 16, 3, 3], ConvSpec { stride: 1, pad: 1 }).unwrap();
+    let s = ConvShape::new(&[1, 16, 8, 8], &[16, 16, 3, 3], ConvSpec { stride: 1, pad: 1, groups: 1 }).unwrap();
     let x = pseudo(16 * 64, 1);
     let mut w = pseudo(16 * 16 * 9, 2);
     let a = winograd::forward(&x, &w, &s, WinogradTile::F2);

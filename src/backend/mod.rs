@@ -26,11 +26,45 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::sync::Arc;
 
-/// Geometry of a 2-D convolution (groups = 1, square padding, square stride, no dilation).
+/// Geometry of a 2-D convolution (square padding, square stride, no dilation). With `groups`
+/// g > 1 the input and output channels split into g blocks and block i of the output reads only
+/// block i of the input: the weight is `[out, in / g, kh, kw]`. Depthwise is `g == in == out`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvSpec {
     pub stride: usize,
     pub pad: usize,
+    pub groups: usize,
+}
+
+impl ConvSpec {
+    /// A dense convolution (one group).
+    pub const fn dense(stride: usize, pad: usize) -> ConvSpec {
+        ConvSpec { stride, pad, groups: 1 }
+    }
+}
+
+/// The activation at the end of a fused chain or after a batch norm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Activation {
+    #[default]
+    Identity,
+    /// `max(v, 0)`.
+    Relu,
+    /// `min(max(v, 0), 6)` (MobileNetV2).
+    Relu6,
+}
+
+impl Activation {
+    /// The activation of one value (the CPU reference and every epilogue).
+    #[inline(always)]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::Identity => v,
+            Activation::Relu => v.max(0.0),
+            // `max` first: NaN -> 0, as the CUDA kernels' fmaxf.
+            Activation::Relu6 => v.max(0.0).min(6.0),
+        }
+    }
 }
 
 /// What `conv2d_forward_fused` applies to each output, in order: `v * scale[k] + shift[k]` (an
@@ -41,7 +75,7 @@ pub struct ConvEpilogue<'a> {
     pub scale: &'a Tensor,
     pub shift: &'a Tensor,
     pub residual: Option<&'a Tensor>,
-    pub relu: bool,
+    pub act: Activation,
 }
 
 /// Arithmetic of the forward and backward-data convolutions (backward-weight is always f32).
@@ -258,6 +292,10 @@ pub trait ElementwiseOps {
     fn relu_forward(&self, x: &Tensor) -> Result<Tensor>;
     /// `dx = dy * (y > 0)`, with `y` the forward output.
     fn relu_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor>;
+    /// `min(max(x, 0), 6)`.
+    fn relu6_forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// `dx = dy * (0 < y < 6)`, with `y` the forward output (PyTorch's hardtanh gradient).
+    fn relu6_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor>;
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// `relu(a + b)`, the end of every residual block.
     fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
@@ -269,10 +307,12 @@ pub trait ElementwiseOps {
 
 /// Pooling (`cpu/pool.rs`, `cuda/pool.rs`).
 pub trait PoolOps {
-    /// Max pooling without padding (floor mode).
-    fn maxpool_forward(&self, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor>;
-    /// Routes each `dy` to the first maximum of its window in `x` (row-major order).
-    fn maxpool_backward(&self, dy: &Tensor, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor>;
+    /// Max pooling (floor mode); `pad` cells of implicit -inf around the input, as PyTorch's
+    /// `MaxPool2d(kernel, stride, padding)` (`pad <= kernel / 2`).
+    fn maxpool_forward(&self, x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor>;
+    /// Routes each `dy` to the first maximum of its window in `x` (row-major order; padding
+    /// cells never win).
+    fn maxpool_backward(&self, dy: &Tensor, x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor>;
     /// `[N,C,H,W] -> [N,C]`.
     fn global_avgpool_forward(&self, x: &Tensor) -> Result<Tensor>;
     fn global_avgpool_backward(&self, dy: &Tensor, x_dims: &[usize]) -> Result<Tensor>;

@@ -47,6 +47,8 @@ pub struct ConvShape {
     pub kw: usize,
     pub stride: usize,
     pub pad: usize,
+    /// Channel groups: `c_in` and `c_out` split into `groups` blocks (1: dense).
+    pub groups: usize,
     pub out_h: usize,
     pub out_w: usize,
 }
@@ -57,11 +59,22 @@ impl ConvShape {
         if x.len() != 4 || w.len() != 4 {
             return Err(Error::Shape(format!("conv2d: input {x:?} and weight {w:?} must both be rank 4")));
         }
-        if x[1] != w[1] {
-            return Err(Error::Shape(format!("conv2d: input has {} channels but weight {w:?} expects {}", x[1], w[1])));
-        }
         if spec.stride == 0 {
             return Err(Error::Invalid("conv2d: stride must be at least 1".into()));
+        }
+        let g = spec.groups;
+        if g == 0 || x[1] % g != 0 || w[0] % g != 0 {
+            return Err(Error::Invalid(format!(
+                "conv2d: {g} groups must divide the {} input and {} output channels",
+                x[1], w[0]
+            )));
+        }
+        if x[1] != w[1] * g {
+            return Err(Error::Shape(format!(
+                "conv2d: input has {} channels but weight {w:?} with {g} group(s) expects {}",
+                x[1],
+                w[1] * g
+            )));
         }
         if x[2] + 2 * spec.pad < w[2] || x[3] + 2 * spec.pad < w[3] {
             return Err(Error::Shape(format!(
@@ -79,6 +92,7 @@ impl ConvShape {
             kw: w[3],
             stride: spec.stride,
             pad: spec.pad,
+            groups: spec.groups,
             out_h: conv_out_size(x[2], w[2], spec.stride, spec.pad),
             out_w: conv_out_size(x[3], w[3], spec.stride, spec.pad),
         })
@@ -113,14 +127,22 @@ impl ConvShape {
         [self.n, self.c_in, self.h, self.w]
     }
     pub fn weight_dims(&self) -> [usize; 4] {
-        [self.c_out, self.c_in, self.kh, self.kw]
+        [self.c_out, self.c_in / self.groups, self.kh, self.kw]
+    }
+    /// The spec this shape was built from.
+    pub fn spec(&self) -> ConvSpec {
+        ConvSpec { stride: self.stride, pad: self.pad, groups: self.groups }
+    }
+    /// Whether every channel is its own group (`groups == c_in == c_out`).
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.c_in && self.groups == self.c_out
     }
     pub fn output_dims(&self) -> [usize; 4] {
         [self.n, self.c_out, self.out_h, self.out_w]
     }
     /// Multiply-accumulates of the forward pass.
     pub fn macs(&self) -> u64 {
-        (self.n * self.c_out * self.out_h * self.out_w * self.c_in * self.kh * self.kw) as u64
+        (self.n * self.c_out * self.out_h * self.out_w * (self.c_in / self.groups) * self.kh * self.kw) as u64
     }
 }
 
@@ -191,7 +213,7 @@ impl BnShape {
 
 // ---- pooling ----------------------------------------------------------------------------------
 
-/// Max pooling without padding (floor mode) of a `[N,C,H,W]` input.
+/// Max pooling (floor mode) of a `[N,C,H,W]` input with `pad` cells of -inf on each side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolShape {
     pub n: usize,
@@ -200,25 +222,30 @@ pub struct PoolShape {
     pub w: usize,
     pub kernel: usize,
     pub stride: usize,
+    pub pad: usize,
     pub out_h: usize,
     pub out_w: usize,
 }
 
 impl PoolShape {
-    pub fn max(op: &str, x: &[usize], kernel: usize, stride: usize) -> Result<PoolShape> {
+    pub fn max(op: &str, x: &[usize], kernel: usize, stride: usize, pad: usize) -> Result<PoolShape> {
         let [n, c, h, w] = nchw(x, op)?;
         if kernel == 0 || stride == 0 {
             return Err(Error::Invalid(format!("{op}: window {kernel} and stride {stride} must be at least 1")));
         }
-        if h < kernel || w < kernel {
-            return Err(Error::Shape(format!("{op}: window {kernel} larger than the {h}x{w} input")));
+        // PyTorch's rule: every window holds at least one real cell.
+        if pad > kernel / 2 {
+            return Err(Error::Invalid(format!("{op}: padding {pad} is more than half the window {kernel}")));
         }
-        let (out_h, out_w) = (conv_out_size(h, kernel, stride, 0), conv_out_size(w, kernel, stride, 0));
-        Ok(PoolShape { n, c, h, w, kernel, stride, out_h, out_w })
+        if h + 2 * pad < kernel || w + 2 * pad < kernel {
+            return Err(Error::Shape(format!("{op}: window {kernel} larger than the {h}x{w} input padded by {pad}")));
+        }
+        let (out_h, out_w) = (conv_out_size(h, kernel, stride, pad), conv_out_size(w, kernel, stride, pad));
+        Ok(PoolShape { n, c, h, w, kernel, stride, pad, out_h, out_w })
     }
 
-    pub fn max_backward(dy: &Tensor, x: &Tensor, kernel: usize, stride: usize) -> Result<PoolShape> {
-        let s = PoolShape::max("maxpool_backward", x.dims(), kernel, stride)?;
+    pub fn max_backward(dy: &Tensor, x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<PoolShape> {
+        let s = PoolShape::max("maxpool_backward", x.dims(), kernel, stride, pad)?;
         dy.expect_dims(&s.output_dims(), "maxpool_backward: output gradient")?;
         Ok(s)
     }

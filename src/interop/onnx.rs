@@ -313,15 +313,13 @@ pub fn to_model_proto(model: &Model, opts: &ExportOptions) -> Result<(ModelProto
                 let ins = vec![x, w.init_i64(&format!("{name}.channel_map"), &idx)];
                 w.node("Gather", &format!("{name}.gather"), ins, &value_name(i), vec![attr_int("axis", 1)]);
             }
-            Op::MaxPool { kernel, stride } => {
-                let (k, s) = (*kernel as i64, *stride as i64);
-                w.node(
-                    "MaxPool",
-                    name,
-                    inputs,
-                    &value_name(i),
-                    vec![attr_ints("kernel_shape", &[k, k]), attr_ints("strides", &[s, s])],
-                );
+            Op::MaxPool { kernel, stride, pad } => {
+                let (k, s, p) = (*kernel as i64, *stride as i64, *pad as i64);
+                let mut attrs = vec![attr_ints("kernel_shape", &[k, k]), attr_ints("strides", &[s, s])];
+                if p > 0 {
+                    attrs.push(attr_ints("pads", &[p, p, p, p]));
+                }
+                w.node("MaxPool", name, inputs, &value_name(i), attrs);
             }
             Op::GlobalAvgPool => {
                 let pooled = format!("{name}.pooled");

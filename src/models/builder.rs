@@ -90,7 +90,7 @@ impl Builder {
         }
         let weight = self.kaiming(name, &[out_c, c, k, k], c * k * k)?;
         let (oh, ow) = (conv_out_size(h, k, stride, pad), conv_out_size(w, k, stride, pad));
-        let op = Op::Conv(Conv2d { weight: Param::new(weight), spec: ConvSpec { stride, pad } });
+        let op = Op::Conv(Conv2d { weight: Param::new(weight), spec: ConvSpec { stride, pad, groups: 1 } });
         Ok(self.push(name, op, vec![input], vec![out_c, oh, ow], slot))
     }
 
@@ -130,7 +130,7 @@ impl Builder {
             )));
         }
         let shape = vec![c, (h - kernel) / stride + 1, (w - kernel) / stride + 1];
-        Ok(self.push(name, Op::MaxPool { kernel, stride }, vec![input], shape, None))
+        Ok(self.push(name, Op::MaxPool { kernel, stride, pad: 0 }, vec![input], shape, None))
     }
 
     pub fn global_avgpool(&mut self, name: &str, input: usize) -> Result<usize> {

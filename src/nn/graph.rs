@@ -4,7 +4,7 @@
 //! explicit node list is also what pruning reads to find coupled channels.
 
 use super::layers::{BatchNorm, Conv2d, Linear, Param, ShortcutA};
-use crate::backend::{ConvEpilogue, Device};
+use crate::backend::{Activation, ConvEpilogue, Device};
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Tensor};
 
@@ -24,6 +24,7 @@ pub enum Op {
     MaxPool {
         kernel: usize,
         stride: usize,
+        pad: usize,
     },
     GlobalAvgPool,
     /// `[N,C,H,W] -> [N,C*H*W]`.
@@ -251,7 +252,7 @@ impl Graph {
                 }
             }
             Op::Shortcut(s) => dev.shortcut_forward(x, &s.src, s.stride)?,
-            Op::MaxPool { kernel, stride } => dev.maxpool_forward(x, *kernel, *stride)?,
+            Op::MaxPool { kernel, stride, pad } => dev.maxpool_forward(x, *kernel, *stride, *pad)?,
             Op::GlobalAvgPool => dev.global_avgpool_forward(x)?,
             Op::Flatten => {
                 let n = x.dims()[0];
@@ -303,7 +304,8 @@ impl Graph {
             Some(r) => Some(value_of(values, r, &self.nodes[chain.end].name)?),
             None => None,
         };
-        let epi = ConvEpilogue { scale: &scale, shift: &shift, residual, relu: chain.relu };
+        let act = if chain.relu { Activation::Relu } else { Activation::Identity };
+        let epi = ConvEpilogue { scale: &scale, shift: &shift, residual, act };
         dev.conv2d_forward_fused(x, &conv.weight.value, conv.spec, &epi)
     }
 
@@ -456,8 +458,8 @@ impl Graph {
                     both = Some((inputs[0], inputs[1], g));
                 }
                 Op::Shortcut(s) => push.push((inputs[0], dev.shortcut_backward(dy, &s.src, s.stride, x()?.dims())?)),
-                Op::MaxPool { kernel, stride } => {
-                    push.push((inputs[0], dev.maxpool_backward(dy, x()?, *kernel, *stride)?))
+                Op::MaxPool { kernel, stride, pad } => {
+                    push.push((inputs[0], dev.maxpool_backward(dy, x()?, *kernel, *stride, *pad)?))
                 }
                 Op::GlobalAvgPool => push.push((inputs[0], dev.global_avgpool_backward(dy, x()?.dims())?)),
                 Op::Flatten => push.push((inputs[0], dev.copy(dy)?.reshape(x()?.dims())?)),

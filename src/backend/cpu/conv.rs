@@ -8,7 +8,7 @@
 
 use super::gemm::{sgemm, sgemm_layout, Layout};
 use super::{host, ops, CpuBackend};
-use crate::backend::{ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
+use crate::backend::{Activation, ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -363,6 +363,13 @@ pub fn forward_reference(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
 
 // ---- the trait ------------------------------------------------------------------------------
 
+fn grouped_not_yet(s: &ConvShape) -> Result<()> {
+    if s.groups != 1 {
+        return Err(Error::Invalid("conv2d: grouped convolutions are not implemented on the CPU yet".into()));
+    }
+    Ok(())
+}
+
 impl CpuBackend {
     /// The forward kernel this backend uses for `s` (f64 loops, Winograd or im2col), with the
     /// fused epilogue applied in its last pass when given.
@@ -389,6 +396,7 @@ impl CpuBackend {
 impl ConvOps for CpuBackend {
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::new(x.dims(), w.dims(), spec)?;
+        grouped_not_yet(&s)?;
         Tensor::from_vec(&s.output_dims(), self.forward_dispatch(x, w, &s, None)?)
     }
 
@@ -396,6 +404,7 @@ impl ConvOps for CpuBackend {
     /// packs the same `x` into the same layout.
     fn conv2d_forward_train(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::new(x.dims(), w.dims(), spec)?;
+        grouped_not_yet(&s)?;
         let y = match (self.winograd(&s), self.winograd_backward_weight(&s)) {
             (Some(tile), Some(_)) => super::winograd::forward_keeping_input(host(x)?, x.stamp(), host(w)?, &s, tile),
             _ => self.forward_dispatch(x, w, &s, None)?,
@@ -405,6 +414,7 @@ impl ConvOps for CpuBackend {
 
     fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::backward_data(dy, w, x_dims, spec)?;
+        grouped_not_yet(&s)?;
         let dx = match self.winograd(&s) {
             Some(tile) => super::winograd::backward_data_stamped(host(dy)?, Some(dy.stamp()), host(w)?, &s, tile),
             None => backward_data(host(dy)?, host(w)?, &s),
@@ -414,6 +424,7 @@ impl ConvOps for CpuBackend {
 
     fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::backward_weight(dy, x, w_dims, spec)?;
+        grouped_not_yet(&s)?;
         let dw = match self.winograd_backward_weight(&s) {
             Some(tile) => super::winograd::backward_weight_stamped(
                 host(dy)?,
@@ -433,13 +444,20 @@ impl ConvOps for CpuBackend {
     /// arithmetic in their order: the same bits as running them one by one.
     fn conv2d_forward_fused(&self, x: &Tensor, w: &Tensor, spec: ConvSpec, epi: &ConvEpilogue) -> Result<Tensor> {
         let s = ConvShape::fused(x, w, spec, epi)?;
+        grouped_not_yet(&s)?;
+        let act = epi.act;
         let epi = Epilogue {
             scale: host(epi.scale)?,
             shift: host(epi.shift)?,
             residual: epi.residual.map(host).transpose()?,
-            relu: epi.relu,
+            relu: act == Activation::Relu,
         };
-        Tensor::from_vec(&s.output_dims(), self.forward_dispatch(x, w, &s, Some(&epi))?)
+        let mut y = self.forward_dispatch(x, w, &s, Some(&epi))?;
+        if act == Activation::Relu6 {
+            // The kernels' epilogues stop at the residual add: clamping after them is the same op.
+            ops::update_unary(&mut y, |v| Activation::Relu6.apply(v));
+        }
+        Tensor::from_vec(&s.output_dims(), y)
     }
 
     fn set_conv_precision(&self, precision: Precision) -> Result<()> {
@@ -480,7 +498,7 @@ mod tests {
         for &(c, h, w, ks, stride, pad) in
             &[(2, 7, 9, 3, 2, 1), (3, 8, 5, 3, 3, 2), (1, 6, 6, 1, 2, 0), (2, 5, 7, 5, 2, 3)]
         {
-            let s = ConvShape::new(&[1, c, h, w], &[1, c, ks, ks], ConvSpec { stride, pad }).unwrap();
+            let s = ConvShape::new(&[1, c, h, w], &[1, c, ks, ks], ConvSpec { stride, pad, groups: 1 }).unwrap();
             let rows = c * ks * ks;
             let cols = s.out_h * s.out_w;
             let x = pseudo(c * h * w, 11);
@@ -524,7 +542,7 @@ mod tests {
         ] {
             let x = pseudo(n * c * h * h, 1);
             let w = pseudo(k * c * ks * ks, 2);
-            let s = ConvShape::new(&[n, c, h, h], &[k, c, ks, ks], ConvSpec { stride, pad }).unwrap();
+            let s = ConvShape::new(&[n, c, h, h], &[k, c, ks, ks], ConvSpec { stride, pad, groups: 1 }).unwrap();
             let fast = forward(&x, &w, &s);
             let slow = forward_reference(&x, &w, &s);
             for (a, b) in fast.iter().zip(&slow) {

@@ -2,7 +2,7 @@
 
 use super::{host, ops, CpuBackend};
 use crate::backend::shape::same_dims;
-use crate::backend::ElementwiseOps;
+use crate::backend::{Activation, ElementwiseOps};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -14,6 +14,16 @@ impl ElementwiseOps for CpuBackend {
     fn relu_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
         same_dims(dy, y, "relu_backward")?;
         Tensor::from_vec(y.dims(), ops::map_binary(host(dy)?, host(y)?, |g, v| if v > 0.0 { g } else { 0.0 }))
+    }
+
+    fn relu6_forward(&self, x: &Tensor) -> Result<Tensor> {
+        Tensor::from_vec(x.dims(), ops::map_unary(host(x)?, |v| Activation::Relu6.apply(v)))
+    }
+
+    fn relu6_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+        same_dims(dy, y, "relu6_backward")?;
+        let pass = |g: f32, v: f32| if v > 0.0 && v < 6.0 { g } else { 0.0 };
+        Tensor::from_vec(y.dims(), ops::map_binary(host(dy)?, host(y)?, pass))
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {

@@ -3,6 +3,7 @@
 //! sequentially in f64 inside one task, so results do not depend on the thread count.
 
 use super::lanes::Lanes;
+use crate::backend::shape::PoolShape;
 use rayon::prelude::*;
 
 /// ReLU as every CPU path computes it (`max(v, 0)` with 0 for NaN and for -0.0): the SIMD
@@ -39,6 +40,14 @@ pub fn map_binary(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> V
         },
     );
     y
+}
+
+pub fn update_unary(acc: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    acc.par_chunks_mut(ELEMWISE_CHUNK).for_each(|ac| {
+        for a in ac.iter_mut() {
+            *a = f(*a);
+        }
+    });
 }
 
 pub fn update_binary(acc: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
@@ -407,50 +416,69 @@ pub fn shortcut_backward(dy: &[f32], n: usize, c: usize, h: usize, w: usize, src
     dx
 }
 
-pub fn maxpool_forward(x: &[f32], nc: usize, h: usize, w: usize, k: usize, stride: usize) -> Vec<f32> {
-    let (oh, ow) = ((h - k) / stride + 1, (w - k) / stride + 1);
-    let mut y = vec![0.0f32; nc * oh * ow];
-    y.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, yc)| {
-        let xs = &x[plane * h * w..(plane + 1) * h * w];
-        for p in 0..oh {
-            for q in 0..ow {
+/// The window of output cell `(p, q)` clipped to the input: rows `r0..r1`, columns `t0..t1`
+/// (padding cells hold -inf and never win, so they are skipped).
+fn pool_window(s: &PoolShape, p: usize, q: usize) -> (usize, usize, usize, usize) {
+    let clip = |o: usize, len: usize| {
+        let start = (o * s.stride) as isize - s.pad as isize;
+        let end = (start + s.kernel as isize).min(len as isize);
+        (start.max(0) as usize, end.max(0) as usize)
+    };
+    let (r0, r1) = clip(p, s.h);
+    let (t0, t1) = clip(q, s.w);
+    (r0, r1, t0, t1)
+}
+
+/// Index in the plane of the first maximum of output cell `(p, q)`'s window (row-major).
+fn pool_argmax(xs: &[f32], s: &PoolShape, p: usize, q: usize) -> usize {
+    let (r0, r1, t0, t1) = pool_window(s, p, q);
+    let mut best = f32::NEG_INFINITY;
+    let mut at = r0 * s.w + t0;
+    for r in r0..r1 {
+        for t in t0..t1 {
+            let idx = r * s.w + t;
+            if xs[idx] > best {
+                best = xs[idx];
+                at = idx;
+            }
+        }
+    }
+    at
+}
+
+pub fn maxpool_forward(x: &[f32], s: &PoolShape) -> Vec<f32> {
+    let (hw, ohw) = (s.h * s.w, s.out_h * s.out_w);
+    let mut y = vec![0.0f32; s.n * s.c * ohw];
+    y.par_chunks_mut(ohw.max(1)).enumerate().for_each(|(plane, yc)| {
+        let xs = &x[plane * hw..(plane + 1) * hw];
+        for p in 0..s.out_h {
+            for q in 0..s.out_w {
+                let (r0, r1, t0, t1) = pool_window(s, p, q);
                 let mut best = f32::NEG_INFINITY;
-                for r in 0..k {
-                    for t in 0..k {
-                        let v = xs[(p * stride + r) * w + q * stride + t];
+                for r in r0..r1 {
+                    for &v in &xs[r * s.w + t0..r * s.w + t1] {
                         if v > best {
                             best = v;
                         }
                     }
                 }
-                yc[p * ow + q] = best;
+                yc[p * s.out_w + q] = best;
             }
         }
     });
     y
 }
 
-pub fn maxpool_backward(dy: &[f32], x: &[f32], nc: usize, h: usize, w: usize, k: usize, stride: usize) -> Vec<f32> {
-    let (oh, ow) = ((h - k) / stride + 1, (w - k) / stride + 1);
-    let mut dx = vec![0.0f32; nc * h * w];
-    dx.par_chunks_mut(h * w).enumerate().for_each(|(plane, dxs)| {
-        let xs = &x[plane * h * w..(plane + 1) * h * w];
-        let g = &dy[plane * oh * ow..(plane + 1) * oh * ow];
-        for p in 0..oh {
-            for q in 0..ow {
+pub fn maxpool_backward(dy: &[f32], x: &[f32], s: &PoolShape) -> Vec<f32> {
+    let (hw, ohw) = (s.h * s.w, s.out_h * s.out_w);
+    let mut dx = vec![0.0f32; s.n * s.c * hw];
+    dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(plane, dxs)| {
+        let xs = &x[plane * hw..(plane + 1) * hw];
+        let g = &dy[plane * ohw..(plane + 1) * ohw];
+        for p in 0..s.out_h {
+            for q in 0..s.out_w {
                 // First maximum in row-major window order, as the forward pass scans.
-                let mut best = f32::NEG_INFINITY;
-                let mut at = (p * stride) * w + q * stride;
-                for r in 0..k {
-                    for t in 0..k {
-                        let idx = (p * stride + r) * w + q * stride + t;
-                        if xs[idx] > best {
-                            best = xs[idx];
-                            at = idx;
-                        }
-                    }
-                }
-                dxs[at] += g[p * ow + q];
+                dxs[pool_argmax(xs, s, p, q)] += g[p * s.out_w + q];
             }
         }
     });

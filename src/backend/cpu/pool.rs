@@ -7,15 +7,14 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 
 impl PoolOps for CpuBackend {
-    fn maxpool_forward(&self, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
-        let s = PoolShape::max("maxpool_forward", x.dims(), kernel, stride)?;
-        let y = ops::maxpool_forward(host(x)?, s.n * s.c, s.h, s.w, kernel, stride);
-        Tensor::from_vec(&s.output_dims(), y)
+    fn maxpool_forward(&self, x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
+        let s = PoolShape::max("maxpool_forward", x.dims(), kernel, stride, pad)?;
+        Tensor::from_vec(&s.output_dims(), ops::maxpool_forward(host(x)?, &s))
     }
 
-    fn maxpool_backward(&self, dy: &Tensor, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
-        let s = PoolShape::max_backward(dy, x, kernel, stride)?;
-        Tensor::from_vec(x.dims(), ops::maxpool_backward(host(dy)?, host(x)?, s.n * s.c, s.h, s.w, kernel, stride))
+    fn maxpool_backward(&self, dy: &Tensor, x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
+        let s = PoolShape::max_backward(dy, x, kernel, stride, pad)?;
+        Tensor::from_vec(x.dims(), ops::maxpool_backward(host(dy)?, host(x)?, &s))
     }
 
     fn global_avgpool_forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -138,8 +138,8 @@ fn conv_key(op: &str, s: &ConvShape) -> String {
 
 /// Every distinct convolution of ResNet-56 for CIFAR (16/32/64 channels at 32/16/8 px).
 pub fn resnet56_conv_shapes(batch: usize) -> Result<Vec<ConvShape>> {
-    let s1 = ConvSpec { stride: 1, pad: 1 };
-    let s2 = ConvSpec { stride: 2, pad: 1 };
+    let s1 = ConvSpec { stride: 1, pad: 1, groups: 1 };
+    let s2 = ConvSpec { stride: 2, pad: 1, groups: 1 };
     let b = batch;
     Ok(vec![
         ConvShape::new(&[b, 3, 32, 32], &[16, 3, 3, 3], s1)?,
@@ -162,7 +162,7 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
     };
 
     for shape in resnet56_conv_shapes(opts.batch)? {
-        let spec = ConvSpec { stride: shape.stride, pad: shape.pad };
+        let spec = ConvSpec { stride: shape.stride, pad: shape.pad, groups: 1 };
         let x = rand_tensor(be, &shape.input_dims(), next_seed())?;
         let w = rand_tensor(be, &shape.weight_dims(), next_seed())?;
         let dy = rand_tensor(be, &shape.output_dims(), next_seed())?;

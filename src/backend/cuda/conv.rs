@@ -4,7 +4,7 @@
 
 use super::kernels::Launch;
 use super::{fits_i32, CudaBackend};
-use crate::backend::{ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
+use crate::backend::{Activation, ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::{CudaSlice, DeviceRepr};
@@ -16,7 +16,7 @@ pub(crate) struct EpiloguePtrs {
     pub scale: u64,
     pub shift: u64,
     pub residual: u64,
-    pub relu: bool,
+    pub act: Activation,
 }
 
 /// Mirror of `ConvParams` in conv_common.cuh.
@@ -40,13 +40,14 @@ struct ConvParams {
     s: i32,
     stride: i32,
     pad: i32,
-    relu: i32,
+    /// 0 none, 1 ReLU, 2 ReLU6 (conv_common.cuh).
+    act: i32,
     w_stride_n: i32,
     w_stride_c: i32,
 }
 // SAFETY: plain-old-data, `#[repr(C)]`, layout asserted equal to the kernel's struct.
 unsafe impl DeviceRepr for ConvParams {}
-assert_layout!(ConvParams, size 104, src @ 0, wgt @ 8, out @ 16, scale @ 24, shift @ 32, residual @ 40, n @ 48, src_c @ 52, src_h @ 56, src_w @ 60, out_c @ 64, out_h @ 68, out_w @ 72, r @ 76, s @ 80, stride @ 84, pad @ 88, relu @ 92, w_stride_n @ 96, w_stride_c @ 100);
+assert_layout!(ConvParams, size 104, src @ 0, wgt @ 8, out @ 16, scale @ 24, shift @ 32, residual @ 40, n @ 48, src_c @ 52, src_h @ 56, src_w @ 60, out_c @ 64, out_h @ 68, out_w @ 72, r @ 76, s @ 80, stride @ 84, pad @ 88, act @ 92, w_stride_n @ 96, w_stride_c @ 100);
 
 /// Mirror of `ConvBwdWParams` in conv.cu.
 #[repr(C)]
@@ -185,7 +186,19 @@ fn check_sizes(shape: &ConvShape, what: &str) -> Result<()> {
     let outs: usize = shape.output_dims().iter().product();
     let ws: usize = shape.weight_dims().iter().product();
     fits_i32(ins.max(outs).max(ws), what)?;
+    if shape.groups != 1 {
+        return Err(Error::Invalid(format!("{what}: grouped convolutions are not implemented on CUDA yet")));
+    }
     Ok(())
+}
+
+/// The epilogue's activation as conv_common.cuh encodes it.
+fn act_code(act: Activation) -> i32 {
+    match act {
+        Activation::Identity => 0,
+        Activation::Relu => 1,
+        Activation::Relu6 => 2,
+    }
 }
 
 impl CudaBackend {
@@ -199,7 +212,7 @@ impl CudaBackend {
         wgt: u64,
         out: u64,
         epi: [u64; 3],
-        relu: bool,
+        act: Activation,
         what: &dyn Fn() -> String,
     ) -> Result<()> {
         let s = shape;
@@ -235,7 +248,7 @@ impl CudaBackend {
             s: s.kw as i32,
             stride: s.stride as i32,
             pad: s.pad as i32,
-            relu: relu as i32,
+            act: act_code(act),
             w_stride_n: w_stride_n as i32,
             w_stride_c: w_stride_c as i32,
         };
@@ -269,7 +282,7 @@ impl CudaBackend {
             scale: self.ptr(self.dev(epi.scale, "conv2d_forward_fused: scale")?),
             shift: self.ptr(self.dev(epi.shift, "conv2d_forward_fused: shift")?),
             residual: self.opt_ptr(epi.residual, "conv2d_forward_fused: residual")?,
-            relu: epi.relu,
+            act: epi.act,
         })
     }
 
@@ -296,7 +309,7 @@ impl CudaBackend {
             )
         };
         let ptrs = [epi.scale, epi.shift, epi.residual];
-        self.launch_igemm(Mode::Forward, precision, shape, px, pw, pout, ptrs, epi.relu, &what)
+        self.launch_igemm(Mode::Forward, precision, shape, px, pw, pout, ptrs, epi.act, &what)
     }
 
     /// Backward-data convolution with an explicit precision.
@@ -326,7 +339,7 @@ impl CudaBackend {
                 spec.pad
             )
         };
-        self.launch_igemm(Mode::BackwardData, precision, &shape, pdy, pw, pdx, [0; 3], false, &what)?;
+        self.launch_igemm(Mode::BackwardData, precision, &shape, pdy, pw, pdx, [0; 3], Activation::Identity, &what)?;
         self.tensor(x_dims, dx)
     }
 

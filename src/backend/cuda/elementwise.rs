@@ -1,4 +1,4 @@
-//! [`ElementwiseOps`] on `kernels/elementwise.cu`: ReLU, add, add+ReLU, add-assign, scale.
+//! [`ElementwiseOps`] on `kernels/elementwise.cu`: ReLU, ReLU6, add, add+ReLU, add-assign, scale.
 
 use super::kernels::Launch;
 use super::CudaBackend;
@@ -29,6 +29,8 @@ assert_layout!(EwParams, size 40, a @ 0, b @ 8, out @ 16, n @ 24, s @ 32, vec4 @
 pub(crate) enum Op {
     Relu,
     ReluBackward,
+    Relu6,
+    Relu6Backward,
     Add,
     AddRelu,
 }
@@ -38,6 +40,8 @@ impl Op {
         match self {
             Op::Relu => "ew_relu",
             Op::ReluBackward => "ew_relu_bwd",
+            Op::Relu6 => "ew_relu6",
+            Op::Relu6Backward => "ew_relu6_bwd",
             Op::Add => "ew_add",
             Op::AddRelu => "ew_add_relu",
         }
@@ -86,6 +90,14 @@ impl ElementwiseOps for CudaBackend {
 
     fn relu_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
         self.ew_new(Op::ReluBackward, dy, Some(y), "relu_backward")
+    }
+
+    fn relu6_forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.ew_new(Op::Relu6, x, None, "relu6_forward")
+    }
+
+    fn relu6_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+        self.ew_new(Op::Relu6Backward, dy, Some(y), "relu6_backward")
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {

@@ -24,11 +24,11 @@ struct PoolParams {
     ow: i32,
     k: i32,
     stride: i32,
-    _pad: i32,
+    pad: i32,
 }
 // SAFETY: plain-old-data, `#[repr(C)]`, layout asserted equal to the kernel's struct.
 unsafe impl DeviceRepr for PoolParams {}
-assert_layout!(PoolParams, size 56, x @ 0, dy @ 8, out @ 16, nc @ 24, h @ 28, w @ 32, oh @ 36, ow @ 40, k @ 44, stride @ 48, _pad @ 52);
+assert_layout!(PoolParams, size 56, x @ 0, dy @ 8, out @ 16, nc @ 24, h @ 28, w @ 32, oh @ 36, ow @ 40, k @ 44, stride @ 48, pad @ 52);
 
 impl CudaBackend {
     /// Global average pool of a checked `[N,C,H,W]` input into the buffer at `out`.
@@ -46,7 +46,7 @@ impl CudaBackend {
             ow: 1,
             k: 0,
             stride: 0,
-            _pad: 0,
+            pad: 0,
         };
         let xd = x.dims().to_vec();
         // One warp per plane, 8 warps per block.
@@ -56,9 +56,9 @@ impl CudaBackend {
 }
 
 impl PoolOps for CudaBackend {
-    fn maxpool_forward(&self, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
+    fn maxpool_forward(&self, x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
         let PoolShape { n, c, h, w, out_h: oh, out_w: ow, .. } =
-            PoolShape::max("maxpool_forward", x.dims(), kernel, stride)?;
+            PoolShape::max("maxpool_forward", x.dims(), kernel, stride, pad)?;
         fits_i32(n * c * h * w, "maxpool_forward")?;
         let total = n * c * oh * ow;
         let mut y = self.alloc::<f32>(total)?;
@@ -73,17 +73,17 @@ impl PoolOps for CudaBackend {
             ow: ow as i32,
             k: kernel as i32,
             stride: stride as i32,
-            _pad: 0,
+            pad: pad as i32,
         };
         let xd = x.dims().to_vec();
         Launch::linear(FILE, "maxpool_fwd", total, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
-            format!("maxpool_forward {} k{kernel} s{stride}", fmt_dims(&xd))
+            format!("maxpool_forward {} k{kernel} s{stride} p{pad}", fmt_dims(&xd))
         })?;
         self.tensor(&[n, c, oh, ow], y)
     }
 
-    fn maxpool_backward(&self, dy: &Tensor, x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
-        let PoolShape { n, c, h, w, out_h: oh, out_w: ow, .. } = PoolShape::max_backward(dy, x, kernel, stride)?;
+    fn maxpool_backward(&self, dy: &Tensor, x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
+        let PoolShape { n, c, h, w, out_h: oh, out_w: ow, .. } = PoolShape::max_backward(dy, x, kernel, stride, pad)?;
         fits_i32(n * c * h * w, "maxpool_backward")?;
         let total = n * c * h * w;
         let mut dx = self.alloc::<f32>(total)?;
@@ -98,11 +98,11 @@ impl PoolOps for CudaBackend {
             ow: ow as i32,
             k: kernel as i32,
             stride: stride as i32,
-            _pad: 0,
+            pad: pad as i32,
         };
         let xd = x.dims().to_vec();
         Launch::linear(FILE, "maxpool_bwd", total, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
-            format!("maxpool_backward {} k{kernel} s{stride}", fmt_dims(&xd))
+            format!("maxpool_backward {} k{kernel} s{stride} p{pad}", fmt_dims(&xd))
         })?;
         self.tensor(x.dims(), dx)
     }
@@ -130,7 +130,7 @@ impl PoolOps for CudaBackend {
             ow: 1,
             k: 0,
             stride: 0,
-            _pad: 0,
+            pad: 0,
         };
         Launch::linear(FILE, "avgpool_bwd", total, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
             format!("global_avgpool_backward -> {}", fmt_dims(&[n, c, h, w]))

@@ -90,7 +90,7 @@ mod tests {
             }
         };
         let run = || -> crate::Result<()> {
-            let spec = ConvSpec { stride: 1, pad: 1 };
+            let spec = ConvSpec { stride: 1, pad: 1, groups: 1 };
             let xs: Vec<f32> = (0..2 * 3 * 8 * 8).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
             let ws: Vec<f32> = (0..4 * 3 * 3 * 3).map(|i| ((i * 13 % 29) as f32 - 14.0) / 14.0).collect();
             let mut x = be.from_host(&[2, 3, 8, 8], &xs)?;
