@@ -66,8 +66,7 @@ pub fn info_table(model: &Model, all: bool) -> String {
         human(cost.params),
         thousands(cost.bn_params)
     );
-    if let (Ok(names), Ok(family)) = (a.width_names(), a.family()) {
-        let default = family.default_widths().0;
+    if let (Ok(names), Ok(default)) = (a.width_names(), a.default_widths()) {
         let pruned = a.widths != default;
         if pruned {
             if let Ok(full) = Model::new(Arch { widths: default.clone(), ..a.clone() }, &backend::cpu(), 0) {
@@ -106,14 +105,15 @@ pub fn groups_table(model: &Model, streams: bool) -> Result<String> {
         groups.len(),
         model.arch.model
     );
-    out += &format!("{:>3}  {:<18}{:<8}{:>9}  {}\n", "#", "group", "kind", "channels", "writes / reads");
+    let name_w = groups.iter().map(|g| g.name.len() + 2).max().unwrap_or(0).max(18);
+    out += &format!("{:>3}  {:<name_w$}{:<8}{:>9}  {}\n", "#", "group", "kind", "channels", "writes / reads");
     for (i, g) in groups.iter().enumerate() {
         let names =
             |ids: &[usize]| ids.iter().map(|&n| model.graph.nodes[n].name.clone()).collect::<Vec<_>>().join(" ");
         let readers: Vec<usize> =
             g.conv_consumers.iter().copied().chain(g.linear_consumers.iter().map(|l| l.0)).collect();
         out += &format!(
-            "{i:>3}  {:<18}{:<8}{:>9}  {} / {}\n",
+            "{i:>3}  {:<name_w$}{:<8}{:>9}  {} / {}\n",
             g.name,
             format!("{:?}", g.kind).to_lowercase(),
             g.channels,

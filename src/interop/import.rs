@@ -1,8 +1,10 @@
-//! `lfgcl import`: a PyTorch state dict (safetensors) under the usual CIFAR names becomes an lfgcl
-//! checkpoint. The architecture and every (pruned) width are read off the tensor shapes, then
+//! `lfgcl import`: a PyTorch state dict (safetensors) under torchvision's or the usual CIFAR names
+//! becomes an lfgcl checkpoint. The architecture and every (pruned) width are read off the tensor shapes, then
 //! every tensor the net needs is checked: a missing, extra or mis-shaped one is an error naming it.
 //!
-//! Names: CIFAR ResNets (`conv1`, `bn1`, `layer1.0.conv1`, `layer1.0.bn2`, `linear` or `fc`,
+//! Names: torchvision's ResNets (`conv1`, `bn1`, `layerN.M.convK`, `layerN.M.downsample.0/1`, `fc`)
+//! and MobileNetV2 (`features.N.conv.M`, `classifier.1`) — lfgcl's node names are theirs —,
+//! CIFAR ResNets (`conv1`, `bn1`, `layer1.0.conv1`, `layer1.0.bn2`, `linear` or `fc`,
 //! option-A shortcuts without parameters), CIFAR VGG-16 with batch norm (`features.N`, and the
 //! classifier lfgcl's VGG-16 has: `classifier.0` Linear, `classifier.1` BatchNorm1d,
 //! `classifier.3` Linear), lfgcl's small CNN. A `module.` prefix (DataParallel) and a
@@ -13,7 +15,7 @@
 
 use crate::data::Normalization;
 use crate::error::{Error, Result};
-use crate::models::{Arch, Family, Model};
+use crate::models::{Arch, Model};
 use crate::nn::{Op, StateMut};
 use crate::tensor::Tensor;
 use crate::train::checkpoint;
@@ -158,70 +160,26 @@ impl Ctx<'_> {
     }
 }
 
-/// Blocks per stage in a ResNet state dict (`layer1.{b}.conv1.weight` present).
-fn resnet_blocks(src: &BTreeMap<String, Source>) -> usize {
-    (0..).take_while(|b| src.contains_key(&format!("layer1.{b}.conv1.weight"))).count()
-}
-
-/// Reads the architecture (widths, input channels, classes) off the tensor shapes.
+/// Reads the architecture (every width, input channels, classes) off the tensor shapes: each
+/// width slot's width is the output size of the first layer the graph builds with it.
 fn infer_arch(cx: &Ctx<'_>, opts: &ImportOptions) -> Result<Arch> {
-    let family = Family::parse(&opts.model)?;
     let base = Arch::new(&opts.model, 3, opts.input_size, 10)?;
-    let names = base.width_names()?;
-    let (in_channels, classes, widths) = match family {
-        Family::ResNet { depth } => {
-            let n = (depth - 2) / 6;
-            let found = resnet_blocks(cx.src);
-            if found != n && found > 0 {
-                return Err(cx.err(format!(
-                    "the file has {found} blocks per stage (resnet{}), not the {n} of {}",
-                    6 * found + 2,
-                    opts.model
-                )));
-            }
-            if let Some(k) = cx.src.keys().find(|k| k.contains(".shortcut.0.") || k.contains(".downsample.")) {
-                return Err(cx.err(format!(
-                    "tensor {k} belongs to a 1x1-conv (option-B) shortcut; lfgcl's CIFAR ResNets use \
-                     parameter-free option-A shortcuts, so this net cannot be imported"
-                )));
-            }
-            let mut w = vec![
-                cx.dim("conv1.weight", 4, 0)?,
-                cx.dim("layer2.0.conv2.weight", 4, 0)?,
-                cx.dim("layer3.0.conv2.weight", 4, 0)?,
-            ];
-            for name in &names[3..] {
-                w.push(cx.dim(&format!("{name}.weight"), 4, 0)?);
-            }
-            (cx.dim("conv1.weight", 4, 1)?, cx.dim("linear.weight", 2, 0)?, w)
-        }
-        Family::Vgg16 => {
-            if cx.src.contains_key("classifier.weight") {
-                return Err(cx.err(
-                    "the classifier is a single Linear (`classifier.weight`); lfgcl's VGG-16 has \
-                     classifier.0 Linear(512, hidden), classifier.1 BatchNorm1d, ReLU, classifier.3 \
-                     Linear(hidden, classes), and other classifier layouts are not supported"
-                        .into(),
-                ));
-            }
-            if cx.src.contains_key("classifier.0.weight") && !cx.src.contains_key("classifier.1.running_mean") {
-                return Err(cx.err(
-                    "classifier.1 is not a BatchNorm1d; lfgcl's VGG-16 classifier is Linear, BatchNorm1d, \
-                     ReLU, Linear (classifier.0, .1, .3); other layouts are not supported"
-                        .into(),
-                ));
-            }
-            let w: Vec<usize> = names
-                .iter()
-                .map(|n| cx.dim(&format!("{n}.weight"), if n.starts_with("classifier") { 2 } else { 4 }, 0))
-                .collect::<Result<_>>()?;
-            (cx.dim("features.0.weight", 4, 1)?, cx.dim("classifier.3.weight", 2, 0)?, w)
-        }
-        Family::SmallCnn => {
-            let w: Vec<usize> = names.iter().map(|n| cx.dim(&format!("{n}.weight"), 4, 0)).collect::<Result<_>>()?;
-            (cx.dim("conv1.weight", 4, 1)?, cx.dim("fc.weight", 2, 0)?, w)
-        }
+    let probe = base.probe_graph()?;
+    let mut widths = Vec::with_capacity(probe.slots.len());
+    for slot in 0..probe.slots.len() {
+        let node = probe.nodes.iter().find(|n| n.width_slot == Some(slot)).ok_or_else(|| {
+            Error::Invalid(format!("{}: width slot {} has no layer", base.model, probe.slots[slot].name))
+        })?;
+        let rank = if matches!(node.op, Op::Linear(_)) { 2 } else { 4 };
+        widths.push(cx.dim(&format!("{}.weight", node.name), rank, 0)?);
+    }
+    let first_conv = probe.nodes.iter().find(|n| matches!(n.op, Op::Conv(_)));
+    let in_channels = match first_conv {
+        Some(n) => cx.dim(&format!("{}.weight", n.name), 4, 1)?,
+        None => 3,
     };
+    let classifier = probe.nodes.last().map(|n| n.name.clone()).unwrap_or_default();
+    let classes = cx.dim(&format!("{classifier}.weight"), 2, 0)?;
     if let Some(k) = opts.classes {
         if k != classes {
             return Err(cx.err(format!("the classifier has {classes} outputs, --classes says {k}")));
@@ -237,20 +195,19 @@ pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportS
     // F64 state dicts are twice the size of the f32 checkpoint they become.
     let bytes = crate::limits::read_bounded(from, 2 * crate::limits::MAX_CHECKPOINT_BYTES)?;
     let mut src = read_sources(from, &bytes)?;
-    let family = Family::parse(&opts.model)?;
-    if matches!(family, Family::ResNet { .. }) {
-        let fc: Vec<String> = src.keys().filter(|k| k.starts_with("fc.")).cloned().collect();
-        if !fc.is_empty() && src.keys().any(|k| k.starts_with("linear.")) {
-            return Err(Error::format(from, "holds both fc.* and linear.* classifiers"));
-        }
-        for k in fc {
+    let family = crate::models::family(&opts.model)?;
+    let names: Vec<&str> = src.keys().map(String::as_str).collect();
+    let renames = family.import_renames(&names).map_err(|msg| Error::format(from, msg))?;
+    for (from_prefix, to_prefix) in renames {
+        let matching: Vec<String> = src.keys().filter(|k| k.starts_with(&from_prefix)).cloned().collect();
+        for k in matching {
             let v = src.remove(&k).expect("listed");
-            src.insert(format!("linear.{}", &k["fc.".len()..]), v);
+            src.insert(format!("{to_prefix}{}", &k[from_prefix.len()..]), v);
         }
     }
     let cx = Ctx { path: from, src: &src };
     let arch = infer_arch(&cx, opts)?;
-    let mut graph = arch.build_graph(0).map_err(|e| cx.err(e.to_string()))?;
+    let mut graph = arch.build_graph_zeroed().map_err(|e| cx.err(e.to_string()))?;
     // Conv biases: bias b before batch norm equals running_mean - b without the bias.
     let mut conv_bias: BTreeMap<String, (String, Vec<f32>)> = BTreeMap::new();
     for (i, node) in graph.nodes.iter().enumerate() {

@@ -234,11 +234,14 @@ pub fn to_model_proto(model: &Model, opts: &ExportOptions) -> Result<(ModelProto
                     ins.push(w.init_f32(&format!("{name}.bias"), &[dims[0]], &b));
                 }
                 let (k, s, p) = (dims[2] as i64, c.spec.stride as i64, c.spec.pad as i64);
-                let attrs = vec![
+                let mut attrs = vec![
                     attr_ints("kernel_shape", &[k, k]),
                     attr_ints("strides", &[s, s]),
                     attr_ints("pads", &[p, p, p, p]),
                 ];
+                if c.spec.groups > 1 {
+                    attrs.push(attr_int("group", c.spec.groups as i64));
+                }
                 w.node("Conv", name, ins, &out, attrs);
             }
             Op::Linear(l) => {
@@ -278,6 +281,15 @@ pub fn to_model_proto(model: &Model, opts: &ExportOptions) -> Result<(ModelProto
                 w.node("BatchNormalization", name, ins, &value_name(i), vec![attr_float("epsilon", bn.eps)]);
             }
             Op::Relu => w.node("Relu", name, inputs, &value_name(i), vec![]),
+            Op::Relu6 => {
+                // Clip takes its bounds as inputs from opset 11 on.
+                let ins = vec![
+                    inputs[0].clone(),
+                    w.init_f32(&format!("{name}.min"), &[], &[0.0]),
+                    w.init_f32(&format!("{name}.max"), &[], &[6.0]),
+                ];
+                w.node("Clip", name, ins, &value_name(i), vec![]);
+            }
             Op::Add { relu } => {
                 if *relu {
                     let sum = format!("{name}.sum");

@@ -24,23 +24,44 @@ pub struct Cost {
     pub bn_params: u64,
 }
 
-/// MACs and params of one node, from its parameter shapes and output shape.
+/// MACs and weights (plus bias) of a conv or linear layer: the one formula every cost in lfgcl
+/// uses (`models::cost` per node, `prune::budget` per candidate). Each of the `out` outputs at
+/// each of `pixels` positions reads `in / groups` inputs over a `kernel_area` window.
+pub fn layer_cost(out: u64, input: u64, groups: u64, kernel_area: u64, pixels: u64, bias: bool) -> (u64, u64) {
+    let weights = out * (input / groups.max(1)) * kernel_area;
+    (weights * pixels, weights + if bias { out } else { 0 })
+}
+
+/// MACs, params and batch-norm params of one node, from its parameter shapes and output shape.
 pub fn node_cost(op: &Op, out_shape: &[usize]) -> (u64, u64, u64) {
     match op {
         Op::Conv(c) => {
             let w = c.weight.value.dims();
-            let weights = (w[0] * w[1] * w[2] * w[3]) as u64;
             let pixels = (out_shape[1] * out_shape[2]) as u64;
-            (weights * pixels, weights, 0)
+            let (macs, params) = layer_cost(
+                w[0] as u64,
+                c.in_channels() as u64,
+                c.spec.groups as u64,
+                (w[2] * w[3]) as u64,
+                pixels,
+                false,
+            );
+            (macs, params, 0)
         }
         Op::Linear(l) => {
             let w = l.weight.value.dims();
-            let weights = (w[0] * w[1]) as u64;
-            let bias = l.bias.as_ref().map_or(0, |b| b.value.numel() as u64);
-            (weights, weights + bias, 0)
+            let (macs, params) = layer_cost(w[0] as u64, w[1] as u64, 1, 1, 1, l.bias.is_some());
+            (macs, params, 0)
         }
         Op::BatchNorm(bn) => (0, 0, 2 * bn.channels() as u64),
-        _ => (0, 0, 0),
+        Op::Input
+        | Op::Relu
+        | Op::Relu6
+        | Op::Add { .. }
+        | Op::Shortcut(_)
+        | Op::MaxPool { .. }
+        | Op::GlobalAvgPool
+        | Op::Flatten => (0, 0, 0),
     }
 }
 

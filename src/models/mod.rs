@@ -1,100 +1,80 @@
-//! The model zoo: CIFAR ResNets (He et al. 2016, option-A shortcuts), CIFAR VGG-16 and a small
-//! CNN for quick runs, each built from an [`Arch`]: the model name, input shape, class count and
-//! a width vector. A pruned net is the same model with other widths (plus, for pruned residual
-//! streams, the shortcut channel maps stored in its checkpoint), so an `Arch` fully describes it.
+//! The model zoo. A family is one file that builds its graph from a config: it declares the
+//! width slots (named output widths, the things pruning and import change) and adds layers
+//! through a [`Builder`]. Everything else — channel groups, costs, the agent's state, the gather
+//! into a compact net, import, ONNX export, `lfgcl info` — reads the graph.
+//!
+//! Families: CIFAR ResNets (He et al. 2016, option-A shortcuts), CIFAR VGG-16, a small CNN,
+//! torchvision's ResNets (basic and bottleneck blocks, ResNeXt and wide variants) and
+//! MobileNetV2. A pruned net is the same model with other widths (plus, for pruned option-A
+//! streams, the shortcut channel maps stored in its checkpoint), so an [`Arch`] fully describes it.
+//!
+//! Adding a family: a file with a `parse` function and a [`ModelFamily`] impl, and one line in
+//! [`FAMILIES`].
 
 mod builder;
+mod cifar_resnet;
 pub mod cost;
+mod mobilenet_v2;
+mod resnet;
+mod smallcnn;
+mod vgg;
 
 use crate::backend::Device;
 use crate::data::Normalization;
 use crate::error::{Error, Result};
-use crate::nn::Graph;
-use builder::Builder;
+use crate::nn::{Graph, WidthSlot};
+pub use builder::{Builder, Init, Width};
 use serde::{Deserialize, Serialize};
 
 pub use cost::{Cost, LayerCost};
 
-/// Every model name `Arch::new` accepts.
-pub const MODEL_NAMES: &[&str] = &["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "vgg16", "smallcnn"];
-
-/// VGG-16 for CIFAR: conv widths, `0` marks a 2x2 max pool.
-const VGG16_CFG: &[usize] = &[64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0];
-const VGG16_HIDDEN: usize = 512;
-const SMALLCNN_WIDTHS: &[usize] = &[16, 32, 64];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    /// `depth = 6n + 2`: three stages of n basic blocks.
-    ResNet {
-        depth: usize,
-    },
-    Vgg16,
-    SmallCnn,
+/// A model family: builds its graph, and says how PyTorch names its tensors where they differ.
+pub trait ModelFamily: Send + Sync {
+    /// Declares the width slots and adds every layer for `classes` outputs.
+    fn build(&self, b: &mut Builder, classes: usize) -> Result<()>;
+    /// Renames a state dict's tensors before import (`(from prefix, to prefix)`), after checking
+    /// its names; an `Err` says why the file cannot be this family.
+    fn import_renames(&self, _names: &[&str]) -> std::result::Result<Vec<(String, String)>, String> {
+        Ok(vec![])
+    }
 }
 
-impl Family {
-    pub fn parse(name: &str) -> Result<Family> {
-        let lower = name.to_ascii_lowercase();
-        if let Some(d) = lower.strip_prefix("resnet") {
-            if let Ok(depth) = d.parse::<usize>() {
-                if depth > crate::limits::MAX_RESNET_DEPTH {
-                    return Err(Error::Invalid(format!(
-                        "model '{name}': depth {depth} is deeper than the {} this engine builds",
-                        crate::limits::MAX_RESNET_DEPTH
-                    )));
-                }
-                if depth >= 8 && (depth - 2) % 6 == 0 {
-                    return Ok(Family::ResNet { depth });
-                }
-            }
-        }
-        match lower.as_str() {
-            "vgg16" | "vgg-16" => Ok(Family::Vgg16),
-            "smallcnn" | "small-cnn" | "small" => Ok(Family::SmallCnn),
-            _ => Err(Error::Invalid(format!(
-                "unknown model '{name}' (known: {}; any resnet<6n+2> works too)",
-                MODEL_NAMES.join(", ")
-            ))),
-        }
-    }
+/// Reads a model name: `None` when the name is not this family's.
+type Parse = fn(&str) -> Option<Result<Box<dyn ModelFamily>>>;
 
-    /// The unpruned width vector and a name for each entry.
-    pub fn default_widths(&self) -> (Vec<usize>, Vec<String>) {
-        match *self {
-            Family::ResNet { depth } => {
-                let n = (depth - 2) / 6;
-                let mut widths = vec![16, 32, 64];
-                let mut names: Vec<String> = (1..=3).map(|s| format!("layer{s} stream")).collect();
-                for stage in 1..=3 {
-                    for b in 0..n {
-                        widths.push(16 << (stage - 1));
-                        names.push(format!("layer{stage}.{b}.conv1"));
-                    }
-                }
-                (widths, names)
-            }
-            Family::Vgg16 => {
-                let mut widths: Vec<usize> = VGG16_CFG.iter().copied().filter(|&w| w > 0).collect();
-                let mut names: Vec<String> = Vec::new();
-                let mut idx = 0;
-                for &w in VGG16_CFG {
-                    if w > 0 {
-                        names.push(format!("features.{idx}"));
-                        idx += 3;
-                    } else {
-                        idx += 1;
-                    }
-                }
-                widths.push(VGG16_HIDDEN);
-                names.push("classifier.0".into());
-                (widths, names)
-            }
-            Family::SmallCnn => {
-                (SMALLCNN_WIDTHS.to_vec(), (1..=SMALLCNN_WIDTHS.len()).map(|i| format!("conv{i}")).collect())
-            }
-        }
-    }
+/// Every family, in the order names are tried (torchvision's `resnet50` before the CIFAR
+/// `resnet<6n+2>` that would also match it).
+const FAMILIES: &[Parse] = &[resnet::parse, mobilenet_v2::parse, cifar_resnet::parse, vgg::parse, smallcnn::parse];
+
+/// The model names `lfgcl` lists (any CIFAR `resnet<6n+2>`, `cifar_resnet<6n+2>`,
+/// `mobilenet_v2_<multiplier>` and the ResNeXt / wide names also work).
+pub const MODEL_NAMES: &[&str] = &[
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "vgg16",
+    "smallcnn",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "mobilenet_v2",
+];
+
+/// The family of a model name.
+pub fn family(name: &str) -> Result<Box<dyn ModelFamily>> {
+    let lower = name.to_ascii_lowercase();
+    FAMILIES.iter().find_map(|parse| parse(&lower)).unwrap_or_else(|| {
+        Err(Error::Invalid(format!(
+            "unknown model '{name}' (known: {}; any resnet<6n+2> works too)",
+            MODEL_NAMES.join(", ")
+        )))
+    })
 }
 
 /// Everything needed to rebuild a network: stored as JSON in every checkpoint's metadata.
@@ -104,32 +84,39 @@ pub struct Arch {
     pub in_channels: usize,
     pub input_size: usize,
     pub num_classes: usize,
-    /// One entry per width slot (see `Family::default_widths` for the layout of each model).
+    /// One entry per width slot, in the order the family declares them (`lfgcl info --model M`
+    /// lists them by name).
     pub widths: Vec<usize>,
 }
 
 impl Arch {
     /// The unpruned architecture of `model` for the given input and class count.
     pub fn new(model: &str, in_channels: usize, input_size: usize, num_classes: usize) -> Result<Arch> {
-        let family = Family::parse(model)?;
-        let arch = Arch {
-            model: model.to_ascii_lowercase(),
-            in_channels,
-            input_size,
-            num_classes,
-            widths: family.default_widths().0,
-        };
+        let mut arch = Arch { model: model.to_ascii_lowercase(), in_channels, input_size, num_classes, widths: vec![] };
+        arch.check_io()?;
+        arch.widths = arch.default_slots()?.iter().map(|s| s.default).collect();
         arch.validate()?;
         Ok(arch)
     }
 
-    pub fn family(&self) -> Result<Family> {
-        Family::parse(&self.model)
+    pub fn family(&self) -> Result<Box<dyn ModelFamily>> {
+        family(&self.model)
+    }
+
+    /// The slots of the unpruned model (names and default widths), without allocating parameters.
+    fn default_slots(&self) -> Result<Vec<WidthSlot>> {
+        let b = self.build_with(None, Init::Probe)?;
+        Ok(b.slots)
     }
 
     /// A name for each width slot (`layer2 stream`, `layer1.0.conv1`, `features.3`, ...).
     pub fn width_names(&self) -> Result<Vec<String>> {
-        Ok(self.family()?.default_widths().1)
+        Ok(self.default_slots()?.into_iter().map(|s| s.name).collect())
+    }
+
+    /// The unpruned widths.
+    pub fn default_widths(&self) -> Result<Vec<usize>> {
+        Ok(self.default_slots()?.into_iter().map(|s| s.default).collect())
     }
 
     /// The same architecture with other widths.
@@ -139,9 +126,29 @@ impl Arch {
         Ok(arch)
     }
 
+    fn check_io(&self) -> Result<()> {
+        if self.in_channels == 0 || self.num_classes == 0 || self.input_size == 0 {
+            return Err(Error::Invalid(format!(
+                "{}: input channels, input size and class count must be positive",
+                self.model
+            )));
+        }
+        use crate::limits::{MAX_CLASSES, MAX_IMAGE_SIDE, MAX_INPUT_CHANNELS};
+        for (what, value, max) in [
+            ("input channels", self.in_channels, MAX_INPUT_CHANNELS),
+            ("input size", self.input_size, MAX_IMAGE_SIDE),
+            ("class count", self.num_classes, MAX_CLASSES),
+        ] {
+            if value > max {
+                return Err(Error::Invalid(format!("{}: {what} {value} is more than the {max} accepted", self.model)));
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
-        let family = self.family()?;
-        let expected = family.default_widths().0.len();
+        self.check_io()?;
+        let expected = self.default_slots()?.len();
         if self.widths.len() != expected {
             return Err(Error::Invalid(format!(
                 "{} has {expected} width entries, got {}",
@@ -155,111 +162,43 @@ impl Arch {
                 self.model
             )));
         }
-        if self.in_channels == 0 || self.num_classes == 0 || self.input_size == 0 {
-            return Err(Error::Invalid(format!(
-                "{}: input channels, input size and class count must be positive",
-                self.model
-            )));
-        }
-        use crate::limits::{MAX_CLASSES, MAX_IMAGE_SIDE, MAX_INPUT_CHANNELS, MAX_WIDTH};
+        use crate::limits::MAX_WIDTH;
         if let Some(i) = self.widths.iter().position(|&w| w > MAX_WIDTH) {
             return Err(Error::Invalid(format!(
                 "{}: width {i} is {} channels, more than the {MAX_WIDTH} this engine builds",
                 self.model, self.widths[i]
             )));
         }
-        for (what, value, max) in [
-            ("input channels", self.in_channels, MAX_INPUT_CHANNELS),
-            ("input size", self.input_size, MAX_IMAGE_SIDE),
-            ("class count", self.num_classes, MAX_CLASSES),
-        ] {
-            if value > max {
-                return Err(Error::Invalid(format!("{}: {what} {value} is more than the {max} accepted", self.model)));
-            }
-        }
+        // Shapes, group divisibility and the parameter limit, without allocating.
+        self.build_with(Some(self.widths.clone()), Init::Probe)?;
         Ok(())
+    }
+
+    fn build_with(&self, widths: Option<Vec<usize>>, init: Init) -> Result<Graph> {
+        let family = self.family()?;
+        let mut b = Builder::new([self.in_channels, self.input_size, self.input_size], widths, init);
+        family.build(&mut b, self.num_classes)?;
+        b.finish()
+    }
+
+    /// The graph's nodes, shapes and slots without parameter storage (for reading its structure).
+    pub fn probe_graph(&self) -> Result<Graph> {
+        self.validate()?;
+        self.build_with(Some(self.widths.clone()), Init::Probe)
     }
 
     /// Builds the graph with freshly initialised parameters (host memory).
     pub fn build_graph(&self, seed: u64) -> Result<Graph> {
         self.validate()?;
-        let input = [self.in_channels, self.input_size, self.input_size];
-        let mut b = Builder::new(input, seed);
-        match self.family()? {
-            Family::ResNet { depth } => build_resnet(&mut b, (depth - 2) / 6, &self.widths, self.num_classes)?,
-            Family::Vgg16 => build_vgg16(&mut b, &self.widths, self.num_classes)?,
-            Family::SmallCnn => build_smallcnn(&mut b, &self.widths, self.num_classes)?,
-        }
-        Ok(b.finish())
+        self.build_with(Some(self.widths.clone()), Init::Kaiming(seed))
     }
-}
 
-fn build_resnet(b: &mut Builder, n: usize, widths: &[usize], classes: usize) -> Result<()> {
-    let mut x = b.conv("conv1", b.input(), widths[0], 3, 1, 1, Some(0))?;
-    x = b.bn("bn1", x);
-    x = b.relu("relu", x);
-    for stage in 1..=3 {
-        let stream = widths[stage - 1];
-        for blk in 0..n {
-            let p = format!("layer{stage}.{blk}");
-            let stride = if stage > 1 && blk == 0 { 2 } else { 1 };
-            let inner_slot = 3 + (stage - 1) * n + blk;
-            let mut y = b.conv(&format!("{p}.conv1"), x, widths[inner_slot], 3, stride, 1, Some(inner_slot))?;
-            y = b.bn(&format!("{p}.bn1"), y);
-            y = b.relu(&format!("{p}.relu1"), y);
-            y = b.conv(&format!("{p}.conv2"), y, stream, 3, 1, 1, Some(stage - 1))?;
-            y = b.bn(&format!("{p}.bn2"), y);
-            let in_c = b.shape(x)[0];
-            let skip = if stride != 1 || in_c != stream {
-                b.shortcut(&format!("{p}.shortcut"), x, stream, stride)?
-            } else {
-                x
-            };
-            x = b.add(&format!("{p}.add"), y, skip, true)?;
-        }
+    /// Builds the graph with zeroed parameters, for a caller that overwrites every tensor next
+    /// (a gathered candidate, a loaded checkpoint, an import).
+    pub fn build_graph_zeroed(&self) -> Result<Graph> {
+        self.validate()?;
+        self.build_with(Some(self.widths.clone()), Init::Zeros)
     }
-    x = b.global_avgpool("avgpool", x)?;
-    b.linear("linear", x, classes, None)?;
-    Ok(())
-}
-
-fn build_vgg16(b: &mut Builder, widths: &[usize], classes: usize) -> Result<()> {
-    let mut x = b.input();
-    let (mut idx, mut slot) = (0, 0);
-    for &w in VGG16_CFG {
-        if w == 0 {
-            x = b.maxpool(&format!("features.{idx}"), x, 2, 2)?;
-            idx += 1;
-        } else {
-            x = b.conv(&format!("features.{idx}"), x, widths[slot], 3, 1, 1, Some(slot))?;
-            x = b.bn(&format!("features.{}", idx + 1), x);
-            x = b.relu(&format!("features.{}", idx + 2), x);
-            idx += 3;
-            slot += 1;
-        }
-    }
-    x = b.flatten("flatten", x);
-    x = b.linear("classifier.0", x, widths[slot], Some(slot))?;
-    x = b.bn("classifier.1", x);
-    x = b.relu("classifier.2", x);
-    b.linear("classifier.3", x, classes, None)?;
-    Ok(())
-}
-
-fn build_smallcnn(b: &mut Builder, widths: &[usize], classes: usize) -> Result<()> {
-    let mut x = b.input();
-    for (i, &w) in widths.iter().enumerate() {
-        let k = i + 1;
-        x = b.conv(&format!("conv{k}"), x, w, 3, 1, 1, Some(i))?;
-        x = b.bn(&format!("bn{k}"), x);
-        x = b.relu(&format!("relu{k}"), x);
-        if k < widths.len() {
-            x = b.maxpool(&format!("pool{k}"), x, 2, 2)?;
-        }
-    }
-    x = b.global_avgpool("avgpool", x)?;
-    b.linear("fc", x, classes, None)?;
-    Ok(())
 }
 
 /// A network and what describes it: the architecture and the input normalisation it expects.
@@ -282,7 +221,7 @@ impl Model {
     /// A deep copy (parameters, buffers and shortcut maps), on the same device.
     pub fn duplicate(&self) -> Result<Model> {
         use crate::nn::{StateMut, StateRef};
-        let mut graph = self.arch.build_graph(0)?;
+        let mut graph = self.arch.build_graph_zeroed()?;
         for ((name, dst), (_, src)) in graph.state_mut().into_iter().zip(self.graph.state()) {
             match (dst, src) {
                 (StateMut::F32(d), StateRef::F32(s)) => *d = s.try_clone()?,
@@ -306,8 +245,8 @@ impl Model {
         nodes.last().and_then(|n| n.inputs.first().copied()).unwrap_or(0)
     }
 
-    /// Indices of the nodes that end each stage (the output of the last residual block of each
-    /// ResNet stage, or the output of each max pool for VGG and the small CNN).
+    /// Indices of the nodes that end each stage: the output of the last residual block of each
+    /// run of same-shaped residual blocks, and each max pool.
     pub fn stage_outputs(&self) -> Vec<usize> {
         use crate::nn::Op;
         let nodes = &self.graph.nodes;
@@ -320,7 +259,15 @@ impl Model {
                     let next_add = nodes[i + 1..].iter().find(|m| matches!(m.op, Op::Add { .. }));
                     next_add.is_none_or(|m| m.out_shape != n.out_shape)
                 }
-                _ => false,
+                Op::Input
+                | Op::Conv(_)
+                | Op::BatchNorm(_)
+                | Op::Relu
+                | Op::Relu6
+                | Op::Shortcut(_)
+                | Op::GlobalAvgPool
+                | Op::Flatten
+                | Op::Linear(_) => false,
             };
             if is_stage_end {
                 out.push(i);

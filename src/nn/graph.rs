@@ -16,6 +16,8 @@ pub enum Op {
     Conv(Conv2d),
     BatchNorm(BatchNorm),
     Relu,
+    /// `min(max(x, 0), 6)` (MobileNetV2).
+    Relu6,
     /// Element-wise sum of two inputs, optionally followed by ReLU (the end of a residual block).
     Add {
         relu: bool,
@@ -39,6 +41,7 @@ impl Op {
             Op::Conv(_) => "Conv2d",
             Op::BatchNorm(_) => "BatchNorm",
             Op::Relu => "ReLU",
+            Op::Relu6 => "ReLU6",
             Op::Add { relu: false } => "Add",
             Op::Add { relu: true } => "Add+ReLU",
             Op::Shortcut(_) => "ShortcutA",
@@ -62,6 +65,18 @@ pub struct Node {
     pub width_slot: Option<usize>,
 }
 
+/// A named output width of the architecture: what pruning and import change (`Arch::widths`
+/// holds one entry per slot, in declaration order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WidthSlot {
+    /// For the user: `layer1.0.conv1`, `layer2 stream`, `features.3`.
+    pub name: String,
+    /// The unpruned width.
+    pub default: usize,
+    /// The width this graph was built with.
+    pub width: usize,
+}
+
 /// Whether batch norm uses batch statistics (and updates its running ones) or running ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -75,7 +90,7 @@ struct FusedChain {
     end: usize,
     /// The add's other input, when the chain ends in an add.
     residual: Option<usize>,
-    relu: bool,
+    act: Activation,
 }
 
 /// Every node's output of a training-mode forward pass, kept for the backward pass.
@@ -197,6 +212,8 @@ pub enum StateMut<'a> {
 
 pub struct Graph {
     pub nodes: Vec<Node>,
+    /// The width slots the family declared, in order.
+    pub slots: Vec<WidthSlot>,
 }
 
 impl Graph {
@@ -243,6 +260,7 @@ impl Graph {
                 Mode::Eval => bn.forward_eval(dev, x)?,
             },
             Op::Relu => dev.relu_forward(x)?,
+            Op::Relu6 => dev.relu6_forward(x)?,
             Op::Add { relu } => {
                 let b = value_of(values, node.inputs[1], &node.name)?;
                 if *relu {
@@ -276,16 +294,19 @@ impl Graph {
         if !matches!(bn.op, Op::BatchNorm(_)) || bn.inputs != [i] {
             return None;
         }
-        let plain = FusedChain { end: i + 1, residual: None, relu: false };
+        let plain = FusedChain { end: i + 1, residual: None, act: Activation::Identity };
         if !only_reader(i + 1, i + 2) {
             return Some(plain);
         }
         let next = &nodes[i + 2];
         Some(match (&next.op, next.inputs.as_slice()) {
-            (Op::Relu, [a]) if *a == i + 1 => FusedChain { end: i + 2, residual: None, relu: true },
-            (Op::Add { relu }, &[a, b]) if (a == i + 1) != (b == i + 1) => {
-                FusedChain { end: i + 2, residual: Some(if a == i + 1 { b } else { a }), relu: *relu }
-            }
+            (Op::Relu, [a]) if *a == i + 1 => FusedChain { end: i + 2, residual: None, act: Activation::Relu },
+            (Op::Relu6, [a]) if *a == i + 1 => FusedChain { end: i + 2, residual: None, act: Activation::Relu6 },
+            (Op::Add { relu }, &[a, b]) if (a == i + 1) != (b == i + 1) => FusedChain {
+                end: i + 2,
+                residual: Some(if a == i + 1 { b } else { a }),
+                act: if *relu { Activation::Relu } else { Activation::Identity },
+            },
             _ => plain,
         })
     }
@@ -304,8 +325,7 @@ impl Graph {
             Some(r) => Some(value_of(values, r, &self.nodes[chain.end].name)?),
             None => None,
         };
-        let act = if chain.relu { Activation::Relu } else { Activation::Identity };
-        let epi = ConvEpilogue { scale: &scale, shift: &shift, residual, act };
+        let epi = ConvEpilogue { scale: &scale, shift: &shift, residual, act: chain.act };
         dev.conv2d_forward_fused(x, &conv.weight.value, conv.spec, &epi)
     }
 
@@ -453,6 +473,7 @@ impl Graph {
                     push.push((bn_input, bn.backward_through_relu(dev, x, relu_out, dy)?));
                 }
                 Op::Relu => push.push((inputs[0], dev.relu_backward(dy, y()?)?)),
+                Op::Relu6 => push.push((inputs[0], dev.relu6_backward(dy, y()?)?)),
                 Op::Add { relu } => {
                     let g = if *relu { dev.relu_backward(dy, y()?)? } else { dev.copy(dy)? };
                     both = Some((inputs[0], inputs[1], g));
@@ -495,7 +516,14 @@ impl Graph {
                         f(&format!("{name}.bias"), b)?;
                     }
                 }
-                _ => {}
+                Op::Input
+                | Op::Relu
+                | Op::Relu6
+                | Op::Add { .. }
+                | Op::Shortcut(_)
+                | Op::MaxPool { .. }
+                | Op::GlobalAvgPool
+                | Op::Flatten => {}
             }
         }
         Ok(())
@@ -529,7 +557,13 @@ impl Graph {
                     }
                 }
                 Op::Shortcut(s) => out.push((format!("{name}.channel_map"), StateRef::I32(&s.src))),
-                _ => {}
+                Op::Input
+                | Op::Relu
+                | Op::Relu6
+                | Op::Add { .. }
+                | Op::MaxPool { .. }
+                | Op::GlobalAvgPool
+                | Op::Flatten => {}
             }
         }
         out
@@ -556,7 +590,13 @@ impl Graph {
                     }
                 }
                 Op::Shortcut(s) => out.push((format!("{name}.channel_map"), StateMut::I32(&mut s.src))),
-                _ => {}
+                Op::Input
+                | Op::Relu
+                | Op::Relu6
+                | Op::Add { .. }
+                | Op::MaxPool { .. }
+                | Op::GlobalAvgPool
+                | Op::Flatten => {}
             }
         }
         out

@@ -28,7 +28,8 @@ impl Param {
     }
 }
 
-/// 2-D convolution without bias (every conv in these models is followed by batch norm).
+/// 2-D convolution without bias (every conv in these models is followed by batch norm); grouped
+/// when `spec.groups > 1` (weight `[out, in / groups, k, k]`).
 pub struct Conv2d {
     pub weight: Param,
     pub spec: ConvSpec,
@@ -36,7 +37,11 @@ pub struct Conv2d {
 
 impl Conv2d {
     pub fn in_channels(&self) -> usize {
-        self.weight.value.dims()[1]
+        self.weight.value.dims()[1] * self.spec.groups
+    }
+    /// One filter per channel, as many outputs as inputs: the conv passes its channels through.
+    pub fn is_depthwise(&self) -> bool {
+        self.spec.groups > 1 && self.spec.groups == self.in_channels() && self.spec.groups == self.out_channels()
     }
     pub fn out_channels(&self) -> usize {
         self.weight.value.dims()[0]

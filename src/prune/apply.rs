@@ -1,5 +1,5 @@
 //! Masked channel gather: builds the compact net by keeping, in every tensor a group indexes,
-//! only the kept channels (conv weights along output and input channels, batch-norm parameters
+//! only the kept channels (conv weights along output and input channels, depthwise filters, batch-norm parameters
 //! and statistics, linear inputs, shortcut channel maps). Runs through `Backend::index_select`,
 //! so the same code uses the gather kernel on a GPU.
 
@@ -39,7 +39,7 @@ fn node_keep(groups: &[ChannelGroup], keep: &[Vec<u32>]) -> NodeKeep {
     let mut out = HashMap::new();
     let mut input = HashMap::new();
     for (g, k) in groups.iter().zip(keep) {
-        for &p in g.producers.iter().chain(&g.norms).chain(&g.shortcut_writers) {
+        for &p in g.producers.iter().chain(&g.depthwise).chain(&g.norms).chain(&g.shortcut_writers) {
             out.insert(p, k.clone());
         }
         for &c in &g.conv_consumers {
@@ -157,7 +157,8 @@ fn assemble(
         widths[g.slot] = k.len();
     }
     let arch = model.arch.with_widths(widths)?;
-    let mut graph = arch.build_graph(0)?;
+    // Every tensor is overwritten below: no random initialisation.
+    let mut graph = arch.build_graph_zeroed()?;
     for (name, slot) in graph.state_mut() {
         let v = values
             .remove(&name)
@@ -195,7 +196,7 @@ pub fn mask(model: &Model, groups: &[ChannelGroup], keep: &[Vec<u32>]) -> Result
     let mut out = model.duplicate()?;
     for (g, k) in groups.iter().zip(keep) {
         let dropped: Vec<usize> = (0..g.channels).filter(|c| k.binary_search(&(*c as u32)).is_err()).collect();
-        for &p in &g.producers {
+        for &p in g.producers.iter().chain(&g.depthwise) {
             if let Op::Conv(c) = &mut out.graph.nodes[p].op {
                 let per = c.weight.value.numel() / g.channels;
                 let w = c.weight.value.as_mut_slice()?;

@@ -1,14 +1,24 @@
 //! Exact FLOPs and params of any keep vector without building the net, and the projection of
 //! any ratio vector onto a budget.
 //!
-//! Each conv or linear contributes `out * in * per` MACs (and `out * in * k*k` weights), where
-//! `out` and `in` are either a group's kept count or a fixed width: total cost is a sum of such
-//! bilinear terms, evaluated in O(layers).
+//! Each conv or linear contributes `out * (in / groups) * k*k * pixels` MACs (the one formula,
+//! `models::cost::layer_cost`), where `out` and `in` are either a group's kept count or a fixed
+//! width (a depthwise conv's are both its group's): total cost is a sum of such terms, evaluated
+//! in O(layers).
 
 use super::groups::ChannelGroup;
 use crate::error::{Error, Result};
+use crate::models::cost::layer_cost;
 use crate::nn::{Graph, Op};
 use serde::{Deserialize, Serialize};
+
+/// How a term's input channels split into groups.
+#[derive(Clone, Copy, Debug)]
+enum TermGroups {
+    Fixed(u64),
+    /// Depthwise: one group per input channel, whatever the kept count.
+    PerChannel,
+}
 
 #[derive(Clone, Debug)]
 struct Term {
@@ -18,10 +28,11 @@ struct Term {
     in_fixed: u64,
     /// Input features per input channel (H*W after a flatten, else 1).
     in_mult: u64,
-    /// MACs per (out, in) pair: kernel area times output pixels (1 for a linear).
-    macs_per: u64,
-    /// Weights per (out, in) pair: kernel area (1 for a linear).
-    weights_per: u64,
+    /// Kernel area (1 for a linear).
+    kernel_area: u64,
+    /// Output pixels (1 for a linear).
+    pixels: u64,
+    groups: TermGroups,
     bias: bool,
 }
 
@@ -40,17 +51,29 @@ impl CostModel {
     pub fn new(graph: &Graph, groups: &[ChannelGroup]) -> Result<CostModel> {
         let mut terms = Vec::new();
         for (i, node) in graph.nodes.iter().enumerate() {
-            let (out_c, in_c, weights_per, macs_per, bias) = match &node.op {
+            let (out_c, in_c, kernel_area, pixels, term_groups, bias) = match &node.op {
                 Op::Conv(c) => {
                     let k = (c.kernel() * c.kernel()) as u64;
                     let pixels = (node.out_shape[1] * node.out_shape[2]) as u64;
-                    (c.out_channels(), c.in_channels(), k, k * pixels, false)
+                    let g =
+                        if c.is_depthwise() { TermGroups::PerChannel } else { TermGroups::Fixed(c.spec.groups as u64) };
+                    (c.out_channels(), c.in_channels(), k, pixels, g, false)
                 }
-                Op::Linear(l) => (l.out_features(), l.in_features(), 1, 1, l.bias.is_some()),
-                _ => continue,
+                Op::Linear(l) => (l.out_features(), l.in_features(), 1, 1, TermGroups::Fixed(1), l.bias.is_some()),
+                Op::Input
+                | Op::BatchNorm(_)
+                | Op::Relu
+                | Op::Relu6
+                | Op::Add { .. }
+                | Op::Shortcut(_)
+                | Op::MaxPool { .. }
+                | Op::GlobalAvgPool
+                | Op::Flatten => continue,
             };
-            let out_group = groups.iter().position(|g| g.producers.contains(&i));
-            let conv_in = groups.iter().position(|g| g.conv_consumers.contains(&i));
+            // A depthwise conv's outputs and inputs are both its group's channels.
+            let dw_group = groups.iter().position(|g| g.depthwise.contains(&i));
+            let out_group = groups.iter().position(|g| g.producers.contains(&i)).or(dw_group);
+            let conv_in = groups.iter().position(|g| g.conv_consumers.contains(&i)).or(dw_group);
             let lin_in = groups
                 .iter()
                 .enumerate()
@@ -71,8 +94,9 @@ impl CostModel {
                 in_group,
                 in_fixed: in_c as u64,
                 in_mult,
-                macs_per,
-                weights_per,
+                kernel_area,
+                pixels,
+                groups: term_groups,
                 bias,
             });
         }
@@ -84,14 +108,19 @@ impl CostModel {
         Ok(cm)
     }
 
-    /// (MACs, params) with `kept[g]` channels in group g.
+    /// (MACs, params) with `kept[g]` channels in group g, through `models::cost::layer_cost`.
     pub fn cost(&self, kept: &[usize]) -> (u64, u64) {
         let (mut macs, mut params) = (0u64, 0u64);
         for t in &self.terms {
             let out = t.out_group.map_or(t.out_fixed, |g| kept[g] as u64);
             let inp = t.in_group.map_or(t.in_fixed, |g| kept[g] as u64 * t.in_mult);
-            macs += out * inp * t.macs_per;
-            params += out * inp * t.weights_per + if t.bias { out } else { 0 };
+            let groups = match t.groups {
+                TermGroups::Fixed(g) => g,
+                TermGroups::PerChannel => inp,
+            };
+            let (m, p) = layer_cost(out, inp, groups, t.kernel_area, t.pixels, t.bias);
+            macs += m;
+            params += p;
         }
         (macs, params)
     }

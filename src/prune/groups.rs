@@ -1,13 +1,17 @@
 //! Channel groups derived from the network graph.
 //!
 //! Every node output lives in a "channel space". A conv or linear starts a new space (it
-//! produces channels); batch norm, ReLU, pooling and flatten pass their input's space through;
+//! produces channels); batch norm, ReLU, pooling, flatten and a depthwise conv (one filter per
+//! channel) pass their input's space through;
 //! an element-wise add merges the spaces of its two inputs (their channels must stay aligned);
 //! an option-A shortcut starts a new space linked to its input only through its channel map.
 //! Merging is a union-find, so groups follow from the structure of any model: a block's inner
 //! channels (conv1 out, bn1, conv2 in) form a space of their own, and a ResNet stage's residual
 //! stream (the stem or the previous shortcut, every conv2 writing into the stream, their BNs and
-//! every conv reading the stream) forms one coupled space.
+//! every conv reading the stream) forms one coupled space. A projection shortcut (1x1 conv + BN)
+//! is one more producer of the stream it writes, so each stage's stream is a space of its own.
+//! A grouped conv (1 < groups < channels) ties its channels in blocks: its input and output
+//! spaces are left unpruned.
 
 use crate::error::{Error, Result};
 use crate::models::Model;
@@ -37,6 +41,8 @@ pub struct ChannelGroup {
     pub producers: Vec<usize>,
     /// Batch norms over these channels.
     pub norms: Vec<usize>,
+    /// Depthwise convs over these channels (one filter per channel: output axis of their weights).
+    pub depthwise: Vec<usize>,
     /// Convs reading these channels (input axis of their weights).
     pub conv_consumers: Vec<usize>,
     /// Linears reading these channels after a flatten: (node, features per channel).
@@ -75,8 +81,9 @@ pub struct Analysis {
     pub groups: Vec<ChannelGroup>,
 }
 
-/// Derives channel groups from the graph. `width_names` names the architecture's width slots.
-pub fn analyse(graph: &Graph, width_names: &[String]) -> Result<Analysis> {
+/// Derives channel groups from the graph; the graph's width slots name them.
+pub fn analyse(graph: &Graph) -> Result<Analysis> {
+    let width_names: Vec<String> = graph.slots.iter().map(|s| s.name.clone()).collect();
     let n = graph.nodes.len();
     let mut uf = UnionFind((0..n).collect());
     // Space of each node before unions: producers start their own, pass-through nodes inherit.
@@ -84,7 +91,9 @@ pub fn analyse(graph: &Graph, width_names: &[String]) -> Result<Analysis> {
     let mut merged_by_add = vec![false; n];
     for (i, node) in graph.nodes.iter().enumerate() {
         raw[i] = match &node.op {
-            Op::Input | Op::Conv(_) | Op::Linear(_) | Op::Shortcut(_) => i,
+            Op::Input | Op::Linear(_) | Op::Shortcut(_) => i,
+            Op::Conv(c) if c.is_depthwise() => raw[node.inputs[0]],
+            Op::Conv(_) => i,
             Op::Add { .. } => {
                 let (a, b) = (raw[node.inputs[0]], raw[node.inputs[1]]);
                 uf.union(a, b);
@@ -92,7 +101,9 @@ pub fn analyse(graph: &Graph, width_names: &[String]) -> Result<Analysis> {
                 merged_by_add[b] = true;
                 a
             }
-            _ => raw[node.inputs[0]],
+            Op::BatchNorm(_) | Op::Relu | Op::Relu6 | Op::MaxPool { .. } | Op::GlobalAvgPool | Op::Flatten => {
+                raw[node.inputs[0]]
+            }
         };
     }
     let space_of: Vec<usize> = (0..n).map(|i| uf.find(raw[i])).collect();
@@ -101,21 +112,40 @@ pub fn analyse(graph: &Graph, width_names: &[String]) -> Result<Analysis> {
         let r = uf.find(s);
         coupled[r] = true;
     }
+    // Spaces a grouped (not depthwise) conv reads or writes are tied in blocks: not pruned.
+    let mut fixed = vec![false; n];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if let Op::Conv(c) = &node.op {
+            if c.spec.groups > 1 && !c.is_depthwise() {
+                fixed[space_of[node.inputs[0]]] = true;
+                fixed[space_of[i]] = true;
+            }
+        }
+    }
     let output_space = space_of[n - 1];
     // Collect members per root space.
     let mut groups: Vec<ChannelGroup> = Vec::new();
     let mut group_of_root: std::collections::HashMap<usize, usize> = Default::default();
     for (i, node) in graph.nodes.iter().enumerate() {
         let root = space_of[i];
-        if root == space_of[0] || root == output_space {
-            continue; // the image channels and the logits are never pruned
+        if root == space_of[0] || root == output_space || fixed[root] {
+            continue; // the image channels, the logits and grouped channels are never pruned
         }
-        let producer_slot = match &node.op {
-            Op::Conv(_) => node.width_slot,
-            _ => None,
-        };
         if let std::collections::hash_map::Entry::Vacant(slot) = group_of_root.entry(root) {
-            if !matches!(node.op, Op::Conv(_) | Op::Shortcut(_)) {
+            let opens = match &node.op {
+                Op::Conv(c) => !c.is_depthwise(),
+                Op::Shortcut(_) => true,
+                Op::Input
+                | Op::BatchNorm(_)
+                | Op::Relu
+                | Op::Relu6
+                | Op::Add { .. }
+                | Op::MaxPool { .. }
+                | Op::GlobalAvgPool
+                | Op::Flatten
+                | Op::Linear(_) => false,
+            };
+            if !opens {
                 continue; // spaces opened by a linear (classifier hidden units) are not grouped
             }
             slot.insert(groups.len());
@@ -126,6 +156,7 @@ pub fn analyse(graph: &Graph, width_names: &[String]) -> Result<Analysis> {
                 channels: node.out_shape[0],
                 producers: vec![],
                 norms: vec![],
+                depthwise: vec![],
                 conv_consumers: vec![],
                 linear_consumers: vec![],
                 shortcut_writers: vec![],
@@ -134,9 +165,10 @@ pub fn analyse(graph: &Graph, width_names: &[String]) -> Result<Analysis> {
         }
         let g = &mut groups[group_of_root[&root]];
         match &node.op {
+            Op::Conv(c) if c.is_depthwise() => g.depthwise.push(i),
             Op::Conv(_) => {
                 g.producers.push(i);
-                let slot = producer_slot.ok_or_else(|| {
+                let slot = node.width_slot.ok_or_else(|| {
                     Error::Invalid(format!("conv {} has no width slot; cannot derive its group", node.name))
                 })?;
                 if g.slot != usize::MAX && g.slot != slot {
@@ -149,7 +181,14 @@ pub fn analyse(graph: &Graph, width_names: &[String]) -> Result<Analysis> {
             }
             Op::BatchNorm(_) => g.norms.push(i),
             Op::Shortcut(_) => g.shortcut_writers.push(i),
-            _ => {}
+            Op::Input
+            | Op::Relu
+            | Op::Relu6
+            | Op::Add { .. }
+            | Op::MaxPool { .. }
+            | Op::GlobalAvgPool
+            | Op::Flatten
+            | Op::Linear(_) => {}
         }
     }
     // Consumers: the input space of every conv, linear and shortcut.
@@ -158,13 +197,22 @@ pub fn analyse(graph: &Graph, width_names: &[String]) -> Result<Analysis> {
         let Some(&gi) = group_of_root.get(&space_of[inp]) else { continue };
         let g = &mut groups[gi];
         match &node.op {
+            // A depthwise conv is a member of the space it reads (above), not a consumer.
+            Op::Conv(c) if c.is_depthwise() => {}
             Op::Conv(_) => g.conv_consumers.push(i),
             Op::Shortcut(_) => g.shortcut_readers.push(i),
             Op::Linear(_) => {
                 let features = graph.nodes[inp].out_shape.iter().product::<usize>();
                 g.linear_consumers.push((i, features / g.channels.max(1)));
             }
-            _ => {}
+            Op::Input
+            | Op::BatchNorm(_)
+            | Op::Relu
+            | Op::Relu6
+            | Op::Add { .. }
+            | Op::MaxPool { .. }
+            | Op::GlobalAvgPool
+            | Op::Flatten => {}
         }
     }
     groups.retain(|g| g.slot != usize::MAX);
@@ -189,8 +237,7 @@ pub enum GroupScope {
 
 /// The prunable groups of a model within `scope`, in network order.
 pub fn groups(model: &Model, scope: GroupScope) -> Result<Vec<ChannelGroup>> {
-    let names = model.arch.width_names()?;
-    let all = analyse(&model.graph, &names)?.groups;
+    let all = analyse(&model.graph)?.groups;
     Ok(match scope {
         GroupScope::All => all,
         GroupScope::Inner => all.into_iter().filter(|g| g.kind == GroupKind::Inner).collect(),

@@ -165,7 +165,7 @@ impl Scorer {
             nodes.push(base.graph.output_index());
         }
         nodes.dedup();
-        let analysis = analyse(&base.graph, &base.arch.width_names()?)?;
+        let analysis = analyse(&base.graph)?;
         let (_, feats) = base.graph.forward_taps(dev, dev.copy(&images)?, Mode::Eval, &nodes)?;
         let mut taps = Vec::with_capacity(nodes.len());
         for (node, baseline) in nodes.into_iter().zip(feats) {

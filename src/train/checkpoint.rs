@@ -235,7 +235,7 @@ fn load_bytes(
         }
         extras.sort_by(|a, b| a.0.cmp(&b.0));
     }
-    let mut graph = meta.arch.build_graph(0).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    let mut graph = meta.arch.build_graph_zeroed().map_err(|e| Error::checkpoint(path, e.to_string()))?;
     let mut used = 0usize;
     for (name, slot) in graph.state_mut() {
         let view = match st.tensor(&name) {
