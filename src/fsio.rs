@@ -292,6 +292,10 @@ impl DirLock {
                     let _ = (&file).take(4096).read_to_string(&mut text);
                     return Err(in_use(&describe_holder(&text)));
                 }
+                // A file system without flock: the run goes on unlocked rather than not at all.
+                Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    eprintln!("warning: {}: cannot lock ({e}); make sure no other run writes here", path.display());
+                }
                 Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
             }
             let same = std::fs::symlink_metadata(&path).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());

@@ -617,9 +617,11 @@ fn import_messages_name_the_wrong_type_and_never_suggest_overwriting_the_input()
     write(&p, b"PK\x03\x04 a zip archive, as torch.save writes");
     let o = run(&import_args(&p, "smallcnn", &out));
     assert_refused(&o, &["model.safetensors"]);
-    let cmd = o.stderr.lines().find(|l| l.contains("torch_to_safetensors.py")).expect("a command").to_string();
+    let line = o.error_line();
+    let cmd = line.split('`').nth(1).unwrap_or_else(|| panic!("no command in one line: {}", o.context()));
     let words: Vec<&str> = cmd.split_whitespace().collect();
-    assert_ne!(words[words.len() - 1], words[words.len() - 2], "input and output are the same file: {cmd}");
+    assert_eq!(words[..2], ["python3", "scripts/torch_to_safetensors.py"], "{cmd}");
+    assert_ne!(words[2], words[3], "input and output are the same file: {cmd}");
 }
 
 #[test]
@@ -671,4 +673,22 @@ fn a_lock_holding_the_pid_of_an_unrelated_live_process_is_taken_over() {
     let _ = sleeper.wait();
     assert_ok(&o);
     assert!(!out.join(".lfgcl.lock").exists(), "the lock is released at the end");
+}
+
+#[test]
+fn runs_racing_for_a_stale_lock_let_exactly_one_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    write(&out.join(".lfgcl.lock"), dead.to_string().as_bytes());
+    // Each run holds the folder for a few seconds, far longer than the others take to start.
+    let runs: Vec<_> = (0..4).map(|_| spawn(&train_args(&out, &["--epochs", "40"]))).collect();
+    let outcomes: Vec<_> = runs.into_iter().map(|r| r.finish(Duration::from_secs(120))).collect();
+    let won: Vec<_> = outcomes.iter().filter(|o| o.code == Some(0)).collect();
+    assert_eq!(won.len(), 1, "{}", outcomes.iter().map(|o| o.context()).collect::<Vec<_>>().join("\n"));
+    for o in outcomes.iter().filter(|o| o.code != Some(0)) {
+        assert_refused(o, &["in use"]);
+    }
 }

@@ -149,7 +149,7 @@ fn read_sources(path: &Path) -> Result<(SourceFile<'_>, BTreeMap<String, Source>
     file.read_exact(&mut head).map_err(|e| Error::io(path, e))?;
     if looks_like_pickle(&head) {
         return Err(Error::Invalid(format!(
-            "{} is a PyTorch pickle, not safetensors; lfgcl does not read pickles. Convert it first:\n  {}\nthen import the .safetensors file",
+            "{} is a PyTorch pickle, not safetensors; lfgcl does not read pickles. Convert it first with `{}`, then import the .safetensors file",
             path.display(),
             convert_command(path)
         )));
