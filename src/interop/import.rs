@@ -143,16 +143,17 @@ fn read_sources(path: &Path) -> Result<(SourceFile<'_>, BTreeMap<String, Source>
         )
     };
     let mut head = [0u8; 8];
-    if len < 8 {
-        return Err(not_safetensors(format!("{len} bytes is too short")));
-    }
-    file.read_exact(&mut head).map_err(|e| Error::io(path, e))?;
-    if looks_like_pickle(&head) {
+    let got = len.min(8) as usize;
+    file.read_exact(&mut head[..got]).map_err(|e| Error::io(path, e))?;
+    if looks_like_pickle(&head[..got]) {
         return Err(Error::Invalid(format!(
             "{} is a PyTorch pickle, not safetensors; lfgcl does not read pickles. Convert it first with `{}`, then import the .safetensors file",
             path.display(),
             convert_command(path)
         )));
+    }
+    if len < 8 {
+        return Err(not_safetensors(format!("{len} bytes is too short")));
     }
     let n = u64::from_le_bytes(head);
     if n > len - 8 || n > crate::limits::MAX_CHECKPOINT_HEADER_BYTES {
