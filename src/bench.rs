@@ -36,6 +36,7 @@ pub fn time_samples(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()
     }
     let mut t: Vec<f64> = Vec::with_capacity(reps.max(1));
     for _ in 0..reps.max(1) {
+        stop_if_interrupted()?;
         let s = Instant::now();
         f()?;
         t.push(s.elapsed().as_secs_f64());
@@ -50,9 +51,16 @@ pub fn time_on(dev: &Device, warmup: usize, reps: usize, mut f: impl FnMut() -> 
     }
     let mut t: Vec<f64> = Vec::with_capacity(reps.max(1));
     for _ in 0..reps.max(1) {
+        stop_if_interrupted()?;
         t.push(dev.time_ms(&mut f)? / 1e3);
     }
     Ok(summarise(t))
+}
+
+/// A benchmark stops between two timed calls on SIGINT/SIGTERM (its temporary files are then
+/// removed by the caller, as after a failure).
+pub(crate) fn stop_if_interrupted() -> Result<()> {
+    crate::interrupt::check(|| "the benchmark was stopped before it finished; nothing was measured".into())
 }
 
 fn summarise(mut t: Vec<f64>) -> Timing {

@@ -4,7 +4,6 @@
 //! runaway memory. The README ("Guarantees") lists them.
 
 use crate::error::{Error, Result};
-use std::io::Read;
 use std::path::Path;
 
 /// Channels of any one layer (VGG-16's widest is 512).
@@ -41,6 +40,30 @@ pub const MAX_REPS: usize = 100_000;
 /// `--threads`.
 pub const MAX_THREADS: usize = 1024;
 
+/// Longest duration a flag may give (seconds): about 31 years.
+pub const MAX_SECONDS: f64 = 1e9;
+
+/// A float as a user would have typed it: `1e308` rather than 309 digits.
+pub fn show(value: f64) -> String {
+    if value != 0.0 && value.is_finite() && !(1e-4..1e16).contains(&value.abs()) {
+        format!("{value:e}")
+    } else {
+        format!("{value}")
+    }
+}
+
+/// The duration a flag gives in seconds, which must be a number from 0 to [`MAX_SECONDS`].
+pub fn check_seconds(what: &str, value: f64) -> Result<std::time::Duration> {
+    if !(value.is_finite() && (0.0..=MAX_SECONDS).contains(&value)) {
+        return Err(Error::Invalid(format!(
+            "{what} must be a number of seconds from 0 to {}, got {}",
+            show(MAX_SECONDS),
+            show(value)
+        )));
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
+}
+
 /// Errors unless `value` is in `1..=max`; `what` names the flag or field.
 pub fn check_count(what: &str, value: usize, max: usize) -> Result<()> {
     if value == 0 || value > max {
@@ -52,7 +75,7 @@ pub fn check_count(what: &str, value: usize, max: usize) -> Result<()> {
 /// Errors unless `value` is finite (a float flag or field); `what` names it.
 pub fn check_finite(what: &str, value: f64) -> Result<()> {
     if !value.is_finite() {
-        return Err(Error::Invalid(format!("{what} must be a finite number, got {value}")));
+        return Err(Error::Invalid(format!("{what} must be a finite number, got {}", show(value))));
     }
     Ok(())
 }
@@ -60,7 +83,7 @@ pub fn check_finite(what: &str, value: f64) -> Result<()> {
 /// Errors unless `value` is finite and strictly positive.
 pub fn check_positive(what: &str, value: f64) -> Result<()> {
     if !(value.is_finite() && value > 0.0) {
-        return Err(Error::Invalid(format!("{what} must be a positive finite number, got {value}")));
+        return Err(Error::Invalid(format!("{what} must be a positive finite number, got {}", show(value))));
     }
     Ok(())
 }
@@ -68,29 +91,13 @@ pub fn check_positive(what: &str, value: f64) -> Result<()> {
 /// Errors unless `value` is finite and not negative.
 pub fn check_non_negative(what: &str, value: f64) -> Result<()> {
     if !(value.is_finite() && value >= 0.0) {
-        return Err(Error::Invalid(format!("{what} must be a non-negative finite number, got {value}")));
+        return Err(Error::Invalid(format!("{what} must be a non-negative finite number, got {}", show(value))));
     }
     Ok(())
 }
 
-/// Reads a regular file of at most `max` bytes. Devices, FIFOs and directories are refused before
-/// anything is read (`/dev/zero` never ends), and the read is bounded even if the file grows.
+/// Reads a regular file of at most `max` bytes (see [`crate::fsio::read_regular`]: devices, FIFOs
+/// and directories are refused before anything is read, and the read is bounded).
 pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::format(path, "not a regular file"));
-    }
-    if meta.len() > max {
-        return Err(Error::format(
-            path,
-            format!("{} bytes is larger than the {} bytes this reader accepts", meta.len(), max),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > max {
-        return Err(Error::format(path, format!("grew past the {max} bytes this reader accepts while it was read")));
-    }
-    Ok(bytes)
+    crate::fsio::read_regular(path, max)
 }

@@ -100,6 +100,7 @@ pub struct PrunedResult {
     pub params: u64,
     pub top1_before_finetune: f64,
     pub top1_after_finetune: f64,
+    #[serde(serialize_with = "crate::fsio::serialize_path")]
     pub checkpoint: PathBuf,
 }
 

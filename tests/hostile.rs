@@ -8,153 +8,14 @@
 
 #[path = "common/exe.rs"]
 mod exe;
+#[path = "common/hostile.rs"]
+mod harness;
 
+use harness::{assert_ok, assert_refused, run, s, train_args, write};
 use lfgcl::models::{Arch, Model};
 use lfgcl::train::checkpoint;
-use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// Address-space limit of every child (KiB): far below what any hostile input would make an
-/// unchecked reader allocate, far above what the tiny legitimate runs here need.
-const CHILD_MEMORY_KIB: u64 = 1_500_000;
-/// A hung child is killed after this long; it only guards against a runaway case.
-const CHILD_DEADLINE: Duration = Duration::from_secs(120);
-
-fn exe() -> OsString {
-    std::env::var_os("LFGCL_TEST_EXE").unwrap_or_else(exe::lfgcl_exe)
-}
-
-struct Outcome {
-    args: Vec<String>,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `lfgcl ARGS` under `ulimit -v`, with 2 threads and few malloc arenas.
-fn run<S: AsRef<OsStr>>(args: &[S]) -> Outcome {
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(format!("ulimit -v {CHILD_MEMORY_KIB}; exec \"$0\" \"$@\""))
-        .arg(exe())
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .env("MALLOC_ARENA_MAX", "2")
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn bash");
-    // Drain the pipes on threads so that a chatty child cannot block on a full pipe.
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        std::io::Read::read_to_end(&mut out_pipe, &mut s).ok();
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        std::io::Read::read_to_end(&mut err_pipe, &mut s).ok();
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break Some(st);
-        }
-        if start.elapsed() > CHILD_DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
-    let status = status.unwrap_or_else(|| panic!("{args:?} still ran after {CHILD_DEADLINE:?}"));
-    Outcome {
-        args,
-        code: status.code(),
-        stdout: String::from_utf8_lossy(&out_t.join().unwrap()).into_owned(),
-        stderr: String::from_utf8_lossy(&err_t.join().unwrap()).into_owned(),
-    }
-}
-
-/// The child refused its input cleanly, and its error line names every one of `names`.
-fn assert_refused(o: &Outcome, names: &[&str]) {
-    let ctx = format!("{:?}\nstdout: {}\nstderr: {}", o.args, o.stdout, o.stderr);
-    let code = o.code.unwrap_or_else(|| panic!("killed by a signal (abort?): {ctx}"));
-    assert_ne!(code, 0, "accepted: {ctx}");
-    assert_ne!(code, 101, "panicked: {ctx}");
-    assert!(!o.stderr.contains("panicked"), "panicked: {ctx}");
-    let line = o
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_else(|| panic!("no error line: {ctx}"))
-        .to_string();
-    for bad in ["out of memory", "memory allocation", "capacity overflow", "corrupt"] {
-        assert!(!line.contains(bad), "a runaway allocation, not a refusal ('{bad}'): {ctx}");
-    }
-    for n in names {
-        assert!(line.contains(n), "the error should name '{n}': {ctx}");
-    }
-}
-
-fn assert_ok(o: &Outcome) {
-    assert_eq!(o.code, Some(0), "{:?} failed\nstdout: {}\nstderr: {}", o.args, o.stdout, o.stderr);
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
-/// A tiny, fast training run on the synthetic set; `extra` holds flags (with their values, if
-/// any) that replace the defaults or are added.
-fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "--device",
-        "cpu",
-        "-q",
-        "train",
-        "--model",
-        "smallcnn",
-        "--data",
-        "synthetic",
-        "--limit",
-        "64",
-        "--test-limit",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "32",
-        "--out",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.push(s(out));
-    let mut i = 0;
-    while i < extra.len() {
-        let flag = extra[i];
-        let value = extra.get(i + 1).filter(|x| !x.starts_with("--"));
-        match (v.iter().position(|a| a == flag), value) {
-            (Some(at), Some(val)) => v[at + 1] = val.to_string(),
-            (_, val) => {
-                v.push(flag.to_string());
-                if let Some(val) = val {
-                    v.push(val.to_string());
-                }
-            }
-        }
-        i += 1 + value.is_some() as usize;
-    }
-    v
-}
 
 /// A fresh smallcnn checkpoint for the synthetic set (3x32x32, 10 classes).
 fn smallcnn_ckpt(path: &Path) {
@@ -175,11 +36,6 @@ fn with_arch_metadata(arch_json: &str) -> Vec<u8> {
     out.extend_from_slice(&head);
     out.extend_from_slice(&bytes[8 + n..]);
     out
-}
-
-fn write(path: &Path, bytes: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
 }
 
 fn png(path: &Path, size: u32, rgb: [u8; 3]) {
@@ -524,15 +380,14 @@ fn policy_files_with_bad_rounding_or_for_another_model_are_refused() {
 fn an_output_folder_in_use_is_refused_and_a_stale_lock_is_taken_over() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    // Held by a live process: this test.
-    write(&out.join(".lfgcl.lock"), std::process::id().to_string().as_bytes());
-    assert_refused(&run(&train_args(&out, &[])), &["in use", &std::process::id().to_string()]);
-    // Left by a process that is gone.
-    let mut gone = Command::new("true").spawn().unwrap();
-    let dead = gone.id();
-    gone.wait().unwrap();
-    write(&out.join(".lfgcl.lock"), dead.to_string().as_bytes());
+    // Held by a live lfgcl run (it takes the lock before it starts its log).
+    let holder = harness::spawn(&train_args(&out, &["--epochs", "1000"]));
+    harness::wait_for(&out.join("train_log.jsonl"), std::time::Duration::from_secs(60));
+    assert_refused(&run(&train_args(&out, &[])), &["in use", &holder.pid().to_string()]);
+    // Killed: it leaves its lock file behind, which the next run takes over.
+    holder.signal("KILL");
+    assert_eq!(holder.finish(std::time::Duration::from_secs(30)).code, None);
+    assert!(out.join(".lfgcl.lock").exists());
     assert_ok(&run(&train_args(&out, &[])));
     assert!(!out.join(".lfgcl.lock").exists(), "the lock is released at the end");
 }

@@ -38,6 +38,18 @@ pub fn run_command(cli: Cli) -> Result<()> {
 
 fn dispatch(cli: Cli) -> Result<()> {
     let g = cli.global;
+    // Long commands stop cleanly on SIGINT/SIGTERM, saving what they can (see `crate::interrupt`).
+    if matches!(
+        cli.command,
+        Command::Train(_)
+            | Command::Demo(_)
+            | Command::Bench(_)
+            | Command::Search(_)
+            | Command::Finetune(_)
+            | Command::Pipeline(_)
+    ) {
+        crate::interrupt::install()?;
+    }
     match cli.command {
         Command::Train(a) => cmd_train(&g, a),
         Command::Eval(a) => cmd_eval(&g, a),
@@ -175,7 +187,7 @@ pub(crate) fn fit_and_save(
             "info": files.info,
             "final": last,
             "wall_seconds": start.elapsed().as_secs_f64(),
-            "checkpoint": ckpt_path,
+            "checkpoint": crate::fsio::path_json(&ckpt_path),
         }),
     )?;
     Ok(logs)
@@ -279,7 +291,7 @@ fn cmd_train(g: &GlobalArgs, a: TrainArgs) -> Result<()> {
         settings: json!({
             "command": "train",
             "model": model.arch,
-            "init": a.init,
+            "init": crate::fsio::opt_path_json(a.init.as_deref()),
             "data": data_settings(&a.data),
         }),
     };
@@ -330,7 +342,7 @@ fn cmd_eval(g: &GlobalArgs, a: EvalArgs) -> Result<()> {
     if let Some(p) = &a.json {
         report::write_json(
             p,
-            &json!({ "checkpoint": a.ckpt, "data": ds.name, "result": r, "macs": cost.macs, "params": cost.params }),
+            &json!({ "checkpoint": crate::fsio::path_json(&a.ckpt), "data": ds.name, "result": r, "macs": cost.macs, "params": cost.params }),
         )?;
     }
     Ok(())
@@ -665,12 +677,7 @@ pub(crate) fn search_config(
         CandidatesPerStep::Fixed(k) => k,
         CandidatesPerStep::Auto => search::auto_candidates_per_step(dev, base, s.images)?,
     };
-    if !(s.checkpoint_every.is_finite() && s.checkpoint_every >= 0.0) {
-        return Err(Error::Invalid(format!(
-            "--checkpoint-every {} must be a number of seconds >= 0",
-            s.checkpoint_every
-        )));
-    }
+    crate::limits::check_seconds("--checkpoint-every", s.checkpoint_every)?;
     let cfg = SearchConfig {
         budget,
         constraints: p.constraints()?,
@@ -699,8 +706,9 @@ pub(crate) fn search_config(
     Ok(cfg)
 }
 
-fn run_options(s: &SearchOpts, resume: bool, progress: bool) -> search::RunOptions {
-    search::RunOptions { resume, progress, checkpoint_every: std::time::Duration::from_secs_f64(s.checkpoint_every) }
+fn run_options(s: &SearchOpts, resume: bool, progress: bool) -> Result<search::RunOptions> {
+    let checkpoint_every = crate::limits::check_seconds("--checkpoint-every", s.checkpoint_every)?;
+    Ok(search::RunOptions { resume, progress, checkpoint_every })
 }
 
 /// The reward's fixed batch of unlabeled images drawn from the training split of `spec`.
@@ -741,7 +749,8 @@ fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
         );
     }
     let files = SearchFiles { dir: a.out.clone() };
-    let out = search::run(&mut base, &dev, &images, &cfg, &files, report, &run_options(&a.search, a.resume, !g.quiet))?;
+    let out =
+        search::run(&mut base, &dev, &images, &cfg, &files, report, &run_options(&a.search, a.resume, !g.quiet)?)?;
     println!(
         "best reward {:.5} (uniform pruning {:.5}) at {:.1}% FLOPs, {:.1}% params; {} candidates in {:.1}s ({:.2} candidates/s end to end: {:.1}s scoring, {:.1}s agent, {:.2}s bookkeeping)",
         out.best.reward,
@@ -810,13 +819,16 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
     let train_ds = if a.ft.labels { train_ds } else { train_ds.without_labels() };
     let files = RunFiles {
         out: &a.out,
-        info: json!({ "finetuned_from": a.ckpt, "teacher": a.teacher, "label_free": !a.ft.labels, "data": a.data.data }),
+        info: json!({
+            "finetuned_from": crate::fsio::path_json(&a.ckpt),
+            "teacher": crate::fsio::opt_path_json(a.teacher.as_deref()),
+            "label_free": !a.ft.labels, "data": a.data.data }),
         quiet: g.quiet,
         resume: a.resume,
         settings: json!({
             "command": "finetune",
-            "ckpt": a.ckpt,
-            "teacher": a.teacher,
+            "ckpt": crate::fsio::path_json(&a.ckpt),
+            "teacher": crate::fsio::opt_path_json(a.teacher.as_deref()),
             "data": data_settings(&a.data),
             "temperature": a.ft.temperature,
             "labels": a.ft.labels,

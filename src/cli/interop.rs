@@ -69,6 +69,8 @@ pub(crate) fn cmd_export_onnx(g: &GlobalArgs, a: ExportOnnxArgs) -> Result<()> {
 
 pub(crate) fn bench_deploy(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
     let ckpt = a.ckpt.as_ref().ok_or_else(|| Error::Invalid("bench deploy needs --ckpt".into()))?;
+    crate::limits::check_count("--rounds", a.rounds, crate::limits::MAX_REPS)?;
+    crate::limits::check_seconds("--min-seconds", a.min_seconds)?;
     let gpu = match g.device {
         DeviceChoice::Cpu => None,
         choice => Some(backend::select(choice)?).filter(|d| d.kind() != DeviceKind::Cpu),
@@ -123,7 +125,9 @@ pub(crate) fn pipeline_deploy(
         }
         let r = deploy::bench_deploy(base_ckpt, Some(&p.checkpoint), &opts)?;
         println!("deployment, {} net:\n{}", p.method, r.table());
-        tables.push(serde_json::json!({ "method": p.method, "checkpoint": p.checkpoint, "deploy": r }));
+        tables.push(
+            serde_json::json!({ "method": p.method, "checkpoint": crate::fsio::path_json(&p.checkpoint), "deploy": r }),
+        );
     }
     report::write_json(out.join("deploy.json"), &tables)?;
     let _ = std::fs::remove_dir_all(&work_dir);

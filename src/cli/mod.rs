@@ -90,10 +90,10 @@ pub struct ImportArgs {
     pub out: PathBuf,
     /// Per-channel input mean the net was trained with, on pixels scaled to [0,1] (e.g.
     /// 0.4914,0.4822,0.4465). Without --mean/--std the normalisation is recorded as unknown.
-    #[arg(long, value_delimiter = ',', requires = "std")]
+    #[arg(long, value_delimiter = ',', requires = "std", value_parser = parse_f32)]
     pub mean: Option<Vec<f32>>,
     /// Per-channel input std (e.g. 0.2470,0.2435,0.2616).
-    #[arg(long, value_delimiter = ',', requires = "mean")]
+    #[arg(long, value_delimiter = ',', requires = "mean", value_parser = parse_f32)]
     pub std: Option<Vec<f32>>,
     /// Check the classifier has this many outputs (default: whatever it has).
     #[arg(long)]
@@ -125,12 +125,12 @@ pub struct FinetuneOpts {
     #[arg(long = "ft-epochs", default_value_t = 10)]
     pub epochs: usize,
     /// Fine-tuning base learning rate (cosine schedule).
-    #[arg(long = "ft-lr", default_value_t = 0.01)]
+    #[arg(long = "ft-lr", default_value_t = 0.01, value_parser = parse_f32)]
     pub lr: f32,
     #[arg(long = "ft-batch-size", default_value_t = 128)]
     pub batch_size: usize,
     /// Distillation temperature.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 4.0, value_parser = parse_f32)]
     pub temperature: f32,
     /// Fine-tune with labels (cross-entropy) instead of label-free distillation.
     #[arg(long)]
@@ -224,18 +224,18 @@ pub struct SearchOpts {
     #[arg(long, value_enum, default_value_t = BnStats::Recalibrate)]
     pub bn_stats: BnStats,
     /// Exploration noise at the end of warm-up (truncated normal around the actor's output).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = parse_f32)]
     pub noise: f32,
     /// Per-episode decay of the exploration noise.
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = parse_f32)]
     pub noise_decay: f32,
     /// Floor of the exploration noise (AMC has none; 0.05 keeps the search exploring once the
     /// decayed noise would otherwise stop it).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = parse_f32)]
     pub noise_min: f32,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = parse_f32)]
     pub actor_lr: f32,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = parse_f32)]
     pub critic_lr: f32,
     /// Transitions kept in the replay buffer.
     #[arg(long, default_value_t = 2000)]
@@ -380,7 +380,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     /// Base learning rate.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = parse_f32)]
     pub lr: f32,
     /// constant, cosine, step (x0.1 at 50% and 75%) or step:E1,E2[@GAMMA].
     #[arg(long, default_value = "cosine")]
@@ -388,9 +388,9 @@ pub struct TrainArgs {
     /// Epochs of linear learning-rate warm-up from lr/10.
     #[arg(long, default_value_t = 0.0)]
     pub warmup: f64,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = parse_f32)]
     pub momentum: f32,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = parse_f32)]
     pub weight_decay: f32,
     #[arg(long)]
     pub nesterov: bool,
@@ -605,8 +605,31 @@ impl std::ops::Deref for BenchModel {
     }
 }
 
+/// A 32-bit float flag: any number whose magnitude fits an f32. A value beyond that range is
+/// refused as it was given (`1e308`), where a plain parse would have made it `inf`.
+fn parse_f32(s: &str) -> std::result::Result<f32, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if v.is_finite() && v.abs() > f32::MAX as f64 {
+        return Err(format!("{s} is out of range: this flag takes numbers of magnitude at most {:e}", f32::MAX));
+    }
+    Ok(v as f32)
+}
+
+/// A clap error as one `error:` line: the message, its continuation lines joined, without the
+/// usage block (`lfgcl <command> --help` prints it).
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let body = text.split("\n\nUsage:").next().unwrap_or_default();
+    let body = body.split("\n\nFor more information").next().unwrap_or_default();
+    let mut line = body.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    if !line.starts_with("error:") {
+        line = format!("error: {line}");
+    }
+    line + " (see --help)"
+}
+
 /// Parses `args` (including the program name) and runs the command; returns the process exit
-/// code. Errors are printed as one line on stderr.
+/// code. Errors, flag errors included, are printed as one `error:` line on stderr, with exit code 1.
 pub fn run<I, T>(args: I) -> i32
 where
     I: IntoIterator<Item = T>,
@@ -614,10 +637,14 @@ where
 {
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+        // --help and --version print to stdout and succeed.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return code;
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("{}", one_line(&e));
+            return 1;
         }
     };
     match run_command(cli) {

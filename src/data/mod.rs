@@ -258,6 +258,19 @@ impl Normalization {
         if let Some(m) = self.mean.iter().find(|m| !m.is_finite()) {
             crate::bail!(Invalid, "normalisation mean {m} must be finite");
         }
+        // Every normalised pixel must be finite too (`apply` is monotonic: the extremes suffice).
+        for ch in 0..channels {
+            for pixel in [0u8, 255] {
+                let v = self.apply(ch, pixel);
+                if !v.is_finite() {
+                    crate::bail!(
+                        Invalid,
+                        "normalisation std {} of channel {ch} is too small: pixel {pixel} normalises to {v}",
+                        self.std[ch]
+                    );
+                }
+            }
+        }
         Ok(())
     }
 

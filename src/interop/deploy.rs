@@ -133,6 +133,7 @@ fn sample_seconds(dev: &Device, min_seconds: f64, mut f: impl FnMut() -> Result<
     let start = Instant::now();
     let mut t = Vec::new();
     while t.len() < 3 || (start.elapsed().as_secs_f64() < min_seconds && t.len() < 10_000) {
+        crate::bench::stop_if_interrupted()?;
         t.push(dev.time_ms(&mut f)? / 1e3);
     }
     Ok(t)

@@ -16,13 +16,12 @@
 use crate::data::Normalization;
 use crate::error::{Error, Result};
 use crate::models::{Arch, Model};
-use crate::nn::{Op, StateMut};
+use crate::nn::{Op, StateMut, StateRef};
 use crate::tensor::Tensor;
 use crate::train::checkpoint;
 use safetensors::tensor::Dtype;
-use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Clone, Debug)]
 pub struct ImportOptions {
@@ -48,23 +47,78 @@ pub struct ImportSummary {
     pub params: u64,
 }
 
-/// One tensor of the source file, converted to f32 (or kept as integers).
-enum Source {
-    F32 { shape: Vec<usize>, data: Vec<f32> },
-    Int { shape: Vec<usize>, data: Vec<i64> },
+/// One tensor of the source file, as its header describes it. Its data stays in the file until
+/// every tensor has been checked against the architecture; then each is read and converted on
+/// its own, so a large extra or wrong tensor costs nothing and the whole file is never in memory.
+struct Source {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Where its bytes are in the file, and how many.
+    offset: u64,
+    len: usize,
 }
 
 impl Source {
     fn shape(&self) -> &[usize] {
-        match self {
-            Source::F32 { shape, .. } | Source::Int { shape, .. } => shape,
-        }
+        &self.shape
+    }
+    fn is_float(&self) -> bool {
+        matches!(self.dtype, Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16)
+    }
+    fn is_int(&self) -> bool {
+        matches!(self.dtype, Dtype::I64 | Dtype::I32)
     }
 }
 
-/// The command that converts a PyTorch pickle, for the error message.
+/// The state dict file, open, for reading tensors one at a time.
+struct SourceFile<'a> {
+    path: &'a Path,
+    file: std::fs::File,
+}
+
+impl SourceFile<'_> {
+    fn bytes(&self, s: &Source) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(s.len)
+            .map_err(|_| Error::format(self.path, format!("not enough memory for a tensor of {} bytes", s.len)))?;
+        buf.resize(s.len, 0);
+        self.file.read_exact_at(&mut buf, s.offset).map_err(|e| Error::io(self.path, e))?;
+        Ok(buf)
+    }
+
+    /// A float tensor's values as f32.
+    fn f32s(&self, s: &Source) -> Result<Vec<f32>> {
+        let d = self.bytes(s)?;
+        Ok(match s.dtype {
+            Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F64 => {
+                d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect()
+            }
+            Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            other => return Err(Error::format(self.path, format!("a {other:?} tensor read as floats"))),
+        })
+    }
+
+    /// An integer tensor's values.
+    fn ints(&self, s: &Source) -> Result<Vec<i64>> {
+        let d = self.bytes(s)?;
+        Ok(match s.dtype {
+            Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            Dtype::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
+            other => return Err(Error::format(self.path, format!("a {other:?} tensor read as integers"))),
+        })
+    }
+}
+
+/// The command that converts a PyTorch pickle, for the error message: never onto the pickle
+/// itself (a pickle named `.safetensors` gets `.converted.safetensors`).
 pub fn convert_command(from: &Path) -> String {
-    let out = from.with_extension("safetensors");
+    let mut out = from.with_extension("safetensors");
+    if out == from {
+        out = from.with_extension("converted.safetensors");
+    }
     format!("python3 scripts/torch_to_safetensors.py {} {}", from.display(), out.display())
 }
 
@@ -73,60 +127,77 @@ fn looks_like_pickle(head: &[u8]) -> bool {
     head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80)
 }
 
-fn read_sources(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Source>> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| {
-        if looks_like_pickle(&bytes[..bytes.len().min(8)]) {
-            Error::Invalid(format!(
-                "{} is a PyTorch pickle, not safetensors; lfgcl does not read pickles. Convert it first:\n  {}\nthen import the .safetensors file",
-                path.display(),
-                convert_command(path)
-            ))
-        } else {
-            Error::format(path, format!("not a safetensors state dict ({e}); a PyTorch pickle converts with: {}", convert_command(path)))
-        }
-    })?;
+/// Reads and checks the header of a safetensors state dict (names, dtypes, shapes, offsets
+/// against the file's length); no tensor data is read.
+fn read_sources(path: &Path) -> Result<(SourceFile<'_>, BTreeMap<String, Source>)> {
+    use std::io::Read;
+    let mut file = crate::fsio::open_regular(path)?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    // F64 state dicts are twice the size of the f32 checkpoint they become.
+    let max = 2 * crate::limits::MAX_CHECKPOINT_BYTES;
+    if len > max {
+        return Err(Error::format(path, format!("{len} bytes is larger than the {max} bytes this reader accepts")));
+    }
+    let not_safetensors = |why: String| {
+        Error::format(
+            path,
+            format!("not a safetensors state dict ({why}); a PyTorch pickle converts with: {}", convert_command(path)),
+        )
+    };
+    let mut head = [0u8; 8];
+    let got = len.min(8) as usize;
+    file.read_exact(&mut head[..got]).map_err(|e| Error::io(path, e))?;
+    if looks_like_pickle(&head[..got]) {
+        return Err(Error::Invalid(format!(
+            "{} is a PyTorch pickle, not safetensors; lfgcl does not read pickles. Convert it first with `{}`, then import the .safetensors file",
+            path.display(),
+            convert_command(path)
+        )));
+    }
+    if len < 8 {
+        return Err(not_safetensors(format!("{len} bytes is too short")));
+    }
+    let n = u64::from_le_bytes(head);
+    if n > len - 8 || n > crate::limits::MAX_CHECKPOINT_HEADER_BYTES {
+        return Err(not_safetensors(format!("the header claims {n} bytes but the file holds {len}")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    // Deserialising the crate's own `Metadata` validates it: dtypes, shape sizes without overflow,
+    // contiguous offsets that match each tensor's size.
+    let meta: safetensors::tensor::Metadata =
+        serde_json::from_slice(&header).map_err(|e| not_safetensors(format!("header: {e}")))?;
+    let data_start = 8 + n;
+    if data_start + meta.data_len() as u64 != len {
+        return Err(not_safetensors(format!(
+            "the header describes {} bytes of tensors, the file holds {}",
+            meta.data_len(),
+            len - data_start
+        )));
+    }
+    let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> = meta.tensors().into_iter().collect();
+    infos.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = BTreeMap::new();
-    for (raw_name, view) in st.tensors() {
-        let name = strip_prefixes(&raw_name);
-        let shape = view.shape().to_vec();
-        let d = view.data();
-        let src = match view.dtype() {
-            Dtype::F32 => Source::F32 {
-                shape,
-                data: d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            },
-            Dtype::F64 => Source::F32 {
-                shape,
-                data: d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
-            },
-            Dtype::F16 => Source::F32 {
-                shape,
-                data: d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            },
-            Dtype::BF16 => Source::F32 {
-                shape,
-                data: d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            },
-            Dtype::I64 => Source::Int {
-                shape,
-                data: d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
-            },
-            Dtype::I32 => Source::Int {
-                shape,
-                data: d.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
-            },
-            other => {
-                return Err(Error::format(
-                    path,
-                    format!("tensor {raw_name} has type {other:?}; expected floats or integers"),
-                ))
-            }
+    for (raw_name, info) in infos {
+        if !matches!(info.dtype, Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16 | Dtype::I64 | Dtype::I32) {
+            return Err(Error::format(
+                path,
+                format!("tensor {raw_name} has type {:?}; expected floats or integers", info.dtype),
+            ));
+        }
+        let (start, end) = info.data_offsets;
+        let src = Source {
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            offset: data_start + start as u64,
+            len: end - start,
         };
+        let name = strip_prefixes(&raw_name);
         if out.insert(name.clone(), src).is_some() {
             return Err(Error::format(path, format!("tensor {name} appears twice once prefixes are dropped")));
         }
     }
-    Ok(out)
+    Ok((SourceFile { path, file }, out))
 }
 
 /// `state_dict.module.layer1.0.conv1.weight` -> `layer1.0.conv1.weight`.
@@ -192,9 +263,7 @@ fn infer_arch(cx: &Ctx<'_>, opts: &ImportOptions) -> Result<Arch> {
 
 /// Imports a state dict into a model (on the CPU).
 pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportSummary)> {
-    // F64 state dicts are twice the size of the f32 checkpoint they become.
-    let bytes = crate::limits::read_bounded(from, 2 * crate::limits::MAX_CHECKPOINT_BYTES)?;
-    let mut src = read_sources(from, &bytes)?;
+    let (file, mut src) = read_sources(from)?;
     let family = crate::models::family(&opts.model)?;
     let names: Vec<&str> = src.keys().map(String::as_str).collect();
     let renames = family.import_renames(&names).map_err(|msg| Error::format(from, msg))?;
@@ -207,34 +276,47 @@ pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportS
     }
     let cx = Ctx { path: from, src: &src };
     let arch = infer_arch(&cx, opts)?;
+    if let Some(n) = &opts.normalization {
+        n.check(arch.in_channels).map_err(|e| Error::Invalid(format!("--mean/--std: {e}")))?;
+    }
     let mut graph = arch.build_graph_zeroed().map_err(|e| cx.err(e.to_string()))?;
     // Conv biases: bias b before batch norm equals running_mean - b without the bias.
-    let mut conv_bias: BTreeMap<String, (String, Vec<f32>)> = BTreeMap::new();
+    let mut conv_bias: BTreeMap<String, String> = BTreeMap::new();
     for (i, node) in graph.nodes.iter().enumerate() {
         if let Op::Conv(c) = &node.op {
             let key = format!("{}.bias", node.name);
             if let Some(s) = src.get(&key) {
                 let bn = graph.nodes.get(i + 1).filter(|n| matches!(n.op, Op::BatchNorm(_)) && n.inputs == [i]);
-                match (bn, s) {
-                    (Some(bn), Source::F32 { shape, data }) if shape == &[c.out_channels()] => {
-                        conv_bias.insert(format!("{}.running_mean", bn.name), (key, data.clone()));
+                if !s.is_float() {
+                    return Err(cx.err(format!("tensor {key} is {:?}, expected floats", s.dtype)));
+                }
+                match bn {
+                    Some(bn) if s.shape() == [c.out_channels()] => {
+                        conv_bias.insert(format!("{}.running_mean", bn.name), key);
                     }
-                    _ => {
+                    Some(_) => {
                         return Err(cx.err(format!(
                             "tensor {key} has shape {:?}, expected [{}]",
                             s.shape(),
                             c.out_channels()
                         )))
                     }
+                    None => {
+                        return Err(cx.err(format!(
+                            "tensor {key}: a conv bias with no batch norm after it, which lfgcl's {} does not have",
+                            arch.model
+                        )))
+                    }
                 }
             }
         }
     }
-    let mut used: HashSet<String> = conv_bias.values().map(|(k, _)| k.clone()).collect();
+    // Every name, type and shape is checked from the header before any tensor is read.
+    let mut used: HashSet<String> = conv_bias.values().cloned().collect();
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
     let mut tensors = 0usize;
-    for (name, slot) in graph.state_mut() {
+    for (name, slot) in graph.state() {
         let Some(s) = src.get(&name) else {
             // Optional entries: PyTorch's counter, and maps of unpruned option-A shortcuts.
             if !(name.ends_with(".num_batches_tracked") || name.ends_with(".channel_map")) {
@@ -244,27 +326,21 @@ pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportS
         };
         used.insert(name.clone());
         tensors += 1;
-        match (slot, s) {
-            (StateMut::F32(t), Source::F32 { shape, data }) => {
-                if shape.as_slice() != t.dims() {
-                    misshaped.push(format!("{name} has shape {shape:?}, expected {:?}", t.dims()));
-                    continue;
-                }
-                let mut data = data.clone();
-                if let Some((_, bias)) = conv_bias.get(&name) {
-                    data.iter_mut().zip(bias).for_each(|(m, b)| *m -= b);
-                }
-                *t = Tensor::from_vec(shape, data)?;
+        match slot {
+            StateRef::F32(_) if !s.is_float() => misshaped.push(format!("{name} is {:?}, expected floats", s.dtype)),
+            StateRef::F32(t) if s.shape() != t.dims() => {
+                misshaped.push(format!("{name} has shape {:?}, expected {:?}", s.shape(), t.dims()))
             }
-            (StateMut::I64(v), Source::Int { data, .. }) if data.len() == 1 => *v = data[0],
-            (StateMut::I32(map), Source::Int { data, shape }) => {
-                if shape.as_slice() != [map.len()] {
-                    misshaped.push(format!("{name} has shape {shape:?}, expected [{}]", map.len()));
-                    continue;
-                }
-                *map = data.iter().map(|&v| v as i32).collect();
+            StateRef::I64(_) if !(s.is_int() && s.shape().iter().product::<usize>() == 1) => {
+                misshaped.push(format!("{name} should be one integer, got {:?} of shape {:?}", s.dtype, s.shape()))
             }
-            (_, s) => misshaped.push(format!("{name} has the wrong type or shape {:?}", s.shape())),
+            StateRef::I32(map) if !(s.is_int() && s.shape() == [map.len()]) => misshaped.push(format!(
+                "{name} should be integers of shape [{}], got {:?} of shape {:?}",
+                map.len(),
+                s.dtype,
+                s.shape()
+            )),
+            _ => {}
         }
     }
     let extra: Vec<&String> = src.keys().filter(|k| !used.contains(*k)).collect();
@@ -279,19 +355,40 @@ pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportS
         let list: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
         return Err(cx.err(format!("tensor(s) {what} does not have: {}", list.join(", "))));
     }
-    for node in &graph.nodes {
-        if let Op::Shortcut(s) = &node.op {
-            let in_c = graph.nodes[node.inputs[0]].out_shape[0] as i32;
-            if let Some(bad) = s.src.iter().find(|&&v| v < -1 || v >= in_c) {
-                return Err(
-                    cx.err(format!("{}.channel_map refers to channel {bad} of a {in_c}-channel input", node.name))
-                );
+    // Then each tensor is read, converted and checked on its own, with the checks a checkpoint's
+    // reader applies (finite values, no negative variance, channel maps within their input).
+    let as_import_error = |e: Error| match e {
+        Error::Checkpoint { msg, .. } => cx.err(msg),
+        e => e,
+    };
+    for (name, slot) in graph.state_mut() {
+        let Some(s) = src.get(&name) else { continue };
+        match slot {
+            StateMut::F32(t) => {
+                let mut data = file.f32s(s)?;
+                if let Some(key) = conv_bias.get(&name) {
+                    let bias = file.f32s(&src[key])?;
+                    checkpoint::check_values(from, key, &bias).map_err(as_import_error)?;
+                    data.iter_mut().zip(&bias).for_each(|(m, b)| *m -= b);
+                }
+                checkpoint::check_values(from, &name, &data).map_err(as_import_error)?;
+                *t = Tensor::from_vec(s.shape(), data)?;
+            }
+            StateMut::I64(v) => *v = file.ints(s)?[0],
+            StateMut::I32(map) => {
+                *map = file
+                    .ints(s)?
+                    .into_iter()
+                    .map(|v| {
+                        i32::try_from(v).map_err(|_| {
+                            cx.err(format!("tensor {name} holds {v}, which is not a channel index (outside i32)"))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
             }
         }
     }
-    if let Some(n) = &opts.normalization {
-        n.check(arch.in_channels)?;
-    }
+    checkpoint::validate_channel_maps(from, &graph).map_err(as_import_error)?;
     let model = Model { arch: arch.clone(), graph, normalization: opts.normalization.clone() };
     let cost = model.cost();
     let summary = ImportSummary {
@@ -302,9 +399,6 @@ pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportS
         macs: cost.macs,
         params: cost.params,
     };
-    if let Some(name) = crate::train::first_non_finite(&model)? {
-        return Err(Error::format(from, format!("tensor {name} holds a NaN or infinite value")));
-    }
     Ok((model, summary))
 }
 
@@ -312,7 +406,7 @@ pub fn import_model(from: &Path, opts: &ImportOptions) -> Result<(Model, ImportS
 pub fn import(from: &Path, out: &Path, opts: &ImportOptions) -> Result<ImportSummary> {
     let (model, summary) = import_model(from, opts)?;
     let info = serde_json::json!({
-        "imported_from": PathBuf::from(from),
+        "imported_from": crate::fsio::path_json(from),
         "normalization": if summary.normalization_known { "given" } else { "unknown" },
         "folded_conv_biases": summary.folded_conv_biases,
     });

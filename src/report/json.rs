@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Writes `value` as pretty-printed JSON (with a final newline), atomically.
@@ -45,7 +46,7 @@ pub fn write_json<T: Serialize + ?Sized>(path: impl AsRef<Path>, value: &T) -> R
 /// Reads a JSON file; errors name the file (and, for bad content, the line and column).
 pub fn read_json<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fsio::read_regular(path, crate::limits::MAX_JSON_BYTES)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
 }
 
@@ -73,8 +74,23 @@ impl JsonlWriter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let mut file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(!append).open(path).map_err(io)?;
+        // Only a regular file or a new one: a FIFO or device is refused before it is opened
+        // (truncated, or written until its buffer blocks).
+        if let Some(m) = std::fs::metadata(path).ok().filter(|m| !m.is_file()) {
+            return Err(Error::format(path, format!("is {}, not a regular file", crate::fsio::kind_name(&m))));
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(!append)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(Error::format(path, format!("is {}, not a regular file", crate::fsio::kind_name(&meta))));
+        }
         if append {
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes).map_err(io)?;
@@ -113,7 +129,7 @@ impl JsonlWriter {
 /// naming the file and the line number.
 pub fn read_jsonl<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<Vec<T>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fsio::read_regular(path, crate::limits::MAX_DATA_FILE_BYTES)?;
     let complete = bytes.ends_with(b"\n");
     let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
     let n = lines.len();

@@ -511,6 +511,21 @@ impl Agent {
         Ok((0..k).map(|_| mean.iter().map(|&m| truncated_normal(rng, m, sigma)).collect()).collect())
     }
 
+    /// The first of the agent's weights, Adam moments or reward baseline that is not finite, by
+    /// name (`actor.0.weight`, `critic.adam_v.2.bias`, `baseline`), or None.
+    pub fn first_non_finite(&self) -> Option<String> {
+        for net in [&self.actor, &self.critic] {
+            for (buf, prefix) in [(&net.params, ""), (&net.adam_m, "adam_m."), (&net.adam_v, "adam_v.")] {
+                for (name, _, range) in net.tensors() {
+                    if let Some(v) = buf[range].iter().find(|v| !v.is_finite()) {
+                        return Some(format!("{}.{prefix}{name} holds {v}", net.name));
+                    }
+                }
+            }
+        }
+        self.baseline.filter(|b| !b.is_finite()).map(|b| format!("the reward baseline is {b}"))
+    }
+
     /// Stores a transition, dropping the oldest when the buffer is full. Its action must have
     /// `action_dim` entries (the search only passes actions `explore` proposed).
     pub fn remember(&mut self, t: Transition) {

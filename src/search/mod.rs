@@ -214,7 +214,15 @@ pub fn top1(model: &mut Model, dev: &Device, images: &Tensor, labels: &[u32]) ->
         dims[0] = end - start;
         let x = dev.from_host(&dims, &host[start * per..end * per])?;
         let logits = model.graph.forward(dev, x, Mode::Eval)?;
-        correct += dev.softmax_cross_entropy(&logits, &labels[start..end])?.correct;
+        let ce = dev.softmax_cross_entropy(&logits, &labels[start..end])?;
+        // An accuracy counted from NaN logits is no result.
+        if !ce.loss.is_finite() {
+            return Err(Error::Invalid(format!(
+                "the {} net's outputs are not finite (loss {} on test images {start}..{end})",
+                model.arch.model, ce.loss
+            )));
+        }
+        correct += ce.correct;
     }
     Ok(correct as f64 / n.max(1) as f64)
 }
@@ -399,6 +407,11 @@ impl<'a> Search<'a> {
         let uniform = self.pruner.uniform(&self.cfg.budget, &self.cfg.constraints)?;
         let t = Instant::now();
         let (r, top1) = self.evaluate_fresh(std::slice::from_ref(&&uniform))?[0];
+        if !r.is_finite() {
+            return Err(Error::Invalid(format!(
+                "the uniform reference scored reward {r}: the pruned net's outputs are not finite"
+            )));
+        }
         self.time.scoring_s += t.elapsed().as_secs_f64();
         self.cache.insert(uniform.kept.clone(), (r, top1));
         self.evaluated += 1;
@@ -448,6 +461,125 @@ impl<'a> Search<'a> {
         Ok(())
     }
 
+    /// Checks every field of a saved state against the log lines it covers (`log`, oldest first)
+    /// and this search's net, so that a state that does not describe its log is refused, naming
+    /// the field, instead of being taken as it is.
+    fn check_saved_state(&self, saved: &saved::SavedMeta, log: &[CandidateRecord]) -> Result<()> {
+        let field = |name: &str, msg: String| Error::Invalid(format!("field {name}: {msg}"));
+        let channels = &self.pruner.cost.channels;
+        let mut seen: std::collections::HashMap<&[usize], f64> = Default::default();
+        for (n, r) in log.iter().enumerate() {
+            let line = |msg: String| Error::Invalid(format!("candidates.jsonl line {}: {msg}", n + 1));
+            let fits = r.policy.kept.len() == channels.len()
+                && r.policy.kept.iter().zip(channels).all(|(&k, &c)| (1..=c).contains(&k));
+            if !fits {
+                return Err(line(format!(
+                    "kept channels {:?} do not fit the {} groups of {} ({channels:?} channels)",
+                    r.policy.kept,
+                    channels.len(),
+                    self.base.arch.model
+                )));
+            }
+            if r.action.len() != channels.len() || r.action.iter().any(|a| !(0.0..=1.0).contains(a)) {
+                return Err(line(format!("action {:?} is not one value in [0, 1] per group", r.action)));
+            }
+            if !r.reward.is_finite() {
+                return Err(line(format!("reward {} is not finite", r.reward)));
+            }
+            match seen.get(r.policy.kept.as_slice()) {
+                Some(&reward) if !r.cached || reward != r.reward => {
+                    return Err(line("repeats an earlier candidate but is not logged as a cached repeat of it".into()))
+                }
+                None if r.cached => {
+                    return Err(line("is logged as cached, but no earlier line has its channels".into()))
+                }
+                _ => {}
+            }
+            seen.insert(&r.policy.kept, r.reward);
+        }
+        let Some((first, rest)) = log.split_first() else {
+            return Err(field("log_bytes", "covers no line of the log".into()));
+        };
+        if first.episode != -1 || first != &saved.uniform {
+            return Err(field("uniform", "differs from the uniform reference on the log's first line".into()));
+        }
+        let k = self.cfg.candidates_per_step;
+        if saved.episodes_done.checked_mul(k) != Some(rest.len()) {
+            return Err(field(
+                "episodes_done",
+                format!(
+                    "{} episodes of {k} candidates, but the {} bytes of the log it covers (log_bytes) hold {} candidates",
+                    saved.episodes_done,
+                    saved.log_bytes,
+                    rest.len()
+                ),
+            ));
+        }
+        for (i, r) in rest.iter().enumerate() {
+            if r.episode != (i / k) as i64 || r.index != i % k {
+                return Err(Error::Invalid(format!(
+                    "candidates.jsonl line {}: episode {} candidate {}, expected episode {} candidate {}",
+                    i + 2,
+                    r.episode,
+                    r.index,
+                    i / k,
+                    i % k
+                )));
+            }
+        }
+        let evaluated = log.iter().filter(|r| !r.cached).count();
+        if saved.evaluated != evaluated {
+            return Err(field(
+                "evaluated",
+                format!("{} candidates, but the log holds {evaluated} evaluated (not cached) ones", saved.evaluated),
+            ));
+        }
+        let mut best: Option<&CandidateRecord> = None;
+        for r in rest {
+            if best.is_none_or(|b| r.reward > b.reward) {
+                best = Some(r);
+            }
+        }
+        if saved.best.as_ref() != best {
+            return Err(field(
+                "best",
+                format!(
+                    "{}, but the best logged candidate is {}",
+                    saved.best.as_ref().map_or("none".into(), |b| format!(
+                        "episode {} candidate {} (reward {}, kept {:?})",
+                        b.episode, b.index, b.reward, b.policy.kept
+                    )),
+                    best.map_or("none".into(), |b| format!(
+                        "episode {} candidate {} (reward {}, kept {:?})",
+                        b.episode, b.index, b.reward, b.policy.kept
+                    ))
+                ),
+            ));
+        }
+        let t = &saved.time;
+        for (name, v) in [
+            ("time.scoring_s", t.scoring_s),
+            ("time.agent_s", t.agent_s),
+            ("time.bookkeeping_s", t.bookkeeping_s),
+            ("time.total_s", t.total_s),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(field(name, format!("{v} is not a number of seconds")));
+            }
+        }
+        let learned_last = saved.episodes_done.checked_sub(1).is_some_and(|e| {
+            self.cfg.strategy == Strategy::Ddpg && self.cfg.overlap_agent && e >= self.cfg.ddpg.warmup_episodes
+        });
+        let pending = if learned_last { self.cfg.updates_per_episode } else { 0 };
+        if saved.pending_updates != pending {
+            return Err(field(
+                "pending_updates",
+                format!("{}, but after {} episodes it must be {pending}", saved.pending_updates, saved.episodes_done),
+            ));
+        }
+        Ok(())
+    }
+
     fn snapshot(&self, log_bytes: u64) -> SavedSearch {
         SavedSearch {
             meta: saved::SavedMeta {
@@ -484,6 +616,16 @@ impl<'a> Search<'a> {
             Strategy::Ddpg => self.agent.explore(episode, k, &mut rng)?,
             Strategy::Random => (0..k).map(|_| (0..groups).map(|_| rng.random_range(0.0..=1.0)).collect()).collect(),
         };
+        // Nothing non-finite may reach the log or a saved state: the search stops here, and the
+        // state saved before this episode stays resumable.
+        for (i, a) in actions.iter().enumerate() {
+            if let Some(v) = a.iter().find(|v| !v.is_finite()) {
+                return Err(Error::AgentDiverged(format!(
+                    "episode {episode}: the actor proposed action {v} (candidate {i}){}",
+                    diverged_hint(&self.cfg)
+                )));
+            }
+        }
         let lower = self.cfg.constraints.lower;
         let projected: Vec<Projected> = actions
             .iter()
@@ -522,6 +664,13 @@ impl<'a> Search<'a> {
             self.time.scoring_s += t.elapsed().as_secs_f64();
             scored
         };
+        if let Some((p, (r, _))) = fresh.iter().zip(&results).find(|(_, (r, _))| !r.is_finite()) {
+            return Err(Error::AgentDiverged(format!(
+                "episode {episode}: a candidate (kept channels {:?}) scored reward {r}; its net's outputs are not finite",
+                p.kept
+            )));
+        }
+        self.check_agent(episode)?;
         let new = fresh.len();
         let mut first_use: std::collections::HashSet<Vec<usize>> = Default::default();
         for (p, r) in fresh.iter().zip(results) {
@@ -554,12 +703,24 @@ impl<'a> Search<'a> {
                 self.pending_updates = self.cfg.updates_per_episode;
             } else {
                 train_agent(&mut self.agent, self.cfg.updates_per_episode, update_rng(self.cfg.seed, episode))?;
+                self.check_agent(episode)?;
             }
         }
         self.time.agent_s += t.elapsed().as_secs_f64();
         self.evaluated += new;
         self.episodes_done += 1;
         Ok(records)
+    }
+
+    /// Errors if the agent's weights went non-finite (during or after `episode`'s updates).
+    fn check_agent(&self, episode: usize) -> Result<()> {
+        match self.agent.first_non_finite() {
+            Some(what) => Err(Error::AgentDiverged(format!(
+                "after the updates of episode {episode}, {what}{}",
+                diverged_hint(&self.cfg)
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn evaluate_fresh(&self, fresh: &[&Projected]) -> Result<Vec<(f64, Option<f64>)>> {
@@ -591,6 +752,15 @@ impl<'a> Search<'a> {
             best_policy,
         })
     }
+}
+
+/// How to go on after the agent diverged.
+fn diverged_hint(cfg: &SearchConfig) -> String {
+    format!(
+        "; lower --actor-lr ({}) or --critic-lr ({}) and start again in a new --out (the folder still \
+         resumes from its last saved state)",
+        cfg.ddpg.actor_lr, cfg.ddpg.critic_lr
+    )
 }
 
 fn train_agent(agent: &mut Agent, updates: usize, mut rng: StdRng) -> Result<()> {

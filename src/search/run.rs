@@ -10,8 +10,6 @@ use crate::report::{self, BarChart, JsonlWriter, LinePlot, ScatterPlot, Series, 
 use crate::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Files a search writes into its output directory.
@@ -53,21 +51,6 @@ impl Default for RunOptions {
     }
 }
 
-/// SIGINT and SIGTERM set this flag instead of killing the process; the loop then saves and
-/// stops. Registered once per process.
-fn interrupt_flag() -> Result<Arc<AtomicBool>> {
-    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
-    if let Some(f) = FLAG.get() {
-        return Ok(f.clone());
-    }
-    let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, flag.clone())
-            .map_err(|e| Error::Invalid(format!("cannot install the signal handler: {e}")))?;
-    }
-    Ok(FLAG.get_or_init(|| flag).clone())
-}
-
 /// Writes checkpoints on a thread of its own, so the loop only pays for copying the state; one
 /// write at a time, each atomic, and an error surfaces at the next save or at the end.
 #[derive(Default)]
@@ -91,17 +74,34 @@ impl StateWriter {
     }
 }
 
-/// Cuts the log back to `len` bytes (what the saved state covers); a log shorter than that was
-/// not written by the run that saved the state.
+/// The log lines a saved state covers: its first `log_bytes` bytes, which must end a line. A log
+/// shorter than that was not written by the run that saved the state.
+fn covered_log(path: &Path, log_bytes: u64) -> Result<Vec<CandidateRecord>> {
+    let bytes = crate::fsio::read_regular(path, crate::limits::MAX_DATA_FILE_BYTES)?;
+    let have = bytes.len() as u64;
+    if log_bytes > have {
+        return Err(Error::Invalid(format!(
+            "field log_bytes: {log_bytes}, but {} holds {have} bytes; the log was changed or replaced",
+            path.display()
+        )));
+    }
+    if log_bytes == 0 || bytes[log_bytes as usize - 1] != b'\n' {
+        return Err(Error::Invalid(format!(
+            "field log_bytes: {log_bytes} does not end a line of {} (the state does not match the log)",
+            path.display()
+        )));
+    }
+    bytes[..log_bytes as usize]
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(i, l)| serde_json::from_slice(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1))))
+        .collect()
+}
+
+/// Cuts the log back to `len` bytes (what the saved state covers, checked by [`covered_log`]).
 fn truncate_log(path: &Path, len: u64) -> Result<()> {
     let file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
-    let have = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if have < len {
-        return Err(Error::format(
-            path,
-            format!("holds {have} bytes but the saved search state covers {len}; the log was changed or replaced"),
-        ));
-    }
     file.set_len(len).map_err(|e| Error::io(path, e))
 }
 
@@ -118,7 +118,7 @@ pub fn run(
 ) -> Result<SearchOutcome> {
     let started = Instant::now();
     // From here on, Ctrl-C and SIGTERM stop the search at the next step, with its state saved.
-    let interrupted = interrupt_flag()?;
+    crate::interrupt::install()?;
     cfg.validate()?;
     std::fs::create_dir_all(&files.dir).map_err(|e| Error::io(&files.dir, e))?;
     let _lock = crate::error::DirLock::acquire(&files.dir)?;
@@ -126,11 +126,14 @@ pub fn run(
     remove_if_exists(&files.summary())?;
     let mut search = Search::new(base, dev, images, cfg.clone(), report)?;
     let state_path = files.state();
-    let mut log = if opts.resume && state_path.exists() {
+    let mut log = if opts.resume && crate::fsio::exists(&state_path)? {
         let saved = saved::read(&state_path)?;
-        search.check_resumable(&saved.meta).map_err(|e| Error::Invalid(format!("{}: {e}", state_path.display())))?;
+        let in_state = |e: Error| Error::Invalid(format!("{}: {e}", state_path.display()));
+        search.check_resumable(&saved.meta).map_err(in_state)?;
+        // Every field of the state is checked against the log before the log is cut back to it.
+        let records = covered_log(&files.log(), saved.meta.log_bytes).map_err(in_state)?;
+        search.check_saved_state(&saved.meta, &records).map_err(in_state)?;
         truncate_log(&files.log(), saved.meta.log_bytes)?;
-        let records: Vec<CandidateRecord> = report::read_jsonl(files.log())?;
         search.resume(saved, &records)?;
         JsonlWriter::append(files.log())?
     } else {
@@ -138,7 +141,7 @@ pub fn run(
             // A log with episodes but no state is work this run cannot continue: refuse rather
             // than overwrite it. A log holding only the uniform reference (a run killed before
             // its first state was written) loses nothing by starting over.
-            let has_episodes = files.log().exists()
+            let has_episodes = crate::fsio::exists(&files.log())?
                 && report::read_jsonl::<CandidateRecord>(files.log())
                     .map_or(true, |r| r.iter().any(|r| r.episode >= 0));
             if has_episodes {
@@ -171,12 +174,19 @@ pub fn run(
     let mut writer = StateWriter::default();
     let mut lap = started;
     while !search.done() {
-        let records = search.step()?;
+        let records = match search.step() {
+            Ok(r) => r,
+            Err(e) => {
+                // The last state saved stays whole: let its write finish before stopping.
+                let _ = writer.wait();
+                return Err(e);
+            }
+        };
         let book = Instant::now();
         for r in &records {
             log_bytes += log.write(r)? as u64;
         }
-        let stop = interrupted.load(Ordering::Relaxed);
+        let stop = crate::interrupt::requested();
         let save_due = last_save.is_none_or(|t| t.elapsed() >= opts.checkpoint_every);
         if save_due || search.done() || stop {
             writer.save(&state_path, search.snapshot(log_bytes))?;

@@ -58,11 +58,7 @@ pub(crate) fn write(path: &Path, s: &SavedSearch) -> Result<()> {
 }
 
 pub(crate) fn read(path: &Path) -> Result<SavedSearch> {
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    if len > MAX_STATE_BYTES {
-        return Err(Error::format(path, format!("{len} bytes is too large for a search state")));
-    }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fsio::read_regular(path, MAX_STATE_BYTES)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("not a search state: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, format!("{e}")))?;
     let json = header

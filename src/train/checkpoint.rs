@@ -121,11 +121,11 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
 /// checked against the file's real length and a ceiling before it is read.
 fn read_header(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = crate::fsio::open_regular(path).map_err(|e| match e {
+        Error::Format { msg, .. } => Error::checkpoint(path, msg),
+        e => e,
+    })?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::checkpoint(path, "not a regular file"));
-    }
     let len = meta.len();
     if len > crate::limits::MAX_CHECKPOINT_BYTES {
         return Err(Error::checkpoint(
@@ -170,13 +170,17 @@ fn parse_meta(path: &Path, map: &HashMap<String, String>) -> Result<CheckpointMe
     let arch: Arch = serde_json::from_str(arch_json)
         .map_err(|e| Error::checkpoint(path, format!("unreadable architecture metadata: {e}")))?;
     arch.validate().map_err(|e| Error::checkpoint(path, e.to_string()))?;
-    let normalization = match map.get(KEY_NORM) {
+    let normalization: Option<Normalization> = match map.get(KEY_NORM) {
         Some(s) => Some(
             serde_json::from_str(s)
                 .map_err(|e| Error::checkpoint(path, format!("unreadable normalization metadata: {e}")))?,
         ),
         None => None,
     };
+    // The check every reader of a normalisation applies (import, eval, search, fine-tuning).
+    if let Some(n) = &normalization {
+        n.check(arch.in_channels).map_err(|e| Error::checkpoint(path, format!("normalization metadata: {e}")))?;
+    }
     let info = match map.get(KEY_INFO) {
         Some(s) => serde_json::from_str(s).unwrap_or(serde_json::Value::String(s.clone())),
         None => serde_json::Value::Null,
@@ -396,7 +400,7 @@ pub(crate) fn check_values(path: &Path, name: &str, v: &[f32]) -> Result<()> {
 }
 
 /// Every shortcut map entry must name an input channel that exists.
-fn validate_channel_maps(path: &Path, graph: &crate::nn::Graph) -> Result<()> {
+pub(crate) fn validate_channel_maps(path: &Path, graph: &crate::nn::Graph) -> Result<()> {
     for node in &graph.nodes {
         if let crate::nn::Op::Shortcut(s) = &node.op {
             let in_c = graph.nodes[node.inputs[0]].out_shape[0] as i32;

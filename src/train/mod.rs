@@ -131,8 +131,28 @@ fn progress_bar(show: bool, len: usize, prefix: String) -> ProgressBar {
     pb
 }
 
-/// Top-1 accuracy and mean cross-entropy on a labelled dataset, in inference mode.
+/// Top-1 accuracy and mean cross-entropy on a labelled dataset, in inference mode. A net whose
+/// outputs are not finite (the loss is NaN or infinite) gives an error, not a result.
 pub fn evaluate(
+    model: &mut Model,
+    dev: &Device,
+    ds: &Dataset,
+    batch_size: usize,
+    progress: bool,
+) -> Result<EvalResult> {
+    let r = evaluate_raw(model, dev, ds, batch_size, progress)?;
+    if !r.loss.is_finite() {
+        return Err(Error::Invalid(format!(
+            "the {} net's outputs are not finite on {} (loss {}); its weights are finite, but too large for \
+             these inputs",
+            model.arch.model, ds.name, r.loss
+        )));
+    }
+    Ok(r)
+}
+
+/// [`evaluate`], returning a non-finite loss as it is.
+fn evaluate_raw(
     model: &mut Model,
     dev: &Device,
     ds: &Dataset,
@@ -340,6 +360,15 @@ pub fn fit_from(
                 labelled += batch.len();
             }
             pb.inc(1);
+            if crate::interrupt::requested() {
+                pb.abandon();
+                return Err(Error::Interrupted(format!(
+                    "training stopped in epoch {} of {} (after step {} of {steps})",
+                    epoch + 1,
+                    cfg.epochs,
+                    step + 1
+                )));
+            }
             let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
             let acc = if labelled > 0 {
                 format!(" acc {:.2}%", 100.0 * correct as f64 / labelled as f64)
@@ -359,9 +388,19 @@ pub fn fit_from(
         let train_secs = start.elapsed().as_secs_f64();
         pb.finish_and_clear();
         let eval = match test {
-            Some(t) if t.labels.is_some() => Some(evaluate(model, dev, t, cfg.eval_batch_size, cfg.progress)?),
+            Some(t) if t.labels.is_some() => Some(evaluate_raw(model, dev, t, cfg.eval_batch_size, cfg.progress)?),
             _ => None,
         };
+        // Finite weights whose outputs overflow are a divergence too: nothing of it is saved.
+        if let Some(e) = eval.filter(|e| !e.loss.is_finite()) {
+            return Err(Error::Diverged(format!(
+                "at epoch {} step {steps}: the evaluation loss on {} is {} (the net's outputs are not finite; \
+                 lower the learning rate)",
+                epoch + 1,
+                test.map_or("", |t| t.name.as_str()),
+                e.loss
+            )));
+        }
         let log = EpochLog {
             epoch: epoch + 1,
             lr,

@@ -41,7 +41,8 @@ fn restore(
     log_lines: &mut Vec<String>,
 ) -> Result<ResumePoint> {
     let state_path = run.dir.join(TRAIN_STATE_FILE);
-    if !state_path.is_file() {
+    // A symlink loop or an unreadable folder is its own error, not "not found".
+    if !crate::fsio::exists(&state_path)? {
         return Err(Error::Invalid(format!(
             "--resume: {} not found, so there is no run to continue in {} (run without --resume)",
             state_path.display(),
@@ -108,7 +109,7 @@ pub fn fit_in_dir(
     };
     let mut jsonl = if run.resume { JsonlWriter::append(&log_path)? } else { JsonlWriter::create(&log_path)? };
     let mut earlier: Vec<EpochLog> = resume.as_ref().map(|r| r.logs.clone()).unwrap_or_default();
-    fit_from(model, dev, train, test, cfg, objective, resume, &mut |log, m, opt| {
+    let result = fit_from(model, dev, train, test, cfg, objective, resume, &mut |log, m, opt| {
         jsonl.write(log)?;
         on_epoch(log, &earlier, m)?;
         earlier.push(log.clone());
@@ -119,5 +120,17 @@ pub fn fit_in_dir(
             opt.momentum_buffers(),
             &json!({ "settings_text": settings_text, "log_lines": log_lines }),
         )
+    });
+    // Stopped by a signal: every finished epoch is saved already; say where, and how to go on.
+    result.map_err(|e| match e {
+        Error::Interrupted(m) if earlier.is_empty() => {
+            Error::Interrupted(format!("{m}; no epoch had finished, so there is nothing to resume"))
+        }
+        Error::Interrupted(m) => Error::Interrupted(format!(
+            "{m}; the {} finished epoch(s) are saved in {}: continue with the same command and --resume",
+            earlier.len(),
+            state_path.display()
+        )),
+        e => e,
     })
 }
