@@ -508,7 +508,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
                 batch: a.train_batch,
                 reps: a.reps.unwrap_or(3),
                 sample: 64,
-                loader_images: 512,
+                loader_images: a.images,
             };
             let r = data::bench::data_bench(&dev, &opts)?;
             println!("{}", r.table());

@@ -568,7 +568,8 @@ pub struct BenchArgs {
     /// `bench cpu`: do not time PyTorch eager.
     #[arg(long)]
     pub no_torch: bool,
-    /// `bench search`: unlabeled images per candidate.
+    /// `bench search`: unlabeled images per candidate; `bench data`: images pulled through the
+    /// loader.
     #[arg(long, default_value_t = 256)]
     pub images: usize,
     /// `bench search`: candidates to time.
