@@ -114,7 +114,8 @@ fn eval_transform_matches_torchvision() {
             let k = b.indices[j];
             let f = dir.path().join(format!("norm-{k}.f32"));
             std::fs::write(&f, img.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-            let out = cases.iter().find(|c| c["png"] == s(&dir.path().join(format!("val/c/{k}.png"))) && c["size"] == 224);
+            let out =
+                cases.iter().find(|c| c["png"] == s(&dir.path().join(format!("val/c/{k}.png"))) && c["size"] == 224);
             let mut c = out.unwrap().clone();
             c["norm"] = serde_json::json!(s(&f));
             cases.push(c);
@@ -181,8 +182,8 @@ fn jpeg_folder(root: &Path, per_class: usize) {
     }
 }
 
-fn collect(loader: &Loader, epoch: usize) -> Vec<(Vec<usize>, Vec<f32>, Option<Vec<u32>>)> {
-    loader.batches(epoch).map(|b| b.unwrap()).map(|b| (b.indices, b.images, b.labels)).collect()
+fn collect(loader: &Loader, epoch: usize) -> Vec<data::Batch> {
+    loader.batches(epoch).map(|b| b.unwrap()).collect()
 }
 
 #[test]
@@ -195,22 +196,24 @@ fn streamed_loader_is_reproducible_sharded_and_matches_memory() {
     assert!(ds.is_streamed() && ds.len() == 21 && ds.num_classes == 3, "{ds:?}");
     assert!(ds.mode_description(8).contains("streamed from disk"), "{}", ds.mode_description(8));
     let norm = ds.channel_stats();
-    let make = |workers| Loader::try_new(&ds, 8, &norm).unwrap().shuffle(3).augment(Augment::standard(), 4).workers(workers);
+    let make =
+        |workers| Loader::try_new(&ds, 8, &norm).unwrap().shuffle(3).augment(Augment::standard(), 4).workers(workers);
     // Same bits with 1 and 3 decoding threads; epochs differ; every image once per epoch.
     let one = collect(&make(1), 0);
     assert_eq!(one, collect(&make(3), 0));
     assert_ne!(one, collect(&make(1), 1));
-    let mut all: Vec<usize> = one.iter().flat_map(|b| b.0.clone()).collect();
+    let mut all: Vec<usize> = one.iter().flat_map(|b| b.indices.clone()).collect();
     all.sort_unstable();
     assert_eq!(all, (0..21).collect::<Vec<_>>());
-    assert!(one.iter().all(|b| b.1.iter().all(|v| v.is_finite())));
+    assert!(one.iter().all(|b| b.images.iter().all(|v| v.is_finite())));
     // Labels follow the files.
-    assert_eq!(one[0].2.as_ref().unwrap()[0], ds.labels.as_ref().unwrap()[one[0].0[0]]);
+    assert_eq!(one[0].labels.as_ref().unwrap()[0], ds.labels.as_ref().unwrap()[one[0].indices[0]]);
     // Two shards: equal batch counts, together every image of the epoch's order.
     let r0 = Loader::try_new(&ds, 4, &norm).unwrap().shuffle(3).shard(0, 2).unwrap();
     let r1 = Loader::try_new(&ds, 4, &norm).unwrap().shuffle(3).shard(1, 2).unwrap();
     assert_eq!(r0.num_batches(), r1.num_batches());
-    let mut both: Vec<usize> = [collect(&r0, 2), collect(&r1, 2)].concat().into_iter().flat_map(|b| b.0).collect();
+    let mut both: Vec<usize> =
+        [collect(&r0, 2), collect(&r1, 2)].concat().into_iter().flat_map(|b| b.indices).collect();
     assert_eq!(both.len(), 22);
     both.sort_unstable();
     both.dedup();
@@ -268,7 +271,7 @@ fn search_sample_of_a_flat_folder_decodes_only_its_images() {
         assert_eq!(first(&sample).images, first(&reference).images, "{augment:?}");
     }
     let whole_mixed = data::open(&s(&mixed), Split::Train, &OpenOptions { image_size: 16, ..OpenOptions::default() });
-    let e = whole_mixed.err().expect("a broken file is refused").to_string();
+    let e = whole_mixed.expect_err("a broken file is refused").to_string();
     assert!(e.contains("mixed/") && e.contains(".png"), "{e}");
 }
 
@@ -381,8 +384,22 @@ fn a_folder_larger_than_memory_streams_under_an_address_space_limit() {
     let data = format!("folder:{}", s(&root));
     let (ok, stdout, err) = lfgcl(
         &[
-            "--device", "cpu", "bench", "data", "--data", &data, "--image-size", "448", "--model", "smallcnn",
-            "--train-batch", "2", "--reps", "1", "--images", "100000",
+            "--device",
+            "cpu",
+            "bench",
+            "data",
+            "--data",
+            &data,
+            "--image-size",
+            "448",
+            "--model",
+            "smallcnn",
+            "--train-batch",
+            "2",
+            "--reps",
+            "1",
+            "--images",
+            "100000",
         ],
         Some(LIMIT_KIB),
     );
@@ -393,8 +410,25 @@ fn a_folder_larger_than_memory_streams_under_an_address_space_limit() {
     let out = dir.path().join("out");
     let (ok, stdout, err) = lfgcl(
         &[
-            "--device", "cpu", "train", "--model", "smallcnn", "--data", &data, "--image-size", "64", "--epochs", "1",
-            "--batch-size", "16", "--limit", "64", "--cache-mb", "0", "--out", &s(&out),
+            "--device",
+            "cpu",
+            "train",
+            "--model",
+            "smallcnn",
+            "--data",
+            &data,
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--limit",
+            "64",
+            "--cache-mb",
+            "0",
+            "--out",
+            &s(&out),
         ],
         Some(LIMIT_KIB),
     );
@@ -403,8 +437,21 @@ fn a_folder_larger_than_memory_streams_under_an_address_space_limit() {
     // The same folder decoded into memory does not fit.
     let (ok, _, _) = lfgcl(
         &[
-            "--device", "cpu", "train", "--model", "smallcnn", "--data", &data, "--image-size", "448", "--augment",
-            "cifar", "--epochs", "1", "--out", &s(&dir.path().join("out2")),
+            "--device",
+            "cpu",
+            "train",
+            "--model",
+            "smallcnn",
+            "--data",
+            &data,
+            "--image-size",
+            "448",
+            "--augment",
+            "cifar",
+            "--epochs",
+            "1",
+            "--out",
+            &s(&dir.path().join("out2")),
         ],
         Some(LIMIT_KIB),
     );

@@ -114,10 +114,8 @@ pub fn data_bench(dev: &Device, o: &DataBenchOptions) -> Result<DataBenchReport>
     }
     let k = o.sample.clamp(1, n);
     let paths: Vec<_> = (0..k).map(|i| files.paths[i * n / k].clone()).collect();
-    let bytes: Vec<Vec<u8>> = paths
-        .iter()
-        .map(|p| crate::limits::read_bounded(p, decode::MAX_IMAGE_FILE_BYTES))
-        .collect::<Result<_>>()?;
+    let bytes: Vec<Vec<u8>> =
+        paths.iter().map(|p| crate::limits::read_bounded(p, decode::MAX_IMAGE_FILE_BYTES)).collect::<Result<_>>()?;
     let time_decode = |which: JpegDecoder| -> Result<(f64, Vec<transforms::Image>)> {
         let t = Instant::now();
         let imgs = paths

@@ -51,7 +51,8 @@ fn list(dir: &Path, split: Split, limit: Option<usize>) -> Result<Listing> {
 fn streams(n: usize, split: Split, opts: &OpenOptions) -> bool {
     let channels = if opts.grayscale { 1 } else { 3 };
     let total = (n as u64).saturating_mul((channels * opts.image_size * opts.image_size) as u64);
-    (opts.augment == AugmentKind::Imagenet && split == Split::Train) || total > opts.cache_bytes.min(crate::limits::MAX_DATASET_BYTES)
+    (opts.augment == AugmentKind::Imagenet && split == Split::Train)
+        || total > opts.cache_bytes.min(crate::limits::MAX_DATASET_BYTES)
 }
 
 pub(super) fn load(dir: &Path, split: Split, opts: &OpenOptions) -> Result<Dataset> {
@@ -130,7 +131,8 @@ fn decode_all(dir: &Path, files: &[&PathBuf], opts: &OpenOptions) -> Result<Data
     for img in decoded {
         images.extend_from_slice(&img?);
     }
-    let mut ds = Dataset::from_parts(format!("folder:{}", dir.display()), [channels, size, size], images, None, 0, vec![])?;
+    let mut ds =
+        Dataset::from_parts(format!("folder:{}", dir.display()), [channels, size, size], images, None, 0, vec![])?;
     if imagenet {
         ds.preset_norm = Some(transforms::imagenet_normalization(channels));
     }
@@ -177,16 +179,18 @@ fn class_name_map(test_dir: &Path, test_names: &[String], train_names: &[String]
         .map(|n| match train_names.iter().position(|t| t == n) {
             Some(i) => Ok(i as u32),
             None => {
-                let case = match train_names.iter().find(|t| t.eq_ignore_ascii_case(n) || t.to_lowercase() == n.to_lowercase()) {
-                    Some(t) => format!("; the training split's '{t}' differs only in case, and class names are matched exactly"),
+                let case = match train_names
+                    .iter()
+                    .find(|t| t.eq_ignore_ascii_case(n) || t.to_lowercase() == n.to_lowercase())
+                {
+                    Some(t) => format!(
+                        "; the training split's '{t}' differs only in case, and class names are matched exactly"
+                    ),
                     None => String::new(),
                 };
                 Err(Error::format(
                     test_dir.join(n),
-                    format!(
-                        "test class '{n}' is not a class of the training split ({}){case}",
-                        train_names.join(", ")
-                    ),
+                    format!("test class '{n}' is not a class of the training split ({}){case}", train_names.join(", ")),
                 ))
             }
         })
