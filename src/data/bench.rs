@@ -51,6 +51,10 @@ pub struct DataBenchReport {
     pub train_model: String,
     pub train_batch: usize,
     pub train_images_per_sec: f64,
+    /// Training steps fed by the loader, both running at once on the same cores (after one
+    /// warm-up step): what training at this size would see.
+    pub fed_steps: usize,
+    pub fed_images_per_sec: f64,
 }
 
 impl DataBenchReport {
@@ -64,7 +68,8 @@ impl DataBenchReport {
              decode + transform, 1 thread:                   {:.1} img/s per core\n\
              loader ({} decoding threads, batches of {}):     {:.1} img/s\n\
              training step {} at {}x{}, batch {}:        {:.1} img/s\n\
-             loader / training step: {ratio:.2}x: {}",
+             loader / training step: {ratio:.2}x: {}\n\
+             training steps fed by the loader, both at once: {:.1} img/s ({:.0}% of the step alone, {} steps)",
             self.data,
             self.files,
             self.image_size,
@@ -89,7 +94,10 @@ impl DataBenchReport {
                 "the loader keeps the step fed"
             } else {
                 "the step would wait for the loader"
-            }
+            },
+            self.fed_images_per_sec,
+            100.0 * self.fed_images_per_sec / self.train_images_per_sec.max(1e-9),
+            self.fed_steps
         )
     }
 }
@@ -164,13 +172,30 @@ pub fn data_bench(dev: &Device, o: &DataBenchOptions) -> Result<DataBenchReport>
     let x = dev.from_host(&[o.batch, c, size, size], &host)?;
     let labels: Vec<u32> = (0..o.batch).map(|i| (i % 10) as u32).collect();
     let mut opt = Sgd::new(0.9, 5e-4, false)?;
-    let timing = crate::bench::time_on(dev, 1, o.reps.max(1), || {
-        let trace = m.graph.forward_train(dev, dev.copy(&x)?)?;
-        let ce = dev.softmax_cross_entropy(trace.output(), &labels)?;
+    let mut step = |m: &mut Model, x: &crate::tensor::Tensor, labels: &[u32]| -> Result<()> {
+        let trace = m.graph.forward_train(dev, dev.copy(x)?)?;
+        let ce = dev.softmax_cross_entropy(trace.output(), labels)?;
         m.graph.zero_grad();
         m.graph.backward(dev, trace, ce.dlogits)?;
         opt.step(dev, &mut m.graph, 0.01)
-    })?;
+    };
+    let timing = crate::bench::time_on(dev, 1, o.reps.max(1), || step(&mut m, &x, &labels))?;
+    // The same steps fed by the loader while it decodes the next batches.
+    let fed = Loader::try_new(&ds, o.batch, &norm)?.shuffle(1).augment(Augment::standard(), 2).drop_last(true);
+    let fed_steps = o.reps.max(1).min(fed.num_batches().saturating_sub(1));
+    let (mut t, mut fed_seen) = (Instant::now(), 0);
+    for (k, b) in fed.batches(0).take(fed_steps + 1).enumerate() {
+        let b = b?;
+        let x = dev.from_host(&b.dims, &b.images)?;
+        step(&mut m, &x, &labels[..b.len()])?;
+        dev.synchronize()?;
+        if k == 0 {
+            t = Instant::now();
+        } else {
+            fed_seen += b.len();
+        }
+    }
+    let fed_rate = fed_seen as f64 / t.elapsed().as_secs_f64().max(1e-9);
     Ok(DataBenchReport {
         data: o.data.clone(),
         files: n,
@@ -188,5 +213,7 @@ pub fn data_bench(dev: &Device, o: &DataBenchOptions) -> Result<DataBenchReport>
         train_model: o.model.clone(),
         train_batch: o.batch,
         train_images_per_sec: o.batch as f64 / timing.median_s,
+        fed_steps,
+        fed_images_per_sec: fed_rate,
     })
 }
