@@ -136,6 +136,20 @@ impl Files {
     }
 }
 
+/// Decoding threads run at a lower priority (niceness +5) than the compute threads: when they
+/// share cores, a compute thread that wakes takes its core back at once instead of waiting at
+/// the next barrier of a parallel region for a decoder's time slice to end. Best effort, Linux
+/// only.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread, no memory is passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now + 5).min(19));
+    }
+}
+
 /// One batch of prepared `u8` pixels (planar CHW per image).
 pub(crate) struct RawBatch {
     pub pixels: Vec<u8>,
@@ -166,9 +180,11 @@ impl Prefetch {
         let handle = std::thread::Builder::new()
             .name("lfgcl-loader".into())
             .spawn(move || {
+                lower_priority();
                 let pool = match rayon::ThreadPoolBuilder::new()
                     .num_threads(workers.max(1))
                     .thread_name(|i| format!("lfgcl-decode-{i}"))
+                    .start_handler(|_| lower_priority())
                     .build()
                 {
                     Ok(p) => p,
