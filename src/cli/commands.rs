@@ -195,6 +195,11 @@ pub(crate) fn fit_and_save(
 }
 
 /// The data flags, as recorded for `--resume`.
+/// Whether training augments (`--augment none` does not).
+fn augments(d: &DataArgs) -> bool {
+    d.augment.resolve(&d.data, d.image_size) != data::AugmentKind::None
+}
+
 fn data_settings(d: &DataArgs) -> serde_json::Value {
     let mut v = json!({
         "data": d.data,
@@ -271,7 +276,7 @@ fn cmd_train(g: &GlobalArgs, a: TrainArgs) -> Result<()> {
         nesterov: a.nesterov,
         schedule,
         warmup_epochs: a.warmup,
-        augment: !a.no_augment && a.data.augment.resolve(&a.data.data, a.data.image_size) != data::AugmentKind::None,
+        augment: !a.no_augment && augments(&a.data),
         seed: a.seed,
         eval_batch_size: 256,
         progress: !g.quiet,
@@ -843,7 +848,8 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
     a.ft.check()?;
     let dev = open_device(g)?;
     let mut student = checkpoint::load(&a.ckpt, &dev)?;
-    let cfg = finetune_config(&a.ft, a.seed, !g.quiet);
+    let mut cfg = finetune_config(&a.ft, a.seed, !g.quiet);
+    cfg.train.augment = augments(&a.data);
     let (train_ds, test) = open_train_test(&a.data)?;
     let mut teacher =
         match (&a.teacher, a.ft.labels) {
@@ -925,7 +931,11 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
     train::check_compatible(&base, &train_ds)?;
     let cfg = PipelineConfig {
         search,
-        finetune: finetune_config(&a.ft, a.seed, !g.quiet),
+        finetune: {
+            let mut f = finetune_config(&a.ft, a.seed, !g.quiet);
+            f.train.augment = augments(&a.data);
+            f
+        },
         random_baseline: !a.no_random,
         uniform_baseline: !a.no_uniform,
         resume: a.resume,
