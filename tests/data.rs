@@ -377,7 +377,7 @@ fn folder_unlabeled_resize_grayscale_and_limit() {
         assert_solid(ds.image(i as usize), [10 * i, 100, 200], 1);
     }
 
-    let opts = OpenOptions { image_size: 4, grayscale: true, limit: Some(3) };
+    let opts = OpenOptions { image_size: 4, grayscale: true, limit: Some(3), ..Default::default() };
     let ds = open(&spec("folder", d.path()), Split::Train, &opts).unwrap();
     assert_eq!((ds.len(), ds.image_dims()), (3, [1, 4, 4]));
     // Evenly spaced: img0, img2, img4. Luma of (r, 100, 200) is about 0.2126r + 0.7152*100 + 0.0722*200.

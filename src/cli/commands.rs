@@ -75,7 +75,13 @@ pub(crate) fn open_device(g: &GlobalArgs) -> Result<Device> {
 }
 
 fn open_options(d: &DataArgs, limit: Option<usize>) -> OpenOptions {
-    OpenOptions { image_size: d.image_size, limit, grayscale: d.grayscale }
+    OpenOptions {
+        image_size: d.image_size,
+        limit,
+        grayscale: d.grayscale,
+        augment: d.augment.resolve(&d.data, d.image_size),
+        cache_bytes: d.cache_mb.saturating_mul(1 << 20),
+    }
 }
 
 /// Opens the training split and, when the dataset has one, the test split.
@@ -88,13 +94,20 @@ pub(crate) fn open_train_test(d: &DataArgs) -> Result<(Dataset, Option<Dataset>)
     let train = data::open(&d.data, Split::Train, &open_options(d, d.limit))?;
     let test = match data::open(&d.data, Split::Test, &open_options(d, d.test_limit)) {
         Ok(t) => Some(t),
-        // Unlabeled or single-split folders have no test split; everything else must.
-        Err(e) if d.data.starts_with("folder:") || Path::new(&d.data).is_dir() => {
+        // Unlabeled or single-split folders have no test split; everything else must, and a
+        // folder's test split that does not load (a class the training split lacks) is refused.
+        Err(e) if data::folder_has_test_split(&d.data) == Some(false) => {
             eprintln!("note: no test split ({e}); training on the whole folder, without evaluation");
             None
         }
         Err(e) => return Err(e),
     };
+    if data::is_folder_spec(&d.data) {
+        eprintln!("data: training split {} images, {}", train.len(), train.mode_description(128));
+        if let Some(t) = &test {
+            eprintln!("data: test split {} images, {}", t.len(), t.mode_description(128));
+        }
+    }
     Ok((train, test))
 }
 
@@ -194,14 +207,24 @@ pub(crate) fn fit_and_save(
 }
 
 /// The data flags, as recorded for `--resume`.
+/// Whether training augments (`--augment none` does not).
+fn augments(d: &DataArgs) -> bool {
+    d.augment.resolve(&d.data, d.image_size) != data::AugmentKind::None
+}
+
 fn data_settings(d: &DataArgs) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "data": d.data,
         "limit": d.limit,
         "test_limit": d.test_limit,
         "image_size": d.image_size,
         "grayscale": d.grayscale,
-    })
+    });
+    // Only folders have a choice of transforms (other settings files stay as they were).
+    if data::is_folder_spec(&d.data) {
+        v["augment"] = json!(d.augment.resolve(&d.data, d.image_size).as_str());
+    }
+    v
 }
 
 fn check_train_flags(a: &TrainArgs) -> Result<()> {
@@ -265,7 +288,7 @@ fn cmd_train(g: &GlobalArgs, a: TrainArgs) -> Result<()> {
         nesterov: a.nesterov,
         schedule,
         warmup_epochs: a.warmup,
-        augment: !a.no_augment,
+        augment: !a.no_augment && augments(&a.data),
         seed: a.seed,
         eval_batch_size: 256,
         progress: !g.quiet,
@@ -490,6 +513,27 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
         BenchWhat::Search => bench_search(g, &a),
         BenchWhat::Kernels => bench_kernels(g, &a),
         BenchWhat::Deploy => super::interop::bench_deploy(g, &a),
+        BenchWhat::Data => {
+            let dev = open_device(g)?;
+            let spec = a.data.clone().ok_or_else(|| Error::Invalid("bench data needs --data DIR".into()))?;
+            let opts = data::bench::DataBenchOptions {
+                augment: a.augment.resolve(&spec, a.image_size),
+                data: spec,
+                image_size: a.image_size,
+                grayscale: false,
+                model: a.model.given().unwrap_or("resnet20").to_string(),
+                batch: a.train_batch,
+                reps: a.reps.unwrap_or(3),
+                sample: 64,
+                loader_images: a.images,
+            };
+            let r = data::bench::data_bench(&dev, &opts)?;
+            println!("{}", r.table());
+            if let Some(p) = &a.json {
+                report::write_json(p, &r)?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -712,9 +756,15 @@ fn run_options(s: &SearchOpts, resume: bool, progress: bool) -> Result<search::R
 }
 
 /// The reward's fixed batch of unlabeled images drawn from the training split of `spec`.
+/// An image folder decodes only the images drawn.
 pub(crate) fn unlabeled_images(base: &Model, spec: &str, image_size: usize, n: usize, seed: u64) -> Result<Tensor> {
-    let opts = OpenOptions { image_size, limit: None, grayscale: base.arch.in_channels == 1 };
-    let pool = data::open(spec, Split::Train, &opts)?;
+    let opts = OpenOptions {
+        image_size,
+        grayscale: base.arch.in_channels == 1,
+        augment: data::AugmentKind::auto(data::is_folder_spec(spec), image_size),
+        ..OpenOptions::default()
+    };
+    let pool = data::open_sample(spec, Split::Train, &opts, n, seed)?;
     search::reward_batch(base, &pool, n, seed)
 }
 
@@ -726,7 +776,13 @@ fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
     let report = match a.report_accuracy {
         Some(n) => {
             let spec = a.report_data.clone().unwrap_or_else(|| a.data.clone());
-            let opts = OpenOptions { image_size: a.image_size, limit: Some(n), grayscale: base.arch.in_channels == 1 };
+            let opts = OpenOptions {
+                image_size: a.image_size,
+                limit: Some(n),
+                grayscale: base.arch.in_channels == 1,
+                augment: data::AugmentKind::auto(data::is_folder_spec(&spec), a.image_size),
+                ..OpenOptions::default()
+            };
             let ds = data::open(&spec, Split::Test, &opts)?;
             let labels = ds.labels_or_err()?.to_vec();
             let norm = train::normalization_for(&base, &ds)?;
@@ -801,7 +857,8 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
     a.ft.check()?;
     let dev = open_device(g)?;
     let mut student = checkpoint::load(&a.ckpt, &dev)?;
-    let cfg = finetune_config(&a.ft, a.seed, !g.quiet);
+    let mut cfg = finetune_config(&a.ft, a.seed, !g.quiet);
+    cfg.train.augment = augments(&a.data);
     let (train_ds, test) = open_train_test(&a.data)?;
     let mut teacher =
         match (&a.teacher, a.ft.labels) {
@@ -886,7 +943,11 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
     train::check_compatible(&base, &train_ds)?;
     let cfg = PipelineConfig {
         search,
-        finetune: finetune_config(&a.ft, a.seed, !g.quiet),
+        finetune: {
+            let mut f = finetune_config(&a.ft, a.seed, !g.quiet);
+            f.train.augment = augments(&a.data);
+            f
+        },
         random_baseline: !a.no_random,
         uniform_baseline: !a.no_uniform,
         resume: a.resume,

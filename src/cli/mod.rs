@@ -362,6 +362,38 @@ pub struct DataArgs {
     /// Image folders: decode as grayscale.
     #[arg(long)]
     pub grayscale: bool,
+    /// Augmentation and preprocessing: auto (imagenet for image folders at --image-size 64 or
+    /// more, else cifar), cifar (whole image resized to a square; pad-4 crop + flip when
+    /// training), imagenet (RandomResizedCrop + flip when training, resize to size x 8/7 + center
+    /// crop otherwise, ImageNet mean/std; folders only), none (square, no augmentation).
+    #[arg(long, value_enum, default_value_t = AugmentArg::Auto)]
+    pub augment: AugmentArg,
+    /// Image folders: a split whose decoded images take at most this many MB is decoded once into
+    /// memory, a larger one is streamed from disk batch by batch.
+    #[arg(long, default_value_t = 4096)]
+    pub cache_mb: u64,
+}
+
+/// `--augment`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AugmentArg {
+    Auto,
+    Cifar,
+    Imagenet,
+    None,
+}
+
+impl AugmentArg {
+    /// The augmentation for `--data spec` at `--image-size`.
+    pub fn resolve(self, spec: &str, image_size: usize) -> crate::data::AugmentKind {
+        use crate::data::AugmentKind as K;
+        match self {
+            AugmentArg::Auto => K::auto(crate::data::is_folder_spec(spec), image_size),
+            AugmentArg::Cifar => K::Cifar,
+            AugmentArg::Imagenet => K::Imagenet,
+            AugmentArg::None => K::None,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -492,6 +524,9 @@ pub enum BenchWhat {
     Kernels,
     /// Baseline and pruned net in lfgcl and onnxruntime: images/s and the speed-up from pruning.
     Deploy,
+    /// An image folder's decode rate per core and the streaming loader's rate, next to a
+    /// training step's images/s (--data, --image-size, --model, --train-batch).
+    Data,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -533,7 +568,8 @@ pub struct BenchArgs {
     /// `bench cpu`: do not time PyTorch eager.
     #[arg(long)]
     pub no_torch: bool,
-    /// `bench search`: unlabeled images per candidate.
+    /// `bench search`: unlabeled images per candidate; `bench data`: images pulled through the
+    /// loader.
     #[arg(long, default_value_t = 256)]
     pub images: usize,
     /// `bench search`: candidates to time.
@@ -565,6 +601,15 @@ pub struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// `bench data`: the image folder.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// `bench data`: the side images are brought to.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// `bench data`: the transforms (auto: imagenet at 64 or more).
+    #[arg(long, value_enum, default_value_t = AugmentArg::Auto)]
+    pub augment: AugmentArg,
 }
 
 /// `bench --model`: one model name, which `bench cpu` reads as a comma-separated list; it

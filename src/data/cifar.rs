@@ -109,6 +109,8 @@ fn load(v: &Variant, dir: &Path, split: Split, files: &[String]) -> Result<Datas
         labels: Some(labels),
         num_classes,
         class_names: class_names(v, &dir, num_classes)?,
+        stream: None,
+        preset_norm: None,
     })
 }
 

@@ -7,6 +7,8 @@
 //! Hidden entries (names starting with `.`) are skipped, which also skips macOS `._x.png`
 //! resource forks that are not images.
 
+use super::stream::Files;
+use super::transforms::{self, AugmentKind};
 use super::{Dataset, OpenOptions, Split};
 use crate::error::{Error, Result};
 use image::imageops::FilterType;
@@ -16,7 +18,10 @@ use std::path::{Path, PathBuf};
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 const LOOKED_FOR: &str = "looked for *.png, *.jpg, *.jpeg, any case";
 
-pub(super) fn load(dir: &Path, split: Split, opts: &OpenOptions) -> Result<Dataset> {
+/// The files of a split, labelled or not, after `--limit`: `(dir, files, labels, class_names)`.
+type Listing = (PathBuf, Vec<PathBuf>, Option<Vec<u32>>, Vec<String>);
+
+fn list(dir: &Path, split: Split, limit: Option<usize>) -> Result<Listing> {
     if !dir.is_dir() {
         let what = if dir.exists() { "not a directory" } else { "not found" };
         return Err(Error::format(dir, what));
@@ -33,16 +38,63 @@ pub(super) fn load(dir: &Path, split: Split, opts: &OpenOptions) -> Result<Datas
             }
         }
     }
-    let keep = select(files.len(), opts.limit);
-    let files: Vec<&PathBuf> = keep.iter().map(|&i| &files[i]).collect();
+    let keep = select(files.len(), limit);
     let labels = labels.map(|l| keep.iter().map(|&i| l[i]).collect::<Vec<u32>>());
+    let files = if keep.len() == files.len() { files } else { keep.iter().map(|&i| files[i].clone()).collect() };
+    Ok((dir, files, labels, class_names))
+}
 
+/// Whether a split is decoded once into memory (the whole image resized to a square, or for
+/// ImageNet-style evaluation resized and center-cropped: the same pixels every epoch) or
+/// streamed: ImageNet-style training crops the original images, and a split whose squares
+/// would take more than `opts.cache_bytes` does not fit.
+fn streams(n: usize, split: Split, opts: &OpenOptions) -> bool {
+    let channels = if opts.grayscale { 1 } else { 3 };
+    let total = (n as u64).saturating_mul((channels * opts.image_size * opts.image_size) as u64);
+    (opts.augment == AugmentKind::Imagenet && split == Split::Train)
+        || total > opts.cache_bytes.min(crate::limits::MAX_DATASET_BYTES)
+}
+
+pub(super) fn load(dir: &Path, split: Split, opts: &OpenOptions) -> Result<Dataset> {
+    let (dir, files, labels, class_names) = list(dir, split, opts.limit)?;
+    let name = format!("folder:{}", dir.display());
+    if streams(files.len(), split, opts) {
+        let files = Files { paths: files, size: opts.image_size, grayscale: opts.grayscale, kind: opts.augment };
+        return Ok(Dataset::streamed(name, files, labels, class_names));
+    }
+    let files: Vec<&PathBuf> = files.iter().collect();
+    let mut ds = decode_all(&dir, &files, opts)?;
+    ds.name = name;
+    ds.num_classes = class_names.len();
+    ds.labels = labels;
+    ds.class_names = class_names;
+    Ok(ds)
+}
+
+/// `n` unlabelled images of the split, chosen as `Dataset::random_subset(n, seed)` chooses them
+/// from the whole split, decoded into memory; the other files are never opened.
+pub(super) fn load_sample(dir: &Path, split: Split, opts: &OpenOptions, n: usize, seed: u64) -> Result<Dataset> {
+    use rand::{seq::SliceRandom, SeedableRng};
+    let (dir, files, _, _) = list(dir, split, opts.limit)?;
+    let mut idx: Vec<usize> = (0..files.len()).collect();
+    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    idx.truncate(n);
+    idx.sort_unstable();
+    let chosen: Vec<&PathBuf> = idx.iter().map(|&i| &files[i]).collect();
+    // The search scores deterministic images: ImageNet-style data is center-cropped.
+    let mut ds = decode_all(&dir, &chosen, opts)?;
+    ds.name = format!("folder:{} ({} of {} images)", dir.display(), chosen.len(), files.len());
+    Ok(ds)
+}
+
+/// Decodes `files` into an unlabelled in-memory dataset of `image_size` squares.
+fn decode_all(dir: &Path, files: &[&PathBuf], opts: &OpenOptions) -> Result<Dataset> {
     let size = opts.image_size;
     let channels = if opts.grayscale { 1 } else { 3 };
     let total = (files.len() * channels * size * size) as u64;
     if total > crate::limits::MAX_DATASET_BYTES {
         return Err(Error::format(
-            &dir,
+            dir,
             format!(
                 "{} images of {channels}x{size}x{size} take {total} bytes, more than the {} a dataset may hold \
                  (lower --image-size or --limit)",
@@ -58,23 +110,33 @@ pub(super) fn load(dir: &Path, split: Split, opts: &OpenOptions) -> Result<Datas
         .num_threads(decoders.min(rayon::current_num_threads()).max(1))
         .build()
         .map_err(|e| Error::Invalid(format!("cannot start image decoding threads: {e}")))?;
-    let decoded: Vec<Result<Vec<u8>>> =
-        pool.install(|| files.par_iter().map(|p| decode(p, size, opts.grayscale)).collect());
+    let imagenet = opts.augment == AugmentKind::Imagenet;
+    let decoded: Vec<Result<Vec<u8>>> = pool.install(|| {
+        files
+            .par_iter()
+            .map(|p| {
+                if imagenet {
+                    let img = super::decode::decode_file(p, opts.grayscale)?;
+                    let mut chw = Vec::with_capacity(channels * size * size);
+                    transforms::eval_transform(&img, size).extend_chw(&mut chw);
+                    Ok(chw)
+                } else {
+                    decode(p, size, opts.grayscale)
+                }
+            })
+            .collect()
+    });
     let mut images = Vec::with_capacity(files.len() * channels * size * size);
     // Collected first, then checked in order, so the error reported is always the same one.
     for img in decoded {
         images.extend_from_slice(&img?);
     }
-    Ok(Dataset {
-        name: format!("folder:{}", dir.display()),
-        channels,
-        height: size,
-        width: size,
-        images,
-        num_classes: class_names.len(),
-        labels,
-        class_names,
-    })
+    let mut ds =
+        Dataset::from_parts(format!("folder:{}", dir.display()), [channels, size, size], images, None, 0, vec![])?;
+    if imagenet {
+        ds.preset_norm = Some(transforms::imagenet_normalization(channels));
+    }
+    Ok(ds)
 }
 
 /// `DIR/train` for the train split and `DIR/test` (or `DIR/val`) for the test split. A folder
@@ -116,10 +178,21 @@ fn class_name_map(test_dir: &Path, test_names: &[String], train_names: &[String]
         .iter()
         .map(|n| match train_names.iter().position(|t| t == n) {
             Some(i) => Ok(i as u32),
-            None => Err(Error::format(
-                test_dir.join(n),
-                format!("test class '{n}' is not a class of the training split ({})", train_names.join(", ")),
-            )),
+            None => {
+                let case = match train_names
+                    .iter()
+                    .find(|t| t.eq_ignore_ascii_case(n) || t.to_lowercase() == n.to_lowercase())
+                {
+                    Some(t) => format!(
+                        "; the training split's '{t}' differs only in case, and class names are matched exactly"
+                    ),
+                    None => String::new(),
+                };
+                Err(Error::format(
+                    test_dir.join(n),
+                    format!("test class '{n}' is not a class of the training split ({}){case}", train_names.join(", ")),
+                ))
+            }
         })
         .collect()
 }
@@ -206,7 +279,7 @@ fn select(n: usize, limit: Option<usize>) -> Vec<usize> {
 }
 
 /// Decodes one image to planar CHW at `size`x`size`.
-fn decode(path: &Path, size: usize, grayscale: bool) -> Result<Vec<u8>> {
+pub(super) fn decode(path: &Path, size: usize, grayscale: bool) -> Result<Vec<u8>> {
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(crate::limits::MAX_DECODE_BYTES_PER_IMAGE);
     let mut reader = image::ImageReader::open(path)

@@ -43,6 +43,8 @@ pub(super) fn load(
         labels: Some(labels),
         num_classes: NUM_CLASSES,
         class_names,
+        stream: None,
+        preset_norm: None,
     })
 }
 

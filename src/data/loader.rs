@@ -4,6 +4,7 @@
 //! thread scheduling or of the order batches are consumed in, so a run can be replayed exactly
 //! and an interrupted one resumed at any epoch.
 
+use super::stream::{Files, Prefetch, TrainAug};
 use super::{seed_hash as hash, Dataset, Normalization};
 use crate::error::Result;
 use rand::{seq::SliceRandom, SeedableRng};
@@ -68,6 +69,10 @@ pub struct Loader<'a> {
     augment: Augment,
     augment_seed: u64,
     drop_last: bool,
+    /// `(rank, world)`: this loader visits every `world`-th image of the epoch's order.
+    shard: (usize, usize),
+    /// Decoding threads of a streamed dataset.
+    workers: usize,
 }
 
 impl<'a> Loader<'a> {
@@ -92,7 +97,26 @@ impl<'a> Loader<'a> {
             augment: Augment::none(),
             augment_seed: 0,
             drop_last: false,
+            shard: (0, 1),
+            workers: Files::workers(rayon::current_num_threads()),
         })
+    }
+
+    /// Visits only this rank's share of every epoch, as PyTorch's `DistributedSampler` does: the
+    /// epoch's order is padded by wrapping around to a multiple of `world`, and rank `r` takes
+    /// positions `r, r + world, ...`, so every rank gets the same number of batches.
+    pub fn shard(mut self, rank: usize, world: usize) -> Result<Self> {
+        if world == 0 || rank >= world {
+            crate::bail!(Invalid, "shard rank {rank} of world {world}: need rank < world");
+        }
+        self.shard = (rank, world);
+        Ok(self)
+    }
+
+    /// Threads that decode a streamed dataset (default: the compute threads, at most 16).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.clamp(1, super::stream::MAX_WORKERS);
+        self
     }
 
     /// Visits the images in a seeded random order, a different one each epoch, reproducible
@@ -124,8 +148,22 @@ impl<'a> Loader<'a> {
         self.ds
     }
 
+    /// Images this loader visits per epoch (its shard's share).
+    pub fn len(&self) -> usize {
+        let (_, world) = self.shard;
+        if world == 1 {
+            self.ds.len()
+        } else {
+            self.ds.len().div_ceil(world)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn num_batches(&self) -> usize {
-        let n = self.ds.len();
+        let n = self.len();
         if self.drop_last {
             n / self.batch_size
         } else {
@@ -140,11 +178,74 @@ impl<'a> Loader<'a> {
             let mut rng = rand::rngs::StdRng::seed_from_u64(hash(&[seed, epoch as u64]));
             order.shuffle(&mut rng);
         }
+        let (rank, world) = self.shard;
+        if world > 1 && !order.is_empty() {
+            let total = order.len().div_ceil(world) * world;
+            order = (rank..total).step_by(world).map(|p| order[p % order.len()]).collect();
+        }
         order
     }
 
-    /// The batches of one epoch, assembled lazily as the iterator is advanced.
+    /// The batches of one epoch, assembled lazily as the iterator is advanced; a streamed
+    /// dataset's are decoded ahead on the loader's threads. An image that cannot be decoded ends
+    /// the epoch with an error naming its file.
+    pub fn batches(&self, epoch: usize) -> Batches<'_> {
+        let Some(files) = &self.ds.stream else {
+            return Batches { inner: Box::new(self.epoch_in_memory(epoch).map(Ok)) };
+        };
+        let train = (!self.augment.is_none()).then_some(TrainAug { aug: self.augment, seed: self.augment_seed });
+        let prefetch = Prefetch::start(
+            files.clone(),
+            self.order(epoch),
+            self.batch_size,
+            self.num_batches(),
+            epoch,
+            train,
+            self.workers,
+        );
+        let mut prefetch = match prefetch {
+            Ok(p) => p,
+            Err(e) => return Batches { inner: Box::new(std::iter::once(Err(e))) },
+        };
+        let [c, h, w] = self.ds.image_dims();
+        let per = c * h * w;
+        let hw = h * w;
+        Batches {
+            inner: Box::new(std::iter::from_fn(move || {
+                let raw = match prefetch.next_raw()? {
+                    Ok(r) => r,
+                    Err(e) => return Some(Err(e)),
+                };
+                let mut images = vec![0f32; raw.pixels.len()];
+                images.par_chunks_mut(per).zip(raw.pixels.par_chunks(per)).for_each(|(out, src)| {
+                    for ((o, s), lut) in out.chunks_exact_mut(hw).zip(src.chunks_exact(hw)).zip(&self.lut) {
+                        for (o, &p) in o.iter_mut().zip(s) {
+                            *o = lut[p as usize];
+                        }
+                    }
+                });
+                let n = raw.indices.len();
+                Some(Ok(Batch {
+                    images,
+                    dims: [n, c, h, w],
+                    labels: self.ds.labels.as_ref().map(|l| raw.indices.iter().map(|&i| l[i]).collect()),
+                    indices: raw.indices,
+                }))
+            })),
+        }
+    }
+
+    /// The batches of one epoch of an in-memory dataset, assembled lazily as the iterator is
+    /// advanced. Panics on a streamed dataset whose files fail to decode: [`Loader::batches`]
+    /// reports that as an error.
     pub fn epoch(&self, epoch: usize) -> impl Iterator<Item = Batch> + '_ {
+        let streamed = self.ds.is_streamed().then(|| self.batches(epoch));
+        let mut streamed = streamed.into_iter().flatten().map(|b| b.unwrap_or_else(|e| panic!("Loader::epoch: {e}")));
+        let mut memory = (!self.ds.is_streamed()).then(|| self.epoch_in_memory(epoch)).into_iter().flatten();
+        std::iter::from_fn(move || streamed.next().or_else(|| memory.next()))
+    }
+
+    fn epoch_in_memory(&self, epoch: usize) -> impl Iterator<Item = Batch> + '_ {
         let order = self.order(epoch);
         let bs = self.batch_size;
         (0..self.num_batches()).map(move |b| {
@@ -153,7 +254,8 @@ impl<'a> Loader<'a> {
         })
     }
 
-    /// Assembles the images at `indices` as they look in `epoch`. Panics on an index `>= len()`.
+    /// Assembles the images at `indices` as they look in `epoch`. Panics on an index `>= len()`
+    /// or a streamed dataset.
     pub fn batch(&self, indices: &[usize], epoch: usize) -> Batch {
         let [c, h, w] = self.ds.image_dims();
         let mut images = vec![0f32; indices.len() * c * h * w];
@@ -205,6 +307,56 @@ impl<'a> Loader<'a> {
                     let sx = (cx + dx).wrapping_sub(pad);
                     *o = if sx < w { lut[row[sx] as usize] } else { zero };
                 }
+            }
+        }
+    }
+}
+
+/// The batches of one epoch, see [`Loader::batches`].
+pub struct Batches<'l> {
+    inner: Box<dyn Iterator<Item = Result<Batch>> + 'l>,
+}
+
+impl Iterator for Batches<'_> {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        self.inner.next()
+    }
+}
+
+/// The CIFAR crop and flip of [`Loader`]'s in-memory path on raw pixels: the same draws from
+/// `(seed, epoch, i)`, padding with raw 0 (which normalises to what the `f32` path pads with).
+pub(crate) fn augment_u8(
+    src: &[u8],
+    dims: [usize; 3],
+    aug: Augment,
+    seed: u64,
+    epoch: usize,
+    i: usize,
+    out: &mut [u8],
+) {
+    let [_, h, w] = dims;
+    let hw = h * w;
+    let pad = aug.crop_pad;
+    let r = hash(&[seed, epoch as u64, i as u64]);
+    let span = 2 * pad as u64 + 1;
+    let dy = ((r & 0xf_ffff) % span) as usize;
+    let dx = (((r >> 20) & 0xf_ffff) % span) as usize;
+    let flip = aug.hflip && (r >> 40) & 1 == 1;
+    for (plane_out, plane) in out.chunks_exact_mut(hw).zip(src.chunks_exact(hw)) {
+        for y in 0..h {
+            let row_out = &mut plane_out[y * w..(y + 1) * w];
+            let sy = (y + dy).wrapping_sub(pad);
+            if sy >= h {
+                row_out.fill(0);
+                continue;
+            }
+            let row = &plane[sy * w..(sy + 1) * w];
+            for (x, o) in row_out.iter_mut().enumerate() {
+                let cx = if flip { w - 1 - x } else { x };
+                let sx = (cx + dx).wrapping_sub(pad);
+                *o = if sx < w { row[sx] } else { 0 };
             }
         }
     }

@@ -7,13 +7,18 @@
 //! Loading never panics on file content: a bad file gives an [`Error`] whose one-line message
 //! names the file and what is wrong with it.
 
+pub mod bench;
 mod cifar;
+pub mod decode;
 mod folder;
 mod idx;
 mod loader;
+pub mod stream;
 pub mod synthetic;
+pub mod transforms;
 
-pub use loader::{Augment, Batch, Loader};
+pub use loader::{Augment, Batch, Batches, Loader};
+pub use transforms::AugmentKind;
 
 use crate::error::{Error, Result};
 use rand::{seq::SliceRandom, SeedableRng};
@@ -36,7 +41,10 @@ train/ and test/ (or val/) subfolders are picked by split";
 const DATA_SPECS_SHORT: &str = "synthetic, fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR, \
 folder:DIR or an existing directory";
 
-/// An in-memory image dataset of equally sized images.
+/// An image dataset of equally sized images: in memory, or (an image folder too large to cache,
+/// or augmented from the original images) a list of files streamed from disk batch by batch, see
+/// [`Dataset::is_streamed`]. A streamed dataset has no pixels in `images`; [`Loader`] decodes
+/// them, and `subset`, `take` and `random_subset` give streamed datasets of the chosen files.
 #[derive(Clone, PartialEq)]
 pub struct Dataset {
     /// Human-readable origin, e.g. `"fashion-mnist/train"`, `"synthetic/test"`, `"folder:/path"`.
@@ -52,6 +60,11 @@ pub struct Dataset {
     pub num_classes: usize,
     /// Class names in label order; may be empty.
     pub class_names: Vec<String>,
+    /// The files, when streamed.
+    stream: Option<std::sync::Arc<stream::Files>>,
+    /// The normalisation this data is meant for (ImageNet's for ImageNet-style folders), which
+    /// [`Dataset::channel_stats`] then returns instead of measuring the pixels.
+    preset_norm: Option<Normalization>,
 }
 
 impl Dataset {
@@ -91,7 +104,60 @@ impl Dataset {
         if !class_names.is_empty() && class_names.len() != num_classes {
             crate::bail!(Invalid, "dataset {name}: {} class names for {num_classes} classes", class_names.len());
         }
-        Ok(Dataset { name, channels: c, height: h, width: w, images, labels, num_classes, class_names })
+        Ok(Dataset {
+            name,
+            channels: c,
+            height: h,
+            width: w,
+            images,
+            labels,
+            num_classes,
+            class_names,
+            stream: None,
+            preset_norm: None,
+        })
+    }
+
+    /// A dataset streamed from `files`.
+    pub(crate) fn streamed(
+        name: String,
+        files: stream::Files,
+        labels: Option<Vec<u32>>,
+        class_names: Vec<String>,
+    ) -> Dataset {
+        let (channels, size) = (files.channels(), files.size);
+        let preset_norm = Some(files.normalization());
+        Dataset {
+            name,
+            channels,
+            height: size,
+            width: size,
+            images: Vec::new(),
+            num_classes: class_names.len(),
+            labels,
+            class_names,
+            stream: Some(std::sync::Arc::new(files)),
+            preset_norm,
+        }
+    }
+
+    /// Whether the images are decoded from disk batch by batch rather than held in memory.
+    pub fn is_streamed(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// The files of a streamed dataset.
+    pub fn stream_files(&self) -> Option<&stream::Files> {
+        self.stream.as_deref()
+    }
+
+    /// One line saying how the data is held: in memory (and how much), or streamed from disk
+    /// (and how much a batch in flight takes).
+    pub fn mode_description(&self, batch_size: usize) -> String {
+        match &self.stream {
+            Some(f) => f.describe(self.len(), batch_size),
+            None => format!("in memory ({:.1} MB decoded)", self.images.len() as f64 / 1e6),
+        }
     }
 
     /// Pixels per image (`C*H*W`).
@@ -100,6 +166,9 @@ impl Dataset {
     }
 
     pub fn len(&self) -> usize {
+        if let Some(f) = &self.stream {
+            return f.len();
+        }
         match self.image_len() {
             0 => 0,
             per => self.images.len() / per,
@@ -115,8 +184,10 @@ impl Dataset {
         [self.channels, self.height, self.width]
     }
 
-    /// The raw CHW pixels of image `i`. Panics if `i >= len()`.
+    /// The raw CHW pixels of image `i`. Panics if `i >= len()` or the dataset is streamed
+    /// ([`Loader`] decodes those).
     pub fn image(&self, i: usize) -> &[u8] {
+        assert!(self.stream.is_none(), "Dataset::image on the streamed dataset {}", self.name);
         let per = self.image_len();
         &self.images[i * per..(i + 1) * per]
     }
@@ -124,15 +195,23 @@ impl Dataset {
     /// The images at `indices`, in that order (repeats allowed). Panics on an index `>= len()`.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
         let per = self.image_len();
-        let mut images = Vec::with_capacity(indices.len() * per);
-        for &i in indices {
-            images.extend_from_slice(self.image(i));
-        }
+        let (images, stream) = match &self.stream {
+            Some(f) => (Vec::new(), Some(std::sync::Arc::new(f.subset(indices)))),
+            None => {
+                let mut images = Vec::with_capacity(indices.len() * per);
+                for &i in indices {
+                    images.extend_from_slice(self.image(i));
+                }
+                (images, None)
+            }
+        };
         Dataset {
             name: self.name.clone(),
             images,
             labels: self.labels.as_ref().map(|l| indices.iter().map(|&i| l[i]).collect()),
             class_names: self.class_names.clone(),
+            stream,
+            preset_norm: self.preset_norm.clone(),
             ..*self
         }
     }
@@ -140,11 +219,16 @@ impl Dataset {
     /// The first `min(n, len())` images.
     pub fn take(&self, n: usize) -> Dataset {
         let n = n.min(self.len());
+        if self.stream.is_some() {
+            return self.subset(&(0..n).collect::<Vec<_>>());
+        }
         Dataset {
             name: self.name.clone(),
             images: self.images[..n * self.image_len()].to_vec(),
             labels: self.labels.as_ref().map(|l| l[..n].to_vec()),
             class_names: self.class_names.clone(),
+            stream: None,
+            preset_norm: self.preset_norm.clone(),
             ..*self
         }
     }
@@ -166,7 +250,12 @@ impl Dataset {
     /// Per-channel mean and (population) standard deviation of `pixel / 255` over the whole set.
     /// A constant channel gets std 1 so that normalising by it stays finite; an empty set gets
     /// the identity.
+    /// Data meant for a fixed normalisation (ImageNet-style folders, streamed data) returns that
+    /// one instead: a streamed set cannot be measured without a pass over every file.
     pub fn channel_stats(&self) -> Normalization {
+        if let Some(n) = &self.preset_norm {
+            return n.clone();
+        }
         let (c, hw) = (self.channels, self.height * self.width);
         if self.is_empty() {
             return Normalization::identity(c);
@@ -311,11 +400,53 @@ pub struct OpenOptions {
     pub limit: Option<usize>,
     /// Image folders: decode as 1 luma channel instead of RGB.
     pub grayscale: bool,
+    /// Image folders: how images are brought to `image_size` and augmented. `Imagenet` streams
+    /// the training split (its random crops need the original images) and center-crops the test
+    /// split; the others resize whole images to squares.
+    pub augment: AugmentKind,
+    /// Image folders: a split whose decoded squares take at most this many bytes is decoded
+    /// once into memory; a larger one is streamed from disk.
+    pub cache_bytes: u64,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { image_size: 32, limit: None, grayscale: false }
+        OpenOptions {
+            image_size: 32,
+            limit: None,
+            grayscale: false,
+            augment: AugmentKind::Cifar,
+            cache_bytes: crate::limits::MAX_DATASET_BYTES,
+        }
+    }
+}
+
+/// Whether `spec` names an image folder (`folder:DIR` or an existing directory).
+pub fn is_folder_spec(spec: &str) -> bool {
+    spec.starts_with("folder:") || (!spec.contains(':') && Path::new(spec).is_dir())
+}
+
+/// The directory of a folder spec.
+fn folder_dir(spec: &str) -> Option<PathBuf> {
+    match spec.strip_prefix("folder:") {
+        Some(d) => Some(PathBuf::from(d)),
+        None => is_folder_spec(spec).then(|| PathBuf::from(spec)),
+    }
+}
+
+/// For an image folder spec, whether it has a test split (`test/` or `val/` next to `train/`);
+/// `None` for other specs. A folder without one is a training split only.
+pub fn folder_has_test_split(spec: &str) -> Option<bool> {
+    let dir = folder_dir(spec)?;
+    Some(["test", "val"].iter().any(|s| dir.join(s).is_dir()))
+}
+
+/// `n` unlabelled images of `split`, drawn as `open(..).without_labels().random_subset(n, seed)`
+/// draws them, but an image folder decodes only those `n` files (the search reads no more).
+pub fn open_sample(spec: &str, split: Split, opts: &OpenOptions, n: usize, seed: u64) -> Result<Dataset> {
+    match folder_dir(spec) {
+        Some(dir) if !dir.as_os_str().is_empty() => folder::load_sample(&dir, split, opts, n, seed),
+        _ => Ok(open(spec, split, opts)?.without_labels().random_subset(n, seed)),
     }
 }
 
@@ -329,6 +460,12 @@ pub fn open(spec: &str, split: Split, opts: &OpenOptions) -> Result<Dataset> {
             "--image-size must be between 1 and {}, got {}",
             crate::limits::MAX_IMAGE_SIDE,
             opts.image_size
+        );
+    }
+    if opts.augment == AugmentKind::Imagenet && !is_folder_spec(spec) {
+        crate::bail!(
+            Invalid,
+            "--augment imagenet needs an image folder (it crops the original images); '{spec}' is not one"
         );
     }
     let (kind, arg) = match spec.split_once(':') {

@@ -155,6 +155,8 @@ pub fn generate_with(n: usize, seed: u64) -> Dataset {
         labels: Some(labels),
         num_classes: NUM_CLASSES,
         class_names: class_names(),
+        stream: None,
+        preset_norm: None,
     }
 }
 

@@ -175,7 +175,11 @@ pub struct AccuracyReport {
 /// The normalised image batch of a dataset, as one host tensor.
 pub fn batch_tensor(ds: &Dataset, norm: &Normalization) -> Result<Tensor> {
     let loader = Loader::try_new(ds, ds.len().max(1), norm)?;
-    let b = loader.epoch(0).next().ok_or_else(|| Error::Invalid(format!("dataset {} has no images", ds.name)))?;
+    let b = loader
+        .batches(0)
+        .next()
+        .transpose()?
+        .ok_or_else(|| Error::Invalid(format!("dataset {} has no images", ds.name)))?;
     Tensor::from_vec(&b.dims, b.images)
 }
 

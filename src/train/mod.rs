@@ -165,7 +165,8 @@ fn evaluate_raw(
     let loader = Loader::try_new(ds, batch_size, &norm)?;
     let pb = progress_bar(progress, loader.num_batches(), "eval".into());
     let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-    for batch in loader.epoch(0) {
+    for batch in loader.batches(0) {
+        let batch = batch?;
         let logits = model.graph.forward(dev, upload(dev, &batch)?, Mode::Eval)?;
         let batch_labels: Vec<u32> = batch.indices.iter().map(|&i| labels[i]).collect();
         let ce = dev.softmax_cross_entropy(&logits, &batch_labels)?;
@@ -339,7 +340,8 @@ pub fn fit_from(
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut labelled, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
         let mut lr = cfg.lr;
-        for (step, batch) in loader.epoch(epoch).enumerate() {
+        for (step, batch) in loader.batches(epoch).enumerate() {
+            let batch = batch?;
             let progress = epoch as f64 + step as f64 / steps.max(1) as f64;
             lr = cfg.schedule.lr(cfg.lr, progress, cfg.epochs, cfg.warmup_epochs);
             if !(lr.is_finite() && lr >= 0.0) {
