@@ -975,7 +975,7 @@ mod tests {
 
     #[test]
     fn dw_bwdw_splits_cover_every_pixel_once() {
-        for &(blocks, pixels) in &[(144 * 1, 128 * 56 * 56), (1, 1), (96, 8 * 56 * 56), (4096, 1000), (3, 70_000)] {
+        for &(blocks, pixels) in &[(144, 128 * 56 * 56), (1, 1), (96, 8 * 56 * 56), (4096, 1000), (3, 70_000)] {
             let (splits, per) = dw_bwdw_splits(blocks, pixels, 132);
             assert!(splits >= 1 && per >= 1 && splits <= 65_535);
             assert!((splits - 1) * per < pixels, "split {splits} x {per} for {pixels} pixels");
