@@ -2,11 +2,17 @@
 # What a session with a GPU runs to validate the grouped / depthwise convolution kernels
 # (kernels/conv.cu grouped tiles, kernels/conv_dw.cu), the ReLU6 epilogue and ops, and padded
 # max pooling (issue 20, item 3). None of these kernels has run on a GPU yet: they were compiled
-# with NVRTC for sm_80 / sm_90 and checked on a host emulation of the CUDA dialect only.
+# with NVRTC for sm_80 / sm_90 and checked on a host emulation of the CUDA dialect only
+# (scripts/kernel_emu/run.sh).
 #
-# From the repository root, on the GPU machine (built binaries: ../shared/gpu/bundle.sh), or
-# wherever cargo and a GPU are both present:
-#   bash scripts/gpu_check_grouped.sh            # about 3-5 minutes on an H100 / H200
+# On the GPU machine (no Rust toolchain there): build the bundle here with
+# `bash ../shared/gpu/bundle.sh`, copy .gpu beside the repository there, then from its root
+#   bash .gpu/run.sh bash scripts/gpu_check_grouped.sh     # about 3-5 minutes on an H100 / H200
+# run.sh first runs every test binary with the GPU required (tests/cuda_parity.rs included:
+# the new grouped / depthwise / ReLU6 / padded max-pool tests and the dense ones, whose kernels
+# were refactored and must still pass); this script then reruns the new tests verbosely,
+# once under compute-sanitizer, and times the bench rows next to PyTorch. Where cargo and a GPU
+# are both present, `bash scripts/gpu_check_grouped.sh` alone does the same.
 # Logs go to $OUT (default ./gpu-bench/grouped). Exit status: 1 if any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,19 +31,25 @@ step() { # step NAME SECONDS CMD...
   [ "$rc" -eq 0 ] || fail=1
 }
 
-# 1. Parity against the CPU / naive f64 references (the new tests, then the whole file, which
-#    also covers the dense kernels whose code was refactored: same bits expected).
-step parity_grouped 300 cargo test --release --test cuda_parity -- --test-threads 1 \
-  grouped_ conv_fused_epilogue_relu6_residual relu6_forward_backward maxpool_padded_first_max_rule
-step parity_all 300 cargo test --release --test cuda_parity -- --test-threads 1
-
-# 2. Once under compute-sanitizer (indexing of the new kernels; memcheck + racecheck on the
-#    shared-memory reductions of dw_bwdw and the grouped backward-weight).
-if command -v compute-sanitizer >/dev/null; then
+# The cuda_parity test executable: the bundle's (unpacked by .gpu/run.sh), else cargo's.
+bin=$(ls "${TMPDIR:-/tmp}"/gpu-bundle/tests/cuda_parity-* 2>/dev/null | head -n 1)
+if [ -z "$bin" ] && command -v cargo >/dev/null; then
   bin=$(cargo test --release --test cuda_parity --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("executable") and "cuda_parity" in m["executable"]]' | tail -n 1)
-  step sanitizer_memcheck 300 compute-sanitizer --tool memcheck --error-exitcode 1 "$bin" --test-threads 1 grouped_conv_forward_backward
-  step sanitizer_racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 1 "$bin" --test-threads 1 grouped_conv_backward_weight_split_k
+    python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("executable")]' | tail -n 1)
+fi
+[ -n "$bin" ] || { echo "no cuda_parity test executable (run through .gpu/run.sh, or install cargo)"; exit 1; }
+
+# 1. Parity against the naive f64 grouped conv and the CPU (the new tests by name).
+step parity_grouped 300 "$bin" --test-threads 1 grouped_ conv_fused_epilogue_relu6_residual \
+  relu6_forward_backward maxpool_padded_first_max_rule conv_fused_bn_residual_relu conv_backward_weight_f32
+
+# 2. Once under compute-sanitizer: indexing of the new kernels (memcheck), and the shared-memory
+#    reductions of dw_bwdw and the grouped backward-weight (racecheck).
+if command -v compute-sanitizer >/dev/null; then
+  step sanitizer_memcheck 300 compute-sanitizer --tool memcheck --error-exitcode 1 "$bin" --test-threads 1 \
+    grouped_conv_forward_backward conv_fused_epilogue_relu6_residual
+  step sanitizer_racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 1 "$bin" --test-threads 1 \
+    grouped_conv_backward_weight_split_k
 fi
 
 # 3. The bench rows: MobileNetV2 depthwise 112x112x96 s2 and 56x56x144 s1, ResNeXt-50 32x4d
