@@ -9,9 +9,10 @@
 //
 // Block tile BM (pixels) x BN (channels), k-tile BK, each thread owns a TM x TN micro-tile whose
 // rows are strided by TX = BM/TM (so a warp stores consecutive pixels: coalesced NCHW stores) and
-// whose columns are strided by TY = BN/TN.
+// whose columns are strided by TY = BN/TN. `src_cs` / `out_cs`: channels per image of the A source
+// and output tensors (p.src_c / p.out_c for a dense conv; see ConvGroupParams for a grouped one).
 template <int MODE, int BM, int BN, int BK, int TM, int TN>
-LF_DEVICE void conv_igemm_f32(const ConvParams& p) {
+LF_DEVICE void conv_igemm_f32(const ConvParams& p, int src_cs, int out_cs) {
     constexpr int TX = BM / TM;
     constexpr int TY = BN / TN;
     constexpr int NT = TX * TY;
@@ -26,7 +27,7 @@ LF_DEVICE void conv_igemm_f32(const ConvParams& p) {
     const int n0 = blockIdx.y * BN;
 
     Loader ld;
-    ld.init(p, m0, n0);
+    ld.init(p, m0, n0, src_cs);
     const int T = ld.tiles(p);
 
     float acc[TM][TN];
@@ -81,7 +82,7 @@ LF_DEVICE void conv_igemm_f32(const ConvParams& p) {
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
             const int gn = n0 + ty + j * TY;
-            if (gn < p.out_c) lf_conv_store(p, gm, gn, acc[i][j]);
+            if (gn < p.out_c) lf_conv_store(p, gm, gn, acc[i][j], out_cs);
         }
     }
 }
@@ -89,7 +90,18 @@ LF_DEVICE void conv_igemm_f32(const ConvParams& p) {
 #define LF_CONV_F32(NAME, MODE, BM, BN, TM, TN)                                        \
     extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                \
         NAME(const ConvParams p) {                                                     \
-        conv_igemm_f32<MODE, BM, BN, 16, TM, TN>(p);                                   \
+        conv_igemm_f32<MODE, BM, BN, 16, TM, TN>(p, p.src_c, p.out_c);                 \
+    }
+
+// Grouped: one GEMM per group, blockIdx.z = group (conv_common.cuh, ConvGroupParams). Used for
+// groups of at least 16 channels; narrower groups and depthwise go to conv_dw.cu. Grouped convs
+// always run in exact f32, whatever the backend's precision: the tensor-core kernels of
+// conv_tc.cu are dense only.
+#define LF_CONV_F32_GROUPED(NAME, MODE, BM, BN, TM, TN)                                \
+    extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                \
+        NAME(const ConvGroupParams gp) {                                               \
+        const ConvParams p = lf_conv_group(gp, blockIdx.z);                            \
+        conv_igemm_f32<MODE, BM, BN, 16, TM, TN>(p, gp.src_ctotal, gp.out_ctotal);     \
     }
 
 // name suffix: BM x BN. Threads: (BM/TM)*(BN/TN).
@@ -105,6 +117,20 @@ LF_CONV_F32(conv_bwdd_f32_128x32, LF_CONV_BWD_DATA, 128, 32, 4, 4)
 LF_CONV_F32(conv_bwdd_f32_64x32, LF_CONV_BWD_DATA, 64, 32, 4, 2)
 LF_CONV_F32(conv_bwdd_f32_128x16, LF_CONV_BWD_DATA, 128, 16, 4, 4)
 LF_CONV_F32(conv_bwdd_f32_32x32, LF_CONV_BWD_DATA, 32, 32, 2, 2)
+
+// Grouped, same tiles (name suffix BM x BN, where BN counts one group's channels).
+LF_CONV_F32_GROUPED(conv_fwd_f32g_128x64, LF_CONV_FWD, 128, 64, 8, 4)
+LF_CONV_F32_GROUPED(conv_fwd_f32g_64x64, LF_CONV_FWD, 64, 64, 4, 4)
+LF_CONV_F32_GROUPED(conv_fwd_f32g_128x32, LF_CONV_FWD, 128, 32, 4, 4)
+LF_CONV_F32_GROUPED(conv_fwd_f32g_64x32, LF_CONV_FWD, 64, 32, 4, 2)
+LF_CONV_F32_GROUPED(conv_fwd_f32g_128x16, LF_CONV_FWD, 128, 16, 4, 4)
+LF_CONV_F32_GROUPED(conv_fwd_f32g_32x32, LF_CONV_FWD, 32, 32, 2, 2)
+LF_CONV_F32_GROUPED(conv_bwdd_f32g_128x64, LF_CONV_BWD_DATA, 128, 64, 8, 4)
+LF_CONV_F32_GROUPED(conv_bwdd_f32g_64x64, LF_CONV_BWD_DATA, 64, 64, 4, 4)
+LF_CONV_F32_GROUPED(conv_bwdd_f32g_128x32, LF_CONV_BWD_DATA, 128, 32, 4, 4)
+LF_CONV_F32_GROUPED(conv_bwdd_f32g_64x32, LF_CONV_BWD_DATA, 64, 32, 4, 2)
+LF_CONV_F32_GROUPED(conv_bwdd_f32g_128x16, LF_CONV_BWD_DATA, 128, 16, 4, 4)
+LF_CONV_F32_GROUPED(conv_bwdd_f32g_32x32, LF_CONV_BWD_DATA, 32, 32, 2, 2)
 
 // ---- backward-weight ------------------------------------------------------------------------------------
 //
@@ -131,8 +157,10 @@ LF_OFFSET(ConvBwdWParams, q, 48); LF_OFFSET(ConvBwdWParams, r, 52); LF_OFFSET(Co
 LF_OFFSET(ConvBwdWParams, stride, 60); LF_OFFSET(ConvBwdWParams, pad, 64);
 LF_OFFSET(ConvBwdWParams, tiles_per_split, 68);
 
+// `x_cs` / `dy_cs`: channels per image of x and dy (p.c / p.k when dense); `split`: the k-split
+// this block reduces; `out`: where its [k, c*r*s] partial product goes.
 template <int BM, int BN, int BK, int TM, int TN>
-LF_DEVICE void conv_bwdw_f32(const ConvBwdWParams& p) {
+LF_DEVICE void conv_bwdw_f32(const ConvBwdWParams& p, int x_cs, int dy_cs, int split, float* out) {
     constexpr int TX = BM / TM;
     constexpr int TY = BN / TN;
     constexpr int NT = TX * TY;
@@ -156,7 +184,7 @@ LF_DEVICE void conv_bwdw_f32(const ConvBwdWParams& p) {
     const int PQ = p.p * p.q;
     const int J = p.n * PQ;
     const int T_all = (J + BK - 1) / BK;
-    const int t_begin = blockIdx.z * p.tiles_per_split;
+    const int t_begin = split * p.tiles_per_split;
     const int t_end = min(T_all, t_begin + p.tiles_per_split);
 
     // Loader mapping: pixel jj = tid % BK is fixed; rows/columns step by KSTEP.
@@ -193,13 +221,13 @@ LF_DEVICE void conv_bwdw_f32(const ConvBwdWParams& p) {
             oh = rem / p.q;
             ow = rem - oh * p.q;
         }
-        const float* dy_px = p.dy + (size_t)img * p.k * PQ + oh * p.q + ow;
+        const float* dy_px = p.dy + (size_t)img * dy_cs * PQ + oh * p.q + ow;
 #pragma unroll
         for (int l = 0; l < A_PER; ++l) {
             const int kk = m0 + row0 + l * KSTEP;
             ra[l] = (jv && kk < p.k) ? __ldg(dy_px + (size_t)kk * PQ) : 0.0f;
         }
-        const float* x_img = p.x + (size_t)img * p.c * p.h * p.w;
+        const float* x_img = p.x + (size_t)img * x_cs * p.h * p.w;
 #pragma unroll
         for (int l = 0; l < B_PER; ++l) {
             const int ih = oh * p.stride - p.pad + b_r[l];
@@ -240,7 +268,6 @@ LF_DEVICE void conv_bwdw_f32(const ConvBwdWParams& p) {
         __syncthreads();
     }
 
-    float* out = p.out + (size_t)blockIdx.z * p.k * CRS;
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
         const int kk = m0 + tx + i * TX;
@@ -256,13 +283,47 @@ LF_DEVICE void conv_bwdw_f32(const ConvBwdWParams& p) {
 #define LF_CONV_BWDW(NAME, BM, BN, TM, TN)                                             \
     extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                \
         NAME(const ConvBwdWParams p) {                                                 \
-        conv_bwdw_f32<BM, BN, 16, TM, TN>(p);                                          \
+        conv_bwdw_f32<BM, BN, 16, TM, TN>(p, p.c, p.k, blockIdx.z,                     \
+                                          p.out + (size_t)blockIdx.z * p.k * p.c * p.r * p.s); \
     }
 
 // name suffix: BM (out channels) x BN (weight columns); 256 threads each.
 LF_CONV_BWDW(conv_bwdw_f32_64x64, 64, 64, 4, 4)
 LF_CONV_BWDW(conv_bwdw_f32_32x64, 32, 64, 2, 4)
 LF_CONV_BWDW(conv_bwdw_f32_16x64, 16, 64, 1, 4)
+
+// Grouped backward-weight: `b` describes one group (c = C/g, k = K/g; x, dy and out at group 0),
+// blockIdx.z = group * splits + split. Split s of group g writes rows g*K/g.. of slice s of the
+// [splits, K, C/g*R*S] partials (dw itself when splits == 1); conv_splitk_reduce then sums the
+// slices in split order, as for a dense conv: deterministic.
+struct ConvBwdWGroupParams {
+    ConvBwdWParams b;
+    int c_total;  // channels per image of x
+    int k_total;  // channels per image of dy (= rows of dw)
+    int splits;
+    int _pad;
+};
+static_assert(sizeof(ConvBwdWGroupParams) == 88, "ConvBwdWGroupParams layout must match the Rust mirror");
+LF_OFFSET(ConvBwdWGroupParams, b, 0); LF_OFFSET(ConvBwdWGroupParams, c_total, 72);
+LF_OFFSET(ConvBwdWGroupParams, k_total, 76); LF_OFFSET(ConvBwdWGroupParams, splits, 80);
+LF_OFFSET(ConvBwdWGroupParams, _pad, 84);
+
+#define LF_CONV_BWDW_GROUPED(NAME, BM, BN, TM, TN)                                     \
+    extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                \
+        NAME(const ConvBwdWGroupParams gp) {                                           \
+        ConvBwdWParams p = gp.b;                                                       \
+        const int g = blockIdx.z / gp.splits;                                          \
+        const int split = blockIdx.z - g * gp.splits;                                  \
+        const size_t crs = (size_t)p.c * p.r * p.s;                                    \
+        p.x += (size_t)g * p.c * p.h * p.w;                                            \
+        p.dy += (size_t)g * p.k * p.p * p.q;                                           \
+        float* out = p.out + (size_t)split * gp.k_total * crs + (size_t)g * p.k * crs; \
+        conv_bwdw_f32<BM, BN, 16, TM, TN>(p, gp.c_total, gp.k_total, split, out);      \
+    }
+
+LF_CONV_BWDW_GROUPED(conv_bwdw_f32g_64x64, 64, 64, 4, 4)
+LF_CONV_BWDW_GROUPED(conv_bwdw_f32g_32x64, 32, 64, 2, 4)
+LF_CONV_BWDW_GROUPED(conv_bwdw_f32g_16x64, 16, 64, 1, 4)
 
 // out[i] = sum over z (in order) of parts[z * len + i].
 struct SplitKReduceParams {

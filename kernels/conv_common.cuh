@@ -88,7 +88,12 @@ struct LfConvLoader {
     int plane;             // src_h * src_w
     int rs_count;
 
-    LF_DEVICE void init(const ConvParams& p, int m0, int n0) {
+    LF_DEVICE void init(const ConvParams& p, int m0, int n0) { init(p, m0, n0, p.src_c); }
+
+    // `src_cs`: channels per image of the A source tensor. Dense convs pass p.src_c; a grouped
+    // conv passes the whole tensor's channel count while p.src_c is one group's (the grouped
+    // kernels of conv.cu offset p.src to their group's first channel).
+    LF_DEVICE void init(const ConvParams& p, int m0, int n0, int src_cs) {
         const int tid = threadIdx.x;
         const int hw_out = p.out_h * p.out_w;
         const int M = p.n * hw_out;
@@ -106,7 +111,7 @@ struct LfConvLoader {
             ow = rem - oh * p.out_w;
         }
         plane = p.src_h * p.src_w;
-        src_img = p.src + (size_t)img * p.src_c * plane;
+        src_img = p.src + (size_t)img * src_cs * plane;
         b_n = tid % BN;
         b_k0 = tid / BN;
         const int gn = n0 + b_n;
@@ -144,16 +149,52 @@ struct LfConvLoader {
 };
 
 // Epilogue shared by every conv kernel: optional per-channel affine (folded batch norm or bias),
-// optional residual add, optional ReLU, in that order.
-LF_DEVICE void lf_conv_store(const ConvParams& p, int gm, int gn, float v) {
+// optional residual add, optional ReLU / ReLU6, in that order. `out_cs`: channels per image of
+// the output tensor (p.out_c, or the whole tensor's count for one group of a grouped conv).
+LF_DEVICE void lf_conv_store(const ConvParams& p, int gm, int gn, float v, int out_cs) {
     const int hw_out = p.out_h * p.out_w;
     const int img = gm / hw_out;
     const int pix = gm - img * hw_out;
-    const size_t o = ((size_t)img * p.out_c + gn) * hw_out + pix;
+    const size_t o = ((size_t)img * out_cs + gn) * hw_out + pix;
     if (p.scale) v = v * p.scale[gn];
     if (p.shift) v = v + p.shift[gn];
     if (p.residual) v = v + p.residual[o];
     if (p.act == 1) v = lf_relu(v);
     else if (p.act == 2) v = fminf(fmaxf(v, 0.0f), 6.0f);
     p.out[o] = v;
+}
+
+LF_DEVICE void lf_conv_store(const ConvParams& p, int gm, int gn, float v) { lf_conv_store(p, gm, gn, v, p.out_c); }
+
+// ---- grouped convolutions ---------------------------------------------------------------------
+//
+// One group's GEMM is a dense conv of c_in/g input and c_out/g output channels whose tensors have
+// more channels per image than the group reads or writes. `c` describes group 0: src, wgt, out,
+// scale, shift and residual point at group 0's first channel / weight, src_c and out_c are the
+// per-group counts and w_stride_n / w_stride_c the per-group weight strides ([K, C/g, R, S]).
+// blockIdx.z is the group: lf_conv_group() moves every pointer to that group.
+struct ConvGroupParams {
+    ConvParams c;
+    int src_ctotal;  // channels per image of the A source tensor
+    int out_ctotal;  // channels per image of the output tensor
+    int w_group;     // weight elements per group: (K/g) * (C/g) * R * S
+    int _pad;
+};
+static_assert(sizeof(ConvGroupParams) == 120, "ConvGroupParams layout must match the Rust mirror");
+LF_OFFSET(ConvGroupParams, c, 0); LF_OFFSET(ConvGroupParams, src_ctotal, 104);
+LF_OFFSET(ConvGroupParams, out_ctotal, 108); LF_OFFSET(ConvGroupParams, w_group, 112);
+LF_OFFSET(ConvGroupParams, _pad, 116);
+
+// Group `g`'s view of a grouped problem (see ConvGroupParams).
+LF_DEVICE ConvParams lf_conv_group(const ConvGroupParams& gp, int g) {
+    ConvParams p = gp.c;
+    const size_t src_plane = (size_t)p.src_h * p.src_w;
+    const size_t out_plane = (size_t)p.out_h * p.out_w;
+    p.src += (size_t)g * p.src_c * src_plane;
+    p.wgt += (size_t)g * gp.w_group;
+    p.out += (size_t)g * p.out_c * out_plane;
+    if (p.scale) p.scale += (size_t)g * p.out_c;
+    if (p.shift) p.shift += (size_t)g * p.out_c;
+    if (p.residual) p.residual += (size_t)g * p.out_c * out_plane;
+    return p;
 }

@@ -9,6 +9,9 @@
 //   BF16 reads X[k = 2*tig (+1, +8)][row = gid]:    pitch = 4 (mod 16)  -> banks 8*tig + gid
 // (gid = lane / 4, tig = lane % 4). The loaders store whole rows of consecutive m / n, which is
 // conflict free for any pitch.
+//
+// Dense convolutions only: a grouped or depthwise conv runs the exact f32 kernels (conv.cu's
+// grouped tiles, conv_dw.cu) whatever precision is asked for (src/backend/cuda/conv.rs).
 #include "conv_common.cuh"
 
 #define LF_PREC_TF32 0

@@ -897,3 +897,391 @@ fn graph_capture_replays_a_fixed_shape_block() {
     be.synchronize().expect("usable after a refused capture");
     assert_eq!(host(&be.relu_forward(&up(be, &rand_host(&[4], 1))).expect("relu")).len(), 4);
 }
+
+// ---- grouped and depthwise convolution ----------------------------------------------------------
+//
+// The reference is a naive grouped convolution in f64 written here (so these tests do not depend
+// on the CPU backend's grouped kernels); `grouped_reference_matches_cpu_per_group` checks it
+// against the CPU's dense conv run on each group's channel slice, without a GPU.
+
+/// (N, C, H, W, K, R, stride, pad, groups).
+type GroupDims = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
+
+const GROUP_SHAPES: &[GroupDims] = &[
+    // Narrow groups (direct kernels): 2 and 4 groups of 4, 1x1 with 4 -> 8 per group.
+    (2, 8, 9, 9, 8, 3, 1, 1, 2),
+    (3, 16, 7, 7, 16, 3, 2, 1, 4),
+    (2, 16, 9, 9, 32, 1, 1, 0, 4),
+    // ResNeXt 32x4d (32 groups of width 4), stride 1 and 2, and 32x8d.
+    (2, 128, 9, 9, 128, 3, 1, 1, 32),
+    (2, 128, 10, 10, 128, 3, 2, 1, 32),
+    (1, 256, 6, 6, 256, 3, 1, 1, 32),
+    // Wide groups (grouped implicit GEMM): 2 groups of 32, 4 groups of 12 -> 24, 32 groups of 16,
+    // 8 in -> 16 out per group, a 5x5 window.
+    (2, 64, 8, 8, 64, 3, 1, 1, 2),
+    (3, 48, 7, 7, 96, 3, 2, 1, 4),
+    (1, 512, 5, 5, 512, 3, 1, 1, 32),
+    (2, 16, 9, 9, 32, 3, 1, 1, 2),
+    (1, 40, 7, 7, 40, 5, 1, 2, 2),
+    // Depthwise: stride 1 and 2, odd and even sizes, no padding, a channel multiplier of 2,
+    // a 5x5 window, MobileNetV2-like 96 channels.
+    (2, 32, 9, 9, 32, 3, 1, 1, 32),
+    (2, 24, 11, 11, 24, 3, 2, 1, 24),
+    (1, 13, 7, 7, 13, 3, 2, 1, 13),
+    (1, 7, 6, 6, 7, 3, 2, 0, 7),
+    (2, 6, 9, 9, 12, 3, 1, 1, 6),
+    (1, 5, 8, 8, 5, 5, 2, 2, 5),
+    (2, 96, 15, 15, 96, 3, 2, 1, 96),
+    (1, 3, 1, 1, 3, 3, 1, 1, 3),
+];
+
+struct GroupCase {
+    shape: ConvShape,
+    spec: ConvSpec,
+    x: Tensor,
+    w: Tensor,
+    dy: Tensor,
+}
+
+fn group_case(i: usize, (n, c, h, w, k, r, stride, pad, groups): GroupDims) -> GroupCase {
+    let spec = ConvSpec { stride, pad, groups };
+    let shape = ConvShape::new(&[n, c, h, w], &[k, c / groups, r, r], spec).expect("valid grouped conv shape");
+    let seed = 20_000 + 10 * i as u64;
+    GroupCase {
+        x: rand_host(&shape.input_dims(), seed),
+        w: rand_host(&shape.weight_dims(), seed + 1),
+        dy: rand_host(&shape.output_dims(), seed + 2),
+        shape,
+        spec,
+    }
+}
+
+fn group_cases() -> Vec<GroupCase> {
+    GROUP_SHAPES.iter().enumerate().map(|(i, &d)| group_case(i, d)).collect()
+}
+
+fn glabel(s: &ConvShape) -> String {
+    format!(
+        "x [{},{},{},{}] w [{},{},{},{}] s{} p{} g{}",
+        s.n,
+        s.c_in,
+        s.h,
+        s.w,
+        s.c_out,
+        s.c_in / s.groups,
+        s.kh,
+        s.kw,
+        s.stride,
+        s.pad,
+        s.groups
+    )
+}
+
+/// Calls `f(y index, x index, w index)` for every multiply-accumulate of the grouped
+/// convolution `s`, in (img, k, oh, ow, c, r, s) order (taps in the zero padding skipped).
+fn for_each_mac(s: &ConvShape, mut f: impl FnMut(usize, usize, usize)) {
+    let (cg, kg) = (s.c_in / s.groups, s.c_out / s.groups);
+    for img in 0..s.n {
+        for k in 0..s.c_out {
+            let g = k / kg;
+            for oh in 0..s.out_h {
+                for ow in 0..s.out_w {
+                    let o = ((img * s.c_out + k) * s.out_h + oh) * s.out_w + ow;
+                    for cl in 0..cg {
+                        let c = g * cg + cl;
+                        for r in 0..s.kh {
+                            let ih = (oh * s.stride + r) as isize - s.pad as isize;
+                            if ih < 0 || ih >= s.h as isize {
+                                continue;
+                            }
+                            for q in 0..s.kw {
+                                let iw = (ow * s.stride + q) as isize - s.pad as isize;
+                                if iw < 0 || iw >= s.w as isize {
+                                    continue;
+                                }
+                                let xi = ((img * s.c_in + c) * s.h + ih as usize) * s.w + iw as usize;
+                                let wi = ((k * cg + cl) * s.kh + r) * s.kw + q;
+                                f(o, xi, wi);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn to_tensor(dims: &[usize], v: Vec<f64>) -> Tensor {
+    Tensor::from_vec(dims, v.into_iter().map(|v| v as f32).collect()).expect("reference tensor")
+}
+
+fn naive_forward(c: &GroupCase) -> Tensor {
+    let (x, w) = (host(&c.x), host(&c.w));
+    let mut y = vec![0.0f64; c.shape.output_dims().iter().product()];
+    for_each_mac(&c.shape, |o, xi, wi| y[o] += x[xi] as f64 * w[wi] as f64);
+    to_tensor(&c.shape.output_dims(), y)
+}
+
+fn naive_backward_data(c: &GroupCase) -> Tensor {
+    let (dy, w) = (host(&c.dy), host(&c.w));
+    let mut dx = vec![0.0f64; c.shape.input_dims().iter().product()];
+    for_each_mac(&c.shape, |o, xi, wi| dx[xi] += dy[o] as f64 * w[wi] as f64);
+    to_tensor(&c.shape.input_dims(), dx)
+}
+
+fn naive_backward_weight(c: &GroupCase) -> Tensor {
+    let (dy, x) = (host(&c.dy), host(&c.x));
+    let mut dw = vec![0.0f64; c.shape.weight_dims().iter().product()];
+    for_each_mac(&c.shape, |o, xi, wi| dw[wi] += dy[o] as f64 * x[xi] as f64);
+    to_tensor(&c.shape.weight_dims(), dw)
+}
+
+/// `act(y * scale[k] + shift[k] + residual)`, the fused epilogue, on a host tensor.
+fn epilogue_ref(y: &Tensor, scale: &Tensor, shift: &Tensor, residual: Option<&Tensor>, act: Activation) -> Tensor {
+    let dims = y.dims().to_vec();
+    let (k, plane) = (dims[1], dims[2] * dims[3]);
+    let (sc, sh) = (host(scale), host(shift));
+    let res = residual.map(host);
+    let v: Vec<f32> = host(y)
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let ch = (i / plane) % k;
+            let mut v = v * sc[ch] + sh[ch];
+            if let Some(r) = &res {
+                v += r[i];
+            }
+            act.apply(v)
+        })
+        .collect();
+    Tensor::from_vec(&dims, v).expect("epilogue reference")
+}
+
+/// Runs without a GPU: the naive reference against the CPU's dense conv applied to each group's
+/// channel slice (and, for one group, to the whole tensors).
+#[test]
+fn grouped_reference_matches_cpu_per_group() {
+    let cpu = cpu_exact();
+    let mut cases = group_cases();
+    cases.push(group_case(99, (2, 5, 7, 7, 6, 3, 2, 1, 1)));
+    for c in cases.iter().filter(|c| c.shape.n * c.shape.c_out * c.shape.c_in <= 40_000) {
+        let s = &c.shape;
+        let (cg, kg) = (s.c_in / s.groups, s.c_out / s.groups);
+        let y = naive_forward(c);
+        let dense = ConvSpec { groups: 1, ..c.spec };
+        for g in 0..s.groups {
+            let ci: Vec<u32> = (g * cg..(g + 1) * cg).map(|v| v as u32).collect();
+            let ki: Vec<u32> = (g * kg..(g + 1) * kg).map(|v| v as u32).collect();
+            let xg = cpu.index_select(&c.x, 1, &ci).expect("x slice");
+            let wg = cpu.index_select(&c.w, 0, &ki).expect("w slice");
+            let want = cpu.conv2d_forward(&xg, &wg, dense).expect("cpu dense conv of one group");
+            let got = cpu.index_select(&y, 1, &ki).expect("y slice");
+            assert_close(&format!("reference forward {} group {g}", glabel(s)), &got, &want, 1e-5);
+            let dyg = cpu.index_select(&c.dy, 1, &ki).expect("dy slice");
+            let want = cpu.conv2d_backward_data(&dyg, &wg, xg.dims(), dense).expect("cpu bwd data");
+            let got = cpu.index_select(&naive_backward_data(c), 1, &ci).expect("dx slice");
+            assert_close(&format!("reference backward data {} group {g}", glabel(s)), &got, &want, 1e-5);
+            let want = cpu.conv2d_backward_weight(&dyg, &xg, wg.dims(), dense).expect("cpu bwd weight");
+            let got = cpu.index_select(&naive_backward_weight(c), 0, &ki).expect("dw slice");
+            assert_close(&format!("reference backward weight {} group {g}", glabel(s)), &got, &want, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn grouped_conv_forward_backward() {
+    let Some(be) = cuda_backend_or_skip("grouped_conv_forward_backward") else {
+        return;
+    };
+    for c in group_cases() {
+        let what = glabel(&c.shape);
+        let (gx, gw, gdy) = (up(&*be, &c.x), up(&*be, &c.w), up(&*be, &c.dy));
+        let got = be
+            .conv2d_forward_with(&gx, &gw, c.spec, Precision::F32)
+            .unwrap_or_else(|e| panic!("gpu grouped conv {what}: {e}"));
+        assert_close(&format!("grouped conv2d_forward {what}"), &got, &naive_forward(&c), F32_BOUND);
+
+        let xd = c.shape.input_dims();
+        let got = be
+            .conv2d_backward_data_with(&gdy, &gw, &xd, c.spec, Precision::F32)
+            .unwrap_or_else(|e| panic!("gpu grouped conv bwd data {what}: {e}"));
+        assert_close(&format!("grouped conv2d_backward_data {what}"), &got, &naive_backward_data(&c), F32_BOUND);
+
+        let wd = c.shape.weight_dims();
+        let got = be
+            .conv2d_backward_weight(&gdy, &gx, &wd, c.spec)
+            .unwrap_or_else(|e| panic!("gpu grouped conv bwd weight {what}: {e}"));
+        assert_close(&format!("grouped conv2d_backward_weight {what}"), &got, &naive_backward_weight(&c), F32_BOUND);
+        let again = be.conv2d_backward_weight(&gdy, &gx, &wd, c.spec).expect("second run");
+        assert_eq!(host(&got), host(&again), "grouped conv2d_backward_weight is not deterministic for {what}");
+    }
+}
+
+/// Long reductions (many pixel splits) for both backward-weight families, twice each.
+#[test]
+fn grouped_conv_backward_weight_split_k_is_deterministic() {
+    let Some(be) = cuda_backend_or_skip("grouped_conv_backward_weight_split_k_is_deterministic") else {
+        return;
+    };
+    let shapes: &[GroupDims] = &[
+        (32, 32, 28, 28, 32, 3, 1, 1, 32),   // depthwise, 25088 pixels
+        (16, 64, 32, 32, 64, 3, 1, 1, 2),    // grouped GEMM, 16384 pixels
+        (16, 128, 16, 16, 128, 3, 1, 1, 32), // ResNeXt width 4
+    ];
+    for (i, &d) in shapes.iter().enumerate() {
+        let c = group_case(100 + i, d);
+        let what = glabel(&c.shape);
+        let (gx, gdy) = (up(&*be, &c.x), up(&*be, &c.dy));
+        let wd = c.shape.weight_dims();
+        let got = be.conv2d_backward_weight(&gdy, &gx, &wd, c.spec).expect("gpu bwd weight");
+        assert_close(&format!("grouped conv2d_backward_weight {what}"), &got, &naive_backward_weight(&c), F32_BOUND);
+        for _ in 0..2 {
+            let again = be.conv2d_backward_weight(&gdy, &gx, &wd, c.spec).expect("again");
+            assert_eq!(host(&got), host(&again), "grouped conv2d_backward_weight is not deterministic for {what}");
+        }
+    }
+}
+
+/// Grouped convs ignore the tensor-core precisions (they always run the exact f32 kernels).
+#[test]
+fn grouped_conv_runs_in_f32_at_every_precision() {
+    let Some(be) = private_cuda_backend_or_skip("grouped_conv_runs_in_f32_at_every_precision") else {
+        return;
+    };
+    for &i in &[0usize, 3, 6, 11] {
+        let c = group_case(i, GROUP_SHAPES[i]);
+        let (gx, gw, gdy) = (up(&be, &c.x), up(&be, &c.w), up(&be, &c.dy));
+        let xd = c.shape.input_dims();
+        let f32_fwd = host(&be.conv2d_forward_with(&gx, &gw, c.spec, Precision::F32).expect("f32"));
+        let f32_bwd = host(&be.conv2d_backward_data_with(&gdy, &gw, &xd, c.spec, Precision::F32).expect("f32"));
+        for p in [Precision::Tf32, Precision::Bf16] {
+            be.set_conv_precision(p).expect("set precision");
+            let fwd = be.conv2d_forward(&gx, &gw, c.spec).expect("grouped conv");
+            assert_eq!(host(&fwd), f32_fwd, "grouped forward at {} must be the f32 result", p.name());
+            let bwd = be.conv2d_backward_data(&gdy, &gw, &xd, c.spec).expect("grouped bwd");
+            assert_eq!(host(&bwd), f32_bwd, "grouped backward data at {} must be the f32 result", p.name());
+        }
+        be.set_conv_precision(Precision::F32).expect("reset precision");
+    }
+}
+
+/// The fused epilogue (scale, shift, residual, activation) on grouped, depthwise and dense convs,
+/// with every activation; ReLU6 inputs are scaled so both clamps are hit.
+#[test]
+fn conv_fused_epilogue_relu6_residual() {
+    let Some(be) = private_cuda_backend_or_skip("conv_fused_epilogue_relu6_residual") else {
+        return;
+    };
+    let cpu = cpu_exact();
+    let mut cases: Vec<(GroupCase, Tensor)> = group_cases()
+        .into_iter()
+        .map(|c| {
+            let y = naive_forward(&c);
+            (c, y)
+        })
+        .collect();
+    // Dense convs through the same epilogue: every precision's kernels.
+    for (i, &(n, c, h, w, k, r, stride, pad)) in CONV_SHAPES.iter().enumerate().take(10) {
+        let gc = group_case(200 + i, (n, c, h, w, k, r, stride, pad, 1));
+        let y = cpu.conv2d_forward(&gc.x, &gc.w, gc.spec).expect("cpu conv");
+        cases.push((gc, y));
+    }
+    for (i, (c, y)) in cases.iter().enumerate() {
+        let k = c.shape.c_out;
+        let what = glabel(&c.shape);
+        // Scale up to 4x so ReLU6's upper clamp is reached.
+        let scale = Tensor::from_vec(&[k], rand_vec(k, 30_000 + i as u64, 0.5, 4.0)).expect("scale");
+        let shift = Tensor::from_vec(&[k], rand_vec(k, 31_000 + i as u64, -1.0, 3.0)).expect("shift");
+        let residual = Tensor::from_vec(
+            &c.shape.output_dims(),
+            rand_vec(c.shape.output_dims().iter().product(), 32_000 + i as u64, -3.0, 3.0),
+        )
+        .expect("residual");
+        let (gs, gh, gr, gx, gw) = (up(&be, &scale), up(&be, &shift), up(&be, &residual), up(&be, &c.x), up(&be, &c.w));
+        let precisions: &[(Precision, f32)] = if c.shape.groups > 1 {
+            &[(Precision::F32, F32_BOUND), (Precision::Bf16, F32_BOUND)]
+        } else {
+            &[(Precision::F32, F32_BOUND), (Precision::Tf32, TF32_BOUND), (Precision::Bf16, BF16_BOUND)]
+        };
+        for &(precision, bound) in precisions {
+            be.set_conv_precision(precision).expect("set precision");
+            for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+                for res in [None, Some(&gr)] {
+                    let epi = ConvEpilogue { scale: &gs, shift: &gh, residual: res, act };
+                    let got = be.conv2d_forward_fused(&gx, &gw, c.spec, &epi).expect("fused conv");
+                    let want = epilogue_ref(y, &scale, &shift, res.map(|_| &residual), act);
+                    let tag = format!("fused {act:?} residual {} {} {what}", res.is_some(), precision.name());
+                    // The epilogue's output scale, not the conv's, is the reference magnitude.
+                    assert_close(&tag, &got, &want, bound * 4.0);
+                }
+            }
+        }
+        be.set_conv_precision(Precision::F32).expect("reset precision");
+    }
+}
+
+// ---- ReLU6, padded max pooling ------------------------------------------------------------------
+
+#[test]
+fn relu6_forward_backward() {
+    let Some(gpu) = cuda_or_skip("relu6_forward_backward") else {
+        return;
+    };
+    let cpu = cpu_exact();
+    for (i, &dims) in EW_SHAPES.iter().enumerate() {
+        let n: usize = dims.iter().product();
+        // Quarter steps over [-8, 8): exact 0 and 6 occur, as do values on both sides of them.
+        let v: Vec<f32> = rand_vec(n, 40_000 + i as u64, -8.0, 8.0).iter().map(|v| (v * 4.0).floor() / 4.0).collect();
+        let mut v = v;
+        for (j, x) in [0.0f32, 6.0, -0.0, 5.75, 6.25, f32::NAN].iter().enumerate() {
+            if j < n {
+                v[j] = *x;
+            }
+        }
+        let x = Tensor::from_vec(dims, v).expect("x");
+        let dy = rand_host(dims, 41_000 + i as u64);
+        let what = format!("{dims:?}");
+        let y = cpu.relu6_forward(&x).expect("cpu relu6");
+        let gy = gpu.relu6_forward(&up(&*gpu, &x)).expect("gpu relu6");
+        assert_exact(&format!("relu6 {what}"), &gy, &y);
+        let want = cpu.relu6_backward(&dy, &y).expect("cpu relu6 bwd");
+        let got = gpu.relu6_backward(&up(&*gpu, &dy), &up(&*gpu, &y)).expect("gpu relu6 bwd");
+        assert_exact(&format!("relu6_backward {what}"), &got, &want);
+    }
+}
+
+#[test]
+fn maxpool_padded_first_max_rule() {
+    let Some(gpu) = cuda_or_skip("maxpool_padded_first_max_rule") else {
+        return;
+    };
+    let cpu = cpu_exact();
+    // (dims, kernel, stride, pad): the ResNet / ResNeXt stem pool (3, 2, 1) at odd and even
+    // sizes, tiny planes where every window touches the border, and k2 / k3 s1 variants.
+    let cases: &[(&[usize], usize, usize, usize)] = &[
+        (&[2, 8, 9, 9], 3, 2, 1),
+        (&[1, 5, 8, 8], 3, 2, 1),
+        (&[2, 4, 112, 112], 3, 2, 1),
+        (&[1, 3, 3, 3], 3, 2, 1),
+        (&[1, 2, 1, 1], 3, 2, 1),
+        (&[1, 2, 2, 5], 3, 2, 1),
+        (&[2, 3, 7, 7], 3, 1, 1),
+        (&[1, 4, 6, 5], 2, 2, 1),
+        (&[1, 3, 9, 9], 5, 3, 2),
+    ];
+    for (i, &(dims, k, s, pad)) in cases.iter().enumerate() {
+        let n: usize = dims.iter().product();
+        // Negative levels only: a padding cell counted as 0 would win; 4 levels give ties.
+        let q: Vec<f32> = rand_vec(n, 42_000 + i as u64, 0.0, 4.0).iter().map(|v| v.floor() - 5.0).collect();
+        let x = Tensor::from_vec(dims, q).expect("x");
+        let what = format!("{dims:?} k{k} s{s} p{pad}");
+        let want = cpu.maxpool_forward(&x, k, s, pad).expect("cpu maxpool");
+        let gx = up(&*gpu, &x);
+        let got = gpu.maxpool_forward(&gx, k, s, pad).expect("gpu maxpool");
+        assert_exact(&format!("maxpool_forward {what}"), &got, &want);
+        let dy = rand_host(want.dims(), 43_000 + i as u64);
+        let want = cpu.maxpool_backward(&dy, &x, k, s, pad).expect("cpu maxpool bwd");
+        let got = gpu.maxpool_backward(&up(&*gpu, &dy), &gx, k, s, pad).expect("gpu maxpool bwd");
+        assert_close(&format!("maxpool_backward {what}"), &got, &want, 1e-6);
+    }
+}

@@ -18,7 +18,9 @@
 //!   FLOPs are 2 x multiply-accumulates.
 //!
 //! Shapes: every distinct convolution of ResNet-56 (CIFAR, option A) at batch `batch` (forward
-//! in each precision, backward-data in each precision, backward-weight), batch norm, ReLU and
+//! in each precision, backward-data in each precision, backward-weight), the depthwise and
+//! grouped convolutions of MobileNetV2 and ResNeXt-50 ([`grouped_conv_shapes`], f32 only, at
+//! most 32 images; keys end in `_g<groups>`), batch norm, ReLU and
 //! add+ReLU at the three stage shapes, SGD over ResNet-56's parameter count, and the search
 //! kernels at search sizes: batched gathers for `candidates` candidates and the feature MSE of
 //! `candidates` candidates over `search_images` images of 64 x 8 x 8 final features.
@@ -151,6 +153,21 @@ pub fn resnet56_conv_shapes(batch: usize) -> Result<Vec<ConvShape>> {
     ])
 }
 
+/// Depthwise and grouped convolutions of ImageNet networks at `batch`: MobileNetV2's depthwise
+/// 3x3 at 112x112x96 stride 2 and 56x56x144 stride 1, ResNeXt-50 32x4d's grouped 3x3 in layer 1
+/// (32 groups of 4 channels, the direct kernels) and layer 3 (32 groups of 16, the grouped
+/// implicit GEMM).
+pub fn grouped_conv_shapes(batch: usize) -> Result<Vec<ConvShape>> {
+    let b = batch;
+    let spec = |stride: usize, groups: usize| ConvSpec { stride, pad: 1, groups };
+    Ok(vec![
+        ConvShape::new(&[b, 96, 112, 112], &[96, 1, 3, 3], spec(2, 96))?,
+        ConvShape::new(&[b, 144, 56, 56], &[144, 1, 3, 3], spec(1, 144))?,
+        ConvShape::new(&[b, 128, 56, 56], &[128, 4, 3, 3], spec(1, 32))?,
+        ConvShape::new(&[b, 512, 14, 14], &[512, 16, 3, 3], spec(1, 32))?,
+    ])
+}
+
 /// Builds every case (inputs uploaded now). Used by [`bench_kernels`] and `benches/cuda.rs`.
 pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a>>> {
     let mut out: Vec<Case<'a>> = Vec::new();
@@ -204,6 +221,54 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
             bytes: None,
             memory_bound: false,
             f32_compute: true,
+            run: Box::new(move || be.conv2d_backward_weight(&dyr, &xr, &wd, spec).map(drop)),
+        });
+    }
+
+    // Depthwise and grouped convolutions (always exact f32). ImageNet-sized planes: at most 32
+    // images. Depthwise cases are memory bound (bytes: x, y and w once each).
+    for shape in grouped_conv_shapes(opts.batch.min(32))? {
+        let spec = shape.spec();
+        let x = std::rc::Rc::new(rand_tensor(be, &shape.input_dims(), next_seed())?);
+        let w = std::rc::Rc::new(rand_tensor(be, &shape.weight_dims(), next_seed())?);
+        let dy = std::rc::Rc::new(rand_tensor(be, &shape.output_dims(), next_seed())?);
+        let flops = Some(2.0 * shape.macs() as f64);
+        let numel = |d: [usize; 4]| d.iter().product::<usize>() as f64;
+        let dw = shape.is_depthwise();
+        let bytes =
+            dw.then(|| 4.0 * (numel(shape.input_dims()) + numel(shape.output_dims()) + numel(shape.weight_dims())));
+        let key = |op: &str| format!("{}_g{}", conv_key(op, &shape), shape.groups);
+        let kernel = |op: &str| super::conv::kernels_for_shape(Precision::F32, op, &shape, sms);
+        let (xr, wr) = (x.clone(), w.clone());
+        out.push(Case {
+            key: key("conv_fwd_f32"),
+            kernel: kernel("fwd"),
+            flops,
+            bytes,
+            memory_bound: dw,
+            f32_compute: !dw,
+            run: Box::new(move || be.conv2d_forward_with(&xr, &wr, spec, Precision::F32).map(drop)),
+        });
+        let (dyr, wr) = (dy.clone(), w.clone());
+        let xd = shape.input_dims();
+        out.push(Case {
+            key: key("conv_bwd_data_f32"),
+            kernel: kernel("bwd_data"),
+            flops,
+            bytes,
+            memory_bound: dw,
+            f32_compute: !dw,
+            run: Box::new(move || be.conv2d_backward_data_with(&dyr, &wr, &xd, spec, Precision::F32).map(drop)),
+        });
+        let (dyr, xr) = (dy.clone(), x.clone());
+        let wd = shape.weight_dims();
+        out.push(Case {
+            key: key("conv_bwd_weight_f32"),
+            kernel: kernel("bwd_weight"),
+            flops,
+            bytes,
+            memory_bound: dw,
+            f32_compute: !dw,
             run: Box::new(move || be.conv2d_backward_weight(&dyr, &xr, &wd, spec).map(drop)),
         });
     }
