@@ -61,7 +61,8 @@ impl Activation {
         match self {
             Activation::Identity => v,
             Activation::Relu => v.max(0.0),
-            // `max` first: NaN -> 0, as the CUDA kernels' fmaxf.
+            // `max` first: NaN -> 0, as the CUDA kernels' fmaxf (`clamp` would keep the NaN).
+            #[allow(clippy::manual_clamp)]
             Activation::Relu6 => v.max(0.0).min(6.0),
         }
     }

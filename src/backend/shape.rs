@@ -63,7 +63,7 @@ impl ConvShape {
             return Err(Error::Invalid("conv2d: stride must be at least 1".into()));
         }
         let g = spec.groups;
-        if g == 0 || x[1] % g != 0 || w[0] % g != 0 {
+        if g == 0 || !x[1].is_multiple_of(g) || !w[0].is_multiple_of(g) {
             return Err(Error::Invalid(format!(
                 "conv2d: {g} groups must divide the {} input and {} output channels",
                 x[1], w[0]

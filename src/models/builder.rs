@@ -158,7 +158,7 @@ impl Builder {
     ) -> Result<usize> {
         let (c, h, w) = self.spatial(input, name)?;
         let (out_c, slot) = self.resolve(out);
-        if groups == 0 || c % groups != 0 || out_c % groups != 0 {
+        if groups == 0 || !c.is_multiple_of(groups) || !out_c.is_multiple_of(groups) {
             return Err(Error::Invalid(format!(
                 "{name}: {groups} groups must divide its {c} input and {out_c} output channels"
             )));
