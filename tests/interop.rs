@@ -484,3 +484,90 @@ fn cli_import_prints_the_conversion_command_and_export_onnx_writes_a_model() {
     assert!(g.node.iter().all(|n| n.op_type.as_deref() != Some("BatchNormalization")));
     assert_eq!(g.node.iter().filter(|n| n.op_type.as_deref() == Some("Conv")).count(), 19);
 }
+
+// ---- torchvision's real networks as the reference ---------------------------------------
+
+/// torchvision importable in `$LFGCL_TORCH_PYTHON` (or python3); otherwise prints the skip, or
+/// panics under LFGCL_REQUIRE_PY=1.
+fn torchvision_or_skip(test: &str) -> bool {
+    let out = lfgcl::interop::torch_python_command().args(["-c", "import torch, torchvision"]).output();
+    let reason = match out {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string(),
+        Err(e) => format!("python: {e}"),
+    };
+    if std::env::var("LFGCL_REQUIRE_PY").is_ok_and(|v| v == "1") {
+        panic!("{test}: LFGCL_REQUIRE_PY=1 but torchvision does not import: {reason}");
+    }
+    println!("skipped: torchvision not importable ({reason}); set LFGCL_TORCH_PYTHON=/usr/bin/python3 [{test}]");
+    false
+}
+
+/// Builds torchvision's `model` with random weights and BN statistics, imports its state dict
+/// at each size and matches its eval logits and its MACs and params (counted by hooks in
+/// PyTorch); then prunes the import uniformly to half its FLOPs, streams included, and matches
+/// onnxruntime on the export.
+fn torchvision_parity(model: &str) {
+    if !torchvision_or_skip(model) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [64usize, 96];
+    let script = script("torchvision_models.py");
+    let mut cmd = lfgcl::interop::torch_python_command();
+    cmd.arg(&script).arg(model).arg(dir.path());
+    for s in sizes {
+        cmd.arg(s.to_string());
+    }
+    let out = cmd.output().expect("run python");
+    assert!(out.status.success(), "torchvision {model}: {}", String::from_utf8_lossy(&out.stderr));
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sd = dir.path().join("state_dict.safetensors");
+    let dev = backend::cpu();
+    for size in sizes {
+        let o = ImportOptions { model: model.into(), normalization: None, classes: None, input_size: size };
+        let (mut m, summary) = import::import_model(&sd, &o).unwrap_or_else(|e| panic!("{model} at {size}: {e}"));
+        assert_eq!(summary.macs, counts["macs"][size.to_string()].as_u64().unwrap(), "{model} MACs at {size}");
+        assert_eq!(summary.params, counts["params"].as_u64().unwrap(), "{model} params");
+        let refp = dir.path().join(format!("ref_{size}.safetensors"));
+        let logits = m.graph.forward(&dev, read_f32(&refp, "input"), Mode::Eval).unwrap();
+        let d = rel_diff(&logits, &read_f32(&refp, "logits"));
+        println!("{model} at {size}x{size}: lfgcl vs torchvision, relative max diff {d:.2e}");
+        assert!(d <= TOL, "{model} at {size}: lfgcl differs from torchvision by {d}");
+    }
+    if !python_or_skip(model) {
+        return;
+    }
+    let o = ImportOptions { model: model.into(), normalization: None, classes: None, input_size: 64 };
+    let ckpt = dir.path().join("imported.safetensors");
+    import::import(&sd, &ckpt, &o).unwrap();
+    let pruned = dir.path().join("pruned.safetensors");
+    let out = Command::new(exe::lfgcl_exe())
+        .args(["--device", "cpu", "-q", "prune-apply", "--uniform", "--flops", "0.5", "--streams", "--ckpt"])
+        .arg(&ckpt)
+        .arg("--out")
+        .arg(&pruned)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "prune-apply {model}: {}", String::from_utf8_lossy(&out.stderr));
+    let (full, small) = (checkpoint::load(&ckpt, &dev).unwrap(), checkpoint::load(&pruned, &dev).unwrap());
+    let ratio = small.cost().macs as f64 / full.cost().macs as f64;
+    assert!(ratio <= 0.5 && ratio > 0.3, "{model}: pruned to {ratio:.3} of its FLOPs");
+    check_onnx(&pruned, ExportOptions::default(), &format!("{model} pruned 50% --streams"));
+}
+
+#[test]
+fn torchvision_resnet18_imports_prunes_and_exports_exactly() {
+    torchvision_parity("resnet18");
+}
+
+#[test]
+fn torchvision_resnet50_imports_prunes_and_exports_exactly() {
+    torchvision_parity("resnet50");
+}
+
+#[test]
+fn torchvision_mobilenet_v2_imports_prunes_and_exports_exactly() {
+    torchvision_parity("mobilenet_v2");
+}

@@ -1,0 +1,81 @@
+"""torchvision as the independent reference for lfgcl's real networks.
+
+    python3 torchvision_models.py MODEL OUT_DIR SIZE [SIZE ...]
+
+Builds torchvision's MODEL (random weights, 10 classes) with random batch-norm parameters and
+statistics, writes its state dict to OUT_DIR/state_dict.safetensors (written by hand: no
+safetensors package needed), and for each SIZE a batch of 2 random images and the eval logits to
+OUT_DIR/ref_SIZE.safetensors (`input`, `logits`). Prints JSON: MACs per size and params counted
+with forward hooks on every Conv2d and Linear (out elements x in/groups x kernel area), apart
+from lfgcl's cost code.
+"""
+
+import json
+import struct
+import sys
+
+import torch
+import torchvision
+
+
+def save(path, tensors):
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        t = t.detach().contiguous()
+        dtype = {torch.float32: "F32", torch.int64: "I64"}[t.dtype]
+        data = t.numpy().tobytes()
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def main():
+    name, out = sys.argv[1], sys.argv[2]
+    sizes = [int(s) for s in sys.argv[3:]]
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data = torch.rand(c, generator=g) + 0.5
+            m.bias.data = torch.rand(c, generator=g) * 0.4 - 0.2
+            m.running_mean = torch.rand(c, generator=g) * 0.4 - 0.2
+            m.running_var = torch.rand(c, generator=g) + 0.5
+    model.eval()
+    save(f"{out}/state_dict.safetensors", model.state_dict())
+    macs = {}
+    for size in sizes:
+        count = [0]
+
+        def hook(mod, inp, outp):
+            if isinstance(mod, torch.nn.Conv2d):
+                per_out = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+                count[0] += outp[0].numel() * per_out  # outp[0]: the first image
+            else:
+                count[0] += mod.in_features * mod.out_features
+
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        x = torch.randn(2, 3, size, size, generator=g)
+        with torch.no_grad():
+            logits = model(x)
+        for h in handles:
+            h.remove()
+        # Per image: a conv's hook counts its first image's output (`outp[0]`), a linear one row.
+        macs[str(size)] = count[0]
+        save(f"{out}/ref_{size}.safetensors", {"input": x, "logits": logits})
+    params = sum(
+        p.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for p in m.parameters()
+    )
+    print(json.dumps({"macs": macs, "params": params}))
+
+
+if __name__ == "__main__":
+    main()
