@@ -8,11 +8,12 @@
 //! The `dw_` and `pw_` groups: MobileNetV2's depthwise 3x3 layers (the vectorised kernel against
 //! the exact per-group im2col + GEMM path) and ResNet-50's 1x1 layers (GEMM in place against
 //! im2col + GEMM), batch 1 and 32. `LFGCL_BENCH_LANES=avx2` (or `portable`) limits the
-//! hand-vectorised kernels to AVX2 (plain arrays) for the run.
+//! hand-vectorised kernels to AVX2 (plain arrays) for the run. Their outputs go back to the
+//! buffer pool, as a tensor's do when dropped, so the timings leave out page faults.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lfgcl::backend::cpu::winograd::{self, WinogradTile};
-use lfgcl::backend::cpu::{conv, depthwise, direct};
+use lfgcl::backend::cpu::{buffers, conv, depthwise, direct};
 use lfgcl::backend::{ConvShape, ConvSpec};
 use std::hint::black_box;
 use std::time::Duration;
@@ -85,16 +86,24 @@ fn depthwise_convs(c: &mut Criterion) {
             let dy = data(batch * ch * s.out_h * s.out_w, 3);
             let mut g = c.benchmark_group(format!("dw_b{batch}_{name}"));
             g.throughput(Throughput::Elements(2 * s.macs()));
-            g.bench_function("forward/fast", |b| b.iter(|| depthwise::forward(black_box(&x), &w, &s, None)));
-            g.bench_function("backward_data/fast", |b| b.iter(|| depthwise::backward_data(black_box(&dy), &w, &s)));
-            g.bench_function("backward_weight/fast", |b| b.iter(|| depthwise::backward_weight(black_box(&dy), &x, &s)));
+            g.bench_function("forward/fast", |b| {
+                b.iter(|| buffers::give(depthwise::forward(black_box(&x), &w, &s, None)))
+            });
+            g.bench_function("backward_data/fast", |b| {
+                b.iter(|| buffers::give(depthwise::backward_data(black_box(&dy), &w, &s)))
+            });
+            g.bench_function("backward_weight/fast", |b| {
+                b.iter(|| buffers::give(depthwise::backward_weight(black_box(&dy), &x, &s)))
+            });
             if batch == 1 {
-                g.bench_function("forward/exact", |b| b.iter(|| conv::forward_grouped(black_box(&x), &w, &s, None)));
+                g.bench_function("forward/exact", |b| {
+                    b.iter(|| buffers::give(conv::forward_grouped(black_box(&x), &w, &s, None)))
+                });
                 g.bench_function("backward_data/exact", |b| {
-                    b.iter(|| conv::backward_data_grouped(black_box(&dy), &w, &s))
+                    b.iter(|| buffers::give(conv::backward_data_grouped(black_box(&dy), &w, &s)))
                 });
                 g.bench_function("backward_weight/exact", |b| {
-                    b.iter(|| conv::backward_weight_grouped(black_box(&dy), &x, &s))
+                    b.iter(|| buffers::give(conv::backward_weight_grouped(black_box(&dy), &x, &s)))
                 });
             }
             g.finish();
@@ -120,18 +129,22 @@ fn pointwise_convs(c: &mut Criterion) {
             let dy = data(batch * cout * s.out_h * s.out_w, 3);
             let mut g = c.benchmark_group(format!("pw_b{batch}_{name}"));
             g.throughput(Throughput::Elements(2 * s.macs()));
-            g.bench_function("forward/gemm", |b| b.iter(|| conv::forward(black_box(&x), &w, &s)));
-            g.bench_function("backward_data/gemm", |b| b.iter(|| conv::backward_data(black_box(&dy), &w, &s)));
-            g.bench_function("backward_weight/gemm", |b| b.iter(|| conv::backward_weight(black_box(&dy), &x, &s)));
+            g.bench_function("forward/gemm", |b| b.iter(|| buffers::give(conv::forward(black_box(&x), &w, &s))));
+            g.bench_function("backward_data/gemm", |b| {
+                b.iter(|| buffers::give(conv::backward_data(black_box(&dy), &w, &s)))
+            });
+            g.bench_function("backward_weight/gemm", |b| {
+                b.iter(|| buffers::give(conv::backward_weight(black_box(&dy), &x, &s)))
+            });
             if conv::is_pointwise(&s) {
                 g.bench_function("forward/im2col", |b| {
-                    b.iter(|| conv::forward_fused_im2col(black_box(&x), &w, &s, None))
+                    b.iter(|| buffers::give(conv::forward_fused_im2col(black_box(&x), &w, &s, None)))
                 });
                 g.bench_function("backward_data/im2col", |b| {
-                    b.iter(|| conv::backward_data_im2col(black_box(&dy), &w, &s))
+                    b.iter(|| buffers::give(conv::backward_data_im2col(black_box(&dy), &w, &s)))
                 });
                 g.bench_function("backward_weight/im2col", |b| {
-                    b.iter(|| conv::backward_weight_im2col(black_box(&dy), &x, &s))
+                    b.iter(|| buffers::give(conv::backward_weight_im2col(black_box(&dy), &x, &s)))
                 });
             }
             g.finish();

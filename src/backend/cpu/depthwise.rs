@@ -71,12 +71,21 @@ impl Geom {
     fn row(&self, phase: usize, row: usize) -> usize {
         (phase * self.hp + row) * self.wph
     }
+    /// Where tap `(r, t)` of output `(p, q)` sits relative to `row(0, p * stride) + q`: phase
+    /// `t % stride`, row `r` below, column `t / stride` right.
+    fn taps(&self) -> [usize; 9] {
+        std::array::from_fn(|tap| {
+            let (r, t) = (tap / 3, tap % 3);
+            self.row(t % self.stride, r) + t / self.stride
+        })
+    }
 }
 
 /// Fills `dst` with the padded, phase-split plane of the map `M` whose element `(up * i, up * j)`
 /// is `src[i][j]` (`sh x sw`) and whose other elements are zero: the input itself for `up == 1`,
 /// the zero-inserted output gradient of a stride-2 convolution for `up == 2`.
 fn prepare(src: &[f32], sh: usize, sw: usize, up: usize, g: &Geom, dst: &mut Vec<f32>) {
+    assert!(up == 1 || up == 2, "depthwise: zero insertion by {up}");
     dst.resize(g.len(), 0.0);
     for phase in 0..g.stride {
         for prow in 0..g.hp {
@@ -88,16 +97,23 @@ fn prepare(src: &[f32], sh: usize, sw: usize, up: usize, g: &Geom, dst: &mut Vec
                 continue;
             }
             let srow = &src[(i / up) * sw..(i / up + 1) * sw];
-            if g.stride == 1 && up == 1 {
+            if up == 2 {
+                // Map columns 2j hold the source; the others (and the border) are zeros.
+                assert_eq!(g.stride, 1, "depthwise: zero-inserted maps are read at stride 1");
+                d.fill(0.0);
+                for (jj, &v) in srow.iter().enumerate() {
+                    d[1 + 2 * jj] = v;
+                }
+            } else if g.stride == 1 {
                 d[0] = 0.0;
                 d[1..1 + sw].copy_from_slice(srow);
                 d[1 + sw..].fill(0.0);
-                continue;
-            }
-            for (jj, v) in d.iter_mut().enumerate() {
-                // Padded column jj * stride + phase is map column (that - 1).
-                let j = (jj * g.stride + phase).wrapping_sub(1);
-                *v = if j.is_multiple_of(up) && j / up < sw { srow[j / up] } else { 0.0 };
+            } else {
+                for (jj, v) in d.iter_mut().enumerate() {
+                    // Padded column jj * stride + phase is map column (that - 1).
+                    let j = (jj * g.stride + phase).wrapping_sub(1);
+                    *v = if j < sw { srow[j] } else { 0.0 };
+                }
             }
         }
     }
@@ -119,19 +135,18 @@ unsafe fn plane<L: Lanes>(
     assert!(L::WIDTH == V && xp.len() >= g.len() && out.len() == g.oh * g.ow, "depthwise: plane sizes");
     assert!((g.oh - 1) * g.stride + 2 < g.hp && g.owp + 2 / g.stride <= g.wph, "depthwise: geometry");
     let wv: [L; 9] = std::array::from_fn(|i| L::splat(w[i]));
-    let st = g.stride;
+    let (st, taps) = (g.stride, g.taps());
     let base = xp.as_ptr();
     let mut tail = [0.0f32; V];
     for p in 0..g.oh {
-        let rows = [g.row(0, p * st), g.row(0, p * st + 1), g.row(0, p * st + 2)];
         let orow = &mut out[p * g.ow..(p + 1) * g.ow];
         for q0 in (0..g.owp).step_by(V) {
             // Tap (r, t) reads phase t % st, column q0 + t / st of padded row p * st + r: in
             // bounds by the asserts above (the phase planes follow each other).
-            let at = |r: usize, t: usize| base.add(rows[r] + (t % st) * g.hp * g.wph + q0 + t / st);
-            let mut acc = L::load(at(0, 0)).mul(wv[0]);
-            for (tap, &wt) in wv.iter().enumerate().skip(1) {
-                acc = acc.add(L::load(at(tap / 3, tap % 3)).mul(wt));
+            let at = base.add(g.row(0, p * st) + q0);
+            let mut acc = L::load(at.add(taps[0])).mul(wv[0]);
+            for (&off, &wt) in taps.iter().zip(&wv).skip(1) {
+                acc = acc.add(L::load(at.add(off)).mul(wt));
             }
             if q0 + V <= g.ow {
                 acc.store(orow.as_mut_ptr().add(q0));
@@ -155,16 +170,14 @@ unsafe fn plane<L: Lanes>(
 unsafe fn plane_wgrad<L: Lanes>(xp: &[f32], dyp: &[f32], g: &Geom, acc: &mut [L; 9]) {
     assert!(L::WIDTH == V && xp.len() >= g.len() && dyp.len() >= g.oh * g.owp, "depthwise: plane sizes");
     assert!((g.oh - 1) * g.stride + 2 < g.hp && g.owp + 2 / g.stride <= g.wph, "depthwise: geometry");
-    let st = g.stride;
+    let (st, taps) = (g.stride, g.taps());
     let base = xp.as_ptr();
     for p in 0..g.oh {
-        let rows = [g.row(0, p * st), g.row(0, p * st + 1), g.row(0, p * st + 2)];
         for q0 in (0..g.owp).step_by(V) {
             let d = L::load(dyp.as_ptr().add(p * g.owp + q0));
-            for (tap, a) in acc.iter_mut().enumerate() {
-                let (r, t) = (tap / 3, tap % 3);
-                let xv = L::load(base.add(rows[r] + (t % st) * g.hp * g.wph + q0 + t / st));
-                *a = a.add(xv.mul(d));
+            let at = base.add(g.row(0, p * st) + q0);
+            for (a, &off) in acc.iter_mut().zip(&taps) {
+                *a = a.add(L::load(at.add(off)).mul(d));
             }
         }
     }
