@@ -4,10 +4,16 @@
 //! the direct convolution's FLOPs (2 x MACs), so the paths compare on the same scale.
 //!
 //! `cargo bench --bench conv` (filter with e.g. `-- 64x8x8`).
+//!
+//! The `dw_` and `pw_` groups: MobileNetV2's depthwise 3x3 layers (the vectorised kernel against
+//! the exact per-group im2col + GEMM path) and ResNet-50's 1x1 layers (GEMM in place against
+//! im2col + GEMM), batch 1 and 32. `LFGCL_BENCH_LANES=avx2` (or `portable`) limits the
+//! hand-vectorised kernels to AVX2 (plain arrays) for the run. Their outputs go back to the
+//! buffer pool, as a tensor's do when dropped, so the timings leave out page faults.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lfgcl::backend::cpu::winograd::{self, WinogradTile};
-use lfgcl::backend::cpu::{conv, direct};
+use lfgcl::backend::cpu::{buffers, conv, depthwise, direct};
 use lfgcl::backend::{ConvShape, ConvSpec};
 use std::hint::black_box;
 use std::time::Duration;
@@ -57,9 +63,98 @@ fn convs(c: &mut Criterion) {
     }
 }
 
+fn lanes_from_env() {
+    let lanes = match std::env::var("LFGCL_BENCH_LANES").as_deref() {
+        Ok("avx2") => winograd::TransformLanes::Avx2,
+        Ok("portable") => winograd::TransformLanes::Portable,
+        _ => winograd::TransformLanes::Auto,
+    };
+    winograd::set_transform_lanes(lanes);
+}
+
+fn depthwise_convs(c: &mut Criterion) {
+    lanes_from_env();
+    // (name, channels, input size, stride): MobileNetV2's depthwise layers at 112 and 56.
+    let layers =
+        [("32x112_s1", 32, 112, 1), ("96x112_s2", 96, 112, 2), ("144x56_s1", 144, 56, 1), ("144x56_s2", 144, 56, 2)];
+    for batch in [1usize, 32] {
+        for (name, ch, size, stride) in layers {
+            let spec = ConvSpec { stride, pad: 1, groups: ch };
+            let s = ConvShape::new(&[batch, ch, size, size], &[ch, 1, 3, 3], spec).unwrap();
+            let x = data(batch * ch * size * size, 1);
+            let w = data(ch * 9, 2);
+            let dy = data(batch * ch * s.out_h * s.out_w, 3);
+            let mut g = c.benchmark_group(format!("dw_b{batch}_{name}"));
+            g.throughput(Throughput::Elements(2 * s.macs()));
+            g.bench_function("forward/fast", |b| {
+                b.iter(|| buffers::give(depthwise::forward(black_box(&x), &w, &s, None)))
+            });
+            g.bench_function("backward_data/fast", |b| {
+                b.iter(|| buffers::give(depthwise::backward_data(black_box(&dy), &w, &s)))
+            });
+            g.bench_function("backward_weight/fast", |b| {
+                b.iter(|| buffers::give(depthwise::backward_weight(black_box(&dy), &x, &s)))
+            });
+            if batch == 1 {
+                g.bench_function("forward/exact", |b| {
+                    b.iter(|| buffers::give(conv::forward_grouped(black_box(&x), &w, &s, None)))
+                });
+                g.bench_function("backward_data/exact", |b| {
+                    b.iter(|| buffers::give(conv::backward_data_grouped(black_box(&dy), &w, &s)))
+                });
+                g.bench_function("backward_weight/exact", |b| {
+                    b.iter(|| buffers::give(conv::backward_weight_grouped(black_box(&dy), &x, &s)))
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
+fn pointwise_convs(c: &mut Criterion) {
+    // (name, c_in, c_out, input size, stride): ResNet-50's stage-1 expand and reduce, the
+    // stride-2 downsample projection, and a MobileNetV2 expand at 112.
+    let layers = [
+        ("64to256x56", 64, 256, 56, 1),
+        ("256to64x56", 256, 64, 56, 1),
+        ("256to512x56_s2", 256, 512, 56, 2),
+        ("16to96x112", 16, 96, 112, 1),
+    ];
+    for batch in [1usize, 32] {
+        for (name, cin, cout, size, stride) in layers {
+            let spec = ConvSpec { stride, pad: 0, groups: 1 };
+            let s = ConvShape::new(&[batch, cin, size, size], &[cout, cin, 1, 1], spec).unwrap();
+            let x = data(batch * cin * size * size, 1);
+            let w = data(cout * cin, 2);
+            let dy = data(batch * cout * s.out_h * s.out_w, 3);
+            let mut g = c.benchmark_group(format!("pw_b{batch}_{name}"));
+            g.throughput(Throughput::Elements(2 * s.macs()));
+            g.bench_function("forward/gemm", |b| b.iter(|| buffers::give(conv::forward(black_box(&x), &w, &s))));
+            g.bench_function("backward_data/gemm", |b| {
+                b.iter(|| buffers::give(conv::backward_data(black_box(&dy), &w, &s)))
+            });
+            g.bench_function("backward_weight/gemm", |b| {
+                b.iter(|| buffers::give(conv::backward_weight(black_box(&dy), &x, &s)))
+            });
+            if conv::is_pointwise(&s) {
+                g.bench_function("forward/im2col", |b| {
+                    b.iter(|| buffers::give(conv::forward_fused_im2col(black_box(&x), &w, &s, None)))
+                });
+                g.bench_function("backward_data/im2col", |b| {
+                    b.iter(|| buffers::give(conv::backward_data_im2col(black_box(&dy), &w, &s)))
+                });
+                g.bench_function("backward_weight/im2col", |b| {
+                    b.iter(|| buffers::give(conv::backward_weight_im2col(black_box(&dy), &x, &s)))
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
-    targets = convs
+    targets = convs, depthwise_convs, pointwise_convs
 }
 criterion_main!(benches);

@@ -57,6 +57,48 @@ fn cases() -> Vec<Case> {
             let epi = ConvEpilogue { scale: &sc, shift: &sh, residual: Some(&r), act: Activation::Identity };
             d.conv2d_forward_fused(&t(d, &[1, 3, 8, 8]), &t(d, &[4, 3, 3, 3]), S1, &epi).map(drop)
         }),
+        ("conv groups 0", Kind::Invalid, |d| {
+            d.conv2d_forward(&t(d, &[1, 4, 8, 8]), &t(d, &[4, 4, 3, 3]), ConvSpec { stride: 1, pad: 1, groups: 0 })
+                .map(drop)
+        }),
+        ("conv groups not dividing input channels", Kind::Invalid, |d| {
+            d.conv2d_forward(&t(d, &[1, 6, 8, 8]), &t(d, &[8, 1, 3, 3]), ConvSpec { stride: 1, pad: 1, groups: 4 })
+                .map(drop)
+        }),
+        ("conv groups not dividing output channels", Kind::Invalid, |d| {
+            d.conv2d_forward(&t(d, &[1, 8, 8, 8]), &t(d, &[6, 2, 3, 3]), ConvSpec { stride: 1, pad: 1, groups: 4 })
+                .map(drop)
+        }),
+        ("conv weight in-dim not in/groups", Kind::Shape, |d| {
+            d.conv2d_forward(&t(d, &[1, 8, 8, 8]), &t(d, &[8, 4, 3, 3]), ConvSpec { stride: 1, pad: 1, groups: 4 })
+                .map(drop)
+        }),
+        ("depthwise weight in-dim not 1", Kind::Shape, |d| {
+            d.conv2d_forward(&t(d, &[1, 8, 8, 8]), &t(d, &[8, 8, 3, 3]), ConvSpec { stride: 1, pad: 1, groups: 8 })
+                .map(drop)
+        }),
+        ("grouped conv backward data groups", Kind::Invalid, |d| {
+            let spec = ConvSpec { stride: 1, pad: 1, groups: 3 };
+            d.conv2d_backward_data(&t(d, &[1, 4, 8, 8]), &t(d, &[4, 1, 3, 3]), &[1, 4, 8, 8], spec).map(drop)
+        }),
+        ("grouped conv backward data weight in-dim", Kind::Shape, |d| {
+            let spec = ConvSpec { stride: 1, pad: 1, groups: 2 };
+            d.conv2d_backward_data(&t(d, &[1, 4, 8, 8]), &t(d, &[4, 1, 3, 3]), &[1, 4, 8, 8], spec).map(drop)
+        }),
+        ("grouped conv backward weight groups 0", Kind::Invalid, |d| {
+            let spec = ConvSpec { stride: 1, pad: 1, groups: 0 };
+            d.conv2d_backward_weight(&t(d, &[1, 4, 8, 8]), &t(d, &[1, 4, 8, 8]), &[4, 1, 3, 3], spec).map(drop)
+        }),
+        ("grouped conv backward weight dims", Kind::Shape, |d| {
+            let spec = ConvSpec { stride: 1, pad: 1, groups: 4 };
+            d.conv2d_backward_weight(&t(d, &[1, 4, 8, 8]), &t(d, &[1, 4, 8, 8]), &[4, 2, 3, 3], spec).map(drop)
+        }),
+        ("grouped fused conv groups", Kind::Invalid, |d| {
+            let (sc, sh) = (t(d, &[4]), t(d, &[4]));
+            let epi = ConvEpilogue { scale: &sc, shift: &sh, residual: None, act: Activation::Relu6 };
+            let spec = ConvSpec { stride: 1, pad: 1, groups: 8 };
+            d.conv2d_forward_fused(&t(d, &[1, 8, 8, 8]), &t(d, &[4, 1, 3, 3]), spec, &epi).map(drop)
+        }),
         // ---- batch norm
         ("bn train input rank 3", Kind::Shape, |d| {
             let (mut m, mut v) = (t(d, &[3]), t(d, &[3]));
@@ -88,6 +130,7 @@ fn cases() -> Vec<Case> {
         }),
         // ---- element-wise
         ("relu backward shapes", Kind::Shape, |d| d.relu_backward(&t(d, &[2, 3]), &t(d, &[3, 2])).map(drop)),
+        ("relu6 backward shapes", Kind::Shape, |d| d.relu6_backward(&t(d, &[2, 3]), &t(d, &[3, 2])).map(drop)),
         ("add shapes", Kind::Shape, |d| d.add(&t(d, &[2, 3]), &t(d, &[6])).map(drop)),
         ("add_relu shapes", Kind::Shape, |d| d.add_relu(&t(d, &[2, 3]), &t(d, &[2, 4])).map(drop)),
         ("add_assign shapes", Kind::Shape, |d| d.add_assign(&mut t(d, &[2, 3]), &t(d, &[2, 4]))),

@@ -380,3 +380,314 @@ fn filter_transform_cache_follows_in_place_updates() {
     let copy = w.try_clone().unwrap();
     assert_eq!(dev.conv2d_forward(&x, &copy, spec).unwrap().to_vec().unwrap(), updated);
 }
+
+// ---- grouped, depthwise and 1x1 convolutions ---------------------------------------------------
+
+/// `(n, c_in, h, w, c_out, kernel, stride, pad, groups)`.
+type GroupedCase = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
+
+/// Forward, backward-data and backward-weight of a grouped convolution by naive loops in f64,
+/// written here independently of the library, each with its error scale (the same sums over
+/// absolute values).
+#[allow(clippy::type_complexity)]
+fn grouped_naive(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    case: GroupedCase,
+) -> ((Vec<f32>, Vec<f32>), (Vec<f32>, Vec<f32>), (Vec<f32>, Vec<f32>)) {
+    let (n, c, h, wd, k, ks, stride, pad, groups) = case;
+    let (oh, ow) = ((h + 2 * pad - ks) / stride + 1, (wd + 2 * pad - ks) / stride + 1);
+    let (cg, kg) = (c / groups, k / groups);
+    let mut y = vec![0.0f64; n * k * oh * ow];
+    let mut ys = y.clone();
+    let mut dx = vec![0.0f64; n * c * h * wd];
+    let mut dxs = dx.clone();
+    let mut dw = vec![0.0f64; k * cg * ks * ks];
+    let mut dws = dw.clone();
+    for img in 0..n {
+        for kk in 0..k {
+            let grp = kk / kg;
+            for p in 0..oh {
+                for q in 0..ow {
+                    let yi = ((img * k + kk) * oh + p) * ow + q;
+                    for ci in 0..cg {
+                        let ch = grp * cg + ci;
+                        for r in 0..ks {
+                            for t in 0..ks {
+                                let (ih, iw) = (
+                                    (p * stride + r) as isize - pad as isize,
+                                    (q * stride + t) as isize - pad as isize,
+                                );
+                                if ih < 0 || iw < 0 || ih >= h as isize || iw >= wd as isize {
+                                    continue;
+                                }
+                                let xi = ((img * c + ch) * h + ih as usize) * wd + iw as usize;
+                                let wi = ((kk * cg + ci) * ks + r) * ks + t;
+                                let (xv, wv, gv) = (x[xi] as f64, w[wi] as f64, dy[yi] as f64);
+                                y[yi] += xv * wv;
+                                ys[yi] += (xv * wv).abs();
+                                dx[xi] += gv * wv;
+                                dxs[xi] += (gv * wv).abs();
+                                dw[wi] += gv * xv;
+                                dws[wi] += (gv * xv).abs();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
+    ((f(y), f(ys)), (f(dx), f(dxs)), (f(dw), f(dws)))
+}
+
+fn grouped_cases() -> Vec<GroupedCase> {
+    vec![
+        (2, 4, 7, 6, 6, 3, 1, 1, 2),      // groups 2
+        (3, 8, 9, 7, 8, 3, 2, 1, 4),      // groups 4, strided
+        (2, 16, 6, 6, 32, 3, 1, 1, 8),    // ResNeXt-like (cg 2, kg 4)
+        (1, 12, 5, 8, 12, 1, 1, 0, 4),    // grouped 1x1
+        (2, 6, 8, 5, 6, 3, 1, 0, 6),      // depthwise, pad 0 (exact path only)
+        (2, 5, 9, 19, 5, 3, 1, 1, 5),     // depthwise s1, vector tail
+        (3, 7, 10, 33, 7, 3, 2, 1, 7),    // depthwise s2, even height
+        (1, 3, 11, 17, 3, 3, 2, 1, 3),    // depthwise s2, odd height
+        (2, 4, 12, 12, 8, 3, 1, 1, 4),    // channel multiplier 2 (not depthwise)
+        (1, 32, 14, 14, 32, 3, 1, 1, 32), // MobileNetV2-like
+    ]
+}
+
+/// Every CPU backend (default: depthwise kernel where it applies; exact: per-group im2col +
+/// GEMM; reference: f64 loops for the forward pass) against naive loops written here.
+#[test]
+fn grouped_conv_matches_naive_loops() {
+    for (i, &case) in grouped_cases().iter().enumerate() {
+        let (n, c, h, w, k, ks, stride, pad, groups) = case;
+        let spec = ConvSpec { stride, pad, groups };
+        let xd = [n, c, h, w];
+        let wd = [k, c / groups, ks, ks];
+        let x = pseudo(xd.iter().product(), 100 + i as u64);
+        let wt = pseudo(wd.iter().product(), 200 + i as u64);
+        let (oh, ow) = ((h + 2 * pad - ks) / stride + 1, (w + 2 * pad - ks) / stride + 1);
+        let dy = pseudo(n * k * oh * ow, 300 + i as u64);
+        let ((y, ys), (dx, dxs), (dw, dws)) = grouped_naive(&x, &wt, &dy, case);
+        let (xt, wtt) = (Tensor::from_vec(&xd, x.clone()).unwrap(), Tensor::from_vec(&wd, wt.clone()).unwrap());
+        let dyt = Tensor::from_vec(&[n, k, oh, ow], dy.clone()).unwrap();
+        for dev in [backend::cpu(), backend::cpu_exact(), backend::cpu_reference()] {
+            let tag = format!("{} case {i} {case:?}", dev.describe());
+            let got = dev.conv2d_forward(&xt, &wtt, spec).unwrap().to_vec().unwrap();
+            let e = worst(&got, &y, &ys);
+            assert!(e < 1e-6, "{tag}: forward error {e:.2e}");
+            let got = dev.conv2d_forward_train(&xt, &wtt, spec).unwrap().to_vec().unwrap();
+            assert!(worst(&got, &y, &ys) < 1e-6, "{tag}: forward_train");
+            let got = dev.conv2d_backward_data(&dyt, &wtt, &xd, spec).unwrap().to_vec().unwrap();
+            let e = worst(&got, &dx, &dxs);
+            assert!(e < 1e-6, "{tag}: backward-data error {e:.2e}");
+            let got = dev.conv2d_backward_weight(&dyt, &xt, &wd, spec).unwrap().to_vec().unwrap();
+            let e = worst(&got, &dw, &dws);
+            assert!(e < 1e-6, "{tag}: backward-weight error {e:.2e}");
+        }
+    }
+}
+
+/// The naive loops above catch a wrong grouping (a weight block read for the wrong group).
+#[test]
+fn grouped_check_detects_a_wrong_group() {
+    let case = (1, 4, 5, 5, 4, 3, 1, 1, 2);
+    let x = pseudo(100, 1);
+    let wt = pseudo(4 * 2 * 9, 2);
+    let dy = pseudo(100, 3);
+    let ((y, ys), _, _) = grouped_naive(&x, &wt, &dy, case);
+    // Swap the two groups' weight blocks.
+    let mut swapped = wt[36..].to_vec();
+    swapped.extend_from_slice(&wt[..36]);
+    let spec = ConvSpec { stride: 1, pad: 1, groups: 2 };
+    let got = backend::cpu_exact()
+        .conv2d_forward(
+            &Tensor::from_vec(&[1, 4, 5, 5], x).unwrap(),
+            &Tensor::from_vec(&[4, 2, 3, 3], swapped).unwrap(),
+            spec,
+        )
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert!(worst(&got, &y, &ys) > 1e-3);
+}
+
+fn depthwise_shape(n: usize, c: usize, h: usize, w: usize, stride: usize) -> ConvShape {
+    ConvShape::new(&[n, c, h, w], &[c, 1, 3, 3], ConvSpec { stride, pad: 1, groups: c }).unwrap()
+}
+
+/// The depthwise kernel against the exact grouped path (per-group im2col + GEMM), at MobileNetV2
+/// shapes and odd ones; its AVX-512, AVX2 and portable builds give the same bits, whatever the
+/// thread count; the default backend dispatches depthwise layers to it and the exact one does not.
+#[test]
+fn depthwise_fast_matches_exact_grouped() {
+    use lfgcl::backend::cpu::depthwise;
+    use winograd::TransformLanes;
+    for &(n, c, h, w, stride) in &[
+        (1, 32, 112, 112, 1), // MobileNetV2's first depthwise layer
+        (2, 96, 28, 28, 2),
+        (1, 144, 56, 56, 2),
+        (3, 5, 9, 19, 1),
+        (2, 7, 10, 33, 2),
+        (1, 3, 1, 1, 1),
+        (1, 2, 1, 2, 2),
+        (2, 4, 2, 17, 2),
+        (1, 3, 16, 16, 1),
+    ] {
+        let s = depthwise_shape(n, c, h, w, stride);
+        assert!(depthwise::supports(&s));
+        let x = pseudo(n * c * h * w, 7);
+        let wt = pseudo(c * 9, 8);
+        let dy = pseudo(n * c * s.out_h * s.out_w, 9);
+        let (k, pq) = (c, s.out_h * s.out_w);
+        let (scale, shift, residual) = (pseudo(k, 10), pseudo(k, 11), pseudo(n * k * pq, 12));
+        let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true };
+        let run = |lanes: TransformLanes, threads: usize| {
+            winograd::set_transform_lanes(lanes);
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let out = pool.install(|| {
+                (
+                    depthwise::forward(&x, &wt, &s, None),
+                    depthwise::forward(&x, &wt, &s, Some(&epi)),
+                    depthwise::backward_data(&dy, &wt, &s),
+                    depthwise::backward_weight(&dy, &x, &s),
+                )
+            });
+            winograd::set_transform_lanes(TransformLanes::Auto);
+            out
+        };
+        let fast = run(TransformLanes::Auto, 2);
+        let tag = format!("{s:?}");
+        assert!(run(TransformLanes::Avx2, 2) == fast, "{tag}: AVX2 build differs");
+        assert!(run(TransformLanes::Portable, 2) == fast, "{tag}: portable build differs");
+        assert!(run(TransformLanes::Auto, 1) == fast, "{tag}: 1 thread differs from 2");
+        assert!(run(TransformLanes::Auto, 3) == fast, "{tag}: 3 threads differ from 2");
+        let (ax, aw, ady) = (abs(&x), abs(&wt), abs(&dy));
+        let exact = conv::forward_grouped(&x, &wt, &s, None);
+        let e = worst(&fast.0, &exact, &conv::forward_grouped(&ax, &aw, &s, None));
+        assert!(e < 1e-6, "{tag}: forward error {e:.2e}");
+        // The epilogue is the unfused arithmetic on the kernel's own sums.
+        let fused: Vec<f32> = fast.0.iter().enumerate().map(|(i, &v)| epi.apply(v, (i / pq) % k, i)).collect();
+        assert!(fused == fast.1, "{tag}: fused epilogue differs");
+        let exact = conv::backward_data_grouped(&dy, &wt, &s);
+        let e = worst(&fast.2, &exact, &conv::backward_data_grouped(&ady, &aw, &s));
+        assert!(e < 1e-6, "{tag}: backward-data error {e:.2e}");
+        let exact = conv::backward_weight_grouped(&dy, &x, &s);
+        let e = worst(&fast.3, &exact, &conv::backward_weight_grouped(&ady, &ax, &s));
+        assert!(e < 2e-6, "{tag}: backward-weight error {e:.2e}");
+        // Dispatch: the default backend runs the kernel, the exact one the grouped im2col path.
+        let xt = Tensor::from_vec(&[n, c, h, w], x.clone()).unwrap();
+        let wtt = Tensor::from_vec(&[c, 1, 3, 3], wt.clone()).unwrap();
+        let spec = ConvSpec { stride, pad: 1, groups: c };
+        assert!(backend::cpu().conv2d_forward(&xt, &wtt, spec).unwrap().to_vec().unwrap() == fast.0);
+        let ex = backend::cpu_exact().conv2d_forward(&xt, &wtt, spec).unwrap().to_vec().unwrap();
+        assert!(ex == conv::forward_grouped(&x, &wt, &s, None), "{tag}: exact backend dispatch");
+    }
+}
+
+/// 1x1 convolutions (stride 1, pad 0) go straight to GEMM, reading the input and writing the
+/// input gradient in place: the same bits as im2col + GEMM, one image per chunk (large maps) or
+/// several (maps under 256 pixels), at 1, 2 and 3 threads; and within bound of the f64 loops.
+#[test]
+fn pointwise_gemm_equals_im2col_bit_for_bit() {
+    for &(n, c, h, w, k) in &[
+        (1, 64, 56, 56, 256), // ResNet-50 stage 1 expand
+        (2, 256, 14, 14, 64), // ResNet-50 stage 3 reduce (multi-image chunks)
+        (3, 24, 7, 7, 40),
+        (1, 3, 5, 9, 2),
+        (5, 16, 16, 16, 8),
+    ] {
+        let s = ConvShape::new(&[n, c, h, w], &[k, c, 1, 1], ConvSpec { stride: 1, pad: 0, groups: 1 }).unwrap();
+        assert!(conv::is_pointwise(&s));
+        let x = pseudo(n * c * h * w, 21);
+        let wt = pseudo(k * c, 22);
+        let dy = pseudo(n * k * h * w, 23);
+        let (scale, shift, residual) = (pseudo(k, 24), pseudo(k, 25), pseudo(n * k * h * w, 26));
+        let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true };
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let tag = format!("{s:?} at {threads} threads");
+                let y = conv::forward(&x, &wt, &s);
+                assert!(y == conv::forward_fused_im2col(&x, &wt, &s, None), "{tag}: forward");
+                let yf = conv::forward_fused(&x, &wt, &s, Some(&epi));
+                assert!(yf == conv::forward_fused_im2col(&x, &wt, &s, Some(&epi)), "{tag}: fused");
+                let dx = conv::backward_data(&dy, &wt, &s);
+                assert!(dx == conv::backward_data_im2col(&dy, &wt, &s), "{tag}: backward-data");
+                let dw = conv::backward_weight(&dy, &x, &s);
+                assert!(dw == conv::backward_weight_im2col(&dy, &x, &s), "{tag}: backward-weight");
+                if threads == 1 {
+                    let e = worst(
+                        &y,
+                        &conv::forward_reference(&x, &wt, &s),
+                        &conv::forward_reference(&abs(&x), &abs(&wt), &s),
+                    );
+                    assert!(e < 1e-6, "{tag}: forward error {e:.2e}");
+                }
+            });
+        }
+    }
+}
+
+/// The fused eval convolution with a ReLU6 epilogue (MobileNetV2) and every other activation
+/// equals conv -> batch norm -> (+ residual) -> activation run op by op, bit for bit, on the
+/// depthwise kernel, the grouped path, 1x1 GEMM, Winograd and strided layers, on the default and
+/// exact backends.
+#[test]
+fn fused_relu6_epilogue_equals_unfused_ops_bit_for_bit() {
+    use backend::Activation;
+    // (n, c_in, h, w, c_out, kernel, stride, pad, groups)
+    let cases = [
+        (2, 32, 28, 28, 32, 3, 1, 1, 32), // depthwise s1
+        (1, 16, 15, 21, 16, 3, 2, 1, 16), // depthwise s2
+        (2, 16, 8, 8, 32, 3, 1, 1, 4),    // grouped
+        (2, 24, 14, 14, 144, 1, 1, 0, 1), // 1x1 expand
+        (3, 16, 16, 16, 16, 3, 1, 1, 1),  // Winograd
+        (2, 16, 12, 12, 32, 3, 2, 1, 1),  // strided 3x3
+        (2, 16, 12, 12, 32, 1, 2, 0, 1),  // strided 1x1 (ResNet downsample)
+    ];
+    for dev in [backend::cpu(), backend::cpu_exact()] {
+        for (i, &(n, c, h, w, k, ks, stride, pad, groups)) in cases.iter().enumerate() {
+            let seed = 500 + 10 * i as u64;
+            let x =
+                Tensor::from_vec(&[n, c, h, w], pseudo(n * c * h * w, seed).iter().map(|v| v * 8.0).collect()).unwrap();
+            let wd = [k, c / groups, ks, ks];
+            let wt = Tensor::from_vec(&wd, pseudo(wd.iter().product(), seed + 1)).unwrap();
+            let spec = ConvSpec { stride, pad, groups };
+            let channel =
+                |s: u64, lo: f32| Tensor::from_vec(&[k], pseudo(k, s).iter().map(|v| v.abs() + lo).collect()).unwrap();
+            let (gamma, beta) = (channel(seed + 2, 0.5), Tensor::from_vec(&[k], pseudo(k, seed + 3)).unwrap());
+            let (mean, var) = (Tensor::from_vec(&[k], pseudo(k, seed + 4)).unwrap(), channel(seed + 5, 0.1));
+            let (scale, shift) = dev.batchnorm_fold(&gamma, &beta, &mean, &var, 1e-5).unwrap();
+            let y = dev.conv2d_forward(&x, &wt, spec).unwrap();
+            let bn = dev.batchnorm_forward_eval(&y, &gamma, &beta, &mean, &var, 1e-5).unwrap();
+            let residual = Tensor::from_vec(bn.dims(), pseudo(bn.numel(), seed + 6)).unwrap();
+            for with_residual in [false, true] {
+                let pre = if with_residual { dev.add(&bn, &residual).unwrap() } else { dev.copy(&bn).unwrap() };
+                let six = pre.to_vec().unwrap().iter().filter(|v| **v > 6.0).count();
+                assert!(six > 0, "case {i}: no value above 6 to clamp");
+                for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+                    let want = match act {
+                        Activation::Identity => dev.copy(&pre).unwrap(),
+                        Activation::Relu => dev.relu_forward(&pre).unwrap(),
+                        Activation::Relu6 => dev.relu6_forward(&pre).unwrap(),
+                    };
+                    let epi = backend::ConvEpilogue {
+                        scale: &scale,
+                        shift: &shift,
+                        residual: with_residual.then_some(&residual),
+                        act,
+                    };
+                    let got = dev.conv2d_forward_fused(&x, &wt, spec, &epi).unwrap();
+                    assert!(
+                        got.to_vec().unwrap() == want.to_vec().unwrap(),
+                        "{} case {i} residual={with_residual} {act:?}: fused differs from unfused",
+                        dev.describe()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -415,3 +415,109 @@ fn smallcnn_end_to_end() {
 fn vgg16_end_to_end() {
     check_network("vgg16", [3, 32, 32], 5, 8, 3);
 }
+
+/// Grouped convolutions (ResNeXt's grouped 3x3, MobileNetV2's depthwise 3x3) on the default
+/// backend (the depthwise fast kernel where it applies) and the exact one (per-group im2col +
+/// GEMM): groups 2 and 4, depthwise at stride 1 and 2 with widths that leave vector tails.
+#[test]
+fn grouped_and_depthwise_conv() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for d in [backend::cpu(), backend::cpu_exact()] {
+        for &(n, c, h, w, k, ks, stride, pad, groups) in &[
+            (2, 4, 7, 6, 6, 3, 1, 1, 2),
+            (2, 8, 6, 7, 4, 3, 2, 1, 4),
+            (1, 4, 5, 5, 8, 1, 1, 0, 4),
+            (2, 6, 9, 8, 6, 3, 1, 0, 2),
+            (2, 3, 7, 21, 3, 3, 1, 1, 3),
+            (2, 5, 9, 19, 5, 3, 2, 1, 5),
+            (1, 4, 8, 8, 4, 3, 2, 1, 4),
+            (1, 2, 6, 35, 4, 3, 1, 1, 2),
+        ] {
+            let spec = ConvSpec { stride, pad, groups };
+            let xd = [n, c, h, w];
+            let wd = [k, c / groups, ks, ks];
+            let x = rand_vec(&mut rng, xd.iter().product(), -1.0, 1.0);
+            let wv = rand_vec(&mut rng, wd.iter().product(), -1.0, 1.0);
+            let y = d.conv2d_forward(&t(&xd, x.clone()), &t(&wd, wv.clone()), spec).unwrap();
+            let r = rand_vec(&mut rng, y.numel(), -1.0, 1.0);
+            let dy = t(y.dims(), r.clone());
+            let dx = d.conv2d_backward_data(&dy, &t(&wd, wv.clone()), &xd, spec).unwrap();
+            let dw = d.conv2d_backward_weight(&dy, &t(&xd, x.clone()), &wd, spec).unwrap();
+            let tag = format!("{} conv {xd:?} k{ks} s{stride} p{pad} g{groups}", d.describe());
+            check(&format!("{tag} dx"), &x, dx.as_slice().unwrap(), 40, &mut |xv| {
+                dot(&d.conv2d_forward(&t(&xd, xv.to_vec()), &t(&wd, wv.clone()), spec).unwrap(), &r)
+            });
+            check(&format!("{tag} dw"), &wv, dw.as_slice().unwrap(), 40, &mut |wq| {
+                dot(&d.conv2d_forward(&t(&xd, x.clone()), &t(&wd, wq.to_vec()), spec).unwrap(), &r)
+            });
+        }
+    }
+}
+
+#[test]
+fn relu6() {
+    let d = dev();
+    let mut rng = StdRng::seed_from_u64(12);
+    let dims = [2, 3, 5, 7];
+    let n: usize = dims.iter().product();
+    // Away from both kinks (0 and 6) by at least 0.1, with values below, between and above.
+    let x: Vec<f32> = (0..n)
+        .map(|_| match rng.random_range(0..3) {
+            0 => rng.random_range(-2.0f32..-0.1),
+            1 => rng.random_range(0.1f32..5.9),
+            _ => rng.random_range(6.1f32..8.0),
+        })
+        .collect();
+    let y = d.relu6_forward(&t(&dims, x.clone())).unwrap();
+    for (a, b) in x.iter().zip(y.as_slice().unwrap()) {
+        assert_eq!(*b, a.clamp(0.0, 6.0));
+    }
+    let r = rand_vec(&mut rng, n, -1.0, 1.0);
+    let dx = d.relu6_backward(&t(&dims, r.clone()), &y).unwrap();
+    check("relu6", &x, dx.as_slice().unwrap(), 80, &mut |xv| {
+        dot(&d.relu6_forward(&t(&dims, xv.to_vec())).unwrap(), &r)
+    });
+}
+
+/// ResNet's stem pool: kernel 3, stride 2, pad 1, so border windows hang over the padding.
+#[test]
+fn padded_max_pool() {
+    let d = dev();
+    let mut rng = StdRng::seed_from_u64(13);
+    for dims in [[2, 3, 7, 7], [1, 2, 8, 6]] {
+        let n: usize = dims.iter().product();
+        // Distinct negative values (padding must never win) 0.05 apart.
+        let mut x: Vec<f32> = (0..n).map(|i| -0.1 - i as f32 * 0.05).collect();
+        for i in (1..n).rev() {
+            let j = rng.random_range(0..=i);
+            x.swap(i, j);
+        }
+        let y = d.maxpool_forward(&t(&dims, x.clone()), 3, 2, 1).unwrap();
+        let (oh, ow) = ((dims[2] + 2 - 3) / 2 + 1, (dims[3] + 2 - 3) / 2 + 1);
+        assert_eq!(y.dims(), &[dims[0], dims[1], oh, ow]);
+        assert!(y.as_slice().unwrap().iter().all(|&v| v < 0.0), "padding won a window");
+        let r = rand_vec(&mut rng, y.numel(), -1.0, 1.0);
+        let dx = d.maxpool_backward(&t(y.dims(), r.clone()), &t(&dims, x.clone()), 3, 2, 1).unwrap();
+        check(&format!("maxpool k3 s2 p1 {dims:?}"), &x, dx.as_slice().unwrap(), 80, &mut |xv| {
+            dot(&d.maxpool_forward(&t(&dims, xv.to_vec()), 3, 2, 1).unwrap(), &r)
+        });
+    }
+    // All ties (and negative, below the padding's 0): each window's first real cell in row-major
+    // order wins, for the corner windows hanging over the border as for the others.
+    let x = t(&[1, 1, 4, 4], vec![-1.0; 16]);
+    let y = d.maxpool_forward(&x, 3, 2, 1).unwrap();
+    assert_eq!(y.as_slice().unwrap(), &[-1.0; 4]);
+    let dx = d.maxpool_backward(&t(&[1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]), &x, 3, 2, 1).unwrap();
+    #[rustfmt::skip]
+    let want = [1.0, 2.0, 0.0, 0.0,
+                3.0, 4.0, 0.0, 0.0,
+                0.0, 0.0, 0.0, 0.0,
+                0.0, 0.0, 0.0, 0.0];
+    assert_eq!(dx.as_slice().unwrap(), &want);
+    // Ties between windows: a cell that is the max of several windows gets all their gradients.
+    let mut v = vec![0.0f32; 16];
+    v[5] = 9.0; // (1, 1): inside all four windows
+    let dx = d.maxpool_backward(&t(&[1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]), &t(&[1, 1, 4, 4], v), 3, 2, 1).unwrap();
+    assert_eq!(dx.as_slice().unwrap()[5], 10.0);
+    assert_eq!(dx.as_slice().unwrap().iter().sum::<f32>(), 10.0);
+}

@@ -210,8 +210,28 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
     forward_fused(x, w, s, None)
 }
 
+/// Whether a 1x1 convolution (stride 1, pad 0, dense) skips im2col: its im2col matrix of one
+/// image is the image itself, so a chunk of one image feeds the GEMM in place (forward and
+/// backward-weight read `x` directly, backward-data writes `dx` directly). Chunks of several
+/// images (maps under 256 pixels) still gather rows into one wider GEMM. The GEMMs are the
+/// im2col path's, on the same values, so the results are the same bits.
+pub fn is_pointwise(s: &ConvShape) -> bool {
+    s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad == 0 && s.groups == 1
+}
+
 /// im2col + GEMM forward; `epi` is applied to each chunk of images while it is in cache.
+/// 1x1 convolutions go straight to GEMM (`is_pointwise`).
 pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    forward_fused_with(x, w, s, epi, is_pointwise(s))
+}
+
+/// `forward_fused` with im2col always (the path `is_pointwise` shapes skip; for tests).
+#[doc(hidden)]
+pub fn forward_fused_im2col(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    forward_fused_with(x, w, s, epi, false)
+}
+
+fn forward_fused_with(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>, in_place: bool) -> Vec<f32> {
     let (k, pq, crs) = (s.c_out, s.out_h * s.out_w, s.c_in * s.kh * s.kw);
     let chw = s.c_in * s.h * s.w;
     // Every element is written below (each chunk's GEMM output or its transposition).
@@ -224,6 +244,14 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>
     y.par_chunks_mut(g * k * pq).zip(x.par_chunks(g * chw)).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |(col, tmp), (chunk, (ych, xch))| {
+            if in_place && xch.len() == chw {
+                // One image of a 1x1 convolution: x is its own im2col matrix.
+                sgemm(k, pq, crs, w, false, xch, false, ych, false, threads);
+                if let Some(epi) = epi {
+                    epi.apply_slice(ych, chunk * g * k * pq, pq, k);
+                }
+                return;
+            }
             let cols = im2col_chunk(xch, s, col);
             if cols == pq {
                 // One image: the GEMM output already has the [K, PQ] layout.
@@ -242,6 +270,16 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>
 }
 
 pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
+    backward_data_with(dy, w, s, is_pointwise(s))
+}
+
+/// `backward_data` with im2col always (for tests).
+#[doc(hidden)]
+pub fn backward_data_im2col(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
+    backward_data_with(dy, w, s, false)
+}
+
+fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> Vec<f32> {
     let (k, pq, crs) = (s.c_out, s.out_h * s.out_w, s.c_in * s.kh * s.kw);
     let chw = s.c_in * s.h * s.w;
     // col2im accumulates: each chunk clears its part first.
@@ -264,6 +302,12 @@ pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
                 gather_chunk(dych, k, pq, dyc);
                 dyc
             };
+            if in_place && images == 1 {
+                // One image of a 1x1 convolution: col2im would add the GEMM's output to the
+                // zeros of dx; the GEMM adds it itself (the same sums, and 0 + v as col2im).
+                sgemm(crs, cols, k, w, true, dy_cols, false, dxch, true, threads);
+                return;
+            }
             dcol.resize(crs * cols, 0.0);
             sgemm(crs, cols, k, w, true, dy_cols, false, dcol, false, threads);
             for j in 0..images {
@@ -275,6 +319,16 @@ pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
 }
 
 pub fn backward_weight(dy: &[f32], x: &[f32], s: &ConvShape) -> Vec<f32> {
+    backward_weight_with(dy, x, s, is_pointwise(s))
+}
+
+/// `backward_weight` with im2col always (for tests).
+#[doc(hidden)]
+pub fn backward_weight_im2col(dy: &[f32], x: &[f32], s: &ConvShape) -> Vec<f32> {
+    backward_weight_with(dy, x, s, false)
+}
+
+fn backward_weight_with(dy: &[f32], x: &[f32], s: &ConvShape, in_place: bool) -> Vec<f32> {
     let (k, pq, crs) = (s.c_out, s.out_h * s.out_w, s.c_in * s.kh * s.kw);
     let chw = s.c_in * s.h * s.w;
     if s.n == 0 || pq == 0 {
@@ -288,7 +342,13 @@ pub fn backward_weight(dy: &[f32], x: &[f32], s: &ConvShape) -> Vec<f32> {
         .map_init(
             || (Vec::new(), Vec::new()),
             |(col, dyc), (dych, xch)| {
-                let cols = im2col_chunk(xch, s, col);
+                // One image of a 1x1 convolution: x is its own im2col matrix.
+                let (col, cols): (&[f32], usize) = if in_place && xch.len() == chw {
+                    (xch, pq)
+                } else {
+                    let cols = im2col_chunk(xch, s, col);
+                    (&col[..], cols)
+                };
                 let dy_cols: &[f32] = if cols == pq {
                     dych
                 } else {
@@ -331,15 +391,98 @@ pub fn backward_weight(dy: &[f32], x: &[f32], s: &ConvShape) -> Vec<f32> {
     dw
 }
 
+// ---- grouped convolutions ---------------------------------------------------------------------
+//
+// Group `gi` maps input channels `gi * cg..(gi + 1) * cg` to output channels
+// `gi * kg..(gi + 1) * kg` with its own `[kg, cg, kh, kw]` block of the weight (contiguous in the
+// `[K, C / groups, kh, kw]` tensor). Per image, a group's input, output and gradients are
+// contiguous blocks of planes, so each (image, group) pair is one independent dense problem: the
+// im2col + GEMM machinery above on the group's channel slice, a serial GEMM per pair. Every
+// output is one GEMM's dot product whatever the thread count, and backward-weight sums images in
+// a fixed order per group, so results are reproducible bit for bit.
+
+/// The dense problem of one group on one image (`groups == 1`, the group's channel counts).
+pub(crate) fn group_shape(s: &ConvShape) -> ConvShape {
+    ConvShape { n: 1, c_in: s.c_in / s.groups, c_out: s.c_out / s.groups, groups: 1, ..*s }
+}
+
+/// Grouped forward (any `groups`; `groups == 1` is the dense problem done image by image).
+pub fn forward_grouped(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    let sg = group_shape(s);
+    let (kg, pq, crs) = (sg.c_out, s.out_h * s.out_w, sg.c_in * s.kh * s.kw);
+    let (chw, cghw) = (s.c_in * s.h * s.w, sg.c_in * s.h * s.w);
+    let mut y = super::buffers::take(s.n * s.c_out * pq);
+    if y.is_empty() {
+        return y;
+    }
+    y.par_chunks_mut(kg * pq).enumerate().for_each_init(Vec::new, |col, (i, yb)| {
+        let (img, gi) = (i / s.groups, i % s.groups);
+        let xg = &x[img * chw + gi * cghw..img * chw + (gi + 1) * cghw];
+        col.resize(crs * pq, 0.0);
+        im2col(xg, &sg, col, pq, 0);
+        sgemm(kg, pq, crs, &w[gi * kg * crs..(gi + 1) * kg * crs], false, col, false, yb, false, 1);
+        if let Some(epi) = epi {
+            epi.apply_slice(yb, i * kg * pq, pq, s.c_out);
+        }
+    });
+    y
+}
+
+pub fn backward_data_grouped(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
+    let sg = group_shape(s);
+    let (kg, pq, crs) = (sg.c_out, s.out_h * s.out_w, sg.c_in * s.kh * s.kw);
+    let cghw = sg.c_in * s.h * s.w;
+    let mut dx = super::buffers::take(s.n * s.c_in * s.h * s.w);
+    if dx.is_empty() {
+        return dx;
+    }
+    dx.par_chunks_mut(cghw).enumerate().for_each_init(Vec::new, |dcol, (i, dxb)| {
+        dxb.fill(0.0);
+        if pq == 0 {
+            return;
+        }
+        let gi = i % s.groups;
+        let dyb = &dy[i * kg * pq..(i + 1) * kg * pq];
+        dcol.resize(crs * pq, 0.0);
+        sgemm(crs, pq, kg, &w[gi * kg * crs..(gi + 1) * kg * crs], true, dyb, false, dcol, false, 1);
+        col2im(dcol, &sg, pq, 0, dxb);
+    });
+    dx
+}
+
+pub fn backward_weight_grouped(dy: &[f32], x: &[f32], s: &ConvShape) -> Vec<f32> {
+    let sg = group_shape(s);
+    let (kg, pq, crs) = (sg.c_out, s.out_h * s.out_w, sg.c_in * s.kh * s.kw);
+    let (chw, cghw) = (s.c_in * s.h * s.w, sg.c_in * s.h * s.w);
+    let mut dw = vec![0.0f32; s.c_out * crs];
+    if s.n == 0 || pq == 0 || dw.is_empty() {
+        return dw;
+    }
+    // One task per group; inside it, images in order, each accumulated into the group's block.
+    dw.par_chunks_mut(kg * crs).enumerate().for_each_init(Vec::new, |col, (gi, dwg)| {
+        col.resize(crs * pq, 0.0);
+        for img in 0..s.n {
+            let xg = &x[img * chw + gi * cghw..img * chw + (gi + 1) * cghw];
+            im2col(xg, &sg, col, pq, 0);
+            let dyb = &dy[(img * s.groups + gi) * kg * pq..(img * s.groups + gi + 1) * kg * pq];
+            sgemm(kg, crs, pq, dyb, false, col, true, dwg, img > 0, 1);
+        }
+    });
+    dw
+}
+
 /// Direct 7-loop convolution in f64: the reference for the fast path above.
 pub fn forward_reference(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
     let mut y = vec![0.0f32; s.n * s.c_out * s.out_h * s.out_w];
+    // Output channel `k` reads the `cg` input channels of its group (all of them when dense).
+    let (cg, kg) = (s.c_in / s.groups, s.c_out / s.groups);
     for n in 0..s.n {
         for k in 0..s.c_out {
+            let c0 = (k / kg) * cg;
             for p in 0..s.out_h {
                 for q in 0..s.out_w {
                     let mut acc = 0.0f64;
-                    for c in 0..s.c_in {
+                    for c in 0..cg {
                         for r in 0..s.kh {
                             for t in 0..s.kw {
                                 let ih = (p * s.stride + r) as isize - s.pad as isize;
@@ -347,8 +490,8 @@ pub fn forward_reference(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
                                 if ih < 0 || iw < 0 || ih >= s.h as isize || iw >= s.w as isize {
                                     continue;
                                 }
-                                let xv = x[((n * s.c_in + c) * s.h + ih as usize) * s.w + iw as usize];
-                                let wv = w[((k * s.c_in + c) * s.kh + r) * s.kw + t];
+                                let xv = x[((n * s.c_in + c0 + c) * s.h + ih as usize) * s.w + iw as usize];
+                                let wv = w[((k * cg + c) * s.kh + r) * s.kw + t];
                                 acc += xv as f64 * wv as f64;
                             }
                         }
@@ -363,13 +506,6 @@ pub fn forward_reference(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
 
 // ---- the trait ------------------------------------------------------------------------------
 
-fn grouped_not_yet(s: &ConvShape) -> Result<()> {
-    if s.groups != 1 {
-        return Err(Error::Invalid("conv2d: grouped convolutions are not implemented on the CPU yet".into()));
-    }
-    Ok(())
-}
-
 impl CpuBackend {
     /// The forward kernel this backend uses for `s` (f64 loops, Winograd or im2col), with the
     /// fused epilogue applied in its last pass when given.
@@ -383,6 +519,10 @@ impl CpuBackend {
                     .for_each(|(i, o)| epi.apply_slice(o, i * plane, plane, s.c_out));
             }
             y
+        } else if self.depthwise(s) {
+            super::depthwise::forward(host(x)?, host(w)?, s, epi)
+        } else if s.groups != 1 {
+            forward_grouped(host(x)?, host(w)?, s, epi)
         } else if let Some(tile) = self.winograd(s) {
             super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), s, tile, epi)
         } else if self.direct(s) {
@@ -396,7 +536,6 @@ impl CpuBackend {
 impl ConvOps for CpuBackend {
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::new(x.dims(), w.dims(), spec)?;
-        grouped_not_yet(&s)?;
         Tensor::from_vec(&s.output_dims(), self.forward_dispatch(x, w, &s, None)?)
     }
 
@@ -404,7 +543,6 @@ impl ConvOps for CpuBackend {
     /// packs the same `x` into the same layout.
     fn conv2d_forward_train(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::new(x.dims(), w.dims(), spec)?;
-        grouped_not_yet(&s)?;
         let y = match (self.winograd(&s), self.winograd_backward_weight(&s)) {
             (Some(tile), Some(_)) => super::winograd::forward_keeping_input(host(x)?, x.stamp(), host(w)?, &s, tile),
             _ => self.forward_dispatch(x, w, &s, None)?,
@@ -414,9 +552,10 @@ impl ConvOps for CpuBackend {
 
     fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::backward_data(dy, w, x_dims, spec)?;
-        grouped_not_yet(&s)?;
         let dx = match self.winograd(&s) {
             Some(tile) => super::winograd::backward_data_stamped(host(dy)?, Some(dy.stamp()), host(w)?, &s, tile),
+            None if self.depthwise(&s) => super::depthwise::backward_data(host(dy)?, host(w)?, &s),
+            None if s.groups != 1 => backward_data_grouped(host(dy)?, host(w)?, &s),
             None => backward_data(host(dy)?, host(w)?, &s),
         };
         Tensor::from_vec(x_dims, dx)
@@ -424,7 +563,6 @@ impl ConvOps for CpuBackend {
 
     fn conv2d_backward_weight(&self, dy: &Tensor, x: &Tensor, w_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::backward_weight(dy, x, w_dims, spec)?;
-        grouped_not_yet(&s)?;
         let dw = match self.winograd_backward_weight(&s) {
             Some(tile) => super::winograd::backward_weight_stamped(
                 host(dy)?,
@@ -434,6 +572,8 @@ impl ConvOps for CpuBackend {
                 &s,
                 tile,
             ),
+            None if self.depthwise(&s) => super::depthwise::backward_weight(host(dy)?, host(x)?, &s),
+            None if s.groups != 1 => backward_weight_grouped(host(dy)?, host(x)?, &s),
             None => backward_weight(host(dy)?, host(x)?, &s),
         };
         Tensor::from_vec(w_dims, dw)
@@ -444,7 +584,6 @@ impl ConvOps for CpuBackend {
     /// arithmetic in their order: the same bits as running them one by one.
     fn conv2d_forward_fused(&self, x: &Tensor, w: &Tensor, spec: ConvSpec, epi: &ConvEpilogue) -> Result<Tensor> {
         let s = ConvShape::fused(x, w, spec, epi)?;
-        grouped_not_yet(&s)?;
         let act = epi.act;
         let epi = Epilogue {
             scale: host(epi.scale)?,

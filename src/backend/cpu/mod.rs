@@ -8,6 +8,7 @@
 
 pub mod buffers;
 pub mod conv;
+pub mod depthwise;
 pub mod direct;
 mod elementwise;
 pub mod gemm;
@@ -56,17 +57,23 @@ impl CpuBackend {
     }
     /// The Winograd tile for this convolution, when the fast kernels are on and fit it.
     fn winograd(&self, s: &ConvShape) -> Option<winograd::WinogradTile> {
-        self.fast_conv.then(|| winograd::choose(s)).flatten()
+        // The Winograd and direct kernels are dense only: grouped convolutions never reach them.
+        (self.fast_conv && s.groups == 1).then(|| winograd::choose(s)).flatten()
     }
 
     /// Whether the direct kernel computes this forward convolution (one Winograd does not take).
     fn direct(&self, s: &ConvShape) -> bool {
-        self.fast_conv && self.winograd(s).is_none() && direct::supports(s)
+        self.fast_conv && s.groups == 1 && self.winograd(s).is_none() && direct::supports(s)
+    }
+
+    /// Whether the depthwise 3x3 kernels (`depthwise.rs`) compute this convolution.
+    fn depthwise(&self, s: &ConvShape) -> bool {
+        self.fast_conv && depthwise::supports(s)
     }
 
     /// As `winograd`, for backward-weight.
     fn winograd_backward_weight(&self, s: &ConvShape) -> Option<winograd::WinogradTile> {
-        self.fast_conv.then(|| winograd::choose_backward_weight(s)).flatten()
+        (self.fast_conv && s.groups == 1).then(|| winograd::choose_backward_weight(s)).flatten()
     }
 }
 

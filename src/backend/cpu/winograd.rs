@@ -294,7 +294,7 @@ pub fn set_transform_lanes(t: TransformLanes) {
     TRANSFORM_LANES.store(t as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn transform_lanes() -> TransformLanes {
+pub(crate) fn transform_lanes() -> TransformLanes {
     match TRANSFORM_LANES.load(std::sync::atomic::Ordering::Relaxed) {
         1 => TransformLanes::Avx2,
         2 => TransformLanes::Portable,

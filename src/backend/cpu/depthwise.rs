@@ -1,0 +1,426 @@
+//! Depthwise 3x3 convolution (pad 1, stride 1 or 2; MobileNetV2's depthwise layers), forward
+//! with the fused eval epilogue, backward-data and backward-weight, vectorised over the output
+//! row.
+//!
+//! Each (image, channel) plane is copied once into a zero-bordered scratch plane, split by
+//! column phase for stride 2 (even and odd padded columns apart), with the rows padded to a
+//! whole number of vectors: every tap of 16 consecutive outputs of a row is then one contiguous
+//! unaligned load, and the nine taps are nine loads, multiplies and adds. Backward-data is the
+//! same kernel at stride 1 with the filter rotated by 180 degrees, run over the output gradient
+//! (zero-inserted between rows and columns for stride 2) as the input. Backward-weight keeps
+//! nine vector accumulators per channel (one per tap) over all images and rows, then sums their
+//! lanes in order.
+//!
+//! The kernels are written once over `Lanes` of 16 floats and compiled three times: one AVX-512
+//! register, two AVX2 registers, a plain array. Every lane operation is the same IEEE operation
+//! (multiplies and adds, never contracted into FMAs) and the reductions have the same order in
+//! each, so all three give the same bits, and a result never depends on the thread count (a
+//! task owns whole output planes, or a whole channel's weight gradient).
+//!
+//! Forward order per output: the products of taps (0,0), (0,1), ... (2,2), summed left to right
+//! in f32. Against im2col + GEMM (the exact backends' grouped path) it agrees to a few ulps of
+//! `sum |x| |w|` over the window.
+
+use super::conv::Epilogue;
+use super::lanes::Lanes;
+#[cfg(target_arch = "x86_64")]
+use super::lanes::{Pair, Wide};
+use super::winograd::{transform_lanes, TransformLanes};
+use super::{buffers, has_avx2, has_avx512, team};
+use crate::backend::ConvShape;
+use std::cell::RefCell;
+
+/// Logical vector width of every build (one AVX-512 register, two AVX2 ones, 16 floats).
+const V: usize = 16;
+
+/// True when these kernels compute the convolution: depthwise (one input and one output channel
+/// per group), 3x3, pad 1, stride 1 or 2, non-empty.
+pub fn supports(s: &ConvShape) -> bool {
+    s.is_depthwise()
+        && s.kh == 3
+        && s.kw == 3
+        && s.pad == 1
+        && (s.stride == 1 || s.stride == 2)
+        && s.n * s.c_in * s.out_h * s.out_w > 0
+}
+
+/// Geometry of one padded scratch plane and the outputs computed from it: `stride` phase planes
+/// of `hp` rows by `wph` columns (phase `f` holds the padded columns `f, f + stride, ...`), and an
+/// `oh x ow` output whose rows are computed `owp` (a multiple of `V`) at a time.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    stride: usize,
+    hp: usize,
+    wph: usize,
+    oh: usize,
+    ow: usize,
+    owp: usize,
+}
+
+impl Geom {
+    /// For an `h x w` map convolved at `stride` (pad 1) into `oh x ow`.
+    fn new(h: usize, stride: usize, oh: usize, ow: usize) -> Geom {
+        let owp = ow.next_multiple_of(V);
+        // Tap t of output column q reads phase column q + t / stride <= owp - 1 + 2.
+        Geom { stride, hp: h + 2, wph: owp + 2, oh, ow, owp }
+    }
+    fn len(&self) -> usize {
+        self.stride * self.hp * self.wph
+    }
+    /// Offset of padded row `row`, phase `phase`.
+    fn row(&self, phase: usize, row: usize) -> usize {
+        (phase * self.hp + row) * self.wph
+    }
+    /// Where tap `(r, t)` of output `(p, q)` sits relative to `row(0, p * stride) + q`: phase
+    /// `t % stride`, row `r` below, column `t / stride` right.
+    fn taps(&self) -> [usize; 9] {
+        std::array::from_fn(|tap| {
+            let (r, t) = (tap / 3, tap % 3);
+            self.row(t % self.stride, r) + t / self.stride
+        })
+    }
+}
+
+/// Fills `dst` with the padded, phase-split plane of the map `M` whose element `(up * i, up * j)`
+/// is `src[i][j]` (`sh x sw`) and whose other elements are zero: the input itself for `up == 1`,
+/// the zero-inserted output gradient of a stride-2 convolution for `up == 2`.
+fn prepare(src: &[f32], sh: usize, sw: usize, up: usize, g: &Geom, dst: &mut Vec<f32>) {
+    assert!(up == 1 || up == 2, "depthwise: zero insertion by {up}");
+    dst.resize(g.len(), 0.0);
+    for phase in 0..g.stride {
+        for prow in 0..g.hp {
+            let d = &mut dst[g.row(phase, prow)..g.row(phase, prow) + g.wph];
+            // Padded row `prow` is map row `prow - 1`.
+            let i = prow.wrapping_sub(1);
+            if prow == 0 || !i.is_multiple_of(up) || i / up >= sh {
+                d.fill(0.0);
+                continue;
+            }
+            let srow = &src[(i / up) * sw..(i / up + 1) * sw];
+            if up == 2 {
+                // Map columns 2j hold the source; the others (and the border) are zeros.
+                assert_eq!(g.stride, 1, "depthwise: zero-inserted maps are read at stride 1");
+                d.fill(0.0);
+                for (jj, &v) in srow.iter().enumerate() {
+                    d[1 + 2 * jj] = v;
+                }
+            } else if g.stride == 1 {
+                d[0] = 0.0;
+                d[1..1 + sw].copy_from_slice(srow);
+                d[1 + sw..].fill(0.0);
+            } else {
+                for (jj, v) in d.iter_mut().enumerate() {
+                    // Padded column jj * stride + phase is map column (that - 1).
+                    let j = (jj * g.stride + phase).wrapping_sub(1);
+                    *v = if j < sw { srow[j] } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+/// One output plane from its padded plane `xp`: `out[p][q] = sum_{r,t} w[r][t] * M[p*s+r-1][q*s+t-1]`,
+/// with `epi` (on output flat index `at0 + p * ow + q`, channel `ch`) applied row by row.
+///
+/// # Safety
+/// The CPU must have `L`'s features.
+#[inline(always)]
+unsafe fn plane<L: Lanes>(
+    xp: &[f32],
+    g: &Geom,
+    w: &[f32; 9],
+    out: &mut [f32],
+    epi: Option<(&Epilogue, usize, usize, usize)>,
+) {
+    assert!(L::WIDTH == V && xp.len() >= g.len() && out.len() == g.oh * g.ow, "depthwise: plane sizes");
+    assert!((g.oh - 1) * g.stride + 2 < g.hp && g.owp + 2 / g.stride <= g.wph, "depthwise: geometry");
+    let wv: [L; 9] = std::array::from_fn(|i| L::splat(w[i]));
+    let (st, taps) = (g.stride, g.taps());
+    let base = xp.as_ptr();
+    let mut tail = [0.0f32; V];
+    for p in 0..g.oh {
+        let orow = &mut out[p * g.ow..(p + 1) * g.ow];
+        for q0 in (0..g.owp).step_by(V) {
+            // Tap (r, t) reads phase t % st, column q0 + t / st of padded row p * st + r: in
+            // bounds by the asserts above (the phase planes follow each other).
+            let at = base.add(g.row(0, p * st) + q0);
+            let mut acc = L::load(at.add(taps[0])).mul(wv[0]);
+            for (&off, &wt) in taps.iter().zip(&wv).skip(1) {
+                acc = acc.add(L::load(at.add(off)).mul(wt));
+            }
+            if q0 + V <= g.ow {
+                acc.store(orow.as_mut_ptr().add(q0));
+            } else {
+                acc.store(tail.as_mut_ptr());
+                orow[q0..].copy_from_slice(&tail[..g.ow - q0]);
+            }
+        }
+        if let Some((e, at0, pq, k)) = epi {
+            e.apply_slice(orow, at0 + p * g.ow, pq, k);
+        }
+    }
+}
+
+/// Nine accumulators `acc[r*3+t] += dy[p][q] * M[p*s+r-1][q*s+t-1]` over one plane (`dyp`: the
+/// output gradient with rows padded to `owp` by zeros).
+///
+/// # Safety
+/// The CPU must have `L`'s features.
+#[inline(always)]
+unsafe fn plane_wgrad<L: Lanes>(xp: &[f32], dyp: &[f32], g: &Geom, acc: &mut [L; 9]) {
+    assert!(L::WIDTH == V && xp.len() >= g.len() && dyp.len() >= g.oh * g.owp, "depthwise: plane sizes");
+    assert!((g.oh - 1) * g.stride + 2 < g.hp && g.owp + 2 / g.stride <= g.wph, "depthwise: geometry");
+    let (st, taps) = (g.stride, g.taps());
+    let base = xp.as_ptr();
+    for p in 0..g.oh {
+        for q0 in (0..g.owp).step_by(V) {
+            let d = L::load(dyp.as_ptr().add(p * g.owp + q0));
+            let at = base.add(g.row(0, p * st) + q0);
+            for (a, &off) in acc.iter_mut().zip(&taps) {
+                *a = a.add(L::load(at.add(off)).mul(d));
+            }
+        }
+    }
+}
+
+/// Which build runs: the widest the CPU has, unless `set_transform_lanes` limits it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+fn isa() -> Isa {
+    let lanes = transform_lanes();
+    if has_avx512() && lanes == TransformLanes::Auto {
+        Isa::Avx512
+    } else if has_avx2() && lanes != TransformLanes::Portable {
+        Isa::Avx2
+    } else {
+        Isa::Portable
+    }
+}
+
+/// `plane` in the build `isa` chose.
+fn plane_any(
+    isa: Isa,
+    xp: &[f32],
+    g: &Geom,
+    w: &[f32; 9],
+    out: &mut [f32],
+    epi: Option<(&Epilogue, usize, usize, usize)>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn wide16(
+            xp: &[f32],
+            g: &Geom,
+            w: &[f32; 9],
+            out: &mut [f32],
+            epi: Option<(&Epilogue, usize, usize, usize)>,
+        ) {
+            plane::<Wide<__m512>>(xp, g, w, out, epi)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide8(
+            xp: &[f32],
+            g: &Geom,
+            w: &[f32; 9],
+            out: &mut [f32],
+            epi: Option<(&Epilogue, usize, usize, usize)>,
+        ) {
+            plane::<Pair<Wide<__m256>>>(xp, g, w, out, epi)
+        }
+        match isa {
+            // SAFETY: `isa()` chose these only where the CPU has their features.
+            Isa::Avx512 => return unsafe { wide16(xp, g, w, out, epi) },
+            Isa::Avx2 => return unsafe { wide8(xp, g, w, out, epi) },
+            Isa::Portable => {}
+        }
+    }
+    let _ = isa;
+    // SAFETY: plain arrays need no CPU feature.
+    unsafe { plane::<[f32; V]>(xp, g, w, out, epi) }
+}
+
+/// Per-thread scratch: a padded plane and a padded output-gradient plane.
+struct Scratch {
+    xp: Vec<f32>,
+    dyp: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch { xp: Vec::new(), dyp: Vec::new() }) };
+}
+
+fn check_sizes(s: &ConvShape, w: &[f32]) {
+    assert!(supports(s), "depthwise conv: unsupported shape {s:?}");
+    assert_eq!(w.len(), s.c_out * 9, "depthwise conv: weight size");
+}
+
+/// Forward convolution (`supports(s)` must hold), with `epi` applied to each output row while
+/// it is in cache.
+pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    check_sizes(s, w);
+    assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "depthwise conv: input size");
+    let (c, pq) = (s.c_in, s.out_h * s.out_w);
+    if let Some(e) = epi {
+        assert!(e.scale.len() == c && e.shift.len() == c, "depthwise conv: epilogue size");
+        assert!(e.residual.is_none_or(|r| r.len() == s.n * c * pq), "depthwise conv: residual size");
+    }
+    // Every output is written by its plane's task.
+    let mut y = buffers::take(s.n * c * pq);
+    let g = Geom::new(s.h, s.stride, s.out_h, s.out_w);
+    let (isa, hw) = (isa(), s.h * s.w);
+    team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut y, pq, |i, out| {
+        let ch = i % c;
+        let wk: [f32; 9] = w[ch * 9..ch * 9 + 9].try_into().unwrap();
+        SCRATCH.with(|sc| {
+            let sc = &mut *sc.borrow_mut();
+            prepare(&x[i * hw..(i + 1) * hw], s.h, s.w, 1, &g, &mut sc.xp);
+            plane_any(isa, &sc.xp, &g, &wk, out, epi.map(|e| (e, i * pq, pq, c)));
+        });
+    });
+    y
+}
+
+/// Backward-data: the stride-1 forward of the (zero-inserted, for stride 2) output gradient
+/// with the filter rotated by 180 degrees.
+pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
+    check_sizes(s, w);
+    let (c, pq, hw) = (s.c_in, s.out_h * s.out_w, s.h * s.w);
+    assert_eq!(dy.len(), s.n * c * pq, "depthwise conv: output gradient size");
+    let mut dx = buffers::take(s.n * c * hw);
+    // dx[i][j] = sum_{r,t} M[i + r - 1][j + t - 1] * w[2 - r][2 - t], M[s p][s q] = dy[p][q].
+    let g = Geom::new(s.h, 1, s.h, s.w);
+    let isa = isa();
+    team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut dx, hw, |i, out| {
+        let ch = i % c;
+        let wk: [f32; 9] = std::array::from_fn(|tap| w[ch * 9 + 8 - tap]);
+        SCRATCH.with(|sc| {
+            let sc = &mut *sc.borrow_mut();
+            prepare(&dy[i * pq..(i + 1) * pq], s.out_h, s.out_w, s.stride, &g, &mut sc.xp);
+            plane_any(isa, &sc.xp, &g, &wk, out, None);
+        });
+    });
+    dx
+}
+
+/// Backward-weight: per channel, nine 16-lane accumulators over every image and row in order,
+/// then each accumulator's lanes summed in order.
+pub fn backward_weight(dy: &[f32], x: &[f32], s: &ConvShape) -> Vec<f32> {
+    let c = s.c_in;
+    assert!(supports(s), "depthwise conv: unsupported shape {s:?}");
+    let (pq, hw) = (s.out_h * s.out_w, s.h * s.w);
+    assert_eq!(x.len(), s.n * c * hw, "depthwise conv: input size");
+    assert_eq!(dy.len(), s.n * c * pq, "depthwise conv: output gradient size");
+    let mut dw = vec![0.0f32; c * 9];
+    let g = Geom::new(s.h, s.stride, s.out_h, s.out_w);
+    let isa = isa();
+    team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut dw, 9, |ch, out| {
+        SCRATCH.with(|sc| {
+            let sc = &mut *sc.borrow_mut();
+            let sums = channel_wgrad(isa, dy, x, s, &g, ch, sc);
+            out.copy_from_slice(&sums);
+        });
+    });
+    dw
+}
+
+/// The nine weight gradients of channel `ch`.
+fn channel_wgrad(isa: Isa, dy: &[f32], x: &[f32], s: &ConvShape, g: &Geom, ch: usize, sc: &mut Scratch) -> [f32; 9] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn wide16(dy: &[f32], x: &[f32], s: &ConvShape, g: &Geom, ch: usize, sc: &mut Scratch) -> [f32; 9] {
+            channel_wgrad_with::<Wide<__m512>>(dy, x, s, g, ch, sc)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide8(dy: &[f32], x: &[f32], s: &ConvShape, g: &Geom, ch: usize, sc: &mut Scratch) -> [f32; 9] {
+            channel_wgrad_with::<Pair<Wide<__m256>>>(dy, x, s, g, ch, sc)
+        }
+        match isa {
+            // SAFETY: `isa()` chose these only where the CPU has their features.
+            Isa::Avx512 => return unsafe { wide16(dy, x, s, g, ch, sc) },
+            Isa::Avx2 => return unsafe { wide8(dy, x, s, g, ch, sc) },
+            Isa::Portable => {}
+        }
+    }
+    let _ = isa;
+    // SAFETY: plain arrays need no CPU feature.
+    unsafe { channel_wgrad_with::<[f32; V]>(dy, x, s, g, ch, sc) }
+}
+
+/// # Safety
+/// The CPU must have `L`'s features.
+#[inline(always)]
+unsafe fn channel_wgrad_with<L: Lanes>(
+    dy: &[f32],
+    x: &[f32],
+    s: &ConvShape,
+    g: &Geom,
+    ch: usize,
+    sc: &mut Scratch,
+) -> [f32; 9] {
+    let (c, pq, hw) = (s.c_in, s.out_h * s.out_w, s.h * s.w);
+    let zero = L::splat(0.0);
+    let mut acc = [zero; 9];
+    sc.dyp.resize(g.oh * g.owp, 0.0);
+    for img in 0..s.n {
+        let i = img * c + ch;
+        prepare(&x[i * hw..(i + 1) * hw], s.h, s.w, 1, g, &mut sc.xp);
+        let d = &dy[i * pq..(i + 1) * pq];
+        for p in 0..g.oh {
+            let row = &mut sc.dyp[p * g.owp..(p + 1) * g.owp];
+            row[..g.ow].copy_from_slice(&d[p * g.ow..(p + 1) * g.ow]);
+            row[g.ow..].fill(0.0);
+        }
+        plane_wgrad::<L>(&sc.xp, &sc.dyp, g, &mut acc);
+    }
+    std::array::from_fn(|tap| {
+        let mut lanes = [0.0f32; V];
+        acc[tap].store(lanes.as_mut_ptr());
+        lanes.iter().fold(0.0f32, |a, &b| a + b)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The padded plane holds the map at `(1 + up i, 1 + up j)` in phase `(1 + up j) % stride`.
+    #[test]
+    fn prepare_places_the_map() {
+        for &(h, w, stride, up) in &[(5usize, 7usize, 1usize, 1usize), (6, 5, 2, 1), (7, 9, 1, 2)] {
+            let (sh, sw) = if up == 1 { (h, w) } else { (h.div_ceil(2), w.div_ceil(2)) };
+            let src: Vec<f32> = (0..sh * sw).map(|v| v as f32 + 1.0).collect();
+            let oh = (h - 1) / stride + 1;
+            let ow = (w - 1) / stride + 1;
+            let g = Geom::new(h, stride, oh, ow);
+            let mut dst = vec![f32::NAN; 3];
+            prepare(&src, sh, sw, up, &g, &mut dst);
+            let mut seen = 0;
+            for phase in 0..stride {
+                for prow in 0..g.hp {
+                    for jj in 0..g.wph {
+                        let v = dst[g.row(phase, prow) + jj];
+                        let (i, j) = (prow as isize - 1, (jj * stride + phase) as isize - 1);
+                        let inside = i >= 0 && j >= 0 && i % up as isize == 0 && j % up as isize == 0;
+                        let (si, sj) = (i / up as isize, j / up as isize);
+                        if inside && (si as usize) < sh && (sj as usize) < sw {
+                            assert_eq!(v, src[si as usize * sw + sj as usize]);
+                            seen += 1;
+                        } else {
+                            assert_eq!(v, 0.0);
+                        }
+                    }
+                }
+            }
+            assert_eq!(seen, sh * sw);
+        }
+    }
+}
