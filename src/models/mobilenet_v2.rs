@@ -65,6 +65,7 @@ impl ModelFamily for MobileNetV2 {
         let stem = b.slot("features.0", stem_c)?;
         let mut rows = Vec::new();
         let mut expansions = Vec::new();
+        let mut residual = Vec::new();
         let (mut index, mut in_c, mut prev) = (1, stem_c, stem);
         for &(t, c, n, s) in &SETTINGS {
             let out_c = make_divisible(c as f64 * wm);
@@ -79,6 +80,8 @@ impl ModelFamily for MobileNetV2 {
             rows.push(row);
             for i in 0..n {
                 let block_in = if i == 0 { in_c } else { out_c };
+                // torchvision adds the input back when the block keeps its (unpruned) shape.
+                residual.push((if i == 0 { s } else { 1 }) == 1 && block_in == out_c);
                 let hidden = (block_in as f64 * t as f64).round() as usize;
                 let slot = if t != 1 { Some(b.slot(format!("features.{}.conv.0", index + i), hidden)?) } else { None };
                 expansions.push(slot);
@@ -90,7 +93,7 @@ impl ModelFamily for MobileNetV2 {
         let last = b.slot(format!("features.{index}"), last_c)?;
 
         let mut x = Self::conv_bn_relu6(b, "features.0", b.input(), Some(stem), 3, 2)?;
-        let (mut index, mut expansions) = (1, expansions.into_iter());
+        let (mut index, mut expansions, mut residual) = (1, expansions.into_iter(), residual.into_iter());
         for (&(_, _, n, s), &row) in SETTINGS.iter().zip(&rows) {
             for i in 0..n {
                 let p = format!("features.{index}.conv");
@@ -106,9 +109,11 @@ impl ModelFamily for MobileNetV2 {
                 y = Self::conv_bn_relu6(b, &format!("{p}.{m}"), y, None, 3, stride)?;
                 y = b.conv(&format!("{p}.{}", m + 1), y, row, 1, 1, 0)?;
                 y = b.bn(&format!("{p}.{}", m + 2), y)?;
-                // torchvision adds the input back when the block keeps its shape.
-                let keeps_shape = stride == 1 && b.shape(block_in) == b.shape(y);
-                x = if keeps_shape { b.add(&format!("features.{index}.add"), y, block_in, false)? } else { y };
+                x = if residual.next().expect("one entry per block") {
+                    b.add(&format!("features.{index}.add"), y, block_in, false)?
+                } else {
+                    y
+                };
                 index += 1;
             }
         }

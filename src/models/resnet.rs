@@ -107,7 +107,8 @@ impl ModelFamily for ResNet {
                 let stride = if s > 0 && blk == 0 { 2 } else { 1 };
                 let (w1, w2) = inner.next().expect("one entry per block");
                 // The shortcut first, so that the block's last conv, its BN and the add fuse.
-                let skip = if blk == 0 && (stride != 1 || b.channels(x) != planes[s] * e) {
+                // From the config, never from (possibly pruned) widths: the structure is fixed.
+                let skip = if blk == 0 && (stride != 1 || (s == 0 && stem_projected)) {
                     let d = b.conv(&format!("{p}.downsample.0"), x, streams[s], 1, stride, 0)?;
                     b.bn(&format!("{p}.downsample.1"), d)?
                 } else {
