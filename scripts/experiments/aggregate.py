@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Aggregates the cells of scripts/experiments/quality.sh into results.md and results.json.
+
+    python3 scripts/experiments/aggregate.py --out RUNS --docs docs
+
+Reads RUNS/cells/*/report.json (one pipeline run of one method each), RUNS/study/*/c*/result.json
+and RUNS/profile.json; writes DOCS/results.json (every cell's numbers, flattened) and
+DOCS/results.md (mean and sample std over seeds before and after fine-tuning, the paired
+difference lfgcl - baseline over seeds with its 95% t-interval, wall times, the commands).
+Standard library only.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import statistics
+import sys
+
+# Two-sided 95% Student t quantiles by degrees of freedom.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        15: 2.131, 20: 2.086, 30: 2.042}
+
+# The plan of quality.sh: (table, model, flops, methods); 3 seeds each.
+PLAN = [
+    ("r20-f50", "resnet20", 0.5, ["uniform", "global", "uniform-fpgm", "lfgcl", "random", "lfgcl-streams"]),
+    ("r20-f30", "resnet20", 0.3, ["uniform", "global", "uniform-fpgm", "lfgcl", "random", "lfgcl-streams"]),
+    ("r56-f50", "resnet56", 0.5, ["uniform", "global", "lfgcl", "random"]),
+]
+LABELS = {
+    "uniform": "uniform L1",
+    "global": "global magnitude",
+    "uniform-fpgm": "uniform FPGM",
+    "lfgcl": "lfgcl",
+    "random": "random search",
+    "lfgcl-streams": "lfgcl --streams",
+}
+
+
+def t975(df):
+    if df in T975:
+        return T975[df]
+    keys = sorted(k for k in T975 if k <= df)
+    return T975[keys[-1]] if keys else float("nan")
+
+
+def ranks(xs):
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    r = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            r[order[k]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return r
+
+
+def spearman(a, b):
+    if len(a) < 3:
+        return None
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    num = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    den = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+    return num / den if den > 0 else None
+
+
+def mean_std(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def fmt_ms(xs, scale=100.0, digits=2):
+    m, s = mean_std(xs)
+    if m is None:
+        return "-"
+    if s is None:
+        return f"{scale * m:.{digits}f}"
+    return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+
+
+def paired(a_by_seed, b_by_seed):
+    """Mean difference a - b over the seeds both have, with its 95% t-interval (points)."""
+    seeds = sorted(set(a_by_seed) & set(b_by_seed))
+    d = [100.0 * (a_by_seed[s] - b_by_seed[s]) for s in seeds if a_by_seed[s] is not None and b_by_seed[s] is not None]
+    if not d:
+        return None
+    m = statistics.fmean(d)
+    if len(d) < 2:
+        return {"n": len(d), "mean": m, "lo": None, "hi": None, "diffs": d}
+    h = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+    return {"n": len(d), "mean": m, "lo": m - h, "hi": m + h, "diffs": d}
+
+
+def fmt_paired(p):
+    if p is None:
+        return "-"
+    if p["lo"] is None:
+        return f"{p['mean']:+.2f} (n=1)"
+    verdict = "lfgcl ahead" if p["lo"] > 0 else ("lfgcl behind" if p["hi"] < 0 else "not resolved")
+    return f"{p['mean']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}] (n={p['n']}, {verdict})"
+
+
+def load_cells(out):
+    cells = []
+    for path in sorted(glob.glob(os.path.join(out, "cells", "*", "report.json"))):
+        with open(path) as f:
+            c = json.load(f)
+        rep = c["report"]
+        for p in rep["pruned"]:
+            key = p["key"] + ("-streams" if p.get("streams") else "")
+            cells.append({
+                "cell": c["cell"],
+                "model": c["model"],
+                "flops_budget": c["flops"],
+                "seed": c["seed"],
+                "method": key,
+                "label": p["method"],
+                "extra": c.get("extra", ""),
+                "baseline_top1": rep["baseline_top1"],
+                "top1_before_finetune": p["top1_before_finetune"],
+                "top1_after_finetune": p["top1_after_finetune"],
+                "reward": p["reward"],
+                "flops_fraction": p["flops_fraction"],
+                "params_fraction": p["params_fraction"],
+                "kept": p["kept"],
+                "evaluations": p["evaluations"],
+                "search_seconds": p["search_seconds"],
+                "finetune_seconds": p["finetune_seconds"],
+                "reward_accuracy_spearman": rep.get("reward_accuracy_spearman"),
+                "command": c["command"],
+            })
+    return cells
+
+
+def load_study(out):
+    studies = {}
+    for path in sorted(glob.glob(os.path.join(out, "study", "*", "c*", "result.json"))):
+        name = os.path.basename(os.path.dirname(os.path.dirname(path)))
+        with open(path) as f:
+            r = json.load(f)
+        r["candidate"] = os.path.basename(os.path.dirname(path))
+        studies.setdefault(name, []).append(r)
+    return studies
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="the output folder of quality.sh")
+    ap.add_argument("--docs", required=True, help="where results.md and results.json go")
+    args = ap.parse_args()
+    profile = {}
+    pp = os.path.join(args.out, "profile.json")
+    if os.path.exists(pp):
+        with open(pp) as f:
+            profile = json.load(f)
+    cells = load_cells(args.out)
+    studies = load_study(args.out)
+    table_cells = [c for c in cells if not c["cell"].startswith(("streams-", "ci-streams"))]
+    stream_cells = [c for c in cells if c["cell"].startswith(("streams-", "ci-streams"))]
+
+    md = ["# lfgcl results: does the search pay? (issue 21)", ""]
+    expected = sum(3 * len(m) for _, _, _, m in PLAN)
+    done = len(table_cells)
+    is_ci = profile.get("profile") == "ci"
+    status = "CI smoke run (tiny budget, numbers meaningless)" if is_ci else (
+        "complete" if done >= expected else f"PARTIAL: {done} of {expected} table cells done; the rest is still running or not started")
+    md += [f"**Status: {status}.**", ""]
+    md += [
+        "Every method prunes the same baseline to the same exact FLOPs budget (kept counts raised one channel at a time "
+        "while the budget holds, so no method leaves more than one channel's cost unspent) and is fine-tuned with the "
+        "same label-free recipe (KL distillation from the baseline at T=4, no label read); top-1 is on the 10,000 "
+        "Fashion-MNIST test images. *Before* is the pruned net with its BN statistics re-estimated on the search's "
+        "256 unlabeled images (as the search scores it); *after* is after fine-tuning. Seeds change the search, its "
+        "unlabeled batch and the fine-tuning's shuffling; the baseline is the same for all. Std is the sample std over "
+        "seeds. Paired difference: lfgcl minus the method, seed by seed, in points, with the 95% Student-t interval "
+        "over seeds (with 3 seeds the interval is wide: t = 4.30).",
+        "",
+    ]
+    if profile:
+        md += [
+            f"Profile `{profile.get('profile')}` on `{profile.get('device')}` ({profile.get('threads')} thread(s)): "
+            f"baselines trained {profile.get('base_epochs')} epochs; search {profile.get('episodes')} episodes x "
+            f"{profile.get('candidates_per_step')} candidates ({profile.get('warmup')} of warm-up) on "
+            f"{profile.get('images')} unlabeled images, random search the same number; fine-tuning "
+            f"{profile.get('ft_epochs')} epochs on {profile.get('ft_train_images')} training images (labels dropped). "
+            f"Binary sha256 `{profile.get('lfgcl_sha256', '?')[:16]}...`, commit `{profile.get('lfgcl_commit', '?')[:12]}`.",
+            "",
+        ]
+
+    # Item 1: the stream coupling.
+    if stream_cells:
+        md += ["## Residual streams: shortcut copies kept jointly (item 1)", "",
+               "Pruned with `--streams` at 50% FLOPs, before fine-tuning (BN re-estimated), seed 0.", "",
+               "| method | ranking | top-1 before | reward | FLOPs |", "|---|---|---|---|---|"]
+        for c in stream_cells:
+            ranking = "per stream (before issue 21)" if "independent" in c["extra"] or "independent" in c["cell"] else "joint with the shortcut's source (now)"
+            md.append(f"| {c['label']} | {ranking} | {100 * c['top1_before_finetune']:.2f} | {c['reward']:.4f} | "
+                      f"{100 * c['flops_fraction']:.1f}% |")
+        md.append("")
+
+    summary = {}
+    for table, model, flops, methods in PLAN + ([("ci-r20-f50", "resnet20", 0.5, PLAN[0][3])] if is_ci else []):
+        rows = [c for c in table_cells if c["cell"].startswith(table + "-s")]
+        if not rows:
+            continue
+        base = rows[0]["baseline_top1"]
+        md += [f"## {model}, {int(round(100 * flops))}% FLOPs", "",
+               f"Baseline top-1 {100 * base:.2f}%.", "",
+               "| method | seeds | top-1 before | top-1 after | after − baseline | reward | FLOPs | search s | fine-tune s |",
+               "|---|---|---|---|---|---|---|---|---|"]
+        by_method = {}
+        for m in methods:
+            rs = [c for c in rows if c["method"] == m]
+            if not rs:
+                continue
+            by_method[m] = rs
+            after = [c["top1_after_finetune"] for c in rs]
+            am, _ = mean_std(after)
+            drop = "-" if am is None else f"{100 * (am - base):+.2f}"
+            rw, rws = mean_std([c["reward"] for c in rs])
+            md.append(
+                f"| {LABELS.get(m, m)} | {','.join(str(c['seed']) for c in sorted(rs, key=lambda c: c['seed']))} | "
+                f"{fmt_ms([c['top1_before_finetune'] for c in rs])} | {fmt_ms(after)} | {drop} | "
+                f"{rw:.4f} | {fmt_ms([c['flops_fraction'] for c in rs], digits=2)}% | "
+                f"{statistics.fmean(c['search_seconds'] for c in rs):.0f} | {statistics.fmean(c['finetune_seconds'] for c in rs):.0f} |")
+        md.append("")
+        pairs = {}
+        for lead in ("lfgcl", "lfgcl-streams"):
+            if lead not in by_method:
+                continue
+            lines = []
+            for m, rs in by_method.items():
+                if m == lead:
+                    continue
+                a_after = {c["seed"]: c["top1_after_finetune"] for c in by_method[lead]}
+                b_after = {c["seed"]: c["top1_after_finetune"] for c in rs}
+                a_before = {c["seed"]: c["top1_before_finetune"] for c in by_method[lead]}
+                b_before = {c["seed"]: c["top1_before_finetune"] for c in rs}
+                pa, pb = paired(a_after, b_after), paired(a_before, b_before)
+                pairs[f"{lead} - {m}"] = {"after": pa, "before": pb}
+                lines.append(f"| {LABELS.get(lead)} − {LABELS.get(m, m)} | {fmt_paired(pb)} | {fmt_paired(pa)} |")
+            if lines:
+                md += [f"Paired differences, {LABELS.get(lead)} minus each method (points, 95% t-interval over seeds):", "",
+                       "| difference | before fine-tuning | after fine-tuning |", "|---|---|---|"] + lines + [""]
+        summary[table] = {"baseline_top1": base, "pairs": pairs}
+
+    for name, rs in studies.items():
+        rs = sorted(rs, key=lambda r: r["reward"])
+        rew = [r["reward"] for r in rs]
+        after = [r["top1_after_finetune"] for r in rs]
+        before = [r.get("top1_before_500") for r in rs]
+        rho_after = spearman(rew, after)
+        rho_before = spearman(rew, before) if all(b is not None for b in before) else None
+        rho_ba = spearman(before, after) if all(b is not None for b in before) else None
+        f = lambda x: "-" if x is None else f"{x:.3f}"
+        md += [f"## What the reward predicts (item 4): {len(rs)} candidates of the {name} LFGCL search, fine-tuned", "",
+               "Candidates at evenly spaced reward ranks among the search's distinct candidates, each fine-tuned with the "
+               "same recipe. Top-1 before is on the first 500 test images (BN re-estimated), after on all 10,000.", "",
+               "| candidate | reward | FLOPs | top-1 before (500) | top-1 after |", "|---|---|---|---|---|"]
+        for r in rs:
+            b = r.get("top1_before_500")
+            md.append(f"| {r['candidate']} (episode {r['episode']}) | {r['reward']:.4f} | {100 * r['flops_fraction']:.1f}% | "
+                      f"{'-' if b is None else f'{100 * b:.2f}'} | {100 * r['top1_after_finetune']:.2f} |")
+        md += ["", f"Spearman rank correlation: reward vs top-1 after fine-tuning {f(rho_after)}; reward vs top-1 before "
+                   f"{f(rho_before)}; before vs after {f(rho_ba)} (n = {len(rs)}).", ""]
+        summary["study " + name] = {"spearman_reward_after": rho_after, "spearman_reward_before": rho_before,
+                                    "spearman_before_after": rho_ba, "n": len(rs)}
+
+    cmds = {}
+    for c in cells:
+        # One line per kind of cell: the seed and the cell's folder written as variables.
+        cmd = re.sub(r"--seed \d+", "--seed $SEED", c["command"])
+        cmd = re.sub(r"/cells/[^/ ]+/run", "/cells/$CELL/run", cmd)
+        cmds.setdefault(cmd, None)
+    md += ["## Commands", "",
+           "The whole table: `bash scripts/experiments/quality.sh --out RUNS` (resumable; `--device cuda` for a GPU, "
+           "`--ci` for the smoke cell), then `python3 scripts/experiments/aggregate.py --out RUNS --docs docs`. "
+           "One command per kind of cell, as run (`$OUT` is RUNS):", "", "```"]
+    for k in sorted(cmds):
+        md.append(k)
+    md += ["```", ""]
+
+    os.makedirs(args.docs, exist_ok=True)
+    result = {"status": status, "profile": profile, "summary": summary, "cells": cells, "study": studies}
+    for name, text in (("results.json", json.dumps(result, indent=1) + "\n"), ("results.md", "\n".join(md))):
+        tmp = os.path.join(args.docs, name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(args.docs, name))
+    print(f"wrote {os.path.join(args.docs, 'results.md')} ({done} table cells, {len(stream_cells)} stream cells, "
+          f"{sum(len(v) for v in studies.values())} study candidates)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
