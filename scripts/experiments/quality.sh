@@ -25,7 +25,7 @@
 #
 # Profiles: `full` is the issue's recipe (baselines 15 epochs, 100 search episodes with 30 of
 # warm-up, 5 fine-tuning epochs on the whole training split), the default with --device cuda.
-# `cpu` (the default otherwise) fits a 2-core machine: baselines 4 epochs (ResNet-20) / 3
+# `cpu` (the default otherwise) fits a shared 2-core machine: baselines 2 epochs (ResNet-20) / 2
 # (ResNet-56), 60 episodes with 20 of warm-up, 5 fine-tuning epochs on the first 12,000 training
 # images. Every method gets the same profile; results.md names the one it ran.
 #
@@ -74,7 +74,7 @@ out=$(cd "$out" && pwd)
 
 case $profile in
   full) base_epochs20=15 base_epochs56=15 episodes=100 warmup=30 ft_epochs=5 ft_limit=() images=256 test_limit=() ;;
-  cpu) base_epochs20=4 base_epochs56=3 episodes=60 warmup=20 ft_epochs=5 ft_limit=(--limit 12000) images=256 test_limit=() ;;
+  cpu) base_epochs20=2 base_epochs56=2 episodes=60 warmup=20 ft_epochs=5 ft_limit=(--limit 12000) images=256 test_limit=() ;;
   ci) base_epochs20=1 base_epochs56=1 episodes=2 warmup=1 ft_epochs=1 ft_limit=(--limit 512) images=32 test_limit=(--test-limit 256) ;;
   *) echo "quality.sh: --profile must be cpu or full" >&2; exit 2 ;;
 esac
