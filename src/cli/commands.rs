@@ -889,7 +889,7 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
         .methods
         .iter()
         .copied()
-        .filter(|m| !(a.no_random && *m == Method::Random) && !(a.no_uniform && *m == Method::Uniform))
+        .filter(|m| !(a.no_random && *m == Method::Random || a.no_uniform && *m == Method::Uniform))
         .fold(Vec::new(), |mut v, m| {
             if !v.contains(&m) {
                 v.push(m);
