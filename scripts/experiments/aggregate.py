@@ -279,10 +279,25 @@ def main():
         cmd = re.sub(r"--seed \d+", "--seed $SEED", c["command"])
         cmd = re.sub(r"/cells/[^/ ]+/run", "/cells/$CELL/run", cmd)
         cmds.setdefault(cmd, None)
+    base_cmds = []
+    for path in sorted(glob.glob(os.path.join(args.out, "logs", "base-*", "command.txt"))) + sorted(
+            glob.glob(os.path.join(args.out, "study", "*", "c0", "command.txt"))) + sorted(
+            glob.glob(os.path.join(args.out, "study", "*", "c0", "*", "command.txt"))):
+        with open(path) as f:
+            base_cmds += [l.strip() for l in f if l.strip() and l.strip() not in base_cmds]
+    for path in sorted(glob.glob(os.path.join(args.out, "base", "*", "summary.json"))):
+        model = os.path.basename(os.path.dirname(path))
+        log = os.path.join(args.out, "base", model, "train_log.jsonl")
+        if os.path.exists(log):
+            with open(log) as f:
+                last = [json.loads(l) for l in f if l.strip()][-1]
+            summary.setdefault("baselines", {})[model] = {"epochs": last["epoch"], "test_top1": last["test_top1"]}
     md += ["## Commands", "",
            "The whole table: `bash scripts/experiments/quality.sh --out RUNS` (resumable; `--device cuda` for a GPU, "
            "`--ci` for the smoke cell), then `python3 scripts/experiments/aggregate.py --out RUNS --docs docs`. "
            "One command per kind of cell, as run (`$OUT` is RUNS):", "", "```"]
+    for k in base_cmds:
+        md.append(re.sub(r"/study/[^/ ]+/c\d+/", "/study/$STUDY/$CANDIDATE/", k))
     for k in sorted(cmds):
         md.append(k)
     md += ["```", ""]

@@ -221,11 +221,11 @@ EOF
     wanted "$name" || continue
     [[ -f $c/result.json ]] && continue
     log "$name"
-    [[ -f $c/pruned.safetensors ]] || run_logged "$c" "$lfgcl" "${global[@]}" -q prune-apply \
+    [[ -f $c/pruned.safetensors ]] || run_logged "$c/apply" "$lfgcl" "${global[@]}" -q prune-apply \
       --ckpt "$out/base/resnet20/model.safetensors" --ratios "$c/candidate.json" --out "$c/pruned.safetensors"
     local resume=()
     [[ -f $c/ft/train_state.safetensors ]] && resume=(--resume)
-    run_logged "$c" "$lfgcl" "${global[@]}" -q finetune --ckpt "$c/pruned.safetensors" \
+    run_logged "$c/tune" "$lfgcl" "${global[@]}" -q finetune --ckpt "$c/pruned.safetensors" \
       --teacher "$out/base/resnet20/model.safetensors" --data "$data" "${ft_limit[@]}" "${test_limit[@]}" \
       --ft-epochs "$ft_epochs" --seed 0 --out "$c/ft" "${resume[@]}"
     python3 - "$c" <<'EOF'
