@@ -107,6 +107,38 @@ def fmt_paired(p):
     return f"{p['mean']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}] (n={p['n']}, {verdict})"
 
 
+def svg_bars(title, groups):
+    """A small SVG bar chart: groups = [(label, [(series, mean, std or None)])], values in %."""
+    vals = [m for _, ss in groups for _, m, _ in ss if m is not None]
+    if not vals:
+        return None
+    lo = math.floor(min(vals) - 2)
+    hi = math.ceil(max(vals) + 1)
+    w, h, left, bottom, top = max(120 * len(groups) + 80, 520), 320, 60, 60, 30
+    y = lambda v: top + (h - top - bottom) * (1 - (v - lo) / max(hi - lo, 1e-9))
+    colors = ["#4c78a8", "#f58518"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+           f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="13">{title}</text>']
+    for t in range(int(lo), int(hi) + 1):
+        out.append(f'<line x1="{left}" x2="{w - 10}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#ddd"/>'
+                   f'<text x="{left - 4}" y="{y(t) + 4:.1f}" text-anchor="end">{t}</text>')
+    for i, (label, ss) in enumerate(groups):
+        x0 = left + 10 + 120 * i
+        for j, (series, m, sd) in enumerate(ss):
+            if m is None:
+                continue
+            x = x0 + 45 * j
+            out.append(f'<rect x="{x}" y="{y(m):.1f}" width="40" height="{y(lo) - y(m):.1f}" fill="{colors[j % 2]}"/>')
+            if sd:
+                out.append(f'<line x1="{x + 20}" x2="{x + 20}" y1="{y(m - sd):.1f}" y2="{y(m + sd):.1f}" stroke="black"/>')
+        out.append(f'<text x="{x0 + 42}" y="{h - bottom + 16}" text-anchor="middle">{label}</text>')
+    for j, series in enumerate(["before fine-tuning", "after fine-tuning"]):
+        out.append(f'<rect x="{left + 160 * j}" y="{h - 22}" width="10" height="10" fill="{colors[j]}"/>'
+                   f'<text x="{left + 14 + 160 * j}" y="{h - 13}">{series}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
 def load_cells(out):
     cells = []
     for path in sorted(glob.glob(os.path.join(out, "cells", "*", "report.json"))):
@@ -206,6 +238,7 @@ def main():
         md.append("")
 
     summary = {}
+    charts = {}
     for table, model, flops, methods in PLAN + ([("ci-r20-f50", "resnet20", 0.5, PLAN[0][3])] if is_ci else []):
         rows = [c for c in table_cells if c["cell"].startswith(table + "-s")]
         if not rows:
@@ -231,6 +264,13 @@ def main():
                 f"{rw:.4f} | {fmt_ms([c['flops_fraction'] for c in rs], digits=2)}% | "
                 f"{statistics.fmean(c['search_seconds'] for c in rs):.0f} | {statistics.fmean(c['finetune_seconds'] for c in rs):.0f} |")
         md.append("")
+        chart = svg_bars(f"{model}, {int(round(100 * flops))}% FLOPs: top-1 (%) over seeds, mean and std", [
+            (LABELS.get(m, m), [(ser, *[None if v is None else 100 * v for v in mean_std([c[key] for c in rs])])
+                                for ser, key in (("before", "top1_before_finetune"), ("after", "top1_after_finetune"))])
+            for m, rs in by_method.items()])
+        if chart:
+            charts[f"results-{table}.svg"] = chart
+            md += [f"![top-1 before and after fine-tuning](results-{table}.svg)", ""]
         pairs = {}
         for lead in ("lfgcl", "lfgcl-streams"):
             if lead not in by_method:
@@ -304,7 +344,8 @@ def main():
 
     os.makedirs(args.docs, exist_ok=True)
     result = {"status": status, "profile": profile, "summary": summary, "cells": cells, "study": studies}
-    for name, text in (("results.json", json.dumps(result, indent=1) + "\n"), ("results.md", "\n".join(md))):
+    files = [("results.json", json.dumps(result, indent=1) + "\n"), ("results.md", "\n".join(md))] + list(charts.items())
+    for name, text in files:
         tmp = os.path.join(args.docs, name + ".tmp")
         with open(tmp, "w") as f:
             f.write(text)
