@@ -222,7 +222,8 @@ def main():
             f"{profile.get('candidates_per_step')} candidates ({profile.get('warmup')} of warm-up) on "
             f"{profile.get('images')} unlabeled images, random search the same number; fine-tuning "
             f"{profile.get('ft_epochs')} epochs on {profile.get('ft_train_images')} training images (labels dropped). "
-            f"Binary sha256 `{profile.get('lfgcl_sha256', '?')[:16]}...`, commit `{profile.get('lfgcl_commit', '?')[:12]}`.",
+            f"Binary sha256 `{profile.get('lfgcl_sha256', '?')[:16]}...`, commit `{profile.get('lfgcl_commit', '?')[:12]}`. "
+            f"Machine: {profile.get('machine', 'not recorded')}.",
             "",
         ]
 
@@ -262,8 +263,11 @@ def main():
                 f"| {LABELS.get(m, m)} | {','.join(str(c['seed']) for c in sorted(rs, key=lambda c: c['seed']))} | "
                 f"{fmt_ms([c['top1_before_finetune'] for c in rs])} | {fmt_ms(after)} | {drop} | "
                 f"{rw:.4f} | {fmt_ms([c['flops_fraction'] for c in rs], digits=2)}% | "
-                f"{statistics.fmean(c['search_seconds'] for c in rs):.0f} | {statistics.fmean(c['finetune_seconds'] for c in rs):.0f} |")
+                f"{statistics.fmean(c['search_seconds'] for c in rs):.0f} | {statistics.fmean(c['finetune_seconds'] for c in rs):.0f}"
+                f"{'*' if any('--resume' in c['command'] for c in rs) else ''} |")
         md.append("")
+        if any("--resume" in c["command"] for c in rows):
+            md += ["\\* resumed after an interruption: its wall times count only the run that finished it.", ""]
         chart = svg_bars(f"{model}, {int(round(100 * flops))}% FLOPs: top-1 (%) over seeds, mean and std", [
             (LABELS.get(m, m), [(ser, *[None if v is None else 100 * v for v in mean_std([c[key] for c in rs])])
                                 for ser, key in (("before", "top1_before_finetune"), ("after", "top1_after_finetune"))])
@@ -316,7 +320,7 @@ def main():
     cmds = {}
     for c in cells:
         # One line per kind of cell: the seed and the cell's folder written as variables.
-        cmd = re.sub(r"--seed \d+", "--seed $SEED", c["command"])
+        cmd = re.sub(r"--seed \d+", "--seed $SEED", c["command"]).replace(" --resume", "")
         cmd = re.sub(r"/cells/[^/ ]+/run", "/cells/$CELL/run", cmd)
         cmds.setdefault(cmd, None)
     base_cmds = []
@@ -324,7 +328,8 @@ def main():
             glob.glob(os.path.join(args.out, "study", "*", "c0", "command.txt"))) + sorted(
             glob.glob(os.path.join(args.out, "study", "*", "c0", "*", "command.txt"))):
         with open(path) as f:
-            base_cmds += [l.strip() for l in f if l.strip() and l.strip() not in base_cmds]
+            base_cmds += [l.strip().replace(" --resume", "") for l in f if l.strip()]
+    base_cmds = list(dict.fromkeys(base_cmds))
     for path in sorted(glob.glob(os.path.join(args.out, "base", "*", "summary.json"))):
         model = os.path.basename(os.path.dirname(path))
         log = os.path.join(args.out, "base", model, "train_log.jsonl")

@@ -95,7 +95,7 @@ global=(--device "$device")
 cat >"$out/profile.json" <<EOF
 {"profile": "$profile", "device": "$device", "threads": "${threads:-all}", "base_epochs": {"resnet20": $base_epochs20, "resnet56": $base_epochs56},
  "episodes": $episodes, "warmup": $warmup, "candidates_per_step": 8, "images": $images, "ft_epochs": $ft_epochs,
- "ft_train_images": "${ft_limit[1]:-all}", "lfgcl_sha256": "$(cat "$out/bin/sha256")", "lfgcl_commit": "$(cat "$out/bin/commit")"}
+ "ft_train_images": "${ft_limit[1]:-all}", "machine": "$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | xargs), $(nproc) cores", "lfgcl_sha256": "$(cat "$out/bin/sha256")", "lfgcl_commit": "$(cat "$out/bin/commit")"}
 EOF
 
 wanted() { [[ -z $only ]] || [[ $1 =~ $only ]]; }
