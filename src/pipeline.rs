@@ -8,6 +8,7 @@ use crate::backend::Device;
 use crate::data::{Dataset, Normalization};
 use crate::error::Result;
 use crate::models::Model;
+use crate::prune::baselines::{self, Method};
 use crate::prune::{Policy, Pruner};
 use crate::report::{self, BarChart};
 use crate::search::{self, RunOptions, SearchConfig, SearchFiles, Strategy};
@@ -29,10 +30,18 @@ pub struct FinetuneConfig {
 pub struct PipelineConfig {
     pub search: SearchConfig,
     pub finetune: FinetuneConfig,
-    /// Also run random search with the same number of candidate evaluations.
-    pub random_baseline: bool,
-    /// Also prune uniformly at the same budget.
-    pub uniform_baseline: bool,
+    /// The pruned nets to make, in this order: the LFGCL search, random search with the same
+    /// number of candidate evaluations, and the baselines at the same exact budget
+    /// (`prune::baselines`). The search's scope (`--streams`) applies to every method.
+    pub methods: Vec<Method>,
+    /// Rank every stream group on its own, as before issue 21, instead of keeping the channels
+    /// an option-A shortcut copies jointly with their source (comparisons only).
+    #[serde(default)]
+    pub independent_streams: bool,
+    /// Test images each LFGCL candidate is also classified on, for the reward/accuracy report
+    /// (labels never reach the search): `None` the whole test split, `Some(0)` none.
+    #[serde(default)]
+    pub report_accuracy: Option<usize>,
     /// Continue the fine-tuning stages of an interrupted run from their saved state (the
     /// searches run again; on the CPU they are deterministic, so they find the same nets).
     #[serde(skip)]
@@ -82,8 +91,9 @@ impl PipelineConfig {
                 },
                 distill_temperature: Some(4.0),
             },
-            random_baseline: true,
-            uniform_baseline: true,
+            methods: vec![Method::Lfgcl, Method::Random, Method::Uniform],
+            independent_streams: false,
+            report_accuracy: None,
             resume: false,
         }
     }
@@ -93,13 +103,26 @@ impl PipelineConfig {
 #[derive(Clone, Debug, Serialize)]
 pub struct PrunedResult {
     pub method: String,
+    /// The method's command-line name (`lfgcl`, `random`, `uniform`, `uniform-fpgm`, `global`).
+    pub key: String,
+    /// Whether the residual streams were pruned too (`--streams`).
+    pub streams: bool,
     pub reward: f64,
     pub flops_fraction: f64,
     pub params_fraction: f64,
     pub macs: u64,
     pub params: u64,
     pub top1_before_finetune: f64,
-    pub top1_after_finetune: f64,
+    /// `None` when the pipeline ran without fine-tuning (`--ft-epochs 0`).
+    pub top1_after_finetune: Option<f64>,
+    /// Kept channels per group.
+    pub kept: Vec<usize>,
+    /// Candidate evaluations of its search (0 for the baselines).
+    pub evaluations: usize,
+    /// Wall time of its search (or of choosing the baseline's channels), seconds.
+    pub search_seconds: f64,
+    /// Wall time of its fine-tuning, seconds.
+    pub finetune_seconds: f64,
     #[serde(serialize_with = "crate::fsio::serialize_path")]
     pub checkpoint: PathBuf,
 }
@@ -110,6 +133,7 @@ pub struct PipelineReport {
     pub baseline_macs: u64,
     pub baseline_params: u64,
     pub pruned: Vec<PrunedResult>,
+    /// Candidates per second of the LFGCL search (0 without it).
     pub search_candidates_per_second: f64,
     pub reward_accuracy_spearman: Option<f64>,
     pub seconds: f64,
@@ -118,11 +142,11 @@ pub struct PipelineReport {
 impl PipelineReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<16}{:>11}{:>10}{:>10}{:>16}{:>15}\n",
+            "{:<26}{:>11}{:>10}{:>10}{:>16}{:>15}\n",
             "net", "reward", "FLOPs", "params", "top-1 (pruned)", "top-1 (tuned)"
         );
         s += &format!(
-            "{:<16}{:>11}{:>10}{:>10}{:>16}{:>15}\n",
+            "{:<26}{:>11}{:>10}{:>10}{:>16}{:>15}\n",
             "baseline",
             "0",
             "100.0%",
@@ -132,13 +156,13 @@ impl PipelineReport {
         );
         for p in &self.pruned {
             s += &format!(
-                "{:<16}{:>11.5}{:>9.1}%{:>9.1}%{:>15.2}%{:>14.2}%\n",
+                "{:<26}{:>11.5}{:>9.1}%{:>9.1}%{:>15.2}%{:>15}\n",
                 p.method,
                 p.reward,
                 100.0 * p.flops_fraction,
                 100.0 * p.params_fraction,
                 100.0 * p.top1_before_finetune,
-                100.0 * p.top1_after_finetune
+                p.top1_after_finetune.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a))
             );
         }
         s
@@ -219,45 +243,108 @@ pub fn run(
     say(format!("baseline top-1 {:.2}%", 100.0 * baseline_top1));
 
     // Label-free search (the accuracy report uses the test labels, never the search).
-    say("LFGCL search ...".into());
-    let report_acc = search::AccuracyReport { images: test_images.try_clone()?, labels: test_labels.clone() };
     // With --resume a search continues from its saved state (a finished one only rewrites its outputs).
     let run_opts = RunOptions { resume: cfg.resume, progress, ..RunOptions::default() };
-    let lfgcl = search::run(
-        inputs.baseline,
-        dev,
-        inputs.search_images,
-        &cfg.search,
-        &SearchFiles { dir: out.join("search") },
-        Some(report_acc),
-        &run_opts,
-    )?;
-    let mut candidates: Vec<(String, Policy, f64)> =
-        vec![("lfgcl".into(), lfgcl.best_policy.clone(), lfgcl.best.reward)];
-    if cfg.random_baseline {
-        say("random search with the same number of evaluations ...".into());
-        let rcfg = SearchConfig { strategy: Strategy::Random, ..cfg.search.clone() };
-        let random = search::run(
-            inputs.baseline,
-            dev,
-            inputs.search_images,
-            &rcfg,
-            &SearchFiles { dir: out.join("random") },
-            None,
-            &run_opts,
-        )?;
-        candidates.push(("random search".into(), random.best_policy, random.best.reward));
-    }
-    if cfg.uniform_baseline {
-        candidates.push(("uniform".into(), policy_of_uniform(inputs.baseline, &cfg.search)?, lfgcl.uniform.reward));
+    let streams = cfg.search.scope == crate::prune::GroupScope::All;
+    let suffix = if streams { " --streams" } else { "" };
+    let pruner_for = |base: &Model, criterion| -> Result<Pruner> {
+        let p = Pruner::new(base, cfg.search.scope, criterion)?;
+        Ok(if cfg.independent_streams { p.with_independent_streams() } else { p })
+    };
+    let mut chosen: Vec<Chosen> = Vec::new();
+    let mut lfgcl_rate = 0.0;
+    let mut spearman = None;
+    for &method in &cfg.methods {
+        let t = Instant::now();
+        let c = match method {
+            Method::Lfgcl | Method::Random => {
+                let (dir, report_acc) = if method == Method::Lfgcl {
+                    say("LFGCL search ...".into());
+                    let n = cfg.report_accuracy.unwrap_or(test_labels.len()).min(test_labels.len());
+                    let acc = (n > 0)
+                        .then(|| -> Result<_> {
+                            Ok(search::AccuracyReport {
+                                images: search::batch_tensor(&inputs.test.take(n), &norm)?,
+                                labels: test_labels[..n].to_vec(),
+                            })
+                        })
+                        .transpose()?;
+                    ("search", acc)
+                } else {
+                    say("random search with the same number of evaluations ...".into());
+                    ("random", None)
+                };
+                let scfg = SearchConfig {
+                    strategy: if method == Method::Lfgcl { Strategy::Ddpg } else { Strategy::Random },
+                    ..cfg.search.clone()
+                };
+                if cfg.independent_streams {
+                    return Err(crate::error::Error::Invalid(
+                        "independent stream ranking is for the baselines only (uniform, uniform-fpgm, global)".into(),
+                    ));
+                }
+                let found = search::run(
+                    inputs.baseline,
+                    dev,
+                    inputs.search_images,
+                    &scfg,
+                    &SearchFiles { dir: out.join(dir) },
+                    report_acc,
+                    &run_opts,
+                )?;
+                if method == Method::Lfgcl {
+                    lfgcl_rate = found.candidates_per_second;
+                    spearman = found.reward_accuracy_spearman;
+                }
+                Chosen {
+                    method,
+                    policy: found.best_policy,
+                    reward: Some(found.best.reward),
+                    evaluations: found.evaluated,
+                    seconds: t.elapsed().as_secs_f64(),
+                }
+            }
+            Method::Uniform | Method::UniformFpgm | Method::Global => {
+                let criterion = match method {
+                    Method::UniformFpgm => crate::prune::Criterion::Fpgm,
+                    _ => crate::prune::Criterion::L1,
+                };
+                let pruner = pruner_for(inputs.baseline, criterion)?;
+                let p = match method {
+                    Method::Global => {
+                        baselines::global_threshold(&pruner, &cfg.search.budget, &cfg.search.constraints)?
+                    }
+                    _ => baselines::uniform_exact(&pruner, &cfg.search.budget, &cfg.search.constraints)?,
+                };
+                let policy = pruner.policy(inputs.baseline, &p, &cfg.search.constraints, method.label());
+                Chosen { method, policy, reward: None, evaluations: 0, seconds: t.elapsed().as_secs_f64() }
+            }
+        };
+        chosen.push(c);
     }
     let search_images = dev.to_device(inputs.search_images)?;
     let mut pruned_results = Vec::new();
-    for (method, policy, reward) in candidates {
+    for c in chosen {
+        let Chosen { method, policy, reward, evaluations, seconds } = c;
+        let label = format!("{}{suffix}", method.label());
         // Measured as the search scored it (BN statistics of the unlabeled images, when the
         // reward re-estimates them).
-        let pruner = Pruner::new(inputs.baseline, policy.scope, policy.criterion)?;
+        let pruner = pruner_for(inputs.baseline, policy.criterion)?;
         let keep = pruner.keep_indices(&policy.kept)?;
+        let reward = match reward {
+            Some(r) => r,
+            None => {
+                let scorer = search::reward::Scorer::new(
+                    inputs.baseline,
+                    dev,
+                    &search_images,
+                    &pruner.groups,
+                    cfg.search.reward.clone(),
+                )?;
+                let mut cand = scorer.candidate(inputs.baseline, &pruner.groups, &keep)?;
+                scorer.score(&mut cand, &keep)?
+            }
+        };
         let mut net = search::reward::scored_candidate(
             inputs.baseline,
             dev,
@@ -267,20 +354,33 @@ pub fn run(
             &cfg.search.reward,
         )?;
         let before = search::top1(&mut net, dev, &test_images, &test_labels)?;
-        let dir = out.join(format!("finetune-{}", method.replace(' ', "-")));
-        say(format!(
-            "fine-tuning the {method} net ({:.1}% FLOPs, top-1 before {:.2}%) ...",
-            100.0 * policy.flops_fraction,
-            100.0 * before
-        ));
-        let mut teacher = inputs.baseline.duplicate()?;
-        // A stage killed before its first epoch has no state yet: it starts afresh.
-        let resume = cfg.resume && dir.join(train::TRAIN_STATE_FILE).is_file();
-        finetune(&mut net, &mut teacher, dev, &inputs, &cfg.finetune, &dir, resume, quiet)?;
-        let after = search::top1(&mut net, dev, &test_images, &test_labels)?;
+        let dir = out.join(format!("finetune-{}", method.dir_name()));
+        let t = Instant::now();
+        let after = if cfg.finetune.train.epochs > 0 {
+            say(format!(
+                "fine-tuning the {label} net ({:.1}% FLOPs, top-1 before {:.2}%) ...",
+                100.0 * policy.flops_fraction,
+                100.0 * before
+            ));
+            let mut teacher = inputs.baseline.duplicate()?;
+            // A stage killed before its first epoch has no state yet: it starts afresh.
+            let resume = cfg.resume && dir.join(train::TRAIN_STATE_FILE).is_file();
+            finetune(&mut net, &mut teacher, dev, &inputs, &cfg.finetune, &dir, resume, quiet)?;
+            Some(search::top1(&mut net, dev, &test_images, &test_labels)?)
+        } else {
+            say(format!(
+                "{label}: {:.1}% FLOPs, top-1 {:.2}% (no fine-tuning)",
+                100.0 * policy.flops_fraction,
+                100.0 * before
+            ));
+            None
+        };
+        let finetune_seconds = t.elapsed().as_secs_f64();
         let cost = net.cost();
         pruned_results.push(PrunedResult {
-            method,
+            method: label,
+            key: method.key().to_string(),
+            streams,
             reward,
             flops_fraction: cost.macs as f64 / base_cost.macs as f64,
             params_fraction: cost.params as f64 / base_cost.params as f64,
@@ -288,6 +388,10 @@ pub fn run(
             params: cost.params,
             top1_before_finetune: before,
             top1_after_finetune: after,
+            kept: policy.kept.clone(),
+            evaluations,
+            search_seconds: seconds,
+            finetune_seconds,
             checkpoint: dir.join("model.safetensors"),
         });
     }
@@ -296,22 +400,29 @@ pub fn run(
         baseline_macs: base_cost.macs,
         baseline_params: base_cost.params,
         pruned: pruned_results,
-        search_candidates_per_second: lfgcl.candidates_per_second,
-        reward_accuracy_spearman: lfgcl.reward_accuracy_spearman,
+        search_candidates_per_second: lfgcl_rate,
+        reward_accuracy_spearman: spearman,
         seconds: start.elapsed().as_secs_f64(),
     };
     let methods: Vec<String> = report.pruned.iter().map(|p| p.method.clone()).collect();
     BarChart::new("Top-1 of the pruned nets", "method", "top-1 (%)")
         .with_categories(methods)
         .with_series("before fine-tuning", report.pruned.iter().map(|p| 100.0 * p.top1_before_finetune).collect())
-        .with_series("after fine-tuning", report.pruned.iter().map(|p| 100.0 * p.top1_after_finetune).collect())
+        .with_series(
+            "after fine-tuning",
+            report.pruned.iter().map(|p| 100.0 * p.top1_after_finetune.unwrap_or(f64::NAN)).collect(),
+        )
         .save(out.join("accuracy.svg"))?;
     report::write_json(out.join("report.json"), &serde_json::json!({ "config": cfg, "report": &report }))?;
     Ok(report)
 }
 
-fn policy_of_uniform(base: &Model, cfg: &SearchConfig) -> Result<Policy> {
-    let pruner = Pruner::new(base, cfg.scope, cfg.criterion)?;
-    let p = pruner.uniform(&cfg.budget, &cfg.constraints)?;
-    Ok(pruner.policy(base, &p, &cfg.constraints, "uniform"))
+/// A method's pruning before fine-tuning.
+struct Chosen {
+    method: Method,
+    policy: Policy,
+    /// The reward its search scored it with (baselines are scored afterwards).
+    reward: Option<f64>,
+    evaluations: usize,
+    seconds: f64,
 }

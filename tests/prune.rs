@@ -309,3 +309,106 @@ fn apply_batch_equals_apply_per_candidate() {
         }
     }
 }
+
+/// Every channel a stage keeps in its stream and an option-A shortcut copies is kept in the next
+/// stage's stream (issue 21), for uniform and random kept counts; where the next stage keeps
+/// fewer channels than it receives, everything it keeps is a copy. Ranked independently (as
+/// before), a uniform 50% pruning of this net loses some of them, so the test can fail.
+#[test]
+fn option_a_shortcuts_carry_every_kept_stream_channel() {
+    let m = model("resnet20", 3, 32);
+    let pruner = Pruner::new(&m, GroupScope::All, Criterion::L1).unwrap();
+    let links = pruner.links().to_vec();
+    let names: Vec<(String, String)> =
+        links.iter().map(|l| (pruner.groups[l.from].name.clone(), pruner.groups[l.to].name.clone())).collect();
+    assert_eq!(
+        names,
+        [("layer1 stream".into(), "layer2 stream".into()), ("layer2 stream".into(), "layer3 stream".into())]
+    );
+    // The unpruned map: layer1's 16 channels land on layer2's channels 8..24.
+    assert_eq!(links[0].pairs.len(), 16);
+    assert!(links[0].pairs.iter().all(|&(s, d)| d == s + 8));
+    let lost = |keep: &[Vec<u32>]| -> usize {
+        links
+            .iter()
+            .map(|l| {
+                l.pairs
+                    .iter()
+                    .filter(|(s, d)| keep[l.from].binary_search(s).is_ok() && keep[l.to].binary_search(d).is_err())
+                    .count()
+            })
+            .sum()
+    };
+    let c = Constraints::default();
+    let uniform = pruner.uniform(&Budget { flops: Some(0.5), params: None }, &c).unwrap();
+    let keep = pruner.keep_indices(&uniform.kept).unwrap();
+    assert_eq!(lost(&keep), 0, "coupled uniform 50%: {keep:?}");
+    let independent = Pruner::new(&m, GroupScope::All, Criterion::L1).unwrap().with_independent_streams();
+    assert!(independent.links().is_empty());
+    let old = independent.keep_indices(&uniform.kept).unwrap();
+    assert!(lost(&old) > 0, "independent ranking should drop copied channels on this net: {old:?}");
+    // Inner groups are not touched by the coupling.
+    for (g, (a, b)) in pruner.groups.iter().zip(keep.iter().zip(&old)) {
+        if g.kind == GroupKind::Inner {
+            assert_eq!(a, b, "{}", g.name);
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(21);
+    for _ in 0..50 {
+        let kept: Vec<usize> = pruner.groups.iter().map(|g| rng.random_range(1..=g.channels)).collect();
+        let keep = pruner.keep_indices(&kept).unwrap();
+        for (g, (k, &n)) in keep.iter().zip(&kept).enumerate() {
+            assert_eq!(k.len(), n, "group {g} keeps the asked count");
+        }
+        for l in &links {
+            let received: Vec<u32> =
+                l.pairs.iter().filter(|(s, _)| keep[l.from].binary_search(s).is_ok()).map(|&(_, d)| d).collect();
+            if received.len() <= kept[l.to] {
+                assert!(received.iter().all(|d| keep[l.to].binary_search(d).is_ok()), "{kept:?}: {keep:?}");
+            } else {
+                assert!(keep[l.to].iter().all(|d| received.contains(d)), "{kept:?}: {keep:?}");
+            }
+        }
+    }
+}
+
+/// The baselines meet the budget and leave less of it unspent than one channel of the
+/// cheapest group would cost; the global threshold keeps, in every group, the channels with
+/// the highest normalised norms, and it differs from uniform (so the test sees a real threshold).
+#[test]
+fn baselines_spend_the_exact_budget() {
+    use prune::baselines;
+    for (name, scope) in
+        [("resnet20", GroupScope::Inner), ("resnet20", GroupScope::All), ("resnet56", GroupScope::Inner)]
+    {
+        let m = model(name, 3, 32);
+        let pruner = Pruner::new(&m, scope, Criterion::L1).unwrap();
+        for f in [0.3, 0.5] {
+            let b = Budget { flops: Some(f), params: None };
+            let c = Constraints::default();
+            let plain = pruner.uniform(&b, &c).unwrap();
+            let exact = baselines::uniform_exact(&pruner, &b, &c).unwrap();
+            let global = baselines::global_threshold(&pruner, &b, &c).unwrap();
+            for (what, p) in [("uniform", &plain), ("uniform exact", &exact), ("global", &global)] {
+                assert!(p.flops_fraction <= f + 1e-12, "{name} {scope:?} {what} at {f}: {}", p.flops_fraction);
+                let floor: Vec<usize> = pruner.cost.channels.iter().map(|&ch| prune::keep_count(0.2, ch, 1)).collect();
+                assert!(p.kept.iter().zip(&floor).all(|(k, fl)| k >= fl), "{what} keeps the lower bound");
+            }
+            // Exact: adding one channel to any group that is not full would break the budget.
+            for (what, p) in [("uniform exact", &exact), ("global", &global)] {
+                for g in 0..p.kept.len() {
+                    if p.kept[g] < pruner.cost.channels[g] {
+                        let mut more = p.kept.clone();
+                        more[g] += 1;
+                        assert!(
+                            pruner.cost.fractions(&more).0 > f,
+                            "{name} {scope:?} {what} at {f}: group {g} could keep one more channel"
+                        );
+                    }
+                }
+            }
+            assert!(exact.flops_fraction >= plain.flops_fraction);
+            assert_ne!(global.kept, exact.kept, "{name} at {f}: the global threshold is not uniform");
+        }
+    }
+}

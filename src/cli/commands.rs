@@ -9,6 +9,7 @@ use crate::data::{self, Dataset, OpenOptions, Split};
 use crate::error::{DirLock, Error, Result};
 use crate::models::{Arch, Model};
 use crate::pipeline::{self, FinetuneConfig, PipelineConfig};
+use crate::prune::baselines::Method;
 use crate::prune::{self, Budget, Constraints, GroupScope, Pruner};
 use crate::report::{self, LinePlot, Series};
 use crate::search;
@@ -653,16 +654,25 @@ fn cmd_prune_apply(g: &GlobalArgs, a: PruneApplyArgs) -> Result<()> {
     let base = checkpoint::load(&a.ckpt, &dev)?;
     let constraints = a.prune.constraints()?;
     let budget = a.prune.budget();
-    let (projected, pruner, source, applied_constraints) = if a.uniform {
-        let pruner = Pruner::new(&base, scope_of(a.prune.streams), a.prune.criterion)?;
-        (pruner.uniform(&budget, &constraints)?, pruner, "uniform".to_string(), constraints)
+    let coupling = |p: Pruner| if a.prune.independent_streams { p.with_independent_streams() } else { p };
+    let (projected, pruner, source, applied_constraints) = if a.uniform || a.global {
+        let criterion = if a.global { prune::Criterion::L1 } else { a.prune.criterion };
+        let pruner = coupling(Pruner::new(&base, scope_of(a.prune.streams), criterion)?);
+        let (p, source) = if a.global {
+            (prune::baselines::global_threshold(&pruner, &budget, &constraints)?, "global magnitude")
+        } else if a.exact {
+            (prune::baselines::uniform_exact(&pruner, &budget, &constraints)?, "uniform (exact budget)")
+        } else {
+            (pruner.uniform(&budget, &constraints)?, "uniform")
+        };
+        (p, pruner, source.to_string(), constraints)
     } else {
         let path = a.ratios.as_ref().ok_or_else(|| Error::Invalid("give --ratios FILE or --uniform".into()))?;
         let file = prune::read_ratio_file(path)?;
         // The file's own scope and rounding win unless the command line asks for streams.
         let scope = if a.prune.streams { GroupScope::All } else { file.scope.unwrap_or(GroupScope::Inner) };
         let criterion = file.criterion.unwrap_or(a.prune.criterion);
-        let pruner = Pruner::new(&base, scope, criterion)?;
+        let pruner = coupling(Pruner::new(&base, scope, criterion)?);
         let what = path.display().to_string();
         if let Some(m) = &file.model {
             if !m.eq_ignore_ascii_case(&base.arch.model) {
@@ -932,7 +942,10 @@ fn run_pipeline(
 }
 
 fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
-    a.ft.check()?;
+    // --ft-epochs 0: the pruned nets are measured before fine-tuning only.
+    if a.ft.epochs > 0 {
+        a.ft.check()?;
+    }
     let _lock = DirLock::acquire(&a.out)?;
     let dev = open_device(g)?;
     let mut base = checkpoint::load(&a.ckpt, &dev)?;
@@ -941,6 +954,25 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
     let test =
         test.ok_or_else(|| Error::Invalid(format!("{} has no labelled test split to evaluate on", a.data.data)))?;
     train::check_compatible(&base, &train_ds)?;
+    let methods: Vec<_> = a
+        .methods
+        .iter()
+        .copied()
+        .filter(|m| !(a.no_random && *m == Method::Random || a.no_uniform && *m == Method::Uniform))
+        .fold(Vec::new(), |mut v, m| {
+            if !v.contains(&m) {
+                v.push(m);
+            }
+            v
+        });
+    if methods.is_empty() {
+        return Err(Error::Invalid("no method left to run (--methods, --no-random, --no-uniform)".into()));
+    }
+    if a.prune.independent_streams && methods.iter().any(|m| m.searches()) {
+        return Err(Error::Invalid(
+            "--independent-streams is for the baselines only (--methods uniform,uniform-fpgm,global)".into(),
+        ));
+    }
     let cfg = PipelineConfig {
         search,
         finetune: {
@@ -948,8 +980,9 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
             f.train.augment = augments(&a.data);
             f
         },
-        random_baseline: !a.no_random,
-        uniform_baseline: !a.no_uniform,
+        methods,
+        independent_streams: a.prune.independent_streams,
+        report_accuracy: a.report_accuracy,
         resume: a.resume,
     };
     let report = run_pipeline(g, &dev, &mut base, &train_ds, &test, &cfg, a.search.images, &a.out)?;

@@ -173,12 +173,22 @@ pub struct PipelineArgs {
     pub search: SearchOpts,
     #[command(flatten)]
     pub ft: FinetuneOpts,
+    /// The pruned nets to make, in order: lfgcl (the search), random (random search with the same
+    /// number of evaluations), uniform (same keep ratio everywhere, L1), uniform-fpgm, global
+    /// (one threshold over mean-normalised filter L1 norms). Every one meets the same exact
+    /// budget and is fine-tuned the same way.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "lfgcl,random,uniform")]
+    pub methods: Vec<crate::prune::baselines::Method>,
     /// Skip the random-search baseline.
     #[arg(long)]
     pub no_random: bool,
     /// Skip the uniform-pruning baseline.
     #[arg(long)]
     pub no_uniform: bool,
+    /// Classify each LFGCL candidate on this many test images, for the reward/accuracy report
+    /// only (0: none; default: the whole test split).
+    #[arg(long)]
+    pub report_accuracy: Option<usize>,
     /// Skip the deployment table (each pruned net against the baseline in lfgcl and onnxruntime).
     #[arg(long)]
     pub no_deploy_bench: bool,
@@ -324,6 +334,10 @@ pub struct PruneArgs {
     /// Params budget: keep at most this fraction of the model's params.
     #[arg(long)]
     pub params: Option<f64>,
+    /// With --streams: rank each stream on its own, as before issue 21, instead of keeping the
+    /// channels a shortcut copies jointly with the stream they come from (comparisons only).
+    #[arg(long, hide = true)]
+    pub independent_streams: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -338,6 +352,15 @@ pub struct PruneApplyArgs {
     /// Keep the same fraction of every group, the largest that meets the budget.
     #[arg(long)]
     pub uniform: bool,
+    /// Global magnitude pruning: one threshold over every group's filter L1 norms (each group's
+    /// divided by their mean), the lowest that meets the budget, the remainder spent on the next
+    /// channels that fit.
+    #[arg(long, conflicts_with_all = ["ratios", "uniform"])]
+    pub global: bool,
+    /// With --uniform: spend what the common ratio leaves of the budget, one channel at a time on
+    /// the groups furthest below full width (the exact budget the pipeline's baselines use).
+    #[arg(long, requires = "uniform")]
+    pub exact: bool,
     #[command(flatten)]
     pub prune: PruneArgs,
     /// The pruned checkpoint to write (its policy goes beside it as .policy.json).

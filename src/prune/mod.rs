@@ -2,6 +2,7 @@
 //! masked gather into a compact net, and the policy files that describe a pruning.
 
 pub mod apply;
+pub mod baselines;
 pub mod budget;
 pub mod groups;
 pub mod rank;
@@ -25,6 +26,9 @@ pub struct Pruner {
     pub criterion: Criterion,
     /// Channel importance per group (higher is kept first), computed once.
     importance: Vec<Vec<f64>>,
+    /// Option-A shortcut copies between the groups (with `--streams`): their channels are
+    /// ranked and kept jointly (`rank::select_coupled`).
+    links: Vec<rank::StreamLink>,
 }
 
 impl Pruner {
@@ -36,7 +40,25 @@ impl Pruner {
         let cost = CostModel::new(&model.graph, &groups)?;
         let importance =
             groups.iter().map(|g| rank::importance(&model.graph, g, criterion)).collect::<Result<Vec<_>>>()?;
-        Ok(Pruner { groups, cost, scope, criterion, importance })
+        let links = rank::stream_links(&model.graph, &groups);
+        Ok(Pruner { groups, cost, scope, criterion, importance, links })
+    }
+
+    /// The same pruner with every stream group ranked on its own, as before issue 21 (a
+    /// shortcut then copies only the channels kept on both of its sides). For comparisons only.
+    pub fn with_independent_streams(mut self) -> Pruner {
+        self.links.clear();
+        self
+    }
+
+    /// Channel importance per group under the pruner's criterion (higher is kept first).
+    pub fn importance(&self) -> &[Vec<f64>] {
+        &self.importance
+    }
+
+    /// The shortcut copies between groups whose channels are kept jointly.
+    pub fn links(&self) -> &[rank::StreamLink] {
+        &self.links
     }
 
     pub fn group_names(&self) -> Vec<String> {
@@ -48,7 +70,7 @@ impl Pruner {
         if kept.len() != self.groups.len() {
             return Err(Error::Invalid(format!("{} kept counts for {} groups", kept.len(), self.groups.len())));
         }
-        Ok(self.importance.iter().zip(kept).map(|(imp, &k)| rank::select(imp, k)).collect())
+        Ok(rank::select_coupled(&self.importance, &self.links, kept))
     }
 
     /// The compact net keeping `kept[g]` channels in group g.

@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""Aggregates the cells of scripts/experiments/quality.sh into results.md and results.json.
+
+    python3 scripts/experiments/aggregate.py --out RUNS --docs docs
+
+Reads RUNS/cells/*/report.json (one pipeline run of one method each), RUNS/study/*/c*/result.json
+and RUNS/profile.json; writes DOCS/results.json (every cell's numbers, flattened) and
+DOCS/results.md (mean and sample std over seeds before and after fine-tuning, the paired
+difference lfgcl - baseline over seeds with its 95% t-interval, wall times, the commands).
+Standard library only.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import statistics
+import sys
+
+# Two-sided 95% Student t quantiles by degrees of freedom.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        15: 2.131, 20: 2.086, 30: 2.042}
+
+# The plan of quality.sh: (table, model, flops, methods); 3 seeds each.
+PLAN = [
+    ("r20-f50", "resnet20", 0.5, ["uniform", "global", "uniform-fpgm", "lfgcl", "random", "lfgcl-streams"]),
+    ("r20-f30", "resnet20", 0.3, ["uniform", "global", "uniform-fpgm", "lfgcl", "random", "lfgcl-streams"]),
+    ("r56-f50", "resnet56", 0.5, ["uniform", "global", "lfgcl", "random"]),
+]
+LABELS = {
+    "uniform": "uniform L1",
+    "global": "global magnitude",
+    "uniform-fpgm": "uniform FPGM",
+    "lfgcl": "lfgcl",
+    "random": "random search",
+    "lfgcl-streams": "lfgcl --streams",
+}
+
+
+def t975(df):
+    if df in T975:
+        return T975[df]
+    keys = sorted(k for k in T975 if k <= df)
+    return T975[keys[-1]] if keys else float("nan")
+
+
+def ranks(xs):
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    r = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            r[order[k]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return r
+
+
+def spearman(a, b):
+    if len(a) < 3:
+        return None
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    num = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    den = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+    return num / den if den > 0 else None
+
+
+def mean_std(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def fmt_ms(xs, scale=100.0, digits=2):
+    m, s = mean_std(xs)
+    if m is None:
+        return "-"
+    if s is None:
+        return f"{scale * m:.{digits}f}"
+    return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+
+
+def paired(a_by_seed, b_by_seed):
+    """Mean difference a - b over the seeds both have, with its 95% t-interval (points)."""
+    seeds = sorted(set(a_by_seed) & set(b_by_seed))
+    d = [100.0 * (a_by_seed[s] - b_by_seed[s]) for s in seeds if a_by_seed[s] is not None and b_by_seed[s] is not None]
+    if not d:
+        return None
+    m = statistics.fmean(d)
+    if len(d) < 2:
+        return {"n": len(d), "mean": m, "lo": None, "hi": None, "diffs": d}
+    h = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+    return {"n": len(d), "mean": m, "lo": m - h, "hi": m + h, "diffs": d}
+
+
+def fmt_paired(p):
+    if p is None:
+        return "-"
+    if p["lo"] is None:
+        return f"{p['mean']:+.2f} (n=1)"
+    verdict = "lfgcl ahead" if p["lo"] > 0 else ("lfgcl behind" if p["hi"] < 0 else "not resolved")
+    return f"{p['mean']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}] (n={p['n']}, {verdict})"
+
+
+def svg_bars(title, groups):
+    """A small SVG bar chart: groups = [(label, [(series, mean, std or None)])], values in %."""
+    vals = [m for _, ss in groups for _, m, _ in ss if m is not None]
+    if not vals:
+        return None
+    lo = math.floor(min(vals) - 2)
+    hi = math.ceil(max(vals) + 1)
+    w, h, left, bottom, top = max(120 * len(groups) + 80, 520), 320, 60, 60, 30
+    y = lambda v: top + (h - top - bottom) * (1 - (v - lo) / max(hi - lo, 1e-9))
+    colors = ["#4c78a8", "#f58518"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+           f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="13">{title}</text>']
+    for t in range(int(lo), int(hi) + 1):
+        out.append(f'<line x1="{left}" x2="{w - 10}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#ddd"/>'
+                   f'<text x="{left - 4}" y="{y(t) + 4:.1f}" text-anchor="end">{t}</text>')
+    for i, (label, ss) in enumerate(groups):
+        x0 = left + 10 + 120 * i
+        for j, (series, m, sd) in enumerate(ss):
+            if m is None:
+                continue
+            x = x0 + 45 * j
+            out.append(f'<rect x="{x}" y="{y(m):.1f}" width="40" height="{y(lo) - y(m):.1f}" fill="{colors[j % 2]}"/>')
+            if sd:
+                out.append(f'<line x1="{x + 20}" x2="{x + 20}" y1="{y(m - sd):.1f}" y2="{y(m + sd):.1f}" stroke="black"/>')
+        out.append(f'<text x="{x0 + 42}" y="{h - bottom + 16}" text-anchor="middle">{label}</text>')
+    for j, series in enumerate(["before fine-tuning", "after fine-tuning"]):
+        out.append(f'<rect x="{left + 160 * j}" y="{h - 22}" width="10" height="10" fill="{colors[j]}"/>'
+                   f'<text x="{left + 14 + 160 * j}" y="{h - 13}">{series}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def load_cells(out):
+    cells = []
+    for path in sorted(glob.glob(os.path.join(out, "cells", "*", "report.json"))):
+        with open(path) as f:
+            c = json.load(f)
+        rep = c["report"]
+        for p in rep["pruned"]:
+            key = p["key"] + ("-streams" if p.get("streams") else "")
+            cells.append({
+                "cell": c["cell"],
+                "model": c["model"],
+                "flops_budget": c["flops"],
+                "seed": c["seed"],
+                "method": key,
+                "label": p["method"],
+                "extra": c.get("extra", ""),
+                "baseline_top1": rep["baseline_top1"],
+                "top1_before_finetune": p["top1_before_finetune"],
+                "top1_after_finetune": p["top1_after_finetune"],
+                "reward": p["reward"],
+                "flops_fraction": p["flops_fraction"],
+                "params_fraction": p["params_fraction"],
+                "kept": p["kept"],
+                "evaluations": p["evaluations"],
+                "search_seconds": p["search_seconds"],
+                "finetune_seconds": p["finetune_seconds"],
+                "reward_accuracy_spearman": rep.get("reward_accuracy_spearman"),
+                "command": c["command"],
+            })
+    return cells
+
+
+def load_study(out):
+    studies = {}
+    for path in sorted(glob.glob(os.path.join(out, "study", "*", "c*", "result.json"))):
+        name = os.path.basename(os.path.dirname(os.path.dirname(path)))
+        with open(path) as f:
+            r = json.load(f)
+        r["candidate"] = os.path.basename(os.path.dirname(path))
+        studies.setdefault(name, []).append(r)
+    return studies
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="the output folder of quality.sh")
+    ap.add_argument("--docs", required=True, help="where results.md and results.json go")
+    args = ap.parse_args()
+    profile = {}
+    pp = os.path.join(args.out, "profile.json")
+    if os.path.exists(pp):
+        with open(pp) as f:
+            profile = json.load(f)
+    cells = load_cells(args.out)
+    studies = load_study(args.out)
+    table_cells = [c for c in cells if not c["cell"].startswith(("streams-", "ci-streams"))]
+    stream_cells = [c for c in cells if c["cell"].startswith(("streams-", "ci-streams"))]
+
+    md = ["# lfgcl results: does the search pay? (issue 21)", ""]
+    expected = sum(3 * len(m) for _, _, _, m in PLAN)
+    done = len(table_cells)
+    is_ci = profile.get("profile") == "ci"
+    status = "CI smoke run (tiny budget, numbers meaningless)" if is_ci else (
+        "complete" if done >= expected else f"PARTIAL: {done} of {expected} table cells done; the rest is still running or not started")
+    md += [f"**Status: {status}.**", ""]
+    md += [
+        "Every method prunes the same baseline to the same exact FLOPs budget (kept counts raised one channel at a time "
+        "while the budget holds, so no method leaves more than one channel's cost unspent) and is fine-tuned with the "
+        "same label-free recipe (KL distillation from the baseline at T=4, no label read); top-1 is on the 10,000 "
+        "Fashion-MNIST test images. *Before* is the pruned net with its BN statistics re-estimated on the search's "
+        "256 unlabeled images (as the search scores it); *after* is after fine-tuning. Seeds change the search, its "
+        "unlabeled batch and the fine-tuning's shuffling; the baseline is the same for all. Std is the sample std over "
+        "seeds. Paired difference: lfgcl minus the method, seed by seed, in points, with the 95% Student-t interval "
+        "over seeds (with 3 seeds the interval is wide: t = 4.30).",
+        "",
+    ]
+    if profile:
+        md += [
+            f"Profile `{profile.get('profile')}` on `{profile.get('device')}` ({profile.get('threads')} thread(s)): "
+            f"baselines trained {profile.get('base_epochs')} epochs; search {profile.get('episodes')} episodes x "
+            f"{profile.get('candidates_per_step')} candidates ({profile.get('warmup')} of warm-up) on "
+            f"{profile.get('images')} unlabeled images, random search the same number; fine-tuning "
+            f"{profile.get('ft_epochs')} epochs on {profile.get('ft_train_images')} training images (labels dropped). "
+            f"Binary sha256 `{profile.get('lfgcl_sha256', '?')[:16]}...`, commit `{profile.get('lfgcl_commit', '?')[:12]}`. "
+            f"Machine: {profile.get('machine', 'not recorded')}.",
+            "",
+        ]
+
+    # Item 1: the stream coupling.
+    if stream_cells:
+        md += ["## Residual streams: shortcut copies kept jointly (item 1)", "",
+               "Pruned with `--streams` at 50% FLOPs, before fine-tuning (BN re-estimated), seed 0.", "",
+               "| method | ranking | top-1 before | reward | FLOPs |", "|---|---|---|---|---|"]
+        for c in stream_cells:
+            ranking = "per stream (before issue 21)" if "independent" in c["extra"] or "independent" in c["cell"] else "joint with the shortcut's source (now)"
+            md.append(f"| {c['label']} | {ranking} | {100 * c['top1_before_finetune']:.2f} | {c['reward']:.4f} | "
+                      f"{100 * c['flops_fraction']:.1f}% |")
+        md.append("")
+
+    summary = {}
+    charts = {}
+    for table, model, flops, methods in PLAN + ([("ci-r20-f50", "resnet20", 0.5, PLAN[0][3])] if is_ci else []):
+        rows = [c for c in table_cells if c["cell"].startswith(table + "-s")]
+        if not rows:
+            continue
+        base = rows[0]["baseline_top1"]
+        md += [f"## {model}, {int(round(100 * flops))}% FLOPs", "",
+               f"Baseline top-1 {100 * base:.2f}%.", "",
+               "| method | seeds | top-1 before | top-1 after | after − baseline | reward | FLOPs | search s | fine-tune s |",
+               "|---|---|---|---|---|---|---|---|---|"]
+        by_method = {}
+        for m in methods:
+            rs = [c for c in rows if c["method"] == m]
+            if not rs:
+                continue
+            by_method[m] = rs
+            after = [c["top1_after_finetune"] for c in rs]
+            am, _ = mean_std(after)
+            drop = "-" if am is None else f"{100 * (am - base):+.2f}"
+            rw, rws = mean_std([c["reward"] for c in rs])
+            md.append(
+                f"| {LABELS.get(m, m)} | {','.join(str(c['seed']) for c in sorted(rs, key=lambda c: c['seed']))} | "
+                f"{fmt_ms([c['top1_before_finetune'] for c in rs])} | {fmt_ms(after)} | {drop} | "
+                f"{rw:.4f} | {fmt_ms([c['flops_fraction'] for c in rs], digits=2)}% | "
+                f"{statistics.fmean(c['search_seconds'] for c in rs):.0f} | {statistics.fmean(c['finetune_seconds'] for c in rs):.0f}"
+                f"{'*' if any('--resume' in c['command'] for c in rs) else ''} |")
+        md.append("")
+        if any("--resume" in c["command"] for c in rows):
+            md += ["\\* resumed after an interruption: its wall times count only the run that finished it.", ""]
+        chart = svg_bars(f"{model}, {int(round(100 * flops))}% FLOPs: top-1 (%) over seeds, mean and std", [
+            (LABELS.get(m, m), [(ser, *[None if v is None else 100 * v for v in mean_std([c[key] for c in rs])])
+                                for ser, key in (("before", "top1_before_finetune"), ("after", "top1_after_finetune"))])
+            for m, rs in by_method.items()])
+        if chart:
+            charts[f"results-{table}.svg"] = chart
+            md += [f"![top-1 before and after fine-tuning](results-{table}.svg)", ""]
+        pairs = {}
+        for lead in ("lfgcl", "lfgcl-streams"):
+            if lead not in by_method:
+                continue
+            lines = []
+            for m, rs in by_method.items():
+                if m == lead:
+                    continue
+                a_after = {c["seed"]: c["top1_after_finetune"] for c in by_method[lead]}
+                b_after = {c["seed"]: c["top1_after_finetune"] for c in rs}
+                a_before = {c["seed"]: c["top1_before_finetune"] for c in by_method[lead]}
+                b_before = {c["seed"]: c["top1_before_finetune"] for c in rs}
+                pa, pb = paired(a_after, b_after), paired(a_before, b_before)
+                pairs[f"{lead} - {m}"] = {"after": pa, "before": pb}
+                lines.append(f"| {LABELS.get(lead)} − {LABELS.get(m, m)} | {fmt_paired(pb)} | {fmt_paired(pa)} |")
+            if lines:
+                md += [f"Paired differences, {LABELS.get(lead)} minus each method (points, 95% t-interval over seeds):", "",
+                       "| difference | before fine-tuning | after fine-tuning |", "|---|---|---|"] + lines + [""]
+        summary[table] = {"baseline_top1": base, "pairs": pairs}
+
+    for name, rs in studies.items():
+        rs = sorted(rs, key=lambda r: r["reward"])
+        rew = [r["reward"] for r in rs]
+        after = [r["top1_after_finetune"] for r in rs]
+        before = [r.get("top1_before_500") for r in rs]
+        rho_after = spearman(rew, after)
+        rho_before = spearman(rew, before) if all(b is not None for b in before) else None
+        rho_ba = spearman(before, after) if all(b is not None for b in before) else None
+        f = lambda x: "-" if x is None else f"{x:.3f}"
+        md += [f"## What the reward predicts (item 4): {len(rs)} candidates of the {name} LFGCL search, fine-tuned", "",
+               "Candidates at evenly spaced reward ranks among the search's distinct candidates, each fine-tuned with the "
+               "same recipe. Top-1 before is on the first 500 test images (BN re-estimated), after on all 10,000.", "",
+               "| candidate | reward | FLOPs | top-1 before (500) | top-1 after |", "|---|---|---|---|---|"]
+        for r in rs:
+            b = r.get("top1_before_500")
+            md.append(f"| {r['candidate']} (episode {r['episode']}) | {r['reward']:.4f} | {100 * r['flops_fraction']:.1f}% | "
+                      f"{'-' if b is None else f'{100 * b:.2f}'} | {100 * r['top1_after_finetune']:.2f} |")
+        md += ["", f"Spearman rank correlation: reward vs top-1 after fine-tuning {f(rho_after)}; reward vs top-1 before "
+                   f"{f(rho_before)}; before vs after {f(rho_ba)} (n = {len(rs)}).", ""]
+        summary["study " + name] = {"spearman_reward_after": rho_after, "spearman_reward_before": rho_before,
+                                    "spearman_before_after": rho_ba, "n": len(rs)}
+
+    cmds = {}
+    for c in cells:
+        # One line per kind of cell: the seed and the cell's folder written as variables.
+        cmd = re.sub(r"--seed \d+", "--seed $SEED", c["command"]).replace(" --resume", "")
+        cmd = re.sub(r"/cells/[^/ ]+/run", "/cells/$CELL/run", cmd)
+        cmds.setdefault(cmd, None)
+    base_cmds = []
+    for path in sorted(glob.glob(os.path.join(args.out, "logs", "base-*", "command.txt"))) + sorted(
+            glob.glob(os.path.join(args.out, "study", "*", "c0", "command.txt"))) + sorted(
+            glob.glob(os.path.join(args.out, "study", "*", "c0", "*", "command.txt"))):
+        with open(path) as f:
+            base_cmds += [l.strip().replace(" --resume", "") for l in f if l.strip()]
+    base_cmds = list(dict.fromkeys(base_cmds))
+    for path in sorted(glob.glob(os.path.join(args.out, "base", "*", "summary.json"))):
+        model = os.path.basename(os.path.dirname(path))
+        log = os.path.join(args.out, "base", model, "train_log.jsonl")
+        if os.path.exists(log):
+            with open(log) as f:
+                last = [json.loads(l) for l in f if l.strip()][-1]
+            summary.setdefault("baselines", {})[model] = {"epochs": last["epoch"], "test_top1": last["test_top1"]}
+    md += ["## Commands", "",
+           "The whole table: `bash scripts/experiments/quality.sh --out RUNS` (resumable; `--device cuda` for a GPU, "
+           "`--ci` for the smoke cell), then `python3 scripts/experiments/aggregate.py --out RUNS --docs docs`. "
+           "One command per kind of cell, as run (`$OUT` is RUNS):", "", "```"]
+    for k in base_cmds:
+        md.append(re.sub(r"/study/[^/ ]+/c\d+/", "/study/$STUDY/$CANDIDATE/", k))
+    for k in sorted(cmds):
+        md.append(k)
+    md += ["```", ""]
+
+    os.makedirs(args.docs, exist_ok=True)
+    result = {"status": status, "profile": profile, "summary": summary, "cells": cells, "study": studies}
+    files = [("results.json", json.dumps(result, indent=1) + "\n"), ("results.md", "\n".join(md))] + list(charts.items())
+    for name, text in files:
+        tmp = os.path.join(args.docs, name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(args.docs, name))
+    print(f"wrote {os.path.join(args.docs, 'results.md')} ({done} table cells, {len(stream_cells)} stream cells, "
+          f"{sum(len(v) for v in studies.values())} study candidates)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

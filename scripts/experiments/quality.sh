@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# Issue 21: does the search pay? Every method at the same exact FLOPs budget, the same label-free
+# fine-tuning, 3 seeds, on Fashion-MNIST; then docs/results.md and docs/results.json.
+#
+#   bash scripts/experiments/quality.sh [--out DIR] [--device cpu|cuda|auto] [--threads N]
+#        [--profile cpu|full] [--only REGEX] [--seeds "0 1 2"] [--bin LFGCL] [--docs DIR]
+#        [--aggregate-only] [--ci]
+#
+# Resumable: every cell is one `lfgcl pipeline --methods M` run in its own folder whose
+# report.json is written atomically at the end; a cell with a report.json is skipped, one without
+# is continued (`--resume`: searches from their saved state, fine-tuning from its last epoch).
+# Kill it at any moment and run the same command again. The first run copies the lfgcl binary to
+# DIR/bin/lfgcl (built with cargo if --bin is not given) and every later run uses that copy, so a
+# rebuild cannot change a table half way.
+#
+# Cells, cheapest and most needed first (--only REGEX filters them by name):
+#   base-resnet20                      the baseline, trained with labels
+#   streams-r20-f50                    uniform 50% --streams before fine-tuning, shortcut copies
+#                                      kept jointly (now) and ranked per stream (before issue 21)
+#   r20-f50-s{0,1,2}-{uniform,global,uniform-fpgm,lfgcl,random,lfgcl-streams}
+#   study-r20-f50-s0-c{0..5}           6 candidates of the seed-0 LFGCL search, spread over its
+#                                      rewards, fine-tuned: reward vs top-1 after fine-tuning
+#   r20-f30-s{0,1,2}-{...}             the same methods at 30% FLOPs
+#   base-resnet56, r56-f50-s{0,1,2}-{uniform,global,lfgcl,random}
+#
+# Profiles: `full` is the issue's recipe (baselines 15 epochs, 100 search episodes with 30 of
+# warm-up, 5 fine-tuning epochs on the whole training split), the default with --device cuda.
+# `cpu` (the default otherwise) fits a shared 2-core machine: baselines 2 epochs (ResNet-20) / 2
+# (ResNet-56), 60 episodes with 20 of warm-up, 5 fine-tuning epochs on the first 12,000 training
+# images. Every method gets the same profile; results.md names the one it ran.
+#
+# --ci: one seed on a tiny budget (Fashion-MNIST subsets, 2 search episodes), every method, into a
+# temporary folder (or --out), then the aggregator; well under a minute on 2 cores. It checks
+# that the script, the CLI it calls and the aggregator still fit together.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+
+out="" device=cpu threads="" profile="" only="" seeds="0 1 2" bin="" docs="" aggregate_only=0 ci=0
+data_dir=${FMNIST:-/usr/share/datasets/fashion-mnist}
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --out) out=$2; shift 2 ;;
+    --device) device=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --profile) profile=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    --seeds) seeds=$2; shift 2 ;;
+    --bin) bin=$2; shift 2 ;;
+    --docs) docs=$2; shift 2 ;;
+    --aggregate-only) aggregate_only=1; shift ;;
+    --ci) ci=1; shift ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    *) echo "quality.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [[ ! -d $data_dir ]]; then
+  echo "quality.sh: Fashion-MNIST not found in $data_dir (apt-get install dataset-fashion-mnist, or FMNIST=DIR)" >&2
+  exit 3
+fi
+data="fashion-mnist:$data_dir"
+[[ -z $profile ]] && { [[ $device == cuda ]] && profile=full || profile=cpu; }
+if [[ $ci == 1 ]]; then
+  profile=ci
+  seeds="0"
+  [[ -z $out ]] && out=$(mktemp -d "${TMPDIR:-/tmp}/lfgcl-quality-ci.XXXXXX")
+  [[ -z $docs ]] && docs=$out/docs
+fi
+[[ -z $out ]] && out=$repo/runs/quality
+[[ -z $docs ]] && docs=$repo/docs
+if [[ -z $threads && $device == cpu ]]; then threads=1; fi
+mkdir -p "$out/cells" "$out/bin"
+out=$(cd "$out" && pwd)
+
+case $profile in
+  full) base_epochs20=15 base_epochs56=15 episodes=100 warmup=30 ft_epochs=5 ft_limit=() images=256 test_limit=() ;;
+  cpu) base_epochs20=2 base_epochs56=2 episodes=60 warmup=20 ft_epochs=5 ft_limit=(--limit 12000) images=256 test_limit=() ;;
+  ci) base_epochs20=1 base_epochs56=1 episodes=2 warmup=1 ft_epochs=1 ft_limit=(--limit 512) images=32 test_limit=(--test-limit 256) ;;
+  *) echo "quality.sh: --profile must be cpu or full" >&2; exit 2 ;;
+esac
+
+# The binary: a stable copy per output folder.
+if [[ ! -x $out/bin/lfgcl ]]; then
+  if [[ -z $bin ]]; then
+    (cd "$repo" && cargo build --release --quiet)
+    bin=$repo/target/release/lfgcl
+  fi
+  cp "$bin" "$out/bin/lfgcl.tmp" && mv "$out/bin/lfgcl.tmp" "$out/bin/lfgcl"
+  sha256sum "$out/bin/lfgcl" | cut -d' ' -f1 >"$out/bin/sha256"
+  (git -C "$repo" rev-parse HEAD 2>/dev/null || echo "${QUALITY_COMMIT:-unknown}") >"$out/bin/commit"
+fi
+lfgcl=$out/bin/lfgcl
+global=(--device "$device")
+[[ -n $threads ]] && global+=(--threads "$threads")
+cat >"$out/profile.json" <<EOF
+{"profile": "$profile", "device": "$device", "threads": "${threads:-all}", "base_epochs": {"resnet20": $base_epochs20, "resnet56": $base_epochs56},
+ "episodes": $episodes, "warmup": $warmup, "candidates_per_step": 8, "images": $images, "ft_epochs": $ft_epochs,
+ "ft_train_images": "${ft_limit[1]:-all}", "machine": "$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | xargs), $(nproc) cores", "lfgcl_sha256": "$(cat "$out/bin/sha256")", "lfgcl_commit": "$(cat "$out/bin/commit")"}
+EOF
+
+wanted() { [[ -z $only ]] || [[ $1 =~ $only ]]; }
+log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+# run_logged DIR CMD...: runs CMD with its output in DIR/log.txt and the command in DIR/command.txt.
+run_logged() {
+  local dir=$1
+  shift
+  mkdir -p "$dir"
+  printf '%q ' "$@" | sed "s#$out#\$OUT#g; s#$lfgcl#lfgcl#g" >"$dir/command.txt"
+  echo >>"$dir/command.txt"
+  if ! nice -n "${NICE:-10}" "$@" >>"$dir/log.txt" 2>&1; then
+    echo "quality.sh: failed, see $dir/log.txt:" >&2
+    tail -5 "$dir/log.txt" >&2
+    return 1
+  fi
+}
+
+# train_base MODEL EPOCHS: the baseline checkpoint, trained with labels (resumable).
+train_base() {
+  local model=$1 epochs=$2 dir=$out/base/$1
+  local name=base-$model
+  wanted "$name" || return 0
+  [[ -f $dir/summary.json ]] && return 0
+  local resume=()
+  [[ -f $dir/train_state.safetensors ]] && resume=(--resume)
+  log "$name: training ($epochs epochs)"
+  local limit=()
+  [[ $profile == ci ]] && limit=(--limit 512 --test-limit 256)
+  run_logged "$out/logs/$name" "$lfgcl" "${global[@]}" -q train --model "$model" --data "$data" "${limit[@]}" \
+    --epochs "$epochs" --batch-size 128 --lr 0.1 --schedule cosine --weight-decay 5e-4 --seed 0 --out "$dir" "${resume[@]}"
+}
+
+# cell NAME MODEL FLOPS SEED METHOD [EXTRA...]: one pipeline run of one method.
+cell() {
+  local name=$1 model=$2 flops=$3 seed=$4 method=$5
+  shift 5
+  wanted "$name" || return 0
+  local dir=$out/cells/$name
+  [[ -f $dir/report.json ]] && return 0
+  [[ -f $out/base/$model/summary.json ]] || { log "$name: skipped, no baseline $model yet"; return 0; }
+  local resume=()
+  [[ -d $dir/run ]] && resume=(--resume)
+  log "$name"
+  local t0=$SECONDS
+  local report=(--report-accuracy 0)
+  [[ " $* " == *" --report-accuracy "* ]] && report=()
+  local ft=(--ft-epochs "$ft_epochs")
+  [[ " $* " == *" --ft-epochs "* ]] && ft=()
+  run_logged "$dir" "$lfgcl" "${global[@]}" -q pipeline --ckpt "$out/base/$model/model.safetensors" --data "$data" \
+    "${ft_limit[@]}" "${test_limit[@]}" --flops "$flops" --methods "$method" --episodes "$episodes" --warmup "$warmup" \
+    --candidates-per-step 8 --images "$images" "${ft[@]}" "${report[@]}" --no-deploy-bench \
+    --seed "$seed" "$@" --out "$dir/run" "${resume[@]}"
+  # The cell's JSON: the pipeline's report plus what the aggregator needs to group it.
+  python3 - "$dir" "$name" "$model" "$flops" "$seed" "$method" "$*" "$((SECONDS - t0))" <<'EOF'
+import json, os, sys
+d, name, model, flops, seed, method, extra, secs = sys.argv[1:]
+r = json.load(open(os.path.join(d, "run", "report.json")))
+cell = {"cell": name, "model": model, "flops": float(flops), "seed": int(seed), "method_key": method,
+        "extra": extra, "wall_seconds_this_run": int(secs), "command": open(os.path.join(d, "command.txt")).read().strip(),
+        "report": r["report"]}
+tmp = os.path.join(d, "report.json.tmp")
+with open(tmp, "w") as f:
+    json.dump(cell, f, indent=1)
+os.replace(tmp, os.path.join(d, "report.json"))
+EOF
+}
+
+# methods_for MODEL: the methods of the table at this model.
+r20_methods=(uniform global uniform-fpgm lfgcl random lfgcl-streams)
+r56_methods=(uniform global lfgcl random)
+
+run_method() { # run_method PREFIX MODEL FLOPS SEED M
+  local prefix=$1 model=$2 flops=$3 seed=$4 m=$5
+  case $m in
+    lfgcl-streams) cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" lfgcl --streams ;;
+    lfgcl) if [[ $seed == 0 ]]; then
+             # Seed 0's search also classifies its candidates on 500 test images (labels for the
+             # report only), for the reward-vs-accuracy study.
+             cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" lfgcl --report-accuracy 500
+           else
+             cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" lfgcl
+           fi ;;
+    *) cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" "$m" ;;
+  esac
+}
+
+# study: candidates of one search, fine-tuned, for the rank correlation of reward and top-1 after.
+study() { # study PREFIX (the seed-0 LFGCL cell is PREFIX-s0-lfgcl)
+  local prefix=$1
+  local src=$out/cells/$prefix-s0-lfgcl/run/search/candidates.jsonl
+  [[ -f $src ]] || return 0
+  local sdir=$out/study/$prefix-s0
+  mkdir -p "$sdir"
+  local k=${STUDY_CANDIDATES:-6}
+  [[ $profile == ci ]] && k=2
+  python3 - "$src" "$sdir" "$k" <<'EOF'
+import json, sys, os
+src, sdir, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+recs = [json.loads(l) for l in open(src) if l.strip()]
+seen, uniq = set(), []
+for r in recs:
+    key = tuple(r["kept"])
+    if key in seen or r.get("cached"):
+        continue
+    seen.add(key)
+    uniq.append(r)
+uniq.sort(key=lambda r: r["reward"])
+# k candidates at evenly spaced reward ranks, the best included.
+pick = sorted({round(i * (len(uniq) - 1) / max(k - 1, 1)) for i in range(k)})
+for i, j in enumerate(pick):
+    r = uniq[j]
+    d = os.path.join(sdir, f"c{i}")
+    os.makedirs(d, exist_ok=True)
+    p = os.path.join(d, "candidate.json")
+    if not os.path.exists(p):
+        json.dump({"ratios": r["ratios"], "kept": r["kept"], "reward": r["reward"], "top1_before_500": r.get("top1"),
+                   "episode": r["episode"], "index": r["index"], "flops_fraction": r["flops_fraction"]}, open(p, "w"))
+EOF
+  for c in "$sdir"/c*; do
+    local name=study-$prefix-s0-$(basename "$c")
+    wanted "$name" || continue
+    [[ -f $c/result.json ]] && continue
+    log "$name"
+    [[ -f $c/pruned.safetensors ]] || run_logged "$c/apply" "$lfgcl" "${global[@]}" -q prune-apply \
+      --ckpt "$out/base/resnet20/model.safetensors" --ratios "$c/candidate.json" --out "$c/pruned.safetensors"
+    local resume=()
+    [[ -f $c/ft/train_state.safetensors ]] && resume=(--resume)
+    run_logged "$c/tune" "$lfgcl" "${global[@]}" -q finetune --ckpt "$c/pruned.safetensors" \
+      --teacher "$out/base/resnet20/model.safetensors" --data "$data" "${ft_limit[@]}" "${test_limit[@]}" \
+      --ft-epochs "$ft_epochs" --seed 0 --out "$c/ft" "${resume[@]}"
+    python3 - "$c" <<'EOF'
+import json, os, sys
+c = sys.argv[1]
+cand = json.load(open(os.path.join(c, "candidate.json")))
+log = [json.loads(l) for l in open(os.path.join(c, "ft", "train_log.jsonl")) if l.strip()]
+cand["top1_after_finetune"] = log[-1]["test_top1"]
+tmp = os.path.join(c, "result.json.tmp")
+json.dump(cand, open(tmp, "w"), indent=1)
+os.replace(tmp, os.path.join(c, "result.json"))
+EOF
+  done
+}
+
+aggregate() {
+  python3 "$here/aggregate.py" --out "$out" --docs "$docs"
+}
+
+if [[ $aggregate_only == 1 ]]; then
+  aggregate
+  exit 0
+fi
+
+if [[ $profile == ci ]]; then
+  train_base resnet20 "$base_epochs20"
+  # Every method in one pipeline run (the table runs one per cell), then the streams.
+  cell ci-r20-f50-s0-lfgcl resnet20 0.5 0 lfgcl,random,uniform,uniform-fpgm,global --report-accuracy 64
+  cell ci-streams-coupled resnet20 0.5 0 uniform --streams --ft-epochs 0
+  study ci-r20-f50
+  aggregate
+  echo "quality.sh --ci: ok ($out)"
+  exit 0
+fi
+
+train_base resnet20 "$base_epochs20"
+# Item 1 of the issue: uniform 50% with the streams, before fine-tuning, coupled and not.
+cell streams-r20-f50-coupled resnet20 0.5 0 uniform,global --streams --ft-epochs 0
+cell streams-r20-f50-independent resnet20 0.5 0 uniform,global --streams --independent-streams --ft-epochs 0
+for seed in $seeds; do
+  for m in "${r20_methods[@]}"; do run_method r20-f50 resnet20 0.5 "$seed" "$m"; aggregate >/dev/null; done
+done
+study r20-f50
+aggregate >/dev/null
+for seed in $seeds; do
+  for m in "${r20_methods[@]}"; do run_method r20-f30 resnet20 0.3 "$seed" "$m"; aggregate >/dev/null; done
+done
+train_base resnet56 "$base_epochs56"
+for seed in $seeds; do
+  for m in "${r56_methods[@]}"; do run_method r56-f50 resnet56 0.5 "$seed" "$m"; aggregate >/dev/null; done
+done
+aggregate
+log "all cells done ($out)"

@@ -1,0 +1,57 @@
+//! `scripts/experiments/quality.sh --ci`: the issue-21 experiment script's smoke cell (one seed,
+//! a tiny budget, every method, the stream cell, the reward study and the aggregator) runs end
+//! to end with this build, and a second run resumes: every finished cell is skipped.
+//! Skipped, with a note, without Fashion-MNIST or python3.
+
+#[path = "common/exe.rs"]
+mod exe;
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn quality_script_ci_cell_runs_and_resumes() {
+    if !Path::new("/usr/share/datasets/fashion-mnist").is_dir() {
+        println!("skipped: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)");
+        return;
+    }
+    if Command::new("python3").arg("--version").output().is_err() {
+        println!("skipped: no python3 for the aggregator");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::var_os("LFGCL_TEST_EXE").unwrap_or_else(exe::lfgcl_exe);
+    let run = || {
+        let o = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/experiments/quality.sh"))
+            .args(["--ci", "--threads", "2", "--out"])
+            .arg(dir.path())
+            .arg("--bin")
+            .arg(&exe)
+            .env("NICE", "0")
+            .output()
+            .expect("run bash");
+        let (out, err) = (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "quality.sh --ci failed\nstdout: {out}\nstderr: {err}");
+        out
+    };
+    let first = run();
+    assert!(first.contains("ci-r20-f50-s0-lfgcl") && first.contains("quality.sh --ci: ok"), "{first}");
+    let md = std::fs::read_to_string(dir.path().join("docs/results.md")).unwrap();
+    for label in ["lfgcl", "random search", "uniform L1", "uniform FPGM", "global magnitude", "uniform L1 --streams"] {
+        assert!(md.contains(&format!("| {label} |")), "results.md has no row for {label}:\n{md}");
+    }
+    assert!(md.contains("lfgcl − global magnitude"), "{md}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("docs/results.json")).unwrap()).unwrap();
+    let cells = json["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 6, "5 methods and the stream cell");
+    for c in cells {
+        let f = c["flops_fraction"].as_f64().unwrap();
+        assert!(f <= 0.5 + 1e-12 && f > 0.49, "{}: {f} of the FLOPs", c["label"]);
+    }
+    assert_eq!(json["study"].as_object().unwrap().values().next().unwrap().as_array().unwrap().len(), 2);
+    // A second run finds every cell done and only aggregates again.
+    let second = run();
+    assert!(!second.contains("] ci-") && !second.contains("] study-"), "cells ran again:\n{second}");
+}
