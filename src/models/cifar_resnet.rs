@@ -19,7 +19,7 @@ pub fn parse(name: &str) -> Option<Result<Box<dyn ModelFamily>>> {
             crate::limits::MAX_RESNET_DEPTH
         ))));
     }
-    if depth < 8 || (depth - 2) % 6 != 0 {
+    if depth < 8 || !(depth - 2).is_multiple_of(6) {
         return None;
     }
     Some(Ok(Box::new(CifarResNet { blocks: (depth - 2) / 6 })))
