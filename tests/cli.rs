@@ -170,3 +170,73 @@ fn make_gray_folder(dir: &Path) {
         }
     }
 }
+
+/// Train, then the whole pipeline (search with and without streams, baselines, label-free
+/// fine-tuning, evaluation) on torchvision's families, tiny sizes.
+#[test]
+fn every_real_family_trains_searches_prunes_and_fine_tunes() {
+    for model in ["resnet18", "mobilenet_v2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let base = d.join("base");
+        let o = lfgcl(&[
+            "--device",
+            "cpu",
+            "-q",
+            "train",
+            "--model",
+            model,
+            "--data",
+            "synthetic",
+            "--epochs",
+            "1",
+            "--limit",
+            "64",
+            "--test-limit",
+            "32",
+            "--batch-size",
+            "16",
+            "--out",
+            base.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{model} train: {}", text(&o).1);
+        let ckpt = base.join("model.safetensors");
+        let p = d.join("p");
+        let o = lfgcl(&[
+            "--device",
+            "cpu",
+            "-q",
+            "pipeline",
+            "--ckpt",
+            ckpt.to_str().unwrap(),
+            "--data",
+            "synthetic",
+            "--flops",
+            "0.5",
+            "--streams",
+            "--episodes",
+            "3",
+            "--warmup",
+            "1",
+            "--candidates-per-step",
+            "2",
+            "--images",
+            "16",
+            "--limit",
+            "32",
+            "--test-limit",
+            "32",
+            "--ft-epochs",
+            "1",
+            "--no-deploy-bench",
+            "--out",
+            p.to_str().unwrap(),
+        ]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{model} pipeline: {err}\n{out}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p.join("report.json")).unwrap()).expect("report.json");
+        let text = report.to_string();
+        assert!(text.contains("top1_after_finetune"), "{model}: {text}");
+    }
+}
