@@ -9,6 +9,9 @@
 
 #[path = "common/exe.rs"]
 mod exe;
+#[path = "common/torchvision.rs"]
+mod torchvision;
+use torchvision::torchvision_or_skip;
 
 use image::codecs::jpeg::JpegEncoder;
 use lfgcl::data::transforms::{self, AugmentKind, Image};
@@ -47,22 +50,6 @@ fn save_jpeg(path: &Path, img: &Image) {
 
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
-}
-
-/// torchvision importable in `$LFGCL_TORCH_PYTHON` (or python3); otherwise prints the skip, or
-/// panics under LFGCL_REQUIRE_PY=1.
-fn torchvision_or_skip(test: &str) -> bool {
-    let out = lfgcl::interop::torch_python_command().args(["-c", "import numpy, torchvision, PIL"]).output();
-    let reason = match out {
-        Ok(o) if o.status.success() => return true,
-        Ok(o) => String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string(),
-        Err(e) => format!("python: {e}"),
-    };
-    if std::env::var("LFGCL_REQUIRE_PY").is_ok_and(|v| v == "1") {
-        panic!("{test}: LFGCL_REQUIRE_PY=1 but torchvision does not import: {reason}");
-    }
-    println!("skipped: torchvision not importable ({reason}); set LFGCL_TORCH_PYTHON=/usr/bin/python3 [{test}]");
-    false
 }
 
 fn run_torchvision(cases: &serde_json::Value, dir: &Path) -> String {

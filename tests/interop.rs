@@ -12,6 +12,9 @@
 
 #[path = "common/exe.rs"]
 mod exe;
+#[path = "common/torchvision.rs"]
+mod torchvision;
+use torchvision::torchvision_or_skip;
 
 use lfgcl::backend;
 use lfgcl::interop::import::{self, ImportOptions};
@@ -486,22 +489,6 @@ fn cli_import_prints_the_conversion_command_and_export_onnx_writes_a_model() {
 }
 
 // ---- torchvision's real networks as the reference ---------------------------------------
-
-/// torchvision importable in `$LFGCL_TORCH_PYTHON` (or python3); otherwise prints the skip, or
-/// panics under LFGCL_REQUIRE_PY=1.
-fn torchvision_or_skip(test: &str) -> bool {
-    let out = lfgcl::interop::torch_python_command().args(["-c", "import torch, torchvision"]).output();
-    let reason = match out {
-        Ok(o) if o.status.success() => return true,
-        Ok(o) => String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string(),
-        Err(e) => format!("python: {e}"),
-    };
-    if std::env::var("LFGCL_REQUIRE_PY").is_ok_and(|v| v == "1") {
-        panic!("{test}: LFGCL_REQUIRE_PY=1 but torchvision does not import: {reason}");
-    }
-    println!("skipped: torchvision not importable ({reason}); set LFGCL_TORCH_PYTHON=/usr/bin/python3 [{test}]");
-    false
-}
 
 /// Builds torchvision's `model` with random weights and BN statistics, imports its state dict
 /// at each size and matches its eval logits and its MACs and params (counted by hooks in
