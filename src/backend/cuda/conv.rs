@@ -345,6 +345,63 @@ fn check_sizes(shape: &ConvShape, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// One group's GEMM view of a forward or backward-data pass (see conv_common.cuh): the source
+/// and output tensors' shapes and the weight strides; for a dense conv, the whole conv.
+struct GemmView {
+    src_c: usize,
+    src_h: usize,
+    src_w: usize,
+    out_c: usize,
+    out_h: usize,
+    out_w: usize,
+    w_stride_n: usize,
+    w_stride_c: usize,
+}
+
+impl GemmView {
+    fn of(s: &ConvShape, mode: Mode) -> GemmView {
+        let (cg, kg, rs) = (s.c_in / s.groups, s.c_out / s.groups, s.kh * s.kw);
+        let (src_c, src_h, src_w, out_c, out_h, out_w, w_stride_n, w_stride_c) = match mode {
+            Mode::Forward => (cg, s.h, s.w, kg, s.out_h, s.out_w, cg * rs, rs),
+            Mode::BackwardData => (kg, s.out_h, s.out_w, cg, s.h, s.w, rs, cg * rs),
+        };
+        GemmView { src_c, src_h, src_w, out_c, out_h, out_w, w_stride_n, w_stride_c }
+    }
+
+    /// The kernel's parameters: `ptrs` are source, weight and output; `epi` scale, shift, residual.
+    fn params(&self, s: &ConvShape, ptrs: [u64; 3], epi: [u64; 3], act: Activation) -> ConvParams {
+        ConvParams {
+            src: ptrs[0],
+            wgt: ptrs[1],
+            out: ptrs[2],
+            scale: epi[0],
+            shift: epi[1],
+            residual: epi[2],
+            n: s.n as i32,
+            src_c: self.src_c as i32,
+            src_h: self.src_h as i32,
+            src_w: self.src_w as i32,
+            out_c: self.out_c as i32,
+            out_h: self.out_h as i32,
+            out_w: self.out_w as i32,
+            r: s.kh as i32,
+            s: s.kw as i32,
+            stride: s.stride as i32,
+            pad: s.pad as i32,
+            act: act_code(act),
+            w_stride_n: self.w_stride_n as i32,
+            w_stride_c: self.w_stride_c as i32,
+        }
+    }
+}
+
+/// Blocks along the GEMM's pixels and output channels for a `bm` x `bn` tile.
+fn grid_xy(m: usize, out_c: usize, bm: usize, bn: usize, what: &dyn Fn() -> String) -> Result<(u32, u32)> {
+    let x = u32::try_from(m.div_ceil(bm)).map_err(|_| Error::Invalid(format!("{}: too many pixels", what())))?;
+    let y = u32::try_from(out_c.div_ceil(bn)).map_err(|_| Error::Invalid(format!("{}: too many channels", what())))?;
+    Ok((x, y))
+}
+
 /// The epilogue's activation as conv_common.cuh encodes it.
 fn act_code(act: Activation) -> i32 {
     match act {
@@ -368,43 +425,13 @@ impl CudaBackend {
         act: Activation,
         what: &dyn Fn() -> String,
     ) -> Result<()> {
-        let s = shape;
-        let rs = s.kh * s.kw;
-        // GEMM view (see conv_common.cuh): A source, output tensor, weight strides.
-        let (src_c, src_h, src_w, out_c, out_h, out_w, w_stride_n, w_stride_c) = match mode {
-            Mode::Forward => (s.c_in, s.h, s.w, s.c_out, s.out_h, s.out_w, s.c_in * rs, rs),
-            Mode::BackwardData => (s.c_out, s.out_h, s.out_w, s.c_in, s.h, s.w, rs, s.c_in * rs),
-        };
-        let m = s.n * out_h * out_w;
-        let t = pick_tile(precision, m, out_c, self.sms());
+        let v = GemmView::of(shape, mode);
+        let m = shape.n * v.out_h * v.out_w;
+        let t = pick_tile(precision, m, v.out_c, self.sms());
         let name = if mode == Mode::Forward { t.fwd } else { t.bwd };
         let file = if precision == Precision::F32 { "conv.cu" } else { "conv_tc.cu" };
-        let grid_x =
-            u32::try_from(m.div_ceil(t.bm)).map_err(|_| Error::Invalid(format!("{}: too many pixels", what())))?;
-        let grid_y = u32::try_from(out_c.div_ceil(t.bn))
-            .map_err(|_| Error::Invalid(format!("{}: too many channels", what())))?;
-        let p = ConvParams {
-            src,
-            wgt,
-            out,
-            scale: epi[0],
-            shift: epi[1],
-            residual: epi[2],
-            n: s.n as i32,
-            src_c: src_c as i32,
-            src_h: src_h as i32,
-            src_w: src_w as i32,
-            out_c: out_c as i32,
-            out_h: out_h as i32,
-            out_w: out_w as i32,
-            r: s.kh as i32,
-            s: s.kw as i32,
-            stride: s.stride as i32,
-            pad: s.pad as i32,
-            act: act_code(act),
-            w_stride_n: w_stride_n as i32,
-            w_stride_c: w_stride_c as i32,
-        };
+        let (grid_x, grid_y) = grid_xy(m, v.out_c, t.bm, t.bn, what)?;
+        let p = v.params(shape, [src, wgt, out], epi, act);
         Launch::new(file, name, (grid_x, grid_y, 1), t.threads).run(&self.kernels, &self.stream, &p, what)
     }
 
@@ -424,43 +451,19 @@ impl CudaBackend {
     ) -> Result<()> {
         let s = shape;
         let g = s.groups;
-        let (cg, kg) = (s.c_in / g, s.c_out / g);
-        let rs = s.kh * s.kw;
-        // One group's GEMM view (see conv_common.cuh), and the tensors' channels per image.
-        let (src_c, src_h, src_w, out_c, out_h, out_w, w_stride_n, w_stride_c, src_ctotal, out_ctotal) = match mode {
-            Mode::Forward => (cg, s.h, s.w, kg, s.out_h, s.out_w, cg * rs, rs, s.c_in, s.c_out),
-            Mode::BackwardData => (kg, s.out_h, s.out_w, cg, s.h, s.w, rs, cg * rs, s.c_out, s.c_in),
+        let (cg, kg, rs) = (s.c_in / g, s.c_out / g, s.kh * s.kw);
+        let v = GemmView::of(s, mode);
+        // The tensors' channels per image (one group's view sees its share).
+        let (src_ctotal, out_ctotal) = match mode {
+            Mode::Forward => (s.c_in, s.c_out),
+            Mode::BackwardData => (s.c_out, s.c_in),
         };
-        let m = s.n * out_h * out_w;
-        let t = pick_tile_grouped(m, out_c, g, self.sms());
+        let m = s.n * v.out_h * v.out_w;
+        let t = pick_tile_grouped(m, v.out_c, g, self.sms());
         let name = if mode == Mode::Forward { t.fwd } else { t.bwd };
-        let grid_x =
-            u32::try_from(m.div_ceil(t.bm)).map_err(|_| Error::Invalid(format!("{}: too many pixels", what())))?;
-        let grid_y = u32::try_from(out_c.div_ceil(t.bn))
-            .map_err(|_| Error::Invalid(format!("{}: too many channels", what())))?;
+        let (grid_x, grid_y) = grid_xy(m, v.out_c, t.bm, t.bn, what)?;
         let grid_z = u32::try_from(g).map_err(|_| Error::Invalid(format!("{}: too many groups", what())))?;
-        let c = ConvParams {
-            src,
-            wgt,
-            out,
-            scale: epi[0],
-            shift: epi[1],
-            residual: epi[2],
-            n: s.n as i32,
-            src_c: src_c as i32,
-            src_h: src_h as i32,
-            src_w: src_w as i32,
-            out_c: out_c as i32,
-            out_h: out_h as i32,
-            out_w: out_w as i32,
-            r: s.kh as i32,
-            s: s.kw as i32,
-            stride: s.stride as i32,
-            pad: s.pad as i32,
-            act: act_code(act),
-            w_stride_n: w_stride_n as i32,
-            w_stride_c: w_stride_c as i32,
-        };
+        let c = v.params(s, [src, wgt, out], epi, act);
         let p = ConvGroupParams {
             c,
             src_ctotal: src_ctotal as i32,
