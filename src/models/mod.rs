@@ -146,7 +146,17 @@ impl Arch {
         Ok(())
     }
 
+    /// Checks everything a build checks, without allocating.
     pub fn validate(&self) -> Result<()> {
+        self.check_widths()?;
+        // Shapes, group divisibility and the parameter limit.
+        self.build_with(Some(self.widths.clone()), Init::Probe)?;
+        Ok(())
+    }
+
+    /// The input, the class count and the width vector (count, zeros, limit); the build checks
+    /// the rest.
+    fn check_widths(&self) -> Result<()> {
         self.check_io()?;
         let expected = self.default_slots()?.len();
         if self.widths.len() != expected {
@@ -169,8 +179,6 @@ impl Arch {
                 self.model, self.widths[i]
             )));
         }
-        // Shapes, group divisibility and the parameter limit, without allocating.
-        self.build_with(Some(self.widths.clone()), Init::Probe)?;
         Ok(())
     }
 
@@ -183,20 +191,20 @@ impl Arch {
 
     /// The graph's nodes, shapes and slots without parameter storage (for reading its structure).
     pub fn probe_graph(&self) -> Result<Graph> {
-        self.validate()?;
+        self.check_widths()?;
         self.build_with(Some(self.widths.clone()), Init::Probe)
     }
 
     /// Builds the graph with freshly initialised parameters (host memory).
     pub fn build_graph(&self, seed: u64) -> Result<Graph> {
-        self.validate()?;
+        self.check_widths()?;
         self.build_with(Some(self.widths.clone()), Init::Kaiming(seed))
     }
 
     /// Builds the graph with zeroed parameters, for a caller that overwrites every tensor next
     /// (a gathered candidate, a loaded checkpoint, an import).
     pub fn build_graph_zeroed(&self) -> Result<Graph> {
-        self.validate()?;
+        self.check_widths()?;
         self.build_with(Some(self.widths.clone()), Init::Zeros)
     }
 }
