@@ -44,7 +44,6 @@ fn make_divisible(v: f64) -> usize {
 
 impl MobileNetV2 {
     /// conv -> BN -> ReLU6 under torchvision's `Conv2dNormActivation` names (`P.0`, `P.1`).
-    #[allow(clippy::too_many_arguments)]
     fn conv_bn_relu6(b: &mut Builder, p: &str, x: usize, out: Option<Width>, k: usize, stride: usize) -> Result<usize> {
         let y = match out {
             Some(w) => b.conv(&format!("{p}.0"), x, w, k, stride, (k - 1) / 2)?,
