@@ -1,7 +1,7 @@
 //! Ceilings on every size read from a file or a flag, in one place. Each reader checks the size a
 //! file or flag claims against the file's real length and against these ceilings *before* it
 //! allocates, so a hostile or corrupt input gives a clear error instead of a panic, an abort or
-//! runaway memory. The README ("Guarantees") lists them.
+//! runaway memory. docs/guarantees.md lists them.
 
 use crate::error::{Error, Result};
 use std::path::Path;

@@ -57,7 +57,7 @@ impl PipelineConfig {
         use crate::search::reward::RewardConfig;
         // A fifth of the episodes warm up; the agent then trains 4 times per candidate and keeps
         // a noise floor, as `lfgcl search` does by default. With 40 episodes the demo's best reward
-        // beats random search's for seeds 0, 1 and 2 (README); with AMC's 1 update per candidate
+        // beats random search's for seeds 0, 1 and 2 (docs/benchmarks.md); with AMC's 1 update per candidate
         // and no floor it did not.
         let warmup = (episodes / 5).max(2);
         PipelineConfig {

@@ -36,7 +36,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     /// Convolution arithmetic on CUDA: `f32` (exact), `tf32` or `bf16` tensor cores (forward and
-    /// input gradient; see the README for the accuracy bounds). The CPU computes in f32 only.
+    /// input gradient; docs/devices.md gives the accuracy bounds). The CPU computes in f32 only.
     #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
     /// CPU threads (default: all cores).
@@ -219,7 +219,7 @@ pub struct SearchOpts {
     #[arg(long, default_value_t = 5.0)]
     pub checkpoint_every: f64,
     /// Agent gradient steps per episode after warm-up (default: 4 x candidates per step, which
-    /// found better policies than 1 x in every seed on the synthetic ResNet-20; see README).
+    /// found better policies than 1 x in every seed on the synthetic ResNet-20; see docs/search.md).
     #[arg(long)]
     pub updates_per_episode: Option<usize>,
     /// Episodes of random actions before the agent learns.
