@@ -133,9 +133,70 @@ class SmallCNN(nn.Module):
         return self.fc(self.penultimate(x))
 
 
-def build(arch):
+TORCHVISION_RESNET_LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+
+
+def torchvision_model(name, classes):
+    """torchvision's module for an lfgcl torchvision family name, at its default widths (None if the
+    name is not one). `fit` then reshapes it to a checkpoint's (pruned) widths."""
+    import re
+
+    from torchvision.models import mobilenet_v2
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet as TvResNet
+
+    m = re.fullmatch(r"resnet(18|34|50|101|152)", name)
+    if m:
+        depth = int(m.group(1))
+        block = BasicBlock if depth < 50 else Bottleneck
+        return TvResNet(block, TORCHVISION_RESNET_LAYERS[depth], num_classes=classes)
+    m = re.fullmatch(r"resnext(50|101|152)_(\d+)x(\d+)d", name)
+    if m:
+        layers = TORCHVISION_RESNET_LAYERS[int(m.group(1))]
+        return TvResNet(Bottleneck, layers, groups=int(m.group(2)), width_per_group=int(m.group(3)), num_classes=classes)
+    m = re.fullmatch(r"wide_resnet(50|101|152)_(\d+)", name)
+    if m:
+        layers = TORCHVISION_RESNET_LAYERS[int(m.group(1))]
+        return TvResNet(Bottleneck, layers, width_per_group=64 * int(m.group(2)), num_classes=classes)
+    m = re.fullmatch(r"mobilenet_v2(?:_([0-9.]+))?", name)
+    if m:
+        return mobilenet_v2(width_mult=float(m.group(1) or 1.0), num_classes=classes)
+    return None
+
+
+def fit(model, tensors):
+    """Replaces every conv, batch norm and linear layer whose parameters have other shapes in
+    `tensors` (a pruned net, another input channel count) by one of those shapes, keeping its
+    stride, padding and kind; a depthwise conv stays depthwise."""
+    for name, mod in list(model.named_modules()):
+        w = tensors.get(f"{name}.weight")
+        if w is None:
+            continue
+        new = None
+        if isinstance(mod, nn.Conv2d) and tuple(w.shape) != tuple(mod.weight.shape):
+            out_c = w.shape[0]
+            depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+            groups = out_c if depthwise else mod.groups
+            new = nn.Conv2d(w.shape[1] * groups, out_c, mod.kernel_size, mod.stride, mod.padding,
+                            mod.dilation, groups, bias=mod.bias is not None)
+        elif isinstance(mod, nn.BatchNorm2d) and w.shape[0] != mod.num_features:
+            new = nn.BatchNorm2d(w.shape[0], mod.eps, mod.momentum)
+        elif isinstance(mod, nn.Linear) and tuple(w.shape) != tuple(mod.weight.shape):
+            new = nn.Linear(w.shape[1], w.shape[0], bias=mod.bias is not None)
+        if new is not None:
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, new)
+    return model
+
+
+def build(arch, tensors=None):
+    """The module for an lfgcl architecture; with `tensors` (the checkpoint's), fitted to their shapes."""
     name = arch["model"]
     c, size, k, w = arch["in_channels"], arch["input_size"], arch["num_classes"], arch["widths"]
+    tv = torchvision_model(name, k)
+    if tv is not None:
+        return fit(tv, tensors or {})
+    if name.startswith("cifar_resnet"):
+        return ResNet(int(name[len("cifar_resnet"):]), c, k, w)
     if name.startswith("resnet"):
         return ResNet(int(name[len("resnet"):]), c, k, w)
     if name == "vgg16":
@@ -157,8 +218,8 @@ def load(path, device="cpu"):
         raise ValueError(f"{path}: no lfgcl architecture metadata")
     arch = json.loads(meta["lfgcl.arch"])
     norm = json.loads(meta["lfgcl.normalization"]) if "lfgcl.normalization" in meta else None
-    model = build(arch)
     sd = load_file(path)
+    model = build(arch, sd)
     # Checkpoints of unpruned streams may omit shortcut maps; keep the module's default then.
     own = model.state_dict()
     for k in own:

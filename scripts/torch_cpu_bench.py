@@ -89,7 +89,7 @@ def load(path):
     if "lfgcl.arch" not in meta:
         raise SystemExit(f"{path}: no lfgcl architecture metadata")
     arch = json.loads(meta["lfgcl.arch"])
-    model = lfgcl_torch.build(arch)
+    model = lfgcl_torch.build(arch, tensors)
     own = model.state_dict()
     for k in own:
         if k not in tensors and (k.endswith("channel_map") or k.endswith("num_batches_tracked")):

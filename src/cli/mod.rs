@@ -69,7 +69,7 @@ pub enum Command {
     Finetune(FinetuneArgs),
     /// Search, prune, fine-tune and evaluate in one command, next to uniform and random-search baselines.
     Pipeline(PipelineArgs),
-    /// Turn a PyTorch state dict (.safetensors; CIFAR ResNet / VGG-16 names) into an lfgcl checkpoint.
+    /// Turn a PyTorch state dict (.safetensors; torchvision or CIFAR names) into an lfgcl checkpoint.
     Import(ImportArgs),
     /// Export a checkpoint, pruned or not, to ONNX (BN folded, dynamic batch).
     ExportOnnx(ExportOnnxArgs),
@@ -81,8 +81,10 @@ pub struct ImportArgs {
     /// command of scripts/torch_to_safetensors.py that converts it).
     #[arg(long)]
     pub from: PathBuf,
-    /// The architecture: resnet20..resnet110 (any resnet<6n+2>), vgg16 or smallcnn. Widths,
-    /// pruned or not, are read from the tensor shapes.
+    /// The architecture: a torchvision family (resnet18..resnet152, resnext50_32x4d,
+    /// wide_resnet50_2, mobilenet_v2[_<mult>]), a CIFAR one (resnet20..resnet110, any
+    /// resnet<6n+2> or cifar_resnet<6n+2>, vgg16) or smallcnn (docs/models.md). Widths, pruned
+    /// or not, are read from the tensor shapes.
     #[arg(long)]
     pub model: String,
     /// The lfgcl checkpoint to write.
