@@ -90,7 +90,7 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn opts(model: &str) -> ImportOptions {
-    ImportOptions { model: model.into(), normalization: None, classes: None, input_size: 32 }
+    ImportOptions { model: model.into(), normalization: None, classes: None, input_hw: [32, 32] }
 }
 
 // ---- import against an independent NumPy forward ------------------------------------------
@@ -499,33 +499,36 @@ fn torchvision_parity(model: &str) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let sizes = [64usize, 96];
+    // One square input, one not: [height, width].
+    let sizes = [[64usize, 64], [96, 64]];
     let script = script("torchvision_models.py");
     let mut cmd = lfgcl::interop::torch_python_command();
     cmd.arg(&script).arg(model).arg(dir.path());
-    for s in sizes {
-        cmd.arg(s.to_string());
+    for [h, w] in sizes {
+        cmd.arg(format!("{h}x{w}"));
     }
     let out = cmd.output().expect("run python");
     assert!(out.status.success(), "torchvision {model}: {}", String::from_utf8_lossy(&out.stderr));
     let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let sd = dir.path().join("state_dict.safetensors");
     let dev = backend::cpu();
-    for size in sizes {
-        let o = ImportOptions { model: model.into(), normalization: None, classes: None, input_size: size };
+    for hw in sizes {
+        let size = format!("{}x{}", hw[0], hw[1]);
+        let o = ImportOptions { model: model.into(), normalization: None, classes: None, input_hw: hw };
         let (mut m, summary) = import::import_model(&sd, &o).unwrap_or_else(|e| panic!("{model} at {size}: {e}"));
-        assert_eq!(summary.macs, counts["macs"][size.to_string()].as_u64().unwrap(), "{model} MACs at {size}");
+        assert_eq!(m.arch.input_hw(), hw);
+        assert_eq!(summary.macs, counts["macs"][&size].as_u64().unwrap(), "{model} MACs at {size}");
         assert_eq!(summary.params, counts["params"].as_u64().unwrap(), "{model} params");
         let refp = dir.path().join(format!("ref_{size}.safetensors"));
         let logits = m.graph.forward(&dev, read_f32(&refp, "input"), Mode::Eval).unwrap();
         let d = rel_diff(&logits, &read_f32(&refp, "logits"));
-        println!("{model} at {size}x{size}: lfgcl vs torchvision, relative max diff {d:.2e}");
+        println!("{model} at {size}: lfgcl vs torchvision, relative max diff {d:.2e}");
         assert!(d <= TOL, "{model} at {size}: lfgcl differs from torchvision by {d}");
     }
     if !python_or_skip(model) {
         return;
     }
-    let o = ImportOptions { model: model.into(), normalization: None, classes: None, input_size: 64 };
+    let o = ImportOptions { model: model.into(), normalization: None, classes: None, input_hw: [96, 64] };
     let ckpt = dir.path().join("imported.safetensors");
     import::import(&sd, &ckpt, &o).unwrap();
     let pruned = dir.path().join("pruned.safetensors");

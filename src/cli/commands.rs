@@ -112,14 +112,9 @@ pub(crate) fn open_train_test(d: &DataArgs) -> Result<(Dataset, Option<Dataset>)
     Ok((train, test))
 }
 
-fn square_input(ds: &Dataset) -> Result<usize> {
-    if ds.height != ds.width {
-        return Err(Error::Shape(format!(
-            "dataset {} has {}x{} images; models take square inputs (use --image-size)",
-            ds.name, ds.height, ds.width
-        )));
-    }
-    Ok(ds.height)
+/// `[height, width]` of a dataset's images.
+fn input_hw(ds: &Dataset) -> [usize; 2] {
+    [ds.height, ds.width]
 }
 
 fn pct(x: f64) -> String {
@@ -277,7 +272,7 @@ fn cmd_train(g: &GlobalArgs, a: TrainArgs) -> Result<()> {
                 return Err(Error::Invalid(format!("dataset {} has no labels to train on", train.name)));
             }
             let name = a.model.as_deref().unwrap_or(DEFAULT_MODEL);
-            Model::new(Arch::new(name, train.channels, square_input(&train)?, classes)?, &dev, a.seed)?
+            Model::new(Arch::new_hw(name, train.channels, input_hw(&train), classes)?, &dev, a.seed)?
         }
     };
     let cfg = TrainConfig {
@@ -385,7 +380,7 @@ fn cmd_demo(g: &GlobalArgs, a: DemoArgs) -> Result<()> {
         train_ds.num_classes,
         a.epochs
     );
-    let arch = Arch::new("smallcnn", train_ds.channels, train_ds.height, train_ds.num_classes)?;
+    let arch = Arch::new_hw("smallcnn", train_ds.channels, input_hw(&train_ds), train_ds.num_classes)?;
     let mut model = Model::new(arch, &dev, a.seed)?;
     let cfg = TrainConfig {
         epochs: a.epochs,

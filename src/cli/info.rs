@@ -7,26 +7,23 @@ use crate::models::cost::{human, thousands};
 use crate::models::{Arch, Model};
 use crate::train::checkpoint;
 
-/// Parses `CxHxW` (square images only) into (channels, size).
-fn parse_input(s: &str) -> Result<(usize, usize)> {
+/// Parses `CxHxW` into (channels, [height, width]).
+fn parse_input(s: &str) -> Result<(usize, [usize; 2])> {
     let parts: Vec<&str> = s.split(['x', 'X']).collect();
     let bad = || Error::Invalid(format!("--input '{s}': expected CxHxW such as 3x32x32"));
     if parts.len() != 3 {
         return Err(bad());
     }
     let v: Vec<usize> = parts.iter().map(|p| p.trim().parse::<usize>().map_err(|_| bad())).collect::<Result<_>>()?;
-    if v[1] != v[2] {
-        return Err(Error::Invalid(format!("--input '{s}': models take square images")));
-    }
-    Ok((v[0], v[1]))
+    Ok((v[0], [v[1], v[2]]))
 }
 
 /// The table `lfgcl info` prints.
 pub fn info_table(model: &Model, all: bool) -> String {
     let cost = model.cost();
     let a = &model.arch;
-    let mut out =
-        format!("{} ({}x{}x{} input, {} classes)\n", a.model, a.in_channels, a.input_size, a.input_size, a.num_classes);
+    let [h, w] = a.input_hw();
+    let mut out = format!("{} ({}x{h}x{w} input, {} classes)\n", a.model, a.in_channels, a.num_classes);
     let name_w = cost.layers.iter().map(|l| l.name.len()).max().unwrap_or(5).max(5) + 2;
     out += &format!("{:<name_w$}{:<11}{:>14}{:>12}{:>16}\n", "Layer", "Type", "Output", "Params", "MACs");
     out += &"-".repeat(name_w + 53);
@@ -128,8 +125,8 @@ pub fn cmd_info(a: InfoArgs) -> Result<()> {
     let cpu = backend::cpu();
     let (model, source) = match (&a.model, &a.ckpt) {
         (Some(name), None) => {
-            let (c, size) = parse_input(&a.input)?;
-            (Model::new(Arch::new(name, c, size, a.classes)?, &cpu, 0)?, None)
+            let (c, hw) = parse_input(&a.input)?;
+            (Model::new(Arch::new_hw(name, c, hw, a.classes)?, &cpu, 0)?, None)
         }
         (None, Some(p)) => (checkpoint::load(p, &cpu)?, Some(p.clone())),
         _ => return Err(Error::Invalid("give a model name (--model resnet56) or a checkpoint (--ckpt FILE)".into())),

@@ -23,7 +23,7 @@ pub(crate) fn cmd_import(g: &GlobalArgs, a: ImportArgs) -> Result<()> {
              normalise with the channel statistics of whatever data it is given (eval, search, fine-tuning)"
         );
     }
-    let opts = ImportOptions { model: a.model, normalization, classes: a.classes, input_size: a.input_size };
+    let opts = ImportOptions { model: a.model, normalization, classes: a.classes, input_hw: a.input_size.0 };
     let s = import::import(&a.from, &a.out, &opts)?;
     if !g.quiet {
         println!(

@@ -100,9 +100,26 @@ pub struct ImportArgs {
     /// Check the classifier has this many outputs (default: whatever it has).
     #[arg(long)]
     pub classes: Option<usize>,
-    /// Side of the square input images.
-    #[arg(long, default_value_t = 32)]
-    pub input_size: usize,
+    /// The input images' size: `S` for SxS, or `HxW` (e.g. 224 or 256x192).
+    #[arg(long, default_value = "32", value_parser = parse_input_size)]
+    pub input_size: InputSize,
+}
+
+/// `--input-size`: `[height, width]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputSize(pub [usize; 2]);
+
+fn parse_input_size(s: &str) -> std::result::Result<InputSize, String> {
+    let bad = || format!("'{s}' is not an image size: expected S or HxW, such as 224 or 256x192");
+    let dims: Vec<usize> = s
+        .split(['x', 'X'])
+        .map(|p| p.trim().parse::<usize>().map_err(|_| bad()))
+        .collect::<std::result::Result<_, _>>()?;
+    match dims[..] {
+        [s] => Ok(InputSize([s, s])),
+        [h, w] => Ok(InputSize([h, w])),
+        _ => Err(bad()),
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -31,9 +31,9 @@ pub struct ImportOptions {
     pub normalization: Option<Normalization>,
     /// Class count to check against the classifier's shape (None: read from it).
     pub classes: Option<usize>,
-    /// Side length of the square input (ResNets and the small CNN pool globally, so it cannot be
-    /// read off their weights; for VGG-16 it must match the classifier's input).
-    pub input_size: usize,
+    /// `[height, width]` of the input (ResNets, MobileNetV2 and the small CNN pool globally, so it
+    /// cannot be read off their weights; for VGG-16 it must match the classifier's input).
+    pub input_hw: [usize; 2],
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -234,7 +234,7 @@ impl Ctx<'_> {
 /// Reads the architecture (every width, input channels, classes) off the tensor shapes: each
 /// width slot's width is the output size of the first layer the graph builds with it.
 fn infer_arch(cx: &Ctx<'_>, opts: &ImportOptions) -> Result<Arch> {
-    let base = Arch::new(&opts.model, 3, opts.input_size, 10)?;
+    let base = Arch::new_hw(&opts.model, 3, opts.input_hw, 10)?;
     let probe = base.probe_graph()?;
     let mut widths = Vec::with_capacity(probe.slots.len());
     for slot in 0..probe.slots.len() {
@@ -256,7 +256,7 @@ fn infer_arch(cx: &Ctx<'_>, opts: &ImportOptions) -> Result<Arch> {
             return Err(cx.err(format!("the classifier has {classes} outputs, --classes says {k}")));
         }
     }
-    let arch = Arch { model: base.model, in_channels, input_size: opts.input_size, num_classes: classes, widths };
+    let arch = Arch { in_channels, num_classes: classes, widths, ..base };
     arch.validate().map_err(|e| cx.err(e.to_string()))?;
     Ok(arch)
 }

@@ -82,7 +82,12 @@ pub fn family(name: &str) -> Result<Box<dyn ModelFamily>> {
 pub struct Arch {
     pub model: String,
     pub in_channels: usize,
+    /// The input's height, and its width too unless `input_width` says otherwise.
     pub input_size: usize,
+    /// The input's width when it differs from its height (absent for square inputs, so that a
+    /// square net's metadata stays what it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_width: Option<usize>,
     pub num_classes: usize,
     /// One entry per width slot, in the order the family declares them (`lfgcl info --model M`
     /// lists them by name).
@@ -92,11 +97,34 @@ pub struct Arch {
 impl Arch {
     /// The unpruned architecture of `model` for the given input and class count.
     pub fn new(model: &str, in_channels: usize, input_size: usize, num_classes: usize) -> Result<Arch> {
-        let mut arch = Arch { model: model.to_ascii_lowercase(), in_channels, input_size, num_classes, widths: vec![] };
+        Arch::new_hw(model, in_channels, [input_size, input_size], num_classes)
+    }
+
+    /// The unpruned architecture for an input of `[height, width]`.
+    pub fn new_hw(model: &str, in_channels: usize, [height, width]: [usize; 2], num_classes: usize) -> Result<Arch> {
+        let mut arch = Arch {
+            model: model.to_ascii_lowercase(),
+            in_channels,
+            input_size: height,
+            input_width: (width != height).then_some(width),
+            num_classes,
+            widths: vec![],
+        };
         arch.check_io()?;
         arch.widths = arch.default_slots()?.iter().map(|s| s.default).collect();
         arch.validate()?;
         Ok(arch)
+    }
+
+    /// `[height, width]` of the input.
+    pub fn input_hw(&self) -> [usize; 2] {
+        [self.input_size, self.input_width.unwrap_or(self.input_size)]
+    }
+
+    /// `[channels, height, width]` of one input image.
+    pub fn input_chw(&self) -> [usize; 3] {
+        let [h, w] = self.input_hw();
+        [self.in_channels, h, w]
     }
 
     pub fn family(&self) -> Result<Box<dyn ModelFamily>> {
@@ -127,7 +155,8 @@ impl Arch {
     }
 
     fn check_io(&self) -> Result<()> {
-        if self.in_channels == 0 || self.num_classes == 0 || self.input_size == 0 {
+        let [height, width] = self.input_hw();
+        if self.in_channels == 0 || self.num_classes == 0 || height == 0 || width == 0 {
             return Err(Error::Invalid(format!(
                 "{}: input channels, input size and class count must be positive",
                 self.model
@@ -136,7 +165,7 @@ impl Arch {
         use crate::limits::{MAX_CLASSES, MAX_IMAGE_SIDE, MAX_INPUT_CHANNELS};
         for (what, value, max) in [
             ("input channels", self.in_channels, MAX_INPUT_CHANNELS),
-            ("input size", self.input_size, MAX_IMAGE_SIDE),
+            ("input size", height.max(width), MAX_IMAGE_SIDE),
             ("class count", self.num_classes, MAX_CLASSES),
         ] {
             if value > max {
@@ -184,7 +213,7 @@ impl Arch {
 
     fn build_with(&self, widths: Option<Vec<usize>>, init: Init) -> Result<Graph> {
         let family = self.family()?;
-        let mut b = Builder::new([self.in_channels, self.input_size, self.input_size], widths, init);
+        let mut b = Builder::new(self.input_chw(), widths, init);
         family.build(&mut b, self.num_classes)?;
         b.finish()
     }

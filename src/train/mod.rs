@@ -87,7 +87,7 @@ pub struct EvalResult {
 
 /// Errors unless `ds` holds images of the model's input shape.
 pub fn check_compatible(model: &Model, ds: &Dataset) -> Result<()> {
-    let want = [model.arch.in_channels, model.arch.input_size, model.arch.input_size];
+    let want = model.arch.input_chw();
     if ds.image_dims() != want {
         return Err(Error::Shape(format!(
             "dataset {} has images {:?} but {} expects {:?} (C,H,W)",

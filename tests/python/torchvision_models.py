@@ -1,6 +1,6 @@
 """torchvision as the independent reference for lfgcl's real networks.
 
-    python3 torchvision_models.py MODEL OUT_DIR SIZE [SIZE ...]
+    python3 torchvision_models.py MODEL OUT_DIR SIZE [SIZE ...]      (SIZE: S or HxW)
 
 Builds torchvision's MODEL (random weights, 10 classes) with random batch-norm parameters and
 statistics, writes its state dict to OUT_DIR/state_dict.safetensors (written by hand: no
@@ -38,7 +38,7 @@ def save(path, tensors):
 
 def main():
     name, out = sys.argv[1], sys.argv[2]
-    sizes = [int(s) for s in sys.argv[3:]]
+    sizes = sys.argv[3:]
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(num_classes=10)
     g = torch.Generator().manual_seed(1)
@@ -63,13 +63,14 @@ def main():
                 count[0] += mod.in_features * mod.out_features
 
         handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        x = torch.randn(2, 3, size, size, generator=g)
+        h, _, w = size.partition("x")
+        x = torch.randn(2, 3, int(h), int(w or h), generator=g)
         with torch.no_grad():
             logits = model(x)
         for h in handles:
             h.remove()
         # Per image: a conv's hook counts its first image's output (`outp[0]`), a linear one row.
-        macs[str(size)] = count[0]
+        macs[size] = count[0]
         save(f"{out}/ref_{size}.safetensors", {"input": x, "logits": logits})
     params = sum(
         p.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for p in m.parameters()
