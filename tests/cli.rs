@@ -49,6 +49,19 @@ fn info_prints_the_exact_costs() {
     let o = lfgcl(&["info", "--model", "vgg16", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
     assert_eq!(v["cost"]["macs"], 313_463_808u64);
+    // A non-square input: the header names it, and costs scale with the pixels.
+    let macs = |input: &str| {
+        let o = lfgcl(&["info", "--model", "resnet18", "--input", input, "--classes", "1000", "--json"]);
+        assert!(o.status.success(), "{}", text(&o).1);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+        v["cost"]["macs"].as_u64().unwrap()
+    };
+    assert_eq!(macs("3x224x224"), 1_814_073_344);
+    let (wide, tall) = (macs("3x224x448"), macs("3x448x224"));
+    assert_eq!(wide, tall);
+    assert!(wide > 2 * 1_814_073_344 - 2_000_000 && wide < 2 * 1_814_073_344, "{wide}");
+    let o = lfgcl(&["info", "--model", "resnet18", "--input", "3x96x64"]);
+    assert!(text(&o).0.contains("3x96x64 input"), "{}", text(&o).0);
 }
 
 #[test]
@@ -57,6 +70,12 @@ fn bad_input_is_a_clear_error() {
     let d = dir.path();
     fails_with(&["info", "--model", "resnet19"], "unknown model 'resnet19'");
     fails_with(&["info", "--model", "resnet20", "--input", "3x32"], "expected CxHxW");
+    let sd = d.join("x.safetensors");
+    let sd = sd.to_str().unwrap();
+    fails_with(
+        &["import", "--from", sd, "--model", "resnet18", "--out", sd, "--input-size", "96x64x3"],
+        "not an image size",
+    );
     fails_with(&["info"], "--model");
     let missing = d.join("missing.safetensors");
     fails_with(&["eval", "--device", "cpu", "--ckpt", missing.to_str().unwrap()], "missing.safetensors");
