@@ -6,7 +6,8 @@ use super::{
 };
 use crate::backend::{self, Device};
 use crate::data::{self, Dataset, OpenOptions, Split};
-use crate::error::{DirLock, Error, Result};
+use crate::error::{Error, Result};
+use crate::fsio::DirLock;
 use crate::models::{Arch, Model};
 use crate::pipeline::{self, FinetuneConfig, PipelineConfig};
 use crate::prune::baselines::Method;
