@@ -3,7 +3,7 @@
 //! `Backend` is the complete op set a forward pass, a backward pass, an optimiser step and a
 //! pruning search need, made of one trait per op family: [`Memory`], [`ConvOps`], [`NormOps`],
 //! [`ElementwiseOps`], [`PoolOps`], [`ShortcutOps`], [`LinearOps`], [`LossOps`], [`OptimOps`] and
-//! [`SearchOps`]. Each backend implements each family in the family's own file (`cpu/conv.rs`,
+//! [`CompactOps`]. Each backend implements each family in the family's own file (`cpu/conv.rs`,
 //! `cuda/conv.rs`, ...). The CPU backend is the reference; the CUDA backend implements the same
 //! ops with hand-written kernels and is tested against it. Layers, models, training, pruning and
 //! search only ever talk to a `Device` (an `Arc<dyn Backend>`), so they never care where they run.
@@ -349,8 +349,10 @@ pub trait OptimOps {
     fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, hp: SgdStep) -> Result<()>;
 }
 
-/// Pruning and the search's candidate scoring (`cpu/search.rs`, `cuda/search.rs`).
-pub trait SearchOps {
+/// Compact nets and their scoring (`cpu/compact.rs`, `cuda/compact.rs`): gathering the kept
+/// channels of a pruned net (prune, and the search's K candidates at once) and the feature MSE of
+/// K candidates against the baseline.
+pub trait CompactOps {
     /// Keeps the entries `index` along `axis` (`y.dims[axis] = index.len()`), in the given order.
     fn index_select(&self, x: &Tensor, axis: usize, index: &[u32]) -> Result<Tensor>;
     /// The `index_select` of `x` along `axis` for each of K candidates' index lists, in one call:
@@ -373,7 +375,7 @@ pub trait Backend:
     + LinearOps
     + LossOps
     + OptimOps
-    + SearchOps
+    + CompactOps
     + Send
     + Sync
 {
@@ -389,7 +391,7 @@ impl<T> Backend for T where
         + LinearOps
         + LossOps
         + OptimOps
-        + SearchOps
+        + CompactOps
         + Send
         + Sync
 {
@@ -399,7 +401,7 @@ impl<T> Backend for T where
 /// `CudaBackend`): `use lfgcl::backend::prelude::*;`. Code holding a [`Device`] needs none of it.
 pub mod prelude {
     pub use super::{
-        Backend, ConvOps, ElementwiseOps, LinearOps, LossOps, Memory, NormOps, OptimOps, PoolOps, SearchOps,
+        Backend, CompactOps, ConvOps, ElementwiseOps, LinearOps, LossOps, Memory, NormOps, OptimOps, PoolOps,
         ShortcutOps,
     };
 }

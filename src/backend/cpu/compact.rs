@@ -1,12 +1,13 @@
-//! Pruning and candidate-scoring ops on the CPU (math in `ops.rs`).
+//! [`CompactOps`] on the CPU: gathering kept channels and the candidates' feature MSE
+//! (math in `ops.rs`).
 
 use super::{host, ops, CpuBackend};
 use crate::backend::shape::{FeatureMseShape, GatherShape, IndexSelectShape};
-use crate::backend::SearchOps;
+use crate::backend::CompactOps;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-impl SearchOps for CpuBackend {
+impl CompactOps for CpuBackend {
     fn index_select(&self, x: &Tensor, axis: usize, index: &[u32]) -> Result<Tensor> {
         let s = IndexSelectShape::new(x.dims(), axis, index)?;
         Tensor::from_vec(&s.out_dims, ops::index_select(host(x)?, s.outer, s.len, s.inner, index))

@@ -3,10 +3,11 @@
 //! `RAYON_NUM_THREADS` limits it).
 //!
 //! Each op family's trait is implemented in the family's file (`conv.rs`, `norm.rs`,
-//! `elementwise.rs`, `pool.rs`, `shortcut.rs`, `linear.rs`, `loss.rs`, `sgd.rs`, `search.rs`);
+//! `elementwise.rs`, `pool.rs`, `shortcut.rs`, `linear.rs`, `loss.rs`, `sgd.rs`, `compact.rs`);
 //! the slice-level math of all but convolution and GEMM lives in `ops.rs`.
 
 pub mod buffers;
+mod compact;
 pub mod conv;
 pub mod depthwise;
 pub mod direct;
@@ -18,7 +19,6 @@ mod loss;
 mod norm;
 pub mod ops;
 mod pool;
-mod search;
 mod sgd;
 mod shortcut;
 #[cfg(target_arch = "x86_64")]

@@ -15,9 +15,9 @@
 //!
 //! - Each op family's trait of [`crate::backend`] is implemented in the family's file (`conv.rs`,
 //!   `norm.rs`, `elementwise.rs`, `pool.rs`, `shortcut.rs`, `linear.rs`, `loss.rs`, `sgd.rs`,
-//!   `search.rs`) under the trait's own method names; shapes are checked once, by the geometry
+//!   `compact.rs`) under the trait's own method names; shapes are checked once, by the geometry
 //!   types of [`crate::backend::shape`], exactly as on the CPU. `gather.rs` and `reduce.rs` hold
-//!   the batched-gather and squared-difference launch helpers the search ops use.
+//!   the batched-gather and squared-difference launch helpers the compact ops use.
 //! - Kernel entry points are read from `kernels/*.cu` by `build.rs` ([`compile::KERNEL_ENTRY_POINTS`]).
 //! - Through the traits: conv precision ([`Precision`]: exact f32, TF32 or BF16 tensor cores),
 //!   the inference conv with folded batch norm, residual add and ReLU in its epilogue
@@ -39,6 +39,7 @@ macro_rules! assert_layout {
 }
 
 pub mod bench;
+mod compact;
 pub mod compile;
 mod conv;
 pub(crate) mod elementwise;
@@ -50,7 +51,6 @@ mod loss;
 mod norm;
 mod pool;
 mod reduce;
-mod search;
 mod sgd;
 mod shortcut;
 
