@@ -2,46 +2,21 @@
 
 use super::{host, ops, CpuBackend};
 use crate::backend::shape::{same_dims, BnShape};
-use crate::backend::{BnGrads, BnSaved, NormOps};
+use crate::backend::{BnGrads, BnParams, BnSaved, BnTrainParams, NormOps};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
 impl NormOps for CpuBackend {
-    fn batchnorm_forward_train(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-        momentum: f32,
-        eps: f32,
-    ) -> Result<(Tensor, BnSaved)> {
-        bn_train(x, gamma, beta, running_mean, running_var, momentum, eps, false)
+    fn batchnorm_forward_train(&self, x: &Tensor, bn: BnTrainParams<'_>) -> Result<(Tensor, BnSaved)> {
+        bn_train(x, bn, false)
     }
 
-    fn batchnorm_relu_forward_train(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-        momentum: f32,
-        eps: f32,
-    ) -> Result<(Tensor, BnSaved)> {
-        bn_train(x, gamma, beta, running_mean, running_var, momentum, eps, true)
+    fn batchnorm_relu_forward_train(&self, x: &Tensor, bn: BnTrainParams<'_>) -> Result<(Tensor, BnSaved)> {
+        bn_train(x, bn, true)
     }
 
-    fn batchnorm_forward_eval(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &Tensor,
-        running_var: &Tensor,
-        eps: f32,
-    ) -> Result<Tensor> {
+    fn batchnorm_forward_eval(&self, x: &Tensor, bn: BnParams<'_>) -> Result<Tensor> {
+        let BnParams { gamma, beta, running_mean, running_var, eps } = bn;
         let s = BnShape::eval(x, gamma, beta, running_mean, running_var)?;
         let (scale, shift) =
             ops::batchnorm_fold(host(gamma)?, host(beta)?, host(running_mean)?, host(running_var)?, eps);
@@ -64,14 +39,8 @@ impl NormOps for CpuBackend {
         bn_backward(dy, Some(y), x, gamma, saved)
     }
 
-    fn batchnorm_fold(
-        &self,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &Tensor,
-        running_var: &Tensor,
-        eps: f32,
-    ) -> Result<(Tensor, Tensor)> {
+    fn batchnorm_fold(&self, bn: BnParams<'_>) -> Result<(Tensor, Tensor)> {
+        let BnParams { gamma, beta, running_mean, running_var, eps } = bn;
         let c = BnShape::fold(gamma, beta, running_mean, running_var)?;
         let (scale, shift) =
             ops::batchnorm_fold(host(gamma)?, host(beta)?, host(running_mean)?, host(running_var)?, eps);
@@ -80,17 +49,8 @@ impl NormOps for CpuBackend {
 }
 
 /// Training batch norm, followed by a ReLU when `relu_after`.
-#[allow(clippy::too_many_arguments)]
-fn bn_train(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &mut Tensor,
-    running_var: &mut Tensor,
-    momentum: f32,
-    eps: f32,
-    relu_after: bool,
-) -> Result<(Tensor, BnSaved)> {
+fn bn_train(x: &Tensor, bn: BnTrainParams<'_>, relu_after: bool) -> Result<(Tensor, BnSaved)> {
+    let BnTrainParams { gamma, beta, running_mean, running_var, momentum, eps } = bn;
     let BnShape { n, c, hw } = BnShape::train(x, gamma, beta, running_mean, running_var)?;
     let out = ops::batchnorm_train(
         host(x)?,

@@ -27,7 +27,7 @@
 
 use super::{CudaBackend, GemmLayout, Precision};
 use crate::backend::prelude::*;
-use crate::backend::{ConvShape, ConvSpec, SgdStep};
+use crate::backend::{BnTrainParams, ConvShape, ConvSpec, SgdStep};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::driver::sys::CUevent_flags;
@@ -294,14 +294,37 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
                 bytes: Some(2.0 * bytes),
                 memory_bound: true,
                 f32_compute: false,
-                run: Box::new(move || be.batchnorm_forward_train(&x, &g, &b, &mut rm, &mut rv, 0.1, 1e-5).map(drop)),
+                run: Box::new(move || {
+                    be.batchnorm_forward_train(
+                        &x,
+                        BnTrainParams {
+                            gamma: &g,
+                            beta: &b,
+                            running_mean: &mut rm,
+                            running_var: &mut rv,
+                            momentum: 0.1,
+                            eps: 1e-5,
+                        },
+                    )
+                    .map(drop)
+                }),
             });
         }
         {
             let (x, dy, g) = (x.clone(), y.clone(), gamma.clone());
             let mut rm2 = be.zeros(&[c])?;
             let mut rv2 = be.from_host(&[c], &vec![1.0; c])?;
-            let (_, saved) = be.batchnorm_forward_train(&x, &g, &beta, &mut rm2, &mut rv2, 0.1, 1e-5)?;
+            let (_, saved) = be.batchnorm_forward_train(
+                &x,
+                BnTrainParams {
+                    gamma: &g,
+                    beta: &beta,
+                    running_mean: &mut rm2,
+                    running_var: &mut rv2,
+                    momentum: 0.1,
+                    eps: 1e-5,
+                },
+            )?;
             out.push(Case {
                 key: format!("bn_bwd/{suffix}"),
                 kernel: "bn_bwd_partial + bn_bwd_finalize + bn_bwd_apply".into(),
