@@ -235,7 +235,7 @@ fn forward_fused_with(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue
     let (k, pq, crs) = (s.c_out, s.out_h * s.out_w, s.c_in * s.kh * s.kw);
     let chw = s.c_in * s.h * s.w;
     // Every element is written below (each chunk's GEMM output or its transposition).
-    let mut y = super::buffers::take(s.n * k * pq);
+    let mut y = crate::tensor::pool::take(s.n * k * pq);
     if y.is_empty() {
         return y;
     }
@@ -283,7 +283,7 @@ fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> V
     let (k, pq, crs) = (s.c_out, s.out_h * s.out_w, s.c_in * s.kh * s.kw);
     let chw = s.c_in * s.h * s.w;
     // col2im accumulates: each chunk clears its part first.
-    let mut dx = super::buffers::take(s.n * chw);
+    let mut dx = crate::tensor::pool::take(s.n * chw);
     if dx.is_empty() || pq == 0 {
         dx.fill(0.0);
         return dx;
@@ -411,7 +411,7 @@ pub fn forward_grouped(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogu
     let sg = group_shape(s);
     let (kg, pq, crs) = (sg.c_out, s.out_h * s.out_w, sg.c_in * s.kh * s.kw);
     let (chw, cghw) = (s.c_in * s.h * s.w, sg.c_in * s.h * s.w);
-    let mut y = super::buffers::take(s.n * s.c_out * pq);
+    let mut y = crate::tensor::pool::take(s.n * s.c_out * pq);
     if y.is_empty() {
         return y;
     }
@@ -432,7 +432,7 @@ pub fn backward_data_grouped(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
     let sg = group_shape(s);
     let (kg, pq, crs) = (sg.c_out, s.out_h * s.out_w, sg.c_in * s.kh * s.kw);
     let cghw = sg.c_in * s.h * s.w;
-    let mut dx = super::buffers::take(s.n * s.c_in * s.h * s.w);
+    let mut dx = crate::tensor::pool::take(s.n * s.c_in * s.h * s.w);
     if dx.is_empty() {
         return dx;
     }

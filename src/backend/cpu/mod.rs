@@ -6,7 +6,6 @@
 //! `elementwise.rs`, `pool.rs`, `shortcut.rs`, `linear.rs`, `loss.rs`, `sgd.rs`, `compact.rs`);
 //! the slice-level math of all but convolution and GEMM lives in `ops.rs`.
 
-pub mod buffers;
 mod compact;
 pub mod conv;
 pub mod depthwise;
@@ -119,7 +118,7 @@ impl Memory for CpuBackend {
 
     fn copy(&self, t: &Tensor) -> Result<Tensor> {
         let src = host(t)?;
-        let mut v = buffers::take(src.len());
+        let mut v = crate::tensor::pool::take(src.len());
         v.copy_from_slice(src);
         Tensor::from_vec(t.dims(), v)
     }

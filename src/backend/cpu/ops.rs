@@ -21,7 +21,7 @@ pub fn relu(v: f32) -> f32 {
 const ELEMWISE_CHUNK: usize = 1 << 15;
 
 pub fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut y = super::buffers::take(x.len());
+    let mut y = crate::tensor::pool::take(x.len());
     y.par_chunks_mut(ELEMWISE_CHUNK).zip(x.par_chunks(ELEMWISE_CHUNK)).for_each(|(yc, xc)| {
         for (o, &v) in yc.iter_mut().zip(xc) {
             *o = f(v);
@@ -31,7 +31,7 @@ pub fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
 }
 
 pub fn map_binary(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut y = super::buffers::take(a.len());
+    let mut y = crate::tensor::pool::take(a.len());
     y.par_chunks_mut(ELEMWISE_CHUNK).zip(a.par_chunks(ELEMWISE_CHUNK).zip(b.par_chunks(ELEMWISE_CHUNK))).for_each(
         |(yc, (ac, bc))| {
             for ((o, &u), &v) in yc.iter_mut().zip(ac).zip(bc) {
@@ -216,7 +216,7 @@ fn channel_moments(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> 
 
 /// Applies `y = x*scale[c] + shift[c]` over `[n, c, hw]`, then `relu` when asked.
 fn channel_affine(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32], relu_after: bool) -> Vec<f32> {
-    let mut y = super::buffers::take(x.len());
+    let mut y = crate::tensor::pool::take(x.len());
     y.par_chunks_mut(hw.max(1)).zip(x.par_chunks(hw.max(1))).enumerate().for_each(|(row, (yc, xc))| {
         let ch = row % c;
         let (a, b) = (scale[ch], shift[ch]);
@@ -331,7 +331,7 @@ pub fn batchnorm_backward(
             [(g * inv) as f32, (-k * inv * sdyx) as f32, (-k * sdy) as f32]
         })
         .collect();
-    let mut dx = super::buffers::take(x.len());
+    let mut dx = crate::tensor::pool::take(x.len());
     dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(row, dxc)| {
         let ch = row % c;
         let base = row * hw;
@@ -363,7 +363,7 @@ pub fn shortcut_forward(x: &[f32], n: usize, c: usize, h: usize, w: usize, src: 
     let (oh, ow) = (shortcut_out_size(h, stride), shortcut_out_size(w, stride));
     let oc = src.len();
     // Every element is written below (zeros for the padded channels).
-    let mut y = super::buffers::take(n * oc * oh * ow);
+    let mut y = crate::tensor::pool::take(n * oc * oh * ow);
     y.par_chunks_mut((oh * ow).max(1)).enumerate().for_each(|(row, yc)| {
         let (i, o) = (row / oc, row % oc);
         let s = src[o];
@@ -389,7 +389,7 @@ pub fn shortcut_forward(x: &[f32], n: usize, c: usize, h: usize, w: usize, src: 
 pub fn shortcut_backward(dy: &[f32], n: usize, c: usize, h: usize, w: usize, src: &[i32], stride: usize) -> Vec<f32> {
     let (oh, ow) = (shortcut_out_size(h, stride), shortcut_out_size(w, stride));
     let oc = src.len();
-    let mut dx = super::buffers::take(n * c * h * w);
+    let mut dx = crate::tensor::pool::take(n * c * h * w);
     // Parallel over images; inside one image several outputs may read the same input channel.
     dx.par_chunks_mut((c * h * w).max(1)).enumerate().for_each(|(i, dxi)| {
         dxi.fill(0.0);

@@ -56,9 +56,10 @@ use super::conv::Epilogue;
 use super::lanes::Lanes;
 #[cfg(target_arch = "x86_64")]
 use super::lanes::Wide;
-use super::{buffers, team};
+use super::team;
 use super::{has_avx2, has_avx512};
 use crate::backend::ConvShape;
+use crate::tensor::pool;
 use rayon::prelude::*;
 
 /// Tiles transformed together (one SIMD vector of 8 f32 on AVX2).
@@ -393,7 +394,7 @@ fn filter_transform_lanes<const A: usize>(
     c: usize,
     kp: usize,
 ) -> Vec<f32> {
-    let mut u = buffers::take(A * A * c * kp);
+    let mut u = pool::take(A * A * c * kp);
     let gm: [[f32; 3]; A] = g.0.map(|row| row.map(|v| v as f32));
     // Lanes are eight output channels of one input channel: each result is one contiguous run
     // of `U[xi][c][..]`, zeros past the last channel included.
@@ -525,7 +526,7 @@ mod packed_store {
         } else {
             dropped.push(packed);
         }
-        dropped.into_iter().for_each(super::buffers::give);
+        dropped.into_iter().for_each(crate::tensor::pool::give);
     }
 
     pub fn take(key: &Key) -> Option<Vec<f32>> {
@@ -563,7 +564,7 @@ fn pack_rows(x: &[f32], s: &ConvShape, tiling: &Tiling, simd: bool, short: bool)
     let plane = s.h * s.w;
     let row_len = wp * b;
     // Every element is written below (border zeros included): no clearing pass.
-    let mut xb = buffers::take(s.n * groups * hp * row_len);
+    let mut xb = pool::take(s.n * groups * hp * row_len);
     // Tasks are bands of packed rows of one (image, channel group) plane: whole planes for a
     // batch, a few bands each at batch 1 so that every thread has a share.
     let planes = s.n * groups;
@@ -1038,8 +1039,8 @@ fn run_block<const M: usize, const A: usize, V: Variant<M, A>>(
     let (c, block, cp, kp) = (s.c_in, tiling.block, tiling.cp, tiling.kp);
     let len = block.min(tiling.total - p0);
     let out_width = lane_width(kp);
-    let mut v = buffers::take(A * A * block * cp);
-    let mut mm = buffers::take(A * A * block * kp);
+    let mut v = pool::take(A * A * block * cp);
+    let mut mm = pool::take(A * A * block * kp);
     // Product `xi` reads V[p][xi][..C] and writes M[p][xi][..Kp] for every tile p: the 16 or 36
     // products interleave, so each tile's transforms read and write one contiguous run.
     assert!(v.len() >= len * A * A * cp && mm.len() >= len * A * A * kp && u.len() >= A * A * c * kp);
@@ -1066,8 +1067,8 @@ fn run_block<const M: usize, const A: usize, V: Variant<M, A>>(
         }
         output_transform::<M, A, V>(out_width, &mm, s, tiling, p0, 0..len, y, epi, simd);
     }
-    buffers::give(v);
-    buffers::give(mm);
+    pool::give(v);
+    pool::give(mm);
 }
 
 /// Output channels per register block of the multiply stage (one AVX-512 vector).
@@ -1397,8 +1398,8 @@ fn wgrad_block<const M: usize, const A: usize, V: Variant<M, A>>(
 ) {
     let (c, block, cp, kp) = (s.c_in, tiling.block, tiling.cp, tiling.kp);
     let len = block.min(tiling.total - p0);
-    let mut v = buffers::take(A * A * block * cp);
-    let mut d = buffers::take(A * A * block * kp);
+    let mut v = pool::take(A * A * block * cp);
+    let mut d = pool::take(A * A * block * kp);
     assert!(v.len() >= len * A * A * cp && d.len() >= len * A * A * kp && du.len() >= A * A * c * kp);
     let (vs, ds, dus) = (Shared::new(&mut v), Shared::new(&mut d), Shared::new(du));
     let product = |v: SharedConst, d: SharedConst, du: Shared, xi: usize| GradProduct {
@@ -1430,8 +1431,8 @@ fn wgrad_block<const M: usize, const A: usize, V: Variant<M, A>>(
             unsafe { wgrad_multiply(product(vv, dd, dus, xi)) };
         }
     }
-    buffers::give(v);
-    buffers::give(d);
+    pool::give(v);
+    pool::give(d);
 }
 
 /// Tasks (chunks of consecutive blocks) a backward-weight reduction is split into, at most: each
@@ -1464,17 +1465,17 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
     let chunks = blocks.div_ceil(per_chunk);
     let split = chunks < rayon::current_num_threads();
     let part = A * A * c * kp;
-    let mut partials = buffers::take(chunks * part);
+    let mut partials = pool::take(chunks * part);
     partials.par_chunks_mut(part).enumerate().for_each(|(chunk, du)| {
         du.fill(0.0);
         for b in chunk * per_chunk..((chunk + 1) * per_chunk).min(blocks) {
             wgrad_block::<M, A, V>(&xb, &dyb, s, &tiling, &dy_tiling, b * tiling.block, du, split);
         }
     });
-    buffers::give(xb);
+    pool::give(xb);
     match dy_stamp {
         Some(st) => packed_store::put(packed_key(st, &dy_shape, &dy_tiling), dyb),
-        None => buffers::give(dyb),
+        None => pool::give(dyb),
     }
     let (du, rest) = partials.split_at_mut(part);
     for other in rest.chunks_exact(part) {
@@ -1500,7 +1501,7 @@ fn backward_weight_with<const M: usize, const A: usize, V: Variant<M, A>>(
             }
         }
     }
-    buffers::give(partials);
+    pool::give(partials);
     dw
 }
 
@@ -1541,7 +1542,7 @@ fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
     keep: Option<u64>,
 ) -> Vec<f32> {
     // Every output pixel is written by the output transform: a pooled buffer, not cleared.
-    let mut y = super::buffers::take(s.n * s.c_out * s.out_h * s.out_w);
+    let mut y = pool::take(s.n * s.c_out * s.out_h * s.out_w);
     if y.is_empty() || s.c_in == 0 {
         if let Some(epi) = epi {
             epi.apply_slice(&mut y, 0, s.out_h * s.out_w, s.c_out);
@@ -1565,7 +1566,7 @@ fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
             let own = Tiling { row0: r0, hp: r1 - r0, ..tiling };
             let xb = pack_rows(x, s, &own, simd, true);
             run_block::<M, A, V>(&xb, &u, s, &own, p0, out, split, lane_epi.as_ref(), simd);
-            buffers::give(xb);
+            pool::give(xb);
         });
     } else {
         let xb = pack_input_stamped(x, x_stamp, s, &tiling, simd);
@@ -1575,11 +1576,11 @@ fn forward_with<const M: usize, const A: usize, V: Variant<M, A>>(
         });
         match keep {
             Some(st) => packed_store::put(packed_key(st, s, &tiling), xb),
-            None => buffers::give(xb),
+            None => pool::give(xb),
         }
     }
     if let Ok(u) = std::sync::Arc::try_unwrap(u) {
-        buffers::give(u);
+        pool::give(u);
     }
     y
 }
