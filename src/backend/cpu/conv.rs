@@ -6,8 +6,9 @@
 //! thread count, and per-chunk weight gradients are summed in chunk order, so results are
 //! reproducible bit for bit.
 
+use super::elementwise::{relu, update_unary};
 use super::gemm::{sgemm, sgemm_layout, Layout};
-use super::{host, ops, CpuBackend};
+use super::{host, CpuBackend};
 use crate::backend::{Activation, ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -184,7 +185,7 @@ impl Epilogue<'_> {
             v += r[at];
         }
         if self.relu {
-            ops::relu(v)
+            relu(v)
         } else {
             v
         }
@@ -594,7 +595,7 @@ impl ConvOps for CpuBackend {
         let mut y = self.forward_dispatch(x, w, &s, Some(&epi))?;
         if act == Activation::Relu6 {
             // The kernels' epilogues stop at the residual add: clamping after them is the same op.
-            ops::update_unary(&mut y, |v| Activation::Relu6.apply(v));
+            update_unary(&mut y, |v| Activation::Relu6.apply(v));
         }
         Tensor::from_vec(&s.output_dims(), y)
     }

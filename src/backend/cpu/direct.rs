@@ -248,7 +248,7 @@ unsafe fn micro<const N: usize>(
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(o)));
             }
             if e.relu {
-                // max(v, 0) gives 0 for NaN and -0.0, as `ops::relu`.
+                // max(v, 0) gives 0 for NaN and -0.0, as `elementwise::relu`.
                 v = _mm512_max_ps(v, _mm512_setzero_ps());
             }
         }

@@ -827,7 +827,7 @@ unsafe fn store_output_lanes<const M: usize>(
                 if let (Some(res), true) = (residual, c < cols) {
                     u += res[base + r * s.out_w + c];
                 }
-                *v = if relu { super::ops::relu(u) } else { u };
+                *v = if relu { super::elementwise::relu(u) } else { u };
             }
             if cols == M {
                 y.write(base + r * s.out_w, &vals)
@@ -880,7 +880,7 @@ mod simd {
         }
     }
 
-    /// `+ residual`, then ReLU (`maxps(v, 0)`: 0 for NaN and -0.0, as `ops::relu`).
+    /// `+ residual`, then ReLU (`maxps(v, 0)`: 0 for NaN and -0.0, as `elementwise::relu`).
     #[inline(always)]
     unsafe fn finish(v: __m128, residual: Option<*const f32>, relu: bool) -> __m128 {
         let v = match residual {
