@@ -14,7 +14,6 @@ use crate::tensor::Tensor;
 use crate::train::Sgd;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct GemmPoint {
@@ -390,7 +389,7 @@ pub fn cpu_bench(opts: &CpuBenchOptions) -> Result<CpuBenchReport> {
                 eprintln!("round {}/{rounds}: onnxruntime ...", round + 1);
             }
             let files: Vec<PathBuf> = nets.iter().map(|n| n.onnx.clone()).collect();
-            match crate::interop::deploy::ort_bench(dir, &files, threads, &opts.batches, OrtTiming::Reps(reps)) {
+            match super::deploy::ort_bench(dir, &files, threads, &opts.batches, OrtTiming::Reps(reps)) {
                 Ok(out) => {
                     ort_version = Some(out.onnxruntime);
                     for r in out.results {

@@ -13,7 +13,6 @@ use crate::tensor::Tensor;
 use crate::train::checkpoint;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// onnxruntime timing script, run as a subprocess (shipped in the binary so it needs no checkout).
 pub const ORT_BENCH_SCRIPT: &str = include_str!("../../scripts/ort_bench.py");

@@ -485,11 +485,11 @@ fn time_case(
     }
     for r in 0..reps {
         if let Some(buf) = flush.as_deref_mut() {
-            be.stream.memset_zeros(buf).map_err(|e| Error::Cuda(format!("L2 flush: {e:?}")))?;
+            be.stream().memset_zeros(buf).map_err(|e| Error::Cuda(format!("L2 flush: {e:?}")))?;
         }
-        events[2 * r].record(&be.stream).map_err(event_err)?;
+        events[2 * r].record(be.stream()).map_err(event_err)?;
         run()?;
-        events[2 * r + 1].record(&be.stream).map_err(event_err)?;
+        events[2 * r + 1].record(be.stream()).map_err(event_err)?;
     }
     be.synchronize()?;
     let mut us = Vec::with_capacity(reps);
@@ -543,7 +543,7 @@ pub fn model_timing(key: &str, kernel: &str, r: &super::cpu::ModelBench) -> Kern
 pub fn bench_kernels(backend: &CudaBackend, opts: &BenchOptions) -> Result<Vec<KernelTiming>> {
     let be = backend;
     be.load_all_kernels()?;
-    let flush_len = (2 * be.info.l2_bytes).max(64 << 20);
+    let flush_len = (2 * be.info().l2_bytes).max(64 << 20);
     let mut flush: CudaSlice<u8> = be.alloc_zeros(flush_len)?;
     let mut results = Vec::new();
 
@@ -552,7 +552,7 @@ pub fn bench_kernels(backend: &CudaBackend, opts: &BenchOptions) -> Result<Vec<K
     let src: CudaSlice<f32> = be.alloc_zeros(copy_len)?;
     let mut dst: CudaSlice<f32> = be.alloc_zeros(copy_len)?;
     let mut copy = || -> Result<()> {
-        be.stream.memcpy_dtod(&src, &mut dst).map_err(|e| Error::Cuda(format!("copy peak: {e:?}")))
+        be.stream().memcpy_dtod(&src, &mut dst).map_err(|e| Error::Cuda(format!("copy peak: {e:?}")))
     };
     let s = time_case(be, &mut copy, opts.warmup.max(3), opts.reps.clamp(10, 50), Some(&mut flush))?;
     let copy_t = timing(

@@ -39,10 +39,9 @@ macro_rules! assert_layout {
     };
 }
 
-pub mod bench;
 mod compact;
 pub mod compile;
-mod conv;
+pub(crate) mod conv;
 pub(crate) mod elementwise;
 #[cfg(feature = "cuda-experimental")]
 pub mod experimental;
