@@ -5,7 +5,7 @@
 //! Each op family's trait is implemented in the family's file (`conv.rs`, `norm.rs`,
 //! `elementwise.rs`, `pool.rs`, `shortcut.rs`, `linear.rs`, `loss.rs`, `sgd.rs`, `compact.rs`),
 //! with that family's slice-level math below the trait methods; convolution's kernels live in
-//! `conv.rs`, `direct.rs`, `depthwise.rs` and `winograd.rs`, GEMM in `gemm.rs`. Shapes are
+//! `conv.rs`, `direct.rs`, `depthwise.rs` and `winograd/`, GEMM in `gemm.rs`. Shapes are
 //! checked by the trait methods; the math only computes. Per-channel and per-row reductions run
 //! sequentially in f64 inside one task, so results do not depend on the thread count.
 
