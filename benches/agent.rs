@@ -7,7 +7,7 @@ use lfgcl::backend;
 use lfgcl::models::{Arch, Model};
 use lfgcl::prune::{Budget, Criterion as Rank, GroupScope, Pruner};
 use lfgcl::search::ddpg::{Agent, DdpgConfig, Transition};
-use lfgcl::search::state::state_vector;
+use lfgcl::search::observation::observe;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
@@ -17,7 +17,7 @@ fn agent_for(model: &str) -> (Agent, usize, usize) {
     let dev = backend::cpu();
     let m = Model::new(Arch::new(model, 3, 32, 10).unwrap(), &dev, 0).unwrap();
     let pruner = Pruner::new(&m, GroupScope::Inner, Rank::L1).unwrap();
-    let state = state_vector(&m, &pruner, &Budget { flops: Some(0.5), params: None });
+    let state = observe(&m, &pruner, &Budget { flops: Some(0.5), params: None });
     let (s_dim, a_dim) = (state.len(), pruner.groups.len());
     let mut rng = StdRng::seed_from_u64(0);
     let mut agent = Agent::new(DdpgConfig::default(), state, a_dim, &mut rng).unwrap();

@@ -13,8 +13,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lfgcl::backend::cpu::winograd::{self, WinogradTile};
-use lfgcl::backend::cpu::{buffers, conv, depthwise, direct};
+use lfgcl::backend::cpu::{conv, depthwise, direct};
 use lfgcl::backend::{ConvShape, ConvSpec};
+use lfgcl::tensor::pool;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -87,23 +88,23 @@ fn depthwise_convs(c: &mut Criterion) {
             let mut g = c.benchmark_group(format!("dw_b{batch}_{name}"));
             g.throughput(Throughput::Elements(2 * s.macs()));
             g.bench_function("forward/fast", |b| {
-                b.iter(|| buffers::give(depthwise::forward(black_box(&x), &w, &s, None)))
+                b.iter(|| pool::give(depthwise::forward(black_box(&x), &w, &s, None)))
             });
             g.bench_function("backward_data/fast", |b| {
-                b.iter(|| buffers::give(depthwise::backward_data(black_box(&dy), &w, &s)))
+                b.iter(|| pool::give(depthwise::backward_data(black_box(&dy), &w, &s)))
             });
             g.bench_function("backward_weight/fast", |b| {
-                b.iter(|| buffers::give(depthwise::backward_weight(black_box(&dy), &x, &s)))
+                b.iter(|| pool::give(depthwise::backward_weight(black_box(&dy), &x, &s)))
             });
             if batch == 1 {
                 g.bench_function("forward/exact", |b| {
-                    b.iter(|| buffers::give(conv::forward_grouped(black_box(&x), &w, &s, None)))
+                    b.iter(|| pool::give(conv::forward_grouped(black_box(&x), &w, &s, None)))
                 });
                 g.bench_function("backward_data/exact", |b| {
-                    b.iter(|| buffers::give(conv::backward_data_grouped(black_box(&dy), &w, &s)))
+                    b.iter(|| pool::give(conv::backward_data_grouped(black_box(&dy), &w, &s)))
                 });
                 g.bench_function("backward_weight/exact", |b| {
-                    b.iter(|| buffers::give(conv::backward_weight_grouped(black_box(&dy), &x, &s)))
+                    b.iter(|| pool::give(conv::backward_weight_grouped(black_box(&dy), &x, &s)))
                 });
             }
             g.finish();
@@ -129,22 +130,22 @@ fn pointwise_convs(c: &mut Criterion) {
             let dy = data(batch * cout * s.out_h * s.out_w, 3);
             let mut g = c.benchmark_group(format!("pw_b{batch}_{name}"));
             g.throughput(Throughput::Elements(2 * s.macs()));
-            g.bench_function("forward/gemm", |b| b.iter(|| buffers::give(conv::forward(black_box(&x), &w, &s))));
+            g.bench_function("forward/gemm", |b| b.iter(|| pool::give(conv::forward(black_box(&x), &w, &s))));
             g.bench_function("backward_data/gemm", |b| {
-                b.iter(|| buffers::give(conv::backward_data(black_box(&dy), &w, &s)))
+                b.iter(|| pool::give(conv::backward_data(black_box(&dy), &w, &s)))
             });
             g.bench_function("backward_weight/gemm", |b| {
-                b.iter(|| buffers::give(conv::backward_weight(black_box(&dy), &x, &s)))
+                b.iter(|| pool::give(conv::backward_weight(black_box(&dy), &x, &s)))
             });
             if conv::is_pointwise(&s) {
                 g.bench_function("forward/im2col", |b| {
-                    b.iter(|| buffers::give(conv::forward_fused_im2col(black_box(&x), &w, &s, None)))
+                    b.iter(|| pool::give(conv::forward_fused_im2col(black_box(&x), &w, &s, None)))
                 });
                 g.bench_function("backward_data/im2col", |b| {
-                    b.iter(|| buffers::give(conv::backward_data_im2col(black_box(&dy), &w, &s)))
+                    b.iter(|| pool::give(conv::backward_data_im2col(black_box(&dy), &w, &s)))
                 });
                 g.bench_function("backward_weight/im2col", |b| {
-                    b.iter(|| buffers::give(conv::backward_weight_im2col(black_box(&dy), &x, &s)))
+                    b.iter(|| pool::give(conv::backward_weight_im2col(black_box(&dy), &x, &s)))
                 });
             }
             g.finish();

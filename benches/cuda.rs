@@ -1,9 +1,9 @@
-//! Criterion benchmarks of the CUDA kernels: the same cases as `lfgcl::backend::cuda::bench`
+//! Criterion benchmarks of the CUDA kernels: the same cases as `lfgcl::bench::kernels`
 //! (every distinct ResNet-56 conv at batch 128 in each precision, batch norm, element-wise,
 //! SGD, and the search gathers and feature MSE at K = 16 candidates, 256 images).
 //!
 //! Wall-clock per iteration = queue the op + synchronise the stream, so it includes launch
-//! overhead; `lfgcl::backend::cuda::bench::bench_kernels` gives the event-timed device numbers
+//! overhead; `lfgcl::bench::kernels::bench_kernels` gives the event-timed device numbers
 //! with L2 flushing and peak fractions. Without a CUDA device this prints
 //! `skipped: no CUDA device (...)` and exits successfully.
 //!
@@ -11,9 +11,9 @@
 //! `cargo bench --bench cuda -- conv_fwd_tf32`.
 
 use criterion::Criterion;
-use lfgcl::backend::cuda::bench::{cases, BenchOptions};
 use lfgcl::backend::cuda::CudaBackend;
 use lfgcl::backend::prelude::*;
+use lfgcl::bench::kernels::{cases, BenchOptions};
 use std::time::Duration;
 
 fn main() {

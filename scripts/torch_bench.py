@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch reference timings for lfgcl's CUDA kernels, keyed like `lfgcl::backend::cuda::bench`.
+"""PyTorch reference timings for lfgcl's CUDA kernels, keyed like `lfgcl::bench::kernels`.
 
 Same cases, shapes and measuring policy as the Rust benchmark, so the two JSON files can be
 joined by key:

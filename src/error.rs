@@ -75,12 +75,3 @@ macro_rules! bail {
         return Err($crate::Error::$kind(format!($($arg)*)))
     };
 }
-
-// The file-system helpers live in `crate::fsio`; these names stay here for their many callers.
-pub use crate::fsio::{remove_if_exists, DirLock};
-
-/// Writes `bytes` to `path` atomically (see [`crate::fsio::write_atomic`]: only over a regular
-/// file or a new path, symlinks followed).
-pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
-    crate::fsio::write_atomic(path.as_ref(), bytes)
-}

@@ -189,7 +189,11 @@ fn remove_stale_temporaries(dir: &Path, name: &OsStr) {
 /// A reader never sees a half-written file, and an interrupted write leaves the old file intact.
 /// Only a regular file or a new path is replaced; a symlink is followed (the link stays and the
 /// file it names is replaced); devices, FIFOs, sockets and directories are refused.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    write_atomic_at(path.as_ref(), bytes)
+}
+
+fn write_atomic_at(path: &Path, bytes: &[u8]) -> Result<()> {
     let target = output_target(path)?;
     let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

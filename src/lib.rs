@@ -7,7 +7,7 @@
 //! - [`data`]: IDX, CIFAR binary, image folders and a synthetic set; augmentation and batching;
 //! - [`train`]: optimiser, schedules, training and evaluation loops, checkpoints;
 //! - [`prune`]: channel groups, ranking, budgets, masked gather into a compact net;
-//! - [`search`]: the LFGCL search (architecture state, DDPG, label-free reward);
+//! - [`search`]: the LFGCL search (the agent's observation of the architecture, DDPG, label-free reward);
 //! - [`interop`]: PyTorch state dicts in, ONNX out, deployment timings against onnxruntime;
 //! - [`report`]: JSON logs and SVG plots; [`cli`]: the `lfgcl` command line.
 

@@ -6,7 +6,7 @@
 #[path = "common/gpu.rs"]
 mod gpu;
 
-use lfgcl::backend::{self, Activation, BnSaved, ConvEpilogue, ConvSpec, Device, SgdStep};
+use lfgcl::backend::{self, Activation, BnParams, BnSaved, BnTrainParams, ConvEpilogue, ConvSpec, Device, SgdStep};
 use lfgcl::{Error, Result, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,20 +102,61 @@ fn cases() -> Vec<Case> {
         // ---- batch norm
         ("bn train input rank 3", Kind::Shape, |d| {
             let (mut m, mut v) = (t(d, &[3]), t(d, &[3]));
-            d.batchnorm_forward_train(&t(d, &[2, 3, 4]), &t(d, &[3]), &t(d, &[3]), &mut m, &mut v, 0.1, 1e-5).map(drop)
+            d.batchnorm_forward_train(
+                &t(d, &[2, 3, 4]),
+                BnTrainParams {
+                    gamma: &t(d, &[3]),
+                    beta: &t(d, &[3]),
+                    running_mean: &mut m,
+                    running_var: &mut v,
+                    momentum: 0.1,
+                    eps: 1e-5,
+                },
+            )
+            .map(drop)
         }),
         ("bn train weight length", Kind::Shape, |d| {
             let (mut m, mut v) = (t(d, &[3]), t(d, &[3]));
-            d.batchnorm_forward_train(&t(d, &[2, 3, 4, 4]), &t(d, &[2]), &t(d, &[3]), &mut m, &mut v, 0.1, 1e-5)
-                .map(drop)
+            d.batchnorm_forward_train(
+                &t(d, &[2, 3, 4, 4]),
+                BnTrainParams {
+                    gamma: &t(d, &[2]),
+                    beta: &t(d, &[3]),
+                    running_mean: &mut m,
+                    running_var: &mut v,
+                    momentum: 0.1,
+                    eps: 1e-5,
+                },
+            )
+            .map(drop)
         }),
         ("bn train one value per channel", Kind::Shape, |d| {
             let (mut m, mut v) = (t(d, &[3]), t(d, &[3]));
-            d.batchnorm_forward_train(&t(d, &[1, 3, 1, 1]), &t(d, &[3]), &t(d, &[3]), &mut m, &mut v, 0.1, 1e-5)
-                .map(drop)
+            d.batchnorm_forward_train(
+                &t(d, &[1, 3, 1, 1]),
+                BnTrainParams {
+                    gamma: &t(d, &[3]),
+                    beta: &t(d, &[3]),
+                    running_mean: &mut m,
+                    running_var: &mut v,
+                    momentum: 0.1,
+                    eps: 1e-5,
+                },
+            )
+            .map(drop)
         }),
         ("bn eval running_var length", Kind::Shape, |d| {
-            d.batchnorm_forward_eval(&t(d, &[2, 3]), &t(d, &[3]), &t(d, &[3]), &t(d, &[3]), &t(d, &[4]), 1e-5).map(drop)
+            d.batchnorm_forward_eval(
+                &t(d, &[2, 3]),
+                BnParams {
+                    gamma: &t(d, &[3]),
+                    beta: &t(d, &[3]),
+                    running_mean: &t(d, &[3]),
+                    running_var: &t(d, &[4]),
+                    eps: 1e-5,
+                },
+            )
+            .map(drop)
         }),
         ("bn backward dy", Kind::Shape, |d| {
             let saved = BnSaved { mean: t(d, &[3]), invstd: t(d, &[3]) };
@@ -126,7 +167,14 @@ fn cases() -> Vec<Case> {
             d.batchnorm_backward(&t(d, &[2, 3, 4, 4]), &t(d, &[2, 3, 4, 4]), &t(d, &[3]), &saved).map(drop)
         }),
         ("bn fold weight rank 2", Kind::Shape, |d| {
-            d.batchnorm_fold(&t(d, &[3, 1]), &t(d, &[3]), &t(d, &[3]), &t(d, &[3]), 1e-5).map(drop)
+            d.batchnorm_fold(BnParams {
+                gamma: &t(d, &[3, 1]),
+                beta: &t(d, &[3]),
+                running_mean: &t(d, &[3]),
+                running_var: &t(d, &[3]),
+                eps: 1e-5,
+            })
+            .map(drop)
         }),
         // ---- element-wise
         ("relu backward shapes", Kind::Shape, |d| d.relu_backward(&t(d, &[2, 3]), &t(d, &[3, 2])).map(drop)),

@@ -19,7 +19,7 @@
 
 use lfgcl::backend::cpu::winograd::{self, WinogradTile};
 use lfgcl::backend::cpu::{conv, direct};
-use lfgcl::backend::{self, ConvShape, ConvSpec};
+use lfgcl::backend::{self, BnParams, ConvShape, ConvSpec};
 use lfgcl::Tensor;
 
 #[path = "common/pseudo.rs"]
@@ -328,9 +328,16 @@ fn fused_eval_conv_equals_unfused_ops_bit_for_bit() {
             |s: u64, lo: f32| Tensor::from_vec(&[k], pseudo(k, s).iter().map(|v| v.abs() + lo).collect()).unwrap();
         let (gamma, beta) = (channel(seed + 2, 0.5), Tensor::from_vec(&[k], pseudo(k, seed + 3)).unwrap());
         let (mean, var) = (Tensor::from_vec(&[k], pseudo(k, seed + 4)).unwrap(), channel(seed + 5, 0.1));
-        let (scale, shift) = dev.batchnorm_fold(&gamma, &beta, &mean, &var, 1e-5).unwrap();
+        let (scale, shift) = dev
+            .batchnorm_fold(BnParams { gamma: &gamma, beta: &beta, running_mean: &mean, running_var: &var, eps: 1e-5 })
+            .unwrap();
         let y = dev.conv2d_forward(&x, &wt, spec).unwrap();
-        let bn = dev.batchnorm_forward_eval(&y, &gamma, &beta, &mean, &var, 1e-5).unwrap();
+        let bn = dev
+            .batchnorm_forward_eval(
+                &y,
+                BnParams { gamma: &gamma, beta: &beta, running_mean: &mean, running_var: &var, eps: 1e-5 },
+            )
+            .unwrap();
         let residual = Tensor::from_vec(bn.dims(), pseudo(bn.numel(), seed + 6)).unwrap();
         for (with_residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
             let want = match (with_residual, relu) {
@@ -660,9 +667,22 @@ fn fused_relu6_epilogue_equals_unfused_ops_bit_for_bit() {
                 |s: u64, lo: f32| Tensor::from_vec(&[k], pseudo(k, s).iter().map(|v| v.abs() + lo).collect()).unwrap();
             let (gamma, beta) = (channel(seed + 2, 0.5), Tensor::from_vec(&[k], pseudo(k, seed + 3)).unwrap());
             let (mean, var) = (Tensor::from_vec(&[k], pseudo(k, seed + 4)).unwrap(), channel(seed + 5, 0.1));
-            let (scale, shift) = dev.batchnorm_fold(&gamma, &beta, &mean, &var, 1e-5).unwrap();
+            let (scale, shift) = dev
+                .batchnorm_fold(BnParams {
+                    gamma: &gamma,
+                    beta: &beta,
+                    running_mean: &mean,
+                    running_var: &var,
+                    eps: 1e-5,
+                })
+                .unwrap();
             let y = dev.conv2d_forward(&x, &wt, spec).unwrap();
-            let bn = dev.batchnorm_forward_eval(&y, &gamma, &beta, &mean, &var, 1e-5).unwrap();
+            let bn = dev
+                .batchnorm_forward_eval(
+                    &y,
+                    BnParams { gamma: &gamma, beta: &beta, running_mean: &mean, running_var: &var, eps: 1e-5 },
+                )
+                .unwrap();
             let residual = Tensor::from_vec(bn.dims(), pseudo(bn.numel(), seed + 6)).unwrap();
             for with_residual in [false, true] {
                 let pre = if with_residual { dev.add(&bn, &residual).unwrap() } else { dev.copy(&bn).unwrap() };

@@ -3,12 +3,15 @@
 //! Without a GPU every test prints `skipped: no CUDA device` and passes; with
 //! `LFGCL_REQUIRE_GPU=1` and no device they fail.
 
+#[path = "common/model.rs"]
+mod fixtures;
 #[path = "common/gpu.rs"]
 mod gpu;
 
+use fixtures::{input, randomise_bn};
 use lfgcl::backend::{self, Device};
 use lfgcl::models::{Arch, Model};
-use lfgcl::nn::{Mode, Op, StateRef};
+use lfgcl::nn::{Mode, StateRef};
 use lfgcl::prune::{apply, Criterion, GroupScope, Pruner};
 use lfgcl::search::reward::{RewardConfig, Scorer, Taps};
 use lfgcl::train::Sgd;
@@ -16,35 +19,11 @@ use lfgcl::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-fn input(n: usize, c: usize, size: usize, seed: u64) -> Tensor {
-    let mut rng = StdRng::seed_from_u64(seed);
-    Tensor::from_vec(&[n, c, size, size], (0..n * c * size * size).map(|_| rng.random_range(-1.0..1.0)).collect())
-        .unwrap()
-}
-
 /// max |a - b| / max(max |b|, floor): the error relative to the reference's scale.
 fn rel_err(a: &[f32], b: &[f32], floor: f32) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(floor, |m, v| m.max(v.abs()));
     a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-fn randomise_bn(m: &mut Model, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    for node in &mut m.graph.nodes {
-        if let Op::BatchNorm(bn) = &mut node.op {
-            for (t, lo, hi) in [
-                (&mut bn.weight.value, 0.5f32, 1.5f32),
-                (&mut bn.bias.value, -0.3, 0.3),
-                (&mut bn.running_mean, -0.5, 0.5),
-                (&mut bn.running_var, 0.5, 2.0),
-            ] {
-                for v in t.as_mut_slice().unwrap() {
-                    *v = rng.random_range(lo..hi);
-                }
-            }
-        }
-    }
 }
 
 /// The same model on another device (parameters and buffers copied).

@@ -4,7 +4,7 @@
 //! `backward(dy = r)`. Central differences with step `H` in f32 give that gradient to about
 //! `eps_f32 * |L| / H`; the tolerance below allows for it.
 
-use lfgcl::backend::{self, ConvSpec, Device};
+use lfgcl::backend::{self, BnParams, BnTrainParams, ConvSpec, Device};
 use lfgcl::models::Arch;
 use lfgcl::nn::Mode;
 use lfgcl::Tensor;
@@ -121,12 +121,14 @@ fn batchnorm_train_mode_2d_and_1d() {
             let (mut rm, mut rv) = (Tensor::zeros(&[c]), Tensor::full(&[c], 1.0));
             d.batchnorm_forward_train(
                 &t(&dims, xv.to_vec()),
-                &t(&[c], g.to_vec()),
-                &t(&[c], b.to_vec()),
-                &mut rm,
-                &mut rv,
-                0.1,
-                1e-5,
+                BnTrainParams {
+                    gamma: &t(&[c], g.to_vec()),
+                    beta: &t(&[c], b.to_vec()),
+                    running_mean: &mut rm,
+                    running_var: &mut rv,
+                    momentum: 0.1,
+                    eps: 1e-5,
+                },
             )
             .unwrap()
         };
@@ -161,9 +163,33 @@ fn batchnorm_relu_fused_equals_the_two_ops() {
         let dy = t(&dims, rand_vec(&mut rng, n, -1.0, 1.0));
         let stats = || (Tensor::zeros(&[c]), Tensor::full(&[c], 1.0));
         let ((mut rm, mut rv), (mut frm, mut frv)) = (stats(), stats());
-        let (y, saved) = d.batchnorm_forward_train(&x, &gamma, &beta, &mut rm, &mut rv, 0.1, 1e-5).unwrap();
+        let (y, saved) = d
+            .batchnorm_forward_train(
+                &x,
+                BnTrainParams {
+                    gamma: &gamma,
+                    beta: &beta,
+                    running_mean: &mut rm,
+                    running_var: &mut rv,
+                    momentum: 0.1,
+                    eps: 1e-5,
+                },
+            )
+            .unwrap();
         let z = d.relu_forward(&y).unwrap();
-        let (fz, fsaved) = d.batchnorm_relu_forward_train(&x, &gamma, &beta, &mut frm, &mut frv, 0.1, 1e-5).unwrap();
+        let (fz, fsaved) = d
+            .batchnorm_relu_forward_train(
+                &x,
+                BnTrainParams {
+                    gamma: &gamma,
+                    beta: &beta,
+                    running_mean: &mut frm,
+                    running_var: &mut frv,
+                    momentum: 0.1,
+                    eps: 1e-5,
+                },
+            )
+            .unwrap();
         let tag = format!("{dims:?}");
         let zs = z.as_slice().unwrap();
         assert!(zs.contains(&0.0) && zs.iter().any(|&v| v > 0.0), "{tag}: both sides of the ReLU");
@@ -189,7 +215,17 @@ fn batchnorm_running_statistics_follow_pytorch() {
     let x = t(&[2, 1, 1, 2], vec![1.0, 2.0, 3.0, 6.0]);
     let (mut rm, mut rv) = (Tensor::zeros(&[1]), Tensor::full(&[1], 1.0));
     let (y, _) = d
-        .batchnorm_forward_train(&x, &Tensor::full(&[1], 1.0), &Tensor::zeros(&[1]), &mut rm, &mut rv, 0.1, 0.0)
+        .batchnorm_forward_train(
+            &x,
+            BnTrainParams {
+                gamma: &Tensor::full(&[1], 1.0),
+                beta: &Tensor::zeros(&[1]),
+                running_mean: &mut rm,
+                running_var: &mut rv,
+                momentum: 0.1,
+                eps: 0.0,
+            },
+        )
         .unwrap();
     // mean 3, biased var 3.5, unbiased var 14/3.
     assert!((rm.as_slice().unwrap()[0] - 0.3).abs() < 1e-6);
@@ -198,7 +234,18 @@ fn batchnorm_running_statistics_follow_pytorch() {
     for (a, b) in y.as_slice().unwrap().iter().zip(want) {
         assert!((a - b).abs() < 1e-5);
     }
-    let e = d.batchnorm_forward_eval(&x, &Tensor::full(&[1], 2.0), &Tensor::full(&[1], 1.0), &rm, &rv, 1e-5).unwrap();
+    let e = d
+        .batchnorm_forward_eval(
+            &x,
+            BnParams {
+                gamma: &Tensor::full(&[1], 2.0),
+                beta: &Tensor::full(&[1], 1.0),
+                running_mean: &rm,
+                running_var: &rv,
+                eps: 1e-5,
+            },
+        )
+        .unwrap();
     let inv = 1.0 / (rv.as_slice().unwrap()[0] + 1e-5).sqrt();
     assert!((e.as_slice().unwrap()[3] - (2.0 * (6.0 - 0.3) * inv + 1.0)).abs() < 1e-4);
 }

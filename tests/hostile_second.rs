@@ -9,7 +9,7 @@ mod exe;
 #[path = "common/hostile.rs"]
 mod harness;
 
-use harness::{assert_ok, assert_refused, mkfifo, run, run_within, s, spawn, train_args, wait_for, write};
+use harness::{assert_ok, assert_refused, mkfifo, run, run_within, s, spawn, train_args, wait_for, with_flags, write};
 use lfgcl::models::{Arch, Model};
 use lfgcl::nn::{StateMut, StateRef};
 use lfgcl::train::checkpoint;
@@ -31,26 +31,6 @@ fn smallcnn() -> Model {
 
 fn smallcnn_ckpt(path: &Path) {
     checkpoint::save(&smallcnn(), path, &Value::Null).unwrap();
-}
-
-/// `base` with `extra` flags replacing or added to it (a flag followed by its value, if any).
-fn with_flags(mut v: Vec<String>, extra: &[&str]) -> Vec<String> {
-    let mut i = 0;
-    while i < extra.len() {
-        let flag = extra[i];
-        let value = extra.get(i + 1).filter(|x| !x.starts_with("--"));
-        match (v.iter().position(|a| a == flag), value) {
-            (Some(at), Some(val)) => v[at + 1] = val.to_string(),
-            (_, val) => {
-                v.push(flag.to_string());
-                if let Some(val) = val {
-                    v.push(val.to_string());
-                }
-            }
-        }
-        i += 1 + value.is_some() as usize;
-    }
-    v
 }
 
 /// A short search of the smallcnn checkpoint `ckpt` into `out`: 2 episodes of 2 candidates.

@@ -1,41 +1,19 @@
 //! Pruning: groups derived from the graph, compact-vs-masked equivalence, exact closed-form
 //! costs, budget projection, export round trip and bad input.
 
+#[path = "common/model.rs"]
+mod fixtures;
+
+use fixtures::{input, randomise_bn};
 use lfgcl::backend;
 use lfgcl::models::{Arch, Model};
 use lfgcl::nn::{Mode, Op};
 use lfgcl::prune::{self, apply, Budget, Constraints, Criterion, GroupKind, GroupScope, Pruner};
-use lfgcl::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn model(name: &str, c: usize, size: usize) -> Model {
     Model::new(Arch::new(name, c, size, 10).unwrap(), &backend::cpu(), 3).unwrap()
-}
-
-/// Gives batch norms non-trivial running statistics and affine parameters, as after training.
-fn randomise_bn(m: &mut Model, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    for node in &mut m.graph.nodes {
-        if let Op::BatchNorm(bn) = &mut node.op {
-            for (t, lo, hi) in [
-                (&mut bn.weight.value, 0.5f32, 1.5f32),
-                (&mut bn.bias.value, -0.3, 0.3),
-                (&mut bn.running_mean, -0.5, 0.5),
-                (&mut bn.running_var, 0.5, 2.0),
-            ] {
-                for v in t.as_mut_slice().unwrap() {
-                    *v = rng.random_range(lo..hi);
-                }
-            }
-        }
-    }
-}
-
-fn input(n: usize, c: usize, size: usize, seed: u64) -> Tensor {
-    let mut rng = StdRng::seed_from_u64(seed);
-    Tensor::from_vec(&[n, c, size, size], (0..n * c * size * size).map(|_| rng.random_range(-1.0..1.0)).collect())
-        .unwrap()
 }
 
 #[test]

@@ -7,12 +7,13 @@
 
 #[path = "common/exe.rs"]
 mod exe;
+#[path = "common/kill.rs"]
+mod kill;
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 fn lfgcl(args: &[String]) -> Command {
     let mut c = Command::new(std::env::var_os("LFGCL_TEST_EXE").unwrap_or_else(exe::lfgcl_exe));
@@ -132,9 +133,7 @@ fn a_killed_finetune_resumes_to_the_same_bytes_as_an_uninterrupted_run() {
 
     // Kill it at random moments (printed, to replay a failure), resuming each time from whatever
     // the last kill left; then let it finish.
-    let seed: u64 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    eprintln!("kill schedule seed {seed}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = kill::kill_schedule();
     let cut = d.join("cut");
     let mut kills = 0;
     for _ in 0..4 {
@@ -142,13 +141,9 @@ fn a_killed_finetune_resumes_to_the_same_bytes_as_an_uninterrupted_run() {
         if cut.join("train_state.safetensors").exists() {
             args.push("--resume".into());
         }
-        let mut child = lfgcl(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(rng.random_range(150..1500)));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
+        if kill::run_then_kill(&mut lfgcl(&args), rng.random_range(150..1500)) {
             kills += 1;
         }
-        child.wait().unwrap();
     }
     let mut args = finetune(&cut);
     if cut.join("train_state.safetensors").exists() {
@@ -208,21 +203,14 @@ fn a_killed_pipeline_resumes_its_fine_tuning_to_the_same_bytes() {
     };
     let whole = d.join("whole");
     run_ok(&pipeline(&whole));
-    let seed: u64 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    eprintln!("kill schedule seed {seed}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = kill::kill_schedule();
     let cut = d.join("cut");
     for attempt in 0..3 {
         let mut args = pipeline(&cut);
         if attempt > 0 {
             args.push("--resume".into());
         }
-        let mut child = lfgcl(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(rng.random_range(300..2500)));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-        }
-        child.wait().unwrap();
+        kill::run_then_kill(&mut lfgcl(&args), rng.random_range(300..2500));
     }
     let mut args = pipeline(&cut);
     args.push("--resume".into());

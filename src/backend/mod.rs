@@ -3,7 +3,7 @@
 //! `Backend` is the complete op set a forward pass, a backward pass, an optimiser step and a
 //! pruning search need, made of one trait per op family: [`Memory`], [`ConvOps`], [`NormOps`],
 //! [`ElementwiseOps`], [`PoolOps`], [`ShortcutOps`], [`LinearOps`], [`LossOps`], [`OptimOps`] and
-//! [`SearchOps`]. Each backend implements each family in the family's own file (`cpu/conv.rs`,
+//! [`CompactOps`]. Each backend implements each family in the family's own file (`cpu/conv.rs`,
 //! `cuda/conv.rs`, ...). The CPU backend is the reference; the CUDA backend implements the same
 //! ops with hand-written kernels and is tested against it. Layers, models, training, pruning and
 //! search only ever talk to a `Device` (an `Arc<dyn Backend>`), so they never care where they run.
@@ -122,6 +122,28 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// A batch norm's parameters for an inference op, borrowed together:
+/// `y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta`, every vector `[C]`.
+#[derive(Clone, Copy)]
+pub struct BnParams<'a> {
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+    pub eps: f32,
+}
+
+/// A batch norm's parameters for a training-mode forward pass: the running statistics are
+/// updated in place with `momentum`.
+pub struct BnTrainParams<'a> {
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub running_mean: &'a mut Tensor,
+    pub running_var: &'a mut Tensor,
+    pub momentum: f32,
+    pub eps: f32,
+}
+
 /// What a training-mode batch norm forward pass leaves for the backward pass.
 pub struct BnSaved {
     /// Per-channel batch mean, `[C]`.
@@ -230,41 +252,13 @@ pub trait ConvOps {
 pub trait NormOps {
     /// Training mode: normalise with batch statistics, update the running statistics with
     /// `running = (1-momentum)*running + momentum*batch` (unbiased variance, as PyTorch).
-    #[allow(clippy::too_many_arguments)]
-    fn batchnorm_forward_train(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-        momentum: f32,
-        eps: f32,
-    ) -> Result<(Tensor, BnSaved)>;
+    fn batchnorm_forward_train(&self, x: &Tensor, bn: BnTrainParams<'_>) -> Result<(Tensor, BnSaved)>;
     /// Inference mode: normalise with the running statistics.
-    fn batchnorm_forward_eval(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &Tensor,
-        running_var: &Tensor,
-        eps: f32,
-    ) -> Result<Tensor>;
+    fn batchnorm_forward_eval(&self, x: &Tensor, bn: BnParams<'_>) -> Result<Tensor>;
     fn batchnorm_backward(&self, dy: &Tensor, x: &Tensor, gamma: &Tensor, saved: &BnSaved) -> Result<BnGrads>;
     /// `batchnorm_forward_train` then a ReLU, as one op (a training step's conv -> batch norm
     /// -> ReLU; the batch norm's own output is never stored): the same values as the two ops.
-    #[allow(clippy::too_many_arguments)]
-    fn batchnorm_relu_forward_train(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-        momentum: f32,
-        eps: f32,
-    ) -> Result<(Tensor, BnSaved)>;
+    fn batchnorm_relu_forward_train(&self, x: &Tensor, bn: BnTrainParams<'_>) -> Result<(Tensor, BnSaved)>;
     /// `batchnorm_backward` of the gradient through the ReLU after it, whose output is `y`
     /// (`dy * (y > 0)`, never stored): the same values as `relu_backward` then
     /// `batchnorm_backward`.
@@ -278,14 +272,7 @@ pub trait NormOps {
     ) -> Result<BnGrads>;
     /// Inference batch norm as a per-channel `(scale, shift)` for [`ConvEpilogue`]:
     /// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean * scale`.
-    fn batchnorm_fold(
-        &self,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &Tensor,
-        running_var: &Tensor,
-        eps: f32,
-    ) -> Result<(Tensor, Tensor)>;
+    fn batchnorm_fold(&self, bn: BnParams<'_>) -> Result<(Tensor, Tensor)>;
 }
 
 /// Element-wise ops (`cpu/elementwise.rs`, `cuda/elementwise.rs`).
@@ -349,8 +336,10 @@ pub trait OptimOps {
     fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, hp: SgdStep) -> Result<()>;
 }
 
-/// Pruning and the search's candidate scoring (`cpu/search.rs`, `cuda/search.rs`).
-pub trait SearchOps {
+/// Compact nets and their scoring (`cpu/compact.rs`, `cuda/compact.rs`): gathering the kept
+/// channels of a pruned net (prune, and the search's K candidates at once) and the feature MSE of
+/// K candidates against the baseline.
+pub trait CompactOps {
     /// Keeps the entries `index` along `axis` (`y.dims[axis] = index.len()`), in the given order.
     fn index_select(&self, x: &Tensor, axis: usize, index: &[u32]) -> Result<Tensor>;
     /// The `index_select` of `x` along `axis` for each of K candidates' index lists, in one call:
@@ -373,7 +362,7 @@ pub trait Backend:
     + LinearOps
     + LossOps
     + OptimOps
-    + SearchOps
+    + CompactOps
     + Send
     + Sync
 {
@@ -389,7 +378,7 @@ impl<T> Backend for T where
         + LinearOps
         + LossOps
         + OptimOps
-        + SearchOps
+        + CompactOps
         + Send
         + Sync
 {
@@ -399,7 +388,7 @@ impl<T> Backend for T where
 /// `CudaBackend`): `use lfgcl::backend::prelude::*;`. Code holding a [`Device`] needs none of it.
 pub mod prelude {
     pub use super::{
-        Backend, ConvOps, ElementwiseOps, LinearOps, LossOps, Memory, NormOps, OptimOps, PoolOps, SearchOps,
+        Backend, CompactOps, ConvOps, ElementwiseOps, LinearOps, LossOps, Memory, NormOps, OptimOps, PoolOps,
         ShortcutOps,
     };
 }

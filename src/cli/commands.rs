@@ -6,7 +6,8 @@ use super::{
 };
 use crate::backend::{self, Device};
 use crate::data::{self, Dataset, OpenOptions, Split};
-use crate::error::{DirLock, Error, Result};
+use crate::error::{Error, Result};
+use crate::fsio::DirLock;
 use crate::models::{Arch, Model};
 use crate::pipeline::{self, FinetuneConfig, PipelineConfig};
 use crate::prune::baselines::Method;
@@ -424,15 +425,22 @@ fn bench_search(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
     crate::limits::check_count("--episodes", a.episodes, crate::search::MAX_EPISODES)?;
     let dev = open_device(g)?;
     let mut model = checkpoint::load(ckpt, &dev)?;
-    let r = crate::bench::search_bench(&dev, &mut model, a.images, a.candidates, a.keep)?;
+    let r = crate::bench::search::search_bench(&dev, &mut model, a.images, a.candidates, a.keep)?;
     println!(
         "{} on {}: {} images per candidate, keep {:.2}: {:.2} candidates/s one at a time, {:.2} candidates/s {} at once",
         r.model, r.device, r.images, r.keep, r.sequential_candidates_per_second, r.batched_candidates_per_second, r.candidates
     );
     let mut json = serde_json::to_value(&r).expect("report serialises");
     if let Some(strategy) = a.strategy {
-        let l =
-            crate::bench::search_loop_bench(&dev, &mut model, a.images, a.candidates, a.episodes, strategy, !g.quiet)?;
+        let l = crate::bench::search::search_loop_bench(
+            &dev,
+            &mut model,
+            a.images,
+            a.candidates,
+            a.episodes,
+            strategy,
+            !g.quiet,
+        )?;
         println!("{}", l.table());
         json["loop"] = serde_json::to_value(&l).expect("report serialises");
     }
@@ -460,7 +468,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
                 .onnx_dir
                 .clone()
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("lfgcl-bench-cpu-{}", std::process::id())));
-            let opts = crate::bench::CpuBenchOptions {
+            let opts = crate::bench::cpu::CpuBenchOptions {
                 models: a.model.cpu_models(),
                 batches: a.batch.clone().unwrap_or_else(|| vec![1, 64]),
                 train_batch: a.train_batch,
@@ -471,7 +479,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
                 torch: !a.no_torch,
                 verbose: !g.quiet,
             };
-            let result = crate::bench::cpu_bench(&opts);
+            let result = crate::bench::cpu::cpu_bench(&opts);
             if temp {
                 let _ = std::fs::remove_dir_all(&work_dir);
             }
@@ -486,7 +494,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             let dev = open_device(g)?;
             let train = a.what == BenchWhat::Train;
             let batch = if train { a.train_batch } else { batch };
-            let r = crate::bench::model_bench(&dev, &a.model, batch, train, 3, a.reps.unwrap_or(5))?;
+            let r = crate::bench::cpu::model_bench(&dev, &a.model, batch, train, 3, a.reps.unwrap_or(5))?;
             let t = &r.throughput;
             println!(
                 "{} {} on {}, batch {}: {:.1} img/s, {:.1} GFLOP/s (median {:.2} ms, min {:.2}, max {:.2}, {} reps after 3 warm-up)",
@@ -512,7 +520,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
         BenchWhat::Data => {
             let dev = open_device(g)?;
             let spec = a.data.clone().ok_or_else(|| Error::Invalid("bench data needs --data DIR".into()))?;
-            let opts = data::bench::DataBenchOptions {
+            let opts = crate::bench::data::DataBenchOptions {
                 augment: a.augment.resolve(&spec, a.image_size),
                 data: spec,
                 image_size: a.image_size,
@@ -523,7 +531,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
                 sample: 64,
                 loader_images: a.images,
             };
-            let r = data::bench::data_bench(&dev, &opts)?;
+            let r = crate::bench::data::data_bench(&dev, &opts)?;
             println!("{}", r.table());
             if let Some(p) = &a.json {
                 report::write_json(p, &r)?;
@@ -537,7 +545,8 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
 /// ResNet-56 inference and training step through the whole engine, under the keys
 /// `scripts/torch_bench.py` uses, so `--compare` can put the two side by side.
 fn bench_kernels(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
-    use crate::backend::cuda::{bench, CudaBackend};
+    use crate::backend::cuda::CudaBackend;
+    use crate::bench::kernels as bench;
     if g.device == backend::DeviceChoice::Cpu {
         return Err(Error::Invalid("bench kernels times the CUDA kernels; it cannot run with --device cpu".into()));
     }
@@ -561,7 +570,7 @@ fn bench_kernels(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
         if opts.filter.as_deref().is_some_and(|f| !key.contains(f)) {
             return Ok(());
         }
-        let r = crate::bench::model_bench(&dev, "resnet56", batch, train, opts.warmup, model_reps)?;
+        let r = crate::bench::cpu::model_bench(&dev, "resnet56", batch, train, opts.warmup, model_reps)?;
         timings.push(bench::model_timing(&key, if train { "fwd+bwd+SGD" } else { "inference" }, &r));
         Ok(())
     };

@@ -3,9 +3,9 @@
 
 use super::{BenchArgs, ExportOnnxArgs, GlobalArgs, ImportArgs};
 use crate::backend::{self, DeviceChoice, DeviceKind};
+use crate::bench::deploy::{self, DeployOptions};
 use crate::data::Normalization;
 use crate::error::{Error, Result};
-use crate::interop::deploy::{self, DeployOptions};
 use crate::interop::import::{self, ImportOptions};
 use crate::interop::onnx::{self, ExportOptions};
 use crate::models::cost::human;

@@ -7,7 +7,6 @@
 //! Loading never panics on file content: a bad file gives an [`Error`] whose one-line message
 //! names the file and what is wrong with it.
 
-pub mod bench;
 mod cifar;
 pub mod decode;
 mod folder;

@@ -1,14 +1,14 @@
 //! Interoperability with the tools pruned nets come from and go to:
 //! - [`import`]: a PyTorch state dict (safetensors, CIFAR naming) becomes an lfgcl checkpoint;
-//! - [`onnx`]: any lfgcl net, pruned or not, exported to ONNX (schema subset in [`proto`]);
-//! - [`deploy`]: the baseline and the pruned net timed in lfgcl and in onnxruntime, same cores.
+//! - [`onnx`]: any lfgcl net, pruned or not, exported to ONNX (schema subset in [`proto`]).
+//!
+//! (`crate::bench::deploy` times the baseline and the pruned net in lfgcl and in onnxruntime.)
 //!
 //! onnxruntime is reached through Python (`scripts/ort_bench.py`, embedded in the binary), found
 //! as `$LFGCL_PYTHON` or `python3`, with `$LFGCL_PYTHONPATH` put in front of `PYTHONPATH` (where
 //! `.ci/run` installs onnxruntime, numpy and safetensors). `lfgcl bench cpu` also reaches PyTorch
 //! this way (`scripts/torch_cpu_bench.py`), through `$LFGCL_TORCH_PYTHON` when that is set.
 
-pub mod deploy;
 pub mod import;
 pub mod onnx;
 pub mod proto;

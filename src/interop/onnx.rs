@@ -11,7 +11,8 @@
 //! zero (-1) entries, and a Gather of the mapped channels (-1 pointing at the zero channel).
 
 use super::proto::{self, *};
-use crate::error::{write_atomic, Error, Result};
+use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::models::Model;
 use crate::nn::{Graph, Op};
 use crate::tensor::Tensor;

@@ -319,8 +319,7 @@ impl Graph {
         };
         let name = &self.nodes[start].name;
         let x = value_of(values, self.nodes[start].inputs[0], name)?;
-        let (scale, shift) =
-            dev.batchnorm_fold(&bn.weight.value, &bn.bias.value, &bn.running_mean, &bn.running_var, bn.eps)?;
+        let (scale, shift) = dev.batchnorm_fold(bn.params())?;
         let residual = match chain.residual {
             Some(r) => Some(value_of(values, r, &self.nodes[chain.end].name)?),
             None => None,

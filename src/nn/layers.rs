@@ -1,7 +1,7 @@
 //! Layers as plain structs: parameters, hyper-parameters, and in training what backward needs.
 //! Each has an explicit forward and backward that call the backend; there is no autograd.
 
-use crate::backend::{BnSaved, ConvSpec, Device};
+use crate::backend::{BnParams, BnSaved, BnTrainParams, ConvSpec, Device};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -106,26 +106,32 @@ impl BatchNorm {
         self.train_pass(dev, x, true)
     }
     fn train_pass(&mut self, dev: &Device, x: &Tensor, relu_after: bool) -> Result<Tensor> {
-        let (g, b) = (&self.weight.value, &self.bias.value);
-        let (rm, rv) = (&mut self.running_mean, &mut self.running_var);
-        let (y, saved) = if relu_after {
-            dev.batchnorm_relu_forward_train(x, g, b, rm, rv, self.momentum, self.eps)?
-        } else {
-            dev.batchnorm_forward_train(x, g, b, rm, rv, self.momentum, self.eps)?
+        let bn = BnTrainParams {
+            gamma: &self.weight.value,
+            beta: &self.bias.value,
+            running_mean: &mut self.running_mean,
+            running_var: &mut self.running_var,
+            momentum: self.momentum,
+            eps: self.eps,
         };
+        let (y, saved) =
+            if relu_after { dev.batchnorm_relu_forward_train(x, bn)? } else { dev.batchnorm_forward_train(x, bn)? };
         self.saved = Some(saved);
         self.num_batches_tracked += 1;
         Ok(y)
     }
+    /// The inference parameters (weight, bias, running statistics, eps), borrowed for one op.
+    pub fn params(&self) -> BnParams<'_> {
+        BnParams {
+            gamma: &self.weight.value,
+            beta: &self.bias.value,
+            running_mean: &self.running_mean,
+            running_var: &self.running_var,
+            eps: self.eps,
+        }
+    }
     pub fn forward_eval(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
-        dev.batchnorm_forward_eval(
-            x,
-            &self.weight.value,
-            &self.bias.value,
-            &self.running_mean,
-            &self.running_var,
-            self.eps,
-        )
+        dev.batchnorm_forward_eval(x, self.params())
     }
     pub fn backward(&mut self, dev: &Device, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
         self.backward_pass(dev, x, None, dy)

@@ -4,7 +4,8 @@
 //! JSON lines, one object per line, each line written and flushed as soon as it is known, so a run
 //! that is killed loses at most the line being written, and [`read_jsonl`] skips that line.
 
-use crate::error::{write_atomic, Error, Result};
+use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};

@@ -5,7 +5,8 @@
 //! their labels never overlap. Non-finite values are skipped; empty input, a single point and
 //! constant values all give a readable plot.
 
-use crate::error::{write_atomic, Result};
+use crate::error::Result;
+use crate::fsio::write_atomic;
 use std::fmt::Write as _;
 use std::path::Path;
 

@@ -11,10 +11,10 @@
 //! agent (proposing and training) and bookkeeping (log lines, checkpoints).
 
 pub mod ddpg;
+pub mod observation;
 pub mod reward;
 mod run;
 mod saved;
-pub mod state;
 
 pub use run::{run, RunOptions, SearchFiles};
 
@@ -352,7 +352,7 @@ impl<'a> Search<'a> {
         pruner.uniform(&cfg.budget, &cfg.constraints)?;
         let fingerprint = Fingerprint::of(base, images, report.as_ref())?;
         let scorer = Scorer::new(base, dev, images, &pruner.groups, cfg.reward.clone())?;
-        let state_vec = state::state_vector(base, &pruner, &cfg.budget);
+        let state_vec = observation::observe(base, &pruner, &cfg.budget);
         let mut init_rng = StdRng::seed_from_u64(cfg.seed);
         let agent = Agent::new(cfg.ddpg.clone(), state_vec, pruner.groups.len(), &mut init_rng)?;
         let base: &'a Model = base;

@@ -3,7 +3,8 @@
 use super::saved;
 use super::{AccuracyReport, CandidateRecord, Search, SearchConfig, SearchOutcome, Strategy};
 use crate::backend::Device;
-use crate::error::{remove_if_exists, Error, Result};
+use crate::error::{Error, Result};
+use crate::fsio::remove_if_exists;
 use crate::models::Model;
 use crate::prune::Pruner;
 use crate::report::{self, BarChart, JsonlWriter, LinePlot, ScatterPlot, Series, SeriesStyle};
@@ -121,7 +122,7 @@ pub fn run(
     crate::interrupt::install()?;
     cfg.validate()?;
     std::fs::create_dir_all(&files.dir).map_err(|e| Error::io(&files.dir, e))?;
-    let _lock = crate::error::DirLock::acquire(&files.dir)?;
+    let _lock = crate::fsio::DirLock::acquire(&files.dir)?;
     // A summary describes a finished search; one left from an earlier run must not survive this one.
     remove_if_exists(&files.summary())?;
     let mut search = Search::new(base, dev, images, cfg.clone(), report)?;

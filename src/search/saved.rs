@@ -6,7 +6,8 @@
 
 use super::ddpg::AgentSnapshot;
 use super::{CandidateRecord, Fingerprint, SearchConfig, TimeBreakdown};
-use crate::error::{write_atomic, Error, Result};
+use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};

@@ -4,7 +4,8 @@
 
 use crate::backend::{Device, DeviceKind};
 use crate::data::Normalization;
-use crate::error::{write_atomic, Error, Result};
+use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::models::{Arch, Model};
 use crate::nn::{StateMut, StateRef};
 use crate::tensor::Tensor;

@@ -178,6 +178,11 @@ pub fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     v.push(s(out));
+    with_flags(v, extra)
+}
+
+/// `v` with `extra` flags replacing or added to it (a flag followed by its value, if any).
+pub fn with_flags(mut v: Vec<String>, extra: &[&str]) -> Vec<String> {
     let mut i = 0;
     while i < extra.len() {
         let flag = extra[i];

@@ -6,8 +6,9 @@
 //! thread count, and per-chunk weight gradients are summed in chunk order, so results are
 //! reproducible bit for bit.
 
+use super::elementwise::{relu, update_unary};
 use super::gemm::{sgemm, sgemm_layout, Layout};
-use super::{host, ops, CpuBackend};
+use super::{host, CpuBackend};
 use crate::backend::{Activation, ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -184,7 +185,7 @@ impl Epilogue<'_> {
             v += r[at];
         }
         if self.relu {
-            ops::relu(v)
+            relu(v)
         } else {
             v
         }
@@ -235,7 +236,7 @@ fn forward_fused_with(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue
     let (k, pq, crs) = (s.c_out, s.out_h * s.out_w, s.c_in * s.kh * s.kw);
     let chw = s.c_in * s.h * s.w;
     // Every element is written below (each chunk's GEMM output or its transposition).
-    let mut y = super::buffers::take(s.n * k * pq);
+    let mut y = crate::tensor::pool::take(s.n * k * pq);
     if y.is_empty() {
         return y;
     }
@@ -283,7 +284,7 @@ fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> V
     let (k, pq, crs) = (s.c_out, s.out_h * s.out_w, s.c_in * s.kh * s.kw);
     let chw = s.c_in * s.h * s.w;
     // col2im accumulates: each chunk clears its part first.
-    let mut dx = super::buffers::take(s.n * chw);
+    let mut dx = crate::tensor::pool::take(s.n * chw);
     if dx.is_empty() || pq == 0 {
         dx.fill(0.0);
         return dx;
@@ -411,7 +412,7 @@ pub fn forward_grouped(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogu
     let sg = group_shape(s);
     let (kg, pq, crs) = (sg.c_out, s.out_h * s.out_w, sg.c_in * s.kh * s.kw);
     let (chw, cghw) = (s.c_in * s.h * s.w, sg.c_in * s.h * s.w);
-    let mut y = super::buffers::take(s.n * s.c_out * pq);
+    let mut y = crate::tensor::pool::take(s.n * s.c_out * pq);
     if y.is_empty() {
         return y;
     }
@@ -432,7 +433,7 @@ pub fn backward_data_grouped(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
     let sg = group_shape(s);
     let (kg, pq, crs) = (sg.c_out, s.out_h * s.out_w, sg.c_in * s.kh * s.kw);
     let cghw = sg.c_in * s.h * s.w;
-    let mut dx = super::buffers::take(s.n * s.c_in * s.h * s.w);
+    let mut dx = crate::tensor::pool::take(s.n * s.c_in * s.h * s.w);
     if dx.is_empty() {
         return dx;
     }
@@ -594,7 +595,7 @@ impl ConvOps for CpuBackend {
         let mut y = self.forward_dispatch(x, w, &s, Some(&epi))?;
         if act == Activation::Relu6 {
             // The kernels' epilogues stop at the residual add: clamping after them is the same op.
-            ops::update_unary(&mut y, |v| Activation::Relu6.apply(v));
+            update_unary(&mut y, |v| Activation::Relu6.apply(v));
         }
         Tensor::from_vec(&s.output_dims(), y)
     }

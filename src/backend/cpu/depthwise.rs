@@ -26,8 +26,9 @@ use super::lanes::Lanes;
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Pair, Wide};
 use super::winograd::{transform_lanes, TransformLanes};
-use super::{buffers, has_avx2, has_avx512, team};
+use super::{has_avx2, has_avx512, team};
 use crate::backend::ConvShape;
+use crate::tensor::pool;
 use std::cell::RefCell;
 
 /// Logical vector width of every build (one AVX-512 register, two AVX2 ones, 16 floats).
@@ -272,7 +273,7 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> V
         assert!(e.residual.is_none_or(|r| r.len() == s.n * c * pq), "depthwise conv: residual size");
     }
     // Every output is written by its plane's task.
-    let mut y = buffers::take(s.n * c * pq);
+    let mut y = pool::take(s.n * c * pq);
     let g = Geom::new(s.h, s.stride, s.out_h, s.out_w);
     let (isa, hw) = (isa(), s.h * s.w);
     team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut y, pq, |i, out| {
@@ -293,7 +294,7 @@ pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
     check_sizes(s, w);
     let (c, pq, hw) = (s.c_in, s.out_h * s.out_w, s.h * s.w);
     assert_eq!(dy.len(), s.n * c * pq, "depthwise conv: output gradient size");
-    let mut dx = buffers::take(s.n * c * hw);
+    let mut dx = pool::take(s.n * c * hw);
     // dx[i][j] = sum_{r,t} M[i + r - 1][j + t - 1] * w[2 - r][2 - t], M[s p][s q] = dy[p][q].
     let g = Geom::new(s.h, 1, s.h, s.w);
     let isa = isa();

@@ -17,8 +17,9 @@
 //! asserts 1e-6), as im2col + GEMM.
 
 use super::conv::Epilogue;
-use super::{buffers, has_avx512, team};
+use super::{has_avx512, team};
 use crate::backend::ConvShape;
+use crate::tensor::pool;
 
 /// Output pixels per vector (one AVX-512 register).
 const Q: usize = 16;
@@ -61,7 +62,7 @@ impl Planes {
 /// The zero-bordered, phase-split copy of every image.
 fn prepare(x: &[f32], s: &ConvShape, pl: &Planes) -> Vec<f32> {
     let per_image = s.c_in * pl.per_channel();
-    let mut xp = buffers::take(s.n * per_image);
+    let mut xp = pool::take(s.n * per_image);
     let plane = s.h * s.w;
     team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut xp, pl.per_channel(), |ic, dst| {
         let src = &x[ic * plane..(ic + 1) * plane];
@@ -127,7 +128,7 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> V
         assert!(e.residual.is_none_or(|r| r.len() == s.n * k * pq), "direct conv: residual size");
     }
     // Every output is stored below.
-    let mut y = buffers::take(s.n * k * pq);
+    let mut y = pool::take(s.n * k * pq);
     let pl = Planes::new(s);
     let xp = prepare(x, s, &pl);
     let wr = regroup(w, s);
@@ -156,7 +157,7 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> V
         // `src`, `wb` and the residual (bounds asserted inside).
         unsafe { task_avx512(src, wb, s, &pl, t, out, epi) };
     });
-    buffers::give(xp);
+    pool::give(xp);
     y
 }
 
@@ -247,7 +248,7 @@ unsafe fn micro<const N: usize>(
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(o)));
             }
             if e.relu {
-                // max(v, 0) gives 0 for NaN and -0.0, as `ops::relu`.
+                // max(v, 0) gives 0 for NaN and -0.0, as `elementwise::relu`.
                 v = _mm512_max_ps(v, _mm512_setzero_ps());
             }
         }

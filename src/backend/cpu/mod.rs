@@ -3,10 +3,13 @@
 //! `RAYON_NUM_THREADS` limits it).
 //!
 //! Each op family's trait is implemented in the family's file (`conv.rs`, `norm.rs`,
-//! `elementwise.rs`, `pool.rs`, `shortcut.rs`, `linear.rs`, `loss.rs`, `sgd.rs`, `search.rs`);
-//! the slice-level math of all but convolution and GEMM lives in `ops.rs`.
+//! `elementwise.rs`, `pool.rs`, `shortcut.rs`, `linear.rs`, `loss.rs`, `sgd.rs`, `compact.rs`),
+//! with that family's slice-level math below the trait methods; convolution's kernels live in
+//! `conv.rs`, `direct.rs`, `depthwise.rs` and `winograd/`, GEMM in `gemm.rs`. Shapes are
+//! checked by the trait methods; the math only computes. Per-channel and per-row reductions run
+//! sequentially in f64 inside one task, so results do not depend on the thread count.
 
-pub mod buffers;
+mod compact;
 pub mod conv;
 pub mod depthwise;
 pub mod direct;
@@ -16,9 +19,7 @@ mod lanes;
 mod linear;
 mod loss;
 mod norm;
-pub mod ops;
 mod pool;
-mod search;
 mod sgd;
 mod shortcut;
 #[cfg(target_arch = "x86_64")]
@@ -119,7 +120,7 @@ impl Memory for CpuBackend {
 
     fn copy(&self, t: &Tensor) -> Result<Tensor> {
         let src = host(t)?;
-        let mut v = buffers::take(src.len());
+        let mut v = crate::tensor::pool::take(src.len());
         v.copy_from_slice(src);
         Tensor::from_vec(t.dims(), v)
     }

@@ -1,16 +1,18 @@
-//! The SGD step on the CPU (math in `ops.rs`).
+//! The SGD step on the CPU.
 
-use super::{host, ops, CpuBackend};
+use super::elementwise::ELEMWISE_CHUNK;
+use super::{host, CpuBackend};
 use crate::backend::shape::same_dims;
 use crate::backend::{OptimOps, SgdStep};
 use crate::error::Result;
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 
 impl OptimOps for CpuBackend {
     fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, hp: SgdStep) -> Result<()> {
         same_dims(param, grad, "sgd_step: parameter and gradient")?;
         same_dims(param, momentum_buf, "sgd_step: parameter and momentum buffer")?;
-        ops::sgd_step(
+        sgd_step(
             param.as_mut_slice()?,
             host(grad)?,
             momentum_buf.as_mut_slice()?,
@@ -21,4 +23,27 @@ impl OptimOps for CpuBackend {
         );
         Ok(())
     }
+}
+
+// ---- the slice-level math (shapes are checked by the trait methods above) -----------------
+
+pub fn sgd_step(p: &mut [f32], g: &[f32], buf: &mut [f32], lr: f32, momentum: f32, wd: f32, nesterov: bool) {
+    p.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(g.par_chunks(ELEMWISE_CHUNK).zip(buf.par_chunks_mut(ELEMWISE_CHUNK)))
+        .for_each(|(pc, (gc, bc))| {
+            for ((pv, &gv), bv) in pc.iter_mut().zip(gc).zip(bc.iter_mut()) {
+                let d = gv + wd * *pv;
+                let step = if momentum != 0.0 {
+                    *bv = momentum * *bv + d;
+                    if nesterov {
+                        d + momentum * *bv
+                    } else {
+                        *bv
+                    }
+                } else {
+                    d
+                };
+                *pv -= lr * step;
+            }
+        });
 }

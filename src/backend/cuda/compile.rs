@@ -447,7 +447,7 @@ pub(crate) fn image(file_name: &str, arch: (u32, u32), kind: ImageKind) -> Resul
     }
     let compiled = nvrtc_compile(file_name, arch, kind)?;
     if let Some(path) = &disk {
-        if let Err(e) = crate::error::write_atomic(path, &compiled.image) {
+        if let Err(e) = crate::fsio::write_atomic(path, &compiled.image) {
             warn_cache(path, &e.to_string());
         }
     }

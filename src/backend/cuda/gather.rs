@@ -1,6 +1,6 @@
 //! Launch helpers for `kernels/gather.cu`: the batched gather that packs the kept entries of K
 //! pruning candidates in one launch (plans of index lists, uploaded once). `index_select` and
-//! `gather_candidates` (`search.rs`) launch through here.
+//! `gather_candidates` (`compact.rs`) launch through here.
 
 use super::kernels::Launch;
 use super::{fits_i32, CudaBackend};

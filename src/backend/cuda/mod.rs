@@ -15,16 +15,17 @@
 //!
 //! - Each op family's trait of [`crate::backend`] is implemented in the family's file (`conv.rs`,
 //!   `norm.rs`, `elementwise.rs`, `pool.rs`, `shortcut.rs`, `linear.rs`, `loss.rs`, `sgd.rs`,
-//!   `search.rs`) under the trait's own method names; shapes are checked once, by the geometry
+//!   `compact.rs`) under the trait's own method names; shapes are checked once, by the geometry
 //!   types of [`crate::backend::shape`], exactly as on the CPU. `gather.rs` and `reduce.rs` hold
-//!   the batched-gather and squared-difference launch helpers the search ops use.
+//!   the batched-gather and squared-difference launch helpers the compact ops use.
 //! - Kernel entry points are read from `kernels/*.cu` by `build.rs` ([`compile::KERNEL_ENTRY_POINTS`]).
 //! - Through the traits: conv precision ([`Precision`]: exact f32, TF32 or BF16 tensor cores),
 //!   the inference conv with folded batch norm, residual add and ReLU in its epilogue
 //!   (`conv2d_forward_fused`), the batched gather of K candidates (`gather_candidates`) and the
 //!   feature MSE of K candidates in one launch (`feature_mse`).
-//! - [`experimental`]: CUDA graph capture/replay and the `*_into` variants it needs; tested and
-//!   benchmarked, not used by the product.
+//! - `experimental` (cargo feature `cuda-experimental`, off by default): CUDA graph
+//!   capture/replay, the `*_into` variants it needs and packed whole-layer gathers; tested, not
+//!   used by the product. With the feature off, host transfers skip the capture check.
 
 /// Compile-time layout check of a kernel parameter struct against its `.cu` definition: the size
 /// and every field's offset, the same numbers the `.cu` side asserts with `static_assert(sizeof)`
@@ -38,10 +39,11 @@ macro_rules! assert_layout {
     };
 }
 
-pub mod bench;
+mod compact;
 pub mod compile;
-mod conv;
+pub(crate) mod conv;
 pub(crate) mod elementwise;
+#[cfg(feature = "cuda-experimental")]
 pub mod experimental;
 mod gather;
 mod kernels;
@@ -50,7 +52,6 @@ mod loss;
 mod norm;
 mod pool;
 mod reduce;
-mod search;
 mod sgd;
 mod shortcut;
 
@@ -64,7 +65,9 @@ use crate::tensor::{fmt_dims, Storage, Tensor};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use kernels::Kernels;
 use std::sync::atomic::AtomicU8;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(feature = "cuda-experimental")]
+use std::sync::Mutex;
 
 /// What was found about the device when the backend opened it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -92,6 +95,7 @@ pub struct CudaBackend {
     info: DeviceInfo,
     precision: AtomicU8,
     /// Held while a graph is being captured on `stream`.
+    #[cfg(feature = "cuda-experimental")]
     capture_lock: Mutex<()>,
 }
 
@@ -175,6 +179,7 @@ impl CudaBackend {
             kernels,
             info,
             precision: AtomicU8::new(Precision::F32 as u8),
+            #[cfg(feature = "cuda-experimental")]
             capture_lock: Mutex::new(()),
         };
         // Prove the whole path (NVRTC -> CUBIN -> module load) works before anyone relies on it.
@@ -270,6 +275,7 @@ impl CudaBackend {
     /// Copies a small host array (indices, labels, maps) to the device. Refused during graph
     /// capture: a captured copy would read the host array again at every replay.
     pub(crate) fn upload<T: DeviceRepr>(&self, v: &[T], what: &str) -> Result<CudaSlice<T>> {
+        #[cfg(feature = "cuda-experimental")]
         self.ensure_not_capturing(what)?;
         if v.is_empty() {
             return self.alloc(0);
@@ -281,12 +287,15 @@ impl CudaBackend {
 
     /// Copies a device buffer back (synchronises the stream).
     pub(crate) fn download<T: DeviceRepr>(&self, s: &CudaSlice<T>, what: &str) -> Result<Vec<T>> {
+        #[cfg(feature = "cuda-experimental")]
         self.ensure_not_capturing(what)?;
         self.stream
             .clone_dtoh(s)
             .map_err(|e| Error::Cuda(format!("{what}: copying {} elements from the GPU: {e:?}", s.len())))
     }
 
+    /// Only graph capture (feature `cuda-experimental`) can put the stream in capture mode.
+    #[cfg(feature = "cuda-experimental")]
     pub(crate) fn ensure_not_capturing(&self, what: &str) -> Result<()> {
         use cudarc::driver::sys::CUstreamCaptureStatus as S;
         match self.stream.capture_status() {

@@ -4,7 +4,7 @@
 use super::kernels::Launch;
 use super::{fits_i32, CudaBackend};
 use crate::backend::shape::BnShape;
-use crate::backend::{BnGrads, BnSaved, ElementwiseOps, NormOps};
+use crate::backend::{BnGrads, BnParams, BnSaved, BnTrainParams, ElementwiseOps, NormOps};
 use crate::error::Result;
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::DeviceRepr;
@@ -157,16 +157,8 @@ impl CudaBackend {
 }
 
 impl NormOps for CudaBackend {
-    fn batchnorm_forward_train(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-        momentum: f32,
-        eps: f32,
-    ) -> Result<(Tensor, BnSaved)> {
+    fn batchnorm_forward_train(&self, x: &Tensor, bn: BnTrainParams<'_>) -> Result<(Tensor, BnSaved)> {
+        let BnTrainParams { gamma, beta, running_mean, running_var, momentum, eps } = bn;
         let BnShape { n, c, hw } = BnShape::train(x, gamma, beta, running_mean, running_var)?;
         let total = x.numel();
         fits_i32(total, "batchnorm_forward_train")?;
@@ -227,15 +219,8 @@ impl NormOps for CudaBackend {
         Ok((self.tensor(x.dims(), y)?, saved))
     }
 
-    fn batchnorm_forward_eval(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &Tensor,
-        running_var: &Tensor,
-        eps: f32,
-    ) -> Result<Tensor> {
+    fn batchnorm_forward_eval(&self, x: &Tensor, bn: BnParams<'_>) -> Result<Tensor> {
+        let BnParams { gamma, beta, running_mean, running_var, eps } = bn;
         let BnShape { c, hw, .. } = BnShape::eval(x, gamma, beta, running_mean, running_var)?;
         let total = x.numel();
         fits_i32(total, "batchnorm_forward_eval")?;
@@ -325,18 +310,9 @@ impl NormOps for CudaBackend {
         })
     }
 
-    fn batchnorm_relu_forward_train(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-        momentum: f32,
-        eps: f32,
-    ) -> Result<(Tensor, BnSaved)> {
+    fn batchnorm_relu_forward_train(&self, x: &Tensor, bn: BnTrainParams<'_>) -> Result<(Tensor, BnSaved)> {
         // Two kernels here (the CPU backend fuses them): the same values.
-        let (y, saved) = self.batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps)?;
+        let (y, saved) = self.batchnorm_forward_train(x, bn)?;
         Ok((self.relu_forward(&y)?, saved))
     }
 
@@ -352,14 +328,8 @@ impl NormOps for CudaBackend {
         self.batchnorm_backward(&g, x, gamma, saved)
     }
 
-    fn batchnorm_fold(
-        &self,
-        gamma: &Tensor,
-        beta: &Tensor,
-        mean: &Tensor,
-        var: &Tensor,
-        eps: f32,
-    ) -> Result<(Tensor, Tensor)> {
+    fn batchnorm_fold(&self, bn: BnParams<'_>) -> Result<(Tensor, Tensor)> {
+        let BnParams { gamma, beta, running_mean: mean, running_var: var, eps } = bn;
         let c = BnShape::fold(gamma, beta, mean, var)?;
         let mut scale = self.alloc::<f32>(c)?;
         let mut shift = self.alloc::<f32>(c)?;

@@ -1,6 +1,6 @@
 //! Batched gathers of whole layers' parameters for K candidates into one packed buffer (conv
 //! weights along both channel axes, per-channel vectors, activations). The product prunes with
-//! `SearchOps::gather_candidates`; these remain for experiments on packing whole candidates.
+//! `CompactOps::gather_candidates`; these remain for experiments on packing whole candidates.
 
 use crate::backend::cuda::{CudaBackend, GatherView};
 use crate::error::{Error, Result};

@@ -3,16 +3,16 @@
 //! run, for each batch size; each runtime's pruning speed-up is printed next to the MACs ratio.
 //! Without a pruned net it is lfgcl's CPU inference throughput against onnxruntime's.
 
-use super::onnx::{self, ExportOptions};
+use super::timing::{median, time_for_at_least};
 use crate::backend::{self, Device, DeviceKind};
 use crate::error::{Error, Result};
+use crate::interop::onnx::{self, ExportOptions};
 use crate::models::Model;
 use crate::nn::Mode;
 use crate::tensor::Tensor;
 use crate::train::checkpoint;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// onnxruntime timing script, run as a subprocess (shipped in the binary so it needs no checkout).
 pub const ORT_BENCH_SCRIPT: &str = include_str!("../../scripts/ort_bench.py");
@@ -125,25 +125,6 @@ impl DeployReport {
     }
 }
 
-/// Seconds per call of `f` after two warm-up calls, repeated for at least `min_seconds` (and 3
-/// times), timed by the device (CUDA events on a GPU).
-fn sample_seconds(dev: &Device, min_seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
-    f()?;
-    f()?;
-    let start = Instant::now();
-    let mut t = Vec::new();
-    while t.len() < 3 || (start.elapsed().as_secs_f64() < min_seconds && t.len() < 10_000) {
-        crate::bench::stop_if_interrupted()?;
-        t.push(dev.time_ms(&mut f)? / 1e3);
-    }
-    Ok(t)
-}
-
-fn median(mut t: Vec<f64>) -> f64 {
-    t.sort_by(|a, b| a.total_cmp(b));
-    t.get(t.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn lfgcl_samples(model: &mut Model, dev: &Device, batch: usize, min_seconds: f64) -> Result<Vec<f64>> {
     let shape: Vec<usize> = std::iter::once(batch).chain(model.graph.input_shape().iter().copied()).collect();
     let n: usize = shape.iter().product();
@@ -152,7 +133,7 @@ fn lfgcl_samples(model: &mut Model, dev: &Device, batch: usize, min_seconds: f64
         DeviceKind::Cpu => Tensor::from_vec(&shape, host)?,
         DeviceKind::Cuda => dev.from_host(&shape, &host)?,
     };
-    sample_seconds(dev, min_seconds, || model.graph.forward(dev, dev.copy(&x)?, Mode::Eval).map(|_| ()))
+    time_for_at_least(dev, min_seconds, || model.graph.forward(dev, dev.copy(&x)?, Mode::Eval).map(|_| ()))
 }
 
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -197,7 +178,7 @@ pub fn ort_bench(
         OrtTiming::Reps(n) => args.extend(["--reps".to_string(), n.max(1).to_string()]),
     }
     args.extend(models.iter().map(|m| m.to_string_lossy().into_owned()));
-    super::run_script(super::python_command(), work_dir, &[("ort_bench.py", ORT_BENCH_SCRIPT)], &args)
+    crate::interop::run_script(crate::interop::python_command(), work_dir, &[("ort_bench.py", ORT_BENCH_SCRIPT)], &args)
 }
 
 /// Per-repetition seconds of one (runtime, net, batch), gathered over the rounds.

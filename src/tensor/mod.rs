@@ -1,7 +1,10 @@
 //! f32 tensors in row-major (NCHW for images) layout, stored on the host or on a CUDA device.
 //!
 //! A tensor is a shape and a buffer; it carries no autograd state. Operations live on the
-//! backends (`crate::backend`), which check that their inputs live where they run.
+//! backends (`crate::backend`), which check that their inputs live where they run. A dropped
+//! host tensor hands its buffer to [`pool`], where the CPU backend takes its outputs from.
+
+pub mod pool;
 
 use crate::error::{Error, Result};
 use cudarc::driver::CudaSlice;
@@ -28,10 +31,10 @@ fn next_stamp() -> u64 {
 }
 
 impl Drop for Tensor {
-    /// Large host buffers go back to the CPU backend's pool, for the next op's output.
+    /// Large host buffers go back to the pool, for the next op's output (CPU backend).
     fn drop(&mut self) {
         if let Storage::Cpu(v) = &mut self.storage {
-            crate::backend::cpu::buffers::give(std::mem::take(v));
+            pool::give(std::mem::take(v));
         }
     }
 }

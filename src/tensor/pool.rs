@@ -1,6 +1,7 @@
 //! A process-wide pool of large host buffers. A CPU tensor's buffer goes back here when the
-//! tensor is dropped, and the next op's output of a similar size reuses it: in steady state a
-//! forward or training pass allocates (and page-faults, and zeroes) nothing, where a fresh
+//! tensor is dropped, and the next op's output of a similar size reuses it (the CPU backend takes
+//! its outputs from here; the pool itself knows no backend): in steady state a forward or
+//! training pass allocates (and page-faults, and zeroes) nothing, where a fresh
 //! `vec![0.0; n]` of a few MiB would be a new `mmap` per layer.
 //!
 //! A taken buffer holds stale values from its last use: only outputs that are written in full

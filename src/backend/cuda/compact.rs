@@ -1,18 +1,18 @@
-//! [`SearchOps`] on the CUDA backend: `index_select` and the batched candidate gather
+//! [`CompactOps`] on the CUDA backend: `index_select` and the batched candidate gather
 //! (`kernels/gather.cu`, launched through `gather.rs`), and the K-candidate feature MSE
 //! (`kernels/reduce.cu`, launched through `reduce.rs`).
 
 use super::gather::GatherView;
 use super::CudaBackend;
 use crate::backend::shape::{FeatureMseShape, GatherShape, IndexSelectShape};
-use crate::backend::SearchOps;
+use crate::backend::CompactOps;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// Candidates per batched-gather launch (the kernel's grid y limit).
 const MAX_CANDIDATES_PER_LAUNCH: usize = 65_535;
 
-impl SearchOps for CudaBackend {
+impl CompactOps for CudaBackend {
     fn index_select(&self, x: &Tensor, axis: usize, index: &[u32]) -> Result<Tensor> {
         let s = IndexSelectShape::new(x.dims(), axis, index)?;
         self.index_select_launch(x, &s, axis, index)

@@ -1,10 +1,10 @@
 //! `lfgcl bench data`: how fast an image folder is decoded and transformed, per core and through
 //! the streaming loader, next to the training step it has to feed.
 
-use super::decode::{self, JpegDecoder};
-use super::transforms::{self, AugmentKind};
-use super::{Augment, Loader, OpenOptions, Split};
 use crate::backend::Device;
+use crate::data::decode::{self, JpegDecoder};
+use crate::data::transforms::{self, AugmentKind};
+use crate::data::{Augment, Loader, OpenOptions, Split};
 use crate::error::{Error, Result};
 use crate::models::{Arch, Model};
 use crate::train::Sgd;
@@ -103,7 +103,7 @@ impl DataBenchReport {
 }
 
 pub fn data_bench(dev: &Device, o: &DataBenchOptions) -> Result<DataBenchReport> {
-    if !super::is_folder_spec(&o.data) {
+    if !crate::data::is_folder_spec(&o.data) {
         return Err(Error::Invalid(format!("bench data needs an image folder (--data folder:DIR), got '{}'", o.data)));
     }
     // cache 0: always the streaming path, which is what an ImageNet-sized folder uses.
@@ -114,7 +114,7 @@ pub fn data_bench(dev: &Device, o: &DataBenchOptions) -> Result<DataBenchReport>
         augment: o.augment,
         cache_bytes: 0,
     };
-    let ds = super::open(&o.data, Split::Train, &open)?;
+    let ds = crate::data::open(&o.data, Split::Train, &open)?;
     let files = ds.stream_files().ok_or_else(|| Error::Invalid("expected a streamed folder".into()))?;
     let n = files.len();
     if n == 0 {
@@ -179,7 +179,7 @@ pub fn data_bench(dev: &Device, o: &DataBenchOptions) -> Result<DataBenchReport>
         m.graph.backward(dev, trace, ce.dlogits)?;
         opt.step(dev, &mut m.graph, 0.01)
     };
-    let timing = crate::bench::time_on(dev, 1, o.reps.max(1), || step(&mut m, &x, &labels))?;
+    let timing = super::timing::time_on(dev, 1, o.reps.max(1), || step(&mut m, &x, &labels))?;
     // The same steps fed by the loader while it decodes the next batches.
     let fed = Loader::try_new(&ds, o.batch, &norm)?.shuffle(1).augment(Augment::standard(), 2).drop_last(true);
     let fed_steps = o.reps.max(1).min(fed.num_batches().saturating_sub(1));
@@ -208,7 +208,7 @@ pub fn data_bench(dev: &Device, o: &DataBenchOptions) -> Result<DataBenchReport>
         decode_image_per_core: image,
         transform_per_core: transform,
         prepare_per_core: prepare,
-        loader_workers: super::stream::Files::workers(rayon::current_num_threads()),
+        loader_workers: crate::data::stream::Files::workers(rayon::current_num_threads()),
         loader_images_per_sec: loader_rate,
         train_model: o.model.clone(),
         train_batch: o.batch,

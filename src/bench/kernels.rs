@@ -25,9 +25,9 @@
 //! kernels at search sizes: batched gathers for `candidates` candidates and the feature MSE of
 //! `candidates` candidates over `search_images` images of 64 x 8 x 8 final features.
 
-use super::{CudaBackend, GemmLayout, Precision};
+use crate::backend::cuda::{CudaBackend, GemmLayout, Precision};
 use crate::backend::prelude::*;
-use crate::backend::{ConvShape, ConvSpec, SgdStep};
+use crate::backend::{BnTrainParams, ConvShape, ConvSpec, SgdStep};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::driver::sys::CUevent_flags;
@@ -193,7 +193,7 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
             let (xr, wr) = (x.clone(), w.clone());
             out.push(Case {
                 key: conv_key(&format!("conv_fwd_{}", p.name()), &shape),
-                kernel: super::conv::kernel_for(p, true, m_fwd, shape.c_out, sms).to_string(),
+                kernel: crate::backend::cuda::conv::kernel_for(p, true, m_fwd, shape.c_out, sms).to_string(),
                 flops,
                 bytes: None,
                 memory_bound: false,
@@ -204,7 +204,7 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
             let xd = shape.input_dims();
             out.push(Case {
                 key: conv_key(&format!("conv_bwd_data_{}", p.name()), &shape),
-                kernel: super::conv::kernel_for(p, false, m_bwd, shape.c_in, sms).to_string(),
+                kernel: crate::backend::cuda::conv::kernel_for(p, false, m_bwd, shape.c_in, sms).to_string(),
                 flops,
                 bytes: None,
                 memory_bound: false,
@@ -238,7 +238,7 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
         let bytes =
             dw.then(|| 4.0 * (numel(shape.input_dims()) + numel(shape.output_dims()) + numel(shape.weight_dims())));
         let key = |op: &str| format!("{}_g{}", conv_key(op, &shape), shape.groups);
-        let kernel = |op: &str| super::conv::kernels_for_shape(Precision::F32, op, &shape, sms);
+        let kernel = |op: &str| crate::backend::cuda::conv::kernels_for_shape(Precision::F32, op, &shape, sms);
         let (xr, wr) = (x.clone(), w.clone());
         out.push(Case {
             key: key("conv_fwd_f32"),
@@ -294,14 +294,37 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
                 bytes: Some(2.0 * bytes),
                 memory_bound: true,
                 f32_compute: false,
-                run: Box::new(move || be.batchnorm_forward_train(&x, &g, &b, &mut rm, &mut rv, 0.1, 1e-5).map(drop)),
+                run: Box::new(move || {
+                    be.batchnorm_forward_train(
+                        &x,
+                        BnTrainParams {
+                            gamma: &g,
+                            beta: &b,
+                            running_mean: &mut rm,
+                            running_var: &mut rv,
+                            momentum: 0.1,
+                            eps: 1e-5,
+                        },
+                    )
+                    .map(drop)
+                }),
             });
         }
         {
             let (x, dy, g) = (x.clone(), y.clone(), gamma.clone());
             let mut rm2 = be.zeros(&[c])?;
             let mut rv2 = be.from_host(&[c], &vec![1.0; c])?;
-            let (_, saved) = be.batchnorm_forward_train(&x, &g, &beta, &mut rm2, &mut rv2, 0.1, 1e-5)?;
+            let (_, saved) = be.batchnorm_forward_train(
+                &x,
+                BnTrainParams {
+                    gamma: &g,
+                    beta: &beta,
+                    running_mean: &mut rm2,
+                    running_var: &mut rv2,
+                    momentum: 0.1,
+                    eps: 1e-5,
+                },
+            )?;
             out.push(Case {
                 key: format!("bn_bwd/{suffix}"),
                 kernel: "bn_bwd_partial + bn_bwd_finalize + bn_bwd_apply".into(),
@@ -365,7 +388,7 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
         let ins: Vec<Vec<u32>> = (0..k).map(|i| keep_list(64, 0.5, 200 + i as u64)).collect();
         let ro: Vec<&[u32]> = outs.iter().map(|v| v.as_slice()).collect();
         let ri: Vec<&[u32]> = ins.iter().map(|v| v.as_slice()).collect();
-        let plan = be.plan_gather(super::GatherView::conv_weight(w.dims())?, &ro, &ri)?;
+        let plan = be.plan_gather(crate::backend::cuda::GatherView::conv_weight(w.dims())?, &ro, &ri)?;
         let mut packed = be.zeros(&[plan.total()])?;
         let bytes = 2.0 * 4.0 * plan.total() as f64;
         out.push(Case {
@@ -385,7 +408,7 @@ pub fn cases<'a>(be: &'a CudaBackend, opts: &BenchOptions) -> Result<Vec<Case<'a
         let ri: Vec<&[u32]> = idx.iter().map(|v| v.as_slice()).collect();
         let zero: &[u32] = &[0];
         let cols = vec![zero; k];
-        let plan = be.plan_gather(super::GatherView::activations(x.dims())?, &ri, &cols)?;
+        let plan = be.plan_gather(crate::backend::cuda::GatherView::activations(x.dims())?, &ri, &cols)?;
         let mut packed = be.zeros(&[plan.total()])?;
         let bytes = 2.0 * 4.0 * plan.total() as f64;
         out.push(Case {
@@ -458,15 +481,15 @@ fn time_case(
     let mut events = Vec::with_capacity(2 * reps);
     for _ in 0..2 * reps {
         // CU_EVENT_DEFAULT: timing enabled (the cudarc default disables it).
-        events.push(be.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(event_err)?);
+        events.push(be.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(event_err)?);
     }
     for r in 0..reps {
         if let Some(buf) = flush.as_deref_mut() {
-            be.stream.memset_zeros(buf).map_err(|e| Error::Cuda(format!("L2 flush: {e:?}")))?;
+            be.stream().memset_zeros(buf).map_err(|e| Error::Cuda(format!("L2 flush: {e:?}")))?;
         }
-        events[2 * r].record(&be.stream).map_err(event_err)?;
+        events[2 * r].record(be.stream()).map_err(event_err)?;
         run()?;
-        events[2 * r + 1].record(&be.stream).map_err(event_err)?;
+        events[2 * r + 1].record(be.stream()).map_err(event_err)?;
     }
     be.synchronize()?;
     let mut us = Vec::with_capacity(reps);
@@ -506,9 +529,9 @@ fn timing(
     }
 }
 
-/// A whole-model measurement from [`crate::bench::model_bench`] as a table row (no percentiles:
+/// A whole-model measurement from [`super::cpu::model_bench`] as a table row (no percentiles:
 /// min and max stand in for p10 and p90).
-pub fn model_timing(key: &str, kernel: &str, r: &crate::bench::ModelBench) -> KernelTiming {
+pub fn model_timing(key: &str, kernel: &str, r: &super::cpu::ModelBench) -> KernelTiming {
     let t = &r.throughput.timing;
     let flops = r.throughput.gflops * 1e9 * t.median_s;
     let s = Stats { median: t.median_s * 1e6, min: t.min_s * 1e6, p10: t.min_s * 1e6, p90: t.max_s * 1e6 };
@@ -520,7 +543,7 @@ pub fn model_timing(key: &str, kernel: &str, r: &crate::bench::ModelBench) -> Ke
 pub fn bench_kernels(backend: &CudaBackend, opts: &BenchOptions) -> Result<Vec<KernelTiming>> {
     let be = backend;
     be.load_all_kernels()?;
-    let flush_len = (2 * be.info.l2_bytes).max(64 << 20);
+    let flush_len = (2 * be.info().l2_bytes).max(64 << 20);
     let mut flush: CudaSlice<u8> = be.alloc_zeros(flush_len)?;
     let mut results = Vec::new();
 
@@ -529,7 +552,7 @@ pub fn bench_kernels(backend: &CudaBackend, opts: &BenchOptions) -> Result<Vec<K
     let src: CudaSlice<f32> = be.alloc_zeros(copy_len)?;
     let mut dst: CudaSlice<f32> = be.alloc_zeros(copy_len)?;
     let mut copy = || -> Result<()> {
-        be.stream.memcpy_dtod(&src, &mut dst).map_err(|e| Error::Cuda(format!("copy peak: {e:?}")))
+        be.stream().memcpy_dtod(&src, &mut dst).map_err(|e| Error::Cuda(format!("copy peak: {e:?}")))
     };
     let s = time_case(be, &mut copy, opts.warmup.max(3), opts.reps.clamp(10, 50), Some(&mut flush))?;
     let copy_t = timing(

@@ -1,6 +1,6 @@
-//! The architecture representation the agent reads: one row of features per prunable group
-//! (AMC's per-layer features, for every group at once), each feature min-max normalised across
-//! the net, flattened, plus the budget. The agent sees the whole architecture in one state.
+//! The agent's observation: one row of features per prunable group (AMC's per-layer features,
+//! for every group at once), each feature min-max normalised across the net, flattened, plus the
+//! budget. The agent sees the whole architecture in one observation.
 
 use crate::models::Model;
 use crate::nn::Op;
@@ -73,9 +73,9 @@ pub fn normalise(rows: &[Vec<f64>]) -> Vec<Vec<f64>> {
     out
 }
 
-/// The state vector: normalised features of every group, row by row, then the FLOPs and params
+/// The observation (the agent's state vector): normalised features of every group, row by row, then the FLOPs and params
 /// budgets (1 when a cost is unconstrained).
-pub fn state_vector(model: &Model, pruner: &Pruner, budget: &Budget) -> Vec<f32> {
+pub fn observe(model: &Model, pruner: &Pruner, budget: &Budget) -> Vec<f32> {
     let mut s: Vec<f32> = normalise(&raw_features(model, pruner)).into_iter().flatten().map(|v| v as f32).collect();
     s.push(budget.flops.unwrap_or(1.0) as f32);
     s.push(budget.params.unwrap_or(1.0) as f32);
