@@ -4,10 +4,13 @@
 //! - with onnxruntime importable (CI: LFGCL_PYTHONPATH, LFGCL_REQUIRE_PY=1) every inference row
 //!   has onnxruntime's images/s and the ratio; otherwise that test prints `skipped: ...` and
 //!   passes, unless LFGCL_REQUIRE_PY=1;
-//! - with torch importable (not installed by CI) every row has PyTorch's images/s and the ratio.
+//! - with torch importable (CI: Debian's, through LFGCL_TORCH_PYTHON) every row has PyTorch's
+//!   images/s and the ratio, torchvision's families included, at the input size asked for.
 
 #[path = "common/exe.rs"]
 mod exe;
+#[path = "common/torchvision.rs"]
+mod torchvision;
 
 use serde_json::Value;
 use std::path::Path;
@@ -128,5 +131,42 @@ fn bench_cpu_with_onnxruntime_puts_it_next_to_lfgcl() {
         }
     } else {
         println!("torch not importable: PyTorch part not checked");
+    }
+}
+
+/// torchvision's families at a chosen input size: PyTorch builds them with torchvision and loads
+/// lfgcl's weights, so both runtimes time the same nets.
+#[test]
+fn bench_cpu_times_torchvision_families_at_the_asked_size() {
+    if !torchvision::torchvision_or_skip("bench cpu torchvision families") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cpu.json");
+    let out = Command::new(exe::lfgcl_exe())
+        .args(["--threads", "2", "-q", "bench", "cpu", "--model", "resnet18,mobilenet_v2", "--image-size", "40"])
+        .args(["--batch", "1", "--train-batch", "2", "--reps", "1", "--rounds", "1", "--no-ort", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run lfgcl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "bench cpu failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(r["torch_note"].is_null(), "{r}");
+    // MACs at 40x40, as torchvision's layers compute them (lfgcl info at the same size).
+    let macs: Vec<u64> =
+        r["models"].as_array().unwrap().iter().map(|m| m["macs_per_image"].as_u64().unwrap()).collect();
+    for (model, m) in ["resnet18", "mobilenet_v2"].iter().zip(&macs) {
+        let o = Command::new(exe::lfgcl_exe())
+            .args(["info", "--model", model, "--input", "3x40x40", "--classes", "10", "--json"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["cost"]["macs"].as_u64().unwrap(), *m, "{model}");
+    }
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{r}");
+    for row in rows {
+        assert!(row["torch"]["images_per_sec"].as_f64().unwrap() > 0.0, "{row}");
     }
 }

@@ -59,12 +59,11 @@ pub struct Throughput {
     pub timing: Timing,
 }
 
-fn input_for(model: &str) -> (usize, usize) {
-    if model.starts_with("smallcnn") {
-        (1, 28)
-    } else {
-        (3, 32)
-    }
+/// `(channels, side)` of the input `model` is benchmarked on: its family's usual input (32x32;
+/// 28x28 grey for the small CNN; 224x224 for the torchvision families) unless `side` is given.
+fn input_for(model: &str, side: Option<usize>) -> Result<(usize, usize)> {
+    let (c, usual) = crate::models::family(model)?.default_input();
+    Ok((c, side.unwrap_or(usual)))
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -77,16 +76,18 @@ pub struct ModelBench {
 }
 
 /// Inference (`train == false`) or one full training step (forward, cross-entropy, backward,
-/// SGD update) of `model` on random 32x32 data, on any device, after warm-up.
+/// SGD update) of `model` on random data (`side` x `side`, or the family's usual input), on any
+/// device, after warm-up.
 pub fn model_bench(
     dev: &Device,
     model: &str,
+    side: Option<usize>,
     batch: usize,
     train: bool,
     warmup: usize,
     reps: usize,
 ) -> Result<ModelBench> {
-    let (c, size) = input_for(model);
+    let (c, size) = input_for(model, side)?;
     let mut m = Model::new(Arch::new(model, c, size, 10)?, dev, 0)?;
     let macs = m.cost().macs;
     let host: Vec<f32> = (0..batch * c * size * size).map(|i| ((i % 251) as f32 / 251.0) - 0.5).collect();
@@ -130,6 +131,8 @@ pub const LFGCL_TORCH_SCRIPT: &str = include_str!("../../scripts/lfgcl_torch.py"
 #[derive(Clone, Debug)]
 pub struct CpuBenchOptions {
     pub models: Vec<String>,
+    /// Side of the input images (None: each family's usual input).
+    pub image_size: Option<usize>,
     /// Inference batch sizes.
     pub batches: Vec<usize>,
     /// Batch of the training step.
@@ -329,7 +332,7 @@ pub fn cpu_bench(opts: &CpuBenchOptions) -> Result<CpuBenchReport> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut nets = Vec::new();
     for (k, name) in opts.models.iter().enumerate() {
-        let (c, size) = input_for(name);
+        let (c, size) = input_for(name, opts.image_size)?;
         let model = Model::new(Arch::new(name, c, size, 10)?, &dev, 0)?;
         let stem = format!("{k}-{}", model.arch.model);
         let (ckpt, onnx_file) = (dir.join(format!("{stem}.safetensors")), dir.join(format!("{stem}.onnx")));

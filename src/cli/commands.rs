@@ -469,6 +469,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("lfgcl-bench-cpu-{}", std::process::id())));
             let opts = crate::bench::cpu::CpuBenchOptions {
+                image_size: a.image_size,
                 models: a.model.cpu_models(),
                 batches: a.batch.clone().unwrap_or_else(|| vec![1, 64]),
                 train_batch: a.train_batch,
@@ -494,7 +495,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             let dev = open_device(g)?;
             let train = a.what == BenchWhat::Train;
             let batch = if train { a.train_batch } else { batch };
-            let r = crate::bench::cpu::model_bench(&dev, &a.model, batch, train, 3, a.reps.unwrap_or(5))?;
+            let r = crate::bench::cpu::model_bench(&dev, &a.model, a.image_size, batch, train, 3, a.reps.unwrap_or(5))?;
             let t = &r.throughput;
             println!(
                 "{} {} on {}, batch {}: {:.1} img/s, {:.1} GFLOP/s (median {:.2} ms, min {:.2}, max {:.2}, {} reps after 3 warm-up)",
@@ -520,10 +521,11 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
         BenchWhat::Data => {
             let dev = open_device(g)?;
             let spec = a.data.clone().ok_or_else(|| Error::Invalid("bench data needs --data DIR".into()))?;
+            let image_size = a.image_size.unwrap_or(224);
             let opts = crate::bench::data::DataBenchOptions {
-                augment: a.augment.resolve(&spec, a.image_size),
+                augment: a.augment.resolve(&spec, image_size),
                 data: spec,
-                image_size: a.image_size,
+                image_size,
                 grayscale: false,
                 model: a.model.given().unwrap_or("resnet20").to_string(),
                 batch: a.train_batch,
@@ -570,7 +572,7 @@ fn bench_kernels(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
         if opts.filter.as_deref().is_some_and(|f| !key.contains(f)) {
             return Ok(());
         }
-        let r = crate::bench::cpu::model_bench(&dev, "resnet56", batch, train, opts.warmup, model_reps)?;
+        let r = crate::bench::cpu::model_bench(&dev, "resnet56", None, batch, train, opts.warmup, model_reps)?;
         timings.push(bench::model_timing(&key, if train { "fwd+bwd+SGD" } else { "inference" }, &r));
         Ok(())
     };

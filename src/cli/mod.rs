@@ -646,9 +646,11 @@ pub struct BenchArgs {
     /// `bench data`: the image folder.
     #[arg(long)]
     pub data: Option<String>,
-    /// `bench data`: the side images are brought to.
-    #[arg(long, default_value_t = 224)]
-    pub image_size: usize,
+    /// The side of the input images: `bench data` brings its images to it (default 224);
+    /// `bench cpu|infer|train` build their models for it (default: each family's usual input,
+    /// 32x32, 28x28 for the small CNN, 224x224 for the torchvision families).
+    #[arg(long)]
+    pub image_size: Option<usize>,
     /// `bench data`: the transforms (auto: imagenet at 64 or more).
     #[arg(long, value_enum, default_value_t = AugmentArg::Auto)]
     pub augment: AugmentArg,

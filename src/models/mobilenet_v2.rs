@@ -55,6 +55,11 @@ impl MobileNetV2 {
 }
 
 impl ModelFamily for MobileNetV2 {
+    /// ImageNet's crops.
+    fn default_input(&self) -> (usize, usize) {
+        (3, 224)
+    }
+
     fn build(&self, b: &mut Builder, classes: usize) -> Result<()> {
         let wm = self.width_mult;
         let stem_c = make_divisible(32.0 * wm);

@@ -37,6 +37,11 @@ pub trait ModelFamily: Send + Sync {
     fn import_renames(&self, _names: &[&str]) -> std::result::Result<Vec<(String, String)>, String> {
         Ok(vec![])
     }
+    /// The input it is usually given, `(channels, side)`: what benchmarks build it for when no
+    /// size is asked for.
+    fn default_input(&self) -> (usize, usize) {
+        (3, 32)
+    }
 }
 
 /// Reads a model name: `None` when the name is not this family's.

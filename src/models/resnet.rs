@@ -73,6 +73,11 @@ pub fn parse(name: &str) -> Option<Result<Box<dyn ModelFamily>>> {
 }
 
 impl ModelFamily for ResNet {
+    /// ImageNet's crops.
+    fn default_input(&self) -> (usize, usize) {
+        (3, 224)
+    }
+
     fn build(&self, b: &mut Builder, classes: usize) -> Result<()> {
         let e = self.block.expansion();
         let planes = [64, 128, 256, 512];

@@ -13,6 +13,11 @@ pub fn parse(name: &str) -> Option<Result<Box<dyn ModelFamily>>> {
 }
 
 impl ModelFamily for SmallCnn {
+    /// Fashion-MNIST's images.
+    fn default_input(&self) -> (usize, usize) {
+        (1, 28)
+    }
+
     fn build(&self, b: &mut Builder, classes: usize) -> Result<()> {
         let mut x = b.input();
         for (i, &w) in WIDTHS.iter().enumerate() {
