@@ -108,7 +108,10 @@ impl BatchNorm {
     fn train_pass(&mut self, dev: &Device, x: &Tensor, relu_after: bool) -> Result<Tensor> {
         let (g, b) = (&self.weight.value, &self.bias.value);
         let (rm, rv) = (&mut self.running_mean, &mut self.running_var);
-        let (y, saved) = if relu_after {
+        let (y, saved) = if crate::dist::sync_bn_active() {
+            // Data-parallel training: the statistics of the global batch, across ranks.
+            crate::dist::dp::bn_forward(dev, x, g, b, rm, rv, self.momentum, self.eps, relu_after)?
+        } else if relu_after {
             dev.batchnorm_relu_forward_train(x, g, b, rm, rv, self.momentum, self.eps)?
         } else {
             dev.batchnorm_forward_train(x, g, b, rm, rv, self.momentum, self.eps)?
@@ -146,6 +149,9 @@ impl BatchNorm {
             .take()
             .ok_or_else(|| Error::Invalid("batch norm backward without a training-mode forward".into()))?;
         let g = match relu_out {
+            _ if crate::dist::sync_bn_active() => {
+                crate::dist::dp::bn_backward(dev, dy, x, relu_out, &self.weight.value, &saved, self.eps)?
+            }
             Some(z) => dev.batchnorm_relu_backward(dy, z, x, &self.weight.value, &saved)?,
             None => dev.batchnorm_backward(dy, x, &self.weight.value, &saved)?,
         };
