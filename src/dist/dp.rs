@@ -24,7 +24,7 @@ use crate::tensor::Tensor;
 pub fn check_batch(batch_size: usize, train_len: usize) -> Result<()> {
     let n = world().size();
     let global = batch_size.min(train_len);
-    if n > 1 && global % n != 0 {
+    if n > 1 && !global.is_multiple_of(n) {
         return Err(Error::Invalid(format!(
             "data-parallel training over {n} ranks splits each global batch of {global} images into equal \
              shares: choose a batch size that divides by {n}"
@@ -40,7 +40,7 @@ pub fn shard_batch(batch: Batch) -> Result<Batch> {
         return Ok(batch);
     }
     let len = batch.len();
-    if len % w.size() != 0 {
+    if !len.is_multiple_of(w.size()) {
         return Err(Error::Invalid(format!(
             "a global batch of {len} images does not split into {} equal shares",
             w.size()
