@@ -746,8 +746,7 @@ pub fn main() -> ! {
         // names this rank).
         w.abort(code);
     }
-    // Finalises MPI before exiting.
-    drop(guard);
+    guard.finalize();
     std::process::exit(code)
 }
 

@@ -175,6 +175,14 @@ pub struct Guard {
     _mpi: Option<mpi_comm::Finalizer>,
 }
 
+impl Guard {
+    /// Finalises MPI (when it was initialised): call before the process exits.
+    pub fn finalize(self) {
+        #[cfg(feature = "mpi")]
+        drop(self._mpi);
+    }
+}
+
 /// Joins the process group the launcher started, once, before any command runs. Without the
 /// `mpi` feature, a launch of more than one process is refused: each would run the whole job.
 pub fn init() -> Result<Guard> {
