@@ -9,12 +9,14 @@
 //! - [`prune`]: channel groups, ranking, budgets, masked gather into a compact net;
 //! - [`search`]: the LFGCL search (the agent's observation of the architecture, DDPG, label-free reward);
 //! - [`interop`]: PyTorch state dicts in, ONNX out, deployment timings against onnxruntime;
-//! - [`report`]: JSON logs and SVG plots; [`cli`]: the `lfgcl` command line.
+//! - [`report`]: JSON logs and SVG plots; [`cli`]: the `lfgcl` command line;
+//! - [`dist`]: several processes under `mpirun` (sharded search, data-parallel training).
 
 pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod fsio;
 pub mod interop;

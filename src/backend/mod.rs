@@ -438,10 +438,12 @@ pub fn cpu_exact() -> Device {
 /// Opens the device the user asked for. `Auto` falls back to the CPU when no CUDA device (or no
 /// driver, or no NVRTC) is found; `Cuda` turns that into an error that says what is missing.
 pub fn select(choice: DeviceChoice) -> Result<Device> {
+    // Under mpirun, one GPU per rank on a node: the rank's index among its node's ranks.
+    let gpu = crate::dist::gpu_ordinal();
     match choice {
         DeviceChoice::Cpu => Ok(cpu()),
-        DeviceChoice::Cuda => Ok(Arc::new(cuda::CudaBackend::new(0)?)),
-        DeviceChoice::Auto => match cuda::CudaBackend::new(0) {
+        DeviceChoice::Cuda => Ok(Arc::new(cuda::CudaBackend::new(gpu)?)),
+        DeviceChoice::Auto => match cuda::CudaBackend::new(gpu) {
             Ok(b) => Ok(Arc::new(b)),
             Err(_) => Ok(cpu()),
         },

@@ -26,7 +26,11 @@ use std::time::Instant;
 /// `lfgcl train`'s model when neither --model nor --init names one.
 const DEFAULT_MODEL: &str = "resnet20";
 
-pub fn run_command(cli: Cli) -> Result<()> {
+pub fn run_command(mut cli: Cli) -> Result<()> {
+    // Under mpirun only rank 0 shows progress.
+    if !crate::dist::world().is_root() {
+        cli.global.quiet = true;
+    }
     if let Some(n) = cli.global.threads {
         crate::limits::check_count("--threads", n, crate::limits::MAX_THREADS)?;
         // Fails only if the pool was already built (a second call in one process): harmless.
@@ -40,6 +44,13 @@ pub fn run_command(cli: Cli) -> Result<()> {
 
 fn dispatch(cli: Cli) -> Result<()> {
     let g = cli.global;
+    let ranks = crate::dist::world().size();
+    if ranks > 1 && !matches!(cli.command, Command::Train(_) | Command::Search(_) | Command::Finetune(_)) {
+        return Err(Error::Invalid(format!(
+            "this command runs on one process; under mpirun ({ranks} ranks) only search, train and finetune \
+             share the work (run the others without mpirun)"
+        )));
+    }
     // Long commands stop cleanly on SIGINT/SIGTERM, saving what they can (see `crate::interrupt`).
     if matches!(
         cli.command,
@@ -188,6 +199,9 @@ pub(crate) fn fit_and_save(
         }
         Ok(())
     })?;
+    if !crate::dist::world().is_root() {
+        return Ok(logs);
+    }
     let last = logs.last().expect("at least one epoch");
     report::write_json(
         files.out.join(train::SUMMARY_FILE),
@@ -806,6 +820,12 @@ fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
         }
         None => None,
     };
+    // Under mpirun: every rank scores with rank 0's settings; only rank 0 runs the agent and writes.
+    let cfg = crate::dist::broadcast_json(Some(&cfg))?;
+    if !crate::dist::world().is_root() {
+        return search::serve(&mut base, &dev, &images, cfg, report);
+    }
+    let _stop_scoring_ranks = crate::dist::shard::StopWorkersOnDrop::new();
     if !g.quiet {
         println!(
             "searching {} groups of {} ({:?}) for FLOPs {} params {} on {} unlabeled images: {} episodes x {} candidates ({:?})",

@@ -739,15 +739,45 @@ where
     match run_command(cli) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {e}");
+            let w = crate::dist::world();
+            let rank = if w.size() > 1 { format!("rank {} of {}: ", w.rank(), w.size()) } else { String::new() };
+            eprintln!("error: {rank}{e}");
             1
         }
     }
 }
 
-/// Entry point of the binary.
+/// Entry point of the binary. Under `mpirun` it first joins the process group (and refuses to run
+/// when built without MPI); ranks other than 0 print nothing on stdout.
 pub fn main() -> ! {
-    std::process::exit(run(std::env::args_os()))
+    let guard = match crate::dist::init() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        }
+    };
+    if !crate::dist::world().is_root() {
+        silence_stdout();
+    }
+    let code = run(std::env::args_os());
+    let w = crate::dist::world();
+    if code != 0 && w.size() > 1 {
+        // Other ranks may be waiting on this one in a collective: end the whole job (mpirun
+        // names this rank).
+        w.abort(code);
+    }
+    guard.finalize();
+    std::process::exit(code)
+}
+
+/// Points stdout at /dev/null: only rank 0 reports (errors still go to stderr).
+fn silence_stdout() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto the process's own stdout descriptor; `null` stays valid for the call.
+        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+    }
 }
 
 #[cfg(test)]

@@ -114,8 +114,14 @@ impl BatchNorm {
             momentum: self.momentum,
             eps: self.eps,
         };
-        let (y, saved) =
-            if relu_after { dev.batchnorm_relu_forward_train(x, bn)? } else { dev.batchnorm_forward_train(x, bn)? };
+        let (y, saved) = if crate::dist::sync_bn_active() {
+            // Data-parallel training: the statistics of the global batch, across ranks.
+            crate::dist::dp::bn_forward(dev, x, bn, relu_after)?
+        } else if relu_after {
+            dev.batchnorm_relu_forward_train(x, bn)?
+        } else {
+            dev.batchnorm_forward_train(x, bn)?
+        };
         self.saved = Some(saved);
         self.num_batches_tracked += 1;
         Ok(y)
@@ -152,6 +158,9 @@ impl BatchNorm {
             .take()
             .ok_or_else(|| Error::Invalid("batch norm backward without a training-mode forward".into()))?;
         let g = match relu_out {
+            _ if crate::dist::sync_bn_active() => {
+                crate::dist::dp::bn_backward(dev, dy, x, relu_out, &self.weight.value, &saved, self.eps)?
+            }
             Some(z) => dev.batchnorm_relu_backward(dy, z, x, &self.weight.value, &saved)?,
             None => dev.batchnorm_backward(dy, x, &self.weight.value, &saved)?,
         };

@@ -774,7 +774,8 @@ fn train_agent(agent: &mut Agent, updates: usize, mut rng: StdRng) -> Result<()>
     Ok(())
 }
 
-/// Rewards (and reported accuracies) of candidates none of which is in the cache.
+/// Rewards (and reported accuracies) of candidates none of which is in the cache; under `mpirun`
+/// each rank scores a share of them (see [`crate::dist::shard`]).
 fn evaluate(
     scorer: &Scorer,
     base: &Model,
@@ -783,7 +784,36 @@ fn evaluate(
     dev: &Device,
     fresh: &[&Projected],
 ) -> Result<Vec<(f64, Option<f64>)>> {
-    let keeps: Vec<Vec<Vec<u32>>> = fresh.iter().map(|p| pruner.keep_indices(&p.kept)).collect::<Result<_>>()?;
+    let kept: Vec<Vec<usize>> = fresh.iter().map(|p| p.kept.clone()).collect();
+    crate::dist::shard::score(&kept, |share| evaluate_kept(scorer, base, pruner, report, dev, share))
+}
+
+/// A scoring rank of a search run under `mpirun` (any rank but 0): scores the candidates rank 0
+/// sends until it says stop. Writes nothing.
+pub fn serve(
+    base: &mut Model,
+    dev: &Device,
+    images: &Tensor,
+    cfg: SearchConfig,
+    report: Option<AccuracyReport>,
+) -> Result<()> {
+    let s = Search::new(base, dev, images, cfg, report)?;
+    crate::dist::shard::serve(|kept| evaluate_kept(&s.scorer, s.base, &s.pruner, s.report.as_ref(), &s.dev, kept))
+}
+
+/// [`evaluate`] on this process, of candidates given by their kept channels per group.
+fn evaluate_kept(
+    scorer: &Scorer,
+    base: &Model,
+    pruner: &Pruner,
+    report: Option<&AccuracyReport>,
+    dev: &Device,
+    kept: &[Vec<usize>],
+) -> Result<Vec<(f64, Option<f64>)>> {
+    if kept.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keeps: Vec<Vec<Vec<u32>>> = kept.iter().map(|k| pruner.keep_indices(k)).collect::<Result<_>>()?;
     let Some(r) = report else {
         let rewards = scorer.score_batch(base, &pruner.groups, &keeps)?;
         return Ok(rewards.into_iter().map(|x| (x, None)).collect());

@@ -214,6 +214,8 @@ impl TrainConfig {
 pub struct StepStats {
     pub loss: f32,
     pub correct: Option<usize>,
+    /// A stop was requested (SIGINT/SIGTERM, on any rank under mpirun).
+    pub stop: bool,
 }
 
 /// Forward, loss, backward and SGD update on one batch.
@@ -259,8 +261,10 @@ pub fn train_step(
     }
     model.graph.zero_grad();
     model.graph.backward(dev, trace, dlogits)?;
+    // Under mpirun: gradients (and the loss) summed over the ranks' shares of the global batch.
+    let t = crate::dist::dp::reduce_step(dev, &mut model.graph, loss, correct)?;
     opt.step(dev, &mut model.graph, lr)?;
-    Ok(StepStats { loss, correct })
+    Ok(StepStats { loss: t.loss, correct: t.correct, stop: t.stop })
 }
 
 /// Trains for `cfg.epochs` epochs, evaluating on `test` after each one, and calls `on_epoch`
@@ -322,6 +326,7 @@ pub fn fit_from(
     }
     let mut opt = Sgd::new(cfg.momentum, cfg.weight_decay, cfg.nesterov)?;
     let steps = loader.num_batches();
+    crate::dist::dp::check_batch(cfg.batch_size, train.len())?;
     // Not preallocated: --epochs is a user's number.
     let mut logs = Vec::new();
     if let Some(r) = resume {
@@ -335,13 +340,27 @@ pub fn fit_from(
         logs = r.logs;
         opt.set_momentum_buffers(r.momentum);
     }
+    // Under mpirun: every rank starts from rank 0's model, momentum and finished epochs, and
+    // batch norms use the statistics of the whole global batch.
+    let _sync_bn = if crate::dist::world().size() > 1 {
+        let mut momentum: Vec<Option<Tensor>> = opt
+            .momentum_buffers()
+            .iter()
+            .map(|m| m.as_ref().map(|t| dev.copy(t)).transpose())
+            .collect::<Result<_>>()?;
+        crate::dist::dp::sync_start(dev, &mut model.graph, &mut momentum, &mut logs)?;
+        opt.set_momentum_buffers(momentum);
+        Some(crate::dist::sync_bn())
+    } else {
+        None
+    };
     for epoch in logs.len()..cfg.epochs {
         let pb = progress_bar(cfg.progress, steps, format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut labelled, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
         let mut lr = cfg.lr;
         for (step, batch) in loader.batches(epoch).enumerate() {
-            let batch = batch?;
+            let batch = crate::dist::dp::shard_batch(batch?)?;
             let progress = epoch as f64 + step as f64 / steps.max(1) as f64;
             lr = cfg.schedule.lr(cfg.lr, progress, cfg.epochs, cfg.warmup_epochs);
             if !(lr.is_finite() && lr >= 0.0) {
@@ -355,14 +374,16 @@ pub fn fit_from(
                 Error::Diverged(m) => Error::Diverged(format!("at epoch {} step {}: {m}", epoch + 1, step + 1)),
                 e => e,
             })?;
-            loss_sum += s.loss as f64 * batch.len() as f64;
-            seen += batch.len();
+            // Counted over the global batch (this rank's share times the ranks).
+            let global = batch.len() * crate::dist::world().size();
+            loss_sum += s.loss as f64 * global as f64;
+            seen += global;
             if let Some(c) = s.correct {
                 correct += c;
-                labelled += batch.len();
+                labelled += global;
             }
             pb.inc(1);
-            if crate::interrupt::requested() {
+            if s.stop {
                 pb.abandon();
                 return Err(Error::Interrupted(format!(
                     "training stopped in epoch {} of {} (after step {} of {steps})",

@@ -96,6 +96,11 @@ pub fn fit_in_dir(
     run: &RunDir<'_>,
     on_epoch: &mut OnEpoch<'_>,
 ) -> Result<Vec<EpochLog>> {
+    // Under mpirun the other ranks train their shares and write nothing; rank 0 sends them its
+    // state (resumed or not) when training starts.
+    if !crate::dist::world().is_root() {
+        return fit_from(model, dev, train, None, cfg, objective, None, &mut |_, _, _| Ok(()));
+    }
     let _lock = DirLock::acquire(run.dir)?;
     let log_path = run.dir.join(LOG_FILE);
     let state_path = run.dir.join(TRAIN_STATE_FILE);
