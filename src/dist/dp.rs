@@ -261,10 +261,8 @@ pub fn bn_forward(dev: &Device, x: &Tensor, bn: BnTrainParams<'_>, relu_after: b
         new_rv[ch] = ((1.0 - mo) * rv[ch] as f64 + mo * unbiased) as f32;
     }
     let (mean_t, var_t) = (dev.from_host(&[c], &mean)?, dev.from_host(&[c], &var)?);
-    let mut y = dev.batchnorm_forward_eval(
-        x,
-        BnParams { gamma, beta, running_mean: &mean_t, running_var: &var_t, eps },
-    )?;
+    let mut y =
+        dev.batchnorm_forward_eval(x, BnParams { gamma, beta, running_mean: &mean_t, running_var: &var_t, eps })?;
     if relu_after {
         y = dev.relu_forward(&y)?;
     }
