@@ -21,11 +21,8 @@ use std::process::Command;
 /// remove (None).
 fn bench_cpu(dir: &Path, extra: &[&str], envs: &[(&str, Option<&str>)]) -> (String, Value) {
     let json = dir.join("cpu.json");
-    let mut cmd = Command::new(exe::lfgcl_exe());
-    cmd.args(["--threads", "2", "-q", "bench", "cpu", "--model", "smallcnn", "--batch", "1,2"])
-        .args(["--train-batch", "4", "--reps", "1", "--rounds", "1", "--json"])
-        .arg(&json)
-        .args(extra);
+    let mut cmd = exe::lfgcl(["--threads", "2", "-q", "bench", "cpu", "--model", "smallcnn", "--batch", "1,2"]);
+    cmd.args(["--train-batch", "4", "--reps", "1", "--rounds", "1", "--json"]).arg(&json).args(extra);
     for (k, v) in envs {
         match v {
             Some(v) => cmd.env(k, v),
@@ -143,12 +140,12 @@ fn bench_cpu_times_torchvision_families_at_the_asked_size() {
     }
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("cpu.json");
-    let out = Command::new(exe::lfgcl_exe())
-        .args(["--threads", "2", "-q", "bench", "cpu", "--model", "resnet18,mobilenet_v2", "--image-size", "40"])
-        .args(["--batch", "1", "--train-batch", "2", "--reps", "1", "--rounds", "1", "--no-ort", "--json"])
-        .arg(&json)
-        .output()
-        .expect("run lfgcl");
+    let out =
+        exe::lfgcl(["--threads", "2", "-q", "bench", "cpu", "--model", "resnet18,mobilenet_v2", "--image-size", "40"])
+            .args(["--batch", "1", "--train-batch", "2", "--reps", "1", "--rounds", "1", "--no-ort", "--json"])
+            .arg(&json)
+            .output()
+            .expect("run lfgcl");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "bench cpu failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -157,11 +154,8 @@ fn bench_cpu_times_torchvision_families_at_the_asked_size() {
     let macs: Vec<u64> =
         r["models"].as_array().unwrap().iter().map(|m| m["macs_per_image"].as_u64().unwrap()).collect();
     for (model, m) in ["resnet18", "mobilenet_v2"].iter().zip(&macs) {
-        let o = Command::new(exe::lfgcl_exe())
-            .args(["info", "--model", model, "--input", "3x40x40", "--classes", "10", "--json"])
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let out = exe::run_ok(["info", "--model", model, "--input", "3x40x40", "--classes", "10", "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["cost"]["macs"].as_u64().unwrap(), *m, "{model}");
     }
     let rows = r["rows"].as_array().unwrap();

@@ -5,14 +5,12 @@
 mod exe;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use exe::text;
 
 fn lfgcl(args: &[&str]) -> Output {
-    Command::new(exe::lfgcl_exe()).args(args).env("RAYON_NUM_THREADS", "2").output().expect("run lfgcl")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    exe::lfgcl(args).output().expect("run lfgcl")
 }
 
 /// Runs a command that must fail: exit 1, one `error:` line naming `needle`, no panic.

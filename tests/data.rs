@@ -1,6 +1,9 @@
 //! Integration tests of `lfgcl::data`: every loader on fixtures written at test time (valid and
 //! corrupt), the synthetic set, the batch loader, and the real Fashion-MNIST when installed.
 
+#[path = "common/torchvision.rs"]
+mod torchvision;
+
 use lfgcl::data::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -368,7 +371,7 @@ fn folder_unlabeled_resize_grayscale_and_limit() {
     for i in 0..6u8 {
         png(&solid_rgb(8 + i as u32, [10 * i, 100, 200]), &d.path().join(format!("img{i}.png")));
     }
-    let opts = OpenOptions { image_size: 16, ..Default::default() };
+    let opts = OpenOptions { image_size: Some(16), ..Default::default() };
     let ds = open(&spec("folder", d.path()), Split::Train, &opts).unwrap();
     assert_eq!((ds.len(), ds.image_dims()), (6, [3, 16, 16]));
     assert!(ds.labels.is_none() && ds.num_classes == 0);
@@ -377,7 +380,7 @@ fn folder_unlabeled_resize_grayscale_and_limit() {
         assert_solid(ds.image(i as usize), [10 * i, 100, 200], 1);
     }
 
-    let opts = OpenOptions { image_size: 4, grayscale: true, limit: Some(3), ..Default::default() };
+    let opts = OpenOptions { image_size: Some(4), grayscale: true, limit: Some(3), ..Default::default() };
     let ds = open(&spec("folder", d.path()), Split::Train, &opts).unwrap();
     assert_eq!((ds.len(), ds.image_dims()), (3, [1, 4, 4]));
     // Evenly spaced: img0, img2, img4. Luma of (r, 100, 200) is about 0.2126r + 0.7152*100 + 0.0722*200.
@@ -408,8 +411,50 @@ fn folder_errors() {
     assert_names(&open_err(&spec("folder", &missing), Split::Train), "missing");
     assert!(open_err("no-such-spec", Split::Train).contains("unknown data spec"));
     assert!(open_err("mnist", Split::Train).contains("mnist:DIR"));
-    let zero = OpenOptions { image_size: 0, ..Default::default() };
+    let zero = OpenOptions { image_size: Some(0), ..Default::default() };
     assert!(open("synthetic", Split::Train, &zero).is_err());
+}
+
+#[test]
+fn idx_data_at_another_size_is_resized_as_torchvision_resizes_it() {
+    // 28x28 images of varied pixels, brought to 64x64 (the torchvision nets on Fashion-MNIST)
+    // and down to 20x20, against PIL + torchvision's Resize on the same images.
+    let d = tmp();
+    let (n, side) = (4usize, 28usize);
+    let pixels: Vec<u8> = (0..n * side * side).map(|k| ((k * 37 + (k / 28) * 11) % 256) as u8).collect();
+    let labels: Vec<u8> = (0..n as u8).collect();
+    write(&d.path().join("train-images-idx3-ubyte"), &idx_images(n, side, side, &pixels));
+    write(&d.path().join("train-labels-idx1-ubyte"), &idx_labels(&labels));
+    let native = open(&spec("mnist", d.path()), Split::Train, &OpenOptions::default()).unwrap();
+    assert_eq!(native.image_dims(), [1, 28, 28]);
+    let same = OpenOptions { image_size: Some(28), ..Default::default() };
+    assert!(open(&spec("mnist", d.path()), Split::Train, &same).unwrap() == native, "the own size is no resize");
+    for out in [64usize, 20] {
+        let opts = OpenOptions { image_size: Some(out), limit: Some(3), ..Default::default() };
+        let ds = open(&spec("mnist", d.path()), Split::Train, &opts).unwrap();
+        assert_eq!((ds.len(), ds.image_dims()), (3, [1, out, out]));
+        assert_eq!(ds.labels.as_deref(), Some(&[0u32, 1, 2][..]));
+        if !torchvision::torchvision_or_skip("idx resize") {
+            continue;
+        }
+        let raw = d.path().join("raw.bin");
+        std::fs::write(&raw, &pixels[..3 * side * side]).unwrap();
+        let script = format!(
+            "import numpy as np, sys, PIL.Image as I, torchvision.transforms as T\n\
+             a = np.fromfile(sys.argv[1], dtype=np.uint8).reshape(3, {side}, {side})\n\
+             r = T.Resize(({out}, {out}))\n\
+             sys.stdout.buffer.write(b''.join(np.asarray(r(I.fromarray(x, 'L'))).tobytes() for x in a))"
+        );
+        let o = lfgcl::interop::torch_python_command().arg("-c").arg(script).arg(&raw).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.stdout.len(), ds.images.len());
+        let differ = o.stdout.iter().zip(&ds.images).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{differ} of {} pixels differ from torchvision at {out}x{out}", ds.images.len());
+    }
+    // The size is checked before anything is allocated.
+    let huge = OpenOptions { image_size: Some(60_000), ..Default::default() };
+    let e = open(&spec("mnist", d.path()), Split::Train, &huge).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("--image-size"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------

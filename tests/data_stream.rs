@@ -89,7 +89,7 @@ fn eval_transform_matches_torchvision() {
     // and std, against torchvision's ToTensor + Normalize.
     std::fs::create_dir_all(dir.path().join("train/c")).unwrap();
     save_png(&dir.path().join("train/c/0.png"), &pattern(40, 40, 9));
-    let opts = OpenOptions { image_size: 224, augment: AugmentKind::Imagenet, ..OpenOptions::default() };
+    let opts = OpenOptions { image_size: Some(224), augment: AugmentKind::Imagenet, ..OpenOptions::default() };
     let ds = data::open(&format!("folder:{}", s(dir.path())), Split::Test, &opts).unwrap();
     let norm = ds.channel_stats();
     assert_eq!(norm.mean, transforms::IMAGENET_MEAN.to_vec());
@@ -178,7 +178,7 @@ fn streamed_loader_is_reproducible_sharded_and_matches_memory() {
     let dir = tempfile::tempdir().unwrap();
     jpeg_folder(dir.path(), 7);
     let spec = format!("folder:{}", s(dir.path()));
-    let opts = OpenOptions { image_size: 64, augment: AugmentKind::Imagenet, ..OpenOptions::default() };
+    let opts = OpenOptions { image_size: Some(64), augment: AugmentKind::Imagenet, ..OpenOptions::default() };
     let ds = data::open(&spec, Split::Train, &opts).unwrap();
     assert!(ds.is_streamed() && ds.len() == 21 && ds.num_classes == 3, "{ds:?}");
     assert!(ds.mode_description(8).contains("streamed from disk"), "{}", ds.mode_description(8));
@@ -208,7 +208,7 @@ fn streamed_loader_is_reproducible_sharded_and_matches_memory() {
     assert!(Loader::try_new(&ds, 4, &norm).unwrap().shard(2, 2).is_err());
 
     // CIFAR-style squares streamed (cache 0) give the in-memory loader's pixels, crops and flips.
-    let sq = OpenOptions { image_size: 24, augment: AugmentKind::Cifar, ..OpenOptions::default() };
+    let sq = OpenOptions { image_size: Some(24), augment: AugmentKind::Cifar, ..OpenOptions::default() };
     let mem = data::open(&spec, Split::Train, &sq).unwrap();
     let streamed = data::open(&spec, Split::Train, &OpenOptions { cache_bytes: 0, ..sq.clone() }).unwrap();
     assert!(!mem.is_streamed() && streamed.is_streamed());
@@ -247,7 +247,7 @@ fn search_sample_of_a_flat_folder_decodes_only_its_images() {
         }
     }
     for augment in [AugmentKind::Cifar, AugmentKind::Imagenet] {
-        let opts = OpenOptions { image_size: 16, augment, ..OpenOptions::default() };
+        let opts = OpenOptions { image_size: Some(16), augment, ..OpenOptions::default() };
         let whole = data::open(&s(&good), Split::Train, &opts).unwrap();
         assert!(whole.labels.is_none());
         let sample = data::open_sample(&s(&mixed), Split::Train, &opts, k, seed).unwrap();
@@ -257,7 +257,8 @@ fn search_sample_of_a_flat_folder_decodes_only_its_images() {
         let first = |ds: &data::Dataset| Loader::try_new(ds, k, &norm).unwrap().batches(0).next().unwrap().unwrap();
         assert_eq!(first(&sample).images, first(&reference).images, "{augment:?}");
     }
-    let whole_mixed = data::open(&s(&mixed), Split::Train, &OpenOptions { image_size: 16, ..OpenOptions::default() });
+    let whole_mixed =
+        data::open(&s(&mixed), Split::Train, &OpenOptions { image_size: Some(16), ..OpenOptions::default() });
     let e = whole_mixed.expect_err("a broken file is refused").to_string();
     assert!(e.contains("mixed/") && e.contains(".png"), "{e}");
 }
@@ -296,7 +297,7 @@ fn bad_images_are_refused_naming_the_file() {
         let bad = root.join("a").join(name);
         std::fs::write(&bad, &bytes).unwrap();
         for augment in [AugmentKind::Imagenet, AugmentKind::Cifar] {
-            let opts = OpenOptions { image_size: 32, augment, cache_bytes: 0, ..OpenOptions::default() };
+            let opts = OpenOptions { image_size: Some(32), augment, cache_bytes: 0, ..OpenOptions::default() };
             let ds = data::open(&s(&root), Split::Train, &opts).unwrap();
             assert!(ds.is_streamed());
             let loader = Loader::try_new(&ds, 2, &ds.channel_stats()).unwrap().augment(Augment::standard(), 0);
@@ -317,18 +318,12 @@ fn lfgcl(args: &[&str], memory_kib: Option<u64>) -> (bool, String, String) {
         Some(kib) => {
             let mut c = Command::new("bash");
             c.arg("-c").arg(format!("ulimit -v {kib}; exec \"$0\" \"$@\"")).arg(exe::lfgcl_exe());
+            c.args(args).env("RAYON_NUM_THREADS", "2").stdin(Stdio::null());
             c
         }
-        None => Command::new(exe::lfgcl_exe()),
+        None => exe::lfgcl(args),
     };
-    let out = cmd
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .env("MALLOC_ARENA_MAX", "2")
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run lfgcl");
+    let out = cmd.env("MALLOC_ARENA_MAX", "2").env("RUST_BACKTRACE", "0").output().expect("run lfgcl");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 

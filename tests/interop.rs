@@ -12,6 +12,8 @@
 
 #[path = "common/exe.rs"]
 mod exe;
+#[path = "common/model.rs"]
+mod fixtures;
 #[path = "common/torchvision.rs"]
 mod torchvision;
 use torchvision::torchvision_or_skip;
@@ -21,15 +23,14 @@ use lfgcl::interop::import::{self, ImportOptions};
 use lfgcl::interop::onnx::{self, ExportOptions};
 use lfgcl::models::{Arch, Model};
 use lfgcl::nn::Mode;
-use lfgcl::nn::StateMut;
 use lfgcl::train::checkpoint;
 use lfgcl::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const TOL: f32 = 1e-4;
 
@@ -253,24 +254,6 @@ fn import_refuses_pickles_and_other_vgg_classifiers_with_a_clear_message() {
 
 // ---- export against onnxruntime ----------------------------------------------------------
 
-/// Random batch-norm parameters and statistics, so folding is exercised.
-fn randomise_bn(m: &mut Model, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    for (name, slot) in m.graph.state_mut() {
-        if let StateMut::F32(t) = slot {
-            let (lo, hi) = if name.ends_with("running_var") || (name.ends_with(".weight") && t.rank() == 1) {
-                (0.5, 1.5)
-            } else if name.ends_with("running_mean") || (name.ends_with(".bias") && t.rank() == 1) {
-                (-0.2, 0.2)
-            } else {
-                continue;
-            };
-            let v: Vec<f32> = (0..t.numel()).map(|_| rng.random_range(lo..hi)).collect();
-            *t = Tensor::from_vec(t.dims(), v).unwrap();
-        }
-    }
-}
-
 fn input_for(m: &Model, n: usize, seed: u64) -> Tensor {
     let mut rng = StdRng::seed_from_u64(seed);
     let dims: Vec<usize> = std::iter::once(n).chain(m.graph.input_shape().iter().copied()).collect();
@@ -304,9 +287,20 @@ fn check_onnx(ckpt: &Path, eo: ExportOptions, what: &str) {
     }
 }
 
+/// `lfgcl prune-apply --uniform --flops 0.5 --streams`, which must succeed.
+fn prune_uniform_with_streams(ckpt: &Path, out: &Path) {
+    let mut args: Vec<&std::ffi::OsStr> =
+        ["--device", "cpu", "-q", "prune-apply", "--uniform", "--flops", "0.5", "--streams"]
+            .iter()
+            .map(|a| a.as_ref())
+            .collect();
+    args.extend([OsStr::new("--ckpt"), ckpt.as_os_str(), OsStr::new("--out"), out.as_os_str()]);
+    exe::run_ok(args);
+}
+
 fn saved_random(dir: &Path, model: &str, channels: usize, size: usize) -> PathBuf {
     let mut m = Model::new(Arch::new(model, channels, size, 10).unwrap(), &backend::cpu(), 11).unwrap();
-    randomise_bn(&mut m, 5);
+    fixtures::randomise_bn(&mut m, 5);
     m.normalization = Some(lfgcl::data::Normalization { mean: vec![0.5; channels], std: vec![0.25; channels] });
     let p = dir.join(format!("{model}.safetensors"));
     checkpoint::save(&m, &p, &serde_json::Value::Null).unwrap();
@@ -332,15 +326,7 @@ fn onnxruntime_matches_lfgcl_on_a_pruned_resnet20_with_streams() {
     let dir = tempfile::tempdir().unwrap();
     let p = saved_random(dir.path(), "resnet20", 3, 32);
     let pruned = dir.path().join("pruned.safetensors");
-    let out = Command::new(exe::lfgcl_exe())
-        .args(["--device", "cpu", "-q", "prune-apply", "--uniform", "--flops", "0.5", "--streams", "--ckpt"])
-        .arg(&p)
-        .arg("--out")
-        .arg(&pruned)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "prune-apply: {}", String::from_utf8_lossy(&out.stderr));
+    prune_uniform_with_streams(&p, &pruned);
     // The streams are pruned: some shortcut maps must not be the unpruned padding.
     let m = checkpoint::load(&pruned, &backend::cpu()).unwrap();
     assert!(m.arch.widths[..3] != [16, 32, 64], "streams were not pruned: {:?}", m.arch.widths);
@@ -373,11 +359,7 @@ fn bench_deploy_runs_and_writes_json() {
     let dir = tempfile::tempdir().unwrap();
     let base = saved_random(dir.path(), "smallcnn", 1, 28);
     let pruned = dir.path().join("pruned.safetensors");
-    let run = |args: &[&std::ffi::OsStr]| {
-        let o = Command::new(exe::lfgcl_exe()).args(args).env("RAYON_NUM_THREADS", "2").output().unwrap();
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stdout).unwrap()
-    };
+    let run = |args: &[&std::ffi::OsStr]| exe::run_ok(args);
     run(&[
         "--device".as_ref(),
         "cpu".as_ref(),
@@ -431,7 +413,7 @@ fn bench_deploy_runs_and_writes_json() {
 #[test]
 fn cli_import_prints_the_conversion_command_and_export_onnx_writes_a_model() {
     let dir = tempfile::tempdir().unwrap();
-    let lfgcl = |args: &[&std::ffi::OsStr]| Command::new(exe::lfgcl_exe()).args(args).output().unwrap();
+    let lfgcl = |args: &[&std::ffi::OsStr]| exe::lfgcl(args).output().unwrap();
     let pickle = dir.path().join("model.pt");
     std::fs::write(&pickle, [0x80u8, 0x02, b'}', b'q']).unwrap();
     let out = dir.path().join("base.safetensors");
@@ -532,15 +514,7 @@ fn torchvision_parity(model: &str) {
     let ckpt = dir.path().join("imported.safetensors");
     import::import(&sd, &ckpt, &o).unwrap();
     let pruned = dir.path().join("pruned.safetensors");
-    let out = Command::new(exe::lfgcl_exe())
-        .args(["--device", "cpu", "-q", "prune-apply", "--uniform", "--flops", "0.5", "--streams", "--ckpt"])
-        .arg(&ckpt)
-        .arg("--out")
-        .arg(&pruned)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "prune-apply {model}: {}", String::from_utf8_lossy(&out.stderr));
+    prune_uniform_with_streams(&ckpt, &pruned);
     let (full, small) = (checkpoint::load(&ckpt, &dev).unwrap(), checkpoint::load(&pruned, &dev).unwrap());
     let ratio = small.cost().macs as f64 / full.cost().macs as f64;
     assert!(ratio <= 0.5 && ratio > 0.3, "{model}: pruned to {ratio:.3} of its FLOPs");

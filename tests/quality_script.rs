@@ -20,7 +20,7 @@ fn quality_script_ci_cell_runs_and_resumes() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::var_os("LFGCL_TEST_EXE").unwrap_or_else(exe::lfgcl_exe);
+    let exe = exe::lfgcl_exe();
     let run = || {
         let o = Command::new("bash")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/experiments/quality.sh"))

@@ -13,23 +13,8 @@ mod kill;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-fn lfgcl(args: &[String]) -> Command {
-    let mut c = Command::new(std::env::var_os("LFGCL_TEST_EXE").unwrap_or_else(exe::lfgcl_exe));
-    c.args(args).env("RAYON_NUM_THREADS", "2").stdin(Stdio::null());
-    c
-}
-
-fn run_ok(args: &[String]) {
-    let o = lfgcl(args).output().expect("run lfgcl");
-    assert!(
-        o.status.success(),
-        "{args:?} failed\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use exe::{lfgcl, run_ok};
 
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()

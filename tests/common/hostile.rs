@@ -5,7 +5,7 @@
 //! to see which cases it fails).
 #![allow(dead_code)]
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
@@ -16,10 +16,6 @@ use std::time::{Duration, Instant};
 pub const CHILD_MEMORY_KIB: u64 = 1_500_000;
 /// A hung child is killed after this long; it only guards against a runaway case.
 pub const CHILD_DEADLINE: Duration = Duration::from_secs(120);
-
-pub fn exe() -> OsString {
-    std::env::var_os("LFGCL_TEST_EXE").unwrap_or_else(super::exe::lfgcl_exe)
-}
 
 pub struct Outcome {
     pub args: Vec<String>,
@@ -50,7 +46,7 @@ pub fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Spawned {
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
         .arg(format!("ulimit -v {CHILD_MEMORY_KIB}; exec \"$0\" \"$@\""))
-        .arg(exe())
+        .arg(super::exe::lfgcl_exe())
         .args(args)
         .env("RAYON_NUM_THREADS", "2")
         .env("MALLOC_ARENA_MAX", "2")
