@@ -108,7 +108,7 @@ pub fn data_bench(dev: &Device, o: &DataBenchOptions) -> Result<DataBenchReport>
     }
     // cache 0: always the streaming path, which is what an ImageNet-sized folder uses.
     let open = OpenOptions {
-        image_size: o.image_size,
+        image_size: Some(o.image_size),
         limit: None,
         grayscale: o.grayscale,
         augment: o.augment,

@@ -87,25 +87,36 @@ pub(crate) fn open_device(g: &GlobalArgs) -> Result<Device> {
     Ok(dev)
 }
 
-fn open_options(d: &DataArgs, limit: Option<usize>) -> OpenOptions {
+/// The side images are brought to: `--image-size` when given, else the input side of the
+/// checkpoint the command reads (square inputs only), else none (see [`OpenOptions::image_size`]).
+fn data_side(given: Option<usize>, model: Option<&Arch>) -> Option<usize> {
+    given.or_else(|| {
+        let [h, w] = model?.input_hw();
+        (h == w).then_some(h)
+    })
+}
+
+fn open_options(d: &DataArgs, limit: Option<usize>, side: Option<usize>) -> OpenOptions {
     OpenOptions {
-        image_size: d.image_size,
+        image_size: side,
         limit,
         grayscale: d.grayscale,
-        augment: d.augment.resolve(&d.data, d.image_size),
+        augment: d.augment.resolve(&d.data, side.unwrap_or(data::FOLDER_DEFAULT_SIDE)),
         cache_bytes: d.cache_mb.saturating_mul(1 << 20),
     }
 }
 
-/// Opens the training split and, when the dataset has one, the test split.
-pub(crate) fn open_train_test(d: &DataArgs) -> Result<(Dataset, Option<Dataset>)> {
+/// Opens the training split and, when the dataset has one, the test split, at the side of
+/// `model`'s input unless `--image-size` says otherwise.
+pub(crate) fn open_train_test(d: &DataArgs, model: Option<&Arch>) -> Result<(Dataset, Option<Dataset>)> {
+    let side = data_side(d.image_size, model);
     for (flag, v) in [("--limit", d.limit), ("--test-limit", d.test_limit)] {
         if v == Some(0) {
             return Err(Error::Invalid(format!("{flag} 0 leaves no images; give a positive count or drop {flag}")));
         }
     }
-    let train = data::open(&d.data, Split::Train, &open_options(d, d.limit))?;
-    let test = match data::open(&d.data, Split::Test, &open_options(d, d.test_limit)) {
+    let train = data::open(&d.data, Split::Train, &open_options(d, d.limit, side))?;
+    let test = match data::open(&d.data, Split::Test, &open_options(d, d.test_limit, side)) {
         Ok(t) => Some(t),
         // Unlabeled or single-split folders have no test split; everything else must, and a
         // folder's test split that does not load (a class the training split lacks) is refused.
@@ -220,7 +231,7 @@ pub(crate) fn fit_and_save(
 /// The data flags, as recorded for `--resume`.
 /// Whether training augments (`--augment none` does not).
 fn augments(d: &DataArgs) -> bool {
-    d.augment.resolve(&d.data, d.image_size) != data::AugmentKind::None
+    d.augment.resolve(&d.data, d.image_size.unwrap_or(data::FOLDER_DEFAULT_SIDE)) != data::AugmentKind::None
 }
 
 fn data_settings(d: &DataArgs) -> serde_json::Value {
@@ -228,12 +239,12 @@ fn data_settings(d: &DataArgs) -> serde_json::Value {
         "data": d.data,
         "limit": d.limit,
         "test_limit": d.test_limit,
-        "image_size": d.image_size,
+        "image_size": d.image_size.unwrap_or(data::FOLDER_DEFAULT_SIDE),
         "grayscale": d.grayscale,
     });
     // Only folders have a choice of transforms (other settings files stay as they were).
     if data::is_folder_spec(&d.data) {
-        v["augment"] = json!(d.augment.resolve(&d.data, d.image_size).as_str());
+        v["augment"] = json!(d.augment.resolve(&d.data, d.image_size.unwrap_or(data::FOLDER_DEFAULT_SIDE)).as_str());
     }
     v
 }
@@ -260,7 +271,7 @@ fn cmd_train(g: &GlobalArgs, a: TrainArgs) -> Result<()> {
     check_train_flags(&a)?;
     let schedule = LrSchedule::parse(&a.schedule, a.epochs)?;
     let dev = open_device(g)?;
-    let (train, test) = open_train_test(&a.data)?;
+    let (train, test) = open_train_test(&a.data, None)?;
     let mut model = match &a.init {
         Some(p) => {
             let m = checkpoint::load(p, &dev)?;
@@ -356,7 +367,11 @@ fn cmd_eval(g: &GlobalArgs, a: EvalArgs) -> Result<()> {
     let dev = open_device(g)?;
     let mut model = checkpoint::load(&a.ckpt, &dev)?;
     let limit = if split == Split::Test { a.data.test_limit } else { a.data.limit };
-    let ds = data::open(&a.data.data, split, &open_options(&a.data, limit))?;
+    let ds = data::open(
+        &a.data.data,
+        split,
+        &open_options(&a.data, limit, data_side(a.data.image_size, Some(&model.arch))),
+    )?;
     let start = Instant::now();
     let r = train::evaluate(&mut model, &dev, &ds, a.batch_size, !g.quiet)?;
     let secs = start.elapsed().as_secs_f64();
@@ -787,11 +802,18 @@ fn run_options(s: &SearchOpts, resume: bool, progress: bool) -> Result<search::R
 
 /// The reward's fixed batch of unlabeled images drawn from the training split of `spec`.
 /// An image folder decodes only the images drawn.
-pub(crate) fn unlabeled_images(base: &Model, spec: &str, image_size: usize, n: usize, seed: u64) -> Result<Tensor> {
+pub(crate) fn unlabeled_images(
+    base: &Model,
+    spec: &str,
+    image_size: Option<usize>,
+    n: usize,
+    seed: u64,
+) -> Result<Tensor> {
+    let side = data_side(image_size, Some(&base.arch));
     let opts = OpenOptions {
-        image_size,
+        image_size: side,
         grayscale: base.arch.in_channels == 1,
-        augment: data::AugmentKind::auto(data::is_folder_spec(spec), image_size),
+        augment: data::AugmentKind::auto(data::is_folder_spec(spec), side.unwrap_or(data::FOLDER_DEFAULT_SIDE)),
         ..OpenOptions::default()
     };
     let pool = data::open_sample(spec, Split::Train, &opts, n, seed)?;
@@ -806,11 +828,15 @@ fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
     let report = match a.report_accuracy {
         Some(n) => {
             let spec = a.report_data.clone().unwrap_or_else(|| a.data.clone());
+            let side = data_side(a.image_size, Some(&base.arch));
             let opts = OpenOptions {
-                image_size: a.image_size,
+                image_size: side,
                 limit: Some(n),
                 grayscale: base.arch.in_channels == 1,
-                augment: data::AugmentKind::auto(data::is_folder_spec(&spec), a.image_size),
+                augment: data::AugmentKind::auto(
+                    data::is_folder_spec(&spec),
+                    side.unwrap_or(data::FOLDER_DEFAULT_SIDE),
+                ),
                 ..OpenOptions::default()
             };
             let ds = data::open(&spec, Split::Test, &opts)?;
@@ -895,7 +921,7 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
     let mut student = checkpoint::load(&a.ckpt, &dev)?;
     let mut cfg = finetune_config(&a.ft, a.seed, !g.quiet);
     cfg.train.augment = augments(&a.data);
-    let (train_ds, test) = open_train_test(&a.data)?;
+    let (train_ds, test) = open_train_test(&a.data, Some(&student.arch))?;
     let mut teacher =
         match (&a.teacher, a.ft.labels) {
             (Some(t), _) => Some(checkpoint::load(t, &dev)?),
@@ -976,7 +1002,7 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
     let dev = open_device(g)?;
     let mut base = checkpoint::load(&a.ckpt, &dev)?;
     let search = search_config(&a.prune, &a.search, Strategy::Ddpg, a.seed, &dev, &base)?;
-    let (train_ds, test) = open_train_test(&a.data)?;
+    let (train_ds, test) = open_train_test(&a.data, Some(&base.arch))?;
     let test =
         test.ok_or_else(|| Error::Invalid(format!("{} has no labelled test split to evaluate on", a.data.data)))?;
     train::check_compatible(&base, &train_ds)?;

@@ -305,9 +305,10 @@ pub struct SearchArgs {
     /// Unlabeled images: a folder of images, or any dataset spec (its labels are dropped).
     #[arg(long, default_value = "synthetic")]
     pub data: String,
-    /// Image folders: resize images to this side length.
-    #[arg(long, default_value_t = 32)]
-    pub image_size: usize,
+    /// Side length images are brought to (default: the checkpoint's input side). Image folders
+    /// are resized; IDX and CIFAR data are resized when it differs from their own size.
+    #[arg(long)]
+    pub image_size: Option<usize>,
     #[command(flatten)]
     pub prune: PruneArgs,
     #[command(flatten)]
@@ -398,9 +399,12 @@ pub struct DataArgs {
     /// Use at most this many test images.
     #[arg(long)]
     pub test_limit: Option<usize>,
-    /// Image folders: resize images to this side length.
-    #[arg(long, default_value_t = 32)]
-    pub image_size: usize,
+    /// Side length images are brought to. Image folders are resized to it (default 32, or the
+    /// checkpoint's input side for commands that read one); IDX, CIFAR and synthetic data keep
+    /// their own size unless it is given, then are resized once at load (bilinear, as
+    /// torchvision's Resize), e.g. Fashion-MNIST at 64 for a torchvision net.
+    #[arg(long)]
+    pub image_size: Option<usize>,
     /// Image folders: decode as grayscale.
     #[arg(long)]
     pub grayscale: bool,

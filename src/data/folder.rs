@@ -50,7 +50,7 @@ fn list(dir: &Path, split: Split, limit: Option<usize>) -> Result<Listing> {
 /// would take more than `opts.cache_bytes` does not fit.
 fn streams(n: usize, split: Split, opts: &OpenOptions) -> bool {
     let channels = if opts.grayscale { 1 } else { 3 };
-    let total = (n as u64).saturating_mul((channels * opts.image_size * opts.image_size) as u64);
+    let total = (n as u64).saturating_mul((channels * opts.folder_side() * opts.folder_side()) as u64);
     (opts.augment == AugmentKind::Imagenet && split == Split::Train)
         || total > opts.cache_bytes.min(crate::limits::MAX_DATASET_BYTES)
 }
@@ -59,7 +59,7 @@ pub(super) fn load(dir: &Path, split: Split, opts: &OpenOptions) -> Result<Datas
     let (dir, files, labels, class_names) = list(dir, split, opts.limit)?;
     let name = format!("folder:{}", dir.display());
     if streams(files.len(), split, opts) {
-        let files = Files { paths: files, size: opts.image_size, grayscale: opts.grayscale, kind: opts.augment };
+        let files = Files { paths: files, size: opts.folder_side(), grayscale: opts.grayscale, kind: opts.augment };
         return Ok(Dataset::streamed(name, files, labels, class_names));
     }
     let files: Vec<&PathBuf> = files.iter().collect();
@@ -89,7 +89,7 @@ pub(super) fn load_sample(dir: &Path, split: Split, opts: &OpenOptions, n: usize
 
 /// Decodes `files` into an unlabelled in-memory dataset of `image_size` squares.
 fn decode_all(dir: &Path, files: &[&PathBuf], opts: &OpenOptions) -> Result<Dataset> {
-    let size = opts.image_size;
+    let size = opts.folder_side();
     let channels = if opts.grayscale { 1 } else { 3 };
     let total = (files.len() * channels * size * size) as u64;
     if total > crate::limits::MAX_DATASET_BYTES {

@@ -242,6 +242,44 @@ impl Dataset {
     }
 
     /// The same images with the labels dropped, as label-free methods see them.
+    /// Every image resized to `side x side`, channel by channel with Pillow's bilinear filter
+    /// (what torchvision's `Resize((side, side))` does to a PIL image). In-memory data only.
+    pub fn resized(&self, side: usize) -> Result<Dataset> {
+        if self.is_streamed() {
+            crate::bail!(Invalid, "{}: a streamed dataset is resized as it is decoded, not here", self.name);
+        }
+        let plane = side * side;
+        let bytes = (self.len() as u64).saturating_mul((self.channels * plane) as u64);
+        if bytes > crate::limits::MAX_DATASET_BYTES {
+            crate::bail!(
+                Invalid,
+                "{}: {} images of {}x{side}x{side} take {bytes} bytes, over the {} limit (use --limit or a smaller --image-size)",
+                self.name,
+                self.len(),
+                self.channels,
+                crate::limits::MAX_DATASET_BYTES
+            );
+        }
+        let (h, w) = (self.height, self.width);
+        let mut images = Vec::with_capacity(bytes as usize);
+        for src in self.images.chunks_exact(h * w) {
+            let img = transforms::Image { width: w, height: h, channels: 1, data: src.to_vec() };
+            images.extend_from_slice(&transforms::resize(&img, side, side).data);
+        }
+        Ok(Dataset {
+            name: format!("{} at {side}x{side}", self.name),
+            channels: self.channels,
+            height: side,
+            width: side,
+            images,
+            labels: self.labels.clone(),
+            num_classes: self.num_classes,
+            class_names: self.class_names.clone(),
+            stream: None,
+            preset_norm: self.preset_norm.clone(),
+        })
+    }
+
     pub fn without_labels(self) -> Dataset {
         Dataset { labels: None, num_classes: 0, class_names: Vec::new(), ..self }
     }
@@ -391,8 +429,11 @@ impl std::fmt::Display for Split {
 
 #[derive(Clone, Debug)]
 pub struct OpenOptions {
-    /// Side of the square images that image folders are resized to (default 32).
-    pub image_size: usize,
+    /// Side of the square images to deliver. Image folders are resized to it (32 when `None`);
+    /// IDX, CIFAR and synthetic data keep their own size when `None`, and are otherwise resized
+    /// once at load (Pillow's bilinear, as torchvision's `Resize` on PIL images), e.g. to
+    /// train a torchvision net on Fashion-MNIST at 64x64.
+    pub image_size: Option<usize>,
     /// Keep at most this many images. IDX, CIFAR and synthetic keep the first ones (their files
     /// are already class-mixed); image folders keep evenly spaced files of the sorted list, so
     /// every class keeps its share, and decode only those.
@@ -408,10 +449,20 @@ pub struct OpenOptions {
     pub cache_bytes: u64,
 }
 
+/// Side image folders are resized to when no `--image-size` is given.
+pub const FOLDER_DEFAULT_SIDE: usize = 32;
+
+impl OpenOptions {
+    /// The side an image folder is brought to.
+    pub fn folder_side(&self) -> usize {
+        self.image_size.unwrap_or(FOLDER_DEFAULT_SIDE)
+    }
+}
+
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
-            image_size: 32,
+            image_size: None,
             limit: None,
             grayscale: false,
             augment: AugmentKind::Cifar,
@@ -453,13 +504,8 @@ pub fn open_sample(spec: &str, split: Split, opts: &OpenOptions, n: usize, seed:
 ///   `synthetic`, `fashion-mnist[:DIR]`, `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`,
 ///   `folder:DIR` or a plain existing directory path.
 pub fn open(spec: &str, split: Split, opts: &OpenOptions) -> Result<Dataset> {
-    if opts.image_size == 0 || opts.image_size > crate::limits::MAX_IMAGE_SIDE {
-        crate::bail!(
-            Invalid,
-            "--image-size must be between 1 and {}, got {}",
-            crate::limits::MAX_IMAGE_SIDE,
-            opts.image_size
-        );
+    if let Some(side) = opts.image_size.filter(|&s| s == 0 || s > crate::limits::MAX_IMAGE_SIDE) {
+        crate::bail!(Invalid, "--image-size must be between 1 and {}, got {side}", crate::limits::MAX_IMAGE_SIDE);
     }
     if opts.augment == AugmentKind::Imagenet && !is_folder_spec(spec) {
         crate::bail!(
@@ -501,10 +547,14 @@ pub fn open(spec: &str, split: Split, opts: &OpenOptions) -> Result<Dataset> {
         _ if Path::new(spec).is_dir() => return folder::load(Path::new(spec), split, opts),
         _ => crate::bail!(Invalid, "unknown data spec '{spec}' (expected {DATA_SPECS_SHORT})"),
     };
-    Ok(match opts.limit {
+    let ds = match opts.limit {
         Some(n) => ds.take(n),
         None => ds,
-    })
+    };
+    match opts.image_size {
+        Some(side) if (side, side) != (ds.height, ds.width) => ds.resized(side),
+        _ => Ok(ds),
+    }
 }
 
 fn fashion_names() -> Vec<String> {
