@@ -22,6 +22,20 @@ fn t(dev: &Device, dims: &[usize]) -> Tensor {
     dev.from_host(dims, &v).expect("tensor on the device")
 }
 
+/// Batch-norm training forward of an input of `x` dims with `gamma` weights and 3 of the rest.
+fn bn_train(d: &Device, x: &[usize], gamma: usize) -> Result<()> {
+    let (mut m, mut v) = (t(d, &[3]), t(d, &[3]));
+    let p = BnTrainParams {
+        gamma: &t(d, &[gamma]),
+        beta: &t(d, &[3]),
+        running_mean: &mut m,
+        running_var: &mut v,
+        momentum: 0.1,
+        eps: 1e-5,
+    };
+    d.batchnorm_forward_train(&t(d, x), p).map(drop)
+}
+
 type Case = (&'static str, Kind, fn(&Device) -> Result<()>);
 
 const S1: ConvSpec = ConvSpec { stride: 1, pad: 1, groups: 1 };
@@ -100,51 +114,9 @@ fn cases() -> Vec<Case> {
             d.conv2d_forward_fused(&t(d, &[1, 8, 8, 8]), &t(d, &[4, 1, 3, 3]), spec, &epi).map(drop)
         }),
         // ---- batch norm
-        ("bn train input rank 3", Kind::Shape, |d| {
-            let (mut m, mut v) = (t(d, &[3]), t(d, &[3]));
-            d.batchnorm_forward_train(
-                &t(d, &[2, 3, 4]),
-                BnTrainParams {
-                    gamma: &t(d, &[3]),
-                    beta: &t(d, &[3]),
-                    running_mean: &mut m,
-                    running_var: &mut v,
-                    momentum: 0.1,
-                    eps: 1e-5,
-                },
-            )
-            .map(drop)
-        }),
-        ("bn train weight length", Kind::Shape, |d| {
-            let (mut m, mut v) = (t(d, &[3]), t(d, &[3]));
-            d.batchnorm_forward_train(
-                &t(d, &[2, 3, 4, 4]),
-                BnTrainParams {
-                    gamma: &t(d, &[2]),
-                    beta: &t(d, &[3]),
-                    running_mean: &mut m,
-                    running_var: &mut v,
-                    momentum: 0.1,
-                    eps: 1e-5,
-                },
-            )
-            .map(drop)
-        }),
-        ("bn train one value per channel", Kind::Shape, |d| {
-            let (mut m, mut v) = (t(d, &[3]), t(d, &[3]));
-            d.batchnorm_forward_train(
-                &t(d, &[1, 3, 1, 1]),
-                BnTrainParams {
-                    gamma: &t(d, &[3]),
-                    beta: &t(d, &[3]),
-                    running_mean: &mut m,
-                    running_var: &mut v,
-                    momentum: 0.1,
-                    eps: 1e-5,
-                },
-            )
-            .map(drop)
-        }),
+        ("bn train input rank 3", Kind::Shape, |d| bn_train(d, &[2, 3, 4], 3)),
+        ("bn train weight length", Kind::Shape, |d| bn_train(d, &[2, 3, 4, 4], 2)),
+        ("bn train one value per channel", Kind::Shape, |d| bn_train(d, &[1, 3, 1, 1], 3)),
         ("bn eval running_var length", Kind::Shape, |d| {
             d.batchnorm_forward_eval(
                 &t(d, &[2, 3]),
