@@ -25,7 +25,7 @@ fn data(n: usize, seed: usize) -> Vec<f32> {
 
 fn convs(c: &mut Criterion) {
     // (name, c_in, c_out, input size, stride): ResNet-56's stem, three stages, two downsamplings.
-    let layers = [
+    let cifar = [
         ("stem_3to16x32", 3, 16, 32, 1),
         ("16x32x32", 16, 16, 32, 1),
         ("32x16x16", 32, 32, 16, 1),
@@ -33,8 +33,19 @@ fn convs(c: &mut Criterion) {
         ("16to32_s2_32", 16, 32, 32, 2),
         ("32to64_s2_16", 32, 64, 16, 2),
     ];
-    for batch in [1usize, 64] {
-        for (name, cin, cout, size, stride) in layers {
+    // ResNet-50's 3x3 layers at 224x224: the strided ones, layer4's 7x7 maps (7 of a direct
+    // row's 16 lanes) and the stride-1 layers of the other stages.
+    let resnet50 = [
+        ("r50_128_s2_56", 128, 128, 56, 2),
+        ("r50_256_s2_28", 256, 256, 28, 2),
+        ("r50_512_s2_14", 512, 512, 14, 2),
+        ("r50_512x7x7", 512, 512, 7, 1),
+        ("r50_64x56x56", 64, 64, 56, 1),
+        ("r50_128x28x28", 128, 128, 28, 1),
+        ("r50_256x14x14", 256, 256, 14, 1),
+    ];
+    for (batch, layers) in [(1usize, &cifar[..]), (64, &cifar[..]), (1, &resnet50[..]), (32, &resnet50[..])] {
+        for &(name, cin, cout, size, stride) in layers {
             let s =
                 ConvShape::new(&[batch, cin, size, size], &[cout, cin, 3, 3], ConvSpec { stride, pad: 1, groups: 1 })
                     .unwrap();

@@ -216,6 +216,7 @@ fn backends_dispatch_as_documented() {
     assert_eq!(winograd::choose(&shape(1, 32, 16, 16, 32)), Some(WinogradTile::F4));
     assert_eq!(winograd::choose(&shape(1, 64, 4, 4, 64)), None);
     assert_eq!(winograd::choose(&shape(64, 3, 32, 32, 16)), None);
+    assert_eq!(winograd::choose(&shape(32, 512, 7, 7, 512)), None, "7x7 maps go to im2col + GEMM");
     // Backward-weight: F(2x2) wherever Winograd is taken, im2col elsewhere.
     assert_eq!(winograd::choose_backward_weight(&shape(64, 16, 32, 32, 16)), Some(WinogradTile::F2));
     assert_eq!(winograd::choose_backward_weight(&shape(64, 3, 32, 32, 16)), None);

@@ -26,6 +26,12 @@ const Q: usize = 16;
 /// Output channels per register block.
 const KB: usize = 16;
 
+/// Input channels up to which the CPU backend takes this kernel over im2col + GEMM. Its 16x16
+/// register block reads each input row once per 16 output channels, which pays with the few
+/// channels of the CIFAR nets (16 to 64: 1.3-2.8x im2col at batch 1) but not with ResNet-50's
+/// 128 to 512, where the GEMM ran 1.5-2.6x faster (`cargo bench --bench conv -- "r50_.*s2|512x7"`).
+pub const MAX_C_IN: usize = 64;
+
 /// True when this kernel computes the convolution: 3x3, pad 1, stride 1 or 2, non-empty, on a
 /// CPU with AVX-512.
 pub fn supports(s: &ConvShape) -> bool {

@@ -62,9 +62,14 @@ impl CpuBackend {
         (self.fast_conv && s.groups == 1).then(|| winograd::choose(s)).flatten()
     }
 
-    /// Whether the direct kernel computes this forward convolution (one Winograd does not take).
+    /// Whether the direct kernel computes this forward convolution (one Winograd does not take,
+    /// with few enough input channels: `direct::MAX_C_IN`).
     fn direct(&self, s: &ConvShape) -> bool {
-        self.fast_conv && s.groups == 1 && self.winograd(s).is_none() && direct::supports(s)
+        self.fast_conv
+            && s.groups == 1
+            && s.c_in <= direct::MAX_C_IN
+            && self.winograd(s).is_none()
+            && direct::supports(s)
     }
 
     /// Whether the depthwise 3x3 kernels (`depthwise.rs`) compute this convolution.

@@ -408,10 +408,12 @@ pub fn backward_data_stamped(
 /// 8x8 map at batch 1) and F(4x4) beats F(2x2) from 256 (a 16x16 map at batch 1: ResNet-56 at
 /// batch 1 ran 1,195-1,215 img/s with F(2x2) there and 1,300-1,305 with F(4x4), ResNet-20
 /// 3,300-3,350 and 3,530-3,650, once the transforms ran on 16 lanes; 1024 before); below 8 input
-/// channels (the stem) the transforms cost more than the multiplications they save.
+/// channels (the stem) the transforms cost more than the multiplications they save. Maps under
+/// 8x8 (ResNet-50's layer4 at 224: 7x7, covered by 2x2 F(4x4) tiles of 8x8) go to im2col + GEMM:
+/// at 512 channels and batch 32 it ran 1.3-1.6x F(4x4) (`cargo bench --bench conv -- r50_512x7x7`).
 pub fn choose(s: &ConvShape) -> Option<WinogradTile> {
     let pixels = s.n * s.out_h * s.out_w;
-    if !supports(s) || s.c_in < LANES || pixels < 64 {
+    if !supports(s) || s.c_in < LANES || pixels < 64 || s.out_h < 8 || s.out_w < 8 {
         None
     } else if pixels < 256 {
         Some(WinogradTile::F2)
