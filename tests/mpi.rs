@@ -55,31 +55,39 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `train` of a ResNet-20 for one epoch on 256 synthetic images (64 to test on): the baseline of
+/// the search tests, and the data-parallel training test.
+fn train_args<'a>(out: &'a Path, batch: &'a str, lr: &'a str, seed: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--model",
+        "resnet20",
+        "--data",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--limit",
+        "256",
+        "--test-limit",
+        "64",
+        "--batch-size",
+        batch,
+        "--lr",
+        lr,
+        "--seed",
+        seed,
+        "--out",
+        s(out),
+    ]
+}
+
 /// A small trained baseline, once per test binary.
 fn baseline() -> PathBuf {
     static BASE: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
     BASE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("base");
-        plain(&[
-            "train",
-            "--model",
-            "resnet20",
-            "--data",
-            "synthetic",
-            "--epochs",
-            "1",
-            "--limit",
-            "256",
-            "--test-limit",
-            "64",
-            "--batch-size",
-            "64",
-            "--lr",
-            "0.05",
-            "--out",
-            s(&out),
-        ]);
+        plain(&train_args(&out, "64", "0.05", "0"));
         let ckpt = out.join("model.safetensors");
         (dir, ckpt)
     })
@@ -157,30 +165,6 @@ fn a_sharded_search_writes_the_same_files_for_any_rank_count_and_resumes_with_an
     assert_same_search(&one, &resumed, "3 ranks then 2 (--resume)");
 }
 
-fn train_args<'a>(out: &'a Path, batch: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--model",
-        "resnet20",
-        "--data",
-        "synthetic",
-        "--epochs",
-        "1",
-        "--limit",
-        "256",
-        "--test-limit",
-        "64",
-        "--batch-size",
-        batch,
-        "--lr",
-        "0.01",
-        "--seed",
-        "3",
-        "--out",
-        s(out),
-    ]
-}
-
 /// Every tensor of two checkpoints: the largest difference relative to the tensor's scale (at
 /// least 0.1: a batch norm's bias before a conv and another batch norm has a gradient of rounding
 /// noise, the next batch norm removing any shift, so its values are tiny and mostly noise).
@@ -205,9 +189,9 @@ fn max_relative_difference(a: &Path, b: &Path) -> f64 {
 fn data_parallel_training_repeats_its_bits_and_matches_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let (one, two_a, two_b) = (dir.path().join("np1"), dir.path().join("np2a"), dir.path().join("np2b"));
-    plain(&train_args(&one, "64"));
-    mpirun(2, &train_args(&two_a, "64"));
-    mpirun(2, &train_args(&two_b, "64"));
+    plain(&train_args(&one, "64", "0.01", "3"));
+    mpirun(2, &train_args(&two_a, "64", "0.01", "3"));
+    mpirun(2, &train_args(&two_b, "64", "0.01", "3"));
     let model = |d: &Path| d.join("model.safetensors");
     assert!(bytes(model(&two_a)) == bytes(model(&two_b)), "2 ranks twice: the same bits");
     // 4 SGD steps with synchronised batch norm: one process's result up to float rounding (after
@@ -227,7 +211,7 @@ fn data_parallel_training_repeats_its_bits_and_matches_one_process() {
         assert!((a - b).abs() < 1e-3 * a.abs().max(1.0), "train loss {a} vs {b}");
     }
     // A global batch that does not split evenly is refused with the reason.
-    let o = mpirun_command(2, &train_args(&dir.path().join("odd"), "63")).output().unwrap();
+    let o = mpirun_command(2, &train_args(&dir.path().join("odd"), "63", "0.01", "3")).output().unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("choose a batch size that divides by 2"), "{err}");
