@@ -1,7 +1,8 @@
 //! `mpirun -np N lfgcl ...` (built with `--features mpi`; CI installs Open MPI): a sharded
 //! search writes byte-identical files for any N and resumes with another N; data-parallel
 //! training gives the same bits for a given N and matches one process within float tolerance;
-//! a killed rank stops the job, naming the rank, and the search resumes from what was saved.
+//! a pipeline does both (its searches sharded, its fine-tuning data-parallel); a killed rank
+//! stops the job, naming the rank, and the search resumes from what was saved.
 #![cfg(feature = "mpi")]
 
 #[path = "common/exe.rs"]
@@ -215,6 +216,104 @@ fn data_parallel_training_repeats_its_bits_and_matches_one_process() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("choose a batch size that divides by 2"), "{err}");
+}
+
+fn pipeline_args<'a>(ckpt: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "pipeline",
+        "--ckpt",
+        s(ckpt),
+        "--data",
+        "synthetic",
+        "--limit",
+        "128",
+        "--test-limit",
+        "64",
+        "--images",
+        "32",
+        "--episodes",
+        "4",
+        "--candidates-per-step",
+        "5",
+        "--warmup",
+        "2",
+        "--flops",
+        "0.6",
+        "--checkpoint-every",
+        "0",
+        "--report-accuracy",
+        "32",
+        "--ft-epochs",
+        "1",
+        "--ft-batch-size",
+        "64",
+        "--no-deploy-bench",
+        "--seed",
+        "7",
+        "--out",
+        s(out),
+    ]
+}
+
+/// The pipeline's report without its timings.
+fn pipeline_report(dir: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes(dir.join("report.json"))).unwrap();
+    let r = v["report"].as_object_mut().unwrap();
+    for k in ["seconds", "search_candidates_per_second"] {
+        assert!(r.remove(k).is_some(), "report has {k}");
+    }
+    for p in r["pruned"].as_array_mut().unwrap() {
+        for k in ["search_seconds", "finetune_seconds", "checkpoint"] {
+            assert!(p.as_object_mut().unwrap().remove(k).is_some(), "pruned net has {k}");
+        }
+    }
+    v
+}
+
+#[test]
+fn a_pipeline_on_two_ranks_searches_as_one_process_and_fine_tunes_data_parallel() {
+    let ckpt = baseline();
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two_a, two_b) = (dir.path().join("np1"), dir.path().join("np2a"), dir.path().join("np2b"));
+    let o = plain(&pipeline_args(&ckpt, &one));
+    let table = |o: &Output| String::from_utf8_lossy(&o.stdout).matches("top-1 (tuned)").count();
+    assert_eq!(table(&o), 1);
+    for out in [&two_a, &two_b] {
+        // Rank 0 alone prints the table.
+        assert_eq!(table(&mpirun(2, &pipeline_args(&ckpt, out))), 1);
+    }
+    for search in ["search", "random"] {
+        assert_same_search(&one.join(search), &two_a.join(search), &format!("{search} on 2 ranks"));
+    }
+    let (r1, r2) = (pipeline_report(&one), pipeline_report(&two_a));
+    assert_eq!(r1["config"], r2["config"]);
+    let (p1, p2) = (r1["report"]["pruned"].as_array().unwrap(), r2["report"]["pruned"].as_array().unwrap());
+    assert_eq!(p1.len(), 3);
+    for (a, b) in p1.iter().zip(p2) {
+        let key = a["key"].as_str().unwrap();
+        for k in ["kept", "reward", "macs", "params", "top1_before_finetune"] {
+            assert_eq!(a[k], b[k], "{key}: {k}");
+        }
+        // 64 test images: float rounding may move one across the decision boundary.
+        let (x, y) = (a["top1_after_finetune"].as_f64().unwrap(), b["top1_after_finetune"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1.0 / 64.0 + 1e-9, "{key}: top-1 after fine-tuning {x} vs {y}");
+        let stage = format!("finetune-{}", if key == "random" { "random-search" } else { key });
+        let model = |d: &Path| d.join(&stage).join("model.safetensors");
+        assert!(bytes(model(&two_a)) == bytes(model(&two_b)), "{key}: 2 ranks twice, different bits");
+        let diff = max_relative_difference(&model(&one), &model(&two_a));
+        println!("{key}: largest difference, 1 process vs 2 ranks: {diff:.3e} of the tensor's scale");
+        assert!(diff < 1e-3, "{key}: 2 ranks differ from one process by {diff:.3e}");
+    }
+    // A fine-tuning batch that does not split is refused before the searches run.
+    let odd = dir.path().join("odd");
+    let mut args = pipeline_args(&ckpt, &odd);
+    let b = args.iter().position(|a| *a == "--ft-batch-size").unwrap();
+    args[b + 1] = "63";
+    let o = mpirun_command(2, &args).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("choose a batch size that divides by 2"), "{err}");
+    assert!(!odd.join("search").exists(), "the search ran before the refusal");
 }
 
 /// The pids of the ranks `mpirun` (pid `parent`) started, by rank.
