@@ -7,6 +7,9 @@
 
 #[path = "common/exe.rs"]
 mod exe;
+#[cfg(feature = "nccl")]
+#[path = "common/gpu.rs"]
+mod gpu;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -14,8 +17,13 @@ use std::time::{Duration, Instant};
 
 /// `lfgcl args` on one plain process (no launcher), one CPU thread.
 fn plain(args: &[&str]) -> Output {
+    plain_on("cpu", args)
+}
+
+/// [`plain`] on `device`.
+fn plain_on(device: &str, args: &[&str]) -> Output {
     let o = Command::new(exe::lfgcl_exe())
-        .args(["--device", "cpu", "--threads", "1", "--quiet"])
+        .args(["--device", device, "--threads", "1", "--quiet"])
         .args(args)
         .output()
         .expect("run lfgcl");
@@ -24,10 +32,14 @@ fn plain(args: &[&str]) -> Output {
 }
 
 fn mpirun_command(np: usize, args: &[&str]) -> Command {
+    mpirun_command_on("cpu", np, args)
+}
+
+fn mpirun_command_on(device: &str, np: usize, args: &[&str]) -> Command {
     let mut c = Command::new("mpirun");
     c.args(["--oversubscribe", "--bind-to", "none", "-np", &np.to_string()])
         .arg(exe::lfgcl_exe())
-        .args(["--device", "cpu", "--threads", "1", "--quiet"])
+        .args(["--device", device, "--threads", "1", "--quiet"])
         .args(args)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -314,6 +326,40 @@ fn a_pipeline_on_two_ranks_searches_as_one_process_and_fine_tunes_data_parallel(
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("choose a batch size that divides by 2"), "{err}");
     assert!(!odd.join("search").exists(), "the search ran before the refusal");
+}
+
+/// With `--features nccl` on GPUs: 2 ranks of data-parallel training sum their gradients over NCCL
+/// (one GPU each), repeat their bits, and match one process within float tolerance. Skips, saying
+/// so, without a CUDA device (fails then under `LFGCL_REQUIRE_GPU=1`), with one device (NCCL puts
+/// two ranks on two GPUs) or without libnccl.
+#[cfg(feature = "nccl")]
+#[test]
+fn nccl_data_parallel_training_on_two_gpus_repeats_its_bits_and_matches_one_process() {
+    const TEST: &str = "nccl_data_parallel_training";
+    if gpu::cuda_backend_or_skip(TEST).is_none() {
+        return;
+    }
+    let gpus = cudarc::driver::CudaContext::device_count().unwrap_or(0);
+    // SAFETY: only tries to open the library.
+    let nccl = unsafe { cudarc::nccl::sys::is_culib_present() };
+    if gpus < 2 || !nccl {
+        println!("skipped: {gpus} CUDA device(s), libnccl loads: {nccl} (needs 2 and yes) [{TEST}]");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two_a, two_b) = (dir.path().join("np1"), dir.path().join("np2a"), dir.path().join("np2b"));
+    plain_on("cuda", &train_args(&one, "64", "0.01", "3"));
+    for out in [&two_a, &two_b] {
+        let o = mpirun_command_on("cuda", 2, &train_args(out, "64", "0.01", "3")).output().unwrap();
+        check(&o, "mpirun -np 2 lfgcl --device cuda train");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("host memory"), "the gradients did not go over NCCL: {err}");
+    }
+    let model = |d: &Path| d.join("model.safetensors");
+    assert!(bytes(model(&two_a)) == bytes(model(&two_b)), "2 ranks twice over NCCL: the same bits");
+    let diff = max_relative_difference(&model(&one), &model(&two_a));
+    println!("largest difference, 1 GPU vs 2 ranks over NCCL: {diff:.3e} of the tensor's scale");
+    assert!(diff < 1e-3, "2 ranks over NCCL differ from one process by {diff:.3e}");
 }
 
 /// The pids of the ranks `mpirun` (pid `parent`) started, by rank.
