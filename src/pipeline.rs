@@ -327,14 +327,7 @@ pub fn run(
                 scorer.score(&mut cand, &keep)?
             }
         };
-        let mut net = search::reward::scored_candidate(
-            inputs.baseline,
-            dev,
-            &pruner.groups,
-            &keep,
-            &search_images,
-            &cfg.search.reward,
-        )?;
+        let mut net = scored_net(inputs.baseline, dev, &pruner, &keep, &search_images, cfg)?;
         let before = search::top1(&mut net, dev, &test_images, &test_labels)?;
         let dir = out.join(format!("finetune-{}", method.dir_name()));
         let t = Instant::now();
@@ -404,6 +397,19 @@ fn pruner(base: &Model, cfg: &PipelineConfig, criterion: crate::prune::Criterion
     Ok(if cfg.independent_streams { p.with_independent_streams() } else { p })
 }
 
+/// The pruned net keeping `keep`, as the search scores it (batch-norm statistics of the unlabeled
+/// images, when the reward re-estimates them).
+fn scored_net(
+    base: &Model,
+    dev: &Device,
+    pruner: &Pruner,
+    keep: &[Vec<u32>],
+    images: &Tensor,
+    cfg: &PipelineConfig,
+) -> Result<Model> {
+    search::reward::scored_candidate(base, dev, &pruner.groups, keep, images, &cfg.search.reward)
+}
+
 /// A searching method's settings.
 struct Searched {
     config: SearchConfig,
@@ -469,14 +475,7 @@ pub fn serve(inputs: PipelineInputs<'_>, dev: &Device, cfg: &PipelineConfig) -> 
         let pruner = pruner(inputs.baseline, cfg, policy.criterion)?;
         let keep = pruner.keep_indices(&policy.kept)?;
         // Rank 0 sends its weights when training starts; this net only has to have their shapes.
-        let mut net = search::reward::scored_candidate(
-            inputs.baseline,
-            dev,
-            &pruner.groups,
-            &keep,
-            &search_images,
-            &cfg.search.reward,
-        )?;
+        let mut net = scored_net(inputs.baseline, dev, &pruner, &keep, &search_images, cfg)?;
         let mut teacher = inputs.baseline.duplicate()?;
         // The folder is rank 0's: this rank writes nothing there.
         finetune(&mut net, &mut teacher, dev, &inputs, &cfg.finetune, Path::new("."), false, true)?;
