@@ -247,49 +247,28 @@ pub fn run(
     let run_opts = RunOptions { resume: cfg.resume, progress, ..RunOptions::default() };
     let streams = cfg.search.scope == crate::prune::GroupScope::All;
     let suffix = if streams { " --streams" } else { "" };
-    let pruner_for = |base: &Model, criterion| -> Result<Pruner> {
-        let p = Pruner::new(base, cfg.search.scope, criterion)?;
-        Ok(if cfg.independent_streams { p.with_independent_streams() } else { p })
-    };
+    let pruner_for = |base: &Model, criterion| pruner(base, cfg, criterion);
     let mut chosen: Vec<Chosen> = Vec::new();
     let mut lfgcl_rate = 0.0;
     let mut spearman = None;
     for &method in &cfg.methods {
         let t = Instant::now();
-        let c = match method {
-            Method::Lfgcl | Method::Random => {
-                let (dir, report_acc) = if method == Method::Lfgcl {
-                    say("LFGCL search ...".into());
-                    let n = cfg.report_accuracy.unwrap_or(test_labels.len()).min(test_labels.len());
-                    let acc = (n > 0)
-                        .then(|| -> Result<_> {
-                            Ok(search::AccuracyReport {
-                                images: search::batch_tensor(&inputs.test.take(n), &norm)?,
-                                labels: test_labels[..n].to_vec(),
-                            })
-                        })
-                        .transpose()?;
-                    ("search", acc)
+        let c = match searched(method, cfg, &inputs, &norm, &test_labels)? {
+            Some(s) => {
+                say(if method == Method::Lfgcl {
+                    "LFGCL search ...".into()
                 } else {
-                    say("random search with the same number of evaluations ...".into());
-                    ("random", None)
-                };
-                let scfg = SearchConfig {
-                    strategy: if method == Method::Lfgcl { Strategy::Ddpg } else { Strategy::Random },
-                    ..cfg.search.clone()
-                };
-                if cfg.independent_streams {
-                    return Err(crate::error::Error::Invalid(
-                        "independent stream ranking is for the baselines only (uniform, uniform-fpgm, global)".into(),
-                    ));
-                }
+                    "random search with the same number of evaluations ...".into()
+                });
+                // Under mpirun the other ranks score shares of the candidates until this drops.
+                let _stop_scoring_ranks = crate::dist::shard::StopWorkersOnDrop::new();
                 let found = search::run(
                     inputs.baseline,
                     dev,
                     inputs.search_images,
-                    &scfg,
-                    &SearchFiles { dir: out.join(dir) },
-                    report_acc,
+                    &s.config,
+                    &SearchFiles { dir: out.join(s.dir) },
+                    s.report,
                     &run_opts,
                 )?;
                 if method == Method::Lfgcl {
@@ -304,7 +283,7 @@ pub fn run(
                     seconds: t.elapsed().as_secs_f64(),
                 }
             }
-            Method::Uniform | Method::UniformFpgm | Method::Global => {
+            None => {
                 let criterion = match method {
                     Method::UniformFpgm => crate::prune::Criterion::Fpgm,
                     _ => crate::prune::Criterion::L1,
@@ -322,6 +301,9 @@ pub fn run(
         };
         chosen.push(c);
     }
+    // Under mpirun the other ranks fine-tune the same nets, data-parallel.
+    let policies: Vec<Policy> = chosen.iter().map(|c| c.policy.clone()).collect();
+    crate::dist::broadcast_json(Some(&policies))?;
     let search_images = dev.to_device(inputs.search_images)?;
     let mut pruned_results = Vec::new();
     for c in chosen {
@@ -345,14 +327,7 @@ pub fn run(
                 scorer.score(&mut cand, &keep)?
             }
         };
-        let mut net = search::reward::scored_candidate(
-            inputs.baseline,
-            dev,
-            &pruner.groups,
-            &keep,
-            &search_images,
-            &cfg.search.reward,
-        )?;
+        let mut net = scored_net(inputs.baseline, dev, &pruner, &keep, &search_images, cfg)?;
         let before = search::top1(&mut net, dev, &test_images, &test_labels)?;
         let dir = out.join(format!("finetune-{}", method.dir_name()));
         let t = Instant::now();
@@ -415,6 +390,97 @@ pub fn run(
         .save(out.join("accuracy.svg"))?;
     report::write_json(out.join("report.json"), &serde_json::json!({ "config": cfg, "report": &report }))?;
     Ok(report)
+}
+
+fn pruner(base: &Model, cfg: &PipelineConfig, criterion: crate::prune::Criterion) -> Result<Pruner> {
+    let p = Pruner::new(base, cfg.search.scope, criterion)?;
+    Ok(if cfg.independent_streams { p.with_independent_streams() } else { p })
+}
+
+/// The pruned net keeping `keep`, as the search scores it (batch-norm statistics of the unlabeled
+/// images, when the reward re-estimates them).
+fn scored_net(
+    base: &Model,
+    dev: &Device,
+    pruner: &Pruner,
+    keep: &[Vec<u32>],
+    images: &Tensor,
+    cfg: &PipelineConfig,
+) -> Result<Model> {
+    search::reward::scored_candidate(base, dev, &pruner.groups, keep, images, &cfg.search.reward)
+}
+
+/// A searching method's settings.
+struct Searched {
+    config: SearchConfig,
+    /// Its folder under the pipeline's output.
+    dir: &'static str,
+    report: Option<search::AccuracyReport>,
+}
+
+/// The search `method` runs (`None`: a baseline, which searches nothing). Every rank computes the
+/// same, so that the scoring ranks score exactly as rank 0's search does.
+fn searched(
+    method: Method,
+    cfg: &PipelineConfig,
+    inputs: &PipelineInputs<'_>,
+    norm: &Normalization,
+    test_labels: &[u32],
+) -> Result<Option<Searched>> {
+    if !method.searches() {
+        return Ok(None);
+    }
+    if cfg.independent_streams {
+        return Err(crate::error::Error::Invalid(
+            "independent stream ranking is for the baselines only (uniform, uniform-fpgm, global)".into(),
+        ));
+    }
+    let lfgcl = method == Method::Lfgcl;
+    let report = if lfgcl {
+        let n = cfg.report_accuracy.unwrap_or(test_labels.len()).min(test_labels.len());
+        (n > 0)
+            .then(|| -> Result<_> {
+                Ok(search::AccuracyReport {
+                    images: search::batch_tensor(&inputs.test.take(n), norm)?,
+                    labels: test_labels[..n].to_vec(),
+                })
+            })
+            .transpose()?
+    } else {
+        None
+    };
+    Ok(Some(Searched {
+        config: SearchConfig { strategy: if lfgcl { Strategy::Ddpg } else { Strategy::Random }, ..cfg.search.clone() },
+        dir: if lfgcl { "search" } else { "random" },
+        report,
+    }))
+}
+
+/// A rank other than 0 of a pipeline under `mpirun`: scores its shares of each search's
+/// candidates, then fine-tunes rank 0's pruned nets with it, data-parallel. Writes nothing.
+pub fn serve(inputs: PipelineInputs<'_>, dev: &Device, cfg: &PipelineConfig) -> Result<()> {
+    let norm: Normalization = train::normalization_for(inputs.baseline, inputs.test)?;
+    let test_labels = inputs.test.labels_or_err()?.to_vec();
+    for &method in &cfg.methods {
+        if let Some(s) = searched(method, cfg, &inputs, &norm, &test_labels)? {
+            search::serve(inputs.baseline, dev, inputs.search_images, s.config, s.report)?;
+        }
+    }
+    let policies: Vec<Policy> = crate::dist::broadcast_json(None)?;
+    if cfg.finetune.train.epochs == 0 {
+        return Ok(());
+    }
+    let search_images = dev.to_device(inputs.search_images)?;
+    for policy in policies {
+        let pruner = pruner(inputs.baseline, cfg, policy.criterion)?;
+        let keep = pruner.keep_indices(&policy.kept)?;
+        // Rank 0 sends its weights when training starts; this net only has to have their shapes.
+        let mut net = scored_net(inputs.baseline, dev, &pruner, &keep, &search_images, cfg)?;
+        let mut teacher = inputs.baseline.duplicate()?;
+        // The folder is rank 0's: this rank writes nothing there.
+        finetune(&mut net, &mut teacher, dev, &inputs, &cfg.finetune, Path::new("."), false, true)?;
+    }
+    Ok(())
 }
 
 /// A method's pruning before fine-tuning.

@@ -45,10 +45,12 @@ pub fn run_command(mut cli: Cli) -> Result<()> {
 fn dispatch(cli: Cli) -> Result<()> {
     let g = cli.global;
     let ranks = crate::dist::world().size();
-    if ranks > 1 && !matches!(cli.command, Command::Train(_) | Command::Search(_) | Command::Finetune(_)) {
+    if ranks > 1
+        && !matches!(cli.command, Command::Train(_) | Command::Search(_) | Command::Finetune(_) | Command::Pipeline(_))
+    {
         return Err(Error::Invalid(format!(
-            "this command runs on one process; under mpirun ({ranks} ranks) only search, train and finetune \
-             share the work (run the others without mpirun)"
+            "this command runs on one process; under mpirun ({ranks} ranks) only search, train, finetune and \
+             pipeline share the work (run the others without mpirun)"
         )));
     }
     // Long commands stop cleanly on SIGINT/SIGTERM, saving what they can (see `crate::interrupt`).
@@ -998,14 +1000,22 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
     if a.ft.epochs > 0 {
         a.ft.check()?;
     }
-    let _lock = DirLock::acquire(&a.out)?;
+    // Under mpirun only rank 0 writes (and locks) the folder.
+    let root = crate::dist::world().is_root();
+    let _lock = if root { Some(DirLock::acquire(&a.out)?) } else { None };
     let dev = open_device(g)?;
     let mut base = checkpoint::load(&a.ckpt, &dev)?;
     let search = search_config(&a.prune, &a.search, Strategy::Ddpg, a.seed, &dev, &base)?;
+    // Every rank scores with rank 0's settings (`--candidates-per-step auto` depends on the device).
+    let search = crate::dist::broadcast_json(Some(&search))?;
     let (train_ds, test) = open_train_test(&a.data, Some(&base.arch))?;
     let test =
         test.ok_or_else(|| Error::Invalid(format!("{} has no labelled test split to evaluate on", a.data.data)))?;
     train::check_compatible(&base, &train_ds)?;
+    if a.ft.epochs > 0 {
+        // Before the searches, not after them.
+        crate::dist::dp::check_batch(a.ft.batch_size, train_ds.len())?;
+    }
     let methods: Vec<_> = a
         .methods
         .iter()
@@ -1037,6 +1047,12 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
         report_accuracy: a.report_accuracy,
         resume: a.resume,
     };
+    if !root {
+        let images = search::reward_batch(&base, &train_ds, a.search.images, cfg.search.seed)?;
+        let inputs =
+            pipeline::PipelineInputs { baseline: &mut base, train: &train_ds, test: &test, search_images: &images };
+        return pipeline::serve(inputs, &dev, &cfg);
+    }
     let report = run_pipeline(g, &dev, &mut base, &train_ds, &test, &cfg, a.search.images, &a.out)?;
     if !a.no_deploy_bench {
         super::interop::pipeline_deploy(g, &dev, &a.ckpt, &report, &a.out)?;

@@ -10,7 +10,8 @@
 //! N. The shares must be equal, so the global batch must divide by N.
 //!
 //! Reductions go through [`super::Comm::all_reduce_f32`] (host buffers): on GPUs the tensors are
-//! copied to the host and back.
+//! copied to the host and back, except the gradients of a build with the `nccl` feature, which
+//! are summed on the devices (src/dist/nccl.rs).
 
 use super::world;
 use crate::backend::{BnGrads, BnParams, BnSaved, BnTrainParams, Device};
@@ -73,6 +74,13 @@ pub fn reduce_step(dev: &Device, graph: &mut Graph, loss: f32, correct: Option<u
     let stop = crate::interrupt::requested();
     if w.size() == 1 {
         return Ok(StepTotals { loss, correct, stop });
+    }
+    #[cfg(feature = "nccl")]
+    if super::nccl::reduce_gradients(dev, graph)? {
+        let mut t = [loss, correct.map_or(0.0, |c| c as f32), f32::from(u8::from(stop))];
+        w.all_reduce_f32(&mut t)?;
+        let inv = 1.0 / w.size() as f32;
+        return Ok(StepTotals { loss: t[0] * inv, correct: correct.map(|_| t[1].round() as usize), stop: t[2] > 0.0 });
     }
     let mut buf: Vec<f32> = Vec::new();
     graph.visit_params_mut(|_, p| {

@@ -10,12 +10,16 @@
 //!   fixed-order sums of f32/f64 buffers (built from the two).
 //! - [`init`]: called once by the binary's `main`; under an MPI launcher without the feature it
 //!   refuses to run (N copies of the same job would each write the same files).
+//! - `nccl` (feature `nccl`): the data-parallel gradient sum on GPUs, over NCCL (bits differ from
+//!   the host path's rank-0 sum; see the module).
 //! - [`sync_bn`]: while a data-parallel training step runs, batch norms reduce their per-channel
 //!   sums across ranks (see [`crate::nn::layers::BatchNorm`]).
 
 pub mod dp;
 #[cfg(feature = "mpi")]
 mod mpi_comm;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod shard;
 
 use crate::error::{Error, Result};
