@@ -59,12 +59,12 @@ fn train(out: &Path, seed: &str, epochs: &str) -> Vec<String> {
 fn the_same_seeded_training_writes_byte_identical_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    run_ok(&train(&a, "3", "2"));
-    run_ok(&train(&b, "3", "2"));
+    run_ok(train(&a, "3", "2"));
+    run_ok(train(&b, "3", "2"));
     assert_eq!(sha256(&a.join("model.safetensors")), sha256(&b.join("model.safetensors")));
     // A different seed really gives another net (the comparison above can fail).
     let c = dir.path().join("c");
-    run_ok(&train(&c, "4", "2"));
+    run_ok(train(&c, "4", "2"));
     assert_ne!(sha256(&a.join("model.safetensors")), sha256(&c.join("model.safetensors")));
 }
 
@@ -87,7 +87,7 @@ fn log_without_timings(path: &Path) -> Vec<serde_json::Value> {
 fn a_killed_finetune_resumes_to_the_same_bytes_as_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    run_ok(&train(&d.join("teacher"), "1", "1"));
+    run_ok(train(&d.join("teacher"), "1", "1"));
     let teacher = d.join("teacher/model.safetensors");
     let student = d.join("student.safetensors");
     let mut prune = strings(&["--device", "cpu", "-q", "prune-apply", "--uniform", "--flops", "0.5", "--ckpt"]);
@@ -114,7 +114,7 @@ fn a_killed_finetune_resumes_to_the_same_bytes_as_an_uninterrupted_run() {
         a
     };
     let whole = d.join("whole");
-    run_ok(&finetune(&whole));
+    run_ok(finetune(&whole));
 
     // Kill it at random moments (printed, to replay a failure), resuming each time from whatever
     // the last kill left; then let it finish.
@@ -155,7 +155,7 @@ fn a_killed_finetune_resumes_to_the_same_bytes_as_an_uninterrupted_run() {
 fn a_killed_pipeline_resumes_its_fine_tuning_to_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    run_ok(&train(&d.join("base"), "2", "1"));
+    run_ok(train(&d.join("base"), "2", "1"));
     let pipeline = |out: &Path| -> Vec<String> {
         let mut a = strings(&["--device", "cpu", "-q", "pipeline", "--ckpt"]);
         a.push(p(&d.join("base/model.safetensors")));
@@ -187,7 +187,7 @@ fn a_killed_pipeline_resumes_its_fine_tuning_to_the_same_bytes() {
         a
     };
     let whole = d.join("whole");
-    run_ok(&pipeline(&whole));
+    run_ok(pipeline(&whole));
     let mut rng = kill::kill_schedule();
     let cut = d.join("cut");
     for attempt in 0..3 {
