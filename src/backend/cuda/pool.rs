@@ -30,6 +30,26 @@ struct PoolParams {
 unsafe impl DeviceRepr for PoolParams {}
 assert_layout!(PoolParams, size 56, x @ 0, dy @ 8, out @ 16, nc @ 24, h @ 28, w @ 32, oh @ 36, ow @ 40, k @ 44, stride @ 48, pad @ 52);
 
+impl PoolParams {
+    /// The max-pool kernels' parameters for a checked shape (forward: `dy` 0; backward: `x` is
+    /// the forward input, `dy` the output gradient).
+    fn max(s: &PoolShape, x: u64, dy: u64, out: u64) -> PoolParams {
+        PoolParams {
+            x,
+            dy,
+            out,
+            nc: (s.n * s.c) as i32,
+            h: s.h as i32,
+            w: s.w as i32,
+            oh: s.out_h as i32,
+            ow: s.out_w as i32,
+            k: s.kernel as i32,
+            stride: s.stride as i32,
+            pad: s.pad as i32,
+        }
+    }
+}
+
 impl CudaBackend {
     /// Global average pool of a checked `[N,C,H,W]` input into the buffer at `out`.
     pub(crate) fn avgpool_fwd_raw(&self, x: &Tensor, s: &GlobalPoolShape, out: u64) -> Result<()> {
@@ -57,24 +77,12 @@ impl CudaBackend {
 
 impl PoolOps for CudaBackend {
     fn maxpool_forward(&self, x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
-        let PoolShape { n, c, h, w, out_h: oh, out_w: ow, .. } =
-            PoolShape::max("maxpool_forward", x.dims(), kernel, stride, pad)?;
+        let s = PoolShape::max("maxpool_forward", x.dims(), kernel, stride, pad)?;
+        let PoolShape { n, c, h, w, out_h: oh, out_w: ow, .. } = s;
         fits_i32(n * c * h * w, "maxpool_forward")?;
         let total = n * c * oh * ow;
         let mut y = self.alloc::<f32>(total)?;
-        let p = PoolParams {
-            x: self.ptr(self.dev(x, "maxpool_forward")?),
-            dy: 0,
-            out: self.ptr_mut(&mut y),
-            nc: (n * c) as i32,
-            h: h as i32,
-            w: w as i32,
-            oh: oh as i32,
-            ow: ow as i32,
-            k: kernel as i32,
-            stride: stride as i32,
-            pad: pad as i32,
-        };
+        let p = PoolParams::max(&s, self.ptr(self.dev(x, "maxpool_forward")?), 0, self.ptr_mut(&mut y));
         let xd = x.dims().to_vec();
         Launch::linear(FILE, "maxpool_fwd", total, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
             format!("maxpool_forward {} k{kernel} s{stride} p{pad}", fmt_dims(&xd))
@@ -83,23 +91,17 @@ impl PoolOps for CudaBackend {
     }
 
     fn maxpool_backward(&self, dy: &Tensor, x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
-        let PoolShape { n, c, h, w, out_h: oh, out_w: ow, .. } = PoolShape::max_backward(dy, x, kernel, stride, pad)?;
+        let s = PoolShape::max_backward(dy, x, kernel, stride, pad)?;
+        let PoolShape { n, c, h, w, .. } = s;
         fits_i32(n * c * h * w, "maxpool_backward")?;
         let total = n * c * h * w;
         let mut dx = self.alloc::<f32>(total)?;
-        let p = PoolParams {
-            x: self.ptr(self.dev(x, "maxpool_backward x")?),
-            dy: self.ptr(self.dev(dy, "maxpool_backward dy")?),
-            out: self.ptr_mut(&mut dx),
-            nc: (n * c) as i32,
-            h: h as i32,
-            w: w as i32,
-            oh: oh as i32,
-            ow: ow as i32,
-            k: kernel as i32,
-            stride: stride as i32,
-            pad: pad as i32,
-        };
+        let p = PoolParams::max(
+            &s,
+            self.ptr(self.dev(x, "maxpool_backward x")?),
+            self.ptr(self.dev(dy, "maxpool_backward dy")?),
+            self.ptr_mut(&mut dx),
+        );
         let xd = x.dims().to_vec();
         Launch::linear(FILE, "maxpool_bwd", total, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
             format!("maxpool_backward {} k{kernel} s{stride} p{pad}", fmt_dims(&xd))

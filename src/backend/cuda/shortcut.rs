@@ -31,6 +31,26 @@ struct ShortcutParams {
 unsafe impl DeviceRepr for ShortcutParams {}
 assert_layout!(ShortcutParams, size 64, x @ 0, dy @ 8, out @ 16, map @ 24, n @ 32, c_in @ 36, h @ 40, w @ 44, c_out @ 48, oh @ 52, ow @ 56, stride @ 60);
 
+impl ShortcutParams {
+    /// The kernels' parameters for a checked shape (forward: `dy` 0; backward: `x` 0).
+    fn new(s: &ShortcutShape, x: u64, dy: u64, out: u64, map: u64) -> ShortcutParams {
+        ShortcutParams {
+            x,
+            dy,
+            out,
+            map,
+            n: s.n as i32,
+            c_in: s.c_in as i32,
+            h: s.h as i32,
+            w: s.w as i32,
+            c_out: s.c_out as i32,
+            oh: s.out_h as i32,
+            ow: s.out_w as i32,
+            stride: s.stride as i32,
+        }
+    }
+}
+
 fn inverse_map(src: &[i32], c_in: usize) -> Vec<i32> {
     let mut counts = vec![0i32; c_in + 1];
     for &s in src {
@@ -56,26 +76,14 @@ fn inverse_map(src: &[i32], c_in: usize) -> Vec<i32> {
 
 impl ShortcutOps for CudaBackend {
     fn shortcut_forward(&self, x: &Tensor, src: &[i32], stride: usize) -> Result<Tensor> {
-        let ShortcutShape { n, c_in, h, w, c_out, out_h: oh, out_w: ow, .. } =
-            ShortcutShape::new("shortcut_forward", x.dims(), src, stride)?;
+        let s = ShortcutShape::new("shortcut_forward", x.dims(), src, stride)?;
+        let ShortcutShape { n, c_out, out_h: oh, out_w: ow, .. } = s;
         let total = n * c_out * oh * ow;
         fits_i32(total.max(x.numel()), "shortcut_forward")?;
         let map = self.upload(src, "shortcut_forward channel map")?;
         let mut y = self.alloc::<f32>(total)?;
-        let p = ShortcutParams {
-            x: self.ptr(self.dev(x, "shortcut_forward")?),
-            dy: 0,
-            out: self.ptr_mut(&mut y),
-            map: self.ptr(&map),
-            n: n as i32,
-            c_in: c_in as i32,
-            h: h as i32,
-            w: w as i32,
-            c_out: c_out as i32,
-            oh: oh as i32,
-            ow: ow as i32,
-            stride: stride as i32,
-        };
+        let px = self.ptr(self.dev(x, "shortcut_forward")?);
+        let p = ShortcutParams::new(&s, px, 0, self.ptr_mut(&mut y), self.ptr(&map));
         let xd = x.dims().to_vec();
         Launch::linear(FILE, "shortcut_fwd", total, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
             format!("shortcut_forward {} -> {c_out} channels stride {stride}", fmt_dims(&xd))
@@ -84,26 +92,14 @@ impl ShortcutOps for CudaBackend {
     }
 
     fn shortcut_backward(&self, dy: &Tensor, src: &[i32], stride: usize, x_dims: &[usize]) -> Result<Tensor> {
-        let ShortcutShape { n, c_in, h, w, c_out, out_h: oh, out_w: ow, .. } =
-            ShortcutShape::backward(dy, src, stride, x_dims)?;
+        let s = ShortcutShape::backward(dy, src, stride, x_dims)?;
+        let ShortcutShape { n, c_in, h, w, .. } = s;
         let total = n * c_in * h * w;
         fits_i32(total.max(dy.numel()), "shortcut_backward")?;
         let map = self.upload(&inverse_map(src, c_in), "shortcut_backward channel map")?;
         let mut dx = self.alloc::<f32>(total)?;
-        let p = ShortcutParams {
-            x: 0,
-            dy: self.ptr(self.dev(dy, "shortcut_backward")?),
-            out: self.ptr_mut(&mut dx),
-            map: self.ptr(&map),
-            n: n as i32,
-            c_in: c_in as i32,
-            h: h as i32,
-            w: w as i32,
-            c_out: c_out as i32,
-            oh: oh as i32,
-            ow: ow as i32,
-            stride: stride as i32,
-        };
+        let pdy = self.ptr(self.dev(dy, "shortcut_backward")?);
+        let p = ShortcutParams::new(&s, 0, pdy, self.ptr_mut(&mut dx), self.ptr(&map));
         Launch::linear(FILE, "shortcut_bwd", total, 256, 256)?.run(&self.kernels, &self.stream, &p, &|| {
             format!("shortcut_backward -> {} stride {stride}", fmt_dims(&[n, c_in, h, w]))
         })?;
