@@ -4,7 +4,8 @@
     python3 scripts/experiments/aggregate.py --out RUNS --docs docs
 
 Reads RUNS/cells/*/report.json (one pipeline run of one method each), RUNS/study/*/c*/result.json
-and RUNS/profile.json; writes DOCS/results.json (every cell's numbers, flattened) and
+and RUNS/profile.json (and DOCS/results-notes.md, a hand-written reading placed under the status);
+writes DOCS/results.json (every cell's numbers, flattened) and
 DOCS/results.md (mean and sample std over seeds before and after fine-tuning, the paired
 difference lfgcl - baseline over seeds with its 95% t-interval, wall times, the commands).
 Standard library only.
@@ -204,6 +205,10 @@ def main():
     status = "CI smoke run (tiny budget, numbers meaningless)" if is_ci else (
         "complete" if done >= expected else f"PARTIAL: {done} of {expected} table cells done; the rest is still running or not started")
     md += [f"**Status: {status}.**", ""]
+    # A hand-written reading of the numbers (DOCS/results-notes.md), kept across re-aggregations.
+    notes = os.path.join(args.docs, "results-notes.md")
+    if os.path.exists(notes) and not is_ci:
+        md += [open(notes).read().strip(), ""]
     md += [
         "Every method prunes the same baseline to the same exact FLOPs budget (kept counts raised one channel at a time "
         "while the budget holds, so no method leaves more than one channel's cost unspent) and is fine-tuned with the "
