@@ -19,7 +19,18 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lfgcl_torch import build, load  # noqa: E402
+from lfgcl_torch import build, load, torchvision_model  # noqa: E402
+
+
+def is_torchvision(arch):
+    return torchvision_model(arch["model"], arch["num_classes"]) is not None
+
+
+def features(net, arch, x):
+    """The penultimate features (what lfgcl's reward compares): the input of the classifier."""
+    if is_torchvision(arch):
+        return torch.flatten(torch.nn.Sequential(*list(net.children())[:-1])(x), 1)
+    return net.penultimate(x)
 
 
 def groups(model, arch):
@@ -27,7 +38,16 @@ def groups(model, arch):
     names = set(model.state_dict())
     out = []
     name = arch["model"]
-    if name.startswith("resnet"):
+    if is_torchvision(arch) and name.startswith("resnet"):
+        # torchvision ResNets (lfgcl's groups without --streams): each block's inner channels,
+        # conv1's outputs (and conv2's in a bottleneck) with their batch norm and the next conv's inputs.
+        for key in sorted(k for k in names if k.startswith("layer") and k.endswith(".conv1.weight")):
+            p = key[: -len(".conv1.weight")]
+            last = 3 if f"{p}.conv3.weight" in names else 2
+            for i in range(1, last):
+                g = [(f"{p}.conv{i}.weight", 0)] + [(f"{p}.bn{i}.{t}", 0) for t in ("weight", "bias", "running_mean", "running_var")]
+                out.append((None, f"{p}.conv{i}.weight", g + [(f"{p}.conv{i + 1}.weight", 1)]))
+    elif name.startswith("resnet"):
         n = (int(name[len("resnet"):]) - 2) // 6
         for stage in range(1, 4):
             for b in range(n):
@@ -69,7 +89,7 @@ def main():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.images, arch["in_channels"], arch["input_size"], arch["input_size"], generator=g).to(dev)
     with torch.no_grad():
-        ref = base.penultimate(x)
+        ref = features(base, arch, x)
     var = ref.var(unbiased=False)
     sd = base.state_dict()
     grp = groups(base, arch)
@@ -83,14 +103,16 @@ def main():
             c = sd[key].shape[0]
             k = max(1, int(round(a.keep * c)))
             idx = order[key][:k].sort().values
-            widths[slot] = k
+            if slot is not None:
+                widths[slot] = k
             for name, axis in members:
-                new[name] = sd[name].index_select(axis, idx)
-        net = build(dict(arch, widths=widths)).to(dev)
+                new[name] = new[name].index_select(axis, idx)
+        # torchvision families are built at full width, then fitted to the gathered shapes.
+        net = build(dict(arch, widths=widths), new if is_torchvision(arch) else None).to(dev)
         net.load_state_dict(new, strict=True)
         net.eval()
         with torch.no_grad():
-            f = net.penultimate(x)
+            f = features(net, arch, x)
             return (((f - ref) ** 2).mean() / var).item()
 
     for _ in range(2):
