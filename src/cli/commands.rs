@@ -103,7 +103,7 @@ fn open_options(d: &DataArgs, limit: Option<usize>, side: Option<usize>) -> Open
         image_size: side,
         limit,
         grayscale: d.grayscale,
-        augment: d.augment.resolve(&d.data, side.unwrap_or(data::FOLDER_DEFAULT_SIDE)),
+        augment: d.augment.resolve(&d.data, side),
         cache_bytes: d.cache_mb.saturating_mul(1 << 20),
     }
 }
@@ -233,7 +233,7 @@ pub(crate) fn fit_and_save(
 /// The data flags, as recorded for `--resume`.
 /// Whether training augments (`--augment none` does not).
 fn augments(d: &DataArgs) -> bool {
-    d.augment.resolve(&d.data, d.image_size.unwrap_or(data::FOLDER_DEFAULT_SIDE)) != data::AugmentKind::None
+    d.augment.resolve(&d.data, d.image_size) != data::AugmentKind::None
 }
 
 fn data_settings(d: &DataArgs) -> serde_json::Value {
@@ -246,7 +246,7 @@ fn data_settings(d: &DataArgs) -> serde_json::Value {
     });
     // Only folders have a choice of transforms (other settings files stay as they were).
     if data::is_folder_spec(&d.data) {
-        v["augment"] = json!(d.augment.resolve(&d.data, d.image_size.unwrap_or(data::FOLDER_DEFAULT_SIDE)).as_str());
+        v["augment"] = json!(d.augment.resolve(&d.data, d.image_size).as_str());
     }
     v
 }
@@ -554,7 +554,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             let spec = a.data.clone().ok_or_else(|| Error::Invalid("bench data needs --data DIR".into()))?;
             let image_size = a.image_size.unwrap_or(224);
             let opts = crate::bench::data::DataBenchOptions {
-                augment: a.augment.resolve(&spec, image_size),
+                augment: a.augment.resolve(&spec, Some(image_size)),
                 data: spec,
                 image_size,
                 grayscale: false,
@@ -802,6 +802,19 @@ fn run_options(s: &SearchOpts, resume: bool, progress: bool) -> Result<search::R
     Ok(search::RunOptions { resume, progress, checkpoint_every })
 }
 
+/// How the search reads `spec` for the checkpoint `base`: at its input side unless `image_size`
+/// says otherwise, in its channel count, with the automatic (evaluation) transforms.
+fn checkpoint_data_options(base: &Model, spec: &str, image_size: Option<usize>, limit: Option<usize>) -> OpenOptions {
+    let side = data_side(image_size, Some(&base.arch));
+    OpenOptions {
+        image_size: side,
+        limit,
+        grayscale: base.arch.in_channels == 1,
+        augment: super::AugmentArg::Auto.resolve(spec, side),
+        ..OpenOptions::default()
+    }
+}
+
 /// The reward's fixed batch of unlabeled images drawn from the training split of `spec`.
 /// An image folder decodes only the images drawn.
 pub(crate) fn unlabeled_images(
@@ -811,14 +824,7 @@ pub(crate) fn unlabeled_images(
     n: usize,
     seed: u64,
 ) -> Result<Tensor> {
-    let side = data_side(image_size, Some(&base.arch));
-    let opts = OpenOptions {
-        image_size: side,
-        grayscale: base.arch.in_channels == 1,
-        augment: data::AugmentKind::auto(data::is_folder_spec(spec), side.unwrap_or(data::FOLDER_DEFAULT_SIDE)),
-        ..OpenOptions::default()
-    };
-    let pool = data::open_sample(spec, Split::Train, &opts, n, seed)?;
+    let pool = data::open_sample(spec, Split::Train, &checkpoint_data_options(base, spec, image_size, None), n, seed)?;
     search::reward_batch(base, &pool, n, seed)
 }
 
@@ -830,18 +836,7 @@ fn cmd_search(g: &GlobalArgs, a: SearchArgs) -> Result<()> {
     let report = match a.report_accuracy {
         Some(n) => {
             let spec = a.report_data.clone().unwrap_or_else(|| a.data.clone());
-            let side = data_side(a.image_size, Some(&base.arch));
-            let opts = OpenOptions {
-                image_size: side,
-                limit: Some(n),
-                grayscale: base.arch.in_channels == 1,
-                augment: data::AugmentKind::auto(
-                    data::is_folder_spec(&spec),
-                    side.unwrap_or(data::FOLDER_DEFAULT_SIDE),
-                ),
-                ..OpenOptions::default()
-            };
-            let ds = data::open(&spec, Split::Test, &opts)?;
+            let ds = data::open(&spec, Split::Test, &checkpoint_data_options(&base, &spec, a.image_size, Some(n)))?;
             let labels = ds.labels_or_err()?.to_vec();
             let norm = train::normalization_for(&base, &ds)?;
             Some(search::AccuracyReport { images: search::batch_tensor(&ds, &norm)?, labels })

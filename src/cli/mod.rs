@@ -430,11 +430,13 @@ pub enum AugmentArg {
 }
 
 impl AugmentArg {
-    /// The augmentation for `--data spec` at `--image-size`.
-    pub fn resolve(self, spec: &str, image_size: usize) -> crate::data::AugmentKind {
+    /// The augmentation for `--data spec` at `--image-size` (folders' default side when `None`).
+    pub fn resolve(self, spec: &str, image_size: Option<usize>) -> crate::data::AugmentKind {
         use crate::data::AugmentKind as K;
         match self {
-            AugmentArg::Auto => K::auto(crate::data::is_folder_spec(spec), image_size),
+            AugmentArg::Auto => {
+                K::auto(crate::data::is_folder_spec(spec), image_size.unwrap_or(crate::data::FOLDER_DEFAULT_SIDE))
+            }
             AugmentArg::Cifar => K::Cifar,
             AugmentArg::Imagenet => K::Imagenet,
             AugmentArg::None => K::None,
