@@ -24,6 +24,13 @@ pub struct FinetuneConfig {
     pub train: TrainConfig,
     /// Label-free distillation from the baseline (`None`: cross-entropy with labels).
     pub distill_temperature: Option<f32>,
+    /// Weight of feature distillation (penultimate features) beside the KL term; 0: none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub feature_weight: f32,
+}
+
+fn is_zero(w: &f32) -> bool {
+    *w == 0.0
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -90,6 +97,7 @@ impl PipelineConfig {
                     ..TrainConfig::default()
                 },
                 distill_temperature: Some(4.0),
+                feature_weight: 0.0,
             },
             methods: vec![Method::Lfgcl, Method::Random, Method::Uniform],
             independent_streams: false,
@@ -193,7 +201,7 @@ fn finetune(
 ) -> Result<Vec<EpochLog>> {
     let ckpt = out.join("model.safetensors");
     let mut objective = match cfg.distill_temperature {
-        Some(t) => Objective::Distill { teacher, temperature: t },
+        Some(t) => Objective::Distill { teacher, temperature: t, feature_weight: cfg.feature_weight },
         None => Objective::Labels,
     };
     // Label-free fine-tuning really reads no label: the training set goes in without them.
@@ -204,7 +212,10 @@ fn finetune(
     } else {
         inputs.train
     };
-    let settings = serde_json::json!({ "command": "pipeline fine-tuning", "widths": student.arch.widths });
+    let mut settings = serde_json::json!({ "command": "pipeline fine-tuning", "widths": student.arch.widths });
+    if cfg.feature_weight > 0.0 {
+        settings["feature_weight"] = cfg.feature_weight.into();
+    }
     let run = train::RunDir { dir: out, resume, settings: &settings };
     train::fit_in_dir(student, dev, train_ds, Some(inputs.test), &cfg.train, &mut objective, &run, &mut |log, _, m| {
         checkpoint::save(m, &ckpt, &serde_json::json!({ "finetuned": log.epoch, "test_top1": log.test_top1 }))?;

@@ -7,6 +7,7 @@
 use lfgcl::backend::{self, BnParams, BnTrainParams, ConvSpec, Device};
 use lfgcl::models::Arch;
 use lfgcl::nn::Mode;
+use lfgcl::train;
 use lfgcl::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -382,6 +383,24 @@ fn losses() {
     check("mse", &z, gm.as_slice().unwrap(), 30, &mut |v| {
         d.mse_loss(&t(&[n, c], v.to_vec()), &t(&[n, c], target.clone())).unwrap().0 as f64
     });
+    for w in [1.0f32, 0.3] {
+        let (_, gf) = train::feature_distill(&d, &t(&[n, c], z.clone()), &t(&[n, c], target.clone()), w).unwrap();
+        check(&format!("feature distillation w={w}"), &z, gf.as_slice().unwrap(), 30, &mut |v| {
+            train::feature_distill(&d, &t(&[n, c], v.to_vec()), &t(&[n, c], target.clone()), w).unwrap().0 as f64
+        });
+    }
+    let (same, _) = train::feature_distill(&d, &t(&[n, c], z.clone()), &t(&[n, c], z.clone()), 1.0).unwrap();
+    assert_eq!(same, 0.0, "matching features cost nothing");
+    // A unit weight on a zero student: the teacher's second moment over its variance.
+    let (zero, _) =
+        train::feature_distill(&d, &t(&[n, c], vec![0.0; n * c]), &t(&[n, c], target.clone()), 1.0).unwrap();
+    let m = target.iter().map(|&v| v as f64).sum::<f64>() / (n * c) as f64;
+    let var = target.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / (n * c) as f64;
+    let second = target.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / (n * c) as f64;
+    assert!((zero as f64 - second / var).abs() < 1e-5 * (second / var), "{zero} vs {}", second / var);
+    let e =
+        train::feature_distill(&d, &t(&[n, c], z.clone()), &t(&[n, c + 1], vec![0.0; n * (c + 1)]), 1.0).unwrap_err();
+    assert!(e.to_string().contains("--streams"), "{e}");
     // Uniform logits: loss is ln(C); arg-max ties go to class 0.
     let flat = d.softmax_cross_entropy(&t(&[2, 4], vec![0.0; 8]), &[0, 1]).unwrap();
     assert!((flat.loss - 4f32.ln()).abs() < 1e-6);
@@ -391,7 +410,9 @@ fn losses() {
 /// Gradient of a whole network's loss with respect to a few of its parameters, by finite
 /// differences through full forward passes: checks the graph's backward (residual gradient
 /// accumulation, shortcuts, pooling, flatten) end to end.
-fn check_network(model: &str, input: [usize; 3], classes: usize, batch: usize, samples: usize) {
+/// With `feature_weight > 0` the loss also holds feature distillation of the penultimate
+/// features towards a fixed random target, whose gradient enters the backward pass there.
+fn check_network(model: &str, input: [usize; 3], classes: usize, batch: usize, samples: usize, feature_weight: f32) {
     let d = dev();
     let arch = Arch::new(model, input[0], input[1], classes).unwrap();
     let mut graph = arch.build_graph(3).unwrap();
@@ -399,14 +420,31 @@ fn check_network(model: &str, input: [usize; 3], classes: usize, batch: usize, s
     let xd = [batch, input[0], input[1], input[2]];
     let x = rand_vec(&mut rng, xd.iter().product(), -1.0, 1.0);
     let labels: Vec<u32> = (0..batch).map(|i| (i % classes) as u32).collect();
+    let penultimate = graph.nodes.last().unwrap().inputs[0];
+    let taps: Vec<usize> = if feature_weight > 0.0 { vec![penultimate] } else { Vec::new() };
+    let target = {
+        let (_, f) = graph.forward_taps(&d, t(&xd, x.clone()), Mode::Train, &[penultimate]).unwrap();
+        let dims = f[0].dims().to_vec();
+        t(&dims, rand_vec(&mut rng, f[0].numel(), -1.0, 1.0))
+    };
     let loss_of = |g: &mut lfgcl::nn::Graph| {
-        let logits = g.forward(&d, t(&xd, x.clone()), Mode::Train).unwrap();
-        d.softmax_cross_entropy(&logits, &labels).unwrap().loss as f64
+        let (logits, f) = g.forward_taps(&d, t(&xd, x.clone()), Mode::Train, &taps).unwrap();
+        let ce = d.softmax_cross_entropy(&logits, &labels).unwrap().loss as f64;
+        match f.first() {
+            Some(f) => ce + train::feature_distill(&d, f, &target, feature_weight).unwrap().0 as f64,
+            None => ce,
+        }
     };
     let trace = graph.forward_train(&d, t(&xd, x.clone())).unwrap();
     let ce = d.softmax_cross_entropy(trace.output(), &labels).unwrap();
+    let inner = if feature_weight > 0.0 {
+        let f = trace.value(penultimate).expect("penultimate value kept");
+        vec![(penultimate, train::feature_distill(&d, f, &target, feature_weight).unwrap().1)]
+    } else {
+        Vec::new()
+    };
     graph.zero_grad();
-    graph.backward(&d, trace, ce.dlogits).unwrap();
+    graph.backward_with(&d, trace, ce.dlogits, inner).unwrap();
     // Parameters to probe: the first conv, an inner conv, a BN weight, the classifier.
     let mut names: Vec<String> = Vec::new();
     graph
@@ -450,17 +488,24 @@ fn check_network(model: &str, input: [usize; 3], classes: usize, batch: usize, s
 
 #[test]
 fn resnet_end_to_end() {
-    check_network("resnet8", [3, 8, 8], 4, 4, 6);
+    check_network("resnet8", [3, 8, 8], 4, 4, 6, 0.0);
 }
 
 #[test]
 fn smallcnn_end_to_end() {
-    check_network("smallcnn", [1, 12, 12], 3, 4, 6);
+    check_network("smallcnn", [1, 12, 12], 3, 4, 6, 0.0);
+}
+
+#[test]
+fn resnet_with_feature_distillation_end_to_end() {
+    // The feature term alone is checked in `losses`; here its gradient enters at the pooled
+    // features and flows back through the blocks with the cross-entropy's.
+    check_network("resnet8", [3, 8, 8], 4, 4, 6, 2.0);
 }
 
 #[test]
 fn vgg16_end_to_end() {
-    check_network("vgg16", [3, 32, 32], 5, 8, 3);
+    check_network("vgg16", [3, 32, 32], 5, 8, 3, 0.0);
 }
 
 /// Grouped convolutions (ResNeXt's grouped 3x3, MobileNetV2's depthwise 3x3) on the default

@@ -230,7 +230,14 @@ fn non_finite_and_negative_float_flags_are_refused() {
     }
     let ckpt = dir.path().join("base.safetensors");
     smallcnn_ckpt(&ckpt);
-    for (flag, value) in [("--ft-lr", "nan"), ("--ft-lr", "-1"), ("--temperature", "nan"), ("--temperature", "0")] {
+    for (flag, value) in [
+        ("--ft-lr", "nan"),
+        ("--ft-lr", "-1"),
+        ("--temperature", "nan"),
+        ("--temperature", "0"),
+        ("--ft-feature-weight", "nan"),
+        ("--ft-feature-weight", "-1"),
+    ] {
         let o = run(&[
             "--device",
             "cpu",
@@ -245,6 +252,32 @@ fn non_finite_and_negative_float_flags_are_refused() {
         ]);
         assert_refused(&o, &[flag]);
     }
+    // Feature distillation needs the baseline's penultimate width: not with labels, nor with
+    // --streams (which prunes it), refused before any work.
+    let o = run(&[
+        "--device",
+        "cpu",
+        "finetune",
+        "--ckpt",
+        &s(&ckpt),
+        "--labels",
+        "--ft-feature-weight=1",
+        "--out",
+        &s(&out),
+    ]);
+    assert_refused(&o, &["--ft-feature-weight", "--labels"]);
+    let o = run(&[
+        "--device",
+        "cpu",
+        "pipeline",
+        "--ckpt",
+        &s(&ckpt),
+        "--streams",
+        "--ft-feature-weight=1",
+        "--out",
+        &s(&out),
+    ]);
+    assert_refused(&o, &["--ft-feature-weight", "--streams"]);
     let pruned = s(&dir.path().join("pruned.safetensors"));
     for (flag, value) in [("--lower", "nan"), ("--flops", "nan"), ("--params", "-1"), ("--flops", "inf")] {
         let o = run(&[

@@ -51,7 +51,14 @@ fn quality_script_ci_cell_runs_and_resumes() {
         assert!(f <= 0.5 + 1e-12 && f > 0.49, "{}: {f} of the FLOPs", c["label"]);
     }
     assert_eq!(json["study"].as_object().unwrap().values().next().unwrap().as_array().unwrap().len(), 2);
+    // Item 4's fine-tuning pair: the search's net fine-tuned with KL only and with features.
+    assert!(md.contains("### Feature distillation in the fine-tuning") && md.contains("features − KL"), "{md}");
+    let fd = &json["summary"]["feature_distillation"]["lfgcl"];
+    assert_eq!(fd["seeds"], serde_json::json!([0]), "{fd}");
     // A second run finds every cell done and only aggregates again.
     let second = run();
-    assert!(!second.contains("] ci-") && !second.contains("] study-"), "cells ran again:\n{second}");
+    assert!(
+        !second.contains("] ci-") && !second.contains("] study-") && !second.contains("ci-abl"),
+        "cells ran again:\n{second}"
+    );
 }

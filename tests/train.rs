@@ -97,7 +97,7 @@ fn label_free_distillation_trains_a_student_without_labels() {
         &unlabeled,
         Some(&test),
         &TrainConfig { epochs: 3, ..cfg.clone() },
-        &mut Objective::Distill { teacher: &mut teacher, temperature: 4.0 },
+        &mut Objective::Distill { teacher: &mut teacher, temperature: 4.0, feature_weight: 0.0 },
         &mut |_, _| Ok(()),
     )
     .unwrap();
@@ -105,6 +105,36 @@ fn label_free_distillation_trains_a_student_without_labels() {
     assert!(logs[2].train_top1.is_none(), "no label was read");
     let acc = logs[2].test_top1.unwrap();
     assert!(acc > 0.5 * teacher_acc, "student {acc} learned from teacher {teacher_acc} without labels");
+    // Feature distillation beside KL: a student of the teacher's penultimate width trains on it
+    // and its feature gap to the teacher shrinks; one of another width there is refused.
+    let mut matched = Model::new(
+        Arch::new("smallcnn", 3, 32, 10).unwrap().with_widths(vec![8, 16, teacher.arch.widths[2]]).unwrap(),
+        &dev,
+        3,
+    )
+    .unwrap();
+    matched.normalization = teacher.normalization.clone();
+    let feature_gap = |s: &mut Model, t: &mut Model| {
+        let loader = data::Loader::try_new(&unlabeled, 64, s.normalization.as_ref().unwrap()).unwrap();
+        let batch = loader.epoch(0).next().unwrap();
+        let x = dev.from_host(&batch.dims, &batch.images).unwrap();
+        let (sp, tp) = (s.penultimate_node(), t.penultimate_node());
+        let (_, sf) = s.graph.forward_taps(&dev, dev.copy(&x).unwrap(), lfgcl::nn::Mode::Eval, &[sp]).unwrap();
+        let (_, tf) = t.graph.forward_taps(&dev, x, lfgcl::nn::Mode::Eval, &[tp]).unwrap();
+        train::feature_distill(&dev, &sf[0], &tf[0], 1.0).unwrap().0
+    };
+    let gap_before = feature_gap(&mut matched, &mut teacher);
+    let feature_cfg = TrainConfig { epochs: 2, ..cfg.clone() };
+    let mut with_features = Objective::Distill { teacher: &mut teacher, temperature: 4.0, feature_weight: 1.0 };
+    let flogs =
+        train::fit(&mut matched, &dev, &unlabeled, Some(&test), &feature_cfg, &mut with_features, &mut |_, _| Ok(()))
+            .unwrap();
+    let gap_after = feature_gap(&mut matched, &mut teacher);
+    assert!(gap_after < 0.5 * gap_before, "feature gap {gap_before} -> {gap_after}: {flogs:?}");
+    let mut with_features = Objective::Distill { teacher: &mut teacher, temperature: 4.0, feature_weight: 1.0 };
+    let e = train::fit(&mut student, &dev, &unlabeled, None, &feature_cfg, &mut with_features, &mut |_, _| Ok(()))
+        .unwrap_err();
+    assert!(e.to_string().contains("penultimate features"), "{e}");
     // Training with labels on unlabeled data is a clear error.
     let e =
         train::fit(&mut student, &dev, &unlabeled, None, &cfg, &mut Objective::Labels, &mut |_, _| Ok(())).unwrap_err();

@@ -29,6 +29,13 @@ PLAN = [
     ("r20-f30", "resnet20", 0.3, ["uniform", "global", "uniform-fpgm", "lfgcl", "random", "lfgcl-streams"]),
     ("r56-f50", "resnet56", 0.5, ["uniform", "global", "lfgcl", "random"]),
 ]
+# Item 4's changes (quality.sh's abl-r20-f50-sSEED-VARIANT cells): what each is compared with
+# (the plain cell of the same seed) and what it changed.
+ABLATIONS = [
+    ("stages", "lfgcl", "reward taps: every stage's output as well as the penultimate features (`--taps penultimate,stages`)"),
+    ("long", "lfgcl", "3x the search: 180 episodes with 40 of warm-up"),
+]
+
 LABELS = {
     "uniform": "uniform L1",
     "global": "global magnitude",
@@ -99,12 +106,12 @@ def paired(a_by_seed, b_by_seed):
     return {"n": len(d), "mean": m, "lo": m - h, "hi": m + h, "diffs": d}
 
 
-def fmt_paired(p):
+def fmt_paired(p, who="lfgcl"):
     if p is None:
         return "-"
     if p["lo"] is None:
         return f"{p['mean']:+.2f} (n=1)"
-    verdict = "lfgcl ahead" if p["lo"] > 0 else ("lfgcl behind" if p["hi"] < 0 else "not resolved")
+    verdict = f"{who} ahead" if p["lo"] > 0 else (f"{who} behind" if p["hi"] < 0 else "not resolved")
     return f"{p['mean']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}] (n={p['n']}, {verdict})"
 
 
@@ -183,6 +190,66 @@ def load_study(out):
     return studies
 
 
+def ablation_section(ablation_cells, table_cells, summary):
+    """Item 4: each change against the plain cell of the same seed, paired over seeds."""
+    if not ablation_cells:
+        return []
+    md = ["## What each change did (item 4)", "",
+          "ResNet-20 at 50% FLOPs. Each change is run on the seeds shown and compared with the plain cell of the same "
+          "seed above (change minus plain, points, 95% t-interval over seeds; n=1 has no interval).", "",
+          "| change | seeds | top-1 before | top-1 after | vs plain, before | vs plain, after | search s | fine-tune s |",
+          "|---|---|---|---|---|---|---|---|"]
+    out = {}
+    for variant, plain, what in ABLATIONS:
+        rs = sorted((c for c in ablation_cells if c["cell"].endswith("-" + variant)
+                     and re.fullmatch(r"abl-r20-f50-s\d+-" + re.escape(variant), c["cell"])), key=lambda c: c["seed"])
+        if not rs:
+            continue
+        ref = {c["seed"]: c for c in table_cells
+               if c["model"] == "resnet20" and c["flops_budget"] == 0.5 and c["method"] == plain}
+        pb = paired({c["seed"]: c["top1_before_finetune"] for c in rs},
+                    {s: c["top1_before_finetune"] for s, c in ref.items()})
+        pa = paired({c["seed"]: c["top1_after_finetune"] for c in rs},
+                    {s: c["top1_after_finetune"] for s, c in ref.items()})
+        out[variant] = {"compared_with": plain, "before": pb, "after": pa, "seeds": [c["seed"] for c in rs]}
+        md.append(f"| {what} | {','.join(str(c['seed']) for c in rs)} | {fmt_ms([c['top1_before_finetune'] for c in rs])} | "
+                  f"{fmt_ms([c['top1_after_finetune'] for c in rs])} | {fmt_paired(pb, 'change')} | {fmt_paired(pa, 'change')} | "
+                  f"{statistics.fmean(c['search_seconds'] for c in rs):.0f} | {statistics.fmean(c['finetune_seconds'] for c in rs):.0f} |")
+    summary["ablations"] = out
+    return md + [""]
+
+
+def ft_pair_section(out_dir, summary):
+    """Item 4's fine-tuning change: one net fine-tuned with KL only and with KL + features."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "ablation", "*", "*", "result.json"))):
+        with open(path) as f:
+            rows.append(json.load(f))
+    if not rows:
+        return []
+    md = ["### Feature distillation in the fine-tuning", "",
+          "The seed's net at 50% FLOPs (LFGCL's pick, or uniform L1) fine-tuned twice by one binary with the table's "
+          "recipe: KL only, and KL plus the penultimate features' mean squared difference over their variance "
+          "(`--ft-feature-weight 1`). Top-1 after fine-tuning; difference features minus KL, points, paired over seeds.", "",
+          "| net | seeds | KL only | KL + features | features − KL | fine-tune s (KL / +features) |", "|---|---|---|---|---|---|"]
+    out = {}
+    for method in sorted({r["method"] for r in rows}):
+        arms = {arm: {r["seed"]: r for r in rows if r["method"] == method and r["arm"] == arm} for arm in ("kl", "features")}
+        seeds = sorted(set(arms["kl"]) & set(arms["features"]))
+        if not seeds:
+            continue
+        kl = [arms["kl"][s]["top1_after_finetune"] for s in seeds]
+        fe = [arms["features"][s]["top1_after_finetune"] for s in seeds]
+        p = paired({s: arms["features"][s]["top1_after_finetune"] for s in seeds},
+                   {s: arms["kl"][s]["top1_after_finetune"] for s in seeds})
+        out[method] = {"seeds": seeds, "kl": kl, "features": fe, "features_minus_kl": p}
+        secs = lambda arm: statistics.fmean(arms[arm][s]["finetune_seconds"] for s in seeds)
+        md.append(f"| {LABELS.get(method, method)} | {','.join(map(str, seeds))} | {fmt_ms(kl)} | {fmt_ms(fe)} | "
+                  f"{fmt_paired(p, 'features')} | {secs('kl'):.0f} / {secs('features'):.0f} |")
+    summary["feature_distillation"] = out
+    return md + [""]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="the output folder of quality.sh")
@@ -195,7 +262,8 @@ def main():
             profile = json.load(f)
     cells = load_cells(args.out)
     studies = load_study(args.out)
-    table_cells = [c for c in cells if not c["cell"].startswith(("streams-", "ci-streams"))]
+    table_cells = [c for c in cells if not c["cell"].startswith(("streams-", "ci-streams", "abl-"))]
+    ablation_cells = [c for c in cells if c["cell"].startswith("abl-")]
     stream_cells = [c for c in cells if c["cell"].startswith(("streams-", "ci-streams"))]
 
     md = ["# lfgcl results: does the search pay? (issue 21)", ""]
@@ -299,6 +367,9 @@ def main():
                 md += [f"Paired differences, {LABELS.get(lead)} minus each method (points, 95% t-interval over seeds):", "",
                        "| difference | before fine-tuning | after fine-tuning |", "|---|---|---|"] + lines + [""]
         summary[table] = {"baseline_top1": base, "pairs": pairs}
+
+    md += ablation_section(ablation_cells, table_cells, summary)
+    md += ft_pair_section(args.out, summary)
 
     for name, rs in studies.items():
         rs = sorted(rs, key=lambda r: r["reward"])

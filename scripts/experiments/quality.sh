@@ -22,6 +22,15 @@
 #                                      rewards, fine-tuned: reward vs top-1 after fine-tuning
 #   r20-f30-s{0,1,2}-{...}             the same methods at 30% FLOPs
 #   base-resnet56, r56-f50-s{0,1,2}-{uniform,global,lfgcl,random}
+#   abl-r20-f50-s{0,1,2}-{stages,long}  item 4's search changes, each against the plain lfgcl
+#                                      cell of its seed: reward taps at every stage too (stages),
+#                                      3x the search episodes (long)
+#   abl-r20-f50-s{0,1,2}-{lfgcl,uniform}-ft
+#                                      item 4's fine-tuning change: the seed's lfgcl (or uniform L1)
+#                                      net fine-tuned twice by one binary, KL only and KL + feature
+#                                      distillation (--ft-feature-weight 1), so the two differ only
+#                                      in the loss (the binary: $OUT/bin/lfgcl-ablation, pinned on
+#                                      first use like the table's)
 #
 # Profiles: `full` is the issue's recipe (baselines 15 epochs, 100 search episodes with 30 of
 # warm-up, 5 fine-tuning epochs on the whole training split), the default with --device cuda.
@@ -33,6 +42,9 @@
 # temporary folder (or --out), then the aggregator; well under a minute on 2 cores. It checks
 # that the script, the CLI it calls and the aggregator still fit together.
 set -euo pipefail
+# The braces make bash read the whole script before running it: editing the file (a git pull)
+# while a long run is going cannot derail it.
+{
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
@@ -146,8 +158,10 @@ cell() {
   [[ " $* " == *" --report-accuracy "* ]] && report=()
   local ft=(--ft-epochs "$ft_epochs")
   [[ " $* " == *" --ft-epochs "* ]] && ft=()
+  local budget=(--episodes "$episodes" --warmup "$warmup")
+  [[ " $* " == *" --episodes "* ]] && budget=()
   run_logged "$dir" "$lfgcl" "${global[@]}" -q pipeline --ckpt "$out/base/$model/model.safetensors" --data "$data" \
-    "${ft_limit[@]}" "${test_limit[@]}" --flops "$flops" --methods "$method" --episodes "$episodes" --warmup "$warmup" \
+    "${ft_limit[@]}" "${test_limit[@]}" --flops "$flops" --methods "$method" "${budget[@]}" \
     --candidates-per-step 8 --images "$images" "${ft[@]}" "${report[@]}" --no-deploy-bench \
     --seed "$seed" "$@" --out "$dir/run" "${resume[@]}"
   # The cell's JSON: the pipeline's report plus what the aggregator needs to group it.
@@ -182,6 +196,67 @@ run_method() { # run_method PREFIX MODEL FLOPS SEED M
            fi ;;
     *) cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" "$m" ;;
   esac
+}
+
+# ablation SEED VARIANT: one of item 4's changes at ResNet-20, 50% FLOPs.
+ablations=(stages long lfgcl-ft uniform-ft)
+ablation() {
+  local seed=$1 v=$2 name=abl-r20-f50-s$1-$2
+  case $v in
+    stages) cell "$name" resnet20 0.5 "$seed" lfgcl --taps penultimate,stages ;;
+    long) cell "$name" resnet20 0.5 "$seed" lfgcl --episodes $((3 * episodes)) --warmup $((2 * warmup)) ;;
+    lfgcl-ft) ft_pair "$name" "$seed" lfgcl ;;
+    uniform-ft) ft_pair "$name" "$seed" uniform ;;
+  esac
+}
+
+# ft_pair NAME SEED METHOD [CELL]: the seed's METHOD net at 50% FLOPs (lfgcl: the search's pick in
+# CELL, r20-f50-sSEED-lfgcl by default) fine-tuned twice, KL only and KL + feature distillation, by
+# one binary (feature distillation came after the table's binary).
+ft_pair() {
+  local name=$1 seed=$2 m=$3 src_cell=${4:-r20-f50-s$2-lfgcl} dir=$out/ablation/$1
+  wanted "$name" || return 0
+  local base=$out/base/resnet20/model.safetensors
+  [[ -f $base ]] || return 0
+  if [[ ! -x $out/bin/lfgcl-ablation ]]; then
+    [[ -n $bin ]] || { (cd "$repo" && cargo build --release --quiet); bin=$repo/target/release/lfgcl; }
+    cp "$bin" "$out/bin/lfgcl-ablation.tmp" && mv "$out/bin/lfgcl-ablation.tmp" "$out/bin/lfgcl-ablation"
+    sha256sum "$out/bin/lfgcl-ablation" | cut -d' ' -f1 >"$out/bin/ablation-sha256"
+    (git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown) >"$out/bin/ablation-commit"
+  fi
+  local abin=$out/bin/lfgcl-ablation
+  mkdir -p "$dir"
+  if [[ ! -f $dir/pruned.safetensors ]]; then
+    case $m in
+      lfgcl)
+        local src=$out/cells/$src_cell/run/search/pruned.safetensors
+        [[ -f $src ]] || { log "$name: skipped, no $src_cell cell yet"; return 0; }
+        cp "$src" "$dir/pruned.safetensors.tmp" && mv "$dir/pruned.safetensors.tmp" "$dir/pruned.safetensors" ;;
+      *)
+        run_logged "$dir/apply" "$abin" "${global[@]}" -q prune-apply --uniform --flops 0.5 --ckpt "$base" \
+          --out "$dir/pruned.safetensors" ;;
+    esac
+  fi
+  for arm in kl features; do
+    [[ -f $dir/$arm/result.json ]] && continue
+    log "$name: $arm"
+    local extra=() resume=()
+    [[ $arm == features ]] && extra=(--ft-feature-weight 1)
+    [[ -f $dir/$arm/train_state.safetensors ]] && resume=(--resume)
+    run_logged "$dir/$arm-log" "$abin" "${global[@]}" -q finetune --ckpt "$dir/pruned.safetensors" --teacher "$base" \
+      --data "$data" "${ft_limit[@]}" "${test_limit[@]}" --ft-epochs "$ft_epochs" --seed "$seed" "${extra[@]}" \
+      --out "$dir/$arm" "${resume[@]}"
+    python3 - "$dir/$arm" "$name" "$seed" "$m" "$arm" <<'EOF'
+import json, os, sys
+d, name, seed, method, arm = sys.argv[1:]
+log = [json.loads(l) for l in open(os.path.join(d, "train_log.jsonl")) if l.strip()]
+r = {"ablation": name, "seed": int(seed), "method": method, "arm": arm, "epochs": len(log),
+     "top1_after_finetune": log[-1]["test_top1"], "finetune_seconds": sum(l["seconds"] for l in log)}
+tmp = os.path.join(d, "result.json.tmp")
+json.dump(r, open(tmp, "w"), indent=1)
+os.replace(tmp, os.path.join(d, "result.json"))
+EOF
+  done
 }
 
 # study: candidates of one search, fine-tuned, for the rank correlation of reward and top-1 after.
@@ -256,6 +331,7 @@ if [[ $profile == ci ]]; then
   cell ci-r20-f50-s0-lfgcl resnet20 0.5 0 lfgcl,random,uniform,uniform-fpgm,global --report-accuracy 64
   cell ci-streams-coupled resnet20 0.5 0 uniform --streams --ft-epochs 0
   study ci-r20-f50
+  ft_pair ci-abl-lfgcl-ft 0 lfgcl ci-r20-f50-s0-lfgcl
   aggregate
   echo "quality.sh --ci: ok ($out)"
   exit 0
@@ -277,5 +353,11 @@ train_base resnet56 "$base_epochs56"
 for seed in $seeds; do
   for m in "${r56_methods[@]}"; do run_method r56-f50 resnet56 0.5 "$seed" "$m"; aggregate >/dev/null; done
 done
+# Item 4: what the measurements point to, each a change to the lfgcl cell of the same seed.
+for seed in $seeds; do
+  for v in "${ablations[@]}"; do ablation "$seed" "$v"; aggregate >/dev/null; done
+done
 aggregate
 log "all cells done ($out)"
+exit
+}

@@ -897,6 +897,7 @@ fn finetune_config(ft: &FinetuneOpts, seed: u64, progress: bool) -> FinetuneConf
             ..TrainConfig::default()
         },
         distill_temperature: if ft.labels { None } else { Some(ft.temperature) },
+        feature_weight: if ft.labels { 0.0 } else { ft.feature_weight },
     }
 }
 
@@ -904,6 +905,17 @@ impl FinetuneOpts {
     fn check(&self) -> Result<()> {
         crate::limits::check_positive("--ft-lr", self.lr as f64)?;
         crate::limits::check_positive("--temperature", self.temperature as f64)?;
+        if !self.feature_weight.is_finite() || self.feature_weight < 0.0 {
+            return Err(Error::Invalid(format!(
+                "--ft-feature-weight must be a finite number >= 0, got {}",
+                self.feature_weight
+            )));
+        }
+        if self.labels && self.feature_weight > 0.0 {
+            return Err(Error::Invalid(
+                "--ft-feature-weight distils from the baseline's features: it does not combine with --labels".into(),
+            ));
+        }
         if self.epochs == 0 {
             return Err(Error::Invalid("--ft-epochs must be positive".into()));
         }
@@ -929,7 +941,9 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
             )),
         };
     let mut objective = match (&mut teacher, cfg.distill_temperature) {
-        (Some(t), Some(temp)) => Objective::Distill { teacher: t, temperature: temp },
+        (Some(t), Some(temp)) => {
+            Objective::Distill { teacher: t, temperature: temp, feature_weight: cfg.feature_weight }
+        }
         _ => Objective::Labels,
     };
     let train_ds = if a.ft.labels { train_ds } else { train_ds.without_labels() };
@@ -950,6 +964,11 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
             "labels": a.ft.labels,
         }),
     };
+    let mut files = files;
+    if a.ft.feature_weight > 0.0 {
+        // Only when used, so that earlier runs' saved settings still resume.
+        files.settings["feature_weight"] = a.ft.feature_weight.into();
+    }
     let logs = fit_and_save(&mut student, &dev, &train_ds, test.as_ref(), &cfg.train, &mut objective, &files)?;
     if let Some(acc) = logs.last().and_then(|l| l.test_top1) {
         println!("fine-tuned test top-1 {}; checkpoint {}", pct(acc), a.out.join("model.safetensors").display());
@@ -994,6 +1013,12 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
     // --ft-epochs 0: the pruned nets are measured before fine-tuning only.
     if a.ft.epochs > 0 {
         a.ft.check()?;
+    }
+    if a.ft.feature_weight > 0.0 && a.prune.streams {
+        return Err(Error::Invalid(
+            "--ft-feature-weight matches the baseline's penultimate features, whose channels --streams prunes: use one or the other"
+                .into(),
+        ));
     }
     // Under mpirun only rank 0 writes (and locks) the folder.
     let root = crate::dist::world().is_root();

@@ -154,6 +154,11 @@ pub struct FinetuneOpts {
     /// Fine-tune with labels (cross-entropy) instead of label-free distillation.
     #[arg(long)]
     pub labels: bool,
+    /// Feature distillation beside KL: this weight times the mean squared difference of the
+    /// student's and the baseline's penultimate features over their variance (0: KL only). Needs
+    /// the baseline's width there, so not with --streams.
+    #[arg(long = "ft-feature-weight", default_value_t = 0.0, value_parser = parse_f32)]
+    pub feature_weight: f32,
 }
 
 #[derive(Args, Debug, Clone)]

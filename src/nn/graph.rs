@@ -420,12 +420,31 @@ impl Graph {
 
     /// Backward pass from the gradient of the loss with respect to the output; accumulates every
     /// parameter's gradient. Consumes the trace (values are freed as soon as they are used).
-    pub fn backward(&mut self, dev: &Device, mut trace: Trace, dout: Tensor) -> Result<()> {
+    pub fn backward(&mut self, dev: &Device, trace: Trace, dout: Tensor) -> Result<()> {
+        self.backward_with(dev, trace, dout, Vec::new())
+    }
+
+    /// [`Graph::backward`] with more gradients entering at inner nodes (a loss on their values,
+    /// such as feature distillation): `(node, d loss / d value of node)`.
+    pub fn backward_with(
+        &mut self,
+        dev: &Device,
+        mut trace: Trace,
+        dout: Tensor,
+        inner: Vec<(usize, Tensor)>,
+    ) -> Result<()> {
         let n = self.nodes.len();
         let out_dims = trace.output().dims().to_vec();
         dout.expect_dims(&out_dims, "output gradient")?;
         let mut grads = Grads::new(n);
         grads.slots[n - 1] = Some(dout);
+        for (node, g) in inner {
+            let value = trace
+                .value(node)
+                .ok_or_else(|| Error::Invalid(format!("no value of node {node} in the trace to take a gradient at")))?;
+            g.expect_dims(value.dims(), "inner gradient")?;
+            grads.add(dev, node, g)?;
+        }
         for i in (1..n).rev() {
             let (owned, shared) = grads.take(dev, i)?;
             let dy = match (&owned, shared) {

@@ -21,8 +21,35 @@ use std::time::Instant;
 pub enum Objective<'a> {
     /// Softmax cross-entropy against the labels.
     Labels,
-    /// Label-free knowledge distillation: KL divergence to a teacher's softened outputs.
-    Distill { teacher: &'a mut Model, temperature: f32 },
+    /// Label-free knowledge distillation: KL divergence to a teacher's softened outputs, plus
+    /// `feature_weight` times [`feature_distill`] on the penultimate features (0: KL only).
+    Distill { teacher: &'a mut Model, temperature: f32, feature_weight: f32 },
+}
+
+/// `weight` times the mean squared difference between a student's and a teacher's features,
+/// over the variance of the teacher's features on the batch (the label-free reward's
+/// normalisation, so that 1 weighs it like the reward does), and its gradient with respect to the
+/// student's features. The student must keep the teacher's width there: nets pruned with
+/// `--streams` lose channels of the penultimate features and are refused.
+pub fn feature_distill(dev: &Device, student: &Tensor, teacher: &Tensor, weight: f32) -> Result<(f32, Tensor)> {
+    if student.dims() != teacher.dims() {
+        return Err(Error::Invalid(format!(
+            "feature distillation compares the penultimate features, but the student's are {:?} and the teacher's {:?} \
+             (a net pruned with --streams has fewer channels there: fine-tune it without --ft-feature-weight)",
+            student.dims(),
+            teacher.dims()
+        )));
+    }
+    let s = student.to_vec()?;
+    let t = teacher.to_vec()?;
+    let n = t.len().max(1) as f64;
+    let mean = t.iter().map(|&v| v as f64).sum::<f64>() / n;
+    // A constant teacher feature has nothing to match; the floor keeps the scale finite.
+    let var = (t.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).max(1e-12);
+    let mse = s.iter().zip(&t).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>() / n;
+    let scale = 2.0 * weight as f64 / (n * var);
+    let grad: Vec<f32> = s.iter().zip(&t).map(|(&a, &b)| (scale * (a as f64 - b as f64)) as f32).collect();
+    Ok(((weight as f64 * mse / var) as f32, dev.from_host(student.dims(), &grad)?))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -228,14 +255,27 @@ pub fn train_step(
     lr: f32,
 ) -> Result<StepStats> {
     let x = upload(dev, batch)?;
-    let (teacher_logits, x) = match objective {
-        Objective::Distill { teacher, .. } => {
-            let t = teacher.graph.forward(dev, dev.copy(&x)?, Mode::Eval)?;
-            (Some(t), x)
+    let (teacher_logits, teacher_features, x) = match objective {
+        Objective::Distill { teacher, feature_weight, .. } => {
+            let taps = if *feature_weight > 0.0 { vec![teacher.penultimate_node()] } else { Vec::new() };
+            let (t, features) = teacher.graph.forward_taps(dev, dev.copy(&x)?, Mode::Eval, &taps)?;
+            (Some(t), features.into_iter().next(), x)
         }
-        Objective::Labels => (None, x),
+        Objective::Labels => (None, None, x),
     };
     let trace = model.graph.forward_train(dev, x)?;
+    // The feature term's gradient enters the backward pass at the student's penultimate node.
+    let mut feature_loss = 0.0f32;
+    let mut feature_grads = Vec::new();
+    if let (Objective::Distill { feature_weight, .. }, Some(tf)) = (&*objective, &teacher_features) {
+        let node = model.penultimate_node();
+        let sf = trace
+            .value(node)
+            .ok_or_else(|| Error::Invalid("the student's penultimate features are not kept for backward".into()))?;
+        let (l, g) = feature_distill(dev, sf, tf, *feature_weight)?;
+        feature_loss = l;
+        feature_grads.push((node, g));
+    }
     let (loss, dlogits, correct) = match (objective, teacher_logits) {
         (Objective::Labels, _) => {
             let labels = batch
@@ -246,7 +286,8 @@ pub fn train_step(
             (ce.loss, ce.dlogits, Some(ce.correct))
         }
         (Objective::Distill { temperature, .. }, Some(t)) => {
-            let (loss, d) = dev.distill_kl(trace.output(), &t, *temperature)?;
+            let (kl, d) = dev.distill_kl(trace.output(), &t, *temperature)?;
+            let loss = kl + feature_loss;
             // Accuracy is only reported, never trained on, and only when labels exist.
             let correct = match &batch.labels {
                 Some(l) => Some(dev.softmax_cross_entropy(trace.output(), l)?.correct),
@@ -260,7 +301,7 @@ pub fn train_step(
         return Err(Error::Diverged(format!("loss is {loss} (lower the learning rate)")));
     }
     model.graph.zero_grad();
-    model.graph.backward(dev, trace, dlogits)?;
+    model.graph.backward_with(dev, trace, dlogits, feature_grads)?;
     // Under mpirun: gradients (and the loss) summed over the ranks' shares of the global batch.
     let t = crate::dist::dp::reduce_step(dev, &mut model.graph, loss, correct)?;
     opt.step(dev, &mut model.graph, lr)?;
