@@ -255,5 +255,10 @@ fn every_real_family_trains_searches_prunes_and_fine_tunes() {
             serde_json::from_slice(&std::fs::read(p.join("report.json")).unwrap()).expect("report.json");
         let text = report.to_string();
         assert!(text.contains("top1_after_finetune"), "{model}: {text}");
+        // These families round kept counts to multiples of 8 unless --round says otherwise.
+        for net in report["report"]["pruned"].as_array().unwrap() {
+            let kept: Vec<u64> = net["kept"].as_array().unwrap().iter().map(|k| k.as_u64().unwrap()).collect();
+            assert!(kept.iter().all(|k| k % 8 == 0), "{model} {}: {kept:?}", net["method"]);
+        }
     }
 }

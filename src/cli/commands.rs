@@ -649,8 +649,13 @@ impl PruneArgs {
     pub(crate) fn budget(&self) -> Budget {
         Budget { flops: self.flops, params: self.params }
     }
-    pub(crate) fn constraints(&self) -> Result<Constraints> {
-        let c = Constraints { lower: self.lower, round: self.round };
+    /// The constraints on `base`'s pruning: `--round` defaults to its family's channel multiple.
+    pub(crate) fn constraints(&self, base: &Model) -> Result<Constraints> {
+        let round = match self.round {
+            Some(r) => r,
+            None => base.arch.family()?.channel_multiple(),
+        };
+        let c = Constraints { lower: self.lower, round };
         c.validate()?;
         Ok(c)
     }
@@ -689,7 +694,7 @@ pub(crate) fn save_pruned(
 fn cmd_prune_apply(g: &GlobalArgs, a: PruneApplyArgs) -> Result<()> {
     let dev = open_device(g)?;
     let base = checkpoint::load(&a.ckpt, &dev)?;
-    let constraints = a.prune.constraints()?;
+    let constraints = a.prune.constraints(&base)?;
     let budget = a.prune.budget();
     let coupling = |p: Pruner| if a.prune.independent_streams { p.with_independent_streams() } else { p };
     let (projected, pruner, source, applied_constraints) = if a.uniform || a.global {
@@ -771,7 +776,7 @@ pub(crate) fn search_config(
     crate::limits::check_seconds("--checkpoint-every", s.checkpoint_every)?;
     let cfg = SearchConfig {
         budget,
-        constraints: p.constraints()?,
+        constraints: p.constraints(base)?,
         scope: scope_of(p.streams),
         criterion: p.criterion,
         strategy,

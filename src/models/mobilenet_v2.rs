@@ -59,6 +59,11 @@ impl ModelFamily for MobileNetV2 {
     fn default_input(&self) -> (usize, usize) {
         (3, 224)
     }
+    /// Deployment runtimes' blocked kernels want widths in multiples of 8: pruned to odd widths,
+    /// these nets ran slower in onnxruntime than unpruned (docs/real-nets.md).
+    fn channel_multiple(&self) -> usize {
+        8
+    }
 
     fn build(&self, b: &mut Builder, classes: usize) -> Result<()> {
         let wm = self.width_mult;

@@ -42,6 +42,10 @@ pub trait ModelFamily: Send + Sync {
     fn default_input(&self) -> (usize, usize) {
         (3, 32)
     }
+    /// The multiple kept channel counts are rounded up to when `--round` is not given.
+    fn channel_multiple(&self) -> usize {
+        1
+    }
 }
 
 /// Reads a model name: `None` when the name is not this family's.

@@ -77,6 +77,11 @@ impl ModelFamily for ResNet {
     fn default_input(&self) -> (usize, usize) {
         (3, 224)
     }
+    /// Deployment runtimes' blocked kernels want widths in multiples of 8: pruned to odd widths,
+    /// these nets ran slower in onnxruntime than unpruned (docs/real-nets.md).
+    fn channel_multiple(&self) -> usize {
+        8
+    }
 
     fn build(&self, b: &mut Builder, classes: usize) -> Result<()> {
         let e = self.block.expansion();
