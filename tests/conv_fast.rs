@@ -551,7 +551,7 @@ fn depthwise_fast_matches_exact_grouped() {
         let dy = pseudo(n * c * s.out_h * s.out_w, 9);
         let (k, pq) = (c, s.out_h * s.out_w);
         let (scale, shift, residual) = (pseudo(k, 10), pseudo(k, 11), pseudo(n * k * pq, 12));
-        let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true };
+        let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true, relu6: false };
         let run = |lanes: TransformLanes, threads: usize| {
             winograd::set_transform_lanes(lanes);
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -613,7 +613,7 @@ fn pointwise_gemm_equals_im2col_bit_for_bit() {
         let wt = pseudo(k * c, 22);
         let dy = pseudo(n * k * h * w, 23);
         let (scale, shift, residual) = (pseudo(k, 24), pseudo(k, 25), pseudo(n * k * h * w, 26));
-        let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true };
+        let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true, relu6: false };
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {

@@ -23,7 +23,7 @@ fn run(s: &ConvShape, tile: WinogradTile, lanes: TransformLanes) -> Outputs {
     let w = pseudo(k * c * 9, 2);
     let dy = pseudo(n * k * hw, 3);
     let (scale, shift, residual) = (pseudo(k, 4), pseudo(k, 5), pseudo(n * k * hw, 6));
-    let epi = Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true };
+    let epi = Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true, relu6: false };
     let out = (
         winograd::forward(&x, &w, s, tile),
         winograd::forward_fused(&x, &w, s, tile, Some(&epi)),

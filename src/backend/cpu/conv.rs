@@ -165,7 +165,7 @@ fn scatter_chunk(src: &[f32], k: usize, pq: usize, y: &mut [f32]) {
 }
 
 /// The eval-mode epilogue of a fused convolution, applied to each output while it is still in
-/// cache (or in registers): `relu((v * scale[k] + shift[k]) + residual)`, the unfused ops'
+/// cache (or in registers): `act((v * scale[k] + shift[k]) + residual)`, the unfused ops'
 /// arithmetic in their order, so fusing never changes a bit.
 pub struct Epilogue<'a> {
     /// Folded batch norm, one value per output channel.
@@ -174,6 +174,10 @@ pub struct Epilogue<'a> {
     /// Added after the batch norm; the output's shape.
     pub residual: Option<&'a [f32]>,
     pub relu: bool,
+    /// ReLU6 after the residual add. Only `apply` and `apply_slice` (GEMM, grouped and depthwise
+    /// paths) read it; the Winograd and direct kernels' own epilogues stop before it, and
+    /// `forward_dispatch` clamps their outputs after them.
+    pub relu6: bool,
 }
 
 impl Epilogue<'_> {
@@ -184,26 +188,64 @@ impl Epilogue<'_> {
         if let Some(r) = self.residual {
             v += r[at];
         }
+        self.activate(v)
+    }
+
+    #[inline(always)]
+    fn activate(&self, v: f32) -> f32 {
         if self.relu {
             relu(v)
+        } else if self.relu6 {
+            Activation::Relu6.apply(v)
         } else {
             v
         }
     }
 
     /// In place over `out`, which starts at flat index `at0` of an output with `plane` pixels
-    /// per channel and `k` channels.
+    /// per channel and `k` channels. One loop per activation and residual, so each vectorises.
     pub fn apply_slice(&self, out: &mut [f32], at0: usize, plane: usize, k: usize) {
+        match (self.relu, self.relu6) {
+            (true, _) => self.slice_with(out, at0, plane, k, relu),
+            (false, true) => self.slice_with(out, at0, plane, k, |v| Activation::Relu6.apply(v)),
+            (false, false) => self.slice_with(out, at0, plane, k, |v| v),
+        }
+    }
+
+    #[inline(always)]
+    fn slice_with(&self, out: &mut [f32], at0: usize, plane: usize, k: usize, act: impl Fn(f32) -> f32 + Copy) {
         let plane = plane.max(1);
         let mut at = at0;
-        for row in out.chunks_mut(plane) {
+        // A chunk may start inside a channel's plane: the first row runs to that plane's end.
+        let first = (plane - at0 % plane).min(out.len());
+        let (head, rest) = out.split_at_mut(first);
+        for row in std::iter::once(head).chain(rest.chunks_mut(plane)) {
             let ch = (at / plane) % k;
-            for (i, o) in row.iter_mut().enumerate() {
-                *o = self.apply(*o, ch, at + i);
+            let (sc, sh) = (self.scale[ch], self.shift[ch]);
+            match self.residual {
+                Some(r) => {
+                    let r = &r[at..at + row.len()];
+                    for (o, &rv) in row.iter_mut().zip(r) {
+                        *o = act(*o * sc + sh + rv);
+                    }
+                }
+                None => {
+                    for o in row.iter_mut() {
+                        *o = act(*o * sc + sh);
+                    }
+                }
             }
             at += row.len();
         }
     }
+}
+
+/// Clamps to [0, 6] after a kernel whose own epilogue stops before ReLU6 (Winograd, direct).
+fn relu6_after(epi: Option<&Epilogue>, mut y: Vec<f32>) -> Vec<f32> {
+    if epi.is_some_and(|e| e.relu6) {
+        update_unary(&mut y, |v| Activation::Relu6.apply(v));
+    }
+    y
 }
 
 /// im2col + GEMM forward.
@@ -525,9 +567,9 @@ impl CpuBackend {
         } else if s.groups != 1 {
             forward_grouped(host(x)?, host(w)?, s, epi)
         } else if let Some(tile) = self.winograd(s) {
-            super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), s, tile, epi)
+            relu6_after(epi, super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), s, tile, epi))
         } else if self.direct(s) {
-            super::direct::forward(host(x)?, host(w)?, s, epi)
+            relu6_after(epi, super::direct::forward(host(x)?, host(w)?, s, epi))
         } else {
             forward_fused(host(x)?, host(w)?, s, epi)
         })
@@ -591,12 +633,9 @@ impl ConvOps for CpuBackend {
             shift: host(epi.shift)?,
             residual: epi.residual.map(host).transpose()?,
             relu: act == Activation::Relu,
+            relu6: act == Activation::Relu6,
         };
-        let mut y = self.forward_dispatch(x, w, &s, Some(&epi))?;
-        if act == Activation::Relu6 {
-            // The kernels' epilogues stop at the residual add: clamping after them is the same op.
-            update_unary(&mut y, |v| Activation::Relu6.apply(v));
-        }
+        let y = self.forward_dispatch(x, w, &s, Some(&epi))?;
         Tensor::from_vec(&s.output_dims(), y)
     }
 

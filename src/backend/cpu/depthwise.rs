@@ -110,11 +110,16 @@ fn prepare(src: &[f32], sh: usize, sw: usize, up: usize, g: &Geom, dst: &mut Vec
                 d[1..1 + sw].copy_from_slice(srow);
                 d[1 + sw..].fill(0.0);
             } else {
-                for (jj, v) in d.iter_mut().enumerate() {
-                    // Padded column jj * stride + phase is map column (that - 1).
-                    let j = (jj * g.stride + phase).wrapping_sub(1);
-                    *v = if j < sw { srow[j] } else { 0.0 };
+                // Stride 2: padded column 2 jj + phase is map column 2 jj + phase - 1, so phase 0
+                // holds the border then the odd columns, phase 1 the even ones; zeros after.
+                let (skip, from) = if phase == 0 { (1, 1) } else { (0, 0) };
+                d[..skip].fill(0.0);
+                let mut filled = skip;
+                for (v, &x) in d[skip..].iter_mut().zip(srow[from.min(sw)..].iter().step_by(2)) {
+                    *v = x;
+                    filled += 1;
                 }
+                d[filled..].fill(0.0);
             }
         }
     }
@@ -396,7 +401,9 @@ mod tests {
     /// The padded plane holds the map at `(1 + up i, 1 + up j)` in phase `(1 + up j) % stride`.
     #[test]
     fn prepare_places_the_map() {
-        for &(h, w, stride, up) in &[(5usize, 7usize, 1usize, 1usize), (6, 5, 2, 1), (7, 9, 1, 2)] {
+        for &(h, w, stride, up) in
+            &[(5usize, 7usize, 1usize, 1usize), (6, 5, 2, 1), (6, 6, 2, 1), (4, 1, 2, 1), (9, 33, 2, 1), (7, 9, 1, 2)]
+        {
             let (sh, sw) = if up == 1 { (h, w) } else { (h.div_ceil(2), w.div_ceil(2)) };
             let src: Vec<f32> = (0..sh * sw).map(|v| v as f32 + 1.0).collect();
             let oh = (h - 1) / stride + 1;
