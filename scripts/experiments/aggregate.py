@@ -427,7 +427,8 @@ def main():
     result = {"status": status, "profile": profile, "summary": summary, "cells": cells, "study": studies}
     files = [("results.json", json.dumps(result, indent=1) + "\n"), ("results.md", "\n".join(md))] + list(charts.items())
     for name, text in files:
-        tmp = os.path.join(args.docs, name + ".tmp")
+        # Per process: two runs of quality.sh (say, two --only filters) may aggregate at once.
+        tmp = os.path.join(args.docs, f"{name}.{os.getpid()}.tmp")
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, os.path.join(args.docs, name))
