@@ -219,6 +219,14 @@ def ablation_section(ablation_cells, table_cells, summary):
     return md + [""]
 
 
+def binary_line(out_dir):
+    """Which binary ran the pairs (feature distillation came after the table's binary)."""
+    def read(name):
+        path = os.path.join(out_dir, "bin", name)
+        return open(path).read().strip() if os.path.exists(path) else "?"
+    return f" Binary sha256 `{read('ablation-sha256')[:16]}...`, commit `{read('ablation-commit')[:12]}`."
+
+
 def ft_pair_section(out_dir, summary):
     """Item 4's fine-tuning change: one net fine-tuned with KL only and with KL + features."""
     rows = []
@@ -230,7 +238,8 @@ def ft_pair_section(out_dir, summary):
     md = ["### Feature distillation in the fine-tuning", "",
           "The seed's net at 50% FLOPs (LFGCL's pick, or uniform L1) fine-tuned twice by one binary with the table's "
           "recipe: KL only, and KL plus the penultimate features' mean squared difference over their variance "
-          "(`--ft-feature-weight 1`). Top-1 after fine-tuning; difference features minus KL, points, paired over seeds.", "",
+          "(`--ft-feature-weight 1`). Top-1 after fine-tuning; difference features minus KL, points, paired over seeds." +
+          binary_line(out_dir), "",
           "| net | seeds | KL only | KL + features | features − KL | fine-tune s (KL / +features) |", "|---|---|---|---|---|---|"]
     out = {}
     for method in sorted({r["method"] for r in rows}):
