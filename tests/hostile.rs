@@ -230,6 +230,12 @@ fn non_finite_and_negative_float_flags_are_refused() {
     }
     let ckpt = dir.path().join("base.safetensors");
     smallcnn_ckpt(&ckpt);
+    let finetune = |extra: &[&str]| {
+        let (ckpt, out) = (s(&ckpt), s(&out));
+        let mut args = vec!["--device", "cpu", "finetune", "--ckpt", ckpt.as_str(), "--out", out.as_str()];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
     for (flag, value) in [
         ("--ft-lr", "nan"),
         ("--ft-lr", "-1"),
@@ -238,33 +244,12 @@ fn non_finite_and_negative_float_flags_are_refused() {
         ("--ft-feature-weight", "nan"),
         ("--ft-feature-weight", "-1"),
     ] {
-        let o = run(&[
-            "--device",
-            "cpu",
-            "finetune",
-            "--ckpt",
-            &s(&ckpt),
-            "--teacher",
-            &s(&ckpt),
-            "--out",
-            &s(&out),
-            &format!("{flag}={value}"),
-        ]);
+        let o = finetune(&["--teacher", &s(&ckpt), &format!("{flag}={value}")]);
         assert_refused(&o, &[flag]);
     }
     // Feature distillation needs the baseline's penultimate width: not with labels, nor with
     // --streams (which prunes it), refused before any work.
-    let o = run(&[
-        "--device",
-        "cpu",
-        "finetune",
-        "--ckpt",
-        &s(&ckpt),
-        "--labels",
-        "--ft-feature-weight=1",
-        "--out",
-        &s(&out),
-    ]);
+    let o = finetune(&["--labels", "--ft-feature-weight=1"]);
     assert_refused(&o, &["--ft-feature-weight", "--labels"]);
     let o = run(&[
         "--device",

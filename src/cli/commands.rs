@@ -910,12 +910,7 @@ impl FinetuneOpts {
     fn check(&self) -> Result<()> {
         crate::limits::check_positive("--ft-lr", self.lr as f64)?;
         crate::limits::check_positive("--temperature", self.temperature as f64)?;
-        if !self.feature_weight.is_finite() || self.feature_weight < 0.0 {
-            return Err(Error::Invalid(format!(
-                "--ft-feature-weight must be a finite number >= 0, got {}",
-                self.feature_weight
-            )));
-        }
+        crate::limits::check_non_negative("--ft-feature-weight", self.feature_weight as f64)?;
         if self.labels && self.feature_weight > 0.0 {
             return Err(Error::Invalid(
                 "--ft-feature-weight distils from the baseline's features: it does not combine with --labels".into(),
@@ -952,7 +947,7 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
         _ => Objective::Labels,
     };
     let train_ds = if a.ft.labels { train_ds } else { train_ds.without_labels() };
-    let files = RunFiles {
+    let mut files = RunFiles {
         out: &a.out,
         info: json!({
             "finetuned_from": crate::fsio::path_json(&a.ckpt),
@@ -969,7 +964,6 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
             "labels": a.ft.labels,
         }),
     };
-    let mut files = files;
     if a.ft.feature_weight > 0.0 {
         // Only when used, so that earlier runs' saved settings still resume.
         files.settings["feature_weight"] = a.ft.feature_weight.into();
