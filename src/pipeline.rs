@@ -24,13 +24,10 @@ pub struct FinetuneConfig {
     pub train: TrainConfig,
     /// Label-free distillation from the baseline (`None`: cross-entropy with labels).
     pub distill_temperature: Option<f32>,
-    /// Weight of feature distillation (penultimate features) beside the KL term; 0: none.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub feature_weight: f32,
-}
-
-fn is_zero(w: &f32) -> bool {
-    *w == 0.0
+    /// Weight of feature distillation (penultimate features) beside the KL term; 0: none;
+    /// `None`: the default for each pruned net (`train::feature_weight_for`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature_weight: Option<f32>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -97,7 +94,7 @@ impl PipelineConfig {
                     ..TrainConfig::default()
                 },
                 distill_temperature: Some(4.0),
-                feature_weight: 0.0,
+                feature_weight: None,
             },
             methods: vec![Method::Lfgcl, Method::Random, Method::Uniform],
             independent_streams: false,
@@ -200,8 +197,12 @@ fn finetune(
     quiet: bool,
 ) -> Result<Vec<EpochLog>> {
     let ckpt = out.join("model.safetensors");
+    let feature_weight = match cfg.distill_temperature {
+        Some(_) => train::feature_weight_for(cfg.feature_weight, student, teacher),
+        None => 0.0,
+    };
     let mut objective = match cfg.distill_temperature {
-        Some(t) => Objective::Distill { teacher, temperature: t, feature_weight: cfg.feature_weight },
+        Some(t) => Objective::Distill { teacher, temperature: t, feature_weight },
         None => Objective::Labels,
     };
     // Label-free fine-tuning really reads no label: the training set goes in without them.
@@ -213,8 +214,8 @@ fn finetune(
         inputs.train
     };
     let mut settings = serde_json::json!({ "command": "pipeline fine-tuning", "widths": student.arch.widths });
-    if cfg.feature_weight > 0.0 {
-        settings["feature_weight"] = cfg.feature_weight.into();
+    if feature_weight > 0.0 {
+        settings["feature_weight"] = feature_weight.into();
     }
     let run = train::RunDir { dir: out, resume, settings: &settings };
     train::fit_in_dir(student, dev, train_ds, Some(inputs.test), &cfg.train, &mut objective, &run, &mut |log, _, m| {

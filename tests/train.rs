@@ -123,6 +123,13 @@ fn label_free_distillation_trains_a_student_without_labels() {
         let (_, tf) = t.graph.forward_taps(&dev, x, lfgcl::nn::Mode::Eval, &[tp]).unwrap();
         train::feature_distill(&dev, &sf[0], &tf[0], 1.0).unwrap().0
     };
+    // The default weight: on for the student that keeps the teacher's penultimate width, off
+    // for the one that does not (it would be refused); a given weight stands either way.
+    assert_eq!(train::feature_weight_for(None, &matched, &teacher), train::DEFAULT_FEATURE_WEIGHT);
+    const { assert!(train::DEFAULT_FEATURE_WEIGHT > 0.0) };
+    assert_eq!(train::feature_weight_for(None, &student, &teacher), 0.0);
+    assert_eq!(train::feature_weight_for(Some(0.0), &matched, &teacher), 0.0);
+    assert_eq!(train::feature_weight_for(Some(2.5), &student, &teacher), 2.5);
     let gap_before = feature_gap(&mut matched, &mut teacher);
     let feature_cfg = TrainConfig { epochs: 2, ..cfg.clone() };
     let mut with_features = Objective::Distill { teacher: &mut teacher, temperature: 4.0, feature_weight: 1.0 };

@@ -29,12 +29,14 @@ PLAN = [
     ("r20-f30", "resnet20", 0.3, ["uniform", "global", "uniform-fpgm", "lfgcl", "random", "lfgcl-streams"]),
     ("r56-f50", "resnet56", 0.5, ["uniform", "global", "lfgcl", "random"]),
 ]
-# Item 4's changes (quality.sh's abl-r20-f50-sSEED-VARIANT cells): what each is compared with
-# (the plain cell of the same seed) and what it changed.
+# Item 4's changes (quality.sh's abl-TABLE-sSEED-VARIANT cells): the table they ran at, what each
+# is compared with (the plain cell of the same seed) and what it changed.
 ABLATIONS = [
-    ("stages", "lfgcl", "reward taps: every stage's output as well as the penultimate features (`--taps penultimate,stages`)"),
-    ("long", "lfgcl", "3x the search: 180 episodes with 40 of warm-up"),
+    ("r20-f50", "stages", "lfgcl", "reward taps: every stage's output as well as the penultimate features (`--taps penultimate,stages`)"),
+    ("r20-f50", "long", "lfgcl", "3x the search: 180 episodes with 40 of warm-up"),
+    ("r56-f50", "stages", "lfgcl", "reward taps: every stage's output as well as the penultimate features (`--taps penultimate,stages`)"),
 ]
+NET_NAMES = {"resnet20": "ResNet-20", "resnet56": "ResNet-56"}
 
 LABELS = {
     "uniform": "uniform L1",
@@ -195,24 +197,28 @@ def ablation_section(ablation_cells, table_cells, summary):
     if not ablation_cells:
         return []
     md = ["## What each change did (item 4)", "",
-          "ResNet-20 at 50% FLOPs. Each change is run on the seeds shown and compared with the plain cell of the same "
-          "seed above (change minus plain, points, 95% t-interval over seeds; n=1 has no interval).", "",
-          "| change | seeds | top-1 before | top-1 after | vs plain, before | vs plain, after | search s | fine-tune s |",
-          "|---|---|---|---|---|---|---|---|"]
+          "At 50% FLOPs. Each change is run on the seeds shown and compared with the plain cell of the same "
+          "seed and net above (change minus plain, points, 95% t-interval over seeds; n=1 has no interval).", "",
+          "| net | change | seeds | top-1 before | top-1 after | vs plain, before | vs plain, after | search s | fine-tune s |",
+          "|---|---|---|---|---|---|---|---|---|"]
     out = {}
-    for variant, plain, what in ABLATIONS:
-        rs = sorted((c for c in ablation_cells if c["cell"].endswith("-" + variant)
-                     and re.fullmatch(r"abl-r20-f50-s\d+-" + re.escape(variant), c["cell"])), key=lambda c: c["seed"])
+    for table, variant, plain, what in ABLATIONS:
+        rs = sorted((c for c in ablation_cells
+                     if re.fullmatch(r"abl-" + re.escape(table) + r"-s\d+-" + re.escape(variant), c["cell"])),
+                    key=lambda c: c["seed"])
         if not rs:
             continue
+        model, flops = next((m, f) for t, m, f, _ in PLAN if t == table)
+        net = NET_NAMES[model]
         ref = {c["seed"]: c for c in table_cells
-               if c["model"] == "resnet20" and c["flops_budget"] == 0.5 and c["method"] == plain}
+               if c["model"] == model and c["flops_budget"] == flops and c["method"] == plain}
         pb = paired({c["seed"]: c["top1_before_finetune"] for c in rs},
                     {s: c["top1_before_finetune"] for s, c in ref.items()})
         pa = paired({c["seed"]: c["top1_after_finetune"] for c in rs},
                     {s: c["top1_after_finetune"] for s, c in ref.items()})
-        out[variant] = {"compared_with": plain, "before": pb, "after": pa, "seeds": [c["seed"] for c in rs]}
-        md.append(f"| {what} | {','.join(str(c['seed']) for c in rs)} | {fmt_ms([c['top1_before_finetune'] for c in rs])} | "
+        key = variant if table == "r20-f50" else f"{table}-{variant}"
+        out[key] = {"compared_with": plain, "before": pb, "after": pa, "seeds": [c["seed"] for c in rs]}
+        md.append(f"| {net} | {what} | {','.join(str(c['seed']) for c in rs)} | {fmt_ms([c['top1_before_finetune'] for c in rs])} | "
                   f"{fmt_ms([c['top1_after_finetune'] for c in rs])} | {fmt_paired(pb, 'change')} | {fmt_paired(pa, 'change')} | "
                   f"{statistics.fmean(c['search_seconds'] for c in rs):.0f} | {statistics.fmean(c['finetune_seconds'] for c in rs):.0f} |")
     summary["ablations"] = out

@@ -25,6 +25,7 @@
 #   abl-r20-f50-s{0,1,2}-{stages,long}  item 4's search changes, each against the plain lfgcl
 #                                      cell of its seed: reward taps at every stage too (stages),
 #                                      3x the search episodes (long)
+#   abl-r56-f50-s{0,1,2}-stages         the reward taps at ResNet-56
 #   abl-r20-f50-s{0,1,2}-{lfgcl,uniform}-ft
 #                                      item 4's fine-tuning change: the seed's lfgcl (or uniform L1)
 #                                      net fine-tuned twice by one binary, KL only and KL + feature
@@ -198,13 +199,18 @@ run_method() { # run_method PREFIX MODEL FLOPS SEED M
   esac
 }
 
-# ablation SEED VARIANT: one of item 4's changes at ResNet-20, 50% FLOPs.
+# ablation TABLE SEED VARIANT: one of item 4's changes at 50% FLOPs, TABLE r20-f50 or r56-f50 (the
+# fine-tuning pairs exist for ResNet-20 only).
 ablations=(stages long lfgcl-ft uniform-ft)
 ablation() {
-  local seed=$1 v=$2 name=abl-r20-f50-s$1-$2
+  local table=$1 seed=$2 v=$3 name=abl-$1-s$2-$3 model
+  case $table in
+    r20-f50) model=resnet20 ;;
+    r56-f50) model=resnet56 ;;
+  esac
   case $v in
-    stages) cell "$name" resnet20 0.5 "$seed" lfgcl --taps penultimate,stages ;;
-    long) cell "$name" resnet20 0.5 "$seed" lfgcl --episodes $((3 * episodes)) --warmup $((2 * warmup)) ;;
+    stages) cell "$name" "$model" 0.5 "$seed" lfgcl --taps penultimate,stages ;;
+    long) cell "$name" "$model" 0.5 "$seed" lfgcl --episodes $((3 * episodes)) --warmup $((2 * warmup)) ;;
     lfgcl-ft) ft_pair "$name" "$seed" lfgcl ;;
     uniform-ft) ft_pair "$name" "$seed" uniform ;;
   esac
@@ -240,7 +246,7 @@ ft_pair() {
   for arm in kl features; do
     [[ -f $dir/$arm/result.json ]] && continue
     log "$name: $arm"
-    local extra=() resume=()
+    local extra=(--ft-feature-weight 0) resume=()
     [[ $arm == features ]] && extra=(--ft-feature-weight 1)
     [[ -f $dir/$arm/train_state.safetensors ]] && resume=(--resume)
     run_logged "$dir/$arm-log" "$abin" "${global[@]}" -q finetune --ckpt "$dir/pruned.safetensors" --teacher "$base" \
@@ -355,8 +361,10 @@ for seed in $seeds; do
 done
 # Item 4: what the measurements point to, each a change to the lfgcl cell of the same seed.
 for seed in $seeds; do
-  for v in "${ablations[@]}"; do ablation "$seed" "$v"; aggregate >/dev/null; done
+  for v in "${ablations[@]}"; do ablation r20-f50 "$seed" "$v"; aggregate >/dev/null; done
 done
+# The reward taps at ResNet-56, where the plain search's pick fell behind uniform L1 (results.md).
+for seed in $seeds; do ablation r56-f50 "$seed" stages; aggregate >/dev/null; done
 aggregate
 log "all cells done ($out)"
 exit

@@ -902,7 +902,7 @@ fn finetune_config(ft: &FinetuneOpts, seed: u64, progress: bool) -> FinetuneConf
             ..TrainConfig::default()
         },
         distill_temperature: if ft.labels { None } else { Some(ft.temperature) },
-        feature_weight: if ft.labels { 0.0 } else { ft.feature_weight },
+        feature_weight: if ft.labels { Some(0.0) } else { ft.feature_weight },
     }
 }
 
@@ -910,8 +910,10 @@ impl FinetuneOpts {
     fn check(&self) -> Result<()> {
         crate::limits::check_positive("--ft-lr", self.lr as f64)?;
         crate::limits::check_positive("--temperature", self.temperature as f64)?;
-        crate::limits::check_non_negative("--ft-feature-weight", self.feature_weight as f64)?;
-        if self.labels && self.feature_weight > 0.0 {
+        if let Some(w) = self.feature_weight {
+            crate::limits::check_non_negative("--ft-feature-weight", w as f64)?;
+        }
+        if self.labels && self.feature_weight.is_some_and(|w| w > 0.0) {
             return Err(Error::Invalid(
                 "--ft-feature-weight distils from the baseline's features: it does not combine with --labels".into(),
             ));
@@ -940,10 +942,12 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
                     .into(),
             )),
         };
+    let feature_weight = match &teacher {
+        Some(t) if cfg.distill_temperature.is_some() => train::feature_weight_for(cfg.feature_weight, &student, t),
+        _ => 0.0,
+    };
     let mut objective = match (&mut teacher, cfg.distill_temperature) {
-        (Some(t), Some(temp)) => {
-            Objective::Distill { teacher: t, temperature: temp, feature_weight: cfg.feature_weight }
-        }
+        (Some(t), Some(temp)) => Objective::Distill { teacher: t, temperature: temp, feature_weight },
         _ => Objective::Labels,
     };
     let train_ds = if a.ft.labels { train_ds } else { train_ds.without_labels() };
@@ -964,9 +968,9 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
             "labels": a.ft.labels,
         }),
     };
-    if a.ft.feature_weight > 0.0 {
-        // Only when used, so that earlier runs' saved settings still resume.
-        files.settings["feature_weight"] = a.ft.feature_weight.into();
+    if feature_weight > 0.0 {
+        // Only when used, so that runs made without it still resume.
+        files.settings["feature_weight"] = feature_weight.into();
     }
     let logs = fit_and_save(&mut student, &dev, &train_ds, test.as_ref(), &cfg.train, &mut objective, &files)?;
     if let Some(acc) = logs.last().and_then(|l| l.test_top1) {
@@ -1013,7 +1017,7 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
     if a.ft.epochs > 0 {
         a.ft.check()?;
     }
-    if a.ft.feature_weight > 0.0 && a.prune.streams {
+    if a.ft.feature_weight.is_some_and(|w| w > 0.0) && a.prune.streams {
         return Err(Error::Invalid(
             "--ft-feature-weight matches the baseline's penultimate features, whose channels --streams prunes: use one or the other"
                 .into(),

@@ -155,10 +155,11 @@ pub struct FinetuneOpts {
     #[arg(long)]
     pub labels: bool,
     /// Feature distillation beside KL: this weight times the mean squared difference of the
-    /// student's and the baseline's penultimate features over their variance (0: KL only). Needs
-    /// the baseline's width there, so not with --streams.
-    #[arg(long = "ft-feature-weight", default_value_t = 0.0, value_parser = parse_f32)]
-    pub feature_weight: f32,
+    /// student's and the baseline's penultimate features over their variance (0: KL only).
+    /// Default: 1 when the pruned net keeps the baseline's penultimate width, 0 when it does not
+    /// (--streams) or with --labels. Given above 0, refused with --labels and --streams.
+    #[arg(long = "ft-feature-weight", value_parser = parse_f32)]
+    pub feature_weight: Option<f32>,
 }
 
 #[derive(Args, Debug, Clone)]
