@@ -101,6 +101,12 @@ fn depthwise_convs(c: &mut Criterion) {
             g.bench_function("forward/fast", |b| {
                 b.iter(|| pool::give(depthwise::forward(black_box(&x), &w, &s, None)))
             });
+            // MobileNetV2's eval layer: folded batch norm and ReLU6 in the kernel's registers.
+            let (scale, shift) = (data(ch, 4), data(ch, 5));
+            let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: None, relu: false, relu6: true };
+            g.bench_function("forward_bn_relu6/fast", |b| {
+                b.iter(|| pool::give(depthwise::forward(black_box(&x), &w, &s, Some(&epi))))
+            });
             g.bench_function("backward_data/fast", |b| {
                 b.iter(|| pool::give(depthwise::backward_data(black_box(&dy), &w, &s)))
             });

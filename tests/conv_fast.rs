@@ -552,6 +552,13 @@ fn depthwise_fast_matches_exact_grouped() {
         let (k, pq) = (c, s.out_h * s.out_w);
         let (scale, shift, residual) = (pseudo(k, 10), pseudo(k, 11), pseudo(n * k * pq, 12));
         let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true, relu6: false };
+        // Without a residual the epilogue runs in the kernel's registers: ReLU6 (scaled so that
+        // some values pass 6) and ReLU.
+        let scale6: Vec<f32> = scale.iter().map(|v| 16.0 * v).collect();
+        let no_residual = [
+            conv::Epilogue { scale: &scale6, shift: &shift, residual: None, relu: false, relu6: true },
+            conv::Epilogue { scale: &scale, shift: &shift, residual: None, relu: true, relu6: false },
+        ];
         let run = |lanes: TransformLanes, threads: usize| {
             winograd::set_transform_lanes(lanes);
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -561,6 +568,7 @@ fn depthwise_fast_matches_exact_grouped() {
                     depthwise::forward(&x, &wt, &s, Some(&epi)),
                     depthwise::backward_data(&dy, &wt, &s),
                     depthwise::backward_weight(&dy, &x, &s),
+                    no_residual.each_ref().map(|e| depthwise::forward(&x, &wt, &s, Some(e))),
                 )
             });
             winograd::set_transform_lanes(TransformLanes::Auto);
@@ -579,6 +587,10 @@ fn depthwise_fast_matches_exact_grouped() {
         // The epilogue is the unfused arithmetic on the kernel's own sums.
         let fused: Vec<f32> = fast.0.iter().enumerate().map(|(i, &v)| epi.apply(v, (i / pq) % k, i)).collect();
         assert!(fused == fast.1, "{tag}: fused epilogue differs");
+        for (e, got) in no_residual.iter().zip(&fast.4) {
+            let want: Vec<f32> = fast.0.iter().enumerate().map(|(i, &v)| e.apply(v, (i / pq) % k, i)).collect();
+            assert!(&want == got, "{tag}: epilogue in registers differs (relu {}, relu6 {})", e.relu, e.relu6);
+        }
         let exact = conv::backward_data_grouped(&dy, &wt, &s);
         let e = worst(&fast.2, &exact, &conv::backward_data_grouped(&ady, &aw, &s));
         assert!(e < 1e-6, "{tag}: backward-data error {e:.2e}");

@@ -144,6 +144,16 @@ unsafe fn plane<L: Lanes>(
     let (st, taps) = (g.stride, g.taps());
     let base = xp.as_ptr();
     let mut tail = [0.0f32; V];
+    // Without a residual (MobileNetV2's depthwise convs) the epilogue runs in registers, the
+    // scalar epilogue's operations lane by lane: a call and a pass per row were 10% of
+    // MobileNetV2's inference at rows of 7 to 112 pixels.
+    let in_registers = match epi {
+        Some((e, at0, pq, k)) if e.residual.is_none() => {
+            let ch = (at0 / pq.max(1)) % k.max(1);
+            Some((L::splat(e.scale[ch]), L::splat(e.shift[ch]), e.relu, e.relu6))
+        }
+        _ => None,
+    };
     for p in 0..g.oh {
         let orow = &mut out[p * g.ow..(p + 1) * g.ow];
         for q0 in (0..g.owp).step_by(V) {
@@ -154,6 +164,14 @@ unsafe fn plane<L: Lanes>(
             for (&off, &wt) in taps.iter().zip(&wv).skip(1) {
                 acc = acc.add(L::load(at.add(off)).mul(wt));
             }
+            if let Some((scale, shift, relu, relu6)) = in_registers {
+                acc = acc.mul(scale).add(shift);
+                if relu {
+                    acc = acc.keep_where_positive(acc);
+                } else if relu6 {
+                    acc = acc.relu6();
+                }
+            }
             if q0 + V <= g.ow {
                 acc.store(orow.as_mut_ptr().add(q0));
             } else {
@@ -161,7 +179,7 @@ unsafe fn plane<L: Lanes>(
                 orow[q0..].copy_from_slice(&tail[..g.ow - q0]);
             }
         }
-        if let Some((e, at0, pq, k)) = epi {
+        if let (Some((e, at0, pq, k)), None) = (epi, in_registers) {
             e.apply_slice(orow, at0 + p * g.ow, pq, k);
         }
     }

@@ -26,6 +26,8 @@ pub(crate) trait Lanes: Copy {
     /// `self` where `y > 0`, `+0.0` elsewhere (NaN included): the gradient through a ReLU
     /// whose output is `y`, as `relu_backward` computes it.
     fn keep_where_positive(self, y: Self) -> Self;
+    /// `Activation::Relu6` per lane.
+    fn relu6(self) -> Self;
 }
 
 impl<const N: usize> Lanes for [f32; N] {
@@ -65,6 +67,10 @@ impl<const N: usize> Lanes for [f32; N] {
     #[inline(always)]
     fn keep_where_positive(self, y: Self) -> Self {
         std::array::from_fn(|l| if y[l] > 0.0 { self[l] } else { 0.0 })
+    }
+    #[inline(always)]
+    fn relu6(self) -> Self {
+        std::array::from_fn(|l| crate::backend::Activation::Relu6.apply(self[l]))
     }
 }
 
@@ -115,6 +121,10 @@ impl<R: super::simd::Reg> Lanes for Wide<R> {
     fn keep_where_positive(self, y: Self) -> Self {
         Wide(unsafe { self.0.keep_where_positive(y.0) })
     }
+    #[inline(always)]
+    fn relu6(self) -> Self {
+        Wide(unsafe { self.0.relu6() })
+    }
 }
 
 /// Two vectors as one of twice the width (lanes `0..W` in the first): sixteen lanes in two AVX2
@@ -160,5 +170,9 @@ impl<L: Lanes> Lanes for Pair<L> {
     #[inline(always)]
     fn keep_where_positive(self, y: Self) -> Self {
         Pair(self.0.keep_where_positive(y.0), self.1.keep_where_positive(y.1))
+    }
+    #[inline(always)]
+    fn relu6(self) -> Self {
+        Pair(self.0.relu6(), self.1.relu6())
     }
 }

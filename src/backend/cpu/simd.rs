@@ -20,10 +20,13 @@ pub trait Reg: Copy {
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
     /// `self` where `y > 0` (ordered: not for NaN), `+0.0` elsewhere.
     unsafe fn keep_where_positive(self, y: Self) -> Self;
+    /// `min(max(self, 0), 6)` with NaN to 0, as `Activation::Relu6` (`max` returns its second
+    /// operand when either is NaN).
+    unsafe fn relu6(self) -> Self;
 }
 
 macro_rules! reg {
-    ($ty:ty, $width:expr, $load:ident, $store:ident, $set1:ident, $add:ident, $sub:ident, $mul:ident, $fma:ident, $keep:ident) => {
+    ($ty:ty, $width:expr, $load:ident, $store:ident, $set1:ident, $add:ident, $sub:ident, $mul:ident, $fma:ident, $keep:ident, $max:ident, $min:ident) => {
         impl Reg for $ty {
             const WIDTH: usize = $width;
             #[inline(always)]
@@ -58,6 +61,10 @@ macro_rules! reg {
             unsafe fn keep_where_positive(self, y: Self) -> Self {
                 $keep(self, y)
             }
+            #[inline(always)]
+            unsafe fn relu6(self) -> Self {
+                $min($max(self, $set1(0.0)), $set1(6.0))
+            }
         }
     };
 }
@@ -74,6 +81,6 @@ unsafe fn keep_512(g: __m512, y: __m512) -> __m512 {
 }
 
 #[rustfmt::skip]
-reg!(__m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_fmadd_ps, keep_256);
+reg!(__m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_fmadd_ps, keep_256, _mm256_max_ps, _mm256_min_ps);
 #[rustfmt::skip]
-reg!(__m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps, _mm512_fmadd_ps, keep_512);
+reg!(__m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps, _mm512_fmadd_ps, keep_512, _mm512_max_ps, _mm512_min_ps);
