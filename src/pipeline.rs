@@ -197,12 +197,8 @@ fn finetune(
     quiet: bool,
 ) -> Result<Vec<EpochLog>> {
     let ckpt = out.join("model.safetensors");
-    let feature_weight = match cfg.distill_temperature {
-        Some(_) => train::feature_weight_for(cfg.feature_weight, student, teacher),
-        None => 0.0,
-    };
     let mut objective = match cfg.distill_temperature {
-        Some(t) => Objective::Distill { teacher, temperature: t, feature_weight },
+        Some(t) => Objective::distill(teacher, t, cfg.feature_weight, student),
         None => Objective::Labels,
     };
     // Label-free fine-tuning really reads no label: the training set goes in without them.
@@ -214,8 +210,8 @@ fn finetune(
         inputs.train
     };
     let mut settings = serde_json::json!({ "command": "pipeline fine-tuning", "widths": student.arch.widths });
-    if feature_weight > 0.0 {
-        settings["feature_weight"] = feature_weight.into();
+    if objective.feature_weight() > 0.0 {
+        settings["feature_weight"] = objective.feature_weight().into();
     }
     let run = train::RunDir { dir: out, resume, settings: &settings };
     train::fit_in_dir(student, dev, train_ds, Some(inputs.test), &cfg.train, &mut objective, &run, &mut |log, _, m| {

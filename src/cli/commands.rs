@@ -902,7 +902,7 @@ fn finetune_config(ft: &FinetuneOpts, seed: u64, progress: bool) -> FinetuneConf
             ..TrainConfig::default()
         },
         distill_temperature: if ft.labels { None } else { Some(ft.temperature) },
-        feature_weight: if ft.labels { Some(0.0) } else { ft.feature_weight },
+        feature_weight: ft.feature_weight,
     }
 }
 
@@ -942,12 +942,8 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
                     .into(),
             )),
         };
-    let feature_weight = match &teacher {
-        Some(t) if cfg.distill_temperature.is_some() => train::feature_weight_for(cfg.feature_weight, &student, t),
-        _ => 0.0,
-    };
     let mut objective = match (&mut teacher, cfg.distill_temperature) {
-        (Some(t), Some(temp)) => Objective::Distill { teacher: t, temperature: temp, feature_weight },
+        (Some(t), Some(temp)) => Objective::distill(t, temp, cfg.feature_weight, &student),
         _ => Objective::Labels,
     };
     let train_ds = if a.ft.labels { train_ds } else { train_ds.without_labels() };
@@ -968,9 +964,9 @@ fn cmd_finetune(g: &GlobalArgs, a: FinetuneArgs) -> Result<()> {
             "labels": a.ft.labels,
         }),
     };
-    if feature_weight > 0.0 {
+    if objective.feature_weight() > 0.0 {
         // Only when used, so that runs made without it still resume.
-        files.settings["feature_weight"] = feature_weight.into();
+        files.settings["feature_weight"] = objective.feature_weight().into();
     }
     let logs = fit_and_save(&mut student, &dev, &train_ds, test.as_ref(), &cfg.train, &mut objective, &files)?;
     if let Some(acc) = logs.last().and_then(|l| l.test_top1) {

@@ -46,6 +46,23 @@ pub fn feature_weight_for(given: Option<f32>, student: &Model, teacher: &Model) 
     }
 }
 
+impl<'a> Objective<'a> {
+    /// Label-free distillation of `student` from `teacher`, with the feature weight
+    /// [`feature_weight_for`] resolves from `given`.
+    pub fn distill(teacher: &'a mut Model, temperature: f32, given: Option<f32>, student: &Model) -> Objective<'a> {
+        let feature_weight = feature_weight_for(given, student, teacher);
+        Objective::Distill { teacher, temperature, feature_weight }
+    }
+
+    /// The weight of feature distillation (0 for labels, or for KL only).
+    pub fn feature_weight(&self) -> f32 {
+        match self {
+            Objective::Labels => 0.0,
+            Objective::Distill { feature_weight, .. } => *feature_weight,
+        }
+    }
+}
+
 /// `weight` times the mean squared difference between a student's and a teacher's features,
 /// over the variance of the teacher's features on the (global) batch (the label-free reward's
 /// normalisation, so that 1 weighs it like the reward does), and its gradient with respect to the
