@@ -11,7 +11,8 @@ use crate::models::Model;
 use crate::prune::baselines::{self, Method};
 use crate::prune::{Policy, Pruner};
 use crate::report::{self, BarChart};
-use crate::search::{self, RunOptions, SearchConfig, SearchFiles, Strategy};
+use crate::search::proxy::{self, ProxyConfig, ProxyResult};
+use crate::search::{self, CandidateRecord, RunOptions, SearchConfig, SearchFiles, Strategy};
 use crate::tensor::Tensor;
 use crate::train::{self, checkpoint, EpochLog, Objective, TrainConfig};
 use serde::Serialize;
@@ -46,6 +47,10 @@ pub struct PipelineConfig {
     /// (labels never reach the search): `None` the whole test split, `Some(0)` none.
     #[serde(default)]
     pub report_accuracy: Option<usize>,
+    /// The short fine-tuning proxy that re-ranks each search's top candidates (`top == 0`: off,
+    /// the search's best reward is the pick).
+    #[serde(default, skip_serializing_if = "ProxyConfig::is_off")]
+    pub proxy: ProxyConfig,
     /// Continue the fine-tuning stages of an interrupted run from their saved state (the
     /// searches run again; on the CPU they are deterministic, so they find the same nets).
     #[serde(skip)]
@@ -99,6 +104,7 @@ impl PipelineConfig {
             methods: vec![Method::Lfgcl, Method::Random, Method::Uniform],
             independent_streams: false,
             report_accuracy: None,
+            proxy: ProxyConfig::default(),
             resume: false,
         }
     }
@@ -128,6 +134,10 @@ pub struct PrunedResult {
     pub search_seconds: f64,
     /// Wall time of its fine-tuning, seconds.
     pub finetune_seconds: f64,
+    /// The fine-tuning proxy's scores of the search's top candidates, when it ran (its seconds
+    /// are part of `search_seconds`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyResult>,
     #[serde(serialize_with = "crate::fsio::serialize_path")]
     pub checkpoint: PathBuf,
 }
@@ -230,7 +240,7 @@ fn finetune(
 
 /// Runs search, baselines, fine-tuning and evaluation; writes everything under `out`.
 pub fn run(
-    inputs: PipelineInputs<'_>,
+    mut inputs: PipelineInputs<'_>,
     dev: &Device,
     cfg: &PipelineConfig,
     out: &Path,
@@ -238,6 +248,7 @@ pub fn run(
 ) -> Result<PipelineReport> {
     let start = Instant::now();
     let quiet = !progress;
+    cfg.proxy.validate()?;
     let norm: Normalization = train::normalization_for(inputs.baseline, inputs.test)?;
     let test_images = search::batch_tensor(inputs.test, &norm)?;
     let test_labels = inputs.test.labels_or_err()?.to_vec();
@@ -270,25 +281,38 @@ pub fn run(
                 });
                 // Under mpirun the other ranks score shares of the candidates until this drops.
                 let _stop_scoring_ranks = crate::dist::shard::StopWorkersOnDrop::new();
-                let found = search::run(
-                    inputs.baseline,
-                    dev,
-                    inputs.search_images,
-                    &s.config,
-                    &SearchFiles { dir: out.join(s.dir) },
-                    s.report,
-                    &run_opts,
-                )?;
+                let files = SearchFiles { dir: out.join(s.dir) };
+                // The proxy classifies its candidates on the same report images, when there are some.
+                let proxy_report = match (&s.report, cfg.proxy.is_off()) {
+                    (Some(r), false) => Some(r.duplicate()?),
+                    _ => None,
+                };
+                let found =
+                    search::run(inputs.baseline, dev, inputs.search_images, &s.config, &files, s.report, &run_opts)?;
                 if method == Method::Lfgcl {
                     lfgcl_rate = found.candidates_per_second;
                     spearman = found.reward_accuracy_spearman;
                 }
+                let (policy, reward, proxy) = if cfg.proxy.is_off() {
+                    (found.best_policy, found.best.reward, None)
+                } else {
+                    say(format!(
+                        "fine-tuning proxy: the {} best candidates at least {} apart, {} steps each ...",
+                        cfg.proxy.top, cfg.proxy.spread, cfg.proxy.steps
+                    ));
+                    let (rec, result) = proxy_pick(&mut inputs, dev, cfg, &files, proxy_report.as_ref())?;
+                    let pruner = pruner_for(inputs.baseline, cfg.search.criterion)?;
+                    let source = format!("{} + fine-tuning proxy", method.label());
+                    let policy = pruner.policy(inputs.baseline, &rec.policy, &cfg.search.constraints, &source);
+                    (policy, rec.reward, Some(result))
+                };
                 Chosen {
                     method,
-                    policy: found.best_policy,
-                    reward: Some(found.best.reward),
+                    policy,
+                    reward: Some(reward),
                     evaluations: found.evaluated,
                     seconds: t.elapsed().as_secs_f64(),
+                    proxy,
                 }
             }
             None => {
@@ -304,7 +328,7 @@ pub fn run(
                     _ => baselines::uniform_exact(&pruner, &cfg.search.budget, &cfg.search.constraints)?,
                 };
                 let policy = pruner.policy(inputs.baseline, &p, &cfg.search.constraints, method.label());
-                Chosen { method, policy, reward: None, evaluations: 0, seconds: t.elapsed().as_secs_f64() }
+                Chosen { method, policy, reward: None, evaluations: 0, seconds: t.elapsed().as_secs_f64(), proxy: None }
             }
         };
         chosen.push(c);
@@ -315,7 +339,7 @@ pub fn run(
     let search_images = dev.to_device(inputs.search_images)?;
     let mut pruned_results = Vec::new();
     for c in chosen {
-        let Chosen { method, policy, reward, evaluations, seconds } = c;
+        let Chosen { method, policy, reward, evaluations, seconds, proxy } = c;
         let label = format!("{}{suffix}", method.label());
         // Measured as the search scored it (BN statistics of the unlabeled images, when the
         // reward re-estimates them).
@@ -375,6 +399,7 @@ pub fn run(
             evaluations,
             search_seconds: seconds,
             finetune_seconds,
+            proxy,
             checkpoint: dir.join("model.safetensors"),
         });
     }
@@ -398,6 +423,61 @@ pub fn run(
         .save(out.join("accuracy.svg"))?;
     report::write_json(out.join("report.json"), &serde_json::json!({ "config": cfg, "report": &report }))?;
     Ok(report)
+}
+
+/// The fine-tuning proxy's pick among the top candidates of the search logged in `files`, and
+/// its scores (kept in the search's folder as `proxy.json`; with `--resume`, a proxy.json for the
+/// same candidates and settings is reused rather than recomputed).
+fn proxy_pick(
+    inputs: &mut PipelineInputs<'_>,
+    dev: &Device,
+    cfg: &PipelineConfig,
+    files: &SearchFiles,
+    report: Option<&search::AccuracyReport>,
+) -> Result<(CandidateRecord, ProxyResult)> {
+    let records: Vec<CandidateRecord> = report::read_jsonl(files.log())?;
+    let top = proxy::top_spread(&records, cfg.proxy.top, cfg.proxy.spread);
+    let temperature = cfg.finetune.distill_temperature.ok_or_else(|| {
+        crate::error::Error::Invalid("--proxy-top ranks by label-free distillation: it cannot go with --labels".into())
+    })?;
+    let path = files.dir.join("proxy.json");
+    let saved = if cfg.resume && crate::fsio::exists(&path)? {
+        let r: ProxyResult = report::read_json(&path)?;
+        let same = r.config == cfg.proxy
+            && r.temperature == temperature
+            && r.scores.iter().map(|s| &s.kept).eq(top.iter().map(|c| &c.policy.kept));
+        same.then_some(r)
+    } else {
+        None
+    };
+    let result = match saved {
+        Some(r) => r,
+        None => {
+            let pruner = pruner(inputs.baseline, cfg, cfg.search.criterion)?;
+            let images = dev.to_device(inputs.search_images)?;
+            let r = proxy::run(
+                dev,
+                proxy::ProxyInputs {
+                    base: inputs.baseline,
+                    pruner: &pruner,
+                    images: &images,
+                    reward: &cfg.search.reward,
+                    train: inputs.train,
+                    finetune: &cfg.finetune.train,
+                    temperature,
+                    feature_weight: cfg.finetune.feature_weight,
+                    report,
+                },
+                &top,
+                &cfg.proxy,
+            )?;
+            report::write_json(&path, &r)?;
+            r
+        }
+    };
+    let chosen = result.chosen().expect("the proxy marks one candidate");
+    let rec = top.iter().find(|c| c.policy.kept == chosen.kept).expect("the proxy chose among these");
+    Ok(((*rec).clone(), result))
 }
 
 fn pruner(base: &Model, cfg: &PipelineConfig, criterion: crate::prune::Criterion) -> Result<Pruner> {
@@ -467,6 +547,8 @@ fn searched(
 /// A rank other than 0 of a pipeline under `mpirun`: scores its shares of each search's
 /// candidates, then fine-tunes rank 0's pruned nets with it, data-parallel. Writes nothing.
 pub fn serve(inputs: PipelineInputs<'_>, dev: &Device, cfg: &PipelineConfig) -> Result<()> {
+    // Refused on every rank alike (the proxy runs on rank 0 alone).
+    cfg.proxy.validate()?;
     let norm: Normalization = train::normalization_for(inputs.baseline, inputs.test)?;
     let test_labels = inputs.test.labels_or_err()?.to_vec();
     for &method in &cfg.methods {
@@ -499,4 +581,5 @@ struct Chosen {
     reward: Option<f64>,
     evaluations: usize,
     seconds: f64,
+    proxy: Option<ProxyResult>,
 }

@@ -26,6 +26,9 @@
 #                                      cell of its seed: reward taps at every stage too (stages),
 #                                      3x the search episodes (long)
 #   abl-r56-f50-s{0,1,2}-stages         the reward taps at ResNet-56
+#   abl-r{20,56}-f50-s{0,1,2}-proxy     the fine-tuning proxy: the seed's lfgcl search (copied),
+#                                      its 4 best candidates at least 0.1 apart fine-tuned 40 steps
+#                                      each, the lowest KL to the baseline kept
 #   abl-r20-f50-s{0,1,2}-{lfgcl,uniform}-ft
 #                                      item 4's fine-tuning change: the seed's lfgcl (or uniform L1)
 #                                      net fine-tuned twice by one binary, KL only and KL + feature
@@ -86,9 +89,9 @@ mkdir -p "$out/cells" "$out/bin"
 out=$(cd "$out" && pwd)
 
 case $profile in
-  full) base_epochs20=15 base_epochs56=15 episodes=100 warmup=30 ft_epochs=5 ft_limit=() images=256 test_limit=() ;;
-  cpu) base_epochs20=2 base_epochs56=2 episodes=60 warmup=20 ft_epochs=5 ft_limit=(--limit 12000) images=256 test_limit=() ;;
-  ci) base_epochs20=1 base_epochs56=1 episodes=2 warmup=1 ft_epochs=1 ft_limit=(--limit 512) images=32 test_limit=(--test-limit 256) ;;
+  full) proxy_steps=40 base_epochs20=15 base_epochs56=15 episodes=100 warmup=30 ft_epochs=5 ft_limit=() images=256 test_limit=() ;;
+  cpu) proxy_steps=40 base_epochs20=2 base_epochs56=2 episodes=60 warmup=20 ft_epochs=5 ft_limit=(--limit 12000) images=256 test_limit=() ;;
+  ci) proxy_steps=2 base_epochs20=1 base_epochs56=1 episodes=2 warmup=1 ft_epochs=1 ft_limit=(--limit 512) images=32 test_limit=(--test-limit 256) ;;
   *) echo "quality.sh: --profile must be cpu or full" >&2; exit 2 ;;
 esac
 
@@ -201,7 +204,7 @@ run_method() { # run_method PREFIX MODEL FLOPS SEED M
 
 # ablation TABLE SEED VARIANT: one of item 4's changes at 50% FLOPs, TABLE r20-f50 or r56-f50 (the
 # fine-tuning pairs exist for ResNet-20 only).
-ablations=(stages long lfgcl-ft uniform-ft)
+ablations=(stages long lfgcl-ft uniform-ft proxy)
 ablation() {
   local table=$1 seed=$2 v=$3 name=abl-$1-s$2-$3 model
   case $table in
@@ -210,10 +213,44 @@ ablation() {
   esac
   case $v in
     stages) cell "$name" "$model" 0.5 "$seed" lfgcl --taps penultimate,stages ;;
+    proxy) proxy_cell "$name" "$table" "$model" "$seed" ;;
     long) cell "$name" "$model" 0.5 "$seed" lfgcl --episodes $((3 * episodes)) --warmup $((2 * warmup)) ;;
     lfgcl-ft) ft_pair "$name" "$seed" lfgcl ;;
     uniform-ft) ft_pair "$name" "$seed" uniform ;;
   esac
+}
+
+# pin_bin KIND: a later binary for the changes the table's pinned one predates, copied once to
+# $OUT/bin/lfgcl-KIND (with its sha256 and commit) and used for every later run of those cells.
+pin_bin() {
+  local kind=$1
+  [[ -x $out/bin/lfgcl-$kind ]] && return 0
+  [[ -n $bin ]] || { (cd "$repo" && cargo build --release --quiet); bin=$repo/target/release/lfgcl; }
+  cp "$bin" "$out/bin/lfgcl-$kind.tmp" && mv "$out/bin/lfgcl-$kind.tmp" "$out/bin/lfgcl-$kind"
+  sha256sum "$out/bin/lfgcl-$kind" | cut -d' ' -f1 >"$out/bin/$kind-sha256"
+  (git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown) >"$out/bin/$kind-commit"
+}
+
+# proxy_cell NAME TABLE MODEL SEED: the seed's lfgcl cell again with the fine-tuning proxy
+# (--proxy-top 4 --proxy-steps 40 --proxy-spread 0.1; binary $OUT/bin/lfgcl-proxy) and KL-only
+# fine-tuning like the table's. The plain cell's finished search is copied in first and resumed,
+# so both pick from the same candidates (the search is deterministic; this saves rerunning it).
+proxy_cell() {
+  local name=$1 table=$2 model=$3 seed=$4 dir=$out/cells/$1
+  wanted "$name" || return 0
+  [[ -f $dir/report.json ]] && return 0
+  local src=$out/cells/$table-s$seed-lfgcl/run/search
+  [[ -f $src/summary.json ]] || { log "$name: skipped, no finished $table-s$seed-lfgcl search yet"; return 0; }
+  pin_bin proxy
+  if [[ ! -d $dir/run/search ]]; then
+    mkdir -p "$dir/run"
+    rm -rf "$dir/run/search.tmp"
+    cp -a "$src" "$dir/run/search.tmp" && mv "$dir/run/search.tmp" "$dir/run/search"
+  fi
+  local report=()
+  [[ $seed == 0 ]] && report=(--report-accuracy 500)
+  lfgcl=$out/bin/lfgcl-proxy cell "$name" "$model" 0.5 "$seed" lfgcl "${report[@]}" \
+    --proxy-top 4 --proxy-steps "$proxy_steps" --proxy-spread 0.1 --ft-feature-weight 0
 }
 
 # ft_pair NAME SEED METHOD [CELL]: the seed's METHOD net at 50% FLOPs (lfgcl: the search's pick in
@@ -224,12 +261,7 @@ ft_pair() {
   wanted "$name" || return 0
   local base=$out/base/resnet20/model.safetensors
   [[ -f $base ]] || return 0
-  if [[ ! -x $out/bin/lfgcl-ablation ]]; then
-    [[ -n $bin ]] || { (cd "$repo" && cargo build --release --quiet); bin=$repo/target/release/lfgcl; }
-    cp "$bin" "$out/bin/lfgcl-ablation.tmp" && mv "$out/bin/lfgcl-ablation.tmp" "$out/bin/lfgcl-ablation"
-    sha256sum "$out/bin/lfgcl-ablation" | cut -d' ' -f1 >"$out/bin/ablation-sha256"
-    (git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown) >"$out/bin/ablation-commit"
-  fi
+  pin_bin ablation
   local abin=$out/bin/lfgcl-ablation
   mkdir -p "$dir"
   if [[ ! -f $dir/pruned.safetensors ]]; then
@@ -338,6 +370,7 @@ if [[ $profile == ci ]]; then
   cell ci-streams-coupled resnet20 0.5 0 uniform --streams --ft-epochs 0
   study ci-r20-f50
   ft_pair ci-abl-lfgcl-ft 0 lfgcl ci-r20-f50-s0-lfgcl
+  proxy_cell ci-abl-proxy ci-r20-f50 resnet20 0
   aggregate
   echo "quality.sh --ci: ok ($out)"
   exit 0
@@ -364,7 +397,9 @@ for seed in $seeds; do
   for v in "${ablations[@]}"; do ablation r20-f50 "$seed" "$v"; aggregate >/dev/null; done
 done
 # The reward taps at ResNet-56, where the plain search's pick fell behind uniform L1 (results.md).
-for seed in $seeds; do ablation r56-f50 "$seed" stages; aggregate >/dev/null; done
+for seed in $seeds; do
+  for v in stages proxy; do ablation r56-f50 "$seed" "$v"; aggregate >/dev/null; done
+done
 aggregate
 log "all cells done ($out)"
 exit

@@ -15,6 +15,7 @@ use crate::prune::{self, Budget, Constraints, GroupScope, Pruner};
 use crate::report::{self, LinePlot, Series};
 use crate::search;
 use crate::search::ddpg::DdpgConfig;
+use crate::search::proxy::ProxyConfig;
 use crate::search::reward::{RewardConfig, Taps};
 use crate::search::{SearchConfig, SearchFiles, Strategy};
 use crate::tensor::Tensor;
@@ -1064,8 +1065,20 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
         methods,
         independent_streams: a.prune.independent_streams,
         report_accuracy: a.report_accuracy,
+        proxy: ProxyConfig { top: a.proxy_top, steps: a.proxy_steps, spread: a.proxy_spread },
         resume: a.resume,
     };
+    cfg.proxy.validate()?;
+    if !cfg.proxy.is_off() && a.ft.labels {
+        return Err(Error::Invalid(
+            "--proxy-top ranks candidates by label-free distillation: it cannot go with --labels".into(),
+        ));
+    }
+    if !cfg.proxy.is_off() && !cfg.methods.iter().any(|m| m.searches()) {
+        return Err(Error::Invalid(
+            "--proxy-top re-ranks a search's candidates: add lfgcl or random to --methods".into(),
+        ));
+    }
     if !root {
         let images = search::reward_batch(&base, &train_ds, a.search.images, cfg.search.seed)?;
         let inputs =

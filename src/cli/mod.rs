@@ -214,6 +214,20 @@ pub struct PipelineArgs {
     /// only (0: none; default: the whole test split).
     #[arg(long)]
     pub report_accuracy: Option<usize>,
+    /// Fine-tuning proxy: fine-tune the K best candidates of each search (at least --proxy-spread
+    /// apart) for --proxy-steps steps of the label-free fine-tuning, and keep the one whose
+    /// outputs then match the baseline's best (lowest KL on the reward's unlabeled images) instead of the best reward.
+    /// Applies to lfgcl and random search alike; 0: off.
+    #[arg(long, default_value_t = 0)]
+    pub proxy_top: usize,
+    /// Steps (batches of --ft-batch-size, at the fine-tuning's starting learning rate, held
+    /// constant) of each --proxy-top candidate's short fine-tuning.
+    #[arg(long, default_value_t = 50)]
+    pub proxy_steps: usize,
+    /// Least mean absolute difference of keep ratios between two --proxy-top candidates, so
+    /// that the proxy compares different policies rather than near-copies of the best.
+    #[arg(long, default_value_t = 0.1)]
+    pub proxy_spread: f64,
     /// Skip the deployment table (each pruned net against the baseline in lfgcl and onnxruntime).
     #[arg(long)]
     pub no_deploy_bench: bool,

@@ -12,6 +12,7 @@
 
 pub mod ddpg;
 pub mod observation;
+pub mod proxy;
 pub mod reward;
 mod run;
 mod saved;
@@ -170,6 +171,16 @@ pub struct SearchOutcome {
 pub struct AccuracyReport {
     pub images: Tensor,
     pub labels: Vec<u32>,
+}
+
+impl AccuracyReport {
+    /// A copy on the host.
+    pub fn duplicate(&self) -> Result<AccuracyReport> {
+        Ok(AccuracyReport {
+            images: Tensor::from_vec(self.images.dims(), self.images.to_vec()?)?,
+            labels: self.labels.clone(),
+        })
+    }
 }
 
 /// The normalised image batch of a dataset, as one host tensor.
