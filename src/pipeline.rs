@@ -182,6 +182,29 @@ impl PipelineReport {
         }
         s
     }
+
+    /// The fine-tuning proxy's comparison for each method it ran for (empty without it).
+    pub fn proxy_lines(&self) -> String {
+        let mut s = String::new();
+        for p in &self.pruned {
+            let Some(proxy) = &p.proxy else { continue };
+            s += &format!(
+                "fine-tuning proxy of {} ({} steps each; the lowest KL is kept):\n",
+                p.method, proxy.config.steps
+            );
+            for (i, c) in proxy.scores.iter().enumerate() {
+                s += &format!(
+                    "  {} candidate {}: reward {:.5}, KL after {:.5}{}\n",
+                    if c.chosen { "*" } else { " " },
+                    i + 1,
+                    c.reward,
+                    c.kl_after,
+                    c.top1_after.map_or(String::new(), |a| format!(", report top-1 {:.2}%", 100.0 * a))
+                );
+            }
+        }
+        s
+    }
 }
 
 /// Everything the pipeline reads.

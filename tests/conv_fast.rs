@@ -543,6 +543,9 @@ fn depthwise_fast_matches_exact_grouped() {
         (1, 2, 1, 2, 2),
         (2, 4, 2, 17, 2),
         (1, 3, 16, 16, 1),
+        // Rows shorter than a vector: each row's vector spills into the rows below.
+        (2, 6, 7, 7, 1),
+        (1, 3, 14, 14, 2),
     ] {
         let s = depthwise_shape(n, c, h, w, stride);
         assert!(depthwise::supports(&s));

@@ -997,6 +997,7 @@ fn run_pipeline(
         !g.quiet,
     )?;
     print!("{}", report.table());
+    print!("{}", report.proxy_lines());
     if let Some(rho) = report.reward_accuracy_spearman {
         println!("Spearman rank correlation of the label-free reward and top-1 over the search's candidates: {rho:.3}");
     }

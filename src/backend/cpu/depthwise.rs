@@ -87,40 +87,54 @@ impl Geom {
 /// the zero-inserted output gradient of a stride-2 convolution for `up == 2`.
 fn prepare(src: &[f32], sh: usize, sw: usize, up: usize, g: &Geom, dst: &mut Vec<f32>) {
     assert!(up == 1 || up == 2, "depthwise: zero insertion by {up}");
+    assert!(g.stride == 1 || up == 1, "depthwise: zero-inserted maps are read at stride 1");
     dst.resize(g.len(), 0.0);
-    for phase in 0..g.stride {
-        for prow in 0..g.hp {
-            let d = &mut dst[g.row(phase, prow)..g.row(phase, prow) + g.wph];
-            // Padded row `prow` is map row `prow - 1`.
-            let i = prow.wrapping_sub(1);
-            if prow == 0 || !i.is_multiple_of(up) || i / up >= sh {
-                d.fill(0.0);
-                continue;
+    let wph = g.wph;
+    // `up` is 1 or 2: shifts, not a division per row.
+    let shift = up.trailing_zeros();
+    for prow in 0..g.hp {
+        // Padded row `prow` is map row `prow - 1`, source row `(prow - 1) / up`.
+        let i = prow.wrapping_sub(1);
+        if prow == 0 || i & (up - 1) != 0 || i >> shift >= sh {
+            for phase in 0..g.stride {
+                dst[g.row(phase, prow)..g.row(phase, prow) + wph].fill(0.0);
             }
-            let srow = &src[(i / up) * sw..(i / up + 1) * sw];
-            if up == 2 {
-                // Map columns 2j hold the source; the others (and the border) are zeros.
-                assert_eq!(g.stride, 1, "depthwise: zero-inserted maps are read at stride 1");
-                d.fill(0.0);
-                for (jj, &v) in srow.iter().enumerate() {
-                    d[1 + 2 * jj] = v;
-                }
-            } else if g.stride == 1 {
-                d[0] = 0.0;
-                d[1..1 + sw].copy_from_slice(srow);
-                d[1 + sw..].fill(0.0);
+            continue;
+        }
+        let srow = &src[(i >> shift) * sw..((i >> shift) + 1) * sw];
+        if g.stride == 2 {
+            // Padded column 2 jj + phase is map column 2 jj + phase - 1: phase 0 holds the border
+            // then the odd columns, phase 1 the even ones, zeros after. One pass over the column
+            // pairs fills both (a per-phase strided gather was most of MobileNetV2's `prepare`).
+            let (lo, hi) = dst.split_at_mut(g.row(1, prow));
+            let (p0, p1) = (&mut lo[g.row(0, prow)..g.row(0, prow) + wph], &mut hi[..wph]);
+            let pairs = sw / 2;
+            p0[0] = 0.0;
+            for ((pair, even), odd) in srow.chunks_exact(2).zip(p1.iter_mut()).zip(p0[1..].iter_mut()) {
+                *even = pair[0];
+                *odd = pair[1];
+            }
+            let evens = if sw % 2 == 1 {
+                p1[pairs] = srow[sw - 1];
+                pairs + 1
             } else {
-                // Stride 2: padded column 2 jj + phase is map column 2 jj + phase - 1, so phase 0
-                // holds the border then the odd columns, phase 1 the even ones; zeros after.
-                let (skip, from) = if phase == 0 { (1, 1) } else { (0, 0) };
-                d[..skip].fill(0.0);
-                let mut filled = skip;
-                for (v, &x) in d[skip..].iter_mut().zip(srow[from.min(sw)..].iter().step_by(2)) {
-                    *v = x;
-                    filled += 1;
-                }
-                d[filled..].fill(0.0);
+                pairs
+            };
+            p1[evens..].fill(0.0);
+            p0[1 + pairs..].fill(0.0);
+            continue;
+        }
+        let d = &mut dst[g.row(0, prow)..g.row(0, prow) + wph];
+        if up == 2 {
+            // Map columns 2j hold the source; the others (and the border) are zeros.
+            d.fill(0.0);
+            for (jj, &v) in srow.iter().enumerate() {
+                d[1 + 2 * jj] = v;
             }
+        } else {
+            d[0] = 0.0;
+            d[1..1 + sw].copy_from_slice(srow);
+            d[1 + sw..].fill(0.0);
         }
     }
 }
@@ -154,8 +168,8 @@ unsafe fn plane<L: Lanes>(
         }
         _ => None,
     };
+    let out_len = out.len();
     for p in 0..g.oh {
-        let orow = &mut out[p * g.ow..(p + 1) * g.ow];
         for q0 in (0..g.owp).step_by(V) {
             // Tap (r, t) reads phase t % st, column q0 + t / st of padded row p * st + r: in
             // bounds by the asserts above (the phase planes follow each other).
@@ -172,15 +186,20 @@ unsafe fn plane<L: Lanes>(
                     acc = acc.relu6();
                 }
             }
-            if q0 + V <= g.ow {
-                acc.store(orow.as_mut_ptr().add(q0));
+            // A vector that runs past its row spills into the rows below, which are computed
+            // (and overwritten) later; only at the end of the plane does it go through `tail`.
+            // Small maps (rows of 7 or 14) are all tails: a copy each was 8% of MobileNetV2.
+            let at = p * g.ow + q0;
+            if at + V <= out_len {
+                acc.store(out.as_mut_ptr().add(at));
             } else {
                 acc.store(tail.as_mut_ptr());
-                orow[q0..].copy_from_slice(&tail[..g.ow - q0]);
+                let n = (g.ow - q0).min(out_len - at);
+                out[at..at + n].copy_from_slice(&tail[..n]);
             }
         }
         if let (Some((e, at0, pq, k)), None) = (epi, in_registers) {
-            e.apply_slice(orow, at0 + p * g.ow, pq, k);
+            e.apply_slice(&mut out[p * g.ow..(p + 1) * g.ow], at0 + p * g.ow, pq, k);
         }
     }
 }
