@@ -231,7 +231,7 @@ pin_bin() {
   (git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown) >"$out/bin/$kind-commit"
 }
 
-# proxy_cell NAME TABLE MODEL SEED: the seed's lfgcl cell again with the fine-tuning proxy
+# proxy_cell NAME TABLE MODEL SEED [REPORT]: the seed's lfgcl cell again with the fine-tuning proxy
 # (--proxy-top 4 --proxy-steps 40 --proxy-spread 0.1; binary $OUT/bin/lfgcl-proxy) and KL-only
 # fine-tuning like the table's. The plain cell's finished search is copied in first and resumed,
 # so both pick from the same candidates (the search is deterministic; this saves rerunning it).
@@ -247,8 +247,9 @@ proxy_cell() {
     rm -rf "$dir/run/search.tmp"
     cp -a "$src" "$dir/run/search.tmp" && mv "$dir/run/search.tmp" "$dir/run/search"
   fi
+  # The plain cell's accuracy report (a resumed search must see the same): 500 images for seed 0.
   local report=()
-  [[ $seed == 0 ]] && report=(--report-accuracy 500)
+  [[ $seed == 0 ]] && report=(--report-accuracy "${5:-500}")
   lfgcl=$out/bin/lfgcl-proxy cell "$name" "$model" 0.5 "$seed" lfgcl "${report[@]}" \
     --proxy-top 4 --proxy-steps "$proxy_steps" --proxy-spread 0.1 --ft-feature-weight 0
 }
@@ -370,7 +371,7 @@ if [[ $profile == ci ]]; then
   cell ci-streams-coupled resnet20 0.5 0 uniform --streams --ft-epochs 0
   study ci-r20-f50
   ft_pair ci-abl-lfgcl-ft 0 lfgcl ci-r20-f50-s0-lfgcl
-  proxy_cell ci-abl-proxy ci-r20-f50 resnet20 0
+  proxy_cell ci-abl-proxy ci-r20-f50 resnet20 0 64
   aggregate
   echo "quality.sh --ci: ok ($out)"
   exit 0
