@@ -180,6 +180,9 @@ def load_cells(out):
                 "reward_accuracy_spearman": rep.get("reward_accuracy_spearman"),
                 "command": c["command"],
             })
+            if p.get("proxy"):
+                # The fine-tuning proxy's comparison (quality.sh's proxy cells).
+                cells[-1]["proxy"] = p["proxy"]
     return cells
 
 
@@ -279,8 +282,8 @@ def main():
             profile = json.load(f)
     cells = load_cells(args.out)
     studies = load_study(args.out)
-    table_cells = [c for c in cells if not c["cell"].startswith(("streams-", "ci-streams", "abl-"))]
-    ablation_cells = [c for c in cells if c["cell"].startswith("abl-")]
+    table_cells = [c for c in cells if not c["cell"].startswith(("streams-", "ci-streams", "abl-", "ci-abl-"))]
+    ablation_cells = [c for c in cells if c["cell"].startswith(("abl-", "ci-abl-"))]
     stream_cells = [c for c in cells if c["cell"].startswith(("streams-", "ci-streams"))]
 
     md = ["# lfgcl results: does the search pay? (issue 21)", ""]
