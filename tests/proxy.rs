@@ -54,66 +54,20 @@ fn the_proxy_compares_the_best_candidates_that_differ_enough() {
 }
 
 fn trained(dir: &Path) -> std::path::PathBuf {
-    run_ok(
-        [
-            "--device",
-            "cpu",
-            "-q",
-            "train",
-            "--model",
-            "resnet20",
-            "--data",
-            "synthetic",
-            "--epochs",
-            "1",
-            "--limit",
-            "128",
-            "--test-limit",
-            "32",
-            "--batch-size",
-            "32",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([dir.join("base").to_string_lossy().into_owned()]),
-    );
-    dir.join("base").join("model.safetensors")
+    let out = dir.join("base");
+    let fixed = "--device cpu -q train --model resnet20 --data synthetic --epochs 1 --limit 128 --test-limit 32 \
+                 --batch-size 32 --out";
+    let mut args: Vec<String> = fixed.split_whitespace().map(String::from).collect();
+    args.push(out.to_string_lossy().into_owned());
+    run_ok(args);
+    out.join("model.safetensors")
 }
 
 fn pipeline_args(ckpt: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--device",
-        "cpu",
-        "-q",
-        "pipeline",
-        "--data",
-        "synthetic",
-        "--flops",
-        "0.5",
-        "--methods",
-        "lfgcl",
-        "--episodes",
-        "4",
-        "--warmup",
-        "1",
-        "--candidates-per-step",
-        "4",
-        "--images",
-        "16",
-        "--limit",
-        "64",
-        "--test-limit",
-        "32",
-        "--ft-batch-size",
-        "16",
-        "--no-deploy-bench",
-        "--report-accuracy",
-        "16",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let fixed = "--device cpu -q pipeline --data synthetic --flops 0.5 --methods lfgcl --episodes 4 --warmup 1 \
+                 --candidates-per-step 4 --images 16 --limit 64 --test-limit 32 --ft-batch-size 16 --no-deploy-bench \
+                 --report-accuracy 16";
+    let mut a: Vec<String> = fixed.split_whitespace().map(String::from).collect();
     a.extend([
         "--ckpt".into(),
         ckpt.to_string_lossy().into_owned(),

@@ -435,6 +435,47 @@ unsafe fn channel_wgrad_with<L: Lanes>(
 mod tests {
     use super::*;
 
+    /// A plane's vectors may spill into its later rows, never past its end: the floats after the
+    /// plane keep their bits, and every output is the 3x3 sum (small maps: every row a tail).
+    #[test]
+    fn plane_writes_only_its_own_outputs() {
+        for &(h, w, stride) in &[(7usize, 7usize, 1usize), (14, 14, 2), (9, 19, 1), (1, 1, 1), (3, 40, 2)] {
+            let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+            let g = Geom::new(h, stride, oh, ow);
+            let x: Vec<f32> = (0..h * w).map(|v| ((v * 37) % 11) as f32 - 5.0).collect();
+            let wk: [f32; 9] = std::array::from_fn(|t| t as f32 * 0.25 - 1.0);
+            let mut xp = Vec::new();
+            prepare(&x, h, w, 1, &g, &mut xp);
+            let at = |i: isize, j: isize| {
+                if i < 0 || j < 0 || i >= h as isize || j >= w as isize {
+                    0.0
+                } else {
+                    x[i as usize * w + j as usize]
+                }
+            };
+            for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+                if (isa == Isa::Avx512 && !has_avx512()) || (isa == Isa::Avx2 && !has_avx2()) {
+                    continue;
+                }
+                let sentinel = f32::from_bits(0x7fc0_1234);
+                let mut buf = vec![sentinel; oh * ow + 2 * V];
+                plane_any(isa, &xp, &g, &wk, &mut buf[..oh * ow], None);
+                assert!(buf[oh * ow..].iter().all(|v| v.to_bits() == sentinel.to_bits()), "{isa:?} {h}x{w} s{stride}");
+                for p in 0..oh {
+                    for q in 0..ow {
+                        let mut want = 0.0f32;
+                        for tap in 0..9 {
+                            let (r, t) = ((tap / 3) as isize, (tap % 3) as isize);
+                            let v = at((p * stride) as isize + r - 1, (q * stride) as isize + t - 1) * wk[tap];
+                            want = if tap == 0 { v } else { want + v };
+                        }
+                        assert_eq!(buf[p * ow + q], want, "{isa:?} {h}x{w} s{stride} at ({p}, {q})");
+                    }
+                }
+            }
+        }
+    }
+
     /// The padded plane holds the map at `(1 + up i, 1 + up j)` in phase `(1 + up j) % stride`.
     #[test]
     fn prepare_places_the_map() {
