@@ -323,11 +323,10 @@ pub fn run(
                         "fine-tuning proxy: the {} best candidates at least {} apart, {} steps each ...",
                         cfg.proxy.top, cfg.proxy.spread, cfg.proxy.steps
                     ));
-                    let (rec, result) = proxy_pick(&mut inputs, dev, cfg, &files, proxy_report.as_ref())?;
-                    let pruner = pruner_for(inputs.baseline, cfg.search.criterion)?;
                     let source = format!("{} + fine-tuning proxy", method.label());
-                    let policy = pruner.policy(inputs.baseline, &rec.policy, &cfg.search.constraints, &source);
-                    (policy, rec.reward, Some(result))
+                    let (policy, reward, result) =
+                        proxy_pick(&mut inputs, dev, cfg, &files, proxy_report.as_ref(), &source)?;
+                    (policy, reward, Some(result))
                 };
                 Chosen {
                     method,
@@ -448,16 +447,18 @@ pub fn run(
     Ok(report)
 }
 
-/// The fine-tuning proxy's pick among the top candidates of the search logged in `files`, and
-/// its scores (kept in the search's folder as `proxy.json`; with `--resume`, a proxy.json for the
-/// same candidates and settings is reused rather than recomputed).
+/// The fine-tuning proxy's pick among the top candidates of the search logged in `files` (as a
+/// policy from `source`, and its reward), and its scores (kept in the search's folder as
+/// `proxy.json`; with `--resume`, a proxy.json for the same candidates and settings is reused
+/// rather than recomputed).
 fn proxy_pick(
     inputs: &mut PipelineInputs<'_>,
     dev: &Device,
     cfg: &PipelineConfig,
     files: &SearchFiles,
     report: Option<&search::AccuracyReport>,
-) -> Result<(CandidateRecord, ProxyResult)> {
+    source: &str,
+) -> Result<(Policy, f64, ProxyResult)> {
     let records: Vec<CandidateRecord> = report::read_jsonl(files.log())?;
     let top = proxy::top_spread(&records, cfg.proxy.top, cfg.proxy.spread);
     let temperature = cfg.finetune.distill_temperature.ok_or_else(|| {
@@ -473,10 +474,10 @@ fn proxy_pick(
     } else {
         None
     };
+    let pruner = pruner(inputs.baseline, cfg, cfg.search.criterion)?;
     let result = match saved {
         Some(r) => r,
         None => {
-            let pruner = pruner(inputs.baseline, cfg, cfg.search.criterion)?;
             let images = dev.to_device(inputs.search_images)?;
             let r = proxy::run(
                 dev,
@@ -500,7 +501,8 @@ fn proxy_pick(
     };
     let chosen = result.chosen().expect("the proxy marks one candidate");
     let rec = top.iter().find(|c| c.policy.kept == chosen.kept).expect("the proxy chose among these");
-    Ok(((*rec).clone(), result))
+    let policy = pruner.policy(inputs.baseline, &rec.policy, &cfg.search.constraints, source);
+    Ok((policy, rec.reward, result))
 }
 
 fn pruner(base: &Model, cfg: &PipelineConfig, criterion: crate::prune::Criterion) -> Result<Pruner> {

@@ -216,8 +216,8 @@ pub struct PipelineArgs {
     pub report_accuracy: Option<usize>,
     /// Fine-tuning proxy: fine-tune the K best candidates of each search (at least --proxy-spread
     /// apart) for --proxy-steps steps of the label-free fine-tuning, and keep the one whose
-    /// outputs then match the baseline's best (lowest KL on the reward's unlabeled images) instead of the best reward.
-    /// Applies to lfgcl and random search alike; 0: off.
+    /// outputs then match the baseline's best (lowest KL on the reward's unlabeled images)
+    /// instead of the best reward. Applies to lfgcl and random search alike; 0: off.
     #[arg(long, default_value_t = 0)]
     pub proxy_top: usize,
     /// Steps (batches of --ft-batch-size, at the fine-tuning's starting learning rate, held
