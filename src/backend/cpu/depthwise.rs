@@ -464,9 +464,9 @@ mod tests {
                 for p in 0..oh {
                     for q in 0..ow {
                         let mut want = 0.0f32;
-                        for tap in 0..9 {
+                        for (tap, &wt) in wk.iter().enumerate() {
                             let (r, t) = ((tap / 3) as isize, (tap % 3) as isize);
-                            let v = at((p * stride) as isize + r - 1, (q * stride) as isize + t - 1) * wk[tap];
+                            let v = at((p * stride) as isize + r - 1, (q * stride) as isize + t - 1) * wt;
                             want = if tap == 0 { v } else { want + v };
                         }
                         assert_eq!(buf[p * ow + q], want, "{isa:?} {h}x{w} s{stride} at ({p}, {q})");
