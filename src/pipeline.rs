@@ -468,7 +468,9 @@ fn proxy_pick(
     let saved = if cfg.resume && crate::fsio::exists(&path)? {
         let r: ProxyResult = report::read_json(&path)?;
         let same = r.config == cfg.proxy
+            && r.training == proxy::ProxyTraining::of(&cfg.finetune.train)
             && r.temperature == temperature
+            && cfg.finetune.feature_weight.is_none_or(|w| w == r.feature_weight)
             && r.scores.iter().map(|s| &s.kept).eq(top.iter().map(|c| &c.policy.kept));
         same.then_some(r)
     } else {

@@ -115,6 +115,13 @@ fn the_proxy_keeps_the_lowest_kl_deterministically_and_resumes() {
     assert_eq!(written, kept_file, "resumed: proxy.json reused, not rewritten");
     let resumed: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("report.json")).unwrap()).unwrap();
     assert_eq!(resumed["report"]["pruned"][0]["kept"], net["kept"]);
+    // Other fine-tuning settings: the scores are made again, with them.
+    let mut changed = again.clone();
+    changed.extend(["--ft-lr", "0.05"]);
+    run_ok(pipeline_args(&ckpt, &a, &changed));
+    let redone: ProxyResult = serde_json::from_slice(&std::fs::read(a.join("search/proxy.json")).unwrap()).unwrap();
+    assert_eq!(redone.training.lr, 0.05);
+    assert_ne!(redone.scores, result.scores);
     // Without the proxy, no proxy.json and no proxy field: the old reports are unchanged.
     let c = tmp.path().join("c");
     run_ok(pipeline_args(&ckpt, &c, &["--ft-epochs", "0"]));

@@ -86,10 +86,38 @@ pub struct ProxyScore {
     pub chosen: bool,
 }
 
+/// The fine-tuning settings the proxy's short runs use (what must match for `--resume` to reuse
+/// its scores).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProxyTraining {
+    pub batch_size: usize,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    pub augment: bool,
+    pub seed: u64,
+}
+
+impl ProxyTraining {
+    pub fn of(ft: &TrainConfig) -> ProxyTraining {
+        ProxyTraining {
+            batch_size: ft.batch_size,
+            lr: ft.lr,
+            momentum: ft.momentum,
+            weight_decay: ft.weight_decay,
+            nesterov: ft.nesterov,
+            augment: ft.augment,
+            seed: ft.seed,
+        }
+    }
+}
+
 /// What the proxy wrote: its settings and every score, the chosen one marked.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProxyResult {
     pub config: ProxyConfig,
+    pub training: ProxyTraining,
     pub temperature: f32,
     pub feature_weight: f32,
     pub scores: Vec<ProxyScore>,
@@ -222,5 +250,11 @@ pub fn run(
         .min_by(|&a, &b| scores[a].kl_after.total_cmp(&scores[b].kl_after))
         .expect("at least one candidate");
     scores[best].chosen = true;
-    Ok(ProxyResult { config: *cfg, temperature: inputs.temperature, feature_weight, scores })
+    Ok(ProxyResult {
+        config: *cfg,
+        training: ProxyTraining::of(ft),
+        temperature: inputs.temperature,
+        feature_weight,
+        scores,
+    })
 }
