@@ -299,6 +299,16 @@ fn a_pipeline_on_two_ranks_searches_as_one_process_and_fine_tunes_data_parallel(
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("choose a batch size that divides by 2"), "{err}");
     assert!(!odd.join("search").exists(), "the search ran before the refusal");
+    // The fine-tuning proxy runs on one process: refused under mpirun, before the searches.
+    let proxied = dir.path().join("proxy");
+    let mut args = pipeline_args(&ckpt, &proxied);
+    args.extend(["--proxy-top", "2"]);
+    let o = mpirun_command(2, &args).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--proxy-top is not supported under mpirun"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!proxied.join("search").exists(), "the search ran before the refusal");
 }
 
 /// With `--features nccl` on GPUs: 2 ranks of data-parallel training sum their gradients over NCCL
