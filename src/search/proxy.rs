@@ -209,6 +209,7 @@ pub fn run(
         let mut opt = Sgd::new(ft.momentum, ft.weight_decay, ft.nesterov)?;
         let mut done = 0;
         'epochs: for epoch in 0.. {
+            let at_start = done;
             for batch in loader.batches(epoch) {
                 if done == cfg.steps {
                     break 'epochs;
@@ -227,6 +228,9 @@ pub fn run(
                     ));
                 }
                 done += 1;
+            }
+            if done == at_start {
+                return Err(Error::Invalid(format!("dataset {} gave the proxy no batch", inputs.train.name)));
             }
         }
         let student_logits = net.graph.forward(dev, dev.copy(inputs.images)?, Mode::Eval)?;
