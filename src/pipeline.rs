@@ -271,7 +271,7 @@ pub fn run(
 ) -> Result<PipelineReport> {
     let start = Instant::now();
     let quiet = !progress;
-    cfg.proxy.validate()?;
+    check_proxy(cfg)?;
     let norm: Normalization = train::normalization_for(inputs.baseline, inputs.test)?;
     let test_images = search::batch_tensor(inputs.test, &norm)?;
     let test_labels = inputs.test.labels_or_err()?.to_vec();
@@ -447,6 +447,27 @@ pub fn run(
     Ok(report)
 }
 
+/// The fine-tuning proxy's settings, and that it has something to do here: refused before any
+/// search runs.
+fn check_proxy(cfg: &PipelineConfig) -> Result<()> {
+    use crate::error::Error;
+    cfg.proxy.validate()?;
+    if cfg.proxy.is_off() {
+        return Ok(());
+    }
+    if cfg.finetune.distill_temperature.is_none() {
+        return Err(Error::Invalid(
+            "--proxy-top ranks candidates by label-free distillation: it cannot go with --labels".into(),
+        ));
+    }
+    if !cfg.methods.iter().any(|m| m.searches()) {
+        return Err(Error::Invalid(
+            "--proxy-top re-ranks a search's candidates: add lfgcl or random to --methods".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The fine-tuning proxy's pick among the top candidates of the search logged in `files` (as a
 /// policy from `source`, and its reward), and its scores (kept in the search's folder as
 /// `proxy.json`; with `--resume`, a proxy.json for the same candidates and settings is reused
@@ -462,7 +483,9 @@ fn proxy_pick(
     let records: Vec<CandidateRecord> = report::read_jsonl(files.log())?;
     let top = proxy::top_spread(&records, cfg.proxy.top, cfg.proxy.spread);
     let temperature = cfg.finetune.distill_temperature.ok_or_else(|| {
-        crate::error::Error::Invalid("--proxy-top ranks by label-free distillation: it cannot go with --labels".into())
+        crate::error::Error::Invalid(
+            "--proxy-top ranks candidates by label-free distillation: it cannot go with --labels".into(),
+        )
     })?;
     let path = files.dir.join("proxy.json");
     let saved = if cfg.resume && crate::fsio::exists(&path)? {
@@ -575,7 +598,7 @@ fn searched(
 /// candidates, then fine-tunes rank 0's pruned nets with it, data-parallel. Writes nothing.
 pub fn serve(inputs: PipelineInputs<'_>, dev: &Device, cfg: &PipelineConfig) -> Result<()> {
     // Refused on every rank alike (the proxy runs on rank 0 alone).
-    cfg.proxy.validate()?;
+    check_proxy(cfg)?;
     let norm: Normalization = train::normalization_for(inputs.baseline, inputs.test)?;
     let test_labels = inputs.test.labels_or_err()?.to_vec();
     for &method in &cfg.methods {

@@ -1069,17 +1069,6 @@ fn cmd_pipeline(g: &GlobalArgs, a: PipelineArgs) -> Result<()> {
         proxy: ProxyConfig { top: a.proxy_top, steps: a.proxy_steps, spread: a.proxy_spread },
         resume: a.resume,
     };
-    cfg.proxy.validate()?;
-    if !cfg.proxy.is_off() && a.ft.labels {
-        return Err(Error::Invalid(
-            "--proxy-top ranks candidates by label-free distillation: it cannot go with --labels".into(),
-        ));
-    }
-    if !cfg.proxy.is_off() && !cfg.methods.iter().any(|m| m.searches()) {
-        return Err(Error::Invalid(
-            "--proxy-top re-ranks a search's candidates: add lfgcl or random to --methods".into(),
-        ));
-    }
     if !root {
         let images = search::reward_batch(&base, &train_ds, a.search.images, cfg.search.seed)?;
         let inputs =

@@ -12,7 +12,7 @@
 use super::reward::{scored_candidate, RewardConfig};
 use super::{AccuracyReport, CandidateRecord};
 use crate::backend::Device;
-use crate::data::{Augment, Dataset, Loader};
+use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::Mode;
@@ -191,11 +191,7 @@ pub fn run(
     let ft = inputs.finetune;
     let unlabeled = inputs.train.clone().without_labels();
     let norm = train::normalization_for(inputs.base, &unlabeled)?;
-    let mut loader =
-        Loader::try_new(&unlabeled, ft.batch_size, &norm)?.shuffle(ft.seed).drop_last(unlabeled.len() > ft.batch_size);
-    if ft.augment {
-        loader = loader.augment(Augment::standard(), ft.seed ^ 0x5eed);
-    }
+    let loader = train::training_loader(&unlabeled, ft, &norm)?;
     let teacher_logits = inputs.base.graph.forward(dev, dev.copy(inputs.images)?, Mode::Eval)?;
     let mut scores = Vec::with_capacity(candidates.len());
     let mut feature_weight = 0.0f32;

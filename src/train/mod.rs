@@ -366,6 +366,13 @@ pub fn fit(
     fit_from(model, dev, train, test, cfg, objective, None, &mut |log, m, _| on_epoch(log, m))
 }
 
+/// The batches training on `ds` with `cfg` draws, epoch by epoch: shuffled and augmented from
+/// `cfg.seed`, the last partial batch dropped. The fine-tuning proxy draws the same.
+pub fn training_loader<'a>(ds: &'a Dataset, cfg: &TrainConfig, norm: &Normalization) -> Result<Loader<'a>> {
+    let loader = Loader::try_new(ds, cfg.batch_size, norm)?.shuffle(cfg.seed).drop_last(ds.len() > cfg.batch_size);
+    Ok(if cfg.augment { loader.augment(Augment::standard(), cfg.seed ^ 0x5eed) } else { loader })
+}
+
 /// Where an interrupted run stopped: the epochs it finished (their logs) and the optimiser's
 /// momentum buffers after the last of them. The model is the caller's, restored alongside.
 pub struct ResumePoint {
@@ -404,11 +411,7 @@ pub fn fit_from(
     }
     let norm = normalization_for(model, train)?;
     model.normalization = Some(norm.clone());
-    let mut loader =
-        Loader::try_new(train, cfg.batch_size, &norm)?.shuffle(cfg.seed).drop_last(train.len() > cfg.batch_size);
-    if cfg.augment {
-        loader = loader.augment(Augment::standard(), cfg.seed ^ 0x5eed);
-    }
+    let loader = training_loader(train, cfg, &norm)?;
     let mut opt = Sgd::new(cfg.momentum, cfg.weight_decay, cfg.nesterov)?;
     let steps = loader.num_batches();
     crate::dist::dp::check_batch(cfg.batch_size, train.len())?;
