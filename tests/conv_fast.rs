@@ -188,6 +188,49 @@ fn winograd_is_bit_reproducible_across_thread_counts() {
     }
 }
 
+/// One image's GEMM is split by output channels over the threads (its epilogue with it), so a
+/// batch-1 forward must not depend on the thread count: 1x1 convolutions at the sizes of
+/// MobileNetV2 and ResNet-50 (channel counts that leave a short last block), an im2col layer
+/// and a strided 1x1, with and without the fused epilogue, agree bit for bit on 1, 2 and 3
+/// threads.
+#[test]
+fn batch1_gemm_convs_are_bit_reproducible_across_thread_counts() {
+    // (c_in, h, w, c_out, kernel, stride, pad)
+    let cases = [
+        (16, 40, 36, 96, 1, 1, 0),
+        (600, 9, 7, 65, 1, 1, 0),   // 63 outputs per channel and 600 deep: left whole
+        (600, 10, 10, 65, 1, 1, 0), // 100 outputs per channel: split
+        (200, 7, 7, 160, 1, 1, 0),  // a 7x7 map, one 512-deep block: split
+        (32, 4, 5, 10, 1, 1, 0),    // 200 outputs: the GEMM's small-matrix kernel, left whole
+        (24, 7, 7, 1, 1, 1, 0),
+        (8, 20, 18, 13, 5, 1, 2),
+        (32, 16, 16, 48, 1, 2, 0),
+    ];
+    for (i, &(c, h, w, k, ks, stride, pad)) in cases.iter().enumerate() {
+        let s = ConvShape::new(&[1, c, h, w], &[k, c, ks, ks], ConvSpec { stride, pad, groups: 1 }).unwrap();
+        let seed = 700 + 10 * i as u64;
+        let (x, wt) = (pseudo(c * h * w, seed), pseudo(k * c * ks * ks, seed + 1));
+        let (scale, shift) = (pseudo(k, seed + 2), pseudo(k, seed + 3));
+        let residual = pseudo(k * s.out_h * s.out_w, seed + 4);
+        let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: false, relu6: true };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| (conv::forward(&x, &wt, &s), conv::forward_fused(&x, &wt, &s, Some(&epi))))
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            let got = run(threads);
+            let differ = |a: &[f32], b: &[f32]| a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert!(
+                got == one,
+                "case {i} {s:?}: {threads} threads differ from 1 at {} and {} outputs",
+                differ(&got.0, &one.0),
+                differ(&got.1, &one.1)
+            );
+        }
+    }
+}
+
 /// The default CPU backend takes the fast path on 3x3 stride-1 layers; the exact and reference
 /// backends (what CUDA parity is measured against) keep im2col + GEMM / the f64 loops.
 #[test]

@@ -8,7 +8,7 @@
 
 use super::elementwise::{relu, update_unary};
 use super::gemm::{sgemm, sgemm_layout, Layout};
-use super::{host, CpuBackend};
+use super::{host, team, CpuBackend};
 use crate::backend::{Activation, ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -283,33 +283,81 @@ fn forward_fused_with(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue
         return y;
     }
     let g = images_per_chunk(s);
-    let threads = gemm_threads(s, g);
+    let (threads, short) = (gemm_threads(s, g), s.n < team::SHORT_BATCH);
     y.par_chunks_mut(g * k * pq).zip(x.par_chunks(g * chw)).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |(col, tmp), (chunk, (ych, xch))| {
+            let at0 = chunk * g * k * pq;
             if in_place && xch.len() == chw {
                 // One image of a 1x1 convolution: x is its own im2col matrix.
-                sgemm(k, pq, crs, w, false, xch, false, ych, false, threads);
-                if let Some(epi) = epi {
-                    epi.apply_slice(ych, chunk * g * k * pq, pq, k);
-                }
+                gemm_image(w, xch, ych, (k, pq, crs), epi, at0, threads, short);
                 return;
             }
             let cols = im2col_chunk(xch, s, col);
             if cols == pq {
                 // One image: the GEMM output already has the [K, PQ] layout.
-                sgemm(k, cols, crs, w, false, col, false, ych, false, threads);
-            } else {
-                tmp.resize(k * cols, 0.0);
-                sgemm(k, cols, crs, w, false, col, false, tmp, false, threads);
-                scatter_chunk(tmp, k, pq, ych);
+                gemm_image(w, col, ych, (k, pq, crs), epi, at0, threads, short);
+                return;
             }
+            tmp.resize(k * cols, 0.0);
+            sgemm(k, cols, crs, w, false, col, false, tmp, false, threads);
+            scatter_chunk(tmp, k, pq, ych);
             if let Some(epi) = epi {
-                epi.apply_slice(ych, chunk * g * k * pq, pq, k);
+                epi.apply_slice(ych, at0, pq, k);
             }
         },
     );
     y
+}
+
+/// Output channels per block when one image's GEMM is split over `threads`, or `None` to leave
+/// it whole. The `gemm` crate sums a product's CRS terms in blocks of a depth it picks from the
+/// shape: from CRS alone, except for products of at most 64 x 64 outputs (at most 512 deep,
+/// and a separate kernel at most 256 outputs). A split is made only where neither exception can
+/// reach a block but not the whole: every block has more than 256 outputs, and either PQ > 64
+/// or CRS fits one 512-deep block.
+fn rows_per_block(k: usize, pq: usize, crs: usize, threads: usize) -> Option<usize> {
+    if threads < 2 || k < 2 || !(pq > 64 || crs <= 512) {
+        return None;
+    }
+    let rows = k.div_ceil(threads);
+    let last = k - (k.div_ceil(rows) - 1) * rows;
+    (last * pq > 256).then_some(rows)
+}
+
+/// One image's `y[K, PQ] = w[K, CRS] * b[CRS, PQ]`, then `epi` on it (flat offset `at0`).
+/// With `threads > 1` (a batch too small to share out by chunks) the output channels are split
+/// into one block per thread, each a serial GEMM followed by the epilogue of its own rows, on
+/// the team for a batch of 1 (`short`). Left to the GEMM's own rayon split, the epilogue ran
+/// serially after it, and at batch 1 rayon's workers fought the team's spinning helper (the
+/// depthwise and Winograd layers') for the cores: MobileNetV2 ran no faster on 2 threads than
+/// on 1. The split is made only where every output keeps the same serial reduction over CRS
+/// (`rows_per_block`), so it changes no bit; elsewhere the GEMM splits itself.
+#[allow(clippy::too_many_arguments)]
+fn gemm_image(
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    (k, pq, crs): (usize, usize, usize),
+    epi: Option<&Epilogue>,
+    at0: usize,
+    threads: usize,
+    short: bool,
+) {
+    let Some(rows) = rows_per_block(k, pq, crs, threads) else {
+        sgemm(k, pq, crs, w, false, b, false, y, false, threads);
+        if let Some(epi) = epi {
+            epi.apply_slice(y, at0, pq, k);
+        }
+        return;
+    };
+    team::for_each_chunk_mut(short, y, rows * pq, |block, out| {
+        let (k0, kk) = (block * rows, out.len() / pq);
+        sgemm(kk, pq, crs, &w[k0 * crs..(k0 + kk) * crs], false, b, false, out, false, 1);
+        if let Some(epi) = epi {
+            epi.apply_slice(out, at0 + k0 * pq, pq, k);
+        }
+    });
 }
 
 pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
