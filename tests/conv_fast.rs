@@ -231,6 +231,30 @@ fn batch1_gemm_convs_are_bit_reproducible_across_thread_counts() {
     }
 }
 
+/// The im2col backward-weight sums its chunks' partials in chunk order, in one pass split over
+/// blocks of 16 output channels: against the f64 reference with several chunks and channel
+/// counts off the 16-row grid, and bit for bit on 1, 2 and 3 threads.
+#[test]
+fn im2col_backward_weight_sums_chunks_exactly_on_any_thread_count() {
+    // (n, c_in, h, w, c_out): 4 chunks of 3 images; 1 chunk; 33 = 2 blocks of 16 and 1.
+    for &(n, c, h, w, k) in &[(12, 5, 6, 6, 37), (2, 3, 5, 7, 16), (8, 4, 9, 9, 33)] {
+        let s = shape(n, c, h, w, k);
+        let (x, dy) = (pseudo(n * c * h * w, 31), pseudo(n * k * h * w, 32));
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| conv::backward_weight(&dy, &x, &s))
+        };
+        let one = run(1);
+        let (exact, scale) =
+            (backward_weight_reference(&dy, &x, &s), backward_weight_reference(&abs(&dy), &abs(&x), &s));
+        let err = worst(&one, &exact, &scale);
+        assert!(err < 1e-6, "{s:?}: error {err:.2e} against the f64 reference");
+        for threads in [2, 3] {
+            assert!(run(threads) == one, "{s:?}: {threads} threads differ from 1");
+        }
+    }
+}
+
 /// The default CPU backend takes the fast path on 3x3 stride-1 layers; the exact and reference
 /// backends (what CUDA parity is measured against) keep im2col + GEMM / the f64 loops.
 #[test]
