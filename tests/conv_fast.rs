@@ -198,10 +198,11 @@ fn batch1_gemm_convs_are_bit_reproducible_across_thread_counts() {
     // (c_in, h, w, c_out, kernel, stride, pad)
     let cases = [
         (16, 40, 36, 96, 1, 1, 0),
-        (600, 9, 7, 65, 1, 1, 0),   // 63 outputs per channel and 600 deep: left whole
+        (600, 9, 7, 65, 1, 1, 0), // 63 outputs per channel, 600 deep, blocks of 33 rows: left whole
+        (600, 7, 7, 131, 1, 1, 0), // the same with blocks of more than 64 rows: split
         (600, 10, 10, 65, 1, 1, 0), // 100 outputs per channel: split
-        (200, 7, 7, 160, 1, 1, 0),  // a 7x7 map, one 512-deep block: split
-        (32, 4, 5, 10, 1, 1, 0),    // 200 outputs: the GEMM's small-matrix kernel, left whole
+        (200, 7, 7, 160, 1, 1, 0), // a 7x7 map, one 512-deep block: split
+        (32, 4, 5, 10, 1, 1, 0),  // 200 outputs: the GEMM's small-matrix kernel, left whole
         (24, 7, 7, 1, 1, 1, 0),
         (8, 20, 18, 13, 5, 1, 2),
         (32, 16, 16, 48, 1, 2, 0),

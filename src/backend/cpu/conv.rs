@@ -314,15 +314,16 @@ fn forward_fused_with(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue
 /// it whole. The `gemm` crate sums a product's CRS terms in blocks of a depth it picks from the
 /// shape: from CRS alone, except for products of at most 64 x 64 outputs (at most 512 deep,
 /// and a separate kernel at most 256 outputs). A split is made only where neither exception can
-/// reach a block but not the whole: every block has more than 256 outputs, and either PQ > 64
-/// or CRS fits one 512-deep block.
+/// reach a block but not the whole: every block has more than 256 outputs, and more than 64
+/// rows or more than 64 columns, unless CRS fits one 512-deep block anyway.
 fn rows_per_block(k: usize, pq: usize, crs: usize, threads: usize) -> Option<usize> {
-    if threads < 2 || k < 2 || !(pq > 64 || crs <= 512) {
+    if threads < 2 || k < 2 {
         return None;
     }
     let rows = k.div_ceil(threads);
+    // The last block is the smallest.
     let last = k - (k.div_ceil(rows) - 1) * rows;
-    (last * pq > 256).then_some(rows)
+    (last * pq > 256 && (pq > 64 || last > 64 || crs <= 512)).then_some(rows)
 }
 
 /// One image's `y[K, PQ] = w[K, CRS] * b[CRS, PQ]`, then `epi` on it (flat offset `at0`).
