@@ -45,10 +45,13 @@ fn quality_script_ci_cell_runs_and_resumes() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("docs/results.json")).unwrap()).unwrap();
     let cells = json["cells"].as_array().unwrap();
-    assert_eq!(cells.len(), 7, "5 methods, the stream cell and the fine-tuning proxy's cell");
-    let proxy = cells.iter().find(|c| c["cell"] == "ci-abl-proxy").expect("the proxy cell");
-    let scores = proxy["proxy"]["scores"].as_array().expect("its comparison");
-    assert!(scores.len() >= 2 && scores.iter().filter(|s| s["chosen"] == true).count() == 1, "{proxy}");
+    assert_eq!(cells.len(), 8, "5 methods, the stream cell and the fine-tuning proxy's two cells");
+    for (name, method) in [("ci-abl-proxy", "lfgcl"), ("ci-abl-proxy-random", "random")] {
+        let proxy = cells.iter().find(|c| c["cell"] == name).expect("the proxy cell");
+        assert_eq!(proxy["method"], method, "{proxy}");
+        let scores = proxy["proxy"]["scores"].as_array().expect("its comparison");
+        assert!(scores.len() >= 2 && scores.iter().filter(|s| s["chosen"] == true).count() == 1, "{proxy}");
+    }
     for c in cells {
         let f = c["flops_fraction"].as_f64().unwrap();
         assert!(f <= 0.5 + 1e-12 && f > 0.49, "{}: {f} of the FLOPs", c["label"]);

@@ -37,6 +37,8 @@ ABLATIONS = [
     ("r56-f50", "stages", "lfgcl", "reward taps: every stage's output as well as the penultimate features (`--taps penultimate,stages`)"),
     ("r20-f50", "proxy", "lfgcl", "fine-tuning proxy: the search's 4 best candidates at least 0.1 apart, 40 steps of distillation each, lowest KL kept (`--proxy-top 4`)"),
     ("r56-f50", "proxy", "lfgcl", "fine-tuning proxy: the search's 4 best candidates at least 0.1 apart, 40 steps of distillation each, lowest KL kept (`--proxy-top 4`)"),
+    ("r20-f50", "proxy-random", "random", "the same fine-tuning proxy on random search's candidates (against plain random search)"),
+    ("r56-f50", "proxy-random", "random", "the same fine-tuning proxy on random search's candidates (against plain random search)"),
 ]
 NET_NAMES = {"resnet20": "ResNet-20", "resnet56": "ResNet-56"}
 

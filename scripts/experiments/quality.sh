@@ -29,6 +29,9 @@
 #   abl-r{20,56}-f50-s{0,1,2}-proxy     the fine-tuning proxy: the seed's lfgcl search (copied),
 #                                      its 4 best candidates at least 0.1 apart fine-tuned 40 steps
 #                                      each, the lowest KL to the baseline kept
+#   abl-r{20,56}-f50-s{0,1,2}-proxy-random
+#                                      the same proxy on the seed's random search (it applies to
+#                                      both searches, so a fair comparison needs both)
 #   abl-r20-f50-s{0,1,2}-{lfgcl,uniform}-ft
 #                                      item 4's fine-tuning change: the seed's lfgcl (or uniform L1)
 #                                      net fine-tuned twice by one binary, KL only and KL + feature
@@ -204,7 +207,7 @@ run_method() { # run_method PREFIX MODEL FLOPS SEED M
 
 # ablation TABLE SEED VARIANT: one of item 4's changes at 50% FLOPs, TABLE r20-f50 or r56-f50 (the
 # fine-tuning pairs exist for ResNet-20 only).
-ablations=(stages long lfgcl-ft uniform-ft proxy)
+ablations=(stages long lfgcl-ft uniform-ft proxy proxy-random)
 ablation() {
   local table=$1 seed=$2 v=$3 name=abl-$1-s$2-$3 model
   case $table in
@@ -213,7 +216,8 @@ ablation() {
   esac
   case $v in
     stages) cell "$name" "$model" 0.5 "$seed" lfgcl --taps penultimate,stages ;;
-    proxy) proxy_cell "$name" "$table" "$model" "$seed" ;;
+    proxy) proxy_cell "$name" "$table-s$seed-lfgcl" "$model" "$seed" lfgcl ;;
+    proxy-random) proxy_cell "$name" "$table-s$seed-random" "$model" "$seed" random ;;
     long) cell "$name" "$model" 0.5 "$seed" lfgcl --episodes $((3 * episodes)) --warmup $((2 * warmup)) ;;
     lfgcl-ft) ft_pair "$name" "$seed" lfgcl ;;
     uniform-ft) ft_pair "$name" "$seed" uniform ;;
@@ -231,26 +235,34 @@ pin_bin() {
   (git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown) >"$out/bin/$kind-commit"
 }
 
-# proxy_cell NAME TABLE MODEL SEED [REPORT]: the seed's lfgcl cell again with the fine-tuning proxy
-# (--proxy-top 4 --proxy-steps 40 --proxy-spread 0.1; binary $OUT/bin/lfgcl-proxy) and KL-only
-# fine-tuning like the table's. The plain cell's finished search is copied in first and resumed,
-# so both pick from the same candidates (the search is deterministic; this saves rerunning it).
+# proxy_cell NAME SOURCE MODEL SEED METHOD [REPORT]: cell SOURCE's METHOD search (lfgcl or random)
+# again with the fine-tuning proxy (--proxy-top 4 --proxy-steps 40 --proxy-spread 0.1; binary
+# $OUT/bin/lfgcl-proxy) and KL-only fine-tuning like the table's. SOURCE's finished search is
+# copied in first and resumed, so both pick from the same candidates (the search is
+# deterministic; this saves rerunning it). REPORT: the accuracy report SOURCE's search ran with
+# (a resumed search must see the same; the table's seed-0 lfgcl cells use 500 images).
 proxy_cell() {
-  local name=$1 table=$2 model=$3 seed=$4 dir=$out/cells/$1
+  local name=$1 source=$2 model=$3 seed=$4 method=$5 dir=$out/cells/$1
   wanted "$name" || return 0
   [[ -f $dir/report.json ]] && return 0
-  local src=$out/cells/$table-s$seed-lfgcl/run/search
-  [[ -f $src/summary.json ]] || { log "$name: skipped, no finished $table-s$seed-lfgcl search yet"; return 0; }
+  # Where the pipeline keeps each search (`search/` for lfgcl).
+  local at=search
+  [[ $method == random ]] && at=random
+  local src=$out/cells/$source/run/$at
+  [[ -f $src/summary.json ]] || { log "$name: skipped, no finished $source $method search yet"; return 0; }
   pin_bin proxy
-  if [[ ! -d $dir/run/search ]]; then
+  if [[ ! -d $dir/run/$at ]]; then
     mkdir -p "$dir/run"
-    rm -rf "$dir/run/search.tmp"
-    cp -a "$src" "$dir/run/search.tmp" && mv "$dir/run/search.tmp" "$dir/run/search"
+    rm -rf "$dir/run/$at.tmp"
+    cp -a "$src" "$dir/run/$at.tmp" && mv "$dir/run/$at.tmp" "$dir/run/$at"
   fi
-  # The plain cell's accuracy report (a resumed search must see the same): 500 images for seed 0.
   local report=()
-  [[ $seed == 0 ]] && report=(--report-accuracy "${5:-500}")
-  lfgcl=$out/bin/lfgcl-proxy cell "$name" "$model" 0.5 "$seed" lfgcl "${report[@]}" \
+  if [[ -n ${6:-} ]]; then
+    report=(--report-accuracy "$6")
+  elif [[ $seed == 0 && $method == lfgcl ]]; then
+    report=(--report-accuracy 500)
+  fi
+  lfgcl=$out/bin/lfgcl-proxy cell "$name" "$model" 0.5 "$seed" "$method" "${report[@]}" \
     --proxy-top 4 --proxy-steps "$proxy_steps" --proxy-spread 0.1 --ft-feature-weight 0
 }
 
@@ -371,7 +383,8 @@ if [[ $profile == ci ]]; then
   cell ci-streams-coupled resnet20 0.5 0 uniform --streams --ft-epochs 0
   study ci-r20-f50
   ft_pair ci-abl-lfgcl-ft 0 lfgcl ci-r20-f50-s0-lfgcl
-  proxy_cell ci-abl-proxy ci-r20-f50 resnet20 0 64
+  proxy_cell ci-abl-proxy ci-r20-f50-s0-lfgcl resnet20 0 lfgcl 64
+  proxy_cell ci-abl-proxy-random ci-r20-f50-s0-lfgcl resnet20 0 random 64
   aggregate
   echo "quality.sh --ci: ok ($out)"
   exit 0
@@ -399,7 +412,7 @@ for seed in $seeds; do
 done
 # The reward taps at ResNet-56, where the plain search's pick fell behind uniform L1 (results.md).
 for seed in $seeds; do
-  for v in stages proxy; do ablation r56-f50 "$seed" "$v"; aggregate >/dev/null; done
+  for v in stages proxy proxy-random; do ablation r56-f50 "$seed" "$v"; aggregate >/dev/null; done
 done
 aggregate
 log "all cells done ($out)"
