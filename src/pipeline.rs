@@ -455,17 +455,22 @@ fn check_proxy(cfg: &PipelineConfig) -> Result<()> {
     if cfg.proxy.is_off() {
         return Ok(());
     }
-    if cfg.finetune.distill_temperature.is_none() {
-        return Err(Error::Invalid(
-            "--proxy-top ranks candidates by label-free distillation: it cannot go with --labels".into(),
-        ));
-    }
+    proxy_temperature(cfg)?;
     if !cfg.methods.iter().any(|m| m.searches()) {
         return Err(Error::Invalid(
             "--proxy-top re-ranks a search's candidates: add lfgcl or random to --methods".into(),
         ));
     }
     Ok(())
+}
+
+/// The distillation temperature the fine-tuning proxy ranks by: none with `--labels`, refused.
+fn proxy_temperature(cfg: &PipelineConfig) -> Result<f32> {
+    cfg.finetune.distill_temperature.ok_or_else(|| {
+        crate::error::Error::Invalid(
+            "--proxy-top ranks candidates by label-free distillation: it cannot go with --labels".into(),
+        )
+    })
 }
 
 /// The fine-tuning proxy's pick among the top candidates of the search logged in `files` (as a
@@ -482,11 +487,7 @@ fn proxy_pick(
 ) -> Result<(Policy, f64, ProxyResult)> {
     let records: Vec<CandidateRecord> = report::read_jsonl(files.log())?;
     let top = proxy::top_spread(&records, cfg.proxy.top, cfg.proxy.spread);
-    let temperature = cfg.finetune.distill_temperature.ok_or_else(|| {
-        crate::error::Error::Invalid(
-            "--proxy-top ranks candidates by label-free distillation: it cannot go with --labels".into(),
-        )
-    })?;
+    let temperature = proxy_temperature(cfg)?;
     let path = files.dir.join("proxy.json");
     let saved = if cfg.resume && crate::fsio::exists(&path)? {
         let r: ProxyResult = report::read_json(&path)?;
