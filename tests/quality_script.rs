@@ -61,6 +61,22 @@ fn quality_script_ci_cell_runs_and_resumes() {
     assert!(md.contains("### Feature distillation in the fine-tuning") && md.contains("features − KL"), "{md}");
     let fd = &json["summary"]["feature_distillation"]["lfgcl"];
     assert_eq!(fd["seeds"], serde_json::json!([0]), "{fd}");
+    // The committed JSON alone rebuilds the same table (a lost run folder loses nothing), and a
+    // new folder's aggregation keeps it.
+    let empty = tempfile::tempdir().unwrap();
+    let rebuilt = empty.path().join("docs");
+    let o = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/experiments/aggregate.py"))
+        .arg("--out")
+        .arg(empty.path())
+        .arg("--docs")
+        .arg(&rebuilt)
+        .arg("--keep")
+        .arg(dir.path().join("docs/results.json"))
+        .output()
+        .expect("run python3");
+    assert!(o.status.success(), "aggregate.py --keep failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(rebuilt.join("results.md")).unwrap(), md, "--keep changed the table");
     // A second run finds every cell done and only aggregates again.
     let second = run();
     assert!(

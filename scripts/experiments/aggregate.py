@@ -5,6 +5,8 @@
 
 Reads RUNS/cells/*/report.json (one pipeline run of one method each), RUNS/study/*/c*/result.json
 and RUNS/profile.json (and DOCS/results-notes.md, a hand-written reading placed under the status);
+with --keep EARLIER.json (a results.json this script wrote), also every record of that file that RUNS
+does not hold again, so a table outlives the run folder it came from (RUNS wins where both have a cell);
 writes DOCS/results.json (every cell's numbers, flattened) and
 DOCS/results.md (mean and sample std over seeds before and after fine-tuning, the paired
 difference lfgcl - baseline over seeds with its 95% t-interval, wall times, the commands).
@@ -232,27 +234,36 @@ def ablation_section(ablation_cells, table_cells, summary):
     return md + [""]
 
 
-def binary_line(out_dir):
+def ablation_binary(out_dir):
     """Which binary ran the pairs (feature distillation came after the table's binary)."""
     def read(name):
         path = os.path.join(out_dir, "bin", name)
-        return open(path).read().strip() if os.path.exists(path) else "?"
-    return f" Binary sha256 `{read('ablation-sha256')[:16]}...`, commit `{read('ablation-commit')[:12]}`."
+        return open(path).read().strip() if os.path.exists(path) else None
+    sha, commit = read("ablation-sha256"), read("ablation-commit")
+    return {"sha256": sha, "commit": commit} if sha or commit else {}
 
 
-def ft_pair_section(out_dir, summary):
-    """Item 4's fine-tuning change: one net fine-tuned with KL only and with KL + features."""
+def binary_line(binary):
+    return f" Binary sha256 `{(binary.get('sha256') or '?')[:16]}...`, commit `{(binary.get('commit') or '?')[:12]}`."
+
+
+def load_ft_pairs(out_dir):
     rows = []
     for path in sorted(glob.glob(os.path.join(out_dir, "ablation", "*", "*", "result.json"))):
         with open(path) as f:
             rows.append(json.load(f))
+    return rows
+
+
+def ft_pair_section(rows, binary, summary):
+    """Item 4's fine-tuning change: one net fine-tuned with KL only and with KL + features."""
     if not rows:
         return []
     md = ["### Feature distillation in the fine-tuning", "",
           "The seed's net at 50% FLOPs (LFGCL's pick, or uniform L1) fine-tuned twice by one binary with the table's "
           "recipe: KL only, and KL plus the penultimate features' mean squared difference over their variance "
           "(`--ft-feature-weight 1`). Top-1 after fine-tuning; difference features minus KL, points, paired over seeds." +
-          binary_line(out_dir), "",
+          binary_line(binary), "",
           "| net | seeds | KL only | KL + features | features − KL | fine-tune s (KL / +features) |", "|---|---|---|---|---|---|"]
     out = {}
     for method in sorted({r["method"] for r in rows}):
@@ -276,6 +287,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="the output folder of quality.sh")
     ap.add_argument("--docs", required=True, help="where results.md and results.json go")
+    ap.add_argument("--keep", help="an earlier results.json: its records that RUNS does not hold are kept")
     args = ap.parse_args()
     profile = {}
     pp = os.path.join(args.out, "profile.json")
@@ -283,7 +295,51 @@ def main():
         with open(pp) as f:
             profile = json.load(f)
     cells = load_cells(args.out)
+    for c in cells:
+        c["lfgcl_sha256"] = profile.get("lfgcl_sha256")
     studies = load_study(args.out)
+    ft_rows = load_ft_pairs(args.out)
+    ft_binary = ablation_binary(args.out)
+    base_cmds = []
+    for path in sorted(glob.glob(os.path.join(args.out, "logs", "base-*", "command.txt"))) + sorted(
+            glob.glob(os.path.join(args.out, "study", "*", "c0", "command.txt"))) + sorted(
+            glob.glob(os.path.join(args.out, "study", "*", "c0", "*", "command.txt"))):
+        with open(path) as f:
+            base_cmds += [l.strip().replace(" --resume", "") for l in f if l.strip()]
+    baselines = {}
+    for path in sorted(glob.glob(os.path.join(args.out, "base", "*", "summary.json"))):
+        model = os.path.basename(os.path.dirname(path))
+        log = os.path.join(args.out, "base", model, "train_log.jsonl")
+        if os.path.exists(log):
+            with open(log) as f:
+                last = [json.loads(l) for l in f if l.strip()][-1]
+            baselines[model] = {"epochs": last["epoch"], "test_top1": last["test_top1"]}
+    kept_profile = {}
+    if args.keep:
+        try:
+            with open(args.keep) as f:
+                kept = json.load(f)
+            if not isinstance(kept, dict) or not isinstance(kept.get("cells"), list):
+                raise ValueError("it has no list of cells")
+        except (OSError, ValueError) as e:
+            sys.exit(f"aggregate.py: --keep {args.keep} is not a results.json this script wrote: {e}")
+        kept_profile = kept.get("profile") or {}
+        if not profile:
+            profile = kept_profile
+        fresh = {c["cell"] for c in cells}
+        kept_cells = [c for c in kept.get("cells", []) if c["cell"] not in fresh]
+        # Which binary ran a kept cell (records written before this field name their file's profile).
+        for c in kept_cells:
+            c.setdefault("lfgcl_sha256", kept_profile.get("lfgcl_sha256"))
+        cells = sorted(kept_cells + cells, key=lambda c: c["cell"])
+        for name, rs in (kept.get("study") or {}).items():
+            studies.setdefault(name, rs)
+        have = {(r["method"], r["arm"], r["seed"]) for r in ft_rows}
+        ft_rows += [r for r in kept.get("ft_pairs", []) if (r["method"], r["arm"], r["seed"]) not in have]
+        ft_binary = ft_binary or kept.get("ft_pairs_binary") or {}
+        base_cmds = kept.get("base_commands", []) + base_cmds
+        baselines = {**(kept.get("summary", {}).get("baselines") or {}), **baselines}
+    base_cmds = list(dict.fromkeys(base_cmds))
     table_cells = [c for c in cells if not c["cell"].startswith(("streams-", "ci-streams", "abl-", "ci-abl-"))]
     ablation_cells = [c for c in cells if c["cell"].startswith(("abl-", "ci-abl-"))]
     stream_cells = [c for c in cells if c["cell"].startswith(("streams-", "ci-streams"))]
@@ -321,6 +377,14 @@ def main():
             f"Machine: {profile.get('machine', 'not recorded')}.",
             "",
         ]
+        earlier = [c for c in cells if c.get("lfgcl_sha256") != profile.get("lfgcl_sha256")]
+        if earlier and kept_profile:
+            own = ("lfgcl_sha256", "lfgcl_commit", "machine")
+            same = all(kept_profile.get(k) == profile.get(k) for k in set(kept_profile) | set(profile) if k not in own)
+            md += [f"{len(earlier)} of the records come from an earlier run folder (`--keep`), run by binary sha256 "
+                   f"`{(kept_profile.get('lfgcl_sha256') or '?')[:16]}...`, commit "
+                   f"`{(kept_profile.get('lfgcl_commit') or '?')[:12]}`, "
+                   + ("with the same profile." if same else f"with profile {json.dumps(kept_profile)}."), ""]
 
     # Item 1: the stream coupling.
     if stream_cells:
@@ -391,7 +455,7 @@ def main():
         summary[table] = {"baseline_top1": base, "pairs": pairs}
 
     md += ablation_section(ablation_cells, table_cells, summary)
-    md += ft_pair_section(args.out, summary)
+    md += ft_pair_section(ft_rows, ft_binary, summary)
 
     for name, rs in studies.items():
         rs = sorted(rs, key=lambda r: r["reward"])
@@ -421,20 +485,8 @@ def main():
         cmd = re.sub(r"--seed \d+", "--seed $SEED", c["command"]).replace(" --resume", "")
         cmd = re.sub(r"/cells/[^/ ]+/run", "/cells/$CELL/run", cmd)
         cmds.setdefault(cmd, None)
-    base_cmds = []
-    for path in sorted(glob.glob(os.path.join(args.out, "logs", "base-*", "command.txt"))) + sorted(
-            glob.glob(os.path.join(args.out, "study", "*", "c0", "command.txt"))) + sorted(
-            glob.glob(os.path.join(args.out, "study", "*", "c0", "*", "command.txt"))):
-        with open(path) as f:
-            base_cmds += [l.strip().replace(" --resume", "") for l in f if l.strip()]
-    base_cmds = list(dict.fromkeys(base_cmds))
-    for path in sorted(glob.glob(os.path.join(args.out, "base", "*", "summary.json"))):
-        model = os.path.basename(os.path.dirname(path))
-        log = os.path.join(args.out, "base", model, "train_log.jsonl")
-        if os.path.exists(log):
-            with open(log) as f:
-                last = [json.loads(l) for l in f if l.strip()][-1]
-            summary.setdefault("baselines", {})[model] = {"epochs": last["epoch"], "test_top1": last["test_top1"]}
+    if baselines:
+        summary["baselines"] = baselines
     md += ["## Commands", "",
            "The whole table: `bash scripts/experiments/quality.sh --out RUNS` (resumable; `--device cuda` for a GPU, "
            "`--ci` for the smoke cell), then `python3 scripts/experiments/aggregate.py --out RUNS --docs docs`. "
@@ -446,7 +498,8 @@ def main():
     md += ["```", ""]
 
     os.makedirs(args.docs, exist_ok=True)
-    result = {"status": status, "profile": profile, "summary": summary, "cells": cells, "study": studies}
+    result = {"status": status, "profile": profile, "summary": summary, "cells": cells, "study": studies,
+              "ft_pairs": ft_rows, "ft_pairs_binary": ft_binary, "base_commands": base_cmds}
     files = [("results.json", json.dumps(result, indent=1) + "\n"), ("results.md", "\n".join(md))] + list(charts.items())
     for name, text in files:
         # Per process: two runs of quality.sh (say, two --only filters) may aggregate at once.

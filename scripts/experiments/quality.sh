@@ -4,7 +4,7 @@
 #
 #   bash scripts/experiments/quality.sh [--out DIR] [--device cpu|cuda|auto] [--threads N]
 #        [--profile cpu|full] [--only REGEX] [--seeds "0 1 2"] [--bin LFGCL] [--docs DIR]
-#        [--aggregate-only] [--ci]
+#        [--aggregate-only] [--ci] [--keep EARLIER.json]
 #
 # Resumable: every cell is one `lfgcl pipeline --methods M` run in its own folder whose
 # report.json is written atomically at the end; a cell with a report.json is skipped, one without
@@ -12,6 +12,11 @@
 # Kill it at any moment and run the same command again. The first run copies the lfgcl binary to
 # DIR/bin/lfgcl (built with cargo if --bin is not given) and every later run uses that copy, so a
 # rebuild cannot change a table half way.
+#
+# --keep EARLIER.json (say docs/results.json) carries a committed table over to a new run folder:
+# the aggregator keeps every record of that file the folder does not hold again, so a lost or new
+# folder adds cells to the table instead of starting it again. Pin the binary that ran the kept
+# cells (--bin, built from the commit results.md names) so old and new cells stay comparable.
 #
 # Cells, cheapest and most needed first (--only REGEX filters them by name):
 #   base-resnet20                      the baseline, trained with labels
@@ -55,7 +60,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
-out="" device=cpu threads="" profile="" only="" seeds="0 1 2" bin="" docs="" aggregate_only=0 ci=0
+out="" device=cpu threads="" profile="" only="" seeds="0 1 2" bin="" docs="" aggregate_only=0 ci=0 keep=()
 data_dir=${FMNIST:-/usr/share/datasets/fashion-mnist}
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -69,7 +74,8 @@ while [[ $# -gt 0 ]]; do
     --docs) docs=$2; shift 2 ;;
     --aggregate-only) aggregate_only=1; shift ;;
     --ci) ci=1; shift ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    --keep) keep=(--keep "$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"); shift 2 ;;
+    -h|--help) sed -n '2,/^set -e/{/^set -e/!p}' "$0"; exit 0 ;;
     *) echo "quality.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -368,7 +374,7 @@ EOF
 }
 
 aggregate() {
-  python3 "$here/aggregate.py" --out "$out" --docs "$docs"
+  python3 "$here/aggregate.py" --out "$out" --docs "$docs" "${keep[@]}"
 }
 
 if [[ $aggregate_only == 1 ]]; then
