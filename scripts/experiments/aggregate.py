@@ -190,6 +190,19 @@ def load_cells(out):
     return cells
 
 
+def machines_of(rows, table_cells):
+    """Where a table's cells ran, when the tables of one net did not all run on one machine (a
+    baseline retrained on another CPU differs in its last bits, so its tables stand apart)."""
+    model = rows[0]["model"]
+    everywhere = {c.get("machine") for c in table_cells if c["model"] == model}
+    if len(everywhere) <= 1:
+        return ""
+    here = sorted({str(c.get("machine")) for c in rows})
+    return (f", trained and pruned on {', '.join(here)} (the {model} baseline of the other tables is the same "
+            f"command's run on {', '.join(sorted(str(m) for m in everywhere - set(here)))}: the last bits of a CPU run "
+            f"differ between machines, see docs/guarantees.md)")
+
+
 def load_study(out):
     studies = {}
     for path in sorted(glob.glob(os.path.join(out, "study", "*", "c*", "result.json"))):
@@ -297,6 +310,7 @@ def main():
     cells = load_cells(args.out)
     for c in cells:
         c["lfgcl_sha256"] = profile.get("lfgcl_sha256")
+        c["machine"] = profile.get("machine")
     studies = load_study(args.out)
     ft_rows = load_ft_pairs(args.out)
     ft_binary = ablation_binary(args.out)
@@ -331,6 +345,7 @@ def main():
         # Which binary ran a kept cell (records written before this field name their file's profile).
         for c in kept_cells:
             c.setdefault("lfgcl_sha256", kept_profile.get("lfgcl_sha256"))
+            c.setdefault("machine", kept_profile.get("machine"))
         cells = sorted(kept_cells + cells, key=lambda c: c["cell"])
         for name, rs in (kept.get("study") or {}).items():
             studies.setdefault(name, rs)
@@ -361,7 +376,7 @@ def main():
         "same label-free recipe (KL distillation from the baseline at T=4, no label read); top-1 is on the 10,000 "
         "Fashion-MNIST test images. *Before* is the pruned net with its BN statistics re-estimated on the search's "
         "256 unlabeled images (as the search scores it); *after* is after fine-tuning. Seeds change the search, its "
-        "unlabeled batch and the fine-tuning's shuffling; the baseline is the same for all. Std is the sample std over "
+        "unlabeled batch and the fine-tuning's shuffling; the baseline is the same for every cell of a table. Std is the sample std over "
         "seeds. Paired difference: lfgcl minus the method, seed by seed, in points, with the 95% Student-t interval "
         "over seeds (with 3 seeds the interval is wide: t = 4.30).",
         "",
@@ -383,7 +398,7 @@ def main():
             same = all(kept_profile.get(k) == profile.get(k) for k in set(kept_profile) | set(profile) if k not in own)
             md += [f"{len(earlier)} of the records come from an earlier run folder (`--keep`), run by binary sha256 "
                    f"`{(kept_profile.get('lfgcl_sha256') or '?')[:16]}...`, commit "
-                   f"`{(kept_profile.get('lfgcl_commit') or '?')[:12]}`, "
+                   f"`{(kept_profile.get('lfgcl_commit') or '?')[:12]}`, on {kept_profile.get('machine', 'a machine not recorded')}, "
                    + ("with the same profile." if same else f"with profile {json.dumps(kept_profile)}."), ""]
 
     # Item 1: the stream coupling.
@@ -405,7 +420,7 @@ def main():
             continue
         base = rows[0]["baseline_top1"]
         md += [f"## {model}, {int(round(100 * flops))}% FLOPs", "",
-               f"Baseline top-1 {100 * base:.2f}%.", "",
+               f"Baseline top-1 {100 * base:.2f}%{machines_of(rows, table_cells)}.", "",
                "| method | seeds | top-1 before | top-1 after | after − baseline | reward | FLOPs | search s | fine-tune s |",
                "|---|---|---|---|---|---|---|---|---|"]
         by_method = {}
