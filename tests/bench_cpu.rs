@@ -45,6 +45,10 @@ fn check_shape(stdout: &str, r: &Value) {
     assert!(r["sgemm_peak_gflops"].as_f64().unwrap() > 0.0, "{r}");
     assert_eq!(r["sgemm"].as_array().unwrap().len(), 4, "{r}");
     assert_eq!(r["threads"], 2);
+    // The machine is named next to the figures: CPU model and vector instructions.
+    let isa = r["machine"]["isa"].as_str().unwrap();
+    assert!(!r["machine"]["cpu"].as_str().unwrap().is_empty() && !isa.is_empty(), "{r}");
+    assert!(stdout.lines().next().unwrap().contains(isa), "{stdout}");
     assert_eq!(r["models"][0]["model"], "smallcnn");
     assert!(r["models"][0]["macs_per_image"].as_u64().unwrap() > 0);
     let rows = r["rows"].as_array().unwrap();

@@ -403,6 +403,8 @@ fn bench_deploy_runs_and_writes_json() {
     let runtimes: Vec<&str> = rows.iter().map(|r| r["runtime"].as_str().unwrap()).collect();
     assert_eq!(rows.len(), if with_ort { 4 } else { 2 }, "{runtimes:?}");
     assert!(r["macs_ratio"].as_f64().unwrap() > 1.5, "{r}");
+    let isa = r["machine"]["isa"].as_str().unwrap();
+    assert!(!isa.is_empty() && stdout.lines().next().unwrap().contains(isa), "{stdout}");
     for row in rows {
         assert!(
             row["base_images_per_sec"].as_f64().unwrap() > 0.0 && row["pruned_images_per_sec"].as_f64().unwrap() > 0.0

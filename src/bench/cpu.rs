@@ -5,6 +5,7 @@
 //! step, same weights) on the same threads, in the same run.
 
 use super::deploy::OrtTiming;
+use super::machine::Machine;
 use super::timing::{summarise, time_on, time_samples, Timing};
 use crate::backend::{self, cpu::gemm::sgemm, Device};
 use crate::error::{Error, Result};
@@ -69,6 +70,7 @@ fn input_for(model: &str, side: Option<usize>) -> Result<(usize, usize)> {
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelBench {
     pub device: String,
+    pub machine: Machine,
     pub model: String,
     pub macs_per_image: u64,
     pub what: String,
@@ -109,6 +111,7 @@ pub fn model_bench(
     let flops = if train { 6.0 } else { 2.0 } * macs as f64;
     Ok(ModelBench {
         device: dev.describe(),
+        machine: Machine::this(),
         model: model.to_string(),
         macs_per_image: macs,
         what: if train { "train step".into() } else { "inference".into() },
@@ -206,6 +209,7 @@ pub struct CpuModel {
 #[derive(Clone, Debug, Serialize)]
 pub struct CpuBenchReport {
     pub device: String,
+    pub machine: Machine,
     pub threads: usize,
     pub rounds: usize,
     /// Timed repetitions per measurement and round (after one warm-up run; two for onnxruntime).
@@ -225,8 +229,8 @@ pub struct CpuBenchReport {
 impl CpuBenchReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{}, median of {} interleaved rounds x {} reps per measurement\n",
-            self.device, self.rounds, self.reps_per_round
+            "{} on {}, median of {} interleaved rounds x {} reps per measurement\n",
+            self.device, self.machine, self.rounds, self.reps_per_round
         );
         for g in &self.sgemm {
             s += &format!("  sgemm {0}x{0}x{0}: {1:>7.1} GFLOP/s\n", g.size, g.gflops);
@@ -483,6 +487,7 @@ pub fn cpu_bench(opts: &CpuBenchOptions) -> Result<CpuBenchReport> {
     }
     Ok(CpuBenchReport {
         device: dev.describe(),
+        machine: Machine::this(),
         threads,
         rounds,
         reps_per_round: reps,

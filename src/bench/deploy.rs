@@ -3,6 +3,7 @@
 //! run, for each batch size; each runtime's pruning speed-up is printed next to the MACs ratio.
 //! Without a pruned net it is lfgcl's CPU inference throughput against onnxruntime's.
 
+use super::machine::Machine;
 use super::timing::{median, time_for_at_least};
 use crate::backend::{self, Device, DeviceKind};
 use crate::error::{Error, Result};
@@ -52,6 +53,7 @@ pub struct Row {
 #[derive(Clone, Debug, Serialize)]
 pub struct DeployReport {
     pub model: String,
+    pub machine: Machine,
     pub threads: usize,
     pub rounds: usize,
     pub base_macs: u64,
@@ -78,7 +80,10 @@ impl DeployReport {
     }
 
     pub fn table(&self) -> String {
-        let mut s = format!("{}, {} threads, median of {} interleaved rounds", self.model, self.threads, self.rounds);
+        let mut s = format!(
+            "{} on {}, {} threads, median of {} interleaved rounds",
+            self.model, self.machine, self.threads, self.rounds
+        );
         match (self.pruned_macs, self.macs_ratio) {
             (Some(p), Some(ratio)) => {
                 s += &format!(
@@ -299,6 +304,7 @@ pub fn bench_deploy(base_path: &Path, pruned_path: Option<&Path>, opts: &DeployO
     let pruned_macs = nets.get(1).map(|p| p.cost().macs);
     Ok(DeployReport {
         model: nets[0].arch.model.clone(),
+        machine: Machine::this(),
         threads: opts.threads,
         rounds,
         base_macs,

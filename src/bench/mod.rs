@@ -4,7 +4,8 @@
 //! - [`search`]: the search's per-candidate work and whole search loops (`bench search`);
 //! - [`kernels`]: the CUDA kernels, event-timed against the device's measured peaks (`bench kernels`);
 //! - [`deploy`]: a baseline and its pruned net in lfgcl and onnxruntime (`bench deploy`);
-//! - [`data`]: image decoding and the streaming loader against the training step (`bench data`).
+//! - [`data`]: image decoding and the streaming loader against the training step (`bench data`);
+//! - [`machine`]: the CPU every report names next to its figures.
 //!
 //! The layers below (backend, nn, models, data, interop, ...) never import this module.
 
@@ -12,6 +13,7 @@ pub mod cpu;
 pub mod data;
 pub mod deploy;
 pub mod kernels;
+pub mod machine;
 pub mod search;
 pub mod timing;
 

@@ -1,6 +1,7 @@
 //! `lfgcl bench search`: the search's per-candidate work (gather, forward, feature MSE) one
 //! candidate after another and batched, and whole search loops with their time breakdown.
 
+use super::machine::Machine;
 use crate::backend::Device;
 use crate::error::Result;
 use crate::models::Model;
@@ -11,6 +12,7 @@ use std::time::Instant;
 #[derive(Clone, Debug, Serialize)]
 pub struct SearchBenchReport {
     pub device: String,
+    pub machine: Machine,
     pub model: String,
     pub images: usize,
     pub keep: f64,
@@ -77,6 +79,7 @@ pub fn search_bench(
     let batched = candidates as f64 / t1.elapsed().as_secs_f64();
     Ok(SearchBenchReport {
         device: dev.describe(),
+        machine: Machine::this(),
         model: model.arch.model.clone(),
         images,
         keep,
@@ -89,6 +92,7 @@ pub fn search_bench(
 #[derive(Clone, Debug, Serialize)]
 pub struct SearchLoopReport {
     pub device: String,
+    pub machine: Machine,
     pub model: String,
     pub strategy: crate::search::Strategy,
     pub images: usize,
@@ -191,6 +195,7 @@ pub fn search_loop_bench(
     let e2e = time.candidates_per_second(evaluated + 1); // + the uniform reference
     Ok(SearchLoopReport {
         device: dev.describe(),
+        machine: Machine::this(),
         model: model.arch.model.clone(),
         strategy,
         images,

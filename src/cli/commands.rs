@@ -458,6 +458,7 @@ fn bench_search(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
     let dev = open_device(g)?;
     let mut model = checkpoint::load(ckpt, &dev)?;
     let r = crate::bench::search::search_bench(&dev, &mut model, a.images, a.candidates, a.keep)?;
+    println!("machine: {}", r.machine);
     println!(
         "{} on {}: {} images per candidate, keep {:.2}: {:.2} candidates/s one at a time, {:.2} candidates/s {} at once",
         r.model, r.device, r.images, r.keep, r.sequential_candidates_per_second, r.batched_candidates_per_second, r.candidates
@@ -529,6 +530,7 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             let batch = if train { a.train_batch } else { batch };
             let r = crate::bench::cpu::model_bench(&dev, &a.model, a.image_size, batch, train, 3, a.reps.unwrap_or(5))?;
             let t = &r.throughput;
+            println!("machine: {}", r.machine);
             println!(
                 "{} {} on {}, batch {}: {:.1} img/s, {:.1} GFLOP/s (median {:.2} ms, min {:.2}, max {:.2}, {} reps after 3 warm-up)",
                 r.model,
