@@ -504,7 +504,8 @@ def main():
         summary["baselines"] = baselines
     md += ["## Commands", "",
            "The whole table: `bash scripts/experiments/quality.sh --out RUNS` (resumable; `--device cuda` for a GPU, "
-           "`--ci` for the smoke cell), then `python3 scripts/experiments/aggregate.py --out RUNS --docs docs`. "
+           "`--ci` for the smoke cell; `--keep docs/results.json` adds a new folder's cells to this table), then "
+           "`python3 scripts/experiments/aggregate.py --out RUNS --docs docs [--keep docs/results.json]`. "
            "One command per kind of cell, as run (`$OUT` is RUNS):", "", "```"]
     for k in base_cmds:
         md.append(re.sub(r"/study/[^/ ]+/c\d+/", "/study/$STUDY/$CANDIDATE/", k))
