@@ -190,6 +190,11 @@ def load_cells(out):
     return cells
 
 
+# What each cell records of the run that made it: (its key, the profile.json field).
+RUN_FIELDS = [("lfgcl_sha256", "lfgcl_sha256"), ("lfgcl_commit", "lfgcl_commit"), ("machine", "machine"),
+              ("profile", "profile")]
+
+
 def machines_of(rows, table_cells):
     """Where a table's cells ran, when the tables of one net did not all run on one machine (a
     baseline retrained on another CPU differs in its last bits, so its tables stand apart)."""
@@ -309,8 +314,8 @@ def main():
             profile = json.load(f)
     cells = load_cells(args.out)
     for c in cells:
-        c["lfgcl_sha256"] = profile.get("lfgcl_sha256")
-        c["machine"] = profile.get("machine")
+        for key, field in RUN_FIELDS:
+            c[key] = profile.get(field)
     studies = load_study(args.out)
     ft_rows = load_ft_pairs(args.out)
     ft_binary = ablation_binary(args.out)
@@ -344,8 +349,8 @@ def main():
         kept_cells = [c for c in kept.get("cells", []) if c["cell"] not in fresh]
         # Which binary ran a kept cell (records written before this field name their file's profile).
         for c in kept_cells:
-            c.setdefault("lfgcl_sha256", kept_profile.get("lfgcl_sha256"))
-            c.setdefault("machine", kept_profile.get("machine"))
+            for key, field in RUN_FIELDS:
+                c.setdefault(key, kept_profile.get(field))
         cells = sorted(kept_cells + cells, key=lambda c: c["cell"])
         for name, rs in (kept.get("study") or {}).items():
             studies.setdefault(name, rs)
@@ -392,14 +397,17 @@ def main():
             f"Machine: {profile.get('machine', 'not recorded')}.",
             "",
         ]
-        earlier = [c for c in cells if c.get("lfgcl_sha256") != profile.get("lfgcl_sha256")]
-        if earlier and kept_profile:
-            own = ("lfgcl_sha256", "lfgcl_commit", "machine")
-            same = all(kept_profile.get(k) == profile.get(k) for k in set(kept_profile) | set(profile) if k not in own)
-            md += [f"{len(earlier)} of the records come from an earlier run folder (`--keep`), run by binary sha256 "
-                   f"`{(kept_profile.get('lfgcl_sha256') or '?')[:16]}...`, commit "
-                   f"`{(kept_profile.get('lfgcl_commit') or '?')[:12]}`, on {kept_profile.get('machine', 'a machine not recorded')}, "
-                   + ("with the same profile." if same else f"with profile {json.dumps(kept_profile)}."), ""]
+        # Records kept from earlier run folders (`--keep`), by the run that made them.
+        here = tuple(profile.get(field) for _, field in RUN_FIELDS)
+        runs = {}
+        for c in cells:
+            run = tuple(c.get(key) for key, _ in RUN_FIELDS)
+            if run != here:
+                runs[run] = runs.get(run, 0) + 1
+        for (sha, commit, machine, prof), n in sorted(runs.items(), key=lambda r: str(r)):
+            md += [f"{n} of the records come from an earlier run folder (`--keep`): binary sha256 "
+                   f"`{(sha or '?')[:16]}...`, commit `{(commit or '?')[:12]}`, on {machine or 'a machine not recorded'}, "
+                   f"profile `{prof}`.", ""]
 
     # Item 1: the stream coupling.
     if stream_cells:
