@@ -61,8 +61,8 @@ fn quality_script_ci_cell_runs_and_resumes() {
     assert!(md.contains("### Feature distillation in the fine-tuning") && md.contains("features − KL"), "{md}");
     let fd = &json["summary"]["feature_distillation"]["lfgcl"];
     assert_eq!(fd["seeds"], serde_json::json!([0]), "{fd}");
-    // The committed JSON alone rebuilds the same table (a lost run folder loses nothing), and a
-    // new folder's aggregation keeps it.
+    // The committed JSON alone rebuilds the same table, through --keep from an empty folder: a
+    // lost run folder loses nothing.
     let empty = tempfile::tempdir().unwrap();
     let rebuilt = empty.path().join("docs");
     let o = Command::new("python3")

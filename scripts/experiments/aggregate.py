@@ -208,6 +208,30 @@ def machines_of(rows, table_cells):
             f"differ between machines, see docs/guarantees.md)")
 
 
+def load_base_commands(out):
+    """The baselines' and the study's commands, as run (without --resume)."""
+    cmds = []
+    for path in sorted(glob.glob(os.path.join(out, "logs", "base-*", "command.txt"))) + sorted(
+            glob.glob(os.path.join(out, "study", "*", "c0", "command.txt"))) + sorted(
+            glob.glob(os.path.join(out, "study", "*", "c0", "*", "command.txt"))):
+        with open(path) as f:
+            cmds += [l.strip().replace(" --resume", "") for l in f if l.strip()]
+    return cmds
+
+
+def load_baselines(out):
+    """Each trained baseline's epochs and final test top-1."""
+    baselines = {}
+    for path in sorted(glob.glob(os.path.join(out, "base", "*", "summary.json"))):
+        model = os.path.basename(os.path.dirname(path))
+        log = os.path.join(out, "base", model, "train_log.jsonl")
+        if os.path.exists(log):
+            with open(log) as f:
+                last = [json.loads(l) for l in f if l.strip()][-1]
+            baselines[model] = {"epochs": last["epoch"], "test_top1": last["test_top1"]}
+    return baselines
+
+
 def load_study(out):
     studies = {}
     for path in sorted(glob.glob(os.path.join(out, "study", "*", "c*", "result.json"))):
@@ -319,20 +343,8 @@ def main():
     studies = load_study(args.out)
     ft_rows = load_ft_pairs(args.out)
     ft_binary = ablation_binary(args.out)
-    base_cmds = []
-    for path in sorted(glob.glob(os.path.join(args.out, "logs", "base-*", "command.txt"))) + sorted(
-            glob.glob(os.path.join(args.out, "study", "*", "c0", "command.txt"))) + sorted(
-            glob.glob(os.path.join(args.out, "study", "*", "c0", "*", "command.txt"))):
-        with open(path) as f:
-            base_cmds += [l.strip().replace(" --resume", "") for l in f if l.strip()]
-    baselines = {}
-    for path in sorted(glob.glob(os.path.join(args.out, "base", "*", "summary.json"))):
-        model = os.path.basename(os.path.dirname(path))
-        log = os.path.join(args.out, "base", model, "train_log.jsonl")
-        if os.path.exists(log):
-            with open(log) as f:
-                last = [json.loads(l) for l in f if l.strip()][-1]
-            baselines[model] = {"epochs": last["epoch"], "test_top1": last["test_top1"]}
+    base_cmds = load_base_commands(args.out)
+    baselines = load_baselines(args.out)
     kept_profile = {}
     if args.keep:
         try:

@@ -19,8 +19,8 @@ pub use commands::run_command;
     long_about = "lfgcl trains CNNs (torchvision's ResNet-18/34/50/101/152, ResNeXt and wide ResNets and \
 MobileNetV2, imported or trained here; the CIFAR ResNet-20..110, VGG-16 and a small CNN), searches \
 the keep ratio of every prunable channel group at once with a DDPG agent scored without labels, \
-prunes, fine-tunes and evaluates them, and exports them to ONNX. It runs on the CPU everywhere and on NVIDIA GPUs through \
-hand-written CUDA kernels when one is found.\n\nStart with `lfgcl demo`, which trains a small net on \
+prunes, fine-tunes and evaluates them, and exports them to ONNX. It runs on the CPU everywhere and on \
+NVIDIA GPUs through hand-written CUDA kernels when one is found.\n\nStart with `lfgcl demo`, which trains a small net on \
 the built-in synthetic data in a couple of minutes and needs no download.",
     after_help = "Data specs (--data):\n  synthetic | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | cifar100:DIR | folder:DIR\n\nRun `lfgcl <command> --help` for the options of each command."
 )]
