@@ -31,7 +31,10 @@ PLAN = [
     ("r20-f50", "resnet20", 0.5, ["uniform", "global", "uniform-fpgm", "lfgcl", "random", "lfgcl-streams"]),
     ("r20-f30", "resnet20", 0.3, ["uniform", "global", "uniform-fpgm", "lfgcl", "random", "lfgcl-streams", "random-streams"]),
     ("r56-f50", "resnet56", 0.5, ["uniform", "global", "lfgcl", "random"]),
+    ("r20-f30-ft1", "resnet20", 0.3, ["uniform", "lfgcl-streams", "random-streams"]),
 ]
+# What a table changes from the profile, in its heading.
+TABLE_SETTINGS = {"r20-f30-ft1": "1 fine-tuning epoch instead of the profile's"}
 # Item 4's changes (quality.sh's abl-TABLE-sSEED-VARIANT cells): the table they ran at, what each
 # is compared with (the plain cell of the same seed) and what it changed.
 ABLATIONS = [
@@ -442,7 +445,8 @@ def main():
         if not rows:
             continue
         base = rows[0]["baseline_top1"]
-        md += [f"## {model}, {int(round(100 * flops))}% FLOPs", "",
+        setting = f", {TABLE_SETTINGS[table]}" if table in TABLE_SETTINGS else ""
+        md += [f"## {model}, {int(round(100 * flops))}% FLOPs{setting}", "",
                f"Baseline top-1 {100 * base:.2f}%{machines_of(rows, table_cells)}.", "",
                "| method | seeds | top-1 before | top-1 after | after − baseline | reward | FLOPs | search s | fine-tune s |",
                "|---|---|---|---|---|---|---|---|---|"]
@@ -465,7 +469,7 @@ def main():
         md.append("")
         if any("--resume" in c["command"] for c in rows):
             md += ["\\* resumed after an interruption: its wall times count only the run that finished it.", ""]
-        chart = svg_bars(f"{model}, {int(round(100 * flops))}% FLOPs: top-1 (%) over seeds, mean and std", [
+        chart = svg_bars(f"{model}, {int(round(100 * flops))}% FLOPs{setting}: top-1 (%) over seeds, mean and std", [
             (LABELS.get(m, m), [(ser, *[None if v is None else 100 * v for v in mean_std([c[key] for c in rs])])
                                 for ser, key in (("before", "top1_before_finetune"), ("after", "top1_after_finetune"))])
             for m, rs in by_method.items()])

@@ -26,6 +26,8 @@
 #   study-r20-f50-s0-c{0..5}           6 candidates of the seed-0 LFGCL search, spread over its
 #                                      rewards, fine-tuned: reward vs top-1 after fine-tuning
 #   r20-f30-s{0,1,2}-{...}             the same methods at 30% FLOPs, and random search --streams
+#   r20-f30-ft1-s{0,1,2}-{uniform,lfgcl-streams,random-streams}
+#                                      at 30% FLOPs with 1 fine-tuning epoch instead of 5
 #   base-resnet56, r56-f50-s{0,1,2}-{uniform,global,lfgcl,random}
 #   abl-r20-f50-s{0,1,2}-{stages,long}  item 4's search changes, each against the plain lfgcl
 #                                      cell of its seed: reward taps at every stage too (stages),
@@ -197,21 +199,25 @@ r20_methods=(uniform global uniform-fpgm lfgcl random lfgcl-streams)
 # At 30% FLOPs --streams led after fine-tuning, so random search gets the same search space there:
 # without it, the lead could be the agent's or the space's.
 r20_f30_methods=("${r20_methods[@]}" random-streams)
+# The same searches with 1 fine-tuning epoch instead of 5: does the agent's lead before
+# fine-tuning (which 5 epochs erase) survive a short one?
+r20_f30_ft1_methods=(uniform lfgcl-streams random-streams)
 r56_methods=(uniform global lfgcl random)
 
-run_method() { # run_method PREFIX MODEL FLOPS SEED M
+run_method() { # run_method PREFIX MODEL FLOPS SEED M [EXTRA...]
   local prefix=$1 model=$2 flops=$3 seed=$4 m=$5
+  shift 5
   case $m in
-    lfgcl-streams) cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" lfgcl --streams ;;
-    random-streams) cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" random --streams ;;
+    lfgcl-streams) cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" lfgcl --streams "$@" ;;
+    random-streams) cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" random --streams "$@" ;;
     lfgcl) if [[ $seed == 0 ]]; then
              # Seed 0's search also classifies its candidates on 500 test images (labels for the
              # report only), for the reward-vs-accuracy study.
-             cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" lfgcl --report-accuracy 500
+             cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" lfgcl --report-accuracy 500 "$@"
            else
-             cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" lfgcl
+             cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" lfgcl "$@"
            fi ;;
-    *) cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" "$m" ;;
+    *) cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" "$m" "$@" ;;
   esac
 }
 
@@ -411,6 +417,12 @@ study r20-f50
 aggregate >/dev/null
 for seed in $seeds; do
   for m in "${r20_f30_methods[@]}"; do run_method r20-f30 resnet20 0.3 "$seed" "$m"; aggregate >/dev/null; done
+done
+for seed in $seeds; do
+  for m in "${r20_f30_ft1_methods[@]}"; do
+    run_method r20-f30-ft1 resnet20 0.3 "$seed" "$m" --ft-epochs 1
+    aggregate >/dev/null
+  done
 done
 train_base resnet56 "$base_epochs56"
 for seed in $seeds; do
