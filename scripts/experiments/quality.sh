@@ -194,7 +194,7 @@ os.replace(tmp, os.path.join(d, "report.json"))
 EOF
 }
 
-# methods_for MODEL: the methods of the table at this model.
+# The methods of each table (aggregate.py's PLAN lists the same).
 r20_methods=(uniform global uniform-fpgm lfgcl random lfgcl-streams)
 # At 30% FLOPs --streams led after fine-tuning, so random search gets the same search space there:
 # without it, the lead could be the agent's or the space's.
@@ -208,8 +208,8 @@ run_method() { # run_method PREFIX MODEL FLOPS SEED M [EXTRA...]
   local prefix=$1 model=$2 flops=$3 seed=$4 m=$5
   shift 5
   case $m in
-    lfgcl-streams) cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" lfgcl --streams "$@" ;;
-    random-streams) cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" random --streams "$@" ;;
+    # A search with the residual streams pruned too (lfgcl-streams, random-streams).
+    *-streams) cell "$prefix-s$seed-$m" "$model" "$flops" "$seed" "${m%-streams}" --streams "$@" ;;
     lfgcl) if [[ $seed == 0 ]]; then
              # Seed 0's search also classifies its candidates on 500 test images (labels for the
              # report only), for the reward-vs-accuracy study.
