@@ -1,6 +1,6 @@
 //! Each CPU convolution path per ResNet-56 layer shape, batch 1 and 64: the exact im2col + GEMM
 //! path (the reference) against the Winograd kernels, forward and backward-data, the direct
-//! AVX-512 forward (where the CPU has it), plus the im2col backward-weight. Throughput counts
+//! AVX-512 or AVX2 forward (where the CPU has one), plus the im2col backward-weight. Throughput counts
 //! the direct convolution's FLOPs (2 x MACs), so the paths compare on the same scale.
 //!
 //! `cargo bench --bench conv` (filter with e.g. `-- 64x8x8`).
@@ -44,7 +44,17 @@ fn convs(c: &mut Criterion) {
         ("r50_128x28x28", 128, 128, 28, 1),
         ("r50_256x14x14", 256, 256, 14, 1),
     ];
-    for (batch, layers) in [(1usize, &cifar[..]), (64, &cifar[..]), (1, &resnet50[..]), (32, &resnet50[..])] {
+    // MobileNetV2's stem at 224x224 (3 input channels, stride 2).
+    let mobilenet = [("mbv2_stem_3to32_s2_224", 3, 32, 224, 2)];
+    let sets = [
+        (1usize, &cifar[..]),
+        (64, &cifar[..]),
+        (1, &resnet50[..]),
+        (32, &resnet50[..]),
+        (1, &mobilenet[..]),
+        (32, &mobilenet[..]),
+    ];
+    for (batch, layers) in sets {
         for &(name, cin, cout, size, stride) in layers {
             let s =
                 ConvShape::new(&[batch, cin, size, size], &[cout, cin, 3, 3], ConvSpec { stride, pad: 1, groups: 1 })
@@ -86,9 +96,20 @@ fn lanes_from_env() {
 
 fn depthwise_convs(c: &mut Criterion) {
     lanes_from_env();
-    // (name, channels, input size, stride): MobileNetV2's depthwise layers at 112 and 56.
-    let layers =
-        [("32x112_s1", 32, 112, 1), ("96x112_s2", 96, 112, 2), ("144x56_s1", 144, 56, 1), ("144x56_s2", 144, 56, 2)];
+    // (name, channels, input size, stride): MobileNetV2's depthwise layers at 112 and 56, and at
+    // 28, 14 and 7 (where maps of 28 pixels and under take the channel-interleaved kernel, here
+    // against the plane kernel: `forward_bn_relu6/planes`).
+    let layers = [
+        ("32x112_s1", 32, 112, 1),
+        ("96x112_s2", 96, 112, 2),
+        ("144x56_s1", 144, 56, 1),
+        ("144x56_s2", 144, 56, 2),
+        ("192x28_s1", 192, 28, 1),
+        ("192x28_s2", 192, 28, 2),
+        ("384x14_s1", 384, 14, 1),
+        ("576x14_s2", 576, 14, 2),
+        ("960x7_s1", 960, 7, 1),
+    ];
     for batch in [1usize, 32] {
         for (name, ch, size, stride) in layers {
             let spec = ConvSpec { stride, pad: 1, groups: ch };
@@ -106,6 +127,9 @@ fn depthwise_convs(c: &mut Criterion) {
             let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: None, relu: false, relu6: true };
             g.bench_function("forward_bn_relu6/fast", |b| {
                 b.iter(|| pool::give(depthwise::forward(black_box(&x), &w, &s, Some(&epi))))
+            });
+            g.bench_function("forward_bn_relu6/planes", |b| {
+                b.iter(|| pool::give(depthwise::forward_planes(black_box(&x), &w, &s, Some(&epi))))
             });
             g.bench_function("backward_data/fast", |b| {
                 b.iter(|| pool::give(depthwise::backward_data(black_box(&dy), &w, &s)))

@@ -1,5 +1,5 @@
 //! Parity of the fast CPU convolution kernels (Winograd F(2x2,3x3) and F(4x4,3x3), and the
-//! direct AVX-512 kernel for the stem, strided and tiny-map layers) against the exact paths, over ResNet-20/56 shapes and odd ones (batch 1 and 3, channel counts that are not
+//! direct AVX-512 / AVX2 kernel for the stem, strided and tiny-map layers) against the exact paths, over ResNet-20/56 shapes and odd ones (batch 1 and 3, channel counts that are not
 //! multiples of the 8-tile lanes, odd and non-square maps, 1x1 and 2x2 maps).
 //!
 //! # Error measure
@@ -301,7 +301,7 @@ fn backends_dispatch_as_documented() {
     assert_eq!(dx_fast.to_vec().unwrap(), winograd::backward_data(&x, &wt, &s, tile));
     let dw_exact = backend::cpu_exact().conv2d_backward_weight(&xt, &xt, &[16, 16, 3, 3], spec).unwrap();
     assert_eq!(dw_exact.to_vec().unwrap(), conv::backward_weight(&x, &x, &s));
-    // Strided convolutions are not Winograd's: the direct kernel's where the CPU has AVX-512,
+    // Strided convolutions are not Winograd's: the direct kernel's where the CPU has AVX2,
     // im2col's in the exact backends.
     let strided = ConvShape::new(&[2, 16, 8, 8], &[16, 16, 3, 3], ConvSpec { stride: 2, pad: 1, groups: 1 }).unwrap();
     assert!(winograd::choose(&strided).is_none());
@@ -309,7 +309,7 @@ fn backends_dispatch_as_documented() {
     let xst = Tensor::from_vec(&[2, 16, 8, 8], xs.clone()).unwrap();
     let spec2 = ConvSpec { stride: 2, pad: 1, groups: 1 };
     let y_fast = backend::cpu().conv2d_forward(&xst, &wtt, spec2).unwrap().to_vec().unwrap();
-    if direct::supports(&strided) {
+    if direct::preferred(&strided) {
         assert_eq!(y_fast, direct::forward(&xs, &wt, &strided, None));
     } else {
         assert_eq!(y_fast, conv::forward(&xs, &wt, &strided));
@@ -320,15 +320,18 @@ fn backends_dispatch_as_documented() {
 
 /// The direct kernel against the f64 loops, on the layers it takes (stem, strided, tiny maps)
 /// and odd ones: widths past one 16-lane vector and partial ones, odd maps for stride 2, channel
-/// counts that need every register-block piece (23 = 16 + 4 + 2 + 1); and the same bits on 1, 2
-/// and 3 threads.
+/// counts that need every register-block piece (23 = 16 + 4 + 2 + 1 on AVX-512, 6 + 6 + 4 and
+/// 6 + 1 on AVX2); the same bits on 1, 2 and 3 threads, and on AVX2 as on AVX-512 where the CPU
+/// has both.
 #[test]
 fn direct_matches_exact_within_bound_and_is_reproducible() {
     let probe = ConvShape::new(&[1, 3, 8, 8], &[16, 3, 3, 3], ConvSpec { stride: 1, pad: 1, groups: 1 }).unwrap();
     if !direct::supports(&probe) {
-        println!("skipped: no AVX-512 on this CPU (the direct kernel is not used)");
+        println!("skipped: no AVX2 on this CPU (the direct kernel is not used)");
         return;
     }
+    let isa = direct::Isa::detect().expect("supported");
+    println!("direct kernel on {isa:?}");
     // (n, c_in, h, w, c_out, stride)
     let cases = [
         (1, 3, 32, 32, 16, 1),
@@ -360,6 +363,10 @@ fn direct_matches_exact_within_bound_and_is_reproducible() {
         for threads in [2, 3] {
             assert!(run(threads) == got, "case {i} {s:?}: {threads} threads differ from 1");
         }
+        if isa == direct::Isa::Avx512 {
+            let avx2 = direct::forward_on(direct::Isa::Avx2, &x, &wt, &s, None);
+            assert!(avx2 == got, "case {i} {s:?}: AVX2 differs from AVX-512");
+        }
     }
     println!("direct: worst error {overall:.2e} (bound {DIRECT_BOUND:e})");
     // Not vacuous: a changed tap breaks the bound.
@@ -374,7 +381,7 @@ fn direct_matches_exact_within_bound_and_is_reproducible() {
 /// transform, the direct kernel's store or per im2col chunk) equals the unfused ops run one by
 /// one, bit for bit, on every path: F(2x2) and F(4x4) with whole and partial tiles and channel
 /// counts off the 8-lane grid, the direct kernel (stem, strided, tiny maps; im2col without
-/// AVX-512) and im2col for 1x1 convolutions.
+/// AVX2) and im2col for 1x1 convolutions.
 #[test]
 fn fused_eval_conv_equals_unfused_ops_bit_for_bit() {
     let dev = backend::cpu();
@@ -611,9 +618,15 @@ fn depthwise_fast_matches_exact_grouped() {
         (1, 2, 1, 2, 2),
         (2, 4, 2, 17, 2),
         (1, 3, 16, 16, 1),
-        // Rows shorter than a vector: each row's vector spills into the rows below.
+        // Rows shorter than a vector: each row's vector spills into the rows below (plane
+        // kernel), or the channel-interleaved kernel takes the map (28 pixels wide and under).
         (2, 6, 7, 7, 1),
         (1, 3, 14, 14, 2),
+        (1, 960, 7, 7, 1), // MobileNetV2's last stage
+        (2, 384, 14, 14, 1),
+        (1, 576, 14, 14, 2),
+        (2, 23, 13, 11, 2), // a partial block of 16 channels
+        (1, 17, 28, 14, 1),
     ] {
         let s = depthwise_shape(n, c, h, w, stride);
         assert!(depthwise::supports(&s));
@@ -647,6 +660,14 @@ fn depthwise_fast_matches_exact_grouped() {
         };
         let fast = run(TransformLanes::Auto, 2);
         let tag = format!("{s:?}");
+        if s.out_w <= depthwise::INTERLEAVED_MAX_OW {
+            // Small maps take the interleaved kernel: the plane kernel's bits.
+            assert!(depthwise::forward_planes(&x, &wt, &s, None) == fast.0, "{tag}: interleaved differs");
+            assert!(depthwise::forward_planes(&x, &wt, &s, Some(&epi)) == fast.1, "{tag}: interleaved epilogue");
+            for (e, got) in no_residual.iter().zip(&fast.4) {
+                assert!(&depthwise::forward_planes(&x, &wt, &s, Some(e)) == got, "{tag}: interleaved in registers");
+            }
+        }
         assert!(run(TransformLanes::Avx2, 2) == fast, "{tag}: AVX2 build differs");
         assert!(run(TransformLanes::Portable, 2) == fast, "{tag}: portable build differs");
         assert!(run(TransformLanes::Auto, 1) == fast, "{tag}: 1 thread differs from 2");
@@ -737,6 +758,7 @@ fn fused_relu6_epilogue_equals_unfused_ops_bit_for_bit() {
         (2, 24, 14, 14, 144, 1, 1, 0, 1), // 1x1 expand
         (3, 16, 16, 16, 16, 3, 1, 1, 1),  // Winograd
         (2, 16, 12, 12, 32, 3, 2, 1, 1),  // strided 3x3
+        (1, 3, 40, 38, 32, 3, 2, 1, 1),   // MobileNetV2's stem: whole and partial tiles
         (2, 16, 12, 12, 32, 1, 2, 0, 1),  // strided 1x1 (ResNet downsample)
     ];
     for dev in [backend::cpu(), backend::cpu_exact()] {

@@ -174,9 +174,9 @@ pub struct Epilogue<'a> {
     /// Added after the batch norm; the output's shape.
     pub residual: Option<&'a [f32]>,
     pub relu: bool,
-    /// ReLU6 after the residual add. Only `apply` and `apply_slice` (GEMM, grouped and depthwise
-    /// paths) read it; the Winograd and direct kernels' own epilogues stop before it, and
-    /// `forward_dispatch` clamps their outputs after them.
+    /// ReLU6 after the residual add. `apply`, `apply_slice` (GEMM and grouped paths), the
+    /// depthwise and the direct kernels read it; the Winograd kernels' own epilogues stop before
+    /// it, and `forward_dispatch` clamps their outputs after them.
     pub relu6: bool,
 }
 
@@ -240,7 +240,7 @@ impl Epilogue<'_> {
     }
 }
 
-/// Clamps to [0, 6] after a kernel whose own epilogue stops before ReLU6 (Winograd, direct).
+/// Clamps to [0, 6] after a kernel whose own epilogue stops before ReLU6 (Winograd).
 fn relu6_after(epi: Option<&Epilogue>, mut y: Vec<f32>) -> Vec<f32> {
     if epi.is_some_and(|e| e.relu6) {
         update_unary(&mut y, |v| Activation::Relu6.apply(v));
@@ -636,7 +636,7 @@ impl CpuBackend {
         } else if let Some(tile) = self.winograd(s) {
             relu6_after(epi, super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), s, tile, epi))
         } else if self.direct(s) {
-            relu6_after(epi, super::direct::forward(host(x)?, host(w)?, s, epi))
+            super::direct::forward(host(x)?, host(w)?, s, epi)
         } else {
             forward_fused(host(x)?, host(w)?, s, epi)
         })

@@ -1,6 +1,6 @@
-//! Direct 3x3 convolution (pad 1, stride 1 or 2) on AVX-512, for the forward convolutions the
-//! Winograd kernels leave to im2col + GEMM: the 3-channel stem, the strided downsampling layers
-//! and maps too small for Winograd tiles.
+//! Direct 3x3 convolution (pad 1, stride 1 or 2) on AVX-512 or AVX2, for the forward
+//! convolutions the Winograd kernels leave to im2col + GEMM: the 3-channel stem, the strided
+//! downsampling layers and maps too small for Winograd tiles.
 //!
 //! Those layers carry few MACs (the stem and the two downsamplings of a CIFAR ResNet are about
 //! 7% of them) but, as im2col + GEMM, cost about 15% of a ResNet-20's inference: im2col copies
@@ -8,16 +8,19 @@
 //! (27 rows for the stem). Here each image is copied once into zero-bordered planes, split by
 //! column phase for stride 2 (even and odd columns apart), so every tap of a row of 16 outputs
 //! is one contiguous (masked) vector load; 16 output channels of accumulators stay in registers
-//! and each load feeds 16 fused multiply-adds. The eval epilogue (batch norm, residual, ReLU)
-//! is applied before the store, with the unfused ops' arithmetic.
+//! and each load feeds 16 fused multiply-adds. AVX2 has 16 registers, not 32: its block is 6
+//! output channels by two 8-lane halves of the same 16 outputs (12 accumulators), so each pair
+//! of loads feeds 12 fused multiply-adds. The eval epilogue (batch norm, residual, ReLU or
+//! ReLU6) is applied before the store, with the unfused ops' arithmetic.
 //!
 //! Every output sums its `9 C` products in one fixed order (channel, row, column), with fused
-//! multiply-adds in f32: results depend on the shape only, never on the thread count. Error
+//! multiply-adds in f32: results depend on the shape only, never on the thread count or on
+//! which of the two instruction sets ran (the same operations lane by lane). Error
 //! against the f64 loops, relative to `sum |x| |w|` over the window: about 1e-7 (tests/conv_fast.rs
 //! asserts 1e-6), as im2col + GEMM.
 
 use super::conv::Epilogue;
-use super::{has_avx512, team};
+use super::{has_avx2, has_avx512, team};
 use crate::backend::ConvShape;
 use crate::tensor::pool;
 
@@ -26,21 +29,63 @@ const Q: usize = 16;
 /// Output channels per register block.
 const KB: usize = 16;
 
-/// Input channels up to which the CPU backend takes this kernel over im2col + GEMM. Its 16x16
-/// register block reads each input row once per 16 output channels, which pays with the few
-/// channels of the CIFAR nets (16 to 64: 1.3-2.8x im2col at batch 1) but not with ResNet-50's
-/// 128 to 512, where the GEMM ran 1.5-2.6x faster (`cargo bench --bench conv -- "r50_.*s2|512x7"`).
-pub const MAX_C_IN: usize = 64;
+/// Input channels up to which the CPU backend takes this kernel over im2col + GEMM.
+///
+/// AVX-512's 16x16 register block reads each input row once per 16 output channels, which pays
+/// with the few channels of the CIFAR nets (16 to 64: 1.3-2.8x im2col at batch 1) but not with
+/// ResNet-50's 128 to 512, where the GEMM ran 1.5-2.6x faster (`cargo bench --bench conv --
+/// "r50_.*s2|512x7"`). AVX2's 6-channel block rereads each row nearly three times as often: on a
+/// Zen 3 core it ran 1.5-3.9x im2col at batch 1 with 3 or 16 input channels (the stems, CIFAR's
+/// first downsampling) but 0.8x with 32 (`32to64_s2_16`, batch 1 and 64), and 0.67x on
+/// `64x8x8` at batch 64.
+pub fn max_c_in(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 64,
+        Isa::Avx2 => 16,
+    }
+}
+
+/// Whether the CPU backend takes this kernel for `s`: `supports(s)` with few enough input
+/// channels for this CPU's kernel (`max_c_in`).
+pub fn preferred(s: &ConvShape) -> bool {
+    supports(s) && Isa::detect().is_some_and(|isa| s.c_in <= max_c_in(isa))
+}
+
+/// The instruction set a forward runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+}
+
+impl Isa {
+    /// The widest this CPU has, if any.
+    pub fn detect() -> Option<Isa> {
+        if has_avx512() {
+            Some(Isa::Avx512)
+        } else if has_avx2() {
+            Some(Isa::Avx2)
+        } else {
+            None
+        }
+    }
+    fn available(self) -> bool {
+        match self {
+            Isa::Avx512 => has_avx512(),
+            Isa::Avx2 => has_avx2(),
+        }
+    }
+}
 
 /// True when this kernel computes the convolution: 3x3, pad 1, stride 1 or 2, non-empty, on a
-/// CPU with AVX-512.
+/// CPU with AVX-512 or AVX2 + FMA.
 pub fn supports(s: &ConvShape) -> bool {
     s.kh == 3
         && s.kw == 3
         && s.pad == 1
         && (s.stride == 1 || s.stride == 2)
         && s.n * s.c_in * s.c_out * s.out_h * s.out_w > 0
-        && has_avx512()
+        && Isa::detect().is_some()
 }
 
 /// Geometry of the prepared input: per image and channel, `stride` phase planes of `hp` rows by
@@ -123,9 +168,15 @@ struct Task {
     rows: std::ops::Range<usize>,
 }
 
-/// Forward convolution (`supports(s)` must hold), with `epi` applied before the store.
+/// Forward convolution (`supports(s)` must hold), with `epi` applied before the store, on the
+/// widest instruction set the CPU has.
 pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
-    assert!(supports(s), "direct conv: unsupported shape {s:?}");
+    forward_on(Isa::detect().expect("direct conv: no AVX2"), x, w, s, epi)
+}
+
+/// `forward` on the instruction set `isa` (which the CPU must have): tests compare the two.
+pub fn forward_on(isa: Isa, x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    assert!(supports(s) && isa.available(), "direct conv: unsupported shape {s:?} or {isa:?}");
     assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "direct conv: input size");
     assert_eq!(w.len(), s.c_out * s.c_in * 9, "direct conv: weight size");
     let (k, pq) = (s.c_out, s.out_h * s.out_w);
@@ -158,10 +209,15 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> V
         let t = &tasks[i];
         let src = &xp[t.img * per_image..(t.img + 1) * per_image];
         let wb = &wr[(t.k0 / KB) * s.c_in * 9 * KB..(t.k0 / KB + 1) * s.c_in * 9 * KB];
-        // SAFETY: AVX-512 is present (`supports`); the task writes only its own rows of its
-        // own channels of its image (disjoint across tasks), and every read stays inside
-        // `src`, `wb` and the residual (bounds asserted inside).
-        unsafe { task_avx512(src, wb, s, &pl, t, out, epi) };
+        // SAFETY: the instruction set is present (asserted above); the task writes only its own
+        // rows of its own channels of its image (disjoint across tasks), and every read stays
+        // inside `src`, `wb` and the residual (bounds asserted inside).
+        unsafe {
+            match isa {
+                Isa::Avx512 => task_avx512(src, wb, s, &pl, t, out, epi),
+                Isa::Avx2 => task_avx2(src, wb, s, &pl, t, out, epi),
+            }
+        };
     });
     pool::give(xp);
     y
@@ -256,8 +312,125 @@ unsafe fn micro<const N: usize>(
             if e.relu {
                 // max(v, 0) gives 0 for NaN and -0.0, as `elementwise::relu`.
                 v = _mm512_max_ps(v, _mm512_setzero_ps());
+            } else if e.relu6 {
+                v = super::simd::Reg::relu6(v);
             }
         }
         _mm512_mask_storeu_ps(out.0.add(o), mask, v);
+    }
+}
+
+/// The rows and channels of one task on AVX2, `AVX2_KB` or fewer channels at a time.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; no other task may write this task's outputs.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn task_avx2(src: &[f32], wb: &[f32], s: &ConvShape, pl: &Planes, t: &Task, out: Out, epi: Option<&Epilogue>) {
+    let mut done = 0;
+    for piece in [AVX2_KB, 4, 2, 1] {
+        while t.kn - done >= piece {
+            for p in t.rows.clone() {
+                for q0 in (0..s.out_w).step_by(Q) {
+                    let at = Tile { p, q0, lane_count: Q.min(s.out_w - q0), k: t.k0 + done, kk: done };
+                    match (piece, at.lane_count == Q) {
+                        (AVX2_KB, true) => micro_avx2::<AVX2_KB, false>(src, wb, s, pl, t.img, at, out, epi),
+                        (AVX2_KB, false) => micro_avx2::<AVX2_KB, true>(src, wb, s, pl, t.img, at, out, epi),
+                        (4, true) => micro_avx2::<4, false>(src, wb, s, pl, t.img, at, out, epi),
+                        (4, false) => micro_avx2::<4, true>(src, wb, s, pl, t.img, at, out, epi),
+                        (2, true) => micro_avx2::<2, false>(src, wb, s, pl, t.img, at, out, epi),
+                        (2, false) => micro_avx2::<2, true>(src, wb, s, pl, t.img, at, out, epi),
+                        (_, true) => micro_avx2::<1, false>(src, wb, s, pl, t.img, at, out, epi),
+                        (_, false) => micro_avx2::<1, true>(src, wb, s, pl, t.img, at, out, epi),
+                    }
+                }
+            }
+            done += piece;
+        }
+    }
+}
+
+/// Output channels per AVX2 register block: 6 x 2 accumulators, 2 loaded inputs and a broadcast
+/// fill 15 of the 16 registers.
+const AVX2_KB: usize = 6;
+
+/// `micro` on AVX2: `N` output channels by up to 16 output pixels of one row, as two 8-lane
+/// halves; `MASKED` for a row's last, partial tile (masked loads and stores, which neither read
+/// nor write the lanes past `lane_count`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn micro_avx2<const N: usize, const MASKED: bool>(
+    src: &[f32],
+    wb: &[f32],
+    s: &ConvShape,
+    pl: &Planes,
+    img: usize,
+    at: Tile,
+    out: Out,
+    epi: Option<&Epilogue>,
+) {
+    use std::arch::x86_64::*;
+    const H: usize = Q / 2;
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // Lane l of half h is active when h * 8 + l < lane_count (all of them unless MASKED).
+    let masks = [
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(at.lane_count as i32), lanes),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(at.lane_count as i32 - H as i32), lanes),
+    ];
+    let load = |p: *const f32, h: usize| {
+        if MASKED {
+            _mm256_maskload_ps(p.add(h * H), masks[h])
+        } else {
+            _mm256_loadu_ps(p.add(h * H))
+        }
+    };
+    let stride = pl.stride;
+    // The furthest element a load reads, as in `micro`.
+    let last = (0..3)
+        .map(|tap| pl.row(s.c_in - 1, tap % stride, at.p * stride + 2) + at.q0 + tap / stride + at.lane_count)
+        .max()
+        .unwrap_or(0);
+    assert!(last <= src.len() && wb.len() >= s.c_in * 9 * KB, "direct conv: read out of bounds");
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for c in 0..s.c_in {
+        for r in 0..3 {
+            let row = at.p * stride + r;
+            for tap in 0..3 {
+                let from = src.as_ptr().add(pl.row(c, tap % stride, row) + at.q0 + tap / stride);
+                let xv = [load(from, 0), load(from, 1)];
+                let wt = wb.as_ptr().add(((c * 3 + r) * 3 + tap) * KB + at.kk);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let wj = _mm256_set1_ps(*wt.add(j));
+                    a[0] = _mm256_fmadd_ps(wj, xv[0], a[0]);
+                    a[1] = _mm256_fmadd_ps(wj, xv[1], a[1]);
+                }
+            }
+        }
+    }
+    let (k, pq) = (s.c_out, s.out_h * s.out_w);
+    for (j, a) in acc.into_iter().enumerate() {
+        let o = (img * k + at.k + j) * pq + at.p * s.out_w + at.q0;
+        assert!(o + at.lane_count <= out.1, "direct conv: write out of bounds");
+        for (h, mut v) in a.into_iter().enumerate() {
+            if let Some(e) = epi {
+                // The epilogue of `micro`, operation for operation.
+                v = _mm256_add_ps(
+                    _mm256_mul_ps(v, _mm256_set1_ps(e.scale[at.k + j])),
+                    _mm256_set1_ps(e.shift[at.k + j]),
+                );
+                if let Some(res) = e.residual {
+                    v = _mm256_add_ps(v, load(res.as_ptr().add(o), h));
+                }
+                if e.relu {
+                    v = _mm256_max_ps(v, _mm256_setzero_ps());
+                } else if e.relu6 {
+                    v = super::simd::Reg::relu6(v);
+                }
+            }
+            if MASKED {
+                _mm256_maskstore_ps(out.0.add(o + h * H), masks[h], v);
+            } else {
+                _mm256_storeu_ps(out.0.add(o + h * H), v);
+            }
+        }
     }
 }

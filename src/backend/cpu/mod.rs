@@ -39,7 +39,7 @@ pub struct CpuBackend {
     /// agrees to a few ulps.
     reference: bool,
     /// Winograd kernels for 3x3 stride-1 convolutions (`winograd::choose`) and the direct
-    /// AVX-512 kernel for the other 3x3 forward convolutions (`direct.rs`); off in the exact
+    /// AVX-512 / AVX2 kernel for the other 3x3 forward convolutions (`direct.rs`); off in the exact
     /// variants, which keep im2col + GEMM (a few ulps from the f64 loops).
     fast_conv: bool,
 }
@@ -63,13 +63,9 @@ impl CpuBackend {
     }
 
     /// Whether the direct kernel computes this forward convolution (one Winograd does not take,
-    /// with few enough input channels: `direct::MAX_C_IN`).
+    /// with few enough input channels: `direct::preferred`).
     fn direct(&self, s: &ConvShape) -> bool {
-        self.fast_conv
-            && s.groups == 1
-            && s.c_in <= direct::MAX_C_IN
-            && self.winograd(s).is_none()
-            && direct::supports(s)
+        self.fast_conv && s.groups == 1 && self.winograd(s).is_none() && direct::preferred(s)
     }
 
     /// Whether the depthwise 3x3 kernels (`depthwise.rs`) compute this convolution.
