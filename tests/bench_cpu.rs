@@ -168,3 +168,40 @@ fn bench_cpu_times_torchvision_families_at_the_asked_size() {
         assert!(row["torch"]["images_per_sec"].as_f64().unwrap() > 0.0, "{row}");
     }
 }
+
+/// `bench infer --layers` on MobileNetV2 at 32x32: one step per unfused node or fused conv chain,
+/// every node of the graph in exactly one step, the steps' MACs summing to the model's (as
+/// `info` counts them), the shares to 1, and the kinds to the steps; `--layers` with `bench train`
+/// is refused.
+#[test]
+fn bench_infer_layers_says_where_the_time_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("layers.json");
+    let args = ["--threads", "2", "-q", "bench", "infer", "--model", "mobilenet_v2", "--image-size", "32"];
+    let out = exe::lfgcl(args).args(["--batch", "2", "--reps", "2", "--layers", "--json"]).arg(&json).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("by kind, slowest first") && stdout.contains("conv 3x3 s1 depthwise"), "{stdout}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let l = &r["layers"];
+    let steps = l["steps"].as_array().unwrap();
+    // MobileNetV2's conv -> BN -> ReLU6 chains run fused: fewer steps than nodes, and each
+    // inverted residual's projection ends in its add.
+    assert!(steps.iter().any(|s| s["ops"] == "Conv2d+BatchNorm+ReLU6"));
+    assert!(steps.iter().any(|s| s["ops"] == "Conv2d+BatchNorm+Add"));
+    let info = exe::lfgcl(["info", "--model", "mobilenet_v2", "--input", "3x32x32"]).output().unwrap();
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    let info = String::from_utf8_lossy(&info.stdout);
+    let total_line = info.lines().find(|l| l.starts_with("Total")).expect("info prints a total");
+    let model_macs: u64 = total_line.split_whitespace().last().unwrap().replace(',', "").parse().unwrap();
+    let macs: u64 = steps.iter().map(|s| s["macs"].as_u64().unwrap()).sum();
+    assert_eq!(macs, 2 * model_macs, "steps' MACs at batch 2");
+    let share: f64 = steps.iter().map(|s| s["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-9, "shares sum to {share}");
+    let kinds = l["kinds"].as_array().unwrap();
+    let in_kinds: u64 = kinds.iter().map(|k| k["steps"].as_u64().unwrap()).sum();
+    assert_eq!(in_kinds as usize, steps.len());
+    let refused = exe::lfgcl(["-q", "bench", "train", "--model", "smallcnn", "--layers"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--layers profiles `bench infer`"));
+}

@@ -62,7 +62,7 @@ pub struct Throughput {
 
 /// `(channels, side)` of the input `model` is benchmarked on: its family's usual input (32x32;
 /// 28x28 grey for the small CNN; 224x224 for the torchvision families) unless `side` is given.
-fn input_for(model: &str, side: Option<usize>) -> Result<(usize, usize)> {
+pub(super) fn input_for(model: &str, side: Option<usize>) -> Result<(usize, usize)> {
     let (c, usual) = crate::models::family(model)?.default_input();
     Ok((c, side.unwrap_or(usual)))
 }

@@ -5,6 +5,7 @@
 //! - [`kernels`]: the CUDA kernels, event-timed against the device's measured peaks (`bench kernels`);
 //! - [`deploy`]: a baseline and its pruned net in lfgcl and onnxruntime (`bench deploy`);
 //! - [`data`]: image decoding and the streaming loader against the training step (`bench data`);
+//! - [`layers`]: each step of an inference's forward, timed (`bench infer --layers`);
 //! - [`machine`]: the CPU every report names next to its figures.
 //!
 //! The layers below (backend, nn, models, data, interop, ...) never import this module.
@@ -13,6 +14,7 @@ pub mod cpu;
 pub mod data;
 pub mod deploy;
 pub mod kernels;
+pub mod layers;
 pub mod machine;
 pub mod search;
 pub mod timing;

@@ -525,8 +525,11 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             Ok(())
         }
         BenchWhat::Train | BenchWhat::Infer => {
-            let dev = open_device(g)?;
             let train = a.what == BenchWhat::Train;
+            if a.layers && train {
+                return Err(Error::Invalid("--layers profiles `bench infer`, not `bench train`".into()));
+            }
+            let dev = open_device(g)?;
             let batch = if train { a.train_batch } else { batch };
             let r = crate::bench::cpu::model_bench(&dev, &a.model, a.image_size, batch, train, 3, a.reps.unwrap_or(5))?;
             let t = &r.throughput;
@@ -544,8 +547,28 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
                 1e3 * t.timing.max_s,
                 t.timing.reps
             );
+            let layers = match a.layers {
+                true => Some(crate::bench::layers::layer_profile(
+                    &dev,
+                    &a.model,
+                    a.image_size,
+                    batch,
+                    3,
+                    a.reps.unwrap_or(5),
+                )?),
+                false => None,
+            };
+            if let Some(l) = &layers {
+                println!("\n{}", l.table());
+            }
             if let Some(p) = &a.json {
-                report::write_json(p, &r)?;
+                #[derive(serde::Serialize)]
+                struct WithLayers<'a> {
+                    #[serde(flatten)]
+                    bench: &'a crate::bench::cpu::ModelBench,
+                    layers: &'a Option<crate::bench::layers::LayerProfile>,
+                }
+                report::write_json(p, &WithLayers { bench: &r, layers: &layers })?;
             }
             Ok(())
         }

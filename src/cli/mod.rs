@@ -639,6 +639,11 @@ pub struct BenchArgs {
     /// `bench cpu`: do not time PyTorch eager.
     #[arg(long)]
     pub no_torch: bool,
+    /// `bench infer`: also time each step of the forward (each layer, or fused conv chain) and
+    /// sum them by kind: where the time goes (with --json, written beside the throughput as
+    /// `layers`).
+    #[arg(long)]
+    pub layers: bool,
     /// `bench search`: unlabeled images per candidate; `bench data`: images pulled through the
     /// loader.
     #[arg(long, default_value_t = 256)]

@@ -53,6 +53,15 @@ impl Op {
     }
 }
 
+/// Wall time of one step of a profiled eval forward (`Graph::forward_profiled`): node `first`,
+/// or the conv chain `first..=last` run as one fused conv.
+#[derive(Clone, Copy, Debug)]
+pub struct StepTime {
+    pub first: usize,
+    pub last: usize,
+    pub seconds: f64,
+}
+
 pub struct Node {
     /// PyTorch-style module path (`layer1.0.conv1`); parameter names append `.weight` etc.
     pub name: String,
@@ -373,6 +382,25 @@ impl Graph {
         mode: Mode,
         taps: &[usize],
     ) -> Result<(Tensor, Vec<Tensor>)> {
+        self.forward_steps(dev, x, mode, taps, None)
+    }
+
+    /// An eval forward that also times each step: each node, or each conv chain run as one fused
+    /// conv (`first..=last`), with the device synchronised around it (`bench infer --layers`).
+    pub fn forward_profiled(&mut self, dev: &Device, x: Tensor) -> Result<(Tensor, Vec<StepTime>)> {
+        let mut times = Vec::with_capacity(self.nodes.len());
+        let (out, _) = self.forward_steps(dev, x, Mode::Eval, &[], Some(&mut times))?;
+        Ok((out, times))
+    }
+
+    fn forward_steps(
+        &mut self,
+        dev: &Device,
+        x: Tensor,
+        mode: Mode,
+        taps: &[usize],
+        mut times: Option<&mut Vec<StepTime>>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_input(&x)?;
         let n = self.nodes.len();
         if let Some(&bad) = taps.iter().find(|&&t| t >= n) {
@@ -387,12 +415,26 @@ impl Graph {
         for i in 0..n {
             if i > 0 && i >= fused_until {
                 let chain = if mode == Mode::Eval { self.fused_chain(i, &last, taps) } else { None };
-                match chain {
+                let started = if times.is_some() {
+                    dev.synchronize()?;
+                    Some(std::time::Instant::now())
+                } else {
+                    None
+                };
+                let end = match chain {
                     Some(chain) => {
                         values[chain.end] = Some(self.run_fused(i, &chain, dev, &values)?);
                         fused_until = chain.end + 1;
+                        chain.end
                     }
-                    None => values[i] = Some(Self::run_node(&mut self.nodes[i], dev, &values, mode)?),
+                    None => {
+                        values[i] = Some(Self::run_node(&mut self.nodes[i], dev, &values, mode)?);
+                        i
+                    }
+                };
+                if let (Some(times), Some(started)) = (times.as_deref_mut(), started) {
+                    dev.synchronize()?;
+                    times.push(StepTime { first: i, last: end, seconds: started.elapsed().as_secs_f64() });
                 }
             }
             for (slot, &t) in taps.iter().enumerate() {
