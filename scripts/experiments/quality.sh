@@ -28,6 +28,9 @@
 #   r20-f30-s{0,1,2}-{...}             the same methods at 30% FLOPs, and random search --streams
 #   r20-f30-ft1-s{0,1,2}-{uniform,lfgcl-streams,random-streams}
 #                                      at 30% FLOPs with 1 fine-tuning epoch instead of 5
+#   study-r20-f30{-ft1,}-s0-lfgcl-streams-c{0..5}
+#                                      6 candidates of the seed-0 LFGCL --streams search at 30%,
+#                                      fine-tuned 1 and 5 epochs
 #   base-resnet56, r56-f50-s{0,1,2}-{uniform,global,lfgcl,random}
 #   abl-r20-f50-s{0,1,2}-{stages,long}  item 4's search changes, each against the plain lfgcl
 #                                      cell of its seed: reward taps at every stage too (stages),
@@ -327,11 +330,16 @@ EOF
 }
 
 # study: candidates of one search, fine-tuned, for the rank correlation of reward and top-1 after.
-study() { # study PREFIX (the seed-0 LFGCL cell is PREFIX-s0-lfgcl)
-  local prefix=$1
-  local src=$out/cells/$prefix-s0-lfgcl/run/search/candidates.jsonl
+# study PREFIX [METHOD [FT_EPOCHS]]: the seed-0 cell PREFIX-s0-METHOD (lfgcl by default) whose
+# candidates are fine-tuned, FT_EPOCHS epochs each (the profile's by default: pass the table's).
+study() {
+  local prefix=$1 method=${2:-lfgcl} epochs=${3:-$ft_epochs}
+  local src=$out/cells/$prefix-s0-$method/run/search/candidates.jsonl
   [[ -f $src ]] || return 0
-  local sdir=$out/study/$prefix-s0
+  # The plain LFGCL study keeps its first name (study/PREFIX-s0); others name their method.
+  local sdir=$out/study/$prefix-s0 streams=()
+  [[ $method == lfgcl ]] || sdir=$sdir-$method
+  [[ $method == *-streams ]] && streams=(--streams)
   mkdir -p "$sdir"
   local k=${STUDY_CANDIDATES:-6}
   [[ $profile == ci ]] && k=2
@@ -359,17 +367,17 @@ for i, j in enumerate(pick):
                    "episode": r["episode"], "index": r["index"], "flops_fraction": r["flops_fraction"]}, open(p, "w"))
 EOF
   for c in "$sdir"/c*; do
-    local name=study-$prefix-s0-$(basename "$c")
+    local name=study-${sdir##*/study/}-$(basename "$c")
     wanted "$name" || continue
     [[ -f $c/result.json ]] && continue
     log "$name"
     [[ -f $c/pruned.safetensors ]] || run_logged "$c/apply" "$lfgcl" "${global[@]}" -q prune-apply \
-      --ckpt "$out/base/resnet20/model.safetensors" --ratios "$c/candidate.json" --out "$c/pruned.safetensors"
+      --ckpt "$out/base/resnet20/model.safetensors" --ratios "$c/candidate.json" "${streams[@]}" --out "$c/pruned.safetensors"
     local resume=()
     [[ -f $c/ft/train_state.safetensors ]] && resume=(--resume)
     run_logged "$c/tune" "$lfgcl" "${global[@]}" -q finetune --ckpt "$c/pruned.safetensors" \
       --teacher "$out/base/resnet20/model.safetensors" --data "$data" "${ft_limit[@]}" "${test_limit[@]}" \
-      --ft-epochs "$ft_epochs" --seed 0 --out "$c/ft" "${resume[@]}"
+      --ft-epochs "$epochs" --seed 0 --out "$c/ft" "${resume[@]}"
     python3 - "$c" <<'EOF'
 import json, os, sys
 c = sys.argv[1]
@@ -424,6 +432,11 @@ for seed in $seeds; do
     aggregate >/dev/null
   done
 done
+# Reward vs top-1 after fine-tuning where the search space pays (30%, --streams): the same seed-0
+# search's candidates (both tables ran it, bit for bit), fine-tuned 1 and 5 epochs.
+study r20-f30-ft1 lfgcl-streams 1
+study r20-f30 lfgcl-streams
+aggregate >/dev/null
 train_base resnet56 "$base_epochs56"
 for seed in $seeds; do
   for m in "${r56_methods[@]}"; do run_method r56-f50 resnet56 0.5 "$seed" "$m"; aggregate >/dev/null; done
