@@ -24,28 +24,29 @@ fn data(n: usize, seed: usize) -> Vec<f32> {
 }
 
 fn convs(c: &mut Criterion) {
-    // (name, c_in, c_out, input size, stride): ResNet-56's stem, three stages, two downsamplings.
+    // (name, c_in, c_out, input size, stride, kernel side; pad side / 2): ResNet-56's stem, three
+    // stages, two downsamplings.
     let cifar = [
-        ("stem_3to16x32", 3, 16, 32, 1),
-        ("16x32x32", 16, 16, 32, 1),
-        ("32x16x16", 32, 32, 16, 1),
-        ("64x8x8", 64, 64, 8, 1),
-        ("16to32_s2_32", 16, 32, 32, 2),
-        ("32to64_s2_16", 32, 64, 16, 2),
+        ("stem_3to16x32", 3, 16, 32, 1, 3),
+        ("16x32x32", 16, 16, 32, 1, 3),
+        ("32x16x16", 32, 32, 16, 1, 3),
+        ("64x8x8", 64, 64, 8, 1, 3),
+        ("16to32_s2_32", 16, 32, 32, 2, 3),
+        ("32to64_s2_16", 32, 64, 16, 2, 3),
     ];
     // ResNet-50's 3x3 layers at 224x224: the strided ones, layer4's 7x7 maps (7 of a direct
     // row's 16 lanes) and the stride-1 layers of the other stages.
     let resnet50 = [
-        ("r50_128_s2_56", 128, 128, 56, 2),
-        ("r50_256_s2_28", 256, 256, 28, 2),
-        ("r50_512_s2_14", 512, 512, 14, 2),
-        ("r50_512x7x7", 512, 512, 7, 1),
-        ("r50_64x56x56", 64, 64, 56, 1),
-        ("r50_128x28x28", 128, 128, 28, 1),
-        ("r50_256x14x14", 256, 256, 14, 1),
+        ("r50_128_s2_56", 128, 128, 56, 2, 3),
+        ("r50_256_s2_28", 256, 256, 28, 2, 3),
+        ("r50_512_s2_14", 512, 512, 14, 2, 3),
+        ("r50_512x7x7", 512, 512, 7, 1, 3),
+        ("r50_64x56x56", 64, 64, 56, 1, 3),
+        ("r50_128x28x28", 128, 128, 28, 1, 3),
+        ("r50_256x14x14", 256, 256, 14, 1, 3),
     ];
-    // MobileNetV2's stem at 224x224 (3 input channels, stride 2).
-    let mobilenet = [("mbv2_stem_3to32_s2_224", 3, 32, 224, 2)];
+    // The 224x224 stems: MobileNetV2's 3x3 and ResNet's 7x7 (3 input channels, stride 2).
+    let mobilenet = [("mbv2_stem_3to32_s2_224", 3, 32, 224, 2, 3), ("r50_stem_7x7_s2_224", 3, 64, 224, 2, 7)];
     let sets = [
         (1usize, &cifar[..]),
         (64, &cifar[..]),
@@ -55,12 +56,11 @@ fn convs(c: &mut Criterion) {
         (32, &mobilenet[..]),
     ];
     for (batch, layers) in sets {
-        for &(name, cin, cout, size, stride) in layers {
-            let s =
-                ConvShape::new(&[batch, cin, size, size], &[cout, cin, 3, 3], ConvSpec { stride, pad: 1, groups: 1 })
-                    .unwrap();
+        for &(name, cin, cout, size, stride, k) in layers {
+            let spec = ConvSpec { stride, pad: k / 2, groups: 1 };
+            let s = ConvShape::new(&[batch, cin, size, size], &[cout, cin, k, k], spec).unwrap();
             let x = data(batch * cin * size * size, 1);
-            let w = data(cout * cin * 9, 2);
+            let w = data(cout * cin * k * k, 2);
             let dy = data(batch * cout * s.out_h * s.out_w, 3);
             let mut g = c.benchmark_group(format!("conv_b{batch}_{name}"));
             g.throughput(Throughput::Elements(2 * s.macs()));

@@ -332,7 +332,7 @@ fn direct_matches_exact_within_bound_and_is_reproducible() {
     }
     let isa = direct::Isa::detect().expect("supported");
     println!("direct kernel on {isa:?}");
-    // (n, c_in, h, w, c_out, stride)
+    // (n, c_in, h, w, c_out, stride); 3x3 pad 1 unless listed below with its kernel and pad.
     let cases = [
         (1, 3, 32, 32, 16, 1),
         (3, 3, 32, 32, 16, 1),
@@ -344,12 +344,22 @@ fn direct_matches_exact_within_bound_and_is_reproducible() {
         (2, 2, 1, 1, 5, 2),
         (1, 4, 2, 3, 9, 1),
     ];
+    // (n, c_in, h, w, c_out, stride, kernel, pad): ResNet's 7x7 stem, odd maps, other pads.
+    let wide = [
+        (1, 3, 45, 38, 16, 2, 7, 3),
+        (2, 3, 20, 21, 7, 1, 7, 3),
+        (1, 5, 13, 17, 9, 2, 5, 2),
+        (1, 2, 9, 9, 6, 1, 5, 0),
+        (1, 4, 10, 11, 5, 2, 3, 0),
+        (1, 2, 6, 7, 3, 2, 7, 6),
+    ];
+    let all = cases.iter().map(|&(n, c, h, w, k, st)| (n, c, h, w, k, st, 3, 1)).chain(wide);
     let mut overall = 0.0f64;
-    for (i, &(n, c, h, w, k, stride)) in cases.iter().enumerate() {
-        let s = ConvShape::new(&[n, c, h, w], &[k, c, 3, 3], ConvSpec { stride, pad: 1, groups: 1 }).unwrap();
+    for (i, (n, c, h, w, k, stride, ks, pad)) in all.enumerate() {
+        let s = ConvShape::new(&[n, c, h, w], &[k, c, ks, ks], ConvSpec { stride, pad, groups: 1 }).unwrap();
         assert!(direct::supports(&s));
         let x = pseudo(n * c * h * w, 300 + i as u64);
-        let wt = pseudo(k * c * 9, 400 + i as u64);
+        let wt = pseudo(k * c * ks * ks, 400 + i as u64);
         let exact = conv::forward_reference(&x, &wt, &s);
         let scale = conv::forward_reference(&abs(&x), &abs(&wt), &s);
         let run = |threads: usize| {
@@ -759,6 +769,7 @@ fn fused_relu6_epilogue_equals_unfused_ops_bit_for_bit() {
         (3, 16, 16, 16, 16, 3, 1, 1, 1),  // Winograd
         (2, 16, 12, 12, 32, 3, 2, 1, 1),  // strided 3x3
         (1, 3, 40, 38, 32, 3, 2, 1, 1),   // MobileNetV2's stem: whole and partial tiles
+        (1, 3, 41, 36, 16, 7, 2, 3, 1),   // ResNet's 7x7 stem
         (2, 16, 12, 12, 32, 1, 2, 0, 1),  // strided 1x1 (ResNet downsample)
     ];
     for dev in [backend::cpu(), backend::cpu_exact()] {

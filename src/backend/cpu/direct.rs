@@ -1,6 +1,7 @@
-//! Direct 3x3 convolution (pad 1, stride 1 or 2) on AVX-512 or AVX2, for the forward
-//! convolutions the Winograd kernels leave to im2col + GEMM: the 3-channel stem, the strided
-//! downsampling layers and maps too small for Winograd tiles.
+//! Direct square convolution (3x3 to 7x7, stride 1 or 2) on AVX-512 or AVX2, for the forward
+//! convolutions the Winograd kernels leave to im2col + GEMM: the 3-channel stems (CIFAR's and
+//! MobileNetV2's 3x3, ResNet's 7x7), the strided downsampling layers and maps too small for
+//! Winograd tiles.
 //!
 //! Those layers carry few MACs (the stem and the two downsamplings of a CIFAR ResNet are about
 //! 7% of them) but, as im2col + GEMM, cost about 15% of a ResNet-20's inference: im2col copies
@@ -13,7 +14,7 @@
 //! of loads feeds 12 fused multiply-adds. The eval epilogue (batch norm, residual, ReLU or
 //! ReLU6) is applied before the store, with the unfused ops' arithmetic.
 //!
-//! Every output sums its `9 C` products in one fixed order (channel, row, column), with fused
+//! Every output sums its `kh kw C` products in one fixed order (channel, row, column), with fused
 //! multiply-adds in f32: results depend on the shape only, never on the thread count or on
 //! which of the two instruction sets ran (the same operations lane by lane). Error
 //! against the f64 loops, relative to `sum |x| |w|` over the window: about 1e-7 (tests/conv_fast.rs
@@ -37,7 +38,8 @@ const KB: usize = 16;
 /// "r50_.*s2|512x7"`). AVX2's 6-channel block rereads each row nearly three times as often: on a
 /// Zen 3 core it ran 1.5-3.9x im2col at batch 1 with 3 or 16 input channels (the stems, CIFAR's
 /// first downsampling) but 0.8x with 32 (`32to64_s2_16`, batch 1 and 64), and 0.67x on
-/// `64x8x8` at batch 64.
+/// `64x8x8` at batch 64. ResNet's 7x7 stem (`r50_stem_7x7_s2_224`): 1.85x im2col at batch 1,
+/// 1.07x at 32.
 pub fn max_c_in(isa: Isa) -> usize {
     match isa {
         Isa::Avx512 => 64,
@@ -77,29 +79,36 @@ impl Isa {
     }
 }
 
-/// True when this kernel computes the convolution: 3x3, pad 1, stride 1 or 2, non-empty, on a
-/// CPU with AVX-512 or AVX2 + FMA.
+/// The largest kernel side the kernel takes.
+pub const MAX_KERNEL: usize = 7;
+
+/// True when this kernel computes the convolution: square, 3x3 to 7x7 (1x1 layers are GEMMs in
+/// place), padding below the kernel's side, stride 1 or 2, non-empty, on a CPU with AVX-512 or
+/// AVX2 + FMA.
 pub fn supports(s: &ConvShape) -> bool {
-    s.kh == 3
-        && s.kw == 3
-        && s.pad == 1
+    s.kh == s.kw
+        && (3..=MAX_KERNEL).contains(&s.kh)
+        && s.pad < s.kh
         && (s.stride == 1 || s.stride == 2)
         && s.n * s.c_in * s.c_out * s.out_h * s.out_w > 0
         && Isa::detect().is_some()
 }
 
 /// Geometry of the prepared input: per image and channel, `stride` phase planes of `hp` rows by
-/// `wph` columns (phase `f` holds the zero-bordered columns `f, f + stride, ...`).
+/// `wph` columns (phase `f` holds the zero-bordered columns `f, f + stride, ...`), `pad` zeros
+/// on each side.
 #[derive(Clone, Copy)]
 struct Planes {
     stride: usize,
+    pad: usize,
     hp: usize,
     wph: usize,
 }
 
 impl Planes {
     fn new(s: &ConvShape) -> Planes {
-        Planes { stride: s.stride, hp: s.h + 2, wph: (s.w + 2).div_ceil(s.stride) }
+        let pad = s.pad;
+        Planes { stride: s.stride, pad, hp: s.h + 2 * pad, wph: (s.w + 2 * pad).div_ceil(s.stride) }
     }
     fn per_channel(&self) -> usize {
         self.stride * self.hp * self.wph
@@ -120,14 +129,14 @@ fn prepare(x: &[f32], s: &ConvShape, pl: &Planes) -> Vec<f32> {
         for phase in 0..pl.stride {
             for row in 0..pl.hp {
                 let d = &mut dst[pl.row(0, phase, row)..pl.row(0, phase, row) + pl.wph];
-                if row == 0 || row > s.h {
+                if row < pl.pad || row >= s.h + pl.pad {
                     d.fill(0.0);
                     continue;
                 }
-                let srow = &src[(row - 1) * s.w..row * s.w];
+                let srow = &src[(row - pl.pad) * s.w..(row - pl.pad + 1) * s.w];
                 for (j, v) in d.iter_mut().enumerate() {
-                    // Padded column j * stride + phase is input column (that - 1).
-                    let col = (j * pl.stride + phase).wrapping_sub(1);
+                    // Padded column j * stride + phase is input column (that - pad).
+                    let col = (j * pl.stride + phase).wrapping_sub(pl.pad);
                     *v = if col < s.w { srow[col] } else { 0.0 };
                 }
             }
@@ -136,17 +145,17 @@ fn prepare(x: &[f32], s: &ConvShape, pl: &Planes) -> Vec<f32> {
     xp
 }
 
-/// The weights regrouped `[K / KB blocks][C][3][3][KB]` (the last block padded with zeros), so a
-/// block's 16 broadcasts for one tap are adjacent.
+/// The weights regrouped `[K / KB blocks][C][kh][kw][KB]` (the last block padded with zeros), so
+/// a block's 16 broadcasts for one tap are adjacent.
 fn regroup(w: &[f32], s: &ConvShape) -> Vec<f32> {
-    let (k, c) = (s.c_out, s.c_in);
+    let (k, c, taps) = (s.c_out, s.c_in, s.kh * s.kw);
     let blocks = k.div_ceil(KB);
-    let mut wr = vec![0.0f32; blocks * c * 9 * KB];
+    let mut wr = vec![0.0f32; blocks * c * taps * KB];
     for kk in 0..k {
         let (b, l) = (kk / KB, kk % KB);
         for cc in 0..c {
-            for tap in 0..9 {
-                wr[((b * c + cc) * 9 + tap) * KB + l] = w[(kk * c + cc) * 9 + tap];
+            for tap in 0..taps {
+                wr[((b * c + cc) * taps + tap) * KB + l] = w[(kk * c + cc) * taps + tap];
             }
         }
     }
@@ -178,7 +187,7 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> V
 pub fn forward_on(isa: Isa, x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
     assert!(supports(s) && isa.available(), "direct conv: unsupported shape {s:?} or {isa:?}");
     assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "direct conv: input size");
-    assert_eq!(w.len(), s.c_out * s.c_in * 9, "direct conv: weight size");
+    assert_eq!(w.len(), s.c_out * s.c_in * s.kh * s.kw, "direct conv: weight size");
     let (k, pq) = (s.c_out, s.out_h * s.out_w);
     if let Some(e) = epi {
         assert!(e.scale.len() == k && e.shift.len() == k, "direct conv: epilogue size");
@@ -208,7 +217,8 @@ pub fn forward_on(isa: Isa, x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Ep
     team::for_each_on(s.n < team::SHORT_BATCH, tasks.len(), |i| {
         let t = &tasks[i];
         let src = &xp[t.img * per_image..(t.img + 1) * per_image];
-        let wb = &wr[(t.k0 / KB) * s.c_in * 9 * KB..(t.k0 / KB + 1) * s.c_in * 9 * KB];
+        let per_block = s.c_in * s.kh * s.kw * KB;
+        let wb = &wr[(t.k0 / KB) * per_block..(t.k0 / KB + 1) * per_block];
         // SAFETY: the instruction set is present (asserted above); the task writes only its own
         // rows of its own channels of its image (disjoint across tasks), and every read stays
         // inside `src`, `wb` and the residual (bounds asserted inside).
@@ -261,7 +271,7 @@ struct Tile {
     kk: usize,
 }
 
-/// `N` output channels by up to 16 output pixels of one row: `9 C` masked loads, each feeding
+/// `N` output channels by up to 16 output pixels of one row: `kh kw C` masked loads, each feeding
 /// `N` fused multiply-adds with broadcast weights, then the epilogue and a masked store.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -278,20 +288,22 @@ unsafe fn micro<const N: usize>(
     use std::arch::x86_64::*;
     let mask: __mmask16 = if at.lane_count == Q { !0 } else { (1u16 << at.lane_count) - 1 };
     let stride = pl.stride;
-    // The furthest element a load reads: the last lane of some tap in row 2 of the last channel.
-    let last = (0..3)
-        .map(|tap| pl.row(s.c_in - 1, tap % stride, at.p * stride + 2) + at.q0 + tap / stride + at.lane_count)
+    // The furthest element a load reads: the last lane of some tap in the window's last row, of
+    // the last channel.
+    let (kh, kw) = (s.kh, s.kw);
+    let last = (0..kw)
+        .map(|tap| pl.row(s.c_in - 1, tap % stride, at.p * stride + kh - 1) + at.q0 + tap / stride + at.lane_count)
         .max()
         .unwrap_or(0);
-    assert!(last <= src.len() && wb.len() >= s.c_in * 9 * KB, "direct conv: read out of bounds");
+    assert!(last <= src.len() && wb.len() >= s.c_in * kh * kw * KB, "direct conv: read out of bounds");
     let mut acc = [_mm512_setzero_ps(); N];
     for c in 0..s.c_in {
-        for r in 0..3 {
+        for r in 0..kh {
             let row = at.p * stride + r;
-            for tap in 0..3 {
+            for tap in 0..kw {
                 let from = pl.row(c, tap % stride, row) + at.q0 + tap / stride;
                 let xv = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(from));
-                let wt = wb.as_ptr().add(((c * 3 + r) * 3 + tap) * KB + at.kk);
+                let wt = wb.as_ptr().add(((c * kh + r) * kw + tap) * KB + at.kk);
                 for (j, a) in acc.iter_mut().enumerate() {
                     *a = _mm512_fmadd_ps(_mm512_set1_ps(*wt.add(j)), xv, *a);
                 }
@@ -385,19 +397,20 @@ unsafe fn micro_avx2<const N: usize, const MASKED: bool>(
     };
     let stride = pl.stride;
     // The furthest element a load reads, as in `micro`.
-    let last = (0..3)
-        .map(|tap| pl.row(s.c_in - 1, tap % stride, at.p * stride + 2) + at.q0 + tap / stride + at.lane_count)
+    let (kh, kw) = (s.kh, s.kw);
+    let last = (0..kw)
+        .map(|tap| pl.row(s.c_in - 1, tap % stride, at.p * stride + kh - 1) + at.q0 + tap / stride + at.lane_count)
         .max()
         .unwrap_or(0);
-    assert!(last <= src.len() && wb.len() >= s.c_in * 9 * KB, "direct conv: read out of bounds");
+    assert!(last <= src.len() && wb.len() >= s.c_in * kh * kw * KB, "direct conv: read out of bounds");
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for c in 0..s.c_in {
-        for r in 0..3 {
+        for r in 0..kh {
             let row = at.p * stride + r;
-            for tap in 0..3 {
+            for tap in 0..kw {
                 let from = src.as_ptr().add(pl.row(c, tap % stride, row) + at.q0 + tap / stride);
                 let xv = [load(from, 0), load(from, 1)];
-                let wt = wb.as_ptr().add(((c * 3 + r) * 3 + tap) * KB + at.kk);
+                let wt = wb.as_ptr().add(((c * kh + r) * kw + tap) * KB + at.kk);
                 for (j, a) in acc.iter_mut().enumerate() {
                     let wj = _mm256_set1_ps(*wt.add(j));
                     a[0] = _mm256_fmadd_ps(wj, xv[0], a[0]);

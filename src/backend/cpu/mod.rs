@@ -39,8 +39,9 @@ pub struct CpuBackend {
     /// agrees to a few ulps.
     reference: bool,
     /// Winograd kernels for 3x3 stride-1 convolutions (`winograd::choose`) and the direct
-    /// AVX-512 / AVX2 kernel for the other 3x3 forward convolutions (`direct.rs`); off in the exact
-    /// variants, which keep im2col + GEMM (a few ulps from the f64 loops).
+    /// AVX-512 / AVX2 kernel for the other 3x3 to 7x7 forward convolutions with few input
+    /// channels (`direct.rs`); off in the exact variants, which keep im2col + GEMM (a few ulps
+    /// from the f64 loops).
     fast_conv: bool,
 }
 
