@@ -547,16 +547,11 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
                 1e3 * t.timing.max_s,
                 t.timing.reps
             );
-            let layers = match a.layers {
-                true => Some(crate::bench::layers::layer_profile(
-                    &dev,
-                    &a.model,
-                    a.image_size,
-                    batch,
-                    3,
-                    a.reps.unwrap_or(5),
-                )?),
-                false => None,
+            let layers = if a.layers {
+                let reps = a.reps.unwrap_or(5);
+                Some(crate::bench::layers::layer_profile(&dev, &a.model, a.image_size, batch, 3, reps)?)
+            } else {
+                None
             };
             if let Some(l) = &layers {
                 println!("\n{}", l.table());

@@ -312,6 +312,22 @@ fn check_sizes(s: &ConvShape, w: &[f32]) {
 /// Forward convolution (`supports(s)` must hold), with `epi` applied to each output row while
 /// it is in cache.
 pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    check_forward(x, w, s, epi);
+    if s.out_w <= INTERLEAVED_MAX_OW {
+        forward_interleaved(x, w, s, epi)
+    } else {
+        planes_forward(x, w, s, epi)
+    }
+}
+
+/// `forward` by the plane kernel at every map size (tests compare it with the interleaved one).
+#[doc(hidden)]
+pub fn forward_planes(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    check_forward(x, w, s, epi);
+    planes_forward(x, w, s, epi)
+}
+
+fn check_forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) {
     check_sizes(s, w);
     assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "depthwise conv: input size");
     let (c, pq) = (s.c_in, s.out_h * s.out_w);
@@ -319,16 +335,9 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> V
         assert!(e.scale.len() == c && e.shift.len() == c, "depthwise conv: epilogue size");
         assert!(e.residual.is_none_or(|r| r.len() == s.n * c * pq), "depthwise conv: residual size");
     }
-    if s.out_w <= INTERLEAVED_MAX_OW {
-        return forward_interleaved(x, w, s, epi);
-    }
-    forward_planes(x, w, s, epi)
 }
 
-/// `forward` by the plane kernel at every map size (tests compare it with the interleaved one).
-#[doc(hidden)]
-pub fn forward_planes(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
-    check_sizes(s, w);
+fn planes_forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
     let (c, pq) = (s.c_in, s.out_h * s.out_w);
     // Every output is written by its plane's task.
     let mut y = pool::take(s.n * c * pq);
@@ -350,8 +359,8 @@ pub fn forward_planes(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue
 /// spends most of its time per plane, not per output: MobileNetV2's last 12 depthwise layers
 /// (7 and 14 pixels, 10% of their MACs) were half their time at batch 1, at 8-19 GFLOP/s on a
 /// Zen 3 core pair against 25-45 on the larger maps. At batch 1 on that pair (`cargo bench
-/// --bench conv -- dw_b1`, `forward_bn_relu6`, interleaved against planes): 0.37x the time at
-/// 960x7, 0.36-0.46x at 14, 0.61-0.84x at 28; at 56 and 112 the planes were 5-15% faster.
+/// --bench conv -- dw_b1`, `forward_bn_relu6`, interleaved against planes): 0.34x the time at
+/// 960x7, 0.36-0.46x at 14, 0.57-0.84x at 28; at 56 and 112 the planes were 5-15% faster.
 pub const INTERLEAVED_MAX_OW: usize = 28;
 
 /// The output, written by disjoint tasks (each a block of channels of one image).
