@@ -508,9 +508,18 @@ def main():
         rho_before = spearman(rew, before) if all(b is not None for b in before) else None
         rho_ba = spearman(before, after) if all(b is not None for b in before) else None
         f = lambda x: "-" if x is None else f"{x:.3f}"
-        md += [f"## What the reward predicts (item 4): {len(rs)} candidates of the {name} LFGCL search, fine-tuned", "",
-               "Candidates at evenly spaced reward ranks among the search's distinct candidates, each fine-tuned with the "
-               "same recipe. Top-1 before is on the first 500 test images (BN re-estimated), after on all 10,000.", "",
+        # A study is named after its search's cell: PREFIX-s0 (plain LFGCL) or PREFIX-s0-METHOD.
+        search, method = name, "lfgcl"
+        for m in sorted(LABELS, key=len, reverse=True):
+            if name.endswith("-s0-" + m):
+                search, method = name[:-len(m) - 1], m
+                break
+        epochs = rs[0].get("ft_epochs")
+        recipe = f"{epochs} epoch{'s' if epochs != 1 else ''} of the same recipe" if epochs else "the same recipe"
+        md += [f"## What the reward predicts (item 4): {len(rs)} candidates of the {search} {LABELS[method]} search, fine-tuned", "",
+               f"Candidates at evenly spaced reward ranks among the search's distinct candidates, each fine-tuned with {recipe}. "
+               "Top-1 before is on the first 500 test images (BN re-estimated; - where the search did not measure it), "
+               "after on all 10,000.", "",
                "| candidate | reward | FLOPs | top-1 before (500) | top-1 after |", "|---|---|---|---|---|"]
         for r in rs:
             b = r.get("top1_before_500")

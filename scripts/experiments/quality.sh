@@ -384,6 +384,7 @@ c = sys.argv[1]
 cand = json.load(open(os.path.join(c, "candidate.json")))
 log = [json.loads(l) for l in open(os.path.join(c, "ft", "train_log.jsonl")) if l.strip()]
 cand["top1_after_finetune"] = log[-1]["test_top1"]
+cand["ft_epochs"] = log[-1]["epoch"]
 tmp = os.path.join(c, "result.json.tmp")
 json.dump(cand, open(tmp, "w"), indent=1)
 os.replace(tmp, os.path.join(c, "result.json"))
