@@ -144,6 +144,38 @@ fn prepare(src: &[f32], sh: usize, sw: usize, up: usize, g: &Geom, dst: &mut Vec
     }
 }
 
+/// The eval epilogue of an output vector in registers (no residual): folded batch norm, then
+/// ReLU or ReLU6, the scalar epilogue's operations lane by lane.
+#[derive(Clone, Copy)]
+struct RegEpilogue<L> {
+    scale: L,
+    shift: L,
+    relu: bool,
+    relu6: bool,
+}
+
+/// One output vector: the products of the nine taps (`at + taps[i]` times `wv[i]`, (0,0) to
+/// (2,2)) summed left to right, then `epi`.
+///
+/// # Safety
+/// The CPU must have `L`'s features; the nine vectors must be readable.
+#[inline(always)]
+unsafe fn window<L: Lanes>(at: *const f32, taps: &[usize; 9], wv: &[L; 9], epi: Option<RegEpilogue<L>>) -> L {
+    let mut acc = L::load(at.add(taps[0])).mul(wv[0]);
+    for (&off, &wt) in taps.iter().zip(wv).skip(1) {
+        acc = acc.add(L::load(at.add(off)).mul(wt));
+    }
+    if let Some(e) = epi {
+        acc = acc.mul(e.scale).add(e.shift);
+        if e.relu {
+            acc = acc.keep_where_positive(acc);
+        } else if e.relu6 {
+            acc = acc.relu6();
+        }
+    }
+    acc
+}
+
 /// One output plane from its padded plane `xp`: `out[p][q] = sum_{r,t} w[r][t] * M[p*s+r-1][q*s+t-1]`,
 /// with `epi` (on output flat index `at0 + p * ow + q`, channel `ch`) applied row by row.
 ///
@@ -169,7 +201,12 @@ unsafe fn plane<L: Lanes>(
     let in_registers = match epi {
         Some((e, at0, pq, k)) if e.residual.is_none() => {
             let ch = (at0 / pq.max(1)) % k.max(1);
-            Some((L::splat(e.scale[ch]), L::splat(e.shift[ch]), e.relu, e.relu6))
+            Some(RegEpilogue {
+                scale: L::splat(e.scale[ch]),
+                shift: L::splat(e.shift[ch]),
+                relu: e.relu,
+                relu6: e.relu6,
+            })
         }
         _ => None,
     };
@@ -178,19 +215,7 @@ unsafe fn plane<L: Lanes>(
         for q0 in (0..g.owp).step_by(V) {
             // Tap (r, t) reads phase t % st, column q0 + t / st of padded row p * st + r: in
             // bounds by the asserts above (the phase planes follow each other).
-            let at = base.add(g.row(0, p * st) + q0);
-            let mut acc = L::load(at.add(taps[0])).mul(wv[0]);
-            for (&off, &wt) in taps.iter().zip(&wv).skip(1) {
-                acc = acc.add(L::load(at.add(off)).mul(wt));
-            }
-            if let Some((scale, shift, relu, relu6)) = in_registers {
-                acc = acc.mul(scale).add(shift);
-                if relu {
-                    acc = acc.keep_where_positive(acc);
-                } else if relu6 {
-                    acc = acc.relu6();
-                }
-            }
+            let acc = window(base.add(g.row(0, p * st) + q0), &taps, &wv, in_registers);
             // A vector that runs past its row spills into the rows below, which are computed
             // (and overwritten) later; only at the end of the plane does it go through `tail`.
             // Small maps (rows of 7 or 14) are all tails: a copy each was 8% of MobileNetV2.
@@ -476,7 +501,7 @@ unsafe fn block<L: Lanes>(b: &Block, sc: &mut BlockScratch, out: &mut [f32], avx
                 // SAFETY: rows l0..l0 + 8 of the block, columns j0..j0 + 8 of row i, and the
                 // destination's 8 pixels of 8 lanes are in bounds (cn, w and xi's size).
                 let src = b.x.as_ptr().add(l0 * hw + i * s.w + j0);
-                transpose8(src, hw, xi.as_mut_ptr().add(at + j0 * V + l0), V);
+                super::simd::transpose_8x8(src, hw, xi.as_mut_ptr().add(at + j0 * V + l0), V);
             }
         }
         for l in 0..cn {
@@ -502,7 +527,7 @@ unsafe fn block<L: Lanes>(b: &Block, sc: &mut BlockScratch, out: &mut [f32], avx
                 lanes[..cn].copy_from_slice(&src[c0..c0 + cn]);
                 L::load(lanes.as_ptr())
             };
-            Some((splat(e.scale), splat(e.shift), e.relu, e.relu6))
+            Some(RegEpilogue { scale: splat(e.scale), shift: splat(e.shift), relu: e.relu, relu6: e.relu6 })
         }
         _ => None,
     };
@@ -513,19 +538,7 @@ unsafe fn block<L: Lanes>(b: &Block, sc: &mut BlockScratch, out: &mut [f32], avx
     for p in 0..s.out_h {
         for q in 0..s.out_w {
             // In bounds by the geometry assert: the last tap reads row (oh-1)*st+2, column (ow-1)*st+2.
-            let at = base.add(((p * st) * wp + q * st) * V);
-            let mut acc = L::load(at.add(taps[0])).mul(wv[0]);
-            for (&off, &wt) in taps.iter().zip(&wv).skip(1) {
-                acc = acc.add(L::load(at.add(off)).mul(wt));
-            }
-            if let Some((scale, shift, relu, relu6)) = in_registers {
-                acc = acc.mul(scale).add(shift);
-                if relu {
-                    acc = acc.keep_where_positive(acc);
-                } else if relu6 {
-                    acc = acc.relu6();
-                }
-            }
+            let acc = window(base.add(((p * st) * wp + q * st) * V), &taps, &wv, in_registers);
             acc.store(yi.as_mut_ptr().add((p * s.out_w + q) * V));
         }
     }
@@ -535,7 +548,7 @@ unsafe fn block<L: Lanes>(b: &Block, sc: &mut BlockScratch, out: &mut [f32], avx
         for pix0 in (0..pix8).step_by(8) {
             // SAFETY: pixels pix0..pix0 + 8 of yi (lanes l0..l0 + 8) and of the output planes
             // l0..l0 + 8 are in bounds (pq, cn).
-            transpose8(yi.as_ptr().add(pix0 * V + l0), V, out.as_mut_ptr().add(l0 * pq + pix0), pq);
+            super::simd::transpose_8x8(yi.as_ptr().add(pix0 * V + l0), V, out.as_mut_ptr().add(l0 * pq + pix0), pq);
         }
     }
     for (l, plane) in out.chunks_exact_mut(pq).enumerate() {
@@ -548,48 +561,6 @@ unsafe fn block<L: Lanes>(b: &Block, sc: &mut BlockScratch, out: &mut [f32], avx
         for (l, plane) in out.chunks_exact_mut(pq).enumerate() {
             e.apply_slice(plane, at0 + l * pq, pq, s.c_in);
         }
-    }
-}
-
-/// Copies the 8x8 matrix whose row `k` is the 8 floats at `src + k * src_stride` to `dst`,
-/// transposed: row `j` of the result (column `j` of the source) to `dst + j * dst_stride`.
-///
-/// # Safety
-/// The CPU must have AVX2; the 8 rows of 8 floats at both ends must be in bounds.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn transpose8(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
-    use std::arch::x86_64::*;
-    let r: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(src.add(k * src_stride)));
-    // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves swapped.
-    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-    let out = [
-        _mm256_permute2f128_ps::<0x20>(u0, u4),
-        _mm256_permute2f128_ps::<0x20>(u1, u5),
-        _mm256_permute2f128_ps::<0x20>(u2, u6),
-        _mm256_permute2f128_ps::<0x20>(u3, u7),
-        _mm256_permute2f128_ps::<0x31>(u0, u4),
-        _mm256_permute2f128_ps::<0x31>(u1, u5),
-        _mm256_permute2f128_ps::<0x31>(u2, u6),
-        _mm256_permute2f128_ps::<0x31>(u3, u7),
-    ];
-    for (j, v) in out.into_iter().enumerate() {
-        _mm256_storeu_ps(dst.add(j * dst_stride), v);
     }
 }
 

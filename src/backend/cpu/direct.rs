@@ -271,6 +271,18 @@ struct Tile {
     kk: usize,
 }
 
+/// Asserts that a micro-kernel call at `at` reads inside `src` and `wb`: the furthest element a
+/// load reads is the last lane of some tap in the window's last row, of the last channel.
+#[inline(always)]
+fn check_reads(src: &[f32], wb: &[f32], s: &ConvShape, pl: &Planes, at: Tile) {
+    let (kh, kw, stride) = (s.kh, s.kw, pl.stride);
+    let last = (0..kw)
+        .map(|tap| pl.row(s.c_in - 1, tap % stride, at.p * stride + kh - 1) + at.q0 + tap / stride + at.lane_count)
+        .max()
+        .unwrap_or(0);
+    assert!(last <= src.len() && wb.len() >= s.c_in * kh * kw * KB, "direct conv: read out of bounds");
+}
+
 /// `N` output channels by up to 16 output pixels of one row: `kh kw C` masked loads, each feeding
 /// `N` fused multiply-adds with broadcast weights, then the epilogue and a masked store.
 #[allow(clippy::too_many_arguments)]
@@ -288,14 +300,8 @@ unsafe fn micro<const N: usize>(
     use std::arch::x86_64::*;
     let mask: __mmask16 = if at.lane_count == Q { !0 } else { (1u16 << at.lane_count) - 1 };
     let stride = pl.stride;
-    // The furthest element a load reads: the last lane of some tap in the window's last row, of
-    // the last channel.
     let (kh, kw) = (s.kh, s.kw);
-    let last = (0..kw)
-        .map(|tap| pl.row(s.c_in - 1, tap % stride, at.p * stride + kh - 1) + at.q0 + tap / stride + at.lane_count)
-        .max()
-        .unwrap_or(0);
-    assert!(last <= src.len() && wb.len() >= s.c_in * kh * kw * KB, "direct conv: read out of bounds");
+    check_reads(src, wb, s, pl, at);
     let mut acc = [_mm512_setzero_ps(); N];
     for c in 0..s.c_in {
         for r in 0..kh {
@@ -396,13 +402,8 @@ unsafe fn micro_avx2<const N: usize, const MASKED: bool>(
         }
     };
     let stride = pl.stride;
-    // The furthest element a load reads, as in `micro`.
     let (kh, kw) = (s.kh, s.kw);
-    let last = (0..kw)
-        .map(|tap| pl.row(s.c_in - 1, tap % stride, at.p * stride + kh - 1) + at.q0 + tap / stride + at.lane_count)
-        .max()
-        .unwrap_or(0);
-    assert!(last <= src.len() && wb.len() >= s.c_in * kh * kw * KB, "direct conv: read out of bounds");
+    check_reads(src, wb, s, pl, at);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for c in 0..s.c_in {
         for r in 0..kh {

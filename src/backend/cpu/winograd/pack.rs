@@ -67,7 +67,14 @@ pub(super) fn pack_rows(x: &[f32], s: &ConvShape, tiling: &Tiling, simd: bool, s
                         // the eight channel rows of `src` from `from`, and the writes (eight
                         // pixels `b` apart) inside `drow` (both checked here).
                         assert!(from + 7 * plane + LANES <= src.len() && to + 7 * b + LANES <= drow.len());
-                        unsafe { simd::transpose_8x8(src.as_ptr().add(from), plane, drow.as_mut_ptr().add(to), b) };
+                        unsafe {
+                            crate::backend::cpu::simd::transpose_8x8(
+                                src.as_ptr().add(from),
+                                plane,
+                                drow.as_mut_ptr().add(to),
+                                b,
+                            )
+                        };
                     }
                     ix0 += LANES;
                 }
