@@ -384,8 +384,9 @@ fn planes_forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -
 /// spends most of its time per plane, not per output: MobileNetV2's last 12 depthwise layers
 /// (7 and 14 pixels, 10% of their MACs) were half their time at batch 1, at 8-19 GFLOP/s on a
 /// Zen 3 core pair against 25-45 on the larger maps. At batch 1 on that pair (`cargo bench
-/// --bench conv -- dw_b1`, `forward_bn_relu6`, interleaved against planes): 0.34x the time at
-/// 960x7, 0.36-0.46x at 14, 0.57-0.84x at 28; at 56 and 112 the planes were 5-15% faster.
+/// --bench conv -- dw_b1`, `forward_bn_relu6`, interleaved against planes, two runs): 0.34-0.57x
+/// the time at 960x7, 0.36-0.80x at 14, 0.57-0.86x at 28; at 56 and 112 the planes were 5-15%
+/// faster.
 pub const INTERLEAVED_MAX_OW: usize = 28;
 
 /// The output, written by disjoint tasks (each a block of channels of one image).

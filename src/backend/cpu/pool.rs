@@ -20,7 +20,8 @@ impl PoolOps for CpuBackend {
 
     fn global_avgpool_forward(&self, x: &Tensor) -> Result<Tensor> {
         let s = GlobalPoolShape::new("global_avgpool_forward", x.dims())?;
-        Tensor::from_vec(&[s.n, s.c], global_avgpool_forward(host(x)?, s.n * s.c, s.h * s.w))
+        let short = s.n < team::SHORT_BATCH;
+        Tensor::from_vec(&[s.n, s.c], global_avgpool_forward(host(x)?, s.n * s.c, s.h * s.w, short))
     }
 
     fn global_avgpool_backward(&self, dy: &Tensor, x_dims: &[usize]) -> Result<Tensor> {
@@ -187,11 +188,21 @@ pub fn maxpool_backward(dy: &[f32], x: &[f32], s: &PoolShape) -> Vec<f32> {
     dx
 }
 
-pub fn global_avgpool_forward(x: &[f32], nc: usize, hw: usize) -> Vec<f32> {
-    (0..nc)
-        .into_par_iter()
-        .map(|i| (x[i * hw..(i + 1) * hw].iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32)
-        .collect()
+/// Each plane's mean, summed in f64 in order; on the team when `short` (batch 1, as the
+/// convolutions before it: on rayon's pool it waited for the team's spinning helper).
+pub fn global_avgpool_forward(x: &[f32], nc: usize, hw: usize, short: bool) -> Vec<f32> {
+    const PLANES: usize = 64;
+    let mut y = vec![0.0f32; nc];
+    if nc == 0 {
+        return y;
+    }
+    team::for_each_chunk_mut(short, &mut y, PLANES, |chunk, out| {
+        for (j, o) in out.iter_mut().enumerate() {
+            let i = chunk * PLANES + j;
+            *o = (x[i * hw..(i + 1) * hw].iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32;
+        }
+    });
+    y
 }
 
 pub fn global_avgpool_backward(dy: &[f32], nc: usize, hw: usize) -> Vec<f32> {
