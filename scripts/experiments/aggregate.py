@@ -516,7 +516,8 @@ def main():
                 break
         epochs = rs[0].get("ft_epochs")
         recipe = f"{epochs} epoch{'s' if epochs != 1 else ''} of the same recipe" if epochs else "the same recipe"
-        md += [f"## What the reward predicts (item 4): {len(rs)} candidates of the {search} {LABELS[method]} search, fine-tuned", "",
+        what = LABELS[method] if "search" in LABELS[method] else LABELS[method] + " search"
+        md += [f"## What the reward predicts (item 4): {len(rs)} candidates of the {search} {what}, fine-tuned", "",
                f"Candidates at evenly spaced reward ranks among the search's distinct candidates, each fine-tuned with {recipe}. "
                "Top-1 before is on the first 500 test images (BN re-estimated; - where the search did not measure it), "
                "after on all 10,000.", "",

@@ -28,9 +28,9 @@
 #   r20-f30-s{0,1,2}-{...}             the same methods at 30% FLOPs, and random search --streams
 #   r20-f30-ft1-s{0,1,2}-{uniform,lfgcl-streams,random-streams}
 #                                      at 30% FLOPs with 1 fine-tuning epoch instead of 5
-#   study-r20-f30{-ft1,}-s0-lfgcl-streams-c{0..5}
-#                                      6 candidates of the seed-0 LFGCL --streams search at 30%,
-#                                      fine-tuned 1 and 5 epochs
+#   study-r20-f30{-ft1,}-s0-{lfgcl,random}-streams-c{0..5}
+#                                      6 candidates of the seed-0 LFGCL --streams search and of
+#                                      random search --streams at 30%, fine-tuned 1 and 5 epochs
 #   base-resnet56, r56-f50-s{0,1,2}-{uniform,global,lfgcl,random}
 #   abl-r20-f50-s{0,1,2}-{stages,long}  item 4's search changes, each against the plain lfgcl
 #                                      cell of its seed: reward taps at every stage too (stages),
@@ -334,7 +334,9 @@ EOF
 # candidates are fine-tuned, FT_EPOCHS epochs each (the profile's by default: pass the table's).
 study() {
   local prefix=$1 method=${2:-lfgcl} epochs=${3:-$ft_epochs}
+  # LFGCL's search log is in run/search, random search's in run/random.
   local src=$out/cells/$prefix-s0-$method/run/search/candidates.jsonl
+  [[ -f $src ]] || src=$out/cells/$prefix-s0-$method/run/random/candidates.jsonl
   [[ -f $src ]] || return 0
   # The plain LFGCL study keeps its first name (study/PREFIX-s0); others name their method.
   local sdir=$out/study/$prefix-s0 streams=()
@@ -437,6 +439,9 @@ done
 # search's candidates (both tables ran it, bit for bit), fine-tuned 1 and 5 epochs.
 study r20-f30-ft1 lfgcl-streams 1
 study r20-f30 lfgcl-streams
+# The same for random search's candidates in the same space: does the reward order them too?
+study r20-f30-ft1 random-streams 1
+study r20-f30 random-streams
 aggregate >/dev/null
 train_base resnet56 "$base_epochs56"
 for seed in $seeds; do
