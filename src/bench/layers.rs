@@ -4,6 +4,7 @@
 
 use super::cpu::input_for;
 use super::machine::Machine;
+use super::timing::median;
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::models::{cost::node_cost, Arch, Model};
@@ -106,7 +107,7 @@ pub fn layer_profile(
             sample.push(t.seconds);
         }
     }
-    let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+    let medians: Vec<f64> = samples.into_iter().map(median).collect();
     let total: f64 = medians.iter().sum();
     let steps: Vec<StepRow> = spans
         .iter()
@@ -140,16 +141,6 @@ pub fn layer_profile(
         steps,
         kinds,
     })
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
 }
 
 fn gflops(macs: u64, us: f64) -> f64 {

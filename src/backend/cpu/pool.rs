@@ -121,31 +121,28 @@ fn maxpool_plane(
     yc: &mut [f32],
     rows_max: &mut Vec<f32>,
 ) {
-    {
-        rows_max.clear();
-        rows_max.resize(s.h * s.out_w, f32::NEG_INFINITY);
-        for (row, out) in xs.chunks_exact(s.w).zip(rows_max.chunks_exact_mut(s.out_w)) {
-            // Whole windows column by column (a loop over the outputs per window column, which
-            // vectorises), clipped ones at the borders one by one.
-            // ResNet's 3x3 stride 2 and VGG's 2x2 stride 2 compiled for their shapes.
-            let whole = match (s.kernel, s.stride) {
-                (3, 2) => whole_windows::<2, 3>(row, out, s.pad, inner.clone()),
-                (2, 2) => whole_windows::<2, 2>(row, out, s.pad, inner.clone()),
-                _ => false,
-            };
-            for (q, (o, &(t0, t1))) in out.iter_mut().zip(cols).enumerate() {
-                if !whole || !inner.contains(&q) {
-                    *o = row[t0..t1].iter().fold(f32::NEG_INFINITY, |best, &v| keep_greater(best, v));
-                }
+    rows_max.clear();
+    rows_max.resize(s.h * s.out_w, f32::NEG_INFINITY);
+    for (row, out) in xs.chunks_exact(s.w).zip(rows_max.chunks_exact_mut(s.out_w)) {
+        // Whole windows in registers, compiled for ResNet's 3x3 and VGG's 2x2 stride-2 pools;
+        // clipped windows at the borders (and other shapes) one by one.
+        let whole = match (s.kernel, s.stride) {
+            (3, 2) => whole_windows::<2, 3>(row, out, s.pad, inner.clone()),
+            (2, 2) => whole_windows::<2, 2>(row, out, s.pad, inner.clone()),
+            _ => false,
+        };
+        for (q, (o, &(t0, t1))) in out.iter_mut().zip(cols).enumerate() {
+            if !whole || !inner.contains(&q) {
+                *o = row[t0..t1].iter().fold(f32::NEG_INFINITY, |best, &v| keep_greater(best, v));
             }
         }
-        for (p, out) in yc.chunks_exact_mut(s.out_w).enumerate() {
-            let (r0, r1, _, _) = pool_window(s, p, 0);
-            out.fill(f32::NEG_INFINITY);
-            for r in r0..r1 {
-                for (o, &v) in out.iter_mut().zip(&rows_max[r * s.out_w..(r + 1) * s.out_w]) {
-                    *o = keep_greater(*o, v);
-                }
+    }
+    for (p, out) in yc.chunks_exact_mut(s.out_w).enumerate() {
+        let (r0, r1, _, _) = pool_window(s, p, 0);
+        out.fill(f32::NEG_INFINITY);
+        for r in r0..r1 {
+            for (o, &v) in out.iter_mut().zip(&rows_max[r * s.out_w..(r + 1) * s.out_w]) {
+                *o = keep_greater(*o, v);
             }
         }
     }
