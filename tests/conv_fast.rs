@@ -711,11 +711,15 @@ fn depthwise_fast_matches_exact_grouped() {
 
 /// 1x1 convolutions (stride 1, pad 0) go straight to GEMM, reading the input and writing the
 /// input gradient in place: the same bits as im2col + GEMM, one image per chunk (large maps) or
-/// several (maps under 256 pixels), at 1, 2 and 3 threads; and within bound of the f64 loops.
+/// several (maps under 256 pixels), at 1, 2 and 3 threads; and within bound of the f64 loops. A
+/// batch of 1 is split over the threads by output channels or by pixels (`column_parts`: more
+/// inputs than outputs), and gives the bits of one thread.
 #[test]
 fn pointwise_gemm_equals_im2col_bit_for_bit() {
     for &(n, c, h, w, k) in &[
         (1, 64, 56, 56, 256), // ResNet-50 stage 1 expand
+        (1, 96, 40, 41, 24),  // a MobileNetV2 projection: split by pixels
+        (1, 256, 33, 32, 64), // ResNet-50 stage 1 reduce: split by pixels
         (2, 256, 14, 14, 64), // ResNet-50 stage 3 reduce (multi-image chunks)
         (3, 24, 7, 7, 40),
         (1, 3, 5, 9, 2),
@@ -728,6 +732,7 @@ fn pointwise_gemm_equals_im2col_bit_for_bit() {
         let dy = pseudo(n * k * h * w, 23);
         let (scale, shift, residual) = (pseudo(k, 24), pseudo(k, 25), pseudo(n * k * h * w, 26));
         let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true, relu6: false };
+        let mut one_thread = None;
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
@@ -740,6 +745,8 @@ fn pointwise_gemm_equals_im2col_bit_for_bit() {
                 assert!(dx == conv::backward_data_im2col(&dy, &wt, &s), "{tag}: backward-data");
                 let dw = conv::backward_weight(&dy, &x, &s);
                 assert!(dw == conv::backward_weight_im2col(&dy, &x, &s), "{tag}: backward-weight");
+                let serial = one_thread.get_or_insert_with(|| (y.clone(), yf.clone()));
+                assert!(serial.0 == y && serial.1 == yf, "{tag}: not the bits of one thread");
                 if threads == 1 {
                     let e = worst(
                         &y,

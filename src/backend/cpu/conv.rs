@@ -326,14 +326,28 @@ fn rows_per_block(k: usize, pq: usize, crs: usize, threads: usize) -> Option<usi
     (last * pq > 256 && (pq > 64 || last > 64 || crs <= 512)).then_some(rows)
 }
 
+/// Pixel ranges to split one image's product into, one per thread, or `None` to split its output
+/// channels (`rows_per_block`) or leave it whole. Splitting the output channels makes every
+/// thread pack all of `b`, the input; that is cheap when the product has more outputs than
+/// inputs (MobileNetV2's expansions) but doubles the packing when it has fewer (its projections:
+/// 32 -> 16 channels at 112x112 ran 1.9x faster split by pixels, 144 -> 24 at 56x56 1.5x,
+/// `bench infer --layers`, batch 1, 2 threads). Every part keeps at least 512 pixels, so, as in
+/// `rows_per_block`, it sums each output as the whole product does and changes no bit.
+fn column_parts(k: usize, pq: usize, crs: usize, threads: usize) -> Option<usize> {
+    (threads >= 2 && k < crs && pq >= threads * MIN_PART_COLUMNS).then_some(threads)
+}
+
+/// The fewest pixels a part of `column_parts` gets (more than 256 outputs and 64 columns).
+const MIN_PART_COLUMNS: usize = 512;
+
 /// One image's `y[K, PQ] = w[K, CRS] * b[CRS, PQ]`, then `epi` on it (flat offset `at0`).
-/// With `threads > 1` (a batch too small to share out by chunks) the output channels are split
-/// into one block per thread, each a serial GEMM followed by the epilogue of its own rows, on
-/// the team for a batch of 1 (`short`). Left to the GEMM's own rayon split, the epilogue ran
+/// With `threads > 1` (a batch too small to share out by chunks) the output channels (or the
+/// pixels: `column_parts`) are split into one block per thread, each a serial GEMM followed by
+/// the epilogue of its own outputs, on the team for a batch of 1 (`short`). Left to the GEMM's own rayon split, the epilogue ran
 /// serially after it, and at batch 1 rayon's workers fought the team's spinning helper (the
 /// depthwise and Winograd layers') for the cores: MobileNetV2 ran no faster on 2 threads than
 /// on 1. The split is made only where every output keeps the same serial reduction over CRS
-/// (`rows_per_block`), so it changes no bit; elsewhere the GEMM splits itself.
+/// (`rows_per_block`, `column_parts`), so it changes no bit; elsewhere the GEMM splits itself.
 #[allow(clippy::too_many_arguments)]
 fn gemm_image(
     w: &[f32],
@@ -345,6 +359,23 @@ fn gemm_image(
     threads: usize,
     short: bool,
 ) {
+    if let Some(parts) = column_parts(k, pq, crs, threads) {
+        let (out, len) = (team::SendPtr(y.as_mut_ptr()), y.len());
+        team::for_each_on(short, parts, |t| {
+            let (c0, c1) = (t * pq / parts, (t + 1) * pq / parts);
+            // SAFETY: the parts' column ranges are disjoint, and each writes only its own
+            // columns of each row (the slice reaches past them, the writes do not).
+            let ys = unsafe { std::slice::from_raw_parts_mut(out.at(c0), len - c0) };
+            let lb = Layout::row_major(pq);
+            sgemm_layout(k, c1 - c0, crs, w, Layout::row_major(crs), &b[c0..], lb, ys, lb, false, 1);
+            if let Some(epi) = epi {
+                for r in 0..k {
+                    epi.apply_slice(&mut ys[r * pq..r * pq + c1 - c0], at0 + r * pq + c0, pq, k);
+                }
+            }
+        });
+        return;
+    }
     let Some(rows) = rows_per_block(k, pq, crs, threads) else {
         sgemm(k, pq, crs, w, false, b, false, y, false, threads);
         if let Some(epi) = epi {

@@ -226,14 +226,15 @@ pub fn for_each_chunk_mut<F: Fn(usize, &mut [f32]) + Sync>(short: bool, v: &mut 
 
 /// A buffer's base pointer, shared by tasks that touch disjoint parts of it.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used by `for_each_chunk_mut`, whose tasks take disjoint chunks.
+pub(super) struct SendPtr(pub(super) *mut f32);
+// SAFETY: only used by tasks that write disjoint parts of the buffer (`for_each_chunk_mut`'s
+// chunks, `conv::gemm_image`'s pixel ranges).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// The pointer `offset` floats in (a method, so closures capture the whole `Sync` wrapper).
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }
