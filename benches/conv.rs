@@ -7,8 +7,8 @@
 //!
 //! The `dw_` and `pw_` groups: MobileNetV2's depthwise 3x3 layers (the vectorised kernel against
 //! the exact per-group im2col + GEMM path) and ResNet-50's 1x1 layers (GEMM in place against
-//! im2col + GEMM), batch 1 and 32. `LFGCL_BENCH_LANES=avx2` (or `portable`) limits the
-//! hand-vectorised kernels to AVX2 (plain arrays) for the run. Their outputs go back to the
+//! im2col + GEMM), batch 1 and 32. `LFGCL_CPU_ISA=avx2` (or `portable`) limits the
+//! hand-vectorised kernels to AVX2 (plain arrays) for the run, as it does for every command. Their outputs go back to the
 //! buffer pool, as a tensor's do when dropped, so the timings leave out page faults.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -85,17 +85,7 @@ fn convs(c: &mut Criterion) {
     }
 }
 
-fn lanes_from_env() {
-    let lanes = match std::env::var("LFGCL_BENCH_LANES").as_deref() {
-        Ok("avx2") => winograd::TransformLanes::Avx2,
-        Ok("portable") => winograd::TransformLanes::Portable,
-        _ => winograd::TransformLanes::Auto,
-    };
-    winograd::set_transform_lanes(lanes);
-}
-
 fn depthwise_convs(c: &mut Criterion) {
-    lanes_from_env();
     // (name, channels, input size, stride): MobileNetV2's depthwise layers at 112 and 56, and at
     // 28, 14 and 7 (where maps of 28 pixels and under take the channel-interleaved kernel, here
     // against the plane kernel: `forward_bn_relu6/planes`).

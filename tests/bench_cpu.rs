@@ -205,3 +205,25 @@ fn bench_infer_layers_says_where_the_time_goes() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--layers profiles `bench infer`"));
 }
+
+/// `--cpu-isa` (or `LFGCL_CPU_ISA`) limits the kernels' instruction set for a measurement and the
+/// JSON says so beside the machine; a bad value, from either, is a clear error before any work.
+#[test]
+fn cpu_isa_limit_is_named_and_bad_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("infer.json");
+    let args = ["--threads", "2", "-q", "--cpu-isa", "portable", "bench", "infer", "--model", "smallcnn"];
+    let out = exe::lfgcl(args).args(["--batch", "1", "--reps", "1", "--json"]).arg(&json).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let isa = r["machine"]["isa"].as_str().unwrap();
+    // Only a CPU with AVX2 or more has anything to limit.
+    let has_avx2 = lfgcl::backend::cpu::isa::Isa::detected() >= lfgcl::backend::cpu::isa::Isa::Avx2;
+    assert_eq!(isa.contains("kernels limited to portable"), has_avx2, "{isa}");
+    let bad = exe::lfgcl(["-q", "--cpu-isa", "avx1024", "info", "--model", "smallcnn"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--cpu-isa: instruction set \"avx1024\""));
+    let bad = exe::lfgcl(["-q", "info", "--model", "smallcnn"]).env("LFGCL_CPU_ISA", "sse").output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("LFGCL_CPU_ISA: instruction set \"sse\""));
+}

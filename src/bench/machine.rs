@@ -10,7 +10,8 @@ pub struct Machine {
     /// `/proc/cpuinfo`'s first "model name" (or the architecture where there is none).
     pub cpu: String,
     pub logical_cores: usize,
-    /// The widest vector instructions the CPU has of those lfgcl's kernels are built for.
+    /// The widest vector instructions the CPU has of those lfgcl's kernels are built for (and
+    /// the narrower set they ran on, when `LFGCL_CPU_ISA` limits them).
     pub isa: String,
 }
 
@@ -21,7 +22,7 @@ impl Machine {
             .and_then(|s| model_name(&s))
             .unwrap_or_else(|| std::env::consts::ARCH.to_string());
         let logical_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Machine { cpu, logical_cores, isa: isa().into() }
+        Machine { cpu, logical_cores, isa: isa() }
     }
 }
 
@@ -41,19 +42,22 @@ fn model_name(cpuinfo: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-fn isa() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::backend::cpu::has_avx512() {
-            return "AVX-512F";
-        }
-        if crate::backend::cpu::has_avx2() {
-            return "AVX2+FMA (no AVX-512)";
-        }
-        "SSE2 (no AVX2)"
+/// The CPU's widest vector unit of those the kernels are built for, and the limit when
+/// `LFGCL_CPU_ISA` narrows what they run on (an AVX-512 machine measuring the AVX2 path).
+fn isa() -> String {
+    use crate::backend::cpu::isa::{self, Isa, ISA_ENV};
+    let (cpu, run) = (Isa::detected(), isa::isa());
+    let unit = match cpu {
+        Isa::Avx512 => "AVX-512F",
+        Isa::Avx2 => "AVX2+FMA (no AVX-512)",
+        Isa::Portable if cfg!(target_arch = "x86_64") => "SSE2 (no AVX2)",
+        Isa::Portable => std::env::consts::ARCH,
+    };
+    if run < cpu {
+        format!("{unit}, kernels limited to {} (--cpu-isa or {ISA_ENV})", run.name())
+    } else {
+        unit.to_string()
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    std::env::consts::ARCH
 }
 
 #[cfg(test)]

@@ -32,6 +32,14 @@ pub fn run_command(mut cli: Cli) -> Result<()> {
     if !crate::dist::world().is_root() {
         cli.global.quiet = true;
     }
+    use crate::backend::cpu::isa;
+    let limit = match &cli.global.cpu_isa {
+        Some(v) => Some(isa::Isa::parse(v).map_err(|e| Error::Invalid(format!("--cpu-isa: {e}")))?),
+        None => isa::limit_from_env()?,
+    };
+    if let Some(limit) = limit {
+        isa::set_isa_limit(limit);
+    }
     if let Some(n) = cli.global.threads {
         crate::limits::check_count("--threads", n, crate::limits::MAX_THREADS)?;
         // Fails only if the pool was already built (a second call in one process): harmless.

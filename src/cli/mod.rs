@@ -43,6 +43,12 @@ pub struct GlobalArgs {
     /// CPU threads (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// The widest vector instructions the CPU kernels may use: `avx512`, `avx2` or `portable`
+    /// (default: `$LFGCL_CPU_ISA`, else the widest the CPU has). An AVX-512 machine measures what
+    /// AVX2 users get; results keep their bits, only the speed changes (the GEMM library behind
+    /// 1x1 convolutions and linears picks its own).
+    #[arg(long, global = true, value_name = "ISA")]
+    pub cpu_isa: Option<String>,
     /// No progress bars.
     #[arg(long, short, global = true)]
     pub quiet: bool,

@@ -182,16 +182,16 @@ impl Net {
         let c1 = 1.0 - BETA1.powi(t);
         let c2 = 1.0 - BETA2.powi(t);
         let (params, grad, m, v) = (&mut self.params[..], &self.grad[..], &mut self.adam_m[..], &mut self.adam_v[..]);
+        // The CPU kernels' instruction set (`--cpu-isa`); every build gives the same bits.
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked above).
-            unsafe { adam_avx512(params, grad, m, v, self.lr, c1, c2) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked above).
-            unsafe { adam_avx2(params, grad, m, v, self.lr, c1, c2) };
-            return;
+        {
+            use crate::backend::cpu::isa::{isa, Isa};
+            match isa() {
+                // SAFETY: `isa()` names only instruction sets the CPU has.
+                Isa::Avx512 => return unsafe { adam_avx512(params, grad, m, v, self.lr, c1, c2) },
+                Isa::Avx2 => return unsafe { adam_avx2(params, grad, m, v, self.lr, c1, c2) },
+                Isa::Portable => {}
+            }
         }
         adam(params, grad, m, v, self.lr, c1, c2);
     }

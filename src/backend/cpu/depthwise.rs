@@ -27,11 +27,11 @@
 //! `sum |x| |w|` over the window.
 
 use super::conv::Epilogue;
+use super::isa::{isa, Isa};
 use super::lanes::Lanes;
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Pair, Wide};
-use super::winograd::{transform_lanes, TransformLanes};
-use super::{has_avx2, has_avx512, team};
+use super::team;
 use crate::backend::ConvShape;
 use crate::tensor::pool;
 use std::cell::RefCell;
@@ -256,25 +256,6 @@ unsafe fn plane_wgrad<L: Lanes>(xp: &[f32], dyp: &[f32], g: &Geom, acc: &mut [L;
     }
 }
 
-/// Which build runs: the widest the CPU has, unless `set_transform_lanes` limits it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
-fn isa() -> Isa {
-    let lanes = transform_lanes();
-    if has_avx512() && lanes == TransformLanes::Auto {
-        Isa::Avx512
-    } else if has_avx2() && lanes != TransformLanes::Portable {
-        Isa::Avx2
-    } else {
-        Isa::Portable
-    }
-}
-
 /// `plane` in the build `isa` chose.
 fn plane_any(
     isa: Isa,
@@ -308,7 +289,7 @@ fn plane_any(
             plane::<Pair<Wide<__m256>>>(xp, g, w, out, epi)
         }
         match isa {
-            // SAFETY: `isa()` chose these only where the CPU has their features.
+            // SAFETY: `isa()` names only instruction sets the CPU has.
             Isa::Avx512 => return unsafe { wide16(xp, g, w, out, epi) },
             Isa::Avx2 => return unsafe { wide8(xp, g, w, out, epi) },
             Isa::Portable => {}
@@ -466,7 +447,7 @@ fn block_any(isa: Isa, b: &Block, sc: &mut BlockScratch, out: &mut [f32]) {
             block::<Pair<Wide<__m256>>>(b, sc, out, true)
         }
         match isa {
-            // SAFETY: `isa()` chose these only where the CPU has their features.
+            // SAFETY: `isa()` names only instruction sets the CPU has.
             Isa::Avx512 => return unsafe { wide16(b, sc, out) },
             Isa::Avx2 => return unsafe { wide8(b, sc, out) },
             Isa::Portable => {}
@@ -622,7 +603,7 @@ fn channel_wgrad(isa: Isa, dy: &[f32], x: &[f32], s: &ConvShape, g: &Geom, ch: u
             channel_wgrad_with::<Pair<Wide<__m256>>>(dy, x, s, g, ch, sc)
         }
         match isa {
-            // SAFETY: `isa()` chose these only where the CPU has their features.
+            // SAFETY: `isa()` names only instruction sets the CPU has.
             Isa::Avx512 => return unsafe { wide16(dy, x, s, g, ch, sc) },
             Isa::Avx2 => return unsafe { wide8(dy, x, s, g, ch, sc) },
             Isa::Portable => {}
@@ -689,7 +670,7 @@ mod tests {
                 }
             };
             for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
-                if (isa == Isa::Avx512 && !has_avx512()) || (isa == Isa::Avx2 && !has_avx2()) {
+                if isa > Isa::detected() {
                     continue;
                 }
                 let sentinel = f32::from_bits(0x7fc0_1234);

@@ -21,7 +21,9 @@
 //! asserts 1e-6), as im2col + GEMM.
 
 use super::conv::Epilogue;
-use super::{has_avx2, has_avx512, team};
+use super::isa::isa;
+pub use super::isa::Isa;
+use super::team;
 use crate::backend::ConvShape;
 use crate::tensor::pool;
 
@@ -44,39 +46,14 @@ pub fn max_c_in(isa: Isa) -> usize {
     match isa {
         Isa::Avx512 => 64,
         Isa::Avx2 => 16,
+        Isa::Portable => 0,
     }
 }
 
 /// Whether the CPU backend takes this kernel for `s`: `supports(s)` with few enough input
-/// channels for this CPU's kernel (`max_c_in`).
+/// channels for the instruction set the kernels run on (`max_c_in`, `isa::isa`).
 pub fn preferred(s: &ConvShape) -> bool {
-    supports(s) && Isa::detect().is_some_and(|isa| s.c_in <= max_c_in(isa))
-}
-
-/// The instruction set a forward runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    Avx512,
-    Avx2,
-}
-
-impl Isa {
-    /// The widest this CPU has, if any.
-    pub fn detect() -> Option<Isa> {
-        if has_avx512() {
-            Some(Isa::Avx512)
-        } else if has_avx2() {
-            Some(Isa::Avx2)
-        } else {
-            None
-        }
-    }
-    fn available(self) -> bool {
-        match self {
-            Isa::Avx512 => has_avx512(),
-            Isa::Avx2 => has_avx2(),
-        }
-    }
+    supports(s) && s.c_in <= max_c_in(isa())
 }
 
 /// The largest kernel side the kernel takes.
@@ -84,14 +61,14 @@ pub const MAX_KERNEL: usize = 7;
 
 /// True when this kernel computes the convolution: square, 3x3 to 7x7 (1x1 layers are GEMMs in
 /// place), padding below the kernel's side, stride 1 or 2, non-empty, on a CPU with AVX-512 or
-/// AVX2 + FMA.
+/// AVX2 + FMA (whatever the limit: `preferred` applies it).
 pub fn supports(s: &ConvShape) -> bool {
     s.kh == s.kw
         && (3..=MAX_KERNEL).contains(&s.kh)
         && s.pad < s.kh
         && (s.stride == 1 || s.stride == 2)
         && s.n * s.c_in * s.c_out * s.out_h * s.out_w > 0
-        && Isa::detect().is_some()
+        && Isa::detected() >= Isa::Avx2
 }
 
 /// Geometry of the prepared input: per image and channel, `stride` phase planes of `hp` rows by
@@ -180,12 +157,17 @@ struct Task {
 /// Forward convolution (`supports(s)` must hold), with `epi` applied before the store, on the
 /// widest instruction set the CPU has.
 pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
-    forward_on(Isa::detect().expect("direct conv: no AVX2"), x, w, s, epi)
+    // (AVX2 at the least: `supports` asked the CPU for it, `preferred` the limit.)
+    forward_on(isa().max(Isa::Avx2), x, w, s, epi)
 }
 
-/// `forward` on the instruction set `isa` (which the CPU must have): tests compare the two.
+/// `forward` on the instruction set `isa` (AVX2 or AVX-512, which the CPU must have, whatever
+/// the limit): tests compare the two.
 pub fn forward_on(isa: Isa, x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
-    assert!(supports(s) && isa.available(), "direct conv: unsupported shape {s:?} or {isa:?}");
+    assert!(
+        supports(s) && isa >= Isa::Avx2 && isa <= Isa::detected(),
+        "direct conv: unsupported shape {s:?} or {isa:?}"
+    );
     assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "direct conv: input size");
     assert_eq!(w.len(), s.c_out * s.c_in * s.kh * s.kw, "direct conv: weight size");
     let (k, pq) = (s.c_out, s.out_h * s.out_w);
@@ -226,6 +208,7 @@ pub fn forward_on(isa: Isa, x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Ep
             match isa {
                 Isa::Avx512 => task_avx512(src, wb, s, &pl, t, out, epi),
                 Isa::Avx2 => task_avx2(src, wb, s, &pl, t, out, epi),
+                Isa::Portable => unreachable!("asserted above"),
             }
         };
     });

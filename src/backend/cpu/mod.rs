@@ -5,7 +5,8 @@
 //! Each op family's trait is implemented in the family's file (`conv.rs`, `norm.rs`,
 //! `elementwise.rs`, `pool.rs`, `shortcut.rs`, `linear.rs`, `loss.rs`, `sgd.rs`, `compact.rs`),
 //! with that family's slice-level math below the trait methods; convolution's kernels live in
-//! `conv.rs`, `direct.rs`, `depthwise.rs` and `winograd/`, GEMM in `gemm.rs`. Shapes are
+//! `conv.rs`, `direct.rs`, `depthwise.rs` and `winograd/`, GEMM in `gemm.rs`; which instruction set
+//! the hand-vectorised kernels run on is chosen once, in `isa.rs`. Shapes are
 //! checked by the trait methods; the math only computes. Per-channel and per-row reductions run
 //! sequentially in f64 inside one task, so results do not depend on the thread count.
 
@@ -15,6 +16,7 @@ pub mod depthwise;
 pub mod direct;
 mod elementwise;
 pub mod gemm;
+pub mod isa;
 mod lanes;
 mod linear;
 mod loss;
@@ -30,6 +32,7 @@ pub mod winograd;
 use crate::backend::{ConvShape, DeviceKind, Memory};
 use crate::error::Result;
 use crate::tensor::Tensor;
+pub(crate) use isa::{has_avx2, has_avx512};
 
 #[derive(Debug, Default)]
 pub struct CpuBackend {
@@ -78,24 +81,6 @@ impl CpuBackend {
     fn winograd_backward_weight(&self, s: &ConvShape) -> Option<winograd::WinogradTile> {
         (self.fast_conv && s.groups == 1).then(|| winograd::choose_backward_weight(s)).flatten()
     }
-}
-
-/// Whether the AVX2 + FMA builds of the hand-vectorised kernels can run on this CPU (checked
-/// once per call; the standard library caches the answer).
-pub(crate) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// Whether the AVX-512 builds can run (AVX-512F on top of AVX2 + FMA).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(crate) fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx512f") && has_avx2();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 fn host(t: &Tensor) -> Result<&[f32]> {

@@ -158,37 +158,10 @@ impl Tiling {
     }
 }
 
-/// Which transform builds may run (a test hook: all of them give the same bits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransformLanes {
-    /// The widest the CPU has (the default).
-    Auto,
-    /// At most AVX2's 8 lanes.
-    Avx2,
-    /// Plain `[f32; 8]` arrays, as on a CPU without AVX2.
-    Portable,
-}
-
-static TRANSFORM_LANES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// Limits the transform builds used from now on, process-wide (for tests comparing them).
-#[doc(hidden)]
-pub fn set_transform_lanes(t: TransformLanes) {
-    TRANSFORM_LANES.store(t as u8, std::sync::atomic::Ordering::Relaxed);
-}
-
-pub(crate) fn transform_lanes() -> TransformLanes {
-    match TRANSFORM_LANES.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => TransformLanes::Avx2,
-        2 => TransformLanes::Portable,
-        _ => TransformLanes::Auto,
-    }
-}
-
 /// The vector width the transforms of `channels` channels (a multiple of 8) run at: AVX-512's
 /// 16 lanes where the CPU has them and the channels fill them, else 8.
 fn lane_width(channels: usize) -> usize {
-    if has_avx512() && channels.is_multiple_of(16) && transform_lanes() == TransformLanes::Auto {
+    if has_avx512() && channels.is_multiple_of(16) {
         16
     } else {
         LANES

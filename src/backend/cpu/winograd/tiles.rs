@@ -218,7 +218,7 @@ macro_rules! multiversion {
                     // SAFETY: the CPU has the features the function was compiled for.
                     return unsafe { wide16::<M, A, V>($($arg),*) };
                 }
-                if width == LANES && has_avx2() && transform_lanes() != TransformLanes::Portable {
+                if width == LANES && has_avx2() {
                     // SAFETY: as above.
                     return unsafe { wide8::<M, A, V>($($arg),*) };
                 }
