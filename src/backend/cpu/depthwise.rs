@@ -154,26 +154,58 @@ struct RegEpilogue<L> {
     relu6: bool,
 }
 
-/// One output vector: the products of the nine taps (`at + taps[i]` times `wv[i]`, (0,0) to
-/// (2,2)) summed left to right, then `epi`.
+impl<L: Lanes> RegEpilogue<L> {
+    /// The epilogue with its activation fixed at compile time (`RELU` wins over `RELU6`, as in
+    /// `conv::Epilogue`), for loops that choose it once instead of per vector.
+    #[inline(always)]
+    fn finish<const RELU: bool, const RELU6: bool>(self, acc: L) -> L {
+        let acc = acc.mul(self.scale).add(self.shift);
+        if RELU {
+            acc.keep_where_positive(acc)
+        } else if RELU6 {
+            acc.relu6()
+        } else {
+            acc
+        }
+    }
+
+    #[inline(always)]
+    fn apply(self, acc: L) -> L {
+        match (self.relu, self.relu6) {
+            (true, _) => self.finish::<true, false>(acc),
+            (false, true) => self.finish::<false, true>(acc),
+            (false, false) => self.finish::<false, false>(acc),
+        }
+    }
+}
+
+/// One output vector: the products of the nine taps (`at + taps[i]` times `weight(i)`, (0,0) to
+/// (2,2)) summed left to right, then `epi`. Written out tap by tap (as a loop over the taps the
+/// compiler reloaded each weight and offset from the stack for every vector).
 ///
 /// # Safety
 /// The CPU must have `L`'s features; the nine vectors must be readable.
 #[inline(always)]
-unsafe fn window<L: Lanes>(at: *const f32, taps: &[usize; 9], wv: &[L; 9], epi: Option<RegEpilogue<L>>) -> L {
-    let mut acc = L::load(at.add(taps[0])).mul(wv[0]);
-    for (&off, &wt) in taps.iter().zip(wv).skip(1) {
-        acc = acc.add(L::load(at.add(off)).mul(wt));
+unsafe fn window<L: Lanes>(
+    at: *const f32,
+    taps: &[usize; 9],
+    weight: impl Fn(usize) -> L,
+    epi: Option<RegEpilogue<L>>,
+) -> L {
+    let product = |i: usize| L::load(at.add(taps[i])).mul(weight(i));
+    let mut acc = product(0);
+    acc = acc.add(product(1));
+    acc = acc.add(product(2));
+    acc = acc.add(product(3));
+    acc = acc.add(product(4));
+    acc = acc.add(product(5));
+    acc = acc.add(product(6));
+    acc = acc.add(product(7));
+    acc = acc.add(product(8));
+    match epi {
+        Some(e) => e.apply(acc),
+        None => acc,
     }
-    if let Some(e) = epi {
-        acc = acc.mul(e.scale).add(e.shift);
-        if e.relu {
-            acc = acc.keep_where_positive(acc);
-        } else if e.relu6 {
-            acc = acc.relu6();
-        }
-    }
-    acc
 }
 
 /// One output plane from its padded plane `xp`: `out[p][q] = sum_{r,t} w[r][t] * M[p*s+r-1][q*s+t-1]`,
@@ -189,10 +221,13 @@ unsafe fn plane<L: Lanes>(
     out: &mut [f32],
     epi: Option<(&Epilogue, usize, usize, usize)>,
 ) {
-    assert!(L::WIDTH == V && xp.len() >= g.len() && out.len() == g.oh * g.ow, "depthwise: plane sizes");
+    // Vectors of 16 (AVX-512, plain arrays) or 8 lanes (AVX2: one register per vector, so the
+    // nine broadcast weights stay in registers; as pairs of registers they were spilled).
+    let lanes = L::WIDTH;
+    assert!(V.is_multiple_of(lanes), "depthwise: vector width");
+    assert!(xp.len() >= g.len() && out.len() == g.oh * g.ow, "depthwise: plane sizes");
     assert!((g.oh - 1) * g.stride + 2 < g.hp && g.owp + 2 / g.stride <= g.wph, "depthwise: geometry");
-    let wv: [L; 9] = std::array::from_fn(|i| L::splat(w[i]));
-    let (st, taps) = (g.stride, g.taps());
+    let taps = g.taps();
     let base = xp.as_ptr();
     let mut tail = [0.0f32; V];
     // Without a residual (MobileNetV2's depthwise convs) the epilogue runs in registers, the
@@ -210,26 +245,61 @@ unsafe fn plane<L: Lanes>(
         }
         _ => None,
     };
-    let out_len = out.len();
-    for p in 0..g.oh {
-        for q0 in (0..g.owp).step_by(V) {
-            // Tap (r, t) reads phase t % st, column q0 + t / st of padded row p * st + r: in
-            // bounds by the asserts above (the phase planes follow each other).
-            let acc = window(base.add(g.row(0, p * st) + q0), &taps, &wv, in_registers);
-            // A vector that runs past its row spills into the rows below, which are computed
-            // (and overwritten) later; only at the end of the plane does it go through `tail`.
-            // Small maps (rows of 7 or 14) are all tails: a copy each was 8% of MobileNetV2.
-            let at = p * g.ow + q0;
-            if at + V <= out_len {
-                acc.store(out.as_mut_ptr().add(at));
-            } else {
-                acc.store(tail.as_mut_ptr());
-                let n = (g.ow - q0).min(out_len - at);
-                out[at..at + n].copy_from_slice(&tail[..n]);
-            }
-        }
-        if let (Some((e, at0, pq, k)), None) = (epi, in_registers) {
+    let wv: [L; 9] = std::array::from_fn(|i| L::splat(w[i]));
+    let ctx = PlaneRows { base, g, taps: &taps, wv, lanes };
+    // The activation is chosen here, once per plane: chosen per vector, it kept the compiler from
+    // holding the weights in registers.
+    match in_registers {
+        None => ctx.run(out, &mut tail, |a| a),
+        Some(e) => match (e.relu, e.relu6) {
+            (true, _) => ctx.run(out, &mut tail, |a| e.finish::<true, false>(a)),
+            (false, true) => ctx.run(out, &mut tail, |a| e.finish::<false, true>(a)),
+            (false, false) => ctx.run(out, &mut tail, |a| e.finish::<false, false>(a)),
+        },
+    }
+    if let (Some((e, at0, pq, k)), None) = (epi, in_registers) {
+        for p in 0..g.oh {
             e.apply_slice(&mut out[p * g.ow..(p + 1) * g.ow], at0 + p * g.ow, pq, k);
+        }
+    }
+}
+
+/// What `plane`'s row loop reads.
+struct PlaneRows<'a, L> {
+    base: *const f32,
+    g: &'a Geom,
+    taps: &'a [usize; 9],
+    wv: [L; 9],
+    lanes: usize,
+}
+
+impl<L: Lanes> PlaneRows<'_, L> {
+    /// Every output vector of the plane, `finish` applied before the store.
+    ///
+    /// # Safety
+    /// As `plane`, whose asserts bound every read.
+    #[inline(always)]
+    unsafe fn run(&self, out: &mut [f32], tail: &mut [f32; V], finish: impl Fn(L) -> L) {
+        let (g, lanes, out_len) = (self.g, self.lanes, out.len());
+        for p in 0..g.oh {
+            for q0 in (0..g.ow.next_multiple_of(lanes)).step_by(lanes) {
+                // Tap (r, t) reads phase t % st, column q0 + t / st of padded row p * st + r: in
+                // bounds by `plane`'s asserts (the phase planes follow each other).
+                let at_in = self.base.add(g.row(0, p * g.stride) + q0);
+                let acc = finish(window(at_in, self.taps, |i| self.wv[i], None));
+                // A vector that runs past its row spills into the rows below, which are computed
+                // (and overwritten) later; only at the end of the plane does it go through
+                // `tail`. Small maps (rows of 7 or 14) are all tails: a copy each was 8% of
+                // MobileNetV2.
+                let at = p * g.ow + q0;
+                if at + lanes <= out_len {
+                    acc.store(out.as_mut_ptr().add(at));
+                } else {
+                    acc.store(tail.as_mut_ptr());
+                    let n = (g.ow - q0).min(out_len - at);
+                    out[at..at + n].copy_from_slice(&tail[..n]);
+                }
+            }
         }
     }
 }
@@ -286,7 +356,7 @@ fn plane_any(
             out: &mut [f32],
             epi: Option<(&Epilogue, usize, usize, usize)>,
         ) {
-            plane::<Pair<Wide<__m256>>>(xp, g, w, out, epi)
+            plane::<Wide<__m256>>(xp, g, w, out, epi)
         }
         match isa {
             // SAFETY: `isa()` names only instruction sets the CPU has.
@@ -520,7 +590,7 @@ unsafe fn block<L: Lanes>(b: &Block, sc: &mut BlockScratch, out: &mut [f32], avx
     for p in 0..s.out_h {
         for q in 0..s.out_w {
             // In bounds by the geometry assert: the last tap reads row (oh-1)*st+2, column (ow-1)*st+2.
-            let acc = window(base.add(((p * st) * wp + q * st) * V), &taps, &wv, in_registers);
+            let acc = window(base.add(((p * st) * wp + q * st) * V), &taps, |i| wv[i], in_registers);
             acc.store(yi.as_mut_ptr().add((p * s.out_w + q) * V));
         }
     }
