@@ -154,6 +154,19 @@ struct Task {
     rows: std::ops::Range<usize>,
 }
 
+/// What every micro-kernel call of one task reads and where it writes: the task's image (`src`,
+/// prepared planes), its channel block's regrouped weights (`wb`), the output and the epilogue.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    src: &'a [f32],
+    wb: &'a [f32],
+    s: &'a ConvShape,
+    pl: &'a Planes,
+    img: usize,
+    out: Out,
+    epi: Option<&'a Epilogue<'a>>,
+}
+
 /// Forward convolution (`supports(s)` must hold), with `epi` applied before the store, on the
 /// widest instruction set the CPU has.
 pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
@@ -201,13 +214,14 @@ pub fn forward_on(isa: Isa, x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Ep
         let src = &xp[t.img * per_image..(t.img + 1) * per_image];
         let per_block = s.c_in * s.kh * s.kw * KB;
         let wb = &wr[(t.k0 / KB) * per_block..(t.k0 / KB + 1) * per_block];
+        let job = Job { src, wb, s, pl: &pl, img: t.img, out, epi };
         // SAFETY: the instruction set is present (asserted above); the task writes only its own
         // rows of its own channels of its image (disjoint across tasks), and every read stays
         // inside `src`, `wb` and the residual (bounds asserted inside).
         unsafe {
             match isa {
-                Isa::Avx512 => task_avx512(src, wb, s, &pl, t, out, epi),
-                Isa::Avx2 => task_avx2(src, wb, s, &pl, t, out, epi),
+                Isa::Avx512 => task_avx512(&job, t),
+                Isa::Avx2 => task_avx2(&job, t),
                 Isa::Portable => unreachable!("asserted above"),
             }
         };
@@ -221,7 +235,8 @@ pub fn forward_on(isa: Isa, x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Ep
 /// # Safety
 /// The CPU must have AVX-512F; no other task may write this task's outputs.
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn task_avx512(src: &[f32], wb: &[f32], s: &ConvShape, pl: &Planes, t: &Task, out: Out, epi: Option<&Epilogue>) {
+unsafe fn task_avx512(job: &Job, t: &Task) {
+    let s = job.s;
     // The channel count of the block, in pieces the micro-kernel is compiled for.
     let mut done = 0;
     for piece in [16, 8, 4, 2, 1] {
@@ -230,11 +245,11 @@ unsafe fn task_avx512(src: &[f32], wb: &[f32], s: &ConvShape, pl: &Planes, t: &T
                 for q0 in (0..s.out_w).step_by(Q) {
                     let at = Tile { p, q0, lane_count: Q.min(s.out_w - q0), k: t.k0 + done, kk: done };
                     match piece {
-                        16 => micro::<16>(src, wb, s, pl, t.img, at, out, epi),
-                        8 => micro::<8>(src, wb, s, pl, t.img, at, out, epi),
-                        4 => micro::<4>(src, wb, s, pl, t.img, at, out, epi),
-                        2 => micro::<2>(src, wb, s, pl, t.img, at, out, epi),
-                        _ => micro::<1>(src, wb, s, pl, t.img, at, out, epi),
+                        16 => micro::<16>(job, at),
+                        8 => micro::<8>(job, at),
+                        4 => micro::<4>(job, at),
+                        2 => micro::<2>(job, at),
+                        _ => micro::<1>(job, at),
                     }
                 }
             }
@@ -257,7 +272,8 @@ struct Tile {
 /// Asserts that a micro-kernel call at `at` reads inside `src` and `wb`: the furthest element a
 /// load reads is the last lane of some tap in the window's last row, of the last channel.
 #[inline(always)]
-fn check_reads(src: &[f32], wb: &[f32], s: &ConvShape, pl: &Planes, at: Tile) {
+fn check_reads(job: &Job, at: Tile) {
+    let (src, wb, s, pl) = (job.src, job.wb, job.s, job.pl);
     let (kh, kw, stride) = (s.kh, s.kw, pl.stride);
     let last = (0..kw)
         .map(|tap| pl.row(s.c_in - 1, tap % stride, at.p * stride + kh - 1) + at.q0 + tap / stride + at.lane_count)
@@ -268,23 +284,14 @@ fn check_reads(src: &[f32], wb: &[f32], s: &ConvShape, pl: &Planes, at: Tile) {
 
 /// `N` output channels by up to 16 output pixels of one row: `kh kw C` masked loads, each feeding
 /// `N` fused multiply-adds with broadcast weights, then the epilogue and a masked store.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn micro<const N: usize>(
-    src: &[f32],
-    wb: &[f32],
-    s: &ConvShape,
-    pl: &Planes,
-    img: usize,
-    at: Tile,
-    out: Out,
-    epi: Option<&Epilogue>,
-) {
+unsafe fn micro<const N: usize>(job: &Job, at: Tile) {
+    let (src, wb, s, pl, img, out, epi) = (job.src, job.wb, job.s, job.pl, job.img, job.out, job.epi);
     use std::arch::x86_64::*;
     let mask: __mmask16 = if at.lane_count == Q { !0 } else { (1u16 << at.lane_count) - 1 };
     let stride = pl.stride;
     let (kh, kw) = (s.kh, s.kw);
-    check_reads(src, wb, s, pl, at);
+    check_reads(job, at);
     let mut acc = [_mm512_setzero_ps(); N];
     for c in 0..s.c_in {
         for r in 0..kh {
@@ -326,7 +333,8 @@ unsafe fn micro<const N: usize>(
 /// # Safety
 /// The CPU must have AVX2 and FMA; no other task may write this task's outputs.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn task_avx2(src: &[f32], wb: &[f32], s: &ConvShape, pl: &Planes, t: &Task, out: Out, epi: Option<&Epilogue>) {
+unsafe fn task_avx2(job: &Job, t: &Task) {
+    let s = job.s;
     let mut done = 0;
     for piece in [AVX2_KB, 4, 2, 1] {
         while t.kn - done >= piece {
@@ -334,14 +342,14 @@ unsafe fn task_avx2(src: &[f32], wb: &[f32], s: &ConvShape, pl: &Planes, t: &Tas
                 for q0 in (0..s.out_w).step_by(Q) {
                     let at = Tile { p, q0, lane_count: Q.min(s.out_w - q0), k: t.k0 + done, kk: done };
                     match (piece, at.lane_count == Q) {
-                        (AVX2_KB, true) => micro_avx2::<AVX2_KB, false>(src, wb, s, pl, t.img, at, out, epi),
-                        (AVX2_KB, false) => micro_avx2::<AVX2_KB, true>(src, wb, s, pl, t.img, at, out, epi),
-                        (4, true) => micro_avx2::<4, false>(src, wb, s, pl, t.img, at, out, epi),
-                        (4, false) => micro_avx2::<4, true>(src, wb, s, pl, t.img, at, out, epi),
-                        (2, true) => micro_avx2::<2, false>(src, wb, s, pl, t.img, at, out, epi),
-                        (2, false) => micro_avx2::<2, true>(src, wb, s, pl, t.img, at, out, epi),
-                        (_, true) => micro_avx2::<1, false>(src, wb, s, pl, t.img, at, out, epi),
-                        (_, false) => micro_avx2::<1, true>(src, wb, s, pl, t.img, at, out, epi),
+                        (AVX2_KB, true) => micro_avx2::<AVX2_KB, false>(job, at),
+                        (AVX2_KB, false) => micro_avx2::<AVX2_KB, true>(job, at),
+                        (4, true) => micro_avx2::<4, false>(job, at),
+                        (4, false) => micro_avx2::<4, true>(job, at),
+                        (2, true) => micro_avx2::<2, false>(job, at),
+                        (2, false) => micro_avx2::<2, true>(job, at),
+                        (_, true) => micro_avx2::<1, false>(job, at),
+                        (_, false) => micro_avx2::<1, true>(job, at),
                     }
                 }
             }
@@ -357,18 +365,9 @@ const AVX2_KB: usize = 6;
 /// `micro` on AVX2: `N` output channels by up to 16 output pixels of one row, as two 8-lane
 /// halves; `MASKED` for a row's last, partial tile (masked loads and stores, which neither read
 /// nor write the lanes past `lane_count`).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn micro_avx2<const N: usize, const MASKED: bool>(
-    src: &[f32],
-    wb: &[f32],
-    s: &ConvShape,
-    pl: &Planes,
-    img: usize,
-    at: Tile,
-    out: Out,
-    epi: Option<&Epilogue>,
-) {
+unsafe fn micro_avx2<const N: usize, const MASKED: bool>(job: &Job, at: Tile) {
+    let (src, wb, s, pl, img, out, epi) = (job.src, job.wb, job.s, job.pl, job.img, job.out, job.epi);
     use std::arch::x86_64::*;
     const H: usize = Q / 2;
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -386,7 +385,7 @@ unsafe fn micro_avx2<const N: usize, const MASKED: bool>(
     };
     let stride = pl.stride;
     let (kh, kw) = (s.kh, s.kw);
-    check_reads(src, wb, s, pl, at);
+    check_reads(job, at);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for c in 0..s.c_in {
         for r in 0..kh {
