@@ -7,7 +7,7 @@
 //! reproducible bit for bit.
 
 use super::elementwise::{relu, update_unary};
-use super::gemm::{sgemm, sgemm_layout, Layout};
+use super::gemm::{sgemm, sgemm_into, sgemm_layout, Layout};
 use super::{host, team, CpuBackend};
 use crate::backend::{Activation, ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
 use crate::error::{Error, Result};
@@ -343,10 +343,10 @@ const MIN_PART_COLUMNS: usize = 512;
 /// One image's `y[K, PQ] = w[K, CRS] * b[CRS, PQ]`, then `epi` on it (flat offset `at0`).
 /// With `threads > 1` (a batch too small to share out by chunks) the output channels (or the
 /// pixels: `column_parts`) are split into one block per thread, each a serial GEMM followed by
-/// the epilogue of its own outputs, on the team for a batch of 1 (`short`). Left to the GEMM's own rayon split, the epilogue ran
-/// serially after it, and at batch 1 rayon's workers fought the team's spinning helper (the
-/// depthwise and Winograd layers') for the cores: MobileNetV2 ran no faster on 2 threads than
-/// on 1. The split is made only where every output keeps the same serial reduction over CRS
+/// the epilogue of its own outputs, on the team for a batch of 1 (`short`). Left to the GEMM's
+/// own rayon split, the epilogue ran serially after it, and at batch 1 rayon's workers fought
+/// the team's spinning helper (the depthwise and Winograd layers') for the cores: MobileNetV2
+/// ran no faster on 2 threads than on 1. The split is made only where every output keeps the same serial reduction over CRS
 /// (`rows_per_block`, `column_parts`), so it changes no bit; elsewhere the GEMM splits itself.
 #[allow(clippy::too_many_arguments)]
 fn gemm_image(
@@ -360,17 +360,19 @@ fn gemm_image(
     short: bool,
 ) {
     if let Some(parts) = column_parts(k, pq, crs, threads) {
-        let (out, len) = (team::SendPtr(y.as_mut_ptr()), y.len());
+        assert!(y.len() >= k * pq && b.len() >= crs * pq, "conv: 1x1 product sizes");
+        let out = team::SendPtr(y.as_mut_ptr());
         team::for_each_on(short, parts, |t| {
             let (c0, c1) = (t * pq / parts, (t + 1) * pq / parts);
-            // SAFETY: the parts' column ranges are disjoint, and each writes only its own
-            // columns of each row (the slice reaches past them, the writes do not).
-            let ys = unsafe { std::slice::from_raw_parts_mut(out.at(c0), len - c0) };
             let lb = Layout::row_major(pq);
-            sgemm_layout(k, c1 - c0, crs, w, Layout::row_major(crs), &b[c0..], lb, ys, lb, false, 1);
+            // SAFETY: part `t` writes only columns c0..c1 of the k rows of `y` (in bounds by the
+            // assert above), which no other part touches.
+            unsafe { sgemm_into(k, c1 - c0, crs, w, Layout::row_major(crs), &b[c0..], lb, out.at(c0), lb, false, 1) };
             if let Some(epi) = epi {
                 for r in 0..k {
-                    epi.apply_slice(&mut ys[r * pq..r * pq + c1 - c0], at0 + r * pq + c0, pq, k);
+                    // SAFETY: as above: this part's columns of row r.
+                    let row = unsafe { std::slice::from_raw_parts_mut(out.at(r * pq + c0), c1 - c0) };
+                    epi.apply_slice(row, at0 + r * pq + c0, pq, k);
                 }
             }
         });

@@ -44,9 +44,33 @@ pub fn sgemm_layout(
     accumulate: bool,
     threads: usize,
 ) {
+    assert!(c.len() >= lc.extent(m, n), "sgemm: C too small");
+    // SAFETY: C's extent is asserted above, and `c` is borrowed mutably for the call.
+    unsafe { sgemm_into(m, n, k, a, la, b, lb, c.as_mut_ptr(), lc, accumulate, threads) }
+}
+
+/// `sgemm_layout` writing through a pointer: for callers whose threads write disjoint elements
+/// of one buffer (a column block each), where a `&mut` slice per thread would overlap the
+/// others'. Writes exactly the `m x n` elements `c + i * lc.row + j * lc.col`, nothing else.
+///
+/// # Safety
+/// Those elements must be valid for writes, and no one else may read or write them meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    la: Layout,
+    b: &[f32],
+    lb: Layout,
+    c: *mut f32,
+    lc: Layout,
+    accumulate: bool,
+    threads: usize,
+) {
     assert!(a.len() >= la.extent(m, k), "sgemm: A too small");
     assert!(b.len() >= lb.extent(k, n), "sgemm: B too small");
-    assert!(c.len() >= lc.extent(m, n), "sgemm: C too small");
     if m == 0 || n == 0 {
         return;
     }
@@ -54,20 +78,20 @@ pub fn sgemm_layout(
         if !accumulate {
             for i in 0..m {
                 for j in 0..n {
-                    c[i * lc.row + j * lc.col] = 0.0;
+                    *c.add(i * lc.row + j * lc.col) = 0.0;
                 }
             }
         }
         return;
     }
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the asserts above guarantee every offset the strides reach lies inside the slices.
+    // SAFETY: A and B are in bounds (asserted above); C's elements by the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             lc.col as isize,
             lc.row as isize,
             accumulate,
