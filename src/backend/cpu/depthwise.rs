@@ -543,25 +543,35 @@ unsafe fn block<L: Lanes>(b: &Block, sc: &mut BlockScratch, out: &mut [f32], avx
     let xi = &mut sc.xi;
     xi.clear();
     xi.resize((s.h + 2) * wp * V, 0.0);
-    // Whole 8x8 tiles (8 channels by 8 pixels of a row) by transposes, the rest one by one.
-    let (lanes8, cols8) = if avx2 { (cn / 8 * 8, s.w / 8 * 8) } else { (0, 0) };
-    for i in 0..s.h {
-        let at = ((i + 1) * wp + 1) * V;
-        #[cfg(target_arch = "x86_64")]
-        for l0 in (0..lanes8).step_by(8) {
-            for j0 in (0..cols8).step_by(8) {
-                // SAFETY: rows l0..l0 + 8 of the block, columns j0..j0 + 8 of row i, and the
-                // destination's 8 pixels of 8 lanes are in bounds (cn, w and xi's size).
-                let src = b.x.as_ptr().add(l0 * hw + i * s.w + j0);
-                super::simd::transpose_8x8(src, hw, xi.as_mut_ptr().add(at + j0 * V + l0), V);
-            }
+    // Whole 8x8 tiles (8 channels by 8 consecutive pixels of the plane, rows wrapping) by
+    // transposes, each pixel sent to its place in the bordered map; the rest one by one. By rows
+    // of the map instead, 7- and 14-pixel rows left most pixels to the scalar loop.
+    let (lanes8, in8) = if avx2 { (cn / 8 * 8, hw / 8 * 8) } else { (0, 0) };
+    // Pixel (i, j) of the map sits at row i + 1, column j + 1 of the bordered map; walked with
+    // counters, as a division per pixel cost more than the transposes saved.
+    let place = |i: usize, j: usize| ((i + 1) * wp + 1 + j) * V;
+    let next = |(i, j): (usize, usize)| if j + 1 == s.w { (i + 1, 0) } else { (i, j + 1) };
+    #[cfg(target_arch = "x86_64")]
+    for l0 in (0..lanes8).step_by(8) {
+        let mut at = (0, 0);
+        for f0 in (0..in8).step_by(8) {
+            let dst = std::array::from_fn(|_| {
+                // SAFETY: pixel `at` of the map, lanes l0..l0 + 8 < V: inside xi.
+                let d = unsafe { xi.as_mut_ptr().add(place(at.0, at.1) + l0) };
+                at = next(at);
+                d
+            });
+            // SAFETY: channels l0..l0 + 8 and pixels f0..f0 + 8 of the block are in bounds (cn,
+            // hw), and so is each destination (above).
+            super::simd::transpose_8x8_to(b.x.as_ptr().add(l0 * hw + f0), hw, dst);
         }
-        for l in 0..cn {
-            let row = &b.x[l * hw + i * s.w..l * hw + (i + 1) * s.w];
-            let done = if l < lanes8 { cols8 } else { 0 };
-            for (j, &v) in row.iter().enumerate().skip(done) {
-                xi[at + j * V + l] = v;
-            }
+    }
+    for l in 0..cn {
+        let done = if l < lanes8 { in8 } else { 0 };
+        let mut at = (done / s.w, done % s.w);
+        for &v in &b.x[l * hw + done..(l + 1) * hw] {
+            xi[place(at.0, at.1) + l] = v;
+            at = next(at);
         }
     }
     // Per tap, the block's weights as one vector (zeros past the last channel).

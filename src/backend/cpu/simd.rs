@@ -92,6 +92,15 @@ reg!(__m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_add_p
 /// AVX must be available, and the 64 floats read and written in bounds.
 #[target_feature(enable = "avx2")]
 pub unsafe fn transpose_8x8(src: *const f32, stride: usize, dst: *mut f32, dst_stride: usize) {
+    transpose_8x8_to(src, stride, std::array::from_fn(|j| dst.add(j * dst_stride)))
+}
+
+/// `transpose_8x8` with each pixel's eight channels written to its own place: `dst[j]`.
+///
+/// # Safety
+/// AVX must be available, and the 64 floats read and written in bounds.
+#[target_feature(enable = "avx2")]
+pub unsafe fn transpose_8x8_to(src: *const f32, stride: usize, dst: [*mut f32; 8]) {
     let r = |l: usize| _mm256_loadu_ps(src.add(l * stride));
     let (r0, r1, r2, r3, r4, r5, r6, r7) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7));
     let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
@@ -116,7 +125,7 @@ pub unsafe fn transpose_8x8(src: *const f32, stride: usize, dst: *mut f32, dst_s
         _mm256_permute2f128_ps::<0x31>(s2, s6),
         _mm256_permute2f128_ps::<0x31>(s3, s7),
     ];
-    for (j, c) in cols.into_iter().enumerate() {
-        _mm256_storeu_ps(dst.add(j * dst_stride), c);
+    for (d, c) in dst.into_iter().zip(cols) {
+        _mm256_storeu_ps(d, c);
     }
 }
