@@ -90,6 +90,12 @@ impl Planes {
     fn per_channel(&self) -> usize {
         self.stride * self.hp * self.wph
     }
+    /// `row(c, t % stride, r) + t / stride - row(c, 0, r)` for each tap column `t`: computed
+    /// once, as a division and a remainder by the run-time stride per tap were most of the
+    /// micro-kernels' integer work.
+    fn tap_offsets(&self) -> [usize; MAX_KERNEL] {
+        std::array::from_fn(|t| (t % self.stride) * self.hp * self.wph + t / self.stride)
+    }
     /// Offset (within one image) of padded row `row` of channel `c`, phase `phase`.
     fn row(&self, c: usize, phase: usize, row: usize) -> usize {
         ((c * self.stride + phase) * self.hp + row) * self.wph
@@ -165,6 +171,9 @@ struct Job<'a> {
     img: usize,
     out: Out,
     epi: Option<&'a Epilogue<'a>>,
+    /// Where tap column `t` of a window row sits from the row's phase-0 start: its phase plane
+    /// and its column (`Planes::tap_offsets`).
+    tap_off: [usize; MAX_KERNEL],
 }
 
 /// Forward convolution (`supports(s)` must hold), with `epi` applied before the store, on the
@@ -209,12 +218,13 @@ pub fn forward_on(isa: Isa, x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Ep
     }
     let out = Out(y.as_mut_ptr(), y.len());
     let per_image = s.c_in * pl.per_channel();
+    let tap_off = pl.tap_offsets();
     team::for_each_on(s.n < team::SHORT_BATCH, tasks.len(), |i| {
         let t = &tasks[i];
         let src = &xp[t.img * per_image..(t.img + 1) * per_image];
         let per_block = s.c_in * s.kh * s.kw * KB;
         let wb = &wr[(t.k0 / KB) * per_block..(t.k0 / KB + 1) * per_block];
-        let job = Job { src, wb, s, pl: &pl, img: t.img, out, epi };
+        let job = Job { src, wb, s, pl: &pl, img: t.img, out, epi, tap_off };
         // SAFETY: the instruction set is present (asserted above); the task writes only its own
         // rows of its own channels of its image (disjoint across tasks), and every read stays
         // inside `src`, `wb` and the residual (bounds asserted inside).
@@ -297,7 +307,7 @@ unsafe fn micro<const N: usize>(job: &Job, at: Tile) {
         for r in 0..kh {
             let row = at.p * stride + r;
             for tap in 0..kw {
-                let from = pl.row(c, tap % stride, row) + at.q0 + tap / stride;
+                let from = pl.row(c, 0, row) + job.tap_off[tap] + at.q0;
                 let xv = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(from));
                 let wt = wb.as_ptr().add(((c * kh + r) * kw + tap) * KB + at.kk);
                 for (j, a) in acc.iter_mut().enumerate() {
@@ -391,7 +401,7 @@ unsafe fn micro_avx2<const N: usize, const MASKED: bool>(job: &Job, at: Tile) {
         for r in 0..kh {
             let row = at.p * stride + r;
             for tap in 0..kw {
-                let from = src.as_ptr().add(pl.row(c, tap % stride, row) + at.q0 + tap / stride);
+                let from = src.as_ptr().add(pl.row(c, 0, row) + job.tap_off[tap] + at.q0);
                 let xv = [load(from, 0), load(from, 1)];
                 let wt = wb.as_ptr().add(((c * kh + r) * kw + tap) * KB + at.kk);
                 for (j, a) in acc.iter_mut().enumerate() {
