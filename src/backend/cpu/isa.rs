@@ -60,7 +60,8 @@ impl Isa {
     }
 }
 
-/// The limit, `Isa as u8`, or `UNSET` until the environment has been read.
+/// The instruction set the kernels run on (the CPU's, narrowed by the limit), `Isa as u8`, or
+/// `UNSET` until the environment has been read: one load per question in the kernels' hot paths.
 static LIMIT: AtomicU8 = AtomicU8::new(UNSET);
 const UNSET: u8 = u8::MAX;
 
@@ -86,7 +87,7 @@ pub fn limit_from_env() -> Result<Option<Isa>> {
 /// The instruction set every hand-vectorised kernel runs on from now on: the narrower of the
 /// CPU's and `limit`. Process-wide (tests that compare builds keep to their own test binary).
 pub fn set_isa_limit(limit: Isa) {
-    LIMIT.store(limit as u8, Ordering::Relaxed);
+    LIMIT.store(limit.min(Isa::detected()) as u8, Ordering::Relaxed);
 }
 
 /// The instruction set the kernels run on: the widest the CPU has, narrowed by the limit (from
@@ -95,14 +96,14 @@ pub fn set_isa_limit(limit: Isa) {
 pub fn isa() -> Isa {
     let mut v = LIMIT.load(Ordering::Relaxed);
     if v == UNSET {
-        let limit = limit_from_env().ok().flatten().unwrap_or(Isa::Avx512);
+        let limit = limit_from_env().ok().flatten().unwrap_or(Isa::Avx512).min(Isa::detected());
         // A concurrent `set_isa_limit` wins over the environment.
         v = match LIMIT.compare_exchange(UNSET, limit as u8, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => limit as u8,
             Err(set) => set,
         };
     }
-    Isa::detected().min(from_u8(v))
+    from_u8(v)
 }
 
 /// Whether the AVX2 + FMA builds run (the CPU has them and the limit allows them).
