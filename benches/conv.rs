@@ -7,13 +7,14 @@
 //!
 //! The `dw_` and `pw_` groups: MobileNetV2's depthwise 3x3 layers (the vectorised kernel against
 //! the exact per-group im2col + GEMM path) and ResNet-50's 1x1 layers (GEMM in place against
-//! im2col + GEMM), batch 1 and 32. `LFGCL_CPU_ISA=avx2` (or `portable`) limits the
+//! im2col + GEMM; with the eval epilogue, the AVX2 1x1 kernel against the GEMM and its pass),
+//! batch 1 and 32. `LFGCL_CPU_ISA=avx2` (or `portable`) limits the
 //! hand-vectorised kernels to AVX2 (plain arrays) for the run, as it does for every command. Their outputs go back to the
 //! buffer pool, as a tensor's do when dropped, so the timings leave out page faults.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lfgcl::backend::cpu::winograd::{self, WinogradTile};
-use lfgcl::backend::cpu::{conv, depthwise, direct};
+use lfgcl::backend::cpu::{conv, depthwise, direct, pointwise};
 use lfgcl::backend::{ConvShape, ConvSpec};
 use lfgcl::tensor::pool;
 use std::hint::black_box;
@@ -145,12 +146,13 @@ fn depthwise_convs(c: &mut Criterion) {
 
 fn pointwise_convs(c: &mut Criterion) {
     // (name, c_in, c_out, input size, stride): ResNet-50's stage-1 expand and reduce, the
-    // stride-2 downsample projection, and a MobileNetV2 expand at 112.
+    // stride-2 downsample projection, and MobileNetV2 expands at 112 and 56.
     let layers = [
         ("64to256x56", 64, 256, 56, 1),
         ("256to64x56", 256, 64, 56, 1),
         ("256to512x56_s2", 256, 512, 56, 2),
         ("16to96x112", 16, 96, 112, 1),
+        ("24to144x56", 24, 144, 56, 1),
     ];
     for batch in [1usize, 32] {
         for (name, cin, cout, size, stride) in layers {
@@ -168,6 +170,18 @@ fn pointwise_convs(c: &mut Criterion) {
             g.bench_function("backward_weight/gemm", |b| {
                 b.iter(|| pool::give(conv::backward_weight(black_box(&dy), &x, &s)))
             });
+            // The eval forward with its batch norm and ReLU6 fused: the AVX2 1x1 kernel
+            // against the `gemm` crate and its epilogue pass.
+            let (scale, shift) = (data(cout, 4), data(cout, 5));
+            let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: None, relu: false, relu6: true };
+            g.bench_function("forward_bn_relu6/gemm", |b| {
+                b.iter(|| pool::give(conv::forward_fused(black_box(&x), &w, &s, Some(&epi))))
+            });
+            if pointwise::available(&s) {
+                g.bench_function("forward_bn_relu6/pointwise", |b| {
+                    b.iter(|| pool::give(pointwise::forward(black_box(&x), &w, &s, Some(&epi))))
+                });
+            }
             if conv::is_pointwise(&s) {
                 g.bench_function("forward/im2col", |b| {
                     b.iter(|| pool::give(conv::forward_fused_im2col(black_box(&x), &w, &s, None)))

@@ -830,3 +830,73 @@ fn fused_relu6_epilogue_equals_unfused_ops_bit_for_bit() {
         }
     }
 }
+
+/// The 1x1 kernel with the fused epilogue (`pointwise.rs`, AVX2 machines): every output is one
+/// fused multiply-add chain over the input channels in order, then the epilogue, bit for bit,
+/// on any thread count; with ragged pixel blocks and tiles, channel counts that are no multiple
+/// of its six-row panels, several images, and every activation. Where the `gemm` crate sums in
+/// one depth block (up to a few hundred channels) it gives the same bits as the exact path.
+#[test]
+fn pointwise_kernel_is_one_fma_chain_per_output_on_any_thread_count() {
+    use lfgcl::backend::cpu::pointwise;
+    // (n, c_in, h, w, c_out)
+    let cases = [
+        (1, 16, 112, 112, 96), // MobileNetV2's first expansion: many tiles
+        (1, 24, 28, 28, 144),
+        (2, 7, 5, 9, 13),     // ragged 16- and 8-pixel blocks, a 1-row panel
+        (1, 300, 30, 31, 20), // tiles of 96 pixels, the last ragged
+        (3, 1, 1, 1, 1),
+        (1, 600, 7, 7, 8),
+    ];
+    let mut checked = 0;
+    for &(n, c, h, w, k) in &cases {
+        let s = ConvShape::new(&[n, c, h, w], &[k, c, 1, 1], ConvSpec { stride: 1, pad: 0, groups: 1 }).unwrap();
+        if !pointwise::available(&s) {
+            println!("skipped: no AVX2 + FMA, or AVX-512 (the gemm crate runs there) [{s:?}]");
+            return;
+        }
+        let p = h * w;
+        let x = pseudo(n * c * p, 31);
+        let wt = pseudo(k * c, 32);
+        let (scale, shift, residual) = (pseudo(k, 33), pseudo(k, 34), pseudo(n * k * p, 35));
+        for (relu, relu6, res) in
+            [(false, false, false), (true, false, true), (false, true, false), (false, true, true)]
+        {
+            let epi =
+                conv::Epilogue { scale: &scale, shift: &shift, residual: res.then_some(&residual[..]), relu, relu6 };
+            for e in [None, Some(&epi)] {
+                let mut first: Option<Vec<f32>> = None;
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let y = pool.install(|| pointwise::forward(&x, &wt, &s, e));
+                    let tag = format!(
+                        "{s:?} relu {relu} relu6 {relu6} residual {res} epilogue {} at {threads} threads",
+                        e.is_some()
+                    );
+                    for image in 0..n {
+                        for kk in 0..k {
+                            for q in 0..p {
+                                let want = pointwise::reference_output(&x, &wt, &s, e, image, kk, q);
+                                let got = y[(image * k + kk) * p + q];
+                                assert!(
+                                    got.to_bits() == want.to_bits(),
+                                    "{tag}: output ({image}, {kk}, {q}): {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                    match &first {
+                        Some(f) => assert!(*f == y, "{tag}: not the bits of one thread"),
+                        None => first = Some(y.clone()),
+                    }
+                    if c <= 300 {
+                        let exact = conv::forward_fused_im2col(&x, &wt, &s, e);
+                        assert!(exact == y, "{tag}: not the gemm crate's bits");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 0);
+}

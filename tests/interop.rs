@@ -537,3 +537,10 @@ fn torchvision_resnet50_imports_prunes_and_exports_exactly() {
 fn torchvision_mobilenet_v2_imports_prunes_and_exports_exactly() {
     torchvision_parity("mobilenet_v2");
 }
+
+/// Grouped 3x3 convs in a real net (32 groups of 4 channels per group at width 64): the
+/// import, the pruning (whole groups' channels kept alike) and the export.
+#[test]
+fn torchvision_resnext50_32x4d_imports_prunes_and_exports_exactly() {
+    torchvision_parity("resnext50_32x4d");
+}

@@ -670,6 +670,8 @@ impl CpuBackend {
             relu6_after(epi, super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), s, tile, epi))
         } else if self.direct(s) {
             super::direct::forward(host(x)?, host(w)?, s, epi)
+        } else if epi.is_some() && self.pointwise(s) {
+            super::pointwise::forward(host(x)?, host(w)?, s, epi)
         } else {
             forward_fused(host(x)?, host(w)?, s, epi)
         })

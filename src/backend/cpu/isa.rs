@@ -1,6 +1,6 @@
 //! Which instruction set the hand-vectorised CPU kernels run on: one choice for all of them
 //! (Winograd transforms and products, the direct and depthwise convolutions, the batch-norm
-//! reductions), the widest this CPU has unless a limit says otherwise.
+//! reductions, the 1x1 eval kernel), the widest this CPU has unless a limit says otherwise.
 //!
 //! The limit exists so that a machine with AVX-512 can measure what users without it get:
 //! `LFGCL_CPU_ISA=avx2` (or `portable`, plain arrays as on a CPU without AVX2) for any command,

@@ -21,6 +21,7 @@ mod lanes;
 mod linear;
 mod loss;
 mod norm;
+pub mod pointwise;
 mod pool;
 mod sgd;
 mod shortcut;
@@ -75,6 +76,12 @@ impl CpuBackend {
     /// Whether the depthwise 3x3 kernels (`depthwise.rs`) compute this convolution.
     fn depthwise(&self, s: &ConvShape) -> bool {
         self.fast_conv && depthwise::supports(s)
+    }
+
+    /// Whether the 1x1 kernel (`pointwise.rs`) computes this forward convolution, given that it
+    /// has a fused epilogue; the exact variants keep the `gemm` crate.
+    fn pointwise(&self, s: &ConvShape) -> bool {
+        self.fast_conv && pointwise::preferred(s)
     }
 
     /// As `winograd`, for backward-weight.

@@ -1,0 +1,343 @@
+//! 1x1 convolutions (stride 1, dense) straight from NCHW, with the eval epilogue applied in
+//! registers: `y[k, p] = epi(sum_c w[k, c] * x[c, p])` for each image.
+//!
+//! Why not the `gemm` crate (which the exact path keeps): it packs both operands on every
+//! call, runs its 8-row tail kernel at half rate on 24-channel outputs, and leaves the
+//! epilogue to a second pass over the output, which for MobileNetV2's 112- and 56-pixel maps
+//! no longer sits in L2. Here the weights are packed once per call into panels of six output
+//! channels, the input is read in place (a tile of pixels stays in L2 while every panel passes
+//! over it), and each 6 x 16 block of outputs leaves its twelve accumulators through the folded
+//! batch norm, the residual and the activation.
+//!
+//! Every output is one fused multiply-add chain over `c` in order, starting from zero, then the
+//! epilogue's operations in `conv::Epilogue`'s order, whatever the tiling or the thread count:
+//! the bits do not depend on how the work is split. The `gemm` crate sums a product of up to
+//! its depth block (a few hundred input channels) the same way, so the two agree bit for bit
+//! there (`pointwise_kernel_*` tests).
+
+use super::conv::{is_pointwise, Epilogue};
+use super::isa::{isa, Isa};
+use super::simd::Reg;
+use super::team;
+use crate::backend::{Activation, ConvShape};
+
+/// Output channels per register block.
+const ROWS: usize = 6;
+/// Input floats a pixel tile aims for (`c x tile` in L2 beside the output block).
+const TILE_FLOATS: usize = 32 * 1024;
+/// Most floats of one register (AVX-512), for the tail scratch.
+const MAX_LANES: usize = 16;
+
+/// Whether this kernel can compute `s` on this CPU: a 1x1 convolution, and AVX2 + FMA. AVX-512
+/// machines keep the `gemm` crate's 16-lane kernels (this 8-lane build would halve their width;
+/// the kernel is generic over the register, so a 16-lane build is one instantiation away,
+/// unmeasured).
+pub fn available(s: &ConvShape) -> bool {
+    is_pointwise(s) && isa() == Isa::Avx2
+}
+
+/// Whether the backend should use it for an eval convolution with a fused epilogue: maps of
+/// 28x28 pixels and more, and below 56x56 only expansions (at least as many outputs as
+/// inputs). On MobileNetV2's 14x14 and 7x7 maps (a ragged 16-pixel block in 49, weights of up
+/// to 1.6 MB packed per call) and its 28x28 projections the `gemm` crate was faster (`bench
+/// infer --layers`, batch 1, 1 thread: 7x7 320 -> 1280 667 against 976 us). Without an epilogue
+/// (training) it gains nothing over the `gemm` crate and is not used.
+pub fn preferred(s: &ConvShape) -> bool {
+    let (p, k, c) = (s.out_h * s.out_w, s.c_out, s.c_in);
+    available(s) && p >= 28 * 28 && (p >= 56 * 56 || k >= c)
+}
+
+/// Forward of a 1x1 convolution (`available(s)` must hold), `epi` applied in registers.
+pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    assert!(available(s), "pointwise conv: unsupported shape or CPU {s:?}");
+    let (n, c, k, p) = (s.n, s.c_in, s.c_out, s.out_h * s.out_w);
+    assert_eq!(x.len(), n * c * p, "pointwise conv: input size");
+    assert_eq!(w.len(), k * c, "pointwise conv: weight size");
+    if let Some(e) = epi {
+        assert!(e.scale.len() == k && e.shift.len() == k, "pointwise conv: epilogue channels");
+        assert!(e.residual.is_none_or(|r| r.len() == n * k * p), "pointwise conv: residual size");
+    }
+    // Every element is written below (each tile's rows, tails through the scratch).
+    let mut y = crate::tensor::pool::take(n * k * p);
+    if y.is_empty() || c == 0 {
+        // No input channels: every sum is the empty chain.
+        y.fill(0.0);
+        if let Some(e) = epi {
+            e.apply_slice(&mut y, 0, p, k);
+        }
+        return y;
+    }
+    let panels = pack_weights(w, k, c);
+    let plan = Plan::new(n, c, k, p);
+    let out = team::SendPtr(y.as_mut_ptr());
+    team::for_each_on(n < team::SHORT_BATCH, plan.tasks(), |t| {
+        let task = plan.task(t);
+        let image = task.image;
+        // SAFETY: the task writes only rows `task.blocks` x pixels `task.pixels` of its
+        // image's output, which no other task touches; every pointer below stays in bounds.
+        unsafe {
+            run(
+                &Tile {
+                    x: x.as_ptr().add(image * c * p),
+                    c,
+                    p,
+                    k,
+                    panels: &panels,
+                    y: out.at(image * k * p),
+                    epi,
+                    at0: image * k * p,
+                },
+                &task,
+            )
+        };
+    });
+    crate::tensor::pool::give(panels);
+    y
+}
+
+/// `w[k, c]` as panels of `ROWS` output channels, `[panel][c][ROWS]`, rows past `k` zero.
+fn pack_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
+    let blocks = k.div_ceil(ROWS);
+    let mut panels = crate::tensor::pool::take(blocks * c * ROWS);
+    for (b, panel) in panels.chunks_exact_mut(c * ROWS).enumerate() {
+        for (ci, lanes) in panel.chunks_exact_mut(ROWS).enumerate() {
+            for (r, v) in lanes.iter_mut().enumerate() {
+                let row = b * ROWS + r;
+                *v = if row < k { w[row * c + ci] } else { 0.0 };
+            }
+        }
+    }
+    panels
+}
+
+/// How one convolution is cut into tasks: images x pixel tiles x parts of the channel panels.
+struct Plan {
+    images: usize,
+    p: usize,
+    tile: usize,
+    tiles: usize,
+    blocks: usize,
+    blocks_per_part: usize,
+    parts: usize,
+}
+
+struct Task {
+    image: usize,
+    pixels: std::ops::Range<usize>,
+    blocks: std::ops::Range<usize>,
+}
+
+impl Plan {
+    fn new(n: usize, c: usize, k: usize, p: usize) -> Plan {
+        // Tiles of whole 16-pixel blocks (the last may be ragged).
+        let tile = ((TILE_FLOATS / c).max(16) / 16 * 16).min(p.next_multiple_of(8));
+        let tiles = p.div_ceil(tile);
+        let blocks = k.div_ceil(ROWS);
+        // Several tasks per thread when images x tiles are few (batch 1 on 7x7 maps): split the
+        // channel panels too.
+        let want = 4 * rayon::current_num_threads();
+        let parts = want.div_ceil(n * tiles).clamp(1, blocks);
+        let blocks_per_part = blocks.div_ceil(parts);
+        Plan { images: n, p, tile, tiles, blocks, blocks_per_part, parts: blocks.div_ceil(blocks_per_part) }
+    }
+
+    fn tasks(&self) -> usize {
+        self.images * self.tiles * self.parts
+    }
+
+    fn task(&self, t: usize) -> Task {
+        let per_image = self.tiles * self.parts;
+        let (image, rest) = (t / per_image, t % per_image);
+        let (tile, part) = (rest / self.parts, rest % self.parts);
+        let (q0, b0) = (tile * self.tile, part * self.blocks_per_part);
+        Task {
+            image,
+            pixels: q0..(q0 + self.tile).min(self.p),
+            blocks: b0..(b0 + self.blocks_per_part).min(self.blocks),
+        }
+    }
+}
+
+/// One image's operands.
+struct Tile<'a> {
+    /// The image's input `[c][p]`.
+    x: *const f32,
+    c: usize,
+    p: usize,
+    k: usize,
+    panels: &'a [f32],
+    /// The image's output `[k][p]`.
+    y: *mut f32,
+    epi: Option<&'a Epilogue<'a>>,
+    /// Flat index of the image's first output (the residual's offset).
+    at0: usize,
+}
+
+/// Runs one task on the widest build this CPU has (`available` admits AVX2 only for now).
+///
+/// # Safety
+/// As `forward`'s tasks: the tile's pointers cover the image, and the task's outputs are its own.
+unsafe fn run(tile: &Tile, task: &Task) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__m256;
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide8(tile: &Tile, task: &Task) {
+            by_activation::<__m256>(tile, task)
+        }
+        if isa() >= Isa::Avx2 {
+            return wide8(tile, task);
+        }
+    }
+    unreachable!("pointwise conv: no AVX2 (available() was not checked)");
+}
+
+/// The activation chosen once per task, so that the block loop has no branch on it.
+#[inline(always)]
+unsafe fn by_activation<R: Reg>(tile: &Tile, task: &Task) {
+    match tile.epi.map(|e| (e.relu, e.relu6)) {
+        Some((true, _)) => task_blocks::<R, 1>(tile, task),
+        Some((false, true)) => task_blocks::<R, 2>(tile, task),
+        _ => task_blocks::<R, 0>(tile, task),
+    }
+}
+
+/// `ACT`: 0 none, 1 ReLU, 2 ReLU6.
+#[inline(always)]
+unsafe fn task_blocks<R: Reg, const ACT: u8>(tile: &Tile, task: &Task) {
+    let (c, p, lanes) = (tile.c, tile.p, R::WIDTH);
+    let (q0, q1) = (task.pixels.start, task.pixels.end);
+    let whole = q0 + (q1 - q0) / lanes * lanes;
+    // The ragged last vector's input, zero-padded to a whole register per channel, copied once
+    // for all the task's panels.
+    let mut tail_x = Vec::new();
+    if whole < q1 {
+        tail_x = vec![0.0f32; c * lanes];
+        for ci in 0..c {
+            let src = std::slice::from_raw_parts(tile.x.add(ci * p + whole), q1 - whole);
+            tail_x[ci * lanes..ci * lanes + src.len()].copy_from_slice(src);
+        }
+    }
+    for b in task.blocks.clone() {
+        let panel = tile.panels.as_ptr().add(b * c * ROWS);
+        let k0 = b * ROWS;
+        let rows = (tile.k - k0).min(ROWS);
+        let mut q = q0;
+        while q + 2 * lanes <= whole {
+            let acc = products::<R, 2>(c, panel, tile.x.add(q), p);
+            finish::<R, 2, ACT>(tile, acc, k0, rows, q, 2 * lanes);
+            q += 2 * lanes;
+        }
+        if q < whole {
+            let acc = products::<R, 1>(c, panel, tile.x.add(q), p);
+            finish::<R, 1, ACT>(tile, acc, k0, rows, q, lanes);
+            q += lanes;
+        }
+        if q < q1 {
+            let acc = products::<R, 1>(c, panel, tail_x.as_ptr(), lanes);
+            finish::<R, 1, ACT>(tile, acc, k0, rows, q, q1 - q);
+        }
+    }
+}
+
+/// The `ROWS x NV` register block of sums over every input channel: one fused multiply-add
+/// chain per output, channel 0 first.
+#[inline(always)]
+unsafe fn products<R: Reg, const NV: usize>(c: usize, panel: *const f32, x: *const f32, ldx: usize) -> [[R; NV]; ROWS] {
+    let mut acc = [[R::splat(0.0); NV]; ROWS];
+    for ci in 0..c {
+        let xr = x.add(ci * ldx);
+        let xv: [R; NV] = std::array::from_fn(|v| R::load(xr.add(v * R::WIDTH)));
+        let w = panel.add(ci * ROWS);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let wv = R::splat(*w.add(r));
+            for v in 0..NV {
+                acc[v] = R::fma(wv, xv[v], acc[v]);
+            }
+        }
+    }
+    acc
+}
+
+/// The block's `rows` output channels from `k0`, pixels `q..q + len`: `conv::Epilogue`'s
+/// operations in its order (`v * scale + shift`, plus the residual, then the activation), then
+/// stored; a ragged last vector goes through scratch.
+#[inline(always)]
+unsafe fn finish<R: Reg, const NV: usize, const ACT: u8>(
+    tile: &Tile,
+    acc: [[R; NV]; ROWS],
+    k0: usize,
+    rows: usize,
+    q: usize,
+    len: usize,
+) {
+    let lanes = R::WIDTH;
+    let mut scratch = [0.0f32; MAX_LANES];
+    for (r, acc) in acc.iter().enumerate().take(rows) {
+        let kk = k0 + r;
+        let row = tile.y.add(kk * tile.p + q);
+        for (v, &a) in acc.iter().enumerate() {
+            let n = (len - v * lanes).min(lanes);
+            let mut a = a;
+            if let Some(e) = tile.epi {
+                a = a.mul(R::splat(e.scale[kk])).add(R::splat(e.shift[kk]));
+                if let Some(res) = e.residual {
+                    let at = tile.at0 + kk * tile.p + q + v * lanes;
+                    let rv = if n == lanes {
+                        R::load(res.as_ptr().add(at))
+                    } else {
+                        scratch[..n].copy_from_slice(&res[at..at + n]);
+                        R::load(scratch.as_ptr())
+                    };
+                    a = a.add(rv);
+                }
+                a = match ACT {
+                    1 => a.keep_where_positive(a),
+                    2 => a.relu6(),
+                    _ => a,
+                };
+            }
+            if n == lanes {
+                a.store(row.add(v * lanes));
+            } else {
+                a.store(scratch.as_mut_ptr());
+                std::ptr::copy_nonoverlapping(scratch.as_ptr(), row.add(v * lanes), n);
+            }
+        }
+    }
+}
+
+/// One output as this kernel computes it (tests): the chain of fused multiply-adds, then the
+/// epilogue.
+#[doc(hidden)]
+pub fn reference_output(
+    x: &[f32],
+    w: &[f32],
+    s: &ConvShape,
+    epi: Option<&Epilogue>,
+    image: usize,
+    kk: usize,
+    q: usize,
+) -> f32 {
+    let (c, k, p) = (s.c_in, s.c_out, s.out_h * s.out_w);
+    let mut acc = 0.0f32;
+    for ci in 0..c {
+        acc = w[kk * c + ci].mul_add(x[(image * c + ci) * p + q], acc);
+    }
+    match epi {
+        Some(e) => {
+            let mut v = acc * e.scale[kk] + e.shift[kk];
+            if let Some(r) = e.residual {
+                v += r[(image * k + kk) * p + q];
+            }
+            if e.relu {
+                super::elementwise::relu(v)
+            } else if e.relu6 {
+                Activation::Relu6.apply(v)
+            } else {
+                v
+            }
+        }
+        None => acc,
+    }
+}
