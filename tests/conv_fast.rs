@@ -474,6 +474,37 @@ fn filter_transform_cache_follows_in_place_updates() {
     assert_eq!(dev.conv2d_forward(&x, &copy, spec).unwrap().to_vec().unwrap(), updated);
 }
 
+/// The 1x1 kernel's weight panels are kept by the weight's stamp (`pointwise.rs`): a second call
+/// gives the same bits, and an in-place update of the weights shows at once.
+#[test]
+fn pointwise_panel_cache_follows_in_place_updates() {
+    use backend::{Activation, ConvEpilogue};
+    use lfgcl::backend::cpu::pointwise;
+    let dev = backend::cpu();
+    let (n, c, h, k) = (1, 24, 56, 144);
+    let spec = ConvSpec { stride: 1, pad: 0, groups: 1 };
+    let s = ConvShape::new(&[n, c, h, h], &[k, c, 1, 1], spec).unwrap();
+    if !pointwise::preferred(&s) {
+        println!("skipped: the 1x1 kernel does not run on this CPU (AVX2 only)");
+        return;
+    }
+    let x = Tensor::from_vec(&[n, c, h, h], pseudo(n * c * h * h, 93)).unwrap();
+    let mut w = Tensor::from_vec(&[k, c, 1, 1], pseudo(k * c, 94)).unwrap();
+    let (scale, shift) =
+        (Tensor::from_vec(&[k], pseudo(k, 95)).unwrap(), Tensor::from_vec(&[k], pseudo(k, 96)).unwrap());
+    let epi = ConvEpilogue { scale: &scale, shift: &shift, residual: None, act: Activation::Relu6 };
+    let run = |w: &Tensor| dev.conv2d_forward_fused(&x, w, spec, &epi).unwrap().to_vec().unwrap();
+    let first = run(&w);
+    assert_eq!(run(&w), first, "cached panels");
+    for v in w.as_mut_slice().unwrap().iter_mut() {
+        *v *= -2.0;
+    }
+    let updated = run(&w);
+    let fresh = Tensor::from_vec(&[k, c, 1, 1], w.to_vec().unwrap()).unwrap();
+    assert_eq!(updated, run(&fresh));
+    assert!(updated.iter().zip(&first).any(|(a, b)| a != b), "the update must show");
+}
+
 // ---- grouped, depthwise and 1x1 convolutions ---------------------------------------------------
 
 /// `(n, c_in, h, w, c_out, kernel, stride, pad, groups)`.

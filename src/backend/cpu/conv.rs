@@ -671,7 +671,7 @@ impl CpuBackend {
         } else if self.direct(s) {
             super::direct::forward(host(x)?, host(w)?, s, epi)
         } else if epi.is_some() && self.pointwise(s) {
-            super::pointwise::forward(host(x)?, host(w)?, s, epi)
+            super::pointwise::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), s, epi)
         } else {
             forward_fused(host(x)?, host(w)?, s, epi)
         })

@@ -28,6 +28,7 @@ mod shortcut;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 pub mod team;
+mod weight_cache;
 pub mod winograd;
 
 use crate::backend::{ConvShape, DeviceKind, Memory};

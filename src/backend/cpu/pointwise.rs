@@ -19,6 +19,7 @@ use super::conv::{is_pointwise, Epilogue};
 use super::isa::{isa, Isa};
 use super::simd::Reg;
 use super::team;
+use super::weight_cache::WeightCache;
 use crate::backend::{Activation, ConvShape};
 
 /// Output channels per register block.
@@ -36,19 +37,32 @@ pub fn available(s: &ConvShape) -> bool {
     is_pointwise(s) && isa() == Isa::Avx2
 }
 
-/// Whether the backend should use it for an eval convolution with a fused epilogue: maps of
-/// 28x28 pixels and more, and below 56x56 only expansions (at least as many outputs as
-/// inputs). On MobileNetV2's 14x14 and 7x7 maps (a ragged 16-pixel block in 49, weights of up
-/// to 1.6 MB packed per call) and its 28x28 projections the `gemm` crate was faster (`bench
-/// infer --layers`, batch 1, 1 thread: 7x7 320 -> 1280 667 against 976 us). Without an epilogue
+/// Whether the backend should use it for an eval convolution with a fused epilogue: expansions
+/// (at least as many outputs as inputs) from at most 160 channels, and projections from at most
+/// 96 channels on maps of 56x56 and more. With more input channels a 16-pixel block's input
+/// leaves L1 while the six-channel panels pass over it, and the `gemm` crate was as fast or
+/// faster: MobileNetV2's 7x7 projections (`bench infer --layers`, batch 1, 1 thread:
+/// `features.17.conv.2` 448 against 491 us, `features.15.conv.2` 228 against 265), ResNet-50's
+/// 256 -> 64 at 56x56 (`cargo bench --bench conv -- pw_b32_256to64x56`: 23.9 against 26.6 ms)
+/// and its 256 -> 1024 and 512 -> 2048 expansions (0-5% slower in the model). Without an epilogue
 /// (training) it gains nothing over the `gemm` crate and is not used.
 pub fn preferred(s: &ConvShape) -> bool {
     let (p, k, c) = (s.out_h * s.out_w, s.c_out, s.c_in);
-    available(s) && p >= 28 * 28 && (p >= 56 * 56 || k >= c)
+    available(s) && ((k >= c && c <= 160) || (p >= 56 * 56 && c <= 96))
 }
 
 /// Forward of a 1x1 convolution (`available(s)` must hold), `epi` applied in registers.
 pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    forward_stamped(x, w, None, s, epi)
+}
+
+/// Weight panels of recent weights, keyed by `(weight stamp, K, C)`: at most 32 MiB and 256
+/// entries (MobileNetV2's 1x1 layers hold 14 MB).
+static PANELS: WeightCache<(u64, usize, usize)> = WeightCache::new(1 << 23, 256);
+
+/// `forward`, with the weight panels kept by the weight tensor's content stamp when one is
+/// given (the backend passes it), so that inference packs each layer's weights once.
+pub fn forward_stamped(x: &[f32], w: &[f32], stamp: Option<u64>, s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
     assert!(available(s), "pointwise conv: unsupported shape or CPU {s:?}");
     let (n, c, k, p) = (s.n, s.c_in, s.c_out, s.out_h * s.out_w);
     assert_eq!(x.len(), n * c * p, "pointwise conv: input size");
@@ -67,7 +81,7 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> V
         }
         return y;
     }
-    let panels = pack_weights(w, k, c);
+    let panels = PANELS.get_or_make(stamp.map(|st| (st, k, c)), || pack_weights(w, k, c));
     let plan = Plan::new(n, c, k, p);
     let out = team::SendPtr(y.as_mut_ptr());
     team::for_each_on(n < team::SHORT_BATCH, plan.tasks(), |t| {
@@ -91,20 +105,18 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> V
             )
         };
     });
-    crate::tensor::pool::give(panels);
     y
 }
 
 /// `w[k, c]` as panels of `ROWS` output channels, `[panel][c][ROWS]`, rows past `k` zero.
 fn pack_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
     let blocks = k.div_ceil(ROWS);
-    let mut panels = crate::tensor::pool::take(blocks * c * ROWS);
-    for (b, panel) in panels.chunks_exact_mut(c * ROWS).enumerate() {
-        for (ci, lanes) in panel.chunks_exact_mut(ROWS).enumerate() {
-            for (r, v) in lanes.iter_mut().enumerate() {
-                let row = b * ROWS + r;
-                *v = if row < k { w[row * c + ci] } else { 0.0 };
-            }
+    let mut panels = vec![0.0f32; blocks * c * ROWS];
+    // Row by row: each weight row is read once, in order.
+    for (row, weights) in w.chunks_exact(c).enumerate() {
+        let panel = &mut panels[(row / ROWS) * c * ROWS..][..c * ROWS];
+        for (lanes, &v) in panel.chunks_exact_mut(ROWS).zip(weights) {
+            lanes[row % ROWS] = v;
         }
     }
     panels

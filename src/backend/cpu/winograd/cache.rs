@@ -2,46 +2,11 @@
 //! one call to a later one that packs the same contents.
 
 use super::*;
+use crate::backend::cpu::weight_cache::WeightCache;
 
-/// Filter transforms of recent weights, keyed by the weight tensor's content stamp: inference
-/// and candidate scoring run the same weights again and again, and at batch 1 transforming them
-/// costs as much as a tenth of the forward pass. A stamp changes whenever the tensor may have
-/// been written, so an entry can never be stale.
-mod filter_cache {
-    use std::sync::{Arc, Mutex};
-
-    /// `(weight stamp, tile size a, K, C, Kp)`.
-    pub type Key = (u64, usize, usize, usize, usize);
-
-    /// Floats held at most (32 MiB), and entries.
-    const MAX_FLOATS: usize = 1 << 23;
-    const MAX_ENTRIES: usize = 256;
-
-    static CACHE: Mutex<Vec<(Key, Arc<Vec<f32>>)>> = Mutex::new(Vec::new());
-
-    pub fn get(key: &Key) -> Option<Arc<Vec<f32>>> {
-        let mut cache = CACHE.lock().ok()?;
-        let at = cache.iter().position(|(k, _)| k == key)?;
-        // Most recently used last.
-        let entry = cache.remove(at);
-        let u = entry.1.clone();
-        cache.push(entry);
-        Some(u)
-    }
-
-    pub fn put(key: Key, u: Arc<Vec<f32>>) {
-        if u.len() > MAX_FLOATS {
-            return;
-        }
-        let Ok(mut cache) = CACHE.lock() else { return };
-        cache.retain(|(k, _)| *k != key);
-        cache.push((key, u));
-        let mut held: usize = cache.iter().map(|(_, u)| u.len()).sum();
-        while held > MAX_FLOATS || cache.len() > MAX_ENTRIES {
-            held -= cache.remove(0).1.len();
-        }
-    }
-}
+/// Filter transforms of recent weights (`weight_cache`), keyed by
+/// `(weight stamp, tile size a, K, C, Kp)`: at most 32 MiB and 256 entries.
+static FILTERS: WeightCache<(u64, usize, usize, usize, usize)> = WeightCache::new(1 << 23, 256);
 
 /// `U` for these weights: from the cache when `stamp` (the weight tensor's content stamp) has
 /// been transformed before, else computed (and cached when a stamp is given).
@@ -53,15 +18,7 @@ pub(super) fn transformed_filters<const A: usize>(
     kp: usize,
     stamp: Option<u64>,
 ) -> std::sync::Arc<Vec<f32>> {
-    let key = stamp.map(|st| (st, A, k, c, kp));
-    if let Some(u) = key.as_ref().and_then(filter_cache::get) {
-        return u;
-    }
-    let u = std::sync::Arc::new(filter_transform(g, w, k, c, kp));
-    if let Some(key) = key {
-        filter_cache::put(key, u.clone());
-    }
-    u
+    FILTERS.get_or_make(stamp.map(|st| (st, A, k, c, kp)), || filter_transform(g, w, k, c, kp))
 }
 
 /// Packed tensors handed from one call to a later one that packs the same contents into the
