@@ -175,7 +175,7 @@ pub struct Epilogue<'a> {
     pub residual: Option<&'a [f32]>,
     pub relu: bool,
     /// ReLU6 after the residual add. `apply`, `apply_slice` (GEMM and grouped paths), the
-    /// depthwise and the direct kernels read it; the Winograd kernels' own epilogues stop before
+    /// depthwise, direct and 1x1 (`pointwise.rs`) kernels read it; the Winograd kernels' own epilogues stop before
     /// it, and `forward_dispatch` clamps their outputs after them.
     pub relu6: bool,
 }
@@ -650,8 +650,8 @@ pub fn forward_reference(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
 // ---- the trait ------------------------------------------------------------------------------
 
 impl CpuBackend {
-    /// The forward kernel this backend uses for `s` (f64 loops, Winograd or im2col), with the
-    /// fused epilogue applied in its last pass when given.
+    /// The forward kernel this backend uses for `s` (f64 loops, depthwise, grouped, Winograd,
+    /// direct, 1x1 or im2col), with the fused epilogue applied in its last pass when given.
     fn forward_dispatch(&self, x: &Tensor, w: &Tensor, s: &ConvShape, epi: Option<&Epilogue>) -> Result<Vec<f32>> {
         Ok(if self.reference {
             let mut y = forward_reference(host(x)?, host(w)?, s);

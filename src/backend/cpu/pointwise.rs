@@ -4,10 +4,11 @@
 //! Why not the `gemm` crate (which the exact path keeps): it packs both operands on every
 //! call, runs its 8-row tail kernel at half rate on 24-channel outputs, and leaves the
 //! epilogue to a second pass over the output, which for MobileNetV2's 112- and 56-pixel maps
-//! no longer sits in L2. Here the weights are packed once per call into panels of six output
-//! channels, the input is read in place (a tile of pixels stays in L2 while every panel passes
-//! over it), and each 6 x 16 block of outputs leaves its twelve accumulators through the folded
-//! batch norm, the residual and the activation.
+//! no longer sits in L2. Here the weights are packed into panels of six output channels (kept
+//! by the weight tensor's stamp, so inference packs each layer once), the input is read in
+//! place (a tile of pixels stays in L2 while every panel passes over it), and each 6 x 16 block
+//! of outputs leaves its twelve accumulators through the folded batch norm, the residual and
+//! the activation.
 //!
 //! Every output is one fused multiply-add chain over `c` in order, starting from zero, then the
 //! epilogue's operations in `conv::Epilogue`'s order, whatever the tiling or the thread count:
