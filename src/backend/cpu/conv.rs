@@ -175,8 +175,8 @@ pub struct Epilogue<'a> {
     pub residual: Option<&'a [f32]>,
     pub relu: bool,
     /// ReLU6 after the residual add. `apply`, `apply_slice` (GEMM and grouped paths), the
-    /// depthwise, direct and 1x1 (`pointwise.rs`) kernels read it; the Winograd kernels' own epilogues stop before
-    /// it, and `forward_dispatch` clamps their outputs after them.
+    /// depthwise, direct and 1x1 (`pointwise.rs`) kernels read it; the Winograd kernels' own
+    /// epilogues stop before it, and `forward_dispatch` clamps their outputs after them.
     pub relu6: bool,
 }
 
@@ -346,8 +346,9 @@ const MIN_PART_COLUMNS: usize = 512;
 /// the epilogue of its own outputs, on the team for a batch of 1 (`short`). Left to the GEMM's
 /// own rayon split, the epilogue ran serially after it, and at batch 1 rayon's workers fought
 /// the team's spinning helper (the depthwise and Winograd layers') for the cores: MobileNetV2
-/// ran no faster on 2 threads than on 1. The split is made only where every output keeps the same serial reduction over CRS
-/// (`rows_per_block`, `column_parts`), so it changes no bit; elsewhere the GEMM splits itself.
+/// ran no faster on 2 threads than on 1. The split is made only where every output keeps the
+/// same serial reduction over CRS (`rows_per_block`, `column_parts`), so it changes no bit;
+/// elsewhere the GEMM splits itself.
 #[allow(clippy::too_many_arguments)]
 fn gemm_image(
     w: &[f32],

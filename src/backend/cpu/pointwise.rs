@@ -21,7 +21,7 @@ use super::isa::{isa, Isa};
 use super::simd::Reg;
 use super::team;
 use super::weight_cache::WeightCache;
-use crate::backend::{Activation, ConvShape};
+use crate::backend::ConvShape;
 
 /// Output channels per register block.
 const ROWS: usize = 6;
@@ -320,8 +320,8 @@ unsafe fn finish<R: Reg, const NV: usize, const ACT: u8>(
     }
 }
 
-/// One output as this kernel computes it (tests): the chain of fused multiply-adds, then the
-/// epilogue.
+/// One output as this kernel computes it (tests): the chain of fused multiply-adds, then
+/// `Epilogue::apply`, the unfused ops' arithmetic.
 #[doc(hidden)]
 pub fn reference_output(
     x: &[f32],
@@ -338,19 +338,7 @@ pub fn reference_output(
         acc = w[kk * c + ci].mul_add(x[(image * c + ci) * p + q], acc);
     }
     match epi {
-        Some(e) => {
-            let mut v = acc * e.scale[kk] + e.shift[kk];
-            if let Some(r) = e.residual {
-                v += r[(image * k + kk) * p + q];
-            }
-            if e.relu {
-                super::elementwise::relu(v)
-            } else if e.relu6 {
-                Activation::Relu6.apply(v)
-            } else {
-                v
-            }
-        }
+        Some(e) => e.apply(acc, kk, (image * k + kk) * p + q),
         None => acc,
     }
 }
