@@ -52,16 +52,61 @@ fn valid_columns(ow: usize, w: isize, stride: isize, shift: isize) -> (usize, us
 }
 
 /// Writes the im2col matrix of one image into `col` (rows `C*kh*kw`, leading dimension `ld`),
-/// starting at column `off`. Column index inside the image is `p*out_w + q`.
+/// starting at column `off`.
 fn im2col(x: &[f32], s: &ConvShape, col: &mut [f32], ld: usize, off: usize) {
+    im2col_rows(x, s, (0, s.c_in), col, ld, off)
+}
+
+/// Writes the rows `(c, r, t)` of channels `c0..c0 + cn` of one image's im2col matrix into
+/// `rows` (those channels' `cn*kh*kw` rows, leading dimension `ld`), starting at column `off`.
+/// Column index inside the image is `p*out_w + q`.
+fn im2col_rows(x: &[f32], s: &ConvShape, (c0, cn): (usize, usize), rows: &mut [f32], ld: usize, off: usize) {
     let (h, w, oh, ow) = (s.h as isize, s.w as isize, s.out_h, s.out_w);
     let (stride, pad) = (s.stride as isize, s.pad as isize);
-    for c in 0..s.c_in {
-        let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
+    // Stride 2: each input row split once into its even and odd columns, so that every tap
+    // column's run is one contiguous copy (a strided gather per tap, one float at a time, was a
+    // quarter of ResNet-50's stride-2 3x3 layers, on one thread at batch 1).
+    let mut phases = if stride == 2 { vec![0.0f32; 2 * s.w.div_ceil(2)] } else { Vec::new() };
+    for ci in 0..cn {
+        let plane = &x[(c0 + ci) * s.h * s.w..(c0 + ci + 1) * s.h * s.w];
         for r in 0..s.kh {
+            let row_of = |t: usize| ((ci * s.kh + r) * s.kw + t) * ld + off;
+            if stride == 2 {
+                let half = s.w.div_ceil(2);
+                for p in 0..oh {
+                    let ih = p as isize * stride + r as isize - pad;
+                    if ih < 0 || ih >= h {
+                        for t in 0..s.kw {
+                            rows[row_of(t) + p * ow..row_of(t) + (p + 1) * ow].fill(0.0);
+                        }
+                        continue;
+                    }
+                    let src = &plane[ih as usize * s.w..(ih as usize + 1) * s.w];
+                    let (even, odd) = phases.split_at_mut(half);
+                    for ((pair, e), o) in src.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                    if s.w % 2 == 1 {
+                        even[half - 1] = src[s.w - 1];
+                    }
+                    for t in 0..s.kw {
+                        let dst = &mut rows[row_of(t) + p * ow..row_of(t) + (p + 1) * ow];
+                        let (lo, hi) = valid_columns(ow, w, stride, t as isize - pad);
+                        dst[..lo].fill(0.0);
+                        if hi > lo {
+                            // Input column `first + 2 j` is element `first / 2 + j` of its phase.
+                            let first = (lo as isize * stride + t as isize - pad) as usize;
+                            let phase = if first % 2 == 0 { &even[..] } else { &odd[..] };
+                            dst[lo..hi].copy_from_slice(&phase[first / 2..first / 2 + (hi - lo)]);
+                        }
+                        dst[hi..].fill(0.0);
+                    }
+                }
+                continue;
+            }
             for t in 0..s.kw {
-                let row = (c * s.kh + r) * s.kw + t;
-                let dst_row = &mut col[row * ld + off..row * ld + off + oh * ow];
+                let dst_row = &mut rows[row_of(t)..row_of(t) + oh * ow];
                 for p in 0..oh {
                     let ih = p as isize * stride + r as isize - pad;
                     let dst = &mut dst_row[p * ow..(p + 1) * ow];
@@ -126,16 +171,26 @@ fn col2im(col: &[f32], s: &ConvShape, ld: usize, off: usize, dx: &mut [f32]) {
     }
 }
 
-/// Fills `col` with the im2col matrix of a chunk of images (`x` holds them back to back).
-fn im2col_chunk(x: &[f32], s: &ConvShape, col: &mut Vec<f32>) -> usize {
+/// Fills `col` with the im2col matrix of a chunk of images (`x` holds them back to back). With
+/// `threads > 1` (a chunk that is the whole batch: its GEMM splits over the threads too) the
+/// channels are shared out, each task writing its channels' rows: on the team for a batch of 1
+/// (`short`). A copy, so the split changes no value.
+fn im2col_chunk(x: &[f32], s: &ConvShape, col: &mut Vec<f32>, threads: usize, short: bool) -> usize {
     let chw = s.c_in * s.h * s.w;
     let pq = s.out_h * s.out_w;
     let images = x.len() / chw;
     let cols = images * pq;
     col.resize(s.c_in * s.kh * s.kw * cols, 0.0);
-    for j in 0..images {
-        im2col(&x[j * chw..(j + 1) * chw], s, col, cols, j * pq);
-    }
+    let per_channel = s.kh * s.kw * cols;
+    // A few tasks per thread, so that an uneven share evens out.
+    let channels = if threads > 1 { s.c_in.div_ceil(4 * threads).max(1) } else { s.c_in };
+    team::for_each_chunk_mut(short, col, channels * per_channel, |i, rows| {
+        let c0 = i * channels;
+        let cn = rows.len() / per_channel;
+        for j in 0..images {
+            im2col_rows(&x[j * chw..(j + 1) * chw], s, (c0, cn), rows, cols, j * pq);
+        }
+    });
     cols
 }
 
@@ -293,7 +348,7 @@ fn forward_fused_with(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue
                 gemm_image(w, xch, ych, (k, pq, crs), epi, at0, threads, short);
                 return;
             }
-            let cols = im2col_chunk(xch, s, col);
+            let cols = im2col_chunk(xch, s, col, threads, short);
             if cols == pq {
                 // One image: the GEMM output already has the [K, PQ] layout.
                 gemm_image(w, col, ych, (k, pq, crs), epi, at0, threads, short);
@@ -472,7 +527,7 @@ fn backward_weight_with(dy: &[f32], x: &[f32], s: &ConvShape, in_place: bool) ->
                 let (col, cols): (&[f32], usize) = if in_place && xch.len() == chw {
                     (xch, pq)
                 } else {
-                    let cols = im2col_chunk(xch, s, col);
+                    let cols = im2col_chunk(xch, s, col, threads, s.n < team::SHORT_BATCH);
                     (&col[..], cols)
                 };
                 let dy_cols: &[f32] = if cols == pq {
@@ -770,6 +825,35 @@ mod tests {
                 ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
             })
             .collect()
+    }
+
+    /// A chunk's im2col matrix is the same whether its channels are shared out or not, and its
+    /// columns are each image's own im2col matrix side by side (stride 2 goes through the
+    /// row's even and odd columns; odd and even widths, both edges partial).
+    #[test]
+    fn im2col_chunk_shared_out_by_channels_is_each_images_matrix() {
+        for &(c, h, w, ks, stride, pad) in
+            &[(5, 9, 9, 3, 2, 1), (7, 8, 6, 3, 2, 1), (3, 6, 7, 1, 2, 0), (4, 5, 5, 3, 1, 1)]
+        {
+            let n = 3;
+            let s = ConvShape::new(&[n, c, h, w], &[2, c, ks, ks], ConvSpec { stride, pad, groups: 1 }).unwrap();
+            let x = pseudo(n * c * h * w, 21);
+            let (mut whole, mut shared, mut team_shared) = (Vec::new(), vec![9.0; 5], Vec::new());
+            let cols = im2col_chunk(&x, &s, &mut whole, 1, false);
+            assert_eq!(cols, n * s.out_h * s.out_w);
+            assert_eq!(im2col_chunk(&x, &s, &mut shared, 3, false), cols);
+            assert_eq!(im2col_chunk(&x, &s, &mut team_shared, 2, true), cols);
+            assert!(whole.iter().zip(&shared).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?}");
+            assert!(whole.iter().zip(&team_shared).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?}");
+            let (rows, pq, chw) = (c * ks * ks, s.out_h * s.out_w, c * h * w);
+            for j in 0..n {
+                let mut one = vec![7.0f32; rows * pq];
+                im2col(&x[j * chw..(j + 1) * chw], &s, &mut one, pq, 0);
+                for row in 0..rows {
+                    assert_eq!(&whole[row * cols + j * pq..row * cols + (j + 1) * pq], &one[row * pq..(row + 1) * pq]);
+                }
+            }
+        }
     }
 
     /// `col2im` is the adjoint of `im2col` (`<im2col x, c> = <x, col2im c>`), and `im2col`
