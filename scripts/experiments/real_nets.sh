@@ -8,9 +8,9 @@
 #
 # Resumable: a finished step (model.safetensors + summary.json, report.json) is skipped, an
 # interrupted one continues with --resume. The budget fits a shared 2-core machine (about an hour
-# a model on one core); FULL=1 uses the whole training split and 5 fine-tuning epochs. ROUND=8 rounds
-# kept counts to multiples of 8 (the CLI's default for these families since docs/real-nets.md ran;
-# the script keeps 1, as that table was made).
+# a model on one core); FULL=1 uses the whole training split and 5 fine-tuning epochs. Kept counts
+# are rounded as the CLI does by default for these families (multiples of 8, what onnxruntime's
+# blocked kernels need); ROUND=N overrides it (ROUND=1: any count, as the first table was made).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -37,6 +37,8 @@ if [[ ! -x $out/bin/lfgcl ]]; then
   (git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown) >"$out/bin/commit"
 fi
 lfgcl=("$out/bin/lfgcl" --device cpu --threads "$threads" -q)
+round=()
+[[ -n ${ROUND:-} ]] && round=(--round "$ROUND")
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
 for m in $models; do
@@ -55,20 +57,22 @@ for m in $models; do
     [[ -d $run ]] && resume=(--resume)
     log "$m: pipeline at 50% FLOPs"
     "${lfgcl[@]}" pipeline --ckpt "$base/model.safetensors" --data "$data" "${limit[@]}" "${test_limit[@]}" \
-      --flops 0.5 --round "${ROUND:-1}" --methods lfgcl,random,uniform --episodes "$episodes" --warmup "$warmup" \
+      --flops 0.5 "${round[@]}" --methods lfgcl,random,uniform --episodes "$episodes" --warmup "$warmup" \
       --candidates-per-step 8 --images "$images" --ft-epochs "$ft_epochs" --report-accuracy 0 --seed 0 \
       --out "$run" "${resume[@]}" >"$out/pipeline-$m.log" 2>&1
   fi
 done
 
-python3 - "$out" "$docs" "$threads" "$models" "${FULL:-0}" <<'PY'
+python3 - "$out" "$docs" "$threads" "$models" "${FULL:-0}" "${ROUND:-8}" <<'PY'
 import json, os, sys, subprocess
 out, docs, threads, models, full = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(), sys.argv[5] == "1"
+round_to = int(sys.argv[6])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 flags = open("/proc/cpuinfo").read()
 isa = "AVX-512F" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
 names = {"lfgcl": "LFGCL", "random": "random search", "uniform": "uniform L1"}
 result = {"machine": f"{cpu}, {os.cpu_count()} cores, {isa}", "threads": int(threads), "profile": "full" if full else "cpu",
+          "round": round_to,
           "commit": open(os.path.join(out, "bin", "commit")).read().strip(), "models": {}}
 lines = []
 for m in models:
@@ -109,7 +113,8 @@ head = ["# Real networks on Fashion-MNIST at 64x64 (issue 20, item 7)", "",
         "upscaled to 64x64 by the loader (`--image-size 64`, Pillow bilinear), then pruned to 50% FLOPs by `lfgcl pipeline` "
         "without labels. *Before* is the pruned net with BN statistics re-estimated on the search's unlabeled images; "
         "*after* is after label-free fine-tuning. Speed-up: pruned over baseline images/s at batch 1 and 64, in lfgcl "
-        "and in onnxruntime on the ONNX export, same threads.", "",
+        "and in onnxruntime on the ONNX export, same threads. Kept channel counts are rounded up to multiples of "
+        f"{round_to}" + (" (the CLI's default for these families)" if round_to == 8 else "") + ".", "",
         f"Budget: {prof}. Machine: {result['machine']}, {threads} thread(s), shared with other jobs. Commit `{result['commit'][:12]}`.", "",
         "Reproduce: `bash scripts/experiments/real_nets.sh --out RUNS` (`FULL=1` for the full budget).", ""]
 os.makedirs(docs, exist_ok=True)

@@ -97,7 +97,7 @@ fn im2col_rows(x: &[f32], s: &ConvShape, (c0, cn): (usize, usize), rows: &mut [f
                         if hi > lo {
                             // Input column `first + 2 j` is element `first / 2 + j` of its phase.
                             let first = (lo as isize * stride + t as isize - pad) as usize;
-                            let phase = if first % 2 == 0 { &even[..] } else { &odd[..] };
+                            let phase = if first.is_multiple_of(2) { &even[..] } else { &odd[..] };
                             dst[lo..hi].copy_from_slice(&phase[first / 2..first / 2 + (hi - lo)]);
                         }
                         dst[hi..].fill(0.0);
