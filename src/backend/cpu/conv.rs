@@ -145,12 +145,53 @@ fn im2col_rows(x: &[f32], s: &ConvShape, (c0, cn): (usize, usize), rows: &mut [f
 fn col2im(col: &[f32], s: &ConvShape, ld: usize, off: usize, dx: &mut [f32]) {
     let (h, w, oh, ow) = (s.h as isize, s.w as isize, s.out_h, s.out_w);
     let (stride, pad) = (s.stride as isize, s.pad as isize);
+    // Stride 2, as in `im2col_rows`: each row's even and odd columns gathered once, every tap
+    // column's run added to them contiguously, then spread back. Each element receives the same
+    // additions in the same order (taps left to right within a kernel row), so the same bits.
+    let half = s.w.div_ceil(2);
+    let mut phases = if stride == 2 { vec![0.0f32; 2 * half] } else { Vec::new() };
     for c in 0..s.c_in {
         let plane = &mut dx[c * s.h * s.w..(c + 1) * s.h * s.w];
         for r in 0..s.kh {
+            let row_of = |t: usize| ((c * s.kh + r) * s.kw + t) * ld + off;
+            if stride == 2 {
+                for p in 0..oh {
+                    let ih = p as isize * stride + r as isize - pad;
+                    if ih < 0 || ih >= h {
+                        continue;
+                    }
+                    let dst = &mut plane[ih as usize * s.w..(ih as usize + 1) * s.w];
+                    let (even, odd) = phases.split_at_mut(half);
+                    for ((pair, e), o) in dst.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                    if s.w % 2 == 1 {
+                        even[half - 1] = dst[s.w - 1];
+                    }
+                    for t in 0..s.kw {
+                        let src = &col[row_of(t) + p * ow..row_of(t) + (p + 1) * ow];
+                        let (lo, hi) = valid_columns(ow, w, stride, t as isize - pad);
+                        if lo < hi {
+                            let first = (lo as isize * stride + t as isize - pad) as usize;
+                            let phase = if first.is_multiple_of(2) { &mut even[..] } else { &mut odd[..] };
+                            for (d, v) in phase[first / 2..first / 2 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                                *d += v;
+                            }
+                        }
+                    }
+                    for ((pair, e), o) in dst.chunks_exact_mut(2).zip(even.iter()).zip(odd.iter()) {
+                        pair[0] = *e;
+                        pair[1] = *o;
+                    }
+                    if s.w % 2 == 1 {
+                        dst[s.w - 1] = even[half - 1];
+                    }
+                }
+                continue;
+            }
             for t in 0..s.kw {
-                let row = (c * s.kh + r) * s.kw + t;
-                let src_row = &col[row * ld + off..row * ld + off + oh * ow];
+                let src_row = &col[row_of(t)..row_of(t) + oh * ow];
                 for p in 0..oh {
                     let ih = p as isize * stride + r as isize - pad;
                     if ih < 0 || ih >= h {
@@ -853,6 +894,43 @@ mod tests {
                     assert_eq!(&whole[row * cols + j * pq..row * cols + (j + 1) * pq], &one[row * pq..(row + 1) * pq]);
                 }
             }
+        }
+    }
+
+    /// `col2im` adds every column into its input pixel in the order of a plain loop over
+    /// (channel, kernel row, kernel column, output pixel), bit for bit (stride 2 goes through
+    /// the rows' even and odd columns; odd and even widths, both edges partial).
+    #[test]
+    fn col2im_adds_in_the_order_of_the_plain_loop() {
+        for &(c, h, w, ks, stride, pad) in
+            &[(2, 7, 9, 3, 2, 1), (3, 8, 6, 3, 2, 1), (2, 6, 7, 1, 2, 0), (2, 9, 8, 5, 2, 2), (2, 5, 6, 3, 1, 1)]
+        {
+            let s = ConvShape::new(&[1, c, h, w], &[1, c, ks, ks], ConvSpec { stride, pad, groups: 1 }).unwrap();
+            let (rows, cols) = (c * ks * ks, s.out_h * s.out_w);
+            let cv = pseudo(rows * cols, 31);
+            let start = pseudo(c * h * w, 32);
+            let mut fast = start.clone();
+            col2im(&cv, &s, cols, 0, &mut fast);
+            let mut plain = start;
+            for ch in 0..c {
+                for r in 0..ks {
+                    for t in 0..ks {
+                        for p in 0..s.out_h {
+                            for q in 0..s.out_w {
+                                let (ih, iw) = (
+                                    (p * stride + r) as isize - pad as isize,
+                                    (q * stride + t) as isize - pad as isize,
+                                );
+                                if ih >= 0 && iw >= 0 && ih < h as isize && iw < w as isize {
+                                    plain[(ch * h + ih as usize) * w + iw as usize] +=
+                                        cv[((ch * ks + r) * ks + t) * cols + p * s.out_w + q];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?}");
         }
     }
 
