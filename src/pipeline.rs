@@ -130,9 +130,11 @@ pub struct PrunedResult {
     pub kept: Vec<usize>,
     /// Candidate evaluations of its search (0 for the baselines).
     pub evaluations: usize,
-    /// Wall time of its search (or of choosing the baseline's channels), seconds.
+    /// Wall time of its search (or of choosing the baseline's channels), seconds. A resumed
+    /// search counts the time of the runs before it (kept in its saved state).
     pub search_seconds: f64,
-    /// Wall time of its fine-tuning, seconds.
+    /// Wall time of its fine-tuning epochs, seconds, summed over every run that did them (a
+    /// resumed fine-tuning counts the epochs it continues from).
     pub finetune_seconds: f64,
     /// The fine-tuning proxy's scores of the search's top candidates, when it ran (its seconds
     /// are part of `search_seconds`).
@@ -151,6 +153,8 @@ pub struct PipelineReport {
     /// Candidates per second of the LFGCL search (0 without it).
     pub search_candidates_per_second: f64,
     pub reward_accuracy_spearman: Option<f64>,
+    /// Wall time of this invocation, seconds (a resumed run's own time only; the stages' times
+    /// above count every run).
     pub seconds: f64,
 }
 
@@ -316,6 +320,7 @@ pub fn run(
                     lfgcl_rate = found.candidates_per_second;
                     spearman = found.reward_accuracy_spearman;
                 }
+                let proxy_started = Instant::now();
                 let (policy, reward, proxy) = if cfg.proxy.is_off() {
                     (found.best_policy, found.best.reward, None)
                 } else {
@@ -333,7 +338,8 @@ pub fn run(
                     policy,
                     reward: Some(reward),
                     evaluations: found.evaluated,
-                    seconds: t.elapsed().as_secs_f64(),
+                    // The search's own clock (it survives a resume), plus the proxy's time.
+                    seconds: found.seconds + if proxy.is_some() { proxy_started.elapsed().as_secs_f64() } else { 0.0 },
                     proxy,
                 }
             }
@@ -384,8 +390,7 @@ pub fn run(
         let mut net = scored_net(inputs.baseline, dev, &pruner, &keep, &search_images, cfg)?;
         let before = search::top1(&mut net, dev, &test_images, &test_labels)?;
         let dir = out.join(format!("finetune-{}", method.dir_name()));
-        let t = Instant::now();
-        let after = if cfg.finetune.train.epochs > 0 {
+        let (after, finetune_seconds) = if cfg.finetune.train.epochs > 0 {
             say(format!(
                 "fine-tuning the {label} net ({:.1}% FLOPs, top-1 before {:.2}%) ...",
                 100.0 * policy.flops_fraction,
@@ -394,17 +399,18 @@ pub fn run(
             let mut teacher = inputs.baseline.duplicate()?;
             // A stage killed before its first epoch has no state yet: it starts afresh.
             let resume = cfg.resume && dir.join(train::TRAIN_STATE_FILE).is_file();
-            finetune(&mut net, &mut teacher, dev, &inputs, &cfg.finetune, &dir, resume, quiet)?;
-            Some(search::top1(&mut net, dev, &test_images, &test_labels)?)
+            let epochs = finetune(&mut net, &mut teacher, dev, &inputs, &cfg.finetune, &dir, resume, quiet)?;
+            // The epochs' own times: a resumed stage's log holds those of the runs before it.
+            let seconds = epochs.iter().map(|e| e.seconds).sum();
+            (Some(search::top1(&mut net, dev, &test_images, &test_labels)?), seconds)
         } else {
             say(format!(
                 "{label}: {:.1}% FLOPs, top-1 {:.2}% (no fine-tuning)",
                 100.0 * policy.flops_fraction,
                 100.0 * before
             ));
-            None
+            (None, 0.0)
         };
-        let finetune_seconds = t.elapsed().as_secs_f64();
         let cost = net.cost();
         pruned_results.push(PrunedResult {
             method: label,

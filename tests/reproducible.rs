@@ -188,6 +188,31 @@ fn a_killed_pipeline_resumes_its_fine_tuning_to_the_same_bytes() {
     };
     let whole = d.join("whole");
     run_ok(pipeline(&whole));
+    // Each stage's wall time in the report: (method, search seconds, fine-tuning seconds); the
+    // baselines' search seconds (choosing their channels, redone in microseconds) as 0.
+    let stage_seconds = |out: &Path| -> Vec<(String, f64, f64)> {
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        r["report"]["pruned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let s = |k: &str| p[k].as_f64().unwrap();
+                let searched = p["evaluations"].as_u64().unwrap() > 0;
+                let search = if searched { s("search_seconds") } else { 0.0 };
+                (p["method"].as_str().unwrap().to_string(), search, s("finetune_seconds"))
+            })
+            .collect()
+    };
+    let first = stage_seconds(&whole);
+    assert!(first.iter().all(|(_, _, ft)| *ft > 0.0), "{first:?}");
+    assert!(first.iter().any(|(m, search, _)| m == "lfgcl" && *search > 0.0), "{first:?}");
+    // Resuming a finished run redoes nothing, and its report keeps the stages' times of the run
+    // that did them (not the seconds the resume took).
+    let mut again = pipeline(&whole);
+    again.push("--resume".into());
+    run_ok(&again);
+    assert_eq!(stage_seconds(&whole), first);
     let mut rng = kill::kill_schedule();
     let cut = d.join("cut");
     for attempt in 0..3 {

@@ -189,16 +189,25 @@ pub fn run(
         }
         let stop = crate::interrupt::requested();
         let save_due = last_save.is_none_or(|t| t.elapsed() >= opts.checkpoint_every);
-        if save_due || search.done() || stop {
+        // The last state holds the whole time (its own write excepted), so a finished search
+        // that is resumed reports the time of the runs that did the work.
+        let last = search.done() || stop;
+        if last {
+            let now = Instant::now();
+            search.add_time(now - lap, now - book);
+        }
+        if save_due || last {
             writer.save(&state_path, search.snapshot(log_bytes))?;
             last_save = Some(Instant::now());
-            if search.done() || stop {
+            if last {
                 writer.wait()?;
             }
         }
-        let now = Instant::now();
-        search.add_time(now - lap, now - book);
-        lap = now;
+        if !last {
+            let now = Instant::now();
+            search.add_time(now - lap, now - book);
+            lap = now;
+        }
         if stop {
             pb.abandon();
             return Err(Error::Interrupted(format!(
