@@ -868,6 +868,28 @@ mod tests {
             .collect()
     }
 
+    /// Every tap of one image in the plain loop's order (channel, kernel row, kernel column,
+    /// output pixel): its im2col row and column, and the input element it reads (`None` in the
+    /// padding).
+    fn each_tap(s: &ConvShape, mut f: impl FnMut(usize, usize, Option<usize>)) {
+        let (h, w) = (s.h as isize, s.w as isize);
+        for ch in 0..s.c_in {
+            for r in 0..s.kh {
+                for t in 0..s.kw {
+                    for p in 0..s.out_h {
+                        for q in 0..s.out_w {
+                            let ih = (p * s.stride + r) as isize - s.pad as isize;
+                            let iw = (q * s.stride + t) as isize - s.pad as isize;
+                            let inside = ih >= 0 && iw >= 0 && ih < h && iw < w;
+                            let at = inside.then(|| (ch * s.h + ih as usize) * s.w + iw as usize);
+                            f((ch * s.kh + r) * s.kw + t, p * s.out_w + q, at);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// A chunk's im2col matrix is the same whether its channels are shared out or not, and its
     /// columns are each image's own im2col matrix side by side (stride 2 goes through the
     /// row's even and odd columns; odd and even widths, both edges partial).
@@ -912,24 +934,11 @@ mod tests {
             let mut fast = start.clone();
             col2im(&cv, &s, cols, 0, &mut fast);
             let mut plain = start;
-            for ch in 0..c {
-                for r in 0..ks {
-                    for t in 0..ks {
-                        for p in 0..s.out_h {
-                            for q in 0..s.out_w {
-                                let (ih, iw) = (
-                                    (p * stride + r) as isize - pad as isize,
-                                    (q * stride + t) as isize - pad as isize,
-                                );
-                                if ih >= 0 && iw >= 0 && ih < h as isize && iw < w as isize {
-                                    plain[(ch * h + ih as usize) * w + iw as usize] +=
-                                        cv[((ch * ks + r) * ks + t) * cols + p * s.out_w + q];
-                                }
-                            }
-                        }
-                    }
+            each_tap(&s, |row, col, at| {
+                if let Some(at) = at {
+                    plain[at] += cv[row * cols + col];
                 }
-            }
+            });
             assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?}");
         }
     }
@@ -955,23 +964,9 @@ mod tests {
             let rhs: f64 = x.iter().zip(&back).map(|(a, b)| *a as f64 * *b as f64).sum();
             assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()), "{s:?}: {lhs} vs {rhs}");
             // Against the taps read directly.
-            for ch in 0..c {
-                for r in 0..ks {
-                    for t in 0..ks {
-                        for p in 0..s.out_h {
-                            for q in 0..s.out_w {
-                                let (ih, iw) = (
-                                    (p * stride + r) as isize - pad as isize,
-                                    (q * stride + t) as isize - pad as isize,
-                                );
-                                let inside = ih >= 0 && iw >= 0 && ih < h as isize && iw < w as isize;
-                                let want = if inside { x[(ch * h + ih as usize) * w + iw as usize] } else { 0.0 };
-                                assert_eq!(col[((ch * ks + r) * ks + t) * cols + p * s.out_w + q], want, "{s:?}");
-                            }
-                        }
-                    }
-                }
-            }
+            each_tap(&s, |row, col_at, at| {
+                assert_eq!(col[row * cols + col_at], at.map_or(0.0, |a| x[a]), "{s:?}");
+            });
         }
     }
 
