@@ -22,7 +22,7 @@ def read_curve(path):
 
 
 def svg(curves, baseline, title):
-    w, h, left, right, top, bottom = 780, 360, 52, 270, 30, 40
+    w, h, left, right, top, bottom = 920, 360, 52, 400, 30, 40
     xs = [x for _, c in curves for x, _ in c]
     ys = [y for _, c in curves for _, y in c] + ([100.0 * baseline] if baseline else [])
     x0, x1 = 0, max(xs)
@@ -51,7 +51,7 @@ def svg(curves, baseline, title):
         out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.8"/>')
         ly = top + 6 + 16 * i
         out.append(f'<line x1="{w - right + 6}" y1="{ly}" x2="{w - right + 22}" y2="{ly}" stroke="{color}" stroke-width="2"/>')
-        out.append(f'<text x="{w - right + 26}" y="{ly + 4}">{label}: {c[-1][1]:.2f}%</text>')
+        out.append(f'<text x="{w - right + 26}" y="{ly + 4}">{label}: {c[-1][1]:.2f}% at epoch {c[-1][0]}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
