@@ -63,10 +63,15 @@ for m in $models; do
   fi
 done
 
-python3 - "$out" "$docs" "$threads" "$models" "${FULL:-0}" "${ROUND:-8}" <<'PY'
+python3 - "$out" "$docs" "$threads" "$models" "${FULL:-0}" <<'PY'
 import json, os, sys, subprocess
 out, docs, threads, models, full = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(), sys.argv[5] == "1"
-round_to = int(sys.argv[6])
+# The rounding the searches ran with (their summaries record it), not the CLI default restated here.
+rounds = {json.load(open(p))["config"]["constraints"]["round"]
+          for p in (os.path.join(out, "pipeline", m, "search", "summary.json") for m in models) if os.path.exists(p)}
+if len(rounds) > 1:
+    raise SystemExit(f"real_nets.sh: the runs in {out} kept counts rounded differently: {sorted(rounds)}")
+round_to = rounds.pop() if rounds else None
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 flags = open("/proc/cpuinfo").read()
 isa = "AVX-512F" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
@@ -118,8 +123,8 @@ head = ["# Real networks on Fashion-MNIST at 64x64 (issue 20, item 7)", "",
         "upscaled to 64x64 by the loader (`--image-size 64`, Pillow bilinear), then pruned to 50% FLOPs by `lfgcl pipeline` "
         "without labels. *Before* is the pruned net with BN statistics re-estimated on the search's unlabeled images; "
         "*after* is after label-free fine-tuning. Speed-up: pruned over baseline images/s at batch 1 and 64, in lfgcl "
-        "and in onnxruntime on the ONNX export, same threads. Kept channel counts are rounded up to multiples of "
-        f"{round_to}" + (" (the CLI's default for these families)" if round_to == 8 else "") + ".", "",
+        "and in onnxruntime on the ONNX export, same threads."
+        + (f" Kept channel counts are rounded up to multiples of {round_to}." if round_to else ""), "",
         f"Budget: {prof}. Machine: {result['machine']}, {threads} thread(s), shared with other jobs. Commit `{result['commit'][:12]}`.", "",
         "Reproduce: `bash scripts/experiments/real_nets.sh --out RUNS` (`FULL=1` for the full budget).", ""]
 os.makedirs(docs, exist_ok=True)

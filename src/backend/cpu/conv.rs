@@ -51,6 +51,30 @@ fn valid_columns(ow: usize, w: isize, stride: isize, shift: isize) -> (usize, us
     (lo, (hi.max(0) as usize).clamp(lo, ow))
 }
 
+/// Splits a row into its even columns (`even`, `ceil(w / 2)` of them) and odd ones (`odd`,
+/// `floor(w / 2)`): the stride-2 paths of `im2col_rows` and `col2im`.
+fn split_columns(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    for ((pair, e), o) in row.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+    if row.len() % 2 == 1 {
+        even[row.len() / 2] = row[row.len() - 1];
+    }
+}
+
+/// The inverse of `split_columns`.
+fn join_columns(even: &[f32], odd: &[f32], row: &mut [f32]) {
+    let w = row.len();
+    for ((pair, e), o) in row.chunks_exact_mut(2).zip(even).zip(odd) {
+        pair[0] = *e;
+        pair[1] = *o;
+    }
+    if w % 2 == 1 {
+        row[w - 1] = even[w / 2];
+    }
+}
+
 /// Writes the im2col matrix of one image into `col` (rows `C*kh*kw`, leading dimension `ld`),
 /// starting at column `off`.
 fn im2col(x: &[f32], s: &ConvShape, col: &mut [f32], ld: usize, off: usize) {
@@ -66,13 +90,13 @@ fn im2col_rows(x: &[f32], s: &ConvShape, (c0, cn): (usize, usize), rows: &mut [f
     // Stride 2: each input row split once into its even and odd columns, so that every tap
     // column's run is one contiguous copy (a strided gather per tap, one float at a time, was a
     // quarter of ResNet-50's stride-2 3x3 layers, on one thread at batch 1).
-    let mut phases = if stride == 2 { vec![0.0f32; 2 * s.w.div_ceil(2)] } else { Vec::new() };
+    let half = s.w.div_ceil(2);
+    let mut phases = if stride == 2 { vec![0.0f32; 2 * half] } else { Vec::new() };
     for ci in 0..cn {
         let plane = &x[(c0 + ci) * s.h * s.w..(c0 + ci + 1) * s.h * s.w];
         for r in 0..s.kh {
             let row_of = |t: usize| ((ci * s.kh + r) * s.kw + t) * ld + off;
             if stride == 2 {
-                let half = s.w.div_ceil(2);
                 for p in 0..oh {
                     let ih = p as isize * stride + r as isize - pad;
                     if ih < 0 || ih >= h {
@@ -83,13 +107,7 @@ fn im2col_rows(x: &[f32], s: &ConvShape, (c0, cn): (usize, usize), rows: &mut [f
                     }
                     let src = &plane[ih as usize * s.w..(ih as usize + 1) * s.w];
                     let (even, odd) = phases.split_at_mut(half);
-                    for ((pair, e), o) in src.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
-                    if s.w % 2 == 1 {
-                        even[half - 1] = src[s.w - 1];
-                    }
+                    split_columns(src, even, odd);
                     for t in 0..s.kw {
                         let dst = &mut rows[row_of(t) + p * ow..row_of(t) + (p + 1) * ow];
                         let (lo, hi) = valid_columns(ow, w, stride, t as isize - pad);
@@ -162,13 +180,7 @@ fn col2im(col: &[f32], s: &ConvShape, ld: usize, off: usize, dx: &mut [f32]) {
                     }
                     let dst = &mut plane[ih as usize * s.w..(ih as usize + 1) * s.w];
                     let (even, odd) = phases.split_at_mut(half);
-                    for ((pair, e), o) in dst.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
-                    if s.w % 2 == 1 {
-                        even[half - 1] = dst[s.w - 1];
-                    }
+                    split_columns(dst, even, odd);
                     for t in 0..s.kw {
                         let src = &col[row_of(t) + p * ow..row_of(t) + (p + 1) * ow];
                         let (lo, hi) = valid_columns(ow, w, stride, t as isize - pad);
@@ -180,13 +192,7 @@ fn col2im(col: &[f32], s: &ConvShape, ld: usize, off: usize, dx: &mut [f32]) {
                             }
                         }
                     }
-                    for ((pair, e), o) in dst.chunks_exact_mut(2).zip(even.iter()).zip(odd.iter()) {
-                        pair[0] = *e;
-                        pair[1] = *o;
-                    }
-                    if s.w % 2 == 1 {
-                        dst[s.w - 1] = even[half - 1];
-                    }
+                    join_columns(even, odd, dst);
                 }
                 continue;
             }
