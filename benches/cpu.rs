@@ -1,5 +1,6 @@
-//! CPU benchmarks (criterion): the SGEMM the convolutions stand on, ResNet-20's convolutions,
-//! inference and a training step, and the evaluation of one pruning candidate. Throughput is
+//! CPU benchmarks (criterion): the SGEMM the convolutions stand on, ResNet-20's convolutions, the
+//! torchvision ResNets' stem max pool, inference and a training step, and the evaluation of one
+//! pruning candidate. Throughput is
 //! reported in elements (FLOPs or images) per second; `lfgcl bench cpu` prints the same
 //! figures as fractions of the SGEMM peak measured in the same run.
 
@@ -56,6 +57,22 @@ fn convs(c: &mut Criterion) {
             b.iter(|| dev.conv2d_backward_weight(&y, &x, w.dims(), spec).unwrap())
         });
     }
+    g.finish();
+}
+
+/// ResNet's stem max pool (3x3, stride 2, pad 1 on 64 x 112 x 112 maps).
+fn pools(c: &mut Criterion) {
+    let dev = backend::cpu();
+    let mut g = c.benchmark_group("maxpool_resnet_stem");
+    for batch in [1usize, 32] {
+        let x = data(&[batch, 64, 112, 112]);
+        g.throughput(Throughput::Elements(x.numel() as u64));
+        g.bench_function(format!("b{batch}/forward"), |b| b.iter(|| dev.maxpool_forward(&x, 3, 2, 1).unwrap()));
+    }
+    let x = data(&[8, 64, 112, 112]);
+    let dy = data(&[8, 64, 56, 56]);
+    g.throughput(Throughput::Elements(x.numel() as u64));
+    g.bench_function("b8/backward", |b| b.iter(|| dev.maxpool_backward(&dy, &x, 3, 2, 1).unwrap()));
     g.finish();
 }
 
@@ -139,6 +156,6 @@ fn fork_join(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    targets = gemm, convs, resnet20, fork_join
+    targets = gemm, convs, pools, resnet20, fork_join
 }
 criterion_main!(benches);

@@ -52,8 +52,9 @@ fn valid_columns(ow: usize, w: isize, stride: isize, shift: isize) -> (usize, us
 }
 
 /// Splits a row into its even columns (`even`, `ceil(w / 2)` of them) and odd ones (`odd`,
-/// `floor(w / 2)`): the stride-2 paths of `im2col_rows` and `col2im`.
-fn split_columns(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+/// `floor(w / 2)`): the stride-2 paths of `im2col_rows` and `col2im`, and of the max pool.
+#[inline(always)]
+pub(super) fn split_columns(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     for ((pair, e), o) in row.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
         *e = pair[0];
         *o = pair[1];

@@ -100,71 +100,150 @@ pub fn maxpool_forward(x: &[f32], s: &PoolShape) -> Vec<f32> {
     // the cores the team's helper still spins on (0.75 ms of ResNet-18's 25 at batch 1).
     team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut y, ohw, |plane, yc| {
         ROWS_MAX.with(|rows_max| {
-            maxpool_plane(&x[plane * hw..(plane + 1) * hw], s, &cols, inner.clone(), yc, &mut rows_max.borrow_mut())
+            plane_any(&x[plane * hw..(plane + 1) * hw], s, &cols, inner.clone(), yc, &mut rows_max.borrow_mut())
         })
     });
     y
 }
 
 thread_local! {
-    /// `maxpool_plane`'s scratch: each input row's maxima over the output columns' windows.
-    static ROWS_MAX: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// `maxpool_plane`'s scratch: each input row's maxima over the output columns' windows, and
+    /// a row's even and odd columns (stride-2 windows).
+    static ROWS_MAX: std::cell::RefCell<RowScratch> = const {
+        std::cell::RefCell::new(RowScratch { rows_max: Vec::new(), even: Vec::new(), odd: Vec::new() })
+    };
+}
+
+struct RowScratch {
+    rows_max: Vec<f32>,
+    even: Vec<f32>,
+    odd: Vec<f32>,
+}
+
+/// `maxpool_plane` compiled with AVX2 where the CPU has it (the loops vectorise twice as wide;
+/// a maximum is exact, so the bits are the same).
+fn plane_any(
+    xs: &[f32],
+    s: &PoolShape,
+    cols: &[(usize, usize)],
+    inner: std::ops::Range<usize>,
+    yc: &mut [f32],
+    sc: &mut RowScratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(
+            xs: &[f32],
+            s: &PoolShape,
+            cols: &[(usize, usize)],
+            inner: std::ops::Range<usize>,
+            yc: &mut [f32],
+            sc: &mut RowScratch,
+        ) {
+            maxpool_plane(xs, s, cols, inner, yc, sc)
+        }
+        if super::has_avx2() {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { avx2(xs, s, cols, inner, yc, sc) };
+        }
+    }
+    maxpool_plane(xs, s, cols, inner, yc, sc)
 }
 
 /// One plane of `maxpool_forward`: `cols` holds each output column's window columns, `inner` the
 /// output columns whose windows are whole.
+#[inline(always)]
 fn maxpool_plane(
     xs: &[f32],
     s: &PoolShape,
     cols: &[(usize, usize)],
     inner: std::ops::Range<usize>,
     yc: &mut [f32],
-    rows_max: &mut Vec<f32>,
+    sc: &mut RowScratch,
 ) {
+    let RowScratch { rows_max, even, odd } = sc;
     rows_max.clear();
     rows_max.resize(s.h * s.out_w, f32::NEG_INFINITY);
     for (row, out) in xs.chunks_exact(s.w).zip(rows_max.chunks_exact_mut(s.out_w)) {
-        // Whole windows in registers, compiled for ResNet's 3x3 and VGG's 2x2 stride-2 pools;
-        // clipped windows at the borders (and other shapes) one by one.
+        // Whole windows vectorised for ResNet's 3x3 and VGG's 2x2 stride-2 pools; clipped
+        // windows at the borders (and other shapes) one by one.
         let whole = match (s.kernel, s.stride) {
-            (3, 2) => whole_windows::<2, 3>(row, out, s.pad, inner.clone()),
-            (2, 2) => whole_windows::<2, 2>(row, out, s.pad, inner.clone()),
+            (3, 2) => whole_windows_s2::<3>(row, out, s.pad, inner.clone(), even, odd),
+            (2, 2) => whole_windows_s2::<2>(row, out, s.pad, inner.clone(), even, odd),
             _ => false,
         };
-        for (q, (o, &(t0, t1))) in out.iter_mut().zip(cols).enumerate() {
-            if !whole || !inner.contains(&q) {
-                *o = row[t0..t1].iter().fold(f32::NEG_INFINITY, |best, &v| keep_greater(best, v));
-            }
+        // The rest: only the border columns when the whole windows are done (a test per
+        // column of the row cost as much as the windows).
+        let rest = if whole { [0..inner.start, inner.end..s.out_w] } else { [0..s.out_w, 0..0] };
+        for q in rest.into_iter().flatten() {
+            let (t0, t1) = cols[q];
+            out[q] = row[t0..t1].iter().fold(f32::NEG_INFINITY, |best, &v| keep_greater(best, v));
         }
     }
-    for (p, out) in yc.chunks_exact_mut(s.out_w).enumerate() {
+    let ow = s.out_w;
+    for (p, out) in yc.chunks_exact_mut(ow).enumerate() {
         let (r0, r1, _, _) = pool_window(s, p, 0);
-        out.fill(f32::NEG_INFINITY);
-        for r in r0..r1 {
-            for (o, &v) in out.iter_mut().zip(&rows_max[r * s.out_w..(r + 1) * s.out_w]) {
-                *o = keep_greater(*o, v);
+        let row = |r: usize| &rows_max[r * ow..(r + 1) * ow];
+        // Windows of up to three rows (ResNet's and VGG's) write each output once from its
+        // rows: updated in place, the AVX2 build made the update a masked store, microcoded
+        // on AMD (1.6x the whole pool's time).
+        match r1 - r0 {
+            3 => {
+                for (((o, &a), &b), &c) in out.iter_mut().zip(row(r0)).zip(row(r0 + 1)).zip(row(r0 + 2)) {
+                    *o = keep_greater(keep_greater(keep_greater(f32::NEG_INFINITY, a), b), c);
+                }
+            }
+            2 => {
+                for ((o, &a), &b) in out.iter_mut().zip(row(r0)).zip(row(r0 + 1)) {
+                    *o = keep_greater(keep_greater(f32::NEG_INFINITY, a), b);
+                }
+            }
+            _ => {
+                out.fill(f32::NEG_INFINITY);
+                for r in r0..r1 {
+                    for (o, &v) in out.iter_mut().zip(row(r)) {
+                        *o = keep_greater(*o, v);
+                    }
+                }
             }
         }
     }
 }
 
-/// `out[q]` for `q` in `inner` (whole windows): the first maximum of `row[q * ST - pad ..][..K]`,
-/// one window at a time in registers.
-fn whole_windows<const ST: usize, const K: usize>(
+/// `out[q]` for `q` in `inner` (whole windows of `K <= 3` columns, stride 2): the first maximum
+/// of `row[2q - pad ..][..K]`. The windows' columns are split once into even and odd ones, so
+/// that window `i` is `even[i], odd[i], even[i + 1]` and each of the `K` steps runs over
+/// contiguous slices (it vectorises; taking each window's three floats in turn, a stride-2
+/// gather, did not). Each output takes the same steps in the same order as the scalar scan.
+#[inline(always)]
+fn whole_windows_s2<const K: usize>(
     row: &[f32],
     out: &mut [f32],
     pad: usize,
     inner: std::ops::Range<usize>,
+    even: &mut Vec<f32>,
+    odd: &mut Vec<f32>,
 ) -> bool {
+    const { assert!(K == 2 || K == 3) };
     if inner.is_empty() {
         return true;
     }
-    // Window column t of output q is row column q * ST + t - pad (>= 0 inside `inner`).
-    let first = inner.start * ST - pad;
-    let src = &row[first..first + (inner.len() - 1) * ST + K];
-    for (i, o) in out[inner].iter_mut().enumerate() {
-        let w: &[f32; K] = src[i * ST..i * ST + K].try_into().expect("K floats");
-        *o = w.iter().fold(f32::NEG_INFINITY, |best, &v| keep_greater(best, v));
+    // Window column t of output q is row column 2q + t - pad (>= 0 inside `inner`).
+    let first = inner.start * 2 - pad;
+    let src = &row[first..first + (inner.len() - 1) * 2 + K];
+    even.resize(src.len().div_ceil(2), 0.0);
+    odd.resize(src.len() / 2, 0.0);
+    super::conv::split_columns(src, even, odd);
+    let out = &mut out[inner];
+    if K == 3 {
+        for (((o, &e), &d), &e1) in out.iter_mut().zip(even.iter()).zip(odd.iter()).zip(&even[1..]) {
+            *o = keep_greater(keep_greater(keep_greater(f32::NEG_INFINITY, e), d), e1);
+        }
+    } else {
+        for ((o, &e), &d) in out.iter_mut().zip(even.iter()).zip(odd.iter()) {
+            *o = keep_greater(keep_greater(f32::NEG_INFINITY, e), d);
+        }
     }
     true
 }
@@ -248,6 +327,9 @@ mod tests {
             (2, 3, 10, 9, 5, 3, 2),
             (1, 1, 1, 1, 1, 1, 0),
             (1, 2, 3, 3, 3, 2, 1),
+            (1, 2, 9, 10, 3, 2, 0),
+            (2, 3, 7, 9, 2, 2, 1),
+            (1, 2, 6, 40, 3, 2, 1),
         ] {
             let s = PoolShape::max("test", &[n, c, h, w], k, stride, pad).unwrap();
             // Few distinct values, so ties are common: +0, -0, NaN, small integers.
