@@ -50,6 +50,7 @@ fn convs(c: &mut Criterion) {
     let mobilenet = [("mbv2_stem_3to32_s2_224", 3, 32, 224, 2, 3), ("r50_stem_7x7_s2_224", 3, 64, 224, 2, 7)];
     let sets = [
         (1usize, &cifar[..]),
+        (8, &resnet50[3..4]),
         (64, &cifar[..]),
         (1, &resnet50[..]),
         (32, &resnet50[..]),
@@ -80,6 +81,13 @@ fn convs(c: &mut Criterion) {
                         b.iter(|| winograd::backward_data(black_box(&dy), &w, &s, tile))
                     });
                 }
+                // Inference: the filter transform kept by the weights' stamp, as the backend does.
+                g.bench_function("forward/winograd_f4_cached", |b| {
+                    b.iter(|| winograd::forward_stamped(black_box(&x), &w, Some(u64::MAX), &s, WinogradTile::F4, None))
+                });
+                g.bench_function("backward_weight/winograd_f2", |b| {
+                    b.iter(|| winograd::backward_weight(black_box(&dy), &x, &s, WinogradTile::F2))
+                });
             }
             g.finish();
         }

@@ -384,6 +384,10 @@ pub fn backward_data_stamped(
 /// channels (the stem) the transforms cost more than the multiplications they save. Maps under
 /// 8x8 (ResNet-50's layer4 at 224: 7x7, covered by 2x2 F(4x4) tiles of 8x8) go to im2col + GEMM:
 /// at 512 channels and batch 32 it ran 1.3-1.6x F(4x4) (`cargo bench --bench conv -- r50_512x7x7`).
+/// On AVX2 (Zen 3, 2 cores) F(4x4) ran 45-50 ms there against im2col's 53-56 even with its
+/// filter transform cached, but 24-30 against 14-15 ms at batch 8, and the F(2x2) weight gradient
+/// 158 against 63 ms at batch 32: its 36 x 512 x 512 transformed filters (38 MB) stream through
+/// the multiply stage for a few dozen tiles. So 7x7 maps stay on im2col everywhere.
 pub fn choose(s: &ConvShape) -> Option<WinogradTile> {
     let pixels = s.n * s.out_h * s.out_w;
     if !supports(s) || s.c_in < LANES || pixels < 64 || s.out_h < 8 || s.out_w < 8 {
