@@ -99,8 +99,8 @@ pub fn maxpool_forward(x: &[f32], s: &PoolShape) -> Vec<f32> {
     // On the team at batch 1, as the convolutions around it: rayon's workers would wait for
     // the cores the team's helper still spins on (0.75 ms of ResNet-18's 25 at batch 1).
     team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut y, ohw, |plane, yc| {
-        ROWS_MAX.with(|rows_max| {
-            plane_any(&x[plane * hw..(plane + 1) * hw], s, &cols, inner.clone(), yc, &mut rows_max.borrow_mut())
+        ROW_SCRATCH.with(|scratch| {
+            plane_any(&x[plane * hw..(plane + 1) * hw], s, &cols, inner.clone(), yc, &mut scratch.borrow_mut())
         })
     });
     y
@@ -109,7 +109,7 @@ pub fn maxpool_forward(x: &[f32], s: &PoolShape) -> Vec<f32> {
 thread_local! {
     /// `maxpool_plane`'s scratch: each input row's maxima over the output columns' windows, and
     /// a row's even and odd columns (stride-2 windows).
-    static ROWS_MAX: std::cell::RefCell<RowScratch> = const {
+    static ROW_SCRATCH: std::cell::RefCell<RowScratch> = const {
         std::cell::RefCell::new(RowScratch { rows_max: Vec::new(), even: Vec::new(), odd: Vec::new() })
     };
 }
