@@ -154,13 +154,16 @@ fn depthwise_convs(c: &mut Criterion) {
 
 fn pointwise_convs(c: &mut Criterion) {
     // (name, c_in, c_out, input size, stride): ResNet-50's stage-1 expand and reduce, the
-    // stride-2 downsample projection, and MobileNetV2 expands at 112 and 56.
+    // stride-2 downsample projection, and MobileNetV2's expansions and projections at 112 and 56.
     let layers = [
         ("64to256x56", 64, 256, 56, 1),
         ("256to64x56", 256, 64, 56, 1),
         ("256to512x56_s2", 256, 512, 56, 2),
         ("16to96x112", 16, 96, 112, 1),
         ("24to144x56", 24, 144, 56, 1),
+        ("32to16x112", 32, 16, 112, 1),
+        ("96to24x56", 96, 24, 56, 1),
+        ("144to24x56", 144, 24, 56, 1),
     ];
     for batch in [1usize, 32] {
         for (name, cin, cout, size, stride) in layers {
