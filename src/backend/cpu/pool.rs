@@ -98,10 +98,9 @@ pub fn maxpool_forward(x: &[f32], s: &PoolShape) -> Vec<f32> {
     };
     // On the team at batch 1, as the convolutions around it: rayon's workers would wait for
     // the cores the team's helper still spins on (0.75 ms of ResNet-18's 25 at batch 1).
+    let g = PlaneGeometry { s, cols: &cols, inner };
     team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut y, ohw, |plane, yc| {
-        ROW_SCRATCH.with(|scratch| {
-            plane_any(&x[plane * hw..(plane + 1) * hw], s, &cols, inner.clone(), yc, &mut scratch.borrow_mut())
-        })
+        ROW_SCRATCH.with(|scratch| plane_any(&x[plane * hw..(plane + 1) * hw], &g, yc, &mut scratch.borrow_mut()))
     });
     y
 }
@@ -120,48 +119,35 @@ struct RowScratch {
     odd: Vec<f32>,
 }
 
+/// What every plane of one `maxpool_forward` shares: the shape, each output column's window
+/// columns (`cols`) and the output columns whose windows are whole (`inner`).
+struct PlaneGeometry<'a> {
+    s: &'a PoolShape,
+    cols: &'a [(usize, usize)],
+    inner: std::ops::Range<usize>,
+}
+
 /// `maxpool_plane` compiled with AVX2 where the CPU has it (the loops vectorise twice as wide;
 /// a maximum is exact, so the bits are the same).
-fn plane_any(
-    xs: &[f32],
-    s: &PoolShape,
-    cols: &[(usize, usize)],
-    inner: std::ops::Range<usize>,
-    yc: &mut [f32],
-    sc: &mut RowScratch,
-) {
+fn plane_any(xs: &[f32], g: &PlaneGeometry, yc: &mut [f32], sc: &mut RowScratch) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
-        unsafe fn avx2(
-            xs: &[f32],
-            s: &PoolShape,
-            cols: &[(usize, usize)],
-            inner: std::ops::Range<usize>,
-            yc: &mut [f32],
-            sc: &mut RowScratch,
-        ) {
-            maxpool_plane(xs, s, cols, inner, yc, sc)
+        unsafe fn avx2(xs: &[f32], g: &PlaneGeometry, yc: &mut [f32], sc: &mut RowScratch) {
+            maxpool_plane(xs, g, yc, sc)
         }
         if super::has_avx2() {
             // SAFETY: the CPU has AVX2.
-            return unsafe { avx2(xs, s, cols, inner, yc, sc) };
+            return unsafe { avx2(xs, g, yc, sc) };
         }
     }
-    maxpool_plane(xs, s, cols, inner, yc, sc)
+    maxpool_plane(xs, g, yc, sc)
 }
 
-/// One plane of `maxpool_forward`: `cols` holds each output column's window columns, `inner` the
-/// output columns whose windows are whole.
+/// One plane of `maxpool_forward`.
 #[inline(always)]
-fn maxpool_plane(
-    xs: &[f32],
-    s: &PoolShape,
-    cols: &[(usize, usize)],
-    inner: std::ops::Range<usize>,
-    yc: &mut [f32],
-    sc: &mut RowScratch,
-) {
+fn maxpool_plane(xs: &[f32], g: &PlaneGeometry, yc: &mut [f32], sc: &mut RowScratch) {
+    let (s, cols, inner) = (g.s, g.cols, g.inner.clone());
     let RowScratch { rows_max, even, odd } = sc;
     rows_max.clear();
     rows_max.resize(s.h * s.out_w, f32::NEG_INFINITY);
