@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 
+DASHES = ["", "7 3", "2 2", "9 3 2 3"]
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
 
 
@@ -45,12 +46,18 @@ def svg(curves, baseline, title):
         yb = py(100.0 * baseline)
         out.append(f'<line x1="{left}" y1="{yb:.1f}" x2="{w - right}" y2="{yb:.1f}" stroke="black" stroke-dasharray="4 3"/>')
         out.append(f'<text x="{left + 6}" y="{yb - 4:.1f}">unpruned baseline {100 * baseline:.2f}%</text>')
+    # A label's text before its first comma picks the colour (the method), the rest the dash
+    # pattern (the seed or schedule), so that the same method reads as one colour.
+    groups, variants = {}, {}
     for i, (label, c) in enumerate(curves):
-        color = COLORS[i % len(COLORS)]
+        group, _, variant = label.partition(",")
+        color = COLORS[groups.setdefault(group, len(groups)) % len(COLORS)]
+        dash = DASHES[variants.setdefault(variant.strip(), len(variants)) % len(DASHES)]
+        style = f'stroke="{color}"' + (f' stroke-dasharray="{dash}"' if dash else "")
         pts = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in c)
-        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.8"/>')
+        out.append(f'<polyline points="{pts}" fill="none" {style} stroke-width="1.8"/>')
         ly = top + 6 + 16 * i
-        out.append(f'<line x1="{w - right + 6}" y1="{ly}" x2="{w - right + 22}" y2="{ly}" stroke="{color}" stroke-width="2"/>')
+        out.append(f'<line x1="{w - right + 6}" y1="{ly}" x2="{w - right + 22}" y2="{ly}" {style} stroke-width="2"/>')
         out.append(f'<text x="{w - right + 26}" y="{ly + 4}">{label}: {c[-1][1]:.2f}% at epoch {c[-1][0]}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
