@@ -50,6 +50,7 @@ fn convs(c: &mut Criterion) {
     let mobilenet = [("mbv2_stem_3to32_s2_224", 3, 32, 224, 2, 3), ("r50_stem_7x7_s2_224", 3, 64, 224, 2, 7)];
     let sets = [
         (1usize, &cifar[..]),
+        // Layer4's 7x7 maps at batch 8 too: where Winograd's transformed filters outweigh its tiles.
         (8, &resnet50[3..4]),
         (64, &cifar[..]),
         (1, &resnet50[..]),

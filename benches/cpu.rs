@@ -1,8 +1,7 @@
 //! CPU benchmarks (criterion): the SGEMM the convolutions stand on, ResNet-20's convolutions, the
 //! torchvision ResNets' stem max pool, inference and a training step, and the evaluation of one
-//! pruning candidate. Throughput is
-//! reported in elements (FLOPs or images) per second; `lfgcl bench cpu` prints the same
-//! figures as fractions of the SGEMM peak measured in the same run.
+//! pruning candidate. Throughput is reported in elements (FLOPs or images) per second; `lfgcl
+//! bench cpu` prints the same figures as fractions of the SGEMM peak measured in the same run.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lfgcl::backend::{self, cpu::gemm::sgemm, ConvSpec};

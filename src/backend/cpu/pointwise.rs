@@ -282,6 +282,7 @@ unsafe fn products<R: Reg, const NV: usize, const PF: bool>(
         let xr = x.add(ci * ldx);
         #[cfg(target_arch = "x86_64")]
         if PF {
+            // A hint: an address past the input's end is never read and cannot fault.
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             _mm_prefetch::<_MM_HINT_T0>(xr.wrapping_add(PREFETCH_AHEAD) as *const i8);
         }
