@@ -149,14 +149,20 @@ fn plane_any(xs: &[f32], g: &PlaneGeometry, yc: &mut [f32], sc: &mut RowScratch)
 fn maxpool_plane(xs: &[f32], g: &PlaneGeometry, yc: &mut [f32], sc: &mut RowScratch) {
     let (s, cols, inner) = (g.s, g.cols, g.inner.clone());
     let RowScratch { rows_max, even, odd } = sc;
-    rows_max.clear();
-    rows_max.resize(s.h * s.out_w, f32::NEG_INFINITY);
+    // Every element is written below (the whole windows, then the rest of each row).
+    rows_max.resize(s.h * s.out_w, 0.0);
     for (row, out) in xs.chunks_exact(s.w).zip(rows_max.chunks_exact_mut(s.out_w)) {
         // Whole windows vectorised for ResNet's 3x3 and VGG's 2x2 stride-2 pools; clipped
         // windows at the borders (and other shapes) one by one.
         let whole = match (s.kernel, s.stride) {
-            (3, 2) => whole_windows_s2::<3>(row, out, s.pad, inner.clone(), even, odd),
-            (2, 2) => whole_windows_s2::<2>(row, out, s.pad, inner.clone(), even, odd),
+            (3, 2) => {
+                whole_windows_s2::<3>(row, out, s.pad, inner.clone(), even, odd);
+                true
+            }
+            (2, 2) => {
+                whole_windows_s2::<2>(row, out, s.pad, inner.clone(), even, odd);
+                true
+            }
             _ => false,
         };
         // The rest: only the border columns when the whole windows are done (a test per
@@ -210,10 +216,10 @@ fn whole_windows_s2<const K: usize>(
     inner: std::ops::Range<usize>,
     even: &mut Vec<f32>,
     odd: &mut Vec<f32>,
-) -> bool {
+) {
     const { assert!(K == 2 || K == 3) };
     if inner.is_empty() {
-        return true;
+        return;
     }
     // Window column t of output q is row column 2q + t - pad (>= 0 inside `inner`).
     let first = inner.start * 2 - pad;
@@ -231,7 +237,6 @@ fn whole_windows_s2<const K: usize>(
             *o = keep_greater(keep_greater(f32::NEG_INFINITY, e), d);
         }
     }
-    true
 }
 
 pub fn maxpool_backward(dy: &[f32], x: &[f32], s: &PoolShape) -> Vec<f32> {
