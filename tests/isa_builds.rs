@@ -9,9 +9,9 @@
 //! Its own test binary: the limit is process-wide.
 
 use lfgcl::backend::cpu::conv::Epilogue;
-use lfgcl::backend::cpu::depthwise;
 use lfgcl::backend::cpu::isa::{self, Isa};
 use lfgcl::backend::cpu::winograd::{self, WinogradTile};
+use lfgcl::backend::cpu::{depthwise, direct};
 use lfgcl::backend::{self, ConvShape, ConvSpec};
 use lfgcl::models::{Arch, Model};
 use lfgcl::nn::Mode;
@@ -131,30 +131,50 @@ fn every_depthwise_build_gives_the_same_bits() {
 }
 
 /// Whole nets under every build: MobileNetV2 (direct stem, depthwise on 16- to 4-pixel maps, 1x1
-/// GEMMs, ReLU6 epilogues) and a CIFAR ResNet (Winograd, direct strided layers), the eval forward
-/// with its fused epilogues and the training-mode forward with its batch statistics. The limit
-/// reaches them: the portable build runs no AVX2 kernel, so it is not the same code.
+/// kernel and GEMMs, ReLU6 epilogues) and a CIFAR ResNet (Winograd, direct strided layers), the
+/// eval forward with its fused epilogues and the training-mode forward with its batch
+/// statistics. The limit reaches them: the portable build runs no AVX2 kernel, so it is not the
+/// same code.
+///
+/// The direct kernel's channel limit is pinned to AVX2's for the comparison: AVX-512 takes the
+/// kernel up to 64 input channels and AVX2 up to 16 (`direct::max_c_in`), so unpinned, the
+/// ResNet's 32 -> 64 layer runs the direct kernel under one build and im2col + GEMM under the
+/// other, a different order of sums. That choice is checked on its own below.
 #[test]
 fn whole_nets_give_the_same_bits_under_every_build() {
     let dev = backend::cpu();
-    for (model, c, size, batch) in [("mobilenet_v2_0.5", 3, 64, 2), ("resnet20", 1, 28, 3)] {
+    let logits = |arch: &Arch, pixels: &[f32], limit| {
+        let [n, c, h, w] = [3, arch.in_channels, arch.input_size, arch.input_size];
+        let x = || Tensor::from_vec(&[n, c, h, w], pixels.to_vec()).unwrap();
+        under(limit, || {
+            let mut m = Model::new(arch.clone(), &dev, 5).unwrap();
+            let eval = m.graph.forward(&dev, x(), Mode::Eval).unwrap().to_vec().unwrap();
+            let train = m.graph.forward(&dev, x(), Mode::Train).unwrap().to_vec().unwrap();
+            (eval, train)
+        })
+    };
+    for (model, c, size) in [("mobilenet_v2_0.5", 3, 64), ("resnet20", 1, 28)] {
         let arch = Arch::new(model, c, size, 10).unwrap();
-        let pixels = pseudo(batch * c * size * size, 31);
-        let x = || Tensor::from_vec(&[batch, c, size, size], pixels.clone()).unwrap();
-        let outputs = |limit| {
-            under(limit, || {
-                let mut m = Model::new(arch.clone(), &dev, 5).unwrap();
-                let eval = m.graph.forward(&dev, x(), Mode::Eval).unwrap().to_vec().unwrap();
-                let train = m.graph.forward(&dev, x(), Mode::Train).unwrap().to_vec().unwrap();
-                (eval, train)
-            })
-        };
-        let widest = outputs(Isa::detected());
+        let pixels = pseudo(3 * c * size * size, 31);
+        direct::pin_max_c_in(Some(direct::max_c_in(Isa::Avx2)));
+        let widest = logits(&arch, &pixels, Isa::detected());
+        let others: Vec<_> = builds().into_iter().map(|limit| (limit, logits(&arch, &pixels, limit))).collect();
+        direct::pin_max_c_in(None);
         assert!(widest.0.iter().chain(&widest.1).all(|v| v.is_finite()), "{model}: non-finite logits");
-        for limit in builds() {
-            let other = outputs(limit);
+        for (limit, other) in others {
             assert!(same(&widest.0, &other.0), "{model}: eval logits differ under {limit:?}");
             assert!(same(&widest.1, &other.1), "{model}: training-mode logits differ under {limit:?}");
+        }
+    }
+    // Unpinned, an AVX-512 machine's 32-channel strided layer takes the direct kernel and the AVX2
+    // build's takes im2col: the same logits up to rounding, not the same bits.
+    if Isa::detected() == Isa::Avx512 {
+        let arch = Arch::new("resnet20", 1, 28, 10).unwrap();
+        let pixels = pseudo(3 * 28 * 28, 31);
+        let (wide, narrow) = (logits(&arch, &pixels, Isa::Avx512), logits(&arch, &pixels, Isa::Avx2));
+        let top = wide.0.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (a, b) in wide.0.iter().zip(&narrow.0) {
+            assert!((a - b).abs() <= 1e-5 * top, "resnet20 eval logits {a} and {b} under AVX-512 and AVX2");
         }
     }
     // The conv path's own switch: under the portable build the direct kernel is not taken.

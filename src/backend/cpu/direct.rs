@@ -26,6 +26,7 @@ pub use super::isa::Isa;
 use super::team;
 use crate::backend::ConvShape;
 use crate::tensor::pool;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Output pixels per vector (one AVX-512 register).
 const Q: usize = 16;
@@ -50,10 +51,27 @@ pub fn max_c_in(isa: Isa) -> usize {
     }
 }
 
+/// A pinned channel limit in place of `max_c_in(isa())` (`usize::MAX`: none).
+static PINNED_MAX_C_IN: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Pins the channel limit `preferred` applies under the vector builds (`None` lifts it).
+/// For tests that compare the kernels' builds on whole nets: the limit differs between AVX-512
+/// and AVX2, so without a pin a 32-channel layer takes this kernel under one build and im2col
+/// under the other, whose sums round differently.
+#[doc(hidden)]
+pub fn pin_max_c_in(limit: Option<usize>) {
+    PINNED_MAX_C_IN.store(limit.unwrap_or(usize::MAX), Ordering::Relaxed);
+}
+
 /// Whether the CPU backend takes this kernel for `s`: `supports(s)` with few enough input
 /// channels for the instruction set the kernels run on (`max_c_in`, `isa::isa`).
 pub fn preferred(s: &ConvShape) -> bool {
-    supports(s) && s.c_in <= max_c_in(isa())
+    // The portable build runs no vector kernel, pinned or not.
+    let limit = match (isa(), PINNED_MAX_C_IN.load(Ordering::Relaxed)) {
+        (Isa::Portable, _) | (_, usize::MAX) => max_c_in(isa()),
+        (_, pinned) => pinned,
+    };
+    supports(s) && s.c_in <= limit
 }
 
 /// The largest kernel side the kernel takes.
