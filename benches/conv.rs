@@ -155,7 +155,8 @@ fn depthwise_convs(c: &mut Criterion) {
 
 fn pointwise_convs(c: &mut Criterion) {
     // (name, c_in, c_out, input size, stride): ResNet-50's stage-1 expand and reduce, the
-    // stride-2 downsample projection, and MobileNetV2's expansions and projections at 112 and 56.
+    // stride-2 downsample projection, and MobileNetV2's expansions and projections at 112, 56, 14
+    // and 7.
     let layers = [
         ("64to256x56", 64, 256, 56, 1),
         ("256to64x56", 256, 64, 56, 1),
@@ -165,6 +166,10 @@ fn pointwise_convs(c: &mut Criterion) {
         ("32to16x112", 32, 16, 112, 1),
         ("96to24x56", 96, 24, 56, 1),
         ("144to24x56", 144, 24, 56, 1),
+        ("64to384x14", 64, 384, 14, 1),
+        ("384to64x14", 384, 64, 14, 1),
+        ("160to960x7", 160, 960, 7, 1),
+        ("960to160x7", 960, 160, 7, 1),
     ];
     for batch in [1usize, 32] {
         for (name, cin, cout, size, stride) in layers {
@@ -182,7 +187,7 @@ fn pointwise_convs(c: &mut Criterion) {
             g.bench_function("backward_weight/gemm", |b| {
                 b.iter(|| pool::give(conv::backward_weight(black_box(&dy), &x, &s)))
             });
-            // The eval forward with its batch norm and ReLU6 fused: the AVX2 1x1 kernel
+            // The eval forward with its batch norm and ReLU6 fused: the 1x1 kernel
             // against the `gemm` crate and its epilogue pass.
             let (scale, shift) = (data(cout, 4), data(cout, 5));
             let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: None, relu: false, relu6: true };

@@ -6,9 +6,9 @@
 //! epilogue to a second pass over the output, which for MobileNetV2's 112- and 56-pixel maps
 //! no longer sits in L2. Here the weights are packed into panels of six output channels (kept
 //! by the weight tensor's stamp, so inference packs each layer once), the input is read in
-//! place (a tile of pixels stays in L2 while every panel passes over it), and each 6 x 16 block
-//! of outputs leaves its twelve accumulators through the folded batch norm, the residual and
-//! the activation.
+//! place (a tile of pixels stays in L2 while every panel passes over it), and each block of 6
+//! channels by 16 pixels (AVX2's two registers per channel) or 64 (AVX-512's four) leaves its
+//! accumulators through the folded batch norm, the residual and the activation.
 //!
 //! Every output is one fused multiply-add chain over `c` in order, starting from zero, then the
 //! epilogue's operations in `conv::Epilogue`'s order, whatever the tiling or the thread count:
@@ -32,12 +32,10 @@ const PREFETCH_AHEAD: usize = 128;
 /// Most floats of one register (AVX-512), for the tail scratch.
 const MAX_LANES: usize = 16;
 
-/// Whether this kernel can compute `s` on this CPU: a 1x1 convolution, and AVX2 + FMA. AVX-512
-/// machines keep the `gemm` crate's 16-lane kernels (this 8-lane build would halve their width;
-/// the kernel is generic over the register, so a 16-lane build is one instantiation away,
-/// unmeasured).
+/// Whether this kernel can compute `s` on this CPU: a 1x1 convolution, and AVX2 + FMA (8-lane
+/// build) or AVX-512F (16-lane build).
 pub fn available(s: &ConvShape) -> bool {
-    is_pointwise(s) && isa() == Isa::Avx2
+    is_pointwise(s) && isa() >= Isa::Avx2
 }
 
 /// Whether the backend should use it for an eval convolution with a fused epilogue: expansions
@@ -51,9 +49,15 @@ pub fn available(s: &ConvShape) -> bool {
 /// 256 -> 64 at 56x56 (`cargo bench --bench conv -- pw_b32_256to64x56`: 23.9 against 26.6 ms)
 /// and its 256 -> 1024 and 512 -> 2048 expansions (0-5% slower in the model). Without an epilogue
 /// (training) it gains nothing over the `gemm` crate and is not used.
+///
+/// The 16-lane build's register block covers 32 pixels, so on 7x7 maps (49 pixels) it spends
+/// half its blocks on tails: there AVX-512 keeps the `gemm` crate (`pw_b1_160to960x7`: 214
+/// against 138 us, 1 thread), and takes the kernel on maps of 14x14 and more (`pw_b32_64to384x14`
+/// 2.65 against 3.43 ms, `pw_b32_16to96x112` 18.7 against 38.6).
 pub fn preferred(s: &ConvShape) -> bool {
     let (p, k, c) = (s.out_h * s.out_w, s.c_out, s.c_in);
-    available(s) && ((k >= c && c <= 160) || (p >= 56 * 56 && c <= 144))
+    let map_fills_blocks = isa() != Isa::Avx512 || p >= 14 * 14;
+    available(s) && ((k >= c && c <= 160 && map_fills_blocks) || (p >= 56 * 56 && c <= 144))
 }
 
 /// Forward of a 1x1 convolution (`available(s)` must hold), `epi` applied in registers.
@@ -190,20 +194,26 @@ struct Tile<'a> {
     at0: usize,
 }
 
-/// Runs one task on the widest build this CPU has (`available` admits AVX2 only for now).
+/// Runs one task on the widest build this CPU has.
 ///
 /// # Safety
 /// As `forward`'s tasks: the tile's pointers cover the image, and the task's outputs are its own.
 unsafe fn run(tile: &Tile, task: &Task) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::__m256;
+        use std::arch::x86_64::{__m256, __m512};
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn wide16(tile: &Tile, task: &Task) {
+            by_activation::<__m512>(tile, task)
+        }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn wide8(tile: &Tile, task: &Task) {
             by_activation::<__m256>(tile, task)
         }
-        if isa() >= Isa::Avx2 {
-            return wide8(tile, task);
+        match isa() {
+            Isa::Avx512 => return wide16(tile, task),
+            Isa::Avx2 => return wide8(tile, task),
+            Isa::Portable => {}
         }
     }
     unreachable!("pointwise conv: no AVX2 (available() was not checked)");
@@ -244,15 +254,25 @@ unsafe fn task_blocks<R: Reg, const ACT: u8>(tile: &Tile, task: &Task) {
         // streams than the hardware prefetcher follows: each row is fetched 8 lines ahead.
         // MobileNetV2's projections at batch 32 (`cargo bench --bench conv -- pw_b32`): 32 -> 16
         // at 112x112 5.4-5.6 -> 4.5-4.6 ms, 96 -> 24 at 56x56 4.8-5.0 -> 3.7-4.0; expansions level.
-        if b == task.blocks.start {
-            while q + 2 * lanes <= whole {
-                let acc = products::<R, 2, true>(c, panel, tile.x.add(q), p);
-                finish::<R, 2, ACT>(tile, acc, k0, rows, q, 2 * lanes);
-                q += 2 * lanes;
+        let first = b == task.blocks.start;
+        // AVX-512's 32 registers hold a 6 x 4-vector block (24 accumulators), which needs half
+        // the weight broadcasts per multiply-add of the 6 x 2 block; AVX2's 16 hold only that.
+        if R::WIDTH >= 16 {
+            while q + 4 * lanes <= whole {
+                let x = tile.x.add(q);
+                let acc = if first {
+                    products::<R, 4, true>(c, panel, x, p)
+                } else {
+                    products::<R, 4, false>(c, panel, x, p)
+                };
+                finish::<R, 4, ACT>(tile, acc, k0, rows, q, 4 * lanes);
+                q += 4 * lanes;
             }
         }
         while q + 2 * lanes <= whole {
-            let acc = products::<R, 2, false>(c, panel, tile.x.add(q), p);
+            let x = tile.x.add(q);
+            let acc =
+                if first { products::<R, 2, true>(c, panel, x, p) } else { products::<R, 2, false>(c, panel, x, p) };
             finish::<R, 2, ACT>(tile, acc, k0, rows, q, 2 * lanes);
             q += 2 * lanes;
         }
@@ -282,9 +302,12 @@ unsafe fn products<R: Reg, const NV: usize, const PF: bool>(
         let xr = x.add(ci * ldx);
         #[cfg(target_arch = "x86_64")]
         if PF {
-            // A hint: an address past the input's end is never read and cannot fault.
+            // A hint: an address past the input's end is never read and cannot fault. One per
+            // cache line the block reads from the row (two with AVX-512's 32 pixels).
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(xr.wrapping_add(PREFETCH_AHEAD) as *const i8);
+            for line in 0..(NV * R::WIDTH).div_ceil(16) {
+                _mm_prefetch::<_MM_HINT_T0>(xr.wrapping_add(PREFETCH_AHEAD + 16 * line) as *const i8);
+            }
         }
         let xv: [R; NV] = std::array::from_fn(|v| R::load(xr.add(v * R::WIDTH)));
         let w = panel.add(ci * ROWS);
