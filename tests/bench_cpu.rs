@@ -227,3 +227,27 @@ fn cpu_isa_limit_is_named_and_bad_values_are_refused() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("LFGCL_CPU_ISA: instruction set \"sse\""));
 }
+
+/// The command flushes subnormal floats to zero on x86 (`backend::cpu::denormals`: a step whose
+/// values drift there ran 25x slower), and a measurement's JSON says which it ran with;
+/// `LFGCL_KEEP_DENORMALS=1` keeps IEEE subnormals.
+#[test]
+fn the_command_flushes_denormals_unless_told_to_keep_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("infer.json");
+    let flushed = |keep: Option<&str>| {
+        let mut cmd = exe::lfgcl(["--threads", "2", "-q", "bench", "infer", "--model", "smallcnn"]);
+        cmd.args(["--batch", "1", "--reps", "1", "--json"]).arg(&json);
+        if let Some(v) = keep {
+            cmd.env("LFGCL_KEEP_DENORMALS", v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        r["machine"]["denormals_flushed"].as_bool().unwrap()
+    };
+    let x86 = cfg!(target_arch = "x86_64");
+    assert_eq!(flushed(None), x86);
+    assert_eq!(flushed(Some("0")), x86);
+    assert!(!flushed(Some("1")));
+}

@@ -184,3 +184,33 @@ fn whole_nets_give_the_same_bits_under_every_build() {
         assert!(!under(Isa::Portable, || lfgcl::backend::cpu::direct::preferred(&stem)));
     }
 }
+
+/// `denormals::flush_to_zero` (what the `lfgcl` command does first): subnormal inputs and
+/// results become zero on the thread and on every thread it starts afterwards, a rayon pool's
+/// included, so that all of a command's threads compute alike. On a fresh thread the IEEE
+/// default holds. Its own thread: the setting is per thread.
+#[test]
+fn flushed_denormals_reach_the_threads_started_after() {
+    use lfgcl::backend::cpu::denormals;
+    use std::hint::black_box;
+    std::thread::spawn(|| {
+        let tiny = black_box(1e-39f32); // subnormal: below f32::MIN_POSITIVE
+        assert!(tiny > 0.0 && tiny < f32::MIN_POSITIVE);
+        assert!(!denormals::flushing());
+        assert_eq!(black_box(tiny) * black_box(1.0f32), tiny, "IEEE by default");
+        if !denormals::flush_to_zero() {
+            println!("skipped: not an x86_64 CPU");
+            return;
+        }
+        assert!(denormals::flushing());
+        assert_eq!(black_box(tiny) * black_box(1.0f32), 0.0, "subnormal input read as zero");
+        assert_eq!(black_box(1e-30f32) * black_box(1e-10f32), 0.0, "subnormal result flushed");
+        let child = std::thread::spawn(move || (denormals::flushing(), black_box(tiny) * black_box(1.0f32)));
+        assert_eq!(child.join().unwrap(), (true, 0.0), "a thread started after inherits it");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let seen = pool.broadcast(|_| (denormals::flushing(), black_box(tiny) * black_box(1.0f32)));
+        assert!(seen.iter().all(|&s| s == (true, 0.0)), "rayon's threads: {seen:?}");
+    })
+    .join()
+    .unwrap();
+}

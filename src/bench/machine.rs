@@ -13,6 +13,9 @@ pub struct Machine {
     /// The widest vector instructions the CPU has of those lfgcl's kernels are built for (and
     /// the narrower set they ran on, when `LFGCL_CPU_ISA` limits them).
     pub isa: String,
+    /// Whether subnormal floats are flushed to zero (`backend::cpu::denormals`; the command's
+    /// default): with them kept, a step whose values drift there runs many times slower.
+    pub denormals_flushed: bool,
 }
 
 impl Machine {
@@ -22,13 +25,17 @@ impl Machine {
             .and_then(|s| model_name(&s))
             .unwrap_or_else(|| std::env::consts::ARCH.to_string());
         let logical_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Machine { cpu, logical_cores, isa: isa() }
+        Machine { cpu, logical_cores, isa: isa(), denormals_flushed: crate::backend::cpu::denormals::flushing() }
     }
 }
 
 impl fmt::Display for Machine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}, {} logical cores, {}", self.cpu, self.logical_cores, self.isa)
+        write!(f, "{}, {} logical cores, {}", self.cpu, self.logical_cores, self.isa)?;
+        if !self.denormals_flushed {
+            write!(f, ", IEEE subnormals")?;
+        }
+        Ok(())
     }
 }
 

@@ -790,6 +790,8 @@ where
 /// Entry point of the binary. Under `mpirun` it first joins the process group (and refuses to run
 /// when built without MPI); ranks other than 0 print nothing on stdout.
 pub fn main() -> ! {
+    // Before any other thread starts (MPI's included): they inherit it.
+    crate::backend::cpu::denormals::flush_unless_kept();
     let guard = match crate::dist::init() {
         Ok(g) => g,
         Err(e) => {

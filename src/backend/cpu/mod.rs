@@ -12,6 +12,7 @@
 
 mod compact;
 pub mod conv;
+pub mod denormals;
 pub mod depthwise;
 pub mod direct;
 mod elementwise;
