@@ -27,7 +27,7 @@ const HELD_CEILING: usize = 1 << 31;
 /// what an idle process keeps; a training step's buffers must fit, or every step maps and
 /// faults in afresh what the cap freed. 1 GiB held a ResNet-56 step at batch 128 but not a
 /// ResNet-50 step at batch 32 at 224x224 (5-6 GB resident): on a 2-vCPU Xeon VM that step took
-/// 6.05 s with 1 GiB (3.8 million page faults in 6 steps, 12 s of system time) and 5.03 s with 8.
+/// 6.4-6.5 s with 1 GiB and 5.0 s with 6 (4.5 against 1.8 million page faults in 7 steps).
 fn max_held() -> usize {
     static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CAP.get_or_init(|| {

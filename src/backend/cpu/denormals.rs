@@ -8,9 +8,9 @@
 //! (the values are below 1.2e-38); TensorFlow flushes them in its thread pools too.
 //!
 //! The `lfgcl` command sets the bits on its main thread before it starts any other, and every
-//! thread inherits them (a new thread starts with its creator's SSE control register on Linux
-//! and the other x86 systems), so every thread computes alike and the bits still do not depend
-//! on the thread count. A library user who wants the same calls `flush_to_zero` on the main
+//! thread inherits them (on Linux a new thread starts with its creator's SSE control register;
+//! `tests/isa_builds.rs` checks it for plain and rayon threads), so every thread computes alike
+//! and the bits still do not depend on the thread count. A library user who wants the same calls `flush_to_zero` on the main
 //! thread first. `LFGCL_KEEP_DENORMALS=1` keeps IEEE subnormals in the command.
 
 /// Set to `1` to keep IEEE subnormals in the `lfgcl` command.

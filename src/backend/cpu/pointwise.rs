@@ -50,10 +50,10 @@ pub fn available(s: &ConvShape) -> bool {
 /// and its 256 -> 1024 and 512 -> 2048 expansions (0-5% slower in the model). Without an epilogue
 /// (training) it gains nothing over the `gemm` crate and is not used.
 ///
-/// The 16-lane build's register block covers 32 pixels, so on 7x7 maps (49 pixels) it spends
-/// half its blocks on tails: there AVX-512 keeps the `gemm` crate (`pw_b1_160to960x7`: 214
-/// against 138 us, 1 thread), and takes the kernel on maps of 14x14 and more (`pw_b32_64to384x14`
-/// 2.65 against 3.43 ms, `pw_b32_16to96x112` 18.7 against 38.6).
+/// The 16-lane build's register block covers 64 pixels (32 and 16 at a row's end), so a 7x7 map
+/// (49 pixels) is all tails: there AVX-512 keeps the `gemm` crate (`pw_b1_160to960x7`: 206
+/// against 136 us, 1 thread), and takes the kernel on maps of 14x14 and more (`pw_b32_64to384x14`
+/// 2.7 against 3.7 ms, `pw_b32_16to96x112` 22.5 against 46.7).
 pub fn preferred(s: &ConvShape) -> bool {
     let (p, k, c) = (s.out_h * s.out_w, s.c_out, s.c_in);
     let map_fills_blocks = isa() != Isa::Avx512 || p >= 14 * 14;
@@ -303,7 +303,7 @@ unsafe fn products<R: Reg, const NV: usize, const PF: bool>(
         #[cfg(target_arch = "x86_64")]
         if PF {
             // A hint: an address past the input's end is never read and cannot fault. One per
-            // cache line the block reads from the row (two with AVX-512's 32 pixels).
+            // cache line the block reads from the row (up to four with AVX-512's 64 pixels).
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             for line in 0..(NV * R::WIDTH).div_ceil(16) {
                 _mm_prefetch::<_MM_HINT_T0>(xr.wrapping_add(PREFETCH_AHEAD + 16 * line) as *const i8);
