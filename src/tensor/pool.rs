@@ -19,16 +19,25 @@ use std::sync::Mutex;
 /// Buffers smaller than this (floats) are left to the allocator: below it, zeroing a fresh one
 /// costs about as much as finding one here.
 const MIN_POOLED: usize = 1 << 10;
-/// Floats the pool holds at least and at most (1 and 8 GiB), whatever the machine's memory.
+/// Floats the pool holds at most in buffers below `LARGE` (1 GiB): bounds what an idle process
+/// keeps, and holds the buffers of a ResNet-56 training step at batch 128. Raising it for them
+/// made things worse: the search's candidates come in many sizes, and buffers of sizes no longer
+/// asked for were kept where the allocator would have reused their pages (`lfgcl demo` 35 -> 52
+/// s, 0.9 -> 2.9 million page faults, with a 6 GiB cap).
+const MAX_HELD_SMALL: usize = 1 << 28;
+/// Buffers of at least this many floats (32 MiB) are `LARGE`: the allocator maps each afresh and
+/// unmaps it when freed, so one the pool lets go is faulted in again on its next use.
+const LARGE: usize = 1 << 23;
+/// Floats the large buffers' cap takes at least and at most (1 and 8 GiB).
 const HELD_FLOOR: usize = 1 << 28;
 const HELD_CEILING: usize = 1 << 31;
 
-/// Floats the pool holds at most: a quarter of the machine's memory, within 1 to 8 GiB. It bounds
-/// what an idle process keeps; a training step's buffers must fit, or every step maps and
-/// faults in afresh what the cap freed. 1 GiB held a ResNet-56 step at batch 128 but not a
-/// ResNet-50 step at batch 32 at 224x224 (5-6 GB resident): on a 2-vCPU Xeon VM that step took
-/// 6.4-6.5 s with 1 GiB and 5.0 s with 6 (4.5 against 1.8 million page faults in 7 steps).
-fn max_held() -> usize {
+/// Floats the pool holds at most in `LARGE` buffers: a quarter of the machine's memory, within 1
+/// to 8 GiB. A ResNet-50 training step at batch 32 at 224x224 keeps 5-6 GB resident, mostly in
+/// such buffers; with them capped at 1 GiB every step mapped and faulted in again what the cap
+/// had freed (on a 2-vCPU Xeon VM 6.4-6.5 s a step, against 5.0 s with them kept: 4.5 against
+/// 1.8 million page faults in 7 steps).
+fn max_held_large() -> usize {
     static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CAP.get_or_init(|| {
         let total_bytes = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
@@ -60,11 +69,13 @@ fn class_below(cap: usize) -> usize {
     class - step
 }
 
-/// Idle buffers by size class, and the floats they hold.
+/// Idle buffers by size class, and the floats they hold below and from `LARGE` (each under its
+/// own cap).
 #[derive(Default)]
 struct Held {
     by_class: HashMap<usize, Vec<Vec<f32>>>,
     floats: usize,
+    large_floats: usize,
 }
 
 /// A set of idle buffers; the process uses one (`take` / `give` below).
@@ -84,6 +95,22 @@ pub fn give(v: Vec<f32>) {
     POOL.give(v)
 }
 
+impl Held {
+    /// The floats held on the side (below or from `LARGE`) a buffer belongs to.
+    fn kept(&mut self, large: bool) -> &mut usize {
+        if large {
+            &mut self.large_floats
+        } else {
+            &mut self.floats
+        }
+    }
+
+    /// Accounts for a buffer of capacity `cap` leaving the pool.
+    fn remove(&mut self, cap: usize) {
+        *self.kept(cap >= LARGE) -= cap;
+    }
+}
+
 impl Pool {
     fn take(&self, len: usize) -> Vec<f32> {
         if len >= MIN_POOLED {
@@ -91,7 +118,7 @@ impl Pool {
             let found = self.0.lock().ok().and_then(|mut held| {
                 let held = held.as_mut()?;
                 let v = held.by_class.get_mut(&class)?.pop()?;
-                held.floats -= v.capacity();
+                held.remove(v.capacity());
                 Some(v)
             });
             if let Some(mut v) = found {
@@ -113,24 +140,27 @@ impl Pool {
 
     fn give(&self, v: Vec<f32>) {
         let cap = v.capacity();
-        let max_held = max_held();
+        let large = cap >= LARGE;
+        let max_held = if large { max_held_large() } else { MAX_HELD_SMALL };
         if !(MIN_POOLED..=max_held).contains(&cap) {
             return;
         }
         let Ok(mut guard) = self.0.lock() else { return };
         let held = guard.get_or_insert_with(Held::default);
-        held.floats += cap;
+        *held.kept(large) += cap;
         held.by_class.entry(class_below(cap)).or_default().push(v);
-        while held.floats > max_held {
-            let smallest = held.by_class.iter().filter(|(_, b)| !b.is_empty()).map(|(&c, _)| c).min();
+        // Over its cap, a side frees its smallest buffers first.
+        while *held.kept(large) > max_held {
+            let smallest =
+                held.by_class.iter().filter(|(&c, b)| !b.is_empty() && (c >= LARGE) == large).map(|(&c, _)| c).min();
             let Some(b) = smallest.and_then(|c| held.by_class.get_mut(&c)).and_then(|b| b.pop()) else { break };
-            held.floats -= b.capacity();
+            held.remove(b.capacity());
         }
     }
 
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.0.lock().map(|p| p.as_ref().map_or(0, |h| h.floats)).unwrap_or(0)
+        self.0.lock().map(|p| p.as_ref().map_or(0, |h| h.floats + h.large_floats)).unwrap_or(0)
     }
 }
 
@@ -194,13 +224,19 @@ mod tests {
         let p = pool();
         p.give(vec![0.0; MIN_POOLED - 1]);
         assert_eq!(p.held(), 0);
-        let cap = max_held();
+        // Reserved, never touched: no memory is used. Buffers below `LARGE` under their cap:
+        for _ in 0..6 * (MAX_HELD_SMALL / LARGE) {
+            p.give(Vec::with_capacity(LARGE / 2));
+        }
+        let small = p.held();
+        assert!(small <= MAX_HELD_SMALL && small >= MAX_HELD_SMALL / 2, "{small}");
+        // and large ones under theirs, which leaves the small ones alone.
+        let cap = max_held_large();
         assert!((HELD_FLOOR..=HELD_CEILING).contains(&cap), "cap {cap}");
-        // Reserved, never touched: no memory is used.
         for _ in 0..6 {
             p.give(Vec::with_capacity(cap / 4));
         }
-        assert!(p.held() <= cap);
-        assert!(p.held() >= cap / 2);
+        let large = p.held() - small;
+        assert!(large <= cap && large >= cap / 2, "{large} of {cap}");
     }
 }
