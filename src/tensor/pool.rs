@@ -229,7 +229,7 @@ mod tests {
             p.give(Vec::with_capacity(LARGE / 2));
         }
         let small = p.held();
-        assert!(small <= MAX_HELD_SMALL && small >= MAX_HELD_SMALL / 2, "{small}");
+        assert!((MAX_HELD_SMALL / 2..=MAX_HELD_SMALL).contains(&small), "{small}");
         // and large ones under theirs, which leaves the small ones alone.
         let cap = max_held_large();
         assert!((HELD_FLOOR..=HELD_CEILING).contains(&cap), "cap {cap}");
@@ -237,6 +237,6 @@ mod tests {
             p.give(Vec::with_capacity(cap / 4));
         }
         let large = p.held() - small;
-        assert!(large <= cap && large >= cap / 2, "{large} of {cap}");
+        assert!((cap / 2..=cap).contains(&large), "{large} of {cap}");
     }
 }
