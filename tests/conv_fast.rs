@@ -237,8 +237,9 @@ fn batch1_gemm_convs_are_bit_reproducible_across_thread_counts() {
 /// counts off the 16-row grid, and bit for bit on 1, 2 and 3 threads.
 #[test]
 fn im2col_backward_weight_sums_chunks_exactly_on_any_thread_count() {
-    // (n, c_in, h, w, c_out): 4 chunks of 3 images; 1 chunk; 33 = 2 blocks of 16 and 1.
-    for &(n, c, h, w, k) in &[(12, 5, 6, 6, 37), (2, 3, 5, 7, 16), (8, 4, 9, 9, 33)] {
+    // (n, c_in, h, w, c_out): 4 chunks of 3 images; 1 chunk (the GEMM writes dW itself, no
+    // partial); 33 = 2 blocks of 16 and 1; batch 1 with outputs off any grid.
+    for &(n, c, h, w, k) in &[(12, 5, 6, 6, 37), (2, 3, 5, 7, 16), (8, 4, 9, 9, 33), (1, 6, 10, 9, 41)] {
         let s = shape(n, c, h, w, k);
         let (x, dy) = (pseudo(n * c * h * w, 31), pseudo(n * k * h * w, 32));
         let run = |threads: usize| {
