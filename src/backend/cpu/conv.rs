@@ -570,23 +570,7 @@ fn backward_weight_with(dy: &[f32], x: &[f32], s: &ConvShape, in_place: bool) ->
         // the column-major form of its dW^T, with no partial to sum and transpose after. At
         // batch 1 that pass was 12% of a ResNet-50 training step (1 thread).
         let (mut col, mut dyc) = (Vec::new(), Vec::new());
-        let (col, cols, dy_cols) = wgrad_operands(dy, x, s, in_place, threads, &mut col, &mut dyc);
-        // Every element is written by the GEMM (it overwrites: `accumulate` is false).
-        let mut dw = crate::tensor::pool::take(k * crs);
-        sgemm_layout(
-            crs,
-            k,
-            cols,
-            col,
-            Layout::row_major(cols),
-            dy_cols,
-            Layout::col_major(cols),
-            &mut dw,
-            Layout::col_major(crs),
-            false,
-            threads,
-        );
-        return dw;
+        return chunk_weight_gradient(dy, x, s, in_place, threads, (&mut col, &mut dyc), Layout::col_major(crs));
     }
     let partials: Vec<Vec<f32>> = dy
         .par_chunks(g * k * pq)
@@ -594,43 +578,28 @@ fn backward_weight_with(dy: &[f32], x: &[f32], s: &ConvShape, in_place: bool) ->
         .map_init(
             || (Vec::new(), Vec::new()),
             |(col, dyc), (dych, xch)| {
-                let (col, cols, dy_cols) = wgrad_operands(dych, xch, s, in_place, threads, col, dyc);
-                // dW^T[CRS, K] = col[CRS, cols] * dY^T[cols, K]: this orientation runs ~2x faster
-                // in the `gemm` crate than dW = dY * col^T on these long, thin reductions.
-                // Every element is written by the GEMM (it overwrites: `accumulate` is false).
-                let mut part = crate::tensor::pool::take(crs * k);
-                sgemm_layout(
-                    crs,
-                    k,
-                    cols,
-                    col,
-                    Layout::row_major(cols),
-                    dy_cols,
-                    Layout::col_major(cols),
-                    &mut part,
-                    Layout::row_major(k),
-                    false,
-                    threads,
-                );
-                part
+                chunk_weight_gradient(dych, xch, s, in_place, threads, (col, dyc), Layout::row_major(k))
             },
         )
         .collect();
     sum_transposed(partials, k, crs)
 }
 
-/// One chunk's operands of the weight gradient: its im2col matrix `[CRS, cols]` (the input
-/// itself for one image of a 1x1 convolution, `in_place`) and its output gradient `[K, cols]`.
-fn wgrad_operands<'a>(
-    dych: &'a [f32],
-    xch: &'a [f32],
+/// One chunk's weight gradient `dW^T[CRS, K] = col[CRS, cols] * dY^T[cols, K]`, stored with
+/// layout `out` (row-major: the partial `sum_transposed` reads; column-major: dW itself). `col`
+/// is the chunk's im2col matrix (the input itself for one image of a 1x1 convolution,
+/// `in_place`), built in the first scratch; the output gradient is gathered into the second when
+/// the chunk holds several images.
+fn chunk_weight_gradient(
+    dych: &[f32],
+    xch: &[f32],
     s: &ConvShape,
     in_place: bool,
     threads: usize,
-    col: &'a mut Vec<f32>,
-    dyc: &'a mut Vec<f32>,
-) -> (&'a [f32], usize, &'a [f32]) {
-    let (k, pq, chw) = (s.c_out, s.out_h * s.out_w, s.c_in * s.h * s.w);
+    (col, dyc): (&mut Vec<f32>, &mut Vec<f32>),
+    out: Layout,
+) -> Vec<f32> {
+    let (k, pq, chw, crs) = (s.c_out, s.out_h * s.out_w, s.c_in * s.h * s.w, s.c_in * s.kh * s.kw);
     let (col, cols): (&[f32], usize) = if in_place && xch.len() == chw {
         (xch, pq)
     } else {
@@ -643,7 +612,24 @@ fn wgrad_operands<'a>(
         gather_chunk(dych, k, pq, dyc);
         dyc
     };
-    (col, cols, dy_cols)
+    // This orientation (dW^T = col * dY^T) runs ~2x faster in the `gemm` crate than dW = dY *
+    // col^T on these long, thin reductions, whichever way the result is stored.
+    // Every element is written by the GEMM (it overwrites: `accumulate` is false).
+    let mut dw = crate::tensor::pool::take(crs * k);
+    sgemm_layout(
+        crs,
+        k,
+        cols,
+        col,
+        Layout::row_major(cols),
+        dy_cols,
+        Layout::col_major(cols),
+        &mut dw,
+        out,
+        false,
+        threads,
+    );
+    dw
 }
 
 /// `dw[K, CRS]` from the chunks' partial `dW^T[CRS, K]`s: each element is `0 + p0 + p1 + ...` in
