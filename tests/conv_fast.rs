@@ -660,6 +660,14 @@ fn depthwise_fast_matches_exact_grouped() {
         (1, 2, 1, 2, 2),
         (2, 4, 2, 17, 2),
         (1, 3, 16, 16, 1),
+        // One-pixel columns, and rows around one and two vectors (the masked kernel's edges).
+        (1, 2, 5, 1, 1),
+        (2, 2, 5, 1, 2),
+        (1, 2, 3, 31, 2),
+        (1, 2, 4, 32, 2),
+        (1, 3, 6, 33, 2),
+        (1, 2, 3, 15, 1),
+        (1, 2, 2, 17, 1),
         // Rows shorter than a vector: each row's vector spills into the rows below (plane
         // kernel), or the channel-interleaved kernel takes the map (28 pixels wide and under).
         (2, 6, 7, 7, 1),
@@ -699,8 +707,9 @@ fn depthwise_fast_matches_exact_grouped() {
         };
         let fast = run(2);
         let tag = format!("{s:?}");
-        if s.out_w <= depthwise::INTERLEAVED_MAX_OW {
-            // Small maps take the interleaved kernel: the plane kernel's bits.
+        // Small maps take the interleaved kernel, and AVX-512 machines the masked one at every
+        // size: the plane kernel's bits.
+        {
             assert!(depthwise::forward_planes(&x, &wt, &s, None) == fast.0, "{tag}: interleaved differs");
             assert!(depthwise::forward_planes(&x, &wt, &s, Some(&epi)) == fast.1, "{tag}: interleaved epilogue");
             for (e, got) in no_residual.iter().zip(&fast.4) {

@@ -1,0 +1,245 @@
+//! The AVX-512 forward: each input plane is read where it lies, masked loads standing in for
+//! the zero border, so there is no padded copy (the plane kernel's `prepare`) and no
+//! interleaving (the small-map kernel's transposes), which were most of the depthwise layers'
+//! time on AVX-512 machines, where the arithmetic is cheap.
+//!
+//! Stride 1 treats a plane as one flat row: output pixel `f` reads input `f + (r - 1) w + t - 1`
+//! for tap `(r, t)`, so 16 consecutive outputs are 16 consecutive inputs per tap whatever the
+//! row length (a 7x7 map is 4 vectors, not 7 mostly empty ones), and a tap's lanes that fall
+//! outside the map (another row's pixel, or outside the plane) are masked to zero. The masks
+//! depend only on the map's size and are made once per size (`flat_masks`).
+//!
+//! Stride 2 goes row by row: two loads of 16 input columns deinterleaved by `vpermt2ps` give
+//! taps (r, 0) and (r, 1) of 16 outputs, two more shifted by two columns give (r, 2).
+//!
+//! Every output is the other kernels' sum in their order: the products of taps (0,0) to (2,2),
+//! each `x * w` rounded, added left to right, with the border's zeros in the same places, then
+//! the same epilogue. So the bits are those of the plane kernel in every build.
+
+use super::{RegEpilogue, V};
+use crate::backend::cpu::conv::Epilogue;
+use crate::backend::cpu::lanes::Wide;
+use crate::backend::cpu::team;
+use crate::backend::ConvShape;
+use crate::tensor::pool;
+use std::arch::x86_64::*;
+use std::sync::{Arc, Mutex};
+
+/// Per vector of 16 flat outputs of a stride-1 plane: the lanes each tap reads (bit `l` for
+/// output `16 v + l`), then the lanes inside the plane (the store's).
+type FlatMasks = [u16; 10];
+
+/// How many map sizes `flat_masks` keeps (a net has a handful).
+const MASK_SIZES: usize = 16;
+
+/// The stride-1 masks of an `h x w` map, made once per size.
+fn flat_masks(h: usize, w: usize) -> Arc<[FlatMasks]> {
+    type Cache = Mutex<Vec<((usize, usize), Arc<[FlatMasks]>)>>;
+    static CACHE: Cache = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, m)) = cache.iter().find(|(k, _)| *k == (h, w)) {
+        return m.clone();
+    }
+    let hw = h * w;
+    let masks: Arc<[FlatMasks]> = (0..hw.div_ceil(V))
+        .map(|v| {
+            let mut m = [0u16; 10];
+            for l in 0..V {
+                let f = v * V + l;
+                if f >= hw {
+                    break;
+                }
+                let (i, j) = (f / w, f % w);
+                for (tap, bits) in m[..9].iter_mut().enumerate() {
+                    let (r, t) = (tap / 3, tap % 3);
+                    let inside =
+                        (r != 0 || i > 0) && (r != 2 || i + 1 < h) && (t != 0 || j > 0) && (t != 2 || j + 1 < w);
+                    *bits |= (inside as u16) << l;
+                }
+                m[9] |= 1 << l;
+            }
+            m
+        })
+        .collect();
+    if cache.len() == MASK_SIZES {
+        cache.remove(0);
+    }
+    cache.push(((h, w), masks.clone()));
+    masks
+}
+
+/// Stride-2 outputs at most this wide take two rows per vector (its input columns, -1 to
+/// 2 ow - 1, fit one vector); one row per vector left 9 of 16 lanes idle at 7 pixels and was
+/// slower than the interleaved kernel there.
+const PAIRED_MAX_OW: usize = 7;
+
+/// Per block of 16 output columns of a stride-2 row: the lanes of the four loads (input
+/// columns from `2 q0 - 1`, `+ 16`, `+ 2`, `+ 18`) inside the row, then the output lanes.
+fn row_masks(w: usize, ow: usize) -> Vec<[u16; 5]> {
+    let inside = |c0: isize| -> u16 {
+        (0..V).filter(|&l| (0..w as isize).contains(&(c0 + l as isize))).fold(0, |m, l| m | 1 << l)
+    };
+    (0..ow.div_ceil(V))
+        .map(|b| {
+            let c0 = 2 * (b * V) as isize - 1;
+            let out = (0..V).filter(|&l| b * V + l < ow).fold(0u16, |m, l| m | 1 << l);
+            [inside(c0), inside(c0 + 16), inside(c0 + 2), inside(c0 + 18), out]
+        })
+        .collect()
+}
+
+/// The forward (shapes checked by the caller), on an AVX-512 CPU.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+pub(super) unsafe fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    let (c, hw, pq) = (s.c_in, s.h * s.w, s.out_h * s.out_w);
+    let mut y = pool::take(s.n * c * pq);
+    let flat = if s.stride == 1 { Some(flat_masks(s.h, s.w)) } else { None };
+    let rows = if s.stride == 2 && s.out_w > PAIRED_MAX_OW { row_masks(s.w, s.out_w) } else { Vec::new() };
+    // Planes per task: a task claims its index from a shared counter, so 7x7 planes (49
+    // outputs) one at a time spent as long claiming as computing.
+    let per_task = (4096 / pq).clamp(1, (s.n * c).div_ceil(8).max(1));
+    team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut y, per_task * pq, |task, outs| {
+        for (k, out) in outs.chunks_exact_mut(pq).enumerate() {
+            let i = task * per_task + k;
+            let ch = i % c;
+            let wk: &[f32; 9] = w[ch * 9..ch * 9 + 9].try_into().unwrap();
+            let plane = Plane { x: &x[i * hw..(i + 1) * hw], w: wk, s, flat: flat.as_deref(), rows: &rows };
+            // SAFETY: the caller's contract.
+            unsafe { plane.run(out, epi.map(|e| (e, i * pq, ch))) };
+        }
+    });
+    y
+}
+
+/// One (image, channel) plane's work.
+struct Plane<'a> {
+    x: &'a [f32],
+    w: &'a [f32; 9],
+    s: &'a ConvShape,
+    flat: Option<&'a [FlatMasks]>,
+    rows: &'a [[u16; 5]],
+}
+
+impl Plane<'_> {
+    /// The output plane, with `epi` (at flat output index `at0`, channel `ch`): in registers
+    /// without a residual, as the plane kernel does, else a pass over the stored plane.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run(&self, out: &mut [f32], epi: Option<(&Epilogue, usize, usize)>) {
+        let wv: [__m512; 9] = std::array::from_fn(|i| _mm512_set1_ps(self.w[i]));
+        match epi {
+            Some((e, _, ch)) if e.residual.is_none() => {
+                let r = RegEpilogue {
+                    scale: Wide(_mm512_set1_ps(e.scale[ch])),
+                    shift: Wide(_mm512_set1_ps(e.shift[ch])),
+                    relu: e.relu,
+                    relu6: e.relu6,
+                };
+                // The activation chosen once per plane, as in the plane kernel.
+                match (e.relu, e.relu6) {
+                    (true, _) => self.outputs(&wv, out, |a| r.finish::<true, false>(Wide(a)).0),
+                    (false, true) => self.outputs(&wv, out, |a| r.finish::<false, true>(Wide(a)).0),
+                    (false, false) => self.outputs(&wv, out, |a| r.finish::<false, false>(Wide(a)).0),
+                }
+            }
+            _ => self.outputs(&wv, out, |a| a),
+        }
+        if let Some((e, at0, _)) = epi.filter(|(e, _, _)| e.residual.is_some()) {
+            e.apply_slice(out, at0, out.len(), self.s.c_in);
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn outputs(&self, wv: &[__m512; 9], out: &mut [f32], finish: impl Fn(__m512) -> __m512) {
+        let s = self.s;
+        assert!(self.x.len() == s.h * s.w && out.len() == s.out_h * s.out_w, "depthwise: plane sizes");
+        let sum = |t: [__m512; 9]| {
+            let mut acc = _mm512_mul_ps(t[0], wv[0]);
+            for i in 1..9 {
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(t[i], wv[i]));
+            }
+            finish(acc)
+        };
+        let base = self.x.as_ptr();
+        match self.flat {
+            Some(masks) => {
+                assert!(s.stride == 1 && masks.len() == out.len().div_ceil(V), "depthwise: stride-1 masks");
+                let w = s.w as isize;
+                let offs: [isize; 9] = std::array::from_fn(|tap| (tap / 3) as isize * w - w + (tap % 3) as isize - 1);
+                for (v, m) in masks.iter().enumerate() {
+                    let f0 = (v * V) as isize;
+                    // A lane's bit is set only where its input pixel is inside the plane (built by
+                    // `flat_masks`), so a pointer outside it is never read through.
+                    let t =
+                        std::array::from_fn(|tap| _mm512_maskz_loadu_ps(m[tap], base.wrapping_offset(f0 + offs[tap])));
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(v * V), m[9], sum(t));
+                }
+            }
+            None if s.out_w <= PAIRED_MAX_OW => {
+                // Input columns -1 ..= 2 ow - 1 of a row fit one vector: rows 2p - 1 to 2p + 3 are
+                // five loads, and output rows p and p + 1 one vector (lanes 0.. and 8..).
+                assert!(s.stride == 2 && s.w < V, "depthwise: paired rows");
+                let (ow, inside) = (s.out_w, ((1u32 << (s.w + 1)) - 2) as u16);
+                let index = |f: &dyn Fn(usize) -> usize| {
+                    let lanes: [i32; V] = std::array::from_fn(|l| f(l).min(31) as i32);
+                    _mm512_loadu_si512(lanes.as_ptr().cast())
+                };
+                // Tap t of output lane l: column 2q + t - 1 of the upper row pair's vector (lane
+                // 2q + t) for q = l < 8, of the lower one's (lane 16 + 2q + t) for q = l - 8.
+                let taps: [__m512i; 3] =
+                    std::array::from_fn(|t| index(&|l| if l < 8 { 2 * l + t } else { 16 + 2 * (l - 8) + t }));
+                let pack = index(&|j| if j < ow { j } else { 8 + j - ow });
+                for p in (0..s.out_h).step_by(2) {
+                    let rows: [__m512; 5] = std::array::from_fn(|k| {
+                        let i = (2 * p + k).wrapping_sub(1);
+                        if i < s.h {
+                            // Lane 0 is column -1 (masked off), lanes 1 ..= w the row.
+                            _mm512_maskz_loadu_ps(inside, base.wrapping_add(i * s.w).wrapping_sub(1))
+                        } else {
+                            _mm512_setzero_ps()
+                        }
+                    });
+                    let t = std::array::from_fn(|tap| {
+                        _mm512_permutex2var_ps(rows[tap / 3], taps[tap % 3], rows[tap / 3 + 2])
+                    });
+                    let n = if p + 1 < s.out_h { 2 * ow } else { ow };
+                    let packed = _mm512_permutexvar_ps(pack, sum(t));
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(p * ow), ((1u32 << n) - 1) as u16, packed);
+                }
+            }
+            None => {
+                assert!(s.stride == 2 && self.rows.len() == s.out_w.div_ceil(V), "depthwise: stride-2 masks");
+                let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+                for p in 0..s.out_h {
+                    // Input rows 2p - 1, 2p, 2p + 1; one outside the map reads nothing (zeros).
+                    let row: [(*const f32, u16); 3] = std::array::from_fn(|r| {
+                        let i = (2 * p + r).wrapping_sub(1);
+                        if i < s.h {
+                            (base.wrapping_add(i * s.w), u16::MAX)
+                        } else {
+                            (base, 0)
+                        }
+                    });
+                    for (b, m) in self.rows.iter().enumerate() {
+                        let c0 = 2 * (b * V) as isize - 1;
+                        let mut t = [_mm512_setzero_ps(); 9];
+                        for (r, &(at, keep)) in row.iter().enumerate() {
+                            // Lanes outside the row (or the map) are masked off: never read.
+                            let ld =
+                                |k: usize, off: isize| _mm512_maskz_loadu_ps(m[k] & keep, at.wrapping_offset(c0 + off));
+                            let (lo, hi) = (ld(0, 0), ld(1, 16));
+                            let (lo2, hi2) = (ld(2, 2), ld(3, 18));
+                            t[3 * r] = _mm512_permutex2var_ps(lo, even, hi);
+                            t[3 * r + 1] = _mm512_permutex2var_ps(lo, odd, hi);
+                            t[3 * r + 2] = _mm512_permutex2var_ps(lo2, even, hi2);
+                        }
+                        _mm512_mask_storeu_ps(out.as_mut_ptr().add(p * s.out_w + b * V), m[4], sum(t));
+                    }
+                }
+            }
+        }
+    }
+}
