@@ -170,6 +170,8 @@ impl Plane<'_> {
                 let offs: [isize; 9] = std::array::from_fn(|tap| (tap / 3) as isize * w - w + (tap % 3) as isize - 1);
                 for (v, m) in masks.iter().enumerate() {
                     let f0 = (v * V) as isize;
+                    // The lowest tap row, 8 cache lines ahead (a hint: never faults).
+                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_offset(f0 + w + 8 * V as isize).cast());
                     // A lane's bit is set only where its input pixel is inside the plane (built by
                     // `flat_masks`), so a pointer outside it is never read through.
                     let t =
@@ -215,14 +217,23 @@ impl Plane<'_> {
                 let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
                 for p in 0..s.out_h {
                     // Input rows 2p - 1, 2p, 2p + 1; one outside the map reads nothing (zeros).
-                    let row: [(*const f32, u16); 3] = std::array::from_fn(|r| {
+                    let at = |r: usize| {
                         let i = (2 * p + r).wrapping_sub(1);
                         if i < s.h {
                             (base.wrapping_add(i * s.w), u16::MAX)
                         } else {
                             (base, 0)
                         }
-                    });
+                    };
+                    let row = [at(0), at(1), at(2)];
+                    // The next output row's two new input rows, while this row's are computed.
+                    for r in 3..5 {
+                        if let (next, u16::MAX) = at(r) {
+                            for line in (0..s.w).step_by(V) {
+                                _mm_prefetch::<_MM_HINT_T0>(next.add(line).cast());
+                            }
+                        }
+                    }
                     for (b, m) in self.rows.iter().enumerate() {
                         let c0 = 2 * (b * V) as isize - 1;
                         let mut t = [_mm512_setzero_ps(); 9];
