@@ -1,7 +1,8 @@
-//! The AVX-512 forward: each input plane is read where it lies, masked loads standing in for
-//! the zero border, so there is no padded copy (the plane kernel's `prepare`) and no
-//! interleaving (the small-map kernel's transposes), which were most of the depthwise layers'
-//! time on AVX-512 machines, where the arithmetic is cheap.
+//! The forward that reads each input plane where it lies, masked loads standing in for the
+//! zero border, so there is no padded copy (the plane kernel's `prepare`) and no interleaving
+//! (the small-map kernel's transposes), which were most of the depthwise layers' time on
+//! AVX-512 machines, where the arithmetic is cheap. AVX-512 runs every shape; AVX2 stride 1
+//! (`vmaskmovps` on the vectors that touch the border, plain loads elsewhere).
 //!
 //! Stride 1 treats a plane as one flat row: output pixel `f` reads input `f + (r - 1) w + t - 1`
 //! for tap `(r, t)`, so 16 consecutive outputs are 16 consecutive inputs per tap whatever the
@@ -18,7 +19,9 @@
 
 use super::{RegEpilogue, V};
 use crate::backend::cpu::conv::Epilogue;
+use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::lanes::Wide;
+use crate::backend::cpu::simd::Reg;
 use crate::backend::cpu::team;
 use crate::backend::ConvShape;
 use crate::tensor::pool;
@@ -88,11 +91,23 @@ fn row_masks(w: usize, ow: usize) -> Vec<[u16; 5]> {
         .collect()
 }
 
-/// The forward (shapes checked by the caller), on an AVX-512 CPU.
+/// Whether `forward` runs `s` under `isa`: every supported shape on AVX-512, stride 1 on AVX2
+/// (its stride-2 deinterleaving would need two permutes and a blend per tap; the plane
+/// kernel's phase-split copy stays).
+pub(super) fn takes(isa: Isa, s: &ConvShape) -> bool {
+    match isa {
+        Isa::Avx512 => true,
+        Isa::Avx2 => s.stride == 1,
+        Isa::Portable => false,
+    }
+}
+
+/// The forward (shapes checked by the caller, `takes(isa, s)`).
 ///
 /// # Safety
-/// The CPU must have AVX-512F.
-pub(super) unsafe fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+/// The CPU must have `isa`'s instruction sets.
+pub(super) unsafe fn forward(isa: Isa, x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    assert!(takes(isa, s), "depthwise: no in-place build for {s:?} under {isa:?}");
     let (c, hw, pq) = (s.c_in, s.h * s.w, s.out_h * s.out_w);
     let mut y = pool::take(s.n * c * pq);
     let flat = if s.stride == 1 { Some(flat_masks(s.h, s.w)) } else { None };
@@ -106,12 +121,81 @@ pub(super) unsafe fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&E
             let ch = i % c;
             let wk: &[f32; 9] = w[ch * 9..ch * 9 + 9].try_into().unwrap();
             let plane = Plane { x: &x[i * hw..(i + 1) * hw], w: wk, s, flat: flat.as_deref(), rows: &rows };
-            // SAFETY: the caller's contract.
-            unsafe { plane.run(out, epi.map(|e| (e, i * pq, ch))) };
+            let epi = epi.map(|e| (e, i * pq, ch));
+            // SAFETY: the caller's contract; `takes` held.
+            unsafe {
+                match isa {
+                    Isa::Avx512 => run512(&plane, out, epi),
+                    _ => run256(&plane, out, epi),
+                }
+            }
         }
     });
     y
 }
+
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn run512(plane: &Plane, out: &mut [f32], epi: Option<(&Epilogue, usize, usize)>) {
+    plane.run::<__m512>(out, epi)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run256(plane: &Plane, out: &mut [f32], epi: Option<(&Epilogue, usize, usize)>) {
+    plane.run::<__m256>(out, epi)
+}
+
+/// A register type with an in-place kernel: every output vector of a plane, `finish` applied
+/// before the store.
+trait InPlace: Reg {
+    /// # Safety
+    /// The CPU must have the register's features.
+    unsafe fn outputs(plane: &Plane, wv: &[Self; 9], out: &mut [f32], finish: impl Fn(Self) -> Self);
+}
+
+impl InPlace for __m512 {
+    #[inline(always)]
+    unsafe fn outputs(plane: &Plane, wv: &[Self; 9], out: &mut [f32], finish: impl Fn(Self) -> Self) {
+        plane.outputs512(wv, out, finish)
+    }
+}
+
+impl InPlace for __m256 {
+    #[inline(always)]
+    unsafe fn outputs(plane: &Plane, wv: &[Self; 9], out: &mut [f32], finish: impl Fn(Self) -> Self) {
+        plane.outputs256(wv, out, finish)
+    }
+}
+
+/// The nine products `t[i] * w[i]` summed left to right (the other kernels' order), then `finish`.
+#[inline(always)]
+unsafe fn sum9<R: Reg>(t: [R; 9], w: &[R; 9], finish: &impl Fn(R) -> R) -> R {
+    let mut acc = t[0].mul(w[0]);
+    for i in 1..9 {
+        acc = acc.add(t[i].mul(w[i]));
+    }
+    finish(acc)
+}
+
+/// `f(0), ..., f(8)`, written out (`array::from_fn` was left as a call per element).
+#[inline(always)]
+fn nine<T>(f: impl Fn(usize) -> T) -> [T; 9] {
+    [f(0), f(1), f(2), f(3), f(4), f(5), f(6), f(7), f(8)]
+}
+
+/// AVX2's `vmaskmovps` mask for each 8-bit lane pattern (lane `l` on where bit `l` is).
+static LANE_MASKS: [[i32; 8]; 256] = {
+    let mut t = [[0i32; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut l = 0;
+        while l < 8 {
+            t[b][l] = if b & (1 << l) != 0 { -1 } else { 0 };
+            l += 1;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// One (image, channel) plane's work.
 struct Plane<'a> {
@@ -125,57 +209,95 @@ struct Plane<'a> {
 impl Plane<'_> {
     /// The output plane, with `epi` (at flat output index `at0`, channel `ch`): in registers
     /// without a residual, as the plane kernel does, else a pass over the stored plane.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run(&self, out: &mut [f32], epi: Option<(&Epilogue, usize, usize)>) {
-        let wv: [__m512; 9] = std::array::from_fn(|i| _mm512_set1_ps(self.w[i]));
+    #[inline(always)]
+    unsafe fn run<R: InPlace>(&self, out: &mut [f32], epi: Option<(&Epilogue, usize, usize)>) {
+        let wv: [R; 9] = nine(|i| R::splat(self.w[i]));
         match epi {
             Some((e, _, ch)) if e.residual.is_none() => {
                 let r = RegEpilogue {
-                    scale: Wide(_mm512_set1_ps(e.scale[ch])),
-                    shift: Wide(_mm512_set1_ps(e.shift[ch])),
+                    scale: Wide(R::splat(e.scale[ch])),
+                    shift: Wide(R::splat(e.shift[ch])),
                     relu: e.relu,
                     relu6: e.relu6,
                 };
                 // The activation chosen once per plane, as in the plane kernel.
                 match (e.relu, e.relu6) {
-                    (true, _) => self.outputs(&wv, out, |a| r.finish::<true, false>(Wide(a)).0),
-                    (false, true) => self.outputs(&wv, out, |a| r.finish::<false, true>(Wide(a)).0),
-                    (false, false) => self.outputs(&wv, out, |a| r.finish::<false, false>(Wide(a)).0),
+                    (true, _) => R::outputs(self, &wv, out, |a| r.finish::<true, false>(Wide(a)).0),
+                    (false, true) => R::outputs(self, &wv, out, |a| r.finish::<false, true>(Wide(a)).0),
+                    (false, false) => R::outputs(self, &wv, out, |a| r.finish::<false, false>(Wide(a)).0),
                 }
             }
-            _ => self.outputs(&wv, out, |a| a),
+            _ => R::outputs(self, &wv, out, |a| a),
         }
         if let Some((e, at0, _)) = epi.filter(|(e, _, _)| e.residual.is_some()) {
             e.apply_slice(out, at0, out.len(), self.s.c_in);
         }
     }
 
-    #[target_feature(enable = "avx512f")]
+    /// The AVX2 build, stride 1 only: each 16-lane mask as two 8-lane halves, `vmaskmovps`
+    /// where a tap's half is not whole (a masked-off lane is never read), plain loads where
+    /// every tap's is.
+    #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn outputs(&self, wv: &[__m512; 9], out: &mut [f32], finish: impl Fn(__m512) -> __m512) {
+    unsafe fn outputs256(&self, wv: &[__m256; 9], out: &mut [f32], finish: impl Fn(__m256) -> __m256) {
+        let s = self.s;
+        let masks = self.flat.expect("depthwise: the AVX2 build is stride 1 only");
+        assert!(self.x.len() == s.h * s.w && out.len() == s.out_h * s.out_w, "depthwise: plane sizes");
+        assert!(s.stride == 1 && masks.len() == out.len().div_ceil(V), "depthwise: stride-1 masks");
+        let (base, w) = (self.x.as_ptr(), s.w as isize);
+        let offs: [isize; 9] = nine(|tap| (tap / 3) as isize * w - w + (tap % 3) as isize - 1);
+        for (v, m) in masks.iter().enumerate() {
+            for half in 0..2 {
+                let f0 = v * V + 8 * half;
+                if f0 >= out.len() {
+                    break;
+                }
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_offset(f0 as isize + w + 8 * V as isize).cast());
+                let bits = |k: usize| (m[k] >> (8 * half)) as u8;
+                let at = |tap: usize| base.wrapping_offset(f0 as isize + offs[tap]);
+                let whole = nine(bits).iter().all(|&b| b == u8::MAX);
+                let t = if whole {
+                    // Every lane's taps are inside the plane.
+                    nine(|tap| _mm256_loadu_ps(at(tap)))
+                } else {
+                    nine(|tap| {
+                        _mm256_maskload_ps(at(tap), _mm256_loadu_si256(LANE_MASKS[bits(tap) as usize].as_ptr().cast()))
+                    })
+                };
+                let y = sum9(t, wv, &finish);
+                if bits(9) == u8::MAX {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(f0), y);
+                } else {
+                    _mm256_maskstore_ps(
+                        out.as_mut_ptr().add(f0),
+                        _mm256_loadu_si256(LANE_MASKS[bits(9) as usize].as_ptr().cast()),
+                        y,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 build: masked loads and stores, `vpermt2ps` for stride 2.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn outputs512(&self, wv: &[__m512; 9], out: &mut [f32], finish: impl Fn(__m512) -> __m512) {
         let s = self.s;
         assert!(self.x.len() == s.h * s.w && out.len() == s.out_h * s.out_w, "depthwise: plane sizes");
-        let sum = |t: [__m512; 9]| {
-            let mut acc = _mm512_mul_ps(t[0], wv[0]);
-            for i in 1..9 {
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(t[i], wv[i]));
-            }
-            finish(acc)
-        };
+        let sum = |t: [__m512; 9]| sum9(t, wv, &finish);
         let base = self.x.as_ptr();
         match self.flat {
             Some(masks) => {
                 assert!(s.stride == 1 && masks.len() == out.len().div_ceil(V), "depthwise: stride-1 masks");
                 let w = s.w as isize;
-                let offs: [isize; 9] = std::array::from_fn(|tap| (tap / 3) as isize * w - w + (tap % 3) as isize - 1);
+                let offs: [isize; 9] = nine(|tap| (tap / 3) as isize * w - w + (tap % 3) as isize - 1);
                 for (v, m) in masks.iter().enumerate() {
                     let f0 = (v * V) as isize;
                     // The lowest tap row, 8 cache lines ahead (a hint: never faults).
                     _mm_prefetch::<_MM_HINT_T0>(base.wrapping_offset(f0 + w + 8 * V as isize).cast());
                     // A lane's bit is set only where its input pixel is inside the plane (built by
                     // `flat_masks`), so a pointer outside it is never read through.
-                    let t =
-                        std::array::from_fn(|tap| _mm512_maskz_loadu_ps(m[tap], base.wrapping_offset(f0 + offs[tap])));
+                    let t = nine(|tap| _mm512_maskz_loadu_ps(m[tap], base.wrapping_offset(f0 + offs[tap])));
                     _mm512_mask_storeu_ps(out.as_mut_ptr().add(v * V), m[9], sum(t));
                 }
             }
@@ -203,9 +325,7 @@ impl Plane<'_> {
                             _mm512_setzero_ps()
                         }
                     });
-                    let t = std::array::from_fn(|tap| {
-                        _mm512_permutex2var_ps(rows[tap / 3], taps[tap % 3], rows[tap / 3 + 2])
-                    });
+                    let t = nine(|tap| _mm512_permutex2var_ps(rows[tap / 3], taps[tap % 3], rows[tap / 3 + 2]));
                     let n = if p + 1 < s.out_h { 2 * ow } else { ow };
                     let packed = _mm512_permutexvar_ps(pack, sum(t));
                     _mm512_mask_storeu_ps(out.as_mut_ptr().add(p * ow), ((1u32 << n) - 1) as u16, packed);
