@@ -645,10 +645,17 @@ pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
     check_sizes(s, w);
     let (c, pq, hw) = (s.c_in, s.out_h * s.out_w, s.h * s.w);
     assert_eq!(dy.len(), s.n * c * pq, "depthwise conv: output gradient size");
-    let mut dx = pool::take(s.n * c * hw);
     // dx[i][j] = sum_{r,t} M[i + r - 1][j + t - 1] * w[2 - r][2 - t], M[s p][s q] = dy[p][q].
-    let g = Geom::new(s.h, 1, s.h, s.w);
     let isa = isa();
+    #[cfg(target_arch = "x86_64")]
+    if s.stride == 1 && in_place::takes(isa, s) {
+        // At stride 1 that is this shape's forward of dy with the rotated filters.
+        let rotated: Vec<f32> = (0..c * 9).map(|i| w[i / 9 * 9 + 8 - i % 9]).collect();
+        // SAFETY: `isa()` names only instruction sets the CPU has.
+        return unsafe { in_place::forward(isa, dy, &rotated, s, None) };
+    }
+    let mut dx = pool::take(s.n * c * hw);
+    let g = Geom::new(s.h, 1, s.h, s.w);
     team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut dx, hw, |i, out| {
         let ch = i % c;
         let wk: [f32; 9] = std::array::from_fn(|tap| w[ch * 9 + 8 - tap]);
