@@ -54,10 +54,21 @@ pub fn available(s: &ConvShape) -> bool {
 /// (49 pixels) is all tails: there AVX-512 keeps the `gemm` crate (`pw_b1_160to960x7`: 206
 /// against 136 us, 1 thread), and takes the kernel on maps of 14x14 and more (`pw_b32_64to384x14`
 /// 2.7 against 3.7 ms, `pw_b32_16to96x112` 22.5 against 46.7).
+///
+/// On AVX-512 it also takes projections to at most 96 channels from at most 576 on maps of
+/// 14x14 to 28x28 (MobileNetV2's from `features.4` to `features.13`): the `gemm` crate won the
+/// hot-cache benchmark there (`pw_b1_384to64x14` 50 against 75 us), but in the net, where the
+/// input comes from the depthwise layer before and a residual is added, the kernel's fused
+/// epilogue and unpacked input won (`bench infer --model mobilenet_v2 --layers`, batch 1, 2
+/// threads: `features.5.conv.2` 99 -> 76 us, `features.8.conv.2` 88 -> 68, `features.12.conv.2`
+/// 149 -> 138), while on ResNet-50's projections (64 to 256 outputs from 256 to 1024) it lost
+/// by 1.2-2x, as on AVX2 everywhere but the largest maps.
 pub fn preferred(s: &ConvShape) -> bool {
     let (p, k, c) = (s.out_h * s.out_w, s.c_out, s.c_in);
-    let map_fills_blocks = isa() != Isa::Avx512 || p >= 14 * 14;
-    available(s) && ((k >= c && c <= 160 && map_fills_blocks) || (p >= 56 * 56 && c <= 144))
+    let wide = isa() == Isa::Avx512;
+    let map_fills_blocks = !wide || p >= 14 * 14;
+    let small_projection = wide && k < c && k <= 96 && c <= 576 && (14 * 14..=28 * 28).contains(&p);
+    available(s) && ((k >= c && c <= 160 && map_fills_blocks) || (p >= 56 * 56 && c <= 144) || small_projection)
 }
 
 /// Forward of a 1x1 convolution (`available(s)` must hold), `epi` applied in registers.
