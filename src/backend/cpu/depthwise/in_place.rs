@@ -1,8 +1,8 @@
 //! The forward that reads each input plane where it lies, masked loads standing in for the
 //! zero border, so there is no padded copy (the plane kernel's `prepare`) and no interleaving
 //! (the small-map kernel's transposes), which were most of the depthwise layers' time on
-//! AVX-512 machines, where the arithmetic is cheap. AVX-512 runs every shape; AVX2 stride 1
-//! (`vmaskmovps` on the vectors that touch the border, plain loads elsewhere).
+//! AVX-512 machines, where the arithmetic is cheap. AVX2's build uses `vmaskmovps` on the
+//! vectors that touch the border and plain loads elsewhere, 8 outputs a vector.
 //!
 //! Stride 1 treats a plane as one flat row: output pixel `f` reads input `f + (r - 1) w + t - 1`
 //! for tap `(r, t)`, so 16 consecutive outputs are 16 consecutive inputs per tap whatever the
@@ -11,7 +11,8 @@
 //! depend only on the map's size and are made once per size (`flat_masks`).
 //!
 //! Stride 2 goes row by row: two loads of 16 input columns deinterleaved by `vpermt2ps` give
-//! taps (r, 0) and (r, 1) of 16 outputs, two more shifted by two columns give (r, 2).
+//! taps (r, 0) and (r, 1) of 16 outputs, two more shifted by two columns give (r, 2) (AVX2:
+//! two loads of 8 and `vshufps` + `vpermpd` per tap, 8 outputs).
 //!
 //! Every output is the other kernels' sum in their order: the products of taps (0,0) to (2,2),
 //! each `x * w` rounded, added left to right, with the border's zeros in the same places, then
@@ -91,27 +92,22 @@ fn row_masks(w: usize, ow: usize) -> Vec<[u16; 5]> {
         .collect()
 }
 
-/// Whether `forward` runs `s` under `isa`: every supported shape on AVX-512, stride 1 on AVX2
-/// (its stride-2 deinterleaving would need two permutes and a blend per tap; the plane
-/// kernel's phase-split copy stays).
-pub(super) fn takes(isa: Isa, s: &ConvShape) -> bool {
-    match isa {
-        Isa::Avx512 => true,
-        Isa::Avx2 => s.stride == 1,
-        Isa::Portable => false,
-    }
+/// Whether `forward` has a build for `isa` (AVX2 or AVX-512).
+pub(super) fn takes(isa: Isa) -> bool {
+    isa >= Isa::Avx2
 }
 
-/// The forward (shapes checked by the caller, `takes(isa, s)`).
+/// The forward (shapes checked by the caller, `takes(isa)`).
 ///
 /// # Safety
 /// The CPU must have `isa`'s instruction sets.
 pub(super) unsafe fn forward(isa: Isa, x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
-    assert!(takes(isa, s), "depthwise: no in-place build for {s:?} under {isa:?}");
+    assert!(takes(isa), "depthwise: no in-place build under {isa:?}");
     let (c, hw, pq) = (s.c_in, s.h * s.w, s.out_h * s.out_w);
     let mut y = pool::take(s.n * c * pq);
     let flat = if s.stride == 1 { Some(flat_masks(s.h, s.w)) } else { None };
-    let rows = if s.stride == 2 && s.out_w > PAIRED_MAX_OW { row_masks(s.w, s.out_w) } else { Vec::new() };
+    let paired = isa == Isa::Avx512 && s.out_w <= PAIRED_MAX_OW;
+    let rows = if s.stride == 2 && !paired { row_masks(s.w, s.out_w) } else { Vec::new() };
     // Planes per task: a task claims its index from a shared counter, so 7x7 planes (49
     // outputs) one at a time spent as long claiming as computing.
     let per_task = (4096 / pq).clamp(1, (s.n * c).div_ceil(8).max(1));
@@ -234,15 +230,17 @@ impl Plane<'_> {
         }
     }
 
-    /// The AVX2 build, stride 1 only: each 16-lane mask as two 8-lane halves, `vmaskmovps`
-    /// where a tap's half is not whole (a masked-off lane is never read), plain loads where
-    /// every tap's is.
+    /// The AVX2 build: each 16-lane mask as two 8-lane halves, `vmaskmovps` where a load's half
+    /// is not whole (a masked-off lane is never read), plain loads where every load's is; at
+    /// stride 2 each tap row's even and odd columns by `vshufps` + `vpermpd` from two loads.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn outputs256(&self, wv: &[__m256; 9], out: &mut [f32], finish: impl Fn(__m256) -> __m256) {
         let s = self.s;
-        let masks = self.flat.expect("depthwise: the AVX2 build is stride 1 only");
         assert!(self.x.len() == s.h * s.w && out.len() == s.out_h * s.out_w, "depthwise: plane sizes");
+        let Some(masks) = self.flat else {
+            return self.stride2_256(wv, out, finish);
+        };
         assert!(s.stride == 1 && masks.len() == out.len().div_ceil(V), "depthwise: stride-1 masks");
         let (base, w) = (self.x.as_ptr(), s.w as isize);
         let offs: [isize; 9] = nine(|tap| (tap / 3) as isize * w - w + (tap % 3) as isize - 1);
@@ -273,6 +271,76 @@ impl Plane<'_> {
                         _mm256_loadu_si256(LANE_MASKS[bits(9) as usize].as_ptr().cast()),
                         y,
                     );
+                }
+            }
+        }
+    }
+
+    /// `outputs256` at stride 2: 8 outputs a vector, taps (r, 0) and (r, 1) the even and odd
+    /// columns of the 16 from `2 q0 - 1`, tap (r, 2) the even ones of the 16 from `2 q0 + 1`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn stride2_256(&self, wv: &[__m256; 9], out: &mut [f32], finish: impl Fn(__m256) -> __m256) {
+        let s = self.s;
+        assert!(s.stride == 2 && self.rows.len() == s.out_w.div_ceil(V), "depthwise: stride-2 masks");
+        let lanes = |bits: u8| _mm256_loadu_si256(LANE_MASKS[bits as usize].as_ptr().cast());
+        // Lanes 0, 2, 4, 6 (imm 0x88) or 1, 3, 5, 7 (0xdd) of `a` then of `b`: `vshufps` picks
+        // them per 128-bit half, `vpermpd` puts the halves' pairs in order.
+        let even = |a: __m256, b: __m256| {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(_mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b))))
+        };
+        let odd = |a: __m256, b: __m256| {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(_mm256_castps_pd(_mm256_shuffle_ps::<0xdd>(a, b))))
+        };
+        let base = self.x.as_ptr();
+        for p in 0..s.out_h {
+            // Input rows 2p - 1, 2p, 2p + 1, or none outside the map (their taps stay zero).
+            let at = |r: usize| {
+                let i = (2 * p + r).wrapping_sub(1);
+                (i < s.h).then(|| base.wrapping_add(i * s.w))
+            };
+            let row = [at(0), at(1), at(2)];
+            // The next output row's two new input rows, while this row's are computed.
+            for next in [at(3), at(4)].into_iter().flatten() {
+                for line in (0..s.w).step_by(V) {
+                    _mm_prefetch::<_MM_HINT_T0>(next.add(line).cast());
+                }
+            }
+            for (b, m) in self.rows.iter().enumerate() {
+                for half in 0..2 {
+                    let q0 = b * V + 8 * half;
+                    if q0 >= s.out_w {
+                        break;
+                    }
+                    // This half's share of `row_masks`' four loads (columns from 2 q0 - 1, + 8,
+                    // + 2, + 10) and of its output lanes.
+                    let bits = [m[half] as u8, (m[half] >> 8) as u8, m[2 + half] as u8, (m[2 + half] >> 8) as u8];
+                    let whole = bits.iter().all(|&b| b == u8::MAX);
+                    let c0 = 2 * q0 as isize - 1;
+                    let mut t = [_mm256_setzero_ps(); 9];
+                    for (r, at) in row.iter().enumerate() {
+                        let Some(at) = *at else { continue };
+                        let ld = |k: usize, off: isize| {
+                            let from = at.wrapping_offset(c0 + off);
+                            if whole {
+                                _mm256_loadu_ps(from)
+                            } else {
+                                _mm256_maskload_ps(from, lanes(bits[k]))
+                            }
+                        };
+                        let (lo, hi, lo2, hi2) = (ld(0, 0), ld(1, 8), ld(2, 2), ld(3, 10));
+                        t[3 * r] = even(lo, hi);
+                        t[3 * r + 1] = odd(lo, hi);
+                        t[3 * r + 2] = even(lo2, hi2);
+                    }
+                    let y = sum9(t, wv, &finish);
+                    let keep = (m[4] >> (8 * half)) as u8;
+                    let to = out.as_mut_ptr().add(p * s.out_w + q0);
+                    if keep == u8::MAX {
+                        _mm256_storeu_ps(to, y);
+                    } else {
+                        _mm256_maskstore_ps(to, lanes(keep), y);
+                    }
                 }
             }
         }

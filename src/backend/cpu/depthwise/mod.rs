@@ -17,9 +17,9 @@
 //! bits as the plane kernel, without its per-plane costs.
 //!
 //! On AVX-512 CPUs the forward reads the input planes in place instead, masked loads standing
-//! in for the border (`in_place.rs`), and so does AVX2's at stride 1: with no copy and no
-//! transposes it takes 0.4-0.85x the time of the two kernels above (AVX-512), and it gives
-//! their bits.
+//! in for the border (`in_place.rs`), and so does AVX2's: with no copy and no transposes it
+//! takes 0.4-0.85x the time of the two kernels above (AVX-512), and it gives their bits. The
+//! two stay for the portable build and as the tests' reference.
 //!
 //! The kernels are written once over `Lanes` of 16 floats and compiled three times: one AVX-512
 //! register, two AVX2 registers, a plain array. Every lane operation is the same IEEE operation
@@ -398,7 +398,7 @@ fn check_sizes(s: &ConvShape, w: &[f32]) {
 pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
     check_forward(x, w, s, epi);
     #[cfg(target_arch = "x86_64")]
-    if in_place::takes(isa(), s) {
+    if in_place::takes(isa()) {
         // SAFETY: `isa()` names only instruction sets the CPU has.
         return unsafe { in_place::forward(isa(), x, w, s, epi) };
     }
@@ -648,7 +648,7 @@ pub fn backward_data(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
     // dx[i][j] = sum_{r,t} M[i + r - 1][j + t - 1] * w[2 - r][2 - t], M[s p][s q] = dy[p][q].
     let isa = isa();
     #[cfg(target_arch = "x86_64")]
-    if s.stride == 1 && in_place::takes(isa, s) {
+    if s.stride == 1 && in_place::takes(isa) {
         // At stride 1 that is this shape's forward of dy with the rotated filters.
         let rotated: Vec<f32> = (0..c * 9).map(|i| w[i / 9 * 9 + 8 - i % 9]).collect();
         // SAFETY: `isa()` names only instruction sets the CPU has.
