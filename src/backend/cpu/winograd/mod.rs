@@ -388,6 +388,10 @@ pub fn backward_data_stamped(
 /// filter transform cached, but 24-30 against 14-15 ms at batch 8, and the F(2x2) weight gradient
 /// 158 against 63 ms at batch 32: its 36 x 512 x 512 transformed filters (38 MB) stream through
 /// the multiply stage for a few dozen tiles. So 7x7 maps stay on im2col everywhere.
+/// ResNet-50's 14x14 layers at batch 1 stay on F(2x2): F(4x4) took 764 against ~1,300 us in the
+/// hot-cache benchmark (`r50_256x14x14`, filters cached), but its 36 x 256 x 256 transformed
+/// filters (9.4 MB a layer, F(2x2)'s 4.2) stream from memory on every image, and the net ran
+/// 39.1-39.6 against 38.4 ms a batch-1 forward.
 pub fn choose(s: &ConvShape) -> Option<WinogradTile> {
     let pixels = s.n * s.out_h * s.out_w;
     if !supports(s) || s.c_in < LANES || pixels < 64 || s.out_h < 8 || s.out_w < 8 {
