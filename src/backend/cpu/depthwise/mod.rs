@@ -11,15 +11,16 @@
 //! nine vector accumulators per channel (one per tap) over all images and rows, then sums their
 //! lanes in order.
 //!
-//! On maps of 28 pixels and under the forward runs 16 channels at a time instead
-//! (`forward_interleaved`): the block's planes are interleaved by 8x8 transposes, each output
-//! pixel is one vector of the block's channels, and the same operations per lane give the same
-//! bits as the plane kernel, without its per-plane costs.
+//! On maps of 28 pixels and under the portable forward runs 16 channels at a time instead
+//! (`forward_interleaved`): the block's planes are interleaved, each output pixel is one vector
+//! of the block's channels, and the same operations per lane give the same bits as the plane
+//! kernel, without its per-plane costs.
 //!
-//! On AVX-512 CPUs the forward reads the input planes in place instead, masked loads standing
-//! in for the border (`in_place.rs`), and so does AVX2's: with no copy and no transposes it
-//! takes 0.4-0.85x the time of the two kernels above (AVX-512), and it gives their bits. The
-//! two stay for the portable build and as the tests' reference.
+//! On AVX2 and AVX-512 CPUs the forward reads the input planes in place instead, masked loads
+//! standing in for the border (`in_place.rs`): with no copy and no transposes it took 0.4-0.85x
+//! the time of the two kernels above (AVX-512; their vector builds, the interleaved one's 8x8
+//! transposes included), and it gives their bits. The plane kernel's vector builds still run
+//! backward-data at stride 2 and `forward_planes`, the tests' reference.
 //!
 //! The kernels are written once over `Lanes` of 16 floats and compiled three times: one AVX-512
 //! register, two AVX2 registers, a plain array. Every lane operation is the same IEEE operation
@@ -444,7 +445,7 @@ fn planes_forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -
     y
 }
 
-/// Output maps at most this wide take `forward_interleaved`. On small maps the plane kernel
+/// Output maps at most this wide take `forward_interleaved` (the portable build). On small maps the plane kernel
 /// spends most of its time per plane, not per output: MobileNetV2's last 12 depthwise layers
 /// (7 and 14 pixels, 10% of their MACs) were half their time at batch 1, at 8-19 GFLOP/s on a
 /// Zen 3 core pair against 25-45 on the larger maps. At batch 1 on that pair (`cargo bench
@@ -489,7 +490,7 @@ fn forward_interleaved(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogu
     let (c, pq, hw) = (s.c_in, s.out_h * s.out_w, s.h * s.w);
     let mut y = pool::take(s.n * c * pq);
     let blocks = c.div_ceil(V);
-    let (isa, out) = (isa(), Out(y.as_mut_ptr()));
+    let out = Out(y.as_mut_ptr());
     team::for_each_on(s.n < team::SHORT_BATCH, s.n * blocks, |task| {
         let (img, c0) = (task / blocks, (task % blocks) * V);
         let cn = V.min(c - c0);
@@ -500,7 +501,7 @@ fn forward_interleaved(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogu
         BLOCK_SCRATCH.with(|sc| {
             let sc = &mut *sc.borrow_mut();
             let block = Block { x: planes, w: &w[c0 * 9..(c0 + cn) * 9], cn, s, epi: epi.map(|e| (e, at0, c0)) };
-            block_any(isa, &block, sc, dst);
+            block_any(&block, sc, dst);
         });
     });
     y
@@ -516,35 +517,17 @@ struct Block<'a> {
     epi: Option<(&'a Epilogue<'a>, usize, usize)>,
 }
 
-/// `block` in the build `isa` chose.
-fn block_any(isa: Isa, b: &Block, sc: &mut BlockScratch, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::*;
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn wide16(b: &Block, sc: &mut BlockScratch, out: &mut [f32]) {
-            block::<Wide<__m512>>(b, sc, out, true)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide8(b: &Block, sc: &mut BlockScratch, out: &mut [f32]) {
-            block::<Pair<Wide<__m256>>>(b, sc, out, true)
-        }
-        match isa {
-            // SAFETY: `isa()` names only instruction sets the CPU has.
-            Isa::Avx512 => return unsafe { wide16(b, sc, out) },
-            Isa::Avx2 => return unsafe { wide8(b, sc, out) },
-            Isa::Portable => {}
-        }
-    }
-    let _ = isa;
+/// One block on plain arrays: the interleaved kernel runs only where the in-place one has no
+/// build (the portable build), so it has no vector build of its own.
+fn block_any(b: &Block, sc: &mut BlockScratch, out: &mut [f32]) {
     // SAFETY: plain arrays need no CPU feature.
-    unsafe { block::<[f32; V]>(b, sc, out, false) }
+    unsafe { block::<[f32; V]>(b, sc, out) }
 }
 
 /// # Safety
-/// The CPU must have `L`'s features, and AVX2 if `avx2` (the interleaving's 8x8 transposes).
+/// The CPU must have `L`'s features.
 #[inline(always)]
-unsafe fn block<L: Lanes>(b: &Block, sc: &mut BlockScratch, out: &mut [f32], avx2: bool) {
+unsafe fn block<L: Lanes>(b: &Block, sc: &mut BlockScratch, out: &mut [f32]) {
     let (s, cn) = (b.s, b.cn);
     let (hw, pq, st) = (s.h * s.w, s.out_h * s.out_w, s.stride);
     let wp = s.w + 2;
@@ -556,35 +539,12 @@ unsafe fn block<L: Lanes>(b: &Block, sc: &mut BlockScratch, out: &mut [f32], avx
     let xi = &mut sc.xi;
     xi.clear();
     xi.resize((s.h + 2) * wp * V, 0.0);
-    // Whole 8x8 tiles (8 channels by 8 consecutive pixels of the plane, rows wrapping) by
-    // transposes, each pixel sent to its place in the bordered map; the rest one by one. By rows
-    // of the map instead, 7- and 14-pixel rows left most pixels to the scalar loop.
-    let (lanes8, in8) = if avx2 { (cn / 8 * 8, hw / 8 * 8) } else { (0, 0) };
-    // Pixel (i, j) of the map sits at row i + 1, column j + 1 of the bordered map; walked with
-    // counters, as a division per pixel cost more than the transposes saved.
-    let place = |i: usize, j: usize| ((i + 1) * wp + 1 + j) * V;
-    let next = |(i, j): (usize, usize)| if j + 1 == s.w { (i + 1, 0) } else { (i, j + 1) };
-    #[cfg(target_arch = "x86_64")]
-    for l0 in (0..lanes8).step_by(8) {
-        let mut at = (0, 0);
-        for f0 in (0..in8).step_by(8) {
-            let dst = std::array::from_fn(|_| {
-                // SAFETY: pixel `at` of the map, lanes l0..l0 + 8 < V: inside xi.
-                let d = unsafe { xi.as_mut_ptr().add(place(at.0, at.1) + l0) };
-                at = next(at);
-                d
-            });
-            // SAFETY: channels l0..l0 + 8 and pixels f0..f0 + 8 of the block are in bounds (cn,
-            // hw), and so is each destination (above).
-            super::simd::transpose_8x8_to(b.x.as_ptr().add(l0 * hw + f0), hw, dst);
-        }
-    }
-    for l in 0..cn {
-        let done = if l < lanes8 { in8 } else { 0 };
-        let mut at = (done / s.w, done % s.w);
-        for &v in &b.x[l * hw + done..(l + 1) * hw] {
-            xi[place(at.0, at.1) + l] = v;
-            at = next(at);
+    // Pixel (i, j) of the map sits at row i + 1, column j + 1 of the bordered map, lane l.
+    for (l, plane) in b.x.chunks_exact(hw).enumerate() {
+        for (i, row) in plane.chunks_exact(s.w).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                xi[((i + 1) * wp + 1 + j) * V + l] = v;
+            }
         }
     }
     // Per tap, the block's weights as one vector (zeros past the last channel).
@@ -617,18 +577,8 @@ unsafe fn block<L: Lanes>(b: &Block, sc: &mut BlockScratch, out: &mut [f32], avx
             acc.store(yi.as_mut_ptr().add((p * s.out_w + q) * V));
         }
     }
-    let pix8 = if avx2 { pq / 8 * 8 } else { 0 };
-    #[cfg(target_arch = "x86_64")]
-    for l0 in (0..lanes8).step_by(8) {
-        for pix0 in (0..pix8).step_by(8) {
-            // SAFETY: pixels pix0..pix0 + 8 of yi (lanes l0..l0 + 8) and of the output planes
-            // l0..l0 + 8 are in bounds (pq, cn).
-            super::simd::transpose_8x8(yi.as_ptr().add(pix0 * V + l0), V, out.as_mut_ptr().add(l0 * pq + pix0), pq);
-        }
-    }
     for (l, plane) in out.chunks_exact_mut(pq).enumerate() {
-        let done = if l < lanes8 { pix8 } else { 0 };
-        for (pix, o) in plane.iter_mut().enumerate().skip(done) {
+        for (pix, o) in plane.iter_mut().enumerate() {
             *o = yi[pix * V + l];
         }
     }
