@@ -96,9 +96,9 @@ fn convs(c: &mut Criterion) {
 }
 
 fn depthwise_convs(c: &mut Criterion) {
-    // (name, channels, input size, stride): MobileNetV2's depthwise layers at 112 and 56, and at
-    // 28, 14 and 7 (where maps of 28 pixels and under take the channel-interleaved kernel, here
-    // against the plane kernel: `forward_bn_relu6/planes`).
+    // (name, channels, input size, stride): MobileNetV2's depthwise layers at 112, 56, 28, 14 and
+    // 7. `fast` is the in-place kernel on AVX2 and AVX-512 (the interleaved one on small maps in
+    // the portable build), `planes` the plane kernel beside it.
     let layers = [
         ("32x112_s1", 32, 112, 1),
         ("96x112_s2", 96, 112, 2),

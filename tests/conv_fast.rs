@@ -707,8 +707,8 @@ fn depthwise_fast_matches_exact_grouped() {
         };
         let fast = run(2);
         let tag = format!("{s:?}");
-        // Small maps take the interleaved kernel, and AVX-512 machines the masked one at every
-        // size: the plane kernel's bits.
+        // AVX2 and AVX-512 machines take the in-place kernel at every size, the portable build
+        // the interleaved one on small maps: the plane kernel's bits.
         {
             assert!(depthwise::forward_planes(&x, &wt, &s, None) == fast.0, "{tag}: interleaved differs");
             assert!(depthwise::forward_planes(&x, &wt, &s, Some(&epi)) == fast.1, "{tag}: interleaved epilogue");
