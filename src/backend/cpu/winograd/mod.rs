@@ -137,6 +137,15 @@ impl Tiling {
         // Whole register blocks of the multiply stage where the problem allows.
         let block = cache_block.min(spread).max(1);
         let block = if block >= 4 * TP { block / (TP * TP_WIDE / 2) * (TP * TP_WIDE / 2) } else { block };
+        // Each block streams all of `U` (a*a * Cp * Kp floats) through the multiply stage: where
+        // that is more than a core's L2 share holds (1 MiB) and outweighs every tile's V and M
+        // (ResNet-50's 14x14 and 28x28 layers at batch 1: 4.2 MB of F(2x2) filters against 49
+        // tiles), one block whose stages split over the pool reads it once: `layer3.1.conv2`
+        // 1215-1248 -> 1100-1111 us (`bench infer --layers`). Small filters stay in blocks: with
+        // ResNet-56's 8x8 layers (65K floats) split so, batch 1 ran 499-509 against 556 img/s.
+        let u_floats = a * a * cp * kp;
+        let filters_dominate = u_floats >= 1 << 18 && u_floats > a * a * (cp + kp) * total && total <= 256;
+        let block = if filters_dominate { total } else { block };
         let (hp, wp) = (rows * m + 2, cols * m + 2);
         Tiling { m, rows, cols, total, block, cp, kp, hp, wp, row0: 0, width: lane_width(cp) }
     }
