@@ -286,9 +286,15 @@ fn backends_dispatch_as_documented() {
     assert_eq!(winograd::choose(&shape(1, 64, 4, 4, 64)), None);
     assert_eq!(winograd::choose(&shape(64, 3, 32, 32, 16)), None);
     assert_eq!(winograd::choose(&shape(32, 512, 7, 7, 512)), None, "7x7 maps go to im2col + GEMM");
-    // Backward-weight: F(2x2) wherever Winograd is taken, im2col elsewhere.
+    // Backward-weight: F(2x2) where Winograd is taken and the pixels are many for the channels,
+    // im2col elsewhere (ResNet-50's 28x28 and 14x14 layers at batch 1, a 64x8x8 layer at batch 1).
     assert_eq!(winograd::choose_backward_weight(&shape(64, 16, 32, 32, 16)), Some(WinogradTile::F2));
+    assert_eq!(winograd::choose_backward_weight(&shape(1, 64, 56, 56, 64)), Some(WinogradTile::F2));
+    assert_eq!(winograd::choose_backward_weight(&shape(64, 64, 8, 8, 64)), Some(WinogradTile::F2));
     assert_eq!(winograd::choose_backward_weight(&shape(64, 3, 32, 32, 16)), None);
+    for few in [shape(1, 64, 8, 8, 64), shape(1, 128, 28, 28, 128), shape(32, 256, 14, 14, 256)] {
+        assert!(winograd::choose(&few).is_some() && winograd::choose_backward_weight(&few).is_none());
+    }
     let dw_fast = backend::cpu().conv2d_backward_weight(&xt, &xt, &[16, 16, 3, 3], spec).unwrap();
     assert_eq!(dw_fast.to_vec().unwrap(), winograd::backward_weight(&x, &x, &s, WinogradTile::F2));
     // A training forward keeps its packed input for backward-weight, which packs the same `x`:

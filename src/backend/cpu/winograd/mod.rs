@@ -417,6 +417,16 @@ pub fn choose(s: &ConvShape) -> Option<WinogradTile> {
 /// from 16), which evens out F(4x4)'s fewer multiplications: a ResNet-20 training step at batch
 /// 128 ran 920-930 img/s with F(2x2) against 850-900 with F(4x4) on the 32x32 layers, ResNet-56
 /// the same within noise (2 cores, `lfgcl bench train`), and F(2x2) is the more accurate.
+///
+/// Not where the channels are many for the pixels: the weight gradient sums `a*a x C x K`
+/// products per tile, and with few tiles against many channels im2col + GEMM was faster (`cargo
+/// bench --bench conv -- backward_weight`, 2 threads, F(2x2) against im2col): ResNet-50 at
+/// batch 1, 128x28x28 2.82 against 1.67 ms and 256x14x14 5.74 against 1.36; at batch 32
+/// 256x14x14 39.5 against 33.8; a CIFAR 64x8x8 layer at batch 1 167 against 84 us. Where it
+/// stays, it won: 64x56x56 at batch 1 1.24 against 4.05 ms, 128x28x28 at batch 32 24.6
+/// against 32.6, every CIFAR layer at batch 64 by 1.7-2x, 16x32x32 and 32x16x16 at batch 1.
 pub fn choose_backward_weight(s: &ConvShape) -> Option<WinogradTile> {
-    choose(s).map(|_| WinogradTile::F2)
+    let pixels = s.n * s.out_h * s.out_w;
+    let few_pixels = pixels < 8 * s.c_in || s.c_in * s.c_out > 128 * 128;
+    choose(s).filter(|_| !few_pixels).map(|_| WinogradTile::F2)
 }
