@@ -716,10 +716,19 @@ fn depthwise_fast_matches_exact_grouped() {
         // AVX2 and AVX-512 machines take the in-place kernel at every size, the portable build
         // the interleaved one on small maps: the plane kernel's bits.
         {
-            assert!(depthwise::forward_planes(&x, &wt, &s, None) == fast.0, "{tag}: interleaved differs");
-            assert!(depthwise::forward_planes(&x, &wt, &s, Some(&epi)) == fast.1, "{tag}: interleaved epilogue");
+            assert!(
+                depthwise::forward_planes(&x, &wt, &s, None) == fast.0,
+                "{tag}: the fast forward differs from the plane kernel"
+            );
+            assert!(
+                depthwise::forward_planes(&x, &wt, &s, Some(&epi)) == fast.1,
+                "{tag}: the fast forward's epilogue differs from the plane kernel's"
+            );
             for (e, got) in no_residual.iter().zip(&fast.4) {
-                assert!(&depthwise::forward_planes(&x, &wt, &s, Some(e)) == got, "{tag}: interleaved in registers");
+                assert!(
+                    &depthwise::forward_planes(&x, &wt, &s, Some(e)) == got,
+                    "{tag}: the fast forward's register epilogue differs from the plane kernel's"
+                );
             }
         }
         assert!(run(1) == fast, "{tag}: 1 thread differs from 2");

@@ -270,20 +270,13 @@ unsafe fn task_blocks<R: Reg, const ACT: u8>(tile: &Tile, task: &Task) {
         // the weight broadcasts per multiply-add of the 6 x 2 block; AVX2's 16 hold only that.
         if R::WIDTH >= 16 {
             while q + 4 * lanes <= whole {
-                let x = tile.x.add(q);
-                let acc = if first {
-                    products::<R, 4, true>(c, panel, x, p)
-                } else {
-                    products::<R, 4, false>(c, panel, x, p)
-                };
+                let acc = products_prefetching::<R, 4>(first, c, panel, tile.x.add(q), p);
                 finish::<R, 4, ACT>(tile, acc, k0, rows, q, 4 * lanes);
                 q += 4 * lanes;
             }
         }
         while q + 2 * lanes <= whole {
-            let x = tile.x.add(q);
-            let acc =
-                if first { products::<R, 2, true>(c, panel, x, p) } else { products::<R, 2, false>(c, panel, x, p) };
+            let acc = products_prefetching::<R, 2>(first, c, panel, tile.x.add(q), p);
             finish::<R, 2, ACT>(tile, acc, k0, rows, q, 2 * lanes);
             q += 2 * lanes;
         }
@@ -296,6 +289,22 @@ unsafe fn task_blocks<R: Reg, const ACT: u8>(tile: &Tile, task: &Task) {
             let acc = products::<R, 1, false>(c, panel, tail_x.as_ptr(), lanes);
             finish::<R, 1, ACT>(tile, acc, k0, rows, q, q1 - q);
         }
+    }
+}
+
+/// `products`, prefetching its rows when `prefetch` (a task's first panel).
+#[inline(always)]
+unsafe fn products_prefetching<R: Reg, const NV: usize>(
+    prefetch: bool,
+    c: usize,
+    panel: *const f32,
+    x: *const f32,
+    ldx: usize,
+) -> [[R; NV]; ROWS] {
+    if prefetch {
+        products::<R, NV, true>(c, panel, x, ldx)
+    } else {
+        products::<R, NV, false>(c, panel, x, ldx)
     }
 }
 

@@ -18,7 +18,7 @@
 //! each `x * w` rounded, added left to right, with the border's zeros in the same places, then
 //! the same epilogue. So the bits are those of the plane kernel in every build.
 
-use super::{RegEpilogue, V};
+use super::{nine_products, RegEpilogue, V};
 use crate::backend::cpu::conv::Epilogue;
 use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::lanes::Wide;
@@ -162,14 +162,10 @@ impl InPlace for __m256 {
     }
 }
 
-/// The nine products `t[i] * w[i]` summed left to right (the other kernels' order), then `finish`.
+/// The nine products `t[i] * w[i]` in the other kernels' order (`nine_products`), then `finish`.
 #[inline(always)]
-unsafe fn sum9<R: Reg>(t: [R; 9], w: &[R; 9], finish: &impl Fn(R) -> R) -> R {
-    let mut acc = t[0].mul(w[0]);
-    for i in 1..9 {
-        acc = acc.add(t[i].mul(w[i]));
-    }
-    finish(acc)
+fn sum9<R: Reg>(t: [R; 9], w: &[R; 9], finish: &impl Fn(R) -> R) -> R {
+    finish(nine_products(|i| Wide(t[i]), |i| Wide(w[i])).0)
 }
 
 /// `f(0), ..., f(8)`, written out (`array::from_fn` was left as a call per element).

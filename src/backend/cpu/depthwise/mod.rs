@@ -188,9 +188,26 @@ impl<L: Lanes> RegEpilogue<L> {
     }
 }
 
+/// The products `tap(i) * weight(i)` of taps (0,0) to (2,2), each rounded, added left to right:
+/// every kernel's order (the plane, interleaved and in-place ones), so they give the same bits.
+/// Written out (as a loop over the taps the compiler reloaded each weight and offset from the
+/// stack for every vector).
+#[inline(always)]
+fn nine_products<L: Lanes>(tap: impl Fn(usize) -> L, weight: impl Fn(usize) -> L) -> L {
+    let product = |i: usize| tap(i).mul(weight(i));
+    let mut acc = product(0);
+    acc = acc.add(product(1));
+    acc = acc.add(product(2));
+    acc = acc.add(product(3));
+    acc = acc.add(product(4));
+    acc = acc.add(product(5));
+    acc = acc.add(product(6));
+    acc = acc.add(product(7));
+    acc.add(product(8))
+}
+
 /// One output vector: the products of the nine taps (`at + taps[i]` times `weight(i)`, (0,0) to
-/// (2,2)) summed left to right, then `epi`. Written out tap by tap (as a loop over the taps the
-/// compiler reloaded each weight and offset from the stack for every vector).
+/// (2,2)) summed left to right (`nine_products`), then `epi`.
 ///
 /// # Safety
 /// The CPU must have `L`'s features; the nine vectors must be readable.
@@ -201,16 +218,7 @@ unsafe fn window<L: Lanes>(
     weight: impl Fn(usize) -> L,
     epi: Option<RegEpilogue<L>>,
 ) -> L {
-    let product = |i: usize| L::load(at.add(taps[i])).mul(weight(i));
-    let mut acc = product(0);
-    acc = acc.add(product(1));
-    acc = acc.add(product(2));
-    acc = acc.add(product(3));
-    acc = acc.add(product(4));
-    acc = acc.add(product(5));
-    acc = acc.add(product(6));
-    acc = acc.add(product(7));
-    acc = acc.add(product(8));
+    let acc = nine_products(|i| L::load(at.add(taps[i])), weight);
     match epi {
         Some(e) => e.apply(acc),
         None => acc,
@@ -452,7 +460,7 @@ fn planes_forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -
 /// --bench conv -- dw_b1`, `forward_bn_relu6`, interleaved against planes, two runs): 0.34-0.57x
 /// the time at 960x7, 0.36-0.80x at 14, 0.57-0.86x at 28; at 56 and 112 the planes were 5-15%
 /// faster.
-pub const INTERLEAVED_MAX_OW: usize = 28;
+const INTERLEAVED_MAX_OW: usize = 28;
 
 /// The output, written by disjoint tasks (each a block of channels of one image).
 #[derive(Clone, Copy)]
