@@ -14,7 +14,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lfgcl::backend::cpu::winograd::{self, WinogradTile};
-use lfgcl::backend::cpu::{conv, depthwise, direct, pointwise};
+use lfgcl::backend::cpu::{conv, depthwise, direct, isa, pointwise};
 use lfgcl::backend::{ConvShape, ConvSpec};
 use lfgcl::tensor::pool;
 use std::hint::black_box;
@@ -72,6 +72,11 @@ fn convs(c: &mut Criterion) {
             g.bench_function("backward_weight/im2col", |b| b.iter(|| conv::backward_weight(black_box(&dy), &x, &s)));
             if direct::supports(&s) {
                 g.bench_function("forward/direct", |b| b.iter(|| direct::forward(black_box(&x), &w, &s, None)));
+                if isa::Isa::detected() >= isa::Isa::Avx512 {
+                    g.bench_function("forward/direct_channels", |b| {
+                        b.iter(|| direct::forward_channels(black_box(&x), &w, Some(u64::MAX), &s, None))
+                    });
+                }
             }
             if winograd::supports(&s) {
                 for (tile, tag) in [(WinogradTile::F2, "winograd_f2"), (WinogradTile::F4, "winograd_f4")] {

@@ -394,6 +394,77 @@ fn direct_matches_exact_within_bound_and_is_reproducible() {
     assert!(worst(&direct::forward(&x, &wt, &s, None), &exact, &scale) > DIRECT_BOUND);
 }
 
+/// The channel-vector kernel (AVX-512: vectors of 16 output channels, for many input channels)
+/// gives the pixel-vector kernel's bits: every output the same chain of fused multiply-adds in
+/// the same order, the same epilogue. Over input channels off its 8-channel passes (and under
+/// one pass), output channels off the 16-lane vectors and its 3-vector groups, rows split into
+/// pieces of 1 to 8 pixels, stride 2, 5x5 and 7x7 windows; on 1, 2 and 3 threads; with the
+/// weights kept by stamp or not.
+#[test]
+fn direct_channel_kernel_equals_pixel_kernel_bit_for_bit() {
+    if direct::Isa::detected() < direct::Isa::Avx512 {
+        println!("skipped: no AVX-512 on this CPU (the channel-vector kernel is not used)");
+        return;
+    }
+    // (n, c_in, h, w, c_out, stride, kernel, pad)
+    let cases = [
+        (1, 72, 14, 14, 40, 1, 3, 1),
+        (2, 65, 9, 11, 17, 2, 3, 1),
+        (1, 67, 7, 7, 48, 1, 3, 1),
+        (1, 70, 13, 29, 33, 2, 5, 2),
+        (3, 80, 5, 3, 16, 1, 7, 3),
+        (1, 5, 17, 23, 130, 1, 3, 1),
+        (1, 9, 1, 1, 20, 2, 3, 1),
+    ];
+    for (i, &(n, c, h, w, k, stride, ks, pad)) in cases.iter().enumerate() {
+        let s = ConvShape::new(&[n, c, h, w], &[k, c, ks, ks], ConvSpec { stride, pad, groups: 1 }).unwrap();
+        let seed = 700 + 10 * i as u64;
+        let (x, wt) = (pseudo(n * c * h * w, seed), pseudo(k * c * ks * ks, seed + 1));
+        let (scale, shift) = (pseudo(k, seed + 2), pseudo(k, seed + 3));
+        let residual = pseudo(n * k * s.out_h * s.out_w, seed + 4);
+        let epilogues = [
+            None,
+            Some(conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true, relu6: false }),
+            Some(conv::Epilogue { scale: &scale, shift: &shift, residual: None, relu: false, relu6: true }),
+        ];
+        for epi in &epilogues {
+            let want = direct::forward_on(direct::Isa::Avx512, &x, &wt, &s, epi.as_ref());
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                for stamp in [None, Some(9_000 + i as u64)] {
+                    let got = pool.install(|| direct::forward_channels(&x, &wt, stamp, &s, epi.as_ref()));
+                    assert!(got == want, "case {i} {s:?} on {threads} threads, stamp {stamp:?}: bits differ");
+                }
+            }
+        }
+    }
+    // Not vacuous: another order of the same products (the taps of one channel summed apart,
+    // then added) differs in the last bits somewhere.
+    let s = ConvShape::new(&[1, 72, 14, 14], &[40, 72, 3, 3], ConvSpec { stride: 1, pad: 1, groups: 1 }).unwrap();
+    let (x, wt) = (pseudo(72 * 196, 1), pseudo(40 * 72 * 9, 2));
+    let first = direct::forward_channels(&x, &wt, None, &s, None);
+    let mut halves = direct::forward_channels(&x[..36 * 196], &channel_half(&wt, 40, 72, 9, 0), None, &half(&s), None);
+    let second = direct::forward_channels(&x[36 * 196..], &channel_half(&wt, 40, 72, 9, 1), None, &half(&s), None);
+    halves.iter_mut().zip(&second).for_each(|(a, b)| *a += b);
+    assert!(halves != first, "summing the channels in two halves gave the same bits");
+}
+
+/// `s` with half its input channels.
+fn half(s: &ConvShape) -> ConvShape {
+    ConvShape::new(
+        &[s.n, s.c_in / 2, s.h, s.w],
+        &[s.c_out, s.c_in / 2, s.kh, s.kw],
+        ConvSpec { stride: s.stride, pad: s.pad, groups: 1 },
+    )
+    .unwrap()
+}
+
+/// The weights of the first (`part` 0) or second half of the input channels, `[k][c / 2][taps]`.
+fn channel_half(w: &[f32], k: usize, c: usize, taps: usize, part: usize) -> Vec<f32> {
+    let from = |o: usize| (o * c + part * c / 2) * taps;
+    (0..k).flat_map(|o| w[from(o)..from(o) + c / 2 * taps].to_vec()).collect()
+}
+
 /// The fused eval convolution (batch norm, residual add and ReLU applied inside the output
 /// transform, the direct kernel's store or per im2col chunk) equals the unfused ops run one by
 /// one, bit for bit, on every path: F(2x2) and F(4x4) with whole and partial tiles and channel
@@ -411,6 +482,8 @@ fn fused_eval_conv_equals_unfused_ops_bit_for_bit() {
         (4, 3, 12, 12, 16, 3, 1, 1),   // the stem
         (4, 16, 12, 12, 32, 3, 2, 1),  // strided
         (3, 24, 6, 6, 40, 1, 1, 0),    // 1x1
+        (1, 72, 14, 14, 40, 3, 1, 1),  // AVX-512: the channel-vector kernel (F(2x2) elsewhere)
+        (2, 72, 16, 16, 24, 3, 2, 1),  // AVX-512: the channel-vector kernel (im2col elsewhere)
     ];
     for (i, &(n, c, h, w, k, ks, stride, pad)) in cases.iter().enumerate() {
         let seed = 50 + 10 * i as u64;
@@ -460,14 +533,24 @@ fn fused_eval_conv_equals_unfused_ops_bit_for_bit() {
 /// the weights gives the same result.
 #[test]
 fn filter_transform_cache_follows_in_place_updates() {
+    assert!(winograd::choose(&shape(1, 16, 32, 32, 16)).is_some(), "the case must take the Winograd path");
+    weight_cache_follows_in_place_updates(16, 32, 16);
+    // On AVX-512 the direct channel-vector kernel, whose regrouped weights are kept the same way.
+    let wide = shape(1, 72, 14, 14, 40);
+    println!("channel-vector kernel: {}", direct::channels_preferred(&wide));
+    weight_cache_follows_in_place_updates(72, 14, 40);
+}
+
+/// A batch-1 3x3 convolution of `c` to `k` channels on an `h x h` map gives the same bits twice,
+/// shows an in-place update of its weights at once, and gives a copy's result for a copy.
+fn weight_cache_follows_in_place_updates(c: usize, h: usize, k: usize) {
     let dev = backend::cpu();
-    let (n, c, h, k) = (1, 16, 32, 16);
+    let n = 1;
     let x = Tensor::from_vec(&[n, c, h, h], pseudo(n * c * h * h, 91)).unwrap();
     let mut w = Tensor::from_vec(&[k, c, 3, 3], pseudo(k * c * 9, 92)).unwrap();
     let spec = ConvSpec { stride: 1, pad: 1, groups: 1 };
-    assert!(winograd::choose(&shape(n, c, h, h, k)).is_some(), "the case must take the Winograd path");
     let first = dev.conv2d_forward(&x, &w, spec).unwrap().to_vec().unwrap();
-    assert_eq!(dev.conv2d_forward(&x, &w, spec).unwrap().to_vec().unwrap(), first, "cached transform");
+    assert_eq!(dev.conv2d_forward(&x, &w, spec).unwrap().to_vec().unwrap(), first, "cached weights");
     let stamp = w.stamp();
     for v in w.as_mut_slice().unwrap().iter_mut() {
         *v *= -2.0;

@@ -8,7 +8,7 @@
 
 use super::elementwise::{relu, update_unary};
 use super::gemm::{sgemm, sgemm_into, sgemm_layout, Layout};
-use super::{host, team, CpuBackend};
+use super::{host, team, CpuBackend, Weights};
 use crate::backend::{Activation, ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -780,7 +780,14 @@ pub fn forward_reference(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
 impl CpuBackend {
     /// The forward kernel this backend uses for `s` (f64 loops, depthwise, grouped, Winograd,
     /// direct, 1x1 or im2col), with the fused epilogue applied in its last pass when given.
-    fn forward_dispatch(&self, x: &Tensor, w: &Tensor, s: &ConvShape, epi: Option<&Epilogue>) -> Result<Vec<f32>> {
+    fn forward_dispatch(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        s: &ConvShape,
+        epi: Option<&Epilogue>,
+        weights: Weights,
+    ) -> Result<Vec<f32>> {
         Ok(if self.reference {
             let mut y = forward_reference(host(x)?, host(w)?, s);
             if let Some(epi) = epi {
@@ -794,6 +801,8 @@ impl CpuBackend {
             super::depthwise::forward(host(x)?, host(w)?, s, epi)
         } else if s.groups != 1 {
             forward_grouped(host(x)?, host(w)?, s, epi)
+        } else if self.direct_channels(s, weights) {
+            super::direct::forward_channels(host(x)?, host(w)?, Some(w.stamp()), s, epi)
         } else if let Some(tile) = self.winograd(s) {
             relu6_after(epi, super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), s, tile, epi))
         } else if self.direct(s) {
@@ -809,7 +818,7 @@ impl CpuBackend {
 impl ConvOps for CpuBackend {
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::new(x.dims(), w.dims(), spec)?;
-        Tensor::from_vec(&s.output_dims(), self.forward_dispatch(x, w, &s, None)?)
+        Tensor::from_vec(&s.output_dims(), self.forward_dispatch(x, w, &s, None, Weights::Fixed)?)
     }
 
     /// On the Winograd path the packed input is kept for this layer's backward-weight, which
@@ -818,7 +827,7 @@ impl ConvOps for CpuBackend {
         let s = ConvShape::new(x.dims(), w.dims(), spec)?;
         let y = match (self.winograd(&s), self.winograd_backward_weight(&s)) {
             (Some(tile), Some(_)) => super::winograd::forward_keeping_input(host(x)?, x.stamp(), host(w)?, &s, tile),
-            _ => self.forward_dispatch(x, w, &s, None)?,
+            _ => self.forward_dispatch(x, w, &s, None, Weights::Changing)?,
         };
         Tensor::from_vec(&s.output_dims(), y)
     }
@@ -865,7 +874,7 @@ impl ConvOps for CpuBackend {
             relu: act == Activation::Relu,
             relu6: act == Activation::Relu6,
         };
-        let y = self.forward_dispatch(x, w, &s, Some(&epi))?;
+        let y = self.forward_dispatch(x, w, &s, Some(&epi), Weights::Fixed)?;
         Tensor::from_vec(&s.output_dims(), y)
     }
 

@@ -69,8 +69,25 @@ impl CpuBackend {
         (self.fast_conv && s.groups == 1).then(|| winograd::choose(s)).flatten()
     }
 
-    /// Whether the direct kernel computes this forward convolution (one Winograd does not take,
-    /// with few enough input channels: `direct::preferred`).
+    /// Whether the direct channel-vector kernel computes this forward convolution (AVX-512,
+    /// many input channels: `direct::channels_preferred`), given whether its weights stay
+    /// fixed from call to call (inference, candidate scoring) or change every step (training,
+    /// where the kernel's regrouping of the weights, uncached, cost more than it saved:
+    /// ResNet-50's batch-1 step 237 -> 248 ms). Over Winograd F(2x2) too on maps of 14x14 and
+    /// more: ResNet-50's 14x14 layers at batch 1 took 0.82-0.84x F(2x2)'s time (`lfgcl bench
+    /// infer --layers`, 2 threads), but VGG-16's 8x8 layers at batch 1 ran slower (the net
+    /// 4.9 -> 5.7 ms). F(4x4) (larger maps, larger batches) keeps its layers.
+    fn direct_channels(&self, s: &ConvShape, weights: Weights) -> bool {
+        let winograd_wins = |tile| tile == winograd::WinogradTile::F4 || s.out_h * s.out_w < 14 * 14;
+        self.fast_conv
+            && s.groups == 1
+            && weights == Weights::Fixed
+            && direct::channels_preferred(s)
+            && !self.winograd(s).is_some_and(winograd_wins)
+    }
+
+    /// Whether the direct pixel-vector kernel computes this forward convolution (one Winograd
+    /// does not take, with few enough input channels: `direct::preferred`).
     fn direct(&self, s: &ConvShape) -> bool {
         self.fast_conv && s.groups == 1 && self.winograd(s).is_none() && direct::preferred(s)
     }
@@ -90,6 +107,14 @@ impl CpuBackend {
     fn winograd_backward_weight(&self, s: &ConvShape) -> Option<winograd::WinogradTile> {
         (self.fast_conv && s.groups == 1).then(|| winograd::choose_backward_weight(s)).flatten()
     }
+}
+
+/// Whether a convolution's weights stay the same from call to call (inference, scoring), so
+/// that a kernel's rearrangement of them is worth keeping, or change every step (training).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Weights {
+    Fixed,
+    Changing,
 }
 
 fn host(t: &Tensor) -> Result<&[f32]> {

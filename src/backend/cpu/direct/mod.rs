@@ -28,6 +28,8 @@ use crate::backend::ConvShape;
 use crate::tensor::pool;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod channels;
+
 /// Output pixels per vector (one AVX-512 register).
 const Q: usize = 16;
 /// Output channels per register block.
@@ -63,15 +65,36 @@ pub fn pin_max_c_in(limit: Option<usize>) {
     PINNED_MAX_C_IN.store(limit.unwrap_or(usize::MAX), Ordering::Relaxed);
 }
 
-/// Whether the CPU backend takes this kernel for `s`: `supports(s)` with few enough input
-/// channels for the instruction set the kernels run on (`max_c_in`, `isa::isa`).
+/// The channel limit in force: `max_c_in(isa())` unless pinned (the portable build runs no
+/// vector kernel, pinned or not).
+fn limit() -> Option<usize> {
+    match (isa(), PINNED_MAX_C_IN.load(Ordering::Relaxed)) {
+        (Isa::Portable, _) | (_, usize::MAX) => None,
+        (_, pinned) => Some(pinned),
+    }
+}
+
+/// Whether the CPU backend takes the pixel-vector kernel for `s`: `supports(s)` with few enough
+/// input channels for the instruction set the kernels run on (`max_c_in`, `isa::isa`).
 pub fn preferred(s: &ConvShape) -> bool {
-    // The portable build runs no vector kernel, pinned or not.
-    let limit = match (isa(), PINNED_MAX_C_IN.load(Ordering::Relaxed)) {
-        (Isa::Portable, _) | (_, usize::MAX) => max_c_in(isa()),
-        (_, pinned) => pinned,
-    };
-    supports(s) && s.c_in <= limit
+    supports(s) && s.c_in <= limit().unwrap_or(max_c_in(isa()))
+}
+
+/// Whether the channel-vector kernel (`channels.rs`) beats im2col + GEMM on `s`: on AVX-512,
+/// above the pixel kernel's channel limit, unless the limit is pinned (its AVX2 counterpart is
+/// im2col + GEMM), on maps of 7 columns and more, and past batch 1 on maps of 14x14 and less.
+///
+/// Measured against im2col + GEMM on ResNet-50's 3x3 layers (`cargo bench --bench conv --
+/// "r50_.*/forward"`, 2 threads, AVX-512, ms): at batch 1 it ran 1.2-1.5x faster on every one
+/// (the strided 128 / 256 / 512-channel layers 1.25 / 1.01-1.07 / 1.05-1.12 against 1.49-1.55 /
+/// 1.28-1.30 / 1.20-1.29, layer4's 7x7 maps 0.92-0.97 against 1.18-1.23, the 14x14 layers
+/// 0.83-0.93 against 1.18-1.21); at batch 32 1.2x on 7x7 maps (27.4-28.0 against 33.3), level
+/// on 14x14 (31.4-35.4 against 34.3, 32.1-33.2 against 33.6) and 0.9x on 28x28 (40.4-42.8
+/// against 37.6). VGG-16's 4x4 and 2x2 layers at batch 128 ran slower (the net 454 -> 394
+/// img/s). Whether it also beats Winograd is `CpuBackend::forward_winograd`'s question.
+pub fn channels_preferred(s: &ConvShape) -> bool {
+    let measured = s.out_w >= 7 && (s.n == 1 || s.out_h * s.out_w <= 14 * 14);
+    isa() == Isa::Avx512 && limit().is_none() && supports(s) && s.c_in > max_c_in(Isa::Avx512) && measured
 }
 
 /// The largest kernel side the kernel takes.
@@ -135,10 +158,21 @@ fn prepare(x: &[f32], s: &ConvShape, pl: &Planes) -> Vec<f32> {
                     continue;
                 }
                 let srow = &src[(row - pl.pad) * s.w..(row - pl.pad + 1) * s.w];
-                for (j, v) in d.iter_mut().enumerate() {
-                    // Padded column j * stride + phase is input column (that - pad).
-                    let col = (j * pl.stride + phase).wrapping_sub(pl.pad);
-                    *v = if col < s.w { srow[col] } else { 0.0 };
+                // Padded column j * stride + phase is input column (that - pad): columns
+                // lo..hi of this phase lie inside the input, the rest are the border.
+                let first = |col: usize| (col + pl.pad).saturating_sub(phase).div_ceil(pl.stride);
+                let (lo, hi) = (first(0).min(d.len()), first(s.w).min(d.len()));
+                d[..lo].fill(0.0);
+                d[hi..].fill(0.0);
+                let from = lo * pl.stride + phase - pl.pad;
+                if hi == lo {
+                    continue;
+                } else if pl.stride == 1 {
+                    d[lo..hi].copy_from_slice(&srow[from..from + hi - lo]);
+                } else {
+                    for (v, &x) in d[lo..hi].iter_mut().zip(srow[from..].iter().step_by(pl.stride)) {
+                        *v = x;
+                    }
                 }
             }
         }
@@ -149,17 +183,18 @@ fn prepare(x: &[f32], s: &ConvShape, pl: &Planes) -> Vec<f32> {
 /// The weights regrouped `[K / KB blocks][C][kh][kw][KB]` (the last block padded with zeros), so
 /// a block's 16 broadcasts for one tap are adjacent.
 fn regroup(w: &[f32], s: &ConvShape) -> Vec<f32> {
-    let (k, c, taps) = (s.c_out, s.c_in, s.kh * s.kw);
-    let blocks = k.div_ceil(KB);
-    let mut wr = vec![0.0f32; blocks * c * taps * KB];
-    for kk in 0..k {
-        let (b, l) = (kk / KB, kk % KB);
-        for cc in 0..c {
-            for tap in 0..taps {
-                wr[((b * c + cc) * taps + tap) * KB + l] = w[(kk * c + cc) * taps + tap];
+    let (k, per_k) = (s.c_out, s.c_in * s.kh * s.kw);
+    let mut wr = vec![0.0f32; k.div_ceil(KB) * per_k * KB];
+    // Block by block on the pool, each written in order from its 16 rows read in step (a
+    // training step regroups every layer's new weights: ResNet-50's layer4 holds 9.4 MB each).
+    team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut wr, per_k * KB, |b, dst| {
+        let rows = KB.min(k - b * KB);
+        for (j, lanes) in dst.chunks_exact_mut(KB).enumerate() {
+            for (l, v) in lanes[..rows].iter_mut().enumerate() {
+                *v = w[(b * KB + l) * per_k + j];
             }
         }
-    }
+    });
     wr
 }
 
@@ -192,6 +227,12 @@ struct Job<'a> {
     /// Where tap column `t` of a window row sits from the row's phase-0 start: its phase plane
     /// and its column (`Planes::tap_offsets`).
     tap_off: [usize; MAX_KERNEL],
+}
+
+/// The channel-vector kernel (`channels.rs`; the CPU must have AVX-512F), the regrouped weights
+/// kept by `stamp` when given.
+pub fn forward_channels(x: &[f32], w: &[f32], stamp: Option<u64>, s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    channels::forward_stamped(x, w, stamp, s, epi)
 }
 
 /// Forward convolution (`supports(s)` must hold), with `epi` applied before the store, on the
