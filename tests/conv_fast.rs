@@ -564,6 +564,26 @@ fn weight_cache_follows_in_place_updates(c: usize, h: usize, k: usize) {
     assert_eq!(dev.conv2d_forward(&x, &copy, spec).unwrap().to_vec().unwrap(), updated);
 }
 
+/// A training-mode forward's weights change every step, so their Winograd filter transform is
+/// not kept (it was, filling the cache with transforms nobody asked for again: up to 256 MiB);
+/// an eval forward's is. On a layer whose backward-weight leaves Winograd (more than 128 x 128
+/// channel pairs), so the training forward takes the plain path, not the input-keeping one.
+#[test]
+fn training_forward_keeps_no_filter_transform() {
+    let dev = backend::cpu();
+    let (c, h, k) = (136, 8, 136);
+    let s = shape(1, c, h, h, k);
+    assert!(winograd::choose(&s).is_some() && winograd::choose_backward_weight(&s).is_none());
+    let x = Tensor::from_vec(&[1, c, h, h], pseudo(c * h * h, 95)).unwrap();
+    let w = Tensor::from_vec(&[k, c, 3, 3], pseudo(k * c * 9, 96)).unwrap();
+    let spec = ConvSpec { stride: 1, pad: 1, groups: 1 };
+    let train = dev.conv2d_forward_train(&x, &w, spec).unwrap().to_vec().unwrap();
+    assert!(!winograd::holds_transform_of(w.stamp()), "a training forward kept its filter transform");
+    let eval = dev.conv2d_forward(&x, &w, spec).unwrap().to_vec().unwrap();
+    assert!(winograd::holds_transform_of(w.stamp()), "an eval forward must keep its filter transform");
+    assert_eq!(train, eval, "the same kernel either way");
+}
+
 /// The 1x1 kernel's weight panels are kept by the weight's stamp (`pointwise.rs`): a second call
 /// gives the same bits, and an in-place update of the weights shows at once.
 #[test]

@@ -804,7 +804,10 @@ impl CpuBackend {
         } else if self.direct_channels(s, weights) {
             super::direct::forward_channels(host(x)?, host(w)?, Some(w.stamp()), s, epi)
         } else if let Some(tile) = self.winograd(s) {
-            relu6_after(epi, super::winograd::forward_stamped(host(x)?, host(w)?, Some(w.stamp()), s, tile, epi))
+            // Changing weights' transforms are not kept: they would never be asked for again
+            // (without a stamp the transform goes back to the buffer pool for the next step).
+            let w_stamp = (weights == Weights::Fixed).then(|| w.stamp());
+            relu6_after(epi, super::winograd::forward_stamped(host(x)?, host(w)?, w_stamp, s, tile, epi))
         } else if self.direct(s) {
             super::direct::forward(host(x)?, host(w)?, s, epi)
         } else if epi.is_some() && self.pointwise(s) {

@@ -32,6 +32,11 @@ impl<K: PartialEq> WeightCache<K> {
         made
     }
 
+    /// Whether an entry's key satisfies `test` (for tests of what a kernel keeps).
+    pub(super) fn any(&self, test: impl Fn(&K) -> bool) -> bool {
+        self.entries.lock().is_ok_and(|entries| entries.iter().any(|(k, _)| test(k)))
+    }
+
     fn get(&self, key: &K) -> Option<Arc<Vec<f32>>> {
         let mut entries = self.entries.lock().ok()?;
         let at = entries.iter().position(|(k, _)| k == key)?;

@@ -26,6 +26,11 @@ pub(super) fn transformed_filters<const A: usize>(
     FILTERS.get_or_make(stamp.map(|st| (st, A, k, c, kp)), || filter_transform(g, w, k, c, kp))
 }
 
+/// Whether a filter transform of the weights with content stamp `stamp` is kept.
+pub(super) fn holds_transform_of(stamp: u64) -> bool {
+    FILTERS.any(|key| key.0 == stamp)
+}
+
 /// Packed tensors handed from one call to a later one that packs the same contents into the
 /// same layout (same tiles and border whenever the map is a whole number of F(4x4) tiles, as in
 /// every CIFAR ResNet): a training forward's packed input to its layer's backward-weight, and

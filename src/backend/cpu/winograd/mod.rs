@@ -384,6 +384,13 @@ pub fn backward_data_stamped(
     }
 }
 
+/// Whether the filter transform of the weights with content stamp `stamp` is kept (tests: a
+/// training step's changing weights must not fill the cache).
+#[doc(hidden)]
+pub fn holds_transform_of(stamp: u64) -> bool {
+    cache::holds_transform_of(stamp)
+}
+
 /// The kernel the CPU backend uses for this convolution, `None` for im2col + GEMM. Measured on
 /// 2 cores (AVX-512; `lfgcl bench infer`, `cargo bench --bench conv`): with the register-blocked
 /// multiply stage and cached filter transforms, F(2x2) beats im2col from 64 output pixels (an
