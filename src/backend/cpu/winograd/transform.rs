@@ -182,7 +182,49 @@ unsafe fn filter_transform_avx2<const A: usize>(
     channels: std::ops::Range<usize>,
     u: team::SendPtr,
 ) {
-    filter_transform_lanes(g, w, k, c, kp, channels, u)
+    use std::arch::x86_64::*;
+    assert!(k * c * 9 < i32::MAX as usize, "winograd: filter transform offsets");
+    let gm: [[__m256; 3]; A] = g.0.map(|row| row.map(|v| _mm256_set1_ps(v as f32)));
+    // Lane l reads filter k0 + l: `c 9` floats after filter k0, by gather (assembling the lanes
+    // from scalar loads through the stack stalled on store forwarding: 30% of the transform).
+    let lane = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((c * 9) as i32));
+    let zero = _mm256_setzero_ps();
+    for cc in channels {
+        for k0 in (0..kp).step_by(LANES) {
+            let live = LANES.min(k.saturating_sub(k0)) as i32;
+            let mask = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                _mm256_set1_epi32(live),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            ));
+            let base = w.as_ptr().wrapping_add((k0 * c + cc) * 9);
+            let taps: [__m256; 9] = std::array::from_fn(|t| {
+                if live > 0 {
+                    _mm256_mask_i32gather_ps::<4>(zero, base.add(t), lane, mask)
+                } else {
+                    zero
+                }
+            });
+            // `filter_transform_lanes`'s arithmetic, operation for operation (products added
+            // to zero in order, no fused multiply-add), so both give the same bits.
+            let mut tmp = [[zero; 3]; A];
+            for i in 0..A {
+                for j in 0..3 {
+                    for r in 0..3 {
+                        tmp[i][j] = _mm256_add_ps(tmp[i][j], _mm256_mul_ps(gm[i][r], taps[r * 3 + j]));
+                    }
+                }
+            }
+            for i in 0..A {
+                for j in 0..A {
+                    let mut acc = zero;
+                    for r in 0..3 {
+                        acc = _mm256_add_ps(acc, _mm256_mul_ps(tmp[i][r], gm[j][r]));
+                    }
+                    _mm256_storeu_ps(u.at(((i * A + j) * c + cc) * kp + k0), acc);
+                }
+            }
+        }
+    }
 }
 
 /// `U[xi][c][k]` (output channels contiguous, zero up to `kp`) for the input channels
