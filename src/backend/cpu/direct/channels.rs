@@ -4,8 +4,9 @@
 //! prepared planes into `N` registers of weights.
 //!
 //! The register block is `N = 3` vectors of output channels by `P = 8` pixels of one output row
-//! (rows split as evenly as can be: 14 as 7 + 7). Per tap and input channel it loads `N` weight vectors and broadcasts `P` inputs for `N P` fused multiply-adds,
-//! which keeps the two FMA ports ahead of the two load ports; the pixel-vector kernel in
+//! (rows split as evenly as can be: 14 as 7 + 7). Per tap and input channel it loads `N` weight
+//! vectors and broadcasts `P` inputs for `N P` fused multiply-adds, which keeps the two FMA ports
+//! ahead of the two load ports; the pixel-vector kernel in
 //! `mod.rs` broadcasts 16 weights per loaded input vector, as many loads as multiply-adds, which
 //! pays only with few input channels (`max_c_in`). ResNet-50's 3x3 layers have 128 to 512.
 //!
@@ -18,7 +19,7 @@
 //! fused multiply-add at a time from zero, and the epilogue is its operation for operation:
 //! the same bits as that kernel, on any thread count.
 
-use super::{prepare, regroup, Job, Out, Planes, KB};
+use super::{check_operands, prepare, regroup, Job, Out, Planes, KB};
 use crate::backend::cpu::conv::Epilogue;
 use crate::backend::cpu::simd::Reg;
 use crate::backend::cpu::team;
@@ -50,15 +51,10 @@ struct Task {
 pub fn forward_stamped(x: &[f32], w: &[f32], stamp: Option<u64>, s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
     use super::Isa;
     assert!(super::supports(s) && Isa::detected() >= Isa::Avx512, "direct conv (channels): unsupported {s:?}");
-    assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "direct conv: input size");
-    assert_eq!(w.len(), s.c_out * s.c_in * s.kh * s.kw, "direct conv: weight size");
+    check_operands(x, w, s, epi);
     let (k, pq) = (s.c_out, s.out_h * s.out_w);
     // The scatter's indices (lane * pq) are 32-bit.
     assert!(pq * KB < i32::MAX as usize, "direct conv: map too large for the scatter");
-    if let Some(e) = epi {
-        assert!(e.scale.len() == k && e.shift.len() == k, "direct conv: epilogue size");
-        assert!(e.residual.is_none_or(|r| r.len() == s.n * k * pq), "direct conv: residual size");
-    }
     let mut y = pool::take(s.n * k * pq);
     let pl = Planes::new(s);
     let xp = prepare(x, s, &pl);
@@ -80,8 +76,8 @@ pub fn forward_stamped(x: &[f32], w: &[f32], stamp: Option<u64>, s: &ConvShape, 
 }
 
 /// The tasks: per image, the channel vectors in groups of at most `VECTORS`, as even as can be
-/// and, at batch 1, a multiple of the thread count (two a thread at least); each task runs every row of its group, so that the
-/// layer's weights stream from memory once (ResNet-50's layer4 holds 9.4 MB a layer: split by
+/// and, at batch 1, a multiple of the thread count (two a thread at least); each task runs every
+/// row of its group, so that the layer's weights stream from memory once (ResNet-50's layer4 holds 9.4 MB a layer: split by
 /// rows too, its tasks fetched them once per row group and ran slower than im2col + GEMM).
 fn plan(s: &ConvShape, vectors: usize, threads: usize) -> Vec<Task> {
     let mut groups = vectors.div_ceil(VECTORS);

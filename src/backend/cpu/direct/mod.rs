@@ -164,10 +164,11 @@ fn prepare(x: &[f32], s: &ConvShape, pl: &Planes) -> Vec<f32> {
                 let (lo, hi) = (first(0).min(d.len()), first(s.w).min(d.len()));
                 d[..lo].fill(0.0);
                 d[hi..].fill(0.0);
-                let from = lo * pl.stride + phase - pl.pad;
                 if hi == lo {
                     continue;
-                } else if pl.stride == 1 {
+                }
+                let from = lo * pl.stride + phase - pl.pad;
+                if pl.stride == 1 {
                     d[lo..hi].copy_from_slice(&srow[from..from + hi - lo]);
                 } else {
                     for (v, &x) in d[lo..hi].iter_mut().zip(srow[from..].iter().step_by(pl.stride)) {
@@ -242,6 +243,17 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> V
     forward_on(isa().max(Isa::Avx2), x, w, s, epi)
 }
 
+/// Asserts the sizes of a forward's input, weights and epilogue against `s`.
+fn check_operands(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) {
+    assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "direct conv: input size");
+    assert_eq!(w.len(), s.c_out * s.c_in * s.kh * s.kw, "direct conv: weight size");
+    if let Some(e) = epi {
+        let (k, pq) = (s.c_out, s.out_h * s.out_w);
+        assert!(e.scale.len() == k && e.shift.len() == k, "direct conv: epilogue size");
+        assert!(e.residual.is_none_or(|r| r.len() == s.n * k * pq), "direct conv: residual size");
+    }
+}
+
 /// `forward` on the instruction set `isa` (AVX2 or AVX-512, which the CPU must have, whatever
 /// the limit): tests compare the two.
 pub fn forward_on(isa: Isa, x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
@@ -249,13 +261,8 @@ pub fn forward_on(isa: Isa, x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Ep
         supports(s) && isa >= Isa::Avx2 && isa <= Isa::detected(),
         "direct conv: unsupported shape {s:?} or {isa:?}"
     );
-    assert_eq!(x.len(), s.n * s.c_in * s.h * s.w, "direct conv: input size");
-    assert_eq!(w.len(), s.c_out * s.c_in * s.kh * s.kw, "direct conv: weight size");
+    check_operands(x, w, s, epi);
     let (k, pq) = (s.c_out, s.out_h * s.out_w);
-    if let Some(e) = epi {
-        assert!(e.scale.len() == k && e.shift.len() == k, "direct conv: epilogue size");
-        assert!(e.residual.is_none_or(|r| r.len() == s.n * k * pq), "direct conv: residual size");
-    }
     // Every output is stored below.
     let mut y = pool::take(s.n * k * pq);
     let pl = Planes::new(s);
