@@ -77,8 +77,9 @@ pub fn forward_stamped(x: &[f32], w: &[f32], stamp: Option<u64>, s: &ConvShape, 
 
 /// The tasks: per image, the channel vectors in groups of at most `VECTORS`, as even as can be
 /// and, at batch 1, a multiple of the thread count (two a thread at least); each task runs every
-/// row of its group, so that the layer's weights stream from memory once (ResNet-50's layer4 holds 9.4 MB a layer: split by
-/// rows too, its tasks fetched them once per row group and ran slower than im2col + GEMM).
+/// row of its group, so that the layer's weights stream from memory once (ResNet-50's layer4
+/// holds 9.4 MB a layer: split by rows too, its tasks fetched them once per row group and ran
+/// slower than im2col + GEMM).
 fn plan(s: &ConvShape, vectors: usize, threads: usize) -> Vec<Task> {
     let mut groups = vectors.div_ceil(VECTORS);
     if s.n < team::SHORT_BATCH {
