@@ -80,9 +80,10 @@ pub fn preferred(s: &ConvShape) -> bool {
     supports(s) && s.c_in <= limit().unwrap_or(max_c_in(isa()))
 }
 
-/// Whether the channel-vector kernel (`channels.rs`) beats im2col + GEMM on `s`: on AVX-512,
-/// above the pixel kernel's channel limit, unless the limit is pinned (its AVX2 counterpart is
-/// im2col + GEMM), on maps of 7 columns and more, and past batch 1 on maps of 14x14 and less.
+/// Whether the channel-vector kernel (`channels.rs`) beats im2col + GEMM and the pixel kernel on
+/// `s`: on AVX-512, from 32 input channels (`CHANNELS_MIN_C_IN`), unless the limit is pinned
+/// (its AVX2 counterpart is im2col + GEMM), on maps of 7 columns and more, and past batch 1 on
+/// maps of 14x14 and less.
 ///
 /// Measured against im2col + GEMM on ResNet-50's 3x3 layers (`cargo bench --bench conv --
 /// "r50_.*/forward"`, 2 threads, AVX-512, ms): at batch 1 it ran 1.2-1.5x faster on every one
@@ -91,11 +92,18 @@ pub fn preferred(s: &ConvShape) -> bool {
 /// 0.83-0.93 against 1.18-1.21); at batch 32 1.2x on 7x7 maps (27.4-28.0 against 33.3), level
 /// on 14x14 (31.4-35.4 against 34.3, 32.1-33.2 against 33.6) and 0.9x on 28x28 (40.4-42.8
 /// against 37.6). VGG-16's 4x4 and 2x2 layers at batch 128 ran slower (the net 454 -> 394
-/// img/s). Whether it also beats Winograd is `CpuBackend::forward_winograd`'s question.
+/// img/s). Whether it also beats Winograd is `CpuBackend::direct_channels`'s question.
 pub fn channels_preferred(s: &ConvShape) -> bool {
     let measured = s.out_w >= 7 && (s.n == 1 || s.out_h * s.out_w <= 14 * 14);
-    isa() == Isa::Avx512 && limit().is_none() && supports(s) && s.c_in > max_c_in(Isa::Avx512) && measured
+    isa() == Isa::Avx512 && limit().is_none() && supports(s) && s.c_in >= CHANNELS_MIN_C_IN && measured
 }
+
+/// Input channels from which the channel-vector kernel takes a layer over the pixel-vector
+/// one. The CIFAR ResNets' 32 -> 64 strided layer (8x8 outputs) ran 36 us against the pixel
+/// kernel's 73 at batch 1 and 1.35 against 1.86 ms at batch 64 (im2col 41 us, 1.48 ms); with 16
+/// input channels (16 -> 32, 16x16 outputs) 45 against 51 us at batch 1 but 1.85 against 1.71 ms
+/// at batch 64, so 16 stays with the pixel kernel.
+const CHANNELS_MIN_C_IN: usize = 32;
 
 /// The largest kernel side the kernel takes.
 pub const MAX_KERNEL: usize = 7;
@@ -150,35 +158,75 @@ fn prepare(x: &[f32], s: &ConvShape, pl: &Planes) -> Vec<f32> {
     let plane = s.h * s.w;
     team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut xp, pl.per_channel(), |ic, dst| {
         let src = &x[ic * plane..(ic + 1) * plane];
+        // A long row's columns by parity (stride 2): each phase plane's row is then a run of one
+        // of them, copied whole (a strided read per phase took a quarter of a 3-channel stem's
+        // time at 224x224). Short rows keep the strided read: on CIFAR's 16x16 maps the split
+        // and its copies cost 5% more.
+        let split = pl.stride == 2 && s.w >= 64;
+        PARITY.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.resize(if split { s.w } else { 0 }, 0.0);
+            let half = s.w.div_ceil(2).min(scratch.len());
+            let (even, odd) = scratch.split_at_mut(half);
+            prepare_channel(src, dst, s, pl, split, even, odd);
+        });
+    });
+    xp
+}
+
+thread_local! {
+    /// `prepare`'s scratch: one input row's columns by parity.
+    static PARITY: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One channel's planes of `prepare` (`src`, the channel's input plane, into `dst`), the rows
+/// split into `even` and `odd` columns first when `split`.
+fn prepare_channel(
+    src: &[f32],
+    dst: &mut [f32],
+    s: &ConvShape,
+    pl: &Planes,
+    split: bool,
+    even: &mut [f32],
+    odd: &mut [f32],
+) {
+    for row in 0..pl.hp {
+        let inside = row >= pl.pad && row < s.h + pl.pad;
+        let srow = if inside { &src[(row - pl.pad) * s.w..(row - pl.pad + 1) * s.w] } else { &[][..] };
+        if inside && split {
+            super::conv::split_columns(srow, even, odd);
+        }
         for phase in 0..pl.stride {
-            for row in 0..pl.hp {
-                let d = &mut dst[pl.row(0, phase, row)..pl.row(0, phase, row) + pl.wph];
-                if row < pl.pad || row >= s.h + pl.pad {
-                    d.fill(0.0);
-                    continue;
-                }
-                let srow = &src[(row - pl.pad) * s.w..(row - pl.pad + 1) * s.w];
-                // Padded column j * stride + phase is input column (that - pad): columns
-                // lo..hi of this phase lie inside the input, the rest are the border.
-                let first = |col: usize| (col + pl.pad).saturating_sub(phase).div_ceil(pl.stride);
-                let (lo, hi) = (first(0).min(d.len()), first(s.w).min(d.len()));
-                d[..lo].fill(0.0);
-                d[hi..].fill(0.0);
-                if hi == lo {
-                    continue;
-                }
-                let from = lo * pl.stride + phase - pl.pad;
-                if pl.stride == 1 {
-                    d[lo..hi].copy_from_slice(&srow[from..from + hi - lo]);
-                } else {
+            let d = &mut dst[pl.row(0, phase, row)..pl.row(0, phase, row) + pl.wph];
+            if !inside {
+                d.fill(0.0);
+                continue;
+            }
+            // Padded column j * stride + phase is input column (that - pad): columns
+            // lo..hi of this phase lie inside the input, the rest are the border.
+            let first = |col: usize| (col + pl.pad).saturating_sub(phase).div_ceil(pl.stride);
+            let (lo, hi) = (first(0).min(d.len()), first(s.w).min(d.len()));
+            d[..lo].fill(0.0);
+            d[hi..].fill(0.0);
+            if hi == lo {
+                continue;
+            }
+            let from = lo * pl.stride + phase - pl.pad;
+            let run = match (pl.stride, split) {
+                (1, _) => &srow[from..],
+                // Input column `from + 2i` is element `from / 2 + i` of its parity's columns.
+                (_, true) if from.is_multiple_of(2) => &even[from / 2..],
+                (_, true) => &odd[from / 2..],
+                (_, false) => {
                     for (v, &x) in d[lo..hi].iter_mut().zip(srow[from..].iter().step_by(pl.stride)) {
                         *v = x;
                     }
+                    continue;
                 }
-            }
+            };
+            d[lo..hi].copy_from_slice(&run[..hi - lo]);
         }
-    });
-    xp
+    }
 }
 
 /// The weights regrouped `[K / KB blocks][C][kh][kw][KB]` (the last block padded with zeros), so
