@@ -453,8 +453,8 @@ fn planes_forward(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue>) -
     y
 }
 
-/// Output maps at most this wide take `forward_interleaved` (the portable build). On small maps the plane kernel
-/// spends most of its time per plane, not per output: MobileNetV2's last 12 depthwise layers
+/// Output maps at most this wide take `forward_interleaved` (the portable build). On small maps
+/// the plane kernel spends most of its time per plane, not per output: MobileNetV2's last 12 depthwise layers
 /// (7 and 14 pixels, 10% of their MACs) were half their time at batch 1, at 8-19 GFLOP/s on a
 /// Zen 3 core pair against 25-45 on the larger maps. At batch 1 on that pair (`cargo bench
 /// --bench conv -- dw_b1`, `forward_bn_relu6`, interleaved against planes, two runs): 0.34-0.57x

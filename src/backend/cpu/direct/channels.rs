@@ -37,13 +37,12 @@ static WEIGHTS: WeightCache<(u64, usize, usize, usize)> = WeightCache::new(1 << 
 const VECTORS: usize = 3;
 const PIXELS: usize = 8;
 
-/// One task: output rows `rows` of image `img`, channel vectors `v0..v0 + vn` (`vn` at most
-/// the block's `N`).
+/// One task: every output row of image `img`, channel vectors `v0..v0 + vn` (`vn` at most the
+/// block's `N`).
 struct Task {
     img: usize,
     v0: usize,
     vn: usize,
-    rows: std::ops::Range<usize>,
 }
 
 /// `super::forward` on this kernel (the CPU must have AVX-512F; `super::supports(s)` must
@@ -67,8 +66,8 @@ pub fn forward_stamped(x: &[f32], w: &[f32], stamp: Option<u64>, s: &ConvShape, 
         let t = &tasks[i];
         let src = &xp[t.img * per_image..(t.img + 1) * per_image];
         let job = Job { src, wb: &wr[..], s, pl: &pl, img: t.img, out, epi, tap_off };
-        // SAFETY: AVX-512F is present (asserted above); the task writes only its own rows of its
-        // own channels of its image (disjoint across tasks); reads are checked in `micro`.
+        // SAFETY: AVX-512F is present (asserted above); the task writes only its own channels of
+        // its image (disjoint across tasks); reads are checked in `micro`.
         unsafe { task(&job, t) };
     });
     pool::give(xp);
@@ -89,7 +88,7 @@ fn plan(s: &ConvShape, vectors: usize, threads: usize) -> Vec<Task> {
     for img in 0..s.n {
         for g in 0..groups {
             let (v0, v1) = (g * vectors / groups, (g + 1) * vectors / groups);
-            tasks.push(Task { img, v0, vn: v1 - v0, rows: 0..s.out_h });
+            tasks.push(Task { img, v0, vn: v1 - v0 });
         }
     }
     tasks
@@ -141,13 +140,13 @@ unsafe fn task(job: &Job, t: &Task) {
     let s = job.s;
     let row_pieces: Vec<(usize, usize)> = pieces(s.out_w, PIXELS).collect();
     let per_block = VECTORS * PIXELS;
-    let blocks = t.rows.len() * row_pieces.len();
+    let blocks = s.out_h * row_pieces.len();
     let mut sums = vec![_mm512_setzero_ps(); if s.c_in > CHUNK { blocks * per_block } else { 0 }];
     for c0 in (0..s.c_in).step_by(CHUNK) {
         let c1 = (c0 + CHUNK).min(s.c_in);
-        for (i, p) in t.rows.clone().enumerate() {
+        for p in 0..s.out_h {
             for (j, &(q0, count)) in row_pieces.iter().enumerate() {
-                let block = (i * row_pieces.len() + j) * per_block;
+                let block = (p * row_pieces.len() + j) * per_block;
                 let at = At { p, q0, v0: t.v0, c0, c1, sums: sums.as_mut_ptr().wrapping_add(block) };
                 match t.vn {
                     1 => by_pixels!(1, count, job, at, [1, 2, 3, 4, 5, 6, 7, 8]),
