@@ -874,7 +874,7 @@ fn pointwise_gemm_equals_im2col_bit_for_bit() {
         (1, 64, 56, 56, 256), // ResNet-50 stage 1 expand
         (1, 96, 40, 41, 24),  // a MobileNetV2 projection: split by pixels
         (1, 256, 33, 32, 64), // ResNet-50 stage 1 reduce: split by pixels
-        (2, 256, 14, 14, 64), // ResNet-50 stage 3 reduce (multi-image chunks)
+        (2, 256, 14, 14, 64), // ResNet-50 stage 3 reduce (im2col in chunks of two images)
         (3, 24, 7, 7, 40),
         (1, 3, 5, 9, 2),
         (5, 16, 16, 16, 8),

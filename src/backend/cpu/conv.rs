@@ -18,6 +18,12 @@ use rayon::prelude::*;
 const TARGET_COLUMNS: usize = 256;
 /// Reduction length a chunk aims for in the backward-weight product (fewer, longer partials).
 const TARGET_WGRAD_COLUMNS: usize = 1024;
+/// GEMM columns a chunk aims for in the forward of a 1x1 convolution: one image wherever its map
+/// has 64 pixels or more, so that the GEMM reads the input in place and writes the output
+/// directly. Chunks of several images went through an im2col copy, a GEMM into scratch and a
+/// copy back; ResNet-50 at batch 32 ran its 1x1 layers 5% faster this way (555-563 -> 522-532 ms
+/// over 33 layers, `bench infer --layers`, 2 threads, AVX-512).
+const TARGET_POINTWISE_COLUMNS: usize = 64;
 
 fn images_per_chunk(s: &ConvShape) -> usize {
     images_per_chunk_for(s, TARGET_COLUMNS)
@@ -385,7 +391,7 @@ fn forward_fused_with(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue
     if y.is_empty() {
         return y;
     }
-    let g = images_per_chunk(s);
+    let g = if in_place { images_per_chunk_for(s, TARGET_POINTWISE_COLUMNS) } else { images_per_chunk(s) };
     let (threads, short) = (gemm_threads(s, g), s.n < team::SHORT_BATCH);
     y.par_chunks_mut(g * k * pq).zip(x.par_chunks(g * chw)).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
