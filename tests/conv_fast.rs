@@ -484,6 +484,8 @@ fn fused_eval_conv_equals_unfused_ops_bit_for_bit() {
         (3, 24, 6, 6, 40, 1, 1, 0),    // 1x1
         (1, 72, 14, 14, 40, 3, 1, 1),  // AVX-512: the channel-vector kernel (F(2x2) elsewhere)
         (2, 72, 16, 16, 24, 3, 2, 1),  // AVX-512: the channel-vector kernel (im2col elsewhere)
+        (2, 24, 16, 16, 40, 1, 1, 0),  // the 1x1 kernel (an expansion): writes over a handed residual
+        (1, 16, 15, 15, 48, 1, 1, 0),  // the same with a ragged last pixel vector
     ];
     for (i, &(n, c, h, w, k, ks, stride, pad)) in cases.iter().enumerate() {
         let seed = 50 + 10 * i as u64;
@@ -524,6 +526,17 @@ fn fused_eval_conv_equals_unfused_ops_bit_for_bit() {
                 "case {i} {:?} residual={with_residual} relu={relu}: fused differs from unfused",
                 (n, c, h, w, k, ks, stride)
             );
+            if with_residual {
+                // The residual handed over (the graph's last reader of it): the same bits.
+                let handed = dev.copy(&residual).unwrap();
+                let over = backend::ConvEpilogue { residual: None, ..epi };
+                let got = dev.conv2d_forward_fused_over(&x, &wt, spec, &over, handed).unwrap();
+                assert!(
+                    got.to_vec().unwrap() == want.to_vec().unwrap(),
+                    "case {i} {:?} relu={relu}: fused over the residual differs from unfused",
+                    (n, c, h, w, k, ks, stride)
+                );
+            }
         }
     }
 }

@@ -242,6 +242,19 @@ pub trait ConvOps {
     /// Inference convolution followed by `epi` (folded batch norm, residual add, ReLU). The CPU
     /// composes the exact unfused ops; CUDA applies the epilogue inside the conv kernel.
     fn conv2d_forward_fused(&self, x: &Tensor, w: &Tensor, spec: ConvSpec, epi: &ConvEpilogue) -> Result<Tensor>;
+    /// `conv2d_forward_fused` with the residual handed over (`epi.residual` is not read): the
+    /// same values, but a backend may write the output over the residual, so that its memory is
+    /// read and written once instead of read beside a fresh output's (the CPU's 1x1 kernel does).
+    fn conv2d_forward_fused_over(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        spec: ConvSpec,
+        epi: &ConvEpilogue,
+        residual: Tensor,
+    ) -> Result<Tensor> {
+        self.conv2d_forward_fused(x, w, spec, &ConvEpilogue { residual: Some(&residual), ..*epi })
+    }
     /// Precision of `conv2d_forward` and `conv2d_backward_data` from now on. The CPU computes in
     /// f32 only and refuses anything else.
     fn set_conv_precision(&self, precision: Precision) -> Result<()>;

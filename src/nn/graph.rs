@@ -322,13 +322,25 @@ impl Graph {
 
     /// Runs a fused chain: the conv with the batch norm folded into its epilogue (running
     /// statistics), plus the residual add and ReLU. On the CPU this is exactly the unfused ops.
-    fn run_fused(&self, start: usize, chain: &FusedChain, dev: &Device, values: &[Option<Tensor>]) -> Result<Tensor> {
+    /// `handed`: the residual's value, taken from `values` (this chain is its last reader).
+    fn run_fused(
+        &self,
+        start: usize,
+        chain: &FusedChain,
+        dev: &Device,
+        values: &[Option<Tensor>],
+        handed: Option<Tensor>,
+    ) -> Result<Tensor> {
         let (Op::Conv(conv), Op::BatchNorm(bn)) = (&self.nodes[start].op, &self.nodes[start + 1].op) else {
             return Err(Error::Invalid(format!("graph: node {start} does not start a conv -> batch norm chain")));
         };
         let name = &self.nodes[start].name;
         let x = value_of(values, self.nodes[start].inputs[0], name)?;
         let (scale, shift) = dev.batchnorm_fold(bn.params())?;
+        if let Some(residual) = handed {
+            let epi = ConvEpilogue { scale: &scale, shift: &shift, residual: None, act: chain.act };
+            return dev.conv2d_forward_fused_over(x, &conv.weight.value, conv.spec, &epi, residual);
+        }
         let residual = match chain.residual {
             Some(r) => Some(value_of(values, r, &self.nodes[chain.end].name)?),
             None => None,
@@ -423,7 +435,15 @@ impl Graph {
                 };
                 let end = match chain {
                     Some(chain) => {
-                        values[chain.end] = Some(self.run_fused(i, &chain, dev, &values)?);
+                        // A residual this chain reads last, and not as its conv's input, is handed
+                        // over: the backend may write the output over it.
+                        let handed = chain
+                            .residual
+                            .filter(|&r| {
+                                last[r] == chain.end && !taps.contains(&r) && !self.nodes[i].inputs.contains(&r)
+                            })
+                            .and_then(|r| values[r].take());
+                        values[chain.end] = Some(self.run_fused(i, &chain, dev, &values, handed)?);
                         fused_until = chain.end + 1;
                         chain.end
                     }
@@ -687,6 +707,39 @@ fn value_of<'a>(values: &'a [Option<Tensor>], i: usize, what: &str) -> Result<&'
 mod tests {
     use super::*;
     use crate::models::Arch;
+
+    /// An eval pass hands a residual to the fused conv that reads it last (the CPU's 1x1 kernel
+    /// writes its output over it): the same bits as when the residual is kept (tapped), and a
+    /// residual that is also the conv's own input is not handed (it is still to be read).
+    #[test]
+    fn handed_residuals_give_the_bits_of_kept_ones() {
+        use crate::models::{Builder, Init, Width};
+        let dev = crate::backend::cpu();
+        let mut b = Builder::new([16, 15, 15], None, Init::Kaiming(7));
+        let x = b.input();
+        let c1 = b.conv("c1", x, Width::Fixed(16), 1, 1, 0).unwrap();
+        let n1 = b.bn("n1", c1).unwrap();
+        let r1 = b.relu("r1", n1);
+        let c2 = b.conv("c2", r1, Width::Fixed(24), 1, 1, 0).unwrap();
+        let n2 = b.bn("n2", c2).unwrap();
+        let p2 = b.conv("p2", x, Width::Fixed(24), 1, 1, 0).unwrap();
+        let q2 = b.bn("q2", p2).unwrap();
+        // The projection's output is read last by this add: handed to c2's chain.
+        let a2 = b.add("a2", n2, q2, true).unwrap();
+        let c3 = b.conv("c3", a2, Width::Fixed(24), 1, 1, 0).unwrap();
+        let n3 = b.bn("n3", c3).unwrap();
+        // a2 is c3's input and its residual: kept.
+        let a3 = b.add("a3", n3, a2, false).unwrap();
+        let pool = b.global_avgpool("pool", a3).unwrap();
+        let flat = b.flatten("flat", pool);
+        b.linear("fc", flat, Width::Fixed(10)).unwrap();
+        let mut g = b.finish().unwrap();
+        let data: Vec<f32> = (0..2 * 16 * 15 * 15).map(|i| ((i * 7919) % 201) as f32 / 50.0 - 2.0).collect();
+        let input = || Tensor::from_vec(&[2, 16, 15, 15], data.clone()).unwrap();
+        let handed = g.forward(&dev, input(), Mode::Eval).unwrap().to_vec().unwrap();
+        let (kept, _) = g.forward_taps(&dev, input(), Mode::Eval, &[q2, a2]).unwrap();
+        assert!(handed == kept.to_vec().unwrap(), "handing the residual changed the logits");
+    }
 
     /// An add's gradient stored once and read in place, and every way the sharing is undone
     /// before the stored gradient changes: the values are those of separate copies.

@@ -8,7 +8,7 @@
 
 use super::elementwise::{relu, update_unary};
 use super::gemm::{sgemm, sgemm_into, sgemm_layout, Layout};
-use super::{host, team, CpuBackend, Weights};
+use super::{host, pointwise, team, CpuBackend, Weights};
 use crate::backend::{Activation, ConvEpilogue, ConvOps, ConvShape, ConvSpec, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -885,6 +885,33 @@ impl ConvOps for CpuBackend {
         };
         let y = self.forward_dispatch(x, w, &s, Some(&epi), Weights::Fixed)?;
         Tensor::from_vec(&s.output_dims(), y)
+    }
+
+    /// The 1x1 kernel writes over the residual (each output reads its own residual element and
+    /// then replaces it); other paths borrow it.
+    fn conv2d_forward_fused_over(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        spec: ConvSpec,
+        epi: &ConvEpilogue,
+        mut residual: Tensor,
+    ) -> Result<Tensor> {
+        let with = ConvEpilogue { residual: Some(&residual), ..*epi };
+        let s = ConvShape::fused(x, w, spec, &with)?;
+        if self.reference || !(self.pointwise(&s) && pointwise::available(&s)) {
+            return self.conv2d_forward_fused(x, w, spec, &with);
+        }
+        let act = epi.act;
+        let epi = Epilogue {
+            scale: host(epi.scale)?,
+            shift: host(epi.shift)?,
+            residual: None,
+            relu: act == Activation::Relu,
+            relu6: act == Activation::Relu6,
+        };
+        pointwise::forward_over(host(x)?, host(w)?, Some(w.stamp()), &s, &epi, residual.as_mut_slice()?);
+        Ok(residual)
     }
 
     fn set_conv_precision(&self, precision: Precision) -> Result<()> {

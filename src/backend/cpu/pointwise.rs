@@ -83,23 +83,53 @@ static PANELS: WeightCache<(u64, usize, usize)> = WeightCache::new(1 << 23, 256)
 /// `forward`, with the weight panels kept by the weight tensor's content stamp when one is
 /// given (the backend passes it), so that inference packs each layer's weights once.
 pub fn forward_stamped(x: &[f32], w: &[f32], stamp: Option<u64>, s: &ConvShape, epi: Option<&Epilogue>) -> Vec<f32> {
+    // Every element is written (each tile's rows, tails through the scratch).
+    let mut y = crate::tensor::pool::take(s.n * s.c_out * s.out_h * s.out_w);
+    forward_to(x, w, stamp, s, epi, &mut y, false);
+    y
+}
+
+/// `forward_stamped` with `epi`'s residual in `y`: each output reads its residual there, then
+/// replaces it, so the residual's memory is read and written once (a residual beside a fresh
+/// output is read, and the output's lines fetched before they are written). `epi.residual`
+/// must be `None`; the same bits as passing the residual there.
+pub fn forward_over(x: &[f32], w: &[f32], stamp: Option<u64>, s: &ConvShape, epi: &Epilogue, y: &mut [f32]) {
+    assert!(epi.residual.is_none(), "pointwise conv: the residual is the output");
+    forward_to(x, w, stamp, s, Some(epi), y, true);
+}
+
+/// Into `y` (the output's size); `residual_in_y`: `y` holds the residual on entry.
+fn forward_to(
+    x: &[f32],
+    w: &[f32],
+    stamp: Option<u64>,
+    s: &ConvShape,
+    epi: Option<&Epilogue>,
+    y: &mut [f32],
+    residual_in_y: bool,
+) {
     assert!(available(s), "pointwise conv: unsupported shape or CPU {s:?}");
     let (n, c, k, p) = (s.n, s.c_in, s.c_out, s.out_h * s.out_w);
     assert_eq!(x.len(), n * c * p, "pointwise conv: input size");
     assert_eq!(w.len(), k * c, "pointwise conv: weight size");
+    assert_eq!(y.len(), n * k * p, "pointwise conv: output size");
     if let Some(e) = epi {
         assert!(e.scale.len() == k && e.shift.len() == k, "pointwise conv: epilogue channels");
         assert!(e.residual.is_none_or(|r| r.len() == n * k * p), "pointwise conv: residual size");
     }
-    // Every element is written below (each tile's rows, tails through the scratch).
-    let mut y = crate::tensor::pool::take(n * k * p);
-    if y.is_empty() || c == 0 {
+    if y.is_empty() {
+        return;
+    }
+    if c == 0 {
         // No input channels: every sum is the empty chain.
+        let residual = residual_in_y.then(|| y.to_vec());
         y.fill(0.0);
         if let Some(e) = epi {
-            e.apply_slice(&mut y, 0, p, k);
+            let residual = residual.as_deref().or(e.residual);
+            let e = Epilogue { scale: e.scale, shift: e.shift, residual, relu: e.relu, relu6: e.relu6 };
+            e.apply_slice(y, 0, p, k);
         }
-        return y;
+        return;
     }
     let panels = PANELS.get_or_make(stamp.map(|st| (st, k, c)), || pack_weights(w, k, c));
     let plan = Plan::new(n, c, k, p);
@@ -107,8 +137,9 @@ pub fn forward_stamped(x: &[f32], w: &[f32], stamp: Option<u64>, s: &ConvShape, 
     team::for_each_on(n < team::SHORT_BATCH, plan.tasks(), |t| {
         let task = plan.task(t);
         let image = task.image;
-        // SAFETY: the task writes only rows `task.blocks` x pixels `task.pixels` of its
-        // image's output, which no other task touches; every pointer below stays in bounds.
+        // SAFETY: the task writes (and, with the residual in y, first reads) only rows
+        // `task.blocks` x pixels `task.pixels` of its image's output, which no other task
+        // touches; every pointer below stays in bounds.
         unsafe {
             run(
                 &Tile {
@@ -119,13 +150,13 @@ pub fn forward_stamped(x: &[f32], w: &[f32], stamp: Option<u64>, s: &ConvShape, 
                     panels: &panels,
                     y: out.at(image * k * p),
                     epi,
+                    residual_in_y,
                     at0: image * k * p,
                 },
                 &task,
             )
         };
     });
-    y
 }
 
 /// `w[k, c]` as panels of `ROWS` output channels, `[panel][c][ROWS]`, rows past `k` zero.
@@ -201,6 +232,8 @@ struct Tile<'a> {
     /// The image's output `[k][p]`.
     y: *mut f32,
     epi: Option<&'a Epilogue<'a>>,
+    /// Whether `y` holds the residual (read before each output is written over it).
+    residual_in_y: bool,
     /// Flat index of the image's first output (the residual's offset).
     at0: usize,
 }
@@ -369,6 +402,14 @@ unsafe fn finish<R: Reg, const NV: usize, const ACT: u8>(
                         R::load(res.as_ptr().add(at))
                     } else {
                         scratch[..n].copy_from_slice(&res[at..at + n]);
+                        R::load(scratch.as_ptr())
+                    };
+                    a = a.add(rv);
+                } else if tile.residual_in_y {
+                    let rv = if n == lanes {
+                        R::load(row.add(v * lanes))
+                    } else {
+                        std::ptr::copy_nonoverlapping(row.add(v * lanes), scratch.as_mut_ptr(), n);
                         R::load(scratch.as_ptr())
                     };
                     a = a.add(rv);
