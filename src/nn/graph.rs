@@ -724,7 +724,7 @@ mod tests {
         let n2 = b.bn("n2", c2).unwrap();
         let p2 = b.conv("p2", x, Width::Fixed(24), 1, 1, 0).unwrap();
         let q2 = b.bn("q2", p2).unwrap();
-        // The projection's output is read last by this add: handed to c2's chain.
+        // p2 -> q2 -> a2 is one chain whose residual n2 it reads last: handed over.
         let a2 = b.add("a2", n2, q2, true).unwrap();
         let c3 = b.conv("c3", a2, Width::Fixed(24), 1, 1, 0).unwrap();
         let n3 = b.bn("n3", c3).unwrap();
@@ -737,7 +737,8 @@ mod tests {
         let data: Vec<f32> = (0..2 * 16 * 15 * 15).map(|i| ((i * 7919) % 201) as f32 / 50.0 - 2.0).collect();
         let input = || Tensor::from_vec(&[2, 16, 15, 15], data.clone()).unwrap();
         let handed = g.forward(&dev, input(), Mode::Eval).unwrap().to_vec().unwrap();
-        let (kept, _) = g.forward_taps(&dev, input(), Mode::Eval, &[q2, a2]).unwrap();
+        // A tapped residual is kept (the chain borrows it).
+        let (kept, _) = g.forward_taps(&dev, input(), Mode::Eval, &[n2]).unwrap();
         assert!(handed == kept.to_vec().unwrap(), "handing the residual changed the logits");
     }
 

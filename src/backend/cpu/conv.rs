@@ -899,7 +899,7 @@ impl ConvOps for CpuBackend {
     ) -> Result<Tensor> {
         let with = ConvEpilogue { residual: Some(&residual), ..*epi };
         let s = ConvShape::fused(x, w, spec, &with)?;
-        if self.reference || !(self.pointwise(&s) && pointwise::available(&s)) {
+        if self.reference || !self.pointwise(&s) {
             return self.conv2d_forward_fused(x, w, spec, &with);
         }
         let act = epi.act;
