@@ -486,6 +486,7 @@ fn fused_eval_conv_equals_unfused_ops_bit_for_bit() {
         (2, 72, 16, 16, 24, 3, 2, 1),  // AVX-512: the channel-vector kernel (im2col elsewhere)
         (2, 24, 16, 16, 40, 1, 1, 0),  // the 1x1 kernel (an expansion): writes over a handed residual
         (1, 16, 15, 15, 48, 1, 1, 0),  // the same with a ragged last pixel vector
+        (3, 200, 9, 9, 64, 1, 1, 0),   // a 1x1 on the GEMM: its epilogue writes over a handed residual
     ];
     for (i, &(n, c, h, w, k, ks, stride, pad)) in cases.iter().enumerate() {
         let seed = 50 + 10 * i as u64;

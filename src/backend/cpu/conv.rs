@@ -321,6 +321,28 @@ impl Epilogue<'_> {
         }
     }
 
+    /// `apply_slice` for one whole image whose residual is in `out`, the products in `fresh`
+    /// (both `k` planes of `plane` pixels): `out = act((fresh * scale + shift) + out)`, the same
+    /// operations in the same order. `self.residual` is not read.
+    pub fn apply_over(&self, fresh: &[f32], out: &mut [f32], plane: usize, k: usize) {
+        assert!(fresh.len() == k * plane && out.len() == k * plane, "epilogue: image sizes");
+        match (self.relu, self.relu6) {
+            (true, _) => self.over_with(fresh, out, plane, relu),
+            (false, true) => self.over_with(fresh, out, plane, |v| Activation::Relu6.apply(v)),
+            (false, false) => self.over_with(fresh, out, plane, |v| v),
+        }
+    }
+
+    #[inline(always)]
+    fn over_with(&self, fresh: &[f32], out: &mut [f32], plane: usize, act: impl Fn(f32) -> f32 + Copy) {
+        for (ch, (f, o)) in fresh.chunks_exact(plane).zip(out.chunks_exact_mut(plane)).enumerate() {
+            let (sc, sh) = (self.scale[ch], self.shift[ch]);
+            for (o, &v) in o.iter_mut().zip(f) {
+                *o = act(v * sc + sh + *o);
+            }
+        }
+    }
+
     #[inline(always)]
     fn slice_with(&self, out: &mut [f32], at0: usize, plane: usize, k: usize, act: impl Fn(f32) -> f32 + Copy) {
         let plane = plane.max(1);
@@ -417,6 +439,30 @@ fn forward_fused_with(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue
         },
     );
     y
+}
+
+/// `forward_fused` of a 1x1 convolution (`is_pointwise`) on maps of `TARGET_POINTWISE_COLUMNS`
+/// pixels and more, with `epi`'s residual in `y`: each image's product goes to scratch that
+/// stays in cache, then the epilogue reads the residual from `y` and writes the output over it,
+/// so the residual's memory is read and written once (a fresh output's lines are fetched before
+/// they are written). The same bits as `forward_fused` with the residual in `epi`.
+pub fn forward_fused_over(x: &[f32], w: &[f32], s: &ConvShape, epi: &Epilogue, y: &mut [f32]) {
+    assert!(fused_over_supported(s), "conv: no in-place 1x1 forward for {s:?}");
+    assert!(epi.residual.is_none(), "conv: the residual is the output");
+    let (k, pq, c) = (s.c_out, s.out_h * s.out_w, s.c_in);
+    assert!(x.len() == s.n * c * pq && w.len() == k * c && y.len() == s.n * k * pq, "conv: 1x1 sizes");
+    let threads = gemm_threads(s, 1);
+    let short = s.n < team::SHORT_BATCH;
+    y.par_chunks_mut(k * pq).zip(x.par_chunks(c * pq)).for_each_init(Vec::new, |fresh, (ych, xch)| {
+        fresh.resize(k * pq, 0.0);
+        gemm_image(w, xch, fresh, (k, pq, c), None, 0, threads, short);
+        epi.apply_over(fresh, ych, pq, k);
+    });
+}
+
+/// Whether `forward_fused_over` takes `s`: a 1x1 convolution whose chunks are single images.
+pub fn fused_over_supported(s: &ConvShape) -> bool {
+    is_pointwise(s) && s.out_h * s.out_w >= TARGET_POINTWISE_COLUMNS
 }
 
 /// Output channels per block when one image's GEMM is split over `threads`, or `None` to leave
@@ -887,8 +933,10 @@ impl ConvOps for CpuBackend {
         Tensor::from_vec(&s.output_dims(), y)
     }
 
-    /// The 1x1 kernel writes over the residual (each output reads its own residual element and
-    /// then replaces it); other paths borrow it.
+    /// The 1x1 kernel, and past batch 1 the 1x1 GEMM's epilogue, write over the residual (each
+    /// output reads its own residual element and then replaces it); other paths borrow it.
+    /// ResNet-50 at batch 32 (`bench infer --layers`, alternated three times): the GEMM's 1x1
+    /// layers with a residual (layer3's and layer4's expansions) 124-127 -> 121-122 ms.
     fn conv2d_forward_fused_over(
         &self,
         x: &Tensor,
@@ -899,7 +947,9 @@ impl ConvOps for CpuBackend {
     ) -> Result<Tensor> {
         let with = ConvEpilogue { residual: Some(&residual), ..*epi };
         let s = ConvShape::fused(x, w, spec, &with)?;
-        if self.reference || !self.pointwise(&s) {
+        // (At batch 1 one image's product is split over the threads and its output stays in cache.)
+        let gemm_over = s.n > 1 && fused_over_supported(&s);
+        if self.reference || !(self.pointwise(&s) || gemm_over) {
             return self.conv2d_forward_fused(x, w, spec, &with);
         }
         let act = epi.act;
@@ -910,7 +960,11 @@ impl ConvOps for CpuBackend {
             relu: act == Activation::Relu,
             relu6: act == Activation::Relu6,
         };
-        pointwise::forward_over(host(x)?, host(w)?, Some(w.stamp()), &s, &epi, residual.as_mut_slice()?);
+        if self.pointwise(&s) {
+            pointwise::forward_over(host(x)?, host(w)?, Some(w.stamp()), &s, &epi, residual.as_mut_slice()?);
+        } else {
+            forward_fused_over(host(x)?, host(w)?, &s, &epi, residual.as_mut_slice()?);
+        }
         Ok(residual)
     }
 
