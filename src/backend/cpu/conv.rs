@@ -460,9 +460,10 @@ pub fn forward_fused_over(x: &[f32], w: &[f32], s: &ConvShape, epi: &Epilogue, y
     });
 }
 
-/// Whether `forward_fused_over` takes `s`: a 1x1 convolution whose chunks are single images.
+/// Whether `forward_fused_over` takes `s`: a 1x1 convolution with channels, whose chunks are
+/// single images.
 pub fn fused_over_supported(s: &ConvShape) -> bool {
-    is_pointwise(s) && s.out_h * s.out_w >= TARGET_POINTWISE_COLUMNS
+    is_pointwise(s) && s.c_in > 0 && s.c_out > 0 && s.out_h * s.out_w >= TARGET_POINTWISE_COLUMNS
 }
 
 /// Output channels per block when one image's GEMM is split over `threads`, or `None` to leave
