@@ -830,6 +830,17 @@ pub fn forward_reference(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
 
 // ---- the trait ------------------------------------------------------------------------------
 
+/// The CPU kernels' view of a fused conv's epilogue, with `residual` as its residual.
+fn host_epilogue<'a>(epi: &ConvEpilogue<'a>, residual: Option<&'a Tensor>) -> Result<Epilogue<'a>> {
+    Ok(Epilogue {
+        scale: host(epi.scale)?,
+        shift: host(epi.shift)?,
+        residual: residual.map(host).transpose()?,
+        relu: epi.act == Activation::Relu,
+        relu6: epi.act == Activation::Relu6,
+    })
+}
+
 impl CpuBackend {
     /// The forward kernel this backend uses for `s` (f64 loops, depthwise, grouped, Winograd,
     /// direct, 1x1 or im2col), with the fused epilogue applied in its last pass when given.
@@ -922,14 +933,7 @@ impl ConvOps for CpuBackend {
     /// arithmetic in their order: the same bits as running them one by one.
     fn conv2d_forward_fused(&self, x: &Tensor, w: &Tensor, spec: ConvSpec, epi: &ConvEpilogue) -> Result<Tensor> {
         let s = ConvShape::fused(x, w, spec, epi)?;
-        let act = epi.act;
-        let epi = Epilogue {
-            scale: host(epi.scale)?,
-            shift: host(epi.shift)?,
-            residual: epi.residual.map(host).transpose()?,
-            relu: act == Activation::Relu,
-            relu6: act == Activation::Relu6,
-        };
+        let epi = host_epilogue(epi, epi.residual)?;
         let y = self.forward_dispatch(x, w, &s, Some(&epi), Weights::Fixed)?;
         Tensor::from_vec(&s.output_dims(), y)
     }
@@ -948,20 +952,15 @@ impl ConvOps for CpuBackend {
     ) -> Result<Tensor> {
         let with = ConvEpilogue { residual: Some(&residual), ..*epi };
         let s = ConvShape::fused(x, w, spec, &with)?;
-        // (At batch 1 one image's product is split over the threads and its output stays in cache.)
-        let gemm_over = s.n > 1 && fused_over_supported(&s);
-        if self.reference || !(self.pointwise(&s) || gemm_over) {
+        // The paths `forward_dispatch` takes for a 1x1 convolution with an epilogue (no earlier
+        // arm takes one): the 1x1 kernel, else the GEMM. At batch 1 the GEMM splits one image's
+        // product over the threads and its output stays in cache: it borrows.
+        let kernel = self.pointwise(&s);
+        if self.reference || !(kernel || (s.n > 1 && fused_over_supported(&s))) {
             return self.conv2d_forward_fused(x, w, spec, &with);
         }
-        let act = epi.act;
-        let epi = Epilogue {
-            scale: host(epi.scale)?,
-            shift: host(epi.shift)?,
-            residual: None,
-            relu: act == Activation::Relu,
-            relu6: act == Activation::Relu6,
-        };
-        if self.pointwise(&s) {
+        let epi = host_epilogue(epi, None)?;
+        if kernel {
             pointwise::forward_over(host(x)?, host(w)?, Some(w.stamp()), &s, &epi, residual.as_mut_slice()?);
         } else {
             forward_fused_over(host(x)?, host(w)?, &s, &epi, residual.as_mut_slice()?);
