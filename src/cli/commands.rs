@@ -534,9 +534,6 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
         }
         BenchWhat::Train | BenchWhat::Infer => {
             let train = a.what == BenchWhat::Train;
-            if a.layers && train {
-                return Err(Error::Invalid("--layers profiles `bench infer`, not `bench train`".into()));
-            }
             let dev = open_device(g)?;
             let batch = if train { a.train_batch } else { batch };
             let r = crate::bench::cpu::model_bench(&dev, &a.model, a.image_size, batch, train, 3, a.reps.unwrap_or(5))?;
@@ -555,21 +552,32 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
                 1e3 * t.timing.max_s,
                 t.timing.reps
             );
-            let layers = if a.layers {
-                let reps = a.reps.unwrap_or(5);
-                Some(crate::bench::layers::layer_profile(&dev, &a.model, a.image_size, batch, 3, reps)?)
-            } else {
-                None
-            };
-            if let Some(l) = &layers {
-                println!("\n{}", l.table());
+            #[derive(serde::Serialize)]
+            #[serde(untagged)]
+            enum Profile {
+                Infer(crate::bench::layers::LayerProfile),
+                Train(crate::bench::layers::TrainProfile),
             }
+            let reps = a.reps.unwrap_or(5);
+            let layers = match (a.layers, train) {
+                (false, _) => None,
+                (true, false) => {
+                    let p = crate::bench::layers::layer_profile(&dev, &a.model, a.image_size, batch, 3, reps)?;
+                    println!("\n{}", p.table());
+                    Some(Profile::Infer(p))
+                }
+                (true, true) => {
+                    let p = crate::bench::layers::train_profile(&dev, &a.model, a.image_size, batch, 3, reps)?;
+                    println!("\n{}", p.table());
+                    Some(Profile::Train(p))
+                }
+            };
             if let Some(p) = &a.json {
                 #[derive(serde::Serialize)]
                 struct WithLayers<'a> {
                     #[serde(flatten)]
                     bench: &'a crate::bench::cpu::ModelBench,
-                    layers: &'a Option<crate::bench::layers::LayerProfile>,
+                    layers: &'a Option<Profile>,
                 }
                 report::write_json(p, &WithLayers { bench: &r, layers: &layers })?;
             }

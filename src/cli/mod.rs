@@ -647,7 +647,8 @@ pub struct BenchArgs {
     pub no_torch: bool,
     /// `bench infer`: also time each step of the forward (each layer, or fused conv chain) and
     /// sum them by kind: where the time goes (with --json, written beside the throughput as
-    /// `layers`).
+    /// `layers`). `bench train`: the same for the training step, each layer's forward, input
+    /// gradient and weight gradient apart, then the loss and the SGD step.
     #[arg(long)]
     pub layers: bool,
     /// `bench search`: unlabeled images per candidate; `bench data`: images pulled through the

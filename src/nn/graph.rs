@@ -53,13 +53,51 @@ impl Op {
     }
 }
 
-/// Wall time of one step of a profiled eval forward (`Graph::forward_profiled`): node `first`,
-/// or the conv chain `first..=last` run as one fused conv.
+/// Wall time of one step of a profiled forward (`Graph::forward_profiled`,
+/// `Graph::forward_train_profiled`): node `first`, or the nodes `first..=last` run as one op (an
+/// eval conv chain fused into its conv, a training batch norm -> ReLU pair).
 #[derive(Clone, Copy, Debug)]
 pub struct StepTime {
     pub first: usize,
     pub last: usize,
     pub seconds: f64,
+}
+
+/// What part of a node's backward a `BackwardTime` measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackwardPart {
+    /// A convolution's weight gradient.
+    ConvWeight,
+    /// A convolution's input gradient, or all of another node's backward; with the gradient's
+    /// hand-over to the node's inputs either way.
+    Rest,
+}
+
+/// Wall time of one part of one node's backward (`Graph::backward_profiled`).
+#[derive(Clone, Copy, Debug)]
+pub struct BackwardTime {
+    pub node: usize,
+    pub part: BackwardPart,
+    pub seconds: f64,
+}
+
+/// Laps of a profiled backward: each ends with the device synchronised. Without a record to
+/// write to it does nothing, so the unprofiled pass pays nothing.
+struct Laps<'a> {
+    record: Option<&'a mut Vec<BackwardTime>>,
+    since: std::time::Instant,
+}
+
+impl Laps<'_> {
+    fn lap(&mut self, dev: &Device, node: usize, part: BackwardPart) -> Result<()> {
+        if let Some(record) = self.record.as_deref_mut() {
+            dev.synchronize()?;
+            let now = std::time::Instant::now();
+            record.push(BackwardTime { node, part, seconds: (now - self.since).as_secs_f64() });
+            self.since = now;
+        }
+        Ok(())
+    }
 }
 
 pub struct Node {
@@ -360,27 +398,51 @@ impl Graph {
     }
 
     pub fn forward_train(&mut self, dev: &Device, x: Tensor) -> Result<Trace> {
+        self.forward_train_steps(dev, x, None)
+    }
+
+    /// A training forward that also times each step (a node, or a batch norm -> ReLU pair), with
+    /// the device synchronised around it (`bench train --layers`).
+    pub fn forward_train_profiled(&mut self, dev: &Device, x: Tensor) -> Result<(Trace, Vec<StepTime>)> {
+        let mut times = Vec::with_capacity(self.nodes.len());
+        let trace = self.forward_train_steps(dev, x, Some(&mut times))?;
+        Ok((trace, times))
+    }
+
+    fn forward_train_steps(&mut self, dev: &Device, x: Tensor, mut times: Option<&mut Vec<StepTime>>) -> Result<Trace> {
         self.check_input(&x)?;
         let last = self.last_uses();
         let mut values: Vec<Option<Tensor>> = Vec::with_capacity(self.nodes.len());
         values.push(Some(x));
         let mut i = 1;
         while i < self.nodes.len() {
+            let started = match times {
+                Some(_) => {
+                    dev.synchronize()?;
+                    Some(std::time::Instant::now())
+                }
+                None => None,
+            };
             let input = value_of(&values, self.nodes[i].inputs[0], &self.nodes[i].name)?;
-            if self.bn_relu_pair(i, &last) {
+            let last_node = if self.bn_relu_pair(i, &last) {
                 let Op::BatchNorm(bn) = &mut self.nodes[i].op else { unreachable!("checked by bn_relu_pair") };
                 let y = bn.forward_train_relu(dev, input)?;
                 values.push(None);
                 values.push(Some(y));
-                i += 2;
-                continue;
-            }
-            let y = match &self.nodes[i].op {
-                Op::Conv(c) => c.forward_train(dev, input)?,
-                _ => Self::run_node(&mut self.nodes[i], dev, &values, Mode::Train)?,
+                i + 1
+            } else {
+                let y = match &self.nodes[i].op {
+                    Op::Conv(c) => c.forward_train(dev, input)?,
+                    _ => Self::run_node(&mut self.nodes[i], dev, &values, Mode::Train)?,
+                };
+                values.push(Some(y));
+                i
             };
-            values.push(Some(y));
-            i += 1;
+            if let (Some(times), Some(started)) = (times.as_deref_mut(), started) {
+                dev.synchronize()?;
+                times.push(StepTime { first: i, last: last_node, seconds: started.elapsed().as_secs_f64() });
+            }
+            i = last_node + 1;
         }
         Ok(Trace { values })
     }
@@ -491,9 +553,28 @@ impl Graph {
     pub fn backward_with(
         &mut self,
         dev: &Device,
+        trace: Trace,
+        dout: Tensor,
+        inner: Vec<(usize, Tensor)>,
+    ) -> Result<()> {
+        self.backward_steps(dev, trace, dout, inner, None)
+    }
+
+    /// [`Graph::backward`] timing each node's backward (a convolution's weight and input
+    /// gradients apart), with the device synchronised after each part (`bench train --layers`).
+    pub fn backward_profiled(&mut self, dev: &Device, trace: Trace, dout: Tensor) -> Result<Vec<BackwardTime>> {
+        let mut times = Vec::with_capacity(2 * self.nodes.len());
+        self.backward_steps(dev, trace, dout, Vec::new(), Some(&mut times))?;
+        Ok(times)
+    }
+
+    fn backward_steps(
+        &mut self,
+        dev: &Device,
         mut trace: Trace,
         dout: Tensor,
         inner: Vec<(usize, Tensor)>,
+        record: Option<&mut Vec<BackwardTime>>,
     ) -> Result<()> {
         let n = self.nodes.len();
         let out_dims = trace.output().dims().to_vec();
@@ -507,6 +588,10 @@ impl Graph {
             g.expect_dims(value.dims(), "inner gradient")?;
             grads.add(dev, node, g)?;
         }
+        if record.is_some() {
+            dev.synchronize()?;
+        }
+        let mut laps = Laps { record, since: std::time::Instant::now() };
         for i in (1..n).rev() {
             let (owned, shared) = grads.take(dev, i)?;
             let dy = match (&owned, shared) {
@@ -529,8 +614,11 @@ impl Graph {
                 Op::Input => {}
                 Op::Conv(c) => {
                     let x = value_of(values, inputs[0], "conv input")?;
-                    if let Some(dx) = c.backward(dev, x, dy, inputs[0] != 0)? {
-                        push.push((inputs[0], dx));
+                    c.backward_weight(dev, x, dy)?;
+                    laps.lap(dev, i, BackwardPart::ConvWeight)?;
+                    // The network's input needs no gradient.
+                    if inputs[0] != 0 {
+                        push.push((inputs[0], c.backward_data(dev, x, dy)?));
                     }
                 }
                 Op::BatchNorm(bn) => {
@@ -576,6 +664,7 @@ impl Graph {
                 grads.add_to_both(dev, a, b, g)?;
             }
             trace.values[i] = None;
+            laps.lap(dev, i, BackwardPart::Rest)?;
         }
         Ok(())
     }

@@ -52,20 +52,19 @@ impl Conv2d {
     pub fn forward(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
         dev.conv2d_forward(x, &self.weight.value, self.spec)
     }
-    /// `forward` in a training pass (`backward` on the same `x` follows).
+    /// `forward` in a training pass (`backward_weight` and `backward_data` on the same `x` follow).
     pub fn forward_train(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
         dev.conv2d_forward_train(x, &self.weight.value, self.spec)
     }
-    /// Accumulates the weight gradient and returns the input gradient (skipped when the input
-    /// is the network input, which needs none).
-    pub fn backward(&mut self, dev: &Device, x: &Tensor, dy: &Tensor, need_dx: bool) -> Result<Option<Tensor>> {
+    /// Accumulates the weight gradient (`backward_data` is the backward's other half, skipped
+    /// for the network's input).
+    pub fn backward_weight(&mut self, dev: &Device, x: &Tensor, dy: &Tensor) -> Result<()> {
         let dw = dev.conv2d_backward_weight(dy, x, self.weight.value.dims(), self.spec)?;
-        self.weight.accumulate(dev, dw)?;
-        if need_dx {
-            Ok(Some(dev.conv2d_backward_data(dy, &self.weight.value, x.dims(), self.spec)?))
-        } else {
-            Ok(None)
-        }
+        self.weight.accumulate(dev, dw)
+    }
+    /// The input gradient.
+    pub fn backward_data(&self, dev: &Device, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        dev.conv2d_backward_data(dy, &self.weight.value, x.dims(), self.spec)
     }
 }
 

@@ -3,5 +3,5 @@
 pub mod graph;
 pub mod layers;
 
-pub use graph::{Graph, Mode, Node, Op, StateMut, StateRef, StepTime, Trace, WidthSlot};
+pub use graph::{BackwardPart, BackwardTime, Graph, Mode, Node, Op, StateMut, StateRef, StepTime, Trace, WidthSlot};
 pub use layers::{BatchNorm, Conv2d, Linear, Param, ShortcutA};

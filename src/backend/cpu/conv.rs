@@ -421,13 +421,13 @@ fn forward_fused_with(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue
             let at0 = chunk * g * k * pq;
             if in_place && xch.len() == chw {
                 // One image of a 1x1 convolution: x is its own im2col matrix.
-                gemm_image(w, xch, ych, (k, pq, crs), epi, at0, threads, short);
+                gemm_image(w, Layout::row_major(crs), xch, ych, (k, pq, crs), epi, at0, threads, short);
                 return;
             }
             let cols = im2col_chunk(xch, s, col, threads, short);
             if cols == pq {
                 // One image: the GEMM output already has the [K, PQ] layout.
-                gemm_image(w, col, ych, (k, pq, crs), epi, at0, threads, short);
+                gemm_image(w, Layout::row_major(crs), col, ych, (k, pq, crs), epi, at0, threads, short);
                 return;
             }
             tmp.resize(k * cols, 0.0);
@@ -455,7 +455,7 @@ pub fn forward_fused_over(x: &[f32], w: &[f32], s: &ConvShape, epi: &Epilogue, y
     let short = s.n < team::SHORT_BATCH;
     y.par_chunks_mut(k * pq).zip(x.par_chunks(c * pq)).for_each_init(Vec::new, |fresh, (ych, xch)| {
         fresh.resize(k * pq, 0.0);
-        gemm_image(w, xch, fresh, (k, pq, c), None, 0, threads, short);
+        gemm_image(w, Layout::row_major(c), xch, fresh, (k, pq, c), None, 0, threads, short);
         epi.apply_over(fresh, ych, pq, k);
     });
 }
@@ -496,7 +496,8 @@ fn column_parts(k: usize, pq: usize, crs: usize, threads: usize) -> Option<usize
 /// The fewest pixels a part of `column_parts` gets (more than 256 outputs and 64 columns).
 const MIN_PART_COLUMNS: usize = 512;
 
-/// One image's `y[K, PQ] = w[K, CRS] * b[CRS, PQ]`, then `epi` on it (flat offset `at0`).
+/// One image's `y[K, PQ] = w[K, CRS] * b[CRS, PQ]` (`w` laid out as `wl` says: the weights, or
+/// their transpose read in place for backward-data), then `epi` on it (flat offset `at0`).
 /// With `threads > 1` (a batch too small to share out by chunks) the output channels (or the
 /// pixels: `column_parts`) are split into one block per thread, each a serial GEMM followed by
 /// the epilogue of its own outputs, on the team for a batch of 1 (`short`). Left to the GEMM's
@@ -508,6 +509,7 @@ const MIN_PART_COLUMNS: usize = 512;
 #[allow(clippy::too_many_arguments)]
 fn gemm_image(
     w: &[f32],
+    wl: Layout,
     b: &[f32],
     y: &mut [f32],
     (k, pq, crs): (usize, usize, usize),
@@ -524,7 +526,7 @@ fn gemm_image(
             let lb = Layout::row_major(pq);
             // SAFETY: part `t` writes only columns c0..c1 of the k rows of `y` (in bounds by the
             // assert above), which no other part touches.
-            unsafe { sgemm_into(k, c1 - c0, crs, w, Layout::row_major(crs), &b[c0..], lb, out.at(c0), lb, false, 1) };
+            unsafe { sgemm_into(k, c1 - c0, crs, w, wl, &b[c0..], lb, out.at(c0), lb, false, 1) };
             if let Some(epi) = epi {
                 for r in 0..k {
                     // SAFETY: as above: this part's columns of row r.
@@ -536,7 +538,7 @@ fn gemm_image(
         return;
     }
     let Some(rows) = rows_per_block(k, pq, crs, threads) else {
-        sgemm(k, pq, crs, w, false, b, false, y, false, threads);
+        sgemm_layout(k, pq, crs, w, wl, b, Layout::row_major(pq), y, Layout::row_major(pq), false, threads);
         if let Some(epi) = epi {
             epi.apply_slice(y, at0, pq, k);
         }
@@ -544,7 +546,8 @@ fn gemm_image(
     };
     team::for_each_chunk_mut(short, y, rows * pq, |block, out| {
         let (k0, kk) = (block * rows, out.len() / pq);
-        sgemm(kk, pq, crs, &w[k0 * crs..(k0 + kk) * crs], false, b, false, out, false, 1);
+        let lp = Layout::row_major(pq);
+        sgemm_layout(kk, pq, crs, &w[k0 * wl.row..], wl, b, lp, out, lp, false, 1);
         if let Some(epi) = epi {
             epi.apply_slice(out, at0 + k0 * pq, pq, k);
         }
@@ -564,7 +567,6 @@ pub fn backward_data_im2col(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
 fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> Vec<f32> {
     let (k, pq, crs) = (s.c_out, s.out_h * s.out_w, s.c_in * s.kh * s.kw);
     let chw = s.c_in * s.h * s.w;
-    // col2im accumulates: each chunk clears its part first.
     let mut dx = crate::tensor::pool::take(s.n * chw);
     if dx.is_empty() || pq == 0 {
         dx.fill(0.0);
@@ -572,10 +574,16 @@ fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> V
     }
     let g = images_per_chunk(s);
     let threads = gemm_threads(s, g);
+    // W^T[CRS, K] read in place (W's column-major view), and the product split on the team by
+    // `gemm_image`: left to the GEMM's own rayon split, at batch 1 its workers fought the team's
+    // spinning helper for the cores, as the forward's did (`cargo bench --bench conv --
+    // backward_data`, 2 threads: ResNet-50's and MobileNetV2's 1x1 layers at batch 1 1.5-3.6x
+    // faster, `pw_b1_384to64x14` 167 -> 47 us; its 3x3 ones 5-13%). Same bits.
+    let wl = Layout::col_major(crs);
+    let short = s.n < team::SHORT_BATCH;
     dx.par_chunks_mut(g * chw).zip(dy.par_chunks(g * k * pq)).for_each_init(
         || (Vec::new(), Vec::new()),
         |(dcol, dyc), (dxch, dych)| {
-            dxch.fill(0.0);
             let images = dxch.len() / chw;
             let cols = images * pq;
             let dy_cols: &[f32] = if images == 1 {
@@ -585,13 +593,15 @@ fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> V
                 dyc
             };
             if in_place && images == 1 {
-                // One image of a 1x1 convolution: col2im would add the GEMM's output to the
-                // zeros of dx; the GEMM adds it itself (the same sums, and 0 + v as col2im).
-                sgemm(crs, cols, k, w, true, dy_cols, false, dxch, true, threads);
+                // One image of a 1x1 convolution: the GEMM writes dx itself (col2im would add
+                // its output to zeros: the same values, as a sum from +0 is never -0).
+                gemm_image(w, wl, dy_cols, dxch, (crs, cols, k), None, 0, threads, short);
                 return;
             }
+            // col2im accumulates: each chunk clears its part first.
+            dxch.fill(0.0);
             dcol.resize(crs * cols, 0.0);
-            sgemm(crs, cols, k, w, true, dy_cols, false, dcol, false, threads);
+            gemm_image(w, wl, dy_cols, dcol, (crs, cols, k), None, 0, threads, short);
             for j in 0..images {
                 col2im(dcol, s, cols, j * pq, &mut dxch[j * chw..(j + 1) * chw]);
             }
