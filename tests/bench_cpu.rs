@@ -171,8 +171,7 @@ fn bench_cpu_times_torchvision_families_at_the_asked_size() {
 
 /// `bench infer --layers` on MobileNetV2 at 32x32: one step per unfused node or fused conv chain,
 /// every node of the graph in exactly one step, the steps' MACs summing to the model's (as
-/// `info` counts them), the shares to 1, and the kinds to the steps; `--layers` with `bench train`
-/// is refused.
+/// `info` counts them), the shares to 1, and the kinds to the steps.
 #[test]
 fn bench_infer_layers_says_where_the_time_goes() {
     let dir = tempfile::tempdir().unwrap();
@@ -201,9 +200,75 @@ fn bench_infer_layers_says_where_the_time_goes() {
     let kinds = l["kinds"].as_array().unwrap();
     let in_kinds: u64 = kinds.iter().map(|k| k["steps"].as_u64().unwrap()).sum();
     assert_eq!(in_kinds as usize, steps.len());
-    let refused = exe::lfgcl(["-q", "bench", "train", "--model", "smallcnn", "--layers"]).output().unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--layers profiles `bench infer`"));
+}
+
+/// `bench train --layers` on ResNet-18 at 32x32: every node of the graph in exactly one step (the
+/// forward MACs summing to the model's), batch norm -> ReLU pairs as one step, a forward and a
+/// backward timed for every step and a weight gradient for every convolution and nothing else,
+/// the shares of the steps, the loss and the SGD step summing to 1, and the kinds to the steps.
+#[test]
+fn bench_train_layers_says_where_the_time_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("layers.json");
+    let args = ["--threads", "2", "-q", "bench", "train", "--model", "resnet18", "--image-size", "32"];
+    let out =
+        exe::lfgcl(args).args(["--train-batch", "2", "--reps", "2", "--layers", "--json"]).arg(&json).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("training step") && stdout.contains("conv 7x7 s2") && stdout.contains("SGD step"),
+        "{stdout}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let l = &r["layers"];
+    let steps = l["steps"].as_array().unwrap();
+    assert!(steps.iter().any(|s| s["ops"] == "BatchNorm+ReLU"), "{l}");
+    let info = exe::lfgcl(["info", "--model", "resnet18", "--input", "3x32x32"]).output().unwrap();
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    let info = String::from_utf8_lossy(&info.stdout);
+    let total_line = info.lines().find(|l| l.starts_with("Total")).expect("info prints a total");
+    let model_macs: u64 = total_line.split_whitespace().last().unwrap().replace(',', "").parse().unwrap();
+    let macs: u64 = steps.iter().map(|s| s["macs"].as_u64().unwrap()).sum();
+    assert_eq!(macs, 2 * model_macs, "steps' MACs at batch 2");
+    for (i, s) in steps.iter().enumerate() {
+        let conv = s["ops"] == "Conv2d";
+        let (f, b, w) = (
+            s["forward_us"].as_f64().unwrap(),
+            s["backward_us"].as_f64().unwrap(),
+            s["weight_grad_us"].as_f64().unwrap(),
+        );
+        assert!(f > 0.0 && b > 0.0, "step {i}: {s}");
+        assert_eq!(w > 0.0, conv, "a weight gradient for convs only: {s}");
+    }
+    let total = l["total_us"].as_f64().unwrap();
+    let (loss, sgd) = (l["loss_us"].as_f64().unwrap(), l["optimizer_us"].as_f64().unwrap());
+    assert!(sgd > 0.0 && loss > 0.0);
+    let share: f64 = steps.iter().map(|s| s["share"].as_f64().unwrap()).sum::<f64>() + (loss + sgd) / total;
+    assert!((share - 1.0).abs() < 1e-9, "shares sum to {share}");
+    let kinds = l["kinds"].as_array().unwrap();
+    let in_kinds: u64 = kinds.iter().map(|k| k["steps"].as_u64().unwrap()).sum();
+    assert_eq!(in_kinds as usize, steps.len());
+    // PyTorch's step by the same kinds beside it, with lfgcl's time over PyTorch's.
+    if !torchvision::torchvision_or_skip("torch_train_layers.py") {
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/torch_train_layers.py");
+    let torch_json = dir.path().join("torch.json");
+    let out = lfgcl::interop::torch_python_command()
+        .arg(script)
+        .args(["--model", "resnet18", "--image-size", "32", "--batch", "2", "--reps", "1", "--warmup", "1", "--lfgcl"])
+        .arg(&json)
+        .arg("--json")
+        .arg(&torch_json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&torch_json).unwrap()).unwrap();
+    let rows = t["kinds"].as_array().unwrap();
+    for kind in ["conv 7x7 s2", "conv 3x3 s1", "conv 3x3 s2", "conv 1x1 s2", "BatchNorm", "SGD step"] {
+        let row = rows.iter().find(|r| r["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in {t}"));
+        assert!(row["forward_ms"].as_f64().unwrap() > 0.0 && row["lfgcl_ms"].as_f64().unwrap() > 0.0, "{row}");
+    }
 }
 
 /// `--cpu-isa` (or `LFGCL_CPU_ISA`) limits the kernels' instruction set for a measurement and the
