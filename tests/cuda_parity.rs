@@ -421,27 +421,35 @@ fn batchnorm_train_eval_backward() {
         let again = be.batchnorm_backward(&up(&*be, &dy), &gx, &gg, &gsaved_cpu).expect("gpu bn bwd again");
         assert_eq!(host(&again.dgamma), host(&gg2.dgamma), "{what}: dgamma not deterministic");
 
-        // Through a ReLU after the batch norm (the training pass's fused pair).
-        let z = cpu.relu_forward(&cy).expect("cpu relu");
-        let cr = cpu.batchnorm_relu_backward(&dy, &z, &x, &gamma, &saved).expect("cpu bn relu bwd");
-        let gr = be.batchnorm_relu_backward(&up(&*be, &dy), &up(&*be, &z), &gx, &gg, &gsaved_cpu).expect("gpu");
-        assert_close(&format!("{what} dx through relu"), &gr.dx, &cr.dx, F32_BOUND);
-        assert_close(&format!("{what} dgamma through relu"), &gr.dgamma, &cr.dgamma, F32_BOUND);
-        let (mut grm2, mut grv2) = (up(&*be, &rm0), up(&*be, &rv0));
-        let (gz, _) = be
-            .batchnorm_relu_forward_train(
-                &gx,
-                BnTrainParams {
-                    gamma: &gg,
-                    beta: &gb,
-                    running_mean: &mut grm2,
-                    running_var: &mut grv2,
-                    momentum: mom,
-                    eps,
-                },
-            )
-            .expect("gpu");
-        assert_close(&format!("{what} train relu(y)"), &gz, &z, F32_BOUND);
+        // Through a ReLU or ReLU6 after the batch norm (the training pass's fused pairs).
+        for act in [Activation::Relu, Activation::Relu6] {
+            let z = match act {
+                Activation::Relu6 => cpu.relu6_forward(&cy).expect("cpu relu6"),
+                _ => cpu.relu_forward(&cy).expect("cpu relu"),
+            };
+            let cr = cpu.batchnorm_act_backward(&dy, &z, &x, &gamma, &saved, act).expect("cpu bn act bwd");
+            let gr = be
+                .batchnorm_act_backward(&up(&*be, &dy), &up(&*be, &z), &gx, &gg, &gsaved_cpu, act)
+                .expect("gpu bn act bwd");
+            assert_close(&format!("{what} dx through {act:?}"), &gr.dx, &cr.dx, F32_BOUND);
+            assert_close(&format!("{what} dgamma through {act:?}"), &gr.dgamma, &cr.dgamma, F32_BOUND);
+            let (mut grm2, mut grv2) = (up(&*be, &rm0), up(&*be, &rv0));
+            let (gz, _) = be
+                .batchnorm_act_forward_train(
+                    &gx,
+                    BnTrainParams {
+                        gamma: &gg,
+                        beta: &gb,
+                        running_mean: &mut grm2,
+                        running_var: &mut grv2,
+                        momentum: mom,
+                        eps,
+                    },
+                    act,
+                )
+                .expect("gpu");
+            assert_close(&format!("{what} train {act:?}(y)"), &gz, &z, F32_BOUND);
+        }
     }
 }
 

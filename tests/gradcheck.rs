@@ -4,7 +4,7 @@
 //! `backward(dy = r)`. Central differences with step `H` in f32 give that gradient to about
 //! `eps_f32 * |L| / H`; the tolerance below allows for it.
 
-use lfgcl::backend::{self, BnParams, BnTrainParams, ConvSpec, Device};
+use lfgcl::backend::{self, Activation, BnParams, BnTrainParams, ConvSpec, Device};
 use lfgcl::models::Arch;
 use lfgcl::nn::Mode;
 use lfgcl::train;
@@ -148,65 +148,79 @@ fn batchnorm_train_mode_2d_and_1d() {
     }
 }
 
-/// The fused batch norm -> ReLU ops a training pass uses (`batchnorm_relu_forward_train`,
-/// `batchnorm_relu_backward`) give the two ops' values bit for bit, on maps whose rows are
-/// and are not whole SIMD vectors, with outputs on both sides of the ReLU.
+/// The fused batch norm -> ReLU and batch norm -> ReLU6 ops a training pass uses
+/// (`batchnorm_act_forward_train`, `batchnorm_act_backward`) give the two ops' values bit for
+/// bit, on maps whose rows are and are not whole SIMD vectors, with outputs on every side of
+/// the activation's bounds (0, and 6 for the ReLU6).
 #[test]
-fn batchnorm_relu_fused_equals_the_two_ops() {
+fn batchnorm_activation_fused_equals_the_two_ops() {
     let d = dev();
     let mut rng = StdRng::seed_from_u64(12);
-    for dims in [vec![4, 3, 5, 5], vec![8, 6], vec![2, 16, 9, 9], vec![3, 5, 32, 32]] {
-        let c = dims[1];
-        let n: usize = dims.iter().product();
-        let x = t(&dims, rand_vec(&mut rng, n, -2.0, 2.0));
-        let gamma = t(&[c], rand_vec(&mut rng, c, -1.5, 1.5));
-        let beta = t(&[c], rand_vec(&mut rng, c, -0.5, 0.5));
-        let dy = t(&dims, rand_vec(&mut rng, n, -1.0, 1.0));
-        let stats = || (Tensor::zeros(&[c]), Tensor::full(&[c], 1.0));
-        let ((mut rm, mut rv), (mut frm, mut frv)) = (stats(), stats());
-        let (y, saved) = d
-            .batchnorm_forward_train(
-                &x,
-                BnTrainParams {
-                    gamma: &gamma,
-                    beta: &beta,
-                    running_mean: &mut rm,
-                    running_var: &mut rv,
-                    momentum: 0.1,
-                    eps: 1e-5,
-                },
-            )
-            .unwrap();
-        let z = d.relu_forward(&y).unwrap();
-        let (fz, fsaved) = d
-            .batchnorm_relu_forward_train(
-                &x,
-                BnTrainParams {
-                    gamma: &gamma,
-                    beta: &beta,
-                    running_mean: &mut frm,
-                    running_var: &mut frv,
-                    momentum: 0.1,
-                    eps: 1e-5,
-                },
-            )
-            .unwrap();
-        let tag = format!("{dims:?}");
-        let zs = z.as_slice().unwrap();
-        assert!(zs.contains(&0.0) && zs.iter().any(|&v| v > 0.0), "{tag}: both sides of the ReLU");
-        assert_eq!(fz.as_slice().unwrap(), zs, "{tag}: forward");
-        assert_eq!(frm.as_slice().unwrap(), rm.as_slice().unwrap(), "{tag}: running mean");
-        assert_eq!(frv.as_slice().unwrap(), rv.as_slice().unwrap(), "{tag}: running var");
-        assert_eq!(fsaved.mean.as_slice().unwrap(), saved.mean.as_slice().unwrap(), "{tag}: saved mean");
-        let g = d.relu_backward(&dy, &z).unwrap();
-        let two = d.batchnorm_backward(&g, &x, &gamma, &saved).unwrap();
-        let one = d.batchnorm_relu_backward(&dy, &z, &x, &gamma, &saved).unwrap();
-        let bits = |v: &Tensor| v.as_slice().unwrap().iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&one.dx), bits(&two.dx), "{tag}: dx");
-        assert_eq!(bits(&one.dgamma), bits(&two.dgamma), "{tag}: dgamma");
-        assert_eq!(bits(&one.dbeta), bits(&two.dbeta), "{tag}: dbeta");
-        // Not vacuous: the ReLU's mask matters.
-        assert_ne!(bits(&one.dbeta), bits(&d.batchnorm_backward(&dy, &x, &gamma, &saved).unwrap().dbeta), "{tag}");
+    for act in [Activation::Relu, Activation::Relu6] {
+        for dims in [vec![4, 3, 5, 5], vec![8, 6], vec![2, 16, 9, 9], vec![3, 5, 32, 32]] {
+            let c = dims[1];
+            let n: usize = dims.iter().product();
+            let x = t(&dims, rand_vec(&mut rng, n, -2.0, 2.0));
+            // For the ReLU6, a scale and shift that take some outputs past 6.
+            let (g0, g1, b0, b1) = if act == Activation::Relu { (-1.5, 1.5, -0.5, 0.5) } else { (3.0, 5.0, 1.0, 3.0) };
+            let gamma = t(&[c], rand_vec(&mut rng, c, g0, g1));
+            let beta = t(&[c], rand_vec(&mut rng, c, b0, b1));
+            let dy = t(&dims, rand_vec(&mut rng, n, -1.0, 1.0));
+            let stats = || (Tensor::zeros(&[c]), Tensor::full(&[c], 1.0));
+            let ((mut rm, mut rv), (mut frm, mut frv)) = (stats(), stats());
+            let (y, saved) = d
+                .batchnorm_forward_train(
+                    &x,
+                    BnTrainParams {
+                        gamma: &gamma,
+                        beta: &beta,
+                        running_mean: &mut rm,
+                        running_var: &mut rv,
+                        momentum: 0.1,
+                        eps: 1e-5,
+                    },
+                )
+                .unwrap();
+            let z = if act == Activation::Relu { d.relu_forward(&y) } else { d.relu6_forward(&y) }.unwrap();
+            let (fz, fsaved) = d
+                .batchnorm_act_forward_train(
+                    &x,
+                    BnTrainParams {
+                        gamma: &gamma,
+                        beta: &beta,
+                        running_mean: &mut frm,
+                        running_var: &mut frv,
+                        momentum: 0.1,
+                        eps: 1e-5,
+                    },
+                    act,
+                )
+                .unwrap();
+            let tag = format!("{act:?} {dims:?}");
+            let zs = z.as_slice().unwrap();
+            assert!(zs.contains(&0.0) && zs.iter().any(|&v| v > 0.0 && v < 6.0), "{tag}: both sides of 0");
+            if act == Activation::Relu6 {
+                assert!(zs.contains(&6.0), "{tag}: outputs clamped at 6");
+            }
+            assert_eq!(fz.as_slice().unwrap(), zs, "{tag}: forward");
+            assert_eq!(frm.as_slice().unwrap(), rm.as_slice().unwrap(), "{tag}: running mean");
+            assert_eq!(frv.as_slice().unwrap(), rv.as_slice().unwrap(), "{tag}: running var");
+            assert_eq!(fsaved.mean.as_slice().unwrap(), saved.mean.as_slice().unwrap(), "{tag}: saved mean");
+            let g = if act == Activation::Relu { d.relu_backward(&dy, &z) } else { d.relu6_backward(&dy, &z) }.unwrap();
+            let two = d.batchnorm_backward(&g, &x, &gamma, &saved).unwrap();
+            let one = d.batchnorm_act_backward(&dy, &z, &x, &gamma, &saved, act).unwrap();
+            let bits = |v: &Tensor| v.as_slice().unwrap().iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&one.dx), bits(&two.dx), "{tag}: dx");
+            assert_eq!(bits(&one.dgamma), bits(&two.dgamma), "{tag}: dgamma");
+            assert_eq!(bits(&one.dbeta), bits(&two.dbeta), "{tag}: dbeta");
+            // Not vacuous: the activation's mask matters, its upper bound too for the ReLU6.
+            let unmasked = d.batchnorm_backward(&dy, &x, &gamma, &saved).unwrap();
+            assert_ne!(bits(&one.dbeta), bits(&unmasked.dbeta), "{tag}");
+            if act == Activation::Relu6 {
+                let relu_only = d.batchnorm_act_backward(&dy, &z, &x, &gamma, &saved, Activation::Relu).unwrap();
+                assert_ne!(bits(&one.dbeta), bits(&relu_only.dbeta), "{tag}: the mask at 6");
+            }
+        }
     }
 }
 

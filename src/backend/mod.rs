@@ -269,19 +269,26 @@ pub trait NormOps {
     /// Inference mode: normalise with the running statistics.
     fn batchnorm_forward_eval(&self, x: &Tensor, bn: BnParams<'_>) -> Result<Tensor>;
     fn batchnorm_backward(&self, dy: &Tensor, x: &Tensor, gamma: &Tensor, saved: &BnSaved) -> Result<BnGrads>;
-    /// `batchnorm_forward_train` then a ReLU, as one op (a training step's conv -> batch norm
-    /// -> ReLU; the batch norm's own output is never stored): the same values as the two ops.
-    fn batchnorm_relu_forward_train(&self, x: &Tensor, bn: BnTrainParams<'_>) -> Result<(Tensor, BnSaved)>;
-    /// `batchnorm_backward` of the gradient through the ReLU after it, whose output is `y`
-    /// (`dy * (y > 0)`, never stored): the same values as `relu_backward` then
-    /// `batchnorm_backward`.
-    fn batchnorm_relu_backward(
+    /// `batchnorm_forward_train` then the activation `act` (ReLU or ReLU6), as one op (a
+    /// training step's conv -> batch norm -> activation; the batch norm's own output is never
+    /// stored): the same values as the two ops.
+    fn batchnorm_act_forward_train(
+        &self,
+        x: &Tensor,
+        bn: BnTrainParams<'_>,
+        act: Activation,
+    ) -> Result<(Tensor, BnSaved)>;
+    /// `batchnorm_backward` of the gradient through the activation `act` after it, whose output
+    /// is `y` (`dy * (y > 0)` for a ReLU, `dy * (0 < y < 6)` for a ReLU6, never stored): the
+    /// same values as `relu_backward` (or `relu6_backward`) then `batchnorm_backward`.
+    fn batchnorm_act_backward(
         &self,
         dy: &Tensor,
         y: &Tensor,
         x: &Tensor,
         gamma: &Tensor,
         saved: &BnSaved,
+        act: Activation,
     ) -> Result<BnGrads>;
     /// Inference batch norm as a per-channel `(scale, shift)` for [`ConvEpilogue`]:
     /// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean * scale`.

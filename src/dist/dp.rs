@@ -14,7 +14,7 @@
 //! are summed on the devices (src/dist/nccl.rs).
 
 use super::world;
-use crate::backend::{BnGrads, BnParams, BnSaved, BnTrainParams, Device};
+use crate::backend::{Activation, BnGrads, BnParams, BnSaved, BnTrainParams, Device};
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::nn::Graph;
@@ -230,10 +230,10 @@ fn bn_shape(x: &Tensor) -> Result<(usize, usize, usize)> {
     }
 }
 
-/// Training-mode batch norm (then a ReLU with `relu_after`) with the batch statistics of the
+/// Training-mode batch norm (then the activation `act`) with the batch statistics of the
 /// global batch: per-channel sums reduced across ranks. Updates the running statistics as one
 /// process would (unbiased variance over the global batch).
-pub fn bn_forward(dev: &Device, x: &Tensor, bn: BnTrainParams<'_>, relu_after: bool) -> Result<(Tensor, BnSaved)> {
+pub fn bn_forward(dev: &Device, x: &Tensor, bn: BnTrainParams<'_>, act: Activation) -> Result<(Tensor, BnSaved)> {
     let BnTrainParams { gamma, beta, running_mean, running_var, momentum, eps } = bn;
     let (n, c, hw) = bn_shape(x)?;
     let host = x.to_vec()?;
@@ -271,29 +271,32 @@ pub fn bn_forward(dev: &Device, x: &Tensor, bn: BnTrainParams<'_>, relu_after: b
     let (mean_t, var_t) = (dev.from_host(&[c], &mean)?, dev.from_host(&[c], &var)?);
     let mut y =
         dev.batchnorm_forward_eval(x, BnParams { gamma, beta, running_mean: &mean_t, running_var: &var_t, eps })?;
-    if relu_after {
-        y = dev.relu_forward(&y)?;
+    match act {
+        Activation::Identity => {}
+        Activation::Relu => y = dev.relu_forward(&y)?,
+        Activation::Relu6 => y = dev.relu6_forward(&y)?,
     }
     *running_mean = dev.from_host(&[c], &new_rm)?;
     *running_var = dev.from_host(&[c], &new_rv)?;
     Ok((y, BnSaved { mean: mean_t, invstd: dev.from_host(&[c], &invstd)? }))
 }
 
-/// Backward of [`bn_forward`] (through its ReLU when `relu_out` is given): the local backward,
+/// Backward of [`bn_forward`] (through its activation when `after`, its output and which, is
+/// given): the local backward,
 /// corrected with `sum dy` and `sum dy x_hat` over the global batch. `dgamma` and `dbeta` stay
 /// this rank's sums (they are reduced with the other gradients).
 pub fn bn_backward(
     dev: &Device,
     dy: &Tensor,
     x: &Tensor,
-    relu_out: Option<&Tensor>,
+    after: Option<(&Tensor, Activation)>,
     gamma: &Tensor,
     saved: &BnSaved,
     eps: f32,
 ) -> Result<BnGrads> {
     let (n, c, hw) = bn_shape(x)?;
-    let local = match relu_out {
-        Some(z) => dev.batchnorm_relu_backward(dy, z, x, gamma, saved)?,
+    let local = match after {
+        Some((z, act)) => dev.batchnorm_act_backward(dy, z, x, gamma, saved, act)?,
         None => dev.batchnorm_backward(dy, x, gamma, saved)?,
     };
     let (dg, db) = (local.dgamma.to_vec()?, local.dbeta.to_vec()?);

@@ -1,7 +1,7 @@
 //! Layers as plain structs: parameters, hyper-parameters, and in training what backward needs.
 //! Each has an explicit forward and backward that call the backend; there is no autograd.
 
-use crate::backend::{BnParams, BnSaved, BnTrainParams, ConvSpec, Device};
+use crate::backend::{Activation, BnParams, BnSaved, BnTrainParams, ConvSpec, Device};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -98,13 +98,14 @@ impl BatchNorm {
         self.weight.value.dims()[0]
     }
     pub fn forward_train(&mut self, dev: &Device, x: &Tensor) -> Result<Tensor> {
-        self.train_pass(dev, x, false)
+        self.train_pass(dev, x, Activation::Identity)
     }
-    /// `forward_train` then a ReLU, in one op; pair it with `backward_through_relu`.
-    pub fn forward_train_relu(&mut self, dev: &Device, x: &Tensor) -> Result<Tensor> {
-        self.train_pass(dev, x, true)
+    /// `forward_train` then the activation `act` (ReLU or ReLU6), in one op; pair it with
+    /// `backward_through_act`.
+    pub fn forward_train_act(&mut self, dev: &Device, x: &Tensor, act: Activation) -> Result<Tensor> {
+        self.train_pass(dev, x, act)
     }
-    fn train_pass(&mut self, dev: &Device, x: &Tensor, relu_after: bool) -> Result<Tensor> {
+    fn train_pass(&mut self, dev: &Device, x: &Tensor, act: Activation) -> Result<Tensor> {
         let bn = BnTrainParams {
             gamma: &self.weight.value,
             beta: &self.bias.value,
@@ -115,11 +116,11 @@ impl BatchNorm {
         };
         let (y, saved) = if crate::dist::sync_bn_active() {
             // Data-parallel training: the statistics of the global batch, across ranks.
-            crate::dist::dp::bn_forward(dev, x, bn, relu_after)?
-        } else if relu_after {
-            dev.batchnorm_relu_forward_train(x, bn)?
-        } else {
+            crate::dist::dp::bn_forward(dev, x, bn, act)?
+        } else if act == Activation::Identity {
             dev.batchnorm_forward_train(x, bn)?
+        } else {
+            dev.batchnorm_act_forward_train(x, bn, act)?
         };
         self.saved = Some(saved);
         self.num_batches_tracked += 1;
@@ -141,26 +142,33 @@ impl BatchNorm {
     pub fn backward(&mut self, dev: &Device, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
         self.backward_pass(dev, x, None, dy)
     }
-    /// Backward of `forward_train_relu`: `dy` is the gradient of the ReLU's output `relu_out`.
-    pub fn backward_through_relu(
+    /// Backward of `forward_train_act`: `dy` is the gradient of the activation's output `out`.
+    pub fn backward_through_act(
         &mut self,
         dev: &Device,
         x: &Tensor,
-        relu_out: &Tensor,
+        out: &Tensor,
+        act: Activation,
         dy: &Tensor,
     ) -> Result<Tensor> {
-        self.backward_pass(dev, x, Some(relu_out), dy)
+        self.backward_pass(dev, x, Some((out, act)), dy)
     }
-    fn backward_pass(&mut self, dev: &Device, x: &Tensor, relu_out: Option<&Tensor>, dy: &Tensor) -> Result<Tensor> {
+    fn backward_pass(
+        &mut self,
+        dev: &Device,
+        x: &Tensor,
+        after: Option<(&Tensor, Activation)>,
+        dy: &Tensor,
+    ) -> Result<Tensor> {
         let saved = self
             .saved
             .take()
             .ok_or_else(|| Error::Invalid("batch norm backward without a training-mode forward".into()))?;
-        let g = match relu_out {
+        let g = match after {
             _ if crate::dist::sync_bn_active() => {
-                crate::dist::dp::bn_backward(dev, dy, x, relu_out, &self.weight.value, &saved, self.eps)?
+                crate::dist::dp::bn_backward(dev, dy, x, after, &self.weight.value, &saved, self.eps)?
             }
-            Some(z) => dev.batchnorm_relu_backward(dy, z, x, &self.weight.value, &saved)?,
+            Some((z, act)) => dev.batchnorm_act_backward(dy, z, x, &self.weight.value, &saved, act)?,
             None => dev.batchnorm_backward(dy, x, &self.weight.value, &saved)?,
         };
         self.weight.accumulate(dev, g.dgamma)?;

@@ -5,18 +5,23 @@ use super::elementwise::relu;
 use super::lanes::Lanes;
 use super::{host, CpuBackend};
 use crate::backend::shape::{same_dims, BnShape};
-use crate::backend::{BnGrads, BnParams, BnSaved, BnTrainParams, NormOps};
+use crate::backend::{Activation, BnGrads, BnParams, BnSaved, BnTrainParams, NormOps};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 impl NormOps for CpuBackend {
     fn batchnorm_forward_train(&self, x: &Tensor, bn: BnTrainParams<'_>) -> Result<(Tensor, BnSaved)> {
-        bn_train(x, bn, false)
+        bn_train(x, bn, Activation::Identity)
     }
 
-    fn batchnorm_relu_forward_train(&self, x: &Tensor, bn: BnTrainParams<'_>) -> Result<(Tensor, BnSaved)> {
-        bn_train(x, bn, true)
+    fn batchnorm_act_forward_train(
+        &self,
+        x: &Tensor,
+        bn: BnTrainParams<'_>,
+        act: Activation,
+    ) -> Result<(Tensor, BnSaved)> {
+        bn_train(x, bn, act)
     }
 
     fn batchnorm_forward_eval(&self, x: &Tensor, bn: BnParams<'_>) -> Result<Tensor> {
@@ -30,16 +35,22 @@ impl NormOps for CpuBackend {
         bn_backward(dy, None, x, gamma, saved)
     }
 
-    fn batchnorm_relu_backward(
+    fn batchnorm_act_backward(
         &self,
         dy: &Tensor,
         y: &Tensor,
         x: &Tensor,
         gamma: &Tensor,
         saved: &BnSaved,
+        act: Activation,
     ) -> Result<BnGrads> {
-        same_dims(y, x, "batchnorm_relu_backward: ReLU output and input")?;
-        bn_backward(dy, Some(y), x, gamma, saved)
+        same_dims(y, x, "batchnorm_act_backward: activation output and input")?;
+        let after = match act {
+            Activation::Identity => None,
+            Activation::Relu => Some((host(y)?, Clamp::Relu)),
+            Activation::Relu6 => Some((host(y)?, Clamp::Relu6)),
+        };
+        bn_backward(dy, after, x, gamma, saved)
     }
 
     fn batchnorm_fold(&self, bn: BnParams<'_>) -> Result<(Tensor, Tensor)> {
@@ -50,8 +61,8 @@ impl NormOps for CpuBackend {
     }
 }
 
-/// Training batch norm, followed by a ReLU when `relu_after`.
-fn bn_train(x: &Tensor, bn: BnTrainParams<'_>, relu_after: bool) -> Result<(Tensor, BnSaved)> {
+/// Training batch norm, followed by the activation `act`.
+fn bn_train(x: &Tensor, bn: BnTrainParams<'_>, act: Activation) -> Result<(Tensor, BnSaved)> {
     let BnTrainParams { gamma, beta, running_mean, running_var, momentum, eps } = bn;
     let BnShape { n, c, hw } = BnShape::train(x, gamma, beta, running_mean, running_var)?;
     let out = batchnorm_train(
@@ -65,7 +76,7 @@ fn bn_train(x: &Tensor, bn: BnTrainParams<'_>, relu_after: bool) -> Result<(Tens
         running_var.as_mut_slice()?,
         momentum,
         eps,
-        relu_after,
+        act,
     );
     Ok((
         Tensor::from_vec(x.dims(), out.y)?,
@@ -73,12 +84,18 @@ fn bn_train(x: &Tensor, bn: BnTrainParams<'_>, relu_after: bool) -> Result<(Tens
     ))
 }
 
-/// Batch-norm backward, through the following ReLU (output `relu_out`) when given.
-fn bn_backward(dy: &Tensor, relu_out: Option<&Tensor>, x: &Tensor, gamma: &Tensor, saved: &BnSaved) -> Result<BnGrads> {
+/// Batch-norm backward, through the activation after it (its output, and which) when given.
+fn bn_backward(
+    dy: &Tensor,
+    after: Option<(&[f32], Clamp)>,
+    x: &Tensor,
+    gamma: &Tensor,
+    saved: &BnSaved,
+) -> Result<BnGrads> {
     let BnShape { n, c, hw } = BnShape::backward(dy, x, gamma, saved)?;
     let out = batchnorm_backward(
         host(dy)?,
-        relu_out.map(host).transpose()?,
+        after,
         host(x)?,
         n,
         c,
@@ -211,14 +228,23 @@ fn moments_of<L: Lanes>(x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> 
 }
 multiversion_sum!(channel_moments_of, moments_of, (x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64));
 
-/// `(sum g, sum g * (x - mean))` of channel `ch`, with `g = dy`, or with `g = dy * (y > 0)`
-/// when `relu_out` is the output `y` of a ReLU after the batch norm (the same values as
-/// `relu_backward` gives).
+/// The activation after a batch norm whose gradient mask the fused backward applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clamp {
+    /// `g = dy * (y > 0)`, as `relu_backward`.
+    Relu,
+    /// `g = dy * (0 < y < 6)`, as `relu6_backward`.
+    Relu6,
+}
+
+/// `(sum g, sum g * (x - mean))` of channel `ch`, with `g = dy`, or with `dy` masked by the
+/// activation after the batch norm (`after`: its output `y` and which), the values
+/// `relu_backward` or `relu6_backward` give.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn bn_sums_of<L: Lanes>(
     dy: &[f32],
-    relu_out: Option<&[f32]>,
+    after: Option<(&[f32], Clamp)>,
     x: &[f32],
     n: usize,
     c: usize,
@@ -227,15 +253,20 @@ fn bn_sums_of<L: Lanes>(
     m: f32,
 ) -> (f64, f64) {
     // SAFETY: `L`'s features are the caller's (`multiversion_sum`).
-    let m = unsafe { L::splat(m) };
+    let (m, six) = unsafe { (L::splat(m), L::splat(6.0)) };
     let mut sdy = 0.0f64;
     let mut sdyx = 0.0f64;
     for i in 0..n {
         let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-        let (a, b) = match relu_out {
+        let (a, b) = match after {
             None => row_sums2::<L>(&dy[r.clone()], &x[r], |g, xv| (g, g.mul(xv.sub(m)))),
-            Some(y) => row_sums3::<L>(&dy[r.clone()], &y[r.clone()], &x[r], |g, yv, xv| {
+            Some((y, Clamp::Relu)) => row_sums3::<L>(&dy[r.clone()], &y[r.clone()], &x[r], |g, yv, xv| {
                 let g = g.keep_where_positive(yv);
+                (g, g.mul(xv.sub(m)))
+            }),
+            // `6 - y > 0` exactly when `y < 6` (and never for a NaN).
+            Some((y, Clamp::Relu6)) => row_sums3::<L>(&dy[r.clone()], &y[r.clone()], &x[r], |g, yv, xv| {
+                let g = g.keep_where_positive(yv).keep_where_positive(six.sub(yv));
                 (g, g.mul(xv.sub(m)))
             }),
         };
@@ -245,27 +276,25 @@ fn bn_sums_of<L: Lanes>(
     (sdy, sdyx)
 }
 #[rustfmt::skip]
-multiversion_sum!(bn_channel_sums, bn_sums_of, (dy: &[f32], relu_out: Option<&[f32]>, x: &[f32], n: usize, c: usize, hw: usize, ch: usize, m: f32) -> (f64, f64));
+multiversion_sum!(bn_channel_sums, bn_sums_of, (dy: &[f32], after: Option<(&[f32], Clamp)>, x: &[f32], n: usize, c: usize, hw: usize, ch: usize, m: f32) -> (f64, f64));
 
 /// Per-channel mean and biased variance of `x` viewed as `[n, c, hw]`, in f64.
 fn channel_moments(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     (0..c).into_par_iter().map(|ch| channel_moments_of(x, n, c, hw, ch)).collect()
 }
 
-/// Applies `y = x*scale[c] + shift[c]` over `[n, c, hw]`, then `relu` when asked.
-fn channel_affine(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32], relu_after: bool) -> Vec<f32> {
+/// Applies `y = x*scale[c] + shift[c]` over `[n, c, hw]`, then the activation `act` (as
+/// `relu_forward` and `relu6_forward` compute them).
+fn channel_affine(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32], act: Activation) -> Vec<f32> {
     let mut y = crate::tensor::pool::take(x.len());
     y.par_chunks_mut(hw.max(1)).zip(x.par_chunks(hw.max(1))).enumerate().for_each(|(row, (yc, xc))| {
         let ch = row % c;
         let (a, b) = (scale[ch], shift[ch]);
-        if relu_after {
-            for (o, &v) in yc.iter_mut().zip(xc) {
-                *o = relu(v * a + b);
-            }
-        } else {
-            for (o, &v) in yc.iter_mut().zip(xc) {
-                *o = v * a + b;
-            }
+        let pairs = yc.iter_mut().zip(xc);
+        match act {
+            Activation::Identity => pairs.for_each(|(o, &v)| *o = v * a + b),
+            Activation::Relu => pairs.for_each(|(o, &v)| *o = relu(v * a + b)),
+            Activation::Relu6 => pairs.for_each(|(o, &v)| *o = Activation::Relu6.apply(v * a + b)),
         }
     });
     y
@@ -289,7 +318,7 @@ pub fn batchnorm_train(
     running_var: &mut [f32],
     momentum: f32,
     eps: f32,
-    relu_after: bool,
+    act: Activation,
 ) -> BnTrainOut {
     let moments = channel_moments(x, n, c, hw);
     let count = n * hw;
@@ -310,7 +339,7 @@ pub fn batchnorm_train(
         running_mean[ch] = ((1.0 - mo) * running_mean[ch] as f64 + mo * m) as f32;
         running_var[ch] = ((1.0 - mo) * running_var[ch] as f64 + mo * unbiased) as f32;
     }
-    let y = channel_affine(x, c, hw, &scale, &shift, relu_after);
+    let y = channel_affine(x, c, hw, &scale, &shift, act);
     BnTrainOut { y, mean, invstd }
 }
 
@@ -330,7 +359,7 @@ pub fn batchnorm_fold(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], ep
 
 /// Inference batch norm over `[n, c, hw]`: the fold applied per channel.
 pub fn batchnorm_eval(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32]) -> Vec<f32> {
-    channel_affine(x, c, hw, scale, shift, false)
+    channel_affine(x, c, hw, scale, shift, Activation::Identity)
 }
 
 pub struct BnBackwardOut {
@@ -340,12 +369,12 @@ pub struct BnBackwardOut {
 }
 
 /// `dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat))` with `M = n*hw`, for `g = dy`, or
-/// `g = dy * (y > 0)` when `relu_out` is the output `y` of a ReLU after the batch norm (the
-/// gradient `relu_backward` would have passed on, not stored).
+/// `dy` masked by the activation after the batch norm (`after`: its output `y` and which; the
+/// gradient `relu_backward` or `relu6_backward` would have passed on, not stored).
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward(
     dy: &[f32],
-    relu_out: Option<&[f32]>,
+    after: Option<(&[f32], Clamp)>,
     x: &[f32],
     n: usize,
     c: usize,
@@ -355,7 +384,7 @@ pub fn batchnorm_backward(
     invstd: &[f32],
 ) -> BnBackwardOut {
     let sums: Vec<(f64, f64)> =
-        (0..c).into_par_iter().map(|ch| bn_channel_sums(dy, relu_out, x, n, c, hw, ch, mean[ch])).collect();
+        (0..c).into_par_iter().map(|ch| bn_channel_sums(dy, after, x, n, c, hw, ch, mean[ch])).collect();
     let count = (n * hw) as f64;
     // sum dy * xhat = invstd * sum dy * (x - mean).
     let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
@@ -375,15 +404,21 @@ pub fn batchnorm_backward(
         let base = row * hw;
         let ([a, b, cc], m) = (factors[ch], mean[ch]);
         let (dyc, xc) = (&dy[base..base + hw], &x[base..base + hw]);
-        match relu_out {
+        match after {
             None => {
                 for ((o, &g), &xv) in dxc.iter_mut().zip(dyc).zip(xc) {
                     *o = a * g + b * (xv - m) + cc;
                 }
             }
-            Some(y) => {
+            Some((y, Clamp::Relu)) => {
                 for (((o, &g), &xv), &yv) in dxc.iter_mut().zip(dyc).zip(xc).zip(&y[base..base + hw]) {
                     let g = if yv > 0.0 { g } else { 0.0 };
+                    *o = a * g + b * (xv - m) + cc;
+                }
+            }
+            Some((y, Clamp::Relu6)) => {
+                for (((o, &g), &xv), &yv) in dxc.iter_mut().zip(dyc).zip(xc).zip(&y[base..base + hw]) {
+                    let g = if yv > 0.0 && yv < 6.0 { g } else { 0.0 };
                     *o = a * g + b * (xv - m) + cc;
                 }
             }
@@ -398,44 +433,49 @@ mod tests {
 
     /// The batch-norm reductions give the same bits on every lane type the dispatcher may pick
     /// (plain arrays; two AVX2 registers; one AVX-512 register, where the CPU has them), on rows
-    /// with and without a tail shorter than a vector.
+    /// with and without a tail shorter than a vector, through a ReLU and a ReLU6 (outputs past 6).
     #[test]
     fn reductions_give_the_same_bits_on_every_lane_type() {
         for (n, c, hw) in [(3, 4, 37), (2, 3, 64), (1, 2, 5)] {
             let len = n * c * hw;
             let wave = |k: f32| (0..len).map(|i| ((i as f32 * k).sin() * 3.0) + 0.5).collect::<Vec<f32>>();
             let (x, dy, y) = (wave(0.37), wave(1.13), wave(0.71));
-            type Plain = [f32; SUM_LANES];
-            let run = |moments: &dyn Fn(usize) -> (f64, f64), sums: &dyn Fn(usize) -> (f64, f64)| {
-                let bits = |(a, b): (f64, f64)| (a.to_bits(), b.to_bits());
-                (0..c).map(|ch| (bits(moments(ch)), bits(sums(ch)))).collect::<Vec<_>>()
-            };
-            let plain = run(&|ch| moments_of::<Plain>(&x, n, c, hw, ch), &|ch| {
-                bn_sums_of::<Plain>(&dy, Some(&y), &x, n, c, hw, ch, 0.25)
-            });
-            let finite = |b: u64| f64::from_bits(b).is_finite();
-            assert!(plain
-                .iter()
-                .all(|((m, v), (a, b))| finite(*m) && f64::from_bits(*v) > 0.0 && finite(*a) && finite(*b)));
-            #[cfg(target_arch = "x86_64")]
-            {
-                use super::super::lanes::{Pair, Wide};
-                use std::arch::x86_64::{__m256, __m512};
-                // The generic bodies called directly: the intrinsics run as calls, on a CPU
-                // that has them (checked).
-                if super::super::has_avx2() {
-                    type Avx2 = Pair<Wide<__m256>>;
-                    let got = run(&|ch| moments_of::<Avx2>(&x, n, c, hw, ch), &|ch| {
-                        bn_sums_of::<Avx2>(&dy, Some(&y), &x, n, c, hw, ch, 0.25)
-                    });
-                    assert_eq!(got, plain, "AVX2 lanes, {n}x{c}x{hw}");
-                }
-                if super::super::has_avx512() {
-                    type Avx512 = Wide<__m512>;
-                    let got = run(&|ch| moments_of::<Avx512>(&x, n, c, hw, ch), &|ch| {
-                        bn_sums_of::<Avx512>(&dy, Some(&y), &x, n, c, hw, ch, 0.25)
-                    });
-                    assert_eq!(got, plain, "AVX-512 lanes, {n}x{c}x{hw}");
+            let y6: Vec<f32> = y.iter().map(|v| 2.5 * v).collect();
+            assert!(y6.iter().any(|&v| v > 6.0));
+            for (clamp, y) in [(Clamp::Relu, &y), (Clamp::Relu6, &y6)] {
+                let after = Some((&y[..], clamp));
+                type Plain = [f32; SUM_LANES];
+                let run = |moments: &dyn Fn(usize) -> (f64, f64), sums: &dyn Fn(usize) -> (f64, f64)| {
+                    let bits = |(a, b): (f64, f64)| (a.to_bits(), b.to_bits());
+                    (0..c).map(|ch| (bits(moments(ch)), bits(sums(ch)))).collect::<Vec<_>>()
+                };
+                let plain = run(&|ch| moments_of::<Plain>(&x, n, c, hw, ch), &|ch| {
+                    bn_sums_of::<Plain>(&dy, after, &x, n, c, hw, ch, 0.25)
+                });
+                let finite = |b: u64| f64::from_bits(b).is_finite();
+                assert!(plain
+                    .iter()
+                    .all(|((m, v), (a, b))| finite(*m) && f64::from_bits(*v) > 0.0 && finite(*a) && finite(*b)));
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use super::super::lanes::{Pair, Wide};
+                    use std::arch::x86_64::{__m256, __m512};
+                    // The generic bodies called directly: the intrinsics run as calls, on a CPU
+                    // that has them (checked).
+                    if super::super::has_avx2() {
+                        type Avx2 = Pair<Wide<__m256>>;
+                        let got = run(&|ch| moments_of::<Avx2>(&x, n, c, hw, ch), &|ch| {
+                            bn_sums_of::<Avx2>(&dy, after, &x, n, c, hw, ch, 0.25)
+                        });
+                        assert_eq!(got, plain, "AVX2 lanes, {clamp:?} {n}x{c}x{hw}");
+                    }
+                    if super::super::has_avx512() {
+                        type Avx512 = Wide<__m512>;
+                        let got = run(&|ch| moments_of::<Avx512>(&x, n, c, hw, ch), &|ch| {
+                            bn_sums_of::<Avx512>(&dy, after, &x, n, c, hw, ch, 0.25)
+                        });
+                        assert_eq!(got, plain, "AVX-512 lanes, {clamp:?} {n}x{c}x{hw}");
+                    }
                 }
             }
         }

@@ -4,7 +4,7 @@
 use super::kernels::Launch;
 use super::{fits_i32, CudaBackend};
 use crate::backend::shape::BnShape;
-use crate::backend::{BnGrads, BnParams, BnSaved, BnTrainParams, ElementwiseOps, NormOps};
+use crate::backend::{Activation, BnGrads, BnParams, BnSaved, BnTrainParams, ElementwiseOps, NormOps};
 use crate::error::Result;
 use crate::tensor::{fmt_dims, Tensor};
 use cudarc::driver::DeviceRepr;
@@ -310,21 +310,36 @@ impl NormOps for CudaBackend {
         })
     }
 
-    fn batchnorm_relu_forward_train(&self, x: &Tensor, bn: BnTrainParams<'_>) -> Result<(Tensor, BnSaved)> {
+    fn batchnorm_act_forward_train(
+        &self,
+        x: &Tensor,
+        bn: BnTrainParams<'_>,
+        act: Activation,
+    ) -> Result<(Tensor, BnSaved)> {
         // Two kernels here (the CPU backend fuses them): the same values.
         let (y, saved) = self.batchnorm_forward_train(x, bn)?;
-        Ok((self.relu_forward(&y)?, saved))
+        let y = match act {
+            Activation::Identity => y,
+            Activation::Relu => self.relu_forward(&y)?,
+            Activation::Relu6 => self.relu6_forward(&y)?,
+        };
+        Ok((y, saved))
     }
 
-    fn batchnorm_relu_backward(
+    fn batchnorm_act_backward(
         &self,
         dy: &Tensor,
         y: &Tensor,
         x: &Tensor,
         gamma: &Tensor,
         saved: &BnSaved,
+        act: Activation,
     ) -> Result<BnGrads> {
-        let g = self.relu_backward(dy, y)?;
+        let g = match act {
+            Activation::Identity => return self.batchnorm_backward(dy, x, gamma, saved),
+            Activation::Relu => self.relu_backward(dy, y)?,
+            Activation::Relu6 => self.relu6_backward(dy, y)?,
+        };
         self.batchnorm_backward(&g, x, gamma, saved)
     }
 
