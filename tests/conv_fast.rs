@@ -582,20 +582,37 @@ fn weight_cache_follows_in_place_updates(c: usize, h: usize, k: usize) {
 /// not kept (it was, filling the cache with transforms nobody asked for again: up to 256 MiB);
 /// an eval forward's is. On a layer whose backward-weight leaves Winograd (more than 128 x 128
 /// channel pairs), so the training forward takes the plain path, not the input-keeping one.
+/// Below 256 output pixels (F(2x2)'s sizes) a training forward and an input gradient leave
+/// Winograd for im2col + GEMM, which the filter transform made every call cost more than.
 #[test]
 fn training_forward_keeps_no_filter_transform() {
     let dev = backend::cpu();
-    let (c, h, k) = (136, 8, 136);
-    let s = shape(1, c, h, h, k);
-    assert!(winograd::choose(&s).is_some() && winograd::choose_backward_weight(&s).is_none());
-    let x = Tensor::from_vec(&[1, c, h, h], pseudo(c * h * h, 95)).unwrap();
-    let w = Tensor::from_vec(&[k, c, 3, 3], pseudo(k * c * 9, 96)).unwrap();
     let spec = ConvSpec { stride: 1, pad: 1, groups: 1 };
-    let train = dev.conv2d_forward_train(&x, &w, spec).unwrap().to_vec().unwrap();
-    assert!(!winograd::holds_transform_of(w.stamp()), "a training forward kept its filter transform");
-    let eval = dev.conv2d_forward(&x, &w, spec).unwrap().to_vec().unwrap();
-    assert!(winograd::holds_transform_of(w.stamp()), "an eval forward must keep its filter transform");
-    assert_eq!(train, eval, "the same kernel either way");
+    let (c, k) = (136, 136);
+    for h in [16, 8] {
+        let s = shape(1, c, h, h, k);
+        let tile = winograd::choose(&s).expect("a Winograd layer");
+        assert!(winograd::choose_backward_weight(&s).is_none());
+        let x = Tensor::from_vec(&[1, c, h, h], pseudo(c * h * h, 95)).unwrap();
+        let w = Tensor::from_vec(&[k, c, 3, 3], pseudo(k * c * 9, 96)).unwrap();
+        let train = dev.conv2d_forward_train(&x, &w, spec).unwrap().to_vec().unwrap();
+        assert!(!winograd::holds_transform_of(w.stamp()), "a training forward kept its filter transform");
+        let eval = dev.conv2d_forward(&x, &w, spec).unwrap().to_vec().unwrap();
+        assert!(winograd::holds_transform_of(w.stamp()), "an eval forward must keep its filter transform");
+        let im2col = conv::forward(x.as_slice().unwrap(), w.as_slice().unwrap(), &s);
+        let dy = Tensor::from_vec(&[1, k, h, h], pseudo(k * h * h, 97)).unwrap();
+        let dx = dev.conv2d_backward_data(&dy, &w, &[1, c, h, h], spec).unwrap().to_vec().unwrap();
+        let dx_im2col = conv::backward_data(dy.as_slice().unwrap(), w.as_slice().unwrap(), &s);
+        if tile == WinogradTile::F4 {
+            assert_eq!(train, eval, "{h}x{h}: the same kernel either way");
+            assert_ne!(train, im2col, "{h}x{h}: Winograd, not im2col");
+            assert_ne!(dx, dx_im2col, "{h}x{h}: the input gradient on Winograd");
+        } else {
+            assert_eq!(train, im2col, "{h}x{h}: a training forward on im2col");
+            assert_ne!(eval, im2col, "{h}x{h}: an eval forward on Winograd F(2x2)");
+            assert_eq!(dx, dx_im2col, "{h}x{h}: the input gradient on im2col");
+        }
+    }
 }
 
 /// The 1x1 kernel's weight panels are kept by the weight's stamp (`pointwise.rs`): a second call

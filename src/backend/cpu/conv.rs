@@ -957,7 +957,10 @@ impl CpuBackend {
             forward_grouped(host(x)?, host(w)?, s, epi)
         } else if self.direct_channels(s, weights) {
             super::direct::forward_channels(host(x)?, host(w)?, Some(w.stamp()), s, epi)
-        } else if let Some(tile) = self.winograd(s) {
+        } else if let Some(tile) = match weights {
+            Weights::Fixed => self.winograd(s),
+            Weights::Changing => self.winograd_changing(s),
+        } {
             // Changing weights' transforms are not kept: they would never be asked for again
             // (without a stamp the transform goes back to the buffer pool for the next step).
             let w_stamp = (weights == Weights::Fixed).then(|| w.stamp());
@@ -982,7 +985,7 @@ impl ConvOps for CpuBackend {
     /// packs the same `x` into the same layout.
     fn conv2d_forward_train(&self, x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::new(x.dims(), w.dims(), spec)?;
-        let y = match (self.winograd(&s), self.winograd_backward_weight(&s)) {
+        let y = match (self.winograd_changing(&s), self.winograd_backward_weight(&s)) {
             (Some(tile), Some(_)) => super::winograd::forward_keeping_input(host(x)?, x.stamp(), host(w)?, &s, tile),
             _ => self.forward_dispatch(x, w, &s, None, Weights::Changing)?,
         };
@@ -991,7 +994,7 @@ impl ConvOps for CpuBackend {
 
     fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, x_dims: &[usize], spec: ConvSpec) -> Result<Tensor> {
         let s = ConvShape::backward_data(dy, w, x_dims, spec)?;
-        let dx = match self.winograd(&s) {
+        let dx = match self.winograd_changing(&s) {
             Some(tile) => super::winograd::backward_data_stamped(host(dy)?, Some(dy.stamp()), host(w)?, &s, tile),
             None if self.depthwise(&s) => super::depthwise::backward_data(host(dy)?, host(w)?, &s),
             None if s.groups != 1 => backward_data_grouped(host(dy)?, host(w)?, &s),

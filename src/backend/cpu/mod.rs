@@ -69,6 +69,17 @@ impl CpuBackend {
         (self.fast_conv && s.groups == 1).then(|| winograd::choose(s)).flatten()
     }
 
+    /// The Winograd tile for a convolution whose weights change from call to call (a training
+    /// forward, an input gradient): F(4x4) only. At F(2x2)'s sizes (fewer than 256 output
+    /// pixels) the filter transform, made afresh every call, cost more than the products it
+    /// saved (`cargo bench --bench conv`, batch 1, 2 threads: ResNet-50's 256x14x14 forward 1.48
+    /// against im2col's 1.21 ms, its input gradient 2.05 against 1.63; a CIFAR 64x8x8 layer 77
+    /// against 69 us and 90 against 79): there im2col + GEMM takes it. Inference keeps F(2x2),
+    /// its transforms kept by the weights' stamp.
+    fn winograd_changing(&self, s: &ConvShape) -> Option<winograd::WinogradTile> {
+        self.winograd(s).filter(|&tile| tile == winograd::WinogradTile::F4)
+    }
+
     /// Whether the direct channel-vector kernel computes this forward convolution (AVX-512,
     /// many input channels: `direct::channels_preferred`), given whether its weights stay
     /// fixed from call to call (inference, candidate scoring) or change every step (training,
