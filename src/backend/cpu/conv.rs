@@ -372,9 +372,9 @@ impl Epilogue<'_> {
 }
 
 /// Clamps to [0, 6] after a kernel whose own epilogue stops before ReLU6 (Winograd).
-fn relu6_after(epi: Option<&Epilogue>, mut y: Vec<f32>) -> Vec<f32> {
+fn relu6_after(s: &ConvShape, epi: Option<&Epilogue>, mut y: Vec<f32>) -> Vec<f32> {
     if epi.is_some_and(|e| e.relu6) {
-        update_unary(&mut y, |v| Activation::Relu6.apply(v));
+        update_unary(s.n < team::SHORT_BATCH, &mut y, |v| Activation::Relu6.apply(v));
     }
     y
 }
@@ -964,7 +964,7 @@ impl CpuBackend {
             // Changing weights' transforms are not kept: they would never be asked for again
             // (without a stamp the transform goes back to the buffer pool for the next step).
             let w_stamp = (weights == Weights::Fixed).then(|| w.stamp());
-            relu6_after(epi, super::winograd::forward_stamped(host(x)?, host(w)?, w_stamp, s, tile, epi))
+            relu6_after(s, epi, super::winograd::forward_stamped(host(x)?, host(w)?, w_stamp, s, tile, epi))
         } else if self.direct(s) {
             super::direct::forward(host(x)?, host(w)?, s, epi)
         } else if epi.is_some() && self.pointwise(s) {

@@ -1,45 +1,44 @@
 //! Element-wise ops on the CPU.
 
-use super::{host, CpuBackend};
+use super::{host, team, CpuBackend};
 use crate::backend::shape::same_dims;
 use crate::backend::{Activation, ElementwiseOps};
 use crate::error::Result;
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 
 impl ElementwiseOps for CpuBackend {
     fn relu_forward(&self, x: &Tensor) -> Result<Tensor> {
-        Tensor::from_vec(x.dims(), map_unary(host(x)?, relu))
+        Tensor::from_vec(x.dims(), map_unary(on_team(x), host(x)?, relu))
     }
 
     fn relu_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
         same_dims(dy, y, "relu_backward")?;
-        Tensor::from_vec(y.dims(), map_binary(host(dy)?, host(y)?, |g, v| if v > 0.0 { g } else { 0.0 }))
+        Tensor::from_vec(y.dims(), map_binary(on_team(y), host(dy)?, host(y)?, |g, v| if v > 0.0 { g } else { 0.0 }))
     }
 
     fn relu6_forward(&self, x: &Tensor) -> Result<Tensor> {
-        Tensor::from_vec(x.dims(), map_unary(host(x)?, |v| Activation::Relu6.apply(v)))
+        Tensor::from_vec(x.dims(), map_unary(on_team(x), host(x)?, |v| Activation::Relu6.apply(v)))
     }
 
     fn relu6_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
         same_dims(dy, y, "relu6_backward")?;
         let pass = |g: f32, v: f32| if v > 0.0 && v < 6.0 { g } else { 0.0 };
-        Tensor::from_vec(y.dims(), map_binary(host(dy)?, host(y)?, pass))
+        Tensor::from_vec(y.dims(), map_binary(on_team(y), host(dy)?, host(y)?, pass))
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         same_dims(a, b, "add")?;
-        Tensor::from_vec(a.dims(), map_binary(host(a)?, host(b)?, |u, v| u + v))
+        Tensor::from_vec(a.dims(), map_binary(on_team(a), host(a)?, host(b)?, |u, v| u + v))
     }
 
     fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         same_dims(a, b, "add_relu")?;
-        Tensor::from_vec(a.dims(), map_binary(host(a)?, host(b)?, |u, v| relu(u + v)))
+        Tensor::from_vec(a.dims(), map_binary(on_team(a), host(a)?, host(b)?, |u, v| relu(u + v)))
     }
 
     fn add_assign(&self, acc: &mut Tensor, x: &Tensor) -> Result<()> {
         same_dims(acc, x, "add_assign")?;
-        update_binary(acc.as_mut_slice()?, host(x)?, |a, v| a + v);
+        update_binary(on_team(x), acc.as_mut_slice()?, host(x)?, |a, v| a + v);
         Ok(())
     }
 
@@ -67,39 +66,45 @@ pub fn relu(v: f32) -> f32 {
 /// Elements per parallel task for element-wise work; large enough that scheduling is cheap.
 pub(super) const ELEMWISE_CHUNK: usize = 1 << 15;
 
-pub fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+/// Whether an op on `t` runs on the team: a batch-1 activation (4-D, `team::SHORT_BATCH`), whose
+/// neighbours in a batch-1 step are the convolutions' team regions; on rayon's pool right
+/// after them its workers competed with the team's spinning helper for the cores.
+pub(super) fn on_team(t: &Tensor) -> bool {
+    t.dims().len() == 4 && t.dims()[0] < team::SHORT_BATCH
+}
+
+pub fn map_unary(short: bool, x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut y = crate::tensor::pool::take(x.len());
-    y.par_chunks_mut(ELEMWISE_CHUNK).zip(x.par_chunks(ELEMWISE_CHUNK)).for_each(|(yc, xc)| {
-        for (o, &v) in yc.iter_mut().zip(xc) {
+    team::for_each_chunk_mut(short, &mut y, ELEMWISE_CHUNK, |i, yc| {
+        for (o, &v) in yc.iter_mut().zip(&x[i * ELEMWISE_CHUNK..]) {
             *o = f(v);
         }
     });
     y
 }
 
-pub fn map_binary(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+pub fn map_binary(short: bool, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     let mut y = crate::tensor::pool::take(a.len());
-    y.par_chunks_mut(ELEMWISE_CHUNK).zip(a.par_chunks(ELEMWISE_CHUNK).zip(b.par_chunks(ELEMWISE_CHUNK))).for_each(
-        |(yc, (ac, bc))| {
-            for ((o, &u), &v) in yc.iter_mut().zip(ac).zip(bc) {
-                *o = f(u, v);
-            }
-        },
-    );
+    team::for_each_chunk_mut(short, &mut y, ELEMWISE_CHUNK, |i, yc| {
+        let at = i * ELEMWISE_CHUNK;
+        for ((o, &u), &v) in yc.iter_mut().zip(&a[at..]).zip(&b[at..]) {
+            *o = f(u, v);
+        }
+    });
     y
 }
 
-pub fn update_unary(acc: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
-    acc.par_chunks_mut(ELEMWISE_CHUNK).for_each(|ac| {
+pub fn update_unary(short: bool, acc: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    team::for_each_chunk_mut(short, acc, ELEMWISE_CHUNK, |_, ac| {
         for a in ac.iter_mut() {
             *a = f(*a);
         }
     });
 }
 
-pub fn update_binary(acc: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
-    acc.par_chunks_mut(ELEMWISE_CHUNK).zip(x.par_chunks(ELEMWISE_CHUNK)).for_each(|(ac, xc)| {
-        for (a, &v) in ac.iter_mut().zip(xc) {
+pub fn update_binary(short: bool, acc: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    team::for_each_chunk_mut(short, acc, ELEMWISE_CHUNK, |i, ac| {
+        for (a, &v) in ac.iter_mut().zip(&x[i * ELEMWISE_CHUNK..]) {
             *a = f(*a, v);
         }
     });

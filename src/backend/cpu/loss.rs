@@ -84,6 +84,6 @@ pub fn distill_kl(student: &[f32], teacher: &[f32], n: usize, classes: usize, te
 pub fn mse_loss(x: &[f32], target: &[f32]) -> (f32, Vec<f32>) {
     let count = x.len().max(1) as f64;
     let sum: f64 = x.iter().zip(target).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
-    let d = map_binary(x, target, |a, b| (2.0 * (a as f64 - b as f64) / count) as f32);
+    let d = map_binary(false, x, target, |a, b| (2.0 * (a as f64 - b as f64) / count) as f32);
     ((sum / count) as f32, d)
 }

@@ -3,7 +3,7 @@
 
 use super::elementwise::relu;
 use super::lanes::Lanes;
-use super::{host, CpuBackend};
+use super::{host, team, CpuBackend};
 use crate::backend::shape::{same_dims, BnShape};
 use crate::backend::{Activation, BnGrads, BnParams, BnSaved, BnTrainParams, NormOps};
 use crate::error::Result;
@@ -280,15 +280,52 @@ multiversion_sum!(bn_channel_sums, bn_sums_of, (dy: &[f32], after: Option<(&[f32
 
 /// Per-channel mean and biased variance of `x` viewed as `[n, c, hw]`, in f64.
 fn channel_moments(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
-    (0..c).into_par_iter().map(|ch| channel_moments_of(x, n, c, hw, ch)).collect()
+    per_channel(n < team::SHORT_BATCH, c, |ch| channel_moments_of(x, n, c, hw, ch))
+}
+
+/// `f(ch)` for every channel, in order: on the team at batch 1 (`short`), where the
+/// convolutions around a batch norm run and its helper still spins when the batch norm starts
+/// (on rayon's pool its workers competed with it for the cores), else on rayon's pool.
+fn per_channel(short: bool, c: usize, f: impl Fn(usize) -> (f64, f64) + Sync) -> Vec<(f64, f64)> {
+    if !short {
+        return (0..c).into_par_iter().map(&f).collect();
+    }
+    // Channels in groups: a task a channel cost more in hand-offs than 7x7 maps hold work.
+    const GROUP: usize = 16;
+    let mut out = vec![(0.0, 0.0); c];
+    let ptr = team::SendPtr(out.as_mut_ptr());
+    team::for_each(c.div_ceil(GROUP), |g| {
+        for ch in g * GROUP..((g + 1) * GROUP).min(c) {
+            // SAFETY: each channel is written by its own group's task, inside `out`.
+            unsafe { *ptr.at(ch) = f(ch) };
+        }
+    });
+    out
+}
+
+/// `f(row, y_row)` for every `[n, c]` row of `hw` floats of `y`: on the team at batch 1, as
+/// `per_channel`, a few rows a task on small maps.
+fn per_row(short: bool, y: &mut [f32], hw: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let hw = hw.max(1);
+    if !short {
+        return y.par_chunks_mut(hw).enumerate().for_each(|(row, yc)| f(row, yc));
+    }
+    let rows = (4096 / hw).max(1);
+    team::for_each_chunk_mut(true, y, rows * hw, |i, chunk| {
+        for (j, yc) in chunk.chunks_mut(hw).enumerate() {
+            f(i * rows + j, yc);
+        }
+    });
 }
 
 /// Applies `y = x*scale[c] + shift[c]` over `[n, c, hw]`, then the activation `act` (as
 /// `relu_forward` and `relu6_forward` compute them).
 fn channel_affine(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32], act: Activation) -> Vec<f32> {
     let mut y = crate::tensor::pool::take(x.len());
-    y.par_chunks_mut(hw.max(1)).zip(x.par_chunks(hw.max(1))).enumerate().for_each(|(row, (yc, xc))| {
+    let short = x.len() / (c * hw).max(1) < team::SHORT_BATCH;
+    per_row(short, &mut y, hw, |row, yc| {
         let ch = row % c;
+        let xc = &x[row * hw..(row + 1) * hw];
         let (a, b) = (scale[ch], shift[ch]);
         let pairs = yc.iter_mut().zip(xc);
         match act {
@@ -383,8 +420,8 @@ pub fn batchnorm_backward(
     mean: &[f32],
     invstd: &[f32],
 ) -> BnBackwardOut {
-    let sums: Vec<(f64, f64)> =
-        (0..c).into_par_iter().map(|ch| bn_channel_sums(dy, after, x, n, c, hw, ch, mean[ch])).collect();
+    let short = n < team::SHORT_BATCH;
+    let sums = per_channel(short, c, |ch| bn_channel_sums(dy, after, x, n, c, hw, ch, mean[ch]));
     let count = (n * hw) as f64;
     // sum dy * xhat = invstd * sum dy * (x - mean).
     let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
@@ -399,7 +436,7 @@ pub fn batchnorm_backward(
         })
         .collect();
     let mut dx = crate::tensor::pool::take(x.len());
-    dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(row, dxc)| {
+    per_row(short, &mut dx, hw, |row, dxc| {
         let ch = row % c;
         let base = row * hw;
         let ([a, b, cc], m) = (factors[ch], mean[ch]);

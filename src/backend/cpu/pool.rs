@@ -241,8 +241,10 @@ fn whole_windows_s2<const K: usize>(
 
 pub fn maxpool_backward(dy: &[f32], x: &[f32], s: &PoolShape) -> Vec<f32> {
     let (hw, ohw) = (s.h * s.w, s.out_h * s.out_w);
-    let mut dx = vec![0.0f32; s.n * s.c * hw];
-    dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(plane, dxs)| {
+    // On the team at batch 1, as the convolutions beside it (`elementwise::on_team`).
+    let mut dx = crate::tensor::pool::take(s.n * s.c * hw);
+    team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut dx, hw.max(1), |plane, dxs| {
+        dxs.fill(0.0);
         let xs = &x[plane * hw..(plane + 1) * hw];
         let g = &dy[plane * ohw..(plane + 1) * ohw];
         for p in 0..s.out_h {

@@ -225,16 +225,21 @@ pub fn for_each_chunk_mut<F: Fn(usize, &mut [f32]) + Sync>(short: bool, v: &mut 
 }
 
 /// A buffer's base pointer, shared by tasks that touch disjoint parts of it.
-#[derive(Clone, Copy)]
-pub(super) struct SendPtr(pub(super) *mut f32);
+pub(super) struct SendPtr<T = f32>(pub(super) *mut T);
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
 // SAFETY: only used by tasks that write disjoint parts of the buffer (`for_each_chunk_mut`'s
-// chunks, `conv::gemm_image`'s pixel ranges).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+// chunks, `conv::gemm_image`'s pixel ranges, `norm`'s channels).
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
-impl SendPtr {
-    /// The pointer `offset` floats in (a method, so closures capture the whole `Sync` wrapper).
-    pub(super) fn at(self, offset: usize) -> *mut f32 {
+impl<T> SendPtr<T> {
+    /// The pointer `offset` elements in (a method, so closures capture the whole `Sync` wrapper).
+    pub(super) fn at(self, offset: usize) -> *mut T {
         self.0.wrapping_add(offset)
     }
 }
