@@ -169,6 +169,15 @@ fn bench_cpu_times_torchvision_families_at_the_asked_size() {
     }
 }
 
+/// The MACs `lfgcl info` counts for `model` at 3x32x32.
+fn info_macs(model: &str) -> u64 {
+    let info = exe::lfgcl(["info", "--model", model, "--input", "3x32x32"]).output().unwrap();
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    let info = String::from_utf8_lossy(&info.stdout);
+    let total_line = info.lines().find(|l| l.starts_with("Total")).expect("info prints a total");
+    total_line.split_whitespace().last().unwrap().replace(',', "").parse().unwrap()
+}
+
 /// `bench infer --layers` on MobileNetV2 at 32x32: one step per unfused node or fused conv chain,
 /// every node of the graph in exactly one step, the steps' MACs summing to the model's (as
 /// `info` counts them), the shares to 1, and the kinds to the steps.
@@ -188,11 +197,7 @@ fn bench_infer_layers_says_where_the_time_goes() {
     // inverted residual's projection ends in its add.
     assert!(steps.iter().any(|s| s["ops"] == "Conv2d+BatchNorm+ReLU6"));
     assert!(steps.iter().any(|s| s["ops"] == "Conv2d+BatchNorm+Add"));
-    let info = exe::lfgcl(["info", "--model", "mobilenet_v2", "--input", "3x32x32"]).output().unwrap();
-    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
-    let info = String::from_utf8_lossy(&info.stdout);
-    let total_line = info.lines().find(|l| l.starts_with("Total")).expect("info prints a total");
-    let model_macs: u64 = total_line.split_whitespace().last().unwrap().replace(',', "").parse().unwrap();
+    let model_macs = info_macs("mobilenet_v2");
     let macs: u64 = steps.iter().map(|s| s["macs"].as_u64().unwrap()).sum();
     assert_eq!(macs, 2 * model_macs, "steps' MACs at batch 2");
     let share: f64 = steps.iter().map(|s| s["share"].as_f64().unwrap()).sum();
@@ -223,11 +228,7 @@ fn bench_train_layers_says_where_the_time_goes() {
     let l = &r["layers"];
     let steps = l["steps"].as_array().unwrap();
     assert!(steps.iter().any(|s| s["ops"] == "BatchNorm+ReLU"), "{l}");
-    let info = exe::lfgcl(["info", "--model", "resnet18", "--input", "3x32x32"]).output().unwrap();
-    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
-    let info = String::from_utf8_lossy(&info.stdout);
-    let total_line = info.lines().find(|l| l.starts_with("Total")).expect("info prints a total");
-    let model_macs: u64 = total_line.split_whitespace().last().unwrap().replace(',', "").parse().unwrap();
+    let model_macs = info_macs("resnet18");
     let macs: u64 = steps.iter().map(|s| s["macs"].as_u64().unwrap()).sum();
     assert_eq!(macs, 2 * model_macs, "steps' MACs at batch 2");
     for (i, s) in steps.iter().enumerate() {

@@ -9,13 +9,14 @@ use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::models::{cost::node_cost, Arch, Model};
 use crate::nn::{BackwardPart, Graph, Op};
+use crate::tensor::Tensor;
 use crate::train::Sgd;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// One step of the forward.
+/// What one step of a profiled pass runs: a node, or nodes run as one op.
 #[derive(Clone, Debug, Serialize)]
-pub struct StepRow {
+pub struct StepOf {
     /// The first node's name (a fused chain is named by its conv).
     pub layer: String,
     /// The nodes' kinds, `+`-joined (`Conv2d+BatchNorm+ReLU6`).
@@ -24,8 +25,47 @@ pub struct StepRow {
     pub kind: String,
     /// Per-sample output shape of the step's last node.
     pub output: Vec<usize>,
-    /// MACs of the whole batch.
+    /// MACs of the whole batch's forward.
     pub macs: u64,
+}
+
+/// Nodes `first..=last` of `graph` as one step, at `batch`.
+fn step_of(graph: &Graph, first: usize, last: usize, batch: usize) -> StepOf {
+    let nodes = &graph.nodes[first..=last];
+    StepOf {
+        layer: nodes[0].name.clone(),
+        ops: nodes.iter().map(|n| n.op.kind()).collect::<Vec<_>>().join("+"),
+        kind: kind_of(&nodes[0].op),
+        output: nodes[nodes.len() - 1].out_shape.clone(),
+        macs: nodes.iter().map(|n| node_cost(&n.op, &n.out_shape).0).sum::<u64>() * batch as u64,
+    }
+}
+
+/// `model` built with seed 0 for 10 classes, and its input at `batch` (element i is
+/// `(i mod 251) / 251 - 0.5`), for a profile named `what`.
+fn profiled_model(
+    dev: &Device,
+    model: &str,
+    side: Option<usize>,
+    batch: usize,
+    reps: usize,
+    what: &str,
+) -> Result<(Model, Tensor)> {
+    if batch == 0 || reps == 0 {
+        return Err(Error::Invalid(format!("{what}: the batch and --reps must be at least 1")));
+    }
+    let (c, size) = input_for(model, side)?;
+    let m = Model::new(Arch::new(model, c, size, 10)?, dev, 0)?;
+    let host: Vec<f32> = (0..batch * c * size * size).map(|i| ((i % 251) as f32 / 251.0) - 0.5).collect();
+    let x = dev.from_host(&[batch, c, size, size], &host)?;
+    Ok((m, x))
+}
+
+/// One step of the forward.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepRow {
+    #[serde(flatten)]
+    pub step: StepOf,
     pub median_us: f64,
     pub gflops: f64,
     /// Of the steps' summed medians.
@@ -85,13 +125,7 @@ pub fn layer_profile(
     warmup: usize,
     reps: usize,
 ) -> Result<LayerProfile> {
-    if batch == 0 || reps == 0 {
-        return Err(Error::Invalid("bench infer --layers: the batch and --reps must be at least 1".into()));
-    }
-    let (c, size) = input_for(model, side)?;
-    let mut m = Model::new(Arch::new(model, c, size, 10)?, dev, 0)?;
-    let host: Vec<f32> = (0..batch * c * size * size).map(|i| ((i % 251) as f32 / 251.0) - 0.5).collect();
-    let x = dev.from_host(&[batch, c, size, size], &host)?;
+    let (mut m, x) = profiled_model(dev, model, side, batch, reps, "bench infer --layers")?;
     for _ in 0..warmup {
         m.graph.forward_profiled(dev, dev.copy(&x)?)?;
     }
@@ -117,8 +151,8 @@ pub fn layer_profile(
         .collect();
     let mut by_kind: BTreeMap<String, (usize, u64, f64)> = BTreeMap::new();
     for s in &steps {
-        let e = by_kind.entry(s.kind.clone()).or_default();
-        *e = (e.0 + 1, e.1 + s.macs, e.2 + s.median_us);
+        let e = by_kind.entry(s.step.kind.clone()).or_default();
+        *e = (e.0 + 1, e.1 + s.step.macs, e.2 + s.median_us);
     }
     let mut kinds: Vec<KindRow> = by_kind
         .into_iter()
@@ -153,26 +187,16 @@ fn gflops(macs: u64, us: f64) -> f64 {
 }
 
 fn step_row(graph: &Graph, first: usize, last: usize, batch: usize, secs: f64, total: f64) -> StepRow {
-    let nodes = &graph.nodes[first..=last];
-    let macs: u64 = nodes.iter().map(|n| node_cost(&n.op, &n.out_shape).0).sum::<u64>() * batch as u64;
+    let step = step_of(graph, first, last, batch);
     let us = 1e6 * secs;
-    StepRow {
-        layer: nodes[0].name.clone(),
-        ops: nodes.iter().map(|n| n.op.kind()).collect::<Vec<_>>().join("+"),
-        kind: kind_of(&nodes[0].op),
-        output: nodes[nodes.len() - 1].out_shape.clone(),
-        macs,
-        median_us: us,
-        gflops: gflops(macs, us),
-        share: secs / total.max(f64::MIN_POSITIVE),
-    }
+    StepRow { median_us: us, gflops: gflops(step.macs, us), share: secs / total.max(f64::MIN_POSITIVE), step }
 }
 
 impl LayerProfile {
     /// The steps in graph order, then the kinds, slowest first.
     pub fn table(&self) -> String {
-        let name_w = self.steps.iter().map(|s| s.layer.len()).max().unwrap_or(5).max(5) + 2;
-        let ops_w = self.steps.iter().map(|s| s.ops.len()).max().unwrap_or(3).max(3) + 2;
+        let name_w = self.steps.iter().map(|s| s.step.layer.len()).max().unwrap_or(5).max(5) + 2;
+        let ops_w = self.steps.iter().map(|s| s.step.ops.len()).max().unwrap_or(3).max(3) + 2;
         let mut out = format!(
             "{} inference on {}, batch {}: each step's median over {} reps ({})\n",
             self.model, self.device, self.batch, self.reps, self.machine
@@ -182,13 +206,13 @@ impl LayerProfile {
             "layer", "ops", "output", "MMACs", "us", "GFLOP/s", "%"
         );
         for s in &self.steps {
-            let shape = s.output.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+            let shape = s.step.output.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
             out += &format!(
                 "{:<name_w$}{:<ops_w$}{:>16}{:>10.2}{:>10.1}{:>9.1}{:>7.1}\n",
-                s.layer,
-                s.ops,
+                s.step.layer,
+                s.step.ops,
                 shape,
-                s.macs as f64 / 1e6,
+                s.step.macs as f64 / 1e6,
                 s.median_us,
                 s.gflops,
                 100.0 * s.share
@@ -211,17 +235,12 @@ impl LayerProfile {
     }
 }
 
-/// One step of a profiled training pass: its forward, and the backward of its nodes.
+/// One step of a profiled training pass (a batch norm -> activation pair runs as one op): its
+/// forward, and the backward of its nodes.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainStepRow {
-    pub layer: String,
-    /// The nodes' kinds, `+`-joined (a batch norm -> ReLU pair runs as one op).
-    pub ops: String,
-    pub kind: String,
-    /// Per-sample output shape of the step's last node.
-    pub output: Vec<usize>,
-    /// MACs of the whole batch's forward.
-    pub macs: u64,
+    #[serde(flatten)]
+    pub step: StepOf,
     pub forward_us: f64,
     /// A convolution's input gradient, or another op's whole backward; with the hand-over of the
     /// gradients to the step's inputs.
@@ -278,13 +297,7 @@ pub fn train_profile(
     warmup: usize,
     reps: usize,
 ) -> Result<TrainProfile> {
-    if batch == 0 || reps == 0 {
-        return Err(Error::Invalid("bench train --layers: the batch and --reps must be at least 1".into()));
-    }
-    let (c, size) = input_for(model, side)?;
-    let mut m = Model::new(Arch::new(model, c, size, 10)?, dev, 0)?;
-    let host: Vec<f32> = (0..batch * c * size * size).map(|i| ((i % 251) as f32 / 251.0) - 0.5).collect();
-    let x = dev.from_host(&[batch, c, size, size], &host)?;
+    let (mut m, x) = profiled_model(dev, model, side, batch, reps, "bench train --layers")?;
     let labels: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
     let mut opt = Sgd::new(0.9, 5e-4, false)?;
     let mut forward: Vec<Vec<f64>> = Vec::new();
@@ -327,19 +340,12 @@ pub fn train_profile(
     let mut steps: Vec<TrainStepRow> = spans
         .iter()
         .zip(forward)
-        .map(|(&(first, last), f)| {
-            let nodes = &m.graph.nodes[first..=last];
-            TrainStepRow {
-                layer: nodes[0].name.clone(),
-                ops: nodes.iter().map(|n| n.op.kind()).collect::<Vec<_>>().join("+"),
-                kind: kind_of(&nodes[0].op),
-                output: nodes[nodes.len() - 1].out_shape.clone(),
-                macs: nodes.iter().map(|n| node_cost(&n.op, &n.out_shape).0).sum::<u64>() * batch as u64,
-                forward_us: us(f),
-                backward_us: 0.0,
-                weight_grad_us: 0.0,
-                share: 0.0,
-            }
+        .map(|(&(first, last), f)| TrainStepRow {
+            step: step_of(&m.graph, first, last, batch),
+            forward_us: us(f),
+            backward_us: 0.0,
+            weight_grad_us: 0.0,
+            share: 0.0,
         })
         .collect();
     let mut step_of = vec![None; m.graph.nodes.len()];
@@ -364,8 +370,8 @@ pub fn train_profile(
     }
     let mut by_kind: BTreeMap<String, TrainKindRow> = BTreeMap::new();
     for s in &steps {
-        let k = by_kind.entry(s.kind.clone()).or_insert_with(|| TrainKindRow {
-            kind: s.kind.clone(),
+        let k = by_kind.entry(s.step.kind.clone()).or_insert_with(|| TrainKindRow {
+            kind: s.step.kind.clone(),
             steps: 0,
             macs: 0,
             forward_us: 0.0,
@@ -378,7 +384,7 @@ pub fn train_profile(
             share: 0.0,
         });
         k.steps += 1;
-        k.macs += s.macs;
+        k.macs += s.step.macs;
         k.forward_us += s.forward_us;
         k.backward_us += s.backward_us;
         k.weight_grad_us += s.weight_grad_us;
@@ -412,8 +418,8 @@ pub fn train_profile(
 impl TrainProfile {
     /// The steps in graph order, then the kinds, slowest first, then the loss and the optimizer.
     pub fn table(&self) -> String {
-        let name_w = self.steps.iter().map(|s| s.layer.len()).max().unwrap_or(5).max(5) + 2;
-        let ops_w = self.steps.iter().map(|s| s.ops.len()).max().unwrap_or(3).max(3) + 2;
+        let name_w = self.steps.iter().map(|s| s.step.layer.len()).max().unwrap_or(5).max(5) + 2;
+        let ops_w = self.steps.iter().map(|s| s.step.ops.len()).max().unwrap_or(3).max(3) + 2;
         let mut out = format!(
             "{} training step on {}, batch {}: each part's median over {} reps ({})\n\
              (backward: a conv's input gradient or another op's whole backward; wgrad: a conv's weight gradient)\n",
@@ -424,13 +430,13 @@ impl TrainProfile {
             "layer", "ops", "output", "MMACs", "fwd us", "bwd us", "wgrad us", "%"
         );
         for s in &self.steps {
-            let shape = s.output.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+            let shape = s.step.output.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
             out += &format!(
                 "{:<name_w$}{:<ops_w$}{:>16}{:>10.2}{:>10.1}{:>10.1}{:>10.1}{:>7.1}\n",
-                s.layer,
-                s.ops,
+                s.step.layer,
+                s.step.ops,
                 shape,
-                s.macs as f64 / 1e6,
+                s.step.macs as f64 / 1e6,
                 s.forward_us,
                 s.backward_us,
                 s.weight_grad_us,
