@@ -55,7 +55,7 @@ impl Op {
 
 /// Wall time of one step of a profiled forward (`Graph::forward_profiled`,
 /// `Graph::forward_train_profiled`): node `first`, or the nodes `first..=last` run as one op (an
-/// eval conv chain fused into its conv, a training batch norm -> ReLU pair).
+/// eval conv chain fused into its conv, a training batch norm -> activation pair).
 #[derive(Clone, Copy, Debug)]
 pub struct StepTime {
     pub first: usize,
@@ -405,7 +405,7 @@ impl Graph {
         self.forward_train_steps(dev, x, None)
     }
 
-    /// A training forward that also times each step (a node, or a batch norm -> ReLU pair), with
+    /// A training forward that also times each step (a node, or a batch norm -> activation pair), with
     /// the device synchronised around it (`bench train --layers`).
     pub fn forward_train_profiled(&mut self, dev: &Device, x: Tensor) -> Result<(Trace, Vec<StepTime>)> {
         let mut times = Vec::with_capacity(self.nodes.len());
