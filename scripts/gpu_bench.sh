@@ -31,7 +31,12 @@ for m in r20-fmnist r56-syn; do
   step "torch_search_$m" 45 python3 "$here/torch_search_eval.py" --ckpt "$ckpt/$m.safetensors" --images 256 --candidates 32 --device cuda --json "$out/torch_search_$m.json"
 done
 
-# 3. A real search on the GPU (synthetic data is embedded): candidates/s as the search reports it.
+# 3. Where a ResNet-50 training step's time goes on the GPU (each layer's forward, input and weight
+# gradients, the loss and the SGD step; `scripts/torch_train_layers.py` is the CPU's reference).
+step train_layers_r50 90 lfgcl --device cuda bench train --model resnet50 --image-size 224 --train-batch 32 \
+  --layers --reps 3 --json "$out/train_layers_r50.json"
+
+# 4. A real search on the GPU (synthetic data is embedded): candidates/s as the search reports it.
 step search_gpu 90 lfgcl --device cuda search --ckpt "$ckpt/r20-syn.safetensors" --data synthetic --flops 0.5 \
   --episodes 60 --candidates-per-step 8 --warmup 20 --images 256 --seed 0 --out "$out/search_gpu"
 exit 0
