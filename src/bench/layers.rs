@@ -253,7 +253,7 @@ pub struct TrainStepRow {
 
 /// The steps of one kind, summed, with each part's rate (a part's FLOPs are the forward's: the
 /// input and the weight gradients cost as much as the forward each).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct TrainKindRow {
     pub kind: String,
     pub steps: usize,
@@ -348,12 +348,12 @@ pub fn train_profile(
             share: 0.0,
         })
         .collect();
-    let mut step_of = vec![None; m.graph.nodes.len()];
+    let mut step_at = vec![None; m.graph.nodes.len()];
     for (s, &(first, last)) in spans.iter().enumerate() {
-        step_of[first..=last].fill(Some(s));
+        step_at[first..=last].fill(Some(s));
     }
     for (&(node, part), b) in parts.iter().zip(backward) {
-        let Some(row) = step_of.get(node).copied().flatten().map(|s| &mut steps[s]) else {
+        let Some(row) = step_at.get(node).copied().flatten().map(|s| &mut steps[s]) else {
             return Err(Error::Invalid(format!("bench train --layers: node {node} ran no forward step")));
         };
         match part {
@@ -370,19 +370,9 @@ pub fn train_profile(
     }
     let mut by_kind: BTreeMap<String, TrainKindRow> = BTreeMap::new();
     for s in &steps {
-        let k = by_kind.entry(s.step.kind.clone()).or_insert_with(|| TrainKindRow {
-            kind: s.step.kind.clone(),
-            steps: 0,
-            macs: 0,
-            forward_us: 0.0,
-            backward_us: 0.0,
-            weight_grad_us: 0.0,
-            total_us: 0.0,
-            forward_gflops: 0.0,
-            backward_gflops: 0.0,
-            weight_grad_gflops: 0.0,
-            share: 0.0,
-        });
+        let k = by_kind
+            .entry(s.step.kind.clone())
+            .or_insert_with(|| TrainKindRow { kind: s.step.kind.clone(), ..Default::default() });
         k.steps += 1;
         k.macs += s.step.macs;
         k.forward_us += s.forward_us;

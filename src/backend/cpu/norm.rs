@@ -8,7 +8,6 @@ use crate::backend::shape::{same_dims, BnShape};
 use crate::backend::{Activation, BnGrads, BnParams, BnSaved, BnTrainParams, NormOps};
 use crate::error::Result;
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 
 impl NormOps for CpuBackend {
     fn batchnorm_forward_train(&self, x: &Tensor, bn: BnTrainParams<'_>) -> Result<(Tensor, BnSaved)> {
@@ -287,15 +286,13 @@ fn channel_moments(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> 
 /// convolutions around a batch norm run and its helper still spins when the batch norm starts
 /// (on rayon's pool its workers competed with it for the cores), else on rayon's pool.
 fn per_channel(short: bool, c: usize, f: impl Fn(usize) -> (f64, f64) + Sync) -> Vec<(f64, f64)> {
-    if !short {
-        return (0..c).into_par_iter().map(&f).collect();
-    }
-    // Channels in groups: a task a channel cost more in hand-offs than 7x7 maps hold work.
-    const GROUP: usize = 16;
+    // On the team, channels in groups: a task a channel cost more in hand-offs than 7x7 maps
+    // hold work. Rayon's pool splits its tasks itself.
+    let group = if short { 16 } else { 1 };
     let mut out = vec![(0.0, 0.0); c];
     let ptr = team::SendPtr(out.as_mut_ptr());
-    team::for_each(c.div_ceil(GROUP), |g| {
-        for ch in g * GROUP..((g + 1) * GROUP).min(c) {
+    team::for_each_on(short, c.div_ceil(group), |g| {
+        for ch in g * group..((g + 1) * group).min(c) {
             // SAFETY: each channel is written by its own group's task, inside `out`.
             unsafe { *ptr.at(ch) = f(ch) };
         }
@@ -307,11 +304,8 @@ fn per_channel(short: bool, c: usize, f: impl Fn(usize) -> (f64, f64) + Sync) ->
 /// `per_channel`, a few rows a task on small maps.
 fn per_row(short: bool, y: &mut [f32], hw: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let hw = hw.max(1);
-    if !short {
-        return y.par_chunks_mut(hw).enumerate().for_each(|(row, yc)| f(row, yc));
-    }
-    let rows = (4096 / hw).max(1);
-    team::for_each_chunk_mut(true, y, rows * hw, |i, chunk| {
+    let rows = if short { (4096 / hw).max(1) } else { 1 };
+    team::for_each_chunk_mut(short, y, rows * hw, |i, chunk| {
         for (j, yc) in chunk.chunks_mut(hw).enumerate() {
             f(i * rows + j, yc);
         }
