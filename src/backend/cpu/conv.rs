@@ -574,40 +574,120 @@ fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> V
     }
     let g = images_per_chunk(s);
     let threads = gemm_threads(s, g);
-    // W^T[CRS, K] read in place (W's column-major view), and the product split on the team by
-    // `gemm_image`: left to the GEMM's own rayon split, at batch 1 its workers fought the team's
-    // spinning helper for the cores, as the forward's did (`cargo bench --bench conv --
-    // backward_data`, 2 threads: ResNet-50's and MobileNetV2's 1x1 layers at batch 1 1.5-3.6x
-    // faster, `pw_b1_384to64x14` 167 -> 47 us; its 3x3 ones 5-13%). Same bits.
+    // W^T[CRS, K] read in place (W's column-major view), and the product split on the team: left
+    // to the GEMM's own rayon split, at batch 1 its workers fought the team's spinning helper for
+    // the cores, as the forward's did (`cargo bench --bench conv -- backward_data`, 2 threads:
+    // ResNet-50's and MobileNetV2's 1x1 layers at batch 1 1.5-3.6x faster, `pw_b1_384to64x14`
+    // 167 -> 47 us; its 3x3 ones 5-13%).
     let wl = Layout::col_major(crs);
     let short = s.n < team::SHORT_BATCH;
-    dx.par_chunks_mut(g * chw).zip(dy.par_chunks(g * k * pq)).for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(dcol, dyc), (dxch, dych)| {
-            let images = dxch.len() / chw;
-            let cols = images * pq;
-            let dy_cols: &[f32] = if images == 1 {
-                dych
-            } else {
-                gather_chunk(dych, k, pq, dyc);
-                dyc
-            };
+    dx.par_chunks_mut(g * chw).zip(dy.par_chunks(g * k * pq)).for_each_init(Vec::new, |dyc, (dxch, dych)| {
+        let images = dxch.len() / chw;
+        let cols = images * pq;
+        let dy_cols: &[f32] = if images == 1 {
+            dych
+        } else {
+            gather_chunk(dych, k, pq, dyc);
+            dyc
+        };
+        // The products overwrite their scratch (from the pool: no fresh pages to fault in).
+        let mut dcol = crate::tensor::pool::take(crs * cols);
+        if cols <= PIXEL_MAJOR_COLUMNS && s.n <= g {
+            // A batch in one chunk, on few columns: the product is written pixel by pixel
+            // (dcol's column-major form), split on the team, then transposed back. The `gemm`
+            // crate runs that form up to 1.9x faster on these shapes (one thread: ResNet-50's
+            // 3x3 layers at 14x14, 2304 x 196 x 256, 2947 -> 1604 us; at 7x7, 4608 x 49 x 512,
+            // 3726 -> 2355; its 1x1 layers at 14x14 1.7-1.9x).
+            let mut by_pixel = crate::tensor::pool::take(crs * cols);
+            let operands = ((w, wl), (dy_cols, Layout::row_major(cols)));
+            product_on_team((crs, cols, k), operands, &mut by_pixel, Layout::col_major(crs), threads, short);
+            if in_place {
+                // A 1x1 convolution's dcol is dx itself, image by image.
+                for (j, dxj) in dxch.chunks_mut(chw).enumerate() {
+                    transpose(&by_pixel[j * pq * crs..(j + 1) * pq * crs], pq, crs, dxj, threads, short);
+                }
+                crate::tensor::pool::give(by_pixel);
+                crate::tensor::pool::give(dcol);
+                return;
+            }
+            transpose(&by_pixel, cols, crs, &mut dcol, threads, short);
+            crate::tensor::pool::give(by_pixel);
+        } else {
             if in_place && images == 1 {
                 // One image of a 1x1 convolution: the GEMM writes dx itself (col2im would add
                 // its output to zeros: the same values, as a sum from +0 is never -0).
                 gemm_image(w, wl, dy_cols, dxch, (crs, cols, k), None, 0, threads, short);
+                crate::tensor::pool::give(dcol);
                 return;
             }
-            // col2im accumulates: each chunk clears its part first.
-            dxch.fill(0.0);
-            dcol.resize(crs * cols, 0.0);
-            gemm_image(w, wl, dy_cols, dcol, (crs, cols, k), None, 0, threads, short);
-            for j in 0..images {
-                col2im(dcol, s, cols, j * pq, &mut dxch[j * chw..(j + 1) * chw]);
-            }
-        },
-    );
+            gemm_image(w, wl, dy_cols, &mut dcol, (crs, cols, k), None, 0, threads, short);
+        }
+        // col2im accumulates: each chunk clears its part first.
+        dxch.fill(0.0);
+        for j in 0..images {
+            col2im(&dcol, s, cols, j * pq, &mut dxch[j * chw..(j + 1) * chw]);
+        }
+        crate::tensor::pool::give(dcol);
+    });
     dx
+}
+
+/// Backward-data products of at most this many columns (pixels of all the chunk's images) are
+/// written pixel-major when the chunk is the whole batch (its product split over the threads:
+/// see `backward_data_with`). ResNet-50's batch-1 training step, 2 threads, alternated
+/// twice (`bench train --layers`): input gradients 1x1 20.8 -> 18.6-18.9 ms, 3x3 19.8 -> 17.0-17.1,
+/// strided 12.2 -> 9.5-9.6; the step 174 -> 166-169 ms. Not for 1024 columns (a 3.6 MB
+/// transpose at 28x28 cost what the product saved), nor for batches of several chunks, which
+/// run one per thread: there ResNet-56 at batch 128 trained 4-5% slower (chunks of 256 columns, which the row-major
+/// product's 64-row blocks fill, and one transpose per chunk).
+const PIXEL_MAJOR_COLUMNS: usize = 256;
+
+/// `dst[cols, rows]` (row-major) from `src[rows, cols]` (row-major): blocks of `dst`'s rows
+/// shared out (on the team when `short`), each in 8x8 register transposes where the CPU has AVX2.
+/// A copy, so the split changes no value.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], threads: usize, short: bool) {
+    assert!(src.len() == rows * cols && dst.len() == rows * cols, "conv: transpose sizes");
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    // Rows of `dst` per task: a multiple of 8, a few tasks per thread.
+    let per_task = if threads > 1 { cols.div_ceil(4 * threads).next_multiple_of(8) } else { cols };
+    team::for_each_chunk_mut(short, dst, per_task * rows, |block, out| {
+        let c0 = block * per_task;
+        let c1 = c0 + out.len() / rows;
+        let mut r0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        if super::isa::has_avx2() {
+            while r0 + 8 <= rows {
+                let mut c = c0;
+                while c + 8 <= c1 {
+                    // SAFETY: AVX2 checked above; the reads are rows r0..r0+8, columns c..c+8 of
+                    // `src` and the writes rows c..c+8 (from c0), columns r0..r0+8 of `out`,
+                    // all inside the slices (rows * cols floats, `out` this block's rows).
+                    unsafe {
+                        super::simd::transpose_8x8(
+                            src.as_ptr().add(r0 * cols + c),
+                            cols,
+                            out.as_mut_ptr().add((c - c0) * rows + r0),
+                            rows,
+                        )
+                    };
+                    c += 8;
+                }
+                for c in c..c1 {
+                    for r in r0..r0 + 8 {
+                        out[(c - c0) * rows + r] = src[r * cols + c];
+                    }
+                }
+                r0 += 8;
+            }
+        }
+        for c in c0..c1 {
+            for r in r0..rows {
+                out[(c - c0) * rows + r] = src[r * cols + c];
+            }
+        }
+    });
 }
 
 pub fn backward_weight(dy: &[f32], x: &[f32], s: &ConvShape) -> Vec<f32> {
@@ -679,64 +759,50 @@ fn chunk_weight_gradient(
     // col^T on these long, thin reductions, whichever way the result is stored.
     // Every element is written by the GEMM (it overwrites: `accumulate` is false).
     let mut dw = crate::tensor::pool::take(crs * k);
-    if let Some(split) = product_split(crs, k, threads) {
-        let ptr = team::SendPtr(dw.as_mut_ptr());
-        let (lc, ld) = (Layout::row_major(cols), Layout::col_major(cols));
-        let (along, block) = match split {
-            Split::Rows(r) => (crs, r),
-            Split::Columns(c) => (k, c),
-        };
-        team::for_each_on(s.n < team::SHORT_BATCH, along.div_ceil(block), |t| {
-            let (a0, a1) = (t * block, ((t + 1) * block).min(along));
-            // SAFETY: part `t` writes only its own rows (or columns) of dW^T, in bounds of `dw`
-            // (`crs * k` floats laid out as `out`), which no other part touches.
-            unsafe {
-                match split {
-                    Split::Rows(_) => sgemm_into(
-                        a1 - a0,
-                        k,
-                        cols,
-                        &col[a0 * cols..],
-                        lc,
-                        dy_cols,
-                        ld,
-                        ptr.at(a0 * out.row),
-                        out,
-                        false,
-                        1,
-                    ),
-                    Split::Columns(_) => sgemm_into(
-                        crs,
-                        a1 - a0,
-                        cols,
-                        col,
-                        lc,
-                        &dy_cols[a0 * cols..],
-                        ld,
-                        ptr.at(a0 * out.col),
-                        out,
-                        false,
-                        1,
-                    ),
+    let operands = ((col, Layout::row_major(cols)), (dy_cols, Layout::col_major(cols)));
+    product_on_team((crs, k, cols), operands, &mut dw, out, threads, s.n < team::SHORT_BATCH);
+    dw
+}
+
+/// A GEMM operand and its layout.
+type Operand<'a> = (&'a [f32], Layout);
+
+/// `c[m, n] = a[m, depth] * b[depth, n]` (layouts as given; `c` laid out as `lc`), split on the
+/// team as `product_split` says when it can be without changing a bit, else one GEMM that may
+/// split itself over `threads`.
+fn product_on_team(
+    (m, n, depth): (usize, usize, usize),
+    ((a, la), (b, lb)): (Operand, Operand),
+    c: &mut [f32],
+    lc: Layout,
+    threads: usize,
+    short: bool,
+) {
+    let Some(split) = product_split(m, n, threads).filter(|_| m > 0 && n > 0) else {
+        sgemm_layout(m, n, depth, a, la, b, lb, c, lc, false, threads);
+        return;
+    };
+    assert!(c.len() > (m - 1) * lc.row + (n - 1) * lc.col, "conv: product output too small");
+    let ptr = team::SendPtr(c.as_mut_ptr());
+    let (along, block) = match split {
+        Split::Rows(r) => (m, r),
+        Split::Columns(c) => (n, c),
+    };
+    team::for_each_on(short, along.div_ceil(block), |t| {
+        let (a0, a1) = (t * block, ((t + 1) * block).min(along));
+        // SAFETY: part `t` writes only its own rows (or columns) of `c`, in bounds (asserted
+        // above), which no other part touches.
+        unsafe {
+            match split {
+                Split::Rows(_) => {
+                    sgemm_into(a1 - a0, n, depth, &a[a0 * la.row..], la, b, lb, ptr.at(a0 * lc.row), lc, false, 1)
+                }
+                Split::Columns(_) => {
+                    sgemm_into(m, a1 - a0, depth, a, la, &b[a0 * lb.col..], lb, ptr.at(a0 * lc.col), lc, false, 1)
                 }
             }
-        });
-        return dw;
-    }
-    sgemm_layout(
-        crs,
-        k,
-        cols,
-        col,
-        Layout::row_major(cols),
-        dy_cols,
-        Layout::col_major(cols),
-        &mut dw,
-        out,
-        false,
-        threads,
-    );
-    dw
+        }
+    });
 }
 
 /// How `product_split` cuts an `m x n` product: blocks of this many rows, or of columns.
@@ -1211,6 +1277,72 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "{a} vs {b} for {s:?}");
             }
         }
+    }
+
+    /// Backward-data against a plain f64 loop, on both sides of `PIXEL_MAJOR_COLUMNS` (pixel-major
+    /// products transposed back, and the row-major one), for 3x3, strided and 1x1 layers, one image
+    /// a chunk and several; and the same bits on 1, 2 and 3 threads.
+    #[test]
+    fn backward_data_matches_a_plain_loop_on_any_thread_count() {
+        // (batch, c_in, c_out, side, stride, kernel)
+        let shapes = [
+            (1, 24, 40, 7, 1, 3),  // 49 columns: pixel-major, split on the team
+            (2, 24, 40, 5, 1, 3),  // two chunks of 25 columns: row-major
+            (1, 20, 12, 14, 2, 3), // strided
+            (1, 64, 48, 14, 1, 1), // 1x1, transposed into dx
+            (3, 48, 64, 7, 1, 1),  // 1x1, chunks of one image: row-major
+            (1, 6, 8, 40, 1, 3),   // 1600 columns: row-major
+            (1, 40, 24, 36, 1, 1), // 1296 columns, 1x1: row-major in place
+        ];
+        let mut sides = (false, false);
+        for (n, c, k, side, stride, ks) in shapes {
+            let spec = ConvSpec { stride, pad: ks / 2, groups: 1 };
+            let s = ConvShape::new(&[n, c, side, side], &[k, c, ks, ks], spec).unwrap();
+            let (pq, hw) = (s.out_h * s.out_w, side * side);
+            let dy = pseudo(n * k * pq, 3);
+            let w = pseudo(k * c * ks * ks, 4);
+            let mut want = vec![0.0f64; n * c * hw];
+            for (b, kk, oy, ox) in itertools_product(n, k, s.out_h, s.out_w) {
+                let g = dy[((b * k + kk) * s.out_h + oy) * s.out_w + ox] as f64;
+                for (ci, r, t) in itertools_product3(c, ks, ks) {
+                    let (iy, ix) = (
+                        (oy * stride + r) as isize - (ks / 2) as isize,
+                        (ox * stride + t) as isize - (ks / 2) as isize,
+                    );
+                    if (0..side as isize).contains(&iy) && (0..side as isize).contains(&ix) {
+                        want[(b * c + ci) * hw + iy as usize * side + ix as usize] +=
+                            g * w[((kk * c + ci) * ks + r) * ks + t] as f64;
+                    }
+                }
+            }
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| backward_data(&dy, &w, &s))
+            };
+            let one = run(1);
+            for (got, want) in one.iter().zip(&want) {
+                assert!((*got as f64 - want).abs() < 1e-4, "{s:?}: {got} against {want}");
+            }
+            for threads in [2, 3] {
+                let got = run(threads);
+                assert!(got.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?} on {threads} threads");
+            }
+            let g = images_per_chunk(&s);
+            if g * pq <= PIXEL_MAJOR_COLUMNS && n <= g {
+                sides.0 = true;
+            } else {
+                sides.1 = true;
+            }
+        }
+        assert_eq!(sides, (true, true), "both products ran");
+    }
+
+    fn itertools_product(a: usize, b: usize, c: usize, d: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+        (0..a).flat_map(move |i| (0..b).flat_map(move |j| (0..c).flat_map(move |l| (0..d).map(move |m| (i, j, l, m)))))
+    }
+
+    fn itertools_product3(a: usize, b: usize, c: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        (0..a).flat_map(move |i| (0..b).flat_map(move |j| (0..c).map(move |l| (i, j, l))))
     }
 
     /// The weight gradient's product split on the team (`product_split`) gives the bits of the
