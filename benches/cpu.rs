@@ -68,10 +68,12 @@ fn pools(c: &mut Criterion) {
         g.throughput(Throughput::Elements(x.numel() as u64));
         g.bench_function(format!("b{batch}/forward"), |b| b.iter(|| dev.maxpool_forward(&x, 3, 2, 1).unwrap()));
     }
-    let x = data(&[8, 64, 112, 112]);
-    let dy = data(&[8, 64, 56, 56]);
-    g.throughput(Throughput::Elements(x.numel() as u64));
-    g.bench_function("b8/backward", |b| b.iter(|| dev.maxpool_backward(&dy, &x, 3, 2, 1).unwrap()));
+    for batch in [1usize, 8] {
+        let x = data(&[batch, 64, 112, 112]);
+        let dy = data(&[batch, 64, 56, 56]);
+        g.throughput(Throughput::Elements(x.numel() as u64));
+        g.bench_function(format!("b{batch}/backward"), |b| b.iter(|| dev.maxpool_backward(&dy, &x, 3, 2, 1).unwrap()));
+    }
     g.finish();
 }
 

@@ -241,6 +241,13 @@ fn whole_windows_s2<const K: usize>(
 
 pub fn maxpool_backward(dy: &[f32], x: &[f32], s: &PoolShape) -> Vec<f32> {
     let (hw, ohw) = (s.h * s.w, s.out_h * s.out_w);
+    // Output rows and columns whose windows lie wholly inside the map: scanned with no clipping.
+    let inside = |len: usize, out: usize| {
+        let lo = s.pad.div_ceil(s.stride).min(out);
+        let hi = if len + s.pad >= s.kernel { ((len + s.pad - s.kernel) / s.stride + 1).min(out) } else { 0 };
+        lo..hi.max(lo)
+    };
+    let (rows_in, cols_in) = (inside(s.h, s.out_h), inside(s.w, s.out_w));
     // On the team at batch 1, as the convolutions beside it (`elementwise::on_team`).
     let mut dx = crate::tensor::pool::take(s.n * s.c * hw);
     team::for_each_chunk_mut(s.n < team::SHORT_BATCH, &mut dx, hw.max(1), |plane, dxs| {
@@ -250,11 +257,40 @@ pub fn maxpool_backward(dy: &[f32], x: &[f32], s: &PoolShape) -> Vec<f32> {
         for p in 0..s.out_h {
             for q in 0..s.out_w {
                 // First maximum in row-major window order, as the forward pass scans.
-                dxs[pool_argmax(xs, s, p, q)] += g[p * s.out_w + q];
+                let at = if rows_in.contains(&p) && cols_in.contains(&q) {
+                    let first = (p * s.stride - s.pad) * s.w + q * s.stride - s.pad;
+                    match s.kernel {
+                        3 => whole_window_argmax::<3>(xs, s.w, first),
+                        2 => whole_window_argmax::<2>(xs, s.w, first),
+                        _ => pool_argmax(xs, s, p, q),
+                    }
+                } else {
+                    pool_argmax(xs, s, p, q)
+                };
+                dxs[at] += g[p * s.out_w + q];
             }
         }
     });
     dx
+}
+
+/// `pool_argmax` of a `K x K` window wholly inside the map, its first element at `first`: the
+/// same scan (row-major, strictly greater wins) with the clipping and its bounds left out. The
+/// max-pool's backward spent 1.4 ms of ResNet-50's batch-1 training step there.
+#[inline(always)]
+fn whole_window_argmax<const K: usize>(xs: &[f32], w: usize, first: usize) -> usize {
+    let window = &xs[first..first + (K - 1) * w + K];
+    let (mut best, mut at) = (f32::NEG_INFINITY, 0);
+    for r in 0..K {
+        for t in 0..K {
+            let v = window[r * w + t];
+            if v > best {
+                best = v;
+                at = r * w + t;
+            }
+        }
+    }
+    first + at
 }
 
 /// Each plane's mean, summed in f64 in order; on the team when `short` (batch 1, as the
@@ -301,39 +337,47 @@ mod tests {
         y
     }
 
+    /// Pool shapes on both sides of the fast paths: ResNet's stem pool, padded and unpadded
+    /// windows, strides 1 to 3, odd maps, windows wider than the map.
+    const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 11] = [
+        (1, 3, 112, 112, 3, 2, 1), // ResNet's stem pool
+        (2, 4, 9, 7, 3, 2, 1),
+        (1, 2, 8, 8, 2, 2, 0),
+        (1, 2, 11, 13, 3, 1, 1),
+        (2, 3, 10, 9, 5, 3, 2),
+        (1, 1, 1, 1, 1, 1, 0),
+        (1, 2, 3, 3, 3, 2, 1),
+        (1, 2, 9, 10, 3, 2, 0),
+        (2, 3, 7, 9, 2, 2, 1),
+        (1, 2, 6, 40, 3, 2, 1),
+        (1, 2, 2, 2, 3, 1, 1),
+    ];
+
+    /// Few distinct values, so ties are common: +0, -0, NaN, small integers.
+    fn tied_values(len: usize, seed: &mut u64) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                match (*seed >> 40) % 8 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 => f32::NAN,
+                    v => v as f32 - 5.0,
+                }
+            })
+            .collect()
+    }
+
     /// The separable forward against the window scan, bit for bit: ties between +0 and -0 (the
     /// first in row-major order wins), NaNs (never win; an all-NaN window gives -inf), padded
     /// and unpadded windows, strides 1 to 3, odd maps.
     #[test]
     fn separable_maxpool_equals_the_window_scan_bit_for_bit() {
         let mut seed = 1u64;
-        let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 40) as u32
-        };
         let mut checked = 0;
-        for &(n, c, h, w, k, stride, pad) in &[
-            (1, 3, 112, 112, 3, 2, 1), // ResNet's stem pool
-            (2, 4, 9, 7, 3, 2, 1),
-            (1, 2, 8, 8, 2, 2, 0),
-            (1, 2, 11, 13, 3, 1, 1),
-            (2, 3, 10, 9, 5, 3, 2),
-            (1, 1, 1, 1, 1, 1, 0),
-            (1, 2, 3, 3, 3, 2, 1),
-            (1, 2, 9, 10, 3, 2, 0),
-            (2, 3, 7, 9, 2, 2, 1),
-            (1, 2, 6, 40, 3, 2, 1),
-        ] {
+        for (n, c, h, w, k, stride, pad) in SHAPES {
             let s = PoolShape::max("test", &[n, c, h, w], k, stride, pad).unwrap();
-            // Few distinct values, so ties are common: +0, -0, NaN, small integers.
-            let x: Vec<f32> = (0..n * c * h * w)
-                .map(|_| match next() % 8 {
-                    0 => 0.0,
-                    1 => -0.0,
-                    2 => f32::NAN,
-                    v => v as f32 - 5.0,
-                })
-                .collect();
+            let x = tied_values(n * c * h * w, &mut seed);
             let (got, want) = (maxpool_forward(&x, &s), scan(&x, &s));
             assert_eq!(got.len(), want.len());
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
@@ -346,5 +390,38 @@ mod tests {
             checked += got.len();
         }
         assert!(checked > 3000);
+    }
+
+    /// The backward (whole windows scanned unclipped) routes each gradient to the window's first
+    /// maximum, as `pool_argmax` picks it for every window: ties, NaNs, all-NaN windows, the
+    /// shapes above; gradients are distinct powers of two, so a misrouted one shows in the sum.
+    #[test]
+    fn maxpool_backward_routes_to_the_first_maximum_of_each_window() {
+        let mut seed = 7u64;
+        let mut whole = 0;
+        for (n, c, h, w, k, stride, pad) in SHAPES {
+            let s = PoolShape::max("test", &[n, c, h, w], k, stride, pad).unwrap();
+            let x = tied_values(n * c * h * w, &mut seed);
+            let (hw, ohw) = (h * w, s.out_h * s.out_w);
+            let dy: Vec<f32> = (0..n * c * ohw).map(|i| (1u32 << (i % 20)) as f32).collect();
+            let mut want = vec![0.0f32; n * c * hw];
+            for plane in 0..n * c {
+                for p in 0..s.out_h {
+                    for q in 0..s.out_w {
+                        let at = pool_argmax(&x[plane * hw..(plane + 1) * hw], &s, p, q);
+                        want[plane * hw + at] += dy[plane * ohw + p * s.out_w + q];
+                        let (r0, r1, t0, t1) = pool_window(&s, p, q);
+                        whole += usize::from(r1 - r0 == k && t1 - t0 == k);
+                    }
+                }
+            }
+            let got = maxpool_backward(&dy, &x, &s);
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{:?}",
+                (n, c, h, w, k, stride, pad)
+            );
+        }
+        assert!(whole > 3000, "the whole-window path ran");
     }
 }
