@@ -36,6 +36,41 @@ fn images_per_chunk_for(s: &ConvShape, target: usize) -> usize {
     want.min((s.n / 4).max(1)).max(1)
 }
 
+/// A chunk's scratch floats: grown from the buffer pool and handed back to it when dropped. Fresh
+/// vectors, zero-filled and freed on every call, faulted their pages in again at batch 1, where
+/// each convolution is one chunk (the 7x7 stem's 7.4 MB im2col matrix: 2.9% of its weight
+/// gradient in page faults, and as much again zero-filling it).
+#[derive(Default)]
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    /// `len` floats: what the last use left in them, or stale pool contents where it grows, so
+    /// the caller writes every element before reading it.
+    fn sized(&mut self, len: usize) -> &mut [f32] {
+        if self.0.capacity() < len {
+            let old = std::mem::replace(&mut self.0, crate::tensor::pool::take(len));
+            crate::tensor::pool::give(old);
+        } else {
+            // Within the capacity: a truncation, or zeros for the few floats it grows by.
+            self.0.resize(len, 0.0);
+        }
+        &mut self.0
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        crate::tensor::pool::give(std::mem::take(&mut self.0));
+    }
+}
+
 /// Threads each chunk's GEMM may use: all of them when there are fewer chunks than threads.
 fn gemm_threads(s: &ConvShape, g: usize) -> usize {
     // (chunks are independent; when there are fewer than threads, let the GEMM split itself)
@@ -229,12 +264,13 @@ fn col2im(col: &[f32], s: &ConvShape, ld: usize, off: usize, dx: &mut [f32]) {
 /// `threads > 1` (a chunk that is the whole batch: its GEMM splits over the threads too) the
 /// channels are shared out, each task writing its channels' rows: on the team for a batch of 1
 /// (`short`). A copy, so the split changes no value.
-fn im2col_chunk(x: &[f32], s: &ConvShape, col: &mut Vec<f32>, threads: usize, short: bool) -> usize {
+fn im2col_chunk(x: &[f32], s: &ConvShape, col: &mut Scratch, threads: usize, short: bool) -> usize {
     let chw = s.c_in * s.h * s.w;
     let pq = s.out_h * s.out_w;
     let images = x.len() / chw;
     let cols = images * pq;
-    col.resize(s.c_in * s.kh * s.kw * cols, 0.0);
+    // Every element is written (padding taps as zeros).
+    let col = col.sized(s.c_in * s.kh * s.kw * cols);
     let per_channel = s.kh * s.kw * cols;
     // A few tasks per thread, so that an uneven share evens out.
     let channels = if threads > 1 { s.c_in.div_ceil(4 * threads).max(1) } else { s.c_in };
@@ -249,10 +285,11 @@ fn im2col_chunk(x: &[f32], s: &ConvShape, col: &mut Vec<f32>, threads: usize, sh
 }
 
 /// Lays a chunk of `[g, K, PQ]` outputs side by side as `[K, g*PQ]`.
-fn gather_chunk(dy: &[f32], k: usize, pq: usize, out: &mut Vec<f32>) {
+fn gather_chunk(dy: &[f32], k: usize, pq: usize, out: &mut Scratch) {
     let images = dy.len() / (k * pq);
     let cols = images * pq;
-    out.resize(k * cols, 0.0);
+    // Every element is copied in below.
+    let out = out.sized(k * cols);
     for j in 0..images {
         for kk in 0..k {
             out[kk * cols + j * pq..kk * cols + (j + 1) * pq]
@@ -416,7 +453,7 @@ fn forward_fused_with(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue
     let g = if in_place { images_per_chunk_for(s, TARGET_POINTWISE_COLUMNS) } else { images_per_chunk(s) };
     let (threads, short) = (gemm_threads(s, g), s.n < team::SHORT_BATCH);
     y.par_chunks_mut(g * k * pq).zip(x.par_chunks(g * chw)).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
+        <(Scratch, Scratch)>::default,
         |(col, tmp), (chunk, (ych, xch))| {
             let at0 = chunk * g * k * pq;
             if in_place && xch.len() == chw {
@@ -430,7 +467,8 @@ fn forward_fused_with(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogue
                 gemm_image(w, Layout::row_major(crs), col, ych, (k, pq, crs), epi, at0, threads, short);
                 return;
             }
-            tmp.resize(k * cols, 0.0);
+            // The GEMM overwrites every element.
+            let tmp = tmp.sized(k * cols);
             sgemm(k, cols, crs, w, false, col, false, tmp, false, threads);
             scatter_chunk(tmp, k, pq, ych);
             if let Some(epi) = epi {
@@ -581,7 +619,7 @@ fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> V
     // 167 -> 47 us; its 3x3 ones 5-13%).
     let wl = Layout::col_major(crs);
     let short = s.n < team::SHORT_BATCH;
-    dx.par_chunks_mut(g * chw).zip(dy.par_chunks(g * k * pq)).for_each_init(Vec::new, |dyc, (dxch, dych)| {
+    dx.par_chunks_mut(g * chw).zip(dy.par_chunks(g * k * pq)).for_each_init(Scratch::default, |dyc, (dxch, dych)| {
         let images = dxch.len() / chw;
         let cols = images * pq;
         let dy_cols: &[f32] = if images == 1 {
@@ -712,18 +750,15 @@ fn backward_weight_with(dy: &[f32], x: &[f32], s: &ConvShape, in_place: bool) ->
         // One chunk (batch 1, or a batch that fits one): the GEMM writes dW[K, CRS] itself, as
         // the column-major form of its dW^T, with no partial to sum and transpose after. At
         // batch 1 that pass was 12% of a ResNet-50 training step (1 thread).
-        let (mut col, mut dyc) = (Vec::new(), Vec::new());
+        let (mut col, mut dyc) = <(Scratch, Scratch)>::default();
         return chunk_weight_gradient(dy, x, s, in_place, threads, (&mut col, &mut dyc), Layout::col_major(crs));
     }
     let partials: Vec<Vec<f32>> = dy
         .par_chunks(g * k * pq)
         .zip(x.par_chunks(g * chw))
-        .map_init(
-            || (Vec::new(), Vec::new()),
-            |(col, dyc), (dych, xch)| {
-                chunk_weight_gradient(dych, xch, s, in_place, threads, (col, dyc), Layout::row_major(k))
-            },
-        )
+        .map_init(<(Scratch, Scratch)>::default, |(col, dyc), (dych, xch)| {
+            chunk_weight_gradient(dych, xch, s, in_place, threads, (col, dyc), Layout::row_major(k))
+        })
         .collect();
     sum_transposed(partials, k, crs)
 }
@@ -739,7 +774,7 @@ fn chunk_weight_gradient(
     s: &ConvShape,
     in_place: bool,
     threads: usize,
-    (col, dyc): (&mut Vec<f32>, &mut Vec<f32>),
+    (col, dyc): (&mut Scratch, &mut Scratch),
     out: Layout,
 ) -> Vec<f32> {
     let (k, pq, chw, crs) = (s.c_out, s.out_h * s.out_w, s.c_in * s.h * s.w, s.c_in * s.kh * s.kw);
@@ -1190,13 +1225,15 @@ mod tests {
             let n = 3;
             let s = ConvShape::new(&[n, c, h, w], &[2, c, ks, ks], ConvSpec { stride, pad, groups: 1 }).unwrap();
             let x = pseudo(n * c * h * w, 21);
-            let (mut whole, mut shared, mut team_shared) = (Vec::new(), vec![9.0; 5], Vec::new());
+            // Scratch left with stale values (NaN) past what each call needs: every one is written.
+            let stale = || Scratch(vec![f32::NAN; 4096]);
+            let (mut whole, mut shared, mut team_shared) = (Scratch::default(), stale(), stale());
             let cols = im2col_chunk(&x, &s, &mut whole, 1, false);
             assert_eq!(cols, n * s.out_h * s.out_w);
             assert_eq!(im2col_chunk(&x, &s, &mut shared, 3, false), cols);
             assert_eq!(im2col_chunk(&x, &s, &mut team_shared, 2, true), cols);
-            assert!(whole.iter().zip(&shared).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?}");
-            assert!(whole.iter().zip(&team_shared).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?}");
+            assert!(whole.iter().zip(shared.iter()).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?}");
+            assert!(whole.iter().zip(team_shared.iter()).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?}");
             let (rows, pq, chw) = (c * ks * ks, s.out_h * s.out_w, c * h * w);
             for j in 0..n {
                 let mut one = vec![7.0f32; rows * pq];
@@ -1370,7 +1407,7 @@ mod tests {
             let in_place = is_pointwise(&s) && n == 1;
             let out = Layout::col_major(c * ks * ks);
             let grad = |threads| {
-                let (mut col, mut dyc) = (Vec::new(), Vec::new());
+                let (mut col, mut dyc) = <(Scratch, Scratch)>::default();
                 chunk_weight_gradient(&dy, &x, &s, in_place, threads, (&mut col, &mut dyc), out)
             };
             let serial = grad(1);
