@@ -628,44 +628,39 @@ fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> V
             gather_chunk(dych, k, pq, dyc);
             dyc
         };
-        // The products overwrite their scratch (from the pool: no fresh pages to fault in).
-        let mut dcol = crate::tensor::pool::take(crs * cols);
+        // Every element of the scratch is written by the product or the transpose.
+        let mut dcol = Scratch::default();
         if cols <= PIXEL_MAJOR_COLUMNS && s.n <= g {
             // A batch in one chunk, on few columns: the product is written pixel by pixel
             // (dcol's column-major form), split on the team, then transposed back. The `gemm`
             // crate runs that form up to 1.9x faster on these shapes (one thread: ResNet-50's
             // 3x3 layers at 14x14, 2304 x 196 x 256, 2947 -> 1604 us; at 7x7, 4608 x 49 x 512,
             // 3726 -> 2355; its 1x1 layers at 14x14 1.7-1.9x).
-            let mut by_pixel = crate::tensor::pool::take(crs * cols);
+            let mut by_pixel = Scratch::default();
             let operands = ((w, wl), (dy_cols, Layout::row_major(cols)));
-            product_on_team((crs, cols, k), operands, &mut by_pixel, Layout::col_major(crs), threads, short);
+            let by_pixel = by_pixel.sized(crs * cols);
+            product_on_team((crs, cols, k), operands, by_pixel, Layout::col_major(crs), threads, short);
             if in_place {
                 // A 1x1 convolution's dcol is dx itself, image by image.
                 for (j, dxj) in dxch.chunks_mut(chw).enumerate() {
                     transpose(&by_pixel[j * pq * crs..(j + 1) * pq * crs], pq, crs, dxj, threads, short);
                 }
-                crate::tensor::pool::give(by_pixel);
-                crate::tensor::pool::give(dcol);
                 return;
             }
-            transpose(&by_pixel, cols, crs, &mut dcol, threads, short);
-            crate::tensor::pool::give(by_pixel);
+            transpose(by_pixel, cols, crs, dcol.sized(crs * cols), threads, short);
+        } else if in_place && images == 1 {
+            // One image of a 1x1 convolution: the GEMM writes dx itself (col2im would add its
+            // output to zeros: the same values, as a sum from +0 is never -0).
+            gemm_image(w, wl, dy_cols, dxch, (crs, cols, k), None, 0, threads, short);
+            return;
         } else {
-            if in_place && images == 1 {
-                // One image of a 1x1 convolution: the GEMM writes dx itself (col2im would add
-                // its output to zeros: the same values, as a sum from +0 is never -0).
-                gemm_image(w, wl, dy_cols, dxch, (crs, cols, k), None, 0, threads, short);
-                crate::tensor::pool::give(dcol);
-                return;
-            }
-            gemm_image(w, wl, dy_cols, &mut dcol, (crs, cols, k), None, 0, threads, short);
+            gemm_image(w, wl, dy_cols, dcol.sized(crs * cols), (crs, cols, k), None, 0, threads, short);
         }
         // col2im accumulates: each chunk clears its part first.
         dxch.fill(0.0);
         for j in 0..images {
             col2im(&dcol, s, cols, j * pq, &mut dxch[j * chw..(j + 1) * chw]);
         }
-        crate::tensor::pool::give(dcol);
     });
     dx
 }
@@ -676,8 +671,8 @@ fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> V
 /// twice (`bench train --layers`): input gradients 1x1 20.8 -> 18.6-18.9 ms, 3x3 19.8 -> 17.0-17.1,
 /// strided 12.2 -> 9.5-9.6; the step 174 -> 166-169 ms. Not for 1024 columns (a 3.6 MB
 /// transpose at 28x28 cost what the product saved), nor for batches of several chunks, which
-/// run one per thread: there ResNet-56 at batch 128 trained 4-5% slower (chunks of 256 columns, which the row-major
-/// product's 64-row blocks fill, and one transpose per chunk).
+/// run one per thread: there ResNet-56 at batch 128 trained 4-5% slower (chunks of 256
+/// columns, which the row-major product's 64-row blocks fill, and one transpose per chunk).
 const PIXEL_MAJOR_COLUMNS: usize = 256;
 
 /// `dst[cols, rows]` (row-major) from `src[rows, cols]` (row-major): blocks of `dst`'s rows
