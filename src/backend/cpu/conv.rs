@@ -669,8 +669,8 @@ fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> V
 /// written pixel-major when the chunk is the whole batch (its product split over the threads:
 /// see `backward_data_with`). ResNet-50's batch-1 training step, 2 threads, alternated
 /// twice (`bench train --layers`): input gradients 1x1 20.8 -> 18.6-18.9 ms, 3x3 19.8 -> 17.0-17.1,
-/// strided 12.2 -> 9.5-9.6; the step 174 -> 166-169 ms. Not for 1024 columns (a 3.6 MB
-/// transpose at 28x28 cost what the product saved), nor for batches of several chunks, which
+/// strided 12.2 -> 9.5-9.6; the step 174 -> 166-169 ms. Not for 1024 columns (at 28x28 the
+/// product is only 15% faster, and its transpose is 3.6 MB), nor for batches of several chunks, which
 /// run one per thread: there ResNet-56 at batch 128 trained 4-5% slower (chunks of 256
 /// columns, which the row-major product's 64-row blocks fill, and one transpose per chunk).
 const PIXEL_MAJOR_COLUMNS: usize = 256;
