@@ -203,6 +203,12 @@ fn im2col_rows(x: &[f32], s: &ConvShape, (c0, cn): (usize, usize), rows: &mut [f
 
 /// Adjoint of `im2col`: adds the columns back into the image gradient `dx` of one image.
 fn col2im(col: &[f32], s: &ConvShape, ld: usize, off: usize, dx: &mut [f32]) {
+    col2im_channels(col, s, ld, off, 0, dx)
+}
+
+/// `col2im` of the input channels from `c0` on whose planes `dx` holds (each plane's additions
+/// are those of the whole image's, in the same order).
+fn col2im_channels(col: &[f32], s: &ConvShape, ld: usize, off: usize, c0: usize, dx: &mut [f32]) {
     let (h, w, oh, ow) = (s.h as isize, s.w as isize, s.out_h, s.out_w);
     let (stride, pad) = (s.stride as isize, s.pad as isize);
     // Stride 2, as in `im2col_rows`: each row's even and odd columns gathered once, every tap
@@ -210,8 +216,7 @@ fn col2im(col: &[f32], s: &ConvShape, ld: usize, off: usize, dx: &mut [f32]) {
     // additions in the same order (taps left to right within a kernel row), so the same bits.
     let half = s.w.div_ceil(2);
     let mut phases = if stride == 2 { vec![0.0f32; 2 * half] } else { Vec::new() };
-    for c in 0..s.c_in {
-        let plane = &mut dx[c * s.h * s.w..(c + 1) * s.h * s.w];
+    for (plane, c) in dx.chunks_exact_mut((s.h * s.w).max(1)).zip(c0..) {
         for r in 0..s.kh {
             let row_of = |t: usize| ((c * s.kh + r) * s.kw + t) * ld + off;
             if stride == 2 {
@@ -657,6 +662,17 @@ fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> V
             gemm_image(w, wl, dy_cols, dcol.sized(crs * cols), (crs, cols, k), None, 0, threads, short);
         }
         // col2im accumulates: each chunk clears its part first.
+        if images == 1 && threads > 1 {
+            // The batch's one image: its channels' planes shared out on the team (or rayon's
+            // pool), as the product before it; run serially, the other cores waited.
+            let hw = s.h * s.w;
+            let per_task = s.c_in.div_ceil(4 * threads).max(1);
+            team::for_each_chunk_mut(short, dxch, (per_task * hw).max(1), |t, planes| {
+                planes.fill(0.0);
+                col2im_channels(&dcol, s, cols, 0, t * per_task, planes);
+            });
+            return;
+        }
         dxch.fill(0.0);
         for j in 0..images {
             col2im(&dcol, s, cols, j * pq, &mut dxch[j * chw..(j + 1) * chw]);
