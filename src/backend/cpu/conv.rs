@@ -646,10 +646,8 @@ fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> V
             let by_pixel = by_pixel.sized(crs * cols);
             product_on_team((crs, cols, k), operands, by_pixel, Layout::col_major(crs), threads, short);
             if in_place {
-                // A 1x1 convolution's dcol is dx itself, image by image.
-                for (j, dxj) in dxch.chunks_mut(chw).enumerate() {
-                    transpose(&by_pixel[j * pq * crs..(j + 1) * pq * crs], pq, crs, dxj, threads, short);
-                }
+                // A 1x1 convolution's dcol is dx itself (the batch's one image).
+                transpose(by_pixel, cols, crs, dxch, threads, short);
                 return;
             }
             transpose(by_pixel, cols, crs, dcol.sized(crs * cols), threads, short);
@@ -686,9 +684,9 @@ fn backward_data_with(dy: &[f32], w: &[f32], s: &ConvShape, in_place: bool) -> V
 /// see `backward_data_with`). ResNet-50's batch-1 training step, 2 threads, alternated
 /// twice (`bench train --layers`): input gradients 1x1 20.8 -> 18.6-18.9 ms, 3x3 19.8 -> 17.0-17.1,
 /// strided 12.2 -> 9.5-9.6; the step 174 -> 166-169 ms. Not for 1024 columns (at 28x28 the
-/// product is only 15% faster, and its transpose is 3.6 MB), nor for batches of several chunks, which
-/// run one per thread: there ResNet-56 at batch 128 trained 4-5% slower (chunks of 256
-/// columns, which the row-major product's 64-row blocks fill, and one transpose per chunk).
+/// product is only 15% faster, and its transpose is 3.6 MB), nor for batches of several
+/// chunks, which run one per thread: there ResNet-56 at batch 128 trained 4-5% slower (chunks
+/// of 256 columns, which the row-major product's 64-row blocks fill, and one transpose each).
 const PIXEL_MAJOR_COLUMNS: usize = 256;
 
 /// `dst[cols, rows]` (row-major) from `src[rows, cols]` (row-major): blocks of `dst`'s rows
@@ -941,10 +939,11 @@ pub fn forward_grouped(x: &[f32], w: &[f32], s: &ConvShape, epi: Option<&Epilogu
     if y.is_empty() {
         return y;
     }
-    y.par_chunks_mut(kg * pq).enumerate().for_each_init(Vec::new, |col, (i, yb)| {
+    y.par_chunks_mut(kg * pq).enumerate().for_each_init(Scratch::default, |col, (i, yb)| {
         let (img, gi) = (i / s.groups, i % s.groups);
         let xg = &x[img * chw + gi * cghw..img * chw + (gi + 1) * cghw];
-        col.resize(crs * pq, 0.0);
+        // Every element is written (padding taps as zeros).
+        let col = col.sized(crs * pq);
         im2col(xg, &sg, col, pq, 0);
         sgemm(kg, pq, crs, &w[gi * kg * crs..(gi + 1) * kg * crs], false, col, false, yb, false, 1);
         if let Some(epi) = epi {
@@ -962,14 +961,15 @@ pub fn backward_data_grouped(dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
     if dx.is_empty() {
         return dx;
     }
-    dx.par_chunks_mut(cghw).enumerate().for_each_init(Vec::new, |dcol, (i, dxb)| {
+    dx.par_chunks_mut(cghw).enumerate().for_each_init(Scratch::default, |dcol, (i, dxb)| {
         dxb.fill(0.0);
         if pq == 0 {
             return;
         }
         let gi = i % s.groups;
         let dyb = &dy[i * kg * pq..(i + 1) * kg * pq];
-        dcol.resize(crs * pq, 0.0);
+        // The GEMM overwrites every element.
+        let dcol = dcol.sized(crs * pq);
         sgemm(crs, pq, kg, &w[gi * kg * crs..(gi + 1) * kg * crs], true, dyb, false, dcol, false, 1);
         col2im(dcol, &sg, pq, 0, dxb);
     });
@@ -985,8 +985,9 @@ pub fn backward_weight_grouped(dy: &[f32], x: &[f32], s: &ConvShape) -> Vec<f32>
         return dw;
     }
     // One task per group; inside it, images in order, each accumulated into the group's block.
-    dw.par_chunks_mut(kg * crs).enumerate().for_each_init(Vec::new, |col, (gi, dwg)| {
-        col.resize(crs * pq, 0.0);
+    dw.par_chunks_mut(kg * crs).enumerate().for_each_init(Scratch::default, |col, (gi, dwg)| {
+        // Every element is written by each image's im2col.
+        let col = col.sized(crs * pq);
         for img in 0..s.n {
             let xg = &x[img * chw + gi * cghw..img * chw + (gi + 1) * cghw];
             im2col(xg, &sg, col, pq, 0);
