@@ -523,6 +523,72 @@ fn torchvision_parity(model: &str) {
     check_onnx(&pruned, ExportOptions::default(), &format!("{model} pruned 50% --streams"));
 }
 
+/// A torchvision user's path: a `torch.save` pickle converted by `scripts/torch_to_safetensors.py`
+/// (with the `safetensors` package hidden, so its own writer runs), then `lfgcl import` with no
+/// `--input-size`: the net is built for torchvision's 224x224, says so, and gives torchvision's
+/// logits there.
+#[test]
+fn a_torch_pickle_converts_and_imports_at_torchvisions_size() {
+    if !torchvision_or_skip("a_torch_pickle_converts_and_imports_at_torchvisions_size") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = lfgcl::interop::torch_python_command()
+        .arg(script("torchvision_models.py"))
+        .args(["resnet18".as_ref(), dir.path().as_os_str(), "224".as_ref(), "--pickle".as_ref()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let converter = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/torch_to_safetensors.py");
+    let (pickle, converted) = (dir.path().join("model.pth"), dir.path().join("converted.safetensors"));
+    // `None` in sys.modules makes `import safetensors.torch` raise ImportError, as when it is not installed.
+    let run_hidden = "import runpy, sys; sys.modules['safetensors'] = None; sys.argv = sys.argv[1:]; \
+                      runpy.run_path(sys.argv[0], run_name='__main__')";
+    let out = lfgcl::interop::torch_python_command()
+        .args(["-c".as_ref(), run_hidden.as_ref(), converter.as_os_str(), pickle.as_os_str(), converted.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The converter's file holds exactly the reference writer's tensors.
+    let (a, b) =
+        (std::fs::read(&converted).unwrap(), std::fs::read(dir.path().join("state_dict.safetensors")).unwrap());
+    let (a, b) = (SafeTensors::deserialize(&a).unwrap(), SafeTensors::deserialize(&b).unwrap());
+    let mut names = a.names();
+    names.sort();
+    let mut want = b.names();
+    want.sort();
+    assert_eq!(names, want);
+    for n in names {
+        let (x, y) = (a.tensor(n).unwrap(), b.tensor(n).unwrap());
+        assert_eq!((x.dtype(), x.shape(), x.data()), (y.dtype(), y.shape(), y.data()), "{n}");
+    }
+    let ckpt = dir.path().join("imported.safetensors");
+    let o = exe::lfgcl([
+        "import".as_ref(),
+        "--from".as_ref(),
+        converted.as_os_str(),
+        "--model".as_ref(),
+        "resnet18".as_ref(),
+        "--out".as_ref(),
+        ckpt.as_os_str(),
+    ])
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && stdout.contains("resnet18 at 224x224"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let dev = backend::cpu();
+    let mut m = checkpoint::load(&ckpt, &dev).unwrap();
+    assert_eq!(m.arch.input_hw(), [224, 224]);
+    let refp = dir.path().join("ref_224.safetensors");
+    let logits = m.graph.forward(&dev, read_f32(&refp, "input"), Mode::Eval).unwrap();
+    let d = rel_diff(&logits, &read_f32(&refp, "logits"));
+    assert!(d <= TOL, "resnet18 at 224 from a pickle: lfgcl differs from torchvision by {d}");
+}
+
 #[test]
 fn torchvision_resnet18_imports_prunes_and_exports_exactly() {
     torchvision_parity("resnet18");

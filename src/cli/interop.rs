@@ -23,12 +23,21 @@ pub(crate) fn cmd_import(g: &GlobalArgs, a: ImportArgs) -> Result<()> {
              normalise with the channel statistics of whatever data it is given (eval, search, fine-tuning)"
         );
     }
-    let opts = ImportOptions { model: a.model, normalization, classes: a.classes, input_hw: a.input_size.0 };
+    let input_hw = match a.input_size {
+        Some(size) => size.0,
+        None => {
+            let (_, side) = crate::models::family(&a.model)?.default_input();
+            [side, side]
+        }
+    };
+    let opts = ImportOptions { model: a.model, normalization, classes: a.classes, input_hw };
     let s = import::import(&a.from, &a.out, &opts)?;
     if !g.quiet {
         println!(
-            "imported {} ({} tensors, {} classes, widths {:?}; {} MACs, {} params{}) -> {}",
+            "imported {} at {}x{} ({} tensors, {} classes, widths {:?}; {} MACs, {} params{}) -> {}",
             s.arch.model,
+            s.arch.input_hw()[0],
+            s.arch.input_hw()[1],
             s.tensors,
             s.arch.num_classes,
             s.arch.widths,

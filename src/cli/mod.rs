@@ -107,9 +107,11 @@ pub struct ImportArgs {
     /// Check the classifier has this many outputs (default: whatever it has).
     #[arg(long)]
     pub classes: Option<usize>,
-    /// The input images' size: `S` for SxS, or `HxW` (e.g. 224 or 256x192).
-    #[arg(long, default_value = "32", value_parser = parse_input_size)]
-    pub input_size: InputSize,
+    /// The input images' size: `S` for SxS, or `HxW` (e.g. 224 or 256x192). Default: the
+    /// family's usual input (224 for torchvision's ResNets and MobileNetV2, 32 for the CIFAR
+    /// nets). Search, fine-tuning and evaluation then bring the data to this size.
+    #[arg(long, value_parser = parse_input_size)]
+    pub input_size: Option<InputSize>,
 }
 
 /// `--input-size`: `[height, width]`.

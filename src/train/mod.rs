@@ -159,13 +159,21 @@ pub struct EvalResult {
 /// Errors unless `ds` holds images of the model's input shape.
 pub fn check_compatible(model: &Model, ds: &Dataset) -> Result<()> {
     let want = model.arch.input_chw();
-    if ds.image_dims() != want {
+    let got = ds.image_dims();
+    if got != want {
+        // A size mismatch comes from an explicit --image-size: say which two sizes disagree.
+        let hint = if got[0] == want[0] {
+            format!(
+                "; the net was built (or imported) for {}x{} inputs: leave out --image-size to bring the data to \
+                 that size, or build the net for {}x{} (`lfgcl import --input-size`, `lfgcl train --image-size`)",
+                want[1], want[2], got[1], got[2]
+            )
+        } else {
+            String::new()
+        };
         return Err(Error::Shape(format!(
-            "dataset {} has images {:?} but {} expects {:?} (C,H,W)",
-            ds.name,
-            ds.image_dims(),
-            model.arch.model,
-            want
+            "dataset {} has images {:?} but {} expects {:?} (C,H,W){hint}",
+            ds.name, got, model.arch.model, want
         )));
     }
     if ds.labels.is_some() && ds.num_classes > model.arch.num_classes {

@@ -1,13 +1,14 @@
 """torchvision as the independent reference for lfgcl's real networks.
 
-    python3 torchvision_models.py MODEL OUT_DIR SIZE [SIZE ...]      (SIZE: S or HxW)
+    python3 torchvision_models.py MODEL OUT_DIR SIZE [SIZE ...] [--pickle]      (SIZE: S or HxW)
 
 Builds torchvision's MODEL (random weights, 10 classes) with random batch-norm parameters and
 statistics, writes its state dict to OUT_DIR/state_dict.safetensors (written by hand: no
 safetensors package needed), and for each SIZE a batch of 2 random images and the eval logits to
 OUT_DIR/ref_SIZE.safetensors (`input`, `logits`). Prints JSON: MACs per size and params counted
 with forward hooks on every Conv2d and Linear (out elements x in/groups x kernel area), apart
-from lfgcl's cost code.
+from lfgcl's cost code. With --pickle, the state dict is also saved by torch.save to OUT_DIR/model.pth,
+wrapped as training scripts write it ({"state_dict": ..., "epoch": ...}).
 """
 
 import json
@@ -37,8 +38,9 @@ def save(path, tensors):
 
 
 def main():
-    name, out = sys.argv[1], sys.argv[2]
-    sizes = sys.argv[3:]
+    args = [a for a in sys.argv[1:] if a != "--pickle"]
+    name, out = args[0], args[1]
+    sizes = args[2:]
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(num_classes=10)
     g = torch.Generator().manual_seed(1)
@@ -51,6 +53,8 @@ def main():
             m.running_var = torch.rand(c, generator=g) + 0.5
     model.eval()
     save(f"{out}/state_dict.safetensors", model.state_dict())
+    if "--pickle" in sys.argv:
+        torch.save({"state_dict": model.state_dict(), "epoch": 1}, f"{out}/model.pth")
     macs = {}
     for size in sizes:
         count = [0]
