@@ -59,7 +59,15 @@ pub(crate) fn run_script<T: serde::de::DeserializeOwned>(
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().rev().map(str::trim).find(|l| !l.is_empty());
-        return Err(format!("scripts/{main} failed: {}", last.map_or_else(|| out.status.to_string(), str::to_string)));
+        let hint = if last.is_some_and(|l| l.starts_with("ModuleNotFoundError")) {
+            " (pip install it, or point LFGCL_PYTHON, LFGCL_TORCH_PYTHON for PyTorch, or LFGCL_PYTHONPATH at a Python that has it)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "scripts/{main} failed: {}{hint}",
+            last.map_or_else(|| out.status.to_string(), str::to_string)
+        ));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output of scripts/{main}: {e}"))
 }
