@@ -128,19 +128,24 @@ def fmt_paired(p, who="lfgcl"):
     return f"{p['mean']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}] (n={p['n']}, {verdict})"
 
 
-def svg_bars(title, groups):
-    """A small SVG bar chart: groups = [(label, [(series, mean, std or None)])], values in %."""
-    vals = [m for _, ss in groups for _, m, _ in ss if m is not None]
+def svg_bars(title, groups, ref=None):
+    """A small SVG bar chart: groups = [(label, [(series, mean, std or None)])], values in %;
+    ref = (label, value): a dashed line across the chart (a baseline)."""
+    vals = [m for _, ss in groups for _, m, _ in ss if m is not None] + ([ref[1]] if ref else [])
     if not vals:
         return None
     lo = math.floor(min(vals) - 2)
     hi = math.ceil(max(vals) + 1)
-    w, h, left, bottom, top = max(120 * len(groups) + 80, 520), 320, 60, 60, 30
+    # Gridlines 1, 2, 5 or 10 points apart: at most about a dozen, so their labels stay apart.
+    step = next(s for s in (1, 2, 5, 10, 20) if (hi - lo) / s <= 12)
+    lo = step * math.floor(lo / step)
+    # Wide enough for the title (about 7 px a character at 13 px).
+    w, h, left, bottom, top = max(120 * len(groups) + 80, 520, 7 * len(title) + 20), 320, 60, 60, 30
     y = lambda v: top + (h - top - bottom) * (1 - (v - lo) / max(hi - lo, 1e-9))
     colors = ["#4c78a8", "#f58518"]
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
            f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="13">{title}</text>']
-    for t in range(int(lo), int(hi) + 1):
+    for t in range(int(lo), int(hi) + 1, step):
         out.append(f'<line x1="{left}" x2="{w - 10}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#ddd"/>'
                    f'<text x="{left - 4}" y="{y(t) + 4:.1f}" text-anchor="end">{t}</text>')
     for i, (label, ss) in enumerate(groups):
@@ -153,6 +158,9 @@ def svg_bars(title, groups):
             if sd:
                 out.append(f'<line x1="{x + 20}" x2="{x + 20}" y1="{y(m - sd):.1f}" y2="{y(m + sd):.1f}" stroke="black"/>')
         out.append(f'<text x="{x0 + 42}" y="{h - bottom + 16}" text-anchor="middle">{label}</text>')
+    if ref:
+        out.append(f'<line x1="{left}" x2="{w - 10}" y1="{y(ref[1]):.1f}" y2="{y(ref[1]):.1f}" stroke="black" '
+                   f'stroke-dasharray="4 3"/><text x="{w - 12}" y="{y(ref[1]) - 4:.1f}" text-anchor="end">{ref[0]}</text>')
     for j, series in enumerate(["before fine-tuning", "after fine-tuning"]):
         out.append(f'<rect x="{left + 160 * j}" y="{h - 22}" width="10" height="10" fill="{colors[j]}"/>'
                    f'<text x="{left + 14 + 160 * j}" y="{h - 13}">{series}</text>')
@@ -472,7 +480,7 @@ def main():
         chart = svg_bars(f"{model}, {int(round(100 * flops))}% FLOPs{setting}: top-1 (%) over seeds, mean and std", [
             (LABELS.get(m, m), [(ser, *[None if v is None else 100 * v for v in mean_std([c[key] for c in rs])])
                                 for ser, key in (("before", "top1_before_finetune"), ("after", "top1_after_finetune"))])
-            for m, rs in by_method.items()])
+            for m, rs in by_method.items()], ref=("baseline", 100 * base))
         if chart:
             charts[f"results-{table}.svg"] = chart
             md += [f"![top-1 before and after fine-tuning](results-{table}.svg)", ""]

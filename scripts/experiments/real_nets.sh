@@ -63,9 +63,11 @@ for m in $models; do
   fi
 done
 
-python3 - "$out" "$docs" "$threads" "$models" "${FULL:-0}" <<'PY'
+python3 - "$out" "$docs" "$threads" "$models" "${FULL:-0}" "$here" <<'PY'
 import json, os, sys, subprocess
 out, docs, threads, models, full = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(), sys.argv[5] == "1"
+sys.path.insert(0, sys.argv[6])
+from aggregate import svg_bars  # the results tables' bar chart
 # The rounding the searches ran with (their summaries record it), not the CLI default restated here.
 rounds = {json.load(open(p))["config"]["constraints"]["round"]
           for p in (os.path.join(out, "pipeline", m, "search", "summary.json") for m in models) if os.path.exists(p)}
@@ -79,7 +81,7 @@ names = {"lfgcl": "LFGCL", "random": "random search", "uniform": "uniform L1"}
 result = {"machine": f"{cpu}, {os.cpu_count()} cores, {isa}", "threads": int(threads), "profile": "full" if full else "cpu",
           "round": round_to,
           "commit": open(os.path.join(out, "bin", "commit")).read().strip(), "models": {}}
-lines = []
+lines, charts = [], {}
 for m in models:
     rp = os.path.join(out, "pipeline", m, "report.json")
     if not os.path.exists(rp):
@@ -104,7 +106,12 @@ for m in models:
                            "search_and_finetune_seconds": sum((x["search_seconds"] or 0) + (x["finetune_seconds"] or 0) for x in rows),
                            "pruned": rows}
     engines = sorted({k for row in rows for k in row["speedup"]})
-    lines += [f"## {m}", "",
+    chart = svg_bars(f"{m} at 64x64, 50% FLOPs: top-1 (%) before and after label-free fine-tuning",
+                     [(names.get(row["method"], row["method"]), [("before", 100 * row["top1_before"], None),
+                                                                   ("after", 100 * row["top1_after"], None)]) for row in rows],
+                     ref=("baseline", 100 * r["baseline_top1"]))
+    charts[f"real-nets-{m}.svg"] = chart
+    lines += [f"## {m}", "", f"![top-1 before and after fine-tuning](real-nets-{m}.svg)", "",
               f"Baseline top-1 {100*r['baseline_top1']:.2f}%, {r['baseline_macs']/1e6:.1f} M MACs, {r['baseline_params']/1e6:.2f} M params at 1x64x64.", "",
               "| method | top-1 before FT | top-1 after FT | FLOPs | params | " + " | ".join(f"speed-up {e}" for e in engines) + " |",
               "|---|---|---|---|---|" + "---|" * len(engines)]
@@ -128,6 +135,10 @@ head = ["# Real networks on Fashion-MNIST at 64x64 (issue 20, item 7)", "",
         f"Budget: {prof}. Machine: {result['machine']}, {threads} thread(s), shared with other jobs. Commit `{result['commit'][:12]}`.", "",
         "Reproduce: `bash scripts/experiments/real_nets.sh --out RUNS` (`FULL=1` for the full budget).", ""]
 os.makedirs(docs, exist_ok=True)
+for name, chart in charts.items():
+    with open(os.path.join(docs, name + ".tmp"), "w") as f:
+        f.write(chart)
+    os.replace(os.path.join(docs, name + ".tmp"), os.path.join(docs, name))
 with open(os.path.join(docs, "real-nets.md.tmp"), "w") as f:
     f.write("\n".join(head + lines) + "\n")
 os.replace(os.path.join(docs, "real-nets.md.tmp"), os.path.join(docs, "real-nets.md"))
