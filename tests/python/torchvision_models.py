@@ -37,10 +37,9 @@ def save(path, tensors):
             f.write(b)
 
 
-def main():
-    args = [a for a in sys.argv[1:] if a != "--pickle"]
-    name, out = args[0], args[1]
-    sizes = args[2:]
+def build(name):
+    """torchvision's `name` with 10 classes, random weights and random batch-norm parameters and
+    statistics (so that eval mode is not the identity); returns it and the generator to go on with."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(num_classes=10)
     g = torch.Generator().manual_seed(1)
@@ -51,6 +50,14 @@ def main():
             m.bias.data = torch.rand(c, generator=g) * 0.4 - 0.2
             m.running_mean = torch.rand(c, generator=g) * 0.4 - 0.2
             m.running_var = torch.rand(c, generator=g) + 0.5
+    return model, g
+
+
+def main():
+    args = [a for a in sys.argv[1:] if a != "--pickle"]
+    name, out = args[0], args[1]
+    sizes = args[2:]
+    model, g = build(name)
     model.eval()
     save(f"{out}/state_dict.safetensors", model.state_dict())
     if "--pickle" in sys.argv:
