@@ -37,6 +37,11 @@ if [[ ! -x $out/bin/lfgcl ]]; then
   (git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown) >"$out/bin/commit"
 fi
 lfgcl=("$out/bin/lfgcl" --device cpu --threads "$threads" -q)
+# The deployment table times onnxruntime through Python (LFGCL_PYTHON, LFGCL_PYTHONPATH): say now,
+# not hours later in a table without its column, when it cannot be imported.
+if ! PYTHONPATH=${LFGCL_PYTHONPATH:+$LFGCL_PYTHONPATH:}${PYTHONPATH:-} "${LFGCL_PYTHON:-python3}" -c "import onnxruntime, numpy" 2>/dev/null; then
+  echo "real_nets.sh: warning: onnxruntime and numpy do not import in ${LFGCL_PYTHON:-python3} (set LFGCL_PYTHON or LFGCL_PYTHONPATH): the deployment table will have lfgcl's speed-ups only" >&2
+fi
 round=()
 [[ -n ${ROUND:-} ]] && round=(--round "$ROUND")
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
