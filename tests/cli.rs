@@ -175,6 +175,23 @@ fn train_eval_info_round_trip() {
         ],
         "expects [3, 32, 32]",
     );
+    // Data brought to another size than the net's: the message says how to make them agree.
+    fails_with(
+        &[
+            "eval",
+            "--device",
+            "cpu",
+            "--ckpt",
+            ckpt.to_str().unwrap(),
+            "--data",
+            "synthetic",
+            "--test-limit",
+            "16",
+            "--image-size",
+            "40",
+        ],
+        "built (or imported) for 32x32 inputs: leave out --image-size",
+    );
 }
 
 fn make_gray_folder(dir: &Path) {

@@ -161,15 +161,22 @@ pub fn check_compatible(model: &Model, ds: &Dataset) -> Result<()> {
     let want = model.arch.input_chw();
     let got = ds.image_dims();
     if got != want {
-        // A size mismatch comes from an explicit --image-size: say which two sizes disagree.
-        let hint = if got[0] == want[0] {
+        // Commands bring data to a square net's size unless --image-size says otherwise: say
+        // which two sizes disagree and what would make them agree.
+        let hint = if got[0] != want[0] {
+            String::new()
+        } else if want[1] == want[2] {
             format!(
                 "; the net was built (or imported) for {}x{} inputs: leave out --image-size to bring the data to \
                  that size, or build the net for {}x{} (`lfgcl import --input-size`, `lfgcl train --image-size`)",
                 want[1], want[2], got[1], got[2]
             )
         } else {
-            String::new()
+            format!(
+                "; the net was built (or imported) for {}x{} inputs, and --image-size brings data to squares only: \
+                 build the net for {}x{} (`lfgcl import --input-size`)",
+                want[1], want[2], got[1], got[2]
+            )
         };
         return Err(Error::Shape(format!(
             "dataset {} has images {:?} but {} expects {:?} (C,H,W){hint}",
