@@ -653,12 +653,24 @@ fn torchvision_training_step(model: &str, hw: [usize; 2], batch: usize, pre: usi
     // lfgcl's checkpoints name tensors as torchvision does.
     let ours_file = dir.path().join("ours.safetensors");
     checkpoint::save(&m, &ours_file, &serde_json::Value::Null).unwrap();
-    let (truth_file, f32_file) = (dir.path().join("moved_f64.safetensors"), dir.path().join("moved_f32.safetensors"));
-    let names: Vec<String> = {
-        let bytes = std::fs::read(&truth_file).unwrap();
-        SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect()
+    // Each file read once (ResNeXt-50's are 100 MB), its tensors taken by name as f64.
+    let read = |file: &str| std::fs::read(dir.path().join(file)).unwrap();
+    let (truth_bytes, before_bytes, ours_bytes) =
+        (read("moved_f64.safetensors"), read("state_dict.safetensors"), read("ours.safetensors"));
+    let float32_bytes =
+        ["moved_f32.safetensors", "moved_f32_nudged0.safetensors", "moved_f32_nudged1.safetensors"].map(read);
+    let (truth_file, before_file, ours_file) = (
+        SafeTensors::deserialize(&truth_bytes).unwrap(),
+        SafeTensors::deserialize(&before_bytes).unwrap(),
+        SafeTensors::deserialize(&ours_bytes).unwrap(),
+    );
+    let float32_files: Vec<SafeTensors> = float32_bytes.iter().map(|b| SafeTensors::deserialize(b).unwrap()).collect();
+    let f64s = |file: &SafeTensors, name: &str| {
+        let v = file.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(v.dtype(), Dtype::F32, "{name}");
+        v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect::<Vec<_>>()
     };
-    let f64s = |t: Tensor| t.to_vec().unwrap().into_iter().map(f64::from).collect::<Vec<_>>();
+    let names = truth_file.names();
     // Per tensor: |x - truth| / |truth| (L2 norms). The largest element's error would be led by
     // the few elements next to a max-pool tie or a ReLU kink, where a rounding flips the route.
     let dist = |a: &[f64], t: &[f64]| {
@@ -666,23 +678,16 @@ fn torchvision_training_step(model: &str, hw: [usize; 2], batch: usize, pre: usi
         a.iter().zip(t).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt() / norm
     };
     let mut worst = (0.0f64, String::new());
-    for name in &names {
-        let truth = f64s(read_f32(&truth_file, name));
-        let mut ours = f64s(read_f32(&ours_file, name));
+    for &name in &names {
+        let truth = f64s(&truth_file, name);
+        let mut ours = f64s(&ours_file, name);
         if !(name.ends_with("running_mean") || name.ends_with("running_var")) {
-            for (o, b) in ours.iter_mut().zip(f64s(read_f32(&before, name))) {
+            for (o, b) in ours.iter_mut().zip(f64s(&before_file, name)) {
                 *o -= b;
             }
         }
         let d_ours = dist(&ours, &truth);
-        let d_theirs = [
-            f32_file.clone(),
-            dir.path().join("moved_f32_nudged0.safetensors"),
-            dir.path().join("moved_f32_nudged1.safetensors"),
-        ]
-        .iter()
-        .map(|f| dist(&f64s(read_f32(f, name)), &truth))
-        .fold(0.0f64, f64::max);
+        let d_theirs = float32_files.iter().map(|f| dist(&f64s(f, name), &truth)).fold(0.0f64, f64::max);
         // How far past a correct float32 step lfgcl lands, in multiples of PyTorch's distance.
         let excess = d_ours / (1e-5 / 20.0 + d_theirs);
         if excess > worst.0 {

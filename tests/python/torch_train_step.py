@@ -55,7 +55,6 @@ def moved(model, start):
 def main():
     name, out, size = sys.argv[1], sys.argv[2], sys.argv[3]
     batch, lr, pre = int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
-    steps = 1
     h, _, w = size.partition("x")
     model, g = build(name)
     if pre:
@@ -79,11 +78,11 @@ def main():
             for p in m.parameters():
                 p.mul_(1 + 1e-6 * torch.randn(p.shape, generator=gen))
         nudged.append(m)
-    losses = {"f64": train(exact, x.double(), labels, steps, lr), "f32": train(model, x, labels, steps, lr)}
+    losses = {"f64": train(exact, x.double(), labels, 1, lr), "f32": train(model, x, labels, 1, lr)}
     save(f"{out}/moved_f64.safetensors", moved(exact, start))
     save(f"{out}/moved_f32.safetensors", moved(model, start))
     for i, m in enumerate(nudged):
-        train(m, x, labels, steps, lr)
+        train(m, x, labels, 1, lr)
         save(f"{out}/moved_f32_nudged{i}.safetensors", moved(m, start))
     print(json.dumps(losses))
 
