@@ -105,7 +105,10 @@ for m in models:
         rows.append({"method": p["method"], "top1_before": p["top1_before_finetune"], "top1_after": p["top1_after_finetune"],
                      "flops_fraction": p["flops_fraction"], "params_fraction": p["params_fraction"],
                      "search_seconds": p.get("search_seconds"), "finetune_seconds": p.get("finetune_seconds"), "speedup": speed})
-    result["models"][m] = {"baseline_top1": r["baseline_top1"], "baseline_macs": r["baseline_macs"],
+    # The threads this net's deployment table was timed with (deploy.json records them): a run
+    # resumed with another --threads finishes with that count.
+    run_threads = next((x["deploy"].get("threads") for x in deploy if x.get("deploy")), None) or int(threads)
+    result["models"][m] = {"threads": run_threads, "baseline_top1": r["baseline_top1"], "baseline_macs": r["baseline_macs"],
                            "baseline_params": r["baseline_params"],
                            # The stages' own times (a resumed run's report keeps them; its "seconds" is that run's).
                            "search_and_finetune_seconds": sum((x["search_seconds"] or 0) + (x["finetune_seconds"] or 0) for x in rows),
@@ -125,6 +128,11 @@ for m in models:
                      f"{100*row['flops_fraction']:.1f}% | {100*row['params_fraction']:.1f}% | "
                      + " | ".join(f"{row['speedup'].get(e, float('nan')):.2f}x" for e in engines) + " |")
     lines.append("")
+counts = {m: v["threads"] for m, v in result["models"].items()}
+thread_note = (str(next(iter(counts.values()))) if len(set(counts.values())) == 1 else
+               ", ".join(f"{m} {t}" for m, t in counts.items())) if counts else threads
+# One count for the whole table, or null where the nets' differ (each net's is under "models").
+result["threads"] = next(iter(counts.values())) if len(set(counts.values())) == 1 else (None if counts else int(threads))
 prof = ("whole training split, baselines 10 epochs, 60 search episodes on 256 images, 5 fine-tuning epochs" if full else
         "first 6,000 training images, 2,000 test images; baselines 2 epochs; 24 search episodes x 8 candidates (8 of warm-up) "
         "on 128 unlabeled images, random search the same number; 1 fine-tuning epoch (distillation from the baseline, no labels: "
@@ -137,7 +145,7 @@ head = ["# Real networks on Fashion-MNIST at 64x64 (issue 20, item 7)", "",
         "*after* is after label-free fine-tuning. Speed-up: pruned over baseline images/s at batch 1 and 64, in lfgcl "
         "and in onnxruntime on the ONNX export, same threads."
         + (f" Kept channel counts are rounded up to multiples of {round_to}." if round_to else ""), "",
-        f"Budget: {prof}. Machine: {result['machine']}, {threads} thread(s), shared with other jobs. Commit `{result['commit'][:12]}`.", "",
+        f"Budget: {prof}. Machine: {result['machine']}, {thread_note} thread(s), shared with other jobs. Commit `{result['commit'][:12]}`.", "",
         "Reproduce: `bash scripts/experiments/real_nets.sh --out RUNS` (`FULL=1` for the full budget).", ""]
 os.makedirs(docs, exist_ok=True)
 for name, chart in charts.items():
