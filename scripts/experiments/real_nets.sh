@@ -113,7 +113,8 @@ for m in models:
                            # The stages' own times (a resumed run's report keeps them; its "seconds" is that run's).
                            "search_and_finetune_seconds": sum((x["search_seconds"] or 0) + (x["finetune_seconds"] or 0) for x in rows),
                            "pruned": rows}
-    engines = sorted({k for row in rows for k in row["speedup"]})
+    # "lfgcl cpu", "onnxruntime cpu": each with its batch-1 and batch-64 speed-ups in one cell.
+    runtimes = sorted({k.rsplit(" b", 1)[0] for row in rows for k in row["speedup"]})
     chart = svg_bars(f"{m} at 64x64, 50% FLOPs: top-1 (%) before and after label-free fine-tuning",
                      [(names.get(row["method"], row["method"]), [("before", 100 * row["top1_before"], None),
                                                                    ("after", 100 * row["top1_after"], None)]) for row in rows],
@@ -121,12 +122,16 @@ for m in models:
     charts[f"real-nets-{m}.svg"] = chart
     lines += [f"## {m}", "", f"![top-1 before and after fine-tuning](real-nets-{m}.svg)", "",
               f"Baseline top-1 {100*r['baseline_top1']:.2f}%, {r['baseline_macs']/1e6:.1f} M MACs, {r['baseline_params']/1e6:.2f} M params at 1x64x64.", "",
-              "| method | top-1 before FT | top-1 after FT | FLOPs | params | " + " | ".join(f"speed-up {e}" for e in engines) + " |",
-              "|---|---|---|---|---|" + "---|" * len(engines)]
+              "| method | top-1 before FT | top-1 after FT | after − baseline | FLOPs | params | search s | fine-tune s | "
+              + " | ".join(f"speed-up {e} b1 / b64" for e in runtimes) + " |",
+              "|---|---|---|---|---|---|---|---|" + "---|" * len(runtimes)]
     for row in rows:
+        speeds = [" / ".join(f"{row['speedup'][k]:.2f}x" if k in row["speedup"] else "-" for k in (f"{e} b1", f"{e} b64"))
+                  for e in runtimes]
         lines.append(f"| {names.get(row['method'], row['method'])} | {100*row['top1_before']:.2f} | {100*row['top1_after']:.2f} | "
+                     f"{100*(row['top1_after'] - r['baseline_top1']):+.2f} | "
                      f"{100*row['flops_fraction']:.1f}% | {100*row['params_fraction']:.1f}% | "
-                     + " | ".join(f"{row['speedup'].get(e, float('nan')):.2f}x" for e in engines) + " |")
+                     f"{row['search_seconds'] or 0:.0f} | {row['finetune_seconds'] or 0:.0f} | " + " | ".join(speeds) + " |")
     lines.append("")
 counts = {m: v["threads"] for m, v in result["models"].items()}
 thread_note = (str(next(iter(counts.values()))) if len(set(counts.values())) == 1 else
