@@ -279,3 +279,79 @@ fn every_real_family_trains_searches_prunes_and_fine_tunes() {
         }
     }
 }
+
+/// `bench infer|train --ckpt` time the checkpoint as saved (a pruned net's own widths), where
+/// `--ckpt` used to be ignored silently and the default resnet20 timed instead; `--ckpt` with
+/// `--model` or `--image-size` is refused rather than one of them dropped.
+#[test]
+fn bench_infer_and_train_time_a_given_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = lfgcl(&[
+        "train",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--model",
+        "smallcnn",
+        "--data",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--limit",
+        "128",
+        "--test-limit",
+        "64",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "train: {}", text(&o).1);
+    let base = run.join("model.safetensors");
+    let pruned = dir.path().join("pruned.safetensors");
+    let o = lfgcl(&[
+        "prune-apply",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--ckpt",
+        base.to_str().unwrap(),
+        "--uniform",
+        "--flops",
+        "0.5",
+        "--out",
+        pruned.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "prune-apply: {}", text(&o).1);
+    // (model, MACs per image) as `bench` reports them in its JSON.
+    let bench = |what: &str, net: &[&str], layers: bool| -> (String, u64) {
+        let json = dir.path().join(format!("{what}-{}.json", net.join("-").replace(['/', '.'], "_")));
+        let mut args =
+            vec!["--device", "cpu", "--quiet", "--threads", "1", "bench", what, "--batch", "2", "--train-batch", "2"];
+        args.extend_from_slice(&["--reps", "1", "--json", json.to_str().unwrap()]);
+        args.extend_from_slice(net);
+        if layers {
+            args.push("--layers");
+        }
+        let o = lfgcl(&args);
+        assert!(o.status.success(), "bench {what} {net:?}: {}", text(&o).1);
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        if layers {
+            assert!(v["layers"].is_object(), "bench {what} {net:?} --layers: no profile in {v}");
+        }
+        (v["model"].as_str().unwrap().to_string(), v["macs_per_image"].as_u64().unwrap())
+    };
+    let (base_s, pruned_s) = (base.to_str().unwrap(), pruned.to_str().unwrap());
+    let (model, base_macs) = bench("infer", &["--ckpt", base_s], false);
+    assert_eq!(model, "smallcnn");
+    for (what, layers) in [("infer", false), ("infer", true), ("train", true)] {
+        let (model, macs) = bench(what, &["--ckpt", pruned_s], layers);
+        assert_eq!(model, "smallcnn");
+        let fraction = macs as f64 / base_macs as f64;
+        assert!(
+            (0.4..0.6).contains(&fraction),
+            "bench {what} --ckpt pruned: {macs} MACs, {fraction} of the unpruned net's"
+        );
+    }
+    fails_with(&["bench", "infer", "--ckpt", pruned_s, "--model", "resnet20"], "not both");
+    fails_with(&["bench", "train", "--ckpt", pruned_s, "--image-size", "64"], "--image-size");
+}

@@ -67,6 +67,31 @@ pub(super) fn input_for(model: &str, side: Option<usize>) -> Result<(usize, usiz
     Ok((c, side.unwrap_or(usual)))
 }
 
+/// The net `model_bench` and the layer profiles time: a family with seeded random weights at its
+/// usual input (or `side`), or a checkpoint as saved (a pruned net's own widths and input).
+#[derive(Clone, Copy, Debug)]
+pub enum BenchNet<'a> {
+    Family { model: &'a str, side: Option<usize> },
+    Checkpoint(&'a std::path::Path),
+}
+
+impl BenchNet<'_> {
+    /// The model on `dev`, and a fixed input batch of `batch` images for it.
+    pub(super) fn build(&self, dev: &Device, batch: usize) -> Result<(Model, Tensor)> {
+        let m = match *self {
+            BenchNet::Family { model, side } => {
+                let (c, size) = input_for(model, side)?;
+                Model::new(Arch::new(model, c, size, 10)?, dev, 0)?
+            }
+            BenchNet::Checkpoint(path) => crate::train::checkpoint::load(path, dev)?,
+        };
+        let ([h, w], c) = (m.arch.input_hw(), m.arch.in_channels);
+        let host: Vec<f32> = (0..batch * c * h * w).map(|i| ((i % 251) as f32 / 251.0) - 0.5).collect();
+        let x = dev.from_host(&[batch, c, h, w], &host)?;
+        Ok((m, x))
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelBench {
     pub device: String,
@@ -78,23 +103,19 @@ pub struct ModelBench {
 }
 
 /// Inference (`train == false`) or one full training step (forward, cross-entropy, backward,
-/// SGD update) of `model` on random data (`side` x `side`, or the family's usual input), on any
-/// device, after warm-up.
+/// SGD update) of `net` (`BenchNet`) on fixed data at its input size, on any device, after
+/// warm-up.
 pub fn model_bench(
     dev: &Device,
-    model: &str,
-    side: Option<usize>,
+    net: BenchNet,
     batch: usize,
     train: bool,
     warmup: usize,
     reps: usize,
 ) -> Result<ModelBench> {
-    let (c, size) = input_for(model, side)?;
-    let mut m = Model::new(Arch::new(model, c, size, 10)?, dev, 0)?;
+    let (mut m, x) = net.build(dev, batch)?;
     let macs = m.cost().macs;
-    let host: Vec<f32> = (0..batch * c * size * size).map(|i| ((i % 251) as f32 / 251.0) - 0.5).collect();
-    let x = dev.from_host(&[batch, c, size, size], &host)?;
-    let labels: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
+    let labels = bench_labels(batch, m.arch.num_classes);
     let mut opt = Sgd::new(0.9, 5e-4, false)?;
     let timing = if train {
         time_on(dev, warmup, reps, || {
@@ -112,7 +133,7 @@ pub fn model_bench(
     Ok(ModelBench {
         device: dev.describe(),
         machine: Machine::this(),
-        model: model.to_string(),
+        model: m.arch.model.clone(),
         macs_per_image: macs,
         what: if train { "train step".into() } else { "inference".into() },
         throughput: Throughput {
@@ -123,6 +144,11 @@ pub fn model_bench(
             timing,
         },
     })
+}
+
+/// Labels of a timed training step: 0, 1, ... cycling through the net's classes.
+pub(super) fn bench_labels(batch: usize, classes: usize) -> Vec<u32> {
+    (0..batch).map(|i| (i % classes.max(1)) as u32).collect()
 }
 
 /// PyTorch timing script of `bench cpu` and the module file it builds the models with, run as a

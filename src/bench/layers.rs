@@ -2,12 +2,12 @@
 //! node, or a conv chain run as one fused conv) timed over repetitions, with its MACs, its rate
 //! and its share of the total; then the steps summed by kind (1x1 convs, depthwise 3x3, ...).
 
-use super::cpu::input_for;
+use super::cpu::{bench_labels, BenchNet};
 use super::machine::Machine;
 use super::timing::median;
 use crate::backend::Device;
 use crate::error::{Error, Result};
-use crate::models::{cost::node_cost, Arch, Model};
+use crate::models::{cost::node_cost, Model};
 use crate::nn::{BackwardPart, Graph, Op};
 use crate::tensor::Tensor;
 use crate::train::Sgd;
@@ -41,24 +41,13 @@ fn step_of(graph: &Graph, first: usize, last: usize, batch: usize) -> StepOf {
     }
 }
 
-/// `model` built with seed 0 for 10 classes, and its input at `batch` (element i is
-/// `(i mod 251) / 251 - 0.5`), for a profile named `what`.
-fn profiled_model(
-    dev: &Device,
-    model: &str,
-    side: Option<usize>,
-    batch: usize,
-    reps: usize,
-    what: &str,
-) -> Result<(Model, Tensor)> {
+/// `net` (`BenchNet::build`: a family with seed 0 for 10 classes, or a checkpoint) and its input
+/// at `batch` (element i is `(i mod 251) / 251 - 0.5`), for a profile named `what`.
+fn profiled_model(dev: &Device, net: BenchNet, batch: usize, reps: usize, what: &str) -> Result<(Model, Tensor)> {
     if batch == 0 || reps == 0 {
         return Err(Error::Invalid(format!("{what}: the batch and --reps must be at least 1")));
     }
-    let (c, size) = input_for(model, side)?;
-    let m = Model::new(Arch::new(model, c, size, 10)?, dev, 0)?;
-    let host: Vec<f32> = (0..batch * c * size * size).map(|i| ((i % 251) as f32 / 251.0) - 0.5).collect();
-    let x = dev.from_host(&[batch, c, size, size], &host)?;
-    Ok((m, x))
+    net.build(dev, batch)
 }
 
 /// One step of the forward.
@@ -115,17 +104,10 @@ fn kind_of(op: &Op) -> String {
     }
 }
 
-/// `reps` profiled eval forwards of `model` (after `warmup`) on random data at `batch`, the
+/// `reps` profiled eval forwards of `net` (after `warmup`) on random data at `batch`, the
 /// median of each step.
-pub fn layer_profile(
-    dev: &Device,
-    model: &str,
-    side: Option<usize>,
-    batch: usize,
-    warmup: usize,
-    reps: usize,
-) -> Result<LayerProfile> {
-    let (mut m, x) = profiled_model(dev, model, side, batch, reps, "bench infer --layers")?;
+pub fn layer_profile(dev: &Device, net: BenchNet, batch: usize, warmup: usize, reps: usize) -> Result<LayerProfile> {
+    let (mut m, x) = profiled_model(dev, net, batch, reps, "bench infer --layers")?;
     for _ in 0..warmup {
         m.graph.forward_profiled(dev, dev.copy(&x)?)?;
     }
@@ -169,7 +151,7 @@ pub fn layer_profile(
     Ok(LayerProfile {
         device: dev.describe(),
         machine: Machine::this(),
-        model: model.to_string(),
+        model: m.arch.model.clone(),
         batch,
         reps,
         total_us: 1e6 * total,
@@ -287,18 +269,11 @@ pub struct TrainProfile {
     pub kinds: Vec<TrainKindRow>,
 }
 
-/// `reps` profiled training steps of `model` (after `warmup`) on random data at `batch`, as
+/// `reps` profiled training steps of `net` (after `warmup`) on random data at `batch`, as
 /// `bench train` runs them (forward, cross-entropy, backward, SGD), the median of each part.
-pub fn train_profile(
-    dev: &Device,
-    model: &str,
-    side: Option<usize>,
-    batch: usize,
-    warmup: usize,
-    reps: usize,
-) -> Result<TrainProfile> {
-    let (mut m, x) = profiled_model(dev, model, side, batch, reps, "bench train --layers")?;
-    let labels: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
+pub fn train_profile(dev: &Device, net: BenchNet, batch: usize, warmup: usize, reps: usize) -> Result<TrainProfile> {
+    let (mut m, x) = profiled_model(dev, net, batch, reps, "bench train --layers")?;
+    let labels = bench_labels(batch, m.arch.num_classes);
     let mut opt = Sgd::new(0.9, 5e-4, false)?;
     let mut forward: Vec<Vec<f64>> = Vec::new();
     let mut backward: Vec<Vec<f64>> = Vec::new();
@@ -394,7 +369,7 @@ pub fn train_profile(
     Ok(TrainProfile {
         device: dev.describe(),
         machine: Machine::this(),
-        model: model.to_string(),
+        model: m.arch.model.clone(),
         batch,
         reps,
         loss_us,

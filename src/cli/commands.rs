@@ -536,7 +536,8 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             let train = a.what == BenchWhat::Train;
             let dev = open_device(g)?;
             let batch = if train { a.train_batch } else { batch };
-            let r = crate::bench::cpu::model_bench(&dev, &a.model, a.image_size, batch, train, 3, a.reps.unwrap_or(5))?;
+            let net = bench_net(&a)?;
+            let r = crate::bench::cpu::model_bench(&dev, net, batch, train, 3, a.reps.unwrap_or(5))?;
             let t = &r.throughput;
             println!("machine: {}", r.machine);
             println!(
@@ -562,12 +563,12 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
             let layers = match (a.layers, train) {
                 (false, _) => None,
                 (true, false) => {
-                    let p = crate::bench::layers::layer_profile(&dev, &a.model, a.image_size, batch, 3, reps)?;
+                    let p = crate::bench::layers::layer_profile(&dev, net, batch, 3, reps)?;
                     println!("\n{}", p.table());
                     Some(Profile::Infer(p))
                 }
                 (true, true) => {
-                    let p = crate::bench::layers::train_profile(&dev, &a.model, a.image_size, batch, 3, reps)?;
+                    let p = crate::bench::layers::train_profile(&dev, net, batch, 3, reps)?;
                     println!("\n{}", p.table());
                     Some(Profile::Train(p))
                 }
@@ -611,6 +612,26 @@ fn cmd_bench(g: &GlobalArgs, a: BenchArgs) -> Result<()> {
     }
 }
 
+/// The net `bench infer|train` time: `--ckpt` as saved (a pruned net: its own widths, input size
+/// and classes), or `--model` (default resnet20) with random weights at `--image-size`. Both at
+/// once, or `--image-size` with a checkpoint, are refused rather than one silently ignored.
+fn bench_net(a: &BenchArgs) -> Result<crate::bench::cpu::BenchNet<'_>> {
+    use crate::bench::cpu::BenchNet;
+    let what = if a.what == BenchWhat::Train { "train" } else { "infer" };
+    match (&a.ckpt, a.model.given()) {
+        (Some(_), Some(m)) => Err(Error::Invalid(format!(
+            "bench {}: give --ckpt or --model, not both (--model {m} would build a fresh net; the checkpoint names its own)",
+            what
+        ))),
+        (Some(_), None) if a.image_size.is_some() => Err(Error::Invalid(format!(
+            "bench {}: --image-size does not apply to --ckpt: a checkpoint runs at the input it was built for (`lfgcl info --ckpt` says which)",
+            what
+        ))),
+        (Some(path), None) => Ok(BenchNet::Checkpoint(path)),
+        (None, _) => Ok(BenchNet::Family { model: &a.model, side: a.image_size }),
+    }
+}
+
 /// Every CUDA kernel on ResNet-56 and search shapes against the device's measured peaks, then
 /// ResNet-56 inference and training step through the whole engine, under the keys
 /// `scripts/torch_bench.py` uses, so `--compare` can put the two side by side.
@@ -640,7 +661,8 @@ fn bench_kernels(g: &GlobalArgs, a: &BenchArgs) -> Result<()> {
         if opts.filter.as_deref().is_some_and(|f| !key.contains(f)) {
             return Ok(());
         }
-        let r = crate::bench::cpu::model_bench(&dev, "resnet56", None, batch, train, opts.warmup, model_reps)?;
+        let net = crate::bench::cpu::BenchNet::Family { model: "resnet56", side: None };
+        let r = crate::bench::cpu::model_bench(&dev, net, batch, train, opts.warmup, model_reps)?;
         timings.push(bench::model_timing(&key, if train { "fwd+bwd+SGD" } else { "inference" }, &r));
         Ok(())
     };

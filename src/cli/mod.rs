@@ -624,7 +624,8 @@ pub struct BenchArgs {
     /// `bench search --strategy`: episodes of the end-to-end run.
     #[arg(long, default_value_t = 20)]
     pub episodes: usize,
-    /// Checkpoint for `bench search` and `bench deploy` (the baseline).
+    /// Checkpoint for `bench search` and `bench deploy` (the baseline), or the net `bench
+    /// infer|train` time instead of --model (a pruned net as saved, e.g. with --layers).
     #[arg(long)]
     pub ckpt: Option<PathBuf>,
     /// `bench deploy`: the pruned net (without it: lfgcl's CPU throughput against onnxruntime's).
