@@ -287,7 +287,8 @@ fn every_real_family_trains_searches_prunes_and_fine_tunes() {
 fn bench_infer_and_train_time_a_given_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let o = lfgcl(&[
+    let (run_s, pruned) = (run.to_str().unwrap(), dir.path().join("pruned.safetensors"));
+    exe::run_ok([
         "train",
         "--device",
         "cpu",
@@ -303,25 +304,23 @@ fn bench_infer_and_train_time_a_given_checkpoint() {
         "--test-limit",
         "64",
         "--out",
-        run.to_str().unwrap(),
+        run_s,
     ]);
-    assert!(o.status.success(), "train: {}", text(&o).1);
     let base = run.join("model.safetensors");
-    let pruned = dir.path().join("pruned.safetensors");
-    let o = lfgcl(&[
+    let (base_s, pruned_s) = (base.to_str().unwrap(), pruned.to_str().unwrap());
+    exe::run_ok([
         "prune-apply",
         "--device",
         "cpu",
         "--quiet",
         "--ckpt",
-        base.to_str().unwrap(),
+        base_s,
         "--uniform",
         "--flops",
         "0.5",
         "--out",
-        pruned.to_str().unwrap(),
+        pruned_s,
     ]);
-    assert!(o.status.success(), "prune-apply: {}", text(&o).1);
     // (model, MACs per image) as `bench` reports them in its JSON.
     let bench = |what: &str, net: &[&str], layers: bool| -> (String, u64) {
         let json = dir.path().join(format!("{what}-{}.json", net.join("-").replace(['/', '.'], "_")));
@@ -332,15 +331,13 @@ fn bench_infer_and_train_time_a_given_checkpoint() {
         if layers {
             args.push("--layers");
         }
-        let o = lfgcl(&args);
-        assert!(o.status.success(), "bench {what} {net:?}: {}", text(&o).1);
+        exe::run_ok(&args);
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         if layers {
             assert!(v["layers"].is_object(), "bench {what} {net:?} --layers: no profile in {v}");
         }
         (v["model"].as_str().unwrap().to_string(), v["macs_per_image"].as_u64().unwrap())
     };
-    let (base_s, pruned_s) = (base.to_str().unwrap(), pruned.to_str().unwrap());
     let (model, base_macs) = bench("infer", &["--ckpt", base_s], false);
     assert_eq!(model, "smallcnn");
     for (what, layers) in [("infer", false), ("infer", true), ("train", true)] {

@@ -133,11 +133,11 @@ for m in models:
                      f"{100*row['flops_fraction']:.1f}% | {100*row['params_fraction']:.1f}% | "
                      f"{row['search_seconds'] or 0:.0f} | {row['finetune_seconds'] or 0:.0f} | " + " | ".join(speeds) + " |")
     lines.append("")
-counts = {m: v["threads"] for m, v in result["models"].items()}
-thread_note = (str(next(iter(counts.values()))) if len(set(counts.values())) == 1 else
-               ", ".join(f"{m} {t}" for m, t in counts.items())) if counts else threads
 # One count for the whole table, or null where the nets' differ (each net's is under "models").
-result["threads"] = next(iter(counts.values())) if len(set(counts.values())) == 1 else (None if counts else int(threads))
+counts = {m: v["threads"] for m, v in result["models"].items()}
+distinct = set(counts.values()) or {int(threads)}
+result["threads"] = distinct.pop() if len(distinct) == 1 else None
+thread_note = result["threads"] if result["threads"] is not None else ", ".join(f"{m} {t}" for m, t in counts.items())
 prof = ("whole training split, baselines 10 epochs, 60 search episodes on 256 images, 5 fine-tuning epochs" if full else
         "first 6,000 training images, 2,000 test images; baselines 2 epochs; 24 search episodes x 8 candidates (8 of warm-up) "
         "on 128 unlabeled images, random search the same number; 1 fine-tuning epoch (distillation from the baseline, no labels: "

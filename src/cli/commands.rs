@@ -620,12 +620,10 @@ fn bench_net(a: &BenchArgs) -> Result<crate::bench::cpu::BenchNet<'_>> {
     let what = if a.what == BenchWhat::Train { "train" } else { "infer" };
     match (&a.ckpt, a.model.given()) {
         (Some(_), Some(m)) => Err(Error::Invalid(format!(
-            "bench {}: give --ckpt or --model, not both (--model {m} would build a fresh net; the checkpoint names its own)",
-            what
+            "bench {what}: give --ckpt or --model, not both (--model {m} would build a fresh net; the checkpoint names its own)"
         ))),
         (Some(_), None) if a.image_size.is_some() => Err(Error::Invalid(format!(
-            "bench {}: --image-size does not apply to --ckpt: a checkpoint runs at the input it was built for (`lfgcl info --ckpt` says which)",
-            what
+            "bench {what}: --image-size does not apply to --ckpt: a checkpoint runs at the input it was built for (`lfgcl info --ckpt` says which)"
         ))),
         (Some(path), None) => Ok(BenchNet::Checkpoint(path)),
         (None, _) => Ok(BenchNet::Family { model: &a.model, side: a.image_size }),
